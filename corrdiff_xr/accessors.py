@@ -1,0 +1,89 @@
+"""The ``.corrdiff`` accessor on xarray Datasets: forwarding only.
+
+An accessor holds nothing but the wrapped object (its state would not survive ``ds[var]`` or
+arithmetic); each method forwards to the library function named in its docstring, importing
+heavy modules (torch, dask.distributed, matplotlib) only when called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import xarray as xr
+
+
+@xr.register_dataset_accessor("corrdiff")
+class CorrDiffAccessor:
+    """``ds.corrdiff.*``: downscaling, validation, scoring and plotting of a Dataset."""
+
+    def __init__(self, obj: xr.Dataset):
+        self._obj = obj
+
+    # -- data ------------------------------------------------------------------------------
+    def pair(self, **kwargs: Any):
+        """Validated lazy :class:`~corrdiff_xr.data.DownscalingData`; see ``data.open_pair``."""
+        from corrdiff_xr.data import open_pair
+
+        return open_pair(self._obj, **kwargs)
+
+    def validate(self, **kwargs: Any) -> xr.Dataset:
+        """Check the canonical layout, raising a clear error; see ``data.validate``."""
+        from corrdiff_xr.data import validate
+
+        return validate(self._obj, **kwargs)
+
+    # -- inference -------------------------------------------------------------------------
+    def downscale(self, model: Any, **kwargs: Any) -> xr.Dataset:
+        """Lazy CorrDiff ensemble on the fine grid; see ``inference.downscale``."""
+        from corrdiff_xr.inference import downscale
+
+        return downscale(self._obj, model, **kwargs)
+
+    # -- scoring (self is the forecast/ensemble) -------------------------------------------
+    def crps(self, truth: xr.Dataset, **kwargs: Any) -> xr.Dataset:
+        """Continuous ranked probability score; see ``scoring.crps``."""
+        from corrdiff_xr.scoring import crps
+
+        return crps(self._obj, truth, **kwargs)
+
+    def mae(self, truth: xr.Dataset, **kwargs: Any) -> xr.Dataset:
+        """Mean absolute error of the ensemble mean; see ``scoring.mae``."""
+        from corrdiff_xr.scoring import mae
+
+        return mae(self._obj, truth, **kwargs)
+
+    def rmse(self, truth: xr.Dataset, **kwargs: Any) -> xr.Dataset:
+        """Root-mean-square error of the ensemble mean; see ``scoring.rmse``."""
+        from corrdiff_xr.scoring import rmse
+
+        return rmse(self._obj, truth, **kwargs)
+
+    def spread(self, **kwargs: Any) -> xr.Dataset:
+        """Ensemble spread (standard deviation); see ``scoring.spread``."""
+        from corrdiff_xr.scoring import spread
+
+        return spread(self._obj, **kwargs)
+
+    def spread_skill(self, truth: xr.Dataset, **kwargs: Any) -> xr.Dataset:
+        """Spread-skill ratio with the sqrt(1 + 1/n) correction; see ``scoring.spread_skill``."""
+        from corrdiff_xr.scoring import spread_skill
+
+        return spread_skill(self._obj, truth, **kwargs)
+
+    def rank_histogram(self, truth: xr.Dataset, **kwargs: Any) -> xr.Dataset:
+        """Rank histogram of truth within the ensemble; see ``scoring.rank_histogram``."""
+        from corrdiff_xr.scoring import rank_histogram
+
+        return rank_histogram(self._obj, truth, **kwargs)
+
+    def power_spectrum(self, **kwargs: Any) -> xr.Dataset:
+        """Radially averaged power spectrum; see ``scoring.power_spectrum``."""
+        from corrdiff_xr.scoring import power_spectrum
+
+        return power_spectrum(self._obj, **kwargs)
+
+    def plot(self, kind: str = "maps", **kwargs: Any):
+        """PNG-ready figures (``maps``, ``spectra``, ``rank_histogram``); see ``plot``."""
+        from corrdiff_xr import plot
+
+        return plot.plot(self._obj, kind, **kwargs)

@@ -12,6 +12,7 @@ Defaults live on the dataclass fields and nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -135,6 +136,19 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _parse_scalar(raw: str) -> Any:
+    """YAML-parse an override value; PyYAML (YAML 1.1) reads ``1e-4`` as a string, we don't."""
+    if raw == "":
+        return ""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and _FLOAT.match(value):
+        return float(value)
+    return value
+
+
 def parse_overrides(items: typing.Iterable[str]) -> dict[str, Any]:
     """Turn ``["a.b=1", "++c=x"]`` into the nested mapping ``{"a": {"b": 1}, "c": "x"}``."""
     out: dict[str, Any] = {}
@@ -145,7 +159,7 @@ def parse_overrides(items: typing.Iterable[str]) -> dict[str, Any]:
         key, raw = text.split("=", 1)
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _parse_scalar(raw)
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

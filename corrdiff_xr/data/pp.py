@@ -25,9 +25,9 @@ import numpy as np
 import xarray as xr
 
 __all__ = [
+    "STASH_NAMES",
     "PPField",
     "PPFormatError",
-    "STASH_NAMES",
     "open_pp",
     "read_pp",
     "rotated_to_geographic",

@@ -273,3 +273,224 @@ class PatchConfig:
                     f"patch shape {tuple(self.shape)} leaves no room for overlap="
                     f"{self.overlap} plus a halo of boundary={self.boundary} on each side"
                 )
+
+
+# -- networks and EDM preconditioning (core A) ----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """SongUNet hyper-parameters (see :class:`corrdiff_xr.nn.SongUNet`).
+
+    Defaults are the reference CorrDiff ``normal`` network (128 channels, five levels,
+    attention at resolution 28); :meth:`preset` gives ``"mini"`` (64, three levels, attention
+    at 16) and ``"normal"``. ``embedding_type="zero"`` is the regression net (no noise
+    embedding). ``gridtype`` ``"sinusoidal"`` is the reference's legacy band formula (used by
+    its checkpoints); ``"none"`` or ``N_grid_channels=0`` turns the grid embedding off.
+    ``lead_time_channels > 0`` adds the lead-time embedding of ``SongUNetPosLtEmbd``.
+    ``eval_groupnorm_unbiased`` reproduces the reference's evaluation-mode GroupNorm, which
+    divides by the unbiased group variance. ``channels_last`` stores activations NHWC, which
+    is faster for convolutions on CPU and GPU; ``compile`` wraps the networks in
+    ``torch.compile``.
+    """
+
+    model_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2, 2)
+    channel_mult_emb: int = 4
+    channel_mult_noise: int = 1
+    num_blocks: int = 4
+    attn_resolutions: tuple[int, ...] = (28,)
+    dropout: float = 0.13
+    resample_filter: tuple[int, ...] = (1, 1)
+    embedding_type: Literal["positional", "zero"] = "positional"
+    gridtype: Literal["sinusoidal", "sinusoidal_octave", "learnable", "linear", "none"] = "sinusoidal"
+    N_grid_channels: int = 4
+    lead_time_channels: int = 0
+    lead_time_steps: int = 9
+    prob_channels: tuple[int, ...] = ()
+    bottleneck_attention: bool = True
+    eval_groupnorm_unbiased: bool = True
+    channels_last: bool = True
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.model_channels < 1 or not self.channel_mult or min(self.channel_mult) < 1:
+            raise ValueError(
+                f"model_channels and channel_mult must be positive, got {self.model_channels}, "
+                f"{self.channel_mult}"
+            )
+        if self.num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.N_grid_channels < 0 or self.lead_time_channels < 0:
+            raise ValueError("N_grid_channels and lead_time_channels must be >= 0")
+        if self.gridtype in ("sinusoidal", "sinusoidal_octave") and self.N_grid_channels % 4:
+            raise ValueError(f"gridtype {self.gridtype!r} needs N_grid_channels divisible by 4")
+        if self.gridtype == "linear" and self.N_grid_channels not in (0, 2):
+            raise ValueError("gridtype 'linear' needs N_grid_channels = 2")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> NetworkConfig:
+        """The reference CorrDiff networks: ``"mini"`` or ``"normal"``, with field overrides."""
+        presets = {
+            "mini": dict(model_channels=64, channel_mult=(1, 2, 2), attn_resolutions=(16,)),
+            "normal": dict(model_channels=128, channel_mult=(1, 2, 2, 2, 2), attn_resolutions=(28,)),
+        }
+        if name not in presets:
+            raise ConfigError(f"unknown network preset {name!r}; expected one of {sorted(presets)}")
+        return from_dict(cls, {**presets[name], **overrides})
+
+
+@dataclasses.dataclass(frozen=True)
+class EDMConfig:
+    """EDM preconditioning and noise-level distribution (Karras et al. 2022, Table 1).
+
+    Training draws ``ln(sigma) ~ N(P_mean, P_std^2)``; the preconditioner uses
+    ``sigma_data``. ``hr_mean_conditioning`` feeds the regression mean to the residual
+    denoiser as extra condition channels (CorrDiff's default). ``scale_condition`` scales
+    the condition channels by ``c_in`` as well as the noisy latent, as the reference's
+    deprecated ``EDMPrecondSR`` (``scale_cond_input=True``) does; keep it False otherwise.
+    """
+
+    sigma_data: float = 0.5
+    P_mean: float = 0.0
+    P_std: float = 1.2
+    hr_mean_conditioning: bool = True
+    scale_condition: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sigma_data <= 0 or self.P_std <= 0:
+            raise ValueError(
+                f"sigma_data and P_std must be positive, got {self.sigma_data}, {self.P_std}"
+            )
+
+
+# -- training (training engineer) -----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data a run trains on.
+
+    ``source`` is a catalog entry (``catalog:demo/NAME`` or ``catalog:PATH.yaml/NAME``), a
+    Zarr path or an fsspec URL (``file://``, ``memory://``, ``s3://``, ``gs://``). Names left
+    None take every variable of that role. Periods are ``[start, stop]`` time labels
+    (inclusive, as in ``ds.sel(time=slice(start, stop))``); no ``valid_period`` means no
+    validation. ``lead_time`` names an integer variable along ``time`` holding lead-time
+    labels, for lead-time-aware networks (``network.lead_time_channels > 0``).
+    """
+
+    source: str
+    inputs: tuple[str, ...] | None = None
+    targets: tuple[str, ...] | None = None
+    static: tuple[str, ...] | None = None
+    train_period: tuple[str, str] | None = None
+    valid_period: tuple[str, str] | None = None
+    lead_time: str | None = None
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderConfig:
+    """The chunk-shuffle loader (:mod:`corrdiff_xr.loader`): ``block_size`` is the minimum
+    time steps read at once (whole chunks; default one chunk), ``num_workers`` the
+    DataLoader worker processes per rank."""
+
+    block_size: int | None = None
+    num_workers: int = 0
+    prefetch_factor: int = 2
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0 or self.prefetch_factor < 1:
+            raise ValueError("loader num_workers must be >= 0 and prefetch_factor >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation, schedule, precision, checkpoints and logging of a training run.
+
+    Durations and intervals count training *samples* (images or patches' source images), as
+    in the reference. ``total_batch_size`` = ``batch_size_per_device`` x accumulation rounds
+    x world size; ``batch_size_per_device`` None means ``total_batch_size / world_size``.
+    The learning rate ramps up linearly over ``lr_rampup`` samples, then is multiplied by
+    ``lr_decay`` every ``lr_decay_every`` samples. Steps whose loss or gradients are not
+    finite are skipped; the run stops after ``max_nonfinite_steps`` of them.
+    ``patch_num`` random patches per image are drawn for patched diffusion.
+    """
+
+    duration: int = 2_000_000
+    total_batch_size: int = 256
+    batch_size_per_device: int | None = None
+    lr: float = 2e-4
+    lr_rampup: int = 0
+    lr_decay: float = 1.0
+    lr_decay_every: int = 500_000
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float | None = None
+    max_nonfinite_steps: int = 10
+    precision: Literal["fp32", "bf16"] = "fp32"
+    deterministic: bool = False
+    seed: int = 0
+    patch_num: int = 1
+    output_dir: str = "outputs"
+    regression_checkpoint: str | None = None
+    checkpoint_every: int = 100_000
+    keep_checkpoints: int = 3
+    log_every: int = 10_000
+    validate_every: int = 100_000
+    validation_batches: int = 4
+    validation_members: int = 4
+    progress: bool = True
+    device: str = "auto"
+    loader: LoaderConfig = dataclasses.field(default_factory=LoaderConfig)
+
+    def __post_init__(self) -> None:
+        positive = ("duration", "total_batch_size", "lr_decay_every", "checkpoint_every",
+                    "keep_checkpoints", "log_every", "validate_every", "patch_num")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size_per_device is not None and self.batch_size_per_device < 1:
+            raise ValueError(f"batch_size_per_device must be >= 1, got {self.batch_size_per_device}")
+        if self.lr <= 0 or self.lr_rampup < 0 or not 0 < self.lr_decay <= 1:
+            raise ValueError(
+                f"need lr > 0, lr_rampup >= 0 and 0 < lr_decay <= 1, got {self.lr}, "
+                f"{self.lr_rampup}, {self.lr_decay}"
+            )
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be positive or null, got {self.grad_clip}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRunConfig:
+    """Everything the ``train`` command needs (one YAML file plus ``key=value`` overrides).
+
+    ``task``: ``regression`` trains the mean UNet; ``diffusion`` trains the residual EDM
+    model on whole images and needs ``training.regression_checkpoint``; ``patched_diffusion``
+    does the same on random ``patch.shape`` patches. A lead-time-aware run of any task sets
+    ``data.lead_time`` and ``network.lead_time_channels``.
+    """
+
+    task: Literal["regression", "diffusion", "patched_diffusion"]
+    data: DataConfig
+    network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
+    edm: EDMConfig = dataclasses.field(default_factory=EDMConfig)
+    patch: PatchConfig = dataclasses.field(default_factory=PatchConfig)
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        diffusion = self.task != "regression"
+        if diffusion and self.training.regression_checkpoint is None:
+            raise ValueError(f"task '{self.task}' needs training.regression_checkpoint")
+        if self.task == "patched_diffusion" and self.patch.shape is None:
+            raise ValueError("task 'patched_diffusion' needs patch.shape")
+        if self.task != "patched_diffusion" and self.patch.shape is not None:
+            raise ValueError(f"patch.shape is only used by task 'patched_diffusion', not '{self.task}'")
+        if (self.data.lead_time is None) != (self.network.lead_time_channels == 0):
+            raise ValueError(
+                "lead-time-aware training needs both data.lead_time and "
+                "network.lead_time_channels > 0 (or neither)"
+            )

@@ -1,0 +1,297 @@
+"""CorrDiff = a regression U-Net for the conditional mean + an EDM residual denoiser.
+
+Everything here works in *normalised* space on tensors: ``x`` is (N, C_in, h, w) normalised
+inputs (regridded coarse fields followed by static fields, the codec's ``in_channels``) and
+outputs are (N, C_out, h, w) normalised targets. The codec (:mod:`corrdiff_xr.codec`) is the
+one boundary to xarray; it travels with the model so a checkpoint knows its variables and
+statistics.
+
+A sample is ``mean + residual`` where the residual is drawn by the sampler of
+:mod:`corrdiff_xr.sampling` from latents taken from *that sample's* ``torch.Generator``, so a
+member never depends on how members or patches were batched. ``offsets`` give each sample's
+top-left pixel on the global grid, so patches see the right positional embedding.
+
+Checkpoints are one safetensors file: tensors plus a JSON header (codec, grid shape, network
+and EDM configs, versions). Loading executes no pickle code. Writes go to a temporary file
+that is renamed into place, so a crash never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from corrdiff_xr.config import EDMConfig, NetworkConfig, SamplerConfig, from_dict, to_dict
+from corrdiff_xr.edm import EDMPrecond
+from corrdiff_xr.nn import RegressionUNet, SongUNet
+
+__all__ = ["CHECKPOINT_FORMAT", "CorrDiff", "import_mdlus", "read_mdlus"]
+
+CHECKPOINT_FORMAT = "corrdiff_xr.checkpoint"
+CHECKPOINT_VERSION = 1
+_HEADER_KEY = "corrdiff_xr"
+
+DEFAULT_REGRESSION = NetworkConfig(embedding_type="zero")
+DEFAULT_RESIDUAL = NetworkConfig()
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable, of the wrong format, or does not fit the model."""
+
+
+class CorrDiff(nn.Module):
+    """Regression mean + EDM residual diffusion (Mardani et al. 2023), in normalised space.
+
+    Parameters
+    ----------
+    codec : Codec, optional
+        Variables and statistics; gives ``in_channels`` / ``out_channels``. A model without a
+        codec (e.g. an imported reference checkpoint) needs both channel counts.
+    img_shape : tuple of int
+        The global fine grid (H, W) that positional embeddings cover.
+    regression_network, residual_network : NetworkConfig
+        Network hyper-parameters; ``residual_network=None`` builds a regression-only model.
+    edm : EDMConfig
+        Preconditioning (``sigma_data``) and whether the residual sees the regression mean.
+    in_channels, out_channels : int, optional
+        Channel counts when no codec is given (they must agree with it otherwise).
+    """
+
+    def __init__(
+        self,
+        codec: Any = None,
+        *,
+        img_shape: Sequence[int],
+        regression_network: NetworkConfig = DEFAULT_REGRESSION,
+        residual_network: NetworkConfig | None = DEFAULT_RESIDUAL,
+        edm: EDMConfig = EDMConfig(),
+        in_channels: int | None = None,
+        out_channels: int | None = None,
+    ):
+        super().__init__()
+        if codec is not None:
+            c_in, c_out = len(codec.in_channels), len(codec.out_channels)
+            if (in_channels, out_channels) != (None, None) and (in_channels, out_channels) != (c_in, c_out):
+                raise ValueError(
+                    f"in_channels/out_channels {(in_channels, out_channels)} disagree with the codec's {(c_in, c_out)}"
+                )
+            in_channels, out_channels = c_in, c_out
+        if in_channels is None or out_channels is None:
+            raise ValueError("CorrDiff needs a codec or both in_channels and out_channels")
+        if len(img_shape) != 2:
+            raise ValueError(f"img_shape must be (H, W), got {tuple(img_shape)}")
+        self.codec = codec
+        self.img_shape = (int(img_shape[0]), int(img_shape[1]))
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.regression_config = regression_network
+        self.residual_config = residual_network
+        self.edm_config = edm
+
+        self.regression = RegressionUNet(
+            SongUNet(regression_network, in_channels=out_channels + in_channels,
+                     out_channels=out_channels, img_shape=self.img_shape)
+        )
+        self.residual: EDMPrecond | None = None
+        if residual_network is not None:
+            cond = in_channels + (out_channels if edm.hr_mean_conditioning else 0)
+            net = SongUNet(residual_network, in_channels=out_channels + cond,
+                           out_channels=out_channels, img_shape=self.img_shape)
+            self.residual = EDMPrecond(net, sigma_data=edm.sigma_data, scale_condition=edm.scale_condition)
+        for cfg, module in ((regression_network, self.regression), (residual_network, self.residual)):
+            if cfg is not None and cfg.compile:
+                module.compile()
+
+    # -- inference -------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor, offsets: torch.Tensor | None) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape (N, {self.in_channels}, h, w), got {tuple(x.shape)}")
+        if offsets is not None and tuple(offsets.shape) != (x.shape[0], 2):
+            raise ValueError(f"offsets must have shape ({x.shape[0]}, 2), got {tuple(offsets.shape)}")
+
+    def predict_mean(
+        self, x: torch.Tensor, *, offsets: torch.Tensor | None = None, lead_time: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Regression mean (N, C_out, h, w) from normalised inputs ``x`` (N, C_in, h, w)."""
+        self._check_input(x, offsets)
+        return self.regression(x, offsets=offsets, lead_time=lead_time)
+
+    def condition(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """The residual denoiser's condition channels: ``[mean, x]`` or ``x``."""
+        return torch.cat([mean.to(x.dtype), x], dim=1) if self.edm_config.hr_mean_conditioning else x
+
+    @torch.no_grad()
+    def sample(
+        self,
+        x: torch.Tensor,
+        *,
+        generators: Sequence[torch.Generator],
+        sampler: SamplerConfig = SamplerConfig(),
+        mean: torch.Tensor | None = None,
+        offsets: torch.Tensor | None = None,
+        lead_time: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One ensemble member per generator: ``mean + residual`` (N, C_out, h, w).
+
+        Parameters
+        ----------
+        x : Tensor
+            (N, C_in, h, w) normalised inputs.
+        generators : sequence of torch.Generator
+            One per sample; the latents, then every step's churn noise, come from it.
+        sampler : SamplerConfig
+            Solver and schedule.
+        mean : Tensor, optional
+            Precomputed regression mean (N, C_out, h, w); computed when omitted.
+        offsets : Tensor, optional
+            (N, 2) global (row, col) of each patch's top-left pixel.
+        lead_time : Tensor, optional
+            (N,) lead-time labels for lead-time models.
+        """
+        from corrdiff_xr import sampling
+
+        self._check_input(x, offsets)
+        if len(generators) != x.shape[0]:
+            raise ValueError(f"need one generator per sample: {x.shape[0]} samples, {len(generators)} generators")
+        if mean is None:
+            mean = self.predict_mean(x, offsets=offsets, lead_time=lead_time)
+        if self.residual is None:
+            return mean
+        cond = self.condition(x, mean)
+        n, _, h, w = x.shape
+        latents = sampling.draw_latents(generators, (self.out_channels, h, w), dtype=x.dtype, device=x.device)
+
+        def denoise(xt: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            return self.residual(xt, sigma, condition=cond, offsets=offsets, lead_time=lead_time)
+
+        residual = sampling.sample(denoise, latents, config=sampler, generators=generators)
+        return mean + residual.to(mean.dtype)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        """JSON-able description from which :meth:`load` rebuilds the model."""
+        import safetensors
+
+        from corrdiff_xr import __version__
+
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "codec": self.codec.to_dict() if self.codec is not None else None,
+            "img_shape": list(self.img_shape),
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "regression_network": to_dict(self.regression_config),
+            "residual_network": to_dict(self.residual_config) if self.residual_config is not None else None,
+            "edm": to_dict(self.edm_config),
+            "versions": {"corrdiff_xr": __version__, "torch": torch.__version__,
+                         "safetensors": safetensors.__version__},
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write weights + JSON config to one safetensors file, atomically (temp + rename)."""
+        from safetensors.torch import save
+
+        path = Path(path)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        blob = save(tensors, metadata={_HEADER_KEY: json.dumps(self.config_dict())})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        return path
+
+    @classmethod
+    def from_config_dict(cls, header: dict[str, Any]) -> CorrDiff:
+        """Build an (untrained) model from :meth:`config_dict` output."""
+        if header.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"not a corrdiff_xr checkpoint (format={header.get('format')!r})")
+        if header.get("format_version", 0) > CHECKPOINT_VERSION:
+            raise CheckpointError(
+                f"checkpoint format version {header['format_version']} is newer than this "
+                f"corrdiff_xr understands ({CHECKPOINT_VERSION}); upgrade corrdiff_xr"
+            )
+        codec = None
+        if header.get("codec") is not None:
+            from corrdiff_xr.codec import Codec
+
+            codec = Codec.from_dict(header["codec"])
+        res = header.get("residual_network")
+        return cls(
+            codec,
+            img_shape=header["img_shape"],
+            regression_network=from_dict(NetworkConfig, header["regression_network"], path="regression_network"),
+            residual_network=from_dict(NetworkConfig, res, path="residual_network") if res is not None else None,
+            edm=from_dict(EDMConfig, header["edm"], path="edm"),
+            in_channels=header["in_channels"] if codec is None else None,
+            out_channels=header["out_channels"] if codec is None else None,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> CorrDiff:
+        """Read a checkpoint written by :meth:`save` (no pickle involved)."""
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{path} is not a safetensors checkpoint: {err}") from err
+        if _HEADER_KEY not in meta:
+            raise CheckpointError(f"{path} has no corrdiff_xr header; was it written by CorrDiff.save?")
+        model = cls.from_config_dict(json.loads(meta[_HEADER_KEY]))
+        load_weights(model, tensors, source=str(path))
+        return model.to(map_location)
+
+
+def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str) -> None:
+    """Copy ``tensors`` into ``model``, naming any missing, unexpected or misshapen entry."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not fit the model; missing {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+            f"{' ...' if len(unexpected) > 8 else ''}"
+        )
+    for key, value in tensors.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise CheckpointError(
+                f"{source}: parameter {key!r} has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(own[key].shape)}"
+            )
+    model.load_state_dict(tensors, strict=True)
+
+
+def read_mdlus(*args: Any, **kwargs: Any):
+    """Read a PhysicsNeMo ``.mdlus`` file safely; see :func:`corrdiff_xr._mdlus.read_mdlus`."""
+    from corrdiff_xr._mdlus import read_mdlus as _read
+
+    return _read(*args, **kwargs)
+
+
+def import_mdlus(*args: Any, **kwargs: Any) -> CorrDiff:
+    """Build a :class:`CorrDiff` from PhysicsNeMo checkpoints; see :mod:`corrdiff_xr._mdlus`."""
+    from corrdiff_xr._mdlus import import_mdlus as _import
+
+    return _import(*args, **kwargs)

@@ -1,0 +1,220 @@
+"""SongUNet (DDPM++) with grid positional and lead-time embeddings, as CorrDiff uses it.
+
+One class covers PhysicsNeMo's ``SongUNet``, ``SongUNetPosEmbd`` and ``SongUNetPosLtEmbd``
+(standard encoder/decoder): the data channels are concatenated with the positional
+channels (and lead-time channels) sliced at each sample's global offset, then pass through an
+encoder of ``len(channel_mult)`` levels (each after the first halves the resolution), a
+bottleneck, and a mirrored decoder with skip connections. The noise level enters every block
+through an embedding MLP (or a zero vector for ``embedding_type="zero"``, the regression net).
+
+Attention levels are chosen from the *global* image height, ``img_shape[0] >> level``, as in
+the reference, so a patch uses the same layers as the whole domain. Inputs must have sides
+divisible by ``2 ** (levels - 1)``.
+
+Module names: ``enc["L{level}_conv" | "L{level}_down" | "L{level}_block{i}"]``,
+``dec["L{level}_in0" | "L{level}_in1" | "L{level}_up" | "L{level}_block{i}" |
+"L0_aux_norm" | "L0_aux_conv"]``; the reference spells the level prefix ``{res}x{res}_``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from corrdiff_xr.config import NetworkConfig
+from corrdiff_xr.nn.embeddings import GridEmbedding, LeadTimeEmbedding, NoiseEmbedding
+from corrdiff_xr.nn.layers import Conv2d, GroupNorm, Linear, UNetBlock
+
+__all__ = ["RegressionUNet", "SongUNet"]
+
+
+class SongUNet(nn.Module):
+    """U-Net denoiser backbone ``F(x, noise_labels)`` on (N, C, h, w) images.
+
+    Parameters
+    ----------
+    config : NetworkConfig
+        Hyper-parameters (widths, depths, attention, embeddings).
+    in_channels : int
+        Data channels of ``x`` (without positional / lead-time channels, which are added here).
+    out_channels : int
+        Output channels.
+    img_shape : tuple of int
+        The global grid (H, W) that positional embeddings cover.
+    """
+
+    def __init__(self, config: NetworkConfig, *, in_channels: int, out_channels: int, img_shape: tuple[int, int]):
+        super().__init__()
+        cfg = config
+        self.config = cfg
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.img_shape = (int(img_shape[0]), int(img_shape[1]))
+        self.levels = len(cfg.channel_mult)
+        mc = cfg.model_channels
+        emb_ch = mc * cfg.channel_mult_emb
+        noise_ch = mc * cfg.channel_mult_noise
+        self.emb_channels = emb_ch
+        unbiased = cfg.eval_groupnorm_unbiased
+
+        self.grid = GridEmbedding(self.img_shape, gridtype=cfg.gridtype, channels=cfg.N_grid_channels)
+        self.lead_time = (
+            LeadTimeEmbedding(self.img_shape, steps=cfg.lead_time_steps, channels=cfg.lead_time_channels)
+            if cfg.lead_time_channels
+            else None
+        )
+        self.prob_channels = tuple(cfg.prob_channels)
+        if self.prob_channels and self.lead_time is None:
+            raise ValueError("prob_channels needs a lead-time model (lead_time_channels > 0)")
+        self.scalar = nn.Parameter(torch.ones(1, len(self.prob_channels), 1, 1)) if self.prob_channels else None
+        total_in = in_channels + self.grid.channels + (cfg.lead_time_channels if self.lead_time else 0)
+        self.total_in_channels = total_in
+
+        if cfg.embedding_type == "positional":
+            self.map_noise = NoiseEmbedding(noise_ch)
+            self.map_layer0 = Linear(noise_ch, emb_ch)
+            self.map_layer1 = Linear(emb_ch, emb_ch)
+        else:
+            self.map_noise = None
+
+        block = dict(emb_channels=emb_ch, dropout=cfg.dropout, resample_filter=cfg.resample_filter,
+                     eval_unbiased=unbiased)
+        self.enc = nn.ModuleDict()
+        cout = total_in
+        skips = []
+        for level, mult in enumerate(cfg.channel_mult):
+            res = self.img_shape[0] >> level
+            if level == 0:
+                self.enc[f"L{level}_conv"] = Conv2d(cout, mc, 3)
+                cout = mc
+            else:
+                self.enc[f"L{level}_down"] = UNetBlock(cout, cout, down=True, **block)
+            skips.append(cout)
+            for i in range(cfg.num_blocks):
+                cin, cout = cout, mc * mult
+                self.enc[f"L{level}_block{i}"] = UNetBlock(
+                    cin, cout, attention=res in cfg.attn_resolutions, **block
+                )
+                skips.append(cout)
+
+        self.dec = nn.ModuleDict()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            res = self.img_shape[0] >> level
+            if level == self.levels - 1:
+                self.dec[f"L{level}_in0"] = UNetBlock(cout, cout, attention=cfg.bottleneck_attention, **block)
+                self.dec[f"L{level}_in1"] = UNetBlock(cout, cout, **block)
+            else:
+                self.dec[f"L{level}_up"] = UNetBlock(cout, cout, up=True, **block)
+            for i in range(cfg.num_blocks + 1):
+                cin, cout = cout + skips.pop(), mc * mult
+                attn = i == cfg.num_blocks and res in cfg.attn_resolutions
+                self.dec[f"L{level}_block{i}"] = UNetBlock(cin, cout, attention=attn, **block)
+        self.dec["L0_aux_norm"] = GroupNorm(cout, eps=1e-6, silu=True, eval_unbiased=unbiased)
+        self.dec["L0_aux_conv"] = Conv2d(cout, out_channels, 3, init_weight=1e-5)
+        self._n_enc_blocks = cfg.num_blocks
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating-point type of the weights (inputs are cast to it)."""
+        return self.enc["L0_conv"].weight.dtype
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"SongUNet expects x of shape (N, {self.in_channels}, h, w), got {tuple(x.shape)}")
+        m = 2 ** (self.levels - 1)
+        if x.shape[2] % m or x.shape[3] % m:
+            raise ValueError(
+                f"SongUNet with {self.levels} levels needs h and w divisible by {m}, got {tuple(x.shape[2:])}"
+            )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        noise_labels: torch.Tensor,
+        *,
+        offsets: torch.Tensor | None = None,
+        lead_time: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Network output (N, out_channels, h, w).
+
+        Parameters
+        ----------
+        x : Tensor
+            (N, in_channels, h, w) data channels.
+        noise_labels : Tensor
+            (N,) or (1,) noise labels (``c_noise``); ignored when ``embedding_type="zero"``.
+        offsets : Tensor, optional
+            (N, 2) global (row, col) of each sample's top-left pixel; None = the full grid.
+        lead_time : Tensor, optional
+            (N,) integer lead-time labels, required by lead-time models.
+        """
+        self._check(x)
+        x = x.to(self.dtype)
+        n, _, h, w = x.shape
+        extra = []
+        pos = self.grid(offsets, (h, w), n, dtype=x.dtype, device=x.device)
+        if pos is not None:
+            extra.append(pos)
+        if self.lead_time is not None:
+            if lead_time is None:
+                raise ValueError("this network has a lead-time embedding: pass lead_time labels")
+            extra.append(self.lead_time(lead_time, offsets, (h, w), dtype=x.dtype))
+        if extra:
+            x = torch.cat([x, *extra], dim=1)
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        if self.map_noise is not None:
+            emb = self.map_noise(noise_labels.reshape(-1)).to(x.dtype)
+            if emb.shape[0] != n:
+                emb = emb.expand(n, -1)
+            emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
+        else:
+            emb = x.new_zeros(n, self.emb_channels)
+
+        skips = []
+        for name, module in self.enc.items():
+            x = module(x) if name.endswith("_conv") else module(x, emb)
+            skips.append(x)
+        for name, module in self.dec.items():
+            if name == "L0_aux_norm":
+                x = module(x)
+            elif name == "L0_aux_conv":
+                x = module(x)
+            else:
+                if x.shape[1] != module.in_channels:
+                    x = torch.cat([x, skips.pop()], dim=1)
+                x = module(x, emb)
+        x = x.contiguous()
+        if self.scalar is not None:
+            p = list(self.prob_channels)
+            x = x.clone()
+            scaled = x[:, p] * self.scalar.to(x.dtype)
+            x[:, p] = scaled if self.training else scaled.softmax(dim=1)
+        return x
+
+
+class RegressionUNet(nn.Module):
+    """The regression network: predicts the conditional mean from the condition alone.
+
+    As in the reference, the wrapped :class:`SongUNet` sees ``out_channels`` zero channels
+    (the place of a latent) followed by the condition, with noise label 0.
+    """
+
+    def __init__(self, net: SongUNet):
+        super().__init__()
+        self.net = net
+
+    def forward(
+        self,
+        condition: torch.Tensor,
+        *,
+        offsets: torch.Tensor | None = None,
+        lead_time: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean estimate (N, out_channels, h, w) from the condition (N, C, h, w)."""
+        n, _, h, w = condition.shape
+        condition = condition.to(self.net.dtype)
+        x = torch.cat([condition.new_zeros(n, self.net.out_channels, h, w), condition], dim=1)
+        return self.net(x, x.new_zeros(n), offsets=offsets, lead_time=lead_time)

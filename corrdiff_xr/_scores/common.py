@@ -1,0 +1,121 @@
+"""Input checks, truth matching and aggregation shared by the scores (private)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+
+import numpy as np
+import xarray as xr
+
+Dims = Hashable | Sequence[Hashable] | None
+
+
+def _to_dataset(obj: xr.Dataset | xr.DataArray, role: str) -> tuple[xr.Dataset, bool]:
+    if isinstance(obj, xr.Dataset):
+        return obj, False
+    if isinstance(obj, xr.DataArray):
+        return obj.to_dataset(name=obj.name if obj.name is not None else "value"), True
+    raise TypeError(f"{role} must be an xarray Dataset or DataArray, got {type(obj).__name__}")
+
+
+def _back(ds: xr.Dataset, was_array: bool) -> xr.Dataset | xr.DataArray:
+    return ds[next(iter(ds.data_vars))] if was_array else ds
+
+
+def _check_forecast(forecast: xr.Dataset, member_dim: str) -> None:
+    if not forecast.data_vars:
+        raise ValueError("forecast has no data variables to score")
+    for name, var in forecast.data_vars.items():
+        if member_dim not in var.dims:
+            raise ValueError(
+                f"forecast variable {name!r} has no {member_dim!r} dimension (dims {var.dims}); "
+                f"pass member_dim= if the ensemble dimension has another name"
+            )
+
+
+def _matched_truth(forecast: xr.Dataset, truth: xr.Dataset, member_dim: str) -> xr.Dataset:
+    """Truth variables named like the forecast's, on the forecast's coordinates."""
+    missing = [n for n in forecast.data_vars if n not in truth.data_vars]
+    if missing:
+        raise ValueError(
+            f"truth lacks forecast variable(s) {missing}; truth has {list(truth.data_vars)}"
+        )
+    truth = truth[list(forecast.data_vars)]
+    # the forecast's auxiliary coords (lat, lon...) win; comparing lazy copies would compute
+    shared = [c for c in truth.coords if c not in truth.indexes and c in forecast.coords]
+    truth = truth.drop_vars(shared)
+    if member_dim in truth.dims:
+        raise ValueError(f"truth must not have the ensemble dimension {member_dim!r}")
+    for dim in truth.dims:
+        if dim not in forecast.dims:
+            raise ValueError(f"truth dimension {dim!r} is not a forecast dimension")
+        if dim not in truth.coords or dim not in forecast.coords:
+            if truth.sizes[dim] != forecast.sizes[dim]:
+                raise ValueError(
+                    f"dimension {dim!r} has size {truth.sizes[dim]} in truth but "
+                    f"{forecast.sizes[dim]} in forecast"
+                )
+            continue
+        want, have = forecast.indexes[dim], truth.indexes[dim]
+        if want.equals(have):
+            continue
+        if want.isin(have).all():  # e.g. forecast for a few times out of a longer truth
+            truth = truth.sel({dim: want})
+        elif (
+            len(want) == len(have)
+            and np.issubdtype(want.dtype, np.number)
+            and np.allclose(np.asarray(want, float), np.asarray(have, float), rtol=1e-6)
+        ):  # float32 vs float64 grid coordinates from different writers
+            truth = truth.assign_coords({dim: forecast[dim]})
+        else:
+            raise ValueError(
+                f"truth coordinate {dim!r} does not cover the forecast's: forecast has "
+                f"{want[:3].tolist()}... ({len(want)}), truth {have[:3].tolist()}... ({len(have)})"
+            )
+    return truth
+
+
+def _mean_dims(ds: xr.Dataset, dim: Dims, member_dim: str) -> list[Hashable]:
+    if dim is None:
+        return [d for d in ds.dims if d != member_dim]
+    dims = [dim] if isinstance(dim, str) or not isinstance(dim, Iterable) else list(dim)
+    unknown = [d for d in dims if d not in ds.dims]
+    if unknown:
+        raise ValueError(f"cannot reduce over {unknown}: dims are {tuple(ds.dims)}")
+    if member_dim in dims:
+        raise ValueError(f"dim must not include the ensemble dimension {member_dim!r}")
+    return dims
+
+
+def _aggregate(
+    score: xr.Dataset, dims: Sequence[Hashable], weights: xr.DataArray | None
+) -> xr.Dataset:
+    """Mean over ``dims`` (NaN skipped), weighted by ``weights`` if given."""
+    if not dims:
+        return score
+    if weights is None:
+        return score.mean(dims, keep_attrs=True)
+    if not isinstance(weights, xr.DataArray):
+        raise TypeError(f"weights must be an xarray DataArray, got {type(weights).__name__}")
+    extra = [d for d in weights.dims if d not in score.dims]
+    if extra:
+        raise ValueError(f"weights dims {extra} are not dims of the scores {tuple(score.dims)}")
+    reduce_dims = [d for d in dims if d in score.dims]
+    return score.weighted(weights.fillna(0.0)).mean(reduce_dims, keep_attrs=True)
+
+
+def _single_chunk(var: xr.DataArray, dim: str) -> xr.DataArray:
+    """apply_ufunc needs core dims in one chunk; rechunk lazily when they are not."""
+    if var.chunks is not None and len(var.chunksizes[dim]) > 1:
+        return var.chunk({dim: -1})
+    return var
+
+
+def _with_attrs(out: xr.Dataset, source: xr.Dataset, long_name: str, squared=False):
+    for name, var in out.data_vars.items():
+        units = source[name].attrs.get("units")
+        attrs = {"long_name": f"{long_name} of {source[name].attrs.get('long_name', name)}"}
+        if units is not None:
+            attrs["units"] = f"({units})^2" if squared else units
+        var.attrs = attrs
+    return out

@@ -170,6 +170,25 @@ def test_power_spectrum_peaks_at_a_plane_wave_wavenumber_in_cycles_per_pixel():
     assert float((spec * (1 / n)).sum()) == pytest.approx(0.5)
 
 
+def test_power_spectrum_reads_spacing_from_degree_coordinates():
+    n = 16
+    field = xr.DataArray(
+        np.random.default_rng(0).normal(size=(n, n)),
+        dims=(Y, X),
+        coords={
+            Y: (Y, 60 + 0.01 * np.arange(n), {"units": "degrees_north"}),
+            X: (X, 0.02 * np.arange(n), {"units": "degrees_east"}),
+        },
+        name="f",
+    )
+    spec = scoring.power_spectrum(field)
+    dx_km = 0.02 * 111.195 * np.cos(np.deg2rad(60.075))  # longitude step shrinks with lat
+    dy_km = 0.01 * 111.195
+    assert spec["wavenumber"].attrs["units"] == "cycles per km"
+    expected_dk = max(1 / (n * dx_km), 1 / (n * dy_km))
+    assert float(spec["wavenumber"][0]) == pytest.approx(expected_dk, rel=1e-6)
+
+
 def test_power_spectrum_keeps_members_and_averages_time_by_default():
     fc, _ = make_ensemble(members=3)
     spec = scoring.power_spectrum(fc)

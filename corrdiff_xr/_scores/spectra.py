@@ -34,14 +34,29 @@ _LENGTH_UNITS_KM = {
 }
 
 
+_KM_PER_DEGREE = 111.195  # mean Earth radius 6371 km
+
+
 def _spacing_km(ds: xr.Dataset, dims: Sequence[Hashable]) -> tuple[float, float] | None:
-    """Grid spacing (dy, dx) in km from coordinate units, or None when unknown."""
+    """Grid spacing (dy, dx) in km from coordinate units, or None when unknown.
+
+    Lengths (m, km) are converted directly. Degrees (a regular lat/lon grid) use
+    111.195 km per degree, the column spacing scaled by cos of the domain's mean latitude,
+    which is close enough for the limited-area domains downscaling works on.
+    """
     spacing = []
-    for d in dims:
-        if d not in ds.coords:
+    for axis, d in enumerate(dims):
+        if d not in ds.coords or ds.sizes[d] < 2:
             return None
-        scale = _LENGTH_UNITS_KM.get(str(ds[d].attrs.get("units", "")).strip().lower())
-        if scale is None or ds.sizes[d] < 2:
+        units = str(ds[d].attrs.get("units", "")).strip().lower()
+        scale = _LENGTH_UNITS_KM.get(units)
+        if scale is None and units.startswith("degree"):
+            scale = _KM_PER_DEGREE
+            if axis == 1:  # a longitude step shrinks with latitude
+                lat = ds[dims[0]] if "north" in str(ds[dims[0]].attrs.get("units", "")) else None
+                lat_mean = float(lat.mean()) if lat is not None else 0.0
+                scale *= np.cos(np.deg2rad(lat_mean))
+        if scale is None:
             return None
         step = np.diff(np.asarray(ds[d].values, dtype=np.float64)) * scale
         if not np.allclose(step, step[0], rtol=1e-3):
@@ -77,7 +92,9 @@ def power_spectrum(
         The (row, column) dims of the grid.
     spacing : float or (float, float), optional
         Grid spacing in km (dy, dx). By default it is read from the coordinates when their
-        ``units`` are a length (m, km); otherwise wavenumbers are in cycles per pixel.
+        ``units`` are a length (m, km) or degrees (regular lat/lon, 111.195 km per degree,
+        longitude scaled by cos of the mean latitude); otherwise wavenumbers are in cycles
+        per pixel.
     member_dim : str
         Ensemble dimension, kept by default.
 

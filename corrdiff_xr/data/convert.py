@@ -1,0 +1,472 @@
+"""Convert the reference implementation's dataset layouts into the canonical Zarr layout.
+
+Two layouts of PhysicsNeMo's CorrDiff example are understood:
+
+**HRRR-Mini** (``datasets/hrrrmini.py``): one NetCDF-4 file with groups ``input``
+(coarse fields, ``(time, ny/f, nx/f)``), ``output`` (fine fields, ``(time, ny, nx)``) and
+``invariant`` (static fields on a larger parent grid, ``(NY, NX)``), root variables ``time``
+and ``coord`` (``(time, 2)``: the row/column of the output window inside the invariant grid),
+plus a ``stats.json`` holding ``{"input"|"output"|"invariant": {name: {"mean", "std"}}}``.
+The canonical layout needs one fine grid, so every time must share the same window; the
+invariants are cropped to it. Fine ``y``/``x`` are the parent grid's row/column indices,
+coarse ones the centres of the ``f x f`` blocks; ``latitude``/``longitude`` (root or
+``invariant`` group, on the parent grid or the window) give ``lat``/``lon``.
+
+**CWB/Taiwan** (``datasets/cwb.py``): a consolidated Zarr group with ``cwb``
+``(time, cwb_channel, south_north, west_east)`` targets and ``era5``
+``(time, era5_channel, south_north, west_east)`` inputs, names in ``cwb_variable`` /
+``era5_variable`` with levels in ``cwb_pressure`` / ``era5_pressure`` (NaN for surface),
+statistics ``*_center`` / ``*_scale``, validity masks ``cwb_valid(time)`` and
+``era5_valid(time, era5_channel)``, and ``XLAT``/``XLONG``. In that archive ERA5 is already
+interpolated to the 2 km grid, so the coarse grid here *is* the fine grid (bilinear
+regridding is then the identity); invalid times are dropped as the reference does.
+
+Inputs get the suffix ``_coarse`` so their names never clash with the targets'. Statistics
+go to the store's ``stats`` group. Every conversion is written to a temporary sibling path
+and renamed into place: a failure leaves nothing at the destination.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from corrdiff_xr.dims import (
+    LAT,
+    LAT_COARSE,
+    LON,
+    LON_COARSE,
+    STAT,
+    TIME,
+    X_COARSE,
+    Y_COARSE,
+    X,
+    Y,
+)
+
+__all__ = [
+    "ConversionError",
+    "configure_parser",
+    "cwb_to_canonical",
+    "hrrr_mini_to_canonical",
+    "run",
+    "stats_dataset",
+    "write_atomic",
+]
+
+INPUT_SUFFIX = "_coarse"
+#: units of the reference archives' variable names (they carry none themselves)
+_UNITS = {
+    "temperature": "K", "temperature_2m": "K", "2t": "K", "t2m": "K",
+    "eastward_wind": "m s-1", "northward_wind": "m s-1",
+    "eastward_wind_10m": "m s-1", "northward_wind_10m": "m s-1",
+    "10u": "m s-1", "10v": "m s-1", "u10m": "m s-1", "v10m": "m s-1",
+    "geopotential_height": "m", "geopotential": "m2 s-2",
+    "maximum_radar_reflectivity": "dBZ", "radar_reflectivity": "dBZ",
+    "total_precipitation": "kg m-2", "precipitation": "kg m-2", "tp": "kg m-2",
+    "total_column_water_vapour": "kg m-2", "tcwv": "kg m-2",
+    "mean_sea_level_pressure": "Pa", "msl": "Pa", "sp": "Pa",
+    "elev_mean": "m", "lsm_mean": "1", "orography": "m", "lsm": "1",
+}  # fmt: skip
+
+
+class ConversionError(ValueError):
+    """The source does not follow the reference layout it was read as."""
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def stats_dataset(stats: Mapping[str, tuple[float, float]]) -> xr.Dataset:
+    """Statistics in the canonical form: one ``(stat,)`` variable per name, stat=[mean, std]."""
+    return xr.Dataset(
+        {name: (STAT, np.array(ms, np.float64)) for name, ms in stats.items()},
+        coords={STAT: ["mean", "std"]},
+    )
+
+
+def _cf_attrs(name: str, attrs: Mapping, note: str) -> dict:
+    base = name.rstrip("0123456789") if name not in _UNITS else name
+    units = (
+        attrs.get("units") or _UNITS.get(base) or _UNITS.get(name.lower()) or "unknown"
+    )
+    long_name = attrs.get("long_name") or f"{name} ({note})"
+    return {**attrs, "units": str(units), "long_name": str(long_name)}
+
+
+def _index_coord(what: str) -> dict:
+    return {"units": "1", "long_name": f"{what} grid index", "axis": what.upper()}
+
+
+def write_atomic(
+    ds: xr.Dataset,
+    dest: str | os.PathLike,
+    *,
+    stats: xr.Dataset | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``ds`` (and ``stats`` in group ``stats``) to a local Zarr store, atomically.
+
+    The store is built at a hidden sibling path and renamed onto ``dest`` only once complete,
+    so a failure (bad chunk, full disk, interrupt) leaves ``dest`` as it was.
+    """
+    dest = Path(dest).expanduser().absolute()
+    if dest.exists() and not overwrite:
+        raise FileExistsError(f"{dest} exists; pass overwrite=True (CLI: --overwrite)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        ds.to_zarr(tmp, mode="w", consolidated=True)
+        if stats is not None:
+            stats.to_zarr(tmp, group="stats", mode="w", consolidated=True)
+        if dest.exists():
+            trash = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(dest, trash)
+            os.replace(tmp, dest)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+# -- HRRR-Mini ---------------------------------------------------------------------------------
+def _group(path: str, group: str) -> xr.Dataset:
+    try:
+        with xr.open_dataset(path, group=group, engine="netcdf4") as ds:
+            return ds.load()
+    except OSError as err:
+        raise ConversionError(
+            f"{path}: cannot read NetCDF group {group!r} ({err})"
+        ) from err
+
+
+def _find_latlon(
+    path: str, groups: Mapping[str, xr.Dataset]
+) -> tuple[np.ndarray, np.ndarray]:
+    for ds in groups.values():
+        if "latitude" in ds.variables and "longitude" in ds.variables:
+            return ds["latitude"].values, ds["longitude"].values
+    raise ConversionError(
+        f"{path}: no 'latitude'/'longitude' variables in the root or 'invariant' group; the "
+        "canonical layout needs the geographic position of every fine pixel"
+    )
+
+
+def hrrr_mini_to_canonical(
+    path: str | os.PathLike, stats_path: str | os.PathLike
+) -> tuple[xr.Dataset, xr.Dataset]:
+    """Read a HRRR-Mini NetCDF (+ stats.json) as a canonical Dataset and its statistics.
+
+    Returns
+    -------
+    (dataset, stats)
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"HRRR-Mini file not found: {path}")
+    with xr.open_dataset(path, engine="netcdf4") as opened:
+        root = opened.load()
+    for name in ("time", "coord"):
+        if name not in root.variables:
+            raise ConversionError(
+                f"{path}: root group lacks {name!r} (HRRR-Mini layout)"
+            )
+    inp, out, inv = (
+        _group(path, "input"),
+        _group(path, "output"),
+        _group(path, "invariant"),
+    )
+    for label, grp in (("input", inp), ("output", out)):
+        for name, var in grp.data_vars.items():
+            if var.ndim != 3:
+                raise ConversionError(
+                    f"{path}: {label}/{name} has dims {var.dims}, expected 3"
+                )
+    ny, nx = next(iter(out.data_vars.values())).shape[-2:]
+    nyc, nxc = next(iter(inp.data_vars.values())).shape[-2:]
+    if ny % nyc or nx % nxc or ny // nyc != nx // nxc:
+        raise ConversionError(
+            f"{path}: output {ny}x{nx} is not an integer multiple of input {nyc}x{nxc}"
+        )
+    factor = ny // nyc
+    offsets = np.unique(np.asarray(root["coord"].values).reshape(-1, 2), axis=0)
+    if len(offsets) != 1:
+        raise ConversionError(
+            f"{path}: 'coord' holds {len(offsets)} different windows "
+            f"({offsets[:4].tolist()}...); the canonical layout needs one fine grid"
+        )
+    i0, j0 = (int(v) for v in offsets[0])
+    window = (slice(i0, i0 + ny), slice(j0, j0 + nx))
+
+    lat, lon = _find_latlon(path, {"root": root, "invariant": inv})
+    if lat.shape != (ny, nx):
+        lat, lon = lat[window], lon[window]
+    if lat.shape != (ny, nx):
+        raise ConversionError(
+            f"{path}: latitude is {lat.shape}, expected {(ny, nx)} or parent"
+        )
+
+    with open(stats_path) as fh:
+        raw_stats = json.load(fh)
+    stats: dict[str, tuple[float, float]] = {}
+
+    def stat(group: str, name: str) -> tuple[float, float]:
+        try:
+            entry = raw_stats[group][name]
+            return float(entry["mean"]), float(entry["std"])
+        except KeyError as err:
+            raise ConversionError(
+                f"{stats_path}: no mean/std for {group}/{name} (missing key {err})"
+            ) from err
+
+    times = np.asarray(root["time"].values).astype("datetime64[ns]")
+    data_vars: dict[str, tuple] = {}
+    for name, var in out.data_vars.items():
+        data_vars[name] = (
+            (TIME, Y, X),
+            var.values,
+            _cf_attrs(name, var.attrs, "fine target"),
+        )
+        stats[name] = stat("output", name)
+    for name, var in inp.data_vars.items():
+        new = f"{name}{INPUT_SUFFIX}"
+        attrs = _cf_attrs(name, var.attrs, "coarse input")
+        data_vars[new] = ((TIME, Y_COARSE, X_COARSE), var.values, attrs)
+        stats[new] = stat("input", name)
+    for name, var in inv.data_vars.items():
+        if name in ("latitude", "longitude"):
+            continue
+        data_vars[name] = (
+            (Y, X),
+            var.values[window],
+            _cf_attrs(name, var.attrs, "static"),
+        )
+        stats[name] = stat("invariant", name)
+
+    y = np.arange(i0, i0 + ny, dtype=np.float64)
+    x = np.arange(j0, j0 + nx, dtype=np.float64)
+    yc, xc = y.reshape(-1, factor).mean(1), x.reshape(-1, factor).mean(1)
+    block = (nyc, factor, nxc, factor)
+    geo_y = {
+        "units": "degrees_north",
+        "standard_name": "latitude",
+        "long_name": "latitude",
+    }
+    geo_x = {
+        "units": "degrees_east",
+        "standard_name": "longitude",
+        "long_name": "longitude",
+    }
+    ds = xr.Dataset(
+        data_vars,
+        coords={
+            TIME: times,
+            Y: (Y, y, _index_coord("y")),
+            X: (X, x, _index_coord("x")),
+            Y_COARSE: (Y_COARSE, yc, _index_coord("y")),
+            X_COARSE: (X_COARSE, xc, _index_coord("x")),
+            LAT: ((Y, X), lat, geo_y),
+            LON: ((Y, X), lon, geo_x),
+            LAT_COARSE: ((Y_COARSE, X_COARSE), lat.reshape(block).mean((1, 3)), geo_y),
+            LON_COARSE: ((Y_COARSE, X_COARSE), lon.reshape(block).mean((1, 3)), geo_x),
+        },
+        attrs={
+            "source": os.path.basename(path),
+            "converted_from": "HRRR-Mini",
+            "coarsening_factor": factor,
+        },
+    )
+    return ds, stats_dataset(stats)
+
+
+# -- CWB / Taiwan ------------------------------------------------------------------------------
+def _channel_names(group: xr.Dataset, prefix: str) -> list[str]:
+    names = [str(v) for v in np.asarray(group[f"{prefix}_variable"].values)]
+    levels = np.full(len(names), np.nan)  # no level array: all surface fields
+    if f"{prefix}_pressure" in group.variables:
+        levels = np.asarray(group[f"{prefix}_pressure"].values, dtype=np.float64)
+    out = [n if np.isnan(p) else f"{n}{int(p)}" for n, p in zip(names, levels)]
+    if len(set(out)) != len(out):
+        raise ConversionError(
+            f"{prefix}_variable/{prefix}_pressure repeat a channel: {out}"
+        )
+    return out
+
+
+def cwb_to_canonical(
+    source: str | os.PathLike | xr.Dataset, *, keep_invalid: bool = False
+) -> tuple[xr.Dataset, xr.Dataset]:
+    """Read a CWB/Taiwan Zarr (reference layout) as a canonical Dataset and its statistics.
+
+    Parameters
+    ----------
+    source
+        Path of the consolidated Zarr group, or the Dataset already opened from it.
+    keep_invalid
+        Keep times flagged invalid by ``cwb_valid`` / ``era5_valid`` (dropped by default,
+        as the reference's loader does).
+
+    Returns
+    -------
+    (dataset, stats)
+        The dataset is dask-backed (nothing is read until written).
+    """
+    label = "<dataset>" if isinstance(source, xr.Dataset) else os.fspath(source)
+    if isinstance(source, xr.Dataset):
+        src = source
+    else:
+        if not os.path.exists(label):
+            raise FileNotFoundError(f"CWB Zarr store not found: {label}")
+        src = xr.open_zarr(label, consolidated=None)
+    required = [
+        "cwb",
+        "era5",
+        "cwb_variable",
+        "era5_variable",
+        "cwb_center",
+        "cwb_scale",
+        "era5_center",
+        "era5_scale",
+        "XLAT",
+        "XLONG",
+        "time",
+    ]
+    missing = [n for n in required if n not in src.variables]
+    if missing:
+        raise ConversionError(f"{label}: not the CWB layout, missing {missing}")
+    for name in ("cwb", "era5"):
+        if src[name].ndim != 4:
+            raise ConversionError(
+                f"{label}: {name} has dims {src[name].dims}, expected 4"
+            )
+    src = src.set_coords([n for n in required[2:] if n in src.data_vars])
+    targets, inputs = _channel_names(src, "cwb"), _channel_names(src, "era5")
+    t_dim, c_dim, ydim, xdim = src["cwb"].dims
+    e_dim = src["era5"].dims[1]
+
+    valid = np.ones(src.sizes[t_dim], bool)
+    if not keep_invalid:
+        if "cwb_valid" in src.variables:
+            valid &= np.asarray(src["cwb_valid"].values) != 0
+        if "era5_valid" in src.variables:
+            valid &= np.all(np.asarray(src["era5_valid"].values) != 0, axis=-1)
+    if not valid.any():
+        raise ConversionError(
+            f"{label}: no valid times (cwb_valid/era5_valid all false)"
+        )
+
+    stats: dict[str, tuple[float, float]] = {}
+    data_vars = {}
+    centers = {
+        p: np.asarray(src[f"{p}_center"].values, np.float64) for p in ("cwb", "era5")
+    }
+    scales = {
+        p: np.asarray(src[f"{p}_scale"].values, np.float64) for p in ("cwb", "era5")
+    }
+    for k, name in enumerate(targets):
+        var = src["cwb"].isel({c_dim: k}, drop=True).isel({t_dim: valid})
+        data_vars[name] = (
+            (TIME, Y, X),
+            var.data,
+            _cf_attrs(name, {}, "CWB/TReAD 2 km target"),
+        )
+        stats[name] = (centers["cwb"][k], scales["cwb"][k])
+    for k, name in enumerate(inputs):
+        var = src["era5"].isel({e_dim: k}, drop=True).isel({t_dim: valid})
+        new = f"{name}{INPUT_SUFFIX}"
+        data_vars[new] = (
+            (TIME, Y_COARSE, X_COARSE),
+            var.data,
+            _cf_attrs(name, {}, "ERA5 interpolated to the 2 km grid"),
+        )
+        stats[new] = (centers["era5"][k], scales["era5"][k])
+
+    lat = np.asarray(src["XLAT"].values, np.float64)
+    lon = np.asarray(src["XLONG"].values, np.float64)
+    ny, nx = src.sizes[ydim], src.sizes[xdim]
+    y, x = np.arange(ny, dtype=np.float64), np.arange(nx, dtype=np.float64)
+    times = np.asarray(src["time"].values)
+    if not np.issubdtype(times.dtype, np.datetime64):
+        raise ConversionError(
+            f"{label}: time is not decodable to datetimes ({times.dtype})"
+        )
+    geo_y = {
+        "units": "degrees_north",
+        "standard_name": "latitude",
+        "long_name": "latitude",
+    }
+    geo_x = {
+        "units": "degrees_east",
+        "standard_name": "longitude",
+        "long_name": "longitude",
+    }
+    ds = xr.Dataset(
+        data_vars,
+        coords={
+            TIME: times[valid].astype("datetime64[ns]"),
+            Y: (Y, y, _index_coord("y")),
+            X: (X, x, _index_coord("x")),
+            Y_COARSE: (Y_COARSE, y, _index_coord("y")),
+            X_COARSE: (X_COARSE, x, _index_coord("x")),
+            LAT: ((Y, X), lat, geo_y),
+            LON: ((Y, X), lon, geo_x),
+            LAT_COARSE: ((Y_COARSE, X_COARSE), lat, geo_y),
+            LON_COARSE: ((Y_COARSE, X_COARSE), lon, geo_x),
+        },
+        attrs={
+            "source": os.path.basename(label),
+            "converted_from": "CWB",
+            "coarsening_factor": 1,
+            "dropped_invalid_times": int((~valid).sum()),
+        },
+    )
+    return ds, stats_dataset(stats)
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+LAYOUTS = ("hrrr-mini", "cwb")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Options of ``corrdiff-xr convert``."""
+    parser.add_argument("layout", choices=LAYOUTS, help="layout of the source dataset")
+    parser.add_argument("source", help="HRRR-Mini NetCDF file or CWB Zarr directory")
+    parser.add_argument("dest", help="canonical Zarr store to write (local path)")
+    parser.add_argument(
+        "--stats", help="HRRR-Mini stats.json (default: next to the source)"
+    )
+    parser.add_argument(
+        "--time-chunk", type=int, default=1, help="time steps per chunk"
+    )
+    parser.add_argument(
+        "--keep-invalid", action="store_true", help="CWB: keep times flagged invalid"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing dest"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert ``args.source`` to a canonical Zarr store at ``args.dest``."""
+    if args.layout == "hrrr-mini":
+        stats_path = args.stats or os.path.join(
+            os.path.dirname(args.source), "stats.json"
+        )
+        ds, stats = hrrr_mini_to_canonical(args.source, stats_path)
+    else:
+        ds, stats = cwb_to_canonical(args.source, keep_invalid=args.keep_invalid)
+    ds = ds.chunk({TIME: max(1, args.time_chunk)})
+    for var in ds.variables.values():
+        var.encoding.clear()
+    dest = write_atomic(ds, args.dest, stats=stats, overwrite=args.overwrite)
+    print(f"wrote {dest}: {len(ds.time)} times, variables {list(ds.data_vars)}")
+    return 0

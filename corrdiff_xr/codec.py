@@ -1,0 +1,249 @@
+"""The one boundary between labelled xarray data and normalised channel arrays.
+
+A :class:`Codec` knows the variable names by role and their statistics; it turns Datasets into
+float32 arrays ``(time, channel, y, x)`` normalised as ``(value - mean) / std`` and turns
+network output back into a Dataset with the template's coordinates and CF attributes. Channel
+order is fixed here and nowhere else: input channels are the inputs then the static fields,
+output channels are the targets, each in the order given.
+
+The codec is plain data (:meth:`Codec.to_dict` is JSON-able) so it travels inside checkpoints
+and a trained model always decodes with the statistics it was trained with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xarray as xr
+
+from corrdiff_xr.data.layout import (
+    DimensionError,
+    MissingValueError,
+    MissingVariableError,
+    NameClashError,
+    StatsError,
+)
+from corrdiff_xr.dims import CHANNEL, MEMBER, TIME, X, Y
+
+if TYPE_CHECKING:
+    from corrdiff_xr.data.pair import DownscalingData
+
+__all__ = ["Codec"]
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Variables <-> normalised channels.
+
+    Parameters
+    ----------
+    inputs
+        Input variable names (regridded to the fine grid before encoding).
+    targets
+        Target variable names, the output channels.
+    static
+        Static field names, appended to the input channels.
+    stats
+        ``{name: (mean, std)}`` for every name above.
+    attrs
+        ``{name: {"units": ..., "long_name": ...}}`` given to decoded variables when the
+        template does not carry them.
+    """
+
+    inputs: tuple[str, ...]
+    targets: tuple[str, ...]
+    static: tuple[str, ...] = ()
+    stats: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    attrs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("inputs", "targets", "static"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        names = self.in_channels + self.targets
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise NameClashError(f"codec variable name(s) {dup} used more than once; names must be unique")
+        stats = {}
+        for name in names:
+            if name not in self.stats:
+                raise StatsError(f"codec has no statistics for variable '{name}'")
+            mean, std = (float(v) for v in self.stats[name])
+            if not (np.isfinite(mean) and np.isfinite(std)) or std <= 0:
+                raise StatsError(
+                    f"statistics of '{name}' are unusable (mean {mean}, std {std}); std must be "
+                    "finite and > 0"
+                )
+            stats[name] = (mean, std)
+        object.__setattr__(self, "stats", stats)
+        object.__setattr__(self, "attrs", {k: dict(v) for k, v in self.attrs.items()})
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_pair(cls, pair: DownscalingData) -> Codec:
+        """Codec of a :class:`~corrdiff_xr.data.DownscalingData` (computes its statistics)."""
+        from corrdiff_xr.data.stats import stats_to_dict
+
+        names = pair.inputs + pair.targets + pair.static
+        stats = stats_to_dict(pair.stats, names)
+        attrs = {
+            n: {k: str(pair.dataset[n].attrs[k]) for k in ("units", "long_name") if k in pair.dataset[n].attrs}
+            for n in names
+        }
+        return cls(pair.inputs, pair.targets, pair.static, stats, attrs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able plain data; :meth:`from_dict` inverts it."""
+        return {
+            "inputs": list(self.inputs),
+            "targets": list(self.targets),
+            "static": list(self.static),
+            "stats": {k: [m, s] for k, (m, s) in self.stats.items()},
+            "attrs": {k: dict(v) for k, v in self.attrs.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Codec:
+        """Rebuild a codec from :meth:`to_dict` output."""
+        unknown = set(data) - {"inputs", "targets", "static", "stats", "attrs"}
+        if unknown:
+            raise ValueError(f"unknown codec key(s) {sorted(unknown)}")
+        return cls(
+            tuple(data["inputs"]),
+            tuple(data["targets"]),
+            tuple(data.get("static", ())),
+            {k: (float(v[0]), float(v[1])) for k, v in data["stats"].items()},
+            data.get("attrs", {}),
+        )
+
+    # -- channels ----------------------------------------------------------------------------
+    @property
+    def in_channels(self) -> tuple[str, ...]:
+        """Input channel names: inputs then static fields."""
+        return self.inputs + self.static
+
+    @property
+    def out_channels(self) -> tuple[str, ...]:
+        """Output channel names: the targets."""
+        return self.targets
+
+    def _mean_std(self, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        mean = np.array([self.stats[n][0] for n in names], dtype=np.float64)
+        std = np.array([self.stats[n][1] for n in names], dtype=np.float64)
+        return mean, std
+
+    def _encode(self, ds: xr.Dataset, names: Sequence[str], what: str) -> np.ndarray:
+        missing = [n for n in names if n not in ds.data_vars]
+        if missing:
+            raise MissingVariableError(
+                f"cannot encode {what}: variable(s) {missing} not in the dataset "
+                f"(it has {sorted(map(str, ds.data_vars))})"
+            )
+        time_vars = [n for n in names if TIME in ds[n].dims]
+        nt = ds.sizes[TIME] if TIME in ds.dims else None
+        ny, nx = ds.sizes.get(Y), ds.sizes.get(X)
+        if nt is None:
+            raise DimensionError(f"cannot encode {what}: the dataset has no '{TIME}' dimension")
+        out = np.empty((nt, len(names), ny, nx), dtype=np.float32)
+        mean, std = self._mean_std(names)
+        for c, name in enumerate(names):
+            var = ds[name]
+            expected = (TIME, Y, X) if name in time_vars else (Y, X)
+            if var.dims != expected:
+                raise DimensionError(
+                    f"cannot encode '{name}': dims {var.dims}, expected {expected} (inputs must be "
+                    "regridded to the fine grid first, see DownscalingData.inputs_on_fine)"
+                )
+            values = np.asarray(var.values, dtype=np.float64)
+            bad = ~np.isfinite(values)
+            if bad.any():
+                where = ""
+                if name in time_vars:
+                    t_bad = np.flatnonzero(bad.any(axis=(1, 2)))
+                    where = f" at time(s) {ds[TIME].values[t_bad[:3]].tolist()}"
+                raise MissingValueError(
+                    f"variable '{name}' holds {int(bad.sum())} NaN/inf value(s){where}; the network "
+                    "cannot take missing values (fill or drop those times)"
+                )
+            out[:, c] = (values - mean[c]) / std[c]
+        return out
+
+    def encode_inputs(self, ds: xr.Dataset) -> np.ndarray:
+        """Normalised inputs ``(time, C_in, y, x)`` float32 from regridded inputs + static.
+
+        ``ds`` holds the inputs on ``(time, y, x)`` (see ``DownscalingData.inputs_on_fine``)
+        and the static fields on ``(y, x)``, which are repeated over time.
+        """
+        return self._encode(ds, self.in_channels, "inputs")
+
+    def encode_targets(self, ds: xr.Dataset) -> np.ndarray:
+        """Normalised targets ``(time, C_out, y, x)`` float32."""
+        return self._encode(ds, self.out_channels, "targets")
+
+    def decode_targets(
+        self,
+        array: Any,
+        template: xr.Dataset | xr.DataArray,
+        *,
+        dims: Sequence[str] | None = None,
+    ) -> xr.Dataset:
+        """De-normalise ``array[..., C_out, y, x]`` into a Dataset of the targets.
+
+        Parameters
+        ----------
+        array
+            numpy array or torch tensor; the channel axis is third from last.
+        template
+            Supplies coordinates: its ``y``/``x`` (and ``lat``/``lon``) and, for the leading
+            axes, the coordinates of ``dims``.
+        dims
+            Names of the leading axes. By default: ``(time,)`` for one leading axis,
+            ``(member, time)`` for two, ``()`` for none.
+
+        Returns
+        -------
+        xarray.Dataset
+            One variable per target, float32, with CF ``units``/``long_name``.
+        """
+        if hasattr(array, "detach"):  # torch tensor, without importing torch
+            array = array.detach().cpu().numpy()
+        array = np.asarray(array)
+        if array.ndim < 3 or array.shape[-3] != len(self.targets):
+            raise DimensionError(
+                f"cannot decode an array of shape {array.shape}: expected (..., {len(self.targets)} "
+                f"channels {list(self.targets)}, y, x)"
+            )
+        lead = array.ndim - 3
+        if dims is None:
+            dims = {0: (), 1: (TIME,), 2: (MEMBER, TIME)}.get(lead)
+            if dims is None:
+                raise DimensionError(f"give dims= for the {lead} leading axes of shape {array.shape}")
+        dims = tuple(dims)
+        if len(dims) != lead:
+            raise DimensionError(f"dims {dims} do not match the {lead} leading axes of shape {array.shape}")
+        full_dims = dims + (Y, X)
+        for d, n in zip(full_dims, array.shape[:lead] + array.shape[-2:]):
+            if d in template.dims and template.sizes[d] != n:
+                raise DimensionError(
+                    f"array has {n} points along '{d}' but the template has {template.sizes[d]}"
+                )
+        coords = {
+            k: v for k, v in template.coords.items() if set(v.dims) <= set(full_dims) and v.dims
+        }
+        mean, std = self._mean_std(self.targets)
+        out = {}
+        for c, name in enumerate(self.targets):
+            values = (array[..., c, :, :].astype(np.float64) * std[c] + mean[c]).astype(np.float32)
+            attrs = dict(self.attrs.get(name, {}))
+            if isinstance(template, xr.Dataset) and name in template.data_vars:
+                attrs.update(template[name].attrs)
+            out[name] = (full_dims, values, attrs)
+        return xr.Dataset(out, coords=coords)
+
+    @property
+    def channel_coords(self) -> dict[str, list[str]]:
+        """Names of the input and output channels, e.g. for labelling tensors in xarray."""
+        return {f"in_{CHANNEL}": list(self.in_channels), f"out_{CHANNEL}": list(self.out_channels)}

@@ -1,0 +1,80 @@
+"""Data layer: the canonical layout, validation, regridding, statistics, pairs, synthetic data.
+
+See :mod:`corrdiff_xr.data.layout` for the layout every other module relies on. The usual
+entry point is :func:`open_pair`, which returns a lazy, validated :class:`DownscalingData`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from corrdiff_xr.data.layout import (
+    CoordinateError,
+    CoverageError,
+    DataError,
+    DimensionError,
+    DTypeError,
+    EmptySelectionError,
+    MetadataError,
+    MissingValueError,
+    MissingVariableError,
+    NameClashError,
+    Roles,
+    StatsError,
+    StoreError,
+    TimeAxisError,
+    combine,
+    roles,
+)
+from corrdiff_xr.data.pair import SUPPORTED_PROTOCOLS, DownscalingData, open_dataset, open_pair
+from corrdiff_xr.data.regrid import BilinearWeights, bilinear_weights, regrid
+from corrdiff_xr.data.stats import check_stats, compute_stats, read_stats, stats_to_dict, write_stats
+from corrdiff_xr.data.synthetic import gaussian_random_field, synthetic_dataset
+from corrdiff_xr.data.validate import select_roles, validate
+
+# names from sibling modules imported on first use (heavier readers and converters)
+_LAZY: dict[str, str] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'corrdiff_xr.data' has no attribute '{name}'")
+
+
+__all__ = [
+    "SUPPORTED_PROTOCOLS",
+    "BilinearWeights",
+    "CoordinateError",
+    "CoverageError",
+    "DataError",
+    "DimensionError",
+    "DTypeError",
+    "DownscalingData",
+    "EmptySelectionError",
+    "MetadataError",
+    "MissingValueError",
+    "MissingVariableError",
+    "NameClashError",
+    "Roles",
+    "StatsError",
+    "StoreError",
+    "TimeAxisError",
+    "bilinear_weights",
+    "check_stats",
+    "combine",
+    "compute_stats",
+    "gaussian_random_field",
+    "open_dataset",
+    "open_pair",
+    "read_stats",
+    "regrid",
+    "roles",
+    "select_roles",
+    "stats_to_dict",
+    "synthetic_dataset",
+    "validate",
+    "write_stats",
+    *_LAZY,
+]

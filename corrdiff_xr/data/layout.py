@@ -1,0 +1,220 @@
+"""The canonical downscaling layout, role detection from dimensions, and data errors.
+
+One Zarr store holds one flat :class:`xarray.Dataset` with everything a downscaling run needs:
+the coarse inputs, the fine targets, the static fields and (optionally) their statistics.
+
+Dimensions and coordinates
+--------------------------
+``time``
+    ``datetime64[ns]``, strictly increasing, no duplicates; shared by inputs and targets (an
+    input at time *t* conditions the target at time *t*).
+``y``, ``x`` (the fine grid)
+    1-D, strictly monotonic coordinates of the same name. On a regular latitude/longitude grid
+    they are degrees with ``standard_name`` ``latitude``/``longitude``; on a projected or
+    rotated grid they are the projection coordinates (``projection_y_coordinate``,
+    ``grid_latitude`` ...). 2-D coordinates ``lat(y, x)`` and ``lon(y, x)`` always give the
+    geographic position of every fine pixel.
+``y_coarse``, ``x_coarse`` (the coarse grid)
+    The same conventions, with 2-D ``lat_coarse(y_coarse, x_coarse)`` and
+    ``lon_coarse(y_coarse, x_coarse)``. The coarse grid must cover the fine domain (to within
+    half a coarse cell, where the nearest coarse value is used).
+
+Roles follow from dimensions
+----------------------------
+A data variable's role is read from its dims, so no list of names has to be kept in sync:
+
+* ``(time, y_coarse, x_coarse)`` -> **input** (coarse conditioning, e.g. ERA5 fields),
+* ``(time, y, x)`` -> **target** (the km-scale fields to generate),
+* ``(y, x)`` -> **static** (orography, land-sea mask; given to the network as channels).
+
+Input names must differ from target names (``t2m_coarse`` vs ``t2m``). Every data variable
+carries the CF attributes ``units`` and ``long_name``. Any other dims are an error.
+
+Statistics
+----------
+Normalisation statistics are an :class:`xarray.Dataset` with one variable per data variable,
+each of dims ``(stat,)`` with coordinate ``stat = ["mean", "std"]``. They may be stored in the
+Zarr group ``"stats"`` of the same store (:func:`corrdiff_xr.data.write_stats`); when absent
+they are computed lazily with dask (:func:`corrdiff_xr.data.compute_stats`).
+
+Chunking advice
+---------------
+Chunk ``time`` small (1-8 steps) and keep each variable's spatial field whole or in large
+tiles (>= 256 x 256): training draws random times and patches, inference maps one task per
+time chunk. Aim for chunks of 1-64 MiB. Coarse inputs are small; keep their spatial dims in
+one chunk, since bilinear regridding needs the whole coarse field of a time step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import xarray as xr
+
+from corrdiff_xr.dims import COARSE_DIMS, FINE_DIMS, STAT, TIME
+
+#: Zarr group holding the statistics
+STATS_GROUP = "stats"
+#: order of the ``stat`` coordinate
+STAT_NAMES = ("mean", "std")
+
+INPUT_DIMS = (TIME, *COARSE_DIMS)
+TARGET_DIMS = (TIME, *FINE_DIMS)
+STATIC_DIMS = FINE_DIMS
+
+__all__ = [
+    "STATS_GROUP",
+    "STAT_NAMES",
+    "Roles",
+    "roles",
+    "role_of",
+    "combine",
+    "DataError",
+    "MissingVariableError",
+    "DimensionError",
+    "CoordinateError",
+    "TimeAxisError",
+    "CoverageError",
+    "DTypeError",
+    "MissingValueError",
+    "EmptySelectionError",
+    "StoreError",
+    "StatsError",
+    "MetadataError",
+    "NameClashError",
+]
+
+
+# -- errors --------------------------------------------------------------------------------
+class DataError(ValueError):
+    """A dataset does not follow the canonical layout, or cannot be read."""
+
+
+class MissingVariableError(DataError, KeyError):
+    """A requested variable or coordinate is absent."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DimensionError(DataError):
+    """A variable has dims that fit no role, or the wrong ones for its role."""
+
+
+class CoordinateError(DataError):
+    """A coordinate is missing, non-monotonic, duplicated, mis-shaped or holds NaNs."""
+
+
+class TimeAxisError(CoordinateError):
+    """Time axes do not match, are not datetimes, or repeat a time."""
+
+
+class CoverageError(DataError):
+    """The coarse grid does not cover the fine domain."""
+
+
+class DTypeError(DataError):
+    """A variable is not numeric."""
+
+
+class MissingValueError(DataError):
+    """NaNs where none are allowed (static fields, coordinates, encoded tensors)."""
+
+
+class EmptySelectionError(DataError):
+    """A selection leaves a dimension, or the list of variables, empty."""
+
+
+class StoreError(DataError):
+    """A store cannot be opened: unknown protocol, missing path, or corrupted content."""
+
+
+class StatsError(DataError):
+    """Statistics are missing for a variable, or unusable (NaN, zero std)."""
+
+
+class MetadataError(DataError):
+    """Required CF attributes are missing."""
+
+
+class NameClashError(DataError):
+    """An input shares its name with a target, or a name is used twice."""
+
+
+# -- roles -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Roles:
+    """Names of the data variables by role, each in dataset order."""
+
+    inputs: tuple[str, ...]
+    targets: tuple[str, ...]
+    static: tuple[str, ...]
+
+
+def role_of(var: xr.DataArray, name: str = "") -> str:
+    """Role (``"input"``, ``"target"`` or ``"static"``) of a variable from its dims.
+
+    Raises
+    ------
+    DimensionError
+        When the dims fit none of the roles; the message names the variable and its dims.
+    """
+    dims = tuple(var.dims)
+    if dims == INPUT_DIMS:
+        return "input"
+    if dims == TARGET_DIMS:
+        return "target"
+    if dims == STATIC_DIMS:
+        return "static"
+    hint = ""
+    if set(dims) in (set(INPUT_DIMS), set(TARGET_DIMS), set(STATIC_DIMS)):
+        hint = " (the right dims in the wrong order: use .transpose)"
+    raise DimensionError(
+        f"variable '{name or var.name}' has dims {dims}; expected {INPUT_DIMS} (input), "
+        f"{TARGET_DIMS} (target) or {STATIC_DIMS} (static){hint}"
+    )
+
+
+def roles(ds: xr.Dataset) -> Roles:
+    """Split the data variables of ``ds`` into inputs, targets and static fields by dims."""
+    found: dict[str, list[str]] = {"input": [], "target": [], "static": []}
+    for name, var in ds.data_vars.items():
+        found[role_of(var, str(name))].append(str(name))
+    return Roles(tuple(found["input"]), tuple(found["target"]), tuple(found["static"]))
+
+
+def combine(
+    coarse: xr.Dataset, fine: xr.Dataset, static: xr.Dataset | None = None
+) -> xr.Dataset:
+    """Merge separate coarse, fine and static Datasets into one canonical Dataset.
+
+    The time axes must match exactly (no silent outer/inner join).
+
+    Raises
+    ------
+    TimeAxisError
+        When ``coarse`` and ``fine`` do not share the same times; the message lists the first
+        times found in only one of them.
+    NameClashError
+        When a variable name appears in more than one of the parts.
+    """
+    parts = [("coarse", coarse), ("fine", fine)] + ([("static", static)] if static is not None else [])
+    seen: dict[str, str] = {}
+    for label, part in parts:
+        for name in part.data_vars:
+            if name in seen:
+                raise NameClashError(
+                    f"variable '{name}' is in both the {seen[name]} and the {label} dataset; "
+                    "input and target names must differ"
+                )
+            seen[str(name)] = label
+    if TIME in coarse.dims and TIME in fine.dims:
+        tc, tf = coarse.indexes[TIME], fine.indexes[TIME]
+        if not tc.equals(tf):
+            only_c = tc.difference(tf)[:3].tolist()
+            only_f = tf.difference(tc)[:3].tolist()
+            raise TimeAxisError(
+                f"time axes of the coarse ({tc.size} steps) and fine ({tf.size} steps) datasets "
+                f"differ: only in coarse {only_c}, only in fine {only_f}; select common times first"
+            )
+    return xr.merge([p for _, p in parts], join="exact", compat="no_conflicts", combine_attrs="drop_conflicts")

@@ -1,0 +1,225 @@
+"""Open a canonical store as a validated, lazy :class:`DownscalingData` pair.
+
+:func:`open_pair` reads metadata and coordinates (to validate and to compute the regridding
+weights once) but no array data: variables stay dask arrays chunked as on disk, statistics are
+read from the store's ``"stats"`` group or computed lazily, and the inputs regridded to the
+fine grid are a lazy graph.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from corrdiff_xr.data.layout import EmptySelectionError, StoreError
+from corrdiff_xr.data.regrid import BilinearWeights, bilinear_weights, regrid
+from corrdiff_xr.data.stats import check_stats, compute_stats, read_stats
+from corrdiff_xr.data.validate import select_roles, validate
+from corrdiff_xr.dims import COARSE_DIMS, FINE_DIMS, X, Y
+
+__all__ = ["DownscalingData", "open_pair", "open_dataset", "SUPPORTED_PROTOCOLS"]
+
+#: fsspec protocols a store URL may use (a plain path means a local store)
+SUPPORTED_PROTOCOLS = ("file", "memory", "s3", "s3a", "gs", "gcs", "http", "https")
+
+
+def _check_url(source: str) -> None:
+    if "://" not in source:
+        return
+    for part in source.split("::"):  # fsspec URL chains: simplecache::s3://...
+        if "://" not in part:
+            protocol = part
+        else:
+            protocol = part.split("://", 1)[0]
+        if protocol not in SUPPORTED_PROTOCOLS and protocol not in ("simplecache", "filecache", "blockcache"):
+            raise StoreError(
+                f"unknown protocol '{protocol}' in store URL '{source}'; supported: "
+                f"{', '.join(p + '://' for p in SUPPORTED_PROTOCOLS)} or a local path"
+            )
+
+
+def open_dataset(source: str | os.PathLike, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Open a Zarr store lazily: data variables as dask arrays (on-disk chunks), coords loaded.
+
+    Raises
+    ------
+    StoreError
+        For an unknown URL protocol, a missing path, or a store that cannot be read (naming it).
+    """
+    source = os.fspath(source)
+    _check_url(source)
+    local = None if "://" in source else Path(source)
+    if source.startswith("file://"):
+        local = Path(source[len("file://") :])
+    if local is not None and not local.exists():
+        raise StoreError(f"Zarr store '{source}' does not exist")
+    try:
+        ds = xr.open_zarr(source, chunks={}, storage_options=storage_options)
+        # coordinates are read without dask (they are small and needed to validate)
+        raw = xr.open_zarr(source, chunks=None, storage_options=storage_options)
+        coords = {
+            k: xr.Variable(raw[k].dims, np.asarray(raw[k].values), raw[k].attrs)
+            for k in ds.coords
+            if k not in ds.indexes
+        }
+    except StoreError:
+        raise
+    except Exception as err:  # zarr/fsspec raise many types for unreadable stores
+        raise StoreError(
+            f"cannot read Zarr store '{source}': {type(err).__name__}: {err}"
+        ) from err
+    return ds.assign_coords(coords)
+
+
+@dataclass(frozen=True, eq=False)
+class DownscalingData:
+    """A validated downscaling dataset: coarse inputs, fine targets, static fields, stats.
+
+    Everything is lazy. Attributes are the flat ``dataset`` (selected variables only) and the
+    names by role; ``stored_stats`` holds given or stored statistics (None: computed lazily);
+    ``weights`` the bilinear weights, shared by selections that keep the grids.
+    """
+
+    dataset: xr.Dataset
+    inputs: tuple[str, ...]
+    targets: tuple[str, ...]
+    static: tuple[str, ...]
+    stored_stats: xr.Dataset | None = field(default=None, repr=False)
+    weights: BilinearWeights | None = field(default=None, repr=False)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """All variable names: inputs, targets, static."""
+        return self.inputs + self.targets + self.static
+
+    @property
+    def coarse(self) -> xr.Dataset:
+        """The inputs on the coarse grid ``(time, y_coarse, x_coarse)``."""
+        return self.dataset[list(self.inputs)]
+
+    @property
+    def fine(self) -> xr.Dataset:
+        """The targets on the fine grid ``(time, y, x)``."""
+        return self.dataset[list(self.targets)]
+
+    @property
+    def static_fields(self) -> xr.Dataset:
+        """The static fields ``(y, x)``."""
+        return self.dataset[list(self.static)]
+
+    @cached_property
+    def regrid_weights(self) -> BilinearWeights:
+        """Bilinear weights from the coarse to the fine grid (computed once)."""
+        return self.weights if self.weights is not None else bilinear_weights(self.dataset)
+
+    @cached_property
+    def inputs_on_fine(self) -> xr.Dataset:
+        """The inputs bilinearly regridded to ``(time, y, x)``, lazily."""
+        return regrid(self.dataset, self.inputs, weights=self.regrid_weights)
+
+    @cached_property
+    def stats(self) -> xr.Dataset:
+        """Mean and std per variable (stored ones, else a lazy dask computation)."""
+        if self.stored_stats is not None:
+            return self.stored_stats[list(self.names)]
+        return compute_stats(self.dataset, self.names)
+
+    # -- selections --------------------------------------------------------------------------
+    def isel(self, indexers: Mapping[Hashable, Any] | None = None, **kwargs: Any) -> DownscalingData:
+        """Positional selection; a scalar index keeps its dim (length 1), so the layout holds.
+
+        Statistics stay those of the full data, so normalisation does not change.
+        """
+        indexers = dict(indexers or {}, **kwargs)
+        unknown = set(indexers) - set(self.dataset.dims)
+        if unknown:
+            raise EmptySelectionError(
+                f"cannot select on {sorted(map(str, unknown))}: not dims of the dataset {tuple(self.dataset.dims)}"
+            )
+        indexers = {k: ([v] if np.ndim(v) == 0 and not isinstance(v, slice) else v) for k, v in indexers.items()}
+        ds = self.dataset.isel(indexers)
+        for dim, size in ds.sizes.items():
+            if size == 0:
+                raise EmptySelectionError(f"the selection {indexers[dim]!r} leaves dimension '{dim}' empty")
+        weights = None
+        if not set(indexers) & set(COARSE_DIMS):
+            w = self.regrid_weights
+            weights = w.isel(y=indexers.get(Y, slice(None)), x=indexers.get(X, slice(None))) if set(indexers) & set(FINE_DIMS) else w
+        return DownscalingData(ds, self.inputs, self.targets, self.static, self.stats, weights)
+
+    def sel(self, indexers: Mapping[Hashable, Any] | None = None, **kwargs: Any) -> DownscalingData:
+        """Label-based selection (same rules as :meth:`isel`)."""
+        indexers = dict(indexers or {}, **kwargs)
+        positions = {}
+        for dim, label in indexers.items():
+            if dim not in self.dataset.dims:
+                raise EmptySelectionError(f"cannot select on '{dim}': not a dim of the dataset")
+            index = xr.DataArray(np.arange(self.dataset.sizes[dim]), coords={dim: self.dataset[dim]}, dims=dim)
+            positions[dim] = index.sel({dim: label}).values
+        return self.isel(positions)
+
+
+def open_pair(
+    source: str | os.PathLike | xr.Dataset,
+    *,
+    inputs: str | Sequence[str] | None = None,
+    targets: str | Sequence[str] | None = None,
+    static: str | Sequence[str] | None = None,
+    storage_options: dict | None = None,
+    stats: xr.Dataset | None = None,
+    require_targets: bool = True,
+    check_values: bool = False,
+) -> DownscalingData:
+    """Open and validate a canonical dataset as a lazy :class:`DownscalingData`.
+
+    Parameters
+    ----------
+    source
+        A Zarr store path or fsspec URL (``file://``, ``memory://``, ``s3://``, ``gs://`` ...)
+        or an :class:`xarray.Dataset` in the canonical layout.
+    inputs, targets, static
+        Variable names to use; None means all variables of that role (found from dims).
+    storage_options
+        Passed to fsspec (credentials, endpoint URLs).
+    stats
+        Statistics to use instead of the store's ``"stats"`` group (or lazy computation).
+    require_targets
+        False for inference-only data without targets.
+    check_values
+        Also load the static fields and fail on NaNs (off by default so no array is read).
+
+    Raises
+    ------
+    DataError
+        A subclass naming the culprit: see :mod:`corrdiff_xr.data.validate`.
+    """
+    if isinstance(source, xr.Dataset):
+        ds = source
+        stored = None
+    else:
+        ds = open_dataset(source, storage_options=storage_options)
+        stored = read_stats(os.fspath(source), storage_options=storage_options)
+    sel = select_roles(ds, inputs=inputs, targets=targets, static=static)
+    names = sel.inputs + sel.targets + sel.static
+    validate(
+        ds,
+        inputs=sel.inputs,
+        targets=sel.targets,
+        static=sel.static,
+        require_targets=require_targets,
+        check_values=check_values,
+        check_coverage=False,
+    )
+    weights = bilinear_weights(ds)  # also the coverage check
+    if stats is not None:
+        stored = stats
+    if stored is not None:
+        check_stats(stored, names)
+    return DownscalingData(ds[list(names)], sel.inputs, sel.targets, sel.static, stored, weights)

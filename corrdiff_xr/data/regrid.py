@@ -1,0 +1,274 @@
+"""Lazy bilinear regridding of the coarse inputs onto the fine grid.
+
+The weights are computed once from coordinates only (:func:`bilinear_weights`): for every
+fine pixel, the flat indices of its four surrounding coarse points and their bilinear weights,
+each an ``(y, x, 4)`` array. Applying them (:func:`regrid`) is one gather-and-sum per dask
+block, so regridding a multi-GB archive is a lazy graph with one task per time chunk and fine
+spatial chunk; no array data is read until the result is computed.
+
+Which coordinates to interpolate at is chosen from the coarse grid's ``standard_name``:
+
+* ``y_coarse``/``x_coarse`` are ``latitude``/``longitude`` (a regular lat/lon grid such as
+  ERA5): interpolate at the fine 2-D ``lat``/``lon``. Longitudes are wrapped into the coarse
+  range, and a global coarse grid is treated as periodic.
+* anything else (a projection or rotated pole shared with the fine grid): interpolate at the
+  fine 1-D ``y``/``x``, whose ``standard_name`` must then match the coarse one.
+
+The coarse grid must cover the fine domain. Points up to half a coarse cell beyond the
+outermost coarse centres are accepted and take the edge value (so a coarse grid made by block
+averaging the fine one, whose centres sit inside the fine domain, is usable); anything further
+out raises :class:`~corrdiff_xr.data.layout.CoverageError` naming the edge and the values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from corrdiff_xr.data.layout import CoordinateError, CoverageError, MissingVariableError
+from corrdiff_xr.dims import LAT, LON, TIME, X, X_COARSE, Y, Y_COARSE
+
+__all__ = ["BilinearWeights", "bilinear_weights", "grid_method", "regrid"]
+
+_EDGES = {"latitude": ("south", "north"), "longitude": ("west", "east")}
+
+
+@dataclass(frozen=True, eq=False)
+class BilinearWeights:
+    """Bilinear interpolation weights from a coarse grid to fine pixels.
+
+    Attributes
+    ----------
+    index
+        ``(y, x, 4)`` int64 flat indices into the ``(y_coarse, x_coarse)`` field.
+    weight
+        ``(y, x, 4)`` float64 weights, summing to 1 over the last axis.
+    coarse_shape
+        ``(len(y_coarse), len(x_coarse))`` the indices refer to.
+    method
+        ``"latlon"`` or ``"projected"`` (see the module docstring).
+    """
+
+    index: np.ndarray
+    weight: np.ndarray
+    coarse_shape: tuple[int, int]
+    method: str
+
+    @property
+    def fine_shape(self) -> tuple[int, int]:
+        return self.index.shape[:2]
+
+    def isel(self, y: slice | np.ndarray = slice(None), x: slice | np.ndarray = slice(None)) -> BilinearWeights:
+        """Weights for a sub-window of the fine grid (no recomputation)."""
+        index = self.index[y][:, x]
+        weight = self.weight[y][:, x]
+        return BilinearWeights(index, weight, self.coarse_shape, self.method)
+
+    def apply(self, field: np.ndarray) -> np.ndarray:
+        """Regrid a numpy array ``(..., y_coarse, x_coarse)`` -> ``(..., y, x)`` eagerly."""
+        return _apply_block(field, self.index, self.weight)
+
+
+def _apply_block(block: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    lead = block.shape[:-2]
+    flat = block.reshape(lead + (-1,))
+    out = np.zeros(lead + index.shape[:2], dtype=np.result_type(block.dtype, np.float32))
+    # accumulate one corner at a time: avoids a 4x larger temporary
+    for k in range(index.shape[-1]):
+        out += flat[..., index[..., k]] * weight[..., k].astype(out.dtype, copy=False)
+    return out
+
+
+def _axis_weights(
+    coarse: np.ndarray, query: np.ndarray, *, coarse_name: str, fine_name: str, kind: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower index, upper index and upper weight along one coarse axis."""
+    coarse = np.asarray(coarse, dtype=np.float64)
+    query = np.asarray(query, dtype=np.float64)
+    n = coarse.size
+    if n < 2:
+        raise CoordinateError(
+            f"coarse coordinate '{coarse_name}' has {n} point(s); bilinear regridding needs >= 2"
+        )
+    step = np.diff(coarse)
+    if not (np.all(step > 0) or np.all(step < 0)):
+        raise CoordinateError(f"coarse coordinate '{coarse_name}' is not strictly monotonic")
+    descending = step[0] < 0
+    c = coarse[::-1] if descending else coarse
+    periodic = False
+    if kind == "longitude":
+        spacing = abs(float(np.median(step)))
+        periodic = abs(c[-1] - c[0] + spacing - 360.0) < 1e-6 * 360
+        if periodic:  # wrap into [lo, lo + 360)
+            lo = c[0] - 0.5 * spacing
+            query = lo + np.mod(query - lo, 360.0)
+        else:  # wrap to within 180 degrees of the grid's centre
+            mid = 0.5 * (c[0] + c[-1])
+            query = mid + np.mod(query - mid + 180.0, 360.0) - 180.0
+    if periodic:
+        ext = np.append(c, c[0] + 360.0)
+        i = np.clip(np.searchsorted(ext, query, side="right") - 1, 0, n - 1)
+        hi_val = ext[i + 1]
+        frac = np.clip((query - ext[i]) / (hi_val - ext[i]), 0.0, 1.0)
+        i0, i1 = i, (i + 1) % n
+    else:
+        lo = c[0] - 0.5 * (c[1] - c[0])
+        hi = c[-1] + 0.5 * (c[-1] - c[-2])
+        tol = 1e-9 * max(abs(hi - lo), 1.0)
+        low_edge, high_edge = _EDGES.get(kind, ("lower", "upper"))
+        qmin, qmax = float(np.nanmin(query)), float(np.nanmax(query))
+        if qmin < lo - tol:
+            raise CoverageError(
+                f"the coarse grid does not cover the fine domain at its {low_edge} edge: fine "
+                f"'{fine_name}' reaches {qmin:.6g} but coarse '{coarse_name}' starts at "
+                f"{c[0]:.6g} (accepting down to {lo:.6g}, half a cell beyond)"
+            )
+        if qmax > hi + tol:
+            raise CoverageError(
+                f"the coarse grid does not cover the fine domain at its {high_edge} edge: fine "
+                f"'{fine_name}' reaches {qmax:.6g} but coarse '{coarse_name}' ends at "
+                f"{c[-1]:.6g} (accepting up to {hi:.6g}, half a cell beyond)"
+            )
+        i = np.clip(np.searchsorted(c, query, side="right") - 1, 0, n - 2)
+        frac = np.clip((query - c[i]) / (c[i + 1] - c[i]), 0.0, 1.0)
+        i0, i1 = i, i + 1
+    if descending:
+        i0, i1 = n - 1 - i0, n - 1 - i1
+    return i0, i1, frac
+
+
+def grid_method(ds: xr.Dataset) -> str:
+    """``"latlon"`` when the coarse 1-D coords are latitude/longitude, else ``"projected"``."""
+    for name in (Y_COARSE, X_COARSE):
+        if name not in ds.coords:
+            raise MissingVariableError(f"coarse grid coordinate '{name}' is missing")
+    sy = ds[Y_COARSE].attrs.get("standard_name")
+    sx = ds[X_COARSE].attrs.get("standard_name")
+    return "latlon" if (sy, sx) == ("latitude", "longitude") else "projected"
+
+
+def bilinear_weights(ds: xr.Dataset) -> BilinearWeights:
+    """Weights taking ``ds``'s coarse grid to its fine grid (coordinates only are read).
+
+    Raises
+    ------
+    CoverageError
+        When the coarse grid does not cover the fine domain (naming the edge and values).
+    CoordinateError, MissingVariableError
+        When a needed coordinate is absent, mis-shaped, non-monotonic or holds NaNs.
+    """
+    method = grid_method(ds)
+    for name in (Y, X):
+        if name not in ds.coords:
+            raise MissingVariableError(f"fine grid coordinate '{name}' is missing")
+    ny, nx = ds.sizes[Y], ds.sizes[X]
+    if method == "latlon":
+        for name in (LAT, LON):
+            if name not in ds.coords:
+                raise MissingVariableError(
+                    f"coordinate '{name}(y, x)' is missing; it is needed to regrid from the "
+                    "lat/lon coarse grid"
+                )
+            if ds[name].dims != (Y, X):
+                raise CoordinateError(f"coordinate '{name}' has dims {ds[name].dims}; expected (y, x)")
+        qy, qx = np.asarray(ds[LAT].values), np.asarray(ds[LON].values)
+        names = (LAT, LON)
+        kinds = ("latitude", "longitude")
+    else:
+        for fine, coarse in ((Y, Y_COARSE), (X, X_COARSE)):
+            sf, sc = ds[fine].attrs.get("standard_name"), ds[coarse].attrs.get("standard_name")
+            if sf and sc and sf != sc:
+                raise CoordinateError(
+                    f"coarse '{coarse}' (standard_name {sc!r}) and fine '{fine}' (standard_name "
+                    f"{sf!r}) are not in the same coordinate system; give the coarse grid "
+                    "latitude/longitude coords or the fine grid's projection"
+                )
+        qy, qx = np.meshgrid(ds[Y].values, ds[X].values, indexing="ij")
+        names = (Y, X)
+        kinds = (ds[Y_COARSE].attrs.get("standard_name", ""), ds[X_COARSE].attrs.get("standard_name", ""))
+    for name, q in zip(names, (qy, qx)):
+        if np.isnan(q).any():
+            raise CoordinateError(f"fine coordinate '{name}' holds NaN; cannot regrid to it")
+    y0, y1, fy = _axis_weights(ds[Y_COARSE].values, qy, coarse_name=Y_COARSE, fine_name=names[0], kind=kinds[0])
+    x0, x1, fx = _axis_weights(ds[X_COARSE].values, qx, coarse_name=X_COARSE, fine_name=names[1], kind=kinds[1])
+    ncx = ds.sizes[X_COARSE]
+    index = np.stack([y0 * ncx + x0, y0 * ncx + x1, y1 * ncx + x0, y1 * ncx + x1], axis=-1)
+    weight = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=-1)
+    shape = (ny, nx, 4)
+    return BilinearWeights(
+        index.reshape(shape).astype(np.int64),
+        weight.reshape(shape),
+        (ds.sizes[Y_COARSE], ds.sizes[X_COARSE]),
+        method,
+    )
+
+
+def _fine_chunks(ds: xr.Dataset) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Spatial chunks of the first chunked fine variable (else one chunk)."""
+    for var in ds.data_vars.values():
+        if var.dims[-2:] == (Y, X) and var.chunks is not None:
+            return var.chunks[-2], var.chunks[-1]
+    return (ds.sizes[Y],), (ds.sizes[X],)
+
+
+def regrid(
+    ds: xr.Dataset,
+    variables: list[str] | tuple[str, ...] | None = None,
+    *,
+    weights: BilinearWeights | None = None,
+) -> xr.Dataset:
+    """Lazily regrid the coarse inputs of ``ds`` to the fine grid ``(time, y, x)``.
+
+    Parameters
+    ----------
+    ds
+        A canonical Dataset (coarse and fine coordinates).
+    variables
+        Names of ``(time, y_coarse, x_coarse)`` variables; default all of them.
+    weights
+        Precomputed :func:`bilinear_weights` of ``ds`` (computed here when omitted).
+
+    Returns
+    -------
+    xarray.Dataset
+        The variables on ``(time, y, x)`` with the fine coords, dask-backed, chunked like the
+        input in time and like the fine targets in space; float32 stays float32.
+    """
+    if variables is None:
+        variables = [n for n, v in ds.data_vars.items() if v.dims == (TIME, Y_COARSE, X_COARSE)]
+    weights = bilinear_weights(ds) if weights is None else weights
+    if weights.coarse_shape != (ds.sizes[Y_COARSE], ds.sizes[X_COARSE]) or weights.fine_shape != (
+        ds.sizes[Y],
+        ds.sizes[X],
+    ):
+        raise ValueError(
+            f"weights map {weights.coarse_shape} -> {weights.fine_shape} but the dataset has "
+            f"coarse {(ds.sizes[Y_COARSE], ds.sizes[X_COARSE])} and fine {(ds.sizes[Y], ds.sizes[X])}"
+        )
+    ychunks, xchunks = _fine_chunks(ds)
+    index = da.from_array(weights.index, chunks=(ychunks, xchunks, 4))
+    weight = da.from_array(weights.weight, chunks=(ychunks, xchunks, 4))
+    out = {}
+    for name in variables:
+        if name not in ds.data_vars:
+            raise MissingVariableError(f"input variable '{name}' is not in the dataset")
+        var = ds[name]
+        if var.dims != (TIME, Y_COARSE, X_COARSE):
+            raise CoordinateError(
+                f"variable '{name}' has dims {var.dims}; only (time, y_coarse, x_coarse) inputs are regridded"
+            )
+        data = var.data if var.chunks is not None else da.from_array(var.values, chunks=(1, -1, -1))
+        data = data.rechunk({1: -1, 2: -1})  # a block needs the whole coarse field
+        dtype = np.result_type(data.dtype, np.float32)
+        fine = da.blockwise(
+            _apply_block, "tyx", data, "tab", index, "yxk", weight, "yxk",
+            dtype=dtype, concatenate=True,
+        )
+        attrs = dict(var.attrs)
+        attrs["regridding"] = f"bilinear from (y_coarse, x_coarse), method {weights.method}"
+        out[name] = ((TIME, Y, X), fine, attrs)
+    coords = {k: ds.coords[k] for k in (TIME, Y, X, LAT, LON) if k in ds.coords}
+    return xr.Dataset(out, coords=coords)

@@ -1,0 +1,197 @@
+"""Normalisation statistics: lazy one-pass mean/std, stored in the Zarr group ``"stats"``.
+
+:func:`compute_stats` builds a dask graph that visits every chunk once: each chunk reduces to
+its count, mean and sum of squared deviations ``M2`` (all in float64, NaNs skipped), and
+partial results merge pairwise up a tree with the parallel update of Chan, Golub & LeVeque
+(1979)::
+
+    n = na + nb,  mean = mean_a + d * nb / n,  M2 = M2a + M2b + d**2 * na * nb / n,  d = mean_b - mean_a
+
+which, unlike a raw sum of squares, loses no precision on fields with a large mean (t2m near
+280 K). ``std`` is the population standard deviation ``sqrt(M2 / n)``. Memory stays at a few
+chunks whatever the dataset size, since every chunk is reduced to three numbers as soon as it
+is read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from corrdiff_xr.data.layout import STAT_NAMES, STATS_GROUP, MissingVariableError, StatsError
+from corrdiff_xr.dims import STAT
+
+__all__ = ["compute_stats", "write_stats", "read_stats", "check_stats", "stats_to_dict"]
+
+_FANIN = 16
+
+
+def _moments(block: np.ndarray) -> np.ndarray:
+    x = np.asarray(block, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return np.zeros(3)
+    mean = x.mean()
+    return np.array([x.size, mean, np.square(x - mean).sum()])
+
+
+def _merge(*parts: np.ndarray) -> np.ndarray:
+    n, mean, m2 = 0.0, 0.0, 0.0
+    for nb, mb, m2b in parts:
+        if nb == 0:
+            continue
+        tot = n + nb
+        d = mb - mean
+        mean += d * nb / tot
+        m2 += m2b + d * d * n * nb / tot
+        n = tot
+    return np.array([n, mean, m2])
+
+
+def _finish(part: np.ndarray) -> np.ndarray:
+    n, mean, m2 = part
+    if n == 0:
+        return np.array([np.nan, np.nan])
+    return np.array([mean, np.sqrt(m2 / n)])
+
+
+def _mean_std(data: Any) -> da.Array:
+    """Lazy ``[mean, std]`` of an array (dask or numpy), one pass over its chunks."""
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks=-1)
+    # optimize_graph=False keeps task names, so variables cut from one generated chunk share it
+    parts = [dask.delayed(_moments)(b) for b in data.to_delayed(optimize_graph=False).ravel()]
+    while len(parts) > 1:
+        parts = [dask.delayed(_merge)(*parts[i : i + _FANIN]) for i in range(0, len(parts), _FANIN)]
+    return da.from_delayed(dask.delayed(_finish)(parts[0]), shape=(2,), dtype=np.float64)
+
+
+def compute_stats(ds: xr.Dataset, variables: list[str] | tuple[str, ...] | None = None) -> xr.Dataset:
+    """Lazy mean and standard deviation of each data variable over all its dims.
+
+    Parameters
+    ----------
+    ds
+        Dataset of data variables (dask- or numpy-backed).
+    variables
+        Names to include; default every data variable.
+
+    Returns
+    -------
+    xarray.Dataset
+        One float64 variable per name, dims ``(stat,)``, ``stat = ["mean", "std"]``,
+        dask-backed: nothing is read until it is computed. ``units`` are carried over.
+    """
+    names = list(ds.data_vars) if variables is None else list(variables)
+    out = {}
+    for name in names:
+        if name not in ds.data_vars:
+            raise MissingVariableError(f"cannot compute statistics of '{name}': not in the dataset")
+        var = ds[name]
+        attrs = {k: var.attrs[k] for k in ("units", "long_name") if k in var.attrs}
+        out[name] = ((STAT,), _mean_std(var.data), attrs)
+    # object dtype: stored as Zarr v3 variable-length strings (a specified dtype)
+    return xr.Dataset(out, coords={STAT: np.array(STAT_NAMES, dtype=object)})
+
+
+def _local_path(store: Any) -> Path | None:
+    if isinstance(store, os.PathLike):
+        return Path(store)
+    if isinstance(store, str):
+        if store.startswith("file://"):
+            return Path(store[len("file://") :])
+        if "://" not in store:
+            return Path(store)
+    return None
+
+
+def write_stats(store: Any, stats: xr.Dataset, *, storage_options: dict | None = None) -> None:
+    """Compute ``stats`` and write them to the group ``"stats"`` of a Zarr store.
+
+    On a local filesystem the group is written beside the store's other groups under a
+    temporary name and renamed into place, so a crash never leaves half-written statistics.
+    """
+    stats = check_stats(stats.compute())
+    local = _local_path(store)
+    if local is None:
+        stats.to_zarr(store, group=STATS_GROUP, mode="w", storage_options=storage_options, consolidated=False)
+        return
+    if not local.is_dir():
+        raise StatsError(f"cannot write statistics: Zarr store {local} does not exist")
+    final = local / STATS_GROUP
+    tmp = local / f".{STATS_GROUP}.tmp-{uuid.uuid4().hex}"
+    stats.to_zarr(tmp, mode="w", consolidated=False)
+    old = None
+    if final.exists():
+        old = local / f".{STATS_GROUP}.old-{uuid.uuid4().hex}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_stats(store: Any, *, storage_options: dict | None = None) -> xr.Dataset | None:
+    """The statistics stored in ``store``'s ``"stats"`` group, or None when there are none."""
+    local = _local_path(store)
+    if local is not None and not (local / STATS_GROUP).exists():
+        return None
+    try:
+        # not via the root's consolidated metadata, which predates the group
+        stats = xr.open_zarr(
+            store, group=STATS_GROUP, storage_options=storage_options, chunks=None, consolidated=False
+        )
+    except (FileNotFoundError, KeyError, OSError, ValueError):
+        return None
+    except Exception as err:  # zarr raises its own errors for a missing group
+        if type(err).__name__ in ("GroupNotFoundError", "NodeNotFoundError", "PathNotFoundError"):
+            return None
+        raise
+    return stats.load()
+
+
+def check_stats(stats: xr.Dataset, names: list[str] | tuple[str, ...] | None = None) -> xr.Dataset:
+    """Check the layout of a statistics Dataset (and that it holds ``names``); return it.
+
+    Values are only checked (NaN, non-positive std) when they are already in memory.
+
+    Raises
+    ------
+    StatsError
+        Naming the variable that is missing or whose statistics are unusable.
+    """
+    if STAT not in stats.dims or list(stats[STAT].values) != list(STAT_NAMES):
+        raise StatsError(f"statistics need a '{STAT}' coordinate equal to {list(STAT_NAMES)}")
+    for name in names or ():
+        if name not in stats.data_vars:
+            raise StatsError(
+                f"statistics are missing for variable '{name}' (have {sorted(stats.data_vars)}); "
+                "recompute them with corrdiff_xr.data.compute_stats"
+            )
+    for name, var in stats.data_vars.items():
+        if var.dims != (STAT,):
+            raise StatsError(f"statistics of '{name}' have dims {var.dims}; expected ('{STAT}',)")
+        if var.chunks is None:
+            mean, std = (float(v) for v in var.values)
+            if not (np.isfinite(mean) and np.isfinite(std)):
+                raise StatsError(f"statistics of '{name}' are not finite (mean {mean}, std {std})")
+            if std <= 0:
+                raise StatsError(
+                    f"std of '{name}' is {std}: a constant field cannot be normalised; drop it"
+                )
+    return stats
+
+
+def stats_to_dict(stats: xr.Dataset, names: list[str] | tuple[str, ...] | None = None) -> dict[str, tuple[float, float]]:
+    """``{name: (mean, std)}`` as Python floats (computes lazy statistics)."""
+    names = list(stats.data_vars) if names is None else list(names)
+    check_stats(stats, names)
+    stats = check_stats(stats[names].compute())
+    return {n: (float(stats[n].values[0]), float(stats[n].values[1])) for n in names}

@@ -1,0 +1,294 @@
+"""A lazily generated, physically plausible synthetic downscaling dataset.
+
+Every field comes from Gaussian random fields (GRFs) whose radially averaged power spectrum
+falls as ``k**-beta`` (:func:`gaussian_random_field`), coupled by simple physics:
+
+* static **orography** (a steep-spectrum GRF, zero over the sea) and **land-sea mask**;
+* **t2m**: a standard-atmosphere lapse rate (-6.5 K/km) on the orography, a poleward gradient,
+  a diurnal cycle in local solar time (larger over land) and GRF weather noise;
+* **u10/v10**: the curl of a smooth streamfunction plus a mean westerly; the component that
+  runs up steep slopes is removed, so flow is deflected around mountains, and wind is slowed
+  over land;
+* **tp**: intermittent, non-negative and heavy-tailed (log-normal tail): a GRF plus the
+  orographic uplift ``(u, v) . grad(h)`` is thresholded and exponentiated;
+* coarse inputs are exact block means (``factor x factor``) of the fine fields, plus
+  coarse-only ``msl`` (geostrophically consistent with the streamfunction) and ``tcwv``
+  (Clausius-Clapeyron scaled with t2m).
+
+Weather evolves smoothly in time: GRFs are drawn at "anchor" times every ``anchor_hours`` from
+a generator seeded by ``(seed, field, anchor index)`` and blended with weights
+``cos, sin`` (which keeps unit variance). A time step therefore depends only on its own time,
+never on its neighbours or on chunking, so each time chunk is one independent dask task and
+the dataset can stand in for an archive of any size. Spatial chunking is applied after
+generation (the FFT needs the whole field); fields are periodic in space.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, TIME, X, X_COARSE, Y, Y_COARSE
+
+__all__ = ["synthetic_dataset", "gaussian_random_field", "TARGETS", "INPUTS", "STATIC"]
+
+TARGETS = ("t2m", "u10", "v10", "tp")
+INPUTS = ("t2m_coarse", "u10_coarse", "v10_coarse", "tp_coarse", "msl", "tcwv")
+STATIC = ("orography", "lsm")
+#: fine target -> its block-mean coarse input
+SHARED = dict(zip(TARGETS, INPUTS[:4]))
+
+_ATTRS = {
+    "t2m": ("K", "2 metre temperature", "air_temperature"),
+    "u10": ("m s-1", "10 metre eastward wind", "eastward_wind"),
+    "v10": ("m s-1", "10 metre northward wind", "northward_wind"),
+    "tp": ("kg m-2", "total precipitation (hourly accumulation)", "precipitation_amount"),
+    "msl": ("Pa", "mean sea level pressure", "air_pressure_at_mean_sea_level"),
+    "tcwv": ("kg m-2", "total column water vapour", "atmosphere_mass_content_of_water_vapor"),
+    "orography": ("m", "surface altitude", "surface_altitude"),
+    "lsm": ("1", "land-sea mask (1 = land)", "land_binary_mask"),
+}
+# field keys for the seeded generators
+_KEY_PSI, _KEY_T, _KEY_P, _KEY_Q, _KEY_OROG = 1, 2, 3, 4, 100
+_HOUR = np.timedelta64(1, "h")
+
+
+def gaussian_random_field(
+    shape: tuple[int, int], beta: float, rng: np.random.Generator
+) -> np.ndarray:
+    """A zero-mean, unit-variance periodic GRF whose power spectrum falls as ``k**-beta``.
+
+    White noise is filtered in Fourier space by ``k**(-beta / 2)`` (``k`` the radial
+    wavenumber in cycles per domain; the mean is removed), so the radially *averaged* 2-D power
+    spectrum is proportional to ``k**-beta``.
+
+    Parameters
+    ----------
+    shape
+        ``(ny, nx)``.
+    beta
+        Spectral slope; larger is smoother (2-4 is typical of atmospheric fields).
+    rng
+        Source of the white noise.
+    """
+    ny, nx = shape
+    noise = np.fft.rfft2(rng.standard_normal(shape))
+    ky = np.fft.fftfreq(ny) * ny
+    kx = np.fft.rfftfreq(nx) * nx
+    k = np.hypot(ky[:, None], kx[None, :])
+    k[0, 0] = np.inf  # drop the mean
+    field = np.fft.irfft2(noise * k ** (-beta / 2.0), s=shape)
+    return field / field.std()
+
+
+def _rng(seed: int, key: int, index: int) -> np.random.Generator:
+    # SeedSequence needs non-negative entries; anchors before 1970 are shifted up
+    return np.random.default_rng([seed, key, int(index) + 2**40])
+
+
+def _anchored(shape, beta, seed, key, hours, anchor_hours, cache) -> np.ndarray:
+    """GRF at ``hours`` (since 1970) blended from its two neighbouring anchors."""
+    pos = hours / anchor_hours
+    a = int(np.floor(pos))
+    w = (pos - a) * np.pi / 2.0
+    fields = []
+    for idx in (a, a + 1):
+        if (key, idx) not in cache:
+            cache[(key, idx)] = gaussian_random_field(shape, beta, _rng(seed, key, idx))
+        fields.append(cache[(key, idx)])
+    return np.cos(w) * fields[0] + np.sin(w) * fields[1]
+
+
+def _static_fields(shape, seed, lat, lon) -> np.ndarray:
+    """Stack of orography (m), land-sea mask, lat, lon, each (ny, nx)."""
+    raw = gaussian_random_field(shape, 3.5, _rng(seed, _KEY_OROG, 0))
+    land = raw > -0.3  # about 60 % land
+    orog = 400.0 * np.clip(raw + 0.3, 0.0, None) ** 1.5
+    return np.stack([orog, land.astype(np.float64), lat, lon])
+
+
+def _fields_block(hours: np.ndarray, static: np.ndarray, *, seed: int, anchor_hours: float) -> np.ndarray:
+    """All six fine fields for the time steps ``hours``: (t, 6, ny, nx) float32."""
+    orog, lsm, lat, lon = static
+    shape = orog.shape
+    dhdy, dhdx = np.gradient(orog)
+    grad2 = dhdy**2 + dhdx**2
+    steep = np.sqrt(grad2) / (np.sqrt(grad2) + 20.0)  # 0 on flat ground -> 1 on cliffs
+    lat_c = float(lat.mean())
+    out = np.empty((hours.size, 6) + shape, dtype=np.float32)
+    cache: dict = {}
+    for i, h in enumerate(hours):
+        psi = _anchored(shape, 4.5, seed, _KEY_PSI, h, anchor_hours, cache)
+        dpdy, dpdx = np.gradient(psi)
+        scale = 6.0 / max(np.hypot(dpdy, dpdx).std(), 1e-12)
+        u = -scale * dpdy + 4.0
+        v = scale * dpdx
+        # remove the upslope component where terrain is steep: flow goes around mountains
+        along = (u * dhdx + v * dhdy) / np.maximum(grad2, 1e-12)
+        u = (u - steep * along * dhdx) * (1.0 - 0.3 * lsm)
+        v = (v - steep * along * dhdy) * (1.0 - 0.3 * lsm)
+        local_hour = (h + lon / 15.0) % 24.0
+        diurnal = (2.0 + 4.0 * lsm) * np.cos(2 * np.pi * (local_hour - 15.0) / 24.0)
+        t2m = (
+            283.0
+            - 6.5e-3 * orog
+            - 0.6 * (lat - lat_c)
+            + diurnal
+            + 1.5 * _anchored(shape, 3.0, seed, _KEY_T, h, anchor_hours, cache)
+        )
+        uplift = u * dhdx + v * dhdy
+        uplift = uplift / max(uplift.std(), 1e-12)
+        g = _anchored(shape, 3.0, seed, _KEY_P, h, anchor_hours, cache) + 0.5 * uplift
+        tp = np.where(g > 1.0, 0.4 * np.expm1(1.5 * (g - 1.0)), 0.0)
+        msl = 101325.0 + 1200.0 * psi
+        q = _anchored(shape, 3.5, seed, _KEY_Q, h, anchor_hours, cache)
+        tcwv = 20.0 * np.exp(0.07 * (t2m - 283.0)) * np.exp(0.25 * q)
+        for j, f in enumerate((t2m, u, v, tp, msl, tcwv)):
+            out[i, j] = f
+    return out
+
+
+def _block_mean(block: np.ndarray, factor: int) -> np.ndarray:
+    t, c, ny, nx = block.shape
+    return block.reshape(t, c, ny // factor, factor, nx // factor, factor).mean(axis=(3, 5))
+
+
+def _grid(n: int, spacing: float, centre: float) -> np.ndarray:
+    return centre + (np.arange(n) - (n - 1) / 2.0) * spacing
+
+
+def synthetic_dataset(
+    *,
+    ny: int = 64,
+    nx: int = 64,
+    nt: int = 8,
+    factor: int = 4,
+    seed: int = 0,
+    chunks: dict[str, int] | None = None,
+    start: str = "2020-01-01T00:00",
+    freq: str = "1h",
+    grid: Literal["latlon", "projected"] = "latlon",
+    resolution: float = 2000.0,
+    anchor_hours: float = 6.0,
+) -> xr.Dataset:
+    """A lazy canonical downscaling Dataset, deterministic per ``seed``.
+
+    Parameters
+    ----------
+    ny, nx
+        Fine grid size; both must be multiples of ``factor``.
+    nt
+        Number of time steps from ``start`` every ``freq``.
+    factor
+        Coarsening factor: each coarse cell is the mean of ``factor x factor`` fine pixels.
+    seed
+        Seed of every random field; equal seeds give equal datasets whatever the chunking.
+    chunks
+        ``{"time": n}`` sets the generation chunk (default 1); ``"y"``/``"x"`` rechunk the fine
+        fields afterwards.
+    grid
+        ``"latlon"``: ``y``/``x`` are latitude/longitude degrees (regridding by lat/lon);
+        ``"projected"``: ``y``/``x`` are metres on a local projection, with the coarse grid in
+        the same projection (regridding by y/x).
+    resolution
+        Fine grid spacing in metres (about 1/111 km per degree on the lat/lon grid).
+    anchor_hours
+        Spacing of the independent random anchors in time.
+
+    Returns
+    -------
+    xarray.Dataset
+        Targets ``t2m, u10, v10, tp`` on ``(time, y, x)``; inputs ``t2m_coarse, u10_coarse,
+        v10_coarse, tp_coarse, msl, tcwv`` on ``(time, y_coarse, x_coarse)``; static
+        ``orography, lsm`` on ``(y, x)``; all float32 and dask-backed.
+    """
+    for name, n in (("ny", ny), ("nx", nx)):
+        if n < factor or n % factor:
+            raise ValueError(f"{name}={n} must be a positive multiple of factor={factor}")
+    if nt < 1:
+        raise ValueError(f"nt={nt} must be at least 1")
+    chunks = dict(chunks or {})
+    unknown = set(chunks) - {TIME, Y, X}
+    if unknown:
+        raise ValueError(f"chunks keys {sorted(unknown)} are not among ('time', 'y', 'x')")
+    times = pd.date_range(start, periods=nt, freq=freq).values.astype("datetime64[ns]")
+    hours = (times - np.datetime64("1970-01-01", "ns")) / _HOUR
+
+    lat0, lon0 = 52.0, -1.5
+    if grid == "latlon":
+        deg = resolution / 111_000.0
+        y1, x1 = _grid(ny, deg, lat0), _grid(nx, deg, lon0)
+        lat2, lon2 = np.meshgrid(y1, x1, indexing="ij")
+        y_attrs = {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude"}
+        x_attrs = {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}
+    elif grid == "projected":
+        y1, x1 = _grid(ny, resolution, 0.0), _grid(nx, resolution, 0.0)
+        yy, xx = np.meshgrid(y1, x1, indexing="ij")
+        lat2 = lat0 + yy / 111_000.0
+        lon2 = lon0 + xx / (111_000.0 * np.cos(np.deg2rad(lat2)))
+        y_attrs = {"units": "m", "standard_name": "projection_y_coordinate", "long_name": "y"}
+        x_attrs = {"units": "m", "standard_name": "projection_x_coordinate", "long_name": "x"}
+    else:
+        raise ValueError(f"grid={grid!r} is not one of 'latlon', 'projected'")
+
+    shape = (ny, nx)
+    static = da.from_delayed(
+        dask.delayed(_static_fields, pure=True)(shape, seed, lat2, lon2),
+        shape=(4, ny, nx),
+        dtype=np.float64,
+        name=f"synthetic-static-{dask.base.tokenize(shape, seed, lat2, lon2)}",
+    )
+    t = da.from_array(hours, chunks=(chunks.get(TIME, 1),), name=False)
+    fields = da.blockwise(
+        _fields_block, "tvyx", t, "t", static, "syx",
+        new_axes={"v": 6}, dtype=np.float32, concatenate=True,
+        seed=seed, anchor_hours=anchor_hours,
+    )
+    coarse = fields.map_blocks(
+        _block_mean, factor, dtype=np.float32,
+        chunks=(fields.chunks[0], (6,), (ny // factor,), (nx // factor,)),
+    )
+    fine_chunks = (fields.chunks[0], (chunks.get(Y, ny),), (chunks.get(X, nx),))
+
+    def block_coord(values: np.ndarray) -> np.ndarray:
+        return values.reshape(ny // factor, factor, nx // factor, factor).mean(axis=(1, 3))
+
+    def cf(name: str) -> dict[str, str]:
+        units, long_name, standard_name = _ATTRS[name.removesuffix("_coarse")]
+        attrs = {"units": units, "long_name": long_name, "standard_name": standard_name}
+        if name.endswith("_coarse"):
+            attrs["long_name"] += f" (block mean over {factor}x{factor} fine cells)"
+        return attrs
+
+    data_vars = {}
+    for j, name in enumerate(TARGETS):
+        data_vars[name] = ((TIME, Y, X), fields[:, j].rechunk(fine_chunks), cf(name))
+    for j, name in enumerate(INPUTS):
+        data_vars[name] = ((TIME, Y_COARSE, X_COARSE), coarse[:, j], cf(name))
+    for j, name in enumerate(STATIC):
+        data_vars[name] = ((Y, X), static[j].astype(np.float32).rechunk(fine_chunks[1:]), cf(name))
+
+    ll = {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude"}
+    lo = {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}
+    coords = {
+        TIME: (TIME, times, {"long_name": "time", "standard_name": "time"}),
+        Y: (Y, y1, y_attrs),
+        X: (X, x1, x_attrs),
+        LAT: ((Y, X), lat2, ll),
+        LON: ((Y, X), lon2, lo),
+        Y_COARSE: (Y_COARSE, y1.reshape(-1, factor).mean(axis=1), y_attrs),
+        X_COARSE: (X_COARSE, x1.reshape(-1, factor).mean(axis=1), x_attrs),
+        LAT_COARSE: ((Y_COARSE, X_COARSE), block_coord(lat2), ll),
+        LON_COARSE: ((Y_COARSE, X_COARSE), block_coord(lon2), lo),
+    }
+    attrs = {
+        "title": "corrdiff_xr synthetic downscaling dataset",
+        "source": f"corrdiff_xr.data.synthetic_dataset(seed={seed}, factor={factor}, grid={grid!r})",
+        "Conventions": "CF-1.8",
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)

@@ -1,0 +1,144 @@
+"""Tests for ``corrdiff-xr score`` on our Zarr layout and on the reference's NetCDF layout."""
+
+from __future__ import annotations
+
+import netCDF4
+import numpy as np
+import properscoring
+import pytest
+import xarray as xr
+
+from corrdiff_xr import cli, score_cli, scoring
+from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
+
+NAMES = ("t2m", "tp")
+UNITS = {"t2m": "K", "tp": "kg m-2"}
+
+
+def make_pair(*, members=3, nt=2, ny=6, nx=8, seed=0):
+    rng = np.random.default_rng(seed)
+    coords = {
+        TIME: np.array("2021-06-01T00", dtype="datetime64[ns]")
+        + np.arange(nt) * np.timedelta64(3, "h"),
+        Y: (Y, 50 + 0.02 * np.arange(ny), {"units": "degrees_north"}),
+        X: (X, 0.03 * np.arange(nx), {"units": "degrees_east"}),
+    }
+    lat2, lon2 = np.meshgrid(coords[Y][1], coords[X][1], indexing="ij")
+    coords[LAT] = ((Y, X), lat2)
+    coords[LON] = ((Y, X), lon2)
+    pred = xr.Dataset(
+        {
+            n: ((MEMBER, TIME, Y, X), rng.gamma(2.0, size=(members, nt, ny, nx)), {"units": u})
+            for n, u in UNITS.items()
+        },
+        coords=coords,
+    )
+    truth = xr.Dataset(
+        {
+            n: ((TIME, Y, X), rng.gamma(2.0, size=(nt, ny, nx)), {"units": u})
+            for n, u in UNITS.items()
+        },
+        coords=coords,
+    )
+    return pred, truth
+
+
+def write_reference_netcdf(path, pred: xr.Dataset, truth: xr.Dataset) -> None:
+    """The reference generate.py layout, written with netCDF4 the way its writer does."""
+    with netCDF4.Dataset(path, "w") as f:
+        f.createDimension("time")
+        f.createDimension("ensemble")
+        ny, nx = truth.sizes[Y], truth.sizes[X]
+        f.createDimension("x", nx)
+        f.createDimension("y", ny)
+        v = f.createVariable("lat", "f", ("y", "x"))
+        v[:] = truth[LAT].values
+        v.units = "degrees_north"
+        v = f.createVariable("lon", "f", ("y", "x"))
+        v[:] = truth[LON].values
+        v.units = "degrees_east"
+        v = f.createVariable("time", "i8", ("time",))
+        v.calendar = "standard"
+        v.units = "hours since 1990-01-01 00:00:00"
+        hours = (truth[TIME].values - np.datetime64("1990-01-01")) // np.timedelta64(1, "h")
+        v[:] = hours
+        groups = {g: f.createGroup(g) for g in ("truth", "prediction", "input")}
+        for name in NAMES:
+            groups["truth"].createVariable(name, "f", ("time", "y", "x"))[:] = truth[name].values
+            groups["prediction"].createVariable(name, "f", ("ensemble", "time", "y", "x"))[:] = (
+                pred[name].values
+            )
+            groups["input"].createVariable(name + "_coarse", "f", ("time", "y", "x"))[:] = truth[
+                name
+            ].values
+
+
+def test_score_command_on_zarr_with_separate_truth_matches_the_library(tmp_path, capsys):
+    pred, truth = make_pair()
+    pred.to_zarr(tmp_path / "pred.zarr")
+    truth.to_zarr(tmp_path / "truth.zarr")
+    out = tmp_path / "scores.nc"
+    argv = ["score", str(tmp_path / "pred.zarr"), "--truth", str(tmp_path / "truth.zarr")]
+    assert cli.main([*argv, "-o", str(out), "--estimator", "fair"]) == 0
+    got = xr.open_dataset(out)
+    assert got["score"].dims == ("metric", "variable", TIME)
+    assert got.attrs["crps_estimator"] == "fair"
+    want = scoring.summary(pred, truth, estimator="fair").compute()
+    np.testing.assert_allclose(got["score"].values, want["score"].values, rtol=1e-6)
+    printed = capsys.readouterr().out
+    assert "crps" in printed and "t2m [K]" in printed and "spread_skill" in printed
+
+
+def test_score_command_finds_truth_in_the_prediction_store(tmp_path):
+    pred, truth = make_pair()
+    store = tmp_path / "ensemble.zarr"
+    pred.to_zarr(store)
+    truth.to_zarr(store, group="truth", mode="a")
+    out = tmp_path / "scores.zarr"
+    assert cli.main(["score", str(store), "-o", str(out), "--metrics", "crps,rmse"]) == 0
+    got = xr.open_zarr(out)
+    assert got["metric"].values.tolist() == ["crps", "rmse"]
+    expected = scoring.crps(pred, truth, dim=[Y, X])["tp"]
+    np.testing.assert_allclose(got["score"].sel(metric="crps", variable="tp"), expected)
+
+
+def test_score_command_reads_the_reference_netcdf_layout(tmp_path):
+    pred, truth = make_pair(members=4, nt=3)
+    path = tmp_path / "corrdiff_output.nc"
+    write_reference_netcdf(path, pred, truth)
+    groups = score_cli.open_reference_netcdf(path)
+    assert groups["prediction"]["t2m"].dims == (MEMBER, TIME, Y, X)
+    np.testing.assert_array_equal(groups["truth"][TIME].values, truth[TIME].values)
+    assert groups["input"]["t2m_coarse"].dims == (TIME, Y, X)
+
+    out = tmp_path / "scores.nc"
+    assert cli.main(["score", str(path), "-o", str(out), "--area-weighted"]) == 0
+    got = xr.open_dataset(out)["score"]
+    # float32 on disk: compare against properscoring on the same stored values
+    obs = truth["t2m"].values.astype(np.float32)
+    ens = np.moveaxis(pred["t2m"].values.astype(np.float32), 0, -1)
+    w = np.cos(np.deg2rad(truth[LAT].values.astype(np.float32)))
+    pointwise = properscoring.crps_ensemble(obs, ens)
+    expected = (pointwise * w).sum(axis=(1, 2)) / w.sum()
+    np.testing.assert_allclose(got.sel(metric="crps", variable="t2m"), expected, rtol=1e-5)
+    assert got[TIME].values.tolist() == truth[TIME].values.tolist()
+
+
+def test_rewriting_a_zarr_output_replaces_it_without_leftovers(tmp_path):
+    pred, truth = make_pair()
+    first = scoring.summary(pred, truth).compute()
+    target = tmp_path / "scores.zarr"
+    score_cli.write_atomic(first, target)
+    second = first.isel(metric=[0])
+    score_cli.write_atomic(second, target)
+    assert xr.open_zarr(target)["metric"].values.tolist() == ["crps"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.zarr"]
+
+
+def test_missing_truth_is_a_clear_error(tmp_path):
+    pred, _ = make_pair()
+    pred.to_zarr(tmp_path / "pred.zarr")
+    with pytest.raises(ValueError, match="no truth group 'truth'; pass --truth"):
+        cli.main(["score", str(tmp_path / "pred.zarr")])
+    with pytest.raises(FileNotFoundError, match="missing.nc"):
+        cli.main(["score", str(tmp_path / "missing.nc")])

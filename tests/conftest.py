@@ -13,3 +13,23 @@ import os
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 from tests.servers import gcs_server, s3_server  # noqa: F401
+
+
+# -- data fixtures (data layer A) ------------------------------------------------------------
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def tiny_synthetic():
+    """A small lazy canonical Dataset: 32 x 32 fine, 8 x 8 coarse, 4 hourly steps."""
+    from corrdiff_xr.data import synthetic_dataset
+
+    return synthetic_dataset(ny=32, nx=32, nt=4, factor=4, seed=3)
+
+
+@pytest.fixture
+def tiny_store(tmp_path, tiny_synthetic):
+    """``tiny_synthetic`` written to a Zarr store on disk; returns its path (str)."""
+    path = tmp_path / "tiny.zarr"
+    tiny_synthetic.to_zarr(path, mode="w", consolidated=False)
+    return str(path)

@@ -253,7 +253,7 @@ def synthetic_dataset(
         _block_mean, factor, dtype=np.float32,
         chunks=(fields.chunks[0], (6,), (ny // factor,), (nx // factor,)),
     )
-    fine_chunks = (fields.chunks[0], (chunks.get(Y, ny),), (chunks.get(X, nx),))
+    fine_chunks = (fields.chunks[0], chunks.get(Y, ny), chunks.get(X, nx))
 
     def block_coord(values: np.ndarray) -> np.ndarray:
         return values.reshape(ny // factor, factor, nx // factor, factor).mean(axis=(1, 3))

@@ -16,6 +16,7 @@ import xarray as xr
 import zarr
 
 from corrdiff_xr.cli import main
+from corrdiff_xr.data import open_pair
 from corrdiff_xr.data.convert import (
     ConversionError,
     cwb_to_canonical,
@@ -168,7 +169,7 @@ def test_cwb_conversion_names_channels_drops_invalid_times_and_keeps_stats(cwb):
 
 
 def test_cwb_missing_array_is_refused_naming_it(cwb, tmp_path):
-    path, src = cwb
+    _, src = cwb
     bad = tmp_path / "bad.zarr"
     src.drop_vars("era5_center").to_zarr(bad, zarr_format=2, consolidated=True)
     with pytest.raises(ConversionError, match="era5_center"):
@@ -179,10 +180,14 @@ def test_cli_converts_cwb_to_a_store_with_stats_group(cwb, tmp_path):
     path, _ = cwb
     dest = tmp_path / "out" / "canonical.zarr"
     assert main(["convert", "cwb", str(path), str(dest), "--time-chunk", "2"]) == 0
-    ds = xr.open_zarr(dest)
-    assert ds["temperature_2m"].chunks[0] == (2, 1)
-    stats = xr.open_zarr(dest, group="stats")
-    assert list(stats["stat"].values) == ["mean", "std"]
+    pair = open_pair(dest)
+    assert sorted(pair.targets) == sorted(CWB_TARGETS) and len(pair.inputs) == 3
+    assert pair.dataset["temperature_2m"].chunks[0] == (2, 1)
+    # the stored statistics are the reference's center/scale, not recomputed ones
+    assert tuple(pair.stats["eastward_wind_10m"].values) == (3.0, 7.0)
+    # ERA5 already sits on the fine grid: regridding must be the identity
+    np.testing.assert_allclose(pair.inputs_on_fine["temperature850_coarse"].values,
+                               pair.coarse["temperature850_coarse"].values, rtol=1e-6)
     with pytest.raises(FileExistsError, match="overwrite"):
         main(["convert", "cwb", str(path), str(dest)])
     assert main(["convert", "cwb", str(path), str(dest), "--overwrite", "--keep-invalid"]) == 0
@@ -193,7 +198,10 @@ def test_cli_converts_hrrr_mini_finding_stats_next_to_the_file(hrrr_mini, tmp_pa
     path, _, out, _ = hrrr_mini
     dest = tmp_path / "hrrr.zarr"
     assert main(["convert", "hrrr-mini", str(path), str(dest)]) == 0
-    np.testing.assert_array_equal(xr.open_zarr(dest)["2t"].values, out["2t"].values)
+    pair = open_pair(dest)
+    np.testing.assert_array_equal(pair.fine["2t"].values, out["2t"].values)
+    assert sorted(pair.static) == ["elev_mean", "lsm_mean"]
+    assert tuple(pair.stats["elev_mean"].values) == (300.0, 200.0)
 
 
 def test_failed_conversion_midway_leaves_nothing_behind(cwb, tmp_path):

@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from corrdiff_xr.data.stats import write_stats
+from corrdiff_xr.data.validate import validate
 from corrdiff_xr.dims import (
     LAT,
     LAT_COARSE,
@@ -124,7 +126,7 @@ def write_atomic(
     try:
         ds.to_zarr(tmp, mode="w", consolidated=True)
         if stats is not None:
-            stats.to_zarr(tmp, group="stats", mode="w", consolidated=True)
+            write_stats(tmp, stats)
         if dest.exists():
             trash = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(dest, trash)
@@ -464,6 +466,7 @@ def run(args: argparse.Namespace) -> int:
         ds, stats = hrrr_mini_to_canonical(args.source, stats_path)
     else:
         ds, stats = cwb_to_canonical(args.source, keep_invalid=args.keep_invalid)
+    validate(ds, check_values=False)  # refuse to write a store open_pair would reject
     ds = ds.chunk({TIME: max(1, args.time_chunk)})
     for var in ds.variables.values():
         var.encoding.clear()

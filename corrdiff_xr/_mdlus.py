@@ -1,0 +1,334 @@
+"""Import PhysicsNeMo ``.mdlus`` checkpoints of CorrDiff networks without unpickling code.
+
+A ``.mdlus`` file is a zip (current) or tar (legacy) archive holding ``args.json`` (the class
+name and its constructor arguments), ``metadata.json`` and ``model.pt`` (a ``torch.save``d
+state dict). The archive is read in memory (nothing is extracted to disk), the state dict is
+loaded with ``torch.load(weights_only=True)``, whose unpickler only rebuilds tensors and plain
+containers and refuses any other global, so a crafted ``__reduce__`` payload is rejected, not
+run. The JSON arguments are mapped onto :class:`~corrdiff_xr.config.NetworkConfig` /
+:class:`~corrdiff_xr.config.EDMConfig` and the state-dict keys onto our module names.
+
+Supported classes: regression ``UNet`` / ``CorrDiffRegressionUNet`` (latent zeros +
+condition), ``StormCastUNet`` and bare ``SongUNet`` / ``SongUNetPosEmbd`` /
+``SongUNetPosLtEmbd`` used as regression networks (condition only; the first convolution gets
+zero weights for our zero latent channels, which leaves outputs unchanged), and the residual
+denoisers ``EDMPrecondSuperResolution`` and ``EDMPrecondSR`` (whose ``scale_cond_input``
+becomes ``EDMConfig.scale_condition``). Anything else raises :class:`MdlusError`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from corrdiff_xr.config import EDMConfig, NetworkConfig, from_dict
+
+__all__ = ["MdlusCheckpoint", "MdlusError", "import_mdlus", "map_reference_state_dict", "read_mdlus"]
+
+
+class MdlusError(ValueError):
+    """A ``.mdlus`` checkpoint cannot be imported (unknown class, bad weights, unsafe pickle)."""
+
+
+@dataclass(frozen=True)
+class MdlusCheckpoint:
+    """Contents of a ``.mdlus`` file: class name, constructor args, metadata, tensors."""
+
+    name: str
+    args: dict[str, Any]
+    metadata: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    source: str
+
+
+REGRESSION_CLASSES = {"UNet", "CorrDiffRegressionUNet"}
+CONDITION_ONLY_CLASSES = {"StormCastUNet", "SongUNet", "SongUNetPosEmbd", "SongUNetPosLtEmbd"}
+RESIDUAL_CLASSES = {"EDMPrecondSuperResolution", "EDMPrecondSR"}
+NETWORK_CLASSES = {"SongUNet", "SongUNetPosEmbd", "SongUNetPosLtEmbd"}
+
+# Constructor defaults of the reference networks (PhysicsNeMo 2.2.2), for args a file omits.
+_SONGUNET_DEFAULTS: dict[str, Any] = dict(
+    model_channels=128, channel_mult=[1, 2, 2, 2], channel_mult_emb=4, num_blocks=4,
+    attn_resolutions=[16], dropout=0.10, embedding_type="positional", channel_mult_noise=1,
+    resample_filter=[1, 1], bottleneck_attention=True, N_grid_channels=0, gridtype="none",
+    lead_time_channels=0, lead_time_steps=9, prob_channels=[],
+)
+_POSEMBD_DEFAULTS: dict[str, Any] = {
+    **_SONGUNET_DEFAULTS, "channel_mult": [1, 2, 2, 2, 2], "attn_resolutions": [28],
+    "dropout": 0.13, "gridtype": "sinusoidal", "N_grid_channels": 4,
+}
+_MUST_BE = dict(label_dim=0, augment_dim=0, encoder_type="standard", decoder_type="standard",
+                additive_pos_embed=False, act="silu")
+_IGNORED = {"label_dropout", "checkpoint_level", "use_apex_gn", "profile_mode", "amp_mode",
+            "lead_time_mode", "use_fp16"}
+
+
+# -- reading ------------------------------------------------------------------------------
+def _members(path: str) -> dict[str, bytes]:
+    wanted = ("args.json", "metadata.json", "model.pt")
+    if tarfile.is_tarfile(path):  # legacy files can be both; tar first, as the reference does
+        with tarfile.open(path, "r") as tar:
+            out = {}
+            for m in tar.getmembers():
+                name = os.path.basename(m.name)
+                if name in wanted and m.isfile():
+                    out[name] = tar.extractfile(m).read()
+            return out
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            return {n: z.read(n) for n in z.namelist() if n in wanted}
+    raise MdlusError(f"{path} is neither a zip nor a tar archive; is it a .mdlus file?")
+
+
+def read_mdlus(path: str | os.PathLike) -> MdlusCheckpoint:
+    """Read a ``.mdlus`` archive in memory, loading tensors with ``weights_only=True``."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    files = _members(path)
+    for required in ("args.json", "model.pt"):
+        if required not in files:
+            raise MdlusError(f"{path} has no {required}; found {sorted(files)}")
+    try:
+        args = json.loads(files["args.json"])
+        meta = json.loads(files.get("metadata.json", b"{}"))
+    except json.JSONDecodeError as err:
+        raise MdlusError(f"{path}: args.json/metadata.json is not valid JSON: {err}") from err
+    try:
+        sd = torch.load(io.BytesIO(files["model.pt"]), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise MdlusError(
+            f"{path}: model.pt holds objects other than tensors, refused without running them ({err})"
+        ) from err
+    except Exception as err:  # torch raises several types for a corrupt file
+        raise MdlusError(f"{path}: model.pt is not a readable torch state dict: {err}") from err
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise MdlusError(f"{path}: model.pt is not a state dict of tensors")
+    if "__name__" not in args or "__args__" not in args:
+        raise MdlusError(f"{path}: args.json lacks __name__/__args__ (keys: {sorted(args)})")
+    return MdlusCheckpoint(args["__name__"], dict(args["__args__"]), meta, dict(sd), path)
+
+
+# -- configs ------------------------------------------------------------------------------
+def network_config(name: str, kwargs: dict[str, Any], *, source: str = "") -> NetworkConfig:
+    """NetworkConfig for reference network class ``name`` built with ``kwargs``."""
+    if name not in NETWORK_CLASSES:
+        raise MdlusError(
+            f"{source}: network class {name!r} is not supported; expected one of {sorted(NETWORK_CLASSES)}"
+        )
+    args = {**(_SONGUNET_DEFAULTS if name == "SongUNet" else _POSEMBD_DEFAULTS), **kwargs}
+    for key, want in _MUST_BE.items():
+        if key in args and args[key] != want and not (key == "act" and args[key] is None):
+            raise MdlusError(f"{source}: {name} argument {key}={args[key]!r} is not supported (need {want!r})")
+    if args["embedding_type"] not in ("positional", "zero"):
+        raise MdlusError(f"{source}: embedding_type={args['embedding_type']!r} is not supported")
+    if name == "SongUNet":
+        args["N_grid_channels"], args["gridtype"] = 0, "none"
+    if args.get("gridtype") == "test":
+        raise MdlusError(f"{source}: gridtype 'test' is not supported")
+    if name != "SongUNetPosLtEmbd":
+        args["lead_time_channels"] = 0
+    known = {"model_channels", "channel_mult", "channel_mult_emb", "channel_mult_noise", "num_blocks",
+             "attn_resolutions", "dropout", "resample_filter", "embedding_type", "gridtype",
+             "N_grid_channels", "lead_time_channels", "lead_time_steps", "prob_channels",
+             "bottleneck_attention"}
+    unknown = sorted(set(args) - known - set(_MUST_BE) - _IGNORED - {"img_resolution", "in_channels", "out_channels"})
+    if unknown:
+        raise MdlusError(f"{source}: {name} arguments {unknown} are not supported")
+    data = {k: args[k] for k in known}
+    data["lead_time_channels"] = data["lead_time_channels"] or 0
+    return from_dict(NetworkConfig, data, path=name)
+
+
+def _extra_channels(cfg: NetworkConfig) -> int:
+    grid = cfg.N_grid_channels if cfg.gridtype != "none" else 0
+    return grid + cfg.lead_time_channels
+
+
+def _img_shape(res: Any) -> tuple[int, int]:
+    return (int(res), int(res)) if isinstance(res, int) else (int(res[0]), int(res[1]))
+
+
+# -- state dicts --------------------------------------------------------------------------
+def map_reference_state_dict(
+    sd: dict[str, torch.Tensor], *, img_height: int, levels: int, prefix: str = "", target_prefix: str = ""
+) -> dict[str, torch.Tensor]:
+    """Rename a reference SongUNet* state dict (keys under ``prefix``) to ours.
+
+    Level prefixes ``{res}x{res}_`` become ``L{level}_``; legacy block-level attention keys
+    (``norm2``, ``qkv``, ``proj``) move under ``attn.``; ``pos_embd`` / ``lt_embd`` become
+    ``grid.weight`` / ``lead_time.weight``. Derived buffers (``map_noise.freqs``,
+    ``*.resample_filter``) are dropped: ours are computed from the config.
+    """
+    levels_by_res = {f"{img_height >> lvl}x{img_height >> lvl}_": f"L{lvl}_" for lvl in range(levels)}
+    out = {}
+    for key, value in sd.items():
+        if not key.startswith(prefix):
+            continue
+        k = key[len(prefix):]
+        if k == "map_noise.freqs" or k.endswith(".resample_filter"):
+            continue
+        parts = k.split(".")
+        if parts[0] in ("enc", "dec") and len(parts) > 1:
+            for ref, ours in levels_by_res.items():
+                if parts[1].startswith(ref):
+                    parts[1] = ours + parts[1][len(ref):]
+                    break
+            if len(parts) > 3 and parts[2] in ("norm2", "qkv", "proj"):
+                parts[2] = {"norm2": "attn.norm", "qkv": "attn.qkv", "proj": "attn.proj"}[parts[2]]
+        k = ".".join(parts)
+        k = {"pos_embd": "grid.weight", "lt_embd": "lead_time.weight"}.get(k, k)
+        out[target_prefix + k] = value
+    return out
+
+
+# -- import -------------------------------------------------------------------------------
+def _regression_part(ck: MdlusCheckpoint) -> tuple[NetworkConfig, int, int, tuple[int, int], dict, bool]:
+    """(config, data in-channels, out-channels, img_shape, mapped weights, condition_only)."""
+    a = ck.args
+    if ck.name in REGRESSION_CLASSES or ck.name == "StormCastUNet":
+        model_type = a.get("model_type", "SongUNet" if ck.name == "StormCastUNet" else "SongUNetPosEmbd")
+        extra_kw = {k: v for k, v in a.items() if k not in {
+            "img_resolution", "img_in_channels", "img_out_channels", "use_fp16", "model_type",
+            "sigma_min", "sigma_max", "sigma_data", "img_channels"}}
+        cfg = network_config(model_type, extra_kw, source=ck.source)
+        out_ch = int(a["img_out_channels"])
+        in_ch = int(a["img_in_channels"]) - _extra_channels(cfg)
+        prefix, condition_only = "model.", ck.name == "StormCastUNet"
+        img_shape = _img_shape(a["img_resolution"])
+    elif ck.name in NETWORK_CLASSES:
+        cfg = network_config(ck.name, a, source=ck.source)
+        out_ch = int(a["out_channels"])
+        in_ch = int(a["in_channels"]) - _extra_channels(cfg)
+        prefix, condition_only = "", True
+        img_shape = _img_shape(a["img_resolution"])
+    else:
+        raise MdlusError(
+            f"{ck.source}: class {ck.name!r} is not a supported regression network; expected one of "
+            f"{sorted(REGRESSION_CLASSES | CONDITION_ONLY_CLASSES)}"
+        )
+    sd = map_reference_state_dict(ck.state_dict, img_height=img_shape[0], levels=len(cfg.channel_mult),
+                                  prefix=prefix, target_prefix="regression.net.")
+    return cfg, in_ch, out_ch, img_shape, sd, condition_only
+
+
+def _residual_part(ck: MdlusCheckpoint) -> tuple[NetworkConfig, EDMConfig, int, int, tuple[int, int], dict]:
+    a = ck.args
+    if ck.name not in RESIDUAL_CLASSES:
+        raise MdlusError(
+            f"{ck.source}: class {ck.name!r} is not a supported residual denoiser; expected one of "
+            f"{sorted(RESIDUAL_CLASSES)}"
+        )
+    extra_kw = {k: v for k, v in a.items() if k not in {
+        "img_resolution", "img_in_channels", "img_out_channels", "use_fp16", "model_type", "sigma_min",
+        "sigma_max", "sigma_data", "img_channels", "scale_cond_input"}}
+    cfg = network_config(a.get("model_type", "SongUNetPosEmbd"), extra_kw, source=ck.source)
+    scale = bool(a.get("scale_cond_input", True)) if ck.name == "EDMPrecondSR" else False
+    edm = EDMConfig(sigma_data=float(a.get("sigma_data", 0.5)), scale_condition=scale)
+    out_ch = int(a["img_out_channels"])
+    cond_ch = int(a["img_in_channels"]) - _extra_channels(cfg)
+    img_shape = _img_shape(a["img_resolution"])
+    sd = map_reference_state_dict(ck.state_dict, img_height=img_shape[0], levels=len(cfg.channel_mult),
+                                  prefix="model.", target_prefix="residual.net.")
+    return cfg, edm, cond_ch, out_ch, img_shape, sd
+
+
+def import_mdlus(
+    regression: str | os.PathLike | None,
+    residual: str | os.PathLike | None = None,
+    *,
+    codec: Any = None,
+    hr_mean_conditioning: bool | None = None,
+    in_channels: int | None = None,
+    map_location: str | torch.device = "cpu",
+):
+    """Build a :class:`~corrdiff_xr.model.CorrDiff` from PhysicsNeMo ``.mdlus`` checkpoints.
+
+    Parameters
+    ----------
+    regression : path, optional
+        Regression network checkpoint (``UNet``, ``CorrDiffRegressionUNet``,
+        ``StormCastUNet`` or a bare ``SongUNet*``).
+    residual : path, optional
+        Residual denoiser checkpoint (``EDMPrecondSuperResolution`` / ``EDMPrecondSR``).
+    codec : Codec, optional
+        Variables and statistics the networks were trained with; its channel counts must match.
+    hr_mean_conditioning : bool, optional
+        Whether the residual sees the regression mean; inferred from the channel counts when
+        both checkpoints are given.
+    in_channels : int, optional
+        Input channels when only a residual checkpoint is given.
+    map_location : str or torch.device
+        Device of the returned model.
+
+    Returns
+    -------
+    CorrDiff
+        With the reference's weights (in ``eval()`` mode).
+    """
+    from corrdiff_xr.model import DEFAULT_REGRESSION, CorrDiff, load_weights
+
+    if regression is None and residual is None:
+        raise MdlusError("import_mdlus needs a regression and/or a residual checkpoint")
+    weights: dict[str, torch.Tensor] = {}
+    reg_cfg, res_cfg, edm = DEFAULT_REGRESSION, None, EDMConfig()
+    img_shape = out_ch = None
+    pad_latent = False
+    if regression is not None:
+        reg_cfg, in_ch, out_ch, img_shape, sd, pad_latent = _regression_part(read_mdlus(regression))
+        weights.update(sd)
+        in_channels = in_ch if in_channels is None else in_channels
+        if in_channels != in_ch:
+            raise MdlusError(f"in_channels={in_channels} disagrees with the regression checkpoint ({in_ch})")
+    if residual is not None:
+        res_cfg, edm, cond_ch, r_out, r_shape, sd = _residual_part(read_mdlus(residual))
+        weights.update(sd)
+        if out_ch is not None and (r_out, r_shape) != (out_ch, img_shape):
+            raise MdlusError(
+                f"residual ({r_out} outputs on {r_shape}) and regression ({out_ch} on {img_shape}) do not match"
+            )
+        out_ch, img_shape = r_out, r_shape
+        if hr_mean_conditioning is None:
+            if in_channels is None:
+                raise MdlusError("give hr_mean_conditioning or in_channels when importing only a residual")
+            if cond_ch == in_channels + out_ch:
+                hr_mean_conditioning = True
+            elif cond_ch == in_channels:
+                hr_mean_conditioning = False
+            else:
+                raise MdlusError(
+                    f"residual condition has {cond_ch} channels; expected {in_channels} inputs "
+                    f"(+ {out_ch} for the regression mean)"
+                )
+        if in_channels is None:
+            in_channels = cond_ch - (out_ch if hr_mean_conditioning else 0)
+        if cond_ch != in_channels + (out_ch if hr_mean_conditioning else 0):
+            raise MdlusError(f"residual condition has {cond_ch} channels, which does not fit {in_channels} inputs")
+        edm = EDMConfig(sigma_data=edm.sigma_data, scale_condition=edm.scale_condition,
+                        hr_mean_conditioning=hr_mean_conditioning)
+    model = CorrDiff(codec, img_shape=img_shape, regression_network=reg_cfg, residual_network=res_cfg, edm=edm,
+                     in_channels=None if codec is not None else in_channels,
+                     out_channels=None if codec is not None else out_ch)
+    if codec is not None and (model.in_channels, model.out_channels) != (in_channels, out_ch):
+        raise MdlusError(
+            f"codec has {model.in_channels} inputs / {model.out_channels} outputs, checkpoints "
+            f"{in_channels} / {out_ch}"
+        )
+    own = model.state_dict()
+    if regression is None:  # keep the freshly initialised regression
+        weights.update({k: v for k, v in own.items() if k.startswith("regression.")})
+    if pad_latent:
+        key = "regression.net.enc.L0_conv.weight"
+        if key in weights:
+            w = weights[key]
+            weights[key] = torch.cat([w.new_zeros(w.shape[0], out_ch, *w.shape[2:]), w], dim=1)
+    load_weights(model, weights, source=" + ".join(os.fspath(p) for p in (regression, residual) if p))
+    return model.eval().to(map_location)

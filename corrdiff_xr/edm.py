@@ -13,6 +13,9 @@ inputs) concatenated after the latent: the network input is ``[c_in x, condition
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -66,3 +69,217 @@ class EDMPrecond(nn.Module):
             noise = noise.expand(x.shape[0])
         F_x = self.net(inputs, noise, offsets=offsets, lead_time=lead_time)  # casts to its dtype
         return c_skip * x + c_out * F_x.to(x.dtype)
+
+
+# -- training losses and noise-level sampling --------------------------------------------------
+#
+# Losses take the networks as callables and every random draw as an optional explicit tensor
+# or generator, so tests can feed identical noise to ours and to the reference.
+# Reductions (``reduction=``):
+#   "mean"            mean over every element (samples or patches, channels, pixels): the
+#                     default, independent of the domain size, so one learning rate fits any
+#                     grid.
+#   "sum_per_sample"  sum over every element divided by the number of *samples* B (not
+#                     patches): exactly the reference's ``loss.sum() / batch_size_per_gpu``.
+#                     It equals "mean" times (P * C * h * w), with P patches per sample.
+#   "none"            the weighted elementwise loss, as the reference's loss classes return.
+
+Reduction = Literal["mean", "sum_per_sample", "none"]
+
+__all__ += [
+    "loss_weight",
+    "regression_loss",
+    "residual_condition",
+    "residual_loss",
+    "sample_sigma",
+]
+
+
+def sample_sigma(
+    n: int,
+    *,
+    P_mean: float = 0.0,
+    P_std: float = 1.2,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Training noise levels, log-normal: ``ln sigma ~ N(P_mean, P_std^2)`` (EDM, Table 1).
+
+    Returns shape ``(n,)``; one standard-normal draw per row from ``generator``.
+    """
+    return (torch.randn(n, generator=generator, dtype=dtype, device=device) * P_std + P_mean).exp()
+
+
+def loss_weight(sigma: torch.Tensor, *, sigma_data: float = 0.5) -> torch.Tensor:
+    """EDM loss weight ``lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2``."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def _reduce(loss: torch.Tensor, reduction: str, num_samples: int) -> torch.Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum_per_sample":
+        return loss.sum() / num_samples
+    if reduction == "none":
+        return loss
+    raise ValueError(f"reduction must be 'mean', 'sum_per_sample' or 'none', got {reduction!r}")
+
+
+def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.ndim != 4 or y.ndim != 4 or x.shape[0] != y.shape[0] or x.shape[-2:] != y.shape[-2:]:
+        raise ValueError(
+            f"inputs x {tuple(x.shape)} and targets y {tuple(y.shape)} must be (N, C, H, W) "
+            "with the same N, H and W (inputs regridded to the fine grid)"
+        )
+
+
+def regression_loss(
+    regression: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Regression (conditional-mean) loss ``|| y - regression(x) ||^2`` with weight 1.
+
+    Parameters
+    ----------
+    regression
+        ``regression(x) -> (N, C_out, H, W)``, e.g. ``model.predict_mean``.
+    x
+        Normalised inputs on the fine grid ``(N, C_in, H, W)``.
+    y
+        Normalised targets ``(N, C_out, H, W)``.
+    reduction
+        See the section comment above; ``"sum_per_sample"`` equals PhysicsNeMo's
+        ``RegressionLoss`` output reduced as its CorrDiff training does (sum / batch size).
+    """
+    _check_pair(x, y)
+    pred = regression(x)
+    if pred.shape != y.shape:
+        raise ValueError(f"regression returned shape {tuple(pred.shape)}, expected {tuple(y.shape)}")
+    return _reduce((pred - y) ** 2, reduction, y.shape[0])
+
+
+def residual_condition(
+    x: torch.Tensor, mean: torch.Tensor, *, hr_mean_conditioning: bool = True
+) -> torch.Tensor:
+    """Conditioning of the residual denoiser: ``[mean, x]`` along channels (or ``x`` alone).
+
+    The regression mean comes first, then the inputs, as in the reference (so imported
+    PhysicsNeMo weights see their channels in the order they were trained with).
+    """
+    if not hr_mean_conditioning:
+        return x
+    return torch.cat([mean.expand(x.shape[0], -1, -1, -1).to(x.dtype), x], dim=1)
+
+
+def residual_loss(
+    denoiser: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    mean: torch.Tensor | None = None,
+    regression: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    sigma: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    P_mean: float = 0.0,
+    P_std: float = 1.2,
+    sigma_data: float = 0.5,
+    patch: Sequence[int] | None = None,
+    origins: torch.Tensor | None = None,
+    num_patches: int = 1,
+    global_context: bool = False,
+    hr_mean_conditioning: bool = True,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """CorrDiff residual (denoising score-matching) loss.
+
+    With ``r = y - mean`` the residual of the regression mean, ``sigma`` log-normal and
+    ``eps`` standard normal, the loss is
+
+    .. math:: \\lambda(\\sigma)\\, \\| D(r + \\sigma \\epsilon; \\sigma, [mean, x]) - r \\|^2,
+        \\qquad \\lambda(\\sigma) = (\\sigma^2 + \\sigma_{data}^2) / (\\sigma \\sigma_{data})^2.
+
+    Parameters
+    ----------
+    denoiser
+        Called as ``denoiser(x_noisy, sigma, condition=..., offsets=...)`` with ``sigma`` of
+        shape ``(n,)`` and ``offsets`` None (whole domain) or ``(n, 2)`` patch origins, e.g.
+        an :class:`EDMPrecond`.
+    x, y
+        Normalised inputs ``(B, C_in, H, W)`` and targets ``(B, C_out, H, W)``.
+    mean, regression
+        The regression mean ``(B, C_out, H, W)``, or the regression network to compute it
+        (under ``torch.no_grad``: the regression net is trained first and stays fixed).
+        Give exactly one.
+    sigma, noise
+        Optional explicit noise levels ``(n,)`` and standard-normal noise (shape of the
+        residual rows). Drawn from ``generator`` when missing: patch origins first, then
+        sigma, then noise, as the reference draws them.
+    P_mean, P_std, sigma_data
+        EDM settings (reference defaults 0.0, 1.2, 0.5).
+    patch
+        Patch shape ``(h, w)`` for patch-based training; None trains on the whole domain.
+    origins
+        ``(P, 2)`` patch origins (the same for every sample); drawn with
+        :func:`corrdiff_xr.patching.random_origins` when missing (``num_patches`` of them).
+    global_context
+        Append the inputs resized to the patch shape to every patch's condition (the
+        reference's patched CorrDiff does this).
+    hr_mean_conditioning
+        Condition on ``[mean, x]`` (CorrDiff's default) rather than ``x`` alone; see
+        :func:`residual_condition`.
+    reduction
+        See the section comment above.
+
+    Returns
+    -------
+    Tensor
+        The reduced loss, or with ``reduction="none"`` the weighted elementwise loss of shape
+        ``(B * P, C_out, h, w)`` (sample-major) or ``(B, C_out, H, W)``.
+    """
+    from corrdiff_xr import patching as _patching
+
+    _check_pair(x, y)
+    if (mean is None) == (regression is None):
+        raise ValueError("give exactly one of mean= (a tensor) and regression= (a callable)")
+    if mean is None:
+        with torch.no_grad():
+            mean = regression(x)
+    mean = mean.detach()
+    if mean.shape[1:] != y.shape[1:]:
+        raise ValueError(f"regression mean has shape {tuple(mean.shape)}, targets {tuple(y.shape)}")
+    residual = y - mean
+    condition = residual_condition(x, mean, hr_mean_conditioning=hr_mean_conditioning)
+    offsets = None
+    if patch is not None:
+        if origins is None:
+            origins = _patching.random_origins(
+                y.shape[-2:], patch, num_patches, generator=generator, device=y.device
+            )
+        residual = _patching.take_patches(residual, origins, patch)
+        condition = _patching.take_patches(condition, origins, patch)
+        P = origins.shape[0]
+        if global_context:
+            context = _patching.global_context(x, patch).repeat_interleave(P, dim=0)
+            condition = torch.cat([condition, context.to(condition.dtype)], dim=1)
+        offsets = origins.to(y.device).repeat(y.shape[0], 1)
+    n = residual.shape[0]
+    if sigma is None:
+        sigma = sample_sigma(
+            n, P_mean=P_mean, P_std=P_std, generator=generator, dtype=y.dtype, device=y.device
+        )
+    sigma = sigma.reshape(-1).to(y.dtype)
+    if sigma.shape[0] != n:
+        raise ValueError(f"sigma has {sigma.shape[0]} values, expected one per row ({n})")
+    if noise is None:
+        noise = torch.randn(residual.shape, generator=generator, dtype=y.dtype, device=y.device)
+    if noise.shape != residual.shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(residual.shape)}")
+    s = sigma.reshape(-1, 1, 1, 1)
+    denoised = denoiser(residual + s * noise, sigma, condition=condition, offsets=offsets)
+    loss = loss_weight(s, sigma_data=sigma_data) * (denoised - residual) ** 2
+    return _reduce(loss, reduction, y.shape[0])

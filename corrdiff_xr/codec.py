@@ -163,7 +163,7 @@ class Codec:
                 where = ""
                 if name in time_vars:
                     t_bad = np.flatnonzero(bad.any(axis=(1, 2)))
-                    where = f" at time(s) {ds[TIME].values[t_bad[:3]].tolist()}"
+                    where = f" at time(s) {[str(t) for t in ds[TIME].values[t_bad[:3]]]}"
                 raise MissingValueError(
                     f"variable '{name}' holds {int(bad.sum())} NaN/inf value(s){where}; the network "
                     "cannot take missing values (fill or drop those times)"

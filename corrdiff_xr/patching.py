@@ -52,6 +52,7 @@ __all__ = [
     "fuse",
     "global_context",
     "map_patches",
+    "patched_denoiser",
     "random_origins",
     "reflect_index",
     "take_patches",
@@ -278,6 +279,7 @@ def map_patches(
     *arrays: Tensor,
     grid: PatchGrid,
     batch_size: int | None = None,
+    tiled: Sequence[bool] | None = None,
 ) -> Tensor:
     """Apply ``fn`` patch by patch, in batches of patches, and fuse the outputs.
 
@@ -295,6 +297,8 @@ def map_patches(
         The patch grid.
     batch_size
         Patches per call of ``fn``; None means all ``B * P`` at once.
+    tiled
+        Which arrays to tile (the others are repeated); inferred from the shapes when None.
 
     Returns
     -------
@@ -303,24 +307,68 @@ def map_patches(
     """
     if not arrays:
         raise ValueError("map_patches needs at least one array")
-    spatial = [a for a in arrays if a.ndim >= 3 and tuple(a.shape[-2:]) == grid.domain]
-    if not spatial:
-        raise ValueError(f"no array has the grid's domain shape {grid.domain} as its last axes")
-    B, P = spatial[0].shape[0], grid.num_patches
+    if tiled is None:
+        tiled = [a.ndim >= 3 and tuple(a.shape[-2:]) == grid.domain for a in arrays]
+    if len(tiled) != len(arrays) or not any(tiled):
+        raise ValueError(
+            f"map_patches needs at least one array to tile with the grid's domain {grid.domain} "
+            f"as its last axes; got shapes {[tuple(a.shape) for a in arrays]}, tiled={list(tiled)}"
+        )
+    B, P = arrays[list(tiled).index(True)].shape[0], grid.num_patches
     if any(a.shape[0] != B for a in arrays):
         raise ValueError(f"all arrays need the same sample axis B={B}: {[tuple(a.shape) for a in arrays]}")
-    rows = [
-        tile(a, grid) if a.ndim >= 3 and tuple(a.shape[-2:]) == grid.domain
-        else a.repeat_interleave(P, dim=0)
-        for a in arrays
-    ]
-    offsets = torch.as_tensor(grid.origins, device=spatial[0].device).repeat(B, 1)
+    rows = [tile(a, grid) if t else a.repeat_interleave(P, dim=0) for a, t in zip(arrays, tiled)]
+    offsets = torch.as_tensor(grid.origins, device=arrays[0].device).repeat(B, 1)
     step = batch_size or B * P
     outs = [
         fn(*(r[i : i + step] for r in rows), offsets=offsets[i : i + step])
         for i in range(0, B * P, step)
     ]
     return fuse(torch.cat(outs), grid)
+
+
+def patched_denoiser(
+    denoiser: Callable[..., Tensor],
+    grid: PatchGrid,
+    *,
+    condition: Tensor,
+    context: Tensor | None = None,
+    batch_size: int | None = None,
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """A whole-domain ``denoise(x, sigma)`` for the samplers that denoises patch by patch.
+
+    At every call the noisy state is tiled, each patch is denoised with its slice of
+    ``condition`` (plus ``context``, if given, and its origin as ``offsets``), and the results
+    are fused: the multi-diffusion scheme of patch-based CorrDiff.
+
+    Parameters
+    ----------
+    denoiser
+        ``denoiser(x_patch, sigma, condition=..., offsets=...)``, e.g. an ``EDMPrecond``.
+    grid
+        The patch grid over the fine domain.
+    condition
+        ``(N, C_cond, H, W)`` conditioning on the whole domain (``[mean, x]``).
+    context
+        Optional ``(N, C_ctx, h, w)`` per-sample channels appended to every patch's
+        condition (see :func:`global_context`).
+    batch_size
+        Patches per denoiser call.
+    """
+    extra = () if context is None else (context,)
+
+    def fn(x_p: Tensor, sigma_p: Tensor, cond_p: Tensor, *ctx: Tensor, offsets: Tensor) -> Tensor:
+        if ctx:
+            cond_p = torch.cat([cond_p, ctx[0].to(cond_p.dtype)], dim=1)
+        return denoiser(x_p, sigma_p, condition=cond_p, offsets=offsets)
+
+    def denoise(x: Tensor, sigma: Tensor) -> Tensor:
+        return map_patches(
+            fn, x, sigma, condition, *extra, grid=grid, batch_size=batch_size,
+            tiled=(True, False, True) + (False,) * len(extra),
+        )
+
+    return denoise
 
 
 def global_context(x: Tensor, patch: Sequence[int]) -> Tensor:

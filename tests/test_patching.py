@@ -14,6 +14,7 @@ from corrdiff_xr.patching import (
     fuse,
     global_context,
     map_patches,
+    patched_denoiser,
     random_origins,
     reflect_index,
     take_patches,
@@ -187,3 +188,36 @@ def test_bad_inputs_raise_clear_errors():
         fuse(torch.zeros(3, 1, 8, 8), grid)
     with pytest.raises(IndexError, match="patch 4 out of range"):
         grid.indices(4)
+
+
+def test_patched_denoiser_of_a_pointwise_model_equals_the_whole_domain_model():
+    from corrdiff_xr.sampling import heun, karras_sigmas
+
+    def pointwise(x, sigma, *, condition, offsets):
+        return x / (1 + sigma[:, None, None, None] ** 2) + condition[:, :1] * condition[:, 1:2]
+
+    grid = PatchGrid.build((12, 18), (8, 8), overlap=2, boundary=1, weights="ramp")
+    x = torch.randn(2, 1, 12, 18, dtype=torch.float64)
+    cond = torch.randn(2, 2, 12, 18, dtype=torch.float64)
+    sig = karras_sigmas(4, sigma_max=5.0)
+    whole = heun(lambda v, s: pointwise(v, s, condition=cond, offsets=None), x * 5.0, sig)
+    patched = heun(patched_denoiser(pointwise, grid, condition=cond, batch_size=5), x * 5.0, sig)
+    torch.testing.assert_close(patched, whole, rtol=0, atol=1e-12)
+
+
+def test_patched_denoiser_appends_context_and_passes_patch_offsets():
+    grid = PatchGrid.build((8, 8), (4, 4))
+    cond = torch.randn(2, 3, 8, 8)
+    context = torch.randn(2, 1, 4, 4)
+    calls = []
+
+    def spy(x, sigma, *, condition, offsets):
+        calls.append((condition, offsets))
+        return x
+
+    patched_denoiser(spy, grid, condition=cond, context=context)(torch.zeros(2, 1, 8, 8), torch.ones(2))
+    condition, offsets = calls[0]
+    assert condition.shape == (8, 4, 4, 4)
+    assert torch.equal(condition[:, 3:], context.repeat_interleave(4, dim=0))
+    assert torch.equal(condition[5, :3], cond[1, :, 0:4, 4:8])  # sample 1, patch 1
+    assert offsets.tolist() == [[0, 0], [0, 4], [4, 0], [4, 4]] * 2

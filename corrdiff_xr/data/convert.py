@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -124,7 +125,10 @@ def write_atomic(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        ds.to_zarr(tmp, mode="w", consolidated=True)
+        with warnings.catch_warnings():
+            # consolidated metadata is a zarr-python extension to v3; it saves remote reads
+            warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+            ds.to_zarr(tmp, mode="w", consolidated=True)
         if stats is not None:
             write_stats(tmp, stats)
         if dest.exists():

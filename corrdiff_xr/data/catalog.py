@@ -1,0 +1,328 @@
+"""Intake 2 catalogs of downscaling datasets: one road from a catalog entry to DownscalingData.
+
+Catalogs live in the repository's ``catalogs/`` directory (found next to the package, which
+suits the editable install used for development):
+
+* ``demo.yaml``: the synthetic dataset, built and written to a local Zarr cache on first use;
+* ``samples.yaml``: the UK 1.5 km sample built from iris-sample-data, cached the same way;
+* ``cloud.yaml``: templates for Zarr stores behind any fsspec URL (``file://``,
+  ``memory://``), S3 (s3fs; ``anon`` and ``endpoint_url`` parameters) and GCS (gcsfs,
+  anonymous).
+
+Each entry names one of two readers defined here. :class:`ZarrPairReader` opens a canonical
+Zarr store with :func:`corrdiff_xr.data.open_pair`; :class:`CachedBuildReader` first builds a
+dataset with a registered builder and writes it (with its statistics) atomically to
+``<cache_dir>/<name>-<hash of the builder arguments>.zarr``, then opens that store the same way.
+The cache directory is the ``cache_dir`` user parameter, else ``$CORRDIFF_XR_CACHE``, else
+``~/.cache/corrdiff_xr``.
+
+Intake 2.0.9 quirks this module works with: a version-2 catalog must contain every section
+(``version, metadata, user_parameters, data, aliases, entries``), even when empty; only
+user parameters declared at catalog level can be overridden by ``open_entry(..., name=value)``
+(other keyword arguments would silently become reader arguments, so they are refused here),
+and a reader argument must not share its name with a user parameter (intake drops such an
+argument when the parameter is overridden), hence ``cache: "{cache_dir}"`` and
+``url: "{zarr_url}"`` in the YAML files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+import yaml
+from intake.readers.entry import Catalog
+from intake.readers.readers import BaseReader
+
+__all__ = [
+    "BUILDERS",
+    "CachedBuildReader",
+    "CatalogError",
+    "ZarrPairReader",
+    "cache_root",
+    "catalog_dir",
+    "list_catalogs",
+    "open_catalog",
+    "open_entry",
+]
+
+CACHE_ENV = "CORRDIFF_XR_CACHE"
+_SECTIONS = ("version", "metadata", "user_parameters", "data", "aliases", "entries")
+_ENTRY_KEYS = ("reader", "kwargs", "user_parameters", "metadata", "output_instance")
+#: user parameters intake adds itself; not overridable through open_entry
+_INTERNAL_PARAMS = {"CATALOG_DIR", "CATALOG_PATH", "STORAGE_OPTIONS"}
+
+
+class CatalogError(ValueError):
+    """A catalog file is missing, malformed, or asked for something it does not hold."""
+
+
+def _synthetic(**kw: Any) -> xr.Dataset:
+    from corrdiff_xr.data.synthetic import synthetic_dataset
+
+    return synthetic_dataset(**kw)
+
+
+def _uk_hires(**kw: Any) -> xr.Dataset:
+    from corrdiff_xr.data.ukhires import uk_hires_dataset
+
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
+    return uk_hires_dataset(**kw)
+
+
+#: datasets a catalog may build into the cache (a fixed list: a catalog cannot run arbitrary code)
+BUILDERS: dict[str, Callable[..., xr.Dataset]] = {
+    "synthetic": _synthetic,
+    "uk_hires": _uk_hires,
+}
+
+
+def cache_root(value: str | os.PathLike | None = None) -> Path:
+    """The cache directory: ``value`` if given, else ``$CORRDIFF_XR_CACHE``, else ~/.cache."""
+    chosen = (
+        os.fspath(value)
+        if value
+        else os.environ.get(CACHE_ENV) or "~/.cache/corrdiff_xr"
+    )
+    return Path(chosen).expanduser()
+
+
+def catalog_dir() -> Path:
+    """The repository's ``catalogs/`` directory (next to the ``corrdiff_xr`` package)."""
+    import corrdiff_xr
+
+    path = Path(corrdiff_xr.__file__).resolve().parent.parent / "catalogs"
+    if not path.is_dir():
+        raise CatalogError(
+            f"no catalogs/ directory at {path}: the bundled catalogs are available in a source "
+            "checkout (pip install -e .); otherwise pass the path of a catalog YAML file"
+        )
+    return path
+
+
+def list_catalogs() -> list[str]:
+    """Names of the bundled catalogs (``demo``, ``samples``, ``cloud`` ...)."""
+    return sorted(p.stem for p in catalog_dir().glob("*.yaml"))
+
+
+def _strip_empty(value: Any) -> Any:
+    """Drop None/"" values from nested storage options (unset user parameters)."""
+    if isinstance(value, dict):
+        cleaned = {k: _strip_empty(v) for k, v in value.items()}
+        return {k: v for k, v in cleaned.items() if v not in (None, "", {})}
+    return value
+
+
+class ZarrPairReader(BaseReader):
+    """Open a canonical Zarr store (any fsspec URL) as a validated DownscalingData."""
+
+    output_instance = "corrdiff_xr.data:DownscalingData"
+    imports = {"xarray", "zarr", "fsspec"}
+
+    def _read(
+        self,
+        url: str,
+        storage_options: dict | None = None,
+        inputs: list[str] | None = None,
+        targets: list[str] | None = None,
+        static: list[str] | None = None,
+        **kwargs: Any,
+    ):
+        from corrdiff_xr.data import open_pair
+
+        if kwargs:
+            raise CatalogError(
+                f"unexpected reader arguments for {url}: {sorted(kwargs)}"
+            )
+        return open_pair(
+            url, storage_options=_strip_empty(storage_options or {}) or None,
+            inputs=inputs, targets=targets, static=static,
+        )  # fmt: skip
+
+
+class CachedBuildReader(BaseReader):
+    """Build a dataset with a registered builder, cache it as Zarr once, open it from there."""
+
+    output_instance = "corrdiff_xr.data:DownscalingData"
+    imports = {"xarray", "zarr"}
+
+    def _read(
+        self,
+        builder: str,
+        name: str,
+        cache: str = "",
+        builder_kwargs: dict | None = None,
+        **kwargs: Any,
+    ):
+        path = materialise(
+            builder, name, cache_dir=cache, builder_kwargs=builder_kwargs
+        )
+        return ZarrPairReader()._read(os.fspath(path), **kwargs)
+
+
+def materialise(
+    builder: str,
+    name: str,
+    *,
+    cache_dir: str | os.PathLike | None = "",
+    builder_kwargs: dict | None = None,
+) -> Path:
+    """Path of the cached Zarr store of ``BUILDERS[builder](**builder_kwargs)``, built if absent.
+
+    The store name carries a hash of the builder and its arguments, so different parameters
+    never share a cache entry; it is written with its statistics atomically, so concurrent
+    or interrupted builds never leave a half-written store behind.
+    """
+    if builder not in BUILDERS:
+        raise CatalogError(
+            f"unknown builder {builder!r}; known builders: {sorted(BUILDERS)}"
+        )
+    kwargs = dict(builder_kwargs or {})
+    key = json.dumps({"builder": builder, **kwargs}, sort_keys=True, default=str)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    path = cache_root(cache_dir) / f"{name}-{digest}.zarr"
+    if path.exists():
+        return path
+    from corrdiff_xr.data.convert import write_atomic
+    from corrdiff_xr.data.stats import compute_stats
+
+    ds = BUILDERS[builder](**kwargs)
+    for var in ds.variables.values():
+        var.encoding.clear()
+    try:
+        write_atomic(ds, path, stats=compute_stats(ds))
+    except OSError:
+        if not path.exists():  # not a lost race with another builder: a real failure
+            raise
+    return path
+
+
+# -- opening ------------------------------------------------------------------------------------
+def _resolve(name_or_path: str | os.PathLike) -> Path:
+    text = os.fspath(name_or_path)
+    if os.sep in text or "/" in text or text.endswith((".yaml", ".yml")):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise CatalogError(f"catalog file not found: {path}")
+        return path
+    path = catalog_dir() / f"{text}.yaml"
+    if not path.is_file():
+        raise CatalogError(f"no bundled catalog {text!r}; available: {list_catalogs()}")
+    return path
+
+
+def _line_of(node: Any, key: str) -> int | None:
+    if isinstance(node, yaml.MappingNode):
+        for k, _ in node.value:
+            if getattr(k, "value", None) == key:
+                return k.start_mark.line + 1
+    return None
+
+
+def _child(node: Any, key: str) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if getattr(k, "value", None) == key:
+                return v
+    return None
+
+
+def _load_yaml(path: Path) -> dict:
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise CatalogError(f"malformed catalog YAML {path}{where}: {problem}") from err
+    if not isinstance(data, dict):
+        raise CatalogError(f"catalog {path}, line 1: expected a mapping of sections")
+    missing = [s for s in _SECTIONS if s not in data]
+    if missing:
+        raise CatalogError(
+            f"catalog {path}: missing section(s) {missing}; an intake 2 catalog needs all of "
+            f"{list(_SECTIONS)} (use {{}} when empty)"
+        )
+    if data["version"] != 2:
+        raise CatalogError(
+            f"catalog {path}, line {_line_of(root, 'version')}: version must be 2 (intake 2)"
+        )
+    entries_node = _child(root, "entries")
+    for section in _SECTIONS[2:]:
+        if not isinstance(data[section], dict):
+            raise CatalogError(
+                f"catalog {path}, line {_line_of(root, section)}: section {section!r} "
+                f"must be a mapping, got {type(data[section]).__name__}"
+            )
+    for entry, spec in data["entries"].items():
+        line = _line_of(entries_node, entry)
+        if not isinstance(spec, dict):
+            raise CatalogError(
+                f"catalog {path}, line {line}: entry {entry!r} is not a mapping"
+            )
+        gaps = [k for k in _ENTRY_KEYS if k not in spec]
+        if gaps:
+            raise CatalogError(
+                f"catalog {path}, line {line}: entry {entry!r} lacks {gaps}"
+            )
+    return data
+
+
+def open_catalog(name_or_path: str | os.PathLike) -> Catalog:
+    """Open a bundled catalog by name (``"demo"``) or any catalog YAML file by path.
+
+    Raises
+    ------
+    CatalogError
+        Unknown name (listing the bundled ones), missing file, or malformed YAML (naming the
+        file and line).
+    """
+    path = _resolve(name_or_path)
+    data = _load_yaml(path)
+    try:
+        cat = Catalog.from_dict(data)
+    except Exception as err:  # intake raises bare KeyError/TypeError on odd content
+        raise CatalogError(f"catalog {path}: {type(err).__name__}: {err}") from err
+    cat.user_parameters["CATALOG_PATH"] = str(path)
+    cat.user_parameters["CATALOG_DIR"] = str(path.parent)
+    return cat
+
+
+def open_entry(catalog: Catalog | str | os.PathLike, entry: str, **params: Any):
+    """Open one entry of a catalog as a validated, lazy DownscalingData.
+
+    Parameters
+    ----------
+    catalog
+        An opened catalog, a bundled catalog name, or a path to a catalog YAML file.
+    entry
+        Entry name.
+    **params
+        Values for the catalog's user parameters (e.g. ``cache_dir=...``, ``seed=1``).
+
+    Returns
+    -------
+    DownscalingData
+        Opening reads coordinates and metadata only, never array data.
+    """
+    cat = catalog if isinstance(catalog, Catalog) else open_catalog(catalog)
+    where = cat.user_parameters.get("CATALOG_PATH", "<catalog>")
+    if entry not in cat.entries:
+        raise CatalogError(
+            f"no entry {entry!r} in {where}; entries: {sorted(cat.entries)}"
+        )
+    declared = sorted(set(cat.user_parameters) - _INTERNAL_PARAMS)
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise CatalogError(
+            f"unknown parameter(s) {unknown} for {where}; its user parameters are {declared}"
+        )
+    reader = cat(**params)[entry]
+    return reader.read()

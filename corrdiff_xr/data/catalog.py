@@ -32,7 +32,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import xarray as xr
 import yaml
@@ -122,7 +122,7 @@ class ZarrPairReader(BaseReader):
     """Open a canonical Zarr store (any fsspec URL) as a validated DownscalingData."""
 
     output_instance = "corrdiff_xr.data:DownscalingData"
-    imports = {"xarray", "zarr", "fsspec"}
+    imports: ClassVar[set[str]] = {"xarray", "zarr", "fsspec"}
 
     def _read(
         self,
@@ -149,7 +149,7 @@ class CachedBuildReader(BaseReader):
     """Build a dataset with a registered builder, cache it as Zarr once, open it from there."""
 
     output_instance = "corrdiff_xr.data:DownscalingData"
-    imports = {"xarray", "zarr"}
+    imports: ClassVar[set[str]] = {"xarray", "zarr"}
 
     def _read(
         self,

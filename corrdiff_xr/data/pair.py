@@ -9,6 +9,7 @@ fine grid are a lazy graph.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -61,9 +62,12 @@ def open_dataset(source: str | os.PathLike, *, storage_options: dict | None = No
     if local is not None and not local.exists():
         raise StoreError(f"Zarr store '{source}' does not exist")
     try:
-        ds = xr.open_zarr(source, chunks={}, storage_options=storage_options)
-        # coordinates are read without dask (they are small and needed to validate)
-        raw = xr.open_zarr(source, chunks=None, storage_options=storage_options)
+        with warnings.catch_warnings():
+            # consolidated metadata is optional in Zarr 3; falling back is not worth a warning
+            warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
+            ds = xr.open_zarr(source, chunks={}, storage_options=storage_options)
+            # coordinates are read without dask (they are small and needed to validate)
+            raw = xr.open_zarr(source, chunks=None, storage_options=storage_options)
         coords = {
             k: xr.Variable(raw[k].dims, np.asarray(raw[k].values), raw[k].attrs)
             for k in ds.coords

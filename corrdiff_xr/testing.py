@@ -36,3 +36,35 @@ def raise_if_dask_computes(max_computes: int = 0) -> Iterator[CountingScheduler]
     scheduler = CountingScheduler(max_computes)
     with dask.config.set(scheduler=scheduler):
         yield scheduler
+
+
+def tiny_corrdiff(
+    codec: Any,
+    img_shape: tuple[int, int],
+    *,
+    channels: int = 8,
+    residual: bool = True,
+    seed: int = 0,
+) -> Any:
+    """A tiny untrained :class:`~corrdiff_xr.model.CorrDiff` for tests and benchmarks.
+
+    Weights come from ``torch.manual_seed(seed)`` (the global RNG is restored afterwards);
+    networks have one level of ``channels`` channels, no attention and no dropout, so a
+    forward pass on a 16 x 16 patch takes milliseconds.
+    """
+    import torch
+
+    from corrdiff_xr.config import NetworkConfig
+    from corrdiff_xr.model import CorrDiff
+
+    net = dict(model_channels=channels, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(),
+               dropout=0.0, bottleneck_attention=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = CorrDiff(
+            codec,
+            img_shape=img_shape,
+            regression_network=NetworkConfig(embedding_type="zero", **net),
+            residual_network=NetworkConfig(**net) if residual else None,
+        )
+    return model.eval()

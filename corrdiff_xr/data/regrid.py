@@ -102,9 +102,8 @@ def _axis_weights(
     if kind == "longitude":
         spacing = abs(float(np.median(step)))
         periodic = abs(c[-1] - c[0] + spacing - 360.0) < 1e-6 * 360
-        if periodic:  # wrap into [lo, lo + 360)
-            lo = c[0] - 0.5 * spacing
-            query = lo + np.mod(query - lo, 360.0)
+        if periodic:  # wrap into [c0, c0 + 360): the last interval joins back to c0
+            query = c[0] + np.mod(query - c[0], 360.0)
         else:  # wrap to within 180 degrees of the grid's centre
             mid = 0.5 * (c[0] + c[-1])
             query = mid + np.mod(query - mid + 180.0, 360.0) - 180.0

@@ -1,0 +1,153 @@
+"""Lazy bilinear regridding against scipy, exactness on linear fields, coverage errors."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from scipy.interpolate import RegularGridInterpolator
+
+from corrdiff_xr.data import CoordinateError, CoverageError, bilinear_weights, regrid, synthetic_dataset
+from corrdiff_xr.data.regrid import grid_method
+from corrdiff_xr.testing import raise_if_dask_computes
+
+LAT = {"standard_name": "latitude", "units": "degrees_north"}
+LON = {"standard_name": "longitude", "units": "degrees_east"}
+PY = {"standard_name": "projection_y_coordinate", "units": "m"}
+PX = {"standard_name": "projection_x_coordinate", "units": "m"}
+
+
+def _dataset(yc, xc, y, x, field, *, lat2=None, lon2=None, coarse_attrs=(LAT, LON), fine_attrs=(LAT, LON)):
+    """A canonical Dataset holding one coarse input ``f`` = field(yc, xc) over 2 times."""
+    if lat2 is None:
+        lat2, lon2 = np.meshgrid(y, x, indexing="ij")
+    values = np.stack([field(*np.meshgrid(yc, xc, indexing="ij")) * s for s in (1.0, 2.0)])
+    return xr.Dataset(
+        {"f": (("time", "y_coarse", "x_coarse"), values, {"units": "1", "long_name": "f"})},
+        coords={
+            "time": np.array(["2020-01-01T00", "2020-01-01T01"], dtype="datetime64[ns]"),
+            "y_coarse": ("y_coarse", yc, coarse_attrs[0]),
+            "x_coarse": ("x_coarse", xc, coarse_attrs[1]),
+            "y": ("y", y, fine_attrs[0]),
+            "x": ("x", x, fine_attrs[1]),
+            "lat": (("y", "x"), lat2),
+            "lon": (("y", "x"), lon2),
+        },
+    )
+
+
+def _smooth(a, b):
+    return np.sin(a / 3.0) * np.cos(b / 5.0) + 0.01 * a * b
+
+
+def test_latlon_regridding_matches_scipy_at_the_fine_lat_lon():
+    yc, xc = np.linspace(40, 60, 11), np.linspace(-10, 10, 21)
+    y, x = np.linspace(42.3, 57.9, 37), np.linspace(-8.1, 9.7, 29)
+    # a rotated fine grid: its lat/lon are 2-D and not aligned with y/x
+    yy, xx = np.meshgrid(y, x, indexing="ij")
+    lat2, lon2 = 50 + 0.8 * (yy - 50) + 0.1 * xx, 0.8 * xx - 0.1 * (yy - 50)
+    ds = _dataset(yc, xc, y, x, _smooth, lat2=lat2, lon2=lon2)
+    out = regrid(ds).f.values
+    ref = RegularGridInterpolator((yc, xc), ds.f.values[1])(np.stack([lat2, lon2], axis=-1))
+    np.testing.assert_allclose(out[1], ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out[0], ref / 2, rtol=1e-12, atol=1e-12)
+
+
+def test_descending_latitudes_like_era5_give_the_same_answer():
+    yc, xc = np.linspace(60, 40, 11), np.linspace(-10, 10, 21)
+    y, x = np.linspace(41, 59, 13), np.linspace(-9, 9, 17)
+    ds = _dataset(yc, xc, y, x, _smooth)
+    out = regrid(ds).f.values[0]
+    ref = RegularGridInterpolator((yc[::-1], xc), ds.f.values[0][::-1])(
+        np.stack(np.meshgrid(y, x, indexing="ij"), axis=-1)
+    )
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["latlon", "projected"])
+def test_a_linear_field_is_reproduced_exactly(method):
+    attrs = (LAT, LON) if method == "latlon" else (PY, PX)
+    yc, xc = np.linspace(0, 100, 6), np.linspace(-50, 50, 9)
+    y, x = np.linspace(3, 97, 23), np.linspace(-45, 48, 31)
+    ds = _dataset(yc, xc, y, x, lambda a, b: 3.0 * a - 2.0 * b + 7.0, coarse_attrs=attrs, fine_attrs=attrs)
+    if method == "projected":  # geographic coords unrelated to y/x: must not be used
+        ds = ds.assign_coords(lat=ds.lat * 0 + 10.0, lon=ds.lon * 0 - 3.0)
+    assert grid_method(ds) == method
+    yy, xx = np.meshgrid(y, x, indexing="ij")
+    np.testing.assert_allclose(regrid(ds).f.values[0], 3.0 * yy - 2.0 * xx + 7.0, rtol=1e-12, atol=1e-10)
+
+
+def test_projected_synthetic_grid_regrids_by_y_x_like_scipy():
+    ds = synthetic_dataset(ny=32, nx=24, nt=1, grid="projected", factor=4)
+    assert grid_method(ds) == "projected"
+    coarse = ds.msl.values[0].astype(np.float64)
+    out = regrid(ds, ["msl"]).msl.values[0]
+    yy, xx = np.meshgrid(ds.y.values, ds.x.values, indexing="ij")
+    inside = (yy >= ds.y_coarse.values[0]) & (yy <= ds.y_coarse.values[-1])
+    inside &= (xx >= ds.x_coarse.values[0]) & (xx <= ds.x_coarse.values[-1])
+    ref = RegularGridInterpolator((ds.y_coarse.values, ds.x_coarse.values), coarse)(
+        np.stack([yy[inside], xx[inside]], axis=-1)
+    )
+    np.testing.assert_allclose(out[inside], ref, rtol=1e-6)
+
+
+def test_fine_pixels_within_half_a_coarse_cell_of_the_edge_take_the_edge_value():
+    ds = synthetic_dataset(ny=16, nx=16, nt=1, factor=4)
+    out = regrid(ds, ["t2m_coarse"]).t2m_coarse.values[0]
+    coarse = ds.t2m_coarse.values[0]
+    np.testing.assert_allclose(out[0, 0], coarse[0, 0], rtol=1e-6)
+    np.testing.assert_allclose(out[-1, -1], coarse[-1, -1], rtol=1e-6)
+
+
+def test_a_global_coarse_grid_wraps_around_the_dateline_and_greenwich():
+    yc, xc = np.linspace(-90, 90, 19), np.arange(0, 360, 10.0)
+    y, x = np.linspace(40, 60, 5), np.linspace(-7, 7, 15)  # straddles 0 degrees east
+    ds = _dataset(yc, xc, y, x, lambda a, b: np.cos(np.deg2rad(b)) + a / 90)
+    out = regrid(ds).f.values[0]
+    ext_x = np.append(xc - 360, xc)
+    ext = np.concatenate([ds.f.values[0], ds.f.values[0]], axis=1)
+    ref = RegularGridInterpolator((yc, ext_x), ext)(np.stack(np.meshgrid(y, x, indexing="ij"), axis=-1))
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_a_coarse_grid_that_misses_the_north_edge_is_an_error_naming_it():
+    yc, xc = np.linspace(40, 50, 6), np.linspace(-10, 10, 11)
+    y, x = np.linspace(45, 53.5, 5), np.linspace(-5, 5, 5)
+    ds = _dataset(yc, xc, y, x, _smooth)
+    with pytest.raises(CoverageError, match=r"north edge.*'lat' reaches 53\.5.*'y_coarse' ends at 50"):
+        bilinear_weights(ds)
+
+
+def test_a_coarse_grid_that_misses_the_west_edge_is_an_error_naming_it():
+    yc, xc = np.linspace(40, 50, 6), np.linspace(-10, 10, 11)
+    y, x = np.linspace(42, 48, 5), np.linspace(-14, 5, 5)
+    ds = _dataset(yc, xc, y, x, _smooth)
+    with pytest.raises(CoverageError, match=r"west edge.*'lon' reaches -14.*'x_coarse' starts at -10"):
+        bilinear_weights(ds)
+
+
+def test_fine_and_coarse_grids_in_different_coordinate_systems_are_an_error():
+    yc, xc = np.linspace(0, 10, 6), np.linspace(0, 10, 6)
+    ds = _dataset(yc, xc, yc, xc, _smooth, coarse_attrs=(PY, PX), fine_attrs=(LAT, LON))
+    with pytest.raises(CoordinateError, match=r"'y_coarse'.*'y'.*same coordinate system"):
+        bilinear_weights(ds)
+
+
+def test_weights_are_convex_combinations_of_four_coarse_points(tiny_synthetic):
+    w = bilinear_weights(tiny_synthetic)
+    assert w.index.shape == (32, 32, 4) and w.weight.shape == (32, 32, 4)
+    np.testing.assert_allclose(w.weight.sum(-1), 1.0)
+    assert (w.weight >= 0).all() and w.index.max() < 8 * 8
+
+
+def test_regridding_is_lazy_keeps_float32_and_follows_the_input_and_target_chunks():
+    ds = synthetic_dataset(ny=32, nx=32, nt=6, chunks={"time": 2, "y": 16, "x": 32})
+    weights = bilinear_weights(ds)
+    with raise_if_dask_computes():
+        out = regrid(ds, weights=weights)
+    var = out["t2m_coarse"]
+    assert isinstance(var.data, da.Array) and var.dtype == np.float32
+    assert var.chunks == ((2, 2, 2), (16, 16), (32,))
+    eager = weights.apply(ds["t2m_coarse"].values)
+    np.testing.assert_allclose(var.values, eager, rtol=1e-6)

@@ -1,0 +1,358 @@
+"""The ``train`` command: regression, residual diffusion and patched diffusion training.
+
+``corrdiff-xr train --config FILE key=value ...`` (``++key=value`` also accepted) reads a
+:class:`~corrdiff_xr.config.TrainRunConfig`, validates it and the data before any work, then
+trains one of CorrDiff's two networks in normalised space:
+
+* ``regression``: the mean UNet, on whole images (:func:`corrdiff_xr.edm.regression_loss`);
+* ``diffusion``: the EDM residual denoiser, the frozen regression model of
+  ``training.regression_checkpoint`` giving the mean (:func:`corrdiff_xr.edm.residual_loss`);
+* ``patched_diffusion``: the same on ``training.patch_num`` random ``patch.shape`` patches
+  per image.
+
+Each optimiser step sees ``training.total_batch_size`` samples: ``batch_size_per_device``
+per process, accumulated over rounds and averaged over processes (DDP under torchrun, SLURM
+or OpenMPI), with the loss normalised by the total so the gradient is that of one big batch.
+The learning rate is a pure function of the sample count
+(:func:`corrdiff_xr.training.schedule.learning_rate`). Re-running the same command continues
+from the newest checkpoint in ``training.output_dir/checkpoints``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from corrdiff_xr.config import (
+    ConfigError,
+    NetworkConfig,
+    TrainRunConfig,
+    from_dict,
+    load_yaml,
+    merge,
+    parse_overrides,
+    to_dict,
+)
+from corrdiff_xr.training import checkpoint as ckpt
+from corrdiff_xr.training.distributed import ProcessInfo, detect, initialize, shutdown
+from corrdiff_xr.training.monitor import Monitor
+from corrdiff_xr.training.schedule import accumulation_rounds, learning_rate
+
+__all__ = ["configure_parser", "run", "load_run_config", "train", "TrainResult"]
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+# -- configuration ------------------------------------------------------------------------
+def _network(data: dict[str, Any], path: str) -> Any:
+    # ``network: {preset: mini, ...}`` is shorthand for the preset with field overrides
+    if isinstance(data, dict) and "preset" in data:
+        rest = {k: v for k, v in data.items() if k != "preset"}
+        try:
+            return NetworkConfig.preset(data["preset"], **rest)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+    return data
+
+
+def _resolve_config_path(name: str | Path) -> Path:
+    path = Path(name)
+    if not path.exists() and (CONFIG_DIR / f"{name}.yaml").exists():
+        return CONFIG_DIR / f"{name}.yaml"  # a shipped example, by name
+    return path
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> TrainRunConfig:
+    """Read and validate a training config (YAML file or shipped name + overrides).
+
+    Raises :class:`ConfigError` naming the key for unknown keys, wrong types, a diffusion
+    task without an existing regression checkpoint, and inconsistent settings.
+    """
+    data = load_yaml(_resolve_config_path(path)) if path is not None else {}
+    data = merge(data, parse_overrides(overrides))
+    if "network" in data:
+        data["network"] = _network(data["network"], "network")
+    cfg = from_dict(TrainRunConfig, data)
+    reg = cfg.training.regression_checkpoint
+    if reg is not None and not Path(reg).exists():
+        raise ConfigError(f"training.regression_checkpoint {reg} does not exist")
+    return cfg
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML training config, or the name of a shipped one "
+                        "(regression_mini, diffusion_mini, patched_diffusion_mini, ...)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. training.lr=1e-4 data.source=catalog:demo/NAME")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_run_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"corrdiff-xr train: {err}")
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    result = train(cfg)
+    return 0 if result.completed else 1
+
+
+# -- data -----------------------------------------------------------------------------------
+def open_training_data(cfg: TrainRunConfig):
+    """(train pair, validation pair or None) for ``cfg.data``."""
+    from corrdiff_xr import data as cdata
+
+    d = cfg.data
+    names = dict(inputs=d.inputs, targets=d.targets, static=d.static)
+    if d.source.startswith("catalog:"):
+        source = cdata.open_entry(d.source[len("catalog:"):], storage_options=d.storage_options or None)
+    else:
+        source = d.source
+    pair = cdata.open_pair(source, storage_options=d.storage_options or None, **names)
+    train_pair = pair.sel(time=slice(*d.train_period)) if d.train_period else pair
+    valid_pair = pair.sel(time=slice(*d.valid_period)) if d.valid_period else None
+    return train_pair, valid_pair
+
+
+# -- the run --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainResult:
+    """What a run did: samples seen, steps taken/skipped, final loss, where things went."""
+
+    nimg: int
+    steps: int
+    skipped_steps: int
+    loss: float
+    output_dir: Path
+    completed: bool
+
+
+def _device(name: str, info: ProcessInfo) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+def _is_due(nimg: int, step: int, every: int) -> bool:
+    # true when the last step crossed a multiple of ``every`` samples
+    return nimg // every > (nimg - step) // every
+
+
+def build_model(cfg: TrainRunConfig, codec: Any, img_shape: tuple[int, int]):
+    """The CorrDiff to train and the sub-module whose weights the optimiser updates."""
+    from corrdiff_xr.model import CorrDiff
+
+    if cfg.task == "regression":
+        model = CorrDiff(codec, img_shape=img_shape, regression_network=cfg.network,
+                         residual_network=None, edm=cfg.edm)
+        return model, model.regression
+    reg = CorrDiff.load(_model_file(cfg.training.regression_checkpoint))
+    if reg.img_shape != tuple(img_shape):
+        raise ConfigError(f"regression checkpoint grid {reg.img_shape} differs from the data's {img_shape}")
+    model = CorrDiff(reg.codec, img_shape=img_shape, regression_network=reg.regression_config,
+                     residual_network=cfg.network, edm=cfg.edm)
+    model.regression.load_state_dict(reg.regression.state_dict())
+    model.regression.requires_grad_(False).eval()
+    return model, model.residual
+
+
+def _model_file(path: str | Path) -> Path:
+    path = Path(path)
+    return path / "model.safetensors" if path.is_dir() else path
+
+
+def train(cfg: TrainRunConfig, *, max_steps: int | None = None) -> TrainResult:
+    """Train as configured; resume from the newest checkpoint in the output directory.
+
+    ``max_steps`` stops after that many optimiser steps in this call (tests, profiling).
+    """
+    from corrdiff_xr import edm
+    from corrdiff_xr.loader import ChunkShuffleLoader
+
+    t = cfg.training
+    info = detect()
+    device = _device(t.device, info)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    initialize(info, device)
+    try:
+        if t.deterministic and device.type == "cuda":
+            # CPU kernels are deterministic already (and this import costs seconds there)
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        per_device = t.batch_size_per_device or t.total_batch_size // info.world_size
+        rounds = accumulation_rounds(t.total_batch_size, per_device, info.world_size)
+
+        train_pair, valid_pair = open_training_data(cfg)
+        img_shape = (int(train_pair.fine.sizes["y"]), int(train_pair.fine.sizes["x"]))
+        if cfg.patch.shape is not None and any(p > n for p, n in zip(cfg.patch.shape, img_shape)):
+            raise ConfigError(f"patch.shape {tuple(cfg.patch.shape)} is larger than the domain {img_shape} (y, x)")
+        if cfg.task == "regression":
+            from corrdiff_xr.codec import Codec
+
+            codec = Codec.from_pair(train_pair)
+        else:
+            codec = None  # taken from the regression checkpoint
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        model, trainable = build_model(cfg, codec, img_shape)
+        codec = model.codec
+        model.to(device)
+        net = trainable
+        if info.distributed:
+            net = torch.nn.parallel.DistributedDataParallel(
+                trainable, device_ids=[device.index] if device.type == "cuda" else None)
+        optimizer = torch.optim.Adam(trainable.parameters(), lr=t.lr, betas=t.betas, eps=t.eps)
+
+        loader = ChunkShuffleLoader(
+            train_pair, codec, batch_size=per_device, block_size=t.loader.block_size, seed=t.seed,
+            rank=info.rank, world_size=info.world_size, num_workers=t.loader.num_workers,
+            prefetch_factor=t.loader.prefetch_factor, lead_time=cfg.data.lead_time)
+        out = Path(t.output_dir)
+        ckpt_root = out / "checkpoints"
+        nimg, skipped = 0, 0
+        latest = ckpt.latest_checkpoint(ckpt_root)
+        if latest is not None:
+            nimg, skipped = _resume(latest, model, optimizer, loader, info)
+            log.info("resumed from %s at %d samples", latest, nimg)
+        else:
+            torch.manual_seed(t.seed + info.rank)  # per-rank noise from here on
+        if info.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(_yaml(to_dict(cfg)))
+
+        monitor = Monitor(out / "tensorboard", total=t.duration, initial=nimg,
+                          active=info.rank == 0, progress=t.progress)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+        loss_fn = _loss_fn(cfg, model, edm)
+        batches = iter(loader)
+        steps, loss_value = 0, math.nan
+        trainable.train()
+        while nimg < t.duration and (max_steps is None or steps < max_steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), device=device)
+            for r in range(rounds):
+                batch = next(batches).to(device)
+                sync = contextlib.nullcontext() if (r == rounds - 1 or not info.distributed) else net.no_sync()
+                with sync:
+                    with autocast:
+                        loss = loss_fn(net, batch).sum() / (per_device * rounds)
+                    loss.backward()
+                loss_sum += loss.detach().float()
+            if info.distributed:
+                torch.distributed.all_reduce(loss_sum)
+                loss_sum /= info.world_size
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable.parameters(), t.grad_clip or math.inf)
+            lr = learning_rate(nimg, lr=t.lr, rampup=t.lr_rampup, decay=t.lr_decay, decay_every=t.lr_decay_every)
+            nimg += t.total_batch_size
+            steps += 1
+            if not (torch.isfinite(loss_sum) and torch.isfinite(grad_norm)):
+                skipped += 1  # identical on every rank: loss and gradients are all-reduced
+                log.warning("non-finite loss or gradient at %d samples; step skipped (%d so far)", nimg, skipped)
+                if skipped > t.max_nonfinite_steps:
+                    raise FloatingPointError(
+                        f"{skipped} steps had non-finite loss or gradients (training.max_nonfinite_steps="
+                        f"{t.max_nonfinite_steps}); lower training.lr or set training.grad_clip")
+            else:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.step()
+            loss_value = float(loss_sum)
+            monitor.advance(t.total_batch_size, nimg, loss=loss_value, lr=lr)
+            if _is_due(nimg, t.total_batch_size, t.log_every) or nimg >= t.duration:
+                monitor.scalars(nimg, **{"train/loss": loss_value, "train/lr": lr,
+                                         "train/grad_norm": float(grad_norm), "train/skipped_steps": skipped})
+            if valid_pair is not None and (_is_due(nimg, t.total_batch_size, t.validate_every) or nimg >= t.duration):
+                _validate(cfg, model, valid_pair, codec, monitor, nimg, device, info)
+                trainable.train()
+            if _is_due(nimg, t.total_batch_size, t.checkpoint_every) or nimg >= t.duration:
+                _save(ckpt_root, nimg, skipped, model, optimizer, loader, info, t.keep_checkpoints)
+        monitor.close()
+        if info.rank == 0 and nimg >= t.duration:
+            model.save(out / "model.safetensors")
+        return TrainResult(nimg, steps, skipped, loss_value, out, nimg >= t.duration)
+    finally:
+        shutdown()
+
+
+def _loss_fn(cfg: TrainRunConfig, model: Any, edm: Any):
+    """``loss(net, batch) -> elementwise loss`` for the task (``net`` may be DDP-wrapped)."""
+    if cfg.task == "regression":
+        def regression(net, b):
+            mean = lambda x: net(x, offsets=b.offsets, lead_time=b.lead_time)  # noqa: E731
+            return edm.regression_loss(mean, b.inputs, b.targets, reduction="none")
+
+        return regression
+    patch = tuple(cfg.patch.shape) if cfg.task == "patched_diffusion" else None
+    patches = cfg.training.patch_num if patch is not None else 1
+
+    def residual(net, b):
+        with torch.no_grad():
+            mean = model.predict_mean(b.inputs, offsets=b.offsets, lead_time=b.lead_time)
+        lead = None if b.lead_time is None else b.lead_time.repeat_interleave(patches)
+
+        def denoiser(x_noisy, sigma, *, condition, offsets):
+            return net(x_noisy, sigma, condition=condition, offsets=offsets, lead_time=lead)
+
+        return edm.residual_loss(
+            denoiser, b.inputs, b.targets, mean=mean, P_mean=cfg.edm.P_mean, P_std=cfg.edm.P_std,
+            sigma_data=cfg.edm.sigma_data, patch=patch, num_patches=patches,
+            hr_mean_conditioning=cfg.edm.hr_mean_conditioning, reduction="none")
+
+    return residual
+
+
+def _validate(cfg, model, pair, codec, monitor, nimg, device, info) -> None:
+    from corrdiff_xr.training.validation import validate
+
+    if info.rank != 0:
+        return
+    metrics, image = validate(cfg, model, pair, codec, device=device)
+    monitor.scalars(nimg, **{f"valid/{k}": v for k, v in metrics.items()})
+    if image is not None:
+        monitor.image("valid/sample", image, nimg)
+
+
+def _save(root, nimg, skipped, model, optimizer, loader, info, keep) -> None:
+    # every rank's loader position and random state, so each rank resumes its own stream
+    local = {"loader": loader.state_dict(), "rng": ckpt.rng_state()}
+    gathered = [local]
+    if info.distributed:
+        gathered = [None] * info.world_size
+        torch.distributed.all_gather_object(gathered, local)
+    if info.rank == 0:
+        state = {"nimg": nimg, "skipped": skipped, "optimizer": optimizer.state_dict(),
+                 "ranks": gathered, "world_size": info.world_size}
+        ckpt.save_checkpoint(root, nimg, save_model=lambda p: model.save(p / "model.safetensors"),
+                             trainer_state=state, keep=keep)
+    if info.distributed:
+        torch.distributed.barrier()
+
+
+def _resume(path, model, optimizer, loader, info) -> tuple[int, int]:
+    from corrdiff_xr.model import CorrDiff
+
+    saved = CorrDiff.load(path / "model.safetensors")
+    model.load_state_dict(saved.state_dict())
+    state = ckpt.load_trainer_state(path)
+    optimizer.load_state_dict(state["optimizer"])
+    if state["world_size"] != info.world_size:
+        raise ConfigError(f"checkpoint {path} was written by {state['world_size']} processes; "
+                          f"resume it with the same number (now {info.world_size})")
+    mine = state["ranks"][info.rank]
+    loader.load_state_dict(mine["loader"])
+    ckpt.set_rng_state(mine["rng"])
+    return int(state["nimg"]), int(state["skipped"])
+
+
+def _yaml(data: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)

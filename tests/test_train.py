@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from corrdiff_xr import cli
+from corrdiff_xr.config import ConfigError, TrainRunConfig, from_dict
+from corrdiff_xr.model import CorrDiff
+from corrdiff_xr.train import load_run_config, train
+
+from _train_helpers import synthetic_store, tiny_config
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return synthetic_store(tmp_path_factory.mktemp("data") / "syn.zarr")
+
+
+def _cfg(data):
+    return from_dict(TrainRunConfig, data)
+
+
+def _weights(path):
+    return CorrDiff.load(path).state_dict()
+
+
+def test_a_typo_in_a_config_key_fails_before_any_work(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config("nowhere.zarr", tmp_path / "out")))
+    assert cli.main(["train", "--config", str(cfg), "training.learning_rate=1e-4"]) == 2
+    assert "learning_rate" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="training.lr"):
+        load_run_config(cfg, ["++training.lr=fast"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_diffusion_needs_an_existing_regression_checkpoint(tmp_path):
+    data = tiny_config("x.zarr", tmp_path, task="diffusion")
+    with pytest.raises(ConfigError, match="regression_checkpoint"):
+        _cfg(data)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_run_config(cfg, [f"training.regression_checkpoint={tmp_path / 'missing.safetensors'}"])
+
+
+def test_patched_diffusion_needs_a_patch_shape_and_lead_time_needs_both_halves(tmp_path):
+    with pytest.raises(ConfigError, match="patch.shape"):
+        _cfg(tiny_config("x", tmp_path, task="patched_diffusion", regression_checkpoint="r"))
+    with pytest.raises(ConfigError, match="lead_time"):
+        _cfg({**tiny_config("x", tmp_path), "data": {"source": "x", "lead_time": "lead_time"}})
+
+
+def test_a_patch_larger_than_the_domain_is_refused(store, tmp_path):
+    reg = tmp_path / "reg.safetensors"
+    reg.write_bytes(b"")
+    data = tiny_config(store, tmp_path / "o", task="patched_diffusion", regression_checkpoint=str(reg))
+    data["patch"] = {"shape": [32, 8]}
+    with pytest.raises(ConfigError, match="larger than the domain"):
+        train(_cfg(data))
+
+
+def test_regression_training_writes_model_checkpoints_and_tensorboard_scalars(store, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = tiny_config(store, tmp_path / "run", keep_checkpoints=1)
+    data["data"]["valid_period"] = ["2020-01-01T04", "2020-01-01T07"]
+    result = train(_cfg(data))
+    assert result.completed and result.nimg == 8 and result.steps == 2 and result.skipped_steps == 0
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["000000000008"]
+    model = CorrDiff.load(tmp_path / "run" / "model.safetensors")
+    assert model.residual is None and model.codec.out_channels == ("t2m", "tp", "u10", "v10")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "valid/mae/t2m"} <= set(tags)
+    assert [e.step for e in events.Scalars("train/loss")] == [4, 8]
+    assert events.Scalars("train/lr")[0].value == pytest.approx(1e-3)
+    assert 0 < events.Scalars("valid/mae/t2m")[-1].value < 50  # kelvin
+    assert "valid/sample" in events.Tags()["images"]
+
+
+def test_accumulated_small_batches_give_the_weights_of_one_big_batch(store, tmp_path):
+    big = train(_cfg(tiny_config(store, tmp_path / "big", total_batch_size=4)))
+    small = train(_cfg(tiny_config(store, tmp_path / "small", total_batch_size=4, batch_size_per_device=2)))
+    a, b = _weights(big.output_dir / "model.safetensors"), _weights(small.output_dir / "model.safetensors")
+    # Adam amplifies float noise in near-zero gradients; 1e-5 is 1% of one lr=1e-3 update
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
+    assert big.loss == pytest.approx(small.loss, rel=1e-5)
+
+
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(store, tmp_path):
+    data = tiny_config(store, tmp_path / "nan", lr=1e30, duration=400, max_nonfinite_steps=2)
+    with pytest.raises(FloatingPointError, match="max_nonfinite_steps=2"):
+        train(_cfg(data))

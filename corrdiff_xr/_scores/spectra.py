@@ -101,8 +101,9 @@ def power_spectrum(
     Returns
     -------
     Dataset or DataArray
-        Dimension ``wavenumber`` (cycles per km, or per pixel) with coordinate
-        ``wavelength``; units ``(units)^2 km`` (or ``pixel``).
+        Dimension ``wavenumber`` (cycles per km, or per pixel; its attribute ``nyquist`` is
+        the highest wavenumber resolved along both axes) with coordinate ``wavelength``;
+        units ``(units)^2 km`` (or ``pixel``).
     """
     ds, was_array = _to_dataset(data, "data")
     for d in spatial_dims:
@@ -145,7 +146,12 @@ def power_spectrum(
             WAVENUMBER: (
                 WAVENUMBER,
                 wavenumber,
-                {"units": f"cycles per {length}", "long_name": "wavenumber"},
+                {
+                    "units": f"cycles per {length}",
+                    "long_name": "wavenumber",
+                    # bins above this are the grid's corner modes (kept for Parseval)
+                    "nyquist": 0.5 / max(dy, dx),
+                },
             ),
             "wavelength": (
                 WAVENUMBER,
@@ -158,5 +164,4 @@ def power_spectrum(
     spec = spec.drop_vars(spatial_coords)
     dims = [d for d in _mean_dims(spec, dim, member_dim) if d != WAVENUMBER]
     result = spec.mean(dims, keep_attrs=True) if dims else spec
-    result.attrs["nyquist"] = 0.5 / max(dy, dx)
     return _back(result, was_array)

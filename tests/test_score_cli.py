@@ -142,3 +142,22 @@ def test_missing_truth_is_a_clear_error(tmp_path):
         cli.main(["score", str(tmp_path / "pred.zarr")])
     with pytest.raises(FileNotFoundError, match="missing.nc"):
         cli.main(["score", str(tmp_path / "missing.nc")])
+
+
+def test_score_command_reads_fsspec_urls_and_writes_plots(tmp_path, capsys):
+    pred, truth = make_pair(members=3)
+    url = "memory://score-cli-test"
+    pred.to_zarr(f"{url}/pred.zarr", mode="w")
+    truth.to_zarr(f"{url}/truth.zarr", mode="w")
+    plots = tmp_path / "plots"
+    argv = ["score", f"{url}/pred.zarr", "--truth", f"{url}/truth.zarr", "--plots", str(plots)]
+    assert cli.main([*argv, "--variables", "tp", "--metrics", "crps"]) == 0
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "maps.png",
+        "rank_histogram.png",
+        "spectra.png",
+    ]
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["metric", "tp", "[kg", "m-2]"]
+    expected = float(scoring.crps(pred[["tp"]], truth)["tp"])
+    assert float(table[1].split()[1]) == pytest.approx(expected, rel=1e-3)

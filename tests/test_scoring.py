@@ -211,6 +211,7 @@ def test_scores_stay_lazy_and_match_eager_results_whatever_the_chunks():
         "rank": lambda f, t: scoring.rank_histogram(f, t),
         "spectrum": lambda f, t: scoring.power_spectrum(f),
         "summary": lambda f, t: scoring.summary(f, t),
+        "weighted": lambda f, t: scoring.rmse(f, t, weights=scoring.area_weights(f)),
     }
     for name, call in calls.items():
         with raise_if_dask_computes():

@@ -211,8 +211,8 @@ def combine(
     if TIME in coarse.dims and TIME in fine.dims:
         tc, tf = coarse.indexes[TIME], fine.indexes[TIME]
         if not tc.equals(tf):
-            only_c = tc.difference(tf)[:3].tolist()
-            only_f = tf.difference(tc)[:3].tolist()
+            only_c = [str(t) for t in tc.difference(tf)[:3]]
+            only_f = [str(t) for t in tf.difference(tc)[:3]]
             raise TimeAxisError(
                 f"time axes of the coarse ({tc.size} steps) and fine ({tf.size} steps) datasets "
                 f"differ: only in coarse {only_c}, only in fine {only_f}; select common times first"

@@ -62,6 +62,8 @@ def select_roles(
                     "target names must differ"
                 )
             seen[name] = role
+    for role, names in given.items():
+        for name in names or ():
             if name not in ds.data_vars:
                 raise MissingVariableError(
                     f"{role} variable '{name}' is not in the dataset; it has {sorted(map(str, ds.data_vars))}"
@@ -99,7 +101,7 @@ def _check_dim_coord(ds: xr.Dataset, dim: str) -> None:
         uniq, counts = np.unique(values, return_counts=True)
         if (counts > 1).any():
             raise TimeAxisError(
-                f"coordinate 'time' repeats {uniq[counts > 1][:3].tolist()}; times must be unique"
+                f"coordinate 'time' repeats {[str(t) for t in uniq[counts > 1][:3]]}; times must be unique"
             )
         if values.size > 1 and not (np.diff(values) > np.timedelta64(0)).all():
             raise TimeAxisError("coordinate 'time' is not increasing; sort it with ds.sortby('time')")

@@ -34,7 +34,15 @@ from corrdiff_xr.data.synthetic import gaussian_random_field, synthetic_dataset
 from corrdiff_xr.data.validate import select_roles, validate
 
 # names from sibling modules imported on first use (heavier readers and converters)
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(["open_pp", "read_pp", "PPFormatError", "rotated_to_geographic"], "corrdiff_xr.data.pp"),
+    **dict.fromkeys(["uk_hires_dataset", "sample_path"], "corrdiff_xr.data.ukhires"),
+    **dict.fromkeys(
+        ["ConversionError", "cwb_to_canonical", "hrrr_mini_to_canonical", "write_atomic", "stats_dataset"],
+        "corrdiff_xr.data.convert",
+    ),
+    **dict.fromkeys(["CatalogError", "open_catalog", "open_entry", "list_catalogs"], "corrdiff_xr.data.catalog"),
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -78,3 +86,7 @@ __all__ = [
     "write_stats",
     *_LAZY,
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -120,6 +120,8 @@ def write_stats(store: Any, stats: xr.Dataset, *, storage_options: dict | None =
     temporary name and renamed into place, so a crash never leaves half-written statistics.
     """
     stats = check_stats(stats.compute())
+    # variable-length strings: fixed-width unicode has no Zarr v3 spec yet
+    stats = stats.assign_coords({STAT: np.array(STAT_NAMES, dtype=object)})
     local = _local_path(store)
     if local is None:
         stats.to_zarr(store, group=STATS_GROUP, mode="w", storage_options=storage_options, consolidated=False)

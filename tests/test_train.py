@@ -94,3 +94,47 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(store, tmp_path):
     data = tiny_config(store, tmp_path / "nan", lr=1e30, duration=400, max_nonfinite_steps=2)
     with pytest.raises(FloatingPointError, match="max_nonfinite_steps=2"):
         train(_cfg(data))
+
+
+@pytest.fixture(scope="module")
+def regression_run(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reg")
+    return train(_cfg(tiny_config(store, out, duration=4)))
+
+
+def test_diffusion_trains_the_residual_on_a_frozen_regression_and_validates_with_crps(store, regression_run, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    reg_file = regression_run.output_dir / "model.safetensors"
+    data = tiny_config(store, tmp_path / "diff", task="diffusion", regression_checkpoint=str(reg_file))
+    data["data"]["valid_period"] = ["2020-01-01T06", "2020-01-01T07"]
+    result = train(_cfg(data))
+    assert result.completed and result.skipped_steps == 0
+    model = CorrDiff.load(result.output_dir / "model.safetensors")
+    assert model.residual is not None
+    before = _weights(reg_file)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # regression untouched
+    events = EventAccumulator(str(tmp_path / "diff" / "tensorboard"))
+    events.Reload()
+    assert {"valid/crps/t2m", "valid/mae/t2m", "train/loss"} <= set(events.Tags()["scalars"])
+    assert events.Scalars("valid/crps/t2m")[-1].value > 0
+
+
+def test_patched_diffusion_trains_on_random_patches(store, regression_run, tmp_path):
+    data = tiny_config(store, tmp_path / "patched", task="patched_diffusion", patch_num=2,
+                       regression_checkpoint=str(regression_run.output_dir), duration=4)
+    data["patch"] = {"shape": [8, 8]}
+    result = train(_cfg(data))
+    assert result.completed and result.loss > 0
+    assert CorrDiff.load(result.output_dir / "model.safetensors").residual is not None
+
+
+def test_lead_time_aware_regression_reads_lead_time_labels(tmp_path):
+    source = synthetic_store(tmp_path / "lt.zarr", lead_time=True)
+    data = tiny_config(source, tmp_path / "lt", duration=4)
+    data["data"]["lead_time"] = "lead_time"
+    data["network"].update(lead_time_channels=4, lead_time_steps=3)
+    result = train(_cfg(data))
+    assert result.completed
+    assert CorrDiff.load(result.output_dir / "model.safetensors").regression_config.lead_time_channels == 4

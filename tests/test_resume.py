@@ -1,0 +1,98 @@
+"""Resume: a run SIGKILLed at random moments and restarted ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from corrdiff_xr.model import CorrDiff
+from corrdiff_xr.training import checkpoint as ckpt
+
+from _train_helpers import synthetic_store, tiny_config
+
+
+def _command(config: Path) -> list[str]:
+    return [sys.executable, "-m", "corrdiff_xr.cli", "train", "--config", str(config)]
+
+
+def _env() -> dict[str, str]:
+    # one thread everywhere, so float reductions happen in the same order in every run
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+
+
+def _write_config(tmp_path: Path, source: str, name: str) -> Path:
+    data = tiny_config(source, tmp_path / name, duration=32, checkpoint_every=4, keep_checkpoints=2,
+                       validate_every=1000)
+    data["network"]["dropout"] = 0.2  # draws from the random state, which must be resumed too
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _all_checkpoints_readable(root: Path) -> int:
+    found = ckpt.list_checkpoints(root)
+    for path in found:
+        assert ckpt.load_trainer_state(path)["nimg"] == int(path.name)
+        CorrDiff.load(path / "model.safetensors")
+    return int(found[-1].name) if found else 0
+
+
+def test_a_run_killed_at_random_points_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+    source = synthetic_store(tmp_path / "data.zarr", nt=8)
+    reference = subprocess.run(_command(_write_config(tmp_path, source, "ref")), env=_env(),
+                               capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+
+    config = _write_config(tmp_path, source, "killed")
+    root = tmp_path / "killed" / "checkpoints"
+    rng = random.Random(1234)
+    kills, reached = 0, 0
+    while kills < 2:
+        proc = subprocess.Popen(_command(config), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            latest = ckpt.latest_checkpoint(root)
+            if latest is not None and int(latest.name) > reached:
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.6))  # mid-step, mid-save, mid-rotation...
+        if proc.poll() is not None:
+            break  # finished before we could kill it
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        reached = _all_checkpoints_readable(root)
+    assert kills >= 2, "the run finished before it could be interrupted twice"
+    final = subprocess.run(_command(config), env=_env(), capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert _all_checkpoints_readable(root) == 32
+
+    expected = CorrDiff.load(tmp_path / "ref" / "model.safetensors").state_dict()
+    got = CorrDiff.load(tmp_path / "killed" / "model.safetensors").state_dict()
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert ckpt.load_trainer_state(ckpt.latest_checkpoint(root))["nimg"] == 32
+
+
+def test_rerunning_a_finished_run_changes_nothing(tmp_path):
+    pytest.importorskip("tensorboard")
+    from corrdiff_xr.config import TrainRunConfig, from_dict
+    from corrdiff_xr.train import train
+
+    source = synthetic_store(tmp_path / "data.zarr", nt=8)
+    cfg = from_dict(TrainRunConfig, tiny_config(source, tmp_path / "run", duration=4))
+    first = train(cfg)
+    weights = CorrDiff.load(first.output_dir / "model.safetensors").state_dict()
+    again = train(cfg)
+    assert again.steps == 0 and again.nimg == 4 and again.completed
+    after = CorrDiff.load(first.output_dir / "model.safetensors").state_dict()
+    assert all(torch.equal(weights[k], after[k]) for k in weights)

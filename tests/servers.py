@@ -46,10 +46,18 @@ class ObjectStore:
 
         return fsspec.filesystem(self.protocol, skip_instance_cache=True, **self.storage_options)
 
-    def new_bucket(self, prefix: str = "test") -> str:
-        """Create a uniquely named bucket and return its name."""
+    def new_bucket(self, prefix: str = "test", *, public_read: bool = False) -> str:
+        """Create a uniquely named bucket and return its name.
+
+        ``public_read`` (S3 only) makes the bucket readable without credentials, like a public
+        dataset bucket; GCS emulator buckets are readable anonymously anyway.
+        """
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-        self.filesystem().mkdir(name)
+        if public_read and self.protocol == "s3":
+            # a canned ACL (moto honours it for unsigned GETs; it ignores bucket policies)
+            self.filesystem().mkdir(name, acl="public-read")
+        else:
+            self.filesystem().mkdir(name)
         return name
 
 

@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         names = [v.strip() for v in args.variables.split(",") if v.strip()]
         missing = [n for n in names if n not in pred.data_vars]
         if missing:
-            raise SystemExit(f"--variables {missing} not in the prediction {list(pred.data_vars)}")
+            raise ValueError(f"--variables {missing} not in the prediction {list(pred.data_vars)}")
         pred = pred[names]
     weights = scoring.area_weights(pred) if args.area_weighted else None
     with dask.config.set(scheduler="threads", num_workers=args.workers):

@@ -24,6 +24,7 @@ rank NaN (properscoring's CRPS instead ignores NaN members).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -78,6 +79,13 @@ def pointwise_crps(
     kernel = {"properscoring": kernels.crps_properscoring, "fair": kernels.crps_fair}.get(estimator)
     if kernel is None:
         raise ValueError(f"estimator must be 'properscoring' or 'fair', got {estimator!r}")
+    if estimator == "properscoring" and not kernels.properscoring_uses_numba():
+        warnings.warn(
+            "properscoring is not using its numba gufunc (is numba importable?); its numpy "
+            "fallback is O(M^2) in time and memory per point",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     out = {}
     for name, fc in forecast.data_vars.items():
         out[name] = xr.apply_ufunc(

@@ -115,10 +115,3 @@ def test_accessor_plot_dispatches_and_saves_atomically(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["ranks.png"]
     with pytest.raises(ValueError, match="unknown plot kind 'violin'"):
         plot.plot(fc, "violin")
-
-
-def test_save_report_writes_three_pngs(tmp_path):
-    fc, truth, inputs = make_case()
-    written = plot.save_report(fc, truth, tmp_path, inputs=inputs, dpi=40)
-    assert [p.name for p in written] == ["maps.png", "spectra.png", "rank_histogram.png"]
-    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in written)

@@ -157,6 +157,9 @@ def test_score_command_reads_fsspec_urls_and_writes_plots(tmp_path, capsys):
         "rank_histogram.png",
         "spectra.png",
     ]
+    assert all(
+        (plots / name).read_bytes()[:4] == b"\x89PNG" for name in ("maps.png", "spectra.png")
+    )
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["metric", "tp", "[kg", "m-2]"]
     expected = float(scoring.crps(pred[["tp"]], truth)["tp"])

@@ -5,7 +5,8 @@ Two input layouts are understood:
 * **ours** (Zarr, any fsspec URL): a flat Dataset whose prediction variables have a ``member``
   dimension. The truth comes from ``--truth`` (a Zarr store or NetCDF file in the canonical
   layout; variables with the prediction's names are used) or, without ``--truth``, from the
-  group ``--truth-group`` (default ``truth``) of the prediction store.
+  same store: its group ``--truth-group`` (default ``truth``), or its root under the target
+  names when the ensemble sits in ``--prediction-group``.
 * **the reference's NetCDF** (PhysicsNeMo ``generate.py``): root ``lat``/``lon`` (y, x) and
   ``time``, groups ``input``, ``truth`` and ``prediction``; the prediction's ensemble
   dimension is called ``ensemble`` there and is renamed to ``member``.
@@ -47,7 +48,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="truth store or NetCDF with the prediction's variable names "
         "(default: group --truth-group of the prediction store)",
     )
-    parser.add_argument("--truth-group", default="truth", help="truth group (default: truth)")
+    parser.add_argument(
+        "--truth-group",
+        default=None,
+        help="group holding the truth in the prediction store (default: 'truth', or the "
+        "store's root when --prediction-group is given)",
+    )
+    parser.add_argument(
+        "--prediction-group",
+        default=None,
+        help="group holding the ensemble in the prediction store (default: its root)",
+    )
     parser.add_argument(
         "--format",
         choices=("auto", "zarr", "reference-netcdf"),
@@ -122,11 +133,17 @@ def open_prediction(
     prediction: str,
     *,
     truth: str | None = None,
-    truth_group: str = "truth",
+    truth_group: str | None = None,
+    prediction_group: str | None = None,
     layout: str = "auto",
     storage_options: dict[str, Any] | None = None,
 ) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset | None]:
-    """Open (prediction, truth, inputs-or-None) lazily from either supported layout."""
+    """Open (prediction, truth, inputs-or-None) lazily from either supported layout.
+
+    For a Zarr prediction store without ``truth``, the truth is read from the same store:
+    group ``truth_group`` (default ``"truth"``), or, when the ensemble sits in
+    ``prediction_group``, the store's root (a canonical store with the target names).
+    """
     storage_options = storage_options or {}
     if layout == "reference-netcdf" or (layout == "auto" and _is_netcdf(prediction)):
         groups = open_reference_netcdf(prediction)
@@ -137,13 +154,15 @@ def open_prediction(
         else:
             raise ValueError(f"{prediction}: no 'truth' group and no --truth given")
         return groups["prediction"], truth_ds, groups.get("input")
-    pred = _open_any(prediction, group=None, storage_options=storage_options)
+    pred = _open_any(prediction, group=prediction_group, storage_options=storage_options)
     pred = pred[[n for n, v in pred.data_vars.items() if MEMBER in v.dims]]
     if not pred.data_vars:
         raise ValueError(f"{prediction}: no variable has a {MEMBER!r} dimension")
     if truth is not None:
         truth_ds = _open_any(truth, group=None, storage_options=storage_options)
     else:
+        if truth_group is None and prediction_group is None:
+            truth_group = "truth"
         try:
             truth_ds = _open_any(prediction, group=truth_group, storage_options=storage_options)
         except (FileNotFoundError, KeyError, OSError, ValueError) as err:
@@ -207,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
         args.prediction,
         truth=args.truth,
         truth_group=args.truth_group,
+        prediction_group=args.prediction_group,
         layout=args.format,
         storage_options=storage_options,
     )
@@ -223,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         ).compute()
         scores.attrs.update(
             prediction=str(args.prediction),
-            truth=str(args.truth or f"{args.prediction} (group {args.truth_group})"),
+            truth=str(args.truth or f"{args.prediction} (group {args.truth_group or '/'})"),
             area_weighted=int(bool(args.area_weighted)),
         )
         print(format_table(scores))

@@ -283,12 +283,12 @@ def rank_histogram(
             dask="parallelized",
             output_dtypes=[np.int64],
         )
-        out[name] = (ranks == rank_coord).astype(np.float64)
+        out[name] = ranks == rank_coord  # bool: (M + 1) x the chunk, so keep it one byte
     onehot = xr.Dataset(out).assign_coords({RANK: rank_coord})
     dims = _mean_dims(onehot, dim, member_dim)
     dims = [d for d in dims if d != RANK]
     if weights is None:
-        hist = onehot.sum(dims)
+        hist = onehot.sum(dims).astype(np.float64)
     else:
         hist = onehot.weighted(weights.fillna(0.0)).sum(dims)
     if normalize:

@@ -102,6 +102,19 @@ def test_score_command_finds_truth_in_the_prediction_store(tmp_path):
     np.testing.assert_allclose(got["score"].sel(metric="crps", variable="tp"), expected)
 
 
+def test_score_command_finds_truth_at_the_root_when_the_ensemble_is_in_a_group(tmp_path):
+    pred, truth = make_pair()
+    store = tmp_path / "canonical.zarr"
+    truth.to_zarr(store)  # the canonical store: targets under their names at the root
+    pred.to_zarr(store, group="ensemble", mode="a")
+    out = tmp_path / "scores.nc"
+    argv = ["score", str(store), "--prediction-group", "ensemble", "-o", str(out)]
+    assert cli.main([*argv, "--metrics", "mae"]) == 0
+    expected = scoring.mae(pred, truth, dim=[Y, X])["t2m"]
+    got = xr.open_dataset(out)["score"].sel(metric="mae", variable="t2m")
+    np.testing.assert_allclose(got, expected)
+
+
 def test_score_command_reads_the_reference_netcdf_layout(tmp_path):
     pred, truth = make_pair(members=4, nt=3)
     path = tmp_path / "corrdiff_output.nc"

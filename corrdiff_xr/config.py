@@ -377,7 +377,8 @@ class DataConfig:
     Zarr path or an fsspec URL (``file://``, ``memory://``, ``s3://``, ``gs://``). Names left
     None take every variable of that role. Periods are ``[start, stop]`` time labels
     (inclusive, as in ``ds.sel(time=slice(start, stop))``); no ``valid_period`` means no
-    validation. ``lead_time`` names an integer variable along ``time`` holding lead-time
+    validation. ``catalog_params`` are the catalog's user parameters (e.g. ``s3_url``,
+    ``endpoint_url``) for a ``catalog:`` source; ``storage_options`` go to fsspec otherwise. ``lead_time`` names an integer variable along ``time`` holding lead-time
     labels, for lead-time-aware networks (``network.lead_time_channels > 0``).
     """
 
@@ -389,6 +390,7 @@ class DataConfig:
     valid_period: tuple[str, str] | None = None
     lead_time: str | None = None
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    catalog_params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

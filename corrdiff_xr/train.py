@@ -107,16 +107,29 @@ def run(args: argparse.Namespace) -> int:
 
 # -- data -----------------------------------------------------------------------------------
 def open_training_data(cfg: TrainRunConfig):
-    """(train pair, validation pair or None) for ``cfg.data``."""
+    """(train pair, validation pair or None) for ``cfg.data``.
+
+    ``catalog:NAME/ENTRY`` (NAME a bundled catalog such as ``demo`` or ``cloud``, or a
+    catalog YAML path) opens the entry with ``data.catalog_params``; anything else is a Zarr
+    path or fsspec URL opened with ``data.storage_options``.
+    """
     from corrdiff_xr import data as cdata
 
     d = cfg.data
     names = dict(inputs=d.inputs, targets=d.targets, static=d.static)
     if d.source.startswith("catalog:"):
-        source = cdata.open_entry(d.source[len("catalog:"):], storage_options=d.storage_options or None)
+        from corrdiff_xr.data.catalog import open_entry
+
+        catalog, _, entry = d.source[len("catalog:"):].rpartition("/")
+        if not catalog or not entry:
+            raise ConfigError(f"data.source {d.source!r} is not of the form catalog:NAME/ENTRY")
+        pair = open_entry(catalog, entry, **d.catalog_params)
+        if any(v is not None for v in names.values()):
+            pair = cdata.open_pair(pair.dataset, stats=pair.stored_stats, **names)
     else:
-        source = d.source
-    pair = cdata.open_pair(source, storage_options=d.storage_options or None, **names)
+        if d.catalog_params:
+            raise ConfigError("data.catalog_params only apply to a catalog:NAME/ENTRY source")
+        pair = cdata.open_pair(d.source, storage_options=d.storage_options or None, **names)
     train_pair = pair.sel(time=slice(*d.train_period)) if d.train_period else pair
     valid_pair = pair.sel(time=slice(*d.valid_period)) if d.valid_period else None
     return train_pair, valid_pair

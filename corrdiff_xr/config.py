@@ -378,7 +378,8 @@ class DataConfig:
     None take every variable of that role. Periods are ``[start, stop]`` time labels
     (inclusive, as in ``ds.sel(time=slice(start, stop))``); no ``valid_period`` means no
     validation. ``catalog_params`` are the catalog's user parameters (e.g. ``s3_url``,
-    ``endpoint_url``) for a ``catalog:`` source; ``storage_options`` go to fsspec otherwise. ``lead_time`` names an integer variable along ``time`` holding lead-time
+    ``endpoint_url``) for a ``catalog:`` source; ``storage_options`` go to fsspec otherwise.
+    ``lead_time`` names an integer variable (or coordinate) along ``time`` holding lead-time
     labels, for lead-time-aware networks (``network.lead_time_channels > 0``).
     """
 

@@ -33,37 +33,53 @@ def _rng(seed=0):
     return np.random.default_rng(seed)
 
 
-@pytest.fixture()
-def hrrr_mini(tmp_path):
-    """A HRRR-Mini NetCDF + stats.json: root time/coord, groups input/output/invariant."""
-    rng = _rng()
-    path = tmp_path / "hrrr_mini_train.nc"
-    times = pd.date_range("2020-02-01", periods=NT, freq="h").values
-    root = xr.Dataset(
-        {"coord": (("time", "coord_idx"), np.tile(np.array(OFFSET, np.int64), (NT, 1)))},
-        coords={"time": times},
-    )
-    root.to_netcdf(path, mode="w", engine="netcdf4")
-    names = ["10u", "10v", "2t", "tp"]
-    out = xr.Dataset({v: (("time", "y", "x"), rng.normal(size=(NT, NY, NX)).astype("f4"))
-                      for v in names})
-    inp = xr.Dataset({v: (("time", "y", "x"), rng.normal(size=(NT, NY // F, NX // F))
-                          .astype("f4")) for v in names})
-    ii, jj = np.meshgrid(np.arange(PARENT[0]), np.arange(PARENT[1]), indexing="ij")
-    inv = xr.Dataset({
-        "elev_mean": (("y", "x"), (ii * 100 + jj).astype("f4")),
-        "lsm_mean": (("y", "x"), (jj % 2).astype("f4")),
-        "latitude": (("y", "x"), 30.0 + 0.03 * ii),
-        "longitude": (("y", "x"), -100.0 + 0.03 * jj),
-    })
-    for name, grp in (("input", inp), ("output", out), ("invariant", inv)):
-        grp.to_netcdf(path, mode="a", group=name, engine="netcdf4")
-    stats = {g: {v: {"mean": float(i), "std": 1.0 + i} for i, v in enumerate(names)}
+def _write_hrrr_mini(path, coords, seed=0):
+    """A HRRR-Mini NetCDF in the reference schema: dims sample, y_lr, x_lr, y_hr, x_hr, coord;
+    root time (seconds since 1970) and coord; groups input, output, invariant (parent grid)."""
+    import netCDF4
+
+    rng = _rng(seed)
+    n = len(coords)
+    times = pd.date_range("2020-02-01", periods=n, freq="h")
+    with netCDF4.Dataset(path, "w", format="NETCDF4") as nc:
+        for dim, size in [("sample", None), ("y_lr", NY // F), ("x_lr", NX // F),
+                          ("y_hr", NY), ("x_hr", NX), ("y_grid", PARENT[0]),
+                          ("x_grid", PARENT[1]), ("coord", 2)]:
+            nc.createDimension(dim, size)
+        tv = nc.createVariable("time", "i8", ("sample",))
+        tv.units, tv.calendar = "seconds since 1970-01-01 00:00:00", "standard"
+        tv[:] = (times.values.astype("datetime64[s]").astype(np.int64))
+        nc.createVariable("coord", "u2", ("sample", "coord"))[:] = np.array(coords)
+        data = {}
+        for group, dims, shape in [("input", ("sample", "y_lr", "x_lr"), (n, NY // F, NX // F)),
+                                   ("output", ("sample", "y_hr", "x_hr"), (n, NY, NX))]:
+            grp = nc.createGroup(group)
+            for v in HRRR_NAMES:
+                data[group, v] = rng.normal(size=shape).astype("f4")
+                grp.createVariable(v, "f4", dims)[:] = data[group, v]
+        inv = nc.createGroup("invariant")
+        ii, jj = np.meshgrid(np.arange(PARENT[0]), np.arange(PARENT[1]), indexing="ij")
+        fields = {"latitude": 30.0 + 0.03 * ii, "longitude": -100.0 + 0.03 * jj,
+                  "elev_mean": ii * 100.0 + jj, "lsm_mean": (jj % 2) * 1.0}
+        for v, values in fields.items():
+            inv.createVariable(v, "f4", ("y_grid", "x_grid"))[:] = values
+            data["invariant", v] = values.astype("f4")
+    stats = {g: {v: {"mean": float(i), "std": 1.0 + i} for i, v in enumerate(HRRR_NAMES)}
              for g in ("input", "output")}
     stats["invariant"] = {"elev_mean": {"mean": 300.0, "std": 200.0},
                           "lsm_mean": {"mean": 0.5, "std": 0.5}}
-    (tmp_path / "stats.json").write_text(json.dumps(stats))
-    return path, inp, out, inv
+    (path.parent / "stats.json").write_text(json.dumps(stats))
+    return data, times
+
+
+HRRR_NAMES = ["10u", "10v", "2t", "tp"]
+
+
+@pytest.fixture()
+def hrrr_mini(tmp_path):
+    path = tmp_path / "hrrr_mini_train.nc"
+    data, times = _write_hrrr_mini(path, [OFFSET] * NT)
+    return path, data, times
 
 
 CWB_TARGETS = ["maximum_radar_reflectivity", "temperature_2m", "eastward_wind_10m",
@@ -111,17 +127,19 @@ def cwb(tmp_path):
 
 
 def test_hrrr_mini_conversion_keeps_values_and_crops_invariants_to_the_window(hrrr_mini):
-    path, inp, out, inv = hrrr_mini
+    path, data, times = hrrr_mini
     ds, stats = hrrr_mini_to_canonical(path, path.parent / "stats.json")
-    assert ds["2t"].dims == ("time", "y", "x") and ds["2t_coarse"].dims == (
-        "time", "y_coarse", "x_coarse")
-    np.testing.assert_array_equal(ds["10u"].values, out["10u"].values)
-    np.testing.assert_array_equal(ds["tp_coarse"].values, inp["tp"].values)
+    assert ds["2t"].dims == ("time", "y", "x")
+    assert ds["2t_coarse"].dims == ("time", "y_coarse", "x_coarse")
+    np.testing.assert_array_equal(ds["time"].values, times.values)
+    np.testing.assert_array_equal(ds["10u"].values, data["output", "10u"])
+    np.testing.assert_array_equal(ds["tp_coarse"].values, data["input", "tp"])
     # the reference slices invariants at coord (i, j): inv[:, i:i+ny, j:j+nx]
     i, j = OFFSET
     np.testing.assert_array_equal(ds["elev_mean"].values,
-                                  inv["elev_mean"].values[i:i + NY, j:j + NX])
-    np.testing.assert_allclose(ds["lat"].values, inv["latitude"].values[i:i + NY, j:j + NX])
+                                  data["invariant", "elev_mean"][i:i + NY, j:j + NX])
+    np.testing.assert_allclose(ds["lat"].values,
+                               data["invariant", "latitude"][i:i + NY, j:j + NX])
     # coarse pixel k sits at the centre of fine block k, as the reference's upsampling assumes
     assert np.allclose(ds["y_coarse"].values, i + (np.arange(NY // F) + 0.5) * F - 0.5)
     assert np.allclose(ds["lat_coarse"].values[0, 0], ds["lat"].values[:F, :F].mean())
@@ -132,14 +150,23 @@ def test_hrrr_mini_conversion_keeps_values_and_crops_invariants_to_the_window(hr
                                  "2t_coarse", "tp_coarse", "elev_mean", "lsm_mean"}
 
 
-def test_hrrr_mini_with_moving_windows_is_refused(hrrr_mini):
-    path, *_ = hrrr_mini
-    import netCDF4
-
-    with netCDF4.Dataset(path, "a") as nc:
-        nc["coord"][1, :] = [0, 0]
-    with pytest.raises(ConversionError, match="2 different windows"):
-        hrrr_mini_to_canonical(path, path.parent / "stats.json")
+def test_hrrr_mini_samples_in_several_windows_need_a_chosen_window(tmp_path):
+    path = tmp_path / "moving.nc"
+    coords = [(0, 0), OFFSET, OFFSET, (8, 8), OFFSET]
+    data, times = _write_hrrr_mini(path, coords)
+    stats_path = path.parent / "stats.json"
+    with pytest.raises(ConversionError, match=r"3 different windows.*\(5, 3\): 3"):
+        hrrr_mini_to_canonical(path, stats_path)
+    ds, _ = hrrr_mini_to_canonical(path, stats_path, window="most_common")
+    np.testing.assert_array_equal(ds["time"].values, times.values[[1, 2, 4]])
+    np.testing.assert_array_equal(ds["2t"].values, data["output", "2t"][[1, 2, 4]])
+    assert ds.attrs["dropped_samples_outside_window"] == 2
+    ds, _ = hrrr_mini_to_canonical(path, stats_path, window=(8, 8))
+    assert ds.sizes["time"] == 1
+    np.testing.assert_array_equal(ds["lsm_mean"].values,
+                                  data["invariant", "lsm_mean"][8:8 + NY, 8:8 + NX])
+    with pytest.raises(ConversionError, match=r"no sample has its window at \(1, 1\)"):
+        hrrr_mini_to_canonical(path, stats_path, window=(1, 1))
 
 
 def test_hrrr_mini_missing_stats_entry_names_it(hrrr_mini):
@@ -194,12 +221,13 @@ def test_cli_converts_cwb_to_a_store_with_stats_group(cwb, tmp_path):
     assert xr.open_zarr(dest).sizes["time"] == 4
 
 
-def test_cli_converts_hrrr_mini_finding_stats_next_to_the_file(hrrr_mini, tmp_path):
-    path, _, out, _ = hrrr_mini
+def test_cli_converts_hrrr_mini_finding_stats_next_to_the_file(tmp_path):
+    path = tmp_path / "hrrr_mini_train.nc"
+    data, _ = _write_hrrr_mini(path, [OFFSET, (0, 0), OFFSET])
     dest = tmp_path / "hrrr.zarr"
-    assert main(["convert", "hrrr-mini", str(path), str(dest)]) == 0
+    assert main(["convert", "hrrr-mini", str(path), str(dest), "--window", "5,3"]) == 0
     pair = open_pair(dest)
-    np.testing.assert_array_equal(pair.fine["2t"].values, out["2t"].values)
+    np.testing.assert_array_equal(pair.fine["2t"].values, data["output", "2t"][[0, 2]])
     assert sorted(pair.static) == ["elev_mean", "lsm_mean"]
     assert tuple(pair.stats["elev_mean"].values) == (300.0, 200.0)
 

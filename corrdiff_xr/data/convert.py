@@ -3,12 +3,13 @@
 Two layouts of PhysicsNeMo's CorrDiff example are understood:
 
 **HRRR-Mini** (``datasets/hrrrmini.py``): one NetCDF-4 file with groups ``input``
-(coarse fields, ``(time, ny/f, nx/f)``), ``output`` (fine fields, ``(time, ny, nx)``) and
-``invariant`` (static fields on a larger parent grid, ``(NY, NX)``), root variables ``time``
-and ``coord`` (``(time, 2)``: the row/column of the output window inside the invariant grid),
-plus a ``stats.json`` holding ``{"input"|"output"|"invariant": {name: {"mean", "std"}}}``.
-The canonical layout needs one fine grid, so every time must share the same window; the
-invariants are cropped to it. Fine ``y``/``x`` are the parent grid's row/column indices,
+(coarse fields, ``(sample, ny/f, nx/f)``), ``output`` (fine fields, ``(sample, ny, nx)``) and
+``invariant`` (``latitude``, ``longitude``, ``elev_mean``, ``lsm_mean`` on the parent grid,
+``(NY, NX)``), root variables ``time`` and ``coord`` (``(sample, 2)``: the row/column of each
+sample's output window inside the parent grid), plus a ``stats.json`` holding
+``{"input"|"output"|"invariant": {name: {"mean", "std"}}}``. The canonical layout has one
+fine grid, so the samples of one window are kept (``window=``) and the invariants are
+cropped to it. Fine ``y``/``x`` are the parent grid's row/column indices,
 coarse ones the centres of the ``f x f`` blocks; ``latitude``/``longitude`` (root or
 ``invariant`` group, on the parent grid or the window) give ``lat``/``lon``.
 
@@ -146,9 +147,9 @@ def write_atomic(
 
 # -- HRRR-Mini ---------------------------------------------------------------------------------
 def _group(path: str, group: str) -> xr.Dataset:
+    """A NetCDF group opened lazily (dask-backed, the file's own chunks)."""
     try:
-        with xr.open_dataset(path, group=group, engine="netcdf4") as ds:
-            return ds.load()
+        return xr.open_dataset(path, group=group, engine="netcdf4", chunks={})
     except OSError as err:
         raise ConversionError(
             f"{path}: cannot read NetCDF group {group!r} ({err})"
@@ -157,30 +158,71 @@ def _group(path: str, group: str) -> xr.Dataset:
 
 def _find_latlon(
     path: str, groups: Mapping[str, xr.Dataset]
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[xr.DataArray, xr.DataArray]:
     for ds in groups.values():
         if "latitude" in ds.variables and "longitude" in ds.variables:
-            return ds["latitude"].values, ds["longitude"].values
+            return ds["latitude"], ds["longitude"]
     raise ConversionError(
         f"{path}: no 'latitude'/'longitude' variables in the root or 'invariant' group; the "
         "canonical layout needs the geographic position of every fine pixel"
     )
 
 
+def _choose_window(
+    path: str, coord: np.ndarray, window: tuple[int, int] | str | None
+) -> tuple[int, int]:
+    windows, counts = np.unique(coord, axis=0, return_counts=True)
+    if window is None:
+        if len(windows) == 1:
+            return int(windows[0][0]), int(windows[0][1])
+        top = ", ".join(
+            f"({int(w[0])}, {int(w[1])}): {int(c)}"
+            for w, c in sorted(zip(windows, counts), key=lambda wc: -wc[1])[:5]
+        )
+        raise ConversionError(
+            f"{path}: 'coord' places samples in {len(windows)} different windows "
+            f"(most used: {top}); the canonical layout has one fine grid, so choose one "
+            "with window=(row, col) or window='most_common' (CLI: --window)"
+        )
+    if window == "most_common":
+        best = windows[int(np.argmax(counts))]
+        return int(best[0]), int(best[1])
+    if isinstance(window, str):
+        raise ConversionError(
+            f"window must be (row, col) or 'most_common', got {window!r}"
+        )
+    chosen = (int(window[0]), int(window[1]))
+    if not (coord == np.array(chosen)).all(axis=1).any():
+        raise ConversionError(f"{path}: no sample has its window at {chosen}")
+    return chosen
+
+
 def hrrr_mini_to_canonical(
-    path: str | os.PathLike, stats_path: str | os.PathLike
+    path: str | os.PathLike,
+    stats_path: str | os.PathLike,
+    *,
+    window: tuple[int, int] | str | None = None,
 ) -> tuple[xr.Dataset, xr.Dataset]:
     """Read a HRRR-Mini NetCDF (+ stats.json) as a canonical Dataset and its statistics.
+
+    Parameters
+    ----------
+    path, stats_path
+        The reference's ``hrrr_mini_train.nc`` (or alike) and its ``stats.json``.
+    window
+        HRRR-Mini samples are windows cut from a parent grid at ``coord`` (row, col). The
+        canonical layout has one fine grid, so only samples of one window are kept: None (all
+        samples must share it), ``(row, col)``, or ``"most_common"``.
 
     Returns
     -------
     (dataset, stats)
+        The dataset is dask-backed: samples are read from the NetCDF only when written.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"HRRR-Mini file not found: {path}")
-    with xr.open_dataset(path, engine="netcdf4") as opened:
-        root = opened.load()
+    root = xr.open_dataset(path, engine="netcdf4", chunks={})
     for name in ("time", "coord"):
         if name not in root.variables:
             raise ConversionError(
@@ -192,10 +234,12 @@ def hrrr_mini_to_canonical(
         _group(path, "invariant"),
     )
     for label, grp in (("input", inp), ("output", out)):
+        if not grp.data_vars:
+            raise ConversionError(f"{path}: group {label!r} holds no variables")
         for name, var in grp.data_vars.items():
             if var.ndim != 3:
                 raise ConversionError(
-                    f"{path}: {label}/{name} has dims {var.dims}, expected 3"
+                    f"{path}: {label}/{name} has dims {var.dims}, expected (sample, y, x)"
                 )
     ny, nx = next(iter(out.data_vars.values())).shape[-2:]
     nyc, nxc = next(iter(inp.data_vars.values())).shape[-2:]
@@ -204,22 +248,33 @@ def hrrr_mini_to_canonical(
             f"{path}: output {ny}x{nx} is not an integer multiple of input {nyc}x{nxc}"
         )
     factor = ny // nyc
-    offsets = np.unique(np.asarray(root["coord"].values).reshape(-1, 2), axis=0)
-    if len(offsets) != 1:
+    coord = np.asarray(root["coord"].values).astype(np.int64).reshape(-1, 2)
+    i0, j0 = _choose_window(path, coord, window)
+    keep = np.flatnonzero((coord == np.array([i0, j0])).all(axis=1))
+    times = np.asarray(root["time"].values)[keep]
+    if not np.issubdtype(times.dtype, np.datetime64):
         raise ConversionError(
-            f"{path}: 'coord' holds {len(offsets)} different windows "
-            f"({offsets[:4].tolist()}...); the canonical layout needs one fine grid"
+            f"{path}: time is not CF-decodable to datetimes ({times.dtype})"
         )
-    i0, j0 = (int(v) for v in offsets[0])
-    window = (slice(i0, i0 + ny), slice(j0, j0 + nx))
+    order = np.argsort(times, kind="stable")
+    keep, times = keep[order], times[order].astype("datetime64[ns]")
+    if np.any(np.diff(times) == np.timedelta64(0)):
+        raise ConversionError(f"{path}: window ({i0}, {j0}) holds repeated times")
+    win = {"rows": slice(i0, i0 + ny), "cols": slice(j0, j0 + nx)}
 
-    lat, lon = _find_latlon(path, {"root": root, "invariant": inv})
-    if lat.shape != (ny, nx):
-        lat, lon = lat[window], lon[window]
-    if lat.shape != (ny, nx):
-        raise ConversionError(
-            f"{path}: latitude is {lat.shape}, expected {(ny, nx)} or parent"
-        )
+    def crop(var: xr.DataArray) -> np.ndarray:
+        if var.shape == (ny, nx):  # already on the window
+            return np.asarray(var.values)
+        if var.ndim != 2 or var.shape[0] < i0 + ny or var.shape[1] < j0 + nx:
+            raise ConversionError(
+                f"{path}: {var.name} {var.shape} does not contain the window "
+                f"rows {i0}:{i0 + ny}, cols {j0}:{j0 + nx}"
+            )
+        d0, d1 = var.dims
+        return np.asarray(var.isel({d0: win["rows"], d1: win["cols"]}).values)
+
+    lat_var, lon_var = _find_latlon(path, {"root": root, "invariant": inv})
+    lat, lon = crop(lat_var).astype(np.float64), crop(lon_var).astype(np.float64)
 
     with open(stats_path) as fh:
         raw_stats = json.load(fh)
@@ -234,28 +289,25 @@ def hrrr_mini_to_canonical(
                 f"{stats_path}: no mean/std for {group}/{name} (missing key {err})"
             ) from err
 
-    times = np.asarray(root["time"].values).astype("datetime64[ns]")
     data_vars: dict[str, tuple] = {}
     for name, var in out.data_vars.items():
+        picked = var.isel({var.dims[0]: keep}).data
         data_vars[name] = (
             (TIME, Y, X),
-            var.values,
+            picked,
             _cf_attrs(name, var.attrs, "fine target"),
         )
         stats[name] = stat("output", name)
     for name, var in inp.data_vars.items():
         new = f"{name}{INPUT_SUFFIX}"
         attrs = _cf_attrs(name, var.attrs, "coarse input")
-        data_vars[new] = ((TIME, Y_COARSE, X_COARSE), var.values, attrs)
+        picked = var.isel({var.dims[0]: keep}).data
+        data_vars[new] = ((TIME, Y_COARSE, X_COARSE), picked, attrs)
         stats[new] = stat("input", name)
     for name, var in inv.data_vars.items():
         if name in ("latitude", "longitude"):
             continue
-        data_vars[name] = (
-            (Y, X),
-            var.values[window],
-            _cf_attrs(name, var.attrs, "static"),
-        )
+        data_vars[name] = ((Y, X), crop(var), _cf_attrs(name, var.attrs, "static"))
         stats[name] = stat("invariant", name)
 
     y = np.arange(i0, i0 + ny, dtype=np.float64)
@@ -289,6 +341,8 @@ def hrrr_mini_to_canonical(
             "source": os.path.basename(path),
             "converted_from": "HRRR-Mini",
             "coarsening_factor": factor,
+            "window": [i0, j0],
+            "dropped_samples_outside_window": int(len(coord) - len(keep)),
         },
     )
     return ds, stats_dataset(stats)
@@ -444,30 +498,33 @@ LAYOUTS = ("hrrr-mini", "cwb")
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Options of ``corrdiff-xr convert``."""
-    parser.add_argument("layout", choices=LAYOUTS, help="layout of the source dataset")
-    parser.add_argument("source", help="HRRR-Mini NetCDF file or CWB Zarr directory")
-    parser.add_argument("dest", help="canonical Zarr store to write (local path)")
-    parser.add_argument(
-        "--stats", help="HRRR-Mini stats.json (default: next to the source)"
-    )
-    parser.add_argument(
-        "--time-chunk", type=int, default=1, help="time steps per chunk"
-    )
-    parser.add_argument(
-        "--keep-invalid", action="store_true", help="CWB: keep times flagged invalid"
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing dest"
-    )
+    add = parser.add_argument
+    add("layout", choices=LAYOUTS, help="layout of the source dataset")
+    add("source", help="HRRR-Mini NetCDF file or CWB Zarr directory")
+    add("dest", help="canonical Zarr store to write (local path)")
+    add("--stats", help="HRRR-Mini stats.json (default: next to the source)")
+    add("--window", help="HRRR-Mini: keep the samples of window ROW,COL or 'most_common'")
+    add("--time-chunk", type=int, default=1, help="time steps per chunk")
+    add("--keep-invalid", action="store_true", help="CWB: keep times flagged invalid")
+    add("--overwrite", action="store_true", help="replace an existing dest")
+
+
+def _parse_window(text: str | None) -> tuple[int, int] | str | None:
+    if text is None or text == "most_common":
+        return text
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise ConversionError(f"--window: expected ROW,COL or most_common, got {text!r}")
+    return int(parts[0]), int(parts[1])
 
 
 def run(args: argparse.Namespace) -> int:
     """Convert ``args.source`` to a canonical Zarr store at ``args.dest``."""
     if args.layout == "hrrr-mini":
-        stats_path = args.stats or os.path.join(
-            os.path.dirname(args.source), "stats.json"
+        default_stats = os.path.join(os.path.dirname(args.source), "stats.json")
+        ds, stats = hrrr_mini_to_canonical(
+            args.source, args.stats or default_stats, window=_parse_window(args.window)
         )
-        ds, stats = hrrr_mini_to_canonical(args.source, stats_path)
     else:
         ds, stats = cwb_to_canonical(args.source, keep_invalid=args.keep_invalid)
     validate(ds, check_values=False)  # refuse to write a store open_pair would reject

@@ -41,8 +41,9 @@ def _spacing_km(ds: xr.Dataset, dims: Sequence[Hashable]) -> tuple[float, float]
     """Grid spacing (dy, dx) in km from coordinate units, or None when unknown.
 
     Lengths (m, km) are converted directly. Degrees (a regular lat/lon grid) use
-    111.195 km per degree, the column spacing scaled by cos of the domain's mean latitude,
-    which is close enough for the limited-area domains downscaling works on.
+    111.195 km per degree, the column spacing scaled by cos of the domain's mean (grid)
+    latitude, which is close enough for the limited-area domains downscaling works on and
+    also right for rotated-pole grids (``grid_latitude`` in degrees).
     """
     spacing = []
     for axis, d in enumerate(dims):
@@ -52,9 +53,10 @@ def _spacing_km(ds: xr.Dataset, dims: Sequence[Hashable]) -> tuple[float, float]
         scale = _LENGTH_UNITS_KM.get(units)
         if scale is None and units.startswith("degree"):
             scale = _KM_PER_DEGREE
-            if axis == 1:  # a longitude step shrinks with latitude
-                lat = ds[dims[0]] if "north" in str(ds[dims[0]].attrs.get("units", "")) else None
-                lat_mean = float(lat.mean()) if lat is not None else 0.0
+            if axis == 1:  # a longitude step shrinks with (grid) latitude
+                row = ds[dims[0]]
+                row_units = str(row.attrs.get("units", "")).strip().lower()
+                lat_mean = float(row.mean()) if row_units.startswith("degree") else 0.0
                 scale *= np.cos(np.deg2rad(lat_mean))
         if scale is None:
             return None

@@ -82,6 +82,10 @@ _UNITS = {
 }  # fmt: skip
 
 
+_GEO_LAT = {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude"}
+_GEO_LON = {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}
+
+
 class ConversionError(ValueError):
     """The source does not follow the reference layout it was read as."""
 
@@ -97,9 +101,7 @@ def stats_dataset(stats: Mapping[str, tuple[float, float]]) -> xr.Dataset:
 
 def _cf_attrs(name: str, attrs: Mapping, note: str) -> dict:
     base = name.rstrip("0123456789") if name not in _UNITS else name
-    units = (
-        attrs.get("units") or _UNITS.get(base) or _UNITS.get(name.lower()) or "unknown"
-    )
+    units = attrs.get("units") or _UNITS.get(base) or _UNITS.get(name.lower()) or "unknown"
     long_name = attrs.get("long_name") or f"{name} ({note})"
     return {**attrs, "units": str(units), "long_name": str(long_name)}
 
@@ -151,14 +153,10 @@ def _group(path: str, group: str) -> xr.Dataset:
     try:
         return xr.open_dataset(path, group=group, engine="netcdf4", chunks={})
     except OSError as err:
-        raise ConversionError(
-            f"{path}: cannot read NetCDF group {group!r} ({err})"
-        ) from err
+        raise ConversionError(f"{path}: cannot read NetCDF group {group!r} ({err})") from err
 
 
-def _find_latlon(
-    path: str, groups: Mapping[str, xr.Dataset]
-) -> tuple[xr.DataArray, xr.DataArray]:
+def _find_latlon(path: str, groups: Mapping[str, xr.Dataset]) -> tuple[xr.DataArray, xr.DataArray]:
     for ds in groups.values():
         if "latitude" in ds.variables and "longitude" in ds.variables:
             return ds["latitude"], ds["longitude"]
@@ -188,9 +186,7 @@ def _choose_window(
         best = windows[int(np.argmax(counts))]
         return int(best[0]), int(best[1])
     if isinstance(window, str):
-        raise ConversionError(
-            f"window must be (row, col) or 'most_common', got {window!r}"
-        )
+        raise ConversionError(f"window must be (row, col) or 'most_common', got {window!r}")
     chosen = (int(window[0]), int(window[1]))
     if not (coord == np.array(chosen)).all(axis=1).any():
         raise ConversionError(f"{path}: no sample has its window at {chosen}")
@@ -225,9 +221,7 @@ def hrrr_mini_to_canonical(
     root = xr.open_dataset(path, engine="netcdf4", chunks={})
     for name in ("time", "coord"):
         if name not in root.variables:
-            raise ConversionError(
-                f"{path}: root group lacks {name!r} (HRRR-Mini layout)"
-            )
+            raise ConversionError(f"{path}: root group lacks {name!r} (HRRR-Mini layout)")
     inp, out, inv = (
         _group(path, "input"),
         _group(path, "output"),
@@ -253,9 +247,7 @@ def hrrr_mini_to_canonical(
     keep = np.flatnonzero((coord == np.array([i0, j0])).all(axis=1))
     times = np.asarray(root["time"].values)[keep]
     if not np.issubdtype(times.dtype, np.datetime64):
-        raise ConversionError(
-            f"{path}: time is not CF-decodable to datetimes ({times.dtype})"
-        )
+        raise ConversionError(f"{path}: time is not CF-decodable to datetimes ({times.dtype})")
     order = np.argsort(times, kind="stable")
     keep, times = keep[order], times[order].astype("datetime64[ns]")
     if np.any(np.diff(times) == np.timedelta64(0)):
@@ -314,16 +306,6 @@ def hrrr_mini_to_canonical(
     x = np.arange(j0, j0 + nx, dtype=np.float64)
     yc, xc = y.reshape(-1, factor).mean(1), x.reshape(-1, factor).mean(1)
     block = (nyc, factor, nxc, factor)
-    geo_y = {
-        "units": "degrees_north",
-        "standard_name": "latitude",
-        "long_name": "latitude",
-    }
-    geo_x = {
-        "units": "degrees_east",
-        "standard_name": "longitude",
-        "long_name": "longitude",
-    }
     ds = xr.Dataset(
         data_vars,
         coords={
@@ -332,10 +314,10 @@ def hrrr_mini_to_canonical(
             X: (X, x, _index_coord("x")),
             Y_COARSE: (Y_COARSE, yc, _index_coord("y")),
             X_COARSE: (X_COARSE, xc, _index_coord("x")),
-            LAT: ((Y, X), lat, geo_y),
-            LON: ((Y, X), lon, geo_x),
-            LAT_COARSE: ((Y_COARSE, X_COARSE), lat.reshape(block).mean((1, 3)), geo_y),
-            LON_COARSE: ((Y_COARSE, X_COARSE), lon.reshape(block).mean((1, 3)), geo_x),
+            LAT: ((Y, X), lat, _GEO_LAT),
+            LON: ((Y, X), lon, _GEO_LON),
+            LAT_COARSE: ((Y_COARSE, X_COARSE), lat.reshape(block).mean((1, 3)), _GEO_LAT),
+            LON_COARSE: ((Y_COARSE, X_COARSE), lon.reshape(block).mean((1, 3)), _GEO_LON),
         },
         attrs={
             "source": os.path.basename(path),
@@ -356,9 +338,7 @@ def _channel_names(group: xr.Dataset, prefix: str) -> list[str]:
         levels = np.asarray(group[f"{prefix}_pressure"].values, dtype=np.float64)
     out = [n if np.isnan(p) else f"{n}{int(p)}" for n, p in zip(names, levels)]
     if len(set(out)) != len(out):
-        raise ConversionError(
-            f"{prefix}_variable/{prefix}_pressure repeat a channel: {out}"
-        )
+        raise ConversionError(f"{prefix}_variable/{prefix}_pressure repeat a channel: {out}")
     return out
 
 
@@ -405,9 +385,7 @@ def cwb_to_canonical(
         raise ConversionError(f"{label}: not the CWB layout, missing {missing}")
     for name in ("cwb", "era5"):
         if src[name].ndim != 4:
-            raise ConversionError(
-                f"{label}: {name} has dims {src[name].dims}, expected 4"
-            )
+            raise ConversionError(f"{label}: {name} has dims {src[name].dims}, expected 4")
     src = src.set_coords([n for n in required[2:] if n in src.data_vars])
     targets, inputs = _channel_names(src, "cwb"), _channel_names(src, "era5")
     t_dim, c_dim, ydim, xdim = src["cwb"].dims
@@ -420,18 +398,12 @@ def cwb_to_canonical(
         if "era5_valid" in src.variables:
             valid &= np.all(np.asarray(src["era5_valid"].values) != 0, axis=-1)
     if not valid.any():
-        raise ConversionError(
-            f"{label}: no valid times (cwb_valid/era5_valid all false)"
-        )
+        raise ConversionError(f"{label}: no valid times (cwb_valid/era5_valid all false)")
 
     stats: dict[str, tuple[float, float]] = {}
     data_vars = {}
-    centers = {
-        p: np.asarray(src[f"{p}_center"].values, np.float64) for p in ("cwb", "era5")
-    }
-    scales = {
-        p: np.asarray(src[f"{p}_scale"].values, np.float64) for p in ("cwb", "era5")
-    }
+    centers = {p: np.asarray(src[f"{p}_center"].values, np.float64) for p in ("cwb", "era5")}
+    scales = {p: np.asarray(src[f"{p}_scale"].values, np.float64) for p in ("cwb", "era5")}
     for k, name in enumerate(targets):
         var = src["cwb"].isel({c_dim: k}, drop=True).isel({t_dim: valid})
         data_vars[name] = (
@@ -456,19 +428,7 @@ def cwb_to_canonical(
     y, x = np.arange(ny, dtype=np.float64), np.arange(nx, dtype=np.float64)
     times = np.asarray(src["time"].values)
     if not np.issubdtype(times.dtype, np.datetime64):
-        raise ConversionError(
-            f"{label}: time is not decodable to datetimes ({times.dtype})"
-        )
-    geo_y = {
-        "units": "degrees_north",
-        "standard_name": "latitude",
-        "long_name": "latitude",
-    }
-    geo_x = {
-        "units": "degrees_east",
-        "standard_name": "longitude",
-        "long_name": "longitude",
-    }
+        raise ConversionError(f"{label}: time is not decodable to datetimes ({times.dtype})")
     ds = xr.Dataset(
         data_vars,
         coords={
@@ -477,10 +437,10 @@ def cwb_to_canonical(
             X: (X, x, _index_coord("x")),
             Y_COARSE: (Y_COARSE, y, _index_coord("y")),
             X_COARSE: (X_COARSE, x, _index_coord("x")),
-            LAT: ((Y, X), lat, geo_y),
-            LON: ((Y, X), lon, geo_x),
-            LAT_COARSE: ((Y_COARSE, X_COARSE), lat, geo_y),
-            LON_COARSE: ((Y_COARSE, X_COARSE), lon, geo_x),
+            LAT: ((Y, X), lat, _GEO_LAT),
+            LON: ((Y, X), lon, _GEO_LON),
+            LAT_COARSE: ((Y_COARSE, X_COARSE), lat, _GEO_LAT),
+            LON_COARSE: ((Y_COARSE, X_COARSE), lon, _GEO_LON),
         },
         attrs={
             "source": os.path.basename(label),

@@ -138,3 +138,20 @@ def test_lead_time_aware_regression_reads_lead_time_labels(tmp_path):
     result = train(_cfg(data))
     assert result.completed
     assert CorrDiff.load(result.output_dir / "model.safetensors").regression_config.lead_time_channels == 4
+
+
+@pytest.mark.parametrize("name", ["regression_mini", "diffusion_mini", "patched_diffusion_mini",
+                                  "regression_normal", "diffusion_normal", "patched_diffusion_normal",
+                                  "regression_lead_time_mini"])
+def test_every_shipped_config_validates(name, tmp_path):
+    from corrdiff_xr.train import CONFIG_DIR
+
+    reg = tmp_path / "reg.safetensors"
+    reg.write_bytes(b"")
+    overrides = [f"training.regression_checkpoint={reg}"] if "diffusion" in name else []
+    cfg = load_run_config(name, overrides)
+    assert (CONFIG_DIR / f"{name}.yaml").exists()
+    assert cfg.network.model_channels == (64 if "mini" in name else 128)
+    if "diffusion" in name:
+        with pytest.raises(ConfigError, match="does not exist"):
+            load_run_config(name, [])

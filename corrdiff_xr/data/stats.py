@@ -35,12 +35,20 @@ _FANIN = 16
 
 
 def _moments(block: np.ndarray) -> np.ndarray:
-    x = np.asarray(block, dtype=np.float64).ravel()
-    x = x[np.isfinite(x)]
+    """``[count, mean, M2]`` of the finite values of a block."""
+    x = np.asarray(block).ravel()
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    finite = np.isfinite(x)
+    if not finite.all():
+        x = x[finite]
     if x.size == 0:
         return np.zeros(3)
-    mean = x.mean()
-    return np.array([x.size, mean, np.square(x - mean).sum()])
+    # float32 blocks stay float32 elementwise (half the memory traffic) but sum in float64
+    mean = x.sum(dtype=np.float64) / x.size
+    d = x - x.dtype.type(mean)
+    np.square(d, out=d)
+    return np.array([x.size, mean, d.sum(dtype=np.float64)])
 
 
 def _merge(*parts: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ generation (the FFT needs the whole field); fields are periodic in space.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import dask
@@ -58,14 +59,28 @@ _KEY_PSI, _KEY_T, _KEY_P, _KEY_Q, _KEY_OROG = 1, 2, 3, 4, 100
 _HOUR = np.timedelta64(1, "h")
 
 
+@functools.lru_cache(maxsize=16)
+def _spectral_filter(shape: tuple[int, int], beta: float) -> np.ndarray:
+    """``k**(-beta / 2)`` on the rfft2 grid, zero at k = 0 (read-only, cached)."""
+    ny, nx = shape
+    ky = np.fft.fftfreq(ny) * ny
+    kx = np.fft.rfftfreq(nx) * nx
+    k = np.hypot(ky[:, None], kx[None, :])
+    k[0, 0] = np.inf  # drop the mean
+    filt = (k ** (-beta / 2.0)).astype(np.float32)
+    filt.setflags(write=False)
+    return filt
+
+
 def gaussian_random_field(
     shape: tuple[int, int], beta: float, rng: np.random.Generator
 ) -> np.ndarray:
     """A zero-mean, unit-variance periodic GRF whose power spectrum falls as ``k**-beta``.
 
-    White noise is filtered in Fourier space by ``k**(-beta / 2)`` (``k`` the radial
-    wavenumber in cycles per domain; the mean is removed), so the radially *averaged* 2-D power
-    spectrum is proportional to ``k**-beta``.
+    Complex white noise on the ``rfft2`` grid is filtered by ``k**(-beta / 2)`` (``k`` the
+    radial wavenumber in cycles per domain; the mean is removed) and transformed back, so the
+    radially *averaged* 2-D power spectrum is proportional to ``k**-beta``. Drawing the noise in
+    Fourier space saves the forward FFT.
 
     Parameters
     ----------
@@ -75,15 +90,16 @@ def gaussian_random_field(
         Spectral slope; larger is smoother (2-4 is typical of atmospheric fields).
     rng
         Source of the white noise.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(ny, nx)``.
     """
     ny, nx = shape
-    noise = np.fft.rfft2(rng.standard_normal(shape))
-    ky = np.fft.fftfreq(ny) * ny
-    kx = np.fft.rfftfreq(nx) * nx
-    k = np.hypot(ky[:, None], kx[None, :])
-    k[0, 0] = np.inf  # drop the mean
-    field = np.fft.irfft2(noise * k ** (-beta / 2.0), s=shape)
-    return field / field.std()
+    noise = rng.standard_normal((ny, nx // 2 + 1, 2), dtype=np.float32).view(np.complex64)[..., 0]
+    field = np.fft.irfft2(noise * _spectral_filter((ny, nx), float(beta)), s=shape)
+    return (field / field.std()).astype(np.float32, copy=False)
 
 
 def _rng(seed: int, key: int, index: int) -> np.random.Generator:
@@ -91,17 +107,34 @@ def _rng(seed: int, key: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, key, int(index) + 2**40])
 
 
-def _anchored(shape, beta, seed, key, hours, anchor_hours, cache) -> np.ndarray:
-    """GRF at ``hours`` (since 1970) blended from its two neighbouring anchors."""
+def _anchor_weights(hours: float, anchor_hours: float) -> tuple[int, float, float]:
+    """Index of the anchor before ``hours`` and the blend weights (cos, sin) of it and the next."""
     pos = hours / anchor_hours
     a = int(np.floor(pos))
     w = (pos - a) * np.pi / 2.0
-    fields = []
-    for idx in (a, a + 1):
-        if (key, idx) not in cache:
-            cache[(key, idx)] = gaussian_random_field(shape, beta, _rng(seed, key, idx))
-        fields.append(cache[(key, idx)])
-    return np.cos(w) * fields[0] + np.sin(w) * fields[1]
+    return a, float(np.cos(w)), float(np.sin(w))
+
+
+def _anchor(shape, beta, seed, key, index, cache, *, grad: bool = False) -> tuple[np.ndarray, ...]:
+    """The GRF of anchor ``index`` as float32 (and its gradient, scaled to unit mean speed)."""
+    if (key, index) not in cache:
+        field = gaussian_random_field(shape, beta, _rng(seed, key, index))
+        parts: tuple[np.ndarray, ...] = (field,)
+        if grad:
+            gy, gx = np.gradient(field)
+            scale = 1.0 / max(float(np.hypot(gy, gx).std()), 1e-12)
+            parts = (field, gy * scale, gx * scale)
+        cache[(key, index)] = tuple(p.astype(np.float32) for p in parts)
+    return cache[(key, index)]
+
+
+def _anchored(shape, beta, seed, key, hours, anchor_hours, cache, *, grad: bool = False):
+    """GRF (and gradient) at ``hours`` since 1970, blended from its two anchors."""
+    a, c, s = _anchor_weights(hours, anchor_hours)
+    lo = _anchor(shape, beta, seed, key, a, cache, grad=grad)
+    hi = _anchor(shape, beta, seed, key, a + 1, cache, grad=grad)
+    out = tuple(np.float32(c) * x + np.float32(s) * y for x, y in zip(lo, hi))
+    return out if grad else out[0]
 
 
 def _static_fields(shape, seed, lat, lon) -> np.ndarray:
@@ -114,42 +147,44 @@ def _static_fields(shape, seed, lat, lon) -> np.ndarray:
 
 def _fields_block(hours: np.ndarray, static: np.ndarray, *, seed: int, anchor_hours: float) -> np.ndarray:
     """All six fine fields for the time steps ``hours``: (t, 6, ny, nx) float32."""
-    orog, lsm, lat, lon = static
+    orog, lsm, lat, lon = (np.asarray(a, dtype=np.float32) for a in static)
     shape = orog.shape
+    f32 = np.float32
+    # everything that does not change in time, once per block
     dhdy, dhdx = np.gradient(orog)
     grad2 = dhdy**2 + dhdx**2
-    steep = np.sqrt(grad2) / (np.sqrt(grad2) + 20.0)  # 0 on flat ground -> 1 on cliffs
-    lat_c = float(lat.mean())
-    out = np.empty((hours.size, 6) + shape, dtype=np.float32)
+    steep = np.sqrt(grad2) / (np.sqrt(grad2) + f32(20.0))  # 0 on flat ground -> 1 on cliffs
+    upslope = steep / np.maximum(grad2, f32(1e-12))
+    damp = f32(1.0) - f32(0.3) * lsm  # surface friction over land
+    t_base = f32(283.0) - f32(6.5e-3) * orog - f32(0.6) * (lat - f32(lat.mean()))
+    amp = f32(2.0) + f32(4.0) * lsm  # diurnal amplitude, larger over land
+    phase = 2 * np.pi * (lon.astype(np.float64) / 15.0 - 15.0) / 24.0  # local solar time
+    amp_cos, amp_sin = (amp * np.cos(phase)).astype(f32), (amp * np.sin(phase)).astype(f32)
+    out = np.empty((hours.size, 6) + shape, dtype=f32)
     cache: dict = {}
     for i, h in enumerate(hours):
-        psi = _anchored(shape, 4.5, seed, _KEY_PSI, h, anchor_hours, cache)
-        dpdy, dpdx = np.gradient(psi)
-        scale = 6.0 / max(np.hypot(dpdy, dpdx).std(), 1e-12)
-        u = -scale * dpdy + 4.0
-        v = scale * dpdx
+        t2m, u, v, tp, msl, tcwv = out[i]
+        psi, gy, gx = _anchored(shape, 4.5, seed, _KEY_PSI, h, anchor_hours, cache, grad=True)
+        u[...] = f32(-6.0) * gy + f32(4.0)
+        v[...] = f32(6.0) * gx
         # remove the upslope component where terrain is steep: flow goes around mountains
-        along = (u * dhdx + v * dhdy) / np.maximum(grad2, 1e-12)
-        u = (u - steep * along * dhdx) * (1.0 - 0.3 * lsm)
-        v = (v - steep * along * dhdy) * (1.0 - 0.3 * lsm)
-        local_hour = (h + lon / 15.0) % 24.0
-        diurnal = (2.0 + 4.0 * lsm) * np.cos(2 * np.pi * (local_hour - 15.0) / 24.0)
-        t2m = (
-            283.0
-            - 6.5e-3 * orog
-            - 0.6 * (lat - lat_c)
-            + diurnal
-            + 1.5 * _anchored(shape, 3.0, seed, _KEY_T, h, anchor_hours, cache)
-        )
+        along = upslope * (u * dhdx + v * dhdy)
+        u -= along * dhdx
+        v -= along * dhdy
+        u *= damp
+        v *= damp
+        wt = 2 * np.pi * (h % 24.0) / 24.0  # cos(wt + phase) by the angle-sum identity
+        t2m[...] = t_base + f32(np.cos(wt)) * amp_cos - f32(np.sin(wt)) * amp_sin
+        t2m += f32(1.5) * _anchored(shape, 3.0, seed, _KEY_T, h, anchor_hours, cache)
         uplift = u * dhdx + v * dhdy
-        uplift = uplift / max(uplift.std(), 1e-12)
-        g = _anchored(shape, 3.0, seed, _KEY_P, h, anchor_hours, cache) + 0.5 * uplift
-        tp = np.where(g > 1.0, 0.4 * np.expm1(1.5 * (g - 1.0)), 0.0)
-        msl = 101325.0 + 1200.0 * psi
+        g = _anchored(shape, 3.0, seed, _KEY_P, h, anchor_hours, cache)
+        g += f32(0.5 / max(float(uplift.std()), 1e-12)) * uplift
+        wet = g > 1.0
+        tp[...] = 0.0
+        tp[wet] = f32(0.4) * np.expm1(f32(1.5) * (g[wet] - f32(1.0)))
+        msl[...] = f32(101325.0) + f32(1200.0) * psi
         q = _anchored(shape, 3.5, seed, _KEY_Q, h, anchor_hours, cache)
-        tcwv = 20.0 * np.exp(0.07 * (t2m - 283.0)) * np.exp(0.25 * q)
-        for j, f in enumerate((t2m, u, v, tp, msl, tcwv)):
-            out[i, j] = f
+        tcwv[...] = f32(20.0) * np.exp(f32(0.07) * (t2m - f32(283.0)) + f32(0.25) * q)
     return out
 
 

@@ -141,6 +141,7 @@ def downscale(
     batch_size: int = 8,
     device: str | None = None,
     chunks: Mapping[str, int] | None = None,
+    threads: int | None = None,
 ) -> xr.Dataset:
     """Lazy CorrDiff ensemble (or mean, or residual) on the fine grid.
 
@@ -175,6 +176,9 @@ def downscale(
         Output chunk sizes for ``member`` (default 1), ``time`` (default: the inputs') and
         ``y``/``x`` (default: the inputs' fine-grid chunks; the whole domain when
         ``patch`` is None).
+    threads : int, optional
+        Torch intra-op threads set by each task in its own thread (e.g. 1 when a Dask worker
+        runs several task threads); None leaves torch's setting alone.
 
     Returns
     -------
@@ -198,7 +202,8 @@ def downscale(
     if unknown:
         raise ValueError(f"chunks has unknown dims {sorted(unknown)}; use member, time, y, x")
     pair = _pair(data)
-    header = model_header(model)
+    token = token_for(model, device=device)
+    header = model_header(model if not isinstance(model, (str, os.PathLike)) else token.path)
     codec = _codec(header)
     src = _sources(pair, codec)
     H, W = src.sizes[Y], src.sizes[X]
@@ -209,7 +214,6 @@ def downscale(
             f"fine grid is {(H, W)}; select the model's domain"
         )
     sampler_cfg = _sampler_config(sampler, steps)
-    token = token_for(model, device=device)
 
     if patch is None:
         grid = PatchGrid.build((H, W))
@@ -255,7 +259,7 @@ def downscale(
                         halo, token=token, grid=grid, plan=plan,
                         times=tuple(int(v) for v in times[t0:t1]),
                         members=tuple(range(m0, m1)), seed=int(seed), sampler=sampler_cfg,
-                        kinds=kinds, batch_size=int(batch_size),
+                        kinds=kinds, batch_size=int(batch_size), threads=threads,
                     )
                     for k in kinds:
                         shape = (m1 - m0, t1 - t0, C, h, w) if k == "sample" else (t1 - t0, C, h, w)

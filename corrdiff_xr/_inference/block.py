@@ -120,6 +120,7 @@ def compute_block(
     sampler: SamplerConfig,
     kinds: Sequence[str],
     batch_size: int,
+    threads: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Fused fields of one block, in physical units.
 
@@ -143,7 +144,11 @@ def compute_block(
         de-normalised by the model's codec.
     batch_size
         Patches per network call on accelerators.
+    threads
+        Torch intra-op threads for this task's thread (None leaves torch's setting).
     """
+    if threads is not None:
+        torch.set_num_threads(int(threads))
     model = load_model(token)
     device = next(model.parameters()).device
     x = np.asarray(model.codec.encode_inputs(inputs), dtype=np.float32)

@@ -9,8 +9,12 @@ selection, chunking or worker of a run.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["patch_seed", "patch_generator", "time_key"]
 
@@ -60,7 +64,9 @@ def patch_generator(
     member: int,
     origin: tuple[int, int],
     *,
-    device: torch.device | str = "cpu",
-) -> torch.Generator:
+    device: "torch.device | str" = "cpu",
+) -> "torch.Generator":
     """A :class:`torch.Generator` on ``device`` seeded with :func:`patch_seed`."""
+    import torch
+
     return torch.Generator(device=device).manual_seed(patch_seed(seed, time, member, origin))

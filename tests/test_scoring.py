@@ -160,6 +160,16 @@ def test_power_spectrum_sums_to_the_field_variance():
     )
 
 
+def test_power_spectrum_of_a_gappy_field_keeps_its_variance_and_an_empty_field_is_nan():
+    _, truth = make_ensemble(nt=2, ny=12, nx=16)
+    gappy = truth["t2m"].where(truth[X] > 4000.0)  # first two columns missing
+    spec = scoring.power_spectrum(gappy, dim=[])
+    dk = float(spec["wavenumber"][0])
+    np.testing.assert_allclose((spec * dk).sum("wavenumber"), gappy.var([Y, X]), rtol=1e-10)
+    empty = scoring.power_spectrum(xr.full_like(gappy, np.nan), dim=[])
+    assert bool(empty.isnull().all())
+
+
 def test_power_spectrum_peaks_at_a_plane_wave_wavenumber_in_cycles_per_pixel():
     n = 32
     xx = np.broadcast_to(np.arange(n), (n, n))

@@ -140,13 +140,22 @@ def radial_spectrum(
     """Isotropic power spectral density E(k) of fields over their last two axes.
 
     ``E(k) = sum over modes in the annulus of |F|^2 / (ny nx)^2 / dk``, with the mean removed,
-    so that ``sum_k E(k) dk`` equals the variance of each field (Parseval). Output has the
-    leading axes of ``field`` and a last axis of ``nbins`` wavenumbers (k = dk, 2 dk, ...).
+    so that ``sum_k E(k) dk`` equals the variance of each field (Parseval). Non-finite points
+    are set to zero anomaly and the power divided by the valid fraction (an approximation
+    for gappy fields; an all-NaN field gives NaN). Output has the leading axes of ``field``
+    and a last axis of ``nbins`` wavenumbers (k = dk, 2 dk, ...).
     """
     arr = np.asarray(field, dtype=np.float64)
     ny, nx = arr.shape[-2:]
-    anomaly = arr - arr.mean(axis=(-2, -1), keepdims=True)
-    power = np.abs(np.fft.fft2(anomaly)) ** 2 / float(ny * nx) ** 2
+    valid = np.isfinite(arr)
+    count = valid.sum(axis=(-2, -1), keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(valid, arr, 0.0).sum(axis=(-2, -1), keepdims=True) / count
+        # gaps (e.g. an input's unfilled edge) become zero anomaly; dividing by the valid
+        # fraction keeps the total equal to the variance of the valid points
+        anomaly = np.where(valid, arr - mean, 0.0)
+        fraction = count / float(ny * nx)
+        power = np.abs(np.fft.fft2(anomaly)) ** 2 / float(ny * nx) ** 2 / fraction
     rows = power.reshape(-1, ny * nx)
     out = np.empty((rows.shape[0], nbins), dtype=np.float64)
     for i, row in enumerate(rows):

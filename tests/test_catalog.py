@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import xarray as xr
 from corrdiff_xr.data import open_pair, synthetic_dataset
 from corrdiff_xr.data.catalog import (
     CatalogError,
+    catalog_dir,
     list_catalogs,
     open_catalog,
     open_entry,
@@ -111,3 +113,15 @@ def test_incomplete_entry_is_named_with_its_line(tmp_path):
     )
     with pytest.raises(CatalogError, match=r"line 13: entry 'broken' lacks \['kwargs'"):
         open_catalog(path)
+
+
+def test_missing_catalogs_directory_is_explained(tmp_path, monkeypatch):
+    import corrdiff_xr
+
+    # as for a non-editable install: the package sits where no catalogs/ directory is
+    monkeypatch.setattr(corrdiff_xr, "__file__", str(tmp_path / "site" / "corrdiff_xr" / "x.py"))
+    with pytest.raises(CatalogError, match=r"no catalogs/ directory at .*site.*pip install -e"):
+        catalog_dir()
+    # a catalog given by path still opens
+    repo_catalogs = Path(__file__).resolve().parent.parent / "catalogs"
+    assert "demo" in open_catalog(repo_catalogs / "demo.yaml").entries

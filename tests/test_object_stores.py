@@ -22,6 +22,7 @@ from corrdiff_xr.testing import raise_if_dask_computes
 from tests.servers import gcs_server, s3_server  # noqa: F401  (fixtures)
 
 PROTOCOLS = ("file", "memory", "s3", "gs")
+pytestmark = pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")
 
 
 @pytest.fixture(scope="module")

@@ -142,11 +142,14 @@ class Codec:
                 f"cannot encode {what}: variable(s) {missing} not in the dataset "
                 f"(it has {sorted(map(str, ds.data_vars))})"
             )
+        for dim in (TIME, Y, X):
+            if dim not in ds.dims:
+                raise DimensionError(f"cannot encode {what}: the dataset has no '{dim}' dimension")
+        ds = ds[list(names)]
+        if any(v.chunks is not None for v in ds.data_vars.values()):
+            ds = ds.compute()  # one graph: variables cut from one dask block share its read
         time_vars = [n for n in names if TIME in ds[n].dims]
-        nt = ds.sizes[TIME] if TIME in ds.dims else None
-        ny, nx = ds.sizes.get(Y), ds.sizes.get(X)
-        if nt is None:
-            raise DimensionError(f"cannot encode {what}: the dataset has no '{TIME}' dimension")
+        nt, ny, nx = ds.sizes[TIME], ds.sizes[Y], ds.sizes[X]
         out = np.empty((nt, len(names), ny, nx), dtype=np.float32)
         mean, std = self._mean_std(names)
         for c, name in enumerate(names):

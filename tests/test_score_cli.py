@@ -177,3 +177,16 @@ def test_score_command_reads_fsspec_urls_and_writes_plots(tmp_path, capsys):
     assert table[0].split() == ["metric", "tp", "[kg", "m-2]"]
     expected = float(scoring.crps(pred[["tp"]], truth)["tp"])
     assert float(table[1].split()[1]) == pytest.approx(expected, rel=1e-3)
+
+
+def test_reader_round_trips_the_generate_commands_reference_netcdf(tmp_path):
+    store = pytest.importorskip("corrdiff_xr._inference.store")
+    pred, truth = make_pair(members=2, nt=2)
+    inputs = truth.rename({n: f"{n}_coarse" for n in NAMES})
+    path = store.write_reference_netcdf(tmp_path / "gen.nc", pred, inputs=inputs, truth=truth)
+    groups = score_cli.open_reference_netcdf(path)
+    for name in NAMES:
+        np.testing.assert_allclose(groups["prediction"][name], pred[name].astype("f4"))
+        np.testing.assert_allclose(groups["truth"][name], truth[name].astype("f4"))
+    np.testing.assert_array_equal(groups["prediction"][TIME].values, pred[TIME].values)
+    assert groups["input"]["tp_coarse"].attrs["units"] == UNITS["tp"]

@@ -83,7 +83,8 @@ class CorrDiffAccessor:
         return power_spectrum(self._obj, **kwargs)
 
     def plot(self, kind: str = "maps", **kwargs: Any):
-        """PNG-ready figures (``maps``, ``spectra``, ``rank_histogram``); see ``plot``."""
+        """Figure of this ensemble: ``maps``, ``spectra`` or ``rank_histogram``; pass
+        ``truth=``/``inputs=`` to add panels and ``path=`` to save a PNG; see ``plot.plot``."""
         from corrdiff_xr import plot
 
         return plot.plot(self._obj, kind, **kwargs)

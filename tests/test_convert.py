@@ -203,7 +203,7 @@ def test_cwb_missing_array_is_refused_naming_it(cwb, tmp_path):
         cwb_to_canonical(bad)
 
 
-def test_cli_converts_cwb_to_a_store_with_stats_group(cwb, tmp_path):
+def test_cli_converts_cwb_to_a_store_with_stats_group(cwb, tmp_path, capsys):
     path, _ = cwb
     dest = tmp_path / "out" / "canonical.zarr"
     assert main(["convert", "cwb", str(path), str(dest), "--time-chunk", "2"]) == 0
@@ -215,8 +215,8 @@ def test_cli_converts_cwb_to_a_store_with_stats_group(cwb, tmp_path):
     # ERA5 already sits on the fine grid: regridding must be the identity
     np.testing.assert_allclose(pair.inputs_on_fine["temperature850_coarse"].values,
                                pair.coarse["temperature850_coarse"].values, rtol=1e-6)
-    with pytest.raises(FileExistsError, match="overwrite"):
-        main(["convert", "cwb", str(path), str(dest)])
+    assert main(["convert", "cwb", str(path), str(dest)]) == 2
+    assert "exists; pass overwrite" in capsys.readouterr().err
     assert main(["convert", "cwb", str(path), str(dest), "--overwrite", "--keep-invalid"]) == 0
     assert xr.open_zarr(dest).sizes["time"] == 4
 
@@ -244,6 +244,12 @@ def test_failed_conversion_midway_leaves_nothing_behind(cwb, tmp_path):
         main(["convert", "cwb", str(path), str(dest)])
     assert not dest.exists()
     assert set(os.listdir(tmp_path)) == before  # no temporary store left either
+
+
+def test_cli_reports_a_source_in_the_wrong_layout_without_a_traceback(hrrr_mini, capsys):
+    path, *_ = hrrr_mini
+    assert main(["convert", "cwb", str(path), str(path.parent / "x.zarr")]) == 2
+    assert "hrrr_mini_train.nc" in capsys.readouterr().err
 
 
 def test_failed_overwrite_keeps_the_previous_store(tmp_path):

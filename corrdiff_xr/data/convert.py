@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import uuid
 import warnings
 from collections.abc import Mapping
@@ -366,7 +367,10 @@ def cwb_to_canonical(
     else:
         if not os.path.exists(label):
             raise FileNotFoundError(f"CWB Zarr store not found: {label}")
-        src = xr.open_zarr(label, consolidated=None)
+        try:
+            src = xr.open_zarr(label, consolidated=None)
+        except (OSError, ValueError) as err:  # zarr's "no group found" and friends
+            raise ConversionError(f"{label}: not a readable Zarr group ({err})") from err
     required = [
         "cwb",
         "era5",
@@ -479,7 +483,21 @@ def _parse_window(text: str | None) -> tuple[int, int] | str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert ``args.source`` to a canonical Zarr store at ``args.dest``."""
+    """Convert ``args.source`` to a canonical Zarr store at ``args.dest``.
+
+    Returns 2 with a one-line message for user errors (missing files, an existing
+    destination, a source not in the named layout); other failures raise.
+    """
+    from corrdiff_xr.data.layout import DataError
+
+    try:
+        return _convert(args)
+    except (FileNotFoundError, FileExistsError, ConversionError, DataError) as err:
+        print(f"corrdiff-xr convert: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _convert(args: argparse.Namespace) -> int:
     if args.layout == "hrrr-mini":
         default_stats = os.path.join(os.path.dirname(args.source), "stats.json")
         ds, stats = hrrr_mini_to_canonical(

@@ -213,7 +213,7 @@ def plot_maps(
             input_name = _match_input(name, in_t)
             if input_name is not None:
                 panels["input"] = in_t[input_name].load()
-        if tr_t is not None:
+        if tr_t is not None and name in tr_t:
             panels["truth"] = tr_t[name].load()
         panels["ensemble mean"] = fc.mean(member_dim)
         for i in range(n_members):
@@ -340,7 +340,9 @@ def plot_rank_histogram(
             raise ValueError("plot_rank_histogram needs truth= to rank a forecast")
         hist = rank_histogram(hist, truth, member_dim=member_dim, seed=seed)
     names = list(variables) if variables is not None else list(hist.data_vars)
-    hist = (hist[names] / hist[names].sum("rank")).compute()
+    hist = hist[names]
+    hist = hist.sum([d for d in hist.dims if d != "rank"])  # e.g. per-time histograms
+    hist = (hist / hist.sum("rank")).compute()
     fig, axes = plt.subplots(
         1, len(names), figsize=(3.4 * len(names), 3.0), squeeze=False, layout="constrained"
     )

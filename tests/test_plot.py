@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 import corrdiff_xr  # noqa: F401  (registers ds.corrdiff)
-from corrdiff_xr import plot
+from corrdiff_xr import plot, scoring
 from corrdiff_xr.dims import MEMBER, TIME, X_COARSE, Y_COARSE, X, Y
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -105,6 +105,9 @@ def test_rank_histogram_figure_has_a_bar_per_rank():
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert sum(heights) == pytest.approx(1.0)
     assert fig.axes[0].get_ylabel() == "relative frequency [1]"
+    per_time = scoring.rank_histogram(fc, truth, dim=[Y, X])  # (rank, time): summed to draw
+    again = plot.plot_rank_histogram(per_time)
+    assert [p.get_height() for p in again.axes[0].patches] == pytest.approx(heights)
 
 
 def test_accessor_plot_dispatches_and_saves_atomically(tmp_path):

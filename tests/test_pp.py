@@ -114,3 +114,10 @@ def test_non_pp_file_is_refused(tmp_path):
     path.write_bytes(b"CDF\x01" + bytes(400))
     with pytest.raises(PPFormatError, match="junk.pp"):
         read_pp(path)
+
+
+def test_negative_record_length_is_refused_without_reading_on(tmp_path):
+    path = tmp_path / "neg.pp"
+    path.write_bytes(np.array([-8], ">i4").tobytes() + bytes(64))
+    with pytest.raises(PPFormatError, match="record length -8 before header of field 0"):
+        read_pp(path)

@@ -159,6 +159,8 @@ def _read_record(fh: IO[bytes], name: str, what: str) -> bytes | None:
     if len(head) != 4:
         raise PPFormatError(f"{name}: truncated record marker while reading {what}")
     length = int(np.frombuffer(head, ">i4")[0])
+    if length <= 0:
+        raise PPFormatError(f"{name}: record length {length} before {what} (not a PP file?)")
     body = fh.read(length)
     tail = fh.read(4)
     if len(body) != length or len(tail) != 4:

@@ -62,11 +62,15 @@ class Codec:
     def __post_init__(self) -> None:
         for name in ("inputs", "targets", "static"):
             value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+            object.__setattr__(
+                self, name, (value,) if isinstance(value, str) else tuple(value)
+            )
         names = self.in_channels + self.targets
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise NameClashError(f"codec variable name(s) {dup} used more than once; names must be unique")
+            raise NameClashError(
+                f"codec variable name(s) {dup} used more than once; names must be unique"
+            )
         stats = {}
         for name in names:
             if name not in self.stats:
@@ -90,7 +94,11 @@ class Codec:
         names = pair.inputs + pair.targets + pair.static
         stats = stats_to_dict(pair.stats, names)
         attrs = {
-            n: {k: str(pair.dataset[n].attrs[k]) for k in ("units", "long_name") if k in pair.dataset[n].attrs}
+            n: {
+                k: str(pair.dataset[n].attrs[k])
+                for k in ("units", "long_name")
+                if k in pair.dataset[n].attrs
+            }
             for n in names
         }
         return cls(pair.inputs, pair.targets, pair.static, stats, attrs)
@@ -144,10 +152,14 @@ class Codec:
             )
         for dim in (TIME, Y, X):
             if dim not in ds.dims:
-                raise DimensionError(f"cannot encode {what}: the dataset has no '{dim}' dimension")
+                raise DimensionError(
+                    f"cannot encode {what}: the dataset has no '{dim}' dimension"
+                )
         ds = ds[list(names)]
         if any(v.chunks is not None for v in ds.data_vars.values()):
-            ds = ds.compute()  # one graph: variables cut from one dask block share its read
+            ds = (
+                ds.compute()
+            )  # one graph: variables cut from one dask block share its read
         time_vars = [n for n in names if TIME in ds[n].dims]
         nt, ny, nx = ds.sizes[TIME], ds.sizes[Y], ds.sizes[X]
         out = np.empty((nt, len(names), ny, nx), dtype=np.float32)
@@ -166,7 +178,9 @@ class Codec:
                 where = ""
                 if name in time_vars:
                     t_bad = np.flatnonzero(bad.any(axis=(1, 2)))
-                    where = f" at time(s) {[str(t) for t in ds[TIME].values[t_bad[:3]]]}"
+                    where = (
+                        f" at time(s) {[str(t) for t in ds[TIME].values[t_bad[:3]]]}"
+                    )
                 raise MissingValueError(
                     f"variable '{name}' holds {int(bad.sum())} NaN/inf value(s){where}; the network "
                     "cannot take missing values (fill or drop those times)"
@@ -223,10 +237,14 @@ class Codec:
         if dims is None:
             dims = {0: (), 1: (TIME,), 2: (MEMBER, TIME)}.get(lead)
             if dims is None:
-                raise DimensionError(f"give dims= for the {lead} leading axes of shape {array.shape}")
+                raise DimensionError(
+                    f"give dims= for the {lead} leading axes of shape {array.shape}"
+                )
         dims = tuple(dims)
         if len(dims) != lead:
-            raise DimensionError(f"dims {dims} do not match the {lead} leading axes of shape {array.shape}")
+            raise DimensionError(
+                f"dims {dims} do not match the {lead} leading axes of shape {array.shape}"
+            )
         full_dims = dims + (Y, X)
         for d, n in zip(full_dims, array.shape[:lead] + array.shape[-2:]):
             if d in template.dims and template.sizes[d] != n:
@@ -234,12 +252,16 @@ class Codec:
                     f"array has {n} points along '{d}' but the template has {template.sizes[d]}"
                 )
         coords = {
-            k: v for k, v in template.coords.items() if set(v.dims) <= set(full_dims) and v.dims
+            k: v
+            for k, v in template.coords.items()
+            if set(v.dims) <= set(full_dims) and v.dims
         }
         mean, std = self._mean_std(self.targets)
         out = {}
         for c, name in enumerate(self.targets):
-            values = (array[..., c, :, :].astype(np.float64) * std[c] + mean[c]).astype(np.float32)
+            values = (array[..., c, :, :].astype(np.float64) * std[c] + mean[c]).astype(
+                np.float32
+            )
             attrs = dict(self.attrs.get(name, {}))
             if isinstance(template, xr.Dataset) and name in template.data_vars:
                 attrs.update(template[name].attrs)
@@ -249,4 +271,7 @@ class Codec:
     @property
     def channel_coords(self) -> dict[str, list[str]]:
         """Names of the input and output channels, e.g. for labelling tensors in xarray."""
-        return {f"in_{CHANNEL}": list(self.in_channels), f"out_{CHANNEL}": list(self.out_channels)}
+        return {
+            f"in_{CHANNEL}": list(self.in_channels),
+            f"out_{CHANNEL}": list(self.out_channels),
+        }

@@ -50,7 +50,9 @@ def test_encode_then_decode_targets_gives_back_the_dataset(pair, codec):
     y = codec.encode_targets(fine)
     back = codec.decode_targets(y, fine)
     for name in codec.targets:
-        np.testing.assert_allclose(back[name].values, fine[name].values, rtol=1e-6, atol=1e-4)
+        np.testing.assert_allclose(
+            back[name].values, fine[name].values, rtol=1e-6, atol=1e-4
+        )
         assert back[name].dims == ("time", "y", "x")
         assert back[name].attrs["units"] == fine[name].attrs["units"]
     xr.testing.assert_identical(back.lat, fine.lat)
@@ -58,7 +60,9 @@ def test_encode_then_decode_targets_gives_back_the_dataset(pair, codec):
 
 
 def test_decoding_an_ensemble_adds_a_member_dim_and_keeps_cf_attrs(pair, codec):
-    template = pair.fine.isel(time=slice(0, 2)).drop_vars(list(codec.targets))  # coords only
+    template = pair.fine.isel(time=slice(0, 2)).drop_vars(
+        list(codec.targets)
+    )  # coords only
     array = np.zeros((3, 2, len(codec.targets), 32, 32), dtype=np.float32)
     out = codec.decode_targets(array, template)
     assert out["t2m"].dims == ("member", "time", "y", "x")

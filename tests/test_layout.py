@@ -11,25 +11,36 @@ from corrdiff_xr.data import (
     NameClashError,
     TimeAxisError,
     combine,
+    layout,
     roles,
     synthetic_dataset,
     validate,
 )
-from corrdiff_xr.data import layout
 from corrdiff_xr.data.layout import role_of
 
 
 def test_roles_follow_from_dims_in_dataset_order():
     ds = synthetic_dataset(ny=8, nx=8, nt=1)
     r = roles(ds)
-    assert r.inputs == ("t2m_coarse", "u10_coarse", "v10_coarse", "tp_coarse", "msl", "tcwv")
+    assert r.inputs == (
+        "t2m_coarse",
+        "u10_coarse",
+        "v10_coarse",
+        "tp_coarse",
+        "msl",
+        "tcwv",
+    )
     assert r.targets == ("t2m", "u10", "v10", "tp")
     assert r.static == ("orography", "lsm")
 
 
 @pytest.mark.parametrize(
     "dims, role",
-    [(("time", "y_coarse", "x_coarse"), "input"), (("time", "y", "x"), "target"), (("y", "x"), "static")],
+    [
+        (("time", "y_coarse", "x_coarse"), "input"),
+        (("time", "y", "x"), "target"),
+        (("y", "x"), "static"),
+    ],
 )
 def test_each_role_has_exactly_one_dims_signature(dims, role):
     var = xr.DataArray(np.zeros((1,) * len(dims)), dims=dims, name="v")
@@ -38,7 +49,9 @@ def test_each_role_has_exactly_one_dims_signature(dims, role):
 
 def test_dims_that_fit_no_role_are_an_error_listing_the_roles():
     var = xr.DataArray(np.zeros((2, 2)), dims=("time", "y"), name="half")
-    with pytest.raises(DimensionError, match=r"'half'.*\('time', 'y', 'x'\) \(target\)"):
+    with pytest.raises(
+        DimensionError, match=r"'half'.*\('time', 'y', 'x'\) \(target\)"
+    ):
         role_of(var)
 
 
@@ -68,6 +81,15 @@ def test_combining_parts_that_share_a_name_is_a_clash():
 
 def test_the_layout_docstring_describes_every_dim_and_the_stats_group():
     doc = layout.__doc__
-    for word in ("time", "y_coarse", "x_coarse", "lat_coarse", "standard_name", "units", "long_name",
-                 layout.STATS_GROUP, "Chunking"):
+    for word in (
+        "time",
+        "y_coarse",
+        "x_coarse",
+        "lat_coarse",
+        "standard_name",
+        "units",
+        "long_name",
+        layout.STATS_GROUP,
+        "Chunking",
+    ):
         assert word in doc, word

@@ -36,7 +36,14 @@ def test_opening_a_store_reads_no_array_data(tiny_store):
 def test_roles_are_found_from_dims(tiny_store, tiny_synthetic):
     pair = open_pair(tiny_store)
     assert isinstance(pair, DownscalingData)
-    assert set(pair.inputs) == {"t2m_coarse", "u10_coarse", "v10_coarse", "tp_coarse", "msl", "tcwv"}
+    assert set(pair.inputs) == {
+        "t2m_coarse",
+        "u10_coarse",
+        "v10_coarse",
+        "tp_coarse",
+        "msl",
+        "tcwv",
+    }
     assert set(pair.targets) == {"t2m", "u10", "v10", "tp"}
     assert set(pair.static) == {"orography", "lsm"}
     assert pair.coarse["msl"].dims == ("time", "y_coarse", "x_coarse")
@@ -45,8 +52,14 @@ def test_roles_are_found_from_dims(tiny_store, tiny_synthetic):
 
 
 def test_explicit_names_select_variables_in_the_order_given(tiny_synthetic):
-    pair = open_pair(tiny_synthetic, inputs=["tcwv", "msl"], targets="t2m", static=["lsm"])
-    assert pair.inputs == ("tcwv", "msl") and pair.targets == ("t2m",) and pair.static == ("lsm",)
+    pair = open_pair(
+        tiny_synthetic, inputs=["tcwv", "msl"], targets="t2m", static=["lsm"]
+    )
+    assert (
+        pair.inputs == ("tcwv", "msl")
+        and pair.targets == ("t2m",)
+        and pair.static == ("lsm",)
+    )
     assert set(pair.dataset.data_vars) == {"tcwv", "msl", "t2m", "lsm"}
 
 
@@ -56,7 +69,12 @@ def test_stores_open_from_fsspec_urls(tmp_path, tiny_synthetic, scheme):
         url = f"file://{tmp_path}/a.zarr"
     else:
         url = f"memory://{uuid.uuid4().hex}/a.zarr"
-    tiny_synthetic.to_zarr(url, mode="w", consolidated=False, storage_options={"auto_mkdir": True} if scheme == "file" else None)
+    tiny_synthetic.to_zarr(
+        url,
+        mode="w",
+        consolidated=False,
+        storage_options={"auto_mkdir": True} if scheme == "file" else None,
+    )
     pair = open_pair(url)
     np.testing.assert_array_equal(pair.fine.tp.values, tiny_synthetic.tp.values)
 
@@ -83,7 +101,9 @@ def test_selections_keep_the_layout_the_statistics_and_the_weights(tiny_syntheti
     one = pair.isel(time=2)
     assert one.fine.sizes["time"] == 1
     full = pair.stats.compute()
-    xr.testing.assert_identical(one.stats.compute(), full)  # of the full data, not of the slice
+    xr.testing.assert_identical(
+        one.stats.compute(), full
+    )  # of the full data, not of the slice
     assert float(compute_stats(one.fine)["t2m"][0]) != float(full["t2m"][0])
     by_label = pair.sel(time="2020-01-01T02:00")
     xr.testing.assert_identical(by_label.fine.compute(), one.fine.compute())
@@ -105,7 +125,9 @@ def test_an_empty_selection_is_an_error_naming_the_dim(tiny_synthetic):
         pair.isel(level=0)
 
 
-def test_inference_data_without_targets_opens_when_targets_are_not_required(tiny_synthetic):
+def test_inference_data_without_targets_opens_when_targets_are_not_required(
+    tiny_synthetic,
+):
     ds = tiny_synthetic.drop_vars(["t2m", "u10", "v10", "tp"])
     pair = open_pair(ds, require_targets=False)
     assert pair.targets == () and len(pair.inputs) == 6

@@ -8,7 +8,13 @@ import pytest
 import xarray as xr
 from scipy.interpolate import RegularGridInterpolator
 
-from corrdiff_xr.data import CoordinateError, CoverageError, bilinear_weights, regrid, synthetic_dataset
+from corrdiff_xr.data import (
+    CoordinateError,
+    CoverageError,
+    bilinear_weights,
+    regrid,
+    synthetic_dataset,
+)
 from corrdiff_xr.data.regrid import grid_method
 from corrdiff_xr.testing import raise_if_dask_computes
 
@@ -18,15 +24,36 @@ PY = {"standard_name": "projection_y_coordinate", "units": "m"}
 PX = {"standard_name": "projection_x_coordinate", "units": "m"}
 
 
-def _dataset(yc, xc, y, x, field, *, lat2=None, lon2=None, coarse_attrs=(LAT, LON), fine_attrs=(LAT, LON)):
+def _dataset(
+    yc,
+    xc,
+    y,
+    x,
+    field,
+    *,
+    lat2=None,
+    lon2=None,
+    coarse_attrs=(LAT, LON),
+    fine_attrs=(LAT, LON),
+):
     """A canonical Dataset holding one coarse input ``f`` = field(yc, xc) over 2 times."""
     if lat2 is None:
         lat2, lon2 = np.meshgrid(y, x, indexing="ij")
-    values = np.stack([field(*np.meshgrid(yc, xc, indexing="ij")) * s for s in (1.0, 2.0)])
+    values = np.stack(
+        [field(*np.meshgrid(yc, xc, indexing="ij")) * s for s in (1.0, 2.0)]
+    )
     return xr.Dataset(
-        {"f": (("time", "y_coarse", "x_coarse"), values, {"units": "1", "long_name": "f"})},
+        {
+            "f": (
+                ("time", "y_coarse", "x_coarse"),
+                values,
+                {"units": "1", "long_name": "f"},
+            )
+        },
         coords={
-            "time": np.array(["2020-01-01T00", "2020-01-01T01"], dtype="datetime64[ns]"),
+            "time": np.array(
+                ["2020-01-01T00", "2020-01-01T01"], dtype="datetime64[ns]"
+            ),
             "y_coarse": ("y_coarse", yc, coarse_attrs[0]),
             "x_coarse": ("x_coarse", xc, coarse_attrs[1]),
             "y": ("y", y, fine_attrs[0]),
@@ -49,7 +76,9 @@ def test_latlon_regridding_matches_scipy_at_the_fine_lat_lon():
     lat2, lon2 = 50 + 0.8 * (yy - 50) + 0.1 * xx, 0.8 * xx - 0.1 * (yy - 50)
     ds = _dataset(yc, xc, y, x, _smooth, lat2=lat2, lon2=lon2)
     out = regrid(ds).f.values
-    ref = RegularGridInterpolator((yc, xc), ds.f.values[1])(np.stack([lat2, lon2], axis=-1))
+    ref = RegularGridInterpolator((yc, xc), ds.f.values[1])(
+        np.stack([lat2, lon2], axis=-1)
+    )
     np.testing.assert_allclose(out[1], ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(out[0], ref / 2, rtol=1e-12, atol=1e-12)
 
@@ -70,12 +99,22 @@ def test_a_linear_field_is_reproduced_exactly(method):
     attrs = (LAT, LON) if method == "latlon" else (PY, PX)
     yc, xc = np.linspace(0, 100, 6), np.linspace(-50, 50, 9)
     y, x = np.linspace(3, 97, 23), np.linspace(-45, 48, 31)
-    ds = _dataset(yc, xc, y, x, lambda a, b: 3.0 * a - 2.0 * b + 7.0, coarse_attrs=attrs, fine_attrs=attrs)
+    ds = _dataset(
+        yc,
+        xc,
+        y,
+        x,
+        lambda a, b: 3.0 * a - 2.0 * b + 7.0,
+        coarse_attrs=attrs,
+        fine_attrs=attrs,
+    )
     if method == "projected":  # geographic coords unrelated to y/x: must not be used
         ds = ds.assign_coords(lat=ds.lat * 0 + 10.0, lon=ds.lon * 0 - 3.0)
     assert grid_method(ds) == method
     yy, xx = np.meshgrid(y, x, indexing="ij")
-    np.testing.assert_allclose(regrid(ds).f.values[0], 3.0 * yy - 2.0 * xx + 7.0, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(
+        regrid(ds).f.values[0], 3.0 * yy - 2.0 * xx + 7.0, rtol=1e-12, atol=1e-10
+    )
 
 
 def test_projected_synthetic_grid_regrids_by_y_x_like_scipy():
@@ -107,7 +146,9 @@ def test_a_global_coarse_grid_wraps_around_the_dateline_and_greenwich():
     out = regrid(ds).f.values[0]
     ext_x = np.append(xc - 360, xc)
     ext = np.concatenate([ds.f.values[0], ds.f.values[0]], axis=1)
-    ref = RegularGridInterpolator((yc, ext_x), ext)(np.stack(np.meshgrid(y, x, indexing="ij"), axis=-1))
+    ref = RegularGridInterpolator((yc, ext_x), ext)(
+        np.stack(np.meshgrid(y, x, indexing="ij"), axis=-1)
+    )
     np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
 
 
@@ -115,7 +156,9 @@ def test_a_coarse_grid_that_misses_the_north_edge_is_an_error_naming_it():
     yc, xc = np.linspace(40, 50, 6), np.linspace(-10, 10, 11)
     y, x = np.linspace(45, 53.5, 5), np.linspace(-5, 5, 5)
     ds = _dataset(yc, xc, y, x, _smooth)
-    with pytest.raises(CoverageError, match=r"north edge.*'lat' reaches 53\.5.*'y_coarse' ends at 50"):
+    with pytest.raises(
+        CoverageError, match=r"north edge.*'lat' reaches 53\.5.*'y_coarse' ends at 50"
+    ):
         bilinear_weights(ds)
 
 
@@ -123,14 +166,18 @@ def test_a_coarse_grid_that_misses_the_west_edge_is_an_error_naming_it():
     yc, xc = np.linspace(40, 50, 6), np.linspace(-10, 10, 11)
     y, x = np.linspace(42, 48, 5), np.linspace(-14, 5, 5)
     ds = _dataset(yc, xc, y, x, _smooth)
-    with pytest.raises(CoverageError, match=r"west edge.*'lon' reaches -14.*'x_coarse' starts at -10"):
+    with pytest.raises(
+        CoverageError, match=r"west edge.*'lon' reaches -14.*'x_coarse' starts at -10"
+    ):
         bilinear_weights(ds)
 
 
 def test_fine_and_coarse_grids_in_different_coordinate_systems_are_an_error():
     yc, xc = np.linspace(0, 10, 6), np.linspace(0, 10, 6)
     ds = _dataset(yc, xc, yc, xc, _smooth, coarse_attrs=(PY, PX), fine_attrs=(LAT, LON))
-    with pytest.raises(CoordinateError, match=r"'y_coarse'.*'y'.*same coordinate system"):
+    with pytest.raises(
+        CoordinateError, match=r"'y_coarse'.*'y'.*same coordinate system"
+    ):
         bilinear_weights(ds)
 
 

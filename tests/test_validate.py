@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import xarray as xr
 
 from corrdiff_xr.data import (
     CoordinateError,
@@ -42,13 +41,20 @@ def test_every_error_is_a_value_error():
 
 
 def test_a_missing_variable_is_named_with_what_the_dataset_has(ds):
-    with pytest.raises(MissingVariableError, match=r"target variable 'd2m' is not in the dataset.*'t2m'"):
+    with pytest.raises(
+        MissingVariableError,
+        match=r"target variable 'd2m' is not in the dataset.*'t2m'",
+    ):
         validate(ds, targets=["d2m"])
 
 
 def test_a_variable_with_unknown_dims_is_named_with_the_expected_dims(ds):
-    bad = ds.assign(z500=(("time", "level"), np.zeros((3, 2)), {"units": "m", "long_name": "z"}))
-    with pytest.raises(DimensionError, match=r"'z500' has dims \('time', 'level'\); expected"):
+    bad = ds.assign(
+        z500=(("time", "level"), np.zeros((3, 2)), {"units": "m", "long_name": "z"})
+    )
+    with pytest.raises(
+        DimensionError, match=r"'z500' has dims \('time', 'level'\); expected"
+    ):
         validate(bad)
 
 
@@ -64,7 +70,9 @@ def test_a_variable_requested_in_the_wrong_role_is_named(ds):
 
 
 def test_a_missing_dimension_is_named(ds):
-    bad = ds.drop_vars(["orography", "lsm", "t2m", "u10", "v10", "tp", "lat", "lon", "y", "x"])
+    bad = ds.drop_vars(
+        ["orography", "lsm", "t2m", "u10", "v10", "tp", "lat", "lon", "y", "x"]
+    )
     with pytest.raises(DimensionError, match="dimension 'y' is missing"):
         validate(bad, require_targets=False)
 
@@ -79,7 +87,10 @@ def test_mismatched_time_axes_name_the_differing_times(ds):
 
     inputs = ds[["msl", "tcwv"]]
     targets = ds[["t2m"]].isel(time=slice(1, 3))
-    with pytest.raises(TimeAxisError, match=r"time axes.*coarse \(3 steps\).*fine \(2 steps\).*2020-01-01"):
+    with pytest.raises(
+        TimeAxisError,
+        match=r"time axes.*coarse \(3 steps\).*fine \(2 steps\).*2020-01-01",
+    ):
         combine(inputs, targets)
 
 
@@ -104,7 +115,9 @@ def test_a_coarse_grid_that_does_not_cover_the_fine_domain_names_the_edge(ds):
 def test_a_non_monotonic_coordinate_is_named_with_where_it_breaks(ds):
     y = ds.y.values.copy()
     y[[5, 6]] = y[[6, 5]]
-    with pytest.raises(CoordinateError, match=r"'y' is not strictly monotonic \(breaks at index"):
+    with pytest.raises(
+        CoordinateError, match=r"'y' is not strictly monotonic \(breaks at index"
+    ):
         validate(ds.assign_coords(y=y))
 
 
@@ -118,7 +131,9 @@ def test_nans_in_a_static_field_are_counted_and_named(ds):
     oro = ds.orography.values.copy()
     oro[3, :2] = np.nan
     bad = ds.assign(orography=(("y", "x"), oro, ds.orography.attrs))
-    with pytest.raises(MissingValueError, match=r"static field 'orography' holds 2 NaN"):
+    with pytest.raises(
+        MissingValueError, match=r"static field 'orography' holds 2 NaN"
+    ):
         validate(bad)
 
 
@@ -131,14 +146,19 @@ def test_nans_in_a_2d_coordinate_are_named(ds):
 
 def test_a_2d_lat_with_the_wrong_shape_is_named_with_the_expected_shape(ds):
     bad = ds.assign_coords(lat_coarse=(("y", "x"), ds.lat.values))
-    with pytest.raises(CoordinateError, match=r"'lat_coarse' has dims \('y', 'x'\).*expected dims \('y_coarse', 'x_coarse'\)"):
+    with pytest.raises(
+        CoordinateError,
+        match=r"'lat_coarse' has dims \('y', 'x'\).*expected dims \('y_coarse', 'x_coarse'\)",
+    ):
         validate(bad)
 
 
 def test_a_missing_units_attribute_is_named(ds):
     bad = ds.copy()
     bad["tcwv"].attrs = {"long_name": "column water"}
-    with pytest.raises(MetadataError, match=r"'tcwv' lacks the CF attribute\(s\) \['units'\]"):
+    with pytest.raises(
+        MetadataError, match=r"'tcwv' lacks the CF attribute\(s\) \['units'\]"
+    ):
         validate(bad)
 
 
@@ -155,12 +175,16 @@ def test_no_targets_is_an_error_unless_not_required(ds):
 
 
 def test_the_same_name_as_input_and_target_is_a_clash(ds):
-    with pytest.raises(NameClashError, match="'t2m' is selected as both input and target"):
+    with pytest.raises(
+        NameClashError, match="'t2m' is selected as both input and target"
+    ):
         validate(ds, inputs=["t2m"], targets=["t2m"])
 
 
 def test_an_unknown_url_protocol_lists_the_supported_ones():
-    with pytest.raises(StoreError, match=r"unknown protocol 'ftp'.*file://.*memory://.*s3://.*gs://"):
+    with pytest.raises(
+        StoreError, match=r"unknown protocol 'ftp'.*file://.*memory://.*s3://.*gs://"
+    ):
         open_pair("ftp://example.org/data.zarr")
 
 
@@ -185,8 +209,25 @@ def test_a_directory_that_is_not_a_zarr_store_is_named(tmp_path):
 
 def test_missing_statistics_for_a_variable_are_named(ds):
     with pytest.raises(StatsError, match="statistics are missing for variable 'lsm'"):
-        open_pair(ds, stats=compute_stats(ds, ["t2m_coarse", "u10_coarse", "v10_coarse", "tp_coarse",
-                                              "msl", "tcwv", "t2m", "u10", "v10", "tp", "orography"]))
+        open_pair(
+            ds,
+            stats=compute_stats(
+                ds,
+                [
+                    "t2m_coarse",
+                    "u10_coarse",
+                    "v10_coarse",
+                    "tp_coarse",
+                    "msl",
+                    "tcwv",
+                    "t2m",
+                    "u10",
+                    "v10",
+                    "tp",
+                    "orography",
+                ],
+            ),
+        )
 
 
 def test_open_pair_can_check_static_values_on_request(ds):

@@ -27,21 +27,44 @@ from corrdiff_xr.data.layout import (
     combine,
     roles,
 )
-from corrdiff_xr.data.pair import SUPPORTED_PROTOCOLS, DownscalingData, open_dataset, open_pair
+from corrdiff_xr.data.pair import (
+    SUPPORTED_PROTOCOLS,
+    DownscalingData,
+    open_dataset,
+    open_pair,
+)
 from corrdiff_xr.data.regrid import BilinearWeights, bilinear_weights, regrid
-from corrdiff_xr.data.stats import check_stats, compute_stats, read_stats, stats_to_dict, write_stats
+from corrdiff_xr.data.stats import (
+    check_stats,
+    compute_stats,
+    read_stats,
+    stats_to_dict,
+    write_stats,
+)
 from corrdiff_xr.data.synthetic import gaussian_random_field, synthetic_dataset
 from corrdiff_xr.data.validate import select_roles, validate
 
 # names from sibling modules imported on first use (heavier readers and converters)
 _LAZY: dict[str, str] = {
-    **dict.fromkeys(["open_pp", "read_pp", "PPFormatError", "rotated_to_geographic"], "corrdiff_xr.data.pp"),
+    **dict.fromkeys(
+        ["open_pp", "read_pp", "PPFormatError", "rotated_to_geographic"],
+        "corrdiff_xr.data.pp",
+    ),
     **dict.fromkeys(["uk_hires_dataset", "sample_path"], "corrdiff_xr.data.ukhires"),
     **dict.fromkeys(
-        ["ConversionError", "cwb_to_canonical", "hrrr_mini_to_canonical", "write_atomic", "stats_dataset"],
+        [
+            "ConversionError",
+            "cwb_to_canonical",
+            "hrrr_mini_to_canonical",
+            "write_atomic",
+            "stats_dataset",
+        ],
         "corrdiff_xr.data.convert",
     ),
-    **dict.fromkeys(["CatalogError", "open_catalog", "open_entry", "list_catalogs"], "corrdiff_xr.data.catalog"),
+    **dict.fromkeys(
+        ["CatalogError", "open_catalog", "open_entry", "list_catalogs"],
+        "corrdiff_xr.data.catalog",
+    ),
 }
 
 
@@ -54,17 +77,20 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "SUPPORTED_PROTOCOLS",
     "BilinearWeights",
+    "CatalogError",
+    "ConversionError",
     "CoordinateError",
     "CoverageError",
+    "DTypeError",
     "DataError",
     "DimensionError",
-    "DTypeError",
     "DownscalingData",
     "EmptySelectionError",
     "MetadataError",
     "MissingValueError",
     "MissingVariableError",
     "NameClashError",
+    "PPFormatError",
     "Roles",
     "StatsError",
     "StoreError",
@@ -73,18 +99,29 @@ __all__ = [
     "check_stats",
     "combine",
     "compute_stats",
+    "cwb_to_canonical",
     "gaussian_random_field",
+    "hrrr_mini_to_canonical",
+    "list_catalogs",
+    "open_catalog",
     "open_dataset",
+    "open_entry",
     "open_pair",
+    "open_pp",
+    "read_pp",
     "read_stats",
     "regrid",
     "roles",
+    "rotated_to_geographic",
+    "sample_path",
     "select_roles",
+    "stats_dataset",
     "stats_to_dict",
     "synthetic_dataset",
+    "uk_hires_dataset",
     "validate",
+    "write_atomic",
     "write_stats",
-    *_LAZY,
 ]
 
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import xarray as xr
 
-from corrdiff_xr.dims import COARSE_DIMS, FINE_DIMS, STAT, TIME
+from corrdiff_xr.dims import COARSE_DIMS, FINE_DIMS, TIME
 
 #: Zarr group holding the statistics
 STATS_GROUP = "stats"
@@ -65,23 +65,23 @@ STATIC_DIMS = FINE_DIMS
 __all__ = [
     "STATS_GROUP",
     "STAT_NAMES",
-    "Roles",
-    "roles",
-    "role_of",
-    "combine",
-    "DataError",
-    "MissingVariableError",
-    "DimensionError",
     "CoordinateError",
-    "TimeAxisError",
     "CoverageError",
     "DTypeError",
-    "MissingValueError",
+    "DataError",
+    "DimensionError",
     "EmptySelectionError",
-    "StoreError",
-    "StatsError",
     "MetadataError",
+    "MissingValueError",
+    "MissingVariableError",
     "NameClashError",
+    "Roles",
+    "StatsError",
+    "StoreError",
+    "TimeAxisError",
+    "combine",
+    "role_of",
+    "roles",
 ]
 
 
@@ -198,7 +198,9 @@ def combine(
     NameClashError
         When a variable name appears in more than one of the parts.
     """
-    parts = [("coarse", coarse), ("fine", fine)] + ([("static", static)] if static is not None else [])
+    parts = [("coarse", coarse), ("fine", fine)] + (
+        [("static", static)] if static is not None else []
+    )
     seen: dict[str, str] = {}
     for label, part in parts:
         for name in part.data_vars:
@@ -217,4 +219,9 @@ def combine(
                 f"time axes of the coarse ({tc.size} steps) and fine ({tf.size} steps) datasets "
                 f"differ: only in coarse {only_c}, only in fine {only_f}; select common times first"
             )
-    return xr.merge([p for _, p in parts], join="exact", compat="no_conflicts", combine_attrs="drop_conflicts")
+    return xr.merge(
+        [p for _, p in parts],
+        join="exact",
+        compat="no_conflicts",
+        combine_attrs="drop_conflicts",
+    )

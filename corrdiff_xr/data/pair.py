@@ -25,7 +25,7 @@ from corrdiff_xr.data.stats import check_stats, compute_stats, read_stats
 from corrdiff_xr.data.validate import select_roles, validate
 from corrdiff_xr.dims import COARSE_DIMS, FINE_DIMS, X, Y
 
-__all__ = ["DownscalingData", "open_pair", "open_dataset", "SUPPORTED_PROTOCOLS"]
+__all__ = ["SUPPORTED_PROTOCOLS", "DownscalingData", "open_dataset", "open_pair"]
 
 #: fsspec protocols a store URL may use (a plain path means a local store)
 SUPPORTED_PROTOCOLS = ("file", "memory", "s3", "s3a", "gs", "gcs", "http", "https")
@@ -39,14 +39,20 @@ def _check_url(source: str) -> None:
             protocol = part
         else:
             protocol = part.split("://", 1)[0]
-        if protocol not in SUPPORTED_PROTOCOLS and protocol not in ("simplecache", "filecache", "blockcache"):
+        if protocol not in SUPPORTED_PROTOCOLS and protocol not in (
+            "simplecache",
+            "filecache",
+            "blockcache",
+        ):
             raise StoreError(
                 f"unknown protocol '{protocol}' in store URL '{source}'; supported: "
                 f"{', '.join(p + '://' for p in SUPPORTED_PROTOCOLS)} or a local path"
             )
 
 
-def open_dataset(source: str | os.PathLike, *, storage_options: dict | None = None) -> xr.Dataset:
+def open_dataset(
+    source: str | os.PathLike, *, storage_options: dict | None = None
+) -> xr.Dataset:
     """Open a Zarr store lazily: data variables as dask arrays (on-disk chunks), coords loaded.
 
     Raises
@@ -64,7 +70,9 @@ def open_dataset(source: str | os.PathLike, *, storage_options: dict | None = No
     try:
         with warnings.catch_warnings():
             # consolidated metadata is optional in Zarr 3; falling back is not worth a warning
-            warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
+            warnings.filterwarnings(
+                "ignore", message="Failed to open Zarr store with consolidated"
+            )
             ds = xr.open_zarr(source, chunks={}, storage_options=storage_options)
             # coordinates are read without dask (they are small and needed to validate)
             raw = xr.open_zarr(source, chunks=None, storage_options=storage_options)
@@ -121,7 +129,9 @@ class DownscalingData:
     @cached_property
     def regrid_weights(self) -> BilinearWeights:
         """Bilinear weights from the coarse to the fine grid (computed once)."""
-        return self.weights if self.weights is not None else bilinear_weights(self.dataset)
+        return (
+            self.weights if self.weights is not None else bilinear_weights(self.dataset)
+        )
 
     @cached_property
     def inputs_on_fine(self) -> xr.Dataset:
@@ -136,7 +146,9 @@ class DownscalingData:
         return compute_stats(self.dataset, self.names)
 
     # -- selections --------------------------------------------------------------------------
-    def isel(self, indexers: Mapping[Hashable, Any] | None = None, **kwargs: Any) -> DownscalingData:
+    def isel(
+        self, indexers: Mapping[Hashable, Any] | None = None, **kwargs: Any
+    ) -> DownscalingData:
         """Positional selection; a scalar index keeps its dim (length 1), so the layout holds.
 
         Statistics stay those of the full data, so normalisation does not change.
@@ -147,25 +159,44 @@ class DownscalingData:
             raise EmptySelectionError(
                 f"cannot select on {sorted(map(str, unknown))}: not dims of the dataset {tuple(self.dataset.dims)}"
             )
-        indexers = {k: ([v] if np.ndim(v) == 0 and not isinstance(v, slice) else v) for k, v in indexers.items()}
+        indexers = {
+            k: ([v] if np.ndim(v) == 0 and not isinstance(v, slice) else v)
+            for k, v in indexers.items()
+        }
         ds = self.dataset.isel(indexers)
         for dim, size in ds.sizes.items():
             if size == 0:
-                raise EmptySelectionError(f"the selection {indexers[dim]!r} leaves dimension '{dim}' empty")
+                raise EmptySelectionError(
+                    f"the selection {indexers[dim]!r} leaves dimension '{dim}' empty"
+                )
         weights = None
         if not set(indexers) & set(COARSE_DIMS):
             w = self.regrid_weights
-            weights = w.isel(y=indexers.get(Y, slice(None)), x=indexers.get(X, slice(None))) if set(indexers) & set(FINE_DIMS) else w
-        return DownscalingData(ds, self.inputs, self.targets, self.static, self.stats, weights)
+            weights = (
+                w.isel(y=indexers.get(Y, slice(None)), x=indexers.get(X, slice(None)))
+                if set(indexers) & set(FINE_DIMS)
+                else w
+            )
+        return DownscalingData(
+            ds, self.inputs, self.targets, self.static, self.stats, weights
+        )
 
-    def sel(self, indexers: Mapping[Hashable, Any] | None = None, **kwargs: Any) -> DownscalingData:
+    def sel(
+        self, indexers: Mapping[Hashable, Any] | None = None, **kwargs: Any
+    ) -> DownscalingData:
         """Label-based selection (same rules as :meth:`isel`)."""
         indexers = dict(indexers or {}, **kwargs)
         positions = {}
         for dim, label in indexers.items():
             if dim not in self.dataset.dims:
-                raise EmptySelectionError(f"cannot select on '{dim}': not a dim of the dataset")
-            index = xr.DataArray(np.arange(self.dataset.sizes[dim]), coords={dim: self.dataset[dim]}, dims=dim)
+                raise EmptySelectionError(
+                    f"cannot select on '{dim}': not a dim of the dataset"
+                )
+            index = xr.DataArray(
+                np.arange(self.dataset.sizes[dim]),
+                coords={dim: self.dataset[dim]},
+                dims=dim,
+            )
             positions[dim] = index.sel({dim: label}).values
         return self.isel(positions)
 
@@ -226,4 +257,6 @@ def open_pair(
         stored = stats
     if stored is not None:
         check_stats(stored, names)
-    return DownscalingData(ds[list(names)], sel.inputs, sel.targets, sel.static, stored, weights)
+    return DownscalingData(
+        ds[list(names)], sel.inputs, sel.targets, sel.static, stored, weights
+    )

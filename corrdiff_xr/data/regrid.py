@@ -29,7 +29,7 @@ import numpy as np
 import xarray as xr
 
 from corrdiff_xr.data.layout import CoordinateError, CoverageError, MissingVariableError
-from corrdiff_xr.dims import LAT, LON, TIME, X, X_COARSE, Y, Y_COARSE
+from corrdiff_xr.dims import LAT, LON, TIME, X_COARSE, Y_COARSE, X, Y
 
 __all__ = ["BilinearWeights", "bilinear_weights", "grid_method", "regrid"]
 
@@ -61,7 +61,9 @@ class BilinearWeights:
     def fine_shape(self) -> tuple[int, int]:
         return self.index.shape[:2]
 
-    def isel(self, y: slice | np.ndarray = slice(None), x: slice | np.ndarray = slice(None)) -> BilinearWeights:
+    def isel(
+        self, y: slice | np.ndarray = slice(None), x: slice | np.ndarray = slice(None)
+    ) -> BilinearWeights:
         """Weights for a sub-window of the fine grid (no recomputation)."""
         index = self.index[y][:, x]
         weight = self.weight[y][:, x]
@@ -72,10 +74,14 @@ class BilinearWeights:
         return _apply_block(field, self.index, self.weight)
 
 
-def _apply_block(block: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
+def _apply_block(
+    block: np.ndarray, index: np.ndarray, weight: np.ndarray
+) -> np.ndarray:
     lead = block.shape[:-2]
     flat = block.reshape(lead + (-1,))
-    out = np.zeros(lead + index.shape[:2], dtype=np.result_type(block.dtype, np.float32))
+    out = np.zeros(
+        lead + index.shape[:2], dtype=np.result_type(block.dtype, np.float32)
+    )
     # accumulate one corner at a time: avoids a 4x larger temporary
     for k in range(index.shape[-1]):
         out += flat[..., index[..., k]] * weight[..., k].astype(out.dtype, copy=False)
@@ -83,7 +89,12 @@ def _apply_block(block: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np
 
 
 def _axis_weights(
-    coarse: np.ndarray, query: np.ndarray, *, coarse_name: str, fine_name: str, kind: str
+    coarse: np.ndarray,
+    query: np.ndarray,
+    *,
+    coarse_name: str,
+    fine_name: str,
+    kind: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lower index, upper index and upper weight along one coarse axis."""
     coarse = np.asarray(coarse, dtype=np.float64)
@@ -95,7 +106,9 @@ def _axis_weights(
         )
     step = np.diff(coarse)
     if not (np.all(step > 0) or np.all(step < 0)):
-        raise CoordinateError(f"coarse coordinate '{coarse_name}' is not strictly monotonic")
+        raise CoordinateError(
+            f"coarse coordinate '{coarse_name}' is not strictly monotonic"
+        )
     descending = step[0] < 0
     c = coarse[::-1] if descending else coarse
     periodic = False
@@ -172,13 +185,18 @@ def bilinear_weights(ds: xr.Dataset) -> BilinearWeights:
                     "lat/lon coarse grid"
                 )
             if ds[name].dims != (Y, X):
-                raise CoordinateError(f"coordinate '{name}' has dims {ds[name].dims}; expected (y, x)")
+                raise CoordinateError(
+                    f"coordinate '{name}' has dims {ds[name].dims}; expected (y, x)"
+                )
         qy, qx = np.asarray(ds[LAT].values), np.asarray(ds[LON].values)
         names = (LAT, LON)
         kinds = ("latitude", "longitude")
     else:
         for fine, coarse in ((Y, Y_COARSE), (X, X_COARSE)):
-            sf, sc = ds[fine].attrs.get("standard_name"), ds[coarse].attrs.get("standard_name")
+            sf, sc = (
+                ds[fine].attrs.get("standard_name"),
+                ds[coarse].attrs.get("standard_name"),
+            )
             if sf and sc and sf != sc:
                 raise CoordinateError(
                     f"coarse '{coarse}' (standard_name {sc!r}) and fine '{fine}' (standard_name "
@@ -187,15 +205,28 @@ def bilinear_weights(ds: xr.Dataset) -> BilinearWeights:
                 )
         qy, qx = np.meshgrid(ds[Y].values, ds[X].values, indexing="ij")
         names = (Y, X)
-        kinds = (ds[Y_COARSE].attrs.get("standard_name", ""), ds[X_COARSE].attrs.get("standard_name", ""))
+        kinds = (
+            ds[Y_COARSE].attrs.get("standard_name", ""),
+            ds[X_COARSE].attrs.get("standard_name", ""),
+        )
     for name, q in zip(names, (qy, qx)):
         if np.isnan(q).any():
-            raise CoordinateError(f"fine coordinate '{name}' holds NaN; cannot regrid to it")
-    y0, y1, fy = _axis_weights(ds[Y_COARSE].values, qy, coarse_name=Y_COARSE, fine_name=names[0], kind=kinds[0])
-    x0, x1, fx = _axis_weights(ds[X_COARSE].values, qx, coarse_name=X_COARSE, fine_name=names[1], kind=kinds[1])
+            raise CoordinateError(
+                f"fine coordinate '{name}' holds NaN; cannot regrid to it"
+            )
+    y0, y1, fy = _axis_weights(
+        ds[Y_COARSE].values, qy, coarse_name=Y_COARSE, fine_name=names[0], kind=kinds[0]
+    )
+    x0, x1, fx = _axis_weights(
+        ds[X_COARSE].values, qx, coarse_name=X_COARSE, fine_name=names[1], kind=kinds[1]
+    )
     ncx = ds.sizes[X_COARSE]
-    index = np.stack([y0 * ncx + x0, y0 * ncx + x1, y1 * ncx + x0, y1 * ncx + x1], axis=-1)
-    weight = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=-1)
+    index = np.stack(
+        [y0 * ncx + x0, y0 * ncx + x1, y1 * ncx + x0, y1 * ncx + x1], axis=-1
+    )
+    weight = np.stack(
+        [(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=-1
+    )
     shape = (ny, nx, 4)
     return BilinearWeights(
         index.reshape(shape).astype(np.int64),
@@ -237,9 +268,14 @@ def regrid(
         input in time and like the fine targets in space; float32 stays float32.
     """
     if variables is None:
-        variables = [n for n, v in ds.data_vars.items() if v.dims == (TIME, Y_COARSE, X_COARSE)]
+        variables = [
+            n for n, v in ds.data_vars.items() if v.dims == (TIME, Y_COARSE, X_COARSE)
+        ]
     weights = bilinear_weights(ds) if weights is None else weights
-    if weights.coarse_shape != (ds.sizes[Y_COARSE], ds.sizes[X_COARSE]) or weights.fine_shape != (
+    if weights.coarse_shape != (
+        ds.sizes[Y_COARSE],
+        ds.sizes[X_COARSE],
+    ) or weights.fine_shape != (
         ds.sizes[Y],
         ds.sizes[X],
     ):
@@ -259,15 +295,29 @@ def regrid(
             raise CoordinateError(
                 f"variable '{name}' has dims {var.dims}; only (time, y_coarse, x_coarse) inputs are regridded"
             )
-        data = var.data if var.chunks is not None else da.from_array(var.values, chunks=(1, -1, -1))
+        data = (
+            var.data
+            if var.chunks is not None
+            else da.from_array(var.values, chunks=(1, -1, -1))
+        )
         data = data.rechunk({1: -1, 2: -1})  # a block needs the whole coarse field
         dtype = np.result_type(data.dtype, np.float32)
         fine = da.blockwise(
-            _apply_block, "tyx", data, "tab", index, "yxk", weight, "yxk",
-            dtype=dtype, concatenate=True,
+            _apply_block,
+            "tyx",
+            data,
+            "tab",
+            index,
+            "yxk",
+            weight,
+            "yxk",
+            dtype=dtype,
+            concatenate=True,
         )
         attrs = dict(var.attrs)
-        attrs["regridding"] = f"bilinear from (y_coarse, x_coarse), method {weights.method}"
+        attrs["regridding"] = (
+            f"bilinear from (y_coarse, x_coarse), method {weights.method}"
+        )
         out[name] = ((TIME, Y, X), fine, attrs)
     coords = {k: ds.coords[k] for k in (TIME, Y, X, LAT, LON) if k in ds.coords}
     return xr.Dataset(out, coords=coords)

@@ -26,10 +26,15 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from corrdiff_xr.data.layout import STAT_NAMES, STATS_GROUP, MissingVariableError, StatsError
+from corrdiff_xr.data.layout import (
+    STAT_NAMES,
+    STATS_GROUP,
+    MissingVariableError,
+    StatsError,
+)
 from corrdiff_xr.dims import STAT
 
-__all__ = ["compute_stats", "write_stats", "read_stats", "check_stats", "stats_to_dict"]
+__all__ = ["check_stats", "compute_stats", "read_stats", "stats_to_dict", "write_stats"]
 
 _FANIN = 16
 
@@ -76,13 +81,22 @@ def _mean_std(data: Any) -> da.Array:
     if not isinstance(data, da.Array):
         data = da.from_array(np.asarray(data), chunks=-1)
     # optimize_graph=False keeps task names, so variables cut from one generated chunk share it
-    parts = [dask.delayed(_moments)(b) for b in data.to_delayed(optimize_graph=False).ravel()]
+    parts = [
+        dask.delayed(_moments)(b) for b in data.to_delayed(optimize_graph=False).ravel()
+    ]
     while len(parts) > 1:
-        parts = [dask.delayed(_merge)(*parts[i : i + _FANIN]) for i in range(0, len(parts), _FANIN)]
-    return da.from_delayed(dask.delayed(_finish)(parts[0]), shape=(2,), dtype=np.float64)
+        parts = [
+            dask.delayed(_merge)(*parts[i : i + _FANIN])
+            for i in range(0, len(parts), _FANIN)
+        ]
+    return da.from_delayed(
+        dask.delayed(_finish)(parts[0]), shape=(2,), dtype=np.float64
+    )
 
 
-def compute_stats(ds: xr.Dataset, variables: list[str] | tuple[str, ...] | None = None) -> xr.Dataset:
+def compute_stats(
+    ds: xr.Dataset, variables: list[str] | tuple[str, ...] | None = None
+) -> xr.Dataset:
     """Lazy mean and standard deviation of each data variable over all its dims.
 
     Parameters
@@ -102,7 +116,9 @@ def compute_stats(ds: xr.Dataset, variables: list[str] | tuple[str, ...] | None 
     out = {}
     for name in names:
         if name not in ds.data_vars:
-            raise MissingVariableError(f"cannot compute statistics of '{name}': not in the dataset")
+            raise MissingVariableError(
+                f"cannot compute statistics of '{name}': not in the dataset"
+            )
         var = ds[name]
         attrs = {k: var.attrs[k] for k in ("units", "long_name") if k in var.attrs}
         out[name] = ((STAT,), _mean_std(var.data), attrs)
@@ -121,7 +137,9 @@ def _local_path(store: Any) -> Path | None:
     return None
 
 
-def write_stats(store: Any, stats: xr.Dataset, *, storage_options: dict | None = None) -> None:
+def write_stats(
+    store: Any, stats: xr.Dataset, *, storage_options: dict | None = None
+) -> None:
     """Compute ``stats`` and write them to the group ``"stats"`` of a Zarr store.
 
     On a local filesystem the group is written beside the store's other groups under a
@@ -132,7 +150,13 @@ def write_stats(store: Any, stats: xr.Dataset, *, storage_options: dict | None =
     stats = stats.assign_coords({STAT: np.array(STAT_NAMES, dtype=object)})
     local = _local_path(store)
     if local is None:
-        stats.to_zarr(store, group=STATS_GROUP, mode="w", storage_options=storage_options, consolidated=False)
+        stats.to_zarr(
+            store,
+            group=STATS_GROUP,
+            mode="w",
+            storage_options=storage_options,
+            consolidated=False,
+        )
         return
     if not local.is_dir():
         raise StatsError(f"cannot write statistics: Zarr store {local} does not exist")
@@ -156,18 +180,28 @@ def read_stats(store: Any, *, storage_options: dict | None = None) -> xr.Dataset
     try:
         # not via the root's consolidated metadata, which predates the group
         stats = xr.open_zarr(
-            store, group=STATS_GROUP, storage_options=storage_options, chunks=None, consolidated=False
+            store,
+            group=STATS_GROUP,
+            storage_options=storage_options,
+            chunks=None,
+            consolidated=False,
         )
     except (FileNotFoundError, KeyError, OSError, ValueError):
         return None
     except Exception as err:  # zarr raises its own errors for a missing group
-        if type(err).__name__ in ("GroupNotFoundError", "NodeNotFoundError", "PathNotFoundError"):
+        if type(err).__name__ in (
+            "GroupNotFoundError",
+            "NodeNotFoundError",
+            "PathNotFoundError",
+        ):
             return None
         raise
     return stats.load()
 
 
-def check_stats(stats: xr.Dataset, names: list[str] | tuple[str, ...] | None = None) -> xr.Dataset:
+def check_stats(
+    stats: xr.Dataset, names: list[str] | tuple[str, ...] | None = None
+) -> xr.Dataset:
     """Check the layout of a statistics Dataset (and that it holds ``names``); return it.
 
     Values are only checked (NaN, non-positive std) when they are already in memory.
@@ -178,7 +212,9 @@ def check_stats(stats: xr.Dataset, names: list[str] | tuple[str, ...] | None = N
         Naming the variable that is missing or whose statistics are unusable.
     """
     if STAT not in stats.dims or list(stats[STAT].values) != list(STAT_NAMES):
-        raise StatsError(f"statistics need a '{STAT}' coordinate equal to {list(STAT_NAMES)}")
+        raise StatsError(
+            f"statistics need a '{STAT}' coordinate equal to {list(STAT_NAMES)}"
+        )
     for name in names or ():
         if name not in stats.data_vars:
             raise StatsError(
@@ -187,11 +223,15 @@ def check_stats(stats: xr.Dataset, names: list[str] | tuple[str, ...] | None = N
             )
     for name, var in stats.data_vars.items():
         if var.dims != (STAT,):
-            raise StatsError(f"statistics of '{name}' have dims {var.dims}; expected ('{STAT}',)")
+            raise StatsError(
+                f"statistics of '{name}' have dims {var.dims}; expected ('{STAT}',)"
+            )
         if var.chunks is None:
             mean, std = (float(v) for v in var.values)
             if not (np.isfinite(mean) and np.isfinite(std)):
-                raise StatsError(f"statistics of '{name}' are not finite (mean {mean}, std {std})")
+                raise StatsError(
+                    f"statistics of '{name}' are not finite (mean {mean}, std {std})"
+                )
             if std <= 0:
                 raise StatsError(
                     f"std of '{name}' is {std}: a constant field cannot be normalised; drop it"
@@ -199,7 +239,9 @@ def check_stats(stats: xr.Dataset, names: list[str] | tuple[str, ...] | None = N
     return stats
 
 
-def stats_to_dict(stats: xr.Dataset, names: list[str] | tuple[str, ...] | None = None) -> dict[str, tuple[float, float]]:
+def stats_to_dict(
+    stats: xr.Dataset, names: list[str] | tuple[str, ...] | None = None
+) -> dict[str, tuple[float, float]]:
     """``{name: (mean, std)}`` as Python floats (computes lazy statistics)."""
     names = list(stats.data_vars) if names is None else list(names)
     check_stats(stats, names)

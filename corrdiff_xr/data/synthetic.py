@@ -34,9 +34,19 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, TIME, X, X_COARSE, Y, Y_COARSE
+from corrdiff_xr.dims import (
+    LAT,
+    LAT_COARSE,
+    LON,
+    LON_COARSE,
+    TIME,
+    X_COARSE,
+    Y_COARSE,
+    X,
+    Y,
+)
 
-__all__ = ["synthetic_dataset", "gaussian_random_field", "TARGETS", "INPUTS", "STATIC"]
+__all__ = ["INPUTS", "STATIC", "TARGETS", "gaussian_random_field", "synthetic_dataset"]
 
 TARGETS = ("t2m", "u10", "v10", "tp")
 INPUTS = ("t2m_coarse", "u10_coarse", "v10_coarse", "tp_coarse", "msl", "tcwv")
@@ -48,9 +58,17 @@ _ATTRS = {
     "t2m": ("K", "2 metre temperature", "air_temperature"),
     "u10": ("m s-1", "10 metre eastward wind", "eastward_wind"),
     "v10": ("m s-1", "10 metre northward wind", "northward_wind"),
-    "tp": ("kg m-2", "total precipitation (hourly accumulation)", "precipitation_amount"),
+    "tp": (
+        "kg m-2",
+        "total precipitation (hourly accumulation)",
+        "precipitation_amount",
+    ),
     "msl": ("Pa", "mean sea level pressure", "air_pressure_at_mean_sea_level"),
-    "tcwv": ("kg m-2", "total column water vapour", "atmosphere_mass_content_of_water_vapor"),
+    "tcwv": (
+        "kg m-2",
+        "total column water vapour",
+        "atmosphere_mass_content_of_water_vapor",
+    ),
     "orography": ("m", "surface altitude", "surface_altitude"),
     "lsm": ("1", "land-sea mask (1 = land)", "land_binary_mask"),
 }
@@ -97,7 +115,9 @@ def gaussian_random_field(
         float32 ``(ny, nx)``.
     """
     ny, nx = shape
-    noise = rng.standard_normal((ny, nx // 2 + 1, 2), dtype=np.float32).view(np.complex64)[..., 0]
+    noise = rng.standard_normal((ny, nx // 2 + 1, 2), dtype=np.float32).view(
+        np.complex64
+    )[..., 0]
     field = np.fft.irfft2(noise * _spectral_filter((ny, nx), float(beta)), s=shape)
     return (field / field.std()).astype(np.float32, copy=False)
 
@@ -115,7 +135,9 @@ def _anchor_weights(hours: float, anchor_hours: float) -> tuple[int, float, floa
     return a, float(np.cos(w)), float(np.sin(w))
 
 
-def _anchor(shape, beta, seed, key, index, cache, *, grad: bool = False) -> tuple[np.ndarray, ...]:
+def _anchor(
+    shape, beta, seed, key, index, cache, *, grad: bool = False
+) -> tuple[np.ndarray, ...]:
     """The GRF of anchor ``index`` as float32 (and its gradient, scaled to unit mean speed)."""
     if (key, index) not in cache:
         field = gaussian_random_field(shape, beta, _rng(seed, key, index))
@@ -128,7 +150,9 @@ def _anchor(shape, beta, seed, key, index, cache, *, grad: bool = False) -> tupl
     return cache[(key, index)]
 
 
-def _anchored(shape, beta, seed, key, hours, anchor_hours, cache, *, grad: bool = False):
+def _anchored(
+    shape, beta, seed, key, hours, anchor_hours, cache, *, grad: bool = False
+):
     """GRF (and gradient) at ``hours`` since 1970, blended from its two anchors."""
     a, c, s = _anchor_weights(hours, anchor_hours)
     lo = _anchor(shape, beta, seed, key, a, cache, grad=grad)
@@ -145,7 +169,9 @@ def _static_fields(shape, seed, lat, lon) -> np.ndarray:
     return np.stack([orog, land.astype(np.float64), lat, lon])
 
 
-def _fields_block(hours: np.ndarray, static: np.ndarray, *, seed: int, anchor_hours: float) -> np.ndarray:
+def _fields_block(
+    hours: np.ndarray, static: np.ndarray, *, seed: int, anchor_hours: float
+) -> np.ndarray:
     """All six fine fields for the time steps ``hours``: (t, 6, ny, nx) float32."""
     orog, lsm, lat, lon = (np.asarray(a, dtype=np.float32) for a in static)
     shape = orog.shape
@@ -153,18 +179,27 @@ def _fields_block(hours: np.ndarray, static: np.ndarray, *, seed: int, anchor_ho
     # everything that does not change in time, once per block
     dhdy, dhdx = np.gradient(orog)
     grad2 = dhdy**2 + dhdx**2
-    steep = np.sqrt(grad2) / (np.sqrt(grad2) + f32(20.0))  # 0 on flat ground -> 1 on cliffs
+    steep = np.sqrt(grad2) / (
+        np.sqrt(grad2) + f32(20.0)
+    )  # 0 on flat ground -> 1 on cliffs
     upslope = steep / np.maximum(grad2, f32(1e-12))
     damp = f32(1.0) - f32(0.3) * lsm  # surface friction over land
     t_base = f32(283.0) - f32(6.5e-3) * orog - f32(0.6) * (lat - f32(lat.mean()))
     amp = f32(2.0) + f32(4.0) * lsm  # diurnal amplitude, larger over land
-    phase = 2 * np.pi * (lon.astype(np.float64) / 15.0 - 15.0) / 24.0  # local solar time
-    amp_cos, amp_sin = (amp * np.cos(phase)).astype(f32), (amp * np.sin(phase)).astype(f32)
+    phase = (
+        2 * np.pi * (lon.astype(np.float64) / 15.0 - 15.0) / 24.0
+    )  # local solar time
+    amp_cos, amp_sin = (
+        (amp * np.cos(phase)).astype(f32),
+        (amp * np.sin(phase)).astype(f32),
+    )
     out = np.empty((hours.size, 6) + shape, dtype=f32)
     cache: dict = {}
     for i, h in enumerate(hours):
         t2m, u, v, tp, msl, tcwv = out[i]
-        psi, gy, gx = _anchored(shape, 4.5, seed, _KEY_PSI, h, anchor_hours, cache, grad=True)
+        psi, gy, gx = _anchored(
+            shape, 4.5, seed, _KEY_PSI, h, anchor_hours, cache, grad=True
+        )
         u[...] = f32(-6.0) * gy + f32(4.0)
         v[...] = f32(6.0) * gx
         # remove the upslope component where terrain is steep: flow goes around mountains
@@ -190,7 +225,9 @@ def _fields_block(hours: np.ndarray, static: np.ndarray, *, seed: int, anchor_ho
 
 def _block_mean(block: np.ndarray, factor: int) -> np.ndarray:
     t, c, ny, nx = block.shape
-    return block.reshape(t, c, ny // factor, factor, nx // factor, factor).mean(axis=(3, 5))
+    return block.reshape(t, c, ny // factor, factor, nx // factor, factor).mean(
+        axis=(3, 5)
+    )
 
 
 def _grid(n: int, spacing: float, centre: float) -> np.ndarray:
@@ -244,13 +281,17 @@ def synthetic_dataset(
     """
     for name, n in (("ny", ny), ("nx", nx)):
         if n < factor or n % factor:
-            raise ValueError(f"{name}={n} must be a positive multiple of factor={factor}")
+            raise ValueError(
+                f"{name}={n} must be a positive multiple of factor={factor}"
+            )
     if nt < 1:
         raise ValueError(f"nt={nt} must be at least 1")
     chunks = dict(chunks or {})
     unknown = set(chunks) - {TIME, Y, X}
     if unknown:
-        raise ValueError(f"chunks keys {sorted(unknown)} are not among ('time', 'y', 'x')")
+        raise ValueError(
+            f"chunks keys {sorted(unknown)} are not among ('time', 'y', 'x')"
+        )
     times = pd.date_range(start, periods=nt, freq=freq).values.astype("datetime64[ns]")
     hours = (times - np.datetime64("1970-01-01", "ns")) / _HOUR
 
@@ -259,15 +300,31 @@ def synthetic_dataset(
         deg = resolution / 111_000.0
         y1, x1 = _grid(ny, deg, lat0), _grid(nx, deg, lon0)
         lat2, lon2 = np.meshgrid(y1, x1, indexing="ij")
-        y_attrs = {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude"}
-        x_attrs = {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}
+        y_attrs = {
+            "units": "degrees_north",
+            "standard_name": "latitude",
+            "long_name": "latitude",
+        }
+        x_attrs = {
+            "units": "degrees_east",
+            "standard_name": "longitude",
+            "long_name": "longitude",
+        }
     elif grid == "projected":
         y1, x1 = _grid(ny, resolution, 0.0), _grid(nx, resolution, 0.0)
         yy, xx = np.meshgrid(y1, x1, indexing="ij")
         lat2 = lat0 + yy / 111_000.0
         lon2 = lon0 + xx / (111_000.0 * np.cos(np.deg2rad(lat2)))
-        y_attrs = {"units": "m", "standard_name": "projection_y_coordinate", "long_name": "y"}
-        x_attrs = {"units": "m", "standard_name": "projection_x_coordinate", "long_name": "x"}
+        y_attrs = {
+            "units": "m",
+            "standard_name": "projection_y_coordinate",
+            "long_name": "y",
+        }
+        x_attrs = {
+            "units": "m",
+            "standard_name": "projection_x_coordinate",
+            "long_name": "x",
+        }
     else:
         raise ValueError(f"grid={grid!r} is not one of 'latlon', 'projected'")
 
@@ -280,18 +337,30 @@ def synthetic_dataset(
     )
     t = da.from_array(hours, chunks=(chunks.get(TIME, 1),), name=False)
     fields = da.blockwise(
-        _fields_block, "tvyx", t, "t", static, "syx",
-        new_axes={"v": 6}, dtype=np.float32, concatenate=True,
-        seed=seed, anchor_hours=anchor_hours,
+        _fields_block,
+        "tvyx",
+        t,
+        "t",
+        static,
+        "syx",
+        new_axes={"v": 6},
+        dtype=np.float32,
+        concatenate=True,
+        seed=seed,
+        anchor_hours=anchor_hours,
     )
     coarse = fields.map_blocks(
-        _block_mean, factor, dtype=np.float32,
+        _block_mean,
+        factor,
+        dtype=np.float32,
         chunks=(fields.chunks[0], (6,), (ny // factor,), (nx // factor,)),
     )
     fine_chunks = (fields.chunks[0], chunks.get(Y, ny), chunks.get(X, nx))
 
     def block_coord(values: np.ndarray) -> np.ndarray:
-        return values.reshape(ny // factor, factor, nx // factor, factor).mean(axis=(1, 3))
+        return values.reshape(ny // factor, factor, nx // factor, factor).mean(
+            axis=(1, 3)
+        )
 
     def cf(name: str) -> dict[str, str]:
         units, long_name, standard_name = _ATTRS[name.removesuffix("_coarse")]
@@ -306,10 +375,22 @@ def synthetic_dataset(
     for j, name in enumerate(INPUTS):
         data_vars[name] = ((TIME, Y_COARSE, X_COARSE), coarse[:, j], cf(name))
     for j, name in enumerate(STATIC):
-        data_vars[name] = ((Y, X), static[j].astype(np.float32).rechunk(fine_chunks[1:]), cf(name))
+        data_vars[name] = (
+            (Y, X),
+            static[j].astype(np.float32).rechunk(fine_chunks[1:]),
+            cf(name),
+        )
 
-    ll = {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude"}
-    lo = {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}
+    ll = {
+        "units": "degrees_north",
+        "standard_name": "latitude",
+        "long_name": "latitude",
+    }
+    lo = {
+        "units": "degrees_east",
+        "standard_name": "longitude",
+        "long_name": "longitude",
+    }
     coords = {
         TIME: (TIME, times, {"long_name": "time", "standard_name": "time"}),
         Y: (Y, y1, y_attrs),

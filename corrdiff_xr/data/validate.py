@@ -26,9 +26,17 @@ from corrdiff_xr.data.layout import (
     role_of,
     roles,
 )
-from corrdiff_xr.dims import COARSE_DIMS, FINE_DIMS, LAT, LAT_COARSE, LON, LON_COARSE, TIME
+from corrdiff_xr.dims import (
+    COARSE_DIMS,
+    FINE_DIMS,
+    LAT,
+    LAT_COARSE,
+    LON,
+    LON_COARSE,
+    TIME,
+)
 
-__all__ = ["validate", "select_roles"]
+__all__ = ["select_roles", "validate"]
 
 _REQUIRED_ATTRS = ("units", "long_name")
 
@@ -52,7 +60,11 @@ def select_roles(
     ------
     MissingVariableError, DimensionError, NameClashError
     """
-    given = {"input": _as_tuple(inputs), "target": _as_tuple(targets), "static": _as_tuple(static)}
+    given = {
+        "input": _as_tuple(inputs),
+        "target": _as_tuple(targets),
+        "static": _as_tuple(static),
+    }
     seen: dict[str, str] = {}
     for role, names in given.items():
         for name in names or ():
@@ -87,15 +99,21 @@ def select_roles(
 
 def _check_dim_coord(ds: xr.Dataset, dim: str) -> None:
     if dim not in ds.dims:
-        raise DimensionError(f"dimension '{dim}' is missing from the dataset (dims {tuple(ds.dims)})")
+        raise DimensionError(
+            f"dimension '{dim}' is missing from the dataset (dims {tuple(ds.dims)})"
+        )
     if ds.sizes[dim] == 0:
-        raise EmptySelectionError(f"dimension '{dim}' is empty (length 0); the selection left no data")
+        raise EmptySelectionError(
+            f"dimension '{dim}' is empty (length 0); the selection left no data"
+        )
     if dim not in ds.coords:
         raise CoordinateError(f"dimension '{dim}' has no coordinate variable '{dim}'")
     values = ds[dim].values
     if dim == TIME:
         if not np.issubdtype(values.dtype, np.datetime64):
-            raise TimeAxisError(f"coordinate 'time' has dtype {values.dtype}; expected datetime64[ns]")
+            raise TimeAxisError(
+                f"coordinate 'time' has dtype {values.dtype}; expected datetime64[ns]"
+            )
         if np.isnat(values).any():
             raise TimeAxisError("coordinate 'time' holds NaT (missing times)")
         uniq, counts = np.unique(values, return_counts=True)
@@ -104,12 +122,18 @@ def _check_dim_coord(ds: xr.Dataset, dim: str) -> None:
                 f"coordinate 'time' repeats {[str(t) for t in uniq[counts > 1][:3]]}; times must be unique"
             )
         if values.size > 1 and not (np.diff(values) > np.timedelta64(0)).all():
-            raise TimeAxisError("coordinate 'time' is not increasing; sort it with ds.sortby('time')")
+            raise TimeAxisError(
+                "coordinate 'time' is not increasing; sort it with ds.sortby('time')"
+            )
         return
     if not np.issubdtype(values.dtype, np.number):
-        raise CoordinateError(f"coordinate '{dim}' has dtype {values.dtype}; expected numbers")
+        raise CoordinateError(
+            f"coordinate '{dim}' has dtype {values.dtype}; expected numbers"
+        )
     if np.isnan(values).any():
-        raise CoordinateError(f"coordinate '{dim}' holds NaN at positions {np.flatnonzero(np.isnan(values))[:5].tolist()}")
+        raise CoordinateError(
+            f"coordinate '{dim}' holds NaN at positions {np.flatnonzero(np.isnan(values))[:5].tolist()}"
+        )
     if values.size > 1:
         step = np.diff(values)
         if not (np.all(step > 0) or np.all(step < 0)):
@@ -131,15 +155,25 @@ def _check_2d_coord(ds: xr.Dataset, name: str, dims: tuple[str, str]) -> None:
         )
     values = np.asarray(var.values)
     if not np.issubdtype(values.dtype, np.number):
-        raise CoordinateError(f"coordinate '{name}' has dtype {values.dtype}; expected numbers")
+        raise CoordinateError(
+            f"coordinate '{name}' has dtype {values.dtype}; expected numbers"
+        )
     if np.isnan(values).any():
-        raise CoordinateError(f"coordinate '{name}' holds {int(np.isnan(values).sum())} NaN value(s)")
+        raise CoordinateError(
+            f"coordinate '{name}' holds {int(np.isnan(values).sum())} NaN value(s)"
+        )
 
 
 def _check_variable(ds: xr.Dataset, name: str) -> None:
     var = ds[name]
-    if not (np.issubdtype(var.dtype, np.floating) or np.issubdtype(var.dtype, np.integer) or var.dtype == bool):
-        raise DTypeError(f"variable '{name}' has dtype {var.dtype}; expected a numeric (float/int) dtype")
+    if not (
+        np.issubdtype(var.dtype, np.floating)
+        or np.issubdtype(var.dtype, np.integer)
+        or var.dtype == bool
+    ):
+        raise DTypeError(
+            f"variable '{name}' has dtype {var.dtype}; expected a numeric (float/int) dtype"
+        )
     missing = [a for a in _REQUIRED_ATTRS if not str(var.attrs.get(a, "")).strip()]
     if missing:
         raise MetadataError(

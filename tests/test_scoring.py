@@ -245,6 +245,15 @@ def test_weights_give_the_weighted_average():
     assert float(cos_weighted) == pytest.approx(expected)
 
 
+def test_truth_is_matched_to_the_forecasts_times_and_float32_grid():
+    fc, truth = make_ensemble(nt=3)
+    subset = fc.isel(time=[0, 2])
+    float32_grid = truth.assign_coords(y=truth[Y].astype("f4"), x=truth[X].astype("f4"))
+    got = scoring.crps(subset, float32_grid, dim=[Y, X])
+    want = scoring.crps(subset, truth.isel(time=[0, 2]), dim=[Y, X])
+    xr.testing.assert_allclose(got, want)
+
+
 def test_summary_is_a_metric_by_variable_by_time_table():
     fc, truth = make_ensemble()
     table = scoring.summary(fc, truth)["score"]

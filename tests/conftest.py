@@ -12,7 +12,9 @@ import os
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
-from tests.servers import gcs_server, s3_server  # noqa: F401
+# tests/ is on sys.path (rootdir conftest, no __init__.py): works under `pytest` and
+# `python -m pytest` alike
+from servers import gcs_server, s3_server  # noqa: E402, F401
 
 
 # -- data fixtures (data layer A) ------------------------------------------------------------

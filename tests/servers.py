@@ -5,8 +5,10 @@
 * ``gcs_server``: gcp-storage-emulator, in memory; yields an :class:`ObjectStore` for gcsfs
   (anonymous token, emulator endpoint).
 
-Both are session-scoped and shut down by the fixture. Use them with
-``from tests.servers import s3_server, gcs_server`` (pytest picks up imported fixtures).
+Both are session-scoped and shut down by the fixture. tests/conftest.py imports them, so
+any test module can simply request ``s3_server`` / ``gcs_server``; ``ObjectStore`` is
+importable as ``from servers import ObjectStore`` (tests/ is on sys.path under pytest) or
+``from tests.servers import ...`` when the repository root is on sys.path.
 
 gcsfs 2026.x probes Google's zonal/hierarchical-namespace API on every call unless
 ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false``; with no network each probe waits ~60 s. The

@@ -4,7 +4,7 @@ Every protocol is opened through the same code path, the bundled ``cloud`` catal
 (``open_entry`` -> ``ZarrPairReader`` -> ``open_pair``): local ``file://``, fsspec's
 ``memory://``, S3 served by moto (read through s3fs, anonymously, with the endpoint given as a
 catalog parameter) and GCS served by gcp-storage-emulator (read through gcsfs, token "anon").
-The server fixtures live in tests/servers.py (they also set the gcsfs switch that avoids a
+The server fixtures live in tests/servers.py (provided to every module by conftest.py) (they also set the gcsfs switch that avoids a
 60 s probe per call when offline).
 """
 
@@ -19,7 +19,6 @@ import xarray as xr
 from corrdiff_xr.data import StoreError, compute_stats, synthetic_dataset, write_stats
 from corrdiff_xr.data.catalog import open_entry
 from corrdiff_xr.testing import raise_if_dask_computes
-from tests.servers import gcs_server, s3_server  # noqa: F401  (fixtures)
 
 PROTOCOLS = ("file", "memory", "s3", "gs")
 pytestmark = pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")
@@ -97,7 +96,7 @@ def test_distributed_workers_stream_from_s3(source, stored):
     np.testing.assert_allclose(means.values, source["t2m"].mean(["y", "x"]).values, rtol=1e-6)
 
 
-def test_missing_object_store_path_names_the_url(s3_server):  # noqa: F811
+def test_missing_object_store_path_names_the_url(s3_server):
     bucket = s3_server.new_bucket()
     url = f"s3://{bucket}/absent.zarr"
     with pytest.raises(StoreError, match=url):

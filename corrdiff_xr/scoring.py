@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 Estimator = Literal["properscoring", "fair"]
+Data = xr.Dataset | xr.DataArray
 #: the metrics :func:`summary` knows, in table order
 METRICS = ("crps", "mae", "rmse", "spread", "spread_skill")
 RANK = "rank"
@@ -110,6 +111,17 @@ def _ensemble_variance(forecast: xr.Dataset, member_dim: str) -> xr.Dataset:
     return forecast.var(member_dim, ddof=1)
 
 
+def _prepare(forecast: Data, truth: Data, member_dim: str):
+    """Forecast and matched truth as Datasets, and whether to hand back a DataArray."""
+    fc, was_array = _to_dataset(forecast, "forecast")
+    if was_array and isinstance(truth, xr.DataArray):
+        tr = truth.to_dataset(name=next(iter(fc.data_vars)))
+    else:
+        tr, _ = _to_dataset(truth, "truth")
+    _check_forecast(fc, member_dim)
+    return fc, _matched_truth(fc, tr, member_dim), was_array
+
+
 # -- public scores ------------------------------------------------------------------------
 def crps(
     forecast: xr.Dataset | xr.DataArray,
@@ -153,28 +165,20 @@ def crps(
     Gneiting, T. and Raftery, A. E. (2007), Strictly proper scoring rules, prediction, and
     estimation. JASA 102, 359-378.
     """
-    fc, was_array = _to_dataset(forecast, "forecast")
-    tr, _ = _to_dataset(truth, "truth")
-    if was_array and isinstance(truth, xr.DataArray):
-        tr = truth.to_dataset(name=next(iter(fc.data_vars)))
-    _check_forecast(fc, member_dim)
-    tr = _matched_truth(fc, tr, member_dim)
+    fc, tr, was_array = _prepare(forecast, truth, member_dim)
     score = pointwise_crps(fc, tr, member_dim=member_dim, estimator=estimator)
     out = _aggregate(score, _mean_dims(score, dim, member_dim), weights)
     return _back(_with_attrs(out, fc, f"CRPS ({estimator})"), was_array)
 
 
-def _prepare(forecast, truth, member_dim):
-    fc, was_array = _to_dataset(forecast, "forecast")
-    if was_array and isinstance(truth, xr.DataArray):
-        tr = truth.to_dataset(name=next(iter(fc.data_vars)))
-    else:
-        tr, _ = _to_dataset(truth, "truth")
-    _check_forecast(fc, member_dim)
-    return fc, _matched_truth(fc, tr, member_dim), was_array
-
-
-def mae(forecast, truth, *, dim: Dims = None, weights=None, member_dim: str = MEMBER):
+def mae(
+    forecast: Data,
+    truth: Data,
+    *,
+    dim: Dims = None,
+    weights: xr.DataArray | None = None,
+    member_dim: str = MEMBER,
+):
     """Mean absolute error of the ensemble mean, ``mean(|mean_m(x) - y|)`` over ``dim``.
 
     Arguments as for :func:`crps`. A one-member ensemble's CRPS equals its MAE.
@@ -185,7 +189,14 @@ def mae(forecast, truth, *, dim: Dims = None, weights=None, member_dim: str = ME
     return _back(_with_attrs(out, fc, "MAE of ensemble mean"), was_array)
 
 
-def rmse(forecast, truth, *, dim: Dims = None, weights=None, member_dim: str = MEMBER):
+def rmse(
+    forecast: Data,
+    truth: Data,
+    *,
+    dim: Dims = None,
+    weights: xr.DataArray | None = None,
+    member_dim: str = MEMBER,
+):
     """Root-mean-square error of the ensemble mean, ``sqrt(mean((mean_m(x) - y)^2))``.
 
     The square root is taken after averaging over ``dim``. Arguments as for :func:`crps`.
@@ -196,7 +207,13 @@ def rmse(forecast, truth, *, dim: Dims = None, weights=None, member_dim: str = M
     return _back(_with_attrs(out, fc, "RMSE of ensemble mean"), was_array)
 
 
-def spread(forecast, *, dim: Dims = None, weights=None, member_dim: str = MEMBER):
+def spread(
+    forecast: Data,
+    *,
+    dim: Dims = None,
+    weights: xr.DataArray | None = None,
+    member_dim: str = MEMBER,
+):
     """Ensemble spread ``sqrt(mean(var_m(x)))``, the unbiased (ddof=1) member variance
     averaged over ``dim`` before the square root. Needs at least two members.
     """
@@ -207,7 +224,14 @@ def spread(forecast, *, dim: Dims = None, weights=None, member_dim: str = MEMBER
     return _back(_with_attrs(out, fc, "ensemble spread"), was_array)
 
 
-def spread_skill(forecast, truth, *, dim: Dims = None, weights=None, member_dim: str = MEMBER):
+def spread_skill(
+    forecast: Data,
+    truth: Data,
+    *,
+    dim: Dims = None,
+    weights: xr.DataArray | None = None,
+    member_dim: str = MEMBER,
+):
     r"""Spread-skill ratio :math:`\sqrt{1 + 1/M}\,\mathrm{spread} / \mathrm{RMSE}`.
 
     ``spread`` and ``RMSE`` as in :func:`spread` and :func:`rmse` (same ``dim`` and
@@ -245,11 +269,11 @@ def _global_index(template: xr.DataArray) -> xr.DataArray:
 
 
 def rank_histogram(
-    forecast,
-    truth,
+    forecast: Data,
+    truth: Data,
     *,
     dim: Dims = None,
-    weights=None,
+    weights: xr.DataArray | None = None,
     member_dim: str = MEMBER,
     seed: int = 0,
     normalize: bool = False,

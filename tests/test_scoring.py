@@ -70,6 +70,14 @@ def test_pointwise_crps_matches_properscoring_and_brute_force():
         np.testing.assert_allclose(expected, kernels.crps_pairwise(obs, members), rtol=1e-10)
 
 
+def test_dataarrays_in_give_dataarrays_out():
+    fc, truth = make_ensemble()
+    got = scoring.crps(fc["tp"], truth["tp"])
+    assert isinstance(got, xr.DataArray)
+    assert float(got) == pytest.approx(float(scoring.crps(fc, truth)["tp"]))
+    assert got.attrs["units"] == "mm"
+
+
 def test_fair_crps_matches_the_pairwise_m_minus_one_formula():
     fc, truth = make_ensemble(members=3)
     got = scoring.crps(fc, truth, dim=[], estimator="fair")["t2m"].transpose(TIME, Y, X)

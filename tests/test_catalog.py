@@ -125,3 +125,19 @@ def test_missing_catalogs_directory_is_explained(tmp_path, monkeypatch):
     # a catalog given by path still opens
     repo_catalogs = Path(__file__).resolve().parent.parent / "catalogs"
     assert "demo" in open_catalog(repo_catalogs / "demo.yaml").entries
+
+
+def test_uk_sample_from_the_catalog_encodes_to_unit_scale_tensors(tmp_path):
+    pytest.importorskip("iris_sample_data")
+    from corrdiff_xr.codec import Codec
+
+    pair = open_entry("samples", "uk_hires", cache_dir=str(tmp_path))
+    codec = Codec.from_pair(pair)
+    assert codec.in_channels == (*pair.inputs, *pair.static)
+    x = codec.encode_inputs(xr.merge([pair.inputs_on_fine, pair.static_fields]))
+    y = codec.encode_targets(pair.fine)
+    assert x.shape == (3, len(codec.in_channels), 204, 184) and y.shape == (3, 1, 204, 184)
+    # normalised with the stored statistics: the targets have mean 0 and std 1 exactly
+    assert abs(float(y.mean())) < 1e-4 and float(y.std()) == pytest.approx(1.0, abs=1e-4)
+    back = codec.decode_targets(y, pair.fine)
+    np.testing.assert_allclose(back["theta_l1"].values, pair.fine["theta_l1"].values, atol=1e-3)

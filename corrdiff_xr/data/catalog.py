@@ -47,6 +47,7 @@ __all__ = [
     "cache_root",
     "catalog_dir",
     "list_catalogs",
+    "materialise",
     "open_catalog",
     "open_entry",
 ]

@@ -185,14 +185,17 @@ class ChunkShuffleLoader:
         self.batch_size, self.seed, self.shuffle, self.epochs = batch_size, seed, shuffle, epochs
         self.rank, self.world_size = rank, world_size
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
-        self._inputs = xr.merge([pair.inputs_on_fine, pair.static_fields], compat="override")
-        self._targets = pair.fine
+        # the arrays behind the pair, so a block is one dask.compute without xarray overhead
+        self._inputs = _arrays(pair.inputs_on_fine)
+        self._static_lazy = _arrays(pair.static_fields)
+        self._static: dict[str, tuple] | None = None  # read on first use, then kept
+        self._targets = _arrays(pair.fine)
         self._lead_time = lead_time
         if lead_time is not None and lead_time not in pair.dataset.variables:
             raise KeyError(f"lead-time variable {lead_time!r} is not in the dataset")
         self._lead_values = None if lead_time is None else pair.dataset[lead_time]
-        n_time = self._targets.sizes[TIME]
-        self.image_shape = (int(self._targets.sizes[Y]), int(self._targets.sizes[X]))
+        n_time = pair.fine.sizes[TIME]
+        self.image_shape = (int(pair.fine.sizes[Y]), int(pair.fine.sizes[X]))
         if patch_shape is not None:
             patch_shape = (int(patch_shape[0]), int(patch_shape[1]))
             if patch_shape[0] > self.image_shape[0] or patch_shape[1] > self.image_shape[1]:
@@ -200,7 +203,7 @@ class ChunkShuffleLoader:
                     f"patch shape {patch_shape} is larger than the domain {self.image_shape} (y, x)"
                 )
         self.patch_shape = patch_shape
-        self.blocks = block_bounds(_time_chunks(self._targets, n_time), block_size=block_size)
+        self.blocks = block_bounds(_time_chunks(pair.fine, n_time), block_size=block_size)
         if len(self.blocks) < world_size:
             raise ValueError(
                 f"the data hold {len(self.blocks)} time block(s), fewer than the {world_size} "
@@ -244,10 +247,12 @@ class ChunkShuffleLoader:
         epoch, k = divmod(item, self.blocks_per_epoch)
         start, stop = self.epoch_blocks(epoch)[k]
         order = _within_block_order(stop - start, seed=self.seed, epoch=epoch, start=start, shuffle=self.shuffle)
-        sel = {TIME: slice(start, stop)}
-        inputs, targets = dask.compute(self._inputs.isel(sel), self._targets.isel(sel))
-        x = np.asarray(self.codec.encode_inputs(inputs), dtype=np.float32)[order]
-        y = np.asarray(self.codec.encode_targets(targets), dtype=np.float32)[order]
+        window = lambda arrays: {k: (d, a[start:stop]) for k, (d, a) in arrays.items()}  # noqa: E731
+        inputs, targets, static = dask.compute(
+            window(self._inputs), window(self._targets), self._static or self._static_lazy)
+        self._static = static
+        x = np.asarray(self.codec.encode_inputs(_dataset({**inputs, **static})), dtype=np.float32)[order]
+        y = np.asarray(self.codec.encode_targets(_dataset(targets)), dtype=np.float32)[order]
         times = (start + order).astype(np.int64)
         offsets = np.zeros((len(order), 2), dtype=np.int64)
         if self.patch_shape is not None:
@@ -255,7 +260,8 @@ class ChunkShuffleLoader:
         out = {"inputs": x, "targets": y, "offsets": offsets, "time_index": times,
                "epoch": np.int64(epoch)}
         if self._lead_values is not None:
-            out["lead_time"] = np.asarray(self._lead_values.isel(sel).values, dtype=np.int64)[order]
+            lead = self._lead_values.isel({TIME: slice(start, stop)}).values
+            out["lead_time"] = np.asarray(lead, dtype=np.int64)[order]
         return out
 
     def _crop(self, x: np.ndarray, y: np.ndarray, times: np.ndarray, epoch: int):
@@ -336,6 +342,14 @@ def _patch_generator(seed: int, epoch: int, time_index: int) -> torch.Generator:
     # Patch origins keyed by (seed, epoch, sample), so they never depend on batching/workers.
     seq = np.random.SeedSequence([seed, epoch, time_index, 0x9A7C4])
     return torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
+
+
+def _arrays(ds: xr.Dataset) -> dict[str, tuple[tuple, Any]]:
+    return {str(name): (var.dims, var.data) for name, var in ds.data_vars.items()}
+
+
+def _dataset(arrays: dict[str, tuple[tuple, Any]]) -> xr.Dataset:
+    return xr.Dataset({name: (dims, np.asarray(a)) for name, (dims, a) in arrays.items()})
 
 
 def _time_chunks(ds: xr.Dataset, n_time: int) -> tuple[int, ...]:

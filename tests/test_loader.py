@@ -132,3 +132,26 @@ def test_building_the_loader_reads_no_data(store):
 def test_rank_blocks_are_a_partition_of_each_epoch():
     parts = [rank_blocks(7, seed=0, epoch=3, rank=r, world_size=3) for r in range(3)]
     assert sorted(np.concatenate(parts).tolist()) == list(range(7))
+
+
+def test_real_pair_batches_are_the_codec_encoding_of_regridded_inputs_and_lead_times(tmp_path):
+    import xarray as xr
+
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.data import open_pair
+
+    from _train_helpers import synthetic_store
+
+    pair = open_pair(synthetic_store(tmp_path / "syn.zarr", nt=6, chunk=2, lead_time=True))
+    codec = Codec.from_pair(pair)
+    loader = ChunkShuffleLoader(pair, codec, batch_size=4, epochs=1, lead_time="lead_time", num_workers=2)
+    expected_x = codec.encode_inputs(xr.merge([pair.inputs_on_fine, pair.static_fields]).load())
+    expected_y = codec.encode_targets(pair.fine.load())
+    seen = []
+    for batch in loader:
+        t = batch.time_index.numpy()
+        np.testing.assert_allclose(batch.inputs.numpy(), expected_x[t], rtol=1e-6)
+        np.testing.assert_array_equal(batch.targets.numpy(), expected_y[t])
+        np.testing.assert_array_equal(batch.lead_time.numpy(), t % 3)
+        seen += t.tolist()
+    assert sorted(seen) == list(range(6))

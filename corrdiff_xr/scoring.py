@@ -287,6 +287,8 @@ def rank_histogram(
     NaN truth or member are not counted. ``weights`` turns counts into weight sums;
     ``normalize=True`` divides by the total (a flat histogram is then 1/(M+1) everywhere).
     """
+    if int(seed) < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
     fc, tr, was_array = _prepare(forecast, truth, member_dim)
     n = fc.sizes[member_dim]
     rank_coord = xr.DataArray(np.arange(n + 1), dims=RANK, name=RANK)

@@ -290,6 +290,8 @@ def test_bad_inputs_raise_errors_that_name_the_problem():
         scoring.crps(fc, truth, estimator="crpss")
     with pytest.raises(ValueError, match="at least 2 members"):
         scoring.spread(fc.isel(member=[0]))
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        scoring.rank_histogram(fc, truth, seed=-1)
     with pytest.raises(ValueError, match="truth coordinate 'time' does not cover"):
         scoring.rmse(fc, truth.assign_coords(time=truth.time + np.timedelta64(1, "D")))
 

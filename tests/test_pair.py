@@ -137,3 +137,24 @@ def test_the_accessor_forwards_to_open_pair(tiny_synthetic):
     pair = tiny_synthetic.corrdiff.pair(targets=["tp"])
     assert pair.targets == ("tp",)
     assert tiny_synthetic.corrdiff.validate() is tiny_synthetic
+
+
+def test_statistics_and_regridding_compute_the_same_on_a_distributed_cluster(
+    tiny_store,
+):
+    from distributed import Client, LocalCluster
+
+    pair = open_pair(tiny_store)
+    expected_stats = pair.stats.compute(scheduler="sync")
+    expected_fine = pair.inputs_on_fine.compute(scheduler="sync")
+    # worker processes: the graphs (generation, regridding, moments) must pickle
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster),
+    ):
+        stats = pair.stats.compute()
+        fine = pair.inputs_on_fine.compute()
+    xr.testing.assert_identical(stats, expected_stats)
+    xr.testing.assert_identical(fine, expected_fine)

@@ -43,7 +43,7 @@ class BilinearWeights:
     Attributes
     ----------
     index
-        ``(y, x, 4)`` int64 flat indices into the ``(y_coarse, x_coarse)`` field.
+        ``(y, x, 4)`` flat indices into the ``(y_coarse, x_coarse)`` field (int32 when it fits).
     weight
         ``(y, x, 4)`` float64 weights, summing to 1 over the last axis.
     coarse_shape
@@ -229,7 +229,8 @@ def bilinear_weights(ds: xr.Dataset) -> BilinearWeights:
     )
     shape = (ny, nx, 4)
     return BilinearWeights(
-        index.reshape(shape).astype(np.int64),
+        # int32 halves the weights' memory on large fine grids
+        index.reshape(shape).astype(np.int32 if ncx * ds.sizes[Y_COARSE] < 2**31 else np.int64),
         weight.reshape(shape),
         (ds.sizes[Y_COARSE], ds.sizes[X_COARSE]),
         method,

@@ -1,0 +1,292 @@
+"""The ``demo`` command: the shipped tiny CorrDiff on held-out synthetic data, end to end.
+
+``corrdiff-xr demo --out DIR`` needs no download. It
+
+1. opens the ``demo`` entry of the bundled demo catalog (the synthetic dataset, built and
+   cached as Zarr on first use) and keeps the *held-out* days: the shipped model was trained
+   on the first 20 days of that store (see ``benchmarks/train_shipped_model.py``);
+2. downscales an ensemble and the regression mean lazily with ``ds.corrdiff.downscale`` and
+   writes them to ``DIR/ensemble.zarr`` and ``DIR/regression_mean.zarr`` (atomically) under a
+   dask progress bar;
+3. scores the ensemble (CRPS), the regression mean (MAE) and bilinear interpolation of the
+   coarse input (MAE) against the truth, plus the ensemble's spread-skill ratio, and writes
+   ``DIR/scores.json`` and a printed table;
+4. draws ``DIR/maps.png``, ``DIR/spectra.png`` and ``DIR/rank_histogram.png``.
+
+``scores.json`` holds four keys, ``crps``, ``mae_regression``, ``mae_bilinear`` and
+``spread_skill``, each a mapping from target variable to its score (physical units; the
+spread-skill ratio is dimensionless) plus ``"overall"``: the mean over variables of the score
+divided by that variable's standard deviation in the dataset (for ``spread_skill``, the plain
+mean of the ratios). CRPS is properscoring's estimator (the empirical ensemble's CRPS, which
+for a small ensemble is higher than the "fair" estimate, so the comparison with MAE is
+conservative); MAE is the mean absolute error over time, y and x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from corrdiff_xr.dims import MEMBER, TIME
+
+__all__ = [
+    "HELD_OUT_START",
+    "SCORE_KEYS",
+    "DemoResult",
+    "bilinear_baseline",
+    "compute_scores",
+    "configure_parser",
+    "evaluate",
+    "format_table",
+    "open_demo_data",
+    "run",
+    "shipped_model_path",
+]
+
+#: hourly steps of the demo store the shipped model was built with (20 days + 3 held out)
+DEMO_NT = 552
+#: first held-out time: the shipped model never saw this day or later ones
+HELD_OUT_START = "2020-01-21T00:00"
+SCORE_KEYS = ("crps", "mae_regression", "mae_bilinear", "spread_skill")
+OVERALL = "overall"
+
+
+def shipped_model_path() -> Path:
+    """Path of the shipped tiny CorrDiff checkpoint (fp16 tensors, loads as fp32)."""
+    path = Path(__file__).parent / "weights" / "tiny_demo.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"the shipped model {path} is missing; reinstall corrdiff_xr or rebuild it with "
+            "benchmarks/train_shipped_model.py --install"
+        )
+    return path
+
+
+def open_demo_data(
+    *, cache_dir: str | os.PathLike | None = None, times: int | None = None, seed: int = 0
+):
+    """The held-out part of the demo catalog entry as a lazy DownscalingData.
+
+    Parameters
+    ----------
+    cache_dir
+        Where the catalog caches the Zarr store (default ``$CORRDIFF_XR_CACHE`` or
+        ``~/.cache/corrdiff_xr``).
+    times
+        Keep only the first ``times`` held-out time steps (default: all 72).
+    seed
+        Seed of the synthetic fields; the shipped model was trained on seed 0.
+    """
+    from corrdiff_xr.data.catalog import open_entry
+
+    pair = open_entry("demo", "demo", cache_dir=os.fspath(cache_dir or ""), nt=DEMO_NT, seed=seed)
+    held = pair.sel(time=slice(HELD_OUT_START, None))
+    if times is not None:
+        if times < 1:
+            raise ValueError(f"times must be >= 1, got {times}")
+        held = held.isel(time=slice(0, int(times)))
+    return held
+
+
+def _input_for(target: str, inputs: xr.Dataset) -> str:
+    """The coarse input holding ``target`` (same name, or ``target_*``)."""
+    for name in (target, f"{target}_coarse"):
+        if name in inputs:
+            return name
+    matches = sorted(n for n in inputs.data_vars if str(n).startswith(f"{target}_"))
+    if len(matches) != 1:
+        raise KeyError(
+            f"no unique coarse input for target {target!r} (looked for {target!r}, "
+            f"'{target}_coarse' or '{target}_*'); inputs are {sorted(map(str, inputs.data_vars))}"
+        )
+    return matches[0]
+
+
+def bilinear_baseline(pair, targets: tuple[str, ...] | None = None) -> xr.Dataset:
+    """The coarse inputs bilinearly regridded to the fine grid, named as the targets (lazy)."""
+    targets = tuple(targets or pair.targets)
+    fine = pair.inputs_on_fine
+    out = {t: fine[_input_for(t, fine)].rename(t) for t in targets}
+    return xr.Dataset(out).assign_attrs(title="bilinear interpolation of the coarse inputs")
+
+
+def _with_member(ds: xr.Dataset) -> xr.Dataset:
+    return ds.expand_dims({MEMBER: 1}) if MEMBER not in ds.dims else ds
+
+
+def compute_scores(
+    ensemble: xr.Dataset,
+    mean: xr.Dataset,
+    bilinear: xr.Dataset,
+    truth: xr.Dataset,
+    *,
+    std: dict[str, float],
+) -> dict[str, dict[str, float]]:
+    """CRPS, MAE of the regression mean and of bilinear, spread-skill (see the module doc).
+
+    ``std`` maps each variable to the standard deviation used for the ``"overall"`` entry.
+    """
+    from corrdiff_xr import scoring
+
+    names = list(ensemble.data_vars)
+    truth = truth[names]
+    parts = {
+        "crps": scoring.crps(ensemble, truth),
+        "mae_regression": scoring.mae(_with_member(mean[names]), truth),
+        "mae_bilinear": scoring.mae(_with_member(bilinear[names]), truth),
+    }
+    if ensemble.sizes[MEMBER] > 1:
+        parts["spread_skill"] = scoring.spread_skill(ensemble, truth)
+    import dask
+
+    (computed,) = dask.compute(parts)
+    scores: dict[str, dict[str, float]] = {}
+    for key, ds in computed.items():
+        per_var = {n: float(ds[n]) for n in names}
+        if key == "spread_skill":
+            overall = float(np.mean(list(per_var.values())))
+        else:
+            overall = float(np.mean([per_var[n] / std[n] for n in names]))
+        scores[key] = {**per_var, OVERALL: overall}
+    return scores
+
+
+def format_table(scores: dict[str, dict[str, float]]) -> str:
+    """A plain-text table: one row per variable (and ``overall``), one column per score."""
+    keys = [k for k in SCORE_KEYS if k in scores]
+    rows = list(next(iter(scores.values())))
+    head = f"{'variable':<10}" + "".join(f"{k:>16}" for k in keys)
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r:<10}" + "".join(f"{scores[k][r]:>16.4f}" for k in keys))
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class DemoResult:
+    """What :func:`evaluate` produced: datasets (computed or Zarr-backed) and scores."""
+
+    ensemble: xr.Dataset
+    mean: xr.Dataset
+    bilinear: xr.Dataset
+    truth: xr.Dataset
+    scores: dict[str, dict[str, float]]
+
+
+def _write_zarr(ds: xr.Dataset, path: Path) -> xr.Dataset:
+    from corrdiff_xr.data.convert import write_atomic
+
+    write_atomic(ds, path, overwrite=True)
+    return xr.open_zarr(path)
+
+
+def evaluate(
+    pair,
+    model: Any,
+    *,
+    members: int = 8,
+    steps: int | None = None,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> DemoResult:
+    """Downscale ``pair`` with ``model`` (ensemble + regression mean) and score it.
+
+    Parameters
+    ----------
+    pair : DownscalingData
+        Inputs and truth (e.g. :func:`open_demo_data`).
+    model : CorrDiff or path
+        Passed to ``ds.corrdiff.downscale``.
+    members, steps, seed
+        Ensemble size, sampler steps (None: the sampler's default) and base seed.
+    out : path, optional
+        Directory for ``ensemble.zarr`` and ``regression_mean.zarr``; without it the results
+        are computed in memory.
+    progress : bool
+        Show a dask progress bar.
+    """
+    from dask.diagnostics import ProgressBar
+
+    ds = pair.dataset
+    ensemble = ds.corrdiff.downscale(model, members=members, steps=steps, seed=seed)
+    mean = ds.corrdiff.downscale(model, output="mean")
+    bar = ProgressBar(minimum=1.0) if progress else None
+    if bar is not None:
+        bar.register()
+    try:
+        if out is not None:
+            out = Path(out)
+            ensemble = _write_zarr(ensemble, out / "ensemble.zarr")
+            mean = _write_zarr(mean, out / "regression_mean.zarr")
+        else:
+            import dask
+
+            ensemble, mean = dask.compute(ensemble, mean)
+        names = tuple(ensemble.data_vars)
+        truth = pair.fine[list(names)].compute()
+        bilinear = bilinear_baseline(pair, names).compute()
+    finally:
+        if bar is not None:
+            bar.unregister()
+    stats = pair.stats
+    std = {n: float(stats[n].sel(stat="std")) for n in names}
+    scores = compute_scores(ensemble, mean, bilinear, truth, std=std)
+    return DemoResult(ensemble, mean, bilinear, truth, scores)
+
+
+def _write_json(data: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+# -- the command ------------------------------------------------------------------------------
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--members", type=int, default=8, help="ensemble size (default 8)")
+    parser.add_argument("--times", type=int, default=4,
+                        help="held-out hourly time steps to downscale (default 4, at most 72)")
+    parser.add_argument("--steps", type=int, default=12, help="sampler steps (default 12)")
+    parser.add_argument("--seed", type=int, default=0, help="ensemble seed")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="checkpoint to use instead of the shipped tiny model")
+    parser.add_argument("--cache-dir", default=None,
+                        help="data cache (default $CORRDIFF_XR_CACHE or ~/.cache/corrdiff_xr)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from corrdiff_xr import plot
+
+    start = time.perf_counter()
+    model = args.model or shipped_model_path()
+    if not Path(model).exists():
+        print(f"corrdiff-xr demo: model {model} does not exist")
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pair = open_demo_data(cache_dir=args.cache_dir, times=args.times)
+    print(f"downscaling {pair.dataset.sizes[TIME]} held-out time steps x {args.members} members "
+          f"({args.steps} sampler steps) with {Path(model).name}")
+    result = evaluate(pair, model, members=args.members, steps=args.steps, seed=args.seed,
+                      out=out, progress=not args.quiet)
+    _write_json(result.scores, out / "scores.json")
+    if not args.no_plots:
+        plot.save_report(result.ensemble, result.truth, out, inputs=pair.coarse)
+    print(format_table(result.scores))
+    print(f"\nwrote {out}/ensemble.zarr, regression_mean.zarr, scores.json"
+          f"{'' if args.no_plots else ', maps.png, spectra.png, rank_histogram.png'} "
+          f"in {time.perf_counter() - start:.0f} s")
+    return 0

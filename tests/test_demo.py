@@ -1,0 +1,120 @@
+"""The ``demo`` command: outputs, scores.json and the CorrDiff ordering on the shipped model.
+
+The end-to-end run (one per module, small settings: 4 members, 2 held-out hours, 6 sampler
+steps) takes some tens of seconds on two CPU cores, most of it building the demo store once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from corrdiff_xr import cli, demo
+from corrdiff_xr.dims import MEMBER, TIME, X, Y
+
+TARGETS = ("t2m", "tp", "u10", "v10")
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory):
+    # one cache per test session, shared with test_shipped_model
+    return tmp_path_factory.getbasetemp() / "corrdiff_demo_cache"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, demo_cache):
+    out = tmp_path_factory.mktemp("demo_out")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        rc = cli.main(["demo", "--out", str(out), "--members", "4", "--times", "2",
+                       "--steps", "6", "--cache-dir", str(demo_cache), "--quiet"])
+    return rc, out, stdout.getvalue()
+
+
+def test_demo_writes_zarr_outputs_plots_and_scores(demo_run):
+    rc, out, _ = demo_run
+    assert rc == 0
+    for name in ("ensemble.zarr", "regression_mean.zarr", "scores.json", "maps.png",
+                 "spectra.png", "rank_histogram.png"):
+        assert (out / name).exists(), name
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.stat().st_size > 10_000  # a drawn figure, not an empty canvas
+
+
+def test_scores_json_holds_each_score_per_variable_and_overall(demo_run):
+    scores = json.loads((demo_run[1] / "scores.json").read_text())
+    assert set(scores) == set(demo.SCORE_KEYS)
+    for key in demo.SCORE_KEYS:
+        assert set(scores[key]) == {*TARGETS, "overall"}
+        assert all(np.isfinite(v) and v >= 0 for v in scores[key].values())
+
+
+def test_demo_ensemble_crps_beats_regression_mae_which_beats_bilinear(demo_run):
+    scores = json.loads((demo_run[1] / "scores.json").read_text())
+    assert scores["crps"]["overall"] < scores["mae_regression"]["overall"]
+    assert scores["mae_regression"]["overall"] < scores["mae_bilinear"]["overall"]
+    for var in TARGETS:
+        assert scores["crps"][var] < scores["mae_regression"][var], var
+
+
+def test_demo_ensemble_zarr_has_members_on_the_fine_grid_with_cf_attributes(demo_run):
+    ens = xr.open_zarr(demo_run[1] / "ensemble.zarr")
+    mean = xr.open_zarr(demo_run[1] / "regression_mean.zarr")
+    assert set(ens.data_vars) == set(TARGETS)
+    assert dict(ens.sizes) == {MEMBER: 4, TIME: 2, Y: 64, X: 64}
+    assert dict(mean.sizes) == {TIME: 2, Y: 64, X: 64}
+    assert ens[TIME].values[0] == np.datetime64(demo.HELD_OUT_START, "ns")
+    assert ens["t2m"].attrs["units"] == "K"
+    # members differ from each other (the residual is stochastic) but not wildly
+    t2m = ens["t2m"].values
+    assert np.abs(t2m[0] - t2m[1]).mean() > 1e-3
+    assert np.isfinite(t2m).all()
+
+
+def test_demo_prints_a_score_table_with_every_variable(demo_run):
+    text = demo_run[2]
+    assert "mae_bilinear" in text
+    for var in (*TARGETS, "overall"):
+        assert any(line.startswith(var) for line in text.splitlines()), var
+
+
+def test_demo_refuses_a_missing_model_with_a_clear_message(tmp_path, capsys):
+    rc = cli.main(["demo", "--out", str(tmp_path), "--model", str(tmp_path / "nope.safetensors")])
+    assert rc == 2
+    assert "nope.safetensors does not exist" in capsys.readouterr().out
+
+
+# -- scoring helpers on small data (no model) -----------------------------------------------
+def test_a_point_ensemble_has_crps_equal_to_its_mae(tiny_synthetic):
+    truth = tiny_synthetic[list(TARGETS)].compute()
+    shifted = truth + 0.5
+    ensemble = xr.concat([shifted, shifted], dim=MEMBER)
+    scores = demo.compute_scores(ensemble, shifted, truth, truth, std=dict.fromkeys(TARGETS, 2.0))
+    for var in TARGETS:
+        assert scores["crps"][var] == pytest.approx(0.5, rel=1e-5)
+        assert scores["mae_regression"][var] == pytest.approx(0.5, rel=1e-5)
+        assert scores["mae_bilinear"][var] == 0.0
+        assert scores["spread_skill"][var] == 0.0
+    assert scores["crps"]["overall"] == pytest.approx(0.25, rel=1e-5)
+
+
+def test_bilinear_baseline_is_the_regridded_coarse_input_named_as_the_target(tiny_synthetic):
+    pair = tiny_synthetic.corrdiff.pair()
+    base = demo.bilinear_baseline(pair)
+    assert set(base.data_vars) == set(pair.targets)
+    np.testing.assert_array_equal(base["t2m"].values, pair.inputs_on_fine["t2m_coarse"].values)
+    with pytest.raises(KeyError, match="orography"):
+        demo.bilinear_baseline(pair, ("orography",))
+
+
+def test_score_table_has_a_row_per_variable_and_a_column_per_score():
+    scores = {k: {"t2m": 1.0, "overall": 0.5} for k in demo.SCORE_KEYS}
+    lines = demo.format_table(scores).splitlines()
+    assert lines[0].split() == ["variable", *demo.SCORE_KEYS]
+    assert [line.split()[0] for line in lines[2:]] == ["t2m", "overall"]

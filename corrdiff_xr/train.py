@@ -283,7 +283,7 @@ def train(cfg: TrainRunConfig, *, max_steps: int | None = None) -> TrainResult:
                 monitor.scalars(nimg, **{"train/loss": loss_value, "train/lr": lr,
                                          "train/grad_norm": float(grad_norm), "train/skipped_steps": skipped})
             if valid_pair is not None and (_is_due(nimg, t.total_batch_size, t.validate_every) or nimg >= t.duration):
-                _validate(cfg, model, valid_pair, codec, monitor, nimg, device, info)
+                _validate(cfg, model, valid_pair, codec, monitor, nimg, device, info, per_device)
                 trainable.train()
             if _is_due(nimg, t.total_batch_size, t.checkpoint_every) or nimg >= t.duration:
                 _save(ckpt_root, nimg, skipped, model, optimizer, loader, info, t.keep_checkpoints)
@@ -322,12 +322,12 @@ def _loss_fn(cfg: TrainRunConfig, model: Any, edm: Any):
     return residual
 
 
-def _validate(cfg, model, pair, codec, monitor, nimg, device, info) -> None:
+def _validate(cfg, model, pair, codec, monitor, nimg, device, info, batch_size) -> None:
     from corrdiff_xr.training.validation import validate
 
     if info.rank != 0:
         return
-    metrics, image = validate(cfg, model, pair, codec, device=device)
+    metrics, image = validate(cfg, model, pair, codec, device=device, batch_size=batch_size)
     monitor.scalars(nimg, **{f"valid/{k}": v for k, v in metrics.items()})
     if image is not None:
         monitor.image("valid/sample", image, nimg)

@@ -155,3 +155,9 @@ def test_every_shipped_config_validates(name, tmp_path):
     if "diffusion" in name:
         with pytest.raises(ConfigError, match="does not exist"):
             load_run_config(name, [])
+
+
+def test_bf16_autocast_trains_with_a_progress_bar_showing_samples_per_second(store, tmp_path, capsys):
+    result = train(_cfg(tiny_config(store, tmp_path / "bf16", precision="bf16", progress=True, duration=4)))
+    assert result.completed and result.skipped_steps == 0 and result.loss > 0
+    assert "samples/s" in capsys.readouterr().err

@@ -28,14 +28,14 @@ def _generator(seed: int, time_index: int, member: int, device: torch.device) ->
 
 
 @torch.no_grad()
-def validate(cfg: Any, model: Any, pair: Any, codec: Any, *, device: torch.device):
+def validate(cfg: Any, model: Any, pair: Any, codec: Any, *, device: torch.device, batch_size: int = 1):
     """``({metric_name: value}, image)`` on the validation pair; image is a 2-D tensor
     (first predicted field of the first sample) for TensorBoard."""
     from corrdiff_xr import scoring
     from corrdiff_xr.loader import ChunkShuffleLoader
 
     t = cfg.training
-    loader = ChunkShuffleLoader(pair, codec, batch_size=t.batch_size_per_device or 1, shuffle=False,
+    loader = ChunkShuffleLoader(pair, codec, batch_size=batch_size, shuffle=False,
                                 epochs=1, lead_time=cfg.data.lead_time)
     was_training = model.training
     model.eval()

@@ -198,3 +198,15 @@ def test_regridding_is_lazy_keeps_float32_and_follows_the_input_and_target_chunk
     assert var.chunks == ((2, 2, 2), (16, 16), (32,))
     eager = weights.apply(ds["t2m_coarse"].values)
     np.testing.assert_allclose(var.values, eager, rtol=1e-6)
+
+
+def test_projected_grids_in_different_units_are_an_error_naming_both():
+    yc, xc = np.linspace(0, 10, 6), np.linspace(0, 10, 6)
+    km = ({**PY, "units": "km"}, {**PX, "units": "km"})
+    ds = _dataset(
+        yc, xc, yc * 1000, xc * 1000, _smooth, coarse_attrs=km, fine_attrs=(PY, PX)
+    )
+    with pytest.raises(
+        CoordinateError, match=r"'y_coarse' is in 'km' but fine 'y' is in 'm'"
+    ):
+        bilinear_weights(ds)

@@ -106,6 +106,18 @@ class DownscalingData:
     stored_stats: xr.Dataset | None = field(default=None, repr=False)
     weights: BilinearWeights | None = field(default=None, repr=False)
 
+    def __repr__(self) -> str:
+        sizes = self.dataset.sizes
+        grids = (
+            f"time={sizes.get('time')}, fine=({sizes.get(Y)}, {sizes.get(X)}), "
+            f"coarse=({sizes.get(COARSE_DIMS[0])}, {sizes.get(COARSE_DIMS[1])})"
+        )
+        stats = "stored" if self.stored_stats is not None else "lazy"
+        return (
+            f"DownscalingData({grids}, inputs={list(self.inputs)}, "
+            f"targets={list(self.targets)}, static={list(self.static)}, stats={stats})"
+        )
+
     @property
     def names(self) -> tuple[str, ...]:
         """All variable names: inputs, targets, static."""

@@ -203,6 +203,12 @@ def bilinear_weights(ds: xr.Dataset) -> BilinearWeights:
                     f"{sf!r}) are not in the same coordinate system; give the coarse grid "
                     "latitude/longitude coords or the fine grid's projection"
                 )
+            uf, uc = ds[fine].attrs.get("units"), ds[coarse].attrs.get("units")
+            if uf and uc and uf != uc:
+                raise CoordinateError(
+                    f"coarse '{coarse}' is in {uc!r} but fine '{fine}' is in {uf!r}; convert "
+                    "one so both grids use the same units"
+                )
         qy, qx = np.meshgrid(ds[Y].values, ds[X].values, indexing="ij")
         names = (Y, X)
         kinds = (
@@ -230,7 +236,9 @@ def bilinear_weights(ds: xr.Dataset) -> BilinearWeights:
     shape = (ny, nx, 4)
     return BilinearWeights(
         # int32 halves the weights' memory on large fine grids
-        index.reshape(shape).astype(np.int32 if ncx * ds.sizes[Y_COARSE] < 2**31 else np.int64),
+        index.reshape(shape).astype(
+            np.int32 if ncx * ds.sizes[Y_COARSE] < 2**31 else np.int64
+        ),
         weight.reshape(shape),
         (ds.sizes[Y_COARSE], ds.sizes[X_COARSE]),
         method,

@@ -150,7 +150,11 @@ def test_statistics_and_regridding_compute_the_same_on_a_distributed_cluster(
     # worker processes: the graphs (generation, regridding, moments) must pickle
     with (
         LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
         ) as cluster,
         Client(cluster),
     ):

@@ -34,7 +34,14 @@ class CorrDiffAccessor:
 
     # -- inference -------------------------------------------------------------------------
     def downscale(self, model: Any, **kwargs: Any) -> xr.Dataset:
-        """Lazy CorrDiff ensemble on the fine grid; see ``inference.downscale``."""
+        """Lazy CorrDiff ensemble on the fine grid; see ``inference.downscale``.
+
+        ``model`` is a loaded ``CorrDiff`` or a checkpoint path. Keywords: ``members``,
+        ``seed``, ``output`` (``"ensemble"``, ``"mean"``, ``"residual"``), ``sampler``,
+        ``steps``, ``patch``, ``overlap``, ``batch_size``, ``device``, ``chunks``. Returns at
+        once a dask-backed Dataset with dims ``(member, time, y, x)``; each member depends only
+        on (seed, time, member), never on chunking or workers. Write it with ``.to_zarr()``.
+        """
         from corrdiff_xr.inference import downscale
 
         return downscale(self._obj, model, **kwargs)

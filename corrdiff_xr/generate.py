@@ -123,7 +123,7 @@ def _client(args: argparse.Namespace):
         from distributed import Client, LocalCluster
 
         cluster = LocalCluster(n_workers=args.n_workers, threads_per_worker=args.threads_per_worker,
-                               processes=True, host="127.0.0.1", dashboard_address=None)
+                               processes=True, host="127.0.0.1", dashboard_address=":0")
         return Client(cluster), cluster
     return None, None
 

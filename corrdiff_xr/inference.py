@@ -75,10 +75,13 @@ def _codec(header: Mapping[str, Any]):
     return Codec.from_dict(header["codec"])
 
 
-def _pair(data: Any):
+def _pair(data: Any, codec):
     from corrdiff_xr.data import DownscalingData, open_pair
 
-    return data if isinstance(data, DownscalingData) else open_pair(data)
+    if isinstance(data, DownscalingData):
+        return data
+    # targets are optional at inference; take the inputs and static fields the model reads
+    return open_pair(data, inputs=codec.inputs, static=codec.static, require_targets=False)
 
 
 def _regular(chunks: tuple[int, ...], size: int | None, length: int) -> tuple[int, ...]:
@@ -201,10 +204,10 @@ def downscale(
     unknown = set(chunks) - {MEMBER, TIME, Y, X}
     if unknown:
         raise ValueError(f"chunks has unknown dims {sorted(unknown)}; use member, time, y, x")
-    pair = _pair(data)
     token = token_for(model, device=device)
     header = model_header(model if not isinstance(model, (str, os.PathLike)) else token.path)
     codec = _codec(header)
+    pair = _pair(data, codec)
     src = _sources(pair, codec)
     H, W = src.sizes[Y], src.sizes[X]
     grid_shape = tuple(header.get("img_shape") or (H, W))

@@ -206,3 +206,29 @@ def test_block_plans_read_every_pixel_their_patches_need():
                 assert not w[slice(*plan.rows), slice(*plan.cols)].any()
     assert seen == set(range(grid.num_patches))
     assert touching_patches(grid, (0, 20), (0, 13)) == list(range(grid.num_patches))
+
+
+def test_inference_only_data_with_chunked_coarse_inputs_gives_the_same_result(setup):
+    ds, pair, codec, model = setup
+    ref = downscale(pair, model, steps=1, patch=8).compute(scheduler="sync")
+    bare = ds.drop_vars(list(codec.targets)).chunk(
+        {"time": 2, "y_coarse": 2, "x_coarse": 3, "y": 5, "x": 7})
+    out = downscale(bare, model, steps=1, patch=8)
+    assert out.t2m.chunks == ((1,), (2, 1), (5, 5, 5, 1), (7, 7, 2))  # follows the inputs
+    assert out.t2m.attrs["units"] == codec.attrs["t2m"]["units"]
+    _equal(out.compute(scheduler="sync"), ref)
+
+
+def test_padded_batches_make_accelerator_results_independent_of_chunking(setup, monkeypatch):
+    # Accelerators batch patches in calls padded to exactly batch_size rows; exercise that
+    # path on the CPU: a patch's value must not depend on which patches share its call.
+    from corrdiff_xr._inference import block
+
+    _, pair, _, model = setup
+    monkeypatch.setattr(block, "call_size", lambda device, batch_size: batch_size)
+    runs = [
+        downscale(pair, model, members=3, seed=2, batch_size=4, chunks=chunks, **FAST)
+        .compute(scheduler="sync")
+        for chunks in ({"member": 3, "time": 3}, {"member": 2, "time": 1, "y": 7})
+    ]
+    _equal(*runs)

@@ -33,8 +33,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 
 def _setup(ny: int, nx: int, nt: int, *, channels: int, chunks: dict | None = None):
     from corrdiff_xr.codec import Codec

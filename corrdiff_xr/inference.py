@@ -29,6 +29,7 @@ defaults use ramp weights across a generous overlap (a quarter of the patch) to 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import warnings
@@ -176,7 +177,8 @@ def downscale(
     device : str, optional
         Torch device of the workers; None picks CUDA when a worker has it, else the CPU.
     chunks : mapping, optional
-        Output chunk sizes for ``member`` (default 1), ``time`` (default: the inputs') and
+        Output chunk sizes for ``member`` (default 1), ``time`` (default: the inputs', or 1
+        for unchunked inputs) and
         ``y``/``x`` (default: the inputs' fine-grid chunks; the whole domain when
         ``patch`` is None).
     threads : int, optional
@@ -237,7 +239,8 @@ def downscale(
         ych = _regular(first[1] if first else (), chunks.get(Y), H)
         xch = _regular(first[2] if first else (), chunks.get(X), W)
     first = src[codec.inputs[0]].chunks
-    tch = _regular(first[0] if first else (), chunks.get(TIME), src.sizes[TIME])
+    # unchunked (numpy) inputs: one time step per block, so blocks stay small and parallel
+    tch = _regular(first[0] if first else (1,), chunks.get(TIME), src.sizes[TIME])
     mch = _regular((), chunks.get(MEMBER, 1), int(members))
     plans = plan_blocks(grid, ych, xch)
     times = src[TIME].values.astype("datetime64[ns]").astype(np.int64)
@@ -247,7 +250,7 @@ def downscale(
     tb = np.cumsum((0, *tch))
     mb = np.cumsum((0, *mch))
     arrays: dict[str, list] = {k: [] for k in kinds}
-    for t0, t1 in zip(tb[:-1], tb[1:]):
+    for t0, t1 in itertools.pairwise(tb):
         rows = {k: [] for k in kinds}
         for prow in plans:
             cols = {k: [] for k in kinds}
@@ -256,7 +259,7 @@ def downscale(
                                  X: slice(*plan.halo_cols)})
                 h, w = plan.rows[1] - plan.rows[0], plan.cols[1] - plan.cols[0]
                 per_member = {k: [] for k in kinds}
-                groups = list(zip(mb[:-1], mb[1:])) if "sample" in kinds else [(0, 0)]
+                groups = list(itertools.pairwise(mb)) if "sample" in kinds else [(0, 0)]
                 for m0, m1 in groups:
                     task = dask.delayed(compute_block, pure=True)(
                         halo, token=token, grid=grid, plan=plan,

@@ -20,7 +20,7 @@ from corrdiff_xr.inference import downscale
 from corrdiff_xr.testing import tiny_corrdiff
 
 distributed = pytest.importorskip("distributed")
-FAST = dict(steps=2, patch=8, overlap=2, threads=1)
+FAST = {"steps": 2, "patch": 8, "overlap": 2, "threads": 1}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -105,7 +105,7 @@ def test_killing_a_worker_mid_run_leaves_the_output_complete_and_identical(setup
         deadline = time.time() + 120
         while time.time() < deadline and not progress(faulty):
             time.sleep(0.02)
-        victim = sorted(pids.values())[0]
+        victim = min(pids.values())
         os.kill(victim, signal.SIGKILL)
         done_at_kill = len(progress(faulty))
         thread.join(timeout=300)

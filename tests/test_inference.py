@@ -19,7 +19,7 @@ from corrdiff_xr.inference import downscale
 from corrdiff_xr.patching import PatchGrid, map_patches
 from corrdiff_xr.testing import raise_if_dask_computes, tiny_corrdiff
 
-FAST = dict(steps=2, patch=8, overlap=2)
+FAST = {"steps": 2, "patch": 8, "overlap": 2}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -53,7 +53,7 @@ def _equal(a: xr.Dataset, b: xr.Dataset) -> None:
 
 
 def test_downscale_returns_a_lazy_labelled_dataset_without_computing(setup):
-    ds, pair, codec, model = setup
+    ds, _pair, codec, model = setup
     with raise_if_dask_computes():
         out = downscale(ds, model, members=3, seed=1, **FAST)
     assert list(out.data_vars) == list(codec.targets)
@@ -74,9 +74,9 @@ def test_downscale_returns_a_lazy_labelled_dataset_without_computing(setup):
 def test_downscale_result_does_not_depend_on_chunking_batch_size_or_scheduler(setup, reference):
     _, pair, _, model = setup
     layouts = [
-        (dict(chunks={"time": 3, "y": 16, "x": 16, "member": 2}, batch_size=1), "sync"),
-        (dict(chunks={"time": 2, "y": 9, "x": 11}, batch_size=3, threads=1), "threads"),
-        (dict(chunks={"time": 1, "y": 16, "x": 3, "member": 1}, batch_size=8), "sync"),
+        ({"chunks": {"time": 3, "y": 16, "x": 16, "member": 2}, "batch_size": 1}, "sync"),
+        ({"chunks": {"time": 2, "y": 9, "x": 11}, "batch_size": 3, "threads": 1}, "threads"),
+        ({"chunks": {"time": 1, "y": 16, "x": 3, "member": 1}, "batch_size": 8}, "sync"),
     ]
     for kwargs, scheduler in layouts:
         out = downscale(pair, model, members=2, seed=5, **FAST, **kwargs)
@@ -150,7 +150,7 @@ def test_residual_is_member_minus_regression_mean(setup, reference):
 
 
 def test_checkpoint_path_and_accessor_give_the_same_ensemble(setup, reference, tmp_path):
-    ds, pair, _, model = setup
+    ds, _pair, _, model = setup
     path = model.save(tmp_path / "model.safetensors")
     out = ds.corrdiff.downscale(str(path), members=2, seed=5, **FAST).compute(scheduler="sync")
     _equal(out, reference)
@@ -158,7 +158,7 @@ def test_checkpoint_path_and_accessor_give_the_same_ensemble(setup, reference, t
 
 
 def test_downscale_names_what_is_wrong_with_bad_input(setup):
-    ds, pair, codec, model = setup
+    ds, pair, _codec, model = setup
     with pytest.raises(KeyError, match="orography"):
         downscale(ds.drop_vars("orography"), model)
     with pytest.raises(ValueError, match=r"\(16, 16\)"):
@@ -232,3 +232,13 @@ def test_padded_batches_make_accelerator_results_independent_of_chunking(setup, 
         for chunks in ({"member": 3, "time": 3}, {"member": 2, "time": 1, "y": 7})
     ]
     _equal(*runs)
+
+
+def test_whole_domain_sampling_of_a_large_domain_warns_and_uses_one_spatial_chunk(setup, monkeypatch):
+    from corrdiff_xr import inference
+
+    ds, _, _, model = setup
+    monkeypatch.setattr(inference, "LARGE_DOMAIN", 100)
+    with pytest.warns(UserWarning, match="pass patch="):
+        out = downscale(ds.chunk({"y": 4, "x": 4}), model)
+    assert out.t2m.chunks[2:] == ((16,), (16,))

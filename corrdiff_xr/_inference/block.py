@@ -20,6 +20,7 @@ shape whatever the chunking (results are then reproducible for a given ``batch_s
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -31,7 +32,7 @@ from corrdiff_xr.config import SamplerConfig
 from corrdiff_xr.dims import MEMBER, TIME, X, Y
 from corrdiff_xr.patching import PatchGrid, reflect_index
 
-__all__ = ["BlockPlan", "plan_blocks", "compute_block", "touching_patches", "call_size"]
+__all__ = ["BlockPlan", "call_size", "compute_block", "plan_blocks", "touching_patches"]
 
 
 def _support(weights: Sequence[float]) -> tuple[int, int]:
@@ -49,7 +50,7 @@ def touching_patches(grid: PatchGrid, rows: tuple[int, int], cols: tuple[int, in
     to its pixels, so they are skipped.
     """
     sy, sx = _support(grid.weight_y), _support(grid.weight_x)
-    ny, nx = grid.shape
+    nx = grid.shape[1]
     iy = [i for i, r in enumerate(grid.starts[0]) if r + sy[0] < rows[1] and r + sy[1] > rows[0]]
     ix = [j for j, c in enumerate(grid.starts[1]) if c + sx[0] < cols[1] and c + sx[1] > cols[0]]
     return [i * nx + j for i in iy for j in ix]
@@ -83,9 +84,9 @@ def plan_blocks(
     ybounds = np.cumsum((0, *y_chunks))
     xbounds = np.cumsum((0, *x_chunks))
     plans = []
-    for y0, y1 in zip(ybounds[:-1], ybounds[1:]):
+    for y0, y1 in itertools.pairwise(ybounds):
         row = []
-        for x0, x1 in zip(xbounds[:-1], xbounds[1:]):
+        for x0, x1 in itertools.pairwise(xbounds):
             ids = touching_patches(grid, (int(y0), int(y1)), (int(x0), int(x1)))
             rr = np.concatenate([grid.indices(k)[0] for k in ids])
             cc = np.concatenate([grid.indices(k)[1] for k in ids])

@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelToken", "token_for", "load_model", "resolve_device", "LOADS"]
+__all__ = ["LOADS", "ModelToken", "load_model", "resolve_device", "token_for"]
 
 _LOCK = threading.Lock()
 _MODELS: dict[tuple[str, int, str], Any] = {}

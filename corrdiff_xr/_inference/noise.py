@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["patch_seed", "patch_generator", "time_key"]
+__all__ = ["patch_generator", "patch_seed", "time_key"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -64,8 +64,8 @@ def patch_generator(
     member: int,
     origin: tuple[int, int],
     *,
-    device: "torch.device | str" = "cpu",
-) -> "torch.Generator":
+    device: torch.device | str = "cpu",
+) -> torch.Generator:
     """A :class:`torch.Generator` on ``device`` seeded with :func:`patch_seed`."""
     import torch
 

@@ -33,7 +33,7 @@ import xarray as xr
 
 from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
 
-__all__ = ["write_zarr", "write_reference_netcdf", "progress", "progress_dir"]
+__all__ = ["progress", "progress_dir", "write_reference_netcdf", "write_zarr"]
 
 PROGRESS_SUFFIX = ".progress"
 _FINGERPRINT = "corrdiff_request"

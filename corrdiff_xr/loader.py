@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import pickle
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -109,6 +110,10 @@ def _worker_init(_: int) -> None:
     # Dask's threaded scheduler hangs in forked workers; one torch thread per worker.
     dask.config.set(scheduler="synchronous")
     torch.set_num_threads(1)
+    # Remote filesystems (s3fs, gcsfs) keep sessions bound to the parent's event loop, which
+    # a forked child cannot use; a pickle round trip rebuilds them for this process.
+    info = torch.utils.data.get_worker_info()
+    info.dataset.loader = pickle.loads(pickle.dumps(info.dataset.loader))
 
 
 class _BlockReader(torch.utils.data.IterableDataset):

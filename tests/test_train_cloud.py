@@ -35,3 +35,22 @@ def test_a_malformed_catalog_source_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="catalog:NAME/ENTRY"):
         train(from_dict(TrainRunConfig, tiny_config("catalog:demo", tmp_path / "x")))
+
+
+def test_forked_loader_workers_stream_from_s3_in_the_same_order(s3_server, monkeypatch):
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.data import open_pair, synthetic_dataset
+    from corrdiff_xr.loader import ChunkShuffleLoader
+
+    bucket = s3_server.new_bucket("workers")
+    url = f"s3://{bucket}/syn.zarr"
+    synthetic_dataset(ny=16, nx=16, nt=8, factor=4, chunks={"time": 2}).to_zarr(
+        url, mode="w", storage_options=s3_server.storage_options)
+    pair = open_pair(url, storage_options=s3_server.storage_options)
+    codec = Codec.from_pair(pair)
+    orders = [
+        [b.time_index.tolist() for b in ChunkShuffleLoader(pair, codec, batch_size=3, epochs=1, num_workers=n)]
+        for n in (0, 2)
+    ]
+    assert orders[0] == orders[1]
+    assert sorted(sum(orders[0], [])) == list(range(8))

@@ -69,7 +69,7 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         """Copy of the batch on ``device``."""
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)
         return Batch(*(move(getattr(self, f.name)) for f in dataclasses.fields(self)))
 
 
@@ -252,7 +252,7 @@ class ChunkShuffleLoader:
         epoch, k = divmod(item, self.blocks_per_epoch)
         start, stop = self.epoch_blocks(epoch)[k]
         order = _within_block_order(stop - start, seed=self.seed, epoch=epoch, start=start, shuffle=self.shuffle)
-        window = lambda arrays: {k: (d, a[start:stop]) for k, (d, a) in arrays.items()}  # noqa: E731
+        window = lambda arrays: {k: (d, a[start:stop]) for k, (d, a) in arrays.items()}
         inputs, targets, static = dask.compute(
             window(self._inputs), window(self._targets), self._static or self._static_lazy)
         self._static = static
@@ -337,7 +337,7 @@ class ChunkShuffleLoader:
             self.position += len(part["time_index"])
             if self.position == self.epoch_length(self.epoch):
                 self.epoch, self.position = self.epoch + 1, 0
-        cat = lambda key: torch.from_numpy(np.concatenate([np.asarray(p[key]) for p in taken]))  # noqa: E731
+        cat = lambda key: torch.from_numpy(np.concatenate([np.asarray(p[key]) for p in taken]))
         lead = cat("lead_time") if "lead_time" in taken[0] else None
         batch = Batch(cat("inputs"), cat("targets"), cat("offsets"), cat("time_index"), lead)
         return batch, pending, n_pending - size

@@ -45,7 +45,7 @@ from corrdiff_xr.training.distributed import ProcessInfo, detect, initialize, sh
 from corrdiff_xr.training.monitor import Monitor
 from corrdiff_xr.training.schedule import accumulation_rounds, learning_rate
 
-__all__ = ["configure_parser", "run", "load_run_config", "train", "TrainResult"]
+__all__ = ["TrainResult", "configure_parser", "load_run_config", "run", "train"]
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -116,7 +116,7 @@ def open_training_data(cfg: TrainRunConfig):
     from corrdiff_xr import data as cdata
 
     d = cfg.data
-    names = dict(inputs=d.inputs, targets=d.targets, static=d.static)
+    names = {"inputs": d.inputs, "targets": d.targets, "static": d.static}
     if d.source.startswith("catalog:"):
         from corrdiff_xr.data.catalog import open_entry
 
@@ -299,7 +299,7 @@ def _loss_fn(cfg: TrainRunConfig, model: Any, edm: Any):
     """``loss(net, batch) -> elementwise loss`` for the task (``net`` may be DDP-wrapped)."""
     if cfg.task == "regression":
         def regression(net, b):
-            mean = lambda x: net(x, offsets=b.offsets, lead_time=b.lead_time)  # noqa: E731
+            mean = lambda x: net(x, offsets=b.offsets, lead_time=b.lead_time)
             return edm.regression_loss(mean, b.inputs, b.targets, reduction="none")
 
         return regression

@@ -3,11 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _train_helpers import open_standin, write_store
 
 from corrdiff_xr.loader import ChunkShuffleLoader, block_bounds, rank_blocks
 from corrdiff_xr.testing import raise_if_dask_computes
-
-from _train_helpers import open_standin, write_store
 
 
 @pytest.fixture
@@ -136,11 +135,10 @@ def test_rank_blocks_are_a_partition_of_each_epoch():
 
 def test_real_pair_batches_are_the_codec_encoding_of_regridded_inputs_and_lead_times(tmp_path):
     import xarray as xr
+    from _train_helpers import synthetic_store
 
     from corrdiff_xr.codec import Codec
     from corrdiff_xr.data import open_pair
-
-    from _train_helpers import synthetic_store
 
     pair = open_pair(synthetic_store(tmp_path / "syn.zarr", nt=6, chunk=2, lead_time=True))
     codec = Codec.from_pair(pair)

@@ -3,13 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
+from _train_helpers import synthetic_store, tiny_config
 
 from corrdiff_xr import cli
 from corrdiff_xr.config import ConfigError, TrainRunConfig, from_dict
 from corrdiff_xr.model import CorrDiff
 from corrdiff_xr.train import load_run_config, train
-
-from _train_helpers import synthetic_store, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from _train_helpers import tiny_config
 
 from corrdiff_xr.config import TrainRunConfig, from_dict
 from corrdiff_xr.model import CorrDiff
 from corrdiff_xr.train import train
-
-from _train_helpers import tiny_config
 
 
 def test_training_streams_from_s3_through_the_catalog(s3_server, tmp_path, monkeypatch):
@@ -53,4 +52,4 @@ def test_forked_loader_workers_stream_from_s3_in_the_same_order(s3_server, monke
         for n in (0, 2)
     ]
     assert orders[0] == orders[1]
-    assert sorted(sum(orders[0], [])) == list(range(8))
+    assert sorted(t for batch in orders[0] for t in batch) == list(range(8))

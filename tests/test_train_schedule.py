@@ -8,7 +8,7 @@ from corrdiff_xr.training.schedule import accumulation_rounds, learning_rate
 
 
 def test_learning_rate_ramps_up_linearly_then_holds():
-    kw = dict(lr=1e-3, rampup=1000)
+    kw = {"lr": 1e-3, "rampup": 1000}
     assert learning_rate(0, **kw) == 0.0
     assert learning_rate(250, **kw) == pytest.approx(2.5e-4)
     assert learning_rate(1000, **kw) == pytest.approx(1e-3)
@@ -16,7 +16,7 @@ def test_learning_rate_ramps_up_linearly_then_holds():
 
 
 def test_learning_rate_decays_stepwise_after_the_ramp():
-    kw = dict(lr=1.0, rampup=100, decay=0.5, decay_every=1000)
+    kw = {"lr": 1.0, "rampup": 100, "decay": 0.5, "decay_every": 1000}
     assert learning_rate(1099, **kw) == 1.0
     assert learning_rate(1100, **kw) == 0.5
     assert learning_rate(3100, **kw) == 0.125
@@ -25,7 +25,7 @@ def test_learning_rate_decays_stepwise_after_the_ramp():
 def test_zero_rampup_with_decay_does_not_collapse_the_learning_rate():
     # The reference multiplies the optimiser's rate in place when rampup is 0, so after k steps
     # the rate is lr * decay**(sum of floor terms) and vanishes; ours depends on nimg only.
-    kw = dict(lr=2e-4, rampup=0, decay=0.7, decay_every=10_000)
+    kw = {"lr": 2e-4, "rampup": 0, "decay": 0.7, "decay_every": 10_000}
     rates = [learning_rate(n, **kw) for n in range(0, 10_000, 256)]
     assert rates == [2e-4] * len(rates)
     assert learning_rate(25_000, **kw) == pytest.approx(2e-4 * 0.7**2)

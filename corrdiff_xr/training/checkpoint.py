@@ -22,8 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "list_checkpoints", "load_trainer_state",
-           "rng_state", "set_rng_state"]
+__all__ = [
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_trainer_state",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
 _TRAINER = "trainer.pt"
 

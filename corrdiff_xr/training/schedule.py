@@ -9,7 +9,7 @@ depends on nothing but ``nimg``.
 
 from __future__ import annotations
 
-__all__ = ["learning_rate", "accumulation_rounds"]
+__all__ = ["accumulation_rounds", "learning_rate"]
 
 
 def learning_rate(

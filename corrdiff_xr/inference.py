@@ -105,8 +105,11 @@ def _sources(pair, codec) -> xr.Dataset:
             f"the model needs variables {missing} that the dataset lacks; it has inputs "
             f"{list(fine.data_vars)} and static fields {list(static.data_vars)}"
         )
-    return xr.merge([fine[list(codec.inputs)], static[list(codec.static)]], compat="override",
-                    join="exact")
+    src = xr.merge([fine[list(codec.inputs)], static[list(codec.static)]], compat="override",
+                   join="exact")
+    # In-memory fields become one-chunk dask arrays, so every block's halo is a slice task of
+    # one shared key rather than a copy of the data embedded in the graph.
+    return src.assign({n: v.chunk() for n, v in src.data_vars.items() if v.chunks is None})
 
 
 def _sampler_config(sampler: Any, steps: int | None):

@@ -130,3 +130,19 @@ def test_local_cuda_cluster_runs_on_the_workers_gpu(setup):
     local = downscale(pair, path, members=2, seed=1, device="cpu", **FAST).compute(scheduler="sync")
     for name in local.data_vars:
         np.testing.assert_allclose(out[name].values, local[name].values, rtol=1e-3, atol=1e-3)
+
+
+def test_generate_runs_on_an_existing_scheduler_address(setup, cluster, tmp_path):
+    from corrdiff_xr.cli import main
+
+    root, pair, _, path = setup
+    out = tmp_path / "out.zarr"
+    args = ["generate", "--data", str(root / "data.zarr"), "--checkpoint", path, "--members", "2",
+            "--seed", "3", "--steps", "2", "--patch", "8", "--overlap", "2", "--torch-threads", "1",
+            "--time-range", "2020-01-01T01", "2020-01-01T02", "--zarr", str(out),
+            "--scheduler-address", cluster.scheduler_address]
+    assert main(args) == 0
+    expected = downscale(pair.isel(time=[1, 2]), path, members=2, seed=3, **FAST).compute(scheduler="sync")
+    written = xr.open_zarr(out, consolidated=False)
+    for name in expected.data_vars:
+        np.testing.assert_array_equal(written[name].values, expected[name].values)

@@ -108,3 +108,15 @@ def test_interrupted_generate_completes_only_missing_blocks_and_matches_a_clean_
     rerun = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert f"{total - done} block(s) written, {done} already complete" in rerun.stderr
     _same_store(clean, killed)
+
+
+def test_generate_reads_an_intake_catalog_entry(inputs, tmp_path):
+    root, _ = inputs
+    out = tmp_path / "cat.zarr"
+    args = ["generate", "--catalog", "demo", "--entry", "demo_tiny", "--param",
+            f"cache_dir={tmp_path / 'cache'}", "--checkpoint", str(root / "model.safetensors"),
+            "--steps", "1", "--times", "2020-01-01T02:00", "--zarr", str(out), "--torch-threads", "1"]
+    assert main(args) == 0
+    written = xr.open_zarr(out, consolidated=False)
+    assert written.sizes == {"member": 1, "time": 1, "y": 16, "x": 16}
+    assert str(written.time.values[0]).startswith("2020-01-01T02:00")

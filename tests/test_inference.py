@@ -242,3 +242,13 @@ def test_whole_domain_sampling_of_a_large_domain_warns_and_uses_one_spatial_chun
     with pytest.warns(UserWarning, match="pass patch="):
         out = downscale(ds.chunk({"y": 4, "x": 4}), model)
     assert out.t2m.chunks[2:] == ((16,), (16,))
+
+
+def test_plain_to_zarr_streams_the_lazy_result(setup, reference, tmp_path):
+    _, pair, _, model = setup
+    out = downscale(pair, model, members=2, seed=5, chunks={"time": 1}, **FAST)
+    out.to_zarr(tmp_path / "out.zarr", consolidated=False)
+    written = xr.open_zarr(tmp_path / "out.zarr", consolidated=False)
+    assert written.t2m.encoding["chunks"] == (1, 1, 16, 16)
+    assert written.attrs["corrdiff_seed"] == 5
+    _equal(written.compute(), reference)

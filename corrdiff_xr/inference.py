@@ -195,7 +195,7 @@ def downscale(
         for ``"mean"``), with the input's time, the fine grid's y, x, lat, lon, CF attributes
         and provenance attributes (seed, sampler, model, patching).
     """
-    from corrdiff_xr._inference.block import compute_block, plan_blocks
+    from corrdiff_xr._inference.block import plan_blocks
     from corrdiff_xr._inference.cache import token_for
     from corrdiff_xr.patching import PatchGrid
 
@@ -245,51 +245,13 @@ def downscale(
     # unchunked (numpy) inputs: one time step per block, so blocks stay small and parallel
     tch = _regular(first[0] if first else (1,), chunks.get(TIME), src.sizes[TIME])
     mch = _regular((), chunks.get(MEMBER, 1), int(members))
-    plans = plan_blocks(grid, ych, xch)
-    times = src[TIME].values.astype("datetime64[ns]").astype(np.int64)
     kinds = ("mean",) if output == "mean" else ("sample", "mean") if output == "residual" else ("sample",)
 
-    C = len(codec.out_channels)
-    tb = np.cumsum((0, *tch))
-    mb = np.cumsum((0, *mch))
-    arrays: dict[str, list] = {k: [] for k in kinds}
-    for t0, t1 in itertools.pairwise(tb):
-        rows = {k: [] for k in kinds}
-        for prow in plans:
-            cols = {k: [] for k in kinds}
-            for plan in prow:
-                halo = src.isel({TIME: slice(t0, t1), Y: slice(*plan.halo_rows),
-                                 X: slice(*plan.halo_cols)})
-                h, w = plan.rows[1] - plan.rows[0], plan.cols[1] - plan.cols[0]
-                per_member = {k: [] for k in kinds}
-                groups = list(itertools.pairwise(mb)) if "sample" in kinds else [(0, 0)]
-                for m0, m1 in groups:
-                    task = dask.delayed(compute_block, pure=True)(
-                        halo, token=token, grid=grid, plan=plan,
-                        times=tuple(int(v) for v in times[t0:t1]),
-                        members=tuple(range(m0, m1)), seed=int(seed), sampler=sampler_cfg,
-                        kinds=kinds, batch_size=int(batch_size), threads=threads,
-                    )
-                    for k in kinds:
-                        shape = (m1 - m0, t1 - t0, C, h, w) if k == "sample" else (t1 - t0, C, h, w)
-                        part = da.from_delayed(task[k], shape=shape, dtype=np.float32)
-                        per_member[k].append(part)
-                for k in kinds:
-                    if k == "sample":
-                        cols[k].append(da.concatenate(per_member[k], axis=0))
-                    else:
-                        cols[k].append(per_member[k][0])
-            for k in kinds:
-                rows[k].append(cols[k])
-        for k in kinds:
-            arrays[k].append(rows[k])
-    # nested lists are [time][y][x] blocks; move time inside the block layout
-    stacked = {}
-    for k, nest in arrays.items():
-        if k == "sample":
-            stacked[k] = da.concatenate([da.block([[b for b in r] for r in t]) for t in nest], axis=1)
-        else:
-            stacked[k] = da.concatenate([da.block([[b for b in r] for r in t]) for t in nest], axis=0)
+    stacked = _block_arrays(
+        src, grid, plan_blocks(grid, ych, xch), tch, mch, kinds, len(codec.out_channels),
+        token=token, seed=int(seed), sampler=sampler_cfg, batch_size=int(batch_size),
+        threads=threads,
+    )
     return _to_dataset(stacked, output, src, pair, codec, token, sampler_cfg, grid, seed, members, patch)
 
 
@@ -304,7 +266,7 @@ def _to_dataset(
     if output == "ensemble":
         data, dims = stacked["sample"], (MEMBER, TIME, Y, X)
     elif output == "residual":
-        data, dims = stacked["sample"] - stacked["mean"][None], (MEMBER, TIME, Y, X)
+        data, dims = stacked["sample"] - stacked["mean"][:, None], (MEMBER, TIME, Y, X)
     else:
         data, dims = stacked["mean"], (TIME, Y, X)
     coords = {TIME: src[TIME], Y: src[Y], X: src[X]}
@@ -322,7 +284,7 @@ def _to_dataset(
             attrs["long_name"] = f"{attrs.get('long_name', name)} (residual: member minus regression mean)"
         elif output == "mean":
             attrs["long_name"] = f"{attrs.get('long_name', name)} (regression mean)"
-        variables[name] = xr.Variable(dims, _channel(data, c, len(dims)), attrs)
+        variables[name] = xr.Variable(dims, data[c], attrs)
     patch_desc = "none (whole domain)" if patch is None else json.dumps(
         {"shape": list(grid.patch), "origins_y": list(grid.starts[0]), "origins_x": list(grid.starts[1])})
     attrs = {
@@ -339,7 +301,33 @@ def _to_dataset(
     return xr.Dataset(variables, coords=coords, attrs=attrs)
 
 
-def _channel(data: da.Array, c: int, ndim: int) -> da.Array:
-    """Channel ``c`` of a ``(..., C, y, x)`` array (the channel axis is third from last)."""
-    index = (slice(None),) * (ndim - 2) + (c,)
-    return data[index]
+def _block_arrays(
+    src: xr.Dataset, grid, plans, tch, mch, kinds, n_out: int, **task_kwargs: Any
+) -> dict[str, da.Array]:
+    """One task per (member chunk, time chunk, spatial block); channel-first dask arrays.
+
+    ``"sample"`` is ``(C, member, time, y, x)`` and ``"mean"`` ``(C, time, y, x)``; a block's
+    task reads only its halo of ``src`` (dask slicing, so any input chunking works).
+    """
+    from corrdiff_xr._inference.block import compute_block
+
+    times = src[TIME].values.astype("datetime64[ns]").astype(np.int64)
+    tbounds = list(itertools.pairwise(np.cumsum((0, *tch))))
+    mbounds = list(itertools.pairwise(np.cumsum((0, *mch)))) if "sample" in kinds else [(0, 0)]
+    grid_shape = (len(mbounds), len(tbounds), len(plans), len(plans[0]))
+    parts = {k: np.empty(grid_shape, dtype=object) for k in kinds}
+    for (it, (t0, t1)), (iy, prow) in itertools.product(enumerate(tbounds), enumerate(plans)):
+        for ix, plan in enumerate(prow):
+            halo = src.isel({TIME: slice(t0, t1), Y: slice(*plan.halo_rows), X: slice(*plan.halo_cols)})
+            hw = (plan.rows[1] - plan.rows[0], plan.cols[1] - plan.cols[0])
+            for g, (m0, m1) in enumerate(mbounds):
+                task = dask.delayed(compute_block, pure=True)(
+                    halo, grid=grid, plan=plan, times=tuple(int(v) for v in times[t0:t1]),
+                    members=tuple(range(m0, m1)), kinds=kinds, **task_kwargs,
+                )
+                for k in kinds:
+                    lead = (n_out, m1 - m0, t1 - t0) if k == "sample" else (n_out, t1 - t0)
+                    parts[k][g, it, iy, ix] = da.from_delayed(task[k], shape=(*lead, *hw), dtype=np.float32)
+    # da.block concatenates nested lists along the trailing axes: (member,) time, y, x
+    out = {k: da.block(parts[k].tolist() if k == "sample" else parts[k][0].tolist()) for k in kinds}
+    return out

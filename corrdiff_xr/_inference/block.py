@@ -141,8 +141,8 @@ def compute_block(
     seed, sampler
         Base seed and sampler settings.
     kinds
-        Any of ``"mean"`` (T, C, h, w) and ``"sample"`` (M, T, C, h, w) to return, both
-        de-normalised by the model's codec.
+        Any of ``"mean"`` and ``"sample"`` to return, de-normalised by the model's codec and
+        channel first: ``(C, T, h, w)`` and ``(C, M, T, h, w)``.
     batch_size
         Patches per network call on accelerators.
     threads
@@ -232,7 +232,7 @@ def compute_block(
     def decode(acc: np.ndarray, dims: tuple[str, ...]) -> np.ndarray:
         fused = (acc / norm).astype(np.float32)
         ds = model.codec.decode_targets(fused, template, dims=dims)
-        return np.stack([ds[n].values for n in model.codec.out_channels], axis=-3)
+        return np.stack([ds[n].values for n in model.codec.out_channels])
 
     out = {}
     if mean_acc is not None:

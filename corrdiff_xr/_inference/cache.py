@@ -22,14 +22,17 @@ import shutil
 import tempfile
 import threading
 import weakref
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
 
 __all__ = ["LOADS", "ModelToken", "load_model", "resolve_device", "token_for"]
 
 _LOCK = threading.Lock()
-_MODELS: dict[tuple[str, int, str], Any] = {}
+#: loaded models, most recently used last; a few at most (a training loop that downscales
+#: every epoch makes a new checkpoint each time, and old ones must not pile up in memory)
+_MODELS: OrderedDict[tuple[str, int, str], Any] = OrderedDict()
+MAX_MODELS = 2
 #: checkpoint loads per (path, stamp) in this process; tests read it through client.run
 LOADS: Counter = Counter()
 _SAVED: dict[int, tuple[weakref.ref, tuple[int, ...], str]] = {}
@@ -109,12 +112,11 @@ def load_model(token: ModelToken) -> Any:
     """The model for ``token``, loaded at most once per process and device."""
     device = resolve_device(token.device)
     key = (token.path, token.stamp, device)
-    model = _MODELS.get(key)
-    if model is not None:
-        return model
     with _LOCK:
         model = _MODELS.get(key)
-        if model is None:
+        if model is not None:
+            _MODELS.move_to_end(key)
+        else:
             path = Path(token.path)
             if not path.exists():
                 raise FileNotFoundError(
@@ -132,4 +134,6 @@ def load_model(token: ModelToken) -> Any:
             model.eval()
             LOADS[(token.path, token.stamp)] += 1
             _MODELS[key] = model
+            while len(_MODELS) > MAX_MODELS:
+                _MODELS.popitem(last=False)
     return model

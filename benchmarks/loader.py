@@ -144,11 +144,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _s3(ds, args, step_rate: float) -> dict:
+    import logging
     import os
 
     import fsspec
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request log lines
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

@@ -29,6 +29,8 @@ the synchronous scheduler in their ``worker_init_fn``.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import itertools
 import pickle
@@ -248,13 +250,14 @@ class ChunkShuffleLoader:
         self.epoch, self.position = epoch, position
 
     # -- reading ---------------------------------------------------------------------------
-    def _read_item(self, item: int) -> dict[str, np.ndarray]:
+    def _read_item(self, item: int, scheduler: str | None = None) -> dict[str, np.ndarray]:
         epoch, k = divmod(item, self.blocks_per_epoch)
         start, stop = self.epoch_blocks(epoch)[k]
         order = _within_block_order(stop - start, seed=self.seed, epoch=epoch, start=start, shuffle=self.shuffle)
         window = lambda arrays: {k: (d, a[start:stop]) for k, (d, a) in arrays.items()}
         inputs, targets, static = dask.compute(
-            window(self._inputs), window(self._targets), self._static or self._static_lazy)
+            window(self._inputs), window(self._targets), self._static or self._static_lazy,
+            scheduler=scheduler)
         self._static = static
         x = np.asarray(self.codec.encode_inputs(_dataset({**inputs, **static})), dtype=np.float32)[order]
         y = np.asarray(self.codec.encode_targets(_dataset(targets)), dtype=np.float32)[order]
@@ -284,15 +287,33 @@ class ChunkShuffleLoader:
 
     def _blocks(self, first_item: int) -> Iterator[dict[str, Any]]:
         n_items = None if self.epochs is None else self.epochs * self.blocks_per_epoch - first_item
-        reader = _BlockReader(self, first_item, n_items)
         if self.num_workers == 0:
-            yield from reader
+            yield from self._threaded_blocks(first_item, n_items)
             return
+        reader = _BlockReader(self, first_item, n_items)
         yield from torch.utils.data.DataLoader(
             reader, batch_size=None, num_workers=self.num_workers,
             prefetch_factor=self.prefetch_factor, worker_init_fn=_worker_init,
             persistent_workers=False, multiprocessing_context="fork",
         )
+
+    def _threaded_blocks(self, first_item: int, n_items: int | None) -> Iterator[dict[str, Any]]:
+        # Without worker processes, read ``prefetch_factor`` blocks ahead in background
+        # threads, so reading overlaps the training step that consumes the previous block.
+        items = itertools.count(first_item) if n_items is None else iter(range(first_item, first_item + n_items))
+        read = self._read_item
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, self.prefetch_factor)) as pool:
+            pending = collections.deque(pool.submit(read, i) for i in itertools.islice(items, self.prefetch_factor))
+            try:
+                while pending:
+                    block = pending.popleft().result()
+                    nxt = next(items, None)
+                    if nxt is not None:
+                        pending.append(pool.submit(read, nxt))
+                    yield block
+            finally:
+                for future in pending:
+                    future.cancel()
 
     def __iter__(self) -> Iterator[Batch]:
         # Find the block holding the current position; re-read it and skip what was consumed.

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip training; score WORK/tiny_demo.safetensors")
     parser.add_argument("--members", type=int, default=8, help="held-out ensemble size")
     parser.add_argument("--times", type=int, default=12, help="held-out hours scored")
-    parser.add_argument("--steps", type=int, default=12, help="sampler steps for scoring")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the demo's)")
     args = parser.parse_args(argv)
 
     work = args.work.resolve()
@@ -131,11 +131,14 @@ def evaluate_and_report(args: argparse.Namespace, shipped: Path, timings: dict) 
 
     start = time.perf_counter()
     pair = demo.open_demo_data(cache_dir=args.work.resolve() / "cache", times=args.times)
-    result = demo.evaluate(pair, shipped, members=args.members, steps=args.steps, progress=True)
+    steps = args.steps or demo.DEMO_STEPS
+    result = demo.evaluate(pair, shipped, members=args.members, steps=steps,
+                           sampler={"sigma_max": demo.DEMO_SIGMA_MAX}, progress=True)
     timings["evaluate_s"] = time.perf_counter() - start
     print(demo.format_table(result.scores))
     report = {"timings": timings, "scores": result.scores, "model_bytes": shipped.stat().st_size,
-              "members": args.members, "held_out_hours": args.times, "sampler_steps": args.steps,
+              "members": args.members, "held_out_hours": args.times, "sampler_steps": steps,
+              "sigma_max": demo.DEMO_SIGMA_MAX,
               "held_out_start": demo.HELD_OUT_START}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

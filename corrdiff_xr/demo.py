@@ -5,8 +5,9 @@
 1. opens the ``demo`` entry of the bundled demo catalog (the synthetic dataset, built and
    cached as Zarr on first use) and keeps the *held-out* days: the shipped model was trained
    on the first 20 days of that store (see ``benchmarks/train_shipped_model.py``);
-2. downscales an ensemble and the regression mean lazily with ``ds.corrdiff.downscale`` and
-   writes them to ``DIR/ensemble.zarr`` and ``DIR/regression_mean.zarr`` (atomically) under a
+2. downscales an ensemble (deterministic Heun sampler, ``DEMO_STEPS`` steps from
+   ``sigma_max = DEMO_SIGMA_MAX``) and the regression mean lazily with
+   ``ds.corrdiff.downscale`` and writes them to ``DIR/ensemble.zarr`` and ``DIR/regression_mean.zarr`` (atomically) under a
    dask progress bar;
 3. scores the ensemble (CRPS), the regression mean (MAE) and bilinear interpolation of the
    coarse input (MAE) against the truth, plus the ensemble's spread-skill ratio, and writes
@@ -57,6 +58,11 @@ DEMO_NT = 552
 #: first held-out time: the shipped model never saw this day or later ones
 HELD_OUT_START = "2020-01-21T00:00"
 SCORE_KEYS = ("crps", "mae_regression", "mae_bilinear", "spread_skill")
+#: the demo's sampler: deterministic Heun (EDM), 12 steps from sigma_max = 80; the tiny model
+#: was trained with ln(sigma) ~ N(0, 1.2^2), so the reference's sigma_max = 800 only spends
+#: the first of few steps far outside what it learnt (over-dispersed members)
+DEMO_STEPS = 12
+DEMO_SIGMA_MAX = 80.0
 OVERALL = "overall"
 
 
@@ -195,6 +201,7 @@ def evaluate(
     *,
     members: int = 8,
     steps: int | None = None,
+    sampler: Any = None,
     seed: int = 0,
     out: str | os.PathLike | None = None,
     progress: bool = True,
@@ -207,8 +214,9 @@ def evaluate(
         Inputs and truth (e.g. :func:`open_demo_data`).
     model : CorrDiff or path
         Passed to ``ds.corrdiff.downscale``.
-    members, steps, seed
-        Ensemble size, sampler steps (None: the sampler's default) and base seed.
+    members, steps, sampler, seed
+        Ensemble size, sampler steps (None: the sampler's default), sampler settings (as
+        ``downscale`` takes them: None, ``"heun"``, a mapping or a SamplerConfig) and base seed.
     out : path, optional
         Directory for ``ensemble.zarr`` and ``regression_mean.zarr``; without it the results
         are computed in memory.
@@ -218,9 +226,9 @@ def evaluate(
     from dask.diagnostics import ProgressBar
 
     ds = pair.dataset
-    ensemble = ds.corrdiff.downscale(model, members=members, steps=steps, seed=seed)
+    ensemble = ds.corrdiff.downscale(model, members=members, steps=steps, sampler=sampler, seed=seed)
     mean = ds.corrdiff.downscale(model, output="mean")
-    bar = ProgressBar(minimum=1.0) if progress else None
+    bar = ProgressBar(minimum=1.0, dt=0.5) if progress else None
     if bar is not None:
         bar.register()
     try:
@@ -257,7 +265,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--members", type=int, default=8, help="ensemble size (default 8)")
     parser.add_argument("--times", type=int, default=4,
                         help="held-out hourly time steps to downscale (default 4, at most 72)")
-    parser.add_argument("--steps", type=int, default=12, help="sampler steps (default 12)")
+    parser.add_argument("--steps", type=int, default=DEMO_STEPS,
+                        help=f"sampler steps (default {DEMO_STEPS})")
+    parser.add_argument("--sigma-max", type=float, default=DEMO_SIGMA_MAX,
+                        help=f"largest noise level of the sampler (default {DEMO_SIGMA_MAX:g})")
     parser.add_argument("--seed", type=int, default=0, help="ensemble seed")
     parser.add_argument("--model", type=Path, default=None,
                         help="checkpoint to use instead of the shipped tiny model")
@@ -279,9 +290,10 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pair = open_demo_data(cache_dir=args.cache_dir, times=args.times)
     print(f"downscaling {pair.dataset.sizes[TIME]} held-out time steps x {args.members} members "
-          f"({args.steps} sampler steps) with {Path(model).name}")
-    result = evaluate(pair, model, members=args.members, steps=args.steps, seed=args.seed,
-                      out=out, progress=not args.quiet)
+          f"(Heun, {args.steps} steps from sigma {args.sigma_max:g}) with {Path(model).name}")
+    result = evaluate(pair, model, members=args.members, steps=args.steps,
+                      sampler={"sigma_max": args.sigma_max}, seed=args.seed, out=out,
+                      progress=not args.quiet)
     _write_json(result.scores, out / "scores.json")
     if not args.no_plots:
         plot.save_report(result.ensemble, result.truth, out, inputs=pair.coarse)

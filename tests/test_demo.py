@@ -32,7 +32,7 @@ def demo_run(tmp_path_factory, demo_cache):
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         rc = cli.main(["demo", "--out", str(out), "--members", "4", "--times", "2",
-                       "--steps", "6", "--cache-dir", str(demo_cache), "--quiet"])
+                       "--steps", "8", "--cache-dir", str(demo_cache), "--quiet"])
     return rc, out, stdout.getvalue()
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -210,6 +211,10 @@ def downscale(
     if unknown:
         raise ValueError(f"chunks has unknown dims {sorted(unknown)}; use member, time, y, x")
     token = token_for(model, device=device)
+    if not isinstance(model, (str, os.PathLike)) and "distributed" in sys.modules:
+        from corrdiff_xr._inference.plugin import share_with_workers
+
+        share_with_workers(token)  # a no-op without an active distributed Client
     header = model_header(model if not isinstance(model, (str, os.PathLike)) else token.path)
     codec = _codec(header)
     pair = _pair(data, codec)

@@ -146,3 +146,24 @@ def test_generate_runs_on_an_existing_scheduler_address(setup, cluster, tmp_path
     written = xr.open_zarr(out, consolidated=False)
     for name in expected.data_vars:
         np.testing.assert_array_equal(written[name].values, expected[name].values)
+
+
+def test_an_in_memory_model_reaches_workers_that_cannot_see_its_file(setup, cluster):
+    from corrdiff_xr._inference import cache
+
+    _, pair, model, _ = setup
+    one = pair.isel(time=[0])
+    with distributed.Client(cluster) as client:
+        ds = downscale(one, model, members=1, seed=8, **FAST)  # registers the plugin
+        path = cache._SAVED[id(model)][2]
+        os.remove(path)  # as if the workers lived on another host
+        client.restart()  # fresh workers run the plugin, which writes the file back
+        client.wait_for_workers(2, timeout=60)
+        deadline = time.time() + 30
+        while not os.path.exists(path) and time.time() < deadline:
+            time.sleep(0.1)
+        assert os.path.exists(path)
+        remote = ds.compute()
+    local = ds.compute(scheduler="sync")
+    for name in local.data_vars:
+        np.testing.assert_array_equal(remote[name].values, local[name].values)

@@ -8,9 +8,9 @@ of a worker share it (evaluation under ``torch.no_grad`` does not mutate the mod
 
 An in-memory model is written once to a temporary checkpoint (:func:`token_for`), keyed by
 the object and the version counters of its tensors, so a model changed in place after one
-``downscale`` call is saved again on the next. The temporary directory must be visible to the
-workers: true for a LocalCluster and for clusters on a shared file system; otherwise save
-the model yourself to shared storage and pass its path.
+``downscale`` call is saved again on the next. When a dask.distributed Client is active, the
+temporary file also travels once to each worker (:mod:`corrdiff_xr._inference.plugin`), so
+workers on other hosts find it; a checkpoint *path* must be readable by every worker.
 """
 
 from __future__ import annotations

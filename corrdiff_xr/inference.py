@@ -16,7 +16,9 @@ members - is one task that:
 
 So the result depends only on (seed, time, member) and the sampling settings, not on the
 chunking, the batch size, the number of workers or threads (see
-:mod:`corrdiff_xr._inference.block` for why patches are evaluated alone on the CPU).
+:mod:`corrdiff_xr._inference.block` for why patches are evaluated alone on the CPU). Noise
+comes from generators on the workers' device, so CPU and CUDA runs give different (equally
+valid) members; on accelerators, results are reproducible for a given ``batch_size``.
 
 Differences from the reference. PhysicsNeMo's patched generation fuses the patches after
 *every* sampler step (all patches of the domain advance together). Here each patch runs its

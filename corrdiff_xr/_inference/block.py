@@ -213,7 +213,9 @@ def compute_block(
 
         def sample(batch):
             tk = [(t, k) for (_, t, k) in batch]
-            gens = [patch_generator(seed, times[t], members[m], tuple(grid.origins[k]))
+            # generators live on the model's device (torch draws CUDA noise from CUDA
+            # generators), so members are reproducible per device type, not across them
+            gens = [patch_generator(seed, times[t], members[m], tuple(grid.origins[k]), device=device)
                     for (m, t, k) in batch]
             mu = torch.from_numpy(np.stack([by_unit[u] for u in tk])).to(device)
             return model.sample(inputs_of(tk), generators=gens, sampler=sampler, mean=mu,

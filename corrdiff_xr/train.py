@@ -247,52 +247,65 @@ def train(cfg: TrainRunConfig, *, max_steps: int | None = None) -> TrainResult:
         loss_fn = _loss_fn(cfg, model, edm)
         batches = iter(loader)
         steps, loss_value = 0, math.nan
+        model.eval()  # a frozen regression net stays in eval mode (no dropout)
         trainable.train()
-        while nimg < t.duration and (max_steps is None or steps < max_steps):
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = torch.zeros((), device=device)
-            for r in range(rounds):
-                batch = next(batches).to(device)
-                sync = contextlib.nullcontext() if (r == rounds - 1 or not info.distributed) else net.no_sync()
-                with sync:
-                    with autocast:
-                        loss = loss_fn(net, batch).sum() / (per_device * rounds)
-                    loss.backward()
-                loss_sum += loss.detach().float()
-            if info.distributed:
-                torch.distributed.all_reduce(loss_sum)
-                loss_sum /= info.world_size
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable.parameters(), t.grad_clip or math.inf)
-            lr = learning_rate(nimg, lr=t.lr, rampup=t.lr_rampup, decay=t.lr_decay, decay_every=t.lr_decay_every)
-            nimg += t.total_batch_size
-            steps += 1
-            if not (torch.isfinite(loss_sum) and torch.isfinite(grad_norm)):
-                skipped += 1  # identical on every rank: loss and gradients are all-reduced
-                log.warning("non-finite loss or gradient at %d samples; step skipped (%d so far)", nimg, skipped)
-                if skipped > t.max_nonfinite_steps:
-                    raise FloatingPointError(
-                        f"{skipped} steps had non-finite loss or gradients (training.max_nonfinite_steps="
-                        f"{t.max_nonfinite_steps}); lower training.lr or set training.grad_clip")
-            else:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.step()
-            loss_value = float(loss_sum)
-            monitor.advance(t.total_batch_size, nimg, loss=loss_value, lr=lr)
-            if _is_due(nimg, t.total_batch_size, t.log_every) or nimg >= t.duration:
-                monitor.scalars(nimg, **{"train/loss": loss_value, "train/lr": lr,
-                                         "train/grad_norm": float(grad_norm), "train/skipped_steps": skipped})
-            if valid_pair is not None and (_is_due(nimg, t.total_batch_size, t.validate_every) or nimg >= t.duration):
-                _validate(cfg, model, valid_pair, codec, monitor, nimg, device, info, per_device)
-                trainable.train()
-            if _is_due(nimg, t.total_batch_size, t.checkpoint_every) or nimg >= t.duration:
-                _save(ckpt_root, nimg, skipped, model, optimizer, loader, info, t.keep_checkpoints)
-        monitor.close()
+        try:
+            while nimg < t.duration and (max_steps is None or steps < max_steps):
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum = _accumulate_gradients(net, batches, loss_fn, rounds=rounds, per_device=per_device,
+                                                 info=info, autocast=autocast, device=device)
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable.parameters(), t.grad_clip or math.inf)
+                lr = learning_rate(nimg, lr=t.lr, rampup=t.lr_rampup, decay=t.lr_decay, decay_every=t.lr_decay_every)
+                nimg += t.total_batch_size
+                steps += 1
+                if not (torch.isfinite(loss_sum) and torch.isfinite(grad_norm)):
+                    skipped += 1  # identical on every rank: loss and gradients are all-reduced
+                    log.warning("non-finite loss or gradient at %d samples; step skipped (%d so far)", nimg, skipped)
+                    if skipped > t.max_nonfinite_steps:
+                        raise FloatingPointError(
+                            f"{skipped} steps had non-finite loss or gradients (training.max_nonfinite_steps="
+                            f"{t.max_nonfinite_steps}); lower training.lr or set training.grad_clip")
+                else:
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    optimizer.step()
+                loss_value = float(loss_sum)
+                monitor.advance(t.total_batch_size, nimg, loss=loss_value, lr=lr)
+                if _is_due(nimg, t.total_batch_size, t.log_every) or nimg >= t.duration:
+                    monitor.scalars(nimg, **{"train/loss": loss_value, "train/lr": lr,
+                                             "train/grad_norm": float(grad_norm), "train/skipped_steps": skipped})
+                if valid_pair is not None and (_is_due(nimg, t.total_batch_size, t.validate_every) or nimg >= t.duration):
+                    _validate(cfg, model, valid_pair, codec, monitor, nimg, device, info, per_device)
+                    model.eval()
+                    trainable.train()
+                if _is_due(nimg, t.total_batch_size, t.checkpoint_every) or nimg >= t.duration:
+                    _save(ckpt_root, nimg, skipped, model, optimizer, loader, info, t.keep_checkpoints)
+        finally:
+            monitor.close()
         if info.rank == 0 and nimg >= t.duration:
             model.save(out / "model.safetensors")
         return TrainResult(nimg, steps, skipped, loss_value, out, nimg >= t.duration)
     finally:
         shutdown()
+
+
+def _accumulate_gradients(net, batches, loss_fn, *, rounds, per_device, info, autocast, device) -> torch.Tensor:
+    """Backward over ``rounds`` batches; gradients and the returned loss are those of the mean
+    over all ``per_device x rounds x world_size`` samples (DDP averages over processes and
+    synchronises only on the last round)."""
+    loss_sum = torch.zeros((), device=device)
+    for r in range(rounds):
+        batch = next(batches).to(device)
+        last = r == rounds - 1 or not info.distributed
+        with contextlib.nullcontext() if last else net.no_sync():
+            with autocast:
+                loss = loss_fn(net, batch).sum() / (per_device * rounds)
+            loss.backward()
+        loss_sum += loss.detach().float()
+    if info.distributed:
+        torch.distributed.all_reduce(loss_sum)
+        loss_sum /= info.world_size
+    return loss_sum
 
 
 def _loss_fn(cfg: TrainRunConfig, model: Any, edm: Any):

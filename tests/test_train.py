@@ -160,3 +160,23 @@ def test_bf16_autocast_trains_with_a_progress_bar_showing_samples_per_second(sto
     result = train(_cfg(tiny_config(store, tmp_path / "bf16", precision="bf16", progress=True, duration=4)))
     assert result.completed and result.skipped_steps == 0 and result.loss > 0
     assert "samples/s" in capsys.readouterr().err
+
+
+def test_a_single_nonfinite_step_is_skipped_counted_and_training_goes_on(store, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from corrdiff_xr import edm
+
+    real, calls = edm.regression_loss, []
+
+    def poisoned_once(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 1 else loss
+
+    monkeypatch.setattr(edm, "regression_loss", poisoned_once)
+    result = train(_cfg(tiny_config(store, tmp_path / "skip", duration=8)))
+    assert result.completed and result.steps == 2 and result.skipped_steps == 1
+    events = EventAccumulator(str(tmp_path / "skip" / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("train/skipped_steps")] == [1, 1]

@@ -112,7 +112,8 @@ class SongUNet(nn.Module):
                 self.dec[f"L{level}_block{i}"] = UNetBlock(cin, cout, attention=attn, **block)
         self.dec["L0_aux_norm"] = GroupNorm(cout, eps=1e-6, silu=True, eval_unbiased=unbiased)
         self.dec["L0_aux_conv"] = Conv2d(cout, out_channels, 3, init_weight=1e-5)
-        self._n_enc_blocks = cfg.num_blocks
+        if cfg.channels_last:  # else every convolution converts its weight on every call
+            self.to(memory_format=torch.channels_last)
 
     @property
     def dtype(self) -> torch.dtype:

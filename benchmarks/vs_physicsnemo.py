@@ -1,0 +1,208 @@
+"""Speed of corrdiff_xr's networks against PhysicsNeMo 2.2.2, side by side in one process.
+
+Both sides get the *same* weights (the reference's, copied across) and the same inputs on the
+CorrDiff "mini" configuration (64 x 64, 28 inputs -> 2 outputs, batch 8). Measured, each as
+the median of ``--repeats`` runs with ours and the reference interleaved (the machine is
+shared and noisy, so only ratios measured together mean much):
+
+* ``forward``: residual denoiser forward (eval, no grad), batch 8;
+* ``regression step``: regression loss forward + backward + Adam step, batch 8;
+* ``residual step``: residual loss (regression mean under no_grad, then the denoiser) forward
+  + backward + Adam step, batch 8; the reference uses its own ``RegressionLoss`` /
+  ``ResidualLoss``, ours :mod:`corrdiff_xr.edm`;
+* ``sample``: one generated sample, 18-step Heun (35 denoiser calls) plus the regression
+  mean, batch 1; the reference uses its ``deterministic_sampler``.
+
+Ratios are reference / ours (> 1 means we are faster). Usage::
+
+    python benchmarks/vs_physicsnemo.py --json benchmarks/results/vs_physicsnemo.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from corrdiff_xr import edm as _edm  # noqa: E402
+from corrdiff_xr.config import EDMConfig, NetworkConfig, SamplerConfig  # noqa: E402
+from corrdiff_xr.model import CorrDiff  # noqa: E402
+from physicsnemo_ref import (  # noqa: E402
+    copy_reference_weights,
+    physicsnemo,
+    randomize_,
+    reference_regression,
+    reference_residual,
+)
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def build(size: int, cin: int, cout: int, *, channels_last: bool, dropout: float):
+    """Our model and the reference regression / residual with identical weights."""
+    cfg = NetworkConfig.preset("mini", dropout=dropout, channels_last=channels_last)
+    reg_cfg = dataclasses.replace(cfg, embedding_type="zero")
+    ours = CorrDiff(img_shape=(size, size), in_channels=cin, out_channels=cout,
+                    regression_network=reg_cfg, residual_network=cfg, edm=EDMConfig())
+    rr = randomize_(reference_regression(reg_cfg, in_channels=cin, out_channels=cout, img_shape=(size, size)), seed=1)
+    rd = randomize_(reference_residual(cfg, EDMConfig(), cond_channels=cin + cout, out_channels=cout,
+                                       img_shape=(size, size)), seed=2)
+    copy_reference_weights(rr, ours.regression, target_prefix="net.")
+    copy_reference_weights(rd, ours.residual, target_prefix="net.")
+    return ours, rr, rd
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", type=Path, help="write results here")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--inputs", type=int, default=28)
+    p.add_argument("--outputs", type=int, default=2)
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--skip", nargs="*", default=[], choices=["forward", "regression", "residual", "sample"])
+    args = p.parse_args(argv)
+    if physicsnemo() is None:
+        print("physicsnemo cannot be imported; nothing to compare against", file=sys.stderr)
+        return 1
+    from physicsnemo.diffusion.metrics.legacy_losses import RegressionLoss, ResidualLoss
+    from physicsnemo.diffusion.samplers import deterministic_sampler
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    B, S, cin, cout = args.batch, args.size, args.inputs, args.outputs
+    ours, rr, rd = build(S, cin, cout, channels_last=not args.no_channels_last, dropout=0.13)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, cin, S, S, generator=g)
+    y = torch.randn(B, cout, S, S, generator=g)
+    results: dict[str, object] = {}
+    times: dict[str, dict[str, list[float]]] = {}
+
+    # parity check of what we time (eval mode, no dropout)
+    ours.eval(), rr.eval(), rd.eval()
+    with torch.no_grad():
+        sigma = torch.full((B,), 1.3)
+        cond = torch.cat([y, x], dim=1)
+        diff = (ours.residual(y, sigma, condition=cond) - rd(y, cond, sigma)).abs().max().item()
+        diff_r = (ours.predict_mean(x) - rr(torch.zeros_like(y), x)).abs().max().item()
+    results["max_abs_diff_denoiser"] = diff
+    results["max_abs_diff_regression"] = diff_r
+
+    def pair(name: str, f_ours, f_ref, repeats: int):
+        f_ours(), f_ref()  # warm-up (allocator, oneDNN primitives)
+        t_o, t_r = [], []
+        for _ in range(repeats):
+            t_o += _median_time(f_ours, 1)
+            t_r += _median_time(f_ref, 1)
+        times[name] = {"ours_s": t_o, "reference_s": t_r}
+        mo, mr = statistics.median(t_o), statistics.median(t_r)
+        results[f"{name}_ours_s"] = mo
+        results[f"{name}_reference_s"] = mr
+        print(f"{name:>22}: ours {mo:.3f} s, reference {mr:.3f} s, speedup {mr / mo:.2f}x", flush=True)
+        return mr / mo
+
+    if "forward" not in args.skip:
+        with torch.no_grad():
+            sigma = torch.full((B,), 1.3)
+            cond = torch.cat([y, x], dim=1)
+            results["forward_speedup"] = pair(
+                "forward", lambda: ours.residual(y, sigma, condition=cond), lambda: rd(y, cond, sigma), args.repeats
+            )
+
+    ours.train(), rr.train(), rd.train()
+    if "regression" not in args.skip:
+        opt_o = torch.optim.Adam(ours.regression.parameters(), lr=1e-6)
+        opt_r = torch.optim.Adam(rr.parameters(), lr=1e-6)
+        ref_loss = RegressionLoss()
+
+        def step_ours():
+            opt_o.zero_grad(set_to_none=True)
+            loss = _edm.regression_loss(ours.predict_mean, x, y, reduction="sum_per_sample")
+            loss.backward()
+            opt_o.step()
+
+        def step_ref():
+            opt_r.zero_grad(set_to_none=True)
+            loss = ref_loss(net=rr, img_clean=y, img_lr=x).sum() / B
+            loss.backward()
+            opt_r.step()
+
+        results["train_step_speedup_regression"] = pair("regression_step", step_ours, step_ref, args.repeats)
+
+    if "residual" not in args.skip:
+        rr.eval()
+        ours.regression.eval()
+        opt_o = torch.optim.Adam(ours.residual.parameters(), lr=1e-6)
+        opt_r = torch.optim.Adam(rd.parameters(), lr=1e-6)
+        ref_loss = ResidualLoss(regression_net=rr, hr_mean_conditioning=True)
+
+        def step_ours():
+            opt_o.zero_grad(set_to_none=True)
+            loss = _edm.residual_loss(ours.residual, x, y, regression=ours.predict_mean, reduction="sum_per_sample")
+            loss.backward()
+            opt_o.step()
+
+        def step_ref():
+            opt_r.zero_grad(set_to_none=True)
+            loss = ref_loss(net=rd, img_clean=y, img_lr=x).sum() / B
+            loss.backward()
+            opt_r.step()
+
+        results["train_step_speedup_residual"] = pair("residual_step", step_ours, step_ref, args.repeats)
+
+    if "sample" not in args.skip:
+        ours.eval(), rr.eval(), rd.eval()
+        x1 = x[:1]
+        sampler = SamplerConfig(num_steps=18)
+
+        def sample_ours():
+            return ours.sample(x1, generators=[torch.Generator().manual_seed(1)], sampler=sampler)
+
+        @torch.no_grad()
+        def sample_ref():
+            mean = rr(torch.zeros_like(y[:1]), x1)
+            lat = torch.randn(1, cout, S, S, generator=torch.Generator().manual_seed(1))
+            res = deterministic_sampler(rd, lat, x1, mean_hr=mean, num_steps=18, sigma_min=0.002,
+                                        sigma_max=800.0, rho=7.0, solver="heun")
+            return mean + res
+
+        a, b = sample_ours(), sample_ref()
+        results["sample_max_abs_diff"] = (a - b.float()).abs().max().item()
+        results["sample_speedup"] = pair("sample", sample_ours, sample_ref, max(1, args.repeats // 2))
+
+    results.update(
+        config="mini (64 channels, channel_mult [1,2,2], attention at 16, 4 blocks, dropout 0.13)",
+        batch=B, size=S, inputs=cin, outputs=cout, threads=args.threads, repeats=args.repeats,
+        channels_last=not args.no_channels_last, torch=torch.__version__,
+        physicsnemo=getattr(physicsnemo(), "__version__", "?"), machine=platform.machine(),
+        processor=platform.processor(), timings=times,
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import torch
 from torch import Tensor
@@ -32,6 +33,7 @@ from torch import Tensor
 from corrdiff_xr.config import SamplerConfig
 
 __all__ = [
+    "SAMPLERS",
     "Denoiser",
     "draw_latents",
     "euler",
@@ -39,7 +41,6 @@ __all__ = [
     "karras_sigmas",
     "make_generators",
     "sample",
-    "SAMPLERS",
 ]
 
 #: ``denoise(x, sigma) -> D(x; sigma)``, with x of shape (N, ...) and sigma of shape (N,).
@@ -152,7 +153,7 @@ def _check(x: Tensor, sigmas: Tensor) -> list[float]:
     if sigmas.ndim != 1 or sigmas.numel() < 2:
         raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(sigmas.shape)}")
     values = [float(s) for s in sigmas]
-    if any(b >= a for a, b in zip(values[:-1], values[1:])) or values[-1] < 0:
+    if any(b >= a for a, b in pairwise(values)) or values[-1] < 0:
         raise ValueError(f"sigmas must decrease strictly to a value >= 0, got {values}")
     if x.ndim < 1 or x.shape[0] < 1:
         raise ValueError(f"x must have a batch dimension, got shape {tuple(x.shape)}")
@@ -243,7 +244,7 @@ def _integrate(
 ) -> Tensor:
     values = _check(x, sigmas)
     num_steps = len(values) - 1
-    for sigma, sigma_next in zip(values[:-1], values[1:]):
+    for sigma, sigma_next in pairwise(values):
         x, sigma_hat = _churn(
             x, sigma, num_steps=num_steps, generators=generators,
             S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise,
@@ -266,7 +267,7 @@ def sample(
     denoise: Denoiser,
     latents: Tensor,
     *,
-    config: SamplerConfig = SamplerConfig(),
+    config: SamplerConfig | None = None,
     generators: Sequence[torch.Generator] | None = None,
 ) -> Tensor:
     """Run the sampler of ``config`` from standard-normal ``latents``.
@@ -281,10 +282,11 @@ def sample(
         Standard-normal noise ``(N, ...)``, e.g. from :func:`draw_latents` with the same
         ``generators``. The sampler works in ``latents.dtype``.
     config
-        Solver, schedule and churn settings.
+        Solver, schedule and churn settings (``SamplerConfig()``, the reference's, if None).
     generators
         One per sample; required when ``config.S_churn > 0``.
     """
+    config = config or SamplerConfig()
     sigmas = karras_sigmas(
         config.num_steps, sigma_min=config.sigma_min, sigma_max=config.sigma_max,
         rho=config.rho, device=latents.device,

@@ -47,7 +47,7 @@ def test_loss_weight_is_the_edm_lambda():
 
 def test_regression_loss_is_the_mean_squared_error_of_the_prediction(batch):
     x, y, _ = batch
-    predict = lambda inputs: inputs[:, :2] * 2.0  # noqa: E731
+    predict = lambda inputs: inputs[:, :2] * 2.0
     expected = ((x[:, :2] * 2.0 - y) ** 2).mean()
     torch.testing.assert_close(regression_loss(predict, x, y), expected)
 
@@ -55,7 +55,7 @@ def test_regression_loss_is_the_mean_squared_error_of_the_prediction(batch):
 def test_reductions_relate_as_documented(batch):
     x, y, mean = batch
     sigma, noise = torch.tensor([0.3, 2.0]), torch.randn(2, 2, 10, 12)
-    kw = dict(mean=mean, sigma=sigma, noise=noise)
+    kw = {"mean": mean, "sigma": sigma, "noise": noise}
     none = residual_loss(identity_denoiser, x, y, reduction="none", **kw)
     assert none.shape == y.shape
     mean_loss = residual_loss(identity_denoiser, x, y, **kw)
@@ -74,7 +74,7 @@ def test_residual_loss_has_a_known_value_for_the_identity_and_the_perfect_denois
     s = sigma.reshape(-1, 1, 1, 1)
     torch.testing.assert_close(loss, loss_weight(s) * (s * noise) ** 2)
     # a denoiser that knows the residual has zero loss
-    oracle = lambda xn, sg, *, condition, offsets: y - mean  # noqa: E731
+    oracle = lambda xn, sg, *, condition, offsets: y - mean
     assert residual_loss(oracle, x, y, mean=mean).item() == 0.0
 
 
@@ -108,7 +108,7 @@ def test_residual_loss_computes_the_mean_without_training_the_regression_net(bat
     x, y, _ = batch
     regression = torch.nn.Conv2d(3, 2, 1)
     scale = torch.nn.Parameter(torch.tensor(0.5))
-    denoiser = lambda xn, sg, *, condition, offsets: scale * xn  # noqa: E731
+    denoiser = lambda xn, sg, *, condition, offsets: scale * xn
     loss = residual_loss(denoiser, x, y, regression=regression, generator=torch.Generator().manual_seed(0))
     loss.backward()
     assert scale.grad is not None and scale.grad != 0

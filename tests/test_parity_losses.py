@@ -13,10 +13,6 @@ import dataclasses
 
 import pytest
 import torch
-
-from corrdiff_xr.config import EDMConfig, NetworkConfig
-from corrdiff_xr.edm import regression_loss, residual_loss
-from corrdiff_xr.model import CorrDiff
 from physicsnemo_ref import (
     copy_reference_weights,
     randomize_,
@@ -24,6 +20,10 @@ from physicsnemo_ref import (
     reference_residual,
     requires_physicsnemo,
 )
+
+from corrdiff_xr.config import EDMConfig, NetworkConfig
+from corrdiff_xr.edm import regression_loss, residual_loss
+from corrdiff_xr.model import CorrDiff
 
 pytestmark = requires_physicsnemo
 
@@ -77,7 +77,7 @@ def test_regression_loss_matches_reference(shape=(16, 24)):
     ref = RegressionLoss()(net=ref_reg, img_clean=y, img_lr=x)
     assert ref.mean() > 1e-2
     # the loss arithmetic alone, on the reference network
-    ref_net = lambda v: ref_reg(torch.zeros_like(y), v)  # noqa: E731
+    ref_net = lambda v: ref_reg(torch.zeros_like(y), v)
     torch.testing.assert_close(regression_loss(ref_net, x, y, reduction="none"), ref, atol=ATOL, rtol=0)
     # the whole path, on our network with copied weights
     got = regression_loss(ours.predict_mean, x, y, reduction="none")
@@ -99,10 +99,10 @@ def test_residual_loss_matches_reference_under_the_same_noise(case):
     with torch.no_grad():
         torch.manual_seed(seed)
         ref = loss_fn(net=ref_res, img_clean=y, img_lr=x)
-        kw = dict(P_mean=edm.P_mean, P_std=edm.P_std, sigma_data=edm.sigma_data,
-                  hr_mean_conditioning=edm.hr_mean_conditioning, reduction="none")
+        kw = {"P_mean": edm.P_mean, "P_std": edm.P_std, "sigma_data": edm.sigma_data,
+              "hr_mean_conditioning": edm.hr_mean_conditioning, "reduction": "none"}
         # reference networks behind our callables: the loss arithmetic and the draws alone
-        ref_denoiser = lambda xn, s, *, condition, offsets: ref_res(xn, condition, s)  # noqa: E731
+        ref_denoiser = lambda xn, s, *, condition, offsets: ref_res(xn, condition, s)
         alone = residual_loss(
             ref_denoiser, x, y, regression=lambda v: ref_reg(torch.zeros_like(y), v),
             generator=torch.Generator().manual_seed(seed), **kw,

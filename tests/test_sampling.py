@@ -114,7 +114,7 @@ def test_churn_outside_the_s_min_s_max_window_changes_nothing():
 def test_churn_is_capped_as_in_edm():
     # gamma = min(S_churn / N, sqrt(2) - 1): a huge S_churn equals the cap exactly.
     latents = torch.randn(1, 6)
-    cfg = dict(num_steps=4, sigma_max=10.0)
+    cfg = {"num_steps": 4, "sigma_max": 10.0}
     capped = sample(
         gaussian_denoiser, latents, config=SamplerConfig(S_churn=1e6, **cfg), generators=make_generators([9])
     )

@@ -52,6 +52,7 @@ __all__ = [
     "fuse",
     "global_context",
     "map_patches",
+    "patch_positions",
     "patched_denoiser",
     "random_origins",
     "reflect_index",
@@ -74,6 +75,40 @@ def reflect_index(start: int, size: int, length: int) -> np.ndarray:
     period = 2 * (length - 1)
     pos = np.mod(pos, period)
     return np.where(pos >= length, period - pos, pos).astype(np.int64)
+
+
+def patch_positions(
+    offsets: Tensor, shape: Sequence[int], domain: Sequence[int]
+) -> tuple[Tensor, Tensor]:
+    """Global row and column of every pixel of patches at ``offsets``, mirrored like the data.
+
+    Parameters
+    ----------
+    offsets
+        ``(N, 2)`` integer ``(row, col)`` origins (may be negative or run past the edge).
+    shape
+        Patch shape ``(h, w)``.
+    domain
+        Domain shape ``(H, W)``.
+
+    Returns
+    -------
+    tuple of Tensor
+        ``rows`` ``(N, h)`` and ``cols`` ``(N, w)`` (int64), equal to :func:`reflect_index`
+        per patch: a padded pixel gets the position of the pixel whose data it holds. This is
+        what a positional embedding should be indexed with (the reference's ``global_index``
+        is the same).
+    """
+    out = []
+    for axis, (size, length) in enumerate(zip(shape, domain)):
+        pos = offsets[:, axis : axis + 1].long() + torch.arange(int(size), device=offsets.device)
+        if length == 1:
+            out.append(torch.zeros_like(pos))
+            continue
+        period = 2 * (int(length) - 1)
+        pos = torch.remainder(pos, period)
+        out.append(torch.where(pos >= length, period - pos, pos))
+    return out[0], out[1]
 
 
 def _gather(x, rows: np.ndarray, cols: np.ndarray):

@@ -14,6 +14,7 @@ from corrdiff_xr.patching import (
     fuse,
     global_context,
     map_patches,
+    patch_positions,
     patched_denoiser,
     random_origins,
     reflect_index,
@@ -135,6 +136,17 @@ def test_reflect_index_matches_torch_reflect_padding_and_extends_it():
     # wider than the axis: keeps mirroring (0 1 2 1 0 1 2 ...)
     assert reflect_index(-4, 10, 3).tolist() == [0, 1, 2, 1, 0, 1, 2, 1, 0, 1]
     assert reflect_index(-2, 4, 1).tolist() == [0, 0, 0, 0]
+
+
+def test_patch_positions_are_the_reflected_indices_of_each_patch():
+    grid = PatchGrid.build((13, 21), (8, 6), overlap=2, boundary=1)
+    offsets = torch.as_tensor(grid.origins)
+    rows, cols = patch_positions(offsets, grid.patch, grid.domain)
+    assert rows.shape == (grid.num_patches, 8) and cols.shape == (grid.num_patches, 6)
+    for k in range(grid.num_patches):
+        r, c = grid.indices(k)
+        assert rows[k].tolist() == r.tolist() and cols[k].tolist() == c.tolist()
+    assert rows[0].tolist() == [1, 0, 1, 2, 3, 4, 5, 6]  # origin -1: mirrored about row 0
 
 
 def test_patch_bigger_than_the_domain_is_filled_by_reflection():

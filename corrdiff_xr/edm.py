@@ -191,6 +191,7 @@ def residual_loss(
     patch: Sequence[int] | None = None,
     origins: torch.Tensor | None = None,
     num_patches: int = 1,
+    offsets: torch.Tensor | None = None,
     global_context: bool = False,
     hr_mean_conditioning: bool = True,
     reduction: Reduction = "mean",
@@ -207,7 +208,7 @@ def residual_loss(
     ----------
     denoiser
         Called as ``denoiser(x_noisy, sigma, condition=..., offsets=...)`` with ``sigma`` of
-        shape ``(n,)`` and ``offsets`` None (whole domain) or ``(n, 2)`` patch origins, e.g.
+        shape ``(n,)`` and ``offsets`` None or ``(n, 2)`` global origins of the rows, e.g.
         an :class:`EDMPrecond`.
     x, y
         Normalised inputs ``(B, C_in, H, W)`` and targets ``(B, C_out, H, W)``.
@@ -226,6 +227,10 @@ def residual_loss(
     origins
         ``(P, 2)`` patch origins (the same for every sample); drawn with
         :func:`corrdiff_xr.patching.random_origins` when missing (``num_patches`` of them).
+    offsets
+        ``(B, 2)`` global ``(row, col)`` of each sample's top-left pixel when ``x`` and ``y``
+        are crops of a larger grid; the denoiser then gets these (whole-domain) or these plus
+        the patch origins (patched). None means the samples are the whole grid.
     global_context
         Append the inputs resized to the patch shape to every patch's condition (the
         reference's patched CorrDiff does this).
@@ -244,6 +249,8 @@ def residual_loss(
     from corrdiff_xr import patching as _patching
 
     _check_pair(x, y)
+    if offsets is not None and tuple(offsets.shape) != (y.shape[0], 2):
+        raise ValueError(f"offsets must have shape ({y.shape[0]}, 2), got {tuple(offsets.shape)}")
     if (mean is None) == (regression is None):
         raise ValueError("give exactly one of mean= (a tensor) and regression= (a callable)")
     if mean is None:
@@ -254,7 +261,6 @@ def residual_loss(
         raise ValueError(f"regression mean has shape {tuple(mean.shape)}, targets {tuple(y.shape)}")
     residual = y - mean
     condition = residual_condition(x, mean, hr_mean_conditioning=hr_mean_conditioning)
-    offsets = None
     if patch is not None:
         if origins is None:
             origins = _patching.random_origins(
@@ -266,7 +272,10 @@ def residual_loss(
         if global_context:
             context = _patching.global_context(x, patch).repeat_interleave(P, dim=0)
             condition = torch.cat([condition, context.to(condition.dtype)], dim=1)
-        offsets = origins.to(y.device).repeat(y.shape[0], 1)
+        patch_offsets = origins.to(y.device).repeat(y.shape[0], 1)
+        if offsets is not None:
+            patch_offsets = patch_offsets + offsets.to(y.device).repeat_interleave(P, dim=0)
+        offsets = patch_offsets
     n = residual.shape[0]
     if sigma is None:
         sigma = sample_sigma(

@@ -181,3 +181,19 @@ def test_bad_loss_inputs_raise_clear_errors(batch):
         residual_loss(identity_denoiser, x, y, mean=mean, sigma=torch.ones(3))
     with pytest.raises(ValueError, match="regression returned shape"):
         regression_loss(lambda v: v, x, y)
+
+
+def test_residual_loss_adds_patch_origins_to_the_crop_offsets(batch):
+    x, y, mean = batch
+    seen = []
+
+    def spy(x_noisy, sigma, *, condition, offsets):
+        seen.append(offsets)
+        return x_noisy
+
+    crops = torch.tensor([[100, 7], [0, 50]])
+    residual_loss(spy, x, y, mean=mean, offsets=crops)
+    assert torch.equal(seen[-1], crops)
+    origins = torch.tensor([[0, 0], [3, 5]])
+    residual_loss(spy, x, y, mean=mean, offsets=crops, patch=(4, 4), origins=origins)
+    assert seen[-1].tolist() == [[100, 7], [103, 12], [0, 50], [3, 55]]

@@ -27,23 +27,24 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from corrdiff_xr import edm as _edm  # noqa: E402
-from corrdiff_xr.config import EDMConfig, NetworkConfig, SamplerConfig  # noqa: E402
-from corrdiff_xr.model import CorrDiff  # noqa: E402
-from physicsnemo_ref import (  # noqa: E402
+from physicsnemo_ref import (
     copy_reference_weights,
     physicsnemo,
     randomize_,
     reference_regression,
     reference_residual,
 )
+
+from corrdiff_xr import edm as _edm
+from corrdiff_xr.config import EDMConfig, NetworkConfig, SamplerConfig
+from corrdiff_xr.model import CorrDiff
 
 
 def _median_time(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -59,11 +60,30 @@ def build(size: int, cin: int, cout: int, *, channels_last: bool, dropout: float
     """Our model and the reference regression / residual with identical weights."""
     cfg = NetworkConfig.preset("mini", dropout=dropout, channels_last=channels_last)
     reg_cfg = dataclasses.replace(cfg, embedding_type="zero")
-    ours = CorrDiff(img_shape=(size, size), in_channels=cin, out_channels=cout,
-                    regression_network=reg_cfg, residual_network=cfg, edm=EDMConfig())
-    rr = randomize_(reference_regression(reg_cfg, in_channels=cin, out_channels=cout, img_shape=(size, size)), seed=1)
-    rd = randomize_(reference_residual(cfg, EDMConfig(), cond_channels=cin + cout, out_channels=cout,
-                                       img_shape=(size, size)), seed=2)
+    ours = CorrDiff(
+        img_shape=(size, size),
+        in_channels=cin,
+        out_channels=cout,
+        regression_network=reg_cfg,
+        residual_network=cfg,
+        edm=EDMConfig(),
+    )
+    rr = randomize_(
+        reference_regression(
+            reg_cfg, in_channels=cin, out_channels=cout, img_shape=(size, size)
+        ),
+        seed=1,
+    )
+    rd = randomize_(
+        reference_residual(
+            cfg,
+            EDMConfig(),
+            cond_channels=cin + cout,
+            out_channels=cout,
+            img_shape=(size, size),
+        ),
+        seed=2,
+    )
     copy_reference_weights(rr, ours.regression, target_prefix="net.")
     copy_reference_weights(rd, ours.residual, target_prefix="net.")
     return ours, rr, rd
@@ -79,10 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inputs", type=int, default=28)
     p.add_argument("--outputs", type=int, default=2)
     p.add_argument("--no-channels-last", action="store_true")
-    p.add_argument("--skip", nargs="*", default=[], choices=["forward", "regression", "residual", "sample"])
+    p.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["forward", "regression", "residual", "sample"],
+    )
     args = p.parse_args(argv)
     if physicsnemo() is None:
-        print("physicsnemo cannot be imported; nothing to compare against", file=sys.stderr)
+        print(
+            "physicsnemo cannot be imported; nothing to compare against",
+            file=sys.stderr,
+        )
         return 1
     from physicsnemo.diffusion.metrics.legacy_losses import RegressionLoss, ResidualLoss
     from physicsnemo.diffusion.samplers import deterministic_sampler
@@ -90,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     B, S, cin, cout = args.batch, args.size, args.inputs, args.outputs
-    ours, rr, rd = build(S, cin, cout, channels_last=not args.no_channels_last, dropout=0.13)
+    ours, rr, rd = build(
+        S, cin, cout, channels_last=not args.no_channels_last, dropout=0.13
+    )
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, cin, S, S, generator=g)
     y = torch.randn(B, cout, S, S, generator=g)
@@ -102,7 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         sigma = torch.full((B,), 1.3)
         cond = torch.cat([y, x], dim=1)
-        diff = (ours.residual(y, sigma, condition=cond) - rd(y, cond, sigma)).abs().max().item()
+        diff = (
+            (ours.residual(y, sigma, condition=cond) - rd(y, cond, sigma))
+            .abs()
+            .max()
+            .item()
+        )
         diff_r = (ours.predict_mean(x) - rr(torch.zeros_like(y), x)).abs().max().item()
     results["max_abs_diff_denoiser"] = diff
     results["max_abs_diff_regression"] = diff_r
@@ -117,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         mo, mr = statistics.median(t_o), statistics.median(t_r)
         results[f"{name}_ours_s"] = mo
         results[f"{name}_reference_s"] = mr
-        print(f"{name:>22}: ours {mo:.3f} s, reference {mr:.3f} s, speedup {mr / mo:.2f}x", flush=True)
+        print(
+            f"{name:>22}: ours {mo:.3f} s, reference {mr:.3f} s, speedup {mr / mo:.2f}x",
+            flush=True,
+        )
         return mr / mo
 
     if "forward" not in args.skip:
@@ -125,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             sigma = torch.full((B,), 1.3)
             cond = torch.cat([y, x], dim=1)
             results["forward_speedup"] = pair(
-                "forward", lambda: ours.residual(y, sigma, condition=cond), lambda: rd(y, cond, sigma), args.repeats
+                "forward",
+                lambda: ours.residual(y, sigma, condition=cond),
+                lambda: rd(y, cond, sigma),
+                args.repeats,
             )
 
     ours.train(), rr.train(), rd.train()
@@ -136,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def step_ours():
             opt_o.zero_grad(set_to_none=True)
-            loss = _edm.regression_loss(ours.predict_mean, x, y, reduction="sum_per_sample")
+            loss = _edm.regression_loss(
+                ours.predict_mean, x, y, reduction="sum_per_sample"
+            )
             loss.backward()
             opt_o.step()
 
@@ -146,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()
             opt_r.step()
 
-        results["train_step_speedup_regression"] = pair("regression_step", step_ours, step_ref, args.repeats)
+        results["train_step_speedup_regression"] = pair(
+            "regression_step", step_ours, step_ref, args.repeats
+        )
 
     if "residual" not in args.skip:
         rr.eval()
@@ -157,7 +202,13 @@ def main(argv: list[str] | None = None) -> int:
 
         def step_ours():
             opt_o.zero_grad(set_to_none=True)
-            loss = _edm.residual_loss(ours.residual, x, y, regression=ours.predict_mean, reduction="sum_per_sample")
+            loss = _edm.residual_loss(
+                ours.residual,
+                x,
+                y,
+                regression=ours.predict_mean,
+                reduction="sum_per_sample",
+            )
             loss.backward()
             opt_o.step()
 
@@ -167,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()
             opt_r.step()
 
-        results["train_step_speedup_residual"] = pair("residual_step", step_ours, step_ref, args.repeats)
+        results["train_step_speedup_residual"] = pair(
+            "residual_step", step_ours, step_ref, args.repeats
+        )
 
     if "sample" not in args.skip:
         ours.eval(), rr.eval(), rd.eval()
@@ -175,26 +228,47 @@ def main(argv: list[str] | None = None) -> int:
         sampler = SamplerConfig(num_steps=18)
 
         def sample_ours():
-            return ours.sample(x1, generators=[torch.Generator().manual_seed(1)], sampler=sampler)
+            return ours.sample(
+                x1, generators=[torch.Generator().manual_seed(1)], sampler=sampler
+            )
 
         @torch.no_grad()
         def sample_ref():
             mean = rr(torch.zeros_like(y[:1]), x1)
             lat = torch.randn(1, cout, S, S, generator=torch.Generator().manual_seed(1))
-            res = deterministic_sampler(rd, lat, x1, mean_hr=mean, num_steps=18, sigma_min=0.002,
-                                        sigma_max=800.0, rho=7.0, solver="heun")
+            res = deterministic_sampler(
+                rd,
+                lat,
+                x1,
+                mean_hr=mean,
+                num_steps=18,
+                sigma_min=0.002,
+                sigma_max=800.0,
+                rho=7.0,
+                solver="heun",
+            )
             return mean + res
 
         a, b = sample_ours(), sample_ref()
         results["sample_max_abs_diff"] = (a - b.float()).abs().max().item()
-        results["sample_speedup"] = pair("sample", sample_ours, sample_ref, max(1, args.repeats // 2))
+        results["sample_speedup"] = pair(
+            "sample", sample_ours, sample_ref, max(1, args.repeats // 2)
+        )
 
     results.update(
         config="mini (64 channels, channel_mult [1,2,2], attention at 16, 4 blocks, dropout 0.13)",
-        batch=B, size=S, inputs=cin, outputs=cout, threads=args.threads, repeats=args.repeats,
-        channels_last=not args.no_channels_last, torch=torch.__version__,
-        physicsnemo=getattr(physicsnemo(), "__version__", "?"), machine=platform.machine(),
-        processor=platform.processor(), timings=times,
+        batch=B,
+        size=S,
+        inputs=cin,
+        outputs=cout,
+        threads=args.threads,
+        repeats=args.repeats,
+        channels_last=not args.no_channels_last,
+        torch=torch.__version__,
+        physicsnemo=getattr(physicsnemo(), "__version__", "?"),
+        machine=platform.machine(),
+        processor=platform.processor(),
+        timings=times,
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

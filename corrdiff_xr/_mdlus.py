@@ -31,7 +31,13 @@ import torch
 
 from corrdiff_xr.config import EDMConfig, NetworkConfig, from_dict
 
-__all__ = ["MdlusCheckpoint", "MdlusError", "import_mdlus", "map_reference_state_dict", "read_mdlus"]
+__all__ = [
+    "MdlusCheckpoint",
+    "MdlusError",
+    "import_mdlus",
+    "map_reference_state_dict",
+    "read_mdlus",
+]
 
 
 class MdlusError(ValueError):
@@ -50,31 +56,66 @@ class MdlusCheckpoint:
 
 
 REGRESSION_CLASSES = {"UNet", "CorrDiffRegressionUNet"}
-CONDITION_ONLY_CLASSES = {"StormCastUNet", "SongUNet", "SongUNetPosEmbd", "SongUNetPosLtEmbd"}
+CONDITION_ONLY_CLASSES = {
+    "StormCastUNet",
+    "SongUNet",
+    "SongUNetPosEmbd",
+    "SongUNetPosLtEmbd",
+}
 RESIDUAL_CLASSES = {"EDMPrecondSuperResolution", "EDMPrecondSR"}
 NETWORK_CLASSES = {"SongUNet", "SongUNetPosEmbd", "SongUNetPosLtEmbd"}
 
 # Constructor defaults of the reference networks (PhysicsNeMo 2.2.2), for args a file omits.
-_SONGUNET_DEFAULTS: dict[str, Any] = dict(
-    model_channels=128, channel_mult=[1, 2, 2, 2], channel_mult_emb=4, num_blocks=4,
-    attn_resolutions=[16], dropout=0.10, embedding_type="positional", channel_mult_noise=1,
-    resample_filter=[1, 1], bottleneck_attention=True, N_grid_channels=0, gridtype="none",
-    lead_time_channels=0, lead_time_steps=9, prob_channels=[],
-)
-_POSEMBD_DEFAULTS: dict[str, Any] = {
-    **_SONGUNET_DEFAULTS, "channel_mult": [1, 2, 2, 2, 2], "attn_resolutions": [28],
-    "dropout": 0.13, "gridtype": "sinusoidal", "N_grid_channels": 4,
+_SONGUNET_DEFAULTS: dict[str, Any] = {
+    "model_channels": 128,
+    "channel_mult": [1, 2, 2, 2],
+    "channel_mult_emb": 4,
+    "num_blocks": 4,
+    "attn_resolutions": [16],
+    "dropout": 0.10,
+    "embedding_type": "positional",
+    "channel_mult_noise": 1,
+    "resample_filter": [1, 1],
+    "bottleneck_attention": True,
+    "N_grid_channels": 0,
+    "gridtype": "none",
+    "lead_time_channels": 0,
+    "lead_time_steps": 9,
+    "prob_channels": [],
 }
-_MUST_BE = dict(label_dim=0, augment_dim=0, encoder_type="standard", decoder_type="standard",
-                additive_pos_embed=False, act="silu")
-_IGNORED = {"label_dropout", "checkpoint_level", "use_apex_gn", "profile_mode", "amp_mode",
-            "lead_time_mode", "use_fp16"}
+_POSEMBD_DEFAULTS: dict[str, Any] = {
+    **_SONGUNET_DEFAULTS,
+    "channel_mult": [1, 2, 2, 2, 2],
+    "attn_resolutions": [28],
+    "dropout": 0.13,
+    "gridtype": "sinusoidal",
+    "N_grid_channels": 4,
+}
+_MUST_BE = {
+    "label_dim": 0,
+    "augment_dim": 0,
+    "encoder_type": "standard",
+    "decoder_type": "standard",
+    "additive_pos_embed": False,
+    "act": "silu",
+}
+_IGNORED = {
+    "label_dropout",
+    "checkpoint_level",
+    "use_apex_gn",
+    "profile_mode",
+    "amp_mode",
+    "lead_time_mode",
+    "use_fp16",
+}
 
 
 # -- reading ------------------------------------------------------------------------------
 def _members(path: str) -> dict[str, bytes]:
     wanted = ("args.json", "metadata.json", "model.pt")
-    if tarfile.is_tarfile(path):  # legacy files can be both; tar first, as the reference does
+    if tarfile.is_tarfile(
+        path
+    ):  # legacy files can be both; tar first, as the reference does
         with tarfile.open(path, "r") as tar:
             out = {}
             for m in tar.getmembers():
@@ -101,46 +142,90 @@ def read_mdlus(path: str | os.PathLike) -> MdlusCheckpoint:
         args = json.loads(files["args.json"])
         meta = json.loads(files.get("metadata.json", b"{}"))
     except json.JSONDecodeError as err:
-        raise MdlusError(f"{path}: args.json/metadata.json is not valid JSON: {err}") from err
+        raise MdlusError(
+            f"{path}: args.json/metadata.json is not valid JSON: {err}"
+        ) from err
     try:
-        sd = torch.load(io.BytesIO(files["model.pt"]), map_location="cpu", weights_only=True)
+        sd = torch.load(
+            io.BytesIO(files["model.pt"]), map_location="cpu", weights_only=True
+        )
     except pickle.UnpicklingError as err:
         raise MdlusError(
             f"{path}: model.pt holds objects other than tensors, refused without running them ({err})"
         ) from err
     except Exception as err:  # torch raises several types for a corrupt file
-        raise MdlusError(f"{path}: model.pt is not a readable torch state dict: {err}") from err
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise MdlusError(
+            f"{path}: model.pt is not a readable torch state dict: {err}"
+        ) from err
+    if not isinstance(sd, dict) or not all(
+        isinstance(v, torch.Tensor) for v in sd.values()
+    ):
         raise MdlusError(f"{path}: model.pt is not a state dict of tensors")
     if "__name__" not in args or "__args__" not in args:
-        raise MdlusError(f"{path}: args.json lacks __name__/__args__ (keys: {sorted(args)})")
-    return MdlusCheckpoint(args["__name__"], dict(args["__args__"]), meta, dict(sd), path)
+        raise MdlusError(
+            f"{path}: args.json lacks __name__/__args__ (keys: {sorted(args)})"
+        )
+    return MdlusCheckpoint(
+        args["__name__"], dict(args["__args__"]), meta, dict(sd), path
+    )
 
 
 # -- configs ------------------------------------------------------------------------------
-def network_config(name: str, kwargs: dict[str, Any], *, source: str = "") -> NetworkConfig:
+def network_config(
+    name: str, kwargs: dict[str, Any], *, source: str = ""
+) -> NetworkConfig:
     """NetworkConfig for reference network class ``name`` built with ``kwargs``."""
     if name not in NETWORK_CLASSES:
         raise MdlusError(
             f"{source}: network class {name!r} is not supported; expected one of {sorted(NETWORK_CLASSES)}"
         )
-    args = {**(_SONGUNET_DEFAULTS if name == "SongUNet" else _POSEMBD_DEFAULTS), **kwargs}
+    args = {
+        **(_SONGUNET_DEFAULTS if name == "SongUNet" else _POSEMBD_DEFAULTS),
+        **kwargs,
+    }
     for key, want in _MUST_BE.items():
-        if key in args and args[key] != want and not (key == "act" and args[key] is None):
-            raise MdlusError(f"{source}: {name} argument {key}={args[key]!r} is not supported (need {want!r})")
+        if (
+            key in args
+            and args[key] != want
+            and not (key == "act" and args[key] is None)
+        ):
+            raise MdlusError(
+                f"{source}: {name} argument {key}={args[key]!r} is not supported (need {want!r})"
+            )
     if args["embedding_type"] not in ("positional", "zero"):
-        raise MdlusError(f"{source}: embedding_type={args['embedding_type']!r} is not supported")
+        raise MdlusError(
+            f"{source}: embedding_type={args['embedding_type']!r} is not supported"
+        )
     if name == "SongUNet":
         args["N_grid_channels"], args["gridtype"] = 0, "none"
     if args.get("gridtype") == "test":
         raise MdlusError(f"{source}: gridtype 'test' is not supported")
     if name != "SongUNetPosLtEmbd":
         args["lead_time_channels"] = 0
-    known = {"model_channels", "channel_mult", "channel_mult_emb", "channel_mult_noise", "num_blocks",
-             "attn_resolutions", "dropout", "resample_filter", "embedding_type", "gridtype",
-             "N_grid_channels", "lead_time_channels", "lead_time_steps", "prob_channels",
-             "bottleneck_attention"}
-    unknown = sorted(set(args) - known - set(_MUST_BE) - _IGNORED - {"img_resolution", "in_channels", "out_channels"})
+    known = {
+        "model_channels",
+        "channel_mult",
+        "channel_mult_emb",
+        "channel_mult_noise",
+        "num_blocks",
+        "attn_resolutions",
+        "dropout",
+        "resample_filter",
+        "embedding_type",
+        "gridtype",
+        "N_grid_channels",
+        "lead_time_channels",
+        "lead_time_steps",
+        "prob_channels",
+        "bottleneck_attention",
+    }
+    unknown = sorted(
+        set(args)
+        - known
+        - set(_MUST_BE)
+        - _IGNORED
+        - {"img_resolution", "in_channels", "out_channels"}
+    )
     if unknown:
         raise MdlusError(f"{source}: {name} arguments {unknown} are not supported")
     data = {k: args[k] for k in known}
@@ -159,7 +244,12 @@ def _img_shape(res: Any) -> tuple[int, int]:
 
 # -- state dicts --------------------------------------------------------------------------
 def map_reference_state_dict(
-    sd: dict[str, torch.Tensor], *, img_height: int, levels: int, prefix: str = "", target_prefix: str = ""
+    sd: dict[str, torch.Tensor],
+    *,
+    img_height: int,
+    levels: int,
+    prefix: str = "",
+    target_prefix: str = "",
 ) -> dict[str, torch.Tensor]:
     """Rename a reference SongUNet* state dict (keys under ``prefix``) to ours.
 
@@ -168,22 +258,28 @@ def map_reference_state_dict(
     ``grid.weight`` / ``lead_time.weight``. Derived buffers (``map_noise.freqs``,
     ``*.resample_filter``) are dropped: ours are computed from the config.
     """
-    levels_by_res = {f"{img_height >> lvl}x{img_height >> lvl}_": f"L{lvl}_" for lvl in range(levels)}
+    levels_by_res = {
+        f"{img_height >> lvl}x{img_height >> lvl}_": f"L{lvl}_" for lvl in range(levels)
+    }
     out = {}
     for key, value in sd.items():
         if not key.startswith(prefix):
             continue
-        k = key[len(prefix):]
+        k = key[len(prefix) :]
         if k == "map_noise.freqs" or k.endswith(".resample_filter"):
             continue
         parts = k.split(".")
         if parts[0] in ("enc", "dec") and len(parts) > 1:
             for ref, ours in levels_by_res.items():
                 if parts[1].startswith(ref):
-                    parts[1] = ours + parts[1][len(ref):]
+                    parts[1] = ours + parts[1][len(ref) :]
                     break
             if len(parts) > 3 and parts[2] in ("norm2", "qkv", "proj"):
-                parts[2] = {"norm2": "attn.norm", "qkv": "attn.qkv", "proj": "attn.proj"}[parts[2]]
+                parts[2] = {
+                    "norm2": "attn.norm",
+                    "qkv": "attn.qkv",
+                    "proj": "attn.proj",
+                }[parts[2]]
         k = ".".join(parts)
         k = {"pos_embd": "grid.weight", "lt_embd": "lead_time.weight"}.get(k, k)
         out[target_prefix + k] = value
@@ -191,14 +287,32 @@ def map_reference_state_dict(
 
 
 # -- import -------------------------------------------------------------------------------
-def _regression_part(ck: MdlusCheckpoint) -> tuple[NetworkConfig, int, int, tuple[int, int], dict, bool]:
+def _regression_part(
+    ck: MdlusCheckpoint,
+) -> tuple[NetworkConfig, int, int, tuple[int, int], dict, bool]:
     """(config, data in-channels, out-channels, img_shape, mapped weights, condition_only)."""
     a = ck.args
     if ck.name in REGRESSION_CLASSES or ck.name == "StormCastUNet":
-        model_type = a.get("model_type", "SongUNet" if ck.name == "StormCastUNet" else "SongUNetPosEmbd")
-        extra_kw = {k: v for k, v in a.items() if k not in {
-            "img_resolution", "img_in_channels", "img_out_channels", "use_fp16", "model_type",
-            "sigma_min", "sigma_max", "sigma_data", "img_channels"}}
+        model_type = a.get(
+            "model_type",
+            "SongUNet" if ck.name == "StormCastUNet" else "SongUNetPosEmbd",
+        )
+        extra_kw = {
+            k: v
+            for k, v in a.items()
+            if k
+            not in {
+                "img_resolution",
+                "img_in_channels",
+                "img_out_channels",
+                "use_fp16",
+                "model_type",
+                "sigma_min",
+                "sigma_max",
+                "sigma_data",
+                "img_channels",
+            }
+        }
         cfg = network_config(model_type, extra_kw, source=ck.source)
         out_ch = int(a["img_out_channels"])
         in_ch = int(a["img_in_channels"]) - _extra_channels(cfg)
@@ -215,29 +329,59 @@ def _regression_part(ck: MdlusCheckpoint) -> tuple[NetworkConfig, int, int, tupl
             f"{ck.source}: class {ck.name!r} is not a supported regression network; expected one of "
             f"{sorted(REGRESSION_CLASSES | CONDITION_ONLY_CLASSES)}"
         )
-    sd = map_reference_state_dict(ck.state_dict, img_height=img_shape[0], levels=len(cfg.channel_mult),
-                                  prefix=prefix, target_prefix="regression.net.")
+    sd = map_reference_state_dict(
+        ck.state_dict,
+        img_height=img_shape[0],
+        levels=len(cfg.channel_mult),
+        prefix=prefix,
+        target_prefix="regression.net.",
+    )
     return cfg, in_ch, out_ch, img_shape, sd, condition_only
 
 
-def _residual_part(ck: MdlusCheckpoint) -> tuple[NetworkConfig, EDMConfig, int, int, tuple[int, int], dict]:
+def _residual_part(
+    ck: MdlusCheckpoint,
+) -> tuple[NetworkConfig, EDMConfig, int, int, tuple[int, int], dict]:
     a = ck.args
     if ck.name not in RESIDUAL_CLASSES:
         raise MdlusError(
             f"{ck.source}: class {ck.name!r} is not a supported residual denoiser; expected one of "
             f"{sorted(RESIDUAL_CLASSES)}"
         )
-    extra_kw = {k: v for k, v in a.items() if k not in {
-        "img_resolution", "img_in_channels", "img_out_channels", "use_fp16", "model_type", "sigma_min",
-        "sigma_max", "sigma_data", "img_channels", "scale_cond_input"}}
-    cfg = network_config(a.get("model_type", "SongUNetPosEmbd"), extra_kw, source=ck.source)
-    scale = bool(a.get("scale_cond_input", True)) if ck.name == "EDMPrecondSR" else False
+    extra_kw = {
+        k: v
+        for k, v in a.items()
+        if k
+        not in {
+            "img_resolution",
+            "img_in_channels",
+            "img_out_channels",
+            "use_fp16",
+            "model_type",
+            "sigma_min",
+            "sigma_max",
+            "sigma_data",
+            "img_channels",
+            "scale_cond_input",
+        }
+    }
+    cfg = network_config(
+        a.get("model_type", "SongUNetPosEmbd"), extra_kw, source=ck.source
+    )
+    scale = (
+        bool(a.get("scale_cond_input", True)) if ck.name == "EDMPrecondSR" else False
+    )
     edm = EDMConfig(sigma_data=float(a.get("sigma_data", 0.5)), scale_condition=scale)
     out_ch = int(a["img_out_channels"])
     cond_ch = int(a["img_in_channels"]) - _extra_channels(cfg)
     img_shape = _img_shape(a["img_resolution"])
-    sd = map_reference_state_dict(ck.state_dict, img_height=img_shape[0], levels=len(cfg.channel_mult),
-                                  prefix="model.", target_prefix="residual.net.")
+    sd = map_reference_state_dict(
+        ck.state_dict,
+        img_height=img_shape[0],
+        levels=len(cfg.channel_mult),
+        prefix="model.",
+        target_prefix="residual.net.",
+    )
     return cfg, edm, cond_ch, out_ch, img_shape, sd
 
 
@@ -283,11 +427,15 @@ def import_mdlus(
     img_shape = out_ch = None
     pad_latent = False
     if regression is not None:
-        reg_cfg, in_ch, out_ch, img_shape, sd, pad_latent = _regression_part(read_mdlus(regression))
+        reg_cfg, in_ch, out_ch, img_shape, sd, pad_latent = _regression_part(
+            read_mdlus(regression)
+        )
         weights.update(sd)
         in_channels = in_ch if in_channels is None else in_channels
         if in_channels != in_ch:
-            raise MdlusError(f"in_channels={in_channels} disagrees with the regression checkpoint ({in_ch})")
+            raise MdlusError(
+                f"in_channels={in_channels} disagrees with the regression checkpoint ({in_ch})"
+            )
     if residual is not None:
         res_cfg, edm, cond_ch, r_out, r_shape, sd = _residual_part(read_mdlus(residual))
         weights.update(sd)
@@ -298,7 +446,9 @@ def import_mdlus(
         out_ch, img_shape = r_out, r_shape
         if hr_mean_conditioning is None:
             if in_channels is None:
-                raise MdlusError("give hr_mean_conditioning or in_channels when importing only a residual")
+                raise MdlusError(
+                    "give hr_mean_conditioning or in_channels when importing only a residual"
+                )
             if cond_ch == in_channels + out_ch:
                 hr_mean_conditioning = True
             elif cond_ch == in_channels:
@@ -311,13 +461,27 @@ def import_mdlus(
         if in_channels is None:
             in_channels = cond_ch - (out_ch if hr_mean_conditioning else 0)
         if cond_ch != in_channels + (out_ch if hr_mean_conditioning else 0):
-            raise MdlusError(f"residual condition has {cond_ch} channels, which does not fit {in_channels} inputs")
-        edm = EDMConfig(sigma_data=edm.sigma_data, scale_condition=edm.scale_condition,
-                        hr_mean_conditioning=hr_mean_conditioning)
-    model = CorrDiff(codec, img_shape=img_shape, regression_network=reg_cfg, residual_network=res_cfg, edm=edm,
-                     in_channels=None if codec is not None else in_channels,
-                     out_channels=None if codec is not None else out_ch)
-    if codec is not None and (model.in_channels, model.out_channels) != (in_channels, out_ch):
+            raise MdlusError(
+                f"residual condition has {cond_ch} channels, which does not fit {in_channels} inputs"
+            )
+        edm = EDMConfig(
+            sigma_data=edm.sigma_data,
+            scale_condition=edm.scale_condition,
+            hr_mean_conditioning=hr_mean_conditioning,
+        )
+    model = CorrDiff(
+        codec,
+        img_shape=img_shape,
+        regression_network=reg_cfg,
+        residual_network=res_cfg,
+        edm=edm,
+        in_channels=None if codec is not None else in_channels,
+        out_channels=None if codec is not None else out_ch,
+    )
+    if codec is not None and (model.in_channels, model.out_channels) != (
+        in_channels,
+        out_ch,
+    ):
         raise MdlusError(
             f"codec has {model.in_channels} inputs / {model.out_channels} outputs, checkpoints "
             f"{in_channels} / {out_ch}"
@@ -329,6 +493,12 @@ def import_mdlus(
         key = "regression.net.enc.L0_conv.weight"
         if key in weights:
             w = weights[key]
-            weights[key] = torch.cat([w.new_zeros(w.shape[0], out_ch, *w.shape[2:]), w], dim=1)
-    load_weights(model, weights, source=" + ".join(os.fspath(p) for p in (regression, residual) if p))
+            weights[key] = torch.cat(
+                [w.new_zeros(w.shape[0], out_ch, *w.shape[2:]), w], dim=1
+            )
+    load_weights(
+        model,
+        weights,
+        source=" + ".join(os.fspath(p) for p in (regression, residual) if p),
+    )
     return model.eval().to(map_location)

@@ -28,11 +28,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from corrdiff_xr.config import EDMConfig, NetworkConfig, SamplerConfig, from_dict, to_dict
+from corrdiff_xr.config import (
+    EDMConfig,
+    NetworkConfig,
+    SamplerConfig,
+    from_dict,
+    to_dict,
+)
 from corrdiff_xr.edm import EDMPrecond
 from corrdiff_xr.nn import RegressionUNet, SongUNet
 
-__all__ = ["CHECKPOINT_FORMAT", "CorrDiff", "import_mdlus", "read_mdlus"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "CorrDiff",
+    "import_mdlus",
+    "load_weights",
+    "read_mdlus",
+]
 
 CHECKPOINT_FORMAT = "corrdiff_xr.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -40,6 +53,8 @@ _HEADER_KEY = "corrdiff_xr"
 
 DEFAULT_REGRESSION = NetworkConfig(embedding_type="zero")
 DEFAULT_RESIDUAL = NetworkConfig()
+DEFAULT_EDM = EDMConfig()
+DEFAULT_SAMPLER = SamplerConfig()
 
 
 class CheckpointError(ValueError):
@@ -71,20 +86,25 @@ class CorrDiff(nn.Module):
         img_shape: Sequence[int],
         regression_network: NetworkConfig = DEFAULT_REGRESSION,
         residual_network: NetworkConfig | None = DEFAULT_RESIDUAL,
-        edm: EDMConfig = EDMConfig(),
+        edm: EDMConfig = DEFAULT_EDM,
         in_channels: int | None = None,
         out_channels: int | None = None,
     ):
         super().__init__()
         if codec is not None:
             c_in, c_out = len(codec.in_channels), len(codec.out_channels)
-            if (in_channels, out_channels) != (None, None) and (in_channels, out_channels) != (c_in, c_out):
+            if (in_channels, out_channels) != (None, None) and (
+                in_channels,
+                out_channels,
+            ) != (c_in, c_out):
                 raise ValueError(
                     f"in_channels/out_channels {(in_channels, out_channels)} disagree with the codec's {(c_in, c_out)}"
                 )
             in_channels, out_channels = c_in, c_out
         if in_channels is None or out_channels is None:
-            raise ValueError("CorrDiff needs a codec or both in_channels and out_channels")
+            raise ValueError(
+                "CorrDiff needs a codec or both in_channels and out_channels"
+            )
         if len(img_shape) != 2:
             raise ValueError(f"img_shape must be (H, W), got {tuple(img_shape)}")
         self.codec = codec
@@ -96,28 +116,49 @@ class CorrDiff(nn.Module):
         self.edm_config = edm
 
         self.regression = RegressionUNet(
-            SongUNet(regression_network, in_channels=out_channels + in_channels,
-                     out_channels=out_channels, img_shape=self.img_shape)
+            SongUNet(
+                regression_network,
+                in_channels=out_channels + in_channels,
+                out_channels=out_channels,
+                img_shape=self.img_shape,
+            )
         )
         self.residual: EDMPrecond | None = None
         if residual_network is not None:
             cond = in_channels + (out_channels if edm.hr_mean_conditioning else 0)
-            net = SongUNet(residual_network, in_channels=out_channels + cond,
-                           out_channels=out_channels, img_shape=self.img_shape)
-            self.residual = EDMPrecond(net, sigma_data=edm.sigma_data, scale_condition=edm.scale_condition)
-        for cfg, module in ((regression_network, self.regression), (residual_network, self.residual)):
+            net = SongUNet(
+                residual_network,
+                in_channels=out_channels + cond,
+                out_channels=out_channels,
+                img_shape=self.img_shape,
+            )
+            self.residual = EDMPrecond(
+                net, sigma_data=edm.sigma_data, scale_condition=edm.scale_condition
+            )
+        for cfg, module in (
+            (regression_network, self.regression),
+            (residual_network, self.residual),
+        ):
             if cfg is not None and cfg.compile:
                 module.compile()
 
     # -- inference -------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor, offsets: torch.Tensor | None) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (N, {self.in_channels}, h, w), got {tuple(x.shape)}")
+            raise ValueError(
+                f"x must have shape (N, {self.in_channels}, h, w), got {tuple(x.shape)}"
+            )
         if offsets is not None and tuple(offsets.shape) != (x.shape[0], 2):
-            raise ValueError(f"offsets must have shape ({x.shape[0]}, 2), got {tuple(offsets.shape)}")
+            raise ValueError(
+                f"offsets must have shape ({x.shape[0]}, 2), got {tuple(offsets.shape)}"
+            )
 
     def predict_mean(
-        self, x: torch.Tensor, *, offsets: torch.Tensor | None = None, lead_time: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        *,
+        offsets: torch.Tensor | None = None,
+        lead_time: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Regression mean (N, C_out, h, w) from normalised inputs ``x`` (N, C_in, h, w)."""
         self._check_input(x, offsets)
@@ -125,7 +166,11 @@ class CorrDiff(nn.Module):
 
     def condition(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         """The residual denoiser's condition channels: ``[mean, x]`` or ``x``."""
-        return torch.cat([mean.to(x.dtype), x], dim=1) if self.edm_config.hr_mean_conditioning else x
+        return (
+            torch.cat([mean.to(x.dtype), x], dim=1)
+            if self.edm_config.hr_mean_conditioning
+            else x
+        )
 
     @torch.no_grad()
     def sample(
@@ -133,7 +178,7 @@ class CorrDiff(nn.Module):
         x: torch.Tensor,
         *,
         generators: Sequence[torch.Generator],
-        sampler: SamplerConfig = SamplerConfig(),
+        sampler: SamplerConfig = DEFAULT_SAMPLER,
         mean: torch.Tensor | None = None,
         offsets: torch.Tensor | None = None,
         lead_time: torch.Tensor | None = None,
@@ -159,19 +204,27 @@ class CorrDiff(nn.Module):
 
         self._check_input(x, offsets)
         if len(generators) != x.shape[0]:
-            raise ValueError(f"need one generator per sample: {x.shape[0]} samples, {len(generators)} generators")
+            raise ValueError(
+                f"need one generator per sample: {x.shape[0]} samples, {len(generators)} generators"
+            )
         if mean is None:
             mean = self.predict_mean(x, offsets=offsets, lead_time=lead_time)
         if self.residual is None:
             return mean
         cond = self.condition(x, mean)
-        n, _, h, w = x.shape
-        latents = sampling.draw_latents(generators, (self.out_channels, h, w), dtype=x.dtype, device=x.device)
+        _n, _, h, w = x.shape
+        latents = sampling.draw_latents(
+            generators, (self.out_channels, h, w), dtype=x.dtype, device=x.device
+        )
 
         def denoise(xt: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            return self.residual(xt, sigma, condition=cond, offsets=offsets, lead_time=lead_time)
+            return self.residual(
+                xt, sigma, condition=cond, offsets=offsets, lead_time=lead_time
+            )
 
-        residual = sampling.sample(denoise, latents, config=sampler, generators=generators)
+        residual = sampling.sample(
+            denoise, latents, config=sampler, generators=generators
+        )
         return mean + residual.to(mean.dtype)
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -189,10 +242,15 @@ class CorrDiff(nn.Module):
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
             "regression_network": to_dict(self.regression_config),
-            "residual_network": to_dict(self.residual_config) if self.residual_config is not None else None,
+            "residual_network": to_dict(self.residual_config)
+            if self.residual_config is not None
+            else None,
             "edm": to_dict(self.edm_config),
-            "versions": {"corrdiff_xr": __version__, "torch": torch.__version__,
-                         "safetensors": safetensors.__version__},
+            "versions": {
+                "corrdiff_xr": __version__,
+                "torch": torch.__version__,
+                "safetensors": safetensors.__version__,
+            },
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -200,10 +258,14 @@ class CorrDiff(nn.Module):
         from safetensors.torch import save
 
         path = Path(path)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        tensors = {
+            k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()
+        }
         blob = save(tensors, metadata={_HEADER_KEY: json.dumps(self.config_dict())})
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+        )
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(blob)
@@ -220,7 +282,9 @@ class CorrDiff(nn.Module):
     def from_config_dict(cls, header: dict[str, Any]) -> CorrDiff:
         """Build an (untrained) model from :meth:`config_dict` output."""
         if header.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"not a corrdiff_xr checkpoint (format={header.get('format')!r})")
+            raise CheckpointError(
+                f"not a corrdiff_xr checkpoint (format={header.get('format')!r})"
+            )
         if header.get("format_version", 0) > CHECKPOINT_VERSION:
             raise CheckpointError(
                 f"checkpoint format version {header['format_version']} is newer than this "
@@ -235,15 +299,21 @@ class CorrDiff(nn.Module):
         return cls(
             codec,
             img_shape=header["img_shape"],
-            regression_network=from_dict(NetworkConfig, header["regression_network"], path="regression_network"),
-            residual_network=from_dict(NetworkConfig, res, path="residual_network") if res is not None else None,
+            regression_network=from_dict(
+                NetworkConfig, header["regression_network"], path="regression_network"
+            ),
+            residual_network=from_dict(NetworkConfig, res, path="residual_network")
+            if res is not None
+            else None,
             edm=from_dict(EDMConfig, header["edm"], path="edm"),
             in_channels=header["in_channels"] if codec is None else None,
             out_channels=header["out_channels"] if codec is None else None,
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> CorrDiff:
+    def load(
+        cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+    ) -> CorrDiff:
         """Read a checkpoint written by :meth:`save` (no pickle involved)."""
         from safetensors import SafetensorError, safe_open
 
@@ -253,17 +323,23 @@ class CorrDiff(nn.Module):
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
         except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{path} is not a safetensors checkpoint: {err}") from err
+            raise CheckpointError(
+                f"{path} is not a safetensors checkpoint: {err}"
+            ) from err
         if _HEADER_KEY not in meta:
-            raise CheckpointError(f"{path} has no corrdiff_xr header; was it written by CorrDiff.save?")
+            raise CheckpointError(
+                f"{path} has no corrdiff_xr header; was it written by CorrDiff.save?"
+            )
         model = cls.from_config_dict(json.loads(meta[_HEADER_KEY]))
         load_weights(model, tensors, source=str(path))
         return model.to(map_location)
 
 
-def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str) -> None:
+def load_weights(
+    model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str
+) -> None:
     """Copy ``tensors`` into ``model``, naming any missing, unexpected or misshapen entry."""
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import torch
 
-from corrdiff_xr.config import EDMConfig, NetworkConfig
 from corrdiff_xr._mdlus import map_reference_state_dict
+from corrdiff_xr.config import EDMConfig, NetworkConfig
 
 __all__ = [
     "copy_reference_weights",
@@ -40,7 +40,9 @@ def register_torchvision_schemas() -> None:
     for op in ("nms", "qnms"):
         try:
             torch.library.define(f"torchvision::{op}", _SCHEMA)
-        except RuntimeError:  # already registered (second call, or a working torchvision)
+        except (
+            RuntimeError
+        ):  # already registered (second call, or a working torchvision)
             pass
 
 
@@ -52,38 +54,42 @@ def physicsnemo() -> Any | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import physicsnemo as pn
-            import physicsnemo.diffusion.preconditioners  # noqa: F401
-            import physicsnemo.models.diffusion_unets  # noqa: F401
-    except Exception:  # any import failure means: no reference available
+            import physicsnemo.diffusion.preconditioners
+            import physicsnemo.models.diffusion_unets
+    except Exception:  # noqa: BLE001 (any import failure means: no reference available)
         return None
     return pn
 
 
 requires_physicsnemo = pytest.mark.skipif(
-    physicsnemo() is None, reason="physicsnemo (reference implementation) cannot be imported"
+    physicsnemo() is None,
+    reason="physicsnemo (reference implementation) cannot be imported",
 )
 
 
 def reference_network_kwargs(cfg: NetworkConfig) -> dict[str, Any]:
     """Reference SongUNetPosEmbd/PosLtEmbd keyword arguments equivalent to ``cfg``."""
-    kw: dict[str, Any] = dict(
-        model_channels=cfg.model_channels,
-        channel_mult=list(cfg.channel_mult),
-        channel_mult_emb=cfg.channel_mult_emb,
-        channel_mult_noise=cfg.channel_mult_noise,
-        num_blocks=cfg.num_blocks,
-        attn_resolutions=list(cfg.attn_resolutions),
-        dropout=cfg.dropout,
-        resample_filter=list(cfg.resample_filter),
-        embedding_type=cfg.embedding_type,
-        bottleneck_attention=cfg.bottleneck_attention,
-        N_grid_channels=cfg.N_grid_channels if cfg.gridtype != "none" else 0,
-    )
+    kw: dict[str, Any] = {
+        "model_channels": cfg.model_channels,
+        "channel_mult": list(cfg.channel_mult),
+        "channel_mult_emb": cfg.channel_mult_emb,
+        "channel_mult_noise": cfg.channel_mult_noise,
+        "num_blocks": cfg.num_blocks,
+        "attn_resolutions": list(cfg.attn_resolutions),
+        "dropout": cfg.dropout,
+        "resample_filter": list(cfg.resample_filter),
+        "embedding_type": cfg.embedding_type,
+        "bottleneck_attention": cfg.bottleneck_attention,
+        "N_grid_channels": cfg.N_grid_channels if cfg.gridtype != "none" else 0,
+    }
     if cfg.gridtype != "none":
         kw["gridtype"] = cfg.gridtype
     if cfg.lead_time_channels:
-        kw.update(lead_time_channels=cfg.lead_time_channels, lead_time_steps=cfg.lead_time_steps,
-                  prob_channels=list(cfg.prob_channels))
+        kw.update(
+            lead_time_channels=cfg.lead_time_channels,
+            lead_time_steps=cfg.lead_time_steps,
+            prob_channels=list(cfg.prob_channels),
+        )
     return kw
 
 
@@ -92,10 +98,18 @@ def _model_type(cfg: NetworkConfig) -> str:
 
 
 def _extra(cfg: NetworkConfig) -> int:
-    return (cfg.N_grid_channels if cfg.gridtype != "none" else 0) + cfg.lead_time_channels
+    return (
+        cfg.N_grid_channels if cfg.gridtype != "none" else 0
+    ) + cfg.lead_time_channels
 
 
-def reference_regression(cfg: NetworkConfig, *, in_channels: int, out_channels: int, img_shape: tuple[int, int]):
+def reference_regression(
+    cfg: NetworkConfig,
+    *,
+    in_channels: int,
+    out_channels: int,
+    img_shape: tuple[int, int],
+):
     """Reference ``UNet`` (regression) equivalent to our regression network."""
     pn = physicsnemo()
     from physicsnemo.models.diffusion_unets import UNet
@@ -103,18 +117,37 @@ def reference_regression(cfg: NetworkConfig, *, in_channels: int, out_channels: 
     assert pn is not None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return UNet(img_resolution=list(img_shape), img_in_channels=in_channels + _extra(cfg),
-                    img_out_channels=out_channels, model_type=_model_type(cfg), **reference_network_kwargs(cfg))
+        return UNet(
+            img_resolution=list(img_shape),
+            img_in_channels=in_channels + _extra(cfg),
+            img_out_channels=out_channels,
+            model_type=_model_type(cfg),
+            **reference_network_kwargs(cfg),
+        )
 
 
-def reference_residual(cfg: NetworkConfig, edm: EDMConfig, *, cond_channels: int, out_channels: int,
-                       img_shape: tuple[int, int]):
+def reference_residual(
+    cfg: NetworkConfig,
+    edm: EDMConfig,
+    *,
+    cond_channels: int,
+    out_channels: int,
+    img_shape: tuple[int, int],
+):
     """Reference ``EDMPrecondSuperResolution`` (or ``EDMPrecondSR`` when ``edm.scale_condition``)."""
-    from physicsnemo.diffusion.preconditioners import EDMPrecondSR, EDMPrecondSuperResolution
+    from physicsnemo.diffusion.preconditioners import (
+        EDMPrecondSR,
+        EDMPrecondSuperResolution,
+    )
 
-    kw = dict(img_resolution=list(img_shape), img_in_channels=cond_channels + _extra(cfg),
-              img_out_channels=out_channels, model_type=_model_type(cfg), sigma_data=edm.sigma_data,
-              **reference_network_kwargs(cfg))
+    kw = dict(
+        img_resolution=list(img_shape),
+        img_in_channels=cond_channels + _extra(cfg),
+        img_out_channels=out_channels,
+        model_type=_model_type(cfg),
+        sigma_data=edm.sigma_data,
+        **reference_network_kwargs(cfg),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if edm.scale_condition:
@@ -122,19 +155,28 @@ def reference_residual(cfg: NetworkConfig, edm: EDMConfig, *, cond_channels: int
         return EDMPrecondSuperResolution(**kw)
 
 
-def copy_reference_weights(ref: torch.nn.Module, ours: torch.nn.Module, *, target_prefix: str = "") -> None:
+def copy_reference_weights(
+    ref: torch.nn.Module, ours: torch.nn.Module, *, target_prefix: str = ""
+) -> None:
     """Load reference weights (its ``model.`` sub-network) into ``ours`` (a SongUNet or a wrapper)."""
     net = ref.model
     img_h = net.img_shape_y
     levels = net._num_levels
-    sd = map_reference_state_dict(ref.state_dict(), img_height=img_h, levels=levels, prefix="model.",
-                                  target_prefix=target_prefix)
+    sd = map_reference_state_dict(
+        ref.state_dict(),
+        img_height=img_h,
+        levels=levels,
+        prefix="model.",
+        target_prefix=target_prefix,
+    )
     missing, unexpected = ours.load_state_dict(sd, strict=False)
     assert not unexpected, f"unexpected keys {unexpected}"
     assert not missing, f"missing keys {missing}"
 
 
-def randomize_(module: torch.nn.Module, *, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:
+def randomize_(
+    module: torch.nn.Module, *, seed: int = 0, scale: float = 0.3
+) -> torch.nn.Module:
     """Overwrite every parameter with N(0, scale^2)/sqrt(fan-in) noise (deterministic per seed).
 
     Fresh reference networks start with near-zero output convolutions (init_weight 1e-5), so
@@ -145,5 +187,8 @@ def randomize_(module: torch.nn.Module, *, seed: int = 0, scale: float = 0.3) ->
         for name, p in sorted(module.named_parameters()):
             fan_in = p[0].numel() if p.ndim > 1 else 1
             std = scale / fan_in**0.5 if p.ndim > 1 else scale
-            p.copy_(torch.randn(p.shape, generator=g) * std + (1.0 if name.endswith("norm0.weight") else 0.0))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * std
+                + (1.0 if name.endswith("norm0.weight") else 0.0)
+            )
     return module

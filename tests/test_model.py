@@ -14,7 +14,13 @@ from corrdiff_xr.codec import Codec
 from corrdiff_xr.config import EDMConfig, NetworkConfig, SamplerConfig
 from corrdiff_xr.model import CheckpointError, CorrDiff
 
-TINY = NetworkConfig(model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), dropout=0.0)
+TINY = NetworkConfig(
+    model_channels=16,
+    channel_mult=(1, 2),
+    num_blocks=1,
+    attn_resolutions=(8,),
+    dropout=0.0,
+)
 FAST = SamplerConfig(num_steps=3)
 
 
@@ -28,15 +34,30 @@ def _one_torch_thread():
 
 
 def _codec() -> Codec:
-    stats = {"t2m_coarse": (280.0, 5.0), "u_coarse": (0.0, 3.0), "orography": (100.0, 50.0),
-             "t2m": (281.0, 6.0), "tp": (0.1, 0.2)}
-    return Codec(inputs=("t2m_coarse", "u_coarse"), targets=("t2m", "tp"), static=("orography",), stats=stats)
+    stats = {
+        "t2m_coarse": (280.0, 5.0),
+        "u_coarse": (0.0, 3.0),
+        "orography": (100.0, 50.0),
+        "t2m": (281.0, 6.0),
+        "tp": (0.1, 0.2),
+    }
+    return Codec(
+        inputs=("t2m_coarse", "u_coarse"),
+        targets=("t2m", "tp"),
+        static=("orography",),
+        stats=stats,
+    )
 
 
 def _model(residual: bool = True, **kw) -> CorrDiff:
     torch.manual_seed(0)
-    model = CorrDiff(_codec(), img_shape=(8, 16), regression_network=dataclasses.replace(TINY, embedding_type="zero"),
-                     residual_network=TINY if residual else None, **kw)
+    model = CorrDiff(
+        _codec(),
+        img_shape=(8, 16),
+        regression_network=dataclasses.replace(TINY, embedding_type="zero"),
+        residual_network=TINY if residual else None,
+        **kw,
+    )
     with torch.no_grad():  # O(1) outputs instead of the near-zero initial output layers
         for p in model.parameters():
             if p.ndim > 1:
@@ -74,7 +95,9 @@ def test_a_member_does_not_depend_on_how_members_are_batched():
     alone = model.sample(x[:1], generators=_gens(11), sampler=FAST)
     # equal up to float32 kernel differences between batch sizes (different noise would be O(1))
     torch.testing.assert_close(together[1:2], alone, atol=1e-3, rtol=1e-3)
-    assert (together[0] - together[1]).abs().max() > 1e-3  # different seeds, different members
+    assert (
+        together[0] - together[1]
+    ).abs().max() > 1e-3  # different seeds, different members
 
 
 def test_same_seed_gives_the_same_member_and_precomputed_mean_is_used():
@@ -95,13 +118,18 @@ def test_sample_is_mean_plus_residual_and_needs_one_generator_per_sample():
     with pytest.raises(ValueError, match="one generator per sample"):
         model.sample(x, generators=_gens(1), sampler=FAST)
     regression_only = _model(residual=False)
-    torch.testing.assert_close(regression_only.sample(x, generators=_gens(1, 2)), regression_only.predict_mean(x))
+    torch.testing.assert_close(
+        regression_only.sample(x, generators=_gens(1, 2)),
+        regression_only.predict_mean(x),
+    )
 
 
 def test_patches_at_offsets_run_through_sample():
     model = _model()
     x = torch.randn(2, 3, 8, 8)
-    out = model.sample(x, generators=_gens(1, 2), sampler=FAST, offsets=torch.tensor([[0, 0], [0, 8]]))
+    out = model.sample(
+        x, generators=_gens(1, 2), sampler=FAST, offsets=torch.tensor([[0, 0], [0, 8]])
+    )
     assert out.shape == (2, 2, 8, 8) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="offsets must have shape"):
         model.predict_mean(x, offsets=torch.zeros(3, 2))
@@ -113,11 +141,20 @@ def test_checkpoint_round_trip_restores_outputs_codec_and_configs(tmp_path):
     loaded = CorrDiff.load(path)
     assert loaded.codec == model.codec
     assert (loaded.regression_config, loaded.residual_config, loaded.edm_config) == (
-        model.regression_config, model.residual_config, model.edm_config)
+        model.regression_config,
+        model.residual_config,
+        model.edm_config,
+    )
     x = torch.randn(2, 3, 8, 16)
-    torch.testing.assert_close(loaded.eval().predict_mean(x), model.predict_mean(x), atol=0, rtol=0)
-    torch.testing.assert_close(loaded.sample(x, generators=_gens(3, 4), sampler=FAST),
-                               model.sample(x, generators=_gens(3, 4), sampler=FAST), atol=0, rtol=0)
+    torch.testing.assert_close(
+        loaded.eval().predict_mean(x), model.predict_mean(x), atol=0, rtol=0
+    )
+    torch.testing.assert_close(
+        loaded.sample(x, generators=_gens(3, 4), sampler=FAST),
+        model.sample(x, generators=_gens(3, 4), sampler=FAST),
+        atol=0,
+        rtol=0,
+    )
 
 
 def test_checkpoint_is_plain_safetensors_with_a_json_header(tmp_path):
@@ -127,7 +164,10 @@ def test_checkpoint_is_plain_safetensors_with_a_json_header(tmp_path):
         keys = set(f.keys())
     assert header["codec"]["targets"] == ["t2m", "tp"]
     assert header["img_shape"] == [8, 16] and "torch" in header["versions"]
-    assert "regression.net.enc.L0_conv.weight" in keys and "residual.net.map_layer0.weight" in keys
+    assert (
+        "regression.net.enc.L0_conv.weight" in keys
+        and "residual.net.map_layer0.weight" in keys
+    )
 
 
 def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
@@ -142,23 +182,29 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch
     with pytest.raises(OSError, match="disk full"):
         _model(residual=False).save(path)
     assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left
+    assert [p.name for p in tmp_path.iterdir()] == [
+        "m.safetensors"
+    ]  # no temp file left
 
 
 def test_loading_weights_of_another_shape_names_the_parameter(tmp_path):
     path = _model().save(tmp_path / "m.safetensors")
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     tensors["residual.net.map_layer0.weight"] = torch.zeros(3, 3)
     from safetensors.torch import save_file
 
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
-    with pytest.raises(CheckpointError, match=r"residual.net.map_layer0.weight.*shape \(3, 3\)"):
+    with pytest.raises(
+        CheckpointError, match=r"residual.net.map_layer0.weight.*shape \(3, 3\)"
+    ):
         CorrDiff.load(tmp_path / "bad.safetensors")
     del tensors["residual.net.map_layer0.weight"]
     save_file(tensors, str(tmp_path / "missing.safetensors"), metadata=meta)
-    with pytest.raises(CheckpointError, match="missing.*residual.net.map_layer0.weight"):
+    with pytest.raises(
+        CheckpointError, match="missing.*residual.net.map_layer0.weight"
+    ):
         CorrDiff.load(tmp_path / "missing.safetensors")
 
 
@@ -178,5 +224,11 @@ def test_loading_something_else_gives_a_clear_error(tmp_path):
 def test_model_without_codec_needs_channel_counts():
     with pytest.raises(ValueError, match="codec or both in_channels and out_channels"):
         CorrDiff(img_shape=(8, 8), regression_network=TINY, residual_network=None)
-    model = CorrDiff(img_shape=(8, 8), in_channels=4, out_channels=1, regression_network=TINY, residual_network=None)
+    model = CorrDiff(
+        img_shape=(8, 8),
+        in_channels=4,
+        out_channels=1,
+        regression_network=TINY,
+        residual_network=None,
+    )
     assert model.codec is None and model.regression.net.in_channels == 5

@@ -21,7 +21,13 @@ from corrdiff_xr.nn import (
     SongUNet,
 )
 
-TINY = NetworkConfig(model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), dropout=0.0)
+TINY = NetworkConfig(
+    model_channels=16,
+    channel_mult=(1, 2),
+    num_blocks=1,
+    attn_resolutions=(8,),
+    dropout=0.0,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,14 +53,18 @@ def test_box_downsampling_equals_depthwise_filter_convolution():
     x = torch.randn(2, 3, 8, 6)
     conv = Conv2d(3, 3, 0, down=True)
     f = torch.full((3, 1, 2, 2), 0.25)
-    torch.testing.assert_close(conv(x), F.conv2d(x, f, groups=3, stride=2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        conv(x), F.conv2d(x, f, groups=3, stride=2), atol=1e-6, rtol=0
+    )
 
 
 def test_box_upsampling_equals_transposed_filter_convolution():
     x = torch.randn(2, 3, 4, 5)
     conv = Conv2d(3, 3, 0, up=True)
     f = torch.ones(3, 1, 2, 2)
-    torch.testing.assert_close(conv(x), F.conv_transpose2d(x, f, groups=3, stride=2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        conv(x), F.conv_transpose2d(x, f, groups=3, stride=2), atol=1e-6, rtol=0
+    )
 
 
 def test_smooth_resample_filter_keeps_a_constant_field_constant_inside():
@@ -76,7 +86,9 @@ def test_group_norm_in_eval_uses_unbiased_variance_and_biased_in_training():
     for unbiased, mode in ((True, gn.eval), (False, gn.train)):
         mode()
         var = g.var(dim=(2, 3, 4), unbiased=unbiased, keepdim=True)
-        ref = ((g - g.mean(dim=(2, 3, 4), keepdim=True)) / (var + 1e-6).sqrt()).reshape(3, 8, 5, 7)
+        ref = ((g - g.mean(dim=(2, 3, 4), keepdim=True)) / (var + 1e-6).sqrt()).reshape(
+            3, 8, 5, 7
+        )
         ref = ref * gn.weight[:, None, None] + gn.bias[:, None, None]
         torch.testing.assert_close(gn(x), ref, atol=2e-5, rtol=0)
 
@@ -95,27 +107,45 @@ def test_attention_equals_softmax_of_scaled_dot_products():
 # -- embeddings ---------------------------------------------------------------------------
 def test_noise_embedding_of_zero_is_zeros_then_ones():
     emb = NoiseEmbedding(8)(torch.zeros(2))
-    torch.testing.assert_close(emb, torch.cat([torch.zeros(2, 4), torch.ones(2, 4)], dim=1))
+    torch.testing.assert_close(
+        emb, torch.cat([torch.zeros(2, 4), torch.ones(2, 4)], dim=1)
+    )
 
 
-@pytest.mark.parametrize("gridtype,channels", [("sinusoidal", 4), ("sinusoidal", 8), ("sinusoidal_octave", 8),
-                                               ("linear", 2), ("learnable", 5)])
+@pytest.mark.parametrize(
+    "gridtype,channels",
+    [
+        ("sinusoidal", 4),
+        ("sinusoidal", 8),
+        ("sinusoidal_octave", 8),
+        ("linear", 2),
+        ("learnable", 5),
+    ],
+)
 def test_grid_embedding_at_an_offset_is_the_slice_of_the_full_grid(gridtype, channels):
     grid = GridEmbedding((12, 20), gridtype=gridtype, channels=channels)
     full = grid(None, (12, 20), 1)
     offsets = torch.tensor([[0, 0], [4, 10], [8, 16]])
     patches = grid(offsets, (4, 4), 3)
     for i, (r, c) in enumerate(offsets.tolist()):
-        torch.testing.assert_close(patches[i], full[0, :, r:r + 4, c:c + 4])
+        torch.testing.assert_close(patches[i], full[0, :, r : r + 4, c : c + 4])
 
 
 def test_sinusoidal_grid_has_known_values_and_extends_beyond_the_domain():
     grid = GridEmbedding((5, 9), gridtype="sinusoidal", channels=4)
-    emb = grid(torch.tensor([[-2, 7]]), (4, 4), 1)[0]  # rows -2..1, cols 7..10 (beyond 8)
+    emb = grid(torch.tensor([[-2, 7]]), (4, 4), 1)[
+        0
+    ]  # rows -2..1, cols 7..10 (beyond 8)
     rows = torch.arange(-2, 2, dtype=torch.float64) * 2 * math.pi / 4
     cols = torch.arange(7, 11, dtype=torch.float64) * 2 * math.pi / 8
-    expected = torch.stack([cols.sin()[None, :].expand(4, 4), rows.sin()[:, None].expand(4, 4),
-                            cols.cos()[None, :].expand(4, 4), rows.cos()[:, None].expand(4, 4)]).float()
+    expected = torch.stack(
+        [
+            cols.sin()[None, :].expand(4, 4),
+            rows.sin()[:, None].expand(4, 4),
+            cols.cos()[None, :].expand(4, 4),
+            rows.cos()[:, None].expand(4, 4),
+        ]
+    ).float()
     torch.testing.assert_close(emb, expected, atol=1e-6, rtol=0)
 
 
@@ -151,22 +181,37 @@ def test_songunet_handles_non_square_images_and_checks_divisibility():
 
 
 def test_attention_levels_follow_the_global_grid_height():
-    net = SongUNet(dataclasses.replace(TINY, attn_resolutions=(8,)), in_channels=1, out_channels=1, img_shape=(16, 16))
+    net = SongUNet(
+        dataclasses.replace(TINY, attn_resolutions=(8,)),
+        in_channels=1,
+        out_channels=1,
+        img_shape=(16, 16),
+    )
     assert net.enc["L0_block0"].attn is None and net.enc["L1_block0"].attn is not None
     assert net.dec["L1_in0"].attn is not None  # bottleneck attention
 
 
 def test_patch_with_zero_offset_over_the_whole_grid_equals_the_unpatched_call():
-    net = _randomize(SongUNet(dataclasses.replace(TINY, gridtype="learnable", N_grid_channels=3),
-                              in_channels=2, out_channels=2, img_shape=(8, 16))).eval()
+    net = _randomize(
+        SongUNet(
+            dataclasses.replace(TINY, gridtype="learnable", N_grid_channels=3),
+            in_channels=2,
+            out_channels=2,
+            img_shape=(8, 16),
+        )
+    ).eval()
     x = torch.randn(2, 2, 8, 16)
     with torch.no_grad():
-        torch.testing.assert_close(net(x, torch.ones(2), offsets=torch.zeros(2, 2, dtype=torch.long)),
-                                   net(x, torch.ones(2)))
+        torch.testing.assert_close(
+            net(x, torch.ones(2), offsets=torch.zeros(2, 2, dtype=torch.long)),
+            net(x, torch.ones(2)),
+        )
 
 
 def test_patch_position_changes_the_output_through_the_grid_embedding():
-    net = _randomize(SongUNet(TINY, in_channels=2, out_channels=2, img_shape=(16, 16))).eval()
+    net = _randomize(
+        SongUNet(TINY, in_channels=2, out_channels=2, img_shape=(16, 16))
+    ).eval()
     x = torch.randn(1, 2, 8, 8).expand(2, -1, -1, -1)
     with torch.no_grad():
         out = net(x, torch.ones(2), offsets=torch.tensor([[0, 0], [8, 8]]))
@@ -176,7 +221,12 @@ def test_patch_position_changes_the_output_through_the_grid_embedding():
 def test_channels_last_gives_the_same_outputs_and_gradients():
     cfg = dataclasses.replace(TINY, channels_last=False)
     a = _randomize(SongUNet(cfg, in_channels=2, out_channels=2, img_shape=(8, 8)))
-    b = SongUNet(dataclasses.replace(cfg, channels_last=True), in_channels=2, out_channels=2, img_shape=(8, 8))
+    b = SongUNet(
+        dataclasses.replace(cfg, channels_last=True),
+        in_channels=2,
+        out_channels=2,
+        img_shape=(8, 8),
+    )
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 2, 8, 8)
     oa, ob = a(x, torch.ones(2)), b(x, torch.ones(2))
@@ -188,38 +238,69 @@ def test_channels_last_gives_the_same_outputs_and_gradients():
 
 
 def test_regression_unet_ignores_noise_and_prepends_zero_latents():
-    net = _randomize(SongUNet(dataclasses.replace(TINY, embedding_type="zero"), in_channels=5, out_channels=2,
-                              img_shape=(8, 8))).eval()
+    net = _randomize(
+        SongUNet(
+            dataclasses.replace(TINY, embedding_type="zero"),
+            in_channels=5,
+            out_channels=2,
+            img_shape=(8, 8),
+        )
+    ).eval()
     reg = RegressionUNet(net)
     cond = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
-        expected = net(torch.cat([torch.zeros(2, 2, 8, 8), cond], dim=1), torch.full((2,), 7.0))
+        expected = net(
+            torch.cat([torch.zeros(2, 2, 8, 8), cond], dim=1), torch.full((2,), 7.0)
+        )
         torch.testing.assert_close(reg(cond), expected)
 
 
 def test_probability_channels_are_softmaxed_in_eval():
-    cfg = dataclasses.replace(TINY, lead_time_channels=2, lead_time_steps=3, prob_channels=(1, 2))
-    net = _randomize(SongUNet(cfg, in_channels=2, out_channels=3, img_shape=(8, 8))).eval()
+    cfg = dataclasses.replace(
+        TINY, lead_time_channels=2, lead_time_steps=3, prob_channels=(1, 2)
+    )
+    net = _randomize(
+        SongUNet(cfg, in_channels=2, out_channels=3, img_shape=(8, 8))
+    ).eval()
     with torch.no_grad():
-        out = net(torch.randn(2, 2, 8, 8), torch.ones(2), lead_time=torch.tensor([0, 2]))
+        out = net(
+            torch.randn(2, 2, 8, 8), torch.ones(2), lead_time=torch.tensor([0, 2])
+        )
     torch.testing.assert_close(out[:, 1:].sum(dim=1), torch.ones(2, 8, 8))
     with pytest.raises(ValueError, match="lead_time"):
         net(torch.randn(1, 2, 8, 8), torch.ones(1))
 
 
 def test_training_backward_reaches_every_parameter():
-    net = SongUNet(dataclasses.replace(TINY, gridtype="learnable"), in_channels=2, out_channels=2, img_shape=(8, 8))
+    net = SongUNet(
+        dataclasses.replace(TINY, gridtype="learnable"),
+        in_channels=2,
+        out_channels=2,
+        img_shape=(8, 8),
+    )
     _randomize(net)
     net(torch.randn(2, 2, 8, 8), torch.rand(2)).square().mean().backward()
-    missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    missing = [
+        n
+        for n, p in net.named_parameters()
+        if p.grad is None or not p.grad.abs().sum() > 0
+    ]
     assert not missing
 
 
 # -- config -------------------------------------------------------------------------------
 def test_presets_match_the_reference_corrdiff_networks():
     mini, normal = NetworkConfig.preset("mini"), NetworkConfig.preset("normal")
-    assert (mini.model_channels, mini.channel_mult, mini.attn_resolutions) == (64, (1, 2, 2), (16,))
-    assert (normal.model_channels, normal.channel_mult, normal.attn_resolutions) == (128, (1, 2, 2, 2, 2), (28,))
+    assert (mini.model_channels, mini.channel_mult, mini.attn_resolutions) == (
+        64,
+        (1, 2, 2),
+        (16,),
+    )
+    assert (normal.model_channels, normal.channel_mult, normal.attn_resolutions) == (
+        128,
+        (1, 2, 2, 2, 2),
+        (28,),
+    )
     assert NetworkConfig.preset("mini", dropout=0.0).dropout == 0.0
     with pytest.raises(ConfigError, match="unknown network preset 'huge'"):
         NetworkConfig.preset("huge")

@@ -11,9 +11,6 @@ import dataclasses
 
 import pytest
 import torch
-
-from corrdiff_xr.config import EDMConfig, NetworkConfig
-from corrdiff_xr.model import CorrDiff, import_mdlus
 from physicsnemo_ref import (
     copy_reference_weights,
     randomize_,
@@ -21,6 +18,9 @@ from physicsnemo_ref import (
     reference_residual,
     requires_physicsnemo,
 )
+
+from corrdiff_xr.config import EDMConfig, NetworkConfig
+from corrdiff_xr.model import CorrDiff, import_mdlus
 
 pytestmark = requires_physicsnemo
 
@@ -33,28 +33,65 @@ def _one_torch_thread():
     yield
     torch.set_num_threads(n)
 
+
 ATOL = 1e-5
 SIGMAS = (0.002, 0.3, 1.0, 17.0, 800.0)
-TINY = NetworkConfig(model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), dropout=0.0)
+TINY = NetworkConfig(
+    model_channels=16,
+    channel_mult=(1, 2),
+    num_blocks=1,
+    attn_resolutions=(8,),
+    dropout=0.0,
+)
 
 CONFIGS = {
     "mini_like_attention": (TINY, (16, 16)),
-    "no_attention": (dataclasses.replace(TINY, attn_resolutions=(), bottleneck_attention=False), (16, 16)),
-    "learnable_grid": (dataclasses.replace(TINY, gridtype="learnable", N_grid_channels=6), (16, 16)),
-    "non_square_octave_grid": (dataclasses.replace(TINY, gridtype="sinusoidal_octave", N_grid_channels=8), (16, 24)),
+    "no_attention": (
+        dataclasses.replace(TINY, attn_resolutions=(), bottleneck_attention=False),
+        (16, 16),
+    ),
+    "learnable_grid": (
+        dataclasses.replace(TINY, gridtype="learnable", N_grid_channels=6),
+        (16, 16),
+    ),
+    "non_square_octave_grid": (
+        dataclasses.replace(TINY, gridtype="sinusoidal_octave", N_grid_channels=8),
+        (16, 24),
+    ),
     "legacy_multiband_grid": (dataclasses.replace(TINY, N_grid_channels=12), (16, 24)),
-    "three_levels": (dataclasses.replace(TINY, channel_mult=(1, 2, 2), attn_resolutions=(4,)), (16, 16)),
-    "lead_time": (dataclasses.replace(TINY, lead_time_channels=3, lead_time_steps=4), (16, 24)),
+    "three_levels": (
+        dataclasses.replace(TINY, channel_mult=(1, 2, 2), attn_resolutions=(4,)),
+        (16, 16),
+    ),
+    "lead_time": (
+        dataclasses.replace(TINY, lead_time_channels=3, lead_time_steps=4),
+        (16, 24),
+    ),
 }
 
 
-def _pair(cfg: NetworkConfig, shape, edm=EDMConfig(), cin=3, cout=2):
+def _pair(cfg: NetworkConfig, shape, edm=None, cin=3, cout=2):
+    edm = edm or EDMConfig()
     reg_cfg = dataclasses.replace(cfg, embedding_type="zero")
-    ours = CorrDiff(img_shape=shape, in_channels=cin, out_channels=cout, regression_network=reg_cfg,
-                    residual_network=cfg, edm=edm)
-    ref_reg = randomize_(reference_regression(reg_cfg, in_channels=cin, out_channels=cout, img_shape=shape), seed=1)
+    ours = CorrDiff(
+        img_shape=shape,
+        in_channels=cin,
+        out_channels=cout,
+        regression_network=reg_cfg,
+        residual_network=cfg,
+        edm=edm,
+    )
+    ref_reg = randomize_(
+        reference_regression(
+            reg_cfg, in_channels=cin, out_channels=cout, img_shape=shape
+        ),
+        seed=1,
+    )
     ref_res = randomize_(
-        reference_residual(cfg, edm, cond_channels=cin + cout, out_channels=cout, img_shape=shape), seed=2
+        reference_residual(
+            cfg, edm, cond_channels=cin + cout, out_channels=cout, img_shape=shape
+        ),
+        seed=2,
     )
     copy_reference_weights(ref_reg, ours.regression, target_prefix="net.")
     copy_reference_weights(ref_res, ours.residual, target_prefix="net.")
@@ -85,7 +122,9 @@ def test_regression_and_denoiser_match_reference_for_copied_weights(name):
         s = torch.full((x.shape[0],), sigma)
         ours_d = ours.residual(latent * sigma, s, condition=cond, lead_time=lead)
         ref_d = ref_res(latent * sigma, cond, s, **kw)
-        torch.testing.assert_close(ours_d, ref_d, atol=ATOL, rtol=0, msg=f"sigma={sigma}")
+        torch.testing.assert_close(
+            ours_d, ref_d, atol=ATOL, rtol=0, msg=f"sigma={sigma}"
+        )
 
 
 @torch.no_grad()
@@ -94,10 +133,17 @@ def test_training_mode_forward_matches_reference_without_dropout():
     for m in (ours, ref_reg, ref_res):
         m.train()
     x, latent, _ = _inputs(TINY, (16, 24))
-    torch.testing.assert_close(ours.predict_mean(x), ref_reg(torch.zeros_like(latent), x), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        ours.predict_mean(x), ref_reg(torch.zeros_like(latent), x), atol=ATOL, rtol=0
+    )
     s = torch.tensor([0.1, 1.0, 10.0])
     cond = torch.cat([torch.randn_like(latent), x], dim=1)
-    torch.testing.assert_close(ours.residual(latent, s, condition=cond), ref_res(latent, cond, s), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        ours.residual(latent, s, condition=cond),
+        ref_res(latent, cond, s),
+        atol=ATOL,
+        rtol=0,
+    )
 
 
 @torch.no_grad()
@@ -110,13 +156,24 @@ def test_patch_offsets_match_reference_global_index():
     offsets = torch.tensor([[0, 8], [8, 0]])
     rows = offsets[:, :1, None] + torch.arange(8)[None, :, None]
     cols = offsets[:, 1:, None] + torch.arange(8)[None, None, :]
-    gi = torch.stack([rows.expand(2, 8, 8), cols.expand(2, 8, 8)], dim=1)  # (P, 2, h, w)
-    patches_cond = torch.stack([cond[i, :, r:r + 8, c:c + 8] for i, (r, c) in enumerate(offsets.tolist())])
-    patches_lat = torch.stack([latent[i, :, r:r + 8, c:c + 8] for i, (r, c) in enumerate(offsets.tolist())])
+    gi = torch.stack(
+        [rows.expand(2, 8, 8), cols.expand(2, 8, 8)], dim=1
+    )  # (P, 2, h, w)
+    patches_cond = torch.stack(
+        [cond[i, :, r : r + 8, c : c + 8] for i, (r, c) in enumerate(offsets.tolist())]
+    )
+    patches_lat = torch.stack(
+        [
+            latent[i, :, r : r + 8, c : c + 8]
+            for i, (r, c) in enumerate(offsets.tolist())
+        ]
+    )
     s = torch.tensor([0.7])
     # reference: batch B*P ordered b-major over patches; here B = 1, P = 2
     ref = ref_res(patches_lat, patches_cond, s.expand(2), global_index=gi)
-    got = ours.residual(patches_lat, s.expand(2), condition=patches_cond, offsets=offsets)
+    got = ours.residual(
+        patches_lat, s.expand(2), condition=patches_cond, offsets=offsets
+    )
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
 
 
@@ -127,7 +184,12 @@ def test_legacy_edmprecondsr_scales_condition_like_reference():
     x, latent, _ = _inputs(TINY, (16, 16))
     cond = torch.cat([torch.randn_like(latent), x], dim=1)
     s = torch.tensor([0.05, 2.0, 300.0])
-    torch.testing.assert_close(ours.residual(latent, s, condition=cond), ref_res(latent, cond, s), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        ours.residual(latent, s, condition=cond),
+        ref_res(latent, cond, s),
+        atol=ATOL,
+        rtol=0,
+    )
 
 
 @torch.no_grad()
@@ -140,9 +202,15 @@ def test_models_imported_from_reference_mdlus_files_match_reference(tmp_path):
     assert model.edm_config.hr_mean_conditioning
     x, latent, _ = _inputs(cfg, shape)
     mean = model.predict_mean(x)
-    torch.testing.assert_close(mean, ref_reg(torch.zeros_like(latent), x), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        mean, ref_reg(torch.zeros_like(latent), x), atol=ATOL, rtol=0
+    )
     cond = torch.cat([mean, x], dim=1)
     for sigma in SIGMAS:
         s = torch.full((3,), sigma)
-        torch.testing.assert_close(model.residual(latent * sigma, s, condition=cond),
-                                   ref_res(latent * sigma, cond, s), atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            model.residual(latent * sigma, s, condition=cond),
+            ref_res(latent * sigma, cond, s),
+            atol=ATOL,
+            rtol=0,
+        )

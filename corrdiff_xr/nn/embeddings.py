@@ -35,7 +35,9 @@ class NoiseEmbedding(nn.Module):
     def __init__(self, num_channels: int, *, max_positions: int = 10000):
         super().__init__()
         half = num_channels // 2
-        freqs = (1.0 / max_positions) ** (torch.arange(half, dtype=torch.float32) / (half - 1))
+        freqs = (1.0 / max_positions) ** (
+            torch.arange(half, dtype=torch.float32) / (half - 1)
+        )
         self.register_buffer("freqs", freqs, persistent=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
@@ -45,7 +47,9 @@ class NoiseEmbedding(nn.Module):
 
 def patch_index(offsets: torch.Tensor, length: int, axis: int) -> torch.Tensor:
     """Global pixel indices (N, length) along ``axis`` (0 rows, 1 cols) for each offset."""
-    return offsets[:, axis : axis + 1].long() + torch.arange(length, device=offsets.device)
+    return offsets[:, axis : axis + 1].long() + torch.arange(
+        length, device=offsets.device
+    )
 
 
 class GridEmbedding(nn.Module):
@@ -61,16 +65,26 @@ class GridEmbedding(nn.Module):
         Number of channels (multiple of 4 for sinusoids, 2 for ``linear``).
     """
 
-    def __init__(self, img_shape: tuple[int, int], *, gridtype: GridType = "sinusoidal", channels: int = 4):
+    def __init__(
+        self,
+        img_shape: tuple[int, int],
+        *,
+        gridtype: GridType = "sinusoidal",
+        channels: int = 4,
+    ):
         super().__init__()
         self.img_shape = (int(img_shape[0]), int(img_shape[1]))
         self.gridtype = gridtype if channels else "none"
         self.channels = channels if self.gridtype != "none" else 0
         self.weight = None
         if self.gridtype in ("sinusoidal", "sinusoidal_octave") and channels % 4:
-            raise ValueError(f"gridtype {gridtype!r} needs N_grid_channels divisible by 4, got {channels}")
+            raise ValueError(
+                f"gridtype {gridtype!r} needs N_grid_channels divisible by 4, got {channels}"
+            )
         if self.gridtype == "linear" and channels != 2:
-            raise ValueError(f"gridtype 'linear' needs N_grid_channels = 2, got {channels}")
+            raise ValueError(
+                f"gridtype 'linear' needs N_grid_channels = 2, got {channels}"
+            )
         if self.gridtype == "learnable":
             self.weight = nn.Parameter(torch.randn(channels, *self.img_shape))
         elif self.gridtype not in ("sinusoidal", "sinusoidal_octave", "linear", "none"):
@@ -88,8 +102,15 @@ class GridEmbedding(nn.Module):
             return -1.0 + idx.double() * (2.0 / (n - 1))
         return idx.double() * (2.0 * math.pi / (n - 1))
 
-    def forward(self, offsets: torch.Tensor | None, shape: tuple[int, int], batch: int, *,
-                dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor | None:
+    def forward(
+        self,
+        offsets: torch.Tensor | None,
+        shape: tuple[int, int],
+        batch: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | None = None,
+    ) -> torch.Tensor | None:
         """Embedding (batch, C, h, w) of the patches at ``offsets`` (batch, 2), or the full grid."""
         if self.channels == 0:
             return None
@@ -106,7 +127,9 @@ class GridEmbedding(nn.Module):
         if self.gridtype == "learnable":
             H, W = self.img_shape
             if rows.min() < 0 or cols.min() < 0 or rows.max() >= H or cols.max() >= W:
-                raise ValueError(f"patch offsets place pixels outside the learnable grid {self.img_shape}")
+                raise ValueError(
+                    f"patch offsets place pixels outside the learnable grid {self.img_shape}"
+                )
             # (C, N, h, w) -> (N, C, h, w)
             sel = self.weight[:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3)
             return sel.to(dtype)
@@ -134,23 +157,35 @@ class LeadTimeEmbedding(nn.Module):
         self.channels = channels
         self.weight = nn.Parameter(torch.randn(steps, channels, *self.img_shape))
 
-    def forward(self, lead_time: torch.Tensor, offsets: torch.Tensor | None, shape: tuple[int, int], *,
-                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def forward(
+        self,
+        lead_time: torch.Tensor,
+        offsets: torch.Tensor | None,
+        shape: tuple[int, int],
+        *,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
         """Embedding (N, C, h, w) for integer lead-time labels (N,) at ``offsets`` (N, 2)."""
         lead_time = lead_time.long().reshape(-1)
         if lead_time.min() < 0 or lead_time.max() >= self.steps:
-            raise ValueError(f"lead_time labels must lie in [0, {self.steps}), got {lead_time.tolist()}")
+            raise ValueError(
+                f"lead_time labels must lie in [0, {self.steps}), got {lead_time.tolist()}"
+            )
         sel = self.weight[lead_time]  # (N, C, H, W)
         h, w = shape
         if offsets is None:
             if (h, w) != self.img_shape:
-                raise ValueError(f"input of shape {(h, w)} differs from the grid {self.img_shape}; pass offsets")
+                raise ValueError(
+                    f"input of shape {(h, w)} differs from the grid {self.img_shape}; pass offsets"
+                )
             return sel.to(dtype)
         rows = patch_index(offsets, h, 0)
         cols = patch_index(offsets, w, 1)
         H, W = self.img_shape
         if rows.min() < 0 or cols.min() < 0 or rows.max() >= H or cols.max() >= W:
-            raise ValueError(f"patch offsets place pixels outside the lead-time grid {self.img_shape}")
+            raise ValueError(
+                f"patch offsets place pixels outside the lead-time grid {self.img_shape}"
+            )
         n = torch.arange(sel.shape[0], device=sel.device)[:, None, None]
         # advanced indices (N,1,1),(N,h,1),(N,1,w) around a slice -> (N, h, w, C)
         out = sel.permute(0, 2, 3, 1)[n, rows[:, :, None], cols[:, None, :]]

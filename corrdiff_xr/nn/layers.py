@@ -33,7 +33,9 @@ from torch import nn
 __all__ = ["Attention", "Conv2d", "GroupNorm", "Linear", "UNetBlock", "xavier_uniform_"]
 
 
-def xavier_uniform_(tensor: torch.Tensor, fan_in: int, fan_out: int, gain: float = 1.0) -> torch.Tensor:
+def xavier_uniform_(
+    tensor: torch.Tensor, fan_in: int, fan_out: int, gain: float = 1.0
+) -> torch.Tensor:
     """Fill ``tensor`` from U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out)) (Glorot 2010)."""
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
     with torch.no_grad():
@@ -49,7 +51,14 @@ def _resample_kernel(taps: Sequence[int]) -> torch.Tensor:
 class Linear(nn.Module):
     """Dense layer ``x @ W.T + b`` with Glorot-uniform weights scaled by ``init_weight``."""
 
-    def __init__(self, in_features: int, out_features: int, *, bias: bool = True, init_weight: float = 1.0):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool = True,
+        init_weight: float = 1.0,
+    ):
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
@@ -91,8 +100,13 @@ class Conv2d(nn.Module):
         self.resample_taps = tuple(int(t) for t in resample_filter)
         self._box = self.resample_taps == (1, 1)
         if kernel:
-            fan_in, fan_out = in_channels * kernel * kernel, out_channels * kernel * kernel
-            self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel, kernel))
+            fan_in, fan_out = (
+                in_channels * kernel * kernel,
+                out_channels * kernel * kernel,
+            )
+            self.weight = nn.Parameter(
+                torch.empty(out_channels, in_channels, kernel, kernel)
+            )
             xavier_uniform_(self.weight, fan_in, fan_out, init_weight)
             self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         else:
@@ -100,7 +114,9 @@ class Conv2d(nn.Module):
             self.bias = None
         # A derived constant, not state: kept out of the state dict.
         self.register_buffer(
-            "resample_filter", _resample_kernel(self.resample_taps) if (up or down) else None, persistent=False
+            "resample_filter",
+            _resample_kernel(self.resample_taps) if (up or down) else None,
+            persistent=False,
         )
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,7 +133,9 @@ class Conv2d(nn.Module):
             f = self.resample_filter.to(x.dtype) * 4
             c = x.shape[1]
             pad = (f.shape[-1] - 1) // 2
-            return F.conv_transpose2d(x, f.expand(c, 1, -1, -1), groups=c, stride=2, padding=pad)
+            return F.conv_transpose2d(
+                x, f.expand(c, 1, -1, -1), groups=c, stride=2, padding=pad
+            )
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,11 +160,20 @@ class GroupNorm(nn.Module):
         In ``eval()`` normalise by the unbiased (n - 1) group variance, as PhysicsNeMo does.
     """
 
-    def __init__(self, num_channels: int, *, eps: float = 1e-6, silu: bool = False, eval_unbiased: bool = True):
+    def __init__(
+        self,
+        num_channels: int,
+        *,
+        eps: float = 1e-6,
+        silu: bool = False,
+        eval_unbiased: bool = True,
+    ):
         super().__init__()
         groups = min(32, (num_channels + 3) // 4)
         if num_channels % groups:
-            raise ValueError(f"GroupNorm: {num_channels} channels are not divisible into {groups} groups")
+            raise ValueError(
+                f"GroupNorm: {num_channels} channels are not divisible into {groups} groups"
+            )
         self.num_groups = groups
         self.eps = eps
         self.silu = silu
@@ -172,10 +199,19 @@ class Attention(nn.Module):
     the reference, so its weights load unchanged.
     """
 
-    def __init__(self, channels: int, *, num_heads: int = 1, eps: float = 1e-6, eval_unbiased: bool = True):
+    def __init__(
+        self,
+        channels: int,
+        *,
+        num_heads: int = 1,
+        eps: float = 1e-6,
+        eval_unbiased: bool = True,
+    ):
         super().__init__()
         if channels % num_heads:
-            raise ValueError(f"Attention: {channels} channels not divisible by {num_heads} heads")
+            raise ValueError(
+                f"Attention: {channels} channels not divisible by {num_heads} heads"
+            )
         self.num_heads = num_heads
         self.norm = GroupNorm(channels, eps=eps, eval_unbiased=eval_unbiased)
         self.qkv = Conv2d(channels, channels * 3, 1, init_weight=math.sqrt(0.2))
@@ -183,7 +219,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(n, self.num_heads, c // self.num_heads, 3, h * w)
+        qkv = self.qkv(self.norm(x)).reshape(
+            n, self.num_heads, c // self.num_heads, 3, h * w
+        )
         q, k, v = qkv.permute(3, 0, 1, 4, 2).unbind(0)  # each (n, heads, hw, c/heads)
         a = F.scaled_dot_product_attention(q, k, v)  # default scale 1/sqrt(c/heads)
         a = a.transpose(-1, -2).reshape(n, c, h, w)
@@ -215,15 +253,29 @@ class UNetBlock(nn.Module):
         self.out_channels = out_channels
         self.dropout = dropout
         self.skip_scale = 1.0 / math.sqrt(2.0)
-        gn = dict(eps=1e-6, eval_unbiased=eval_unbiased)
+        gn = {"eps": 1e-6, "eval_unbiased": eval_unbiased}
         self.norm0 = GroupNorm(in_channels, silu=True, **gn)
-        self.conv0 = Conv2d(in_channels, out_channels, 3, up=up, down=down, resample_filter=resample_filter)
+        self.conv0 = Conv2d(
+            in_channels,
+            out_channels,
+            3,
+            up=up,
+            down=down,
+            resample_filter=resample_filter,
+        )
         self.affine = Linear(emb_channels, out_channels)
         self.norm1 = GroupNorm(out_channels, silu=True, **gn)
         self.conv1 = Conv2d(out_channels, out_channels, 3, init_weight=1e-5)
         self.skip = None
         if out_channels != in_channels or up or down:
-            self.skip = Conv2d(in_channels, out_channels, 1, up=up, down=down, resample_filter=resample_filter)
+            self.skip = Conv2d(
+                in_channels,
+                out_channels,
+                1,
+                up=up,
+                down=down,
+                resample_filter=resample_filter,
+            )
         self.attn = Attention(out_channels, **gn) if attention else None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -231,7 +283,9 @@ class UNetBlock(nn.Module):
         x = self.conv0(self.norm0(x))
         x = self.norm1(x.add_(self.affine(emb)[:, :, None, None]))
         x = self.conv1(F.dropout(x, p=self.dropout, training=self.training))
-        x = x.add_(self.skip(orig) if self.skip is not None else orig).mul_(self.skip_scale)
+        x = x.add_(self.skip(orig) if self.skip is not None else orig).mul_(
+            self.skip_scale
+        )
         if self.attn is not None:
             x = self.attn(x).mul_(self.skip_scale)
         return x

@@ -44,7 +44,14 @@ class SongUNet(nn.Module):
         The global grid (H, W) that positional embeddings cover.
     """
 
-    def __init__(self, config: NetworkConfig, *, in_channels: int, out_channels: int, img_shape: tuple[int, int]):
+    def __init__(
+        self,
+        config: NetworkConfig,
+        *,
+        in_channels: int,
+        out_channels: int,
+        img_shape: tuple[int, int],
+    ):
         super().__init__()
         cfg = config
         self.config = cfg
@@ -58,17 +65,33 @@ class SongUNet(nn.Module):
         self.emb_channels = emb_ch
         unbiased = cfg.eval_groupnorm_unbiased
 
-        self.grid = GridEmbedding(self.img_shape, gridtype=cfg.gridtype, channels=cfg.N_grid_channels)
+        self.grid = GridEmbedding(
+            self.img_shape, gridtype=cfg.gridtype, channels=cfg.N_grid_channels
+        )
         self.lead_time = (
-            LeadTimeEmbedding(self.img_shape, steps=cfg.lead_time_steps, channels=cfg.lead_time_channels)
+            LeadTimeEmbedding(
+                self.img_shape,
+                steps=cfg.lead_time_steps,
+                channels=cfg.lead_time_channels,
+            )
             if cfg.lead_time_channels
             else None
         )
         self.prob_channels = tuple(cfg.prob_channels)
         if self.prob_channels and self.lead_time is None:
-            raise ValueError("prob_channels needs a lead-time model (lead_time_channels > 0)")
-        self.scalar = nn.Parameter(torch.ones(1, len(self.prob_channels), 1, 1)) if self.prob_channels else None
-        total_in = in_channels + self.grid.channels + (cfg.lead_time_channels if self.lead_time else 0)
+            raise ValueError(
+                "prob_channels needs a lead-time model (lead_time_channels > 0)"
+            )
+        self.scalar = (
+            nn.Parameter(torch.ones(1, len(self.prob_channels), 1, 1))
+            if self.prob_channels
+            else None
+        )
+        total_in = (
+            in_channels
+            + self.grid.channels
+            + (cfg.lead_time_channels if self.lead_time else 0)
+        )
         self.total_in_channels = total_in
 
         if cfg.embedding_type == "positional":
@@ -78,8 +101,12 @@ class SongUNet(nn.Module):
         else:
             self.map_noise = None
 
-        block = dict(emb_channels=emb_ch, dropout=cfg.dropout, resample_filter=cfg.resample_filter,
-                     eval_unbiased=unbiased)
+        block = {
+            "emb_channels": emb_ch,
+            "dropout": cfg.dropout,
+            "resample_filter": cfg.resample_filter,
+            "eval_unbiased": unbiased,
+        }
         self.enc = nn.ModuleDict()
         cout = total_in
         skips = []
@@ -102,17 +129,25 @@ class SongUNet(nn.Module):
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             res = self.img_shape[0] >> level
             if level == self.levels - 1:
-                self.dec[f"L{level}_in0"] = UNetBlock(cout, cout, attention=cfg.bottleneck_attention, **block)
+                self.dec[f"L{level}_in0"] = UNetBlock(
+                    cout, cout, attention=cfg.bottleneck_attention, **block
+                )
                 self.dec[f"L{level}_in1"] = UNetBlock(cout, cout, **block)
             else:
                 self.dec[f"L{level}_up"] = UNetBlock(cout, cout, up=True, **block)
             for i in range(cfg.num_blocks + 1):
                 cin, cout = cout + skips.pop(), mc * mult
                 attn = i == cfg.num_blocks and res in cfg.attn_resolutions
-                self.dec[f"L{level}_block{i}"] = UNetBlock(cin, cout, attention=attn, **block)
-        self.dec["L0_aux_norm"] = GroupNorm(cout, eps=1e-6, silu=True, eval_unbiased=unbiased)
+                self.dec[f"L{level}_block{i}"] = UNetBlock(
+                    cin, cout, attention=attn, **block
+                )
+        self.dec["L0_aux_norm"] = GroupNorm(
+            cout, eps=1e-6, silu=True, eval_unbiased=unbiased
+        )
         self.dec["L0_aux_conv"] = Conv2d(cout, out_channels, 3, init_weight=1e-5)
-        if cfg.channels_last:  # else every convolution converts its weight on every call
+        if (
+            cfg.channels_last
+        ):  # else every convolution converts its weight on every call
             self.to(memory_format=torch.channels_last)
 
     @property
@@ -122,7 +157,9 @@ class SongUNet(nn.Module):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"SongUNet expects x of shape (N, {self.in_channels}, h, w), got {tuple(x.shape)}")
+            raise ValueError(
+                f"SongUNet expects x of shape (N, {self.in_channels}, h, w), got {tuple(x.shape)}"
+            )
         m = 2 ** (self.levels - 1)
         if x.shape[2] % m or x.shape[3] % m:
             raise ValueError(
@@ -159,7 +196,9 @@ class SongUNet(nn.Module):
             extra.append(pos)
         if self.lead_time is not None:
             if lead_time is None:
-                raise ValueError("this network has a lead-time embedding: pass lead_time labels")
+                raise ValueError(
+                    "this network has a lead-time embedding: pass lead_time labels"
+                )
             extra.append(self.lead_time(lead_time, offsets, (h, w), dtype=x.dtype))
         if extra:
             x = torch.cat([x, *extra], dim=1)
@@ -179,9 +218,7 @@ class SongUNet(nn.Module):
             x = module(x) if name.endswith("_conv") else module(x, emb)
             skips.append(x)
         for name, module in self.dec.items():
-            if name == "L0_aux_norm":
-                x = module(x)
-            elif name == "L0_aux_conv":
+            if name in ("L0_aux_norm", "L0_aux_conv"):  # output head: GN-SiLU, conv
                 x = module(x)
             else:
                 if x.shape[1] != module.in_channels:
@@ -217,5 +254,7 @@ class RegressionUNet(nn.Module):
         """Mean estimate (N, out_channels, h, w) from the condition (N, C, h, w)."""
         n, _, h, w = condition.shape
         condition = condition.to(self.net.dtype)
-        x = torch.cat([condition.new_zeros(n, self.net.out_channels, h, w), condition], dim=1)
+        x = torch.cat(
+            [condition.new_zeros(n, self.net.out_channels, h, w), condition], dim=1
+        )
         return self.net(x, x.new_zeros(n), offsets=offsets, lead_time=lead_time)

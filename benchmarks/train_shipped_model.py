@@ -61,23 +61,20 @@ def train_stage(config: Path, overrides: list[str], *, threads: int) -> float:
 
 def save_half(model_file: Path, target: Path) -> Path:
     """Copy a checkpoint with its floating tensors cast to fp16 (same header), atomically."""
-    import torch
     from safetensors import safe_open
     from safetensors.torch import save
 
     with safe_open(str(model_file), framework="pt", device="cpu") as f:
         meta = f.metadata()
-        tensors = {
-            k: (t.half() if t.is_floating_point() else t)
-            for k, t in ((k, f.get_tensor(k)) for k in f.keys())
-        }
+        names = f.keys()
+        tensors = {k: f.get_tensor(k) for k in names}
+    tensors = {k: (t.half() if t.is_floating_point() else t) for k, t in tensors.items()}
     blob = save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     with os.fdopen(fd, "wb") as out:
         out.write(blob)
     os.replace(tmp, target)
-    del torch
     return target
 
 

@@ -28,7 +28,8 @@ def path():
 def test_shipped_file_is_small_and_stores_fp16_tensors(path):
     assert path.stat().st_size < 5_000_000
     with safe_open(str(path), framework="pt") as f:
-        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+        names = f.keys()
+        dtypes = {f.get_slice(k).get_dtype() for k in names}
     assert dtypes == {"F16"}
 
 
@@ -67,7 +68,7 @@ def test_regression_mean_beats_bilinear_on_held_out_hours(path, tmp_path_factory
     mae_reg = scoring.mae(mean.expand_dims({MEMBER: 1}), truth)
     mae_bil = scoring.mae(base.expand_dims({MEMBER: 1}), truth)
     std = pair.stats.sel(stat="std")
-    overall = lambda s: sum(float(s[v]) / float(std[v]) for v in TARGETS)  # noqa: E731
+    overall = lambda s: sum(float(s[v]) / float(std[v]) for v in TARGETS)
     assert overall(mae_reg) < overall(mae_bil)
     assert float(mae_reg["t2m"]) < float(mae_bil["t2m"])
     assert isinstance(mean, xr.Dataset) and set(mean.data_vars) == set(TARGETS)

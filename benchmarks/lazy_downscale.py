@@ -113,45 +113,62 @@ def scaling(repeat: int) -> dict:
     return out
 
 
-def _memory_child(size: int) -> None:
-    """Stream a size x size domain to Zarr in this process and print memory figures."""
+def _memory_child(store: str, checkpoint: str) -> None:
+    """Stream the downscaled ``store`` to Zarr in this process and print memory figures."""
+    import dask
     import torch
 
     from corrdiff_xr._inference.store import write_zarr
+    from corrdiff_xr.data import open_pair
     from corrdiff_xr.inference import downscale
 
     torch.set_num_threads(1)
-    pair, _, model = _setup(size, size, 2, channels=8, chunks={"time": 1})
-    ds = downscale(pair, model, members=1, steps=2, patch=64, overlap=16,
-                   chunks={"time": 1, "y": 64, "x": 64})
-    small = downscale(pair.isel(time=[0]), model, members=1, steps=2, patch=64, overlap=16,
-                      chunks={"time": 1, "y": 64, "x": 64})
-    small.t2m.data.blocks[0, 0, 0, 0].compute(scheduler="sync")  # warm-up: model, torch pools
+    pair = open_pair(store)
+    kwargs = {"members": 1, "steps": 2, "patch": 64, "overlap": 16,
+              "chunks": {"time": 1, "y": 64, "x": 64}}
+    ds = downscale(pair, checkpoint, **kwargs)
+    # warm-up on one block: model load, torch's allocator and thread pools
+    downscale(pair.isel(time=[0]), checkpoint, **kwargs).t2m.data.blocks[0, 0, 0, 0].compute(
+        scheduler="sync")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with tempfile.TemporaryDirectory() as tmp:
-        import dask
-
-        with dask.config.set(scheduler="sync"):
-            write_zarr(ds, os.path.join(tmp, "out.zarr"))
+    with tempfile.TemporaryDirectory() as tmp, dask.config.set(scheduler="sync"):
+        write_zarr(ds, os.path.join(tmp, "out.zarr"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"size": size, "before_kib": before, "peak_kib": peak}))
+    print(json.dumps({"before_kib": before, "peak_kib": peak}))
 
 
 def memory(base: int) -> dict:
-    """Peak memory of streaming a (2 base)^2 domain vs a base^2 domain, each in a fresh process."""
+    """Peak memory of streaming a (2 base)^2 domain vs a base^2 domain, each in a fresh process.
+
+    The inputs are Zarr stores chunked like the output (64 x 64 fine, 16 x 16 coarse), written
+    beforehand by this (unmeasured) process, so a block reads only its halo.
+    """
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.data import open_pair, synthetic_dataset
+    from corrdiff_xr.testing import tiny_corrdiff
+
     figs = {}
-    for size in (base, 2 * base):
-        res = subprocess.run([sys.executable, __file__, "--memory-child", str(size)],
-                             capture_output=True, text=True, check=True)
-        figs[size] = json.loads(res.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in (base, 2 * base):
+            store = os.path.join(tmp, f"in{size}.zarr")
+            chunks = {"time": 1, "y": 64, "x": 64, "y_coarse": 16, "x_coarse": 16}
+            data = synthetic_dataset(ny=size, nx=size, nt=2, factor=4, seed=0)
+            data.chunk(chunks).to_zarr(store, consolidated=False)
+            pair = open_pair(store)
+            ckpt = tiny_corrdiff(Codec.from_pair(pair), (size, size), channels=8).save(
+                os.path.join(tmp, f"m{size}.safetensors"))
+            res = subprocess.run([sys.executable, __file__, "--memory-child", store, str(ckpt)],
+                                 capture_output=True, text=True, check=True)
+            figs[size] = json.loads(res.stdout.strip().splitlines()[-1])
     b, l = figs[base], figs[2 * base]
     return {
         "base_peak_mib": b["peak_kib"] / 1024, "4x_peak_mib": l["peak_kib"] / 1024,
         "peak_mem_ratio_4x_domain": l["peak_kib"] / b["peak_kib"],
         "base_increment_mib": (b["peak_kib"] - b["before_kib"]) / 1024,
         "4x_increment_mib": (l["peak_kib"] - l["before_kib"]) / 1024,
-        "setup": f"{base}x{base} vs {2 * base}x{2 * base} domain, 64x64 patches and chunks, "
-                 "2 times, streamed with write_zarr on the sync scheduler",
+        "setup": f"{base}x{base} vs {2 * base}x{2 * base} domain from Zarr chunked 64x64, "
+                 "64x64 patches (overlap 16) and output chunks, 2 times, streamed with "
+                 "write_zarr on the sync scheduler",
     }
 
 
@@ -160,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--base", type=int, default=256, help="base domain side for memory")
-    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
-        _memory_child(args.memory_child)
+        _memory_child(*args.memory_child)
         return 0
     load_before = os.getloadavg()
     results = {"lazy_overhead": lazy_overhead(args.repeat), "scaling": scaling(args.repeat),

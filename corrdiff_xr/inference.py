@@ -5,8 +5,9 @@
 streams it block by block). Each output block - a time chunk x a spatial chunk x a chunk of
 members - is one task that:
 
-1. reads the regridded inputs and static fields over the block plus a halo (dask slicing of
-   the lazy inputs, so any input chunking works);
+1. reads the regridded inputs and static fields over the block plus a halo (the task depends
+   on exactly the input chunks the halo overlaps, so any input chunking works; the graph is
+   built key by key in :mod:`corrdiff_xr._inference.graph`);
 2. finds the model in its process's cache (the task carries a checkpoint path and stamp,
    never the weights: see :mod:`corrdiff_xr._inference.cache`);
 3. samples every patch of the *global* patch grid (:class:`corrdiff_xr.patching.PatchGrid`,
@@ -31,7 +32,6 @@ defaults use ramp weights across a generous overlap (a quarter of the patch) to 
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import sys
@@ -39,7 +39,6 @@ import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -200,6 +199,7 @@ def downscale(
     """
     from corrdiff_xr._inference.block import plan_blocks
     from corrdiff_xr._inference.cache import token_for
+    from corrdiff_xr._inference.graph import block_arrays
     from corrdiff_xr.patching import PatchGrid
 
     if output not in ("ensemble", "mean", "residual"):
@@ -254,9 +254,9 @@ def downscale(
     mch = _regular((), chunks.get(MEMBER, 1), int(members))
     kinds = ("mean",) if output == "mean" else ("sample", "mean") if output == "residual" else ("sample",)
 
-    stacked = _block_arrays(
-        src, grid, plan_blocks(grid, ych, xch), tch, mch, kinds, len(codec.out_channels),
-        token=token, seed=int(seed), sampler=sampler_cfg, batch_size=int(batch_size),
+    stacked = block_arrays(
+        src, plan_blocks(grid, ych, xch), tch, mch, kinds, len(codec.out_channels),
+        grid=grid, token=token, seed=int(seed), sampler=sampler_cfg, batch_size=int(batch_size),
         threads=threads,
     )
     return _to_dataset(stacked, output, src, pair, codec, token, sampler_cfg, grid, seed, members, patch)
@@ -306,35 +306,3 @@ def _to_dataset(
         "corrdiff_patching": patch_desc,
     }
     return xr.Dataset(variables, coords=coords, attrs=attrs)
-
-
-def _block_arrays(
-    src: xr.Dataset, grid, plans, tch, mch, kinds, n_out: int, **task_kwargs: Any
-) -> dict[str, da.Array]:
-    """One task per (member chunk, time chunk, spatial block); channel-first dask arrays.
-
-    ``"sample"`` is ``(C, member, time, y, x)`` and ``"mean"`` ``(C, time, y, x)``; a block's
-    task reads only its halo of ``src`` (dask slicing, so any input chunking works).
-    """
-    from corrdiff_xr._inference.block import compute_block
-
-    times = src[TIME].values.astype("datetime64[ns]").astype(np.int64)
-    tbounds = list(itertools.pairwise(np.cumsum((0, *tch))))
-    mbounds = list(itertools.pairwise(np.cumsum((0, *mch)))) if "sample" in kinds else [(0, 0)]
-    grid_shape = (len(mbounds), len(tbounds), len(plans), len(plans[0]))
-    parts = {k: np.empty(grid_shape, dtype=object) for k in kinds}
-    for (it, (t0, t1)), (iy, prow) in itertools.product(enumerate(tbounds), enumerate(plans)):
-        for ix, plan in enumerate(prow):
-            halo = src.isel({TIME: slice(t0, t1), Y: slice(*plan.halo_rows), X: slice(*plan.halo_cols)})
-            hw = (plan.rows[1] - plan.rows[0], plan.cols[1] - plan.cols[0])
-            for g, (m0, m1) in enumerate(mbounds):
-                task = dask.delayed(compute_block, pure=True)(
-                    halo, grid=grid, plan=plan, times=tuple(int(v) for v in times[t0:t1]),
-                    members=tuple(range(m0, m1)), kinds=kinds, **task_kwargs,
-                )
-                for k in kinds:
-                    lead = (n_out, m1 - m0, t1 - t0) if k == "sample" else (n_out, t1 - t0)
-                    parts[k][g, it, iy, ix] = da.from_delayed(task[k], shape=(*lead, *hw), dtype=np.float32)
-    # da.block concatenates nested lists along the trailing axes: (member,) time, y, x
-    out = {k: da.block(parts[k].tolist() if k == "sample" else parts[k][0].tolist()) for k in kinds}
-    return out

@@ -40,6 +40,8 @@ import xarray as xr
 from corrdiff_xr.dims import MEMBER, TIME
 
 __all__ = [
+    "DEMO_SIGMA_MAX",
+    "DEMO_STEPS",
     "HELD_OUT_START",
     "SCORE_KEYS",
     "DemoResult",

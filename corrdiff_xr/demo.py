@@ -7,8 +7,8 @@
    on the first 20 days of that store (see ``benchmarks/train_shipped_model.py``);
 2. downscales an ensemble (deterministic Heun sampler, ``DEMO_STEPS`` steps from
    ``sigma_max = DEMO_SIGMA_MAX``) and the regression mean lazily with
-   ``ds.corrdiff.downscale`` and writes them to ``DIR/ensemble.zarr`` and ``DIR/regression_mean.zarr`` (atomically) under a
-   dask progress bar;
+   ``ds.corrdiff.downscale`` and writes them to ``DIR/ensemble.zarr`` and
+   ``DIR/regression_mean.zarr`` (atomically) under a dask progress bar;
 3. scores the ensemble (CRPS), the regression mean (MAE) and bilinear interpolation of the
    coarse input (MAE) against the truth, plus the ensemble's spread-skill ratio, and writes
    ``DIR/scores.json`` and a printed table;
@@ -228,7 +228,9 @@ def evaluate(
     from dask.diagnostics import ProgressBar
 
     ds = pair.dataset
-    ensemble = ds.corrdiff.downscale(model, members=members, steps=steps, sampler=sampler, seed=seed)
+    ensemble = ds.corrdiff.downscale(
+        model, members=members, steps=steps, sampler=sampler, seed=seed
+    )
     mean = ds.corrdiff.downscale(model, output="mean")
     bar = ProgressBar(minimum=1.0, dt=0.5) if progress else None
     if bar is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import sys
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, cin, S, S, generator=g)
     y = torch.randn(B, cout, S, S, generator=g)
-    results: dict[str, object] = {}
+    results: dict[str, object] = {"load_average_start": os.getloadavg()}
     times: dict[str, dict[str, list[float]]] = {}
 
     # parity check of what we time (eval mode, no dropout)
@@ -268,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         physicsnemo=getattr(physicsnemo(), "__version__", "?"),
         machine=platform.machine(),
         processor=platform.processor(),
+        load_average_end=os.getloadavg(),
+        cpu_count=os.cpu_count(),
         timings=times,
     )
     if args.json:

@@ -3,15 +3,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _train_helpers import open_standin, write_store
+import xarray as xr
+from _train_helpers import synthetic_store
 
+from corrdiff_xr.codec import Codec
+from corrdiff_xr.data import open_pair
 from corrdiff_xr.loader import ChunkShuffleLoader, block_bounds, rank_blocks
 from corrdiff_xr.testing import raise_if_dask_computes
 
 
-@pytest.fixture
-def store(tmp_path):
-    return write_store(tmp_path / "pair.zarr", nt=12, chunk=2)
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return synthetic_store(tmp_path_factory.mktemp("loader") / "pair.zarr", nt=12, chunk=2)
+
+
+def open_real(path):
+    """The data layer's lazy pair of the store, and its codec."""
+    pair = open_pair(path)
+    return pair, Codec.from_pair(pair)
 
 
 def _collect(loader, n=None):
@@ -31,7 +40,7 @@ def test_blocks_are_whole_chunks_merged_up_to_block_size():
 
 
 def test_one_epoch_reads_every_sample_exactly_once(store):
-    pair, codec = open_standin(store)
+    pair, codec = open_real(store)
     loader = ChunkShuffleLoader(pair, codec, batch_size=5, epochs=1, seed=3)
     batches = _collect(loader)
     times = torch.cat([b.time_index for b in batches]).numpy()
@@ -41,19 +50,19 @@ def test_one_epoch_reads_every_sample_exactly_once(store):
 
 
 def test_batches_hold_the_encoded_sample_of_their_time_index(store):
-    pair, codec = open_standin(store)
+    pair, codec = open_real(store)
     loader = ChunkShuffleLoader(pair, codec, batch_size=4, epochs=1, seed=1)
-    expected_x = codec.encode_inputs(pair.dataset.load())
-    expected_y = codec.encode_targets(pair.dataset.load())
+    expected_x = codec.encode_inputs(xr.merge([pair.inputs_on_fine, pair.static_fields]).load())
+    expected_y = codec.encode_targets(pair.fine.load())
     for batch in loader:
         t = batch.time_index.numpy()
-        np.testing.assert_array_equal(batch.inputs.numpy(), expected_x[t])
+        np.testing.assert_allclose(batch.inputs.numpy(), expected_x[t], rtol=1e-6)
         np.testing.assert_array_equal(batch.targets.numpy(), expected_y[t])
         assert batch.inputs.dtype == torch.float32
 
 
 def test_order_depends_on_seed_and_epoch_but_not_on_worker_count(store):
-    pair, codec = open_standin(store)
+    pair, codec = open_real(store)
     orders = {}
     for workers in (0, 2):
         loader = ChunkShuffleLoader(pair, codec, batch_size=3, epochs=2, seed=7, num_workers=workers)
@@ -65,7 +74,7 @@ def test_order_depends_on_seed_and_epoch_but_not_on_worker_count(store):
 
 
 def test_ranks_read_disjoint_whole_blocks_covering_the_data(store):
-    pair, codec = open_standin(store)
+    pair, codec = open_real(store)
     seen = []
     for rank in range(2):
         loader = ChunkShuffleLoader(pair, codec, batch_size=2, epochs=1, rank=rank, world_size=2)
@@ -76,7 +85,7 @@ def test_ranks_read_disjoint_whole_blocks_covering_the_data(store):
 
 
 def test_step_samples_do_not_depend_on_world_size_when_batches_hold_whole_blocks(store):
-    pair, codec = open_standin(store)
+    pair, codec = open_real(store)
     single = ChunkShuffleLoader(pair, codec, batch_size=4, epochs=1, seed=5)
     ranks = [ChunkShuffleLoader(pair, codec, batch_size=2, epochs=1, seed=5, rank=r, world_size=2) for r in range(2)]
     for big, *parts in zip(single, *ranks):
@@ -84,7 +93,7 @@ def test_step_samples_do_not_depend_on_world_size_when_batches_hold_whole_blocks
 
 
 def test_resuming_from_the_state_continues_the_same_stream(store):
-    pair, codec = open_standin(store)
+    pair, codec = open_real(store)
     reference = torch.cat([b.time_index for b in _collect(ChunkShuffleLoader(pair, codec, batch_size=5, seed=2), 7)])
     first = ChunkShuffleLoader(pair, codec, batch_size=5, seed=2)
     head = _collect(first, 3)
@@ -98,9 +107,9 @@ def test_resuming_from_the_state_continues_the_same_stream(store):
 
 def test_random_patches_crop_inputs_and_targets_at_their_offsets(store):
     pytest.importorskip("corrdiff_xr.patching")
-    pair, codec = open_standin(store)
+    pair, codec = open_real(store)
     loader = ChunkShuffleLoader(pair, codec, batch_size=4, epochs=1, patch_shape=(8, 6))
-    full = codec.encode_targets(pair.dataset.load())
+    full = codec.encode_targets(pair.fine.load())
     offsets = []
     for batch in loader:
         assert batch.targets.shape[-2:] == (8, 6)
@@ -111,19 +120,19 @@ def test_random_patches_crop_inputs_and_targets_at_their_offsets(store):
 
 
 def test_patch_larger_than_the_domain_is_refused(store):
-    pair, codec = open_standin(store)
+    pair, codec = open_real(store)
     with pytest.raises(ValueError, match="larger than the domain"):
         ChunkShuffleLoader(pair, codec, batch_size=2, patch_shape=(32, 8))
 
 
 def test_more_ranks_than_blocks_is_refused(store):
-    pair, codec = open_standin(store)
+    pair, codec = open_real(store)
     with pytest.raises(ValueError, match="fewer than the 8 ranks"):
         ChunkShuffleLoader(pair, codec, batch_size=2, block_size=4, world_size=8)
 
 
 def test_building_the_loader_reads_no_data(store):
-    pair, codec = open_standin(store)
+    pair, codec = open_real(store)
     with raise_if_dask_computes():
         ChunkShuffleLoader(pair, codec, batch_size=2, world_size=2, rank=1)
 

@@ -18,6 +18,7 @@ time x y x). It streams one time step at a time into a temporary file renamed in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -27,9 +28,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import dask
 import numpy as np
 import xarray as xr
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
 
@@ -51,8 +53,8 @@ def fingerprint(ds: xr.Dataset) -> str:
     return hashlib.blake2b(json.dumps(desc, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
-def _blocks(ds: xr.Dataset) -> tuple[tuple[str, ...], list[dict[str, slice]]]:
-    """The common chunk grid of the data variables, as dicts of dim -> slice."""
+def _blocks(ds: xr.Dataset) -> list[tuple[tuple[int, ...], dict[str, slice]]]:
+    """The common chunk grid of the data variables: (chunk index, {dim: slice}) per block."""
     first = next(iter(ds.data_vars.values()))
     dims = first.dims
     for name, var in ds.data_vars.items():
@@ -61,8 +63,8 @@ def _blocks(ds: xr.Dataset) -> tuple[tuple[str, ...], list[dict[str, slice]]]:
     bounds = [np.cumsum((0, *c)) for c in first.chunks]
     blocks = []
     for idx in itertools.product(*(range(len(b) - 1) for b in bounds)):
-        blocks.append({d: slice(int(b[i]), int(b[i + 1])) for d, b, i in zip(dims, bounds, idx)})
-    return dims, blocks
+        blocks.append((idx, {d: slice(int(b[i]), int(b[i + 1])) for d, b, i in zip(dims, bounds, idx)}))
+    return blocks
 
 
 def _block_id(block: dict[str, slice]) -> str:
@@ -87,12 +89,13 @@ def _touch_atomic(path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _write_block(store: str, block: dict[str, slice], done: str, **values: np.ndarray) -> str:
+def _write_block(values: list[np.ndarray], *, store: str, block: dict[str, slice], done: str,
+                 names: list[str]) -> str:
     import zarr
 
     group = zarr.open_group(store, mode="r+")
     region = tuple(block.values())
-    for name, data in values.items():
+    for name, data in zip(names, values):
         group[name][region] = data
     _touch_atomic(progress_dir(store) / done)
     return done
@@ -121,7 +124,7 @@ def write_zarr(ds: xr.Dataset, store: str | os.PathLike, *, overwrite: bool = Fa
     """
     store = str(store)
     key = fingerprint(ds)
-    dims, blocks = _blocks(ds)
+    blocks = _blocks(ds)
     if Path(store).exists():
         try:
             found = xr.open_zarr(store, consolidated=False).attrs.get(_FINGERPRINT)
@@ -145,19 +148,28 @@ def write_zarr(ds: xr.Dataset, store: str | os.PathLike, *, overwrite: bool = Fa
         shutil.rmtree(progress_dir(store), ignore_errors=True)
     progress_dir(store).mkdir(exist_ok=True)
     done = progress(store)
-    tasks = []
-    for block in blocks:
+    # One write task per missing block, depending directly on that block's chunk of every
+    # variable (built key by key: cheap for thousands of blocks).
+    names = list(ds.data_vars)
+    arrays = [ds[n].data for n in names]
+    wname = f"corrdiff-write-{key}"
+    layer = {}
+    for idx, block in blocks:
         bid = _block_id(block)
-        if bid in done:
-            continue
-        values = {n: v.data[tuple(block[d] for d in dims)] for n, v in ds.data_vars.items()}
-        tasks.append(dask.delayed(_write_block, pure=False)(store, block, bid, **values))
-    if tasks:
+        if bid not in done:
+            fn = functools.partial(_write_block, store=store, block=block, done=bid, names=names)
+            layer[(wname, *idx)] = (fn, [(a.name, *idx) for a in arrays])
+    if layer:
+        final = f"corrdiff-written-{key}"
+        layer[final] = (len, list(layer))
+        graph = HighLevelGraph.from_collections(final, layer, dependencies=arrays)
+        job = Delayed(final, graph)
         if client is not None:
-            client.gather(client.compute(tasks))
+            client.compute(job).result()
         else:
-            dask.compute(*tasks)
-    return {"blocks": len(blocks), "written": len(tasks), "skipped": len(blocks) - len(tasks)}
+            job.compute()
+    written = len(layer) - 1 if layer else 0
+    return {"blocks": len(blocks), "written": written, "skipped": len(blocks) - written}
 
 
 def _time_hours(times: np.ndarray) -> np.ndarray:

@@ -160,33 +160,105 @@ class Codec:
             ds = (
                 ds.compute()
             )  # one graph: variables cut from one dask block share its read
-        time_vars = [n for n in names if TIME in ds[n].dims]
-        nt, ny, nx = ds.sizes[TIME], ds.sizes[Y], ds.sizes[X]
-        out = np.empty((nt, len(names), ny, nx), dtype=np.float32)
-        mean, std = self._mean_std(names)
-        for c, name in enumerate(names):
+        for name in names:
             var = ds[name]
-            expected = (TIME, Y, X) if name in time_vars else (Y, X)
+            expected = (TIME, Y, X) if TIME in var.dims else (Y, X)
             if var.dims != expected:
                 raise DimensionError(
                     f"cannot encode '{name}': dims {var.dims}, expected {expected} (inputs must be "
                     "regridded to the fine grid first, see DownscalingData.inputs_on_fine)"
                 )
-            values = np.asarray(var.values, dtype=np.float64)
-            bad = ~np.isfinite(values)
-            if bad.any():
-                where = ""
-                if name in time_vars:
-                    t_bad = np.flatnonzero(bad.any(axis=(1, 2)))
-                    where = (
-                        f" at time(s) {[str(t) for t in ds[TIME].values[t_bad[:3]]]}"
+        arrays = {n: ds[n].values for n in names}
+        return self._encode_arrays(arrays, names, ds.sizes[TIME], times=ds[TIME].values)
+
+    def _encode_arrays(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        names: Sequence[str],
+        n_time: int,
+        *,
+        order: np.ndarray | None = None,
+        weights: Any = None,
+        times: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Fill one float32 ``(time, C, y, x)`` array channel by channel, then normalise it
+        in place in float32 (no float64 temporaries); see :meth:`encode_arrays`."""
+        fine = tuple(weights.fine_shape) if weights is not None else np.shape(arrays[names[0]])[-2:]
+        out = np.empty((n_time, len(names)) + tuple(fine), dtype=np.float32)
+        for c, name in enumerate(names):
+            a, dst = arrays[name], out[:, c]
+            if a.shape[-2:] != tuple(fine):
+                if weights is None or a.ndim != 3 or a.shape[-2:] != tuple(weights.coarse_shape):
+                    raise DimensionError(
+                        f"cannot encode '{name}': shape {a.shape} is neither on the fine grid "
+                        f"{tuple(fine)} nor a (time, y_coarse, x_coarse) input to regrid"
                     )
-                raise MissingValueError(
-                    f"variable '{name}' holds {int(bad.sum())} NaN/inf value(s){where}; the network "
-                    "cannot take missing values (fill or drop those times)"
-                )
-            out[:, c] = (values - mean[c]) / std[c]
+                weights.apply(a if order is None else a[order], out=dst)  # straight into place
+            elif a.ndim == 2:
+                dst[...] = a  # static: repeated over time
+            elif order is None:
+                dst[...] = a
+            elif a.dtype == np.float32:
+                np.take(a, order, axis=0, out=dst, mode="clip")  # order checked by the caller
+            else:
+                dst[...] = a[order]
+            mean, std = self.stats[name]
+            dst -= np.float32(mean)
+            dst *= np.float32(1.0 / std)
+            # one reduction detects NaN/inf; the element-wise search only runs on failure
+            if not np.isfinite(dst.sum(dtype=np.float64)):
+                bad = ~np.isfinite(dst)
+                if bad.any():
+                    where = ""
+                    if a.ndim == 3 and times is not None:
+                        t_bad = np.flatnonzero(bad.any(axis=(1, 2)))
+                        where = f" at time(s) {[str(t) for t in np.asarray(times)[t_bad[:3]]]}"
+                    raise MissingValueError(
+                        f"variable '{name}' holds {int(bad.sum())} NaN/inf value(s){where}; the "
+                        "network cannot take missing values (fill or drop those times)"
+                    )
         return out
+
+    def encode_arrays(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        role: str,
+        order: np.ndarray | None = None,
+        weights: Any = None,
+    ) -> np.ndarray:
+        """Normalised float32 ``(time, C, y, x)`` from plain numpy blocks (the loader's path).
+
+        Parameters
+        ----------
+        arrays
+            ``{name: array}`` with ``(time, y, x)`` fields, ``(y, x)`` static fields and, when
+            ``weights`` is given, coarse ``(time, y_coarse, x_coarse)`` inputs, which are
+            regridded straight into their channel.
+        role
+            ``"inputs"`` (channels :attr:`in_channels`) or ``"targets"`` (:attr:`out_channels`).
+        order
+            Time positions to take, in this order (a shuffle applied while filling, no copy).
+        weights
+            :class:`~corrdiff_xr.data.regrid.BilinearWeights` for coarse inputs.
+        """
+        names = {"inputs": self.in_channels, "targets": self.out_channels}.get(role)
+        if names is None:
+            raise ValueError(f"role must be 'inputs' or 'targets', got {role!r}")
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise MissingVariableError(f"cannot encode {role}: array(s) {missing} not given")
+        timed = [np.shape(arrays[n])[0] for n in names if np.ndim(arrays[n]) == 3]
+        if not timed:
+            raise DimensionError(f"cannot encode {role}: no (time, y, x) array among {list(names)}")
+        if order is not None:
+            order = np.asarray(order, dtype=np.intp)
+            if order.ndim != 1 or (order.size and not 0 <= order.min() <= order.max() < timed[0]):
+                raise ValueError(f"order must index the {timed[0]} time steps, got {order!r}")
+        n_time = len(order) if order is not None else timed[0]
+        return self._encode_arrays(
+            {n: np.asarray(arrays[n]) for n in names}, names, n_time, order=order, weights=weights
+        )
 
     def encode_inputs(self, ds: xr.Dataset) -> np.ndarray:
         """Normalised inputs ``(time, C_in, y, x)`` float32 from regridded inputs + static.
@@ -259,9 +331,9 @@ class Codec:
         mean, std = self._mean_std(self.targets)
         out = {}
         for c, name in enumerate(self.targets):
-            values = (array[..., c, :, :].astype(np.float64) * std[c] + mean[c]).astype(
-                np.float32
-            )
+            values = array[..., c, :, :].astype(np.float32)  # a copy: scaled in place
+            values *= np.float32(std[c])
+            values += np.float32(mean[c])
             attrs = dict(self.attrs.get(name, {}))
             if isinstance(template, xr.Dataset) and name in template.data_vars:
                 attrs.update(template[name].attrs)

@@ -46,6 +46,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
 import torch
 import xarray as xr
@@ -200,15 +201,19 @@ class ChunkShuffleLoader:
         self.batch_size, self.seed, self.shuffle, self.epochs = batch_size, seed, shuffle, epochs
         self.rank, self.world_size = rank, world_size
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
-        # the arrays behind the pair, so a block is one dask.compute without xarray overhead
-        self._inputs = _arrays(pair.inputs_on_fine)
+        # The arrays behind the pair, so a block is one dask.compute without xarray overhead.
+        # Inputs are read on the coarse grid and regridded in numpy by the codec, straight
+        # into the batch (16x less to read than the lazily regridded inputs, no dask graph).
+        self._coarse = _arrays(pair.coarse)
+        self._weights = pair.regrid_weights
         self._static_lazy = _arrays(pair.static_fields)
-        self._static: dict[str, tuple] | None = None  # read on first use, then kept
+        self._static: dict[str, Any] | None = None  # read on first use, then kept
         self._targets = _arrays(pair.fine)
         self._lead_time = lead_time
         if lead_time is not None and lead_time not in pair.dataset.variables:
             raise KeyError(f"lead-time variable {lead_time!r} is not in the dataset")
-        self._lead_values = None if lead_time is None else pair.dataset[lead_time]
+        self._lead_values = None if lead_time is None else pair.dataset[lead_time].data
+        self._epoch_cache: tuple[int, list[tuple[int, int]]] | None = None
         n_time = pair.fine.sizes[TIME]
         self.image_shape = (int(pair.fine.sizes[Y]), int(pair.fine.sizes[X]))
         if patch_shape is not None:
@@ -230,9 +235,11 @@ class ChunkShuffleLoader:
     # -- the stream ------------------------------------------------------------------------
     def epoch_blocks(self, epoch: int) -> list[tuple[int, int]]:
         """``(start, stop)`` of this rank's blocks in ``epoch``, in reading order."""
-        idx = rank_blocks(len(self.blocks), seed=self.seed, epoch=epoch, rank=self.rank,
-                          world_size=self.world_size, shuffle=self.shuffle)
-        return [self.blocks[i] for i in idx]
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            idx = rank_blocks(len(self.blocks), seed=self.seed, epoch=epoch, rank=self.rank,
+                              world_size=self.world_size, shuffle=self.shuffle)
+            self._epoch_cache = (epoch, [self.blocks[i] for i in idx])
+        return list(self._epoch_cache[1])
 
     def epoch_length(self, epoch: int) -> int:
         """Samples in this rank's stream during ``epoch``."""
@@ -262,21 +269,27 @@ class ChunkShuffleLoader:
         epoch, k = divmod(item, self.blocks_per_epoch)
         start, stop = self.epoch_blocks(epoch)[k]
         order = _within_block_order(stop - start, seed=self.seed, epoch=epoch, start=start, shuffle=self.shuffle)
-        window = lambda arrays: {k: (d, a[start:stop]) for k, (d, a) in arrays.items()}
-        inputs, targets, static = dask.compute(
-            window(self._inputs), window(self._targets), self._static or self._static_lazy,
-            scheduler=scheduler)
+        window = lambda arrays: {k: _block_pieces(a, start, stop) for k, a in arrays.items()}
+        lead = None if self._lead_values is None else self._lead_values[start:stop]
+        # the pieces are already the chunks' reads: optimising them per block costs more
+        # than it saves
+        coarse, targets, static, lead = dask.compute(
+            window(self._coarse), window(self._targets), self._static or self._static_lazy, lead,
+            scheduler=scheduler, optimize_graph=False)
         self._static = static
-        x = np.asarray(self.codec.encode_inputs(_dataset({**inputs, **static})), dtype=np.float32)[order]
-        y = np.asarray(self.codec.encode_targets(_dataset(targets)), dtype=np.float32)[order]
+        coarse = {k: _assemble(v) for k, v in coarse.items()}
+        targets = {k: _assemble(v) for k, v in targets.items()}
+        # from here on plain numpy: regrid, shuffle and normalise straight into the batch arrays
+        x = self.codec.encode_arrays({**coarse, **static}, role="inputs", order=order,
+                                     weights=self._weights)
+        y = self.codec.encode_arrays(targets, role="targets", order=order)
         times = (start + order).astype(np.int64)
         offsets = np.zeros((len(order), 2), dtype=np.int64)
         if self.patch_shape is not None:
             x, y, offsets = self._crop(x, y, times, epoch)
         out = {"inputs": x, "targets": y, "offsets": offsets, "time_index": times,
                "epoch": np.int64(epoch)}
-        if self._lead_values is not None:
-            lead = self._lead_values.isel({TIME: slice(start, stop)}).values
+        if lead is not None:
             out["lead_time"] = np.asarray(lead, dtype=np.int64)[order]
         return out
 
@@ -366,7 +379,11 @@ class ChunkShuffleLoader:
             self.position += len(part["time_index"])
             if self.position == self.epoch_length(self.epoch):
                 self.epoch, self.position = self.epoch + 1, 0
-        cat = lambda key: torch.from_numpy(np.concatenate([np.asarray(p[key]) for p in taken]))
+        def cat(key: str) -> torch.Tensor:
+            parts = [np.asarray(p[key]) for p in taken]
+            # a batch inside one block is a view of it (a leading-axis slice is contiguous)
+            return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
+
         lead = cat("lead_time") if "lead_time" in taken[0] else None
         batch = Batch(cat("inputs"), cat("targets"), cat("offsets"), cat("time_index"), lead)
         return batch, pending, n_pending - size
@@ -378,12 +395,48 @@ def _patch_generator(seed: int, epoch: int, time_index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
 
 
-def _arrays(ds: xr.Dataset) -> dict[str, tuple[tuple, Any]]:
-    return {str(name): (var.dims, var.data) for name, var in ds.data_vars.items()}
+def _arrays(ds: xr.Dataset) -> dict[str, Any]:
+    """``{name: data}``; dask arrays become ``_Chunks`` (their chunk reads, per time chunk)."""
+    out: dict[str, Any] = {}
+    for name, var in ds.data_vars.items():
+        data = var.data
+        if isinstance(data, da.Array) and var.dims and var.dims[0] == TIME:
+            starts = np.cumsum((0,) + data.chunks[0])
+            out[str(name)] = _Chunks(data, data.to_delayed(optimize_graph=False), starts)
+        else:
+            out[str(name)] = data
+    return out
 
 
-def _dataset(arrays: dict[str, tuple[tuple, Any]]) -> xr.Dataset:
-    return xr.Dataset({name: (dims, np.asarray(a)) for name, (dims, a) in arrays.items()})
+@dataclasses.dataclass(frozen=True)
+class _Chunks:
+    """A dask array and the delayed read of each of its chunks (built once).
+
+    Computing a block's chunk tasks directly skips building, optimising and ordering a
+    sliced graph per block, which cost as much as reading the chunks (``benchmarks/loader.py``).
+    """
+
+    array: Any
+    pieces: np.ndarray  # object array of Delayed, one per chunk
+    starts: np.ndarray  # time offset of each time chunk, and the end
+
+
+def _block_pieces(data: Any, start: int, stop: int) -> Any:
+    if not isinstance(data, _Chunks):
+        return data[start:stop]
+    i0, i1 = np.searchsorted(data.starts, [start, stop])
+    if i1 >= len(data.starts) or data.starts[i0] != start or data.starts[i1] != stop:
+        return data.array[start:stop]  # chunks not aligned with the block: slice instead
+    return ("pieces", data.pieces[i0:i1].tolist())
+
+
+def _assemble(value: Any) -> np.ndarray:
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "pieces":
+        nested = value[1]
+        while isinstance(nested, list) and len(nested) == 1:
+            nested = nested[0]  # one chunk: no copy
+        return np.asarray(nested) if not isinstance(nested, list) else np.block(value[1])
+    return np.asarray(value)
 
 
 def _time_chunks(ds: xr.Dataset, n_time: int) -> tuple[int, ...]:

@@ -109,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
 def open_training_data(cfg: TrainRunConfig):
     """(train pair, validation pair or None) for ``cfg.data``.
 
+    With ``data.train_period`` the training pair's statistics (and so the codec) are those of
+    that period alone, computed from its data; stored statistics serve only a run without it.
+
     ``catalog:NAME/ENTRY`` (NAME a bundled catalog such as ``demo`` or ``cloud``, or a
     catalog YAML path) opens the entry with ``data.catalog_params``; anything else is a Zarr
     path or fsspec URL opened with ``data.storage_options``.
@@ -130,7 +133,8 @@ def open_training_data(cfg: TrainRunConfig):
         if d.catalog_params:
             raise ConfigError("data.catalog_params only apply to a catalog:NAME/ENTRY source")
         pair = cdata.open_pair(d.source, storage_options=d.storage_options or None, **names)
-    train_pair = pair.sel(time=slice(*d.train_period)) if d.train_period else pair
+    # normalisation statistics of the training period only: validation must not leak into them
+    train_pair = pair.sel(time=slice(*d.train_period), stats="selection") if d.train_period else pair
     valid_pair = pair.sel(time=slice(*d.valid_period)) if d.valid_period else None
     return train_pair, valid_pair
 

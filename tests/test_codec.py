@@ -106,3 +106,28 @@ def test_missing_or_zero_statistics_are_errors_naming_the_variable():
         Codec(("a",), ("b",), (), {"a": (0.0, 1.0)})
     with pytest.raises(StatsError, match="'a'"):
         Codec(("a",), ("b",), (), {"a": (0.0, 0.0), "b": (1.0, 2.0)})
+
+
+def test_encoding_numpy_blocks_with_regridding_and_an_order_matches_the_dataset_path(pair, codec):
+    # the loader's path: coarse inputs regridded straight into the batch, times reordered
+    order = np.array([3, 0, 2, 1])
+    ds = xr.merge([pair.inputs_on_fine, pair.static_fields]).isel(time=slice(0, 4)).compute()
+    expected_x = codec.encode_inputs(ds)[order]
+    expected_y = codec.encode_targets(pair.fine.isel(time=slice(0, 4)).compute())[order]
+    arrays = {n: pair.dataset[n].values[:4] if "time" in pair.dataset[n].dims else pair.dataset[n].values
+              for n in pair.names}
+    x = codec.encode_arrays(arrays, role="inputs", order=order, weights=pair.regrid_weights)
+    y = codec.encode_arrays(arrays, role="targets", order=order)
+    assert x.dtype == y.dtype == np.float32
+    # float32 spacing of msl near 1e5 Pa is ~1e-5 of its std after normalising
+    np.testing.assert_allclose(x, expected_x, rtol=1e-5, atol=5e-5)
+    np.testing.assert_allclose(y, expected_y, rtol=1e-5, atol=1e-5)
+
+
+def test_encoding_numpy_blocks_names_a_variable_holding_nan(pair, codec):
+    arrays = {n: pair.dataset[n].values.astype(np.float32) for n in pair.targets}
+    arrays["u10"][1, 2, 3] = np.nan
+    with pytest.raises(MissingValueError, match="'u10' holds 1 NaN"):
+        codec.encode_arrays(arrays, role="targets")
+    with pytest.raises(ValueError, match="order must index"):
+        codec.encode_arrays(arrays, role="targets", order=[0, 99])

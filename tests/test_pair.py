@@ -162,3 +162,19 @@ def test_statistics_and_regridding_compute_the_same_on_a_distributed_cluster(
         fine = pair.inputs_on_fine.compute()
     xr.testing.assert_identical(stats, expected_stats)
     xr.testing.assert_identical(fine, expected_fine)
+
+
+def test_a_selection_with_its_own_statistics_ignores_the_times_left_out(tiny_store):
+    pair = open_pair(tiny_store)
+    write_stats(tiny_store, pair.stats)  # stored statistics of all four times
+    pair = open_pair(tiny_store)
+    assert pair.stored_stats is not None
+    first = pair.isel(time=slice(0, 2), stats="selection")
+    expected = compute_stats(pair.dataset.isel(time=slice(0, 2)), pair.names).compute()
+    xr.testing.assert_allclose(first.stats.compute(), expected)
+    assert float(first.stats["t2m"][0]) != float(pair.stats["t2m"][0])
+    # selecting every time (in any order) describes the same data: stored statistics kept
+    assert pair.isel(time=[3, 1, 0, 2], stats="selection").stored_stats is pair.stats
+    assert pair.sel(time=slice(None), stats="selection").stored_stats is pair.stats
+    with pytest.raises(ValueError, match="stats must be 'keep' or 'selection'"):
+        pair.isel(time=0, stats="train")

@@ -210,3 +210,23 @@ def test_projected_grids_in_different_units_are_an_error_naming_both():
         CoordinateError, match=r"'y_coarse' is in 'km' but fine 'y' is in 'm'"
     ):
         bilinear_weights(ds)
+
+
+@pytest.mark.parametrize("rotated", [False, True])
+def test_eager_apply_matches_scipy_in_float64_and_float32_into_a_batch_channel(rotated):
+    # a rectilinear grid takes the separable matrix-product path, a rotated one the gather
+    yc, xc = np.linspace(40, 60, 11), np.linspace(-10, 10, 21)
+    y, x = np.linspace(42.3, 57.9, 37), np.linspace(-8.1, 9.7, 29)
+    yy, xx = np.meshgrid(y, x, indexing="ij")
+    lat2, lon2 = (50 + 0.8 * (yy - 50) + 0.1 * xx, 0.8 * xx - 0.1 * (yy - 50)) if rotated else (yy, xx)
+    ds = _dataset(yc, xc, y, x, _smooth, lat2=lat2, lon2=lon2)
+    w = bilinear_weights(ds)
+    assert (w._separable is None) == rotated
+    ref = np.stack([RegularGridInterpolator((yc, xc), f)(np.stack([lat2, lon2], axis=-1))
+                    for f in ds.f.values])
+    np.testing.assert_allclose(w.apply(ds.f.values), ref, rtol=1e-12, atol=1e-12)
+    batch = np.full((2, 3, 37, 29), np.nan, dtype=np.float32)
+    out = w.apply(ds.f.values.astype(np.float32), out=batch[:, 1])
+    assert out.base is batch or np.shares_memory(out, batch)
+    np.testing.assert_allclose(batch[:, 1], ref, rtol=1e-5, atol=1e-5)
+    assert np.isnan(batch[:, [0, 2]]).all()  # neighbouring channels untouched

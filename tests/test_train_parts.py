@@ -76,3 +76,32 @@ def test_random_states_round_trip_through_a_checkpoint(tmp_path):
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
     assert os.path.exists(tmp_path / "rng.pt")
+
+
+def test_training_normalisation_does_not_depend_on_validation_times(tmp_path):
+    # two stores equal over the training period, far apart over the validation period, each
+    # with stored statistics of all its times: the training codecs must be identical
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.config import TrainRunConfig, from_dict
+    from corrdiff_xr.data import compute_stats, synthetic_dataset, write_stats
+    from corrdiff_xr.train import open_training_data
+    from tests._train_helpers import tiny_config
+
+    ds = synthetic_dataset(ny=16, nx=16, nt=8, factor=4, chunks={"time": 2}).load()
+    codecs = []
+    for shift in (0.0, 50.0):
+        other = ds.copy(deep=True)
+        for name in ("t2m", "t2m_coarse"):
+            other[name][4:] += shift
+        path = tmp_path / f"shift{shift:.0f}.zarr"
+        other.chunk({"time": 2}).to_zarr(path, mode="w")
+        write_stats(str(path), compute_stats(other))
+        times = [str(t) for t in ds.time.values.astype("datetime64[h]")]
+        cfg = tiny_config(path, tmp_path / "out")
+        cfg["data"].update(train_period=[times[0], times[3]], valid_period=[times[4], times[7]])
+        train_pair, valid_pair = open_training_data(from_dict(TrainRunConfig, cfg))
+        assert valid_pair.fine.sizes["time"] == 4
+        codecs.append(Codec.from_pair(train_pair))
+    assert codecs[0].stats == codecs[1].stats
+    t2m = ds["t2m"][:4].values.astype(np.float64)
+    assert codecs[0].stats["t2m"] == pytest.approx((t2m.mean(), t2m.std()), rel=1e-6)

@@ -159,12 +159,27 @@ class DownscalingData:
 
     # -- selections --------------------------------------------------------------------------
     def isel(
-        self, indexers: Mapping[Hashable, Any] | None = None, **kwargs: Any
+        self,
+        indexers: Mapping[Hashable, Any] | None = None,
+        *,
+        stats: str = "keep",
+        **kwargs: Any,
     ) -> DownscalingData:
         """Positional selection; a scalar index keeps its dim (length 1), so the layout holds.
 
-        Statistics stay those of the full data, so normalisation does not change.
+        Parameters
+        ----------
+        indexers, **kwargs
+            Positions per dimension.
+        stats
+            ``"keep"`` (default): statistics stay those of this pair, so normalisation does
+            not change (inference, plots). ``"selection"``: statistics of the selected data
+            only, computed lazily; stored or given statistics are dropped unless the selection
+            keeps every time step they describe. Training uses ``"selection"`` on its period
+            so validation times cannot leak into the normalisation.
         """
+        if stats not in ("keep", "selection"):
+            raise ValueError(f"stats must be 'keep' or 'selection', got {stats!r}")
         indexers = dict(indexers or {}, **kwargs)
         unknown = set(indexers) - set(self.dataset.dims)
         if unknown:
@@ -189,14 +204,21 @@ class DownscalingData:
                 if set(indexers) & set(FINE_DIMS)
                 else w
             )
-        return DownscalingData(
-            ds, self.inputs, self.targets, self.static, self.stats, weights
-        )
+        own = self.stats
+        if stats == "selection" and not all(
+            _selects_all(indexers[d], self.dataset.sizes[d]) for d in indexers
+        ):
+            own = None  # computed lazily over the selection (DownscalingData.stats)
+        return DownscalingData(ds, self.inputs, self.targets, self.static, own, weights)
 
     def sel(
-        self, indexers: Mapping[Hashable, Any] | None = None, **kwargs: Any
+        self,
+        indexers: Mapping[Hashable, Any] | None = None,
+        *,
+        stats: str = "keep",
+        **kwargs: Any,
     ) -> DownscalingData:
-        """Label-based selection (same rules as :meth:`isel`)."""
+        """Label-based selection (same rules and ``stats`` option as :meth:`isel`)."""
         indexers = dict(indexers or {}, **kwargs)
         positions = {}
         for dim, label in indexers.items():
@@ -210,7 +232,17 @@ class DownscalingData:
                 dims=dim,
             )
             positions[dim] = index.sel({dim: label}).values
-        return self.isel(positions)
+        return self.isel(positions, stats=stats)
+
+
+def _selects_all(index: Any, size: int) -> bool:
+    """Whether a positional indexer picks every position of a dim exactly once."""
+    if isinstance(index, slice):
+        return len(range(*index.indices(size))) == size
+    index = np.asarray(index)
+    if index.dtype == bool:
+        return index.size == size and bool(index.all())
+    return index.size == size and np.array_equal(np.sort(index % size), np.arange(size))
 
 
 def open_pair(

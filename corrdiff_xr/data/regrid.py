@@ -23,6 +23,7 @@ out raises :class:`~corrdiff_xr.data.layout.CoverageError` naming the edge and t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import dask.array as da
 import numpy as np
@@ -69,23 +70,109 @@ class BilinearWeights:
         weight = self.weight[y][:, x]
         return BilinearWeights(index, weight, self.coarse_shape, self.method)
 
-    def apply(self, field: np.ndarray) -> np.ndarray:
-        """Regrid a numpy array ``(..., y_coarse, x_coarse)`` -> ``(..., y, x)`` eagerly."""
-        return _apply_block(field, self.index, self.weight)
+    def apply(self, field: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Regrid a numpy array ``(..., y_coarse, x_coarse)`` -> ``(..., y, x)`` eagerly.
+
+        float32 fields are interpolated in float32 (float32 weights), anything else in
+        float64. ``out`` (shape ``(..., y, x)``, any float dtype, each ``(y, x)`` plane
+        contiguous) receives the result without a further copy, e.g. one channel of a batch.
+        """
+        field = np.asarray(field)
+        single = field.dtype == np.float32
+        if self._separable is not None:
+            wy, wxt = self._separable[0 if single else 1]
+            f = field.astype(wy.dtype, copy=False)
+            if out is None:
+                return np.matmul(np.matmul(wy, f), wxt)
+            np.matmul(np.matmul(wy, f), wxt, out=out)
+            return out
+        index, weight32, weight64 = self._flat
+        return _gather(field, index, weight32 if single else weight64, self.fine_shape, out=out)
+
+    @cached_property
+    def _separable(self) -> tuple[tuple[np.ndarray, np.ndarray], ...] | None:
+        """``((Wy, Wx.T) float32, (Wy, Wx.T) float64)`` when the weights factor by axis.
+
+        A fine grid whose rows share coarse rows and fractions, and columns coarse columns
+        (any rectilinear grid, including a regular lat/lon one), regrids as two small matrix
+        products ``Wy @ field @ Wx.T``, ~10x faster than the gather on BLAS. Used only when
+        that costs at most 64 multiply-adds per fine pixel (small coarse grids); else None.
+        """
+        (ny, nx), (ncy, ncx) = self.fine_shape, self.coarse_shape
+        if ncy * ncx / nx + ncx > 64:
+            return None
+        row, col = self.index // ncx, self.index % ncx
+        y0, y1, x0, x1 = row[:, 0, 0], row[:, 0, 2], col[0, :, 0], col[0, :, 1]
+        fy = self.weight[:, 0, 2] + self.weight[:, 0, 3]
+        fx = self.weight[0, :, 1] + self.weight[0, :, 3]
+        rebuilt_row = np.stack([y0, y0, y1, y1], axis=-1)[:, None, :]
+        rebuilt_col = np.stack([x0, x1, x0, x1], axis=-1)[None, :, :]
+        gy, gx = (1 - fy)[:, None], fy[:, None]
+        hx, kx = (1 - fx)[None, :], fx[None, :]
+        rebuilt_w = np.stack([gy * hx, gy * kx, gx * hx, gx * kx], axis=-1)
+        if not (
+            (row == rebuilt_row).all()
+            and (col == rebuilt_col).all()
+            and np.allclose(self.weight, rebuilt_w, rtol=0, atol=1e-12)
+        ):
+            return None
+        wy = np.zeros((ny, ncy))
+        np.add.at(wy, (np.arange(ny), y0), 1 - fy)
+        np.add.at(wy, (np.arange(ny), y1), fy)
+        wx = np.zeros((nx, ncx))
+        np.add.at(wx, (np.arange(nx), x0), 1 - fx)
+        np.add.at(wx, (np.arange(nx), x1), fx)
+        wxt = np.ascontiguousarray(wx.T)
+        return (wy.astype(np.float32), wxt.astype(np.float32)), (wy, wxt)
+
+    @cached_property
+    def _flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # (4, y*x) corner-major: each corner's indices and weights are one contiguous row,
+        # so a regrid is four np.take calls and fused multiply-adds; built once, then reused
+        index = np.ascontiguousarray(self.index.reshape(-1, 4).T, dtype=np.intp)
+        weight = np.ascontiguousarray(self.weight.reshape(-1, 4).T, dtype=np.float64)
+        return index, weight.astype(np.float32), weight
+
+
+def _gather(
+    block: np.ndarray,
+    index: np.ndarray,
+    weight: np.ndarray,
+    fine_shape: tuple[int, int],
+    *,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """``sum_k block.flat[index[k]] * weight[k]`` for corner-major ``(4, npix)`` tables."""
+    block = np.asarray(block)
+    lead = block.shape[:-2]
+    flat = block.reshape(lead + (-1,)).astype(weight.dtype, copy=False)
+    acc = np.take(flat, index[0], axis=-1)
+    acc *= weight[0]
+    tmp = np.empty_like(acc)
+    for k in range(1, index.shape[0]):
+        np.take(flat, index[k], axis=-1, out=tmp)
+        tmp *= weight[k]
+        acc += tmp
+    acc = acc.reshape(lead + tuple(fine_shape))
+    if out is None:
+        return acc
+    out[...] = acc
+    return out
+
+
+def _apply_separable(block: np.ndarray, wy: np.ndarray, wxt: np.ndarray) -> np.ndarray:
+    return np.matmul(np.matmul(wy, np.asarray(block).astype(wy.dtype, copy=False)), wxt)
 
 
 def _apply_block(
     block: np.ndarray, index: np.ndarray, weight: np.ndarray
 ) -> np.ndarray:
-    lead = block.shape[:-2]
-    flat = block.reshape(lead + (-1,))
-    out = np.zeros(
-        lead + index.shape[:2], dtype=np.result_type(block.dtype, np.float32)
-    )
-    # accumulate one corner at a time: avoids a 4x larger temporary
-    for k in range(index.shape[-1]):
-        out += flat[..., index[..., k]] * weight[..., k].astype(out.dtype, copy=False)
-    return out
+    # one dask block: index/weight are (y, x, 4) windows of the tables
+    dtype = np.result_type(block.dtype, np.float32)
+    ny, nx = index.shape[:2]
+    index = np.ascontiguousarray(index.reshape(-1, 4).T, dtype=np.intp)
+    weight = np.ascontiguousarray(weight.reshape(-1, 4).T, dtype=dtype)
+    return _gather(block, index, weight, (ny, nx))
 
 
 def _axis_weights(
@@ -295,6 +382,12 @@ def regrid(
     ychunks, xchunks = _fine_chunks(ds)
     index = da.from_array(weights.index, chunks=(ychunks, xchunks, 4))
     weight = da.from_array(weights.weight, chunks=(ychunks, xchunks, 4))
+    separable = weights._separable
+    if separable is not None:  # same products as BilinearWeights.apply, block by block
+        separable = [
+            (da.from_array(wy, chunks=(ychunks, -1)), da.from_array(wxt, chunks=(-1, xchunks)))
+            for wy, wxt in separable
+        ]
     out = {}
     for name in variables:
         if name not in ds.data_vars:
@@ -311,18 +404,17 @@ def regrid(
         )
         data = data.rechunk({1: -1, 2: -1})  # a block needs the whole coarse field
         dtype = np.result_type(data.dtype, np.float32)
-        fine = da.blockwise(
-            _apply_block,
-            "tyx",
-            data,
-            "tab",
-            index,
-            "yxk",
-            weight,
-            "yxk",
-            dtype=dtype,
-            concatenate=True,
-        )
+        if separable is not None:
+            wy, wxt = separable[0 if data.dtype == np.float32 else 1]
+            fine = da.blockwise(
+                _apply_separable, "tyx", data, "tab", wy, "ya", wxt, "bx",
+                dtype=wy.dtype, concatenate=True,
+            )
+        else:
+            fine = da.blockwise(
+                _apply_block, "tyx", data, "tab", index, "yxk", weight, "yxk",
+                dtype=dtype, concatenate=True,
+            )
         attrs = dict(var.attrs)
         attrs["regridding"] = (
             f"bilinear from (y_coarse, x_coarse), method {weights.method}"

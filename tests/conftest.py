@@ -12,6 +12,12 @@ import os
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
+# Tests run under xdist with one worker per core: torch's default of one thread per core in
+# every worker oversubscribes the machine, and tiny networks then run many times slower.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 # tests/ is on sys.path (rootdir conftest, no __init__.py): works under `pytest` and
 # `python -m pytest` alike
 from servers import gcs_server, s3_server  # noqa: E402, F401

@@ -88,6 +88,29 @@ def _train_step_rate(codec, shape, batch: int, repeats: int) -> float:
     return batch / _best(step, repeats)
 
 
+def _stages(pair, codec, repeats: int) -> dict:
+    """Milliseconds per block of the loader's two stages, one block after another in this
+    thread: reading its chunks (coarse inputs and targets) and encoding them (regrid, shuffle,
+    normalise into the batch arrays)."""
+    loader = ChunkShuffleLoader(pair, codec, batch_size=1, epochs=1, seed=1)
+    loader._read_item(0, scheduler="sync")  # static fields are read once, on first use
+    blocks = [loader._read_block(i, scheduler="sync") for i in range(loader.blocks_per_epoch)]
+
+    def read():
+        for i in range(loader.blocks_per_epoch):
+            loader._read_block(i, scheduler="sync")
+
+    def encode():
+        for coarse, targets, order, _ in blocks:
+            codec.encode_arrays({**coarse, **loader._static}, role="inputs", order=order,
+                                weights=loader._weights)
+            codec.encode_arrays(targets, role="targets", order=order)
+
+    n = loader.blocks_per_epoch
+    return {"read_ms_per_block": 1e3 * _best(read, repeats) / n,
+            "encode_ms_per_block": 1e3 * _best(encode, repeats) / n}
+
+
 def measure(store, pair, *, nt: int, chunk: int, batch: int, workers: int, repeats: int, epochs: int) -> dict:
     codec = Codec.from_pair(pair)
     names = list(pair.names)
@@ -103,6 +126,8 @@ def measure(store, pair, *, nt: int, chunk: int, batch: int, workers: int, repea
         ours = n / _best(lambda: _loader_epochs(pair, codec, batch, 0, epochs), repeats)
         ours_workers = (n / _best(lambda: _loader_epochs(pair, codec, batch, workers, epochs), repeats)
                         if workers else None)
+        stages = _stages(pair, codec, repeats)
+        stages["raw_zarr_ms_per_block"] = 1e3 * chunk / raw
         prefix = pair.isel(time=slice(0, min(nt, 2 * chunk)))
         t0 = time.perf_counter()
         n_naive = sum(len(b) for b in xbatcher_batches(prefix, codec, batch_size=batch))
@@ -110,7 +135,7 @@ def measure(store, pair, *, nt: int, chunk: int, batch: int, workers: int, repea
     return {"raw_zarr_samples_per_s": raw, "loader_samples_per_s": ours,
             "loader_workers_samples_per_s": ours_workers, "xbatcher_naive_samples_per_s": naive,
             "loader_vs_raw_zarr": ours / raw, "loader_vs_xbatcher_naive": ours / naive,
-            "codec": codec}
+            "stages": stages, "codec": codec}
 
 
 def main(argv: list[str] | None = None) -> int:

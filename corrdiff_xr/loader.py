@@ -235,11 +235,12 @@ class ChunkShuffleLoader:
     # -- the stream ------------------------------------------------------------------------
     def epoch_blocks(self, epoch: int) -> list[tuple[int, int]]:
         """``(start, stop)`` of this rank's blocks in ``epoch``, in reading order."""
-        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+        cached = self._epoch_cache  # one read: prefetch threads may replace it meanwhile
+        if cached is None or cached[0] != epoch:
             idx = rank_blocks(len(self.blocks), seed=self.seed, epoch=epoch, rank=self.rank,
                               world_size=self.world_size, shuffle=self.shuffle)
-            self._epoch_cache = (epoch, [self.blocks[i] for i in idx])
-        return list(self._epoch_cache[1])
+            cached = self._epoch_cache = (epoch, [self.blocks[i] for i in idx])
+        return list(cached[1])
 
     def epoch_length(self, epoch: int) -> int:
         """Samples in this rank's stream during ``epoch``."""
@@ -265,7 +266,8 @@ class ChunkShuffleLoader:
         self.epoch, self.position = epoch, position
 
     # -- reading ---------------------------------------------------------------------------
-    def _read_item(self, item: int, scheduler: str | None = None) -> dict[str, np.ndarray]:
+    def _read_block(self, item: int, scheduler: str | None = None) -> tuple:
+        """``(coarse, targets, order, lead)`` numpy blocks of stream item ``item``."""
         epoch, k = divmod(item, self.blocks_per_epoch)
         start, stop = self.epoch_blocks(epoch)[k]
         order = _within_block_order(stop - start, seed=self.seed, epoch=epoch, start=start, shuffle=self.shuffle)
@@ -279,8 +281,14 @@ class ChunkShuffleLoader:
         self._static = static
         coarse = {k: _assemble(v) for k, v in coarse.items()}
         targets = {k: _assemble(v) for k, v in targets.items()}
+        return coarse, targets, order, lead
+
+    def _read_item(self, item: int, scheduler: str | None = None) -> dict[str, np.ndarray]:
+        epoch = item // self.blocks_per_epoch
+        coarse, targets, order, lead = self._read_block(item, scheduler)
+        start = self.epoch_blocks(epoch)[item % self.blocks_per_epoch][0]
         # from here on plain numpy: regrid, shuffle and normalise straight into the batch arrays
-        x = self.codec.encode_arrays({**coarse, **static}, role="inputs", order=order,
+        x = self.codec.encode_arrays({**coarse, **self._static}, role="inputs", order=order,
                                      weights=self._weights)
         y = self.codec.encode_arrays(targets, role="targets", order=order)
         times = (start + order).astype(np.int64)

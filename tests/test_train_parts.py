@@ -85,7 +85,7 @@ def test_training_normalisation_does_not_depend_on_validation_times(tmp_path):
     from corrdiff_xr.config import TrainRunConfig, from_dict
     from corrdiff_xr.data import compute_stats, synthetic_dataset, write_stats
     from corrdiff_xr.train import open_training_data
-    from tests._train_helpers import tiny_config
+    from _train_helpers import tiny_config
 
     ds = synthetic_dataset(ny=16, nx=16, nt=8, factor=4, chunks={"time": 2}).load()
     codecs = []

@@ -35,7 +35,7 @@ from corrdiff_xr.config import (
     from_dict,
     to_dict,
 )
-from corrdiff_xr.edm import EDMPrecond
+from corrdiff_xr.edm import EDMPrecond, residual_condition
 from corrdiff_xr.nn import RegressionUNet, SongUNet
 
 __all__ = [
@@ -164,14 +164,6 @@ class CorrDiff(nn.Module):
         self._check_input(x, offsets)
         return self.regression(x, offsets=offsets, lead_time=lead_time)
 
-    def condition(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """The residual denoiser's condition channels: ``[mean, x]`` or ``x``."""
-        return (
-            torch.cat([mean.to(x.dtype), x], dim=1)
-            if self.edm_config.hr_mean_conditioning
-            else x
-        )
-
     @torch.no_grad()
     def sample(
         self,
@@ -211,7 +203,9 @@ class CorrDiff(nn.Module):
             mean = self.predict_mean(x, offsets=offsets, lead_time=lead_time)
         if self.residual is None:
             return mean
-        cond = self.condition(x, mean)
+        cond = residual_condition(
+            x, mean, hr_mean_conditioning=self.edm_config.hr_mean_conditioning
+        )
         _n, _, h, w = x.shape
         latents = sampling.draw_latents(
             generators, (self.out_channels, h, w), dtype=x.dtype, device=x.device

@@ -131,13 +131,12 @@ def test_grid_embedding_at_an_offset_is_the_slice_of_the_full_grid(gridtype, cha
         torch.testing.assert_close(patches[i], full[0, :, r : r + 4, c : c + 4])
 
 
-def test_sinusoidal_grid_has_known_values_and_extends_beyond_the_domain():
+def test_sinusoidal_grid_has_known_values_and_mirrors_positions_beyond_the_domain():
     grid = GridEmbedding((5, 9), gridtype="sinusoidal", channels=4)
-    emb = grid(torch.tensor([[-2, 7]]), (4, 4), 1)[
-        0
-    ]  # rows -2..1, cols 7..10 (beyond 8)
-    rows = torch.arange(-2, 2, dtype=torch.float64) * 2 * math.pi / 4
-    cols = torch.arange(7, 11, dtype=torch.float64) * 2 * math.pi / 8
+    emb = grid(torch.tensor([[-2, 7]]), (4, 4), 1)[0]  # rows -2..1, cols 7..10 (beyond 8)
+    # mirrored about the end pixels like reflect-padded data: -2,-1 -> 2,1 and 9,10 -> 7,6
+    rows = torch.tensor([2, 1, 0, 1], dtype=torch.float64) * 2 * math.pi / 4
+    cols = torch.tensor([7, 8, 7, 6], dtype=torch.float64) * 2 * math.pi / 8
     expected = torch.stack(
         [
             cols.sin()[None, :].expand(4, 4),
@@ -149,10 +148,11 @@ def test_sinusoidal_grid_has_known_values_and_extends_beyond_the_domain():
     torch.testing.assert_close(emb, expected, atol=1e-6, rtol=0)
 
 
-def test_learnable_grid_refuses_patches_outside_the_domain():
+def test_learnable_grid_mirrors_patches_that_run_past_the_domain():
     grid = GridEmbedding((8, 8), gridtype="learnable", channels=2)
-    with pytest.raises(ValueError, match="outside the learnable grid"):
-        grid(torch.tensor([[6, 0]]), (4, 4), 1)
+    got = grid(torch.tensor([[6, -1]]), (4, 4), 1)[0]
+    rows, cols = torch.tensor([6, 7, 6, 5]), torch.tensor([1, 0, 1, 2])
+    torch.testing.assert_close(got, grid.weight.detach()[:, rows[:, None], cols[None, :]])
 
 
 def test_full_grid_embedding_needs_offsets_for_smaller_inputs():

@@ -3,10 +3,10 @@
 Grid embeddings are defined on the *global* domain of shape ``img_shape``; a network that sees
 a patch is told the patch's top-left pixel on that grid (``offsets``, one (row, col) per
 sample) and receives the slice of the embedding at that place, so patched and whole-domain
-runs see the same positional information. The analytic grids (``sinusoidal``,
-``sinusoidal_octave``, ``linear``) are evaluated from the pixel index, so they exist at any
-position, even outside ``img_shape`` (e.g. a padded patch); the ``learnable`` grid is a
-parameter and only exists inside the domain.
+runs see the same positional information. Pixels of a patch that fall outside ``img_shape``
+(the padded edge patches of an overlapping tiling) get the position of the pixel whose data
+the padding mirrored there (:func:`corrdiff_xr.patching.patch_positions`), as the reference's
+``global_index`` does, so every grid type, learnable ones included, accepts any offset.
 
 The sinusoidal formulas follow PhysicsNeMo's ``SongUNetPosEmbd`` (angle 2*pi*i/(n-1) along an
 axis of n pixels; channels ordered frequency-major as sin(x), sin(y), cos(x), cos(y)), so
@@ -21,7 +21,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["GridEmbedding", "LeadTimeEmbedding", "NoiseEmbedding", "patch_index"]
+from corrdiff_xr.patching import patch_positions
+
+__all__ = ["GridEmbedding", "LeadTimeEmbedding", "NoiseEmbedding"]
 
 GridType = Literal["sinusoidal", "sinusoidal_octave", "learnable", "linear", "none"]
 
@@ -43,13 +45,6 @@ class NoiseEmbedding(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         x = torch.outer(t.to(self.freqs.dtype), self.freqs)
         return torch.cat([x.sin(), x.cos()], dim=1)
-
-
-def patch_index(offsets: torch.Tensor, length: int, axis: int) -> torch.Tensor:
-    """Global pixel indices (N, length) along ``axis`` (0 rows, 1 cols) for each offset."""
-    return offsets[:, axis : axis + 1].long() + torch.arange(
-        length, device=offsets.device
-    )
 
 
 class GridEmbedding(nn.Module):
@@ -122,14 +117,8 @@ class GridEmbedding(nn.Module):
                     "(the global top-left pixel of each patch) to place it"
                 )
             offsets = torch.zeros(batch, 2, dtype=torch.long, device=device)
-        rows = patch_index(offsets, h, 0)  # (N, h)
-        cols = patch_index(offsets, w, 1)  # (N, w)
+        rows, cols = patch_positions(offsets, (h, w), self.img_shape)  # (N, h), (N, w)
         if self.gridtype == "learnable":
-            H, W = self.img_shape
-            if rows.min() < 0 or cols.min() < 0 or rows.max() >= H or cols.max() >= W:
-                raise ValueError(
-                    f"patch offsets place pixels outside the learnable grid {self.img_shape}"
-                )
             # (C, N, h, w) -> (N, C, h, w)
             sel = self.weight[:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3)
             return sel.to(dtype)
@@ -179,13 +168,7 @@ class LeadTimeEmbedding(nn.Module):
                     f"input of shape {(h, w)} differs from the grid {self.img_shape}; pass offsets"
                 )
             return sel.to(dtype)
-        rows = patch_index(offsets, h, 0)
-        cols = patch_index(offsets, w, 1)
-        H, W = self.img_shape
-        if rows.min() < 0 or cols.min() < 0 or rows.max() >= H or cols.max() >= W:
-            raise ValueError(
-                f"patch offsets place pixels outside the lead-time grid {self.img_shape}"
-            )
+        rows, cols = patch_positions(offsets, (h, w), self.img_shape)
         n = torch.arange(sel.shape[0], device=sel.device)[:, None, None]
         # advanced indices (N,1,1),(N,h,1),(N,1,w) around a slice -> (N, h, w, C)
         out = sel.permute(0, 2, 3, 1)[n, rows[:, :, None], cols[:, None, :]]

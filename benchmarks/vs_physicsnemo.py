@@ -13,9 +13,18 @@ shared and noisy, so only ratios measured together mean much):
 * ``sample``: one generated sample, 18-step Heun (35 denoiser calls) plus the regression
   mean, batch 1; the reference uses its ``deterministic_sampler``.
 
+Each measurement starts with one untimed warm-up call per side (allocator, oneDNN primitive
+caches). Both sides train with ``torch.optim.Adam`` at its defaults, which is what
+:mod:`corrdiff_xr.train` builds (on CPU that is the per-parameter loop: neither ``foreach``
+nor ``fused``). ``--compile`` adds our training steps with the networks wrapped in
+``torch.compile`` (mode default), reporting the compile (first-call) time apart from the
+steady-state time. ``--profile`` prints the top operators (torch.profiler, CPU time) of one
+regression step per side.
+
 Ratios are reference / ours (> 1 means we are faster). Usage::
 
     python benchmarks/vs_physicsnemo.py --json benchmarks/results/vs_physicsnemo.json
+    python benchmarks/vs_physicsnemo.py --quick   # 1 repeat, 6 sampler steps: a smoke run
 """
 
 from __future__ import annotations
@@ -57,6 +66,64 @@ def _median_time(fn: Callable[[], object], repeats: int) -> list[float]:
     return out
 
 
+def _profile(
+    label: str, f_ours: Callable[[], object], f_ref: Callable[[], object]
+) -> None:
+    """Print the top operators by self CPU time of one call of each side."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for side, fn in (("ours", f_ours), ("reference", f_ref)):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        print(f"--- {label}, {side} ---")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+def _compiled_steps(ours, x, y, repeats: int, results: dict) -> dict[str, float]:
+    """Our regression and residual steps with ``torch.compile``'d networks (mode default)."""
+    out: dict[str, float] = {}
+    for name in ("regression", "residual"):
+        net = getattr(ours, name)
+        ours.train()
+        if name == "residual":
+            ours.regression.eval()
+        compiled = torch.compile(net)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-6)
+
+        def step(opt=opt, name=name, compiled=compiled):
+            opt.zero_grad(set_to_none=True)
+            if name == "regression":
+                loss = _edm.regression_loss(
+                    lambda v: compiled(v), x, y, reduction="sum_per_sample"
+                )
+            else:
+                loss = _edm.residual_loss(
+                    compiled,
+                    x,
+                    y,
+                    regression=ours.predict_mean,
+                    reduction="sum_per_sample",
+                )
+            loss.backward()
+            opt.step()
+
+        t0 = time.perf_counter()
+        step()
+        out[f"compiled_{name}_step_first_call_s"] = time.perf_counter() - t0
+        step()  # the backward graph may finish compiling on the second call
+        t = statistics.median(_median_time(step, repeats))
+        out[f"compiled_{name}_step_ours_s"] = t
+        ref_t = results.get(f"{name}_step_reference_s")
+        if ref_t:
+            out[f"compiled_train_step_speedup_{name}"] = ref_t / t
+        print(
+            f"compiled {name} step: first call {out[f'compiled_{name}_step_first_call_s']:.1f} s, "
+            f"steady {t:.3f} s",
+            flush=True,
+        )
+    return out
+
+
 def build(size: int, cin: int, cout: int, *, channels_last: bool, dropout: float):
     """Our model and the reference regression / residual with identical weights."""
     cfg = NetworkConfig.preset("mini", dropout=dropout, channels_last=channels_last)
@@ -93,7 +160,18 @@ def build(size: int, cin: int, cout: int, *, channels_last: bool, dropout: float
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", type=Path, help="write results here")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--quick", action="store_true", help="1 repeat and a 6-step sampler (smoke run)"
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile'd training steps",
+    )
+    p.add_argument(
+        "--profile", action="store_true", help="print per-operator CPU time of one step"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=64)
@@ -107,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=["forward", "regression", "residual", "sample"],
     )
     args = p.parse_args(argv)
+    if args.quick:
+        args.repeats = 1
+    sample_steps = 6 if args.quick else 18
     if physicsnemo() is None:
         print(
             "physicsnemo cannot be imported; nothing to compare against",
@@ -193,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         results["train_step_speedup_regression"] = pair(
             "regression_step", step_ours, step_ref, args.repeats
         )
+        if args.profile:
+            _profile("regression step", step_ours, step_ref)
 
     if "residual" not in args.skip:
         rr.eval()
@@ -222,11 +305,16 @@ def main(argv: list[str] | None = None) -> int:
         results["train_step_speedup_residual"] = pair(
             "residual_step", step_ours, step_ref, args.repeats
         )
+        if args.profile:
+            _profile("residual step", step_ours, step_ref)
+
+    if args.compile:
+        results.update(_compiled_steps(ours, x, y, args.repeats, results))
 
     if "sample" not in args.skip:
         ours.eval(), rr.eval(), rd.eval()
         x1 = x[:1]
-        sampler = SamplerConfig(num_steps=18)
+        sampler = SamplerConfig(num_steps=sample_steps)
 
         def sample_ours():
             return ours.sample(
@@ -242,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 lat,
                 x1,
                 mean_hr=mean,
-                num_steps=18,
+                num_steps=sample_steps,
                 sigma_min=0.002,
                 sigma_max=800.0,
                 rho=7.0,
@@ -264,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         outputs=cout,
         threads=args.threads,
         repeats=args.repeats,
+        sample_steps=sample_steps,
+        optimizer="torch.optim.Adam defaults on both sides (as corrdiff_xr.train builds it)",
+        quick=args.quick,
         channels_last=not args.no_channels_last,
         torch=torch.__version__,
         physicsnemo=getattr(physicsnemo(), "__version__", "?"),

@@ -6,6 +6,11 @@ network output back into a Dataset with the template's coordinates and CF attrib
 order is fixed here and nowhere else: input channels are the inputs then the static fields,
 output channels are the targets, each in the order given.
 
+:meth:`Codec.encode_arrays` is the same encoding on plain numpy blocks, for the training
+loader's hot path: coarse inputs are regridded straight into their channel of one
+preallocated float32 array, samples are reordered while filling, and normalisation runs in
+place in float32.
+
 The codec is plain data (:meth:`Codec.to_dict` is JSON-able) so it travels inside checkpoints
 and a trained model always decodes with the statistics it was trained with.
 """

@@ -2,9 +2,12 @@
 
 The weights are computed once from coordinates only (:func:`bilinear_weights`): for every
 fine pixel, the flat indices of its four surrounding coarse points and their bilinear weights,
-each an ``(y, x, 4)`` array. Applying them (:func:`regrid`) is one gather-and-sum per dask
-block, so regridding a multi-GB archive is a lazy graph with one task per time chunk and fine
-spatial chunk; no array data is read until the result is computed.
+each an ``(y, x, 4)`` array. Applying them (:func:`regrid`) is one task per dask block, so
+regridding a multi-GB archive is a lazy graph with one task per time chunk and fine spatial
+chunk; no array data is read until the result is computed. When the weights factor by axis
+(any rectilinear fine grid) and the coarse grid is small, a block is two small matrix
+products ``Wy @ field @ Wx.T``; otherwise four ``np.take`` gathers and fused multiply-adds on
+corner-major tables. float32 fields are interpolated in float32, anything else in float64.
 
 Which coordinates to interpolate at is chosen from the coarse grid's ``standard_name``:
 

@@ -54,6 +54,10 @@ from typing import Any
 
 import dask
 import dask.array as da
+import dask.base
+import dask.core
+import dask.local
+import dask.threaded
 import numpy as np
 import torch
 import xarray as xr
@@ -278,16 +282,22 @@ class ChunkShuffleLoader:
         epoch, k = divmod(item, self.blocks_per_epoch)
         start, stop = self.epoch_blocks(epoch)[k]
         order = _within_block_order(stop - start, seed=self.seed, epoch=epoch, start=start, shuffle=self.shuffle)
-        window = lambda arrays: {k: _block_pieces(a, start, stop) for k, a in arrays.items()}
         lead = None if self._lead_values is None else self._lead_values[start:stop]
-        # the pieces are already the chunks' reads: optimising them per block costs more
-        # than it saves
-        coarse, targets, static, lead = dask.compute(
-            window(self._coarse), window(self._targets), self._static or self._static_lazy, lead,
-            scheduler=scheduler, optimize_graph=False)
-        self._static = static
-        coarse = {k: _assemble(v) for k, v in coarse.items()}
-        targets = {k: _assemble(v) for k, v in targets.items()}
+        parts = {(role, name): _block_pieces(a, start, stop)
+                 for role, arrays in (("coarse", self._coarse), ("targets", self._targets))
+                 for name, a in arrays.items()}
+        pieces = {k: v for k, v in parts.items() if isinstance(v, _Pieces)}
+        lazy = {k: v for k, v in parts.items() if not isinstance(v, _Pieces)}
+        values = _run_pieces(list(pieces.values()), scheduler)
+        if lazy or self._static is None or lead is not None:
+            lazy, self._static, lead = dask.compute(
+                lazy, self._static or self._static_lazy, lead, scheduler=scheduler)
+        out = {"coarse": {}, "targets": {}}
+        for (role, name), piece in pieces.items():
+            out[role][name] = piece.assemble(values)
+        for (role, name), value in lazy.items():
+            out[role][name] = np.asarray(value)
+        coarse, targets = out["coarse"], out["targets"]
         return coarse, targets, order, lead
 
     def _read_item(self, item: int, scheduler: str | None = None) -> dict[str, np.ndarray]:
@@ -411,13 +421,12 @@ def _patch_generator(seed: int, epoch: int, time_index: int) -> torch.Generator:
 
 
 def _arrays(ds: xr.Dataset) -> dict[str, Any]:
-    """``{name: data}``; dask arrays become ``_Chunks`` (their chunk reads, per time chunk)."""
+    """``{name: data}``; dask arrays along time become :class:`_Chunks`."""
     out: dict[str, Any] = {}
     for name, var in ds.data_vars.items():
         data = var.data
         if isinstance(data, da.Array) and var.dims and var.dims[0] == TIME:
-            starts = np.cumsum((0,) + data.chunks[0])
-            out[str(name)] = _Chunks(data, data.to_delayed(optimize_graph=False), starts)
+            out[str(name)] = _chunks(data)
         else:
             out[str(name)] = data
     return out
@@ -425,15 +434,41 @@ def _arrays(ds: xr.Dataset) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class _Chunks:
-    """A dask array and the delayed read of each of its chunks (built once).
+    """A dask array with its low-level graph and chunk keys, materialised once.
 
-    Computing a block's chunk tasks directly skips building, optimising and ordering a
-    sliced graph per block, which cost as much as reading the chunks (``benchmarks/loader.py``).
+    A block's chunks are read by running just their tasks (a few dict look-ups to cut them
+    out of the graph): building, optimising and ordering a sliced dask graph per block cost
+    a third of the read itself (``benchmarks/loader.py``).
     """
 
     array: Any
-    pieces: np.ndarray  # object array of Delayed, one per chunk
+    graph: dict
+    keys: np.ndarray  # object array of chunk keys, one per chunk
     starts: np.ndarray  # time offset of each time chunk, and the end
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pieces:
+    """The chunk keys of one variable's block (time, y, x nested lists) and their tasks."""
+
+    keys: list
+    graph: dict
+
+    def assemble(self, values: dict) -> np.ndarray:
+        nested = self.keys
+        while isinstance(nested, list) and len(nested) == 1:
+            nested = nested[0]  # one chunk: no copy
+        if not isinstance(nested, list):
+            return np.asarray(values[nested])
+        fill = lambda k: [fill(i) for i in k] if isinstance(k, list) else values[k]
+        return np.block(fill(self.keys))
+
+
+def _chunks(data: da.Array) -> _Chunks:
+    keys = np.empty(data.numblocks, dtype=object)
+    for index in np.ndindex(*data.numblocks):
+        keys[index] = (data.name,) + index
+    return _Chunks(data, dict(data.__dask_graph__()), keys, np.cumsum((0,) + data.chunks[0]))
 
 
 def _block_pieces(data: Any, start: int, stop: int) -> Any:
@@ -442,16 +477,32 @@ def _block_pieces(data: Any, start: int, stop: int) -> Any:
     i0, i1 = np.searchsorted(data.starts, [start, stop])
     if i1 >= len(data.starts) or data.starts[i0] != start or data.starts[i1] != stop:
         return data.array[start:stop]  # chunks not aligned with the block: slice instead
-    return ("pieces", data.pieces[i0:i1].tolist())
+    keys = data.keys[i0:i1]
+    graph, stack = {}, list(keys.ravel())
+    while stack:  # the tasks these chunks depend on
+        key = stack.pop()
+        if key not in graph:
+            graph[key] = data.graph[key]
+            stack.extend(dask.core.get_dependencies(data.graph, key))
+    return _Pieces(keys.tolist(), graph)
 
 
-def _assemble(value: Any) -> np.ndarray:
-    if isinstance(value, tuple) and len(value) == 2 and value[0] == "pieces":
-        nested = value[1]
-        while isinstance(nested, list) and len(nested) == 1:
-            nested = nested[0]  # one chunk: no copy
-        return np.asarray(nested) if not isinstance(nested, list) else np.block(value[1])
-    return np.asarray(value)
+def _flat(nested: Any) -> list:
+    return [k for item in nested for k in _flat(item)] if isinstance(nested, list) else [nested]
+
+
+def _run_pieces(pieces: list[_Pieces], scheduler: str | None) -> dict:
+    """``{key: array}`` of all chunks of ``pieces``, on ``scheduler`` (default: dask's)."""
+    if not pieces:
+        return {}
+    graph: dict = {}
+    for piece in pieces:
+        graph.update(piece.graph)
+    keys = [k for piece in pieces for k in _flat(piece.keys)]
+    get = dask.base.get_scheduler(scheduler=scheduler) or dask.threaded.get
+    if get is dask.local.get_sync:
+        get = dask.core.get  # no scheduler bookkeeping for a handful of reads
+    return dict(zip(keys, get(graph, keys)))
 
 
 def _time_chunks(ds: xr.Dataset, n_time: int) -> tuple[int, ...]:

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -113,6 +112,19 @@ def scaling(repeat: int) -> dict:
     return out
 
 
+def _peak_rss_kib() -> int:
+    """Peak resident memory of this process image (VmHWM).
+
+    Not ``ru_maxrss``: a child started by subprocess inherits the parent's high-water mark
+    through fork + exec, so it would report the (larger) parent's memory.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
 def _memory_child(store: str, checkpoint: str) -> None:
     """Stream the downscaled ``store`` to Zarr in this process and print memory figures."""
     import dask
@@ -130,10 +142,10 @@ def _memory_child(store: str, checkpoint: str) -> None:
     # warm-up on one block: model load, torch's allocator and thread pools
     downscale(pair.isel(time=[0]), checkpoint, **kwargs).t2m.data.blocks[0, 0, 0, 0].compute(
         scheduler="sync")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _peak_rss_kib()
     with tempfile.TemporaryDirectory() as tmp, dask.config.set(scheduler="sync"):
         write_zarr(ds, os.path.join(tmp, "out.zarr"))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _peak_rss_kib()
     print(json.dumps({"before_kib": before, "peak_kib": peak}))
 
 

@@ -28,18 +28,17 @@ the synchronous scheduler in their ``worker_init_fn``; they also rebuild the pai
 round trip, because remote filesystems (s3fs, gcsfs) hold sessions bound to the parent's
 event loop. Without workers, blocks are read ahead in background threads.
 
-Hot path: a block's inputs are read on the *coarse* grid (its chunk tasks computed directly,
-no sliced graph to build and optimise per block), then everything is plain numpy:
-:meth:`Codec.encode_arrays <corrdiff_xr.codec.Codec.encode_arrays>` regrids each input
+Hot path: a block's inputs are read on the *coarse* grid, and a block is read by running its
+chunks' tasks cut from the graph materialised once (no sliced dask graph to build, optimise
+and order per block, which cost a third of the read). From there on everything is plain
+numpy: :meth:`Codec.encode_arrays <corrdiff_xr.codec.Codec.encode_arrays>` regrids each input
 straight into its channel of one preallocated float32 array (two small matrix products on
 rectilinear grids), reorders samples while filling and normalises in place in float32.
 
-Cost (``benchmarks/loader.py``, 64 x 64, 32-step chunks, 2 shared CPU cores): encoding a
-block (regrid, shuffle, normalise inputs and targets) takes ~4 ms against ~17 ms to read its
-chunks through xarray/dask (~9 ms straight from zarr), so on local disk the loader reaches
-~0.4 of the raw Zarr read rate (was 0.26) and the remaining gap is the read path, not the
-per-sample work; from object storage, where reading dominates, it matches the raw rate
-(~1.1). Either is thousands of times what a CorrDiff-Mini training step consumes on CPU.
+Cost (``benchmarks/loader.py``, 64 x 64, 32-step chunks, 2 shared and busy CPU cores):
+encoding a block of 32 samples takes ~2 ms against ~9-12 ms to read it, so the loader runs
+at the raw Zarr read rate (0.93-0.99 of it on local disk, ~1 from S3; was 0.26 and 0.90).
+That is thousands of times what a CorrDiff-Mini training step consumes on CPU.
 """
 
 from __future__ import annotations

@@ -180,7 +180,9 @@ def plot_maps(
     """
     plt = _pyplot()
     names = list(variables) if variables is not None else list(forecast.data_vars)
-    fc_t = _pick_time(forecast[names], time)
+    # one load per Dataset: the variables of a downscaled ensemble share their model tasks,
+    # so loading them one by one would run the model once per variable
+    fc_t = _pick_time(forecast[names], time).load()
     tr_t = _pick_time(truth, time)
     in_t = _pick_time(inputs, time)
     n_members = min(members, fc_t.sizes[member_dim])
@@ -270,6 +272,9 @@ def plot_spectra(
 
     plt = _pyplot()
     names = list(variables) if variables is not None else list(forecast.data_vars)
+    # the spectra of members and mean, per variable, would each rerun a lazy ensemble's model
+    # tasks: run them once
+    forecast = forecast[names].persist()
     fig, axes = plt.subplots(
         1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False, layout="constrained"
     )

@@ -179,12 +179,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--outputs", type=int, default=2)
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="run OUR training steps under torch.autocast(bfloat16) (train.py's bf16 option) "
+        "against the reference in fp32: PhysicsNeMo 2.2.2's regression UNet raises a dtype "
+        "error under CPU bf16 autocast, even with amp_mode=True; keys get a _bf16 suffix",
+    )
+    p.add_argument(
         "--skip",
         nargs="*",
         default=[],
         choices=["forward", "regression", "residual", "sample"],
     )
     args = p.parse_args(argv)
+
+    def amp():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
+
+    suffix = "_bf16" if args.bf16 else ""
     if args.quick:
         args.repeats = 1
     sample_steps = 6 if args.quick else 18
@@ -207,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(B, cin, S, S, generator=g)
     y = torch.randn(B, cout, S, S, generator=g)
     results: dict[str, object] = {"load_average_start": os.getloadavg()}
+    if args.bf16:
+        results["precision"] = (
+            "ours: torch.autocast(cpu, bfloat16); reference: fp32 (its regression UNet raises "
+            "a dtype error under CPU bf16 autocast in PhysicsNeMo 2.2.2)"
+        )
     times: dict[str, dict[str, list[float]]] = {}
 
     # parity check of what we time (eval mode, no dropout)
@@ -259,9 +276,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def step_ours():
             opt_o.zero_grad(set_to_none=True)
-            loss = _edm.regression_loss(
-                ours.predict_mean, x, y, reduction="sum_per_sample"
-            )
+            with amp():
+                loss = _edm.regression_loss(
+                    ours.predict_mean, x, y, reduction="sum_per_sample"
+                )
             loss.backward()
             opt_o.step()
 
@@ -271,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()
             opt_r.step()
 
-        results["train_step_speedup_regression"] = pair(
-            "regression_step", step_ours, step_ref, args.repeats
+        results["train_step_speedup_regression" + suffix] = pair(
+            "regression_step" + suffix, step_ours, step_ref, args.repeats
         )
         if args.profile:
             _profile("regression step", step_ours, step_ref)
@@ -286,13 +304,14 @@ def main(argv: list[str] | None = None) -> int:
 
         def step_ours():
             opt_o.zero_grad(set_to_none=True)
-            loss = _edm.residual_loss(
-                ours.residual,
-                x,
-                y,
-                regression=ours.predict_mean,
-                reduction="sum_per_sample",
-            )
+            with amp():
+                loss = _edm.residual_loss(
+                    ours.residual,
+                    x,
+                    y,
+                    regression=ours.predict_mean,
+                    reduction="sum_per_sample",
+                )
             loss.backward()
             opt_o.step()
 
@@ -302,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()
             opt_r.step()
 
-        results["train_step_speedup_residual"] = pair(
-            "residual_step", step_ours, step_ref, args.repeats
+        results["train_step_speedup_residual" + suffix] = pair(
+            "residual_step" + suffix, step_ours, step_ref, args.repeats
         )
         if args.profile:
             _profile("residual step", step_ours, step_ref)

@@ -111,6 +111,22 @@ _IGNORED = {
 
 
 # -- reading ------------------------------------------------------------------------------
+
+# arguments of the reference's wrapper classes that are not SongUNet hyper-parameters
+_WRAPPER_ARGS = frozenset(
+    {
+        "img_resolution",
+        "img_in_channels",
+        "img_out_channels",
+        "use_fp16",
+        "model_type",
+        "sigma_min",
+        "sigma_max",
+        "sigma_data",
+        "img_channels",
+    }
+)
+
 def _members(path: str) -> dict[str, bytes]:
     wanted = ("args.json", "metadata.json", "model.pt")
     if tarfile.is_tarfile(
@@ -301,17 +317,7 @@ def _regression_part(
             k: v
             for k, v in a.items()
             if k
-            not in {
-                "img_resolution",
-                "img_in_channels",
-                "img_out_channels",
-                "use_fp16",
-                "model_type",
-                "sigma_min",
-                "sigma_max",
-                "sigma_data",
-                "img_channels",
-            }
+            not in _WRAPPER_ARGS
         }
         cfg = network_config(model_type, extra_kw, source=ck.source)
         out_ch = int(a["img_out_channels"])
@@ -352,18 +358,7 @@ def _residual_part(
         k: v
         for k, v in a.items()
         if k
-        not in {
-            "img_resolution",
-            "img_in_channels",
-            "img_out_channels",
-            "use_fp16",
-            "model_type",
-            "sigma_min",
-            "sigma_max",
-            "sigma_data",
-            "img_channels",
-            "scale_cond_input",
-        }
+        not in _WRAPPER_ARGS | {"scale_cond_input"}
     }
     cfg = network_config(
         a.get("model_type", "SongUNetPosEmbd"), extra_kw, source=ck.source

@@ -47,7 +47,9 @@ def reference(setup):
 
 
 def _equal(a: xr.Dataset, b: xr.Dataset) -> None:
-    assert list(a.data_vars) == list(b.data_vars)
+    # same variables; their order is not kept by a Zarr round trip (zarr 3 lists arrays in
+    # store order)
+    assert set(a.data_vars) == set(b.data_vars)
     for name in a.data_vars:
         np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
 

@@ -55,15 +55,9 @@ LARGE_DOMAIN = 1024 * 1024
 def model_header(model: Any) -> dict[str, Any]:
     """Codec, grid shape and configs of a CorrDiff or checkpoint, without loading weights."""
     if isinstance(model, (str, os.PathLike)):
-        from safetensors import safe_open
+        from corrdiff_xr.model import read_checkpoint_header
 
-        from corrdiff_xr.model import _HEADER_KEY
-
-        with safe_open(str(model), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-        if _HEADER_KEY not in meta:
-            raise ValueError(f"{os.fspath(model)!r} is not a corrdiff_xr checkpoint (no header)")
-        return json.loads(meta[_HEADER_KEY])
+        return read_checkpoint_header(model)
     return model.config_dict()
 
 

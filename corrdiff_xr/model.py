@@ -309,26 +309,31 @@ class CorrDiff(nn.Module):
         cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
     ) -> CorrDiff:
         """Read a checkpoint written by :meth:`save` (no pickle involved)."""
-        from safetensors import SafetensorError, safe_open
+        from safetensors import safe_open
 
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(
-                f"{path} is not a safetensors checkpoint: {err}"
-            ) from err
-        if _HEADER_KEY not in meta:
-            raise CheckpointError(
-                f"{path} has no corrdiff_xr header; was it written by CorrDiff.save?"
-            )
-        model = cls.from_config_dict(json.loads(meta[_HEADER_KEY]))
+        header = read_checkpoint_header(path)
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+        model = cls.from_config_dict(header)
         load_weights(model, tensors, source=str(path))
         return model.to(map_location)
+
+
+def read_checkpoint_header(path: str | os.PathLike) -> dict[str, Any]:
+    """Codec, grid shape and configs stored in a checkpoint, read without loading weights."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is not a safetensors checkpoint: {err}") from err
+    if _HEADER_KEY not in meta:
+        raise CheckpointError(f"{path} has no corrdiff_xr header; was it written by CorrDiff.save?")
+    return json.loads(meta[_HEADER_KEY])
 
 
 def load_weights(

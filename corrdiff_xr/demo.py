@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from corrdiff_xr._atomic import write_bytes
 from corrdiff_xr.dims import MEMBER, TIME
 
 __all__ = [
@@ -257,10 +257,7 @@ def evaluate(
 
 
 def _write_json(data: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    write_bytes(path, json.dumps(data, indent=2).encode(), fsync=False)
 
 
 # -- the command ------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from corrdiff_xr._atomic import write_bytes
 from corrdiff_xr.config import (
     EDMConfig,
     NetworkConfig,
@@ -256,21 +256,7 @@ class CorrDiff(nn.Module):
             k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()
         }
         blob = save(tensors, metadata={_HEADER_KEY: json.dumps(self.config_dict())})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-        )
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-        return path
+        return write_bytes(path, blob)
 
     @classmethod
     def from_config_dict(cls, header: dict[str, Any]) -> CorrDiff:

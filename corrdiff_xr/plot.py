@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from corrdiff_xr._atomic import atomic_path
 from corrdiff_xr.dims import MEMBER, TIME, X_COARSE, Y_COARSE, X, Y
 
 __all__ = [
@@ -386,15 +386,10 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:
     """Save ``fig`` as PNG at ``path`` atomically (sibling temp file, then rename); close it."""
     plt = _pyplot()
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, target)
+        with atomic_path(target) as staged:
+            fig.savefig(staged, dpi=dpi, format="png")
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         plt.close(fig)
     return target
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import xarray as xr
 
 from corrdiff_xr import scoring
+from corrdiff_xr._atomic import atomic_path
 from corrdiff_xr.dims import LAT, LON, MEMBER, TIME
 
 __all__ = ["configure_parser", "format_table", "open_prediction", "open_reference_netcdf", "run"]
@@ -175,24 +174,13 @@ def open_prediction(
 def write_atomic(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     """Write ``ds`` to ``path`` (``.nc`` -> NetCDF, else Zarr) via a sibling temp + rename."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_path(target) as staged:
         if _is_netcdf(str(target)):
-            staged = tmp / target.name
             ds.to_netcdf(staged)
-            os.replace(staged, target)
         else:
-            staged = tmp / "store.zarr"
             # fixed-width unicode has no Zarr v3 spec yet; variable-length strings do
             labels = {k: v.astype(object) for k, v in ds.variables.items() if v.dtype.kind == "U"}
             ds.assign_coords(labels).to_zarr(staged, mode="w")
-            if target.exists():  # swap: old out of the way, new in, then drop the old
-                old = tmp / "old"
-                os.replace(target, old)
-            os.replace(staged, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -57,12 +57,12 @@ def test_a_failed_save_leaves_no_partial_checkpoint(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         _save(tmp_path, 16, fail=True)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["000000000008"]
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".*"))  # no partial copy left behind
 
 
 def test_half_written_directories_are_not_mistaken_for_checkpoints(tmp_path):
     _save(tmp_path, 8)
-    (tmp_path / ".tmp-000000000016-abcd").mkdir()
+    (tmp_path / ".000000000016.tmp-abcd1234").mkdir()
     (tmp_path / "000000000024").mkdir()  # no trainer state: incomplete
     assert ckpt.latest_checkpoint(tmp_path).name == "000000000008"
 

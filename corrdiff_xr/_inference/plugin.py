@@ -16,6 +16,7 @@ from pathlib import Path
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from corrdiff_xr._atomic import write_bytes
 from corrdiff_xr._inference.cache import ModelToken, _stamp
 
 __all__ = ["CheckpointPlugin", "share_with_workers"]
@@ -34,10 +35,7 @@ class CheckpointPlugin(WorkerPlugin):
         path = Path(self.token.path)
         if path.exists() and _stamp(path) == self.token.stamp:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(self.payload)
-        os.replace(tmp, path)
+        write_bytes(path, self.payload, fsync=False)
         # the token names the client's stamp; give the copy the same one
         os.utime(path, ns=(self.token.stamp, self.token.stamp))
 

@@ -24,7 +24,6 @@ import itertools
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import xarray as xr
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
+from corrdiff_xr._atomic import atomic_path, write_bytes
 from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
 
 __all__ = ["progress", "progress_dir", "write_reference_netcdf", "write_zarr"]
@@ -84,9 +84,7 @@ def progress(store: str | os.PathLike) -> set[str]:
 
 
 def _touch_atomic(path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".", dir=path.parent)
-    os.close(fd)
-    os.replace(tmp, path)
+    write_bytes(path, b"", fsync=False)
 
 
 def _write_block(values: list[np.ndarray], *, store: str, block: dict[str, slice], done: str,
@@ -194,56 +192,47 @@ def write_reference_netcdf(path: str | os.PathLike, prediction: xr.Dataset, *,
     import netCDF4
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     times = prediction[TIME].values
     ny, nx = prediction.sizes[Y], prediction.sizes[X]
     n_ens = prediction.sizes.get(MEMBER, 1)
-    try:
-        with netCDF4.Dataset(tmp, "w", format="NETCDF4") as f:
-            f.createDimension(TIME)
-            f.createDimension("ensemble")
-            f.createDimension(Y, ny)
-            f.createDimension(X, nx)
-            for name, std, units in ((LAT, "latitude", "degrees_north"), (LON, "longitude", "degrees_east")):
-                v = f.createVariable(name, "f", (Y, X))
-                if name in prediction.coords:
-                    v[:] = np.broadcast_to(prediction[name].values, (ny, nx))
-                v.standard_name, v.units = std, units
-            tv = f.createVariable(TIME, "i8", (TIME,))
-            tv.calendar, tv.units = "standard", REFERENCE_TIME_UNITS
-            groups = {"truth": truth, "prediction": prediction, "input": inputs}
-            handles = {}
-            for gname, data in groups.items():
-                if data is None:
-                    continue
-                g = f.createGroup(gname)
-                handles[gname] = g
-                for name, var in data.data_vars.items():
-                    gdims = ("ensemble", TIME, Y, X) if gname == "prediction" else (TIME, Y, X)
-                    nv = g.createVariable(name, "f", gdims)
-                    for attr in ("units", "long_name", "standard_name"):
-                        if attr in var.attrs:
-                            nv.setncattr(attr, str(var.attrs[attr]))
-            f.setncattr("history", str(prediction.attrs.get("history", "")))
-            for k, v in prediction.attrs.items():
-                if k.startswith("corrdiff_") and k != _FINGERPRINT:
-                    f.setncattr(k, v if isinstance(v, (int, float, str)) else str(v))
-            tv[:] = _time_hours(times)
-            for i in range(len(times)):
-                for gname, g in handles.items():
-                    step = groups[gname].isel({TIME: i}).compute()
-                    for name, var in step.data_vars.items():
-                        values = var.values
-                        if gname == "prediction":
-                            values = values if MEMBER in var.dims else values[None]
-                            g[name][0:n_ens, i] = values
-                        else:
-                            g[name][i] = values
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as f:
+        f.createDimension(TIME)
+        f.createDimension("ensemble")
+        f.createDimension(Y, ny)
+        f.createDimension(X, nx)
+        for name, std, units in ((LAT, "latitude", "degrees_north"), (LON, "longitude", "degrees_east")):
+            v = f.createVariable(name, "f", (Y, X))
+            if name in prediction.coords:
+                v[:] = np.broadcast_to(prediction[name].values, (ny, nx))
+            v.standard_name, v.units = std, units
+        tv = f.createVariable(TIME, "i8", (TIME,))
+        tv.calendar, tv.units = "standard", REFERENCE_TIME_UNITS
+        groups = {"truth": truth, "prediction": prediction, "input": inputs}
+        handles = {}
+        for gname, data in groups.items():
+            if data is None:
+                continue
+            g = f.createGroup(gname)
+            handles[gname] = g
+            for name, var in data.data_vars.items():
+                gdims = ("ensemble", TIME, Y, X) if gname == "prediction" else (TIME, Y, X)
+                nv = g.createVariable(name, "f", gdims)
+                for attr in ("units", "long_name", "standard_name"):
+                    if attr in var.attrs:
+                        nv.setncattr(attr, str(var.attrs[attr]))
+        f.setncattr("history", str(prediction.attrs.get("history", "")))
+        for k, v in prediction.attrs.items():
+            if k.startswith("corrdiff_") and k != _FINGERPRINT:
+                f.setncattr(k, v if isinstance(v, (int, float, str)) else str(v))
+        tv[:] = _time_hours(times)
+        for i in range(len(times)):
+            for gname, g in handles.items():
+                step = groups[gname].isel({TIME: i}).compute()
+                for name, var in step.data_vars.items():
+                    values = var.values
+                    if gname == "prediction":
+                        values = values if MEMBER in var.dims else values[None]
+                        g[name][0:n_ens, i] = values
+                    else:
+                        g[name][i] = values
     return path

@@ -32,9 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from corrdiff_xr._atomic import atomic_path
 from corrdiff_xr.data.stats import write_stats
 from corrdiff_xr.data.validate import validate
 from corrdiff_xr.dims import (
@@ -126,25 +125,13 @@ def write_atomic(
     dest = Path(dest).expanduser().absolute()
     if dest.exists() and not overwrite:
         raise FileExistsError(f"{dest} exists; pass overwrite=True (CLI: --overwrite)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(dest) as tmp:
         with warnings.catch_warnings():
             # consolidated metadata is a zarr-python extension to v3; it saves remote reads
             warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
             ds.to_zarr(tmp, mode="w", consolidated=True)
         if stats is not None:
             write_stats(tmp, stats)
-        if dest.exists():
-            trash = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(dest, trash)
-            os.replace(tmp, dest)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

@@ -16,8 +16,6 @@ is read.
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from corrdiff_xr._atomic import atomic_path
 from corrdiff_xr.data.layout import (
     STAT_NAMES,
     STATS_GROUP,
@@ -160,16 +159,8 @@ def write_stats(
         return
     if not local.is_dir():
         raise StatsError(f"cannot write statistics: Zarr store {local} does not exist")
-    final = local / STATS_GROUP
-    tmp = local / f".{STATS_GROUP}.tmp-{uuid.uuid4().hex}"
-    stats.to_zarr(tmp, mode="w", consolidated=False)
-    old = None
-    if final.exists():
-        old = local / f".{STATS_GROUP}.old-{uuid.uuid4().hex}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with atomic_path(local / STATS_GROUP) as tmp:
+        stats.to_zarr(tmp, mode="w", consolidated=False)
 
 
 def read_stats(store: Any, *, storage_options: dict | None = None) -> xr.Dataset | None:

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from corrdiff_xr._atomic import atomic_path, discard, remove_stale
 
 __all__ = [
     "latest_checkpoint",
@@ -49,12 +49,6 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-def _fsync_tree(path: Path) -> None:
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        with open(file, "rb") as fh:
-            os.fsync(fh.fileno())
-
-
 def save_checkpoint(
     root: str | os.PathLike,
     nimg: int,
@@ -68,31 +62,16 @@ def save_checkpoint(
     ``save_model(directory)`` writes the model into the fresh checkpoint directory.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{nimg:012d}"
-    tmp = root / f".tmp-{nimg:012d}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        save_model(tmp)
-        torch.save(trainer_state, tmp / _TRAINER)
-        _fsync_tree(tmp)
-        if final.exists():  # re-saving the same step (e.g. after a resume): replace it
-            _discard(final)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # re-saving the same step (e.g. after a resume) replaces it
+    with atomic_path(final, fsync=True) as staged:
+        staged.mkdir()
+        save_model(staged)
+        torch.save(trainer_state, staged / _TRAINER)
     for old in list_checkpoints(root)[:-keep]:
-        _discard(old)
-    for stale in root.glob(".tmp-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+        discard(old)
+    remove_stale(root)  # partial copies left by a killed run
     return final
-
-
-def _discard(path: Path) -> None:
-    trash = path.with_name(f".tmp-trash-{path.name}-{uuid.uuid4().hex[:8]}")
-    os.rename(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def load_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:

@@ -1,0 +1,92 @@
+"""Atomic writes: build the new file or directory at a hidden sibling path, then rename it in.
+
+Readers see the old content or the new, never a half-written one; a failure or an interrupt
+leaves the target as it was and removes the partial copy. The one mechanism behind model
+files, checkpoints, Zarr stores and their statistics, NetCDF files, figures and JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_path", "discard", "remove", "remove_stale", "write_bytes"]
+
+
+def _sibling(target: Path, tag: str) -> Path:
+    return target.with_name(f".{target.name}.{tag}-{uuid.uuid4().hex[:8]}")
+
+
+def remove(path: Path) -> None:
+    """Delete a file or directory tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def discard(path: Path) -> None:
+    """Delete ``path`` so that no reader ever sees it half-deleted: rename it away first."""
+    old = _sibling(path, "old")
+    os.replace(path, old)
+    remove(old)
+
+
+def remove_stale(directory: str | os.PathLike) -> None:
+    """Remove what killed writers left in ``directory`` (partial copies, set-aside old ones)."""
+    for pattern in (".*.tmp-*", ".*.old-*"):
+        for stale in Path(directory).glob(pattern):
+            remove(stale)
+
+
+def _fsync_tree(path: Path) -> None:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for f in files:
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _move_in(staged: Path, target: Path) -> None:
+    if staged.is_dir() and target.exists():
+        # a directory cannot be renamed over a non-empty one: set the old aside, then drop it
+        old = _sibling(target, "old")
+        os.replace(target, old)
+        try:
+            os.replace(staged, target)
+        except BaseException:
+            os.replace(old, target)
+            raise
+        remove(old)
+    else:
+        os.replace(staged, target)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]:
+    """Yield a hidden sibling path to write to; it replaces ``target`` when the block succeeds.
+
+    Whatever is written at the yielded path (a file or a directory, e.g. a Zarr store) is
+    renamed onto ``target`` on success and removed on any exception. ``fsync`` flushes it
+    to disk first, so a power cut cannot leave a renamed but empty file.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = _sibling(target, "tmp")
+    try:
+        yield staged
+        if fsync:
+            _fsync_tree(staged)
+        _move_in(staged, target)
+    finally:
+        remove(staged)
+
+
+def write_bytes(target: str | os.PathLike, data: bytes, *, fsync: bool = True) -> Path:
+    """Write ``data`` to ``target`` atomically."""
+    with atomic_path(target, fsync=fsync) as staged:
+        staged.write_bytes(data)
+    return Path(target)

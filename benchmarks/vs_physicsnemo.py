@@ -21,6 +21,14 @@ nor ``fused``). ``--compile`` adds our training steps with the networks wrapped 
 steady-state time. ``--profile`` prints the top operators (torch.profiler, CPU time) of one
 regression step per side.
 
+The compute floor: each training step's FLOPs are counted (``torch.utils.flop_counter``; the
+same on both sides, convolutions are > 99 % of them) and divided by the fastest 3x3
+convolution rate this machine reaches in the same run (forward, backward-input and
+backward-weight, both memory layouts, at the network's shapes). ``*_step_floor_s`` is the time
+a step would take if every FLOP ran at that rate and nothing else cost anything;
+``max_speedup_*`` = reference time / floor is the largest ratio any implementation of the same
+arithmetic could reach against the reference here.
+
 Ratios are reference / ours (> 1 means we are faster). Usage::
 
     python benchmarks/vs_physicsnemo.py --json benchmarks/results/vs_physicsnemo.json
@@ -77,6 +85,61 @@ def _profile(
             fn()
         print(f"--- {label}, {side} ---")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+def _count_flops(fn: Callable[[], object]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _conv_peak_gflops(batch: int, repeats: int = 5) -> dict[str, float]:
+    """Best GFLOP/s of the 3x3 convolutions the mini UNet runs, per pass and layout."""
+    shapes = [(64, 64, 64), (128, 128, 32), (256, 128, 32), (128, 64, 64)]
+    best: dict[str, float] = {}
+    for cin, cout, size in shapes:
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(batch, cin, size, size).contiguous(memory_format=layout)
+            w = (0.05 * torch.randn(cout, cin, 3, 3)).contiguous(memory_format=layout)
+            g = torch.randn(batch, cout, size, size).contiguous(memory_format=layout)
+            flops = 2.0 * batch * size * size * cin * cout * 9
+            passes = {
+                "forward": lambda: torch.conv2d(x, w, None, 1, 1),
+                "backward_input": lambda: torch.ops.aten.convolution_backward(
+                    g,
+                    x,
+                    w,
+                    None,
+                    [1, 1],
+                    [1, 1],
+                    [1, 1],
+                    False,
+                    [0, 0],
+                    1,
+                    [True, False, False],
+                ),
+                "backward_weight": lambda: torch.ops.aten.convolution_backward(
+                    g,
+                    x,
+                    w,
+                    None,
+                    [1, 1],
+                    [1, 1],
+                    [1, 1],
+                    False,
+                    [0, 0],
+                    1,
+                    [False, True, False],
+                ),
+            }
+            for name, fn in passes.items():
+                fn()
+                t = min(_median_time(fn, repeats))
+                best[name] = max(best.get(name, 0.0), flops / t / 1e9)
+    best["any"] = max(best.values())
+    return best
 
 
 def _compiled_steps(ours, x, y, repeats: int, results: dict) -> dict[str, float]:
@@ -225,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             "a dtype error under CPU bf16 autocast in PhysicsNeMo 2.2.2)"
         )
     times: dict[str, dict[str, list[float]]] = {}
+    flop_counts: dict[str, tuple[int, int]] = {}
 
     # parity check of what we time (eval mode, no dropout)
     ours.eval(), rr.eval(), rd.eval()
@@ -292,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         results["train_step_speedup_regression" + suffix] = pair(
             "regression_step" + suffix, step_ours, step_ref, args.repeats
         )
+        flop_counts["regression"] = (_count_flops(step_ours), _count_flops(step_ref))
         if args.profile:
             _profile("regression step", step_ours, step_ref)
 
@@ -324,8 +389,25 @@ def main(argv: list[str] | None = None) -> int:
         results["train_step_speedup_residual" + suffix] = pair(
             "residual_step" + suffix, step_ours, step_ref, args.repeats
         )
+        flop_counts["residual"] = (_count_flops(step_ours), _count_flops(step_ref))
         if args.profile:
             _profile("residual step", step_ours, step_ref)
+
+    if flop_counts and not args.bf16:
+        peak = _conv_peak_gflops(B)
+        results["conv3x3_best_gflops"] = peak
+        for name, (f_ours, f_ref) in flop_counts.items():
+            floor = f_ours / (peak["any"] * 1e9)
+            results[f"{name}_step_gflop_ours"] = f_ours / 1e9
+            results[f"{name}_step_gflop_reference"] = f_ref / 1e9
+            results[f"{name}_step_floor_s"] = floor
+            results[f"max_speedup_{name}"] = results[f"{name}_step_reference_s"] / floor
+            print(
+                f"{name} step: {f_ours / 1e9:.0f} GFLOP (reference {f_ref / 1e9:.0f}); "
+                f"best conv rate {peak['any']:.0f} GFLOP/s -> floor {floor:.2f} s, "
+                f"at most {results[f'max_speedup_{name}']:.2f}x the reference",
+                flush=True,
+            )
 
     if args.compile:
         results.update(_compiled_steps(ours, x, y, args.repeats, results))

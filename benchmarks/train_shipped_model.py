@@ -28,7 +28,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -69,13 +68,10 @@ def save_half(model_file: Path, target: Path) -> Path:
         names = f.keys()
         tensors = {k: f.get_tensor(k) for k in names}
     tensors = {k: (t.half() if t.is_floating_point() else t) for k, t in tensors.items()}
+    from corrdiff_xr._atomic import write_bytes
+
     blob = save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    with os.fdopen(fd, "wb") as out:
-        out.write(blob)
-    os.replace(tmp, target)
-    return target
+    return write_bytes(target, blob)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,8 +106,8 @@ def _conv_peak_gflops(batch: int, repeats: int = 5) -> dict[str, float]:
             g = torch.randn(batch, cout, size, size).contiguous(memory_format=layout)
             flops = 2.0 * batch * size * size * cin * cout * 9
             passes = {
-                "forward": lambda: torch.conv2d(x, w, None, 1, 1),
-                "backward_input": lambda: torch.ops.aten.convolution_backward(
+                "forward": lambda x=x, w=w: torch.conv2d(x, w, None, 1, 1),
+                "backward_input": lambda g=g, x=x, w=w: torch.ops.aten.convolution_backward(
                     g,
                     x,
                     w,
@@ -120,7 +120,7 @@ def _conv_peak_gflops(batch: int, repeats: int = 5) -> dict[str, float]:
                     1,
                     [True, False, False],
                 ),
-                "backward_weight": lambda: torch.ops.aten.convolution_backward(
+                "backward_weight": lambda g=g, x=x, w=w: torch.ops.aten.convolution_backward(
                     g,
                     x,
                     w,

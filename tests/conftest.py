@@ -18,13 +18,22 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+import pytest  # noqa: E402
+
 # tests/ is on sys.path (rootdir conftest, no __init__.py): works under `pytest` and
 # `python -m pytest` alike
 from servers import gcs_server, s3_server  # noqa: E402, F401
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Put torch back on one thread after any test that changed it (see above)."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 # -- data fixtures (data layer A) ------------------------------------------------------------
-import pytest  # noqa: E402
 
 
 @pytest.fixture

@@ -14,10 +14,9 @@ def _hidden(directory):
 def test_a_file_is_replaced_only_when_the_write_succeeds(tmp_path):
     target = tmp_path / "out.json"
     write_bytes(target, b"old")
-    with pytest.raises(RuntimeError, match="disk full"):
-        with atomic_path(target) as staged:
-            staged.write_bytes(b"half")
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"), atomic_path(target) as staged:
+        staged.write_bytes(b"half")
+        raise RuntimeError("disk full")
     assert target.read_bytes() == b"old"
     assert _hidden(tmp_path) == []
     write_bytes(target, b"new")
@@ -30,11 +29,10 @@ def test_a_directory_store_is_swapped_whole(tmp_path):
     with atomic_path(target, fsync=True) as staged:
         staged.mkdir()
         (staged / "a").write_text("1")
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_path(target) as staged:
-            staged.mkdir()
-            (staged / "b").write_text("2")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as staged:
+        staged.mkdir()
+        (staged / "b").write_text("2")
+        raise KeyboardInterrupt
     assert [p.name for p in target.iterdir()] == ["a"]
     with atomic_path(target) as staged:
         staged.mkdir()

@@ -23,12 +23,6 @@ distributed = pytest.importorskip("distributed")
 FAST = {"steps": 2, "patch": 8, "overlap": 2, "threads": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import time
 import netCDF4
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from corrdiff_xr._inference.store import progress
@@ -19,14 +18,6 @@ from corrdiff_xr.cli import main
 from corrdiff_xr.codec import Codec
 from corrdiff_xr.data import open_pair, synthetic_dataset
 from corrdiff_xr.testing import tiny_corrdiff
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,6 @@ from corrdiff_xr.testing import raise_if_dask_computes, tiny_corrdiff
 FAST = {"steps": 2, "patch": 8, "overlap": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Two shared cores: OpenMP spinning across threads makes tiny convolutions 100x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +81,8 @@ def test_downscale_result_does_not_depend_on_chunking_batch_size_or_scheduler(se
 def test_downscale_result_does_not_depend_on_torch_threads(setup):
     _, pair, _, model = setup
     one = pair.isel(time=[0])
-    try:
-        runs = [downscale(one, model, steps=1, threads=n).compute(scheduler="sync") for n in (1, 2)]
-    finally:
-        torch.set_num_threads(1)
-    _equal(*runs)
+    runs = [downscale(one, model, steps=1, threads=n).compute(scheduler="sync") for n in (1, 2)]
+    _equal(*runs)  # (conftest puts torch back on one thread afterwards)
 
 
 def test_members_do_not_depend_on_ensemble_size_or_time_selection(setup, reference):

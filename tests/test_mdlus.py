@@ -34,13 +34,6 @@ REG = dataclasses.replace(TINY, embedding_type="zero")
 SHAPE = (16, 24)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny networks on a shared 2-core box: extra OpenMP threads only spin.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _write_mdlus(

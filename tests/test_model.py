@@ -24,13 +24,6 @@ TINY = NetworkConfig(
 FAST = SamplerConfig(num_steps=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny networks on a shared 2-core box: extra OpenMP threads only spin.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _codec() -> Codec:

@@ -30,13 +30,6 @@ TINY = NetworkConfig(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny networks on a shared 2-core box: extra OpenMP threads only spin.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

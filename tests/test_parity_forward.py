@@ -25,15 +25,6 @@ from corrdiff_xr.model import CorrDiff, import_mdlus
 pytestmark = requires_physicsnemo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny networks on a shared 2-core box: extra OpenMP threads only spin (50x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 ATOL = 1e-5
 SIGMAS = (0.002, 0.3, 1.0, 17.0, 800.0)
 TINY = NetworkConfig(

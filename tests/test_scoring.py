@@ -297,23 +297,18 @@ def test_bad_inputs_raise_errors_that_name_the_problem():
 
 
 def test_a_lazy_downscaled_ensemble_scores_against_its_truth_without_computing():
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from corrdiff_xr.codec import Codec
     from corrdiff_xr.data import open_pair, synthetic_dataset
     from corrdiff_xr.inference import downscale
     from corrdiff_xr.testing import tiny_corrdiff
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: tiny convolutions crawl when threads spin
-    try:
-        pair = open_pair(synthetic_dataset(ny=16, nx=16, nt=2, seed=3, chunks={"time": 1}))
-        model = tiny_corrdiff(Codec.from_pair(pair), (16, 16))
-        with raise_if_dask_computes():
-            ensemble = downscale(pair, model, members=2, seed=0, steps=2, patch=8, overlap=2)
-            table = scoring.summary(ensemble, pair.fine, weights=scoring.area_weights(ensemble))
-        table = table.compute(scheduler="sync")
-    finally:
-        torch.set_num_threads(threads)
+    pair = open_pair(synthetic_dataset(ny=16, nx=16, nt=2, seed=3, chunks={"time": 1}))
+    model = tiny_corrdiff(Codec.from_pair(pair), (16, 16))
+    with raise_if_dask_computes():
+        ensemble = downscale(pair, model, members=2, seed=0, steps=2, patch=8, overlap=2)
+        table = scoring.summary(ensemble, pair.fine, weights=scoring.area_weights(ensemble))
+    table = table.compute(scheduler="sync")
     assert table["score"].dims == ("metric", "variable", TIME)
     assert table["variable"].values.tolist() == list(pair.targets)
     assert bool(np.isfinite(table["score"]).all())

@@ -81,11 +81,12 @@ def test_random_states_round_trip_through_a_checkpoint(tmp_path):
 def test_training_normalisation_does_not_depend_on_validation_times(tmp_path):
     # two stores equal over the training period, far apart over the validation period, each
     # with stored statistics of all its times: the training codecs must be identical
+    from _train_helpers import tiny_config
+
     from corrdiff_xr.codec import Codec
     from corrdiff_xr.config import TrainRunConfig, from_dict
     from corrdiff_xr.data import compute_stats, synthetic_dataset, write_stats
     from corrdiff_xr.train import open_training_data
-    from _train_helpers import tiny_config
 
     ds = synthetic_dataset(ny=16, nx=16, nt=8, factor=4, chunks={"time": 2}).load()
     codecs = []

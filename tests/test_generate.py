@@ -49,7 +49,7 @@ def test_generate_writes_zarr_and_the_reference_netcdf_layout(inputs, tmp_path):
     rc = main(_args(root, out, "--members", "2", "--seed", "4", "--netcdf", str(nc),
                     "--times", "2020-01-01T01:00", "2020-01-01T04:00"))
     assert rc == 0
-    zarr_ds = xr.open_zarr(out, consolidated=False)
+    zarr_ds = xr.open_zarr(out, consolidated=True)  # complete stores are consolidated
     assert zarr_ds.t2m.dims == ("member", "time", "y", "x") and zarr_ds.sizes["member"] == 2
     assert not zarr_ds.t2m.isnull().any()
     with netCDF4.Dataset(nc) as f:

@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,17 @@ def write_zarr(ds: xr.Dataset, store: str | os.PathLike, *, overwrite: bool = Fa
         else:
             job.compute()
     written = len(layer) - 1 if layer else 0
+    _consolidate(store)  # every block is in: readers then open it with one metadata read
     return {"blocks": len(blocks), "written": written, "skipped": len(blocks) - written}
+
+
+def _consolidate(store: str) -> None:
+    import zarr
+
+    with warnings.catch_warnings():
+        # consolidated metadata is a zarr-python extension to v3; it saves remote reads
+        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+        zarr.consolidate_metadata(store)
 
 
 def _time_hours(times: np.ndarray) -> np.ndarray:

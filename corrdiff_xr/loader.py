@@ -29,8 +29,8 @@ round trip, because remote filesystems (s3fs, gcsfs) hold sessions bound to the 
 event loop. Without workers, blocks are read ahead in background threads.
 
 Hot path: a block's inputs are read on the *coarse* grid, and a block is read by running its
-chunks' tasks cut from the graph materialised once (no sliced dask graph to build, optimise
-and order per block, which cost a third of the read). From there on everything is plain
+chunks' tasks cut from the graph materialised once (:mod:`corrdiff_xr._chunkread`: no sliced
+dask graph to build, optimise and order per block). From there on everything is plain
 numpy: :meth:`Codec.encode_arrays <corrdiff_xr.codec.Codec.encode_arrays>` regrids each input
 straight into its channel of one preallocated float32 array (two small matrix products on
 rectilinear grids), reorders samples while filling and normalises in place in float32.
@@ -52,15 +52,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dask
-import dask.array as da
-import dask.base
-import dask.core
-import dask.local
-import dask.threaded
 import numpy as np
 import torch
 import xarray as xr
 
+from corrdiff_xr._chunkread import Pieces, arrays, block_pieces, run_pieces
 from corrdiff_xr.dims import TIME, X, Y
 
 __all__ = ["Batch", "ChunkShuffleLoader", "block_bounds", "rank_blocks", "xbatcher_batches"]
@@ -214,11 +210,11 @@ class ChunkShuffleLoader:
         # The arrays behind the pair, so a block is one dask.compute without xarray overhead.
         # Inputs are read on the coarse grid and regridded in numpy by the codec, straight
         # into the batch (16x less to read than the lazily regridded inputs, no dask graph).
-        self._coarse = _arrays(pair.coarse)
+        self._coarse = arrays(pair.coarse)
         self._weights = pair.regrid_weights
-        self._static_lazy = _arrays(pair.static_fields)
+        self._static_lazy = arrays(pair.static_fields)
         self._static: dict[str, Any] | None = None  # read on first use, then kept
-        self._targets = _arrays(pair.fine)
+        self._targets = arrays(pair.fine)
         self._lead_time = lead_time
         if lead_time is not None and lead_time not in pair.dataset.variables:
             raise KeyError(f"lead-time variable {lead_time!r} is not in the dataset")
@@ -282,12 +278,12 @@ class ChunkShuffleLoader:
         start, stop = self.epoch_blocks(epoch)[k]
         order = _within_block_order(stop - start, seed=self.seed, epoch=epoch, start=start, shuffle=self.shuffle)
         lead = None if self._lead_values is None else self._lead_values[start:stop]
-        parts = {(role, name): _block_pieces(a, start, stop)
+        parts = {(role, name): block_pieces(a, start, stop)
                  for role, arrays in (("coarse", self._coarse), ("targets", self._targets))
                  for name, a in arrays.items()}
-        pieces = {k: v for k, v in parts.items() if isinstance(v, _Pieces)}
-        lazy = {k: v for k, v in parts.items() if not isinstance(v, _Pieces)}
-        values = _run_pieces(list(pieces.values()), scheduler)
+        pieces = {k: v for k, v in parts.items() if isinstance(v, Pieces)}
+        lazy = {k: v for k, v in parts.items() if not isinstance(v, Pieces)}
+        values = run_pieces(list(pieces.values()), scheduler)
         if lazy or self._static is None or lead is not None:
             lazy, self._static, lead = dask.compute(
                 lazy, self._static or self._static_lazy, lead, scheduler=scheduler)
@@ -417,91 +413,6 @@ def _patch_generator(seed: int, epoch: int, time_index: int) -> torch.Generator:
     # Patch origins keyed by (seed, epoch, sample), so they never depend on batching/workers.
     seq = np.random.SeedSequence([seed, epoch, time_index, 0x9A7C4])
     return torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
-
-
-def _arrays(ds: xr.Dataset) -> dict[str, Any]:
-    """``{name: data}``; dask arrays along time become :class:`_Chunks`."""
-    out: dict[str, Any] = {}
-    for name, var in ds.data_vars.items():
-        data = var.data
-        if isinstance(data, da.Array) and var.dims and var.dims[0] == TIME:
-            out[str(name)] = _chunks(data)
-        else:
-            out[str(name)] = data
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class _Chunks:
-    """A dask array with its low-level graph and chunk keys, materialised once.
-
-    A block's chunks are read by running just their tasks (a few dict look-ups to cut them
-    out of the graph): building, optimising and ordering a sliced dask graph per block cost
-    a third of the read itself (``benchmarks/loader.py``).
-    """
-
-    array: Any
-    graph: dict
-    keys: np.ndarray  # object array of chunk keys, one per chunk
-    starts: np.ndarray  # time offset of each time chunk, and the end
-
-
-@dataclasses.dataclass(frozen=True)
-class _Pieces:
-    """The chunk keys of one variable's block (time, y, x nested lists) and their tasks."""
-
-    keys: list
-    graph: dict
-
-    def assemble(self, values: dict) -> np.ndarray:
-        nested = self.keys
-        while isinstance(nested, list) and len(nested) == 1:
-            nested = nested[0]  # one chunk: no copy
-        if not isinstance(nested, list):
-            return np.asarray(values[nested])
-        fill = lambda k: [fill(i) for i in k] if isinstance(k, list) else values[k]
-        return np.block(fill(self.keys))
-
-
-def _chunks(data: da.Array) -> _Chunks:
-    keys = np.empty(data.numblocks, dtype=object)
-    for index in np.ndindex(*data.numblocks):
-        keys[index] = (data.name,) + index
-    return _Chunks(data, dict(data.__dask_graph__()), keys, np.cumsum((0,) + data.chunks[0]))
-
-
-def _block_pieces(data: Any, start: int, stop: int) -> Any:
-    if not isinstance(data, _Chunks):
-        return data[start:stop]
-    i0, i1 = np.searchsorted(data.starts, [start, stop])
-    if i1 >= len(data.starts) or data.starts[i0] != start or data.starts[i1] != stop:
-        return data.array[start:stop]  # chunks not aligned with the block: slice instead
-    keys = data.keys[i0:i1]
-    graph, stack = {}, list(keys.ravel())
-    while stack:  # the tasks these chunks depend on
-        key = stack.pop()
-        if key not in graph:
-            graph[key] = data.graph[key]
-            stack.extend(dask.core.get_dependencies(data.graph, key))
-    return _Pieces(keys.tolist(), graph)
-
-
-def _flat(nested: Any) -> list:
-    return [k for item in nested for k in _flat(item)] if isinstance(nested, list) else [nested]
-
-
-def _run_pieces(pieces: list[_Pieces], scheduler: str | None) -> dict:
-    """``{key: array}`` of all chunks of ``pieces``, on ``scheduler`` (default: dask's)."""
-    if not pieces:
-        return {}
-    graph: dict = {}
-    for piece in pieces:
-        graph.update(piece.graph)
-    keys = [k for piece in pieces for k in _flat(piece.keys)]
-    get = dask.base.get_scheduler(scheduler=scheduler) or dask.threaded.get
-    if get is dask.local.get_sync:
-        get = dask.core.get  # no scheduler bookkeeping for a handful of reads
-    return dict(zip(keys, get(graph, keys)))
 
 
 def _time_chunks(ds: xr.Dataset, n_time: int) -> tuple[int, ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +23,19 @@ def _sibling(target: Path, tag: str) -> Path:
 
 
 def remove(path: Path) -> None:
-    """Delete a file or directory tree if it exists."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    """Delete a file or directory tree if it exists.
+
+    A failed parallel write (dask threads) can still be finishing chunk writes into the tree
+    as it is removed, so a tree is removed again until it is gone (for up to ~2 s).
+    """
+    for _ in range(40):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        if not os.path.lexists(path):
+            return
+        time.sleep(0.05)
 
 
 def discard(path: Path) -> None:

@@ -20,6 +20,7 @@ from corrdiff_xr.nn import (
     RegressionUNet,
     SongUNet,
 )
+from corrdiff_xr.nn.layers import dropout
 
 TINY = NetworkConfig(
     model_channels=16,
@@ -84,6 +85,42 @@ def test_group_norm_in_eval_uses_unbiased_variance_and_biased_in_training():
         )
         ref = ref * gn.weight[:, None, None] + gn.bias[:, None, None]
         torch.testing.assert_close(gn(x), ref, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_cpu_dropout_keeps_1_minus_p_scales_by_its_inverse_and_keeps_the_layout(dtype, layout):
+    torch.manual_seed(0)
+    p = 0.13
+    x = (torch.rand(4, 32, 64, 64) + 0.5).to(dtype).contiguous(memory_format=layout)
+    x.requires_grad_(True)
+    y = dropout(x, p, training=True)
+    kept = y != 0
+    n = kept.numel()
+    # binomial(n, 1 - p): five standard deviations is 1.2e-3 here
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    expected = x.detach() * (1 / (1 - p))
+    torch.testing.assert_close(y[kept], expected[kept])
+    assert y.is_contiguous(memory_format=layout) and y.dtype == dtype
+    g = torch.randn_like(y)
+    y.backward(g)
+    torch.testing.assert_close(x.grad, torch.where(kept, g * (1 / (1 - p)), 0).to(dtype))
+    # channels are not correlated: the per-channel keep rates spread like independent draws
+    per_channel = kept.float().mean(dim=(0, 2, 3))
+    assert per_channel.std().item() < 3 * math.sqrt(p * (1 - p) / (n / 32))
+
+
+def test_dropout_is_the_identity_in_eval_or_at_zero_and_follows_the_torch_seed():
+    x = torch.randn(2, 8, 16, 16)
+    assert dropout(x, 0.5, training=False) is x and dropout(x, 0.0, training=True) is x
+    torch.manual_seed(3)
+    a = dropout(x, 0.3, training=True)
+    torch.manual_seed(3)
+    b = dropout(x, 0.3, training=True)
+    assert torch.equal(a, b) and not torch.equal(a, dropout(x, 0.3, training=True))
+    assert torch.equal(dropout(x, 1.0, training=True), torch.zeros_like(x))
+    strided = x[:, :, ::2]  # not dense: falls back to F.dropout, same contract
+    assert ((dropout(strided, 0.3, training=True) == 0).float().mean() - 0.3).abs() < 0.05
 
 
 def test_attention_equals_softmax_of_scaled_dot_products():

@@ -15,7 +15,7 @@ Speed choices, each numerically equivalent to the reference formula:
 * attention uses ``scaled_dot_product_attention`` with no fp32 round trips;
 * in-place adds where the operand is a fresh temporary;
 * dropout on the CPU draws its keep mask as 32-bit integers, two per 64-bit draw of torch's
-  generator: 2.2x faster forward + backward than ``F.dropout`` (whose ``bernoulli_`` was the
+  generator: about 2x faster forward + backward than ``F.dropout`` (whose ``bernoulli_`` was the
   largest cost of a CPU training step after the convolutions), same keep probability to
   2^-32.
 

@@ -160,9 +160,13 @@ def run(args: argparse.Namespace) -> int:
 
         from corrdiff_xr.dims import TIME
 
-        written = xr.open_zarr(args.zarr, consolidated=False)
+        written = xr.open_zarr(args.zarr, consolidated=True)
         times = {TIME: written[TIME].values}
-        truth = pair.fine.sel(times) if pair.targets else None
+        truth = None
+        if pair.targets:  # the prediction's variable order first, as in the reference's files
+            order = [v for v in written.data_vars if v in pair.fine] + [
+                v for v in pair.fine.data_vars if v not in written.data_vars]
+            truth = pair.fine[order].sel(times)
         write_reference_netcdf(args.netcdf, written, inputs=pair.inputs_on_fine.sel(times), truth=truth)
         print(f"{args.netcdf}: reference NetCDF layout written", file=sys.stderr)
     return 0

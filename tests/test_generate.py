@@ -25,7 +25,10 @@ def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("generate")
     synthetic_dataset(ny=16, nx=16, nt=6, factor=4, seed=2).to_zarr(root / "data.zarr", consolidated=False)
     pair = open_pair(str(root / "data.zarr"))
-    tiny_corrdiff(Codec.from_pair(pair), (16, 16)).save(root / "model.safetensors")
+    codec = Codec.from_pair(pair)
+    # the model's channel order differs from the store's variable order, as it can in practice
+    codec = Codec(codec.inputs, tuple(reversed(codec.targets)), codec.static, codec.stats, codec.attrs)
+    tiny_corrdiff(codec, (16, 16)).save(root / "model.safetensors")
     return root, pair
 
 
@@ -58,6 +61,7 @@ def test_generate_writes_zarr_and_the_reference_netcdf_layout(inputs, tmp_path):
         assert f["time"].units == "hours since 1990-01-01 00:00:00"
         hours = netCDF4.num2date(f["time"][:], f["time"].units, f["time"].calendar)
         assert [h.isoformat() for h in hours] == ["2020-01-01T01:00:00", "2020-01-01T04:00:00"]
+        assert list(f["truth"].variables) == list(f["prediction"].variables)  # same order
         pred = f["prediction"]["t2m"]
         assert pred.dimensions == ("ensemble", "time", "y", "x") and pred.shape == (2, 2, 16, 16)
         np.testing.assert_array_equal(pred[:], zarr_ds.t2m.values)

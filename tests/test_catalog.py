@@ -118,9 +118,13 @@ def test_incomplete_entry_is_named_with_its_line(tmp_path):
 def test_missing_catalogs_directory_is_explained(tmp_path, monkeypatch):
     import corrdiff_xr
 
-    # as for a non-editable install: the package sits where no catalogs/ directory is
+    import importlib.metadata
+
+    # the package sits where no catalogs/ directory is, and the install lists no
+    # share/corrdiff_xr/catalogs data files (a wheel does: tests/test_packaging.py)
     monkeypatch.setattr(corrdiff_xr, "__file__", str(tmp_path / "site" / "corrdiff_xr" / "x.py"))
-    with pytest.raises(CatalogError, match=r"no catalogs/ directory at .*site.*pip install -e"):
+    monkeypatch.setattr(importlib.metadata, "files", lambda name: [])
+    with pytest.raises(CatalogError, match=r"no bundled catalogs: neither .*site.*catalogs nor installed"):
         catalog_dir()
     # a catalog given by path still opens
     repo_catalogs = Path(__file__).resolve().parent.parent / "catalogs"

@@ -94,16 +94,30 @@ def cache_root(value: str | os.PathLike | None = None) -> Path:
 
 
 def catalog_dir() -> Path:
-    """The repository's ``catalogs/`` directory (next to the ``corrdiff_xr`` package)."""
+    """The bundled ``catalogs/`` directory.
+
+    In a source checkout (``pip install -e .``) it sits next to the ``corrdiff_xr`` package;
+    an installed wheel carries it as data files (``<prefix>/share/corrdiff_xr/catalogs``),
+    found through the distribution's file list wherever the prefix is (venv, ``--user``).
+    """
+    import importlib.metadata
+
     import corrdiff_xr
 
     path = Path(corrdiff_xr.__file__).resolve().parent.parent / "catalogs"
-    if not path.is_dir():
-        raise CatalogError(
-            f"no catalogs/ directory at {path}: the bundled catalogs are available in a source "
-            "checkout (pip install -e .); otherwise pass the path of a catalog YAML file"
-        )
-    return path
+    if path.is_dir():
+        return path
+    try:
+        files = importlib.metadata.files("corrdiff_xr") or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        if file.suffix == ".yaml" and file.parts[-3:-1] == ("corrdiff_xr", "catalogs"):
+            return Path(file.locate()).resolve().parent
+    raise CatalogError(
+        f"no bundled catalogs: neither {path} nor installed share/corrdiff_xr/catalogs exist; "
+        "reinstall corrdiff_xr or pass the path of a catalog YAML file"
+    )
 
 
 def list_catalogs() -> list[str]:

@@ -1,0 +1,53 @@
+"""A built wheel carries what an installed corrdiff_xr needs: weights, configs and catalogs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_an_installed_wheel_finds_its_catalogs_model_and_configs(tmp_path):
+    # build from a copy: setuptools leaves build/ and *.egg-info next to the sources
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist")
+    for name in ("corrdiff_xr", "catalogs"):
+        shutil.copytree(REPO / name, src / name, ignore=skip)
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
+                    str(src)], check=True, cwd=tmp_path)
+    (wheel,) = (tmp_path / "dist").glob("corrdiff_xr-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for catalog in ("demo", "samples", "cloud"):
+        assert any(n.endswith(f"data/share/corrdiff_xr/catalogs/{catalog}.yaml") for n in names)
+    assert "corrdiff_xr/weights/tiny_demo.safetensors" in names
+
+    prefix = tmp_path / "prefix"
+    subprocess.run([*pip, "install", "--no-deps", "--prefix", str(prefix), str(wheel)], check=True)
+    site = sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)})
+    script = (
+        "import corrdiff_xr, pathlib\n"
+        "from corrdiff_xr.data.catalog import catalog_dir, open_entry\n"
+        "from corrdiff_xr.demo import shipped_model_path\n"
+        "from corrdiff_xr.model import CorrDiff\n"
+        "print(pathlib.Path(corrdiff_xr.__file__).parent)\n"
+        "print(catalog_dir())\n"
+        "pair = open_entry('demo', 'demo_tiny', cache_dir='cache')\n"
+        "print(sorted(pair.targets))\n"
+        "print(type(CorrDiff.load(shipped_model_path())).__name__)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": site}
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True,
+                         cwd=tmp_path, env=env).stdout.split("\n")
+    assert Path(out[0]).is_relative_to(prefix)  # the installed copy, not this checkout
+    assert Path(out[1]) == (prefix / "share" / "corrdiff_xr" / "catalogs").resolve()
+    assert out[2] == "['t2m', 'tp', 'u10', 'v10']"
+    assert out[3] == "CorrDiff"

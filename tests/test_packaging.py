@@ -31,7 +31,9 @@ def test_an_installed_wheel_finds_its_catalogs_model_and_configs(tmp_path):
     assert "corrdiff_xr/weights/tiny_demo.safetensors" in names
 
     prefix = tmp_path / "prefix"
-    subprocess.run([*pip, "install", "--no-deps", "--prefix", str(prefix), str(wheel)], check=True)
+    # --ignore-installed: never uninstall the running environment's corrdiff_xr (pip would)
+    subprocess.run([*pip, "install", "--no-deps", "--ignore-installed", "--prefix", str(prefix), str(wheel)],
+                   check=True)
     site = sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)})
     script = (
         "import corrdiff_xr, pathlib\n"
@@ -51,3 +53,5 @@ def test_an_installed_wheel_finds_its_catalogs_model_and_configs(tmp_path):
     assert Path(out[1]) == (prefix / "share" / "corrdiff_xr" / "catalogs").resolve()
     assert out[2] == "['t2m', 'tp', 'u10', 'v10']"
     assert out[3] == "CorrDiff"
+    # and this environment's own install is untouched
+    subprocess.run([sys.executable, "-c", "import corrdiff_xr.data.catalog"], check=True, cwd=tmp_path)

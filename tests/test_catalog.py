@@ -116,9 +116,9 @@ def test_incomplete_entry_is_named_with_its_line(tmp_path):
 
 
 def test_missing_catalogs_directory_is_explained(tmp_path, monkeypatch):
-    import corrdiff_xr
-
     import importlib.metadata
+
+    import corrdiff_xr
 
     # the package sits where no catalogs/ directory is, and the install lists no
     # share/corrdiff_xr/catalogs data files (a wheel does: tests/test_packaging.py)

@@ -20,16 +20,10 @@ from physicsnemo_ref import (
 )
 
 from corrdiff_xr._mdlus import MdlusError, read_mdlus
-from corrdiff_xr.config import EDMConfig, NetworkConfig
+from corrdiff_xr.config import EDMConfig
 from corrdiff_xr.model import CheckpointError, import_mdlus
+from corrdiff_xr.testing import TINY_NETWORK as TINY
 
-TINY = NetworkConfig(
-    model_channels=16,
-    channel_mult=(1, 2),
-    num_blocks=1,
-    attn_resolutions=(8,),
-    dropout=0.0,
-)
 REG = dataclasses.replace(TINY, embedding_type="zero")
 SHAPE = (16, 24)
 

@@ -11,16 +11,10 @@ import torch
 from safetensors import safe_open
 
 from corrdiff_xr.codec import Codec
-from corrdiff_xr.config import EDMConfig, NetworkConfig, SamplerConfig
+from corrdiff_xr.config import EDMConfig, SamplerConfig
 from corrdiff_xr.model import CheckpointError, CorrDiff
+from corrdiff_xr.testing import TINY_NETWORK as TINY
 
-TINY = NetworkConfig(
-    model_channels=16,
-    channel_mult=(1, 2),
-    num_blocks=1,
-    attn_resolutions=(8,),
-    dropout=0.0,
-)
 FAST = SamplerConfig(num_steps=3)
 
 

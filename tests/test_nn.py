@@ -21,16 +21,7 @@ from corrdiff_xr.nn import (
     SongUNet,
 )
 from corrdiff_xr.nn.layers import dropout
-
-TINY = NetworkConfig(
-    model_channels=16,
-    channel_mult=(1, 2),
-    num_blocks=1,
-    attn_resolutions=(8,),
-    dropout=0.0,
-)
-
-
+from corrdiff_xr.testing import TINY_NETWORK as TINY
 
 
 def _randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

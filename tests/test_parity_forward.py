@@ -21,19 +21,13 @@ from physicsnemo_ref import (
 
 from corrdiff_xr.config import EDMConfig, NetworkConfig
 from corrdiff_xr.model import CorrDiff, import_mdlus
+from corrdiff_xr.testing import TINY_NETWORK as TINY
 
 pytestmark = requires_physicsnemo
 
 
 ATOL = 1e-5
 SIGMAS = (0.002, 0.3, 1.0, 17.0, 800.0)
-TINY = NetworkConfig(
-    model_channels=16,
-    channel_mult=(1, 2),
-    num_blocks=1,
-    attn_resolutions=(8,),
-    dropout=0.0,
-)
 
 CONFIGS = {
     "mini_like_attention": (TINY, (16, 16)),

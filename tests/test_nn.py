@@ -309,6 +309,17 @@ def test_training_backward_reaches_every_parameter():
     assert not missing
 
 
+def test_torch_compiled_network_trains_with_dropout():
+    # network.compile=true: dynamo must not trace the eager CPU dropout mask (it failed to
+    # compile: "cannot determine truth value of Relational"); ~50 s of inductor codegen
+    cfg = dataclasses.replace(TINY, dropout=0.2, attn_resolutions=(), model_channels=8)
+    net = SongUNet(cfg, in_channels=3, out_channels=2, img_shape=(16, 16)).train()
+    loss = torch.compile(net)(torch.randn(2, 3, 16, 16), torch.ones(2)).square().mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in net.parameters())
+
+
 # -- config -------------------------------------------------------------------------------
 def test_presets_match_the_reference_corrdiff_networks():
     mini, normal = NetworkConfig.preset("mini"), NetworkConfig.preset("normal")

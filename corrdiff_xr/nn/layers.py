@@ -75,13 +75,14 @@ class _CPUDropout(torch.autograd.Function):
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout: zero each element with probability ``p``, scale the rest by 1/(1-p).
 
-    Same contract as ``F.dropout``; dense CPU tensors take the faster mask of
-    :class:`_CPUDropout`, anything else ``F.dropout``.
+    Same contract as ``F.dropout``; dense CPU tensors in eager mode take the faster mask of
+    :class:`_CPUDropout`, anything else (CUDA, ``torch.compile``) ``F.dropout``.
     """
     if not training or p == 0.0:
         return x
     dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-    if x.device.type != "cpu" or not 0.0 < p < 1.0 or not dense:
+    # torch.compile generates its own fused dropout; the integer mask is for eager CPU runs
+    if x.device.type != "cpu" or not 0.0 < p < 1.0 or not dense or torch.compiler.is_compiling():
         return F.dropout(x, p, training)
     return _CPUDropout.apply(x, p)
 

@@ -87,6 +87,19 @@ def _profile(
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+def _train_step(
+    opt: torch.optim.Optimizer, loss: Callable[[], torch.Tensor]
+) -> Callable[[], None]:
+    """One optimiser step on ``loss()``: zero grads, backward, step."""
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss().backward()
+        opt.step()
+
+    return step
+
+
 def _count_flops(fn: Callable[[], object]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -153,22 +166,20 @@ def _compiled_steps(ours, x, y, repeats: int, results: dict) -> dict[str, float]
         compiled = torch.compile(net)
         opt = torch.optim.Adam(net.parameters(), lr=1e-6)
 
-        def step(opt=opt, name=name, compiled=compiled):
-            opt.zero_grad(set_to_none=True)
+        def loss(name=name, compiled=compiled):
             if name == "regression":
-                loss = _edm.regression_loss(
+                return _edm.regression_loss(
                     lambda v: compiled(v), x, y, reduction="sum_per_sample"
                 )
-            else:
-                loss = _edm.residual_loss(
-                    compiled,
-                    x,
-                    y,
-                    regression=ours.predict_mean,
-                    reduction="sum_per_sample",
-                )
-            loss.backward()
-            opt.step()
+            return _edm.residual_loss(
+                compiled,
+                x,
+                y,
+                regression=ours.predict_mean,
+                reduction="sum_per_sample",
+            )
+
+        step = _train_step(opt, loss)
 
         t0 = time.perf_counter()
         step()
@@ -338,20 +349,16 @@ def main(argv: list[str] | None = None) -> int:
         opt_r = torch.optim.Adam(rr.parameters(), lr=1e-6)
         ref_loss = RegressionLoss()
 
-        def step_ours():
-            opt_o.zero_grad(set_to_none=True)
+        def loss_ours():
             with amp():
-                loss = _edm.regression_loss(
+                return _edm.regression_loss(
                     ours.predict_mean, x, y, reduction="sum_per_sample"
                 )
-            loss.backward()
-            opt_o.step()
 
-        def step_ref():
-            opt_r.zero_grad(set_to_none=True)
-            loss = ref_loss(net=rr, img_clean=y, img_lr=x).sum() / B
-            loss.backward()
-            opt_r.step()
+        step_ours = _train_step(opt_o, loss_ours)
+        step_ref = _train_step(
+            opt_r, lambda: ref_loss(net=rr, img_clean=y, img_lr=x).sum() / B
+        )
 
         results["train_step_speedup_regression" + suffix] = pair(
             "regression_step" + suffix, step_ours, step_ref, args.repeats
@@ -367,24 +374,20 @@ def main(argv: list[str] | None = None) -> int:
         opt_r = torch.optim.Adam(rd.parameters(), lr=1e-6)
         ref_loss = ResidualLoss(regression_net=rr, hr_mean_conditioning=True)
 
-        def step_ours():
-            opt_o.zero_grad(set_to_none=True)
+        def loss_ours():
             with amp():
-                loss = _edm.residual_loss(
+                return _edm.residual_loss(
                     ours.residual,
                     x,
                     y,
                     regression=ours.predict_mean,
                     reduction="sum_per_sample",
                 )
-            loss.backward()
-            opt_o.step()
 
-        def step_ref():
-            opt_r.zero_grad(set_to_none=True)
-            loss = ref_loss(net=rd, img_clean=y, img_lr=x).sum() / B
-            loss.backward()
-            opt_r.step()
+        step_ours = _train_step(opt_o, loss_ours)
+        step_ref = _train_step(
+            opt_r, lambda: ref_loss(net=rd, img_clean=y, img_lr=x).sum() / B
+        )
 
         results["train_step_speedup_residual" + suffix] = pair(
             "residual_step" + suffix, step_ours, step_ref, args.repeats

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from corrdiff_xr.config import EDMConfig, NetworkConfig, from_dict
+from corrdiff_xr.errors import CorrDiffError
 
 __all__ = [
     "MdlusCheckpoint",
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 
-class MdlusError(ValueError):
+class MdlusError(CorrDiffError, ValueError):
     """A ``.mdlus`` checkpoint cannot be imported (unknown class, bad weights, unsafe pickle)."""
 
 

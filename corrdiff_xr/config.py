@@ -20,10 +20,12 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from corrdiff_xr.errors import CorrDiffError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(CorrDiffError, ValueError):
     """A configuration value is missing, unknown, or of the wrong type."""
 
 

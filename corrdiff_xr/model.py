@@ -36,6 +36,7 @@ from corrdiff_xr.config import (
     to_dict,
 )
 from corrdiff_xr.edm import EDMPrecond, residual_condition
+from corrdiff_xr.errors import CorrDiffError
 from corrdiff_xr.nn import RegressionUNet, SongUNet
 
 __all__ = [
@@ -57,7 +58,7 @@ DEFAULT_EDM = EDMConfig()
 DEFAULT_SAMPLER = SamplerConfig()
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CorrDiffError, ValueError):
     """A checkpoint is unreadable, of the wrong format, or does not fit the model."""
 
 

@@ -39,6 +39,8 @@ import yaml
 from intake.readers.entry import Catalog
 from intake.readers.readers import BaseReader
 
+from corrdiff_xr.errors import CorrDiffError
+
 __all__ = [
     "BUILDERS",
     "CachedBuildReader",
@@ -59,7 +61,7 @@ _ENTRY_KEYS = ("reader", "kwargs", "user_parameters", "metadata", "output_instan
 _INTERNAL_PARAMS = {"CATALOG_DIR", "CATALOG_PATH", "STORAGE_OPTIONS"}
 
 
-class CatalogError(ValueError):
+class CatalogError(CorrDiffError, ValueError):
     """A catalog file is missing, malformed, or asked for something it does not hold."""
 
 

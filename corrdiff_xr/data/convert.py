@@ -55,6 +55,7 @@ from corrdiff_xr.dims import (
     X,
     Y,
 )
+from corrdiff_xr.errors import CorrDiffError
 
 __all__ = [
     "ConversionError",
@@ -86,7 +87,7 @@ _GEO_LAT = {"units": "degrees_north", "standard_name": "latitude", "long_name": 
 _GEO_LON = {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}
 
 
-class ConversionError(ValueError):
+class ConversionError(CorrDiffError, ValueError):
     """The source does not follow the reference layout it was read as."""
 
 

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import xarray as xr
 
 from corrdiff_xr.dims import COARSE_DIMS, FINE_DIMS, TIME
+from corrdiff_xr.errors import CorrDiffError
 
 #: Zarr group holding the statistics
 STATS_GROUP = "stats"
@@ -86,7 +87,7 @@ __all__ = [
 
 
 # -- errors --------------------------------------------------------------------------------
-class DataError(ValueError):
+class DataError(CorrDiffError, ValueError):
     """A dataset does not follow the canonical layout, or cannot be read."""
 
 

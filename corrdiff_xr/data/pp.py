@@ -24,6 +24,8 @@ from typing import IO, Any
 import numpy as np
 import xarray as xr
 
+from corrdiff_xr.errors import CorrDiffError
+
 __all__ = [
     "STASH_NAMES",
     "PPField",
@@ -66,7 +68,7 @@ STASH_NAMES: dict[int, tuple[str, str]] = {
 _EXTRA_X, _EXTRA_Y = 1, 2
 
 
-class PPFormatError(ValueError):
+class PPFormatError(CorrDiffError, ValueError):
     """The file is not PP, or uses a feature this reader does not implement."""
 
 

@@ -286,7 +286,7 @@ class PatchConfig(Checked):
 
     RULES = (
         Rule(("shape", "overlap", "boundary"), _patch_fits,
-             "the patch leaves no room for a kept part; need overlap + 2 * boundary < min(shape)"),
+             "the patch leaves no room for a kept part; need overlap + 2 * boundary < the smaller patch side"),
     )
 
 

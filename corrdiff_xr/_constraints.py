@@ -110,15 +110,15 @@ class Bound:
         v = float(value)
         if math.isnan(v) or (self.finite and math.isinf(v)):
             return False
-        return not (
-            (self.gt is not None and not v > self.gt) or (self.ge is not None and not v >= self.ge)
-            or (self.lt is not None and not v < self.lt) or (self.le is not None and not v <= self.le)
+        return (
+            (self.gt is None or v > self.gt) and (self.ge is None or v >= self.ge)
+            and (self.lt is None or v < self.lt) and (self.le is None or v <= self.le)
         )
 
     def describe(self, integer: bool) -> str:
         """``an integer >= 1``, ``a finite number > 0``, ``a number in [0, 1)`` ..."""
-        lo = ("(", self.gt) if self.gt is not None else ("[", self.ge) if self.ge is not None else None
-        hi = (")", self.lt) if self.lt is not None else ("]", self.le) if self.le is not None else None
+        lo = ("(", self.gt) if self.gt is not None else None if self.ge is None else ("[", self.ge)
+        hi = (")", self.lt) if self.lt is not None else None if self.le is None else ("]", self.le)
         noun = "an integer" if integer else "a number" if lo and hi else (
             "a finite number" if self.finite else "a number")
         if lo and hi:

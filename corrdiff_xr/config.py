@@ -286,7 +286,8 @@ class PatchConfig(Checked):
 
     RULES = (
         Rule(("shape", "overlap", "boundary"), _patch_fits,
-             "the patch leaves no room for a kept part; need overlap + 2 * boundary < the smaller patch side"),
+             "the patch leaves no room for a kept part; "
+             "need overlap + 2 * boundary < the smaller patch side"),
     )
 
 
@@ -449,7 +450,8 @@ class TrainingConfig(Checked):
     loader: LoaderConfig = dataclasses.field(default_factory=LoaderConfig)
 
     RULES = (
-        Rule(("total_batch_size", "batch_size_per_device"), lambda total, per: per is None or total % per == 0,
+        Rule(("total_batch_size", "batch_size_per_device"),
+             lambda total, per: per is None or total % per == 0,
              "need total_batch_size to be a multiple of batch_size_per_device"),
     )
 
@@ -473,11 +475,15 @@ class TrainRunConfig(Checked):
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
 
     RULES = (
-        Rule(("task", "training.regression_checkpoint"), lambda task, ckpt: task == "regression" or ckpt is not None,
-             "a diffusion task needs training.regression_checkpoint (the trained regression model)"),
-        Rule(("task", "patch.shape"), lambda task, shape: (task == "patched_diffusion") == (shape is not None),
+        Rule(("task", "training.regression_checkpoint"),
+             lambda task, ckpt: task == "regression" or ckpt is not None,
+             "a diffusion task needs training.regression_checkpoint (the trained regression "
+             "model)"),
+        Rule(("task", "patch.shape"),
+             lambda task, shape: (task == "patched_diffusion") == (shape is not None),
              "task 'patched_diffusion' needs patch.shape, and only that task uses one"),
-        Rule(("data.lead_time", "network.lead_time_channels"), lambda lt, ch: (lt is None) == (ch == 0),
-             "lead-time-aware training needs both data.lead_time and network.lead_time_channels > 0 "
-             "(or neither)"),
+        Rule(("data.lead_time", "network.lead_time_channels"),
+             lambda lt, ch: (lt is None) == (ch == 0),
+             "lead-time-aware training needs both data.lead_time and "
+             "network.lead_time_channels > 0 (or neither)"),
     )

@@ -250,7 +250,6 @@ def downscale(
     from corrdiff_xr._inference.cache import token_for
     from corrdiff_xr._inference.graph import block_arrays
     from corrdiff_xr.patching import PatchGrid
-
     from corrdiff_xr.units import to_model_units
 
     if output not in ("ensemble", "mean", "residual"):

@@ -77,7 +77,7 @@ def _affine(data_units: str, model_units: str) -> tuple[float, float] | str:
     ureg = _registry()
     try:
         a, b = ureg.Unit(data_units), ureg.Unit(model_units)
-    except Exception:  # pint's parser raises many types for text it cannot read
+    except Exception:  # noqa: BLE001 - pint's parser raises anything (TokenError, ZeroDivisionError ...)
         return "pint cannot read one of them"
     probe = np.array([0.0, 1.0, 2.0])
     try:
@@ -90,7 +90,7 @@ def _affine(data_units: str, model_units: str) -> tuple[float, float] | str:
         y0, y1, y2 = (float(v) for v in source.to(b).magnitude)
     except StopIteration:
         return "they measure different quantities"
-    except Exception:  # offset units in a product, logarithmic units ...: no safe map
+    except Exception:  # noqa: BLE001 - offset units in a product, log units ...: no safe map
         return "pint has no simple conversion between them"
     scale, offset = y1 - y0, y0
     if not (math.isfinite(scale) and math.isfinite(offset) and scale > 0) or not math.isclose(

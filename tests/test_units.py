@@ -12,7 +12,13 @@ from corrdiff_xr.codec import Codec
 from corrdiff_xr.data import open_pair, synthetic_dataset
 from corrdiff_xr.inference import downscale
 from corrdiff_xr.testing import raise_if_dask_computes, tiny_corrdiff
-from corrdiff_xr.units import UnitsError, check_pair, conversion, same_units, to_model_units
+from corrdiff_xr.units import (
+    UnitsError,
+    check_pair,
+    conversion,
+    same_units,
+    to_model_units,
+)
 
 FAST = {"steps": 2, "patch": 8, "overlap": 2, "members": 2, "seed": 4}
 
@@ -105,7 +111,7 @@ def test_an_incompatible_unit_is_refused_naming_the_variable(setup):
 
 
 def test_outputs_are_labelled_with_the_models_units(setup):
-    ds, codec, model, reference = setup
+    ds, codec, model, _ = setup
     # targets present in degC (as truth data might be) must not relabel the model's Kelvin
     truth = _relabel(ds, "t2m", "degC", offset=-273.15)
     for output in ("ensemble", "mean"):

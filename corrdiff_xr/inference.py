@@ -111,7 +111,7 @@ def _sources(pair, codec) -> xr.Dataset:
 
 @contextlib.contextmanager
 def _as_arguments(names: Mapping[str, str]):
-    """Config checks failing inside name :func:`downscale`'s arguments, not config fields."""
+    """Config checks failing inside are reported under :func:`downscale`'s argument names."""
     from corrdiff_xr.config import SettingError
 
     try:

@@ -54,8 +54,10 @@ class Codec:
     stats
         ``{name: (mean, std)}`` for every name above.
     attrs
-        ``{name: {"units": ..., "long_name": ...}}`` given to decoded variables when the
-        template does not carry them.
+        ``{name: {"units": ..., "long_name": ...}}`` of the training data. ``units`` are the
+        model's (:attr:`units`): data in other units is converted or refused before encoding
+        (:mod:`corrdiff_xr.units`) and decoded variables are always labelled with them; the
+        other attributes are given to decoded variables when the template lacks them.
     """
 
     inputs: tuple[str, ...]
@@ -131,6 +133,12 @@ class Codec:
             {k: (float(v[0]), float(v[1])) for k, v in data["stats"].items()},
             data.get("attrs", {}),
         )
+
+    @property
+    def units(self) -> dict[str, str | None]:
+        """CF ``units`` of every variable as trained (None where the codec records none)."""
+        return {n: (self.attrs.get(n, {}).get("units") or None)
+                for n in self.in_channels + self.targets}
 
     # -- channels ----------------------------------------------------------------------------
     @property
@@ -342,6 +350,9 @@ class Codec:
             attrs = dict(self.attrs.get(name, {}))
             if isinstance(template, xr.Dataset) and name in template.data_vars:
                 attrs.update(template[name].attrs)
+            # the values are in the model's units, whatever the template's label says
+            if self.units[name] is not None:
+                attrs["units"] = self.units[name]
             out[name] = (full_dims, values, attrs)
         return xr.Dataset(out, coords=coords)
 

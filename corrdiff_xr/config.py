@@ -6,7 +6,10 @@ path in the error, so a typo fails before any work starts. Overrides use dotted 
 (``training.lr=2e-4``); the reference's Hydra habit ``++key=value`` is accepted too. Values
 are parsed as YAML scalars (``1e-4`` -> float, ``[1,2]`` -> list, ``null`` -> None).
 
-Defaults live on the dataclass fields and nowhere else.
+Defaults live on the dataclass fields and nowhere else, next to what each numeric field
+allows (``setting(7.0, gt=0)``): every config is checked when it is built, by the one generic
+check of :mod:`corrdiff_xr._constraints`, so ``sampler.rho=nan`` or ``training.lr=0`` fails
+with the key path, the value and the allowed range before any work starts.
 """
 
 from __future__ import annotations
@@ -20,13 +23,24 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from corrdiff_xr.errors import CorrDiffError
+from corrdiff_xr._constraints import Bound as _Bound
+from corrdiff_xr._constraints import (
+    Checked,
+    ConfigError,
+    Rule,
+    SettingError,
+    check_value,
+    setting,
+)
+
+__all__ = [
+    "ConfigError", "DataConfig", "EDMConfig", "LoaderConfig", "NetworkConfig", "PatchConfig",
+    "SamplerConfig", "SettingError", "TrainRunConfig", "TrainingConfig", "check_argument",
+    "from_dict", "load_config", "load_yaml", "merge", "parse_overrides", "to_dict",
+]
 
 T = TypeVar("T")
-
-
-class ConfigError(CorrDiffError, ValueError):
-    """A configuration value is missing, unknown, or of the wrong type."""
+INF = float("inf")
 
 
 def _type_name(tp: Any) -> str:
@@ -121,10 +135,23 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, path: str = "") -> T
             raise ConfigError(f"missing required config key '{key}'")
     try:
         return cls(**kwargs)
+    except SettingError as err:
+        raise err.under(path) from None
     except (TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"{path or cls.__name__}: {err}") from err
+
+
+def check_argument(name: str, value: Any, tp: Any, **bound: Any) -> Any:
+    """``value`` coerced to ``tp`` and checked like a config field; for function arguments.
+
+    ``bound`` takes the keywords of :class:`~corrdiff_xr._constraints.Bound` (``ge=1`` ...).
+    Raises :class:`ConfigError` naming ``name``, the value and what is allowed.
+    """
+    value = _coerce(value, tp, name)
+    check_value(name, value, tp, _Bound(**bound))
+    return value
 
 
 def to_dict(obj: Any) -> Any:
@@ -209,7 +236,7 @@ def load_config(
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplerConfig:
+class SamplerConfig(Checked):
     """EDM sampler settings (Karras et al. 2022, Algorithm 2); defaults are the reference's.
 
     ``S_churn = 0`` gives the deterministic sampler; ``S_churn > 0`` adds noise at every step
@@ -218,31 +245,27 @@ class SamplerConfig:
     """
 
     solver: Literal["heun", "euler"] = "heun"
-    num_steps: int = 18
-    sigma_min: float = 0.002
-    sigma_max: float = 800.0
-    rho: float = 7.0
-    S_churn: float = 0.0
-    S_min: float = 0.0
-    S_max: float = float("inf")
-    S_noise: float = 1.0
+    num_steps: int = setting(18, ge=1)
+    sigma_min: float = setting(0.002, gt=0)
+    sigma_max: float = setting(800.0, gt=0)
+    rho: float = setting(7.0, gt=0)
+    S_churn: float = setting(0.0, ge=0)
+    S_min: float = setting(0.0, ge=0)
+    S_max: float = setting(INF, ge=0, finite=False)
+    S_noise: float = setting(1.0, gt=0)
 
-    def __post_init__(self) -> None:
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
-        if not 0 < self.sigma_min < self.sigma_max:
-            raise ValueError(
-                f"need 0 < sigma_min < sigma_max, got sigma_min={self.sigma_min}, "
-                f"sigma_max={self.sigma_max}"
-            )
-        if self.rho <= 0:
-            raise ValueError(f"rho must be positive, got {self.rho}")
-        if self.S_churn < 0:
-            raise ValueError(f"S_churn must be >= 0, got {self.S_churn}")
+    RULES = (
+        Rule(("sigma_min", "sigma_max"), lambda lo, hi: lo < hi, "need sigma_min < sigma_max"),
+        Rule(("S_min", "S_max"), lambda lo, hi: lo <= hi, "need S_min <= S_max"),
+    )
+
+
+def _patch_fits(shape: tuple[int, int] | None, overlap: int, boundary: int) -> bool:
+    return shape is None or min(shape) - 2 * boundary - overlap >= 1
 
 
 @dataclasses.dataclass(frozen=True)
-class PatchConfig:
+class PatchConfig(Checked):
     """How a domain is tiled into patches (see :mod:`corrdiff_xr.patching`).
 
     ``shape`` None means no patching (the whole domain is one patch). ``overlap`` is the
@@ -255,33 +278,24 @@ class PatchConfig:
     exact parity with its outputs).
     """
 
-    shape: tuple[int, int] | None = None
-    overlap: int = 0
-    boundary: int = 0
+    shape: tuple[int, int] | None = setting(None, ge=1)
+    overlap: int = setting(0, ge=0)
+    boundary: int = setting(0, ge=0)
     weights: Literal["uniform", "ramp"] = "uniform"
     layout: Literal["compact", "physicsnemo"] = "compact"
 
-    def __post_init__(self) -> None:
-        if self.overlap < 0 or self.boundary < 0:
-            raise ValueError(
-                f"overlap and boundary must be >= 0, got overlap={self.overlap}, "
-                f"boundary={self.boundary}"
-            )
-        if self.shape is not None:
-            if len(self.shape) != 2 or min(self.shape) < 1:
-                raise ValueError(f"shape must be two positive integers, got {self.shape}")
-            if min(self.shape) - 2 * self.boundary - self.overlap < 1:
-                raise ValueError(
-                    f"patch shape {tuple(self.shape)} leaves no room for overlap="
-                    f"{self.overlap} plus a halo of boundary={self.boundary} on each side"
-                )
+    RULES = (
+        Rule(("shape", "overlap", "boundary"), _patch_fits,
+             "the patch leaves no room for a kept part; "
+             "need overlap + 2 * boundary < the smaller patch side"),
+    )
 
 
 # -- networks and EDM preconditioning (core A) ----------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class NetworkConfig:
+class NetworkConfig(Checked):
     """SongUNet hyper-parameters (see :class:`corrdiff_xr.nn.SongUNet`).
 
     Defaults are the reference CorrDiff ``normal`` network (128 channels, five levels,
@@ -289,48 +303,42 @@ class NetworkConfig:
     at 16) and ``"normal"``. ``embedding_type="zero"`` is the regression net (no noise
     embedding). ``gridtype`` ``"sinusoidal"`` is the reference's legacy band formula (used by
     its checkpoints); ``"none"`` or ``N_grid_channels=0`` turns the grid embedding off.
-    ``lead_time_channels > 0`` adds the lead-time embedding of ``SongUNetPosLtEmbd``.
+    ``lead_time_channels > 0`` adds the lead-time embedding of ``SongUNetPosLtEmbd``;
+    ``prob_channels`` (output channel indices given a softmax) need it.
     ``eval_groupnorm_unbiased`` reproduces the reference's evaluation-mode GroupNorm, which
     divides by the unbiased group variance. ``channels_last`` stores activations NHWC, which
     is faster for convolutions on CPU and GPU; ``compile`` wraps the networks in
     ``torch.compile``.
     """
 
-    model_channels: int = 128
-    channel_mult: tuple[int, ...] = (1, 2, 2, 2, 2)
-    channel_mult_emb: int = 4
-    channel_mult_noise: int = 1
-    num_blocks: int = 4
-    attn_resolutions: tuple[int, ...] = (28,)
-    dropout: float = 0.13
-    resample_filter: tuple[int, ...] = (1, 1)
+    model_channels: int = setting(128, ge=1)
+    channel_mult: tuple[int, ...] = setting((1, 2, 2, 2, 2), ge=1, min_items=1)
+    channel_mult_emb: int = setting(4, ge=1)
+    channel_mult_noise: int = setting(1, ge=1)
+    num_blocks: int = setting(4, ge=1)
+    attn_resolutions: tuple[int, ...] = setting((28,), ge=1)
+    dropout: float = setting(0.13, ge=0, lt=1)
+    resample_filter: tuple[int, ...] = setting((1, 1), ge=1, min_items=1)
     embedding_type: Literal["positional", "zero"] = "positional"
     gridtype: Literal["sinusoidal", "sinusoidal_octave", "learnable", "linear", "none"] = "sinusoidal"
-    N_grid_channels: int = 4
-    lead_time_channels: int = 0
-    lead_time_steps: int = 9
-    prob_channels: tuple[int, ...] = ()
+    N_grid_channels: int = setting(4, ge=0)
+    lead_time_channels: int = setting(0, ge=0)
+    lead_time_steps: int = setting(9, ge=1)
+    prob_channels: tuple[int, ...] = setting((), ge=0)
     bottleneck_attention: bool = True
     eval_groupnorm_unbiased: bool = True
     channels_last: bool = True
     compile: bool = False
 
-    def __post_init__(self) -> None:
-        if self.model_channels < 1 or not self.channel_mult or min(self.channel_mult) < 1:
-            raise ValueError(
-                f"model_channels and channel_mult must be positive, got {self.model_channels}, "
-                f"{self.channel_mult}"
-            )
-        if self.num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
-        if self.N_grid_channels < 0 or self.lead_time_channels < 0:
-            raise ValueError("N_grid_channels and lead_time_channels must be >= 0")
-        if self.gridtype in ("sinusoidal", "sinusoidal_octave") and self.N_grid_channels % 4:
-            raise ValueError(f"gridtype {self.gridtype!r} needs N_grid_channels divisible by 4")
-        if self.gridtype == "linear" and self.N_grid_channels not in (0, 2):
-            raise ValueError("gridtype 'linear' needs N_grid_channels = 2")
+    RULES = (
+        Rule(("gridtype", "N_grid_channels"),
+             lambda g, n: g not in ("sinusoidal", "sinusoidal_octave") or n % 4 == 0,
+             "need N_grid_channels divisible by 4 for a sinusoidal gridtype"),
+        Rule(("gridtype", "N_grid_channels"), lambda g, n: g != "linear" or n in (0, 2),
+             "need N_grid_channels = 2 (or 0) for gridtype 'linear'"),
+        Rule(("prob_channels", "lead_time_channels"), lambda p, lt: not p or lt > 0,
+             "need lead_time_channels > 0 for prob_channels (a lead-time model)"),
+    )
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> NetworkConfig:
@@ -345,7 +353,7 @@ class NetworkConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class EDMConfig:
+class EDMConfig(Checked):
     """EDM preconditioning and noise-level distribution (Karras et al. 2022, Table 1).
 
     Training draws ``ln(sigma) ~ N(P_mean, P_std^2)``; the preconditioner uses
@@ -355,24 +363,18 @@ class EDMConfig:
     deprecated ``EDMPrecondSR`` (``scale_cond_input=True``) does; keep it False otherwise.
     """
 
-    sigma_data: float = 0.5
-    P_mean: float = 0.0
-    P_std: float = 1.2
+    sigma_data: float = setting(0.5, gt=0)
+    P_mean: float = setting(0.0)
+    P_std: float = setting(1.2, gt=0)
     hr_mean_conditioning: bool = True
     scale_condition: bool = False
-
-    def __post_init__(self) -> None:
-        if self.sigma_data <= 0 or self.P_std <= 0:
-            raise ValueError(
-                f"sigma_data and P_std must be positive, got {self.sigma_data}, {self.P_std}"
-            )
 
 
 # -- training (training engineer) -----------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Checked):
     """Which data a run trains on.
 
     ``source`` is a catalog entry (``catalog:demo/NAME`` or ``catalog:PATH.yaml/NAME``), a
@@ -397,22 +399,18 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class LoaderConfig:
+class LoaderConfig(Checked):
     """The chunk-shuffle loader (:mod:`corrdiff_xr.loader`): ``block_size`` is the minimum
     time steps read at once (whole chunks; default one chunk), ``num_workers`` the
     DataLoader worker processes per rank."""
 
-    block_size: int | None = None
-    num_workers: int = 0
-    prefetch_factor: int = 2
-
-    def __post_init__(self) -> None:
-        if self.num_workers < 0 or self.prefetch_factor < 1:
-            raise ValueError("loader num_workers must be >= 0 and prefetch_factor >= 1")
+    block_size: int | None = setting(None, ge=1)
+    num_workers: int = setting(0, ge=0)
+    prefetch_factor: int = setting(2, ge=1)
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(Checked):
     """Optimisation, schedule, precision, checkpoints and logging of a training run.
 
     Durations and intervals count training *samples* (images or patches' source images), as
@@ -424,52 +422,42 @@ class TrainingConfig:
     ``patch_num`` random patches per image are drawn for patched diffusion.
     """
 
-    duration: int = 2_000_000
-    total_batch_size: int = 256
-    batch_size_per_device: int | None = None
-    lr: float = 2e-4
-    lr_rampup: int = 0
-    lr_decay: float = 1.0
-    lr_decay_every: int = 500_000
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    grad_clip: float | None = None
-    max_nonfinite_steps: int = 10
+    duration: int = setting(2_000_000, ge=1)
+    total_batch_size: int = setting(256, ge=1)
+    batch_size_per_device: int | None = setting(None, ge=1)
+    lr: float = setting(2e-4, gt=0)
+    lr_rampup: int = setting(0, ge=0)
+    lr_decay: float = setting(1.0, gt=0, le=1)
+    lr_decay_every: int = setting(500_000, ge=1)
+    betas: tuple[float, float] = setting((0.9, 0.999), ge=0, lt=1)
+    eps: float = setting(1e-8, gt=0)
+    grad_clip: float | None = setting(None, gt=0)
+    max_nonfinite_steps: int = setting(10, ge=0)
     precision: Literal["fp32", "bf16"] = "fp32"
     deterministic: bool = False
-    seed: int = 0
-    patch_num: int = 1
+    seed: int = setting(0, ge=0)
+    patch_num: int = setting(1, ge=1)
     output_dir: str = "outputs"
     regression_checkpoint: str | None = None
-    checkpoint_every: int = 100_000
-    keep_checkpoints: int = 3
-    log_every: int = 10_000
-    validate_every: int = 100_000
-    validation_batches: int = 4
-    validation_members: int = 4
+    checkpoint_every: int = setting(100_000, ge=1)
+    keep_checkpoints: int = setting(3, ge=1)
+    log_every: int = setting(10_000, ge=1)
+    validate_every: int = setting(100_000, ge=1)
+    validation_batches: int = setting(4, ge=1)
+    validation_members: int = setting(4, ge=1)
     progress: bool = True
     device: str = "auto"
     loader: LoaderConfig = dataclasses.field(default_factory=LoaderConfig)
 
-    def __post_init__(self) -> None:
-        positive = ("duration", "total_batch_size", "lr_decay_every", "checkpoint_every",
-                    "keep_checkpoints", "log_every", "validate_every", "patch_num")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size_per_device is not None and self.batch_size_per_device < 1:
-            raise ValueError(f"batch_size_per_device must be >= 1, got {self.batch_size_per_device}")
-        if self.lr <= 0 or self.lr_rampup < 0 or not 0 < self.lr_decay <= 1:
-            raise ValueError(
-                f"need lr > 0, lr_rampup >= 0 and 0 < lr_decay <= 1, got {self.lr}, "
-                f"{self.lr_rampup}, {self.lr_decay}"
-            )
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be positive or null, got {self.grad_clip}")
+    RULES = (
+        Rule(("total_batch_size", "batch_size_per_device"),
+             lambda total, per: per is None or total % per == 0,
+             "need total_batch_size to be a multiple of batch_size_per_device"),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainRunConfig:
+class TrainRunConfig(Checked):
     """Everything the ``train`` command needs (one YAML file plus ``key=value`` overrides).
 
     ``task``: ``regression`` trains the mean UNet; ``diffusion`` trains the residual EDM
@@ -486,16 +474,16 @@ class TrainRunConfig:
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
 
-    def __post_init__(self) -> None:
-        diffusion = self.task != "regression"
-        if diffusion and self.training.regression_checkpoint is None:
-            raise ValueError(f"task '{self.task}' needs training.regression_checkpoint")
-        if self.task == "patched_diffusion" and self.patch.shape is None:
-            raise ValueError("task 'patched_diffusion' needs patch.shape")
-        if self.task != "patched_diffusion" and self.patch.shape is not None:
-            raise ValueError(f"patch.shape is only used by task 'patched_diffusion', not '{self.task}'")
-        if (self.data.lead_time is None) != (self.network.lead_time_channels == 0):
-            raise ValueError(
-                "lead-time-aware training needs both data.lead_time and "
-                "network.lead_time_channels > 0 (or neither)"
-            )
+    RULES = (
+        Rule(("task", "training.regression_checkpoint"),
+             lambda task, ckpt: task == "regression" or ckpt is not None,
+             "a diffusion task needs training.regression_checkpoint (the trained regression "
+             "model)"),
+        Rule(("task", "patch.shape"),
+             lambda task, shape: (task == "patched_diffusion") == (shape is not None),
+             "task 'patched_diffusion' needs patch.shape, and only that task uses one"),
+        Rule(("data.lead_time", "network.lead_time_channels"),
+             lambda lt, ch: (lt is None) == (ch == 0),
+             "lead-time-aware training needs both data.lead_time and "
+             "network.lead_time_channels > 0 (or neither)"),
+    )

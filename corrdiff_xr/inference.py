@@ -32,6 +32,7 @@ defaults use ramp weights across a generous overlap (a quarter of the patch) to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -108,15 +109,27 @@ def _sources(pair, codec) -> xr.Dataset:
     return src.assign({n: v.chunk() for n, v in src.data_vars.items() if v.chunks is None})
 
 
+@contextlib.contextmanager
+def _as_arguments(names: Mapping[str, str]):
+    """Config checks failing inside are reported under :func:`downscale`'s argument names."""
+    from corrdiff_xr.config import SettingError
+
+    try:
+        yield
+    except SettingError as err:
+        raise err.renamed(names) from None
+
+
 def _sampler_config(sampler: Any, steps: int | None):
-    from corrdiff_xr.config import SamplerConfig, from_dict
+    from corrdiff_xr.config import SamplerConfig, check_argument, from_dict
 
     if sampler is None:
         cfg = SamplerConfig()
     elif isinstance(sampler, SamplerConfig):
         cfg = sampler
     elif isinstance(sampler, str):
-        cfg = SamplerConfig(solver=sampler)
+        with _as_arguments({"solver": "sampler"}):
+            cfg = SamplerConfig(solver=sampler)
     elif isinstance(sampler, Mapping):
         cfg = from_dict(SamplerConfig, dict(sampler), path="sampler")
     else:
@@ -124,8 +137,39 @@ def _sampler_config(sampler: Any, steps: int | None):
     if steps is not None:
         import dataclasses
 
-        cfg = dataclasses.replace(cfg, num_steps=int(steps))
+        with _as_arguments({"num_steps": "steps"}):  # SamplerConfig holds the range
+            cfg = dataclasses.replace(cfg, num_steps=check_argument("steps", steps, int))
     return cfg
+
+
+def _patch_config(patch: Any, overlap: int | None, boundary: int, weights: str):
+    """The :class:`~corrdiff_xr.config.PatchConfig` of downscale's patch arguments."""
+    from corrdiff_xr.config import PatchConfig, check_argument
+
+    shape = check_argument("patch", (patch, patch) if np.isscalar(patch) else patch, tuple[int, int])
+    if overlap is None:
+        overlap = min(shape) // 4
+    with _as_arguments({"shape": "patch"}):  # PatchConfig holds the ranges
+        return PatchConfig(shape=shape, overlap=check_argument("overlap", overlap, int),
+                           boundary=check_argument("boundary", boundary, int), weights=weights)
+
+
+def _check_arguments(members: Any, seed: Any, batch_size: Any, threads: Any,
+                     chunks: Mapping[str, Any] | None) -> tuple[int, int, int, int | None, dict]:
+    """downscale's plain arguments coerced and checked like config fields."""
+    from corrdiff_xr.config import check_argument
+
+    chunks = dict(chunks or {})
+    unknown = set(chunks) - {MEMBER, TIME, Y, X}
+    if unknown:
+        raise ValueError(f"chunks has unknown dims {sorted(unknown)}; use member, time, y, x")
+    return (
+        check_argument("members", members, int, ge=1),
+        check_argument("seed", seed, int, ge=0),
+        check_argument("batch_size", batch_size, int, ge=1),
+        check_argument("threads", threads, int | None, ge=1),
+        {d: check_argument(f"chunks[{d!r}]", v, int, ge=1) for d, v in chunks.items()},
+    )
 
 
 def downscale(
@@ -152,7 +196,9 @@ def downscale(
     ----------
     data : xr.Dataset or DownscalingData
         Canonical dataset (coarse inputs, fine-grid coordinates, static fields; targets are
-        optional) or a :class:`~corrdiff_xr.data.DownscalingData`.
+        optional) or a :class:`~corrdiff_xr.data.DownscalingData`. Inputs and static fields
+        in other units than the model's are converted lazily where that is safe (``degC``
+        for ``K``, ``hPa`` for ``Pa`` ...) and refused otherwise (:mod:`corrdiff_xr.units`).
     model : CorrDiff or path
         A loaded model (saved once to a temporary checkpoint that workers load) or the path
         of a checkpoint written by :meth:`CorrDiff.save`.
@@ -189,23 +235,29 @@ def downscale(
     xr.Dataset
         One dask-backed variable per target, dims ``(member, time, y, x)`` (``(time, y, x)``
         for ``"mean"``), with the input's time, the fine grid's y, x, lat, lon, CF attributes
-        and provenance attributes (seed, sampler, model, patching).
+        (``units`` the model's) and provenance attributes (seed, sampler, model, patching).
+
+    Raises
+    ------
+    ConfigError
+        An argument out of range (``members`` >= 1, ``seed`` >= 0, ``steps``, ``batch_size``,
+        ``threads`` and chunk sizes >= 1, a positive ``patch`` that leaves room for
+        ``overlap`` and ``boundary``), named with its value and the allowed range.
+    UnitsError
+        A variable in units that do not convert to the model's.
     """
     from corrdiff_xr._inference.block import plan_blocks
     from corrdiff_xr._inference.cache import token_for
     from corrdiff_xr._inference.graph import block_arrays
     from corrdiff_xr.patching import PatchGrid
+    from corrdiff_xr.units import to_model_units
 
     if output not in ("ensemble", "mean", "residual"):
         raise ValueError(f"output must be 'ensemble', 'mean' or 'residual', got {output!r}")
-    if int(members) < 1:
-        raise ValueError(f"members must be >= 1, got {members}")
-    if int(seed) < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
-    chunks = dict(chunks or {})
-    unknown = set(chunks) - {MEMBER, TIME, Y, X}
-    if unknown:
-        raise ValueError(f"chunks has unknown dims {sorted(unknown)}; use member, time, y, x")
+    members, seed, batch_size, threads, chunks = _check_arguments(
+        members, seed, batch_size, threads, chunks)
+    sampler_cfg = _sampler_config(sampler, steps)
+    patch_cfg = None if patch is None else _patch_config(patch, overlap, boundary, weights)
     token = token_for(model, device=device)
     if not isinstance(model, (str, os.PathLike)) and "distributed" in sys.modules:
         from corrdiff_xr._inference.plugin import share_with_workers
@@ -214,7 +266,7 @@ def downscale(
     header = model_header(model if not isinstance(model, (str, os.PathLike)) else token.path)
     codec = _codec(header)
     pair = _pair(data, codec)
-    src = _sources(pair, codec)
+    src = to_model_units(_sources(pair, codec), codec)  # converted or refused before encoding
     H, W = src.sizes[Y], src.sizes[X]
     grid_shape = tuple(header.get("img_shape") or (H, W))
     if grid_shape != (H, W):
@@ -222,9 +274,8 @@ def downscale(
             f"the model was built for a fine grid of {grid_shape} (y, x) but the dataset's "
             f"fine grid is {(H, W)}; select the model's domain"
         )
-    sampler_cfg = _sampler_config(sampler, steps)
 
-    if patch is None:
+    if patch_cfg is None:
         grid = PatchGrid.build((H, W))
         if H * W > LARGE_DOMAIN:
             warnings.warn(
@@ -234,11 +285,7 @@ def downscale(
             )
         ych, xch = (H,), (W,)
     else:
-        shape = (int(patch), int(patch)) if np.isscalar(patch) else tuple(int(p) for p in patch)
-        if overlap is None:
-            overlap = min(shape) // 4
-        grid = PatchGrid.build((H, W), shape, overlap=int(overlap), boundary=int(boundary),
-                               weights=weights)
+        grid = PatchGrid.from_config((H, W), patch_cfg)
         first = src[codec.inputs[0]].chunks
         ych = _regular(first[1] if first else (), chunks.get(Y), H)
         xch = _regular(first[2] if first else (), chunks.get(X), W)
@@ -281,6 +328,8 @@ def _to_dataset(
         attrs = dict(codec.attrs.get(name, {}))
         if name in pair.dataset:
             attrs.update({k: v for k, v in pair.dataset[name].attrs.items() if k in ("units", "long_name", "standard_name")})
+        if codec.units[name] is not None:  # the values are the model's, in its units
+            attrs["units"] = codec.units[name]
         if output == "residual":
             attrs["long_name"] = f"{attrs.get('long_name', name)} (residual: member minus regression mean)"
         elif output == "mean":

@@ -13,7 +13,7 @@ import xarray as xr
 from corrdiff_xr._inference.block import plan_blocks, touching_patches
 from corrdiff_xr._inference.noise import patch_generator, patch_seed
 from corrdiff_xr.codec import Codec
-from corrdiff_xr.config import SamplerConfig
+from corrdiff_xr.config import ConfigError, SamplerConfig
 from corrdiff_xr.data import open_pair, synthetic_dataset
 from corrdiff_xr.inference import downscale
 from corrdiff_xr.patching import PatchGrid, map_patches
@@ -161,6 +161,28 @@ def test_downscale_names_what_is_wrong_with_bad_input(setup):
         downscale(pair, model, chunks={"lat": 3})
     with pytest.raises(FileNotFoundError, match="does not exist"):
         downscale(pair, "/nonexistent/model.safetensors")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"members": 0}, "members: 0 is not an integer >= 1"),
+    ({"members": 1.5}, "members: expected an integer, got 1.5"),
+    ({"seed": -1}, "seed: -1 is not an integer >= 0"),
+    ({"steps": 0}, "steps: 0 is not an integer >= 1"),
+    ({"batch_size": 0}, "batch_size: 0 is not an integer >= 1"),
+    ({"threads": 0}, "threads: 0 is not an integer >= 1"),
+    ({"patch": (8, 0)}, "patch[1]: 0 is not an integer >= 1"),
+    ({"patch": 8, "overlap": -1}, "overlap: -1 is not an integer >= 0"),
+    ({"patch": 8, "boundary": -1}, "boundary: -1 is not an integer >= 0"),
+    ({"patch": 8, "overlap": 6, "boundary": 1}, "patch=(8, 8), overlap=6, boundary=1: the patch leaves no room"),
+    ({"chunks": {"time": 0}}, "chunks['time']: 0 is not an integer >= 1"),
+    ({"sampler": {"rho": float("nan")}}, "sampler.rho: nan is not a finite number > 0"),
+    ({"sampler": "rk4"}, "sampler: 'rk4' is not one of ['heun', 'euler']"),
+])
+def test_downscale_refuses_bad_arguments_naming_them_with_value_and_range(setup, kwargs, message):
+    _ds, pair, _codec, model = setup
+    with pytest.raises(ConfigError) as info:
+        downscale(pair, model, **kwargs)
+    assert str(info.value).startswith(message)
 
 
 def test_patch_noise_seed_is_stable_across_processes():

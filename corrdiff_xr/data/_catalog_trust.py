@@ -7,13 +7,17 @@ finds every one:
 * class references, imported by ``intake.import_name``: an entry's ``reader`` (on access), the
   ``cls`` of catalog-, entry- and data-level user parameters and of entries and data
   descriptions themselves (``Tokenizable.from_dict``, at load time), a data description's
-  ``datatype`` (on access), and ``output_instance`` (on ``dir()``/``output_doc``/transforms);
-* a user parameter's ``dtype``, looked up in :mod:`builtins` and called on every value
-  (``dtype: eval`` evaluates it; objects made by ``from_dict`` skip the constructor's check);
+  ``datatype`` (on access), and ``output_instance`` (when ``dir()`` lists a reader's
+  transforms);
+* a user parameter's ``dtype``, looked up in :mod:`builtins` and called to coerce values
+  (objects made by ``from_dict`` skip the constructor's check). Today's ``coerce`` calls
+  ``isinstance`` first, which stops a function such as ``eval``; only plain types are
+  allowed all the same, so that safety does not hang on that order;
 * templates, applied to reader arguments and user-parameter defaults: ``{env(NAME)}`` (also
   inside a longer string, and a bare ``env(NAME)`` default) reads the environment,
-  ``{func(mod:obj)}`` / ``{import(mod:obj)}`` import anything (intake's ``allow_import``
-  defaults to True), ``{pickle64(...)}`` unpickles when ``allow_pickle`` is set,
+  ``{func(mod:obj)}`` imports anything (intake's ``allow_import`` defaults to True; 2.0.9's
+  ``{import(...)}`` is registered wrongly and fails, but is meant to do the same),
+  ``{pickle64(...)}`` unpickles when ``allow_pickle`` is set,
   ``{data(NAME)}`` instantiates another entry, and ordinary ``str.format`` fields can reach
   attributes and items (``{param.__class__}``). Intake 1's Jinja templates (``env``,
   ``client_env``, ``shell``) belong to ``intake.open_catalog``, which corrdiff_xr never calls;

@@ -173,6 +173,14 @@ def test_a_catalog_cannot_trust_itself(hostile, tmp_path):
     assert not hostile.marker.exists()
 
 
+@pytest.mark.parametrize("value", ["false", "1", 1])
+def test_trust_must_be_a_bool_so_a_command_line_string_cannot_opt_in(value, hostile, tmp_path):
+    path = write_catalog(tmp_path / "hostile.yaml", **import_cases(hostile.thing)["reader"])
+    with pytest.raises(CatalogError, match=r"trust must be True or False, got"):
+        open_entry(path, "e", trust=value)
+    assert not hostile.marker.exists()
+
+
 def test_a_catalog_object_made_elsewhere_needs_trust(tmp_path):
     from intake.readers.entry import Catalog
 

@@ -400,9 +400,11 @@ def open_catalog(name_or_path: str | os.PathLike, *, trust: bool = False) -> Cat
         Unknown name (listing the bundled ones), missing file, malformed YAML (naming the
         file and line), or, for an untrusted catalog, anything it may not do.
     """
+    if not isinstance(trust, bool):  # "false" from a command line would be truthy
+        raise CatalogError(f"trust must be True or False, got {trust!r}")
     path = _resolve(name_or_path)
     data = _load_yaml(path)
-    trusted = bool(trust) or listed_in(path, TRUST_ENV)
+    trusted = trust or listed_in(path, TRUST_ENV)
     if not trusted:
         try:
             find_refusal(data, allowed=ALLOWED_IMPORTS, dtypes=ALLOWED_DTYPES,
@@ -461,7 +463,7 @@ def open_entry(
     )
     where = cat.user_parameters.get("CATALOG_PATH", "<catalog>")
     env_refs = cat.__dict__.get("_corrdiff_env_names")
-    if env_refs is None and not trust:
+    if env_refs is None and trust is not True:
         raise CatalogError(
             f"catalog {where} was not opened with open_catalog, so nothing it names has "
             "been checked; open it with open_catalog(path), or pass trust=True"

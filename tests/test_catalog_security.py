@@ -221,6 +221,20 @@ def test_the_train_command_refuses_a_hostile_reader_in_one_line(hostile, tmp_pat
     assert not hostile.marker.exists()
 
 
+def test_a_training_config_cannot_opt_a_catalog_in(hostile, tmp_path):
+    from _train_helpers import tiny_config
+
+    from corrdiff_xr.config import ConfigError, TrainRunConfig, from_dict
+    from corrdiff_xr.train import train
+
+    path = write_catalog(tmp_path / "hostile.yaml", entries={"e": _entry(reader=hostile.thing)})
+    cfg = tiny_config(f"catalog:{path}/e", tmp_path / "out")
+    cfg["data"]["catalog_params"] = {"trust": True}
+    with pytest.raises(ConfigError, match=rf"catalog_params.trust: .*\${TRUST_ENV}"):
+        train(from_dict(TrainRunConfig, cfg))
+    assert not hostile.marker.exists()
+
+
 # -- templates ---------------------------------------------------------------------------------
 TEMPLATES = {
     "env in braces": "{env(CDX_FAKE_SECRET)}",

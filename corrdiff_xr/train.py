@@ -121,11 +121,13 @@ def open_training_data(cfg: TrainRunConfig):
     d = cfg.data
     names = {"inputs": d.inputs, "targets": d.targets, "static": d.static}
     if d.source.startswith("catalog:"):
-        from corrdiff_xr.data.catalog import open_entry
+        from corrdiff_xr.data.catalog import TRUST_ENV, open_entry
 
         catalog, _, entry = d.source[len("catalog:"):].rpartition("/")
         if not catalog or not entry:
             raise ConfigError(f"data.source {d.source!r} is not of the form catalog:NAME/ENTRY")
+        if "trust" in d.catalog_params:  # a shared config file must not opt a catalog in
+            raise ConfigError(f"data.catalog_params.trust: to trust a catalog, list it in ${TRUST_ENV}")
         pair = open_entry(catalog, entry, **d.catalog_params)
         if any(v is not None for v in names.values()):
             pair = cdata.open_pair(pair.dataset, stats=pair.stored_stats, **names)

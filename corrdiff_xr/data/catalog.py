@@ -23,6 +23,32 @@ user parameters declared at catalog level can be overridden by ``open_entry(...,
 and a reader argument must not share its name with a user parameter (intake drops such an
 argument when the parameter is overridden), hence ``cache: "{cache_dir}"`` and
 ``url: "{zarr_url}"`` in the YAML files.
+
+Trust: catalogs are shared through URLs and repositories, so a catalog is data, not code.
+intake 2 imports the classes a catalog names and its templates read the environment, import
+and unpickle (:mod:`corrdiff_xr.data._catalog_trust` lists every place). Unless a catalog is
+*trusted*, :func:`open_catalog` checks the YAML before intake sees it and refuses, with a
+:class:`CatalogError` naming the file, the entry and the class or template:
+
+* a class reference not in :data:`ALLOWED_IMPORTS` (this module's two readers producing
+  ``corrdiff_xr.data:DownscalingData``, intake's user-parameter classes, no datatypes), and a
+  user-parameter ``dtype`` outside :data:`ALLOWED_DTYPES`;
+* any template function (``env``, ``func``, ``import``, ``data``, ``pickle64``, ``shell`` ...)
+  and any ``{field}`` but a declared user parameter, ``CATALOG_DIR`` or ``CATALOG_PATH``;
+* choosing the cache directory: the cache reader's ``cache`` must be ``""`` or
+  ``"{PARAM}"`` for a catalog user parameter whose default is ``""``, so the directory is
+  the user's (``open_entry(..., cache_dir=...)``, else ``$CORRDIFF_XR_CACHE``, else
+  ``~/.cache/corrdiff_xr``); builder arguments naming a file to read (``path``) and fsspec
+  ``cache_storage`` options are refused too.
+
+Only the user trusts a catalog, never the catalog itself: ``open_catalog(path, trust=True)``
+or ``open_entry(path, entry, trust=True)`` in Python; for commands, the environment variable
+``CORRDIFF_XR_TRUSTED_CATALOGS``, catalog files separated by :data:`os.pathsep` (compared
+resolved). Whatever the trust, catalog names, entry names and the cache reader's ``name`` and
+``builder`` must be plain (letters, digits, ``_ - .``, not starting with ``.``), the cache
+store must resolve inside the cache directory, and error messages are redacted
+(:mod:`corrdiff_xr._redact`: URL credentials, secret-looking options, and the values of the
+environment variables a trusted catalog's templates read).
 """
 
 from __future__ import annotations
@@ -30,6 +56,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,10 +66,15 @@ import yaml
 from intake.readers.entry import Catalog
 from intake.readers.readers import BaseReader
 
+from corrdiff_xr._redact import redact_text, redact_url, redacted_error
+from corrdiff_xr.data._catalog_trust import Refused, env_names, find_refusal, listed_in
 from corrdiff_xr.errors import CorrDiffError
 
 __all__ = [
+    "ALLOWED_DTYPES",
+    "ALLOWED_IMPORTS",
     "BUILDERS",
+    "TRUST_ENV",
     "CachedBuildReader",
     "CatalogError",
     "ZarrPairReader",
@@ -55,14 +87,58 @@ __all__ = [
 ]
 
 CACHE_ENV = "CORRDIFF_XR_CACHE"
+TRUST_ENV = "CORRDIFF_XR_TRUSTED_CATALOGS"
 _SECTIONS = ("version", "metadata", "user_parameters", "data", "aliases", "entries")
 _ENTRY_KEYS = ("reader", "kwargs", "user_parameters", "metadata", "output_instance")
 #: user parameters intake adds itself; not overridable through open_entry
 _INTERNAL_PARAMS = {"CATALOG_DIR", "CATALOG_PATH", "STORAGE_OPTIONS"}
 
+_USER_PARAMETERS = (
+    "Base",
+    "Simple",
+    "Options",
+    "NamedOptions",
+    "MultiOption",
+    "BoundedNumber",
+)
+#: What an untrusted catalog may name by import path, per place intake 2.0.9 imports one; the
+#: check runs before intake imports anything. A new project reader is added to "reader" only.
+ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
+    "reader": frozenset(
+        {
+            "corrdiff_xr.data.catalog:ZarrPairReader",
+            "corrdiff_xr.data.catalog:CachedBuildReader",
+        }
+    ),
+    "output_instance": frozenset({"corrdiff_xr.data:DownscalingData"}),
+    "user parameter cls": frozenset(
+        f"intake.readers.user_parameters:{kind}UserParameter"
+        for kind in _USER_PARAMETERS
+    ),
+    "entry cls": frozenset({"intake.readers.entry:ReaderDescription"}),
+    "data cls": frozenset({"intake.readers.entry:DataDescription"}),
+    "datatype": frozenset(),  # no project reader reads an intake datatype
+}
+#: builtins a user parameter's ``dtype`` may name (intake calls ``getattr(builtins, dtype)``)
+ALLOWED_DTYPES = frozenset(
+    {"str", "int", "float", "bool", "list", "dict", "tuple", "object"}
+)
+_CACHE_READER = "corrdiff_xr.data.catalog:CachedBuildReader"
+#: letters, digits, ``_ - .``, not starting with ``.``: never a path, never hidden
+_PLAIN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
+
 
 class CatalogError(CorrDiffError, ValueError):
-    """A catalog file is missing, malformed, or asked for something it does not hold."""
+    """A catalog file is missing, malformed, untrusted, or asked for something it lacks."""
+
+
+def _check_plain(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not _PLAIN.fullmatch(value):
+        raise CatalogError(
+            f"{what} {value!r} is not a plain name: use letters, digits, '_', '-' and '.', "
+            "not starting with '.' (no '/', '..' or absolute paths)"
+        )
+    return value
 
 
 def _synthetic(**kw: Any) -> xr.Dataset:
@@ -154,7 +230,7 @@ class ZarrPairReader(BaseReader):
 
         if kwargs:
             raise CatalogError(
-                f"unexpected reader arguments for {url}: {sorted(kwargs)}"
+                f"unexpected reader arguments for {redact_url(url)}: {sorted(kwargs)}"
             )
         return open_pair(
             url, storage_options=_strip_empty(storage_options or {}) or None,
@@ -193,8 +269,11 @@ def materialise(
 
     The store name carries a hash of the builder and its arguments, so different parameters
     never share a cache entry; it is written with its statistics atomically, so concurrent
-    or interrupted builds never leave a half-written store behind.
+    or interrupted builds never leave a half-written store behind. ``builder`` and ``name``
+    must be plain names and the store must resolve inside :func:`cache_root` ``(cache_dir)``.
     """
+    _check_plain("builder", builder)
+    _check_plain("cache store name", name)
     if builder not in BUILDERS:
         raise CatalogError(
             f"unknown builder {builder!r}; known builders: {sorted(BUILDERS)}"
@@ -202,7 +281,13 @@ def materialise(
     kwargs = dict(builder_kwargs or {})
     key = json.dumps({"builder": builder, **kwargs}, sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    path = cache_root(cache_dir) / f"{name}-{digest}.zarr"
+    root = cache_root(cache_dir).resolve()
+    path = root / f"{name}-{digest}.zarr"
+    if not path.resolve().is_relative_to(root):  # a symlink planted in the cache
+        raise CatalogError(
+            f"cache store {path} resolves to {path.resolve()}, outside the cache directory "
+            f"{root}; remove the link"
+        )
     if path.exists():
         return path
     from corrdiff_xr.data.convert import write_atomic
@@ -227,6 +312,7 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
         if not path.is_file():
             raise CatalogError(f"catalog file not found: {path}")
         return path
+    _check_plain("catalog name", text)
     path = catalog_dir() / f"{text}.yaml"
     if not path.is_file():
         raise CatalogError(f"no bundled catalog {text!r}; available: {list_catalogs()}")
@@ -280,6 +366,11 @@ def _load_yaml(path: Path) -> dict:
             )
     for entry, spec in data["entries"].items():
         line = _line_of(entries_node, entry)
+        if not isinstance(entry, str) or not _PLAIN.fullmatch(entry):
+            raise CatalogError(
+                f"catalog {path}, line {line}: entry name {entry!r} is not a plain name "
+                "(letters, digits, '_', '-', '.', not starting with '.')"
+            )
         if not isinstance(spec, dict):
             raise CatalogError(
                 f"catalog {path}, line {line}: entry {entry!r} is not a mapping"
@@ -292,35 +383,73 @@ def _load_yaml(path: Path) -> dict:
     return data
 
 
-def open_catalog(name_or_path: str | os.PathLike) -> Catalog:
+def open_catalog(name_or_path: str | os.PathLike, *, trust: bool = False) -> Catalog:
     """Open a bundled catalog by name (``"demo"``) or any catalog YAML file by path.
+
+    Parameters
+    ----------
+    name_or_path
+        A bundled catalog name or the path of a catalog YAML file.
+    trust
+        Let this catalog import any class and use every intake template (see the module
+        docstring). Also granted by listing the file in ``$CORRDIFF_XR_TRUSTED_CATALOGS``.
 
     Raises
     ------
     CatalogError
-        Unknown name (listing the bundled ones), missing file, or malformed YAML (naming the
-        file and line).
+        Unknown name (listing the bundled ones), missing file, malformed YAML (naming the
+        file and line), or, for an untrusted catalog, anything it may not do.
     """
+    if not isinstance(trust, bool):  # "false" from a command line would be truthy
+        raise CatalogError(f"trust must be True or False, got {trust!r}")
     path = _resolve(name_or_path)
     data = _load_yaml(path)
+    trusted = trust or listed_in(path, TRUST_ENV)
+    if not trusted:
+        try:
+            find_refusal(data, allowed=ALLOWED_IMPORTS, dtypes=ALLOWED_DTYPES,
+                         cache_reader=_CACHE_READER)  # fmt: skip
+        except Refused as err:
+            raise CatalogError(
+                f"catalog {path}, {err.where}: {err.problem}. Trust a catalog only if you "
+                "trust its author: open_catalog(path, trust=True) / open_entry(..., "
+                f"trust=True), or for commands {TRUST_ENV}={path}"
+            ) from None
     try:
         cat = Catalog.from_dict(data)
+    except CorrDiffError:
+        raise
     except Exception as err:  # intake raises bare KeyError/TypeError on odd content
-        raise CatalogError(f"catalog {path}: {type(err).__name__}: {err}") from err
+        raise CatalogError(
+            redact_text(f"catalog {path}: {type(err).__name__}: {err}")
+        ) from err
     cat.user_parameters["CATALOG_PATH"] = str(path)
     cat.user_parameters["CATALOG_DIR"] = str(path.parent)
+    # an attribute, not metadata, so nothing in the YAML can set it: marks the catalog as
+    # checked here, and names the variables its templates read (their values are redacted)
+    cat._corrdiff_env_names = tuple(sorted(env_names(data)))
     return cat
 
 
-def open_entry(catalog: Catalog | str | os.PathLike, entry: str, **params: Any):
+def open_entry(
+    catalog: Catalog | str | os.PathLike,
+    entry: str,
+    *,
+    trust: bool = False,
+    **params: Any,
+):
     """Open one entry of a catalog as a validated, lazy DownscalingData.
 
     Parameters
     ----------
     catalog
-        An opened catalog, a bundled catalog name, or a path to a catalog YAML file.
+        A catalog opened with :func:`open_catalog`, a bundled catalog name, or a path to a
+        catalog YAML file.
     entry
         Entry name.
+    trust
+        Passed to :func:`open_catalog` when ``catalog`` is a name or path; required for a
+        Catalog object made elsewhere (it was never checked).
     **params
         Values for the catalog's user parameters (e.g. ``cache_dir=...``, ``seed=1``).
 
@@ -329,8 +458,17 @@ def open_entry(catalog: Catalog | str | os.PathLike, entry: str, **params: Any):
     DownscalingData
         Opening reads coordinates and metadata only, never array data.
     """
-    cat = catalog if isinstance(catalog, Catalog) else open_catalog(catalog)
+    cat = (
+        catalog if isinstance(catalog, Catalog) else open_catalog(catalog, trust=trust)
+    )
     where = cat.user_parameters.get("CATALOG_PATH", "<catalog>")
+    env_refs = cat.__dict__.get("_corrdiff_env_names")
+    if env_refs is None and trust is not True:
+        raise CatalogError(
+            f"catalog {where} was not opened with open_catalog, so nothing it names has "
+            "been checked; open it with open_catalog(path), or pass trust=True"
+        )
+    _check_plain("entry name", entry)
     if entry not in cat.entries:
         raise CatalogError(
             f"no entry {entry!r} in {where}; entries: {sorted(cat.entries)}"
@@ -341,5 +479,29 @@ def open_entry(catalog: Catalog | str | os.PathLike, entry: str, **params: Any):
         raise CatalogError(
             f"unknown parameter(s) {unknown} for {where}; its user parameters are {declared}"
         )
-    reader = cat(**params)[entry]
-    return reader.read()
+    return _read(cat, entry, params, [os.environ.get(n) for n in env_refs or ()])
+
+
+def _read(cat: Catalog, entry: str, params: dict, secrets: list[str | None]):
+    """``cat[entry].read()``; errors name the catalog and entry, without ``secrets``."""
+    try:
+        reader = cat(**params)[entry]
+    except Exception as err:
+        # intake raises bare TypeError/ValueError on bad values: name the catalog and entry
+        where = cat.user_parameters.get("CATALOG_PATH", "<catalog>")
+        wrapped = err if isinstance(err, CorrDiffError) else CatalogError(
+            f"catalog {where}, entry {entry!r}: {type(err).__name__}: {err}")  # fmt: skip
+        clean = redacted_error(wrapped, secrets, fallback=CatalogError)
+        if clean is not None:
+            raise clean from None
+        if wrapped is err:
+            raise
+        raise wrapped from err
+    try:
+        return reader.read()
+    except Exception as err:
+        clean = redacted_error(err, secrets, fallback=CatalogError)
+        if clean is None:
+            raise
+        # from None: the original, printed with --debug, would show the secret again
+        raise clean from None

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from corrdiff_xr._redact import redact_text, redact_url
 from corrdiff_xr.data.layout import EmptySelectionError, StoreError
 from corrdiff_xr.data.regrid import BilinearWeights, bilinear_weights, regrid
 from corrdiff_xr.data.stats import check_stats, compute_stats, read_stats
@@ -45,7 +46,7 @@ def _check_url(source: str) -> None:
             "blockcache",
         ):
             raise StoreError(
-                f"unknown protocol '{protocol}' in store URL '{source}'; supported: "
+                f"unknown protocol '{protocol}' in store URL '{redact_url(source)}'; supported: "
                 f"{', '.join(p + '://' for p in SUPPORTED_PROTOCOLS)} or a local path"
             )
 
@@ -66,7 +67,7 @@ def open_dataset(
     if source.startswith("file://"):
         local = Path(source[len("file://") :])
     if local is not None and not local.exists():
-        raise StoreError(f"Zarr store '{source}' does not exist")
+        raise StoreError(f"Zarr store '{redact_url(source)}' does not exist")
     try:
         with warnings.catch_warnings():
             # consolidated metadata is optional in Zarr 3; falling back is not worth a warning
@@ -84,9 +85,12 @@ def open_dataset(
     except StoreError:
         raise
     except Exception as err:  # zarr/fsspec raise many types for unreadable stores
-        raise StoreError(
-            f"cannot read Zarr store '{source}': {type(err).__name__}: {err}"
-        ) from err
+        # fsspec/aiohttp messages repeat the URL, query tokens included; a redacted message
+        # drops the chained original, which would show them again (with --debug)
+        shown = f"'{redact_url(source)}': {type(err).__name__}: {redact_text(str(err))}"
+        if shown != f"'{source}': {type(err).__name__}: {err}":
+            raise StoreError(f"cannot read Zarr store {shown}") from None
+        raise StoreError(f"cannot read Zarr store {shown}") from err
     return ds.assign_coords(coords)
 
 

@@ -18,34 +18,31 @@ The learning rate is a pure function of the sample count
 
 Output directory and resume
 ---------------------------
-``training.output_dir`` holds one run. A new run marks it as a ``train`` output and records
-the run's identity in ``identity.json`` (:mod:`corrdiff_xr.training.identity`). Re-running
-into it continues from the newest checkpoint in ``checkpoints/`` when the identity is the
-same (a longer ``training.duration`` is the usual reason to re-run; a changed learning rate,
-optimiser or schedule setting is applied and logged); a different identity (data, codec,
-network, EDM or patch settings, regression checkpoint) is refused before any weight is loaded,
-unless ``training.resume=force``. A file, or a non-empty directory that is not a training run,
-is never written into. The codec (channel order, statistics) is fixed by the first
-checkpoint: every resume takes it from the checkpoint, never from the data again.
+``training.output_dir`` holds one run: a new run marks it (a ``train`` output) and records its
+identity in ``identity.json`` (:mod:`corrdiff_xr.training.identity`). Re-running into it
+continues from the newest checkpoint when the identity is the same (a longer duration, a new
+learning rate or other optimiser setting: applied, and logged); another identity (data,
+codec, network, EDM, patches, regression checkpoint) is refused before any weight is loaded,
+unless ``training.resume=force``. Files and foreign directories are never written into. The
+codec (channel order, statistics) is fixed by the first checkpoint and taken from it on
+every resume.
 
 Determinism
 -----------
-On the CPU a run is a pure function of its config, seed, data and the number of torch threads
-(a CPU reduction's float result depends on how it is split among threads; the resume tests use
-one thread): two clean runs, or a run killed and resumed any number of times, give
-bit-identical weights. The pieces that make it so: channel order never depends on a store's
-listing order (detected names are sorted, see :func:`corrdiff_xr.data.roles`; a store without
-consolidated metadata lists its variables in hash-seed order, which made two runs differ); the
-sample order and patch origins are functions of ``(seed, epoch, sample)``, whatever the
-read-ahead threads or worker processes; dropout and diffusion noise draw from the global torch
-generator in the main process only, seeded with ``training.seed`` (+ rank) and saved with
-each checkpoint. On a GPU, results also differ from run to run unless
-``training.deterministic``: cuDNN picks convolution algorithms by timing them
-(``cudnn.benchmark``), and several CUDA kernels (convolution and interpolation backward,
-``index_add``/scatter) accumulate with atomics in a varying order; ``deterministic`` turns on
-``torch.use_deterministic_algorithms`` (and sets ``CUBLAS_WORKSPACE_CONFIG``), at some cost in
-speed. GPU and CPU results never agree bit for bit, nor do runs with other world sizes or
-accumulation settings (sums are reassociated) or with bf16 autocast.
+On the CPU a run is a pure function of config, seed, data and number of torch threads (a
+reduction's rounding depends on its split among threads): two clean runs, or a run killed
+and resumed any number of times, give bit-identical weights. Channel order never depends on
+a store's listing order (detected names are sorted, :func:`corrdiff_xr.data.roles`: a store
+without consolidated metadata lists its variables in hash-seed order, which made two runs
+differ); sample order and loader patches are functions of ``(seed, epoch, sample)``
+whatever the read-ahead threads or workers; dropout, noise levels and patch origins come from
+the global torch generator in the main thread, seeded with ``training.seed`` (+ rank) and
+saved in every checkpoint. On a GPU, runs differ unless ``training.deterministic``: cuDNN
+picks convolution algorithms by timing them, and some CUDA kernels (convolution backward,
+``index_add``/scatter) accumulate with atomics in varying order; ``deterministic`` turns on
+``torch.use_deterministic_algorithms`` (with ``CUBLAS_WORKSPACE_CONFIG``), at some cost in
+speed. CPU and GPU never agree bit for bit, nor do other world sizes or accumulation
+settings (sums are reassociated), nor bf16 autocast.
 """
 
 from __future__ import annotations
@@ -74,11 +71,13 @@ from corrdiff_xr.config import (
 from corrdiff_xr.errors import CorrDiffError
 from corrdiff_xr.training import checkpoint as ckpt
 from corrdiff_xr.training import identity as ident
+from corrdiff_xr.training.data import codec_variables, open_training_data
 from corrdiff_xr.training.distributed import ProcessInfo, detect, initialize, shutdown
 from corrdiff_xr.training.monitor import Monitor
 from corrdiff_xr.training.schedule import accumulation_rounds, learning_rate
 
-__all__ = ["TrainResult", "TrainingDivergedError", "configure_parser", "load_run_config", "run", "train"]
+__all__ = ["TrainResult", "TrainingDivergedError", "configure_parser", "load_run_config",
+           "open_training_data", "run", "train"]
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -136,40 +135,6 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     result = train(cfg)
     return 0 if result.completed else 1
-
-
-# -- data -----------------------------------------------------------------------------------
-def open_training_data(cfg: TrainRunConfig):
-    """(train pair, validation pair or None) for ``cfg.data``.
-
-    With ``data.train_period`` the training pair's statistics (and so the codec) are those of
-    that period alone, computed from its data; stored statistics serve only a run without it.
-
-    ``catalog:NAME/ENTRY`` (NAME a bundled catalog such as ``demo`` or ``cloud``, or a
-    catalog YAML path) opens the entry with ``data.catalog_params``; anything else is a Zarr
-    path or fsspec URL opened with ``data.storage_options``.
-    """
-    from corrdiff_xr import data as cdata
-
-    d = cfg.data
-    names = {"inputs": d.inputs, "targets": d.targets, "static": d.static}
-    if d.source.startswith("catalog:"):
-        from corrdiff_xr.data.catalog import open_entry
-
-        catalog, _, entry = d.source[len("catalog:"):].rpartition("/")
-        if not catalog or not entry:
-            raise ConfigError(f"data.source {d.source!r} is not of the form catalog:NAME/ENTRY")
-        pair = open_entry(catalog, entry, **d.catalog_params)
-        if any(v is not None for v in names.values()):
-            pair = cdata.open_pair(pair.dataset, stats=pair.stored_stats, **names)
-    else:
-        if d.catalog_params:
-            raise ConfigError("data.catalog_params only apply to a catalog:NAME/ENTRY source")
-        pair = cdata.open_pair(d.source, storage_options=d.storage_options or None, **names)
-    # normalisation statistics of the training period only: validation must not leak into them
-    train_pair = pair.sel(time=slice(*d.train_period), stats="selection") if d.train_period else pair
-    valid_pair = pair.sel(time=slice(*d.valid_period)) if d.valid_period else None
-    return train_pair, valid_pair
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -280,28 +245,8 @@ def _open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> _Start:
     reg_net = None
     if cfg.task != "regression":
         reg_net = from_dict(NetworkConfig, header["regression_network"], path="regression_network")
-    pairs = [None if p is None else _codec_variables(p, codec, cfg.data.source) for p in (train_pair, valid_pair)]
+    pairs = [None if p is None else codec_variables(p, codec, source=cfg.data.source) for p in (train_pair, valid_pair)]
     return _Start(*pairs, codec, img_shape, latest, reg_net)
-
-
-def _codec_variables(pair: Any, codec: Any, source: str) -> Any:
-    """``pair`` restricted to the codec's variables, in the codec's order (each must be there)."""
-    from corrdiff_xr.data import MissingVariableError
-
-    have = {"input": pair.inputs, "target": pair.targets, "static": pair.static}
-    for role, names in (("input", codec.inputs), ("target", codec.targets), ("static", codec.static)):
-        missing = [n for n in names if n not in have[role]]
-        if missing:
-            raise MissingVariableError(
-                f"the model's codec needs {role} variable(s) {missing}, which data.source {source} does not "
-                f"provide (its {role} variables: {list(have[role])}); the codec is fixed by the run's first "
-                "checkpoint (or the regression checkpoint), so the data must hold its variables")
-    names = [*codec.inputs, *codec.targets, *codec.static]
-    if list(pair.names) == names:
-        return pair
-    stats = None if pair.stored_stats is None else pair.stored_stats[names]
-    return dataclasses.replace(pair, dataset=pair.dataset[names], inputs=codec.inputs, targets=codec.targets,
-                               static=codec.static, stored_stats=stats, weights=pair.regrid_weights)
 
 
 def _set_deterministic(enabled: bool, device: torch.device) -> None:

@@ -27,6 +27,12 @@ def store(tmp_path_factory):
     return synthetic_store(tmp_path_factory.mktemp("data") / "syn.zarr")
 
 
+@pytest.fixture(scope="module")
+def other_stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("other")
+    return {"other": synthetic_store(root / "other.zarr"), "bigger": synthetic_store(root / "bigger.zarr", n=32)}
+
+
 def _cfg(source, out, *, network=None, data=None, **training):
     d = tiny_config(source, out, **{"duration": 4, **training})
     d["network"].update(network or {})
@@ -69,13 +75,11 @@ def test_a_new_run_marks_its_directory_and_records_its_identity(store, tmp_path)
     ({"network": {"dropout": 0.1}}, "network.dropout 0.0 -> 0.1"),
 ])
 def test_a_rerun_with_another_identity_is_refused_before_any_weight_is_loaded(
-        store, tmp_path, capsys, change, named):
-    sources = {"other": synthetic_store(tmp_path / "other.zarr"),
-               "bigger": synthetic_store(tmp_path / "bigger.zarr", n=32)}
+        store, other_stores, tmp_path, capsys, change, named):
     out = tmp_path / "run"
     train(_cfg(store, out))
     before = _snapshot(out)
-    data = {k: sources.get(v, v) for k, v in change.get("data", {}).items()}
+    data = {k: other_stores.get(v, v) for k, v in change.get("data", {}).items()}
     cfg = _cfg(store, out, network=change.get("network"), data=data, duration=8)
     with pytest.raises(RunIdentityError, match=re.escape(named)) as err:
         train(cfg)

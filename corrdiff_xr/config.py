@@ -420,6 +420,9 @@ class TrainingConfig(Checked):
     ``lr_decay`` every ``lr_decay_every`` samples. Steps whose loss or gradients are not
     finite are skipped; the run stops after ``max_nonfinite_steps`` of them.
     ``patch_num`` random patches per image are drawn for patched diffusion.
+    ``resume``: ``"auto"`` continues the run in ``output_dir`` only when its recorded identity
+    (data, codec, network ...; see :mod:`corrdiff_xr.training.identity`) matches; ``"force"``
+    continues its checkpoint whatever changed (e.g. fine-tuning on new data).
     """
 
     duration: int = setting(2_000_000, ge=1)
@@ -438,6 +441,7 @@ class TrainingConfig(Checked):
     seed: int = setting(0, ge=0)
     patch_num: int = setting(1, ge=1)
     output_dir: str = "outputs"
+    resume: Literal["auto", "force"] = "auto"
     regression_checkpoint: str | None = None
     checkpoint_every: int = setting(100_000, ge=1)
     keep_checkpoints: int = setting(3, ge=1)

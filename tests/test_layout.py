@@ -19,19 +19,27 @@ from corrdiff_xr.data import (
 from corrdiff_xr.data.layout import role_of
 
 
-def test_roles_follow_from_dims_in_dataset_order():
+def test_roles_follow_from_dims_sorted_whatever_the_dataset_order():
     ds = synthetic_dataset(ny=8, nx=8, nt=1)
     r = roles(ds)
-    assert r.inputs == (
-        "t2m_coarse",
-        "u10_coarse",
-        "v10_coarse",
-        "tp_coarse",
-        "msl",
-        "tcwv",
-    )
-    assert r.targets == ("t2m", "u10", "v10", "tp")
-    assert r.static == ("orography", "lsm")
+    assert r.inputs == ("msl", "t2m_coarse", "tcwv", "tp_coarse", "u10_coarse", "v10_coarse")
+    assert r.targets == ("t2m", "tp", "u10", "v10")
+    assert r.static == ("lsm", "orography")
+    # the order a store lists its variables in (filesystem, hash seed) must not matter
+    names = list(ds.data_vars)
+    assert names != sorted(names)
+    for order in (names[::-1], sorted(names), names[3:] + names[:3]):
+        assert roles(ds[order]) == r
+
+
+def test_given_names_keep_their_order_and_the_rest_are_sorted():
+    from corrdiff_xr.data import select_roles
+
+    ds = synthetic_dataset(ny=8, nx=8, nt=1)
+    sel = select_roles(ds[list(ds.data_vars)[::-1]], targets=["v10", "t2m"])
+    assert sel.targets == ("v10", "t2m")
+    assert sel.inputs == tuple(sorted(sel.inputs)) and len(sel.inputs) == 6
+    assert sel.static == ("lsm", "orography")
 
 
 @pytest.mark.parametrize(

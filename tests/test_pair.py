@@ -92,7 +92,7 @@ def test_stored_statistics_are_read_back_and_used(tiny_store):
 
 def test_given_statistics_missing_a_variable_are_an_error_naming_it(tiny_synthetic):
     stats = compute_stats(tiny_synthetic, ["t2m"])
-    with pytest.raises(StatsError, match="'t2m_coarse'"):
+    with pytest.raises(StatsError, match="'msl'"):
         open_pair(tiny_synthetic, stats=stats)
 
 

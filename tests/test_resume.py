@@ -1,4 +1,5 @@
-"""Resume: a run SIGKILLed at random moments and restarted ends where an uninterrupted run ends."""
+"""Resume and determinism: a run SIGKILLed at random moments, or extended over five processes
+with different hash seeds, ends bit-identical to one uninterrupted run; two clean runs agree."""
 
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ def _command(config: Path) -> list[str]:
     return [sys.executable, "-m", "corrdiff_xr.cli", "train", "--config", str(config)]
 
 
-def _env() -> dict[str, str]:
+def _env(hash_seed: int = 0) -> dict[str, str]:
     # one thread everywhere, so float reductions happen in the same order in every run
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED=str(hash_seed))
 
 
 def _write_config(tmp_path: Path, source: str, name: str) -> Path:
@@ -96,3 +97,72 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path):
     assert again.steps == 0 and again.nimg == 4 and again.completed
     after = CorrDiff.load(first.output_dir / "model.safetensors").state_dict()
     assert all(torch.equal(weights[k], after[k]) for k in weights)
+
+
+# -- determinism across processes -------------------------------------------------------------
+DURATIONS = (4, 8, 12, 16, 20)
+
+
+def _unconsolidated_store(path: Path) -> str:
+    # no consolidated metadata: Zarr lists the variables in an order that changes with the
+    # process's hash seed, which must not reach the channel order
+    from corrdiff_xr.data import synthetic_dataset
+
+    synthetic_dataset(ny=16, nx=16, nt=8, factor=4, chunks={"time": 2}).to_zarr(path, consolidated=False)
+    assert not (path / ".zmetadata").exists() and "consolidated_metadata" not in (path / "zarr.json").read_text()
+    return str(path)
+
+
+def _train_subprocess(tmp_path: Path, source: str, name: str, *, duration: int, hash_seed: int) -> None:
+    data = tiny_config(source, tmp_path / name, duration=duration, checkpoint_every=4, keep_checkpoints=10,
+                       validate_every=1000)
+    data["network"]["dropout"] = 0.2
+    config = tmp_path / f"{name}-{duration}.yaml"
+    config.write_text(yaml.safe_dump(data))
+    proc = subprocess.run(_command(config), env=_env(hash_seed), capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _tensors(run: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Model tensors of the final model and of every checkpoint of a run."""
+    files = {"final": run / "model.safetensors"}
+    files.update({p.name: p / "model.safetensors" for p in ckpt.list_checkpoints(run / "checkpoints")})
+    return {name: CorrDiff.load(f).state_dict() for name, f in files.items()}
+
+
+def _codec_orders(run: Path) -> set[tuple]:
+    models = [CorrDiff.load(p / "model.safetensors") for p in ckpt.list_checkpoints(run / "checkpoints")]
+    return {(m.codec.in_channels, m.codec.out_channels) for m in models}
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    """One uninterrupted run (hash seed 1) on an unconsolidated store."""
+    tmp = tmp_path_factory.mktemp("clean")
+    source = _unconsolidated_store(tmp / "data.zarr")
+    _train_subprocess(tmp, source, "one", duration=DURATIONS[-1], hash_seed=1)
+    return source, tmp / "one"
+
+
+def test_two_clean_runs_in_fresh_processes_give_bit_identical_weights_and_checkpoints(clean_run, tmp_path):
+    source, first = clean_run
+    _train_subprocess(tmp_path, source, "two", duration=DURATIONS[-1], hash_seed=2)
+    a, b = _tensors(first), _tensors(tmp_path / "two")
+    assert a.keys() == b.keys() and len(a) == 1 + len(DURATIONS)
+    for name in a:
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
+
+
+def test_five_processes_extending_the_duration_with_other_hash_seeds_end_as_one_run(clean_run, tmp_path):
+    source, reference = clean_run
+    for seed, duration in enumerate(DURATIONS, start=2):
+        _train_subprocess(tmp_path, source, "chain", duration=duration, hash_seed=seed)
+    orders = _codec_orders(tmp_path / "chain") | _codec_orders(reference)
+    assert len(orders) == 1, orders
+    inputs, targets = orders.pop()
+    assert inputs == tuple(sorted(inputs[:6])) + tuple(sorted(inputs[6:])) and targets == tuple(sorted(targets))
+    expected, got = _tensors(reference)["final"], _tensors(tmp_path / "chain")["final"]
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    state = ckpt.load_trainer_state(ckpt.latest_checkpoint(tmp_path / "chain" / "checkpoints"))
+    assert state["nimg"] == DURATIONS[-1]

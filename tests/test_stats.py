@@ -107,3 +107,41 @@ def test_a_constant_field_has_unusable_statistics_named_in_the_error():
 def test_statistics_missing_a_requested_variable_are_an_error_naming_it(tiny_synthetic):
     with pytest.raises(StatsError, match="'tp'"):
         check_stats(compute_stats(tiny_synthetic, ["t2m"]), ["t2m", "tp"])
+
+
+def _float16_orography():
+    # metres up to 3000: every square overflows float16 (max 65504), the values do not
+    rng = np.random.default_rng(2)
+    values = (3000.0 * rng.random((24, 20))).astype(np.float16)
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.square(values)).any() and np.isfinite(values).all()
+    return values
+
+
+@pytest.mark.parametrize("chunks", [None, {"y": 5, "x": 7}])
+def test_float16_fields_are_accumulated_in_float64(chunks):
+    values = _float16_orography()
+    ds = xr.Dataset({"orography": (("y", "x"), values)})
+    ds = ds.chunk(chunks) if chunks else ds
+    got = compute_stats(ds).compute()["orography"].values
+    exact = values.astype(np.float64)
+    np.testing.assert_allclose(got, [exact.mean(), exact.std()], rtol=1e-12)
+    assert got.dtype == np.float64
+
+
+def test_packed_int16_and_float16_stores_give_numpy_float64_statistics(tmp_path):
+    # on disk: t2m packed as int16 with scale_factor/add_offset (decoded on read), orography
+    # as float16; the statistics are those of the decoded values in float64
+    rng = np.random.default_rng(3)
+    t2m = 280.0 + 10.0 * rng.standard_normal((6, 24, 20))
+    orog = _float16_orography()
+    ds = xr.Dataset({"t2m": (("time", "y", "x"), t2m), "orography": (("y", "x"), orog)})
+    encoding = {"t2m": {"dtype": "int16", "scale_factor": 0.01, "add_offset": 280.0, "_FillValue": -32768}}
+    ds.to_zarr(tmp_path / "packed.zarr", encoding=encoding, consolidated=False)
+    back = xr.open_zarr(tmp_path / "packed.zarr", consolidated=False)
+    assert back["orography"].dtype == np.float16
+    stats = compute_stats(back).compute()
+    for name in ("t2m", "orography"):
+        exact = back[name].values.astype(np.float64)
+        np.testing.assert_allclose(stats[name].values, [exact.mean(), exact.std()], rtol=1e-9)
+        assert check_stats(stats[[name]]) is not None  # finite, positive std

@@ -28,7 +28,7 @@ def test_a_typo_in_a_config_key_fails_before_any_work(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config("nowhere.zarr", tmp_path / "out")))
     assert cli.main(["train", "--config", str(cfg), "training.learning_rate=1e-4"]) == 2
-    assert "learning_rate" in capsys.readouterr().out
+    assert "learning_rate" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="training.lr"):
         load_run_config(cfg, ["++training.lr=fast"])
     assert not (tmp_path / "out").exists()

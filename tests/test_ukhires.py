@@ -77,7 +77,7 @@ def test_open_pair_accepts_the_sample_and_regrids_inputs_back_to_the_fine_grid(d
     from corrdiff_xr.data import open_pair
 
     pair = open_pair(ds)
-    assert pair.targets == ("theta_l1", "theta_l4") and pair.static == ("orography", "lsm")
+    assert pair.targets == ("theta_l1", "theta_l4") and pair.static == ("lsm", "orography")
     regridded = pair.inputs_on_fine["theta_l1_coarse"].values
     fine = ds["theta_l1"].values
     # a bilinear field from 4x block means stays within a couple of K of the 1.5 km truth

@@ -28,7 +28,9 @@ A data variable's role is read from its dims, so no list of names has to be kept
 * ``(y, x)`` -> **static** (orography, land-sea mask; given to the network as channels).
 
 Input names must differ from target names (``t2m_coarse`` vs ``t2m``). Every data variable
-carries the CF attributes ``units`` and ``long_name``. Any other dims are an error.
+carries the CF attributes ``units`` and ``long_name``. Any other dims are an error. Names
+found this way are sorted within each role (they become channel orders, and a store's
+listing order is not stable); names given explicitly keep the order they are given in.
 
 Statistics
 ----------
@@ -145,7 +147,7 @@ class NameClashError(DataError):
 # -- roles -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Roles:
-    """Names of the data variables by role, each in dataset order."""
+    """Names of the data variables by role (sorted when detected, see :func:`roles`)."""
 
     inputs: tuple[str, ...]
     targets: tuple[str, ...]
@@ -177,11 +179,16 @@ def role_of(var: xr.DataArray, name: str = "") -> str:
 
 
 def roles(ds: xr.Dataset) -> Roles:
-    """Split the data variables of ``ds`` into inputs, targets and static fields by dims."""
+    """Split the data variables of ``ds`` into inputs, targets and static fields by dims.
+
+    Each role's names are sorted: they become channel orders, and the order in which a
+    store lists its variables is not stable (a Zarr store without consolidated metadata
+    lists them in filesystem or hash-seed order, which changes from process to process).
+    """
     found: dict[str, list[str]] = {"input": [], "target": [], "static": []}
     for name, var in ds.data_vars.items():
         found[role_of(var, str(name))].append(str(name))
-    return Roles(tuple(found["input"]), tuple(found["target"]), tuple(found["static"]))
+    return Roles(*(tuple(sorted(found[role])) for role in ("input", "target", "static")))
 
 
 def combine(

@@ -1,9 +1,9 @@
 """Normalisation statistics: lazy one-pass mean/std, stored in the Zarr group ``"stats"``.
 
 :func:`compute_stats` builds a dask graph that visits every chunk once: each chunk reduces to
-its count, mean and sum of squared deviations ``M2`` (all in float64, NaNs skipped), and
-partial results merge pairwise up a tree with the parallel update of Chan, Golub & LeVeque
-(1979)::
+its count, mean and sum of squared deviations ``M2`` (accumulated in float64 whatever the
+stored dtype: float16, packed int16, float32; NaNs skipped), and partial results merge
+pairwise up a tree with the parallel update of Chan, Golub & LeVeque (1979)::
 
     n = na + nb,  mean = mean_a + d * nb / n,  M2 = M2a + M2b + d**2 * na * nb / n,  d = mean_b - mean_a
 
@@ -39,20 +39,28 @@ _FANIN = 16
 
 
 def _moments(block: np.ndarray) -> np.ndarray:
-    """``[count, mean, M2]`` of the finite values of a block."""
+    """``[count, mean, M2]`` of the finite values of a block, accumulated in float64.
+
+    float32 blocks keep float32 deviations (half the memory traffic of float64; a deviation
+    from a nearby centre is exact), whose squares are formed and summed in float64. Every
+    other dtype is upcast to float64 first: float16 squares overflow past 256 (orography in
+    metres gave ``std inf``), and integers (raw or packed) must not wrap.
+    """
     x = np.asarray(block).ravel()
-    if x.dtype.kind != "f":
+    if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float64)
     finite = np.isfinite(x)
     if not finite.all():
         x = x[finite]
     if x.size == 0:
         return np.zeros(3)
-    # float32 blocks stay float32 elementwise (half the memory traffic) but sum in float64
-    mean = x.sum(dtype=np.float64) / x.size
+    n = x.size
+    mean = x.sum(dtype=np.float64) / n
     d = x - x.dtype.type(mean)
-    np.square(d, out=d)
-    return np.array([x.size, mean, d.sum(dtype=np.float64)])
+    # shifted-data formula: the centre was rounded to the block's dtype, s1 corrects for it
+    s1 = d.sum(dtype=np.float64)
+    m2 = np.einsum("i,i->", d, d, dtype=np.float64) - s1 * s1 / n
+    return np.array([n, mean, max(m2, 0.0)])
 
 
 def _merge(*parts: np.ndarray) -> np.ndarray:

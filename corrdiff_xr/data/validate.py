@@ -56,6 +56,10 @@ def select_roles(
 ) -> Roles:
     """Names by role: those given (checked against their dims) or, when None, all found.
 
+    Given names keep the order they are given in; names found from dims are sorted
+    (:func:`~corrdiff_xr.data.layout.roles`), never in the store's listing order, which
+    may change from one process to the next. These orders become the codec's channels.
+
     Raises
     ------
     MissingVariableError, DimensionError, NameClashError

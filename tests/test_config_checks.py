@@ -240,5 +240,5 @@ def test_overrides_of_the_hostile_trial_are_refused_before_any_work(tmp_path, ca
         argv = ["train", "task=regression", "data.source=nowhere.zarr",
                 f"training.output_dir={out}", override]
         assert cli.main(argv) == 2
-        assert message in capsys.readouterr().out
+        assert message in capsys.readouterr().err
         assert not out.exists()

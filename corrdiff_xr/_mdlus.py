@@ -114,32 +114,18 @@ _MUST_BE = {
     "act": "silu",
 }
 _IGNORED = {
-    "label_dropout",
-    "checkpoint_level",
-    "use_apex_gn",
-    "profile_mode",
-    "amp_mode",
-    "lead_time_mode",
-    "use_fp16",
-}
+    "label_dropout", "checkpoint_level", "use_apex_gn", "profile_mode", "amp_mode",
+    "lead_time_mode", "use_fp16",
+}  # fmt: skip
 
 
 # -- reading ------------------------------------------------------------------------------
 
 # arguments of the reference's wrapper classes that are not SongUNet hyper-parameters
-_WRAPPER_ARGS = frozenset(
-    {
-        "img_resolution",
-        "img_in_channels",
-        "img_out_channels",
-        "use_fp16",
-        "model_type",
-        "sigma_min",
-        "sigma_max",
-        "sigma_data",
-        "img_channels",
-    }
-)
+_WRAPPER_ARGS = frozenset({
+    "img_resolution", "img_in_channels", "img_out_channels", "use_fp16", "model_type",
+    "sigma_min", "sigma_max", "sigma_data", "img_channels",
+})  # fmt: skip
 
 _WANTED = ("args.json", "metadata.json", "model.pt")
 
@@ -420,7 +406,7 @@ def import_mdlus(
     CorrDiff
         With the reference's weights (in ``eval()`` mode).
     """
-    from corrdiff_xr.model import DEFAULT_REGRESSION, CorrDiff, load_weights
+    from corrdiff_xr.model import DEFAULT_REGRESSION, CorrDiff
 
     if regression is None and residual is None:
         raise MdlusError("import_mdlus needs a regression and/or a residual checkpoint")
@@ -479,14 +465,7 @@ def import_mdlus(
             f"codec has {len(codec.in_channels)} inputs / {len(codec.out_channels)} outputs, "
             f"checkpoints {in_channels} / {out_ch}"
         )
-    source = " + ".join(os.fspath(p) for p in (regression, residual) if p)
-    found = tensor_specs(weights)
-    latent = "regression.net.enc.L0_conv.weight"
-    if pad_latent and latent in found and len(found[latent][0]) == 4:
-        # checked as padded, padded only once it passed (its shape comes from the file)
-        (o, i, *k), dtype = found[latent]
-        found[latent] = ((o, i + out_ch, *k), dtype)
-    model = build_checked(
+    model = _build_and_load(
         lambda: CorrDiff(
             codec,
             img_shape=img_shape,
@@ -496,19 +475,45 @@ def import_mdlus(
             in_channels=None if codec is not None else in_channels,
             out_channels=None if codec is not None else out_ch,
         ),
+        weights,
+        pad_latent=out_ch if pad_latent else 0,
+        keep_regression=regression is None,
+        source=" + ".join(os.fspath(p) for p in (regression, residual) if p),
+    )
+    return model.eval().to(map_location)
+
+
+def _build_and_load(
+    make, weights: dict, *, pad_latent: int, keep_regression: bool, source: str
+):
+    """The model ``make()`` builds, once its meta-device twin fits ``weights``, loaded.
+
+    ``pad_latent`` zero input channels are prepended to the first convolution (condition-only
+    reference networks); ``keep_regression`` keeps the fresh regression when none was given.
+    """
+    from corrdiff_xr.model import load_weights
+
+    found = tensor_specs(weights)
+    latent = "regression.net.enc.L0_conv.weight"
+    if pad_latent and latent in found and len(found[latent][0]) == 4:
+        # checked as padded, padded only once it passed (its shape comes from the file)
+        (o, i, *k), dtype = found[latent]
+        found[latent] = ((o, i + pad_latent, *k), dtype)
+    model = build_checked(
+        make,
         found,
         available_bytes=stored_bytes(weights),
         source=source,
-        optional_prefix="regression." if regression is None else None,
+        optional_prefix="regression." if keep_regression else None,
         error=MdlusError,
     )
-    if regression is None:  # keep the freshly initialised regression
+    if keep_regression:
         own = model.state_dict()
         weights.update({k: v for k, v in own.items() if k.startswith("regression.")})
     if pad_latent and latent in weights:
         w = weights[latent]
         weights[latent] = torch.cat(
-            [w.new_zeros(w.shape[0], out_ch, *w.shape[2:]), w], dim=1
+            [w.new_zeros(w.shape[0], pad_latent, *w.shape[2:]), w], dim=1
         )
     load_weights(model, weights, source=source)
-    return model.eval().to(map_location)
+    return model

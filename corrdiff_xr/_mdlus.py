@@ -2,11 +2,18 @@
 
 A ``.mdlus`` file is a zip (current) or tar (legacy) archive holding ``args.json`` (the class
 name and its constructor arguments), ``metadata.json`` and ``model.pt`` (a ``torch.save``d
-state dict). The archive is read in memory (nothing is extracted to disk), the state dict is
-loaded with ``torch.load(weights_only=True)``, whose unpickler only rebuilds tensors and plain
-containers and refuses any other global, so a crafted ``__reduce__`` payload is rejected, not
-run. The JSON arguments are mapped onto :class:`~corrdiff_xr.config.NetworkConfig` /
-:class:`~corrdiff_xr.config.EDMConfig` and the state-dict keys onto our module names.
+state dict). Members are read straight from the archive (nothing is extracted to disk), the
+state dict with ``torch.load(weights_only=True)``, whose unpickler only rebuilds tensors and
+plain containers and refuses any other global, so a crafted ``__reduce__`` payload is
+rejected, not run. The JSON arguments are mapped onto :class:`~corrdiff_xr.config.NetworkConfig`
+/ :class:`~corrdiff_xr.config.EDMConfig` and the state-dict keys onto our module names.
+
+Hostile files cost bounded memory: :mod:`corrdiff_xr._archives` documents the member limits
+(at most 4 GiB, or twice the archive plus 1 MiB, in all; real files store members
+uncompressed and a ``normal`` CorrDiff UNet is ~320 MB) and what it refuses (links, devices,
+absolute and ``..`` names, over-sized or non-UTF-8 JSON). The network ``args.json`` describes
+must lie within :data:`~corrdiff_xr._checkpoint_safety.NETWORK_LIMITS` and, built first on
+the meta device, match the weights present before the real one is allocated.
 
 Supported classes: regression ``UNet`` / ``CorrDiffRegressionUNet`` (latent zeros +
 condition), ``StormCastUNet`` and bare ``SongUNet`` / ``SongUNetPosEmbd`` /
@@ -18,17 +25,23 @@ becomes ``EDMConfig.scale_condition``). Anything else raises :class:`MdlusError`
 
 from __future__ import annotations
 
-import io
-import json
+import math
 import os
-import pickle
-import tarfile
-import zipfile
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from corrdiff_xr._archives import load_torch_weights, open_members, read_json
+from corrdiff_xr._checkpoint_safety import (
+    CheckpointError,
+    build_checked,
+    check_network,
+    count,
+    img_shape,
+    stored_bytes,
+    tensor_specs,
+)
 from corrdiff_xr.config import EDMConfig, NetworkConfig, from_dict
 from corrdiff_xr.errors import CorrDiffError
 
@@ -41,7 +54,7 @@ __all__ = [
 ]
 
 
-class MdlusError(CorrDiffError, ValueError):
+class MdlusError(CheckpointError):
     """A ``.mdlus`` checkpoint cannot be imported (unknown class, bad weights, unsafe pickle)."""
 
 
@@ -101,90 +114,54 @@ _MUST_BE = {
     "act": "silu",
 }
 _IGNORED = {
-    "label_dropout",
-    "checkpoint_level",
-    "use_apex_gn",
-    "profile_mode",
-    "amp_mode",
-    "lead_time_mode",
-    "use_fp16",
-}
+    "label_dropout", "checkpoint_level", "use_apex_gn", "profile_mode", "amp_mode",
+    "lead_time_mode", "use_fp16",
+}  # fmt: skip
 
 
 # -- reading ------------------------------------------------------------------------------
 
 # arguments of the reference's wrapper classes that are not SongUNet hyper-parameters
-_WRAPPER_ARGS = frozenset(
-    {
-        "img_resolution",
-        "img_in_channels",
-        "img_out_channels",
-        "use_fp16",
-        "model_type",
-        "sigma_min",
-        "sigma_max",
-        "sigma_data",
-        "img_channels",
-    }
-)
+_WRAPPER_ARGS = frozenset({
+    "img_resolution", "img_in_channels", "img_out_channels", "use_fp16", "model_type",
+    "sigma_min", "sigma_max", "sigma_data", "img_channels",
+})  # fmt: skip
 
-def _members(path: str) -> dict[str, bytes]:
-    wanted = ("args.json", "metadata.json", "model.pt")
-    if tarfile.is_tarfile(
-        path
-    ):  # legacy files can be both; tar first, as the reference does
-        with tarfile.open(path, "r") as tar:
-            out = {}
-            for m in tar.getmembers():
-                name = os.path.basename(m.name)
-                if name in wanted and m.isfile():
-                    out[name] = tar.extractfile(m).read()
-            return out
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            return {n: z.read(n) for n in z.namelist() if n in wanted}
-    raise MdlusError(f"{path} is neither a zip nor a tar archive; is it a .mdlus file?")
+_WANTED = ("args.json", "metadata.json", "model.pt")
 
 
 def read_mdlus(path: str | os.PathLike) -> MdlusCheckpoint:
-    """Read a ``.mdlus`` archive in memory, loading tensors with ``weights_only=True``."""
+    """Read a ``.mdlus`` archive without extracting it, loading tensors with ``weights_only=True``.
+
+    Members are read within the bounds of :mod:`corrdiff_xr._archives` (size limits relative
+    to the archive and absolute, no links or escaping names, bounded JSON, a plain torch zip
+    for ``model.pt``); every refusal is an :class:`MdlusError` naming the file.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    files = _members(path)
-    for required in ("args.json", "model.pt"):
-        if required not in files:
-            raise MdlusError(f"{path} has no {required}; found {sorted(files)}")
-    try:
-        args = json.loads(files["args.json"])
-        meta = json.loads(files.get("metadata.json", b"{}"))
-    except json.JSONDecodeError as err:
-        raise MdlusError(
-            f"{path}: args.json/metadata.json is not valid JSON: {err}"
-        ) from err
-    try:
-        sd = torch.load(
-            io.BytesIO(files["model.pt"]), map_location="cpu", weights_only=True
+    with open_members(path, set(_WANTED), error=MdlusError) as files:
+        for required in ("args.json", "model.pt"):
+            if required not in files:
+                raise MdlusError(f"{path} has no {required}; found {sorted(files)}")
+        args = read_json(files["args.json"], f"{path}: args.json", error=MdlusError)
+        meta = (
+            read_json(
+                files["metadata.json"], f"{path}: metadata.json", error=MdlusError
+            )
+            if "metadata.json" in files
+            else {}
         )
-    except pickle.UnpicklingError as err:
-        raise MdlusError(
-            f"{path}: model.pt holds objects other than tensors, refused without running them ({err})"
-        ) from err
-    except Exception as err:  # torch raises several types for a corrupt file
-        raise MdlusError(
-            f"{path}: model.pt is not a readable torch state dict: {err}"
-        ) from err
-    if not isinstance(sd, dict) or not all(
-        isinstance(v, torch.Tensor) for v in sd.values()
-    ):
-        raise MdlusError(f"{path}: model.pt is not a state dict of tensors")
-    if "__name__" not in args or "__args__" not in args:
-        raise MdlusError(
-            f"{path}: args.json lacks __name__/__args__ (keys: {sorted(args)})"
-        )
-    return MdlusCheckpoint(
-        args["__name__"], dict(args["__args__"]), meta, dict(sd), path
-    )
+        got = args if isinstance(args, dict) else {}
+        name, kwargs = got.get("__name__"), got.get("__args__")
+        if not isinstance(name, str) or not isinstance(kwargs, dict):
+            raise MdlusError(
+                f"{path}: args.json needs a class name in __name__ and an __args__ object "
+                f"(it holds {sorted(got) if got else type(args).__name__})"
+            )
+        sd = load_torch_weights(files["model.pt"], source=path, error=MdlusError)
+    meta = meta if isinstance(meta, dict) else {}
+    return MdlusCheckpoint(name, dict(kwargs), meta, sd, path)
 
 
 # -- configs ------------------------------------------------------------------------------
@@ -220,22 +197,11 @@ def network_config(
     if name != "SongUNetPosLtEmbd":
         args["lead_time_channels"] = 0
     known = {
-        "model_channels",
-        "channel_mult",
-        "channel_mult_emb",
-        "channel_mult_noise",
-        "num_blocks",
-        "attn_resolutions",
-        "dropout",
-        "resample_filter",
-        "embedding_type",
-        "gridtype",
-        "N_grid_channels",
-        "lead_time_channels",
-        "lead_time_steps",
-        "prob_channels",
-        "bottleneck_attention",
-    }
+        "model_channels", "channel_mult", "channel_mult_emb", "channel_mult_noise",
+        "num_blocks", "attn_resolutions", "dropout", "resample_filter", "embedding_type",
+        "gridtype", "N_grid_channels", "lead_time_channels", "lead_time_steps",
+        "prob_channels", "bottleneck_attention",
+    }  # fmt: skip
     unknown = sorted(
         set(args)
         - known
@@ -247,7 +213,12 @@ def network_config(
         raise MdlusError(f"{source}: {name} arguments {unknown} are not supported")
     data = {k: args[k] for k in known}
     data["lead_time_channels"] = data["lead_time_channels"] or 0
-    return from_dict(NetworkConfig, data, path=name)
+    try:
+        cfg = from_dict(NetworkConfig, data, path=name)
+    except CorrDiffError as err:
+        raise MdlusError(f"{source}: {err}") from err
+    check_network(cfg, f"{source}: {name}", error=MdlusError)
+    return cfg
 
 
 def _extra_channels(cfg: NetworkConfig) -> int:
@@ -255,8 +226,28 @@ def _extra_channels(cfg: NetworkConfig) -> int:
     return grid + cfg.lead_time_channels
 
 
-def _img_shape(res: Any) -> tuple[int, int]:
-    return (int(res), int(res)) if isinstance(res, int) else (int(res[0]), int(res[1]))
+def _arg(ck: MdlusCheckpoint, key: str) -> Any:
+    if key not in ck.args:
+        raise MdlusError(f"{ck.source}: args.json of {ck.name} lacks {key!r}")
+    return ck.args[key]
+
+
+def _shape_and_channels(
+    ck: MdlusCheckpoint, cfg: NetworkConfig, in_key: str, out_key: str
+) -> tuple[tuple[int, int], int, int]:
+    """(img_shape, data in-channels, out-channels) from checked args."""
+    where = f"{ck.source}: args.json"
+    shape = img_shape(
+        _arg(ck, "img_resolution"), f"{where} img_resolution", error=MdlusError
+    )
+    out_ch = count(_arg(ck, out_key), f"{where} {out_key}", error=MdlusError)
+    total = count(_arg(ck, in_key), f"{where} {in_key}", error=MdlusError)
+    extra = _extra_channels(cfg)
+    if total <= extra:
+        raise MdlusError(
+            f"{where} {in_key}={total} leaves no data channels after {extra} positional/lead-time ones"
+        )
+    return shape, total - extra, out_ch
 
 
 # -- state dicts --------------------------------------------------------------------------
@@ -314,23 +305,18 @@ def _regression_part(
             "model_type",
             "SongUNet" if ck.name == "StormCastUNet" else "SongUNetPosEmbd",
         )
-        extra_kw = {
-            k: v
-            for k, v in a.items()
-            if k
-            not in _WRAPPER_ARGS
-        }
+        extra_kw = {k: v for k, v in a.items() if k not in _WRAPPER_ARGS}
         cfg = network_config(model_type, extra_kw, source=ck.source)
-        out_ch = int(a["img_out_channels"])
-        in_ch = int(a["img_in_channels"]) - _extra_channels(cfg)
+        shape, in_ch, out_ch = _shape_and_channels(
+            ck, cfg, "img_in_channels", "img_out_channels"
+        )
         prefix, condition_only = "model.", ck.name == "StormCastUNet"
-        img_shape = _img_shape(a["img_resolution"])
     elif ck.name in NETWORK_CLASSES:
         cfg = network_config(ck.name, a, source=ck.source)
-        out_ch = int(a["out_channels"])
-        in_ch = int(a["in_channels"]) - _extra_channels(cfg)
+        shape, in_ch, out_ch = _shape_and_channels(
+            ck, cfg, "in_channels", "out_channels"
+        )
         prefix, condition_only = "", True
-        img_shape = _img_shape(a["img_resolution"])
     else:
         raise MdlusError(
             f"{ck.source}: class {ck.name!r} is not a supported regression network; expected one of "
@@ -338,12 +324,12 @@ def _regression_part(
         )
     sd = map_reference_state_dict(
         ck.state_dict,
-        img_height=img_shape[0],
+        img_height=shape[0],
         levels=len(cfg.channel_mult),
         prefix=prefix,
         target_prefix="regression.net.",
     )
-    return cfg, in_ch, out_ch, img_shape, sd, condition_only
+    return cfg, in_ch, out_ch, shape, sd, condition_only
 
 
 def _residual_part(
@@ -356,10 +342,7 @@ def _residual_part(
             f"{sorted(RESIDUAL_CLASSES)}"
         )
     extra_kw = {
-        k: v
-        for k, v in a.items()
-        if k
-        not in _WRAPPER_ARGS | {"scale_cond_input"}
+        k: v for k, v in a.items() if k not in _WRAPPER_ARGS | {"scale_cond_input"}
     }
     cfg = network_config(
         a.get("model_type", "SongUNetPosEmbd"), extra_kw, source=ck.source
@@ -367,18 +350,27 @@ def _residual_part(
     scale = (
         bool(a.get("scale_cond_input", True)) if ck.name == "EDMPrecondSR" else False
     )
-    edm = EDMConfig(sigma_data=float(a.get("sigma_data", 0.5)), scale_condition=scale)
-    out_ch = int(a["img_out_channels"])
-    cond_ch = int(a["img_in_channels"]) - _extra_channels(cfg)
-    img_shape = _img_shape(a["img_resolution"])
+    try:
+        edm = from_dict(
+            EDMConfig,
+            {"sigma_data": a.get("sigma_data", 0.5), "scale_condition": scale},
+            path=f"{ck.name} args",
+        )
+    except CorrDiffError as err:
+        raise MdlusError(f"{ck.source}: {err}") from err
+    if not math.isfinite(edm.sigma_data):
+        raise MdlusError(f"{ck.source}: sigma_data={edm.sigma_data} must be finite")
+    shape, cond_ch, out_ch = _shape_and_channels(
+        ck, cfg, "img_in_channels", "img_out_channels"
+    )
     sd = map_reference_state_dict(
         ck.state_dict,
-        img_height=img_shape[0],
+        img_height=shape[0],
         levels=len(cfg.channel_mult),
         prefix="model.",
         target_prefix="residual.net.",
     )
-    return cfg, edm, cond_ch, out_ch, img_shape, sd
+    return cfg, edm, cond_ch, out_ch, shape, sd
 
 
 def import_mdlus(
@@ -414,7 +406,7 @@ def import_mdlus(
     CorrDiff
         With the reference's weights (in ``eval()`` mode).
     """
-    from corrdiff_xr.model import DEFAULT_REGRESSION, CorrDiff, load_weights
+    from corrdiff_xr.model import DEFAULT_REGRESSION, CorrDiff
 
     if regression is None and residual is None:
         raise MdlusError("import_mdlus needs a regression and/or a residual checkpoint")
@@ -465,36 +457,63 @@ def import_mdlus(
             scale_condition=edm.scale_condition,
             hr_mean_conditioning=hr_mean_conditioning,
         )
-    model = CorrDiff(
-        codec,
-        img_shape=img_shape,
-        regression_network=reg_cfg,
-        residual_network=res_cfg,
-        edm=edm,
-        in_channels=None if codec is not None else in_channels,
-        out_channels=None if codec is not None else out_ch,
-    )
-    if codec is not None and (model.in_channels, model.out_channels) != (
+    if codec is not None and (len(codec.in_channels), len(codec.out_channels)) != (
         in_channels,
         out_ch,
     ):
         raise MdlusError(
-            f"codec has {model.in_channels} inputs / {model.out_channels} outputs, checkpoints "
-            f"{in_channels} / {out_ch}"
+            f"codec has {len(codec.in_channels)} inputs / {len(codec.out_channels)} outputs, "
+            f"checkpoints {in_channels} / {out_ch}"
         )
-    own = model.state_dict()
-    if regression is None:  # keep the freshly initialised regression
-        weights.update({k: v for k, v in own.items() if k.startswith("regression.")})
-    if pad_latent:
-        key = "regression.net.enc.L0_conv.weight"
-        if key in weights:
-            w = weights[key]
-            weights[key] = torch.cat(
-                [w.new_zeros(w.shape[0], out_ch, *w.shape[2:]), w], dim=1
-            )
-    load_weights(
-        model,
+    model = _build_and_load(
+        lambda: CorrDiff(
+            codec,
+            img_shape=img_shape,
+            regression_network=reg_cfg,
+            residual_network=res_cfg,
+            edm=edm,
+            in_channels=None if codec is not None else in_channels,
+            out_channels=None if codec is not None else out_ch,
+        ),
         weights,
+        pad_latent=out_ch if pad_latent else 0,
+        keep_regression=regression is None,
         source=" + ".join(os.fspath(p) for p in (regression, residual) if p),
     )
     return model.eval().to(map_location)
+
+
+def _build_and_load(
+    make, weights: dict, *, pad_latent: int, keep_regression: bool, source: str
+):
+    """The model ``make()`` builds, once its meta-device twin fits ``weights``, loaded.
+
+    ``pad_latent`` zero input channels are prepended to the first convolution (condition-only
+    reference networks); ``keep_regression`` keeps the fresh regression when none was given.
+    """
+    from corrdiff_xr.model import load_weights
+
+    found = tensor_specs(weights)
+    latent = "regression.net.enc.L0_conv.weight"
+    if pad_latent and latent in found and len(found[latent][0]) == 4:
+        # checked as padded, padded only once it passed (its shape comes from the file)
+        (o, i, *k), dtype = found[latent]
+        found[latent] = ((o, i + pad_latent, *k), dtype)
+    model = build_checked(
+        make,
+        found,
+        available_bytes=stored_bytes(weights),
+        source=source,
+        optional_prefix="regression." if keep_regression else None,
+        error=MdlusError,
+    )
+    if keep_regression:
+        own = model.state_dict()
+        weights.update({k: v for k, v in own.items() if k.startswith("regression.")})
+    if pad_latent and latent in weights:
+        w = weights[latent]
+        weights[latent] = torch.cat(
+            [w.new_zeros(w.shape[0], pad_latent, *w.shape[2:]), w], dim=1
+        )
+    load_weights(model, weights, source=source)
+    return model

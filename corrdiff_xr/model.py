@@ -19,6 +19,7 @@ that is renamed into place, so a crash never leaves half a checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,18 @@ import torch
 from torch import nn
 
 from corrdiff_xr._atomic import write_bytes
+from corrdiff_xr._checkpoint_safety import (
+    MAX_HEADER_BYTES,
+    CheckpointError,
+    build_checked,
+    check_network,
+    check_tensors,
+    count,
+    img_shape,
+    parse_json,
+    safetensors_specs,
+    tensor_specs,
+)
 from corrdiff_xr.config import (
     EDMConfig,
     NetworkConfig,
@@ -56,10 +69,6 @@ DEFAULT_REGRESSION = NetworkConfig(embedding_type="zero")
 DEFAULT_RESIDUAL = NetworkConfig()
 DEFAULT_EDM = EDMConfig()
 DEFAULT_SAMPLER = SamplerConfig()
-
-
-class CheckpointError(CorrDiffError, ValueError):
-    """A checkpoint is unreadable, of the wrong format, or does not fit the model."""
 
 
 class CorrDiff(nn.Module):
@@ -260,54 +269,167 @@ class CorrDiff(nn.Module):
         return write_bytes(path, blob)
 
     @classmethod
-    def from_config_dict(cls, header: dict[str, Any]) -> CorrDiff:
-        """Build an (untrained) model from :meth:`config_dict` output."""
-        if header.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(
-                f"not a corrdiff_xr checkpoint (format={header.get('format')!r})"
-            )
-        if header.get("format_version", 0) > CHECKPOINT_VERSION:
-            raise CheckpointError(
-                f"checkpoint format version {header['format_version']} is newer than this "
-                f"corrdiff_xr understands ({CHECKPOINT_VERSION}); upgrade corrdiff_xr"
-            )
-        codec = None
-        if header.get("codec") is not None:
-            from corrdiff_xr.codec import Codec
-
-            codec = Codec.from_dict(header["codec"])
-        res = header.get("residual_network")
-        return cls(
-            codec,
-            img_shape=header["img_shape"],
-            regression_network=from_dict(
-                NetworkConfig, header["regression_network"], path="regression_network"
-            ),
-            residual_network=from_dict(NetworkConfig, res, path="residual_network")
-            if res is not None
-            else None,
-            edm=from_dict(EDMConfig, header["edm"], path="edm"),
-            in_channels=header["in_channels"] if codec is None else None,
-            out_channels=header["out_channels"] if codec is None else None,
-        )
+    def from_config_dict(
+        cls, header: dict[str, Any], *, source: str = "checkpoint header"
+    ) -> CorrDiff:
+        """Build an (untrained) model from :meth:`config_dict` output, checked first."""
+        kwargs = _header_kwargs(header, source=source)
+        return cls(_codec(kwargs.pop("codec"), source=source), **kwargs)
 
     @classmethod
     def load(
         cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
     ) -> CorrDiff:
-        """Read a checkpoint written by :meth:`save` (no pickle involved)."""
+        """Read a checkpoint written by :meth:`save` (no pickle involved).
+
+        The header is validated and the network it describes is first built on the meta
+        device and compared with the stored tensors (keys, shapes, storage dtypes, total
+        bytes; see :mod:`corrdiff_xr._checkpoint_safety`); only a checkpoint that fits is
+        built for real, so a lying header costs no memory.
+        """
         from safetensors import safe_open
 
-        header = read_checkpoint_header(path)
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        path = Path(path)
+        source = str(path)
+        kwargs = _header_kwargs(read_checkpoint_header(path), source=source)
+        codec_data = kwargs.pop("codec")
+        with safe_open(source, framework="pt", device="cpu") as f:
+            model = build_checked(
+                lambda: cls(_codec(codec_data, source=source), **kwargs),
+                safetensors_specs(f),
+                available_bytes=path.stat().st_size,
+                source=source,
+                describe=lambda: cls(None, **kwargs),  # channel counts suffice
+            )
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
-        model = cls.from_config_dict(header)
-        load_weights(model, tensors, source=str(path))
+        model.load_state_dict(tensors, strict=True)
         return model.to(map_location)
 
 
+def _codec(data: dict[str, Any] | None, *, source: str) -> Any:
+    """The codec of a validated header (imported late: it pulls in xarray)."""
+    if data is None:
+        return None
+    from corrdiff_xr.codec import Codec
+
+    try:
+        return Codec.from_dict(data)
+    except (CorrDiffError, ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(
+            f"{source}: codec in the header is unusable: {err}"
+        ) from err
+
+
+def _check_codec(data: Any, *, source: str) -> tuple[int, int]:
+    """Types of a header's codec (names, statistics); returns its (in, out) channel counts."""
+    what = f"{source}: codec"
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{what} must be a JSON object, got {type(data).__name__}"
+        )
+    names = {}
+    for key in ("inputs", "targets", "static"):
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise CheckpointError(
+                f"{what}.{key} must be a list of variable names, got {value!r:.200}"
+            )
+        names[key] = value
+    stats = data.get("stats")
+    if not isinstance(stats, dict) or not all(
+        isinstance(v, list)
+        and len(v) == 2
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        for v in stats.values()
+    ):
+        raise CheckpointError(
+            f"{what}.stats must map each variable to [mean, std], got {stats!r:.200}"
+        )
+    c_in, c_out = len(names["inputs"]) + len(names["static"]), len(names["targets"])
+    count(c_in, f"{what}: number of input channels", error=CheckpointError)
+    count(c_out, f"{what}: number of output channels", error=CheckpointError)
+    return c_in, c_out
+
+
+def _config(cls: type, data: Any, *, source: str, key: str) -> Any:
+    """A config dataclass from header data, with errors naming the file and key."""
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{source}: {key} must be a JSON object, got {data!r:.200}"
+        )
+    try:
+        cfg = from_dict(cls, data, path=key)
+    except CorrDiffError as err:
+        raise CheckpointError(f"{source}: {err}") from err
+    if cls is NetworkConfig:
+        check_network(cfg, f"{source}: {key}")
+    elif not all(math.isfinite(v) for v in (cfg.sigma_data, cfg.P_mean, cfg.P_std)):
+        raise CheckpointError(
+            f"{source}: {key}.sigma_data, P_mean and P_std must be finite, got {data!r:.200}"
+        )
+    return cfg
+
+
+def _header_kwargs(header: Any, *, source: str) -> dict[str, Any]:
+    """:class:`CorrDiff` keyword arguments from a header, every value's type and size checked.
+
+    ``codec`` stays plain data (see :func:`_codec`); ``in_channels`` / ``out_channels`` are
+    always given (from the codec when there is one), which is all a meta build needs.
+    """
+    if not isinstance(header, dict):
+        raise CheckpointError(
+            f"{source}: the header must be a JSON object, got {type(header).__name__}"
+        )
+    if header.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{source}: not a corrdiff_xr checkpoint (format={header.get('format')!r:.100})"
+        )
+    version = count(
+        header.get("format_version", 0), f"{source}: format_version", low=0, high=2**31
+    )
+    if version > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{source}: checkpoint format version {version} is newer than this corrdiff_xr "
+            f"understands ({CHECKPOINT_VERSION}); upgrade corrdiff_xr"
+        )
+    missing = sorted({"img_shape", "regression_network", "edm"} - set(header))
+    if header.get("codec") is None:
+        missing += sorted({"in_channels", "out_channels"} - set(header))
+    if missing:
+        raise CheckpointError(f"{source}: the header lacks {missing}")
+    codec = header.get("codec")
+    keys = ("in_channels", "out_channels")
+    if codec is not None:
+        channels = _check_codec(codec, source=source)
+        for key, n in zip(keys, channels):
+            if header.get(key, n) != n:
+                raise CheckpointError(
+                    f"{source}: {key}={header[key]!r:.100} disagrees with the codec's {n}"
+                )
+    else:
+        channels = tuple(count(header[k], f"{source}: {k}") for k in keys)
+    res = header.get("residual_network")
+    return {
+        "codec": codec,
+        "img_shape": img_shape(header["img_shape"], f"{source}: img_shape"),
+        "regression_network": _config(
+            NetworkConfig,
+            header["regression_network"],
+            source=source,
+            key="regression_network",
+        ),
+        "residual_network": None
+        if res is None
+        else _config(NetworkConfig, res, source=source, key="residual_network"),
+        "edm": _config(EDMConfig, header["edm"], source=source, key="edm"),
+        "in_channels": channels[0],
+        "out_channels": channels[1],
+    }
+
+
 def read_checkpoint_header(path: str | os.PathLike) -> dict[str, Any]:
-    """Codec, grid shape and configs stored in a checkpoint, read without loading weights."""
+    """Codec, grid shape and configs stored in a checkpoint, read and checked without loading
+    weights."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -319,29 +441,24 @@ def read_checkpoint_header(path: str | os.PathLike) -> dict[str, Any]:
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path} is not a safetensors checkpoint: {err}") from err
     if _HEADER_KEY not in meta:
-        raise CheckpointError(f"{path} has no corrdiff_xr header; was it written by CorrDiff.save?")
-    return json.loads(meta[_HEADER_KEY])
+        raise CheckpointError(
+            f"{path} has no corrdiff_xr header; was it written by CorrDiff.save?"
+        )
+    header = parse_json(
+        meta[_HEADER_KEY].encode(), f"{path}: header", limit=MAX_HEADER_BYTES
+    )
+    _header_kwargs(header, source=str(path))
+    return header
 
 
 def load_weights(
     model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str
 ) -> None:
-    """Copy ``tensors`` into ``model``, naming any missing, unexpected or misshapen entry."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: weights do not fit the model; missing {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
-            f"{' ...' if len(unexpected) > 8 else ''}"
-        )
-    for key, value in tensors.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise CheckpointError(
-                f"{source}: parameter {key!r} has shape {tuple(value.shape)}, the model expects "
-                f"{tuple(own[key].shape)}"
-            )
+    """Copy ``tensors`` into ``model``, naming any missing, unexpected, misshapen or
+    wrongly typed entry (see :func:`~corrdiff_xr._checkpoint_safety.check_tensors`)."""
+    check_tensors(
+        tensor_specs(model.state_dict()), tensor_specs(tensors), source=source
+    )
     model.load_state_dict(tensors, strict=True)
 
 

@@ -32,7 +32,7 @@ COMMANDS = {
     "train": ("corrdiff_xr.train", "train the regression or residual diffusion model"),
     "generate": ("corrdiff_xr.generate", "generate an ensemble to Zarr and reference NetCDF"),
     "score": ("corrdiff_xr.score_cli", "score an ensemble against truth"),
-    "convert": ("corrdiff_xr.data.convert", "convert reference dataset layouts to Zarr"),
+    "convert": ("corrdiff_xr.convert_cli", "convert reference dataset layouts to Zarr"),
 }
 
 

@@ -3,6 +3,9 @@
 Readers see the old content or the new, never a half-written one; a failure or an interrupt
 leaves the target as it was and removes the partial copy. The one mechanism behind model
 files, checkpoints, Zarr stores and their statistics, NetCDF files, figures and JSON.
+:func:`atomic_contents` does the same for several entries of a directory that must stay where
+it is (an output folder that may be the user's working directory): they are built in a hidden
+folder inside it and renamed into place together once all are complete.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "discard", "remove", "remove_stale", "write_bytes"]
+__all__ = ["atomic_contents", "atomic_path", "discard", "remove", "remove_stale", "write_bytes"]
 
 
 def _sibling(target: Path, tag: str) -> Path:
@@ -90,6 +93,32 @@ def atomic_path(target: str | os.PathLike, *, fsync: bool = False) -> Iterator[P
         if fsync:
             _fsync_tree(staged)
         _move_in(staged, target)
+    finally:
+        remove(staged)
+
+
+@contextlib.contextmanager
+def atomic_contents(directory: str | os.PathLike, names: Iterable[str]) -> Iterator[Path]:
+    """Yield a hidden folder inside ``directory`` to build its entries ``names`` in.
+
+    When the block succeeds, every entry built there replaces the entry of that name in
+    ``directory`` (one rename each) and those of ``names`` not built are removed (e.g. the
+    figures of an earlier run that drew more); on any exception ``directory`` is unchanged.
+    """
+    directory = Path(directory)
+    names = set(names)
+    staged = _sibling(directory / "contents", "tmp")
+    staged.mkdir()
+    try:
+        yield staged
+        built = {p.name for p in staged.iterdir()}
+        if built - names:
+            raise ValueError(f"built {sorted(built - names)}, expected only {sorted(names)}")
+        for name in sorted(names):
+            if name in built:
+                _move_in(staged / name, directory / name)
+            else:
+                remove(directory / name)
     finally:
         remove(staged)
 

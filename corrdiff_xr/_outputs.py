@@ -6,17 +6,40 @@ file :data:`MARKER_FILE` (demo outputs, training runs). :func:`check_output` is 
 the commands apply before writing: a missing path or an empty directory may be written; an
 existing output of the same kind only with ``overwrite``; anything else (a user's file, a
 foreign store, another kind of product) is refused with a message naming the path.
+:func:`check_output_directory` and :func:`output_directory` apply it to a folder of several
+outputs (demo, score's figures): an earlier one is replaced only if it holds nothing but what
+the command writes.
+
+:func:`writing` wraps a command's writes: an operating-system failure (full disk, read-only
+file system, file-size limit, a parent that is a file) becomes an :class:`OSError` of the
+same type whose message names the output the user asked for (not the hidden temporary it was
+staged at) and what to do. :func:`local_output` refuses URLs where only local paths work.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from corrdiff_xr.errors import OutputExistsError
+from corrdiff_xr._atomic import atomic_contents, remove, remove_stale, write_bytes
+from corrdiff_xr.errors import CorrDiffError, OutputExistsError
 
-__all__ = ["MARKER_FILE", "PRODUCT_ATTR", "check_output", "mark_directory", "product_of"]
+__all__ = [
+    "MARKER_FILE",
+    "PRODUCT_ATTR",
+    "OutputPathError",
+    "check_output",
+    "check_output_directory",
+    "local_output",
+    "mark_directory",
+    "output_directory",
+    "product_of",
+    "writing",
+]
 
 PRODUCT_ATTR = "corrdiff_xr_product"
 MARKER_FILE = ".corrdiff_xr_output"
@@ -37,7 +60,7 @@ def _zarr_attrs(path: Path) -> dict | None:
 def _netcdf_attr(path: Path) -> str | None:
     with open(path, "rb") as fh:
         head = fh.read(8)
-    if not (head.startswith(b"\x89HDF") or head.startswith(b"CDF")):
+    if not head.startswith((b"\x89HDF", b"CDF")):
         return None
     try:
         import netCDF4
@@ -69,8 +92,6 @@ def product_of(path: str | os.PathLike) -> str | None:
 
 def mark_directory(path: str | os.PathLike, kind: str) -> None:
     """Mark a directory this process created (and owns) as a corrdiff_xr ``kind`` output."""
-    from corrdiff_xr._atomic import write_bytes
-
     write_bytes(Path(path) / MARKER_FILE, json.dumps({"kind": kind}).encode(), fsync=False)
 
 
@@ -107,3 +128,138 @@ def check_output(
             "to replace it"
         )
     return True
+
+
+class OutputPathError(CorrDiffError, ValueError):
+    """An output path that cannot be written as given (e.g. a URL where a local path is needed)."""
+
+
+def _is_leftover(name: str) -> bool:
+    # what a killed writer leaves (corrdiff_xr._atomic's hidden siblings)
+    return name.startswith(".") and (".tmp-" in name or ".old-" in name)
+
+
+def check_output_directory(
+    path: str | os.PathLike,
+    *,
+    kind: str,
+    names: Sequence[str],
+    overwrite: bool = False,
+    what: str = "output directory",
+) -> bool:
+    """:func:`check_output` for a folder of several outputs; True if an earlier one is there.
+
+    An earlier ``kind`` directory may be replaced (with ``overwrite``) only if it holds
+    nothing but ``names`` (its Zarr stores marked ``kind`` too), the marker and what killed
+    runs left: replacing it must not delete anything the command did not write.
+    """
+    path = Path(path)
+    earlier = check_output(path, kind=kind, overwrite=overwrite, what=what)
+    if earlier:
+        foreign = sorted(
+            p.name
+            for p in path.iterdir()
+            if not (p.name == MARKER_FILE or _is_leftover(p.name) or p.name in names)
+            or (p.name in names and p.is_dir() and product_of(p) != kind)
+        )
+        if foreign:
+            raise OutputExistsError(
+                f"{what} {path} is an earlier corrdiff-xr '{kind}' output but also holds "
+                f"{', '.join(foreign)}, which it did not write; refusing to replace it (move "
+                "those away or choose another directory)"
+            )
+    return earlier
+
+
+@contextlib.contextmanager
+def output_directory(
+    path: str | os.PathLike,
+    *,
+    kind: str,
+    names: Sequence[str],
+    overwrite: bool = False,
+    what: str = "output directory",
+) -> Iterator[Path]:
+    """Yield a hidden folder in the ``kind`` output directory ``path`` to build ``names`` in.
+
+    ``path`` may be new, empty, or an earlier ``kind`` output as
+    :func:`check_output_directory` allows; anything else is refused before anything is
+    written. On success the entries built replace the old ones together
+    (:func:`~corrdiff_xr._atomic.atomic_contents`); on failure an earlier output is
+    untouched, and a directory that held none is left as it was found.
+    """
+    path = Path(path)
+    earlier = check_output_directory(
+        path, kind=kind, names=names, overwrite=overwrite, what=what
+    )
+    created = not os.path.lexists(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if earlier:
+        remove_stale(path)
+    else:
+        mark_directory(path, kind)
+    try:
+        with atomic_contents(path, names) as staged:
+            yield staged
+    except BaseException:
+        if not earlier:  # leave the empty directory (or nothing) that was there
+            remove(path / MARKER_FILE)
+            if created:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+        raise
+
+
+#: what to do about the OS errors a write meets most often
+_REMEDY = {
+    errno.ENOSPC: "free space on that disk or choose another path",
+    errno.EDQUOT: "free space within your quota or choose another path",
+    errno.EFBIG: "the file-size limit (ulimit -f) is too small; raise it or write elsewhere",
+    errno.EROFS: "the file system is read-only; choose a writable path",
+    errno.EACCES: "choose a path you may write to",
+    errno.EPERM: "the path may not be changed (permissions or immutable); choose another",
+    errno.ENOTDIR: "a parent of the path is a file, not a directory; choose another path",
+    errno.EEXIST: "something is in the way, e.g. a parent that is a file; choose another path",
+    errno.ENAMETOOLONG: "choose a shorter path",
+}
+
+
+@contextlib.contextmanager
+def writing(target: str | os.PathLike, *, what: str = "output") -> Iterator[None]:
+    """Re-raise an OS error met while writing ``target`` as one naming it and the remedy.
+
+    The writes inside are expected to be atomic (:mod:`corrdiff_xr._atomic`), so the message
+    says that nothing was written. The new error has the original's type and ``errno``.
+    """
+    try:
+        yield
+    except OSError as err:
+        if isinstance(err, CorrDiffError) or getattr(err, "names_output", False):
+            raise  # a user error, or already named by an inner writing()
+        reason = err.strerror or str(err) or type(err).__name__
+        culprit = os.fspath(err.filename) if err.filename is not None else ""
+        # name the file that failed unless it is the target or inside its hidden temporary
+        staged = any(_is_leftover(part) for part in Path(culprit).parts)
+        shown = culprit and not staged and culprit != os.fspath(target)
+        detail = f" at {culprit}" if shown else ""
+        remedy = _REMEDY.get(err.errno or 0)
+        text = (
+            f"could not write {what} {os.fspath(target)}: {reason}{detail}; nothing was "
+            f"written{f' ({remedy})' if remedy else ''}"
+        )
+        # the builtin type (PermissionError, ...): library subclasses may format their own args
+        builtin = next(c for c in type(err).__mro__ if c.__module__ == "builtins")
+        new = builtin(text)
+        new.errno, new.names_output = err.errno, True
+        raise new from err
+
+
+def local_output(path: str | os.PathLike, *, option: str) -> Path:
+    """``path`` as a local Path; a URL (``s3://...``) is refused: outputs are written locally."""
+    text = os.fspath(path)
+    if "://" in text:
+        raise OutputPathError(
+            f"{option} {text!r} is a URL; this output is written to a local path only "
+            "(write it locally, then copy it)"
+        )
+    return Path(text).expanduser()

@@ -14,6 +14,16 @@
    ``DIR/scores.json`` and a printed table;
 4. draws ``DIR/maps.png``, ``DIR/spectra.png`` and ``DIR/rank_histogram.png``.
 
+``DIR`` is the demo's own: it is marked as a ``demo`` output (a marker file, and the Zarr
+stores carry the global attribute ``corrdiff_xr_product = "demo"``). It may be new or empty;
+running the demo again into an earlier demo output needs ``--overwrite``, as for every
+command (an earlier run may have been a long one). Any other non-empty directory, or a demo
+directory that also holds files the demo did not write, is refused with or without
+``--overwrite``; all of that is checked before anything is computed. The outputs are built in
+a hidden folder inside ``DIR`` (which therefore stays the same directory, e.g. the working
+directory) and moved into place together when the run succeeds, so a failed or interrupted
+run leaves the earlier output (or the empty directory) as it was.
+
 ``scores.json`` holds four keys, ``crps``, ``mae_regression``, ``mae_bilinear`` and
 ``spread_skill``, each a mapping from target variable to its score (physical units; the
 spread-skill ratio is dimensionless) plus ``"overall"``: the mean over variables of the score
@@ -38,12 +48,15 @@ import xarray as xr
 
 from corrdiff_xr._atomic import write_bytes
 from corrdiff_xr.dims import MEMBER, TIME
+from corrdiff_xr.errors import CorrDiffError, InputNotFoundError
 
 __all__ = [
+    "DEMO_FILES",
     "DEMO_SIGMA_MAX",
     "DEMO_STEPS",
     "HELD_OUT_START",
     "SCORE_KEYS",
+    "DemoError",
     "DemoResult",
     "bilinear_baseline",
     "compute_scores",
@@ -66,6 +79,16 @@ SCORE_KEYS = ("crps", "mae_regression", "mae_bilinear", "spread_skill")
 DEMO_STEPS = 12
 DEMO_SIGMA_MAX = 80.0
 OVERALL = "overall"
+#: held-out hourly steps (3 days)
+HELD_OUT_TIMES = 72
+#: what the demo writes into its output directory (the product kind is "demo")
+DEMO_FILES = ("ensemble.zarr", "regression_mean.zarr", "scores.json", "maps.png",
+              "spectra.png", "rank_histogram.png")
+KIND = "demo"
+
+
+class DemoError(CorrDiffError, ValueError):
+    """The demo cannot run with the settings or model given."""
 
 
 def shipped_model_path() -> Path:
@@ -193,7 +216,8 @@ class DemoResult:
 def _write_zarr(ds: xr.Dataset, path: Path) -> xr.Dataset:
     from corrdiff_xr.data.convert import write_atomic
 
-    write_atomic(ds, path, overwrite=True)
+    # replaces only an earlier demo store (see corrdiff_xr._outputs.check_output)
+    write_atomic(ds, path, overwrite=True, kind=KIND)
     return xr.open_zarr(path)
 
 
@@ -228,10 +252,16 @@ def evaluate(
     from dask.diagnostics import ProgressBar
 
     ds = pair.dataset
-    ensemble = ds.corrdiff.downscale(
-        model, members=members, steps=steps, sampler=sampler, seed=seed
-    )
-    mean = ds.corrdiff.downscale(model, output="mean")
+    try:  # downscale checks its settings and the model's grid before building anything
+        ensemble = ds.corrdiff.downscale(
+            model, members=members, steps=steps, sampler=sampler, seed=seed
+        )
+        mean = ds.corrdiff.downscale(model, output="mean")
+    except ValueError as err:
+        if isinstance(err, CorrDiffError):
+            raise
+        label = model if isinstance(model, (str, os.PathLike)) else type(model).__name__
+        raise DemoError(f"cannot downscale the demo data with {label}: {err}") from err
     bar = ProgressBar(minimum=1.0, dt=0.5) if progress else None
     if bar is not None:
         bar.register()
@@ -262,15 +292,24 @@ def _write_json(data: Any, path: Path) -> None:
 
 # -- the command ------------------------------------------------------------------------------
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--members", type=int, default=8, help="ensemble size (default 8)")
-    parser.add_argument("--times", type=int, default=4,
-                        help="held-out hourly time steps to downscale (default 4, at most 72)")
-    parser.add_argument("--steps", type=int, default=DEMO_STEPS,
+    from corrdiff_xr.cli import bounded
+
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output directory: new, empty, or an earlier demo output (with "
+                        "--overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier demo output in --out (never anything else)")
+    parser.add_argument("--members", type=bounded(int, minimum=1), default=8,
+                        help="ensemble size (default 8)")
+    parser.add_argument("--times", type=bounded(int, minimum=1, maximum=HELD_OUT_TIMES),
+                        default=4, help="held-out hourly time steps to downscale (default 4, "
+                        f"at most {HELD_OUT_TIMES})")
+    parser.add_argument("--steps", type=bounded(int, minimum=1), default=DEMO_STEPS,
                         help=f"sampler steps (default {DEMO_STEPS})")
-    parser.add_argument("--sigma-max", type=float, default=DEMO_SIGMA_MAX,
+    parser.add_argument("--sigma-max", type=bounded(float, above=0), default=DEMO_SIGMA_MAX,
                         help=f"largest noise level of the sampler (default {DEMO_SIGMA_MAX:g})")
-    parser.add_argument("--seed", type=int, default=0, help="ensemble seed")
+    parser.add_argument("--seed", type=bounded(int, minimum=0), default=0,
+                        help="ensemble seed (default 0)")
     parser.add_argument("--model", type=Path, default=None,
                         help="checkpoint to use instead of the shipped tiny model")
     parser.add_argument("--cache-dir", default=None,
@@ -279,25 +318,40 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _checked_model(path: Path | None) -> Path:
+    """The checkpoint to use, refused now if missing or not a corrdiff_xr checkpoint."""
+    from corrdiff_xr.model import read_checkpoint_header
+
+    model = path or shipped_model_path()
+    if not model.is_file():
+        raise InputNotFoundError(f"--model {model} does not exist (or is not a file)")
+    read_checkpoint_header(model)  # CheckpointError for anything CorrDiff.save did not write
+    return model
+
+
 def run(args: argparse.Namespace) -> int:
     from corrdiff_xr import plot
+    from corrdiff_xr._outputs import output_directory, writing
+    from corrdiff_xr.data.catalog import cache_root
 
     start = time.perf_counter()
-    model = args.model or shipped_model_path()
-    if not Path(model).exists():
-        print(f"corrdiff-xr demo: model {model} does not exist")
-        return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pair = open_demo_data(cache_dir=args.cache_dir, times=args.times)
-    print(f"downscaling {pair.dataset.sizes[TIME]} held-out time steps x {args.members} members "
-          f"(Heun, {args.steps} steps from sigma {args.sigma_max:g}) with {Path(model).name}")
-    result = evaluate(pair, model, members=args.members, steps=args.steps,
-                      sampler={"sigma_max": args.sigma_max}, seed=args.seed, out=out,
-                      progress=not args.quiet)
-    _write_json(result.scores, out / "scores.json")
-    if not args.no_plots:
-        plot.save_report(result.ensemble, result.truth, out, inputs=pair.coarse)
+    model = _checked_model(args.model)
+    out = args.out.expanduser()
+    # --out is checked (and refused) before the slow first-time data build
+    with writing(out, what="demo output"), output_directory(
+        out, kind=KIND, names=DEMO_FILES, overwrite=args.overwrite, what="--out"
+    ) as staged:
+        with writing(cache_root(args.cache_dir), what="demo data cache"):
+            pair = open_demo_data(cache_dir=args.cache_dir, times=args.times)
+        print(f"downscaling {pair.dataset.sizes[TIME]} held-out time steps x {args.members} "
+              f"members (Heun, {args.steps} steps from sigma {args.sigma_max:g}) with "
+              f"{model.name}")
+        result = evaluate(pair, model, members=args.members, steps=args.steps,
+                          sampler={"sigma_max": args.sigma_max}, seed=args.seed, out=staged,
+                          progress=not args.quiet)
+        _write_json(result.scores, staged / "scores.json")
+        if not args.no_plots:
+            plot.save_report(result.ensemble, result.truth, staged, inputs=pair.coarse)
     print(format_table(result.scores))
     print(f"\nwrote {out}/ensemble.zarr, regression_mean.zarr, scores.json"
           f"{'' if args.no_plots else ', maps.png, spectra.png, rank_histogram.png'} "

@@ -8,7 +8,7 @@ settings, ``FileExistsError`` for a refused output), so callers may catch either
 
 from __future__ import annotations
 
-__all__ = ["CorrDiffError", "OutputExistsError"]
+__all__ = ["CorrDiffError", "InputNotFoundError", "OutputExistsError"]
 
 
 class CorrDiffError(Exception):
@@ -17,3 +17,7 @@ class CorrDiffError(Exception):
 
 class OutputExistsError(CorrDiffError, FileExistsError):
     """An output path exists and the command may not replace it."""
+
+
+class InputNotFoundError(CorrDiffError, FileNotFoundError):
+    """A file or store named as an input (a command's argument) does not exist."""

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from corrdiff_xr._atomic import atomic_path, discard, remove_stale, write_bytes
+from corrdiff_xr._atomic import (
+    atomic_contents,
+    atomic_path,
+    discard,
+    remove_stale,
+    write_bytes,
+)
 
 
 def _hidden(directory):
@@ -51,3 +57,29 @@ def test_discard_and_stale_leftovers(tmp_path):
     assert _hidden(tmp_path) == [".hidden-config"]
     discard(keep)
     assert not keep.exists() and _hidden(tmp_path) == [".hidden-config"]
+
+
+def test_a_directorys_entries_are_replaced_together_and_only_on_success(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.json").write_text("old a")
+    (out / "b.png").write_text("old b")
+    (out / "store").mkdir()
+    (out / "store" / "chunk").write_text("old chunk")
+    (out / "keep.txt").write_text("not one of the names")
+    names = ("a.json", "b.png", "store")
+    with pytest.raises(OSError, match="disk full"), atomic_contents(out, names) as staged:
+        (staged / "a.json").write_text("new a")
+        raise OSError(28, "disk full")
+    assert (out / "a.json").read_text() == "old a" and (out / "b.png").exists()
+    assert (out / "store" / "chunk").read_text() == "old chunk"
+    assert _hidden(out) == []
+    with atomic_contents(out, names) as staged:
+        (staged / "a.json").write_text("new a")
+        (staged / "store").mkdir()
+        (staged / "store" / "other").write_text("new chunk")
+    assert (out / "a.json").read_text() == "new a"
+    assert not (out / "b.png").exists()  # a named entry not built this time: removed
+    assert [p.name for p in (out / "store").iterdir()] == ["other"]
+    assert (out / "keep.txt").read_text() == "not one of the names"
+    assert _hidden(out) == []

@@ -15,6 +15,7 @@ import pytest
 import xarray as xr
 import zarr
 
+from corrdiff_xr._outputs import product_of
 from corrdiff_xr.cli import main
 from corrdiff_xr.data import open_pair
 from corrdiff_xr.data.convert import (
@@ -215,10 +216,38 @@ def test_cli_converts_cwb_to_a_store_with_stats_group(cwb, tmp_path, capsys):
     # ERA5 already sits on the fine grid: regridding must be the identity
     np.testing.assert_allclose(pair.inputs_on_fine["temperature850_coarse"].values,
                                pair.coarse["temperature850_coarse"].values, rtol=1e-6)
+    assert product_of(dest) == "convert"
     assert main(["convert", "cwb", str(path), str(dest)]) == 2
-    assert "exists; pass overwrite" in capsys.readouterr().err
+    assert "pass --overwrite to replace it" in capsys.readouterr().err
     assert main(["convert", "cwb", str(path), str(dest), "--overwrite", "--keep-invalid"]) == 0
     assert xr.open_zarr(dest).sizes["time"] == 4
+    assert product_of(dest) == "convert"
+    assert sorted(os.listdir(dest.parent)) == ["canonical.zarr"]  # no set-aside old store
+
+
+def test_convert_never_replaces_a_users_directory_file_or_another_product(cwb, tmp_path, capsys):
+    path, _ = cwb
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("precious")
+    table = tmp_path / "table.zarr"
+    table.write_text("a file, not a store")
+    scores = tmp_path / "scores.zarr"
+    xr.Dataset({"a": ("t", np.arange(2.0))}, attrs={"corrdiff_xr_product": "score"}).to_zarr(
+        scores
+    )
+    for dest, made in ((folder, "a directory"), (table, "a file"), (scores, "'score' output")):
+        for extra in ([], ["--overwrite"]):
+            assert main(["convert", "cwb", str(path), str(dest), *extra]) == 2
+            err = capsys.readouterr().err
+            assert f"destination {dest} exists and is" in err and made in err
+    assert os.listdir(folder) == ["notes.txt"]
+    assert (folder / "notes.txt").read_text() == "precious"
+    assert table.read_text() == "a file, not a store"
+    assert xr.open_zarr(scores)["a"].values.tolist() == [0.0, 1.0]
+    # the library function applies the same rule
+    with pytest.raises(FileExistsError, match="did not write"):
+        write_atomic(xr.Dataset({"a": ("t", np.zeros(2))}), folder, overwrite=True)
 
 
 def test_cli_converts_hrrr_mini_finding_stats_next_to_the_file(tmp_path):

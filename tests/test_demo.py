@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
 import xarray as xr
 
 from corrdiff_xr import cli, demo
+from corrdiff_xr._outputs import MARKER_FILE, product_of
 from corrdiff_xr.dims import MEMBER, TIME, X, Y
 
 TARGETS = ("t2m", "tp", "u10", "v10")
@@ -89,7 +92,8 @@ def test_demo_prints_a_score_table_with_every_variable(demo_run):
 def test_demo_refuses_a_missing_model_with_a_clear_message(tmp_path, capsys):
     rc = cli.main(["demo", "--out", str(tmp_path), "--model", str(tmp_path / "nope.safetensors")])
     assert rc == 2
-    assert "nope.safetensors does not exist" in capsys.readouterr().out
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--model" in err[0] and "nope.safetensors does not exist" in err[0]
 
 
 # -- scoring helpers on small data (no model) -----------------------------------------------
@@ -120,3 +124,68 @@ def test_score_table_has_a_row_per_variable_and_a_column_per_score():
     lines = demo.format_table(scores).splitlines()
     assert lines[0].split() == ["variable", *demo.SCORE_KEYS]
     assert [line.split()[0] for line in lines[2:]] == ["t2m", "overall"]
+
+
+# -- the output directory: only the demo's own, replaced only with --overwrite -----------------
+def _cheap_demo(out, cache, *extra):
+    return cli.main(["demo", "--out", str(out), "--members", "2", "--times", "1", "--steps", "2",
+                     "--cache-dir", str(cache), "--quiet", *extra])
+
+
+def test_demo_never_writes_into_a_users_directory(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    for extra in ([], ["--overwrite"]):
+        assert cli.main(["demo", "--out", str(mine), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {mine} exists and is a directory corrdiff-xr did not write" in err
+    assert os.listdir(mine) == ["notes.txt"]
+    assert (mine / "notes.txt").read_text() == "precious"
+
+
+def test_demo_output_is_marked_and_rerunning_into_it_needs_overwrite(demo_run, demo_cache,
+                                                                      tmp_path, capsys):
+    out = tmp_path / "again"
+    shutil.copytree(demo_run[1], out)
+    assert product_of(out) == "demo"
+    assert product_of(out / "ensemble.zarr") == product_of(out / "regression_mean.zarr") == "demo"
+    before = (out / "scores.json").read_text()
+    assert _cheap_demo(out, demo_cache, "--no-plots") == 2
+    assert "pass --overwrite to replace it" in capsys.readouterr().err
+    assert (out / "scores.json").read_text() == before
+    assert _cheap_demo(out, demo_cache, "--no-plots", "--overwrite") == 0
+    assert dict(xr.open_zarr(out / "ensemble.zarr").sizes) == {MEMBER: 2, TIME: 1, Y: 64, X: 64}
+    # the figures of the earlier run do not outlive it; nothing hidden is left behind
+    assert sorted(p.name for p in out.iterdir()) == [
+        MARKER_FILE, "ensemble.zarr", "regression_mean.zarr", "scores.json"]
+    assert product_of(out) == product_of(out / "ensemble.zarr") == "demo"
+    (out / "notes.txt").write_text("mine")
+    assert _cheap_demo(out, demo_cache, "--overwrite") == 2
+    assert "also holds notes.txt, which it did not write" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine" and (out / "scores.json").exists()
+
+
+@pytest.mark.parametrize("disk", ["read-only", "full"])
+def test_a_read_only_or_full_disk_ends_the_demo_in_one_line(demo_run, demo_cache, tmp_path,
+                                                            disk):
+    from test_cli import _in_private_tmpfs, _one_error_line, _private_tmpfs
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if not _private_tmpfs(mnt):
+        pytest.skip("cannot mount a tmpfs in a private mount namespace (needs root, unshare)")
+    out = mnt / "demo"
+    setup, reason = {
+        "read-only": (f"mount -t tmpfs -o ro tmpfs {mnt}", "Read-only file system"),
+        # one free page: the marker fits, the first store does not
+        "full": (f"mount -t tmpfs -o size=64k tmpfs {mnt} && head -c 61440 /dev/zero > {mnt}/f",
+                 "No space left on device"),
+    }[disk]
+    argv = ["demo", "--out", str(out), "--members", "1", "--times", "1", "--steps", "1",
+            "--no-plots", "--quiet", "--cache-dir", str(demo_cache)]
+    rc, stderr, listing = _in_private_tmpfs(mnt, setup, argv)
+    assert rc == 1, stderr
+    line = _one_error_line(stderr)
+    assert f"could not write demo output {out}: {reason}" in line
+    assert listing == ([] if disk == "read-only" else ["f"])  # no partial output directory

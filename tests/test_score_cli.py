@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import netCDF4
 import numpy as np
 import properscoring
@@ -9,6 +11,7 @@ import pytest
 import xarray as xr
 
 from corrdiff_xr import cli, score_cli, scoring
+from corrdiff_xr._outputs import product_of
 from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
 
 NAMES = ("t2m", "tp")
@@ -143,18 +146,20 @@ def test_rewriting_a_zarr_output_replaces_it_without_leftovers(tmp_path):
     target = tmp_path / "scores.zarr"
     score_cli.write_atomic(first, target)
     second = first.isel(metric=[0])
-    score_cli.write_atomic(second, target)
+    score_cli.write_atomic(second, target, overwrite=True)
     assert xr.open_zarr(target)["metric"].values.tolist() == ["crps"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.zarr"]
 
 
-def test_missing_truth_is_a_clear_error(tmp_path):
+def test_missing_truth_is_a_clear_error(tmp_path, capsys):
     pred, _ = make_pair()
     pred.to_zarr(tmp_path / "pred.zarr")
     with pytest.raises(ValueError, match="no truth group 'truth'; pass --truth"):
-        cli.main(["score", str(tmp_path / "pred.zarr")])
+        score_cli.open_prediction(str(tmp_path / "pred.zarr"))
     with pytest.raises(FileNotFoundError, match="missing.nc"):
-        cli.main(["score", str(tmp_path / "missing.nc")])
+        score_cli.open_prediction(str(tmp_path / "missing.nc"))
+    assert cli.main(["score", str(tmp_path / "pred.zarr")]) == 2
+    assert "no truth group 'truth'; pass --truth" in capsys.readouterr().err
 
 
 def test_score_command_reads_fsspec_urls_and_writes_plots(tmp_path, capsys):
@@ -166,6 +171,7 @@ def test_score_command_reads_fsspec_urls_and_writes_plots(tmp_path, capsys):
     argv = ["score", f"{url}/pred.zarr", "--truth", f"{url}/truth.zarr", "--plots", str(plots)]
     assert cli.main([*argv, "--variables", "tp", "--metrics", "crps"]) == 0
     assert sorted(p.name for p in plots.iterdir()) == [
+        ".corrdiff_xr_output",  # the marker: a later --overwrite may replace this folder
         "maps.png",
         "rank_histogram.png",
         "spectra.png",
@@ -190,3 +196,72 @@ def test_reader_round_trips_the_generate_commands_reference_netcdf(tmp_path):
         np.testing.assert_allclose(groups["truth"][name], truth[name].astype("f4"))
     np.testing.assert_array_equal(groups["prediction"][TIME].values, pred[TIME].values)
     assert groups["input"]["tp_coarse"].attrs["units"] == UNITS["tp"]
+
+
+# -- outputs: only our own, only with --overwrite ---------------------------------------------
+def _stores(tmp_path):
+    pred, truth = make_pair()
+    pred.to_zarr(tmp_path / "pred.zarr")
+    truth.to_zarr(tmp_path / "truth.zarr")
+    return ["score", str(tmp_path / "pred.zarr"), "--truth", str(tmp_path / "truth.zarr")]
+
+
+def test_score_never_replaces_a_users_file_or_directory(tmp_path, capsys):
+    argv = _stores(tmp_path)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("precious")
+    table = tmp_path / "table.nc"
+    table.write_text("my own table")
+    for option, target in (("-o", folder), ("-o", table), ("--plots", folder)):
+        for extra in ([], ["--overwrite"]):
+            assert cli.main([*argv, option, str(target), *extra]) == 2
+            err = capsys.readouterr().err
+            assert f"{target} exists and is a" in err and "did not write" in err
+    assert os.listdir(folder) == ["notes.txt"]
+    assert (folder / "notes.txt").read_text() == "precious"
+    assert table.read_text() == "my own table"
+
+
+@pytest.mark.parametrize("name", ["scores.nc", "scores.zarr"])
+def test_a_score_output_is_marked_and_replaced_only_with_overwrite(tmp_path, capsys, name):
+    argv = _stores(tmp_path)
+    out = tmp_path / name
+    assert cli.main([*argv, "-o", str(out), "--metrics", "crps"]) == 0
+    assert product_of(out) == "score"
+    assert cli.main([*argv, "-o", str(out), "--metrics", "mae"]) == 2  # re-scored
+    assert f"{out} exists" in capsys.readouterr().err
+    assert xr.open_dataset(out)["metric"].values.tolist() == ["crps"]
+    assert cli.main([*argv, "-o", str(out), "--metrics", "mae", "--overwrite"]) == 0
+    assert xr.open_dataset(out)["metric"].values.tolist() == ["mae"]
+    assert product_of(out) == "score"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "pred.zarr", "truth.zarr"])
+
+
+def test_score_never_replaces_another_products_output(tmp_path, capsys):
+    from corrdiff_xr.data.convert import write_atomic as write_canonical
+
+    argv = _stores(tmp_path)
+    other = write_canonical(xr.Dataset({"a": ("t", np.arange(3.0))}), tmp_path / "c.zarr")
+    assert cli.main([*argv, "-o", str(other), "--overwrite"]) == 2
+    assert "a corrdiff-xr 'convert' output; refusing" in capsys.readouterr().err
+    np.testing.assert_array_equal(xr.open_zarr(other)["a"].values, np.arange(3.0))
+
+
+def test_a_plots_folder_is_replaced_with_overwrite_unless_it_holds_a_users_file(
+    tmp_path, capsys
+):
+    argv = [*_stores(tmp_path), "--metrics", "crps"]
+    plots = tmp_path / "plots"
+    assert cli.main([*argv, "--plots", str(plots)]) == 0
+    assert product_of(plots) == "score-plots"
+    first = (plots / "maps.png").stat().st_mtime_ns
+    assert cli.main([*argv, "--plots", str(plots)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert cli.main([*argv, "--plots", str(plots), "--overwrite"]) == 0
+    assert (plots / "maps.png").stat().st_mtime_ns != first
+    assert not [p for p in os.listdir(plots) if ".tmp-" in p or ".old-" in p]
+    (plots / "notes.txt").write_text("mine")
+    assert cli.main([*argv, "--plots", str(plots), "--overwrite"]) == 2
+    assert "also holds notes.txt" in capsys.readouterr().err
+    assert (plots / "notes.txt").read_text() == "mine"

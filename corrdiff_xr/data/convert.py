@@ -24,15 +24,17 @@ regridding is then the identity); invalid times are dropped as the reference doe
 
 Inputs get the suffix ``_coarse`` so their names never clash with the targets'. Statistics
 go to the store's ``stats`` group. Every conversion is written to a temporary sibling path
-and renamed into place: a failure leaves nothing at the destination.
+and renamed into place: a failure leaves nothing at the destination. The store is marked as a
+``convert`` product (global attribute ``corrdiff_xr_product``); an existing destination is
+replaced only if it is such a store and ``overwrite`` is given (:mod:`corrdiff_xr._outputs`),
+never a user's file or directory or another product. The ``corrdiff-xr convert`` command is
+:mod:`corrdiff_xr.convert_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,7 +44,6 @@ import xarray as xr
 
 from corrdiff_xr._atomic import atomic_path
 from corrdiff_xr.data.stats import write_stats
-from corrdiff_xr.data.validate import validate
 from corrdiff_xr.dims import (
     LAT,
     LAT_COARSE,
@@ -55,14 +56,12 @@ from corrdiff_xr.dims import (
     X,
     Y,
 )
-from corrdiff_xr.errors import CorrDiffError
+from corrdiff_xr.errors import CorrDiffError, InputNotFoundError
 
 __all__ = [
     "ConversionError",
-    "configure_parser",
     "cwb_to_canonical",
     "hrrr_mini_to_canonical",
-    "run",
     "stats_dataset",
     "write_atomic",
 ]
@@ -117,26 +116,51 @@ def write_atomic(
     *,
     stats: xr.Dataset | None = None,
     overwrite: bool = False,
+    kind: str = "convert",
 ) -> Path:
     """Write ``ds`` (and ``stats`` in group ``stats``) to a local Zarr store, atomically.
 
     The store is built at a hidden sibling path and renamed onto ``dest`` only once complete,
-    so a failure (bad chunk, full disk, interrupt) leaves ``dest`` as it was.
+    so a failure (bad chunk, full disk, interrupt) leaves ``dest`` as it was. It is marked as
+    a ``kind`` product; an existing ``dest`` is replaced only if it is a ``kind`` product and
+    ``overwrite`` is True.
+
+    Raises
+    ------
+    OutputExistsError
+        ``dest`` exists and may not be replaced (see :func:`corrdiff_xr._outputs.check_output`).
     """
+    from corrdiff_xr._outputs import PRODUCT_ATTR, check_output
+
     dest = Path(dest).expanduser().absolute()
-    if dest.exists() and not overwrite:
-        raise FileExistsError(f"{dest} exists; pass overwrite=True (CLI: --overwrite)")
+    check_output(dest, kind=kind, overwrite=overwrite, what="destination")
     with atomic_path(dest) as tmp:
         with warnings.catch_warnings():
             # consolidated metadata is a zarr-python extension to v3; it saves remote reads
             warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-            ds.to_zarr(tmp, mode="w", consolidated=True)
+            ds.assign_attrs({PRODUCT_ATTR: kind}).to_zarr(tmp, mode="w", consolidated=True)
         if stats is not None:
             write_stats(tmp, stats)
     return dest
 
 
 # -- HRRR-Mini ---------------------------------------------------------------------------------
+def _read_stats_json(path: str | os.PathLike) -> dict:
+    """The reference's stats.json: ``{group: {name: {"mean", "std"}}}``."""
+    if not os.path.isfile(path):
+        raise InputNotFoundError(
+            f"HRRR-Mini statistics {path} not found (pass --stats PATH to the stats.json)"
+        )
+    try:
+        with open(path) as fh:
+            raw = json.load(fh)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise ConversionError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(raw, dict):
+        raise ConversionError(f"{path}: expected a JSON object of groups, got {raw!r:.80}")
+    return raw
+
+
 def _group(path: str, group: str) -> xr.Dataset:
     """A NetCDF group opened lazily (dask-backed, the file's own chunks)."""
     try:
@@ -206,8 +230,14 @@ def hrrr_mini_to_canonical(
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"HRRR-Mini file not found: {path}")
-    root = xr.open_dataset(path, engine="netcdf4", chunks={})
+        raise InputNotFoundError(f"HRRR-Mini file not found: {path}")
+    try:
+        root = xr.open_dataset(path, engine="netcdf4", chunks={})
+    except (OSError, ValueError) as err:
+        raise ConversionError(
+            f"{path}: not a readable NetCDF-4 file ({err}); HRRR-Mini is one NetCDF file "
+            "(a CWB Zarr store is layout 'cwb')"
+        ) from err
     for name in ("time", "coord"):
         if name not in root.variables:
             raise ConversionError(f"{path}: root group lacks {name!r} (HRRR-Mini layout)")
@@ -257,17 +287,22 @@ def hrrr_mini_to_canonical(
     lat_var, lon_var = _find_latlon(path, {"root": root, "invariant": inv})
     lat, lon = crop(lat_var).astype(np.float64), crop(lon_var).astype(np.float64)
 
-    with open(stats_path) as fh:
-        raw_stats = json.load(fh)
+    raw_stats = _read_stats_json(stats_path)
     stats: dict[str, tuple[float, float]] = {}
 
     def stat(group: str, name: str) -> tuple[float, float]:
-        try:
-            entry = raw_stats[group][name]
-            return float(entry["mean"]), float(entry["std"])
-        except KeyError as err:
+        entry = raw_stats.get(group)
+        entry = entry.get(name) if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or not {"mean", "std"} <= set(entry):
             raise ConversionError(
-                f"{stats_path}: no mean/std for {group}/{name} (missing key {err})"
+                f"{stats_path}: no mean/std for {group}/{name} (expected "
+                f'{{"{group}": {{"{name}": {{"mean": ..., "std": ...}}}}}}, got {entry!r:.60})'
+            )
+        try:
+            return float(entry["mean"]), float(entry["std"])
+        except (TypeError, ValueError) as err:
+            raise ConversionError(
+                f"{stats_path}: {group}/{name} mean/std must be numbers, got {entry!r:.60}"
             ) from err
 
     data_vars: dict[str, tuple] = {}
@@ -354,7 +389,7 @@ def cwb_to_canonical(
         src = source
     else:
         if not os.path.exists(label):
-            raise FileNotFoundError(f"CWB Zarr store not found: {label}")
+            raise InputNotFoundError(f"CWB Zarr store not found: {label}")
         try:
             src = xr.open_zarr(label, consolidated=None)
         except (OSError, ValueError) as err:  # zarr's "no group found" and friends
@@ -442,61 +477,3 @@ def cwb_to_canonical(
         },
     )
     return ds, stats_dataset(stats)
-
-
-# -- CLI ---------------------------------------------------------------------------------------
-LAYOUTS = ("hrrr-mini", "cwb")
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options of ``corrdiff-xr convert``."""
-    add = parser.add_argument
-    add("layout", choices=LAYOUTS, help="layout of the source dataset")
-    add("source", help="HRRR-Mini NetCDF file or CWB Zarr directory")
-    add("dest", help="canonical Zarr store to write (local path)")
-    add("--stats", help="HRRR-Mini stats.json (default: next to the source)")
-    add("--window", help="HRRR-Mini: keep the samples of window ROW,COL or 'most_common'")
-    add("--time-chunk", type=int, default=1, help="time steps per chunk")
-    add("--keep-invalid", action="store_true", help="CWB: keep times flagged invalid")
-    add("--overwrite", action="store_true", help="replace an existing dest")
-
-
-def _parse_window(text: str | None) -> tuple[int, int] | str | None:
-    if text is None or text == "most_common":
-        return text
-    parts = text.split(",")
-    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
-        raise ConversionError(f"--window: expected ROW,COL or most_common, got {text!r}")
-    return int(parts[0]), int(parts[1])
-
-
-def run(args: argparse.Namespace) -> int:
-    """Convert ``args.source`` to a canonical Zarr store at ``args.dest``.
-
-    Returns 2 with a one-line message for user errors (missing files, an existing
-    destination, a source not in the named layout); other failures raise.
-    """
-    from corrdiff_xr.data.layout import DataError
-
-    try:
-        return _convert(args)
-    except (FileNotFoundError, FileExistsError, ConversionError, DataError) as err:
-        print(f"corrdiff-xr convert: error: {err}", file=sys.stderr)
-        return 2
-
-
-def _convert(args: argparse.Namespace) -> int:
-    if args.layout == "hrrr-mini":
-        default_stats = os.path.join(os.path.dirname(args.source), "stats.json")
-        ds, stats = hrrr_mini_to_canonical(
-            args.source, args.stats or default_stats, window=_parse_window(args.window)
-        )
-    else:
-        ds, stats = cwb_to_canonical(args.source, keep_invalid=args.keep_invalid)
-    validate(ds, check_values=False)  # refuse to write a store open_pair would reject
-    ds = ds.chunk({TIME: max(1, args.time_chunk)})
-    for var in ds.variables.values():
-        var.encoding.clear()
-    dest = write_atomic(ds, args.dest, stats=stats, overwrite=args.overwrite)
-    print(f"wrote {dest}: {len(ds.time)} times, variables {list(ds.data_vars)}")
-    return 0

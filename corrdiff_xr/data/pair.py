@@ -91,7 +91,12 @@ def open_dataset(
         if shown != f"'{source}': {type(err).__name__}: {err}":
             raise StoreError(f"cannot read Zarr store {shown}") from None
         raise StoreError(f"cannot read Zarr store {shown}") from err
-    return ds.assign_coords(coords)
+    ds = ds.assign_coords(coords)
+    # a copy of our output written elsewhere must not look like one of our outputs
+    from corrdiff_xr._outputs import PRODUCT_ATTR
+
+    ds.attrs.pop(PRODUCT_ATTR, None)
+    return ds
 
 
 @dataclass(frozen=True, eq=False)

@@ -127,7 +127,7 @@ def test_generate_refuses_a_store_of_another_request_naming_the_field(inputs, tm
     rc, lines = _run(_args(root, out, "--times", "2020-01-01T00:00", "--seed", "9"), capsys)
     line = _error_line(lines)
     assert rc == 2 and "different request" in line and "request.sampling.seed: stored 0, requested 9" in line
-    assert "--overwrite" in line and str(out) in line
+    assert "--overwrite" in line and "another --zarr" in line and str(out) in line
     assert main(_args(root, out, "--times", "2020-01-01T00:00", "--seed", "9", "--overwrite")) == 0
     assert xr.open_zarr(out).attrs["corrdiff_seed"] == 9
     rc, lines = _run(_args(root, tmp_path / "x.zarr", "--times", "2031-01-01"), capsys)

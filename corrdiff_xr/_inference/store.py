@@ -216,10 +216,11 @@ def holds_request(path: str | os.PathLike, identity: Mapping[str, Any], *, kind:
         if not overwrite:
             diffs = _differences(found, identity)
             more = f", and {len(diffs) - 6} more" if len(diffs) > 6 else ""
+            option = what.split()[0] if what.startswith("--") else "path"  # e.g. "--zarr store"
             raise RequestMismatchError(
                 f"{what} {path} holds the output of a different request ({len(diffs)} field(s) "
                 f"differ: {'; '.join(diffs[:6])}{more}); pass --overwrite to start again, or "
-                "choose another path"
+                f"choose another {option}"
             )
     check_output(path, kind=kind, overwrite=overwrite, what=what)  # never anything not ours
     return False

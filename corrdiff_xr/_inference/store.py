@@ -1,30 +1,48 @@
-"""Resumable Zarr writes and the reference's NetCDF layout.
+"""Crash-safe, resumable Zarr writes and the reference's NetCDF layout.
 
-:func:`write_zarr` streams a lazy downscaled Dataset to Zarr one output block at a time.
-The store's metadata and coordinates are written first, then every block is one task that
-computes its chunk of every variable, writes it into the store (chunks of the store are the
-blocks, so writes never overlap) and leaves a completion record: an empty file named after
-the block in the sibling directory ``<store>.progress/`` (outside the store, which Zarr
-would otherwise flag as foreign content), created by atomic rename after the data is written. Running the same request again finds the store, checks that it was made by the same
-request (a fingerprint of the attributes, sizes, chunks and times) and computes only the
-blocks without a record. Blocks are deterministic, so a rerun (or a task re-run after a
-worker died) writes the same bytes and a resumed store equals an uninterrupted one.
+:func:`write_zarr` streams a lazy downscaled Dataset to Zarr one output block at a time. A
+process killed at any file write leaves either nothing but hidden leftovers (which the next
+run removes) or a store that running the same request again completes to equal an
+uninterrupted run:
+
+* The store is initialised atomically: metadata, coordinates and the identity record are
+  written into a hidden sibling (:func:`corrdiff_xr._atomic.atomic_path`) that is renamed
+  into place, so a store at the path always has all its metadata.
+* Every block is one task that computes its chunk of every variable, writes it into the
+  store (chunks of the store are the blocks, so writes never overlap) and then leaves a
+  completion record: an empty file named after the block in the sibling directory
+  ``<store>.progress/`` (outside the store, where Zarr would see foreign content), created by
+  atomic rename. The records of a store are deleted before that store is replaced, so a
+  record always describes the store at the path.
+* The identity record (root attribute :data:`IDENTITY_ATTR`, plain JSON) holds the request
+  the caller describes (checkpoint hash, data source, sampling settings ...) and the store's
+  layout (variables, sizes, chunks, times, coordinates, attributes). A run that finds a
+  store of another request refuses and names the fields that differ, unless ``overwrite``.
+
+Nothing is replaced that corrdiff_xr did not write: stores and NetCDF files carry the
+product marker (:data:`corrdiff_xr._outputs.PRODUCT_ATTR`), the record directory a marker
+file, and :func:`corrdiff_xr._outputs.check_output` refuses anything else (a user's
+directory or file, a foreign store), with or without ``overwrite``. Blocks are
+deterministic, so a rerun (or a task re-run after a worker died) writes the same bytes.
 
 :func:`write_reference_netcdf` writes PhysicsNeMo's ``generate.py`` layout: root ``lat``,
 ``lon`` (y, x) and ``time`` (int64 hours since 1990-01-01), groups ``input`` (regridded inputs,
 time x y x), ``truth`` (targets, when the dataset has them) and ``prediction`` (ensemble x
-time x y x). It streams one time step at a time into a temporary file renamed into place.
+time x y x). It streams one time step at a time into a temporary file renamed into place,
+and records the same identity as the store it was written from.
 """
 
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import itertools
 import json
 import os
-import shutil
+import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,25 +51,182 @@ import xarray as xr
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from corrdiff_xr._atomic import atomic_path, write_bytes
+from corrdiff_xr._atomic import atomic_path, discard, remove, remove_stale, write_bytes
+from corrdiff_xr._outputs import PRODUCT_ATTR, check_output, mark_directory, product_of
 from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
+from corrdiff_xr.errors import OutputExistsError
 
-__all__ = ["progress", "progress_dir", "write_reference_netcdf", "write_zarr"]
+__all__ = ["IDENTITY_ATTR", "RequestMismatchError", "holds_request", "progress", "progress_dir",
+           "store_identity", "times_fingerprint", "write_reference_netcdf", "write_zarr"]
 
 PROGRESS_SUFFIX = ".progress"
-_FINGERPRINT = "corrdiff_request"
+#: root attribute (Zarr) / global attribute (NetCDF) holding the identity record, as JSON
+IDENTITY_ATTR = "corrdiff_request"
 REFERENCE_TIME_UNITS = "hours since 1990-01-01 00:00:00"
+# zarr's LocalStore writes each file as <name>.<32 hex>.partial, then renames it
+_ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
-def fingerprint(ds: xr.Dataset) -> str:
-    """Hash of what a store must hold: attributes, variables, sizes, chunks and times."""
-    desc = {
-        "attrs": {k: str(v) for k, v in ds.attrs.items()},
-        "vars": {n: [list(v.dims), [list(c) for c in (v.chunks or ())]] for n, v in ds.data_vars.items()},
-        "sizes": dict(ds.sizes),
-        "time": ds[TIME].values.astype("datetime64[ns]").astype(np.int64).tolist(),
+class RequestMismatchError(OutputExistsError):
+    """An output of ours holds another request than the one being run."""
+
+
+# -- the identity record -----------------------------------------------------------------------
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _strict(value: Any) -> Any:
+    # inf/nan as strings: strict JSON, and a record with a NaN still equals itself
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    return [_strict(v) for v in value] if isinstance(value, list) else value
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples as lists, numpy scalars as numbers)."""
+    return _strict(json.loads(json.dumps(value, default=_json_default)))
+
+
+def times_fingerprint(times: Any) -> dict[str, Any]:
+    """Count, first and last time and a blake2b hash of the (nanosecond) times."""
+    ns = np.asarray(times).astype("datetime64[ns]")
+    return {
+        "count": int(ns.size),
+        "first": str(ns[0]) if ns.size else None,
+        "last": str(ns[-1]) if ns.size else None,
+        "blake2b": _digest(ns.astype(np.int64).tobytes()),
     }
-    return hashlib.blake2b(json.dumps(desc, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def _chunking(chunks: tuple[int, ...]) -> int | list[int]:
+    """One size for regular chunks (the last may be shorter), else every chunk."""
+    regular = all(c == chunks[0] for c in chunks[:-1]) and chunks[-1] <= chunks[0]
+    return int(chunks[0]) if regular else [int(c) for c in chunks]
+
+
+def _values_digest(var: xr.DataArray) -> dict[str, Any]:
+    values = np.asarray(var.values)
+    data = json.dumps(values.tolist(), default=str).encode() if values.dtype.kind == "O" else (
+        np.ascontiguousarray(values).tobytes())
+    return {"dims": list(var.dims), "dtype": str(values.dtype), "blake2b": _digest(data)}
+
+
+def store_identity(ds: xr.Dataset, request: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The identity record of a store of ``ds``: the caller's ``request`` and the layout.
+
+    ``request`` describes what produced ``ds`` (the command's checkpoint hash, data source,
+    sampling settings; any JSON-able mapping). The layout is read from ``ds``: variables and
+    their dims, sizes, chunks, times, a hash of every other coordinate, and the attributes.
+    """
+    first = next(iter(ds.data_vars.values()))
+    layout = {
+        "variables": {str(n): list(v.dims) for n, v in ds.data_vars.items()},
+        "sizes": {str(d): int(n) for d, n in ds.sizes.items()},
+        "chunks": {str(d): _chunking(c) for d, c in zip(first.dims, first.chunks or ())},
+        "times": times_fingerprint(ds[TIME].values),
+        "coords": {str(n): _values_digest(v) for n, v in ds.coords.items() if n != TIME},
+        "attrs": dict(ds.attrs),
+    }
+    return _jsonable({"request": dict(request or {}), "store": layout})
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict) or (not tree and prefix):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 48 else text[:45] + "..."
+
+
+def _differences(found: Any, identity: Mapping[str, Any]) -> list[str]:
+    """``field: stored X, requested Y`` for each field of the identity record that differs.
+
+    Fields of the request come first; the layout's are listed only when the requests agree
+    (a changed seed also changes the layout's attributes: name the cause, not the echo).
+    """
+    if not isinstance(found, dict):
+        return ["the identity record is missing or unreadable"]
+    for section in ("request", "store"):
+        old, new = _flatten(found.get(section) or {}), _flatten(identity.get(section) or {})
+        missing = object()
+        keys = sorted(k for k in old.keys() | new.keys() if old.get(k, missing) != new.get(k, missing))
+        if keys:
+            return [
+                f"{section}.{k}: stored {_short(old[k]) if k in old else 'nothing'}, requested "
+                f"{_short(new[k]) if k in new else 'nothing'}" for k in keys
+            ]
+    return []
+
+
+def _stored_identity(path: Path) -> Any:
+    """The identity record of our Zarr store or NetCDF file at ``path`` (None if absent)."""
+    if path.is_dir():
+        import zarr
+
+        return zarr.open_group(str(path), mode="r").attrs.get(IDENTITY_ATTR)
+    import netCDF4
+
+    with netCDF4.Dataset(path) as nc:
+        text = nc.getncattr(IDENTITY_ATTR) if IDENTITY_ATTR in nc.ncattrs() else None
+    try:
+        return None if text is None else json.loads(text)
+    except ValueError:
+        return None
+
+
+def holds_request(path: str | os.PathLike, identity: Mapping[str, Any], *, kind: str = "generate",
+                  overwrite: bool = False, what: str = "output") -> bool:
+    """Whether ``path`` already holds the output of this very request (so it is kept).
+
+    False means ``path`` may be written: nothing is there (or an empty directory), or our
+    ``kind`` output of another request and ``overwrite`` is set.
+
+    Raises
+    ------
+    RequestMismatchError
+        ``path`` holds our output of another request and ``overwrite`` is False; the message
+        names the fields that differ.
+    OutputExistsError
+        ``path`` holds anything corrdiff_xr did not write as a ``kind`` output.
+    """
+    path = Path(path)
+    if product_of(path) == kind:
+        found = _stored_identity(path)
+        if found == identity:
+            return True
+        if not overwrite:
+            diffs = _differences(found, identity)
+            more = f", and {len(diffs) - 6} more" if len(diffs) > 6 else ""
+            option = what.split()[0] if what.startswith("--") else "path"  # e.g. "--zarr store"
+            raise RequestMismatchError(
+                f"{what} {path} holds the output of a different request ({len(diffs)} field(s) "
+                f"differ: {'; '.join(diffs[:6])}{more}); pass --overwrite to start again, or "
+                f"choose another {option}"
+            )
+    check_output(path, kind=kind, overwrite=overwrite, what=what)  # never anything not ours
+    return False
+
+
+# -- the Zarr store ----------------------------------------------------------------------------
 
 
 def _blocks(ds: xr.Dataset) -> list[tuple[tuple[int, ...], dict[str, slice]]]:
@@ -84,8 +259,57 @@ def progress(store: str | os.PathLike) -> set[str]:
     return {p.name for p in path.iterdir() if not p.name.startswith(".")} if path.exists() else set()
 
 
-def _touch_atomic(path: Path) -> None:
-    write_bytes(path, b"", fsync=False)
+def _remove_leftovers(path: Path) -> None:
+    """Remove the hidden partial copies (and set-aside old ones) killed writers of ``path`` left."""
+    for tag in ("tmp", "old"):
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.{tag}-*"):
+            remove(stale)
+
+
+def _check_records(store: Path, kind: str) -> None:
+    """Refuse a ``<store>.progress`` that is not our record directory (never deleted)."""
+    records = progress_dir(store)
+    if not os.path.lexists(records):
+        return
+    ours = records.is_dir() and not records.is_symlink() and (
+        product_of(records) == f"{kind}{PROGRESS_SUFFIX}" or not any(records.iterdir()))
+    if not ours:
+        raise OutputExistsError(
+            f"completion-record directory {records} of {store} exists but corrdiff-xr did not "
+            "make it; refusing to touch it (move it away, or choose another path)"
+        )
+
+
+def _initialise(ds: xr.Dataset, store: Path, identity: dict[str, Any], kind: str) -> None:
+    """Metadata, coordinates and identity into a hidden sibling, then renamed into place."""
+    encoding = {n: {"chunks": [c[0] for c in v.chunks]} for n, v in ds.data_vars.items()}
+    template = ds.copy()
+    template.attrs.update({IDENTITY_ATTR: identity, PRODUCT_ATTR: kind})
+    records = progress_dir(store)
+    with atomic_path(store) as staged:
+        template.to_zarr(staged, mode="w-", compute=False, encoding=encoding, consolidated=False)
+        if os.path.lexists(records):
+            # records describe the store at the path, which is about to be replaced (or was
+            # deleted by hand): drop them first, so none outlives its store
+            discard(records)
+
+
+def _open_records(store: Path, kind: str) -> None:
+    """Create the (marked) record directory atomically, or clean partial records in it."""
+    records = progress_dir(store)
+    if records.is_dir() and product_of(records) == f"{kind}{PROGRESS_SUFFIX}":
+        remove_stale(records)
+        return
+    with atomic_path(records) as staged:
+        staged.mkdir()
+        mark_directory(staged, f"{kind}{PROGRESS_SUFFIX}")
+
+
+def _remove_partials(store: Path) -> None:
+    for root, _, files in os.walk(store):
+        for name in files:
+            if _ZARR_PARTIAL.search(name):
+                os.unlink(os.path.join(root, name))
 
 
 def _write_block(values: list[np.ndarray], *, store: str, block: dict[str, slice], done: str,
@@ -96,12 +320,26 @@ def _write_block(values: list[np.ndarray], *, store: str, block: dict[str, slice
     region = tuple(block.values())
     for name, data in zip(names, values):
         group[name][region] = data
-    _touch_atomic(progress_dir(store) / done)
+    write_bytes(progress_dir(store) / done, b"", fsync=False)
     return done
 
 
-def write_zarr(ds: xr.Dataset, store: str | os.PathLike, *, overwrite: bool = False,
-               client: Any = None) -> dict[str, int]:
+def _prepare(ds: xr.Dataset, store: Path, identity: dict[str, Any], *, kind: str,
+             overwrite: bool, what: str) -> None:
+    """Make ``store`` hold this request's metadata and records: resume, start, or refuse."""
+    _remove_leftovers(store)
+    _remove_leftovers(progress_dir(store))
+    _check_records(store, kind)
+    if holds_request(store, identity, kind=kind, overwrite=overwrite, what=what):
+        _remove_partials(store)  # of chunk writes a kill interrupted (their blocks rerun)
+    else:
+        _initialise(ds, store, identity, kind)
+    _open_records(store, kind)
+
+
+def write_zarr(ds: xr.Dataset, store: str | os.PathLike, *, request: Mapping[str, Any] | None = None,
+               overwrite: bool = False, client: Any = None, kind: str = "generate",
+               what: str = "Zarr store") -> dict[str, int]:
     """Write ``ds`` to a local Zarr ``store``, resuming an interrupted write of the same request.
 
     Parameters
@@ -111,41 +349,34 @@ def write_zarr(ds: xr.Dataset, store: str | os.PathLike, *, overwrite: bool = Fa
         alike).
     store
         Directory of the Zarr store.
+    request
+        What produced ``ds`` (JSON-able), kept in the identity record with the layout
+        (:func:`store_identity`); a store of a different request is not resumed.
     overwrite
-        Start again when ``store`` holds a different request (otherwise an error).
+        Replace our store of a different request (otherwise an error naming the fields that
+        differ). Never replaces anything else.
     client
         A dask.distributed Client to run on; None uses the current dask scheduler.
+    kind, what
+        The product marker written into the store, and how messages name the store.
 
     Returns
     -------
     dict
         ``{"blocks": total, "written": computed now, "skipped": already complete}``.
+
+    Raises
+    ------
+    RequestMismatchError, OutputExistsError
+        See :func:`holds_request`; also for a ``<store>.progress`` that is not ours.
     """
-    store = str(store)
-    key = fingerprint(ds)
+    store = Path(store)
     blocks = _blocks(ds)
-    if Path(store).exists():
-        try:
-            found = xr.open_zarr(store, consolidated=False).attrs.get(_FINGERPRINT)
-        except Exception:  # noqa: BLE001 - a broken store is treated as a foreign one
-            found = None
-        if found != key and not overwrite:
-            raise FileExistsError(
-                f"{store} exists and holds a different request (fingerprint {found} != {key}); "
-                "pass overwrite=True (--overwrite) to replace it"
-            )
-        fresh = found != key
-    else:
-        fresh = True
-    if fresh:
-        encoding = {n: {"chunks": [c[0] for c in v.chunks]} for n, v in ds.data_vars.items()}
-        template = ds.copy()
-        # coordinates are written now (a lazy lat/lon would otherwise stay unwritten)
-        template = template.assign_coords({k: v.load() for k, v in template.coords.items() if v.chunks})
-        template.attrs[_FINGERPRINT] = key
-        template.to_zarr(store, mode="w", compute=False, encoding=encoding, consolidated=False)
-        shutil.rmtree(progress_dir(store), ignore_errors=True)
-    progress_dir(store).mkdir(exist_ok=True)
+    # lazy coordinates (lat/lon) are loaded once, for the identity and the store's template
+    ds = ds.assign_coords({k: v.load() for k, v in ds.coords.items() if v.chunks})
+    identity = store_identity(ds, request)
+    key = _digest(json.dumps(identity, sort_keys=True).encode())
+    _prepare(ds, store, identity, kind=kind, overwrite=overwrite, what=what)
     done = progress(store)
     # One write task per missing block, depending directly on that block's chunk of every
     # variable (built key by key: cheap for thousands of blocks).
@@ -156,7 +387,7 @@ def write_zarr(ds: xr.Dataset, store: str | os.PathLike, *, overwrite: bool = Fa
     for idx, block in blocks:
         bid = _block_id(block)
         if bid not in done:
-            fn = functools.partial(_write_block, store=store, block=block, done=bid, names=names)
+            fn = functools.partial(_write_block, store=str(store), block=block, done=bid, names=names)
             layer[(wname, *idx)] = (fn, [(a.name, *idx) for a in arrays])
     if layer:
         final = f"corrdiff-written-{key}"
@@ -168,7 +399,7 @@ def write_zarr(ds: xr.Dataset, store: str | os.PathLike, *, overwrite: bool = Fa
         else:
             job.compute()
     written = len(layer) - 1 if layer else 0
-    _consolidate(store)  # every block is in: readers then open it with one metadata read
+    _consolidate(str(store))  # every block is in: readers then open it with one metadata read
     return {"blocks": len(blocks), "written": written, "skipped": len(blocks) - written}
 
 
@@ -178,7 +409,10 @@ def _consolidate(store: str) -> None:
     with warnings.catch_warnings():
         # consolidated metadata is a zarr-python extension to v3; it saves remote reads
         warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-        zarr.consolidate_metadata(store)
+        zarr.consolidate_metadata(store)  # one atomic rewrite of the root zarr.json
+
+
+# -- the reference's NetCDF layout -------------------------------------------------------------
 
 
 def _time_hours(times: np.ndarray) -> np.ndarray:
@@ -187,7 +421,8 @@ def _time_hours(times: np.ndarray) -> np.ndarray:
 
 
 def write_reference_netcdf(path: str | os.PathLike, prediction: xr.Dataset, *,
-                           inputs: xr.Dataset | None = None, truth: xr.Dataset | None = None) -> Path:
+                           inputs: xr.Dataset | None = None, truth: xr.Dataset | None = None,
+                           overwrite: bool = False, kind: str = "generate") -> Path:
     """Write the reference's NetCDF layout, one time step at a time, atomically.
 
     Parameters
@@ -195,47 +430,33 @@ def write_reference_netcdf(path: str | os.PathLike, prediction: xr.Dataset, *,
     path
         Output ``.nc`` file.
     prediction
-        Downscaled Dataset (``member`` dim optional; written as ``ensemble``).
+        Downscaled Dataset (``member`` dim optional; written as ``ensemble``). Its identity
+        record (:data:`IDENTITY_ATTR`, present when it was read from :func:`write_zarr`'s
+        store) is kept as a JSON global attribute.
     inputs, truth
         Regridded inputs (time, y, x) and targets (time, y, x), selected at the prediction's
         times; written to the ``input`` and ``truth`` groups when given.
+    overwrite, kind
+        Replace an existing file only when it is our ``kind`` output and ``overwrite`` is
+        set (:func:`corrdiff_xr._outputs.check_output`); ``kind`` is the product marker.
     """
     import netCDF4
 
     path = Path(path)
+    _remove_leftovers(path)
+    check_output(path, kind=kind, overwrite=overwrite, what="NetCDF file")
     times = prediction[TIME].values
-    ny, nx = prediction.sizes[Y], prediction.sizes[X]
     n_ens = prediction.sizes.get(MEMBER, 1)
+    groups = {"truth": truth, "prediction": prediction, "input": inputs}
     with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as f:
-        f.createDimension(TIME)
-        f.createDimension("ensemble")
-        f.createDimension(Y, ny)
-        f.createDimension(X, nx)
-        for name, std, units in ((LAT, "latitude", "degrees_north"), (LON, "longitude", "degrees_east")):
-            v = f.createVariable(name, "f", (Y, X))
-            if name in prediction.coords:
-                v[:] = np.broadcast_to(prediction[name].values, (ny, nx))
-            v.standard_name, v.units = std, units
-        tv = f.createVariable(TIME, "i8", (TIME,))
-        tv.calendar, tv.units = "standard", REFERENCE_TIME_UNITS
-        groups = {"truth": truth, "prediction": prediction, "input": inputs}
-        handles = {}
-        for gname, data in groups.items():
-            if data is None:
-                continue
-            g = f.createGroup(gname)
-            handles[gname] = g
-            for name, var in data.data_vars.items():
-                gdims = ("ensemble", TIME, Y, X) if gname == "prediction" else (TIME, Y, X)
-                nv = g.createVariable(name, "f", gdims)
-                for attr in ("units", "long_name", "standard_name"):
-                    if attr in var.attrs:
-                        nv.setncattr(attr, str(var.attrs[attr]))
-        f.setncattr("history", str(prediction.attrs.get("history", "")))
+        handles = _netcdf_layout(f, prediction, groups)
+        f.setncattr(PRODUCT_ATTR, kind)
         for k, v in prediction.attrs.items():
-            if k.startswith("corrdiff_") and k != _FINGERPRINT:
+            if k == IDENTITY_ATTR:
+                f.setncattr(k, json.dumps(v, sort_keys=True))
+            elif k.startswith("corrdiff_") and k != PRODUCT_ATTR:
                 f.setncattr(k, v if isinstance(v, (int, float, str)) else str(v))
-        tv[:] = _time_hours(times)
+        f[TIME][:] = _time_hours(times)
         for i in range(len(times)):
             for gname, g in handles.items():
                 step = groups[gname].isel({TIME: i}).compute()
@@ -247,3 +468,33 @@ def write_reference_netcdf(path: str | os.PathLike, prediction: xr.Dataset, *,
                     else:
                         g[name][i] = values
     return path
+
+
+def _netcdf_layout(f: Any, prediction: xr.Dataset, groups: dict[str, xr.Dataset | None]) -> dict:
+    """Dimensions, lat/lon/time and the groups' variables of the reference layout."""
+    ny, nx = prediction.sizes[Y], prediction.sizes[X]
+    f.createDimension(TIME)
+    f.createDimension("ensemble")
+    f.createDimension(Y, ny)
+    f.createDimension(X, nx)
+    for name, std, units in ((LAT, "latitude", "degrees_north"), (LON, "longitude", "degrees_east")):
+        v = f.createVariable(name, "f", (Y, X))
+        if name in prediction.coords:
+            v[:] = np.broadcast_to(prediction[name].values, (ny, nx))
+        v.standard_name, v.units = std, units
+    tv = f.createVariable(TIME, "i8", (TIME,))
+    tv.calendar, tv.units = "standard", REFERENCE_TIME_UNITS
+    handles = {}
+    for gname, data in groups.items():
+        if data is None:
+            continue
+        g = f.createGroup(gname)
+        handles[gname] = g
+        for name, var in data.data_vars.items():
+            gdims = ("ensemble", TIME, Y, X) if gname == "prediction" else (TIME, Y, X)
+            nv = g.createVariable(name, "f", gdims)
+            for attr in ("units", "long_name", "standard_name"):
+                if attr in var.attrs:
+                    nv.setncattr(attr, str(var.attrs[attr]))
+    f.setncattr("history", str(prediction.attrs.get("history", "")))
+    return handles

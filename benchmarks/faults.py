@@ -1,0 +1,89 @@
+"""The fault campaign: crashes at every write, killed training runs, hostile files.
+
+One command runs the four campaigns and writes their figures to one JSON file::
+
+    python benchmarks/faults.py --json benchmarks/results/faults.json [--quick]
+
+* ``_faults_generate``: ``corrdiff-xr generate`` killed just before each of its file writes,
+  then re-run; a crash point is repaired when the re-run equals a clean run;
+* ``_faults_train``: training killed (SIGKILL) at random moments and resumed, and the
+  five-process chain under different ``PYTHONHASHSEED`` values on an unconsolidated store;
+  a trial is identical when its final weights equal an uninterrupted run's bit for bit;
+* ``_faults_hostile``: malformed and hostile checkpoints and ``.mdlus`` archives, each loaded
+  in a fresh process whose peak memory (VmHWM) is recorded;
+* ``_faults_catalogs``: hostile Intake catalogs (imports, templates, path traversal, secrets).
+
+Top-level keys: ``generate_crash_points``, ``generate_crash_points_repaired``,
+``train_resume_trials``, ``train_resume_identical``, ``hostile_files`` (checkpoints, archives
+and catalogs), ``hostile_files_refused``, ``peak_mem_mb_worst``; each campaign's own result
+sits under its name. ``--quick`` samples 20 crash points per generate scenario and runs one
+kill trial. The exit status is 1 when anything was not repaired, not identical or not refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import _faults_catalogs  # noqa: E402
+import _faults_generate  # noqa: E402
+import _faults_hostile  # noqa: E402
+import _faults_train  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--quick", action="store_true", help="sample crash points, one kill trial")
+    parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary one)")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="corrdiff-faults-") as tmp:
+        work = args.workdir or Path(tmp)
+        results = {}
+        for name, call in (
+            ("generate", lambda d: _faults_generate.run(d, limit=20 if args.quick else None)),
+            ("train", lambda d: _faults_train.run(d, kill_trials=1 if args.quick else 4)),
+            ("hostile", _faults_hostile.run),
+            ("catalogs", _faults_catalogs.run),
+        ):
+            sub = work / name
+            sub.mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            results[name] = call(sub)
+            results[name]["campaign_seconds"] = round(time.perf_counter() - start, 1)
+            print(f"{name}: done in {results[name]['campaign_seconds']} s", file=sys.stderr)
+    gen, train, hostile, cats = (results[k] for k in ("generate", "train", "hostile", "catalogs"))
+    summary = {
+        "generate_crash_points": gen["generate_crash_points"],
+        "generate_crash_points_repaired": gen["generate_crash_points_repaired"],
+        "train_resume_trials": train["train_resume_trials"],
+        "train_resume_identical": train["train_resume_identical"],
+        "hostile_files": hostile["hostile_files"] + cats["hostile_catalogs"],
+        "hostile_files_refused": hostile["hostile_files_refused"] + cats["hostile_catalogs_refused"],
+        "peak_mem_mb_worst": hostile["peak_mem_mb_worst"],
+        "machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg(), "python": platform.python_version()},
+        "seconds": round(time.perf_counter() - t0, 1),
+        **results,
+    }
+    text = json.dumps(summary, indent=2, default=str)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k not in results}, indent=2, default=str))
+    ok = (summary["generate_crash_points"] == summary["generate_crash_points_repaired"]
+          and summary["train_resume_trials"] == summary["train_resume_identical"]
+          and summary["hostile_files"] == summary["hostile_files_refused"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

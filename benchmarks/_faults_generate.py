@@ -188,7 +188,7 @@ def _summary(out: str) -> dict:
     import numpy as np
     import xarray as xr
 
-    from corrdiff_xr._inference.store import progress, progress_dir
+    from corrdiff_xr.inference.store import progress, progress_dir
 
     out = Path(out)
     store, nc = out / "out.zarr", out / "out.nc"
@@ -283,7 +283,7 @@ def _preload(names: list[str] = ()) -> None:
     """Import (never run) what a generate child needs, so that every fork starts warm."""
     import importlib
 
-    for name in ("torch", "corrdiff_xr.cli", "corrdiff_xr.generate", *names):
+    for name in ("torch", "corrdiff_xr.cli", "corrdiff_xr.cli.generate", *names):
         if name not in sys.modules:
             with contextlib.suppress(Exception):  # a module that only imports in context
                 importlib.import_module(name)

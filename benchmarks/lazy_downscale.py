@@ -58,9 +58,9 @@ def lazy_overhead(repeat: int) -> dict:
     import torch
     import xarray as xr
 
-    from corrdiff_xr._inference.noise import patch_generator
     from corrdiff_xr.config import SamplerConfig
     from corrdiff_xr.inference import downscale
+    from corrdiff_xr.noise import patch_generator
 
     torch.set_num_threads(1)
     nt, members, steps = 4, 2, 8
@@ -130,9 +130,9 @@ def _memory_child(store: str, checkpoint: str) -> None:
     import dask
     import torch
 
-    from corrdiff_xr._inference.store import write_zarr
     from corrdiff_xr.data import open_pair
     from corrdiff_xr.inference import downscale
+    from corrdiff_xr.inference.store import write_zarr
 
     torch.set_num_threads(1)
     pair = open_pair(store)

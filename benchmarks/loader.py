@@ -5,7 +5,7 @@ and once behind moto's S3 server on 127.0.0.1:
 
 * ``raw_zarr``: every chunk of every variable read straight into numpy with zarr (no
   regridding, normalisation or shuffling): the ceiling of any loader on this store;
-* ``loader``: :class:`corrdiff_xr.loader.ChunkShuffleLoader` streaming ``--epochs`` shuffled
+* ``loader``: :class:`corrdiff_xr.training.loader.ChunkShuffleLoader` streaming ``--epochs`` shuffled
   epochs (lazy pair, bilinear regridding of the coarse inputs, codec normalisation, in-memory
   shuffle), in this process (``loader``) and with ``--workers`` forked workers;
 * ``xbatcher_naive``: one time step per read through ``xbatcher.BatchGenerator`` (the baseline
@@ -34,7 +34,7 @@ import zarr
 
 from corrdiff_xr.codec import Codec
 from corrdiff_xr.data import open_pair, synthetic_dataset
-from corrdiff_xr.loader import ChunkShuffleLoader, xbatcher_batches
+from corrdiff_xr.training.loader import ChunkShuffleLoader, xbatcher_batches
 
 
 def _best(fn, repeats: int) -> float:

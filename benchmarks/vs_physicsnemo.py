@@ -15,7 +15,7 @@ shared and noisy, so only ratios measured together mean much):
 
 Each measurement starts with one untimed warm-up call per side (allocator, oneDNN primitive
 caches). Both sides train with ``torch.optim.Adam`` at its defaults, which is what
-:mod:`corrdiff_xr.train` builds (on CPU that is the per-parameter loop: neither ``foreach``
+:mod:`corrdiff_xr.training` builds (on CPU that is the per-parameter loop: neither ``foreach``
 nor ``fused``). ``--compile`` adds our training steps with the networks wrapped in
 ``torch.compile`` (mode default), reporting the compile (first-call) time apart from the
 steady-state time. ``--profile`` prints the top operators (torch.profiler, CPU time) of one
@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         repeats=args.repeats,
         sample_steps=sample_steps,
-        optimizer="torch.optim.Adam defaults on both sides (as corrdiff_xr.train builds it)",
+        optimizer="torch.optim.Adam defaults on both sides (as corrdiff_xr.training builds it)",
         quick=args.quick,
         channels_last=not args.no_channels_last,
         torch=torch.__version__,

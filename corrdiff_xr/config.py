@@ -400,7 +400,7 @@ class DataConfig(Checked):
 
 @dataclasses.dataclass(frozen=True)
 class LoaderConfig(Checked):
-    """The chunk-shuffle loader (:mod:`corrdiff_xr.loader`): ``block_size`` is the minimum
+    """The chunk-shuffle loader (:mod:`corrdiff_xr.training.loader`): ``block_size`` is the minimum
     time steps read at once (whole chunks; default one chunk), ``num_workers`` the
     DataLoader worker processes per rank."""
 

@@ -1,6 +1,7 @@
-"""The ``demo`` command: the shipped tiny CorrDiff on held-out synthetic data, end to end.
+"""The demo: the shipped tiny CorrDiff on held-out synthetic data, end to end.
 
-``corrdiff-xr demo --out DIR`` needs no download. It
+The library behind ``corrdiff-xr demo --out DIR`` (:mod:`corrdiff_xr.cli.demo`), which needs
+no download. It
 
 1. opens the ``demo`` entry of the bundled demo catalog (the synthetic dataset, built and
    cached as Zarr on first use) and keeps the *held-out* days: the shipped model was trained
@@ -14,16 +15,6 @@
    ``DIR/scores.json`` and a printed table;
 4. draws ``DIR/maps.png``, ``DIR/spectra.png`` and ``DIR/rank_histogram.png``.
 
-``DIR`` is the demo's own: it is marked as a ``demo`` output (a marker file, and the Zarr
-stores carry the global attribute ``corrdiff_xr_product = "demo"``). It may be new or empty;
-running the demo again into an earlier demo output needs ``--overwrite``, as for every
-command (an earlier run may have been a long one). Any other non-empty directory, or a demo
-directory that also holds files the demo did not write, is refused with or without
-``--overwrite``; all of that is checked before anything is computed. The outputs are built in
-a hidden folder inside ``DIR`` (which therefore stays the same directory, e.g. the working
-directory) and moved into place together when the run succeeds, so a failed or interrupted
-run leaves the earlier output (or the empty directory) as it was.
-
 ``scores.json`` holds four keys, ``crps``, ``mae_regression``, ``mae_bilinear`` and
 ``spread_skill``, each a mapping from target variable to its score (physical units; the
 spread-skill ratio is dimensionless) plus ``"overall"``: the mean over variables of the score
@@ -35,11 +26,9 @@ conservative); MAE is the mean absolute error over time, y and x.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +36,10 @@ import numpy as np
 import xarray as xr
 
 from corrdiff_xr._atomic import write_bytes
-from corrdiff_xr.dims import MEMBER, TIME
-from corrdiff_xr.errors import CorrDiffError, InputNotFoundError
+from corrdiff_xr.dims import MEMBER
+from corrdiff_xr.errors import CorrDiffError
+from corrdiff_xr.model import shipped_model_path
+from corrdiff_xr.scoring.baselines import bilinear_baseline
 
 __all__ = [
     "DEMO_FILES",
@@ -60,11 +51,9 @@ __all__ = [
     "DemoResult",
     "bilinear_baseline",
     "compute_scores",
-    "configure_parser",
     "evaluate",
     "format_table",
     "open_demo_data",
-    "run",
     "shipped_model_path",
 ]
 
@@ -91,15 +80,6 @@ class DemoError(CorrDiffError, ValueError):
     """The demo cannot run with the settings or model given."""
 
 
-def shipped_model_path() -> Path:
-    """Path of the shipped tiny CorrDiff checkpoint (fp16 tensors, loads as fp32)."""
-    path = Path(__file__).parent / "weights" / "tiny_demo.safetensors"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"the shipped model {path} is missing; reinstall corrdiff_xr or rebuild it with "
-            "benchmarks/train_shipped_model.py --install"
-        )
-    return path
 
 
 def open_demo_data(
@@ -126,28 +106,6 @@ def open_demo_data(
             raise ValueError(f"times must be >= 1, got {times}")
         held = held.isel(time=slice(0, int(times)))
     return held
-
-
-def _input_for(target: str, inputs: xr.Dataset) -> str:
-    """The coarse input holding ``target`` (same name, or ``target_*``)."""
-    for name in (target, f"{target}_coarse"):
-        if name in inputs:
-            return name
-    matches = sorted(n for n in inputs.data_vars if str(n).startswith(f"{target}_"))
-    if len(matches) != 1:
-        raise KeyError(
-            f"no unique coarse input for target {target!r} (looked for {target!r}, "
-            f"'{target}_coarse' or '{target}_*'); inputs are {sorted(map(str, inputs.data_vars))}"
-        )
-    return matches[0]
-
-
-def bilinear_baseline(pair, targets: tuple[str, ...] | None = None) -> xr.Dataset:
-    """The coarse inputs bilinearly regridded to the fine grid, named as the targets (lazy)."""
-    targets = tuple(targets or pair.targets)
-    fine = pair.inputs_on_fine
-    out = {t: fine[_input_for(t, fine)].rename(t) for t in targets}
-    return xr.Dataset(out).assign_attrs(title="bilinear interpolation of the coarse inputs")
 
 
 def _with_member(ds: xr.Dataset) -> xr.Dataset:
@@ -214,10 +172,10 @@ class DemoResult:
 
 
 def _write_zarr(ds: xr.Dataset, path: Path) -> xr.Dataset:
-    from corrdiff_xr.data.convert import write_atomic
+    from corrdiff_xr.data.write import write_dataset
 
     # replaces only an earlier demo store (see corrdiff_xr._outputs.check_output)
-    write_atomic(ds, path, overwrite=True, kind=KIND)
+    write_dataset(ds, path, overwrite=True, kind=KIND)
     return xr.open_zarr(path)
 
 
@@ -288,72 +246,3 @@ def evaluate(
 
 def _write_json(data: Any, path: Path) -> None:
     write_bytes(path, json.dumps(data, indent=2).encode(), fsync=False)
-
-
-# -- the command ------------------------------------------------------------------------------
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from corrdiff_xr.cli import bounded
-
-    parser.add_argument("--out", required=True, type=Path,
-                        help="output directory: new, empty, or an earlier demo output (with "
-                        "--overwrite)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier demo output in --out (never anything else)")
-    parser.add_argument("--members", type=bounded(int, minimum=1), default=8,
-                        help="ensemble size (default 8)")
-    parser.add_argument("--times", type=bounded(int, minimum=1, maximum=HELD_OUT_TIMES),
-                        default=4, help="held-out hourly time steps to downscale (default 4, "
-                        f"at most {HELD_OUT_TIMES})")
-    parser.add_argument("--steps", type=bounded(int, minimum=1), default=DEMO_STEPS,
-                        help=f"sampler steps (default {DEMO_STEPS})")
-    parser.add_argument("--sigma-max", type=bounded(float, above=0), default=DEMO_SIGMA_MAX,
-                        help=f"largest noise level of the sampler (default {DEMO_SIGMA_MAX:g})")
-    parser.add_argument("--seed", type=bounded(int, minimum=0), default=0,
-                        help="ensemble seed (default 0)")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="checkpoint to use instead of the shipped tiny model")
-    parser.add_argument("--cache-dir", default=None,
-                        help="data cache (default $CORRDIFF_XR_CACHE or ~/.cache/corrdiff_xr)")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _checked_model(path: Path | None) -> Path:
-    """The checkpoint to use, refused now if missing or not a corrdiff_xr checkpoint."""
-    from corrdiff_xr.model import read_checkpoint_header
-
-    model = path or shipped_model_path()
-    if not model.is_file():
-        raise InputNotFoundError(f"--model {model} does not exist (or is not a file)")
-    read_checkpoint_header(model)  # CheckpointError for anything CorrDiff.save did not write
-    return model
-
-
-def run(args: argparse.Namespace) -> int:
-    from corrdiff_xr import plot
-    from corrdiff_xr._outputs import output_directory, writing
-    from corrdiff_xr.data.catalog import cache_root
-
-    start = time.perf_counter()
-    model = _checked_model(args.model)
-    out = args.out.expanduser()
-    # --out is checked (and refused) before the slow first-time data build
-    with writing(out, what="demo output"), output_directory(
-        out, kind=KIND, names=DEMO_FILES, overwrite=args.overwrite, what="--out"
-    ) as staged:
-        with writing(cache_root(args.cache_dir), what="demo data cache"):
-            pair = open_demo_data(cache_dir=args.cache_dir, times=args.times)
-        print(f"downscaling {pair.dataset.sizes[TIME]} held-out time steps x {args.members} "
-              f"members (Heun, {args.steps} steps from sigma {args.sigma_max:g}) with "
-              f"{model.name}")
-        result = evaluate(pair, model, members=args.members, steps=args.steps,
-                          sampler={"sigma_max": args.sigma_max}, seed=args.seed, out=staged,
-                          progress=not args.quiet)
-        _write_json(result.scores, staged / "scores.json")
-        if not args.no_plots:
-            plot.save_report(result.ensemble, result.truth, staged, inputs=pair.coarse)
-    print(format_table(result.scores))
-    print(f"\nwrote {out}/ensemble.zarr, regression_mean.zarr, scores.json"
-          f"{'' if args.no_plots else ', maps.png, spectra.png, rank_histogram.png'} "
-          f"in {time.perf_counter() - start:.0f} s")
-    return 0

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import torch
 
-from corrdiff_xr._mdlus import map_reference_state_dict
 from corrdiff_xr.config import EDMConfig, NetworkConfig
+from corrdiff_xr.model.mdlus import map_reference_state_dict
 
 __all__ = [
     "copy_reference_weights",

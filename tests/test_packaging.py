@@ -38,7 +38,7 @@ def test_an_installed_wheel_finds_its_catalogs_model_and_configs(tmp_path):
     script = (
         "import corrdiff_xr, pathlib\n"
         "from corrdiff_xr.data.catalog import catalog_dir, open_entry\n"
-        "from corrdiff_xr.demo import shipped_model_path\n"
+        "from corrdiff_xr.model import shipped_model_path\n"
         "from corrdiff_xr.model import CorrDiff\n"
         "print(pathlib.Path(corrdiff_xr.__file__).parent)\n"
         "print(catalog_dir())\n"

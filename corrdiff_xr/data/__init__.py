@@ -38,28 +38,30 @@ from corrdiff_xr.data.stats import (
     check_stats,
     compute_stats,
     read_stats,
+    stats_dataset,
     stats_to_dict,
     write_stats,
 )
-from corrdiff_xr.data.synthetic import gaussian_random_field, synthetic_dataset
 from corrdiff_xr.data.validate import select_roles, validate
+from corrdiff_xr.data.write import write_dataset
 
 # names from sibling modules imported on first use (heavier readers and converters)
 _LAZY: dict[str, str] = {
     **dict.fromkeys(
         ["open_pp", "read_pp", "PPFormatError", "rotated_to_geographic"],
-        "corrdiff_xr.data.pp",
+        "corrdiff_xr.data.sources.pp",
     ),
-    **dict.fromkeys(["uk_hires_dataset", "sample_path"], "corrdiff_xr.data.ukhires"),
+    **dict.fromkeys(["uk_hires_dataset", "sample_path"], "corrdiff_xr.data.sources.ukhires"),
+    **dict.fromkeys(
+        ["gaussian_random_field", "synthetic_dataset"], "corrdiff_xr.data.sources.synthetic"
+    ),
     **dict.fromkeys(
         [
             "ConversionError",
             "cwb_to_canonical",
             "hrrr_mini_to_canonical",
-            "write_atomic",
-            "stats_dataset",
         ],
-        "corrdiff_xr.data.convert",
+        "corrdiff_xr.data.sources.reference",
     ),
     **dict.fromkeys(
         ["CatalogError", "open_catalog", "open_entry", "list_catalogs"],
@@ -120,7 +122,7 @@ __all__ = [
     "synthetic_dataset",
     "uk_hires_dataset",
     "validate",
-    "write_atomic",
+    "write_dataset",
     "write_stats",
 ]
 

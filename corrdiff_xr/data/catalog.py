@@ -142,13 +142,13 @@ def _check_plain(what: str, value: Any) -> str:
 
 
 def _synthetic(**kw: Any) -> xr.Dataset:
-    from corrdiff_xr.data.synthetic import synthetic_dataset
+    from corrdiff_xr.data.sources.synthetic import synthetic_dataset
 
     return synthetic_dataset(**kw)
 
 
 def _uk_hires(**kw: Any) -> xr.Dataset:
-    from corrdiff_xr.data.ukhires import uk_hires_dataset
+    from corrdiff_xr.data.sources.ukhires import uk_hires_dataset
 
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
     return uk_hires_dataset(**kw)
@@ -290,14 +290,14 @@ def materialise(
         )
     if path.exists():
         return path
-    from corrdiff_xr.data.convert import write_atomic
     from corrdiff_xr.data.stats import compute_stats
+    from corrdiff_xr.data.write import write_dataset
 
     ds = BUILDERS[builder](**kwargs)
     for var in ds.variables.values():
         var.encoding.clear()
     try:
-        write_atomic(ds, path, stats=compute_stats(ds))
+        write_dataset(ds, path, stats=compute_stats(ds), kind="cache")
     except OSError:
         if not path.exists():  # not a lost race with another builder: a real failure
             raise

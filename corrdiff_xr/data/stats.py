@@ -16,6 +16,7 @@ is read.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,14 @@ from corrdiff_xr.data.layout import (
 )
 from corrdiff_xr.dims import STAT
 
-__all__ = ["check_stats", "compute_stats", "read_stats", "stats_to_dict", "write_stats"]
+__all__ = [
+    "check_stats",
+    "compute_stats",
+    "read_stats",
+    "stats_dataset",
+    "stats_to_dict",
+    "write_stats",
+]
 
 _FANIN = 16
 
@@ -246,3 +254,11 @@ def stats_to_dict(
     check_stats(stats, names)
     stats = check_stats(stats[names].compute())
     return {n: (float(stats[n].values[0]), float(stats[n].values[1])) for n in names}
+
+
+def stats_dataset(stats: Mapping[str, tuple[float, float]]) -> xr.Dataset:
+    """Statistics in the canonical form: one ``(stat,)`` variable per name, stat=[mean, std]."""
+    return xr.Dataset(
+        {name: (STAT, np.array(ms, np.float64)) for name, ms in stats.items()},
+        coords={STAT: list(STAT_NAMES)},
+    )

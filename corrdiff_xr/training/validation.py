@@ -32,7 +32,7 @@ def validate(cfg: Any, model: Any, pair: Any, codec: Any, *, device: torch.devic
     """``({metric_name: value}, image)`` on the validation pair; image is a 2-D tensor
     (first predicted field of the first sample) for TensorBoard."""
     from corrdiff_xr import scoring
-    from corrdiff_xr.loader import ChunkShuffleLoader
+    from corrdiff_xr.training.loader import ChunkShuffleLoader
 
     t = cfg.training
     loader = ChunkShuffleLoader(pair, codec, batch_size=batch_size, shuffle=False,

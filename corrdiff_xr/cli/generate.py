@@ -1,0 +1,379 @@
+"""``corrdiff-xr generate``: a CorrDiff ensemble to Zarr and to the reference's NetCDF layout.
+
+Opens a dataset (a Zarr store/URL, or an entry of an intake catalog), selects times, builds
+the lazy ensemble with :func:`corrdiff_xr.inference.downscale` and streams it to Zarr block
+by block on the chosen Dask scheduler (a local cluster of ``--n-workers`` processes, an
+existing ``--scheduler-address``, or the threaded scheduler).
+
+The store records the request that made it (:mod:`corrdiff_xr.inference.store`): a
+blake2b hash of the checkpoint's bytes, the data source, the selected times and every
+sampling setting. Running the same command again after an interruption (a kill at any write)
+computes only the missing blocks and ends with the same store; a run with any difference is
+refused with the fields that differ (``--overwrite`` starts again). ``--netcdf`` also writes
+the reference's ``generate.py`` layout (groups ``input``, ``truth``, ``prediction``); it is
+kept when it already holds this request. Only our own marked outputs are ever replaced.
+
+Options are checked as they are parsed (ranges, dims, times); problems found later (data,
+checkpoint, refused outputs) raise :class:`~corrdiff_xr.errors.CorrDiffError` subclasses,
+which ``corrdiff-xr`` prints as one line.
+
+Example::
+
+    corrdiff-xr generate --catalog demo --entry demo_tiny --checkpoint model.safetensors \\
+        --time-range 2020-01-01T00 2020-01-01T03 --members 4 --seed 1 --steps 18 \\
+        --patch 32 --overlap 8 --zarr out.zarr --netcdf out.nc --n-workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from corrdiff_xr.errors import CorrDiffError
+
+__all__ = ["GenerateError", "checkpoint_identity", "configure_parser", "run"]
+
+CHUNK_DIMS = ("member", "time", "y", "x")
+#: patch fusion weights of generate (downscale's default, passed explicitly and recorded)
+WEIGHTS = "ramp"
+
+
+class GenerateError(CorrDiffError, ValueError):
+    """A generate request that cannot run as given (times, options that do not fit the data)."""
+
+
+# -- option parsing --------------------------------------------------------------------------
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _timestamp(text: str):
+    import pandas as pd
+
+    try:
+        value = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        value = pd.NaT
+    if pd.isna(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2020-01-01T06)")
+    # datasets hold naive UTC times
+    return value.tz_convert(None) if value.tzinfo is not None else value
+
+
+def _device(text: str) -> str:
+    import torch
+
+    try:
+        torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    return text
+
+
+class _TimeRange(argparse.Action):
+    """START END [STEP] -> (start, end, step or None), END not before START, STEP positive."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import pandas as pd
+
+        if len(values) not in (2, 3):
+            raise argparse.ArgumentError(self, f"takes START END [STEP], got {len(values)} value(s): {values}")
+        try:
+            start, end = (_timestamp(t) for t in values[:2])
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentError(self, str(err)) from None
+        if end < start:
+            raise argparse.ArgumentError(self, f"END {values[1]} is before START {values[0]}")
+        step = None
+        if len(values) == 3:
+            try:
+                step = pd.Timedelta(values[2])
+            except ValueError:
+                step = pd.NaT
+            if pd.isna(step) or step <= pd.Timedelta(0):
+                raise argparse.ArgumentError(
+                    self, f"STEP must be a positive duration like 3h or 30min, got {values[2]!r}")
+        setattr(namespace, self.dest, (start, end, step))
+
+
+class _Patch(argparse.Action):
+    """H [W] positive -> (H, W)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) > 2:
+            raise argparse.ArgumentError(self, f"takes H [W], got {len(values)} values: {values}")
+        setattr(namespace, self.dest, (values[0], values[-1]))
+
+
+class _KeyValues(argparse.Action):
+    """KEY=VALUE items -> a (nested) dict, by :func:`corrdiff_xr.config.parse_overrides`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from corrdiff_xr.config import ConfigError, parse_overrides
+
+        try:
+            setattr(namespace, self.dest, parse_overrides(values))
+        except ConfigError as err:
+            raise argparse.ArgumentError(self, str(err)) from None
+
+
+class _Chunks(argparse.Action):
+    """DIM=N items, DIM one of the output dims, N >= 1 -> dict."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        chunks = {}
+        for item in values:
+            dim, sep, size = item.partition("=")
+            if not sep or dim not in CHUNK_DIMS:
+                raise argparse.ArgumentError(
+                    self, f"{item!r}: expected DIM=N with DIM one of {', '.join(CHUNK_DIMS)}")
+            try:
+                chunks[dim] = _int_at_least(1)(size)
+            except argparse.ArgumentTypeError as err:
+                raise argparse.ArgumentError(self, f"{dim}: {err}") from None
+        setattr(namespace, self.dest, chunks)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Options of ``corrdiff-xr generate``."""
+    positive, non_negative = _int_at_least(1), _int_at_least(0)
+    src = parser.add_argument_group("data")
+    where = src.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data", help="canonical dataset: Zarr path or URL (file://, s3://, gs://, memory://)")
+    where.add_argument("--catalog", help="intake catalog: bundled name (demo, samples, cloud) or YAML path")
+    src.add_argument("--entry", help="catalog entry (with --catalog)")
+    src.add_argument("--param", nargs="*", default={}, action=_KeyValues, metavar="KEY=VALUE",
+                     help="catalog user parameters, e.g. cache_dir=/data")
+    when = src.add_mutually_exclusive_group()
+    when.add_argument("--times", nargs="+", type=_timestamp, metavar="TIME", help="valid times (ISO 8601)")
+    when.add_argument("--time-range", nargs="+", action=_TimeRange, metavar="T",
+                      help="START END [STEP]: inclusive range; STEP like 3h (default: every step)")
+    model = parser.add_argument_group("model and sampling")
+    model.add_argument("--checkpoint", required=True, help="CorrDiff checkpoint (CorrDiff.save)")
+    model.add_argument("--members", type=positive, default=1, help="ensemble size (default 1)")
+    model.add_argument("--seed", type=non_negative, default=0, help="base seed (default 0)")
+    model.add_argument("--output-kind", choices=("ensemble", "mean", "residual"), default="ensemble")
+    model.add_argument("--steps", type=positive, help="sampler steps (default: SamplerConfig's)")
+    model.add_argument("--sampler", nargs="*", default={}, action=_KeyValues, metavar="KEY=VALUE",
+                       help="SamplerConfig fields, e.g. solver=euler S_churn=10")
+    model.add_argument("--patch", type=positive, nargs="+", action=_Patch, metavar="N",
+                       help="patch shape H [W]; omit for whole-domain")
+    model.add_argument("--overlap", type=non_negative, help="patch overlap in pixels (default patch/4)")
+    model.add_argument("--boundary", type=non_negative, default=0, help="zero-weight halo of each patch")
+    model.add_argument("--batch-size", type=positive, default=8, help="patches per call on GPUs")
+    model.add_argument("--device", type=_device, help="torch device of the workers (default: cuda if present)")
+    out = parser.add_argument_group("output and compute")
+    out.add_argument("--zarr", required=True, help="output Zarr store (resumed when it holds this request)")
+    out.add_argument("--netcdf", help="also write the reference NetCDF layout here")
+    out.add_argument("--chunks", nargs="*", default={}, action=_Chunks, metavar="DIM=N",
+                     help="output chunks for member, time, y, x (default member=1, time=1)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace our own output of another request (never anything else)")
+    sched = out.add_mutually_exclusive_group()
+    sched.add_argument("--scheduler-address", help="existing dask.distributed scheduler")
+    sched.add_argument("--n-workers", type=positive, help="start a LocalCluster of this many worker processes")
+    out.add_argument("--threads-per-worker", type=positive, default=1)
+    out.add_argument("--torch-threads", type=positive, help="torch threads per task")
+
+
+# -- data and request --------------------------------------------------------------------------
+
+
+def _open(args: argparse.Namespace):
+    from corrdiff_xr.data import open_pair
+
+    if args.catalog:
+        from corrdiff_xr.data.catalog import open_entry
+
+        if not args.entry:
+            raise GenerateError("--catalog needs --entry NAME")
+        return open_entry(args.catalog, args.entry, **args.param)
+    if args.entry or args.param:
+        raise GenerateError("--entry and --param go with --catalog, not --data")
+    return open_pair(args.data)
+
+
+def _select_times(pair, args: argparse.Namespace):
+    import numpy as np
+    import pandas as pd
+
+    from corrdiff_xr.dims import TIME
+
+    available = pd.DatetimeIndex(pair.dataset[TIME].values)
+    if args.times:
+        wanted = pd.DatetimeIndex(args.times)
+    elif args.time_range:
+        start, end, step = args.time_range
+        if step is not None:
+            wanted = pd.date_range(start, end, freq=step)
+        else:
+            wanted = available[(available >= start) & (available <= end)]
+    else:
+        return pair
+    missing = wanted.difference(available)
+    if len(missing):
+        raise GenerateError(
+            f"time(s) {[str(t) for t in missing[:5]]} not in the dataset "
+            f"(it covers {available[0]} .. {available[-1]}, {len(available)} steps)"
+        )
+    if len(wanted) == 0:
+        raise GenerateError(
+            f"the time selection is empty (the dataset covers {available[0]} .. {available[-1]})")
+    return pair.isel({TIME: np.asarray(available.get_indexer(wanted))})
+
+
+def checkpoint_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """Name, size and blake2b hash of a checkpoint's bytes (of every file of a directory)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model checkpoint {str(path)!r} does not exist")
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest, size = hashlib.blake2b(digest_size=16), 0
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+    return {"name": path.name, "bytes": size, "blake2b": digest.hexdigest()}
+
+
+def _data_source(args: argparse.Namespace) -> dict[str, Any]:
+    def where(text: str) -> str:  # local paths absolute, so a run from another directory matches
+        return text if "://" in text or not os.path.exists(text) else os.path.abspath(text)
+
+    if args.catalog:
+        return {"catalog": where(args.catalog), "entry": args.entry, "params": args.param}
+    return {"data": where(args.data)}
+
+
+def _device_kind(args: argparse.Namespace) -> str:
+    from corrdiff_xr.inference.cache import resolve_device
+
+    if args.device:
+        import torch
+
+        return torch.device(args.device).type
+    if args.scheduler_address:
+        return "auto (each worker: cuda if present, else cpu)"
+    return resolve_device(None)  # local workers see this machine's devices
+
+
+def _request(args: argparse.Namespace, ds, patch, overlap) -> dict[str, Any]:
+    """The request's identity: what else would change the store's bytes."""
+    from corrdiff_xr.dims import TIME
+    from corrdiff_xr.inference.store import times_fingerprint
+
+    sampling = {
+        "output": args.output_kind, "members": args.members, "seed": args.seed,
+        "sampler": json.loads(ds.attrs["corrdiff_sampler"]),  # resolved, steps included
+        "patch": list(patch) if patch else None, "overlap": overlap, "boundary": args.boundary,
+        "weights": WEIGHTS, "batch_size": args.batch_size, "device": _device_kind(args),
+        "chunks": {str(d): int(c[0]) for d, c in ds.chunksizes.items()},
+    }
+    return {"checkpoint": checkpoint_identity(args.checkpoint), "data": _data_source(args),
+            "times": times_fingerprint(ds[TIME].values), "sampling": sampling}
+
+
+def _downscale(pair, args: argparse.Namespace):
+    from corrdiff_xr.inference import downscale
+
+    patch = args.patch
+    # downscale's default overlap, made explicit so that the request records the value used
+    overlap = None if patch is None else (args.overlap if args.overlap is not None else min(patch) // 4)
+    try:
+        ds = downscale(
+            pair, args.checkpoint, members=args.members, seed=args.seed, output=args.output_kind,
+            sampler=args.sampler or None, steps=args.steps, patch=patch, overlap=overlap,
+            boundary=args.boundary, weights=WEIGHTS, batch_size=args.batch_size,
+            device=args.device, chunks={"member": 1, "time": 1, **args.chunks},
+            threads=args.torch_threads,
+        )
+    except (ValueError, KeyError) as err:
+        if isinstance(err, CorrDiffError):
+            raise
+        # settings that do not fit the data or the model (patch larger than the domain ...)
+        raise GenerateError(str(err.args[0]) if err.args else str(err)) from err
+    return ds, _request(args, ds, patch, overlap)
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace):
+    if args.scheduler_address:
+        from distributed import Client
+
+        return Client(args.scheduler_address), None
+    if args.n_workers:
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(n_workers=args.n_workers, threads_per_worker=args.threads_per_worker,
+                               processes=True, host="127.0.0.1", dashboard_address=":0")
+        return Client(cluster), cluster
+    return None, None
+
+
+def _write_netcdf(args: argparse.Namespace, pair) -> None:
+    import xarray as xr
+
+    from corrdiff_xr.dims import TIME
+    from corrdiff_xr.inference.store import write_reference_netcdf
+
+    written = xr.open_zarr(args.zarr, consolidated=True)
+    times = {TIME: written[TIME].values}
+    truth = None
+    if pair.targets:  # the prediction's variable order first, as in the reference's files
+        order = [v for v in written.data_vars if v in pair.fine] + [
+            v for v in pair.fine.data_vars if v not in written.data_vars]
+        truth = pair.fine[order].sel(times)
+    write_reference_netcdf(args.netcdf, written, inputs=pair.inputs_on_fine.sel(times), truth=truth,
+                           overwrite=args.overwrite)
+    print(f"{args.netcdf}: reference NetCDF layout written", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate; returns 0 on success."""
+    from corrdiff_xr.inference.store import holds_request, store_identity, write_zarr
+
+    pair = _select_times(_open(args), args)
+    ds, request = _downscale(pair, args)
+    netcdf_done = False
+    if args.netcdf:
+        # checked before hours of computing, not after
+        netcdf_done = holds_request(args.netcdf, store_identity(ds, request),
+                                    overwrite=args.overwrite, what="--netcdf file")
+    client, cluster = _client(args)
+    try:
+        stats = write_zarr(ds, args.zarr, request=request, overwrite=args.overwrite, client=client,
+                           what="--zarr store")
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    print(f"{args.zarr}: {stats['written']} block(s) written, {stats['skipped']} already complete "
+          f"of {stats['blocks']}", file=sys.stderr)
+    if netcdf_done:
+        print(f"{args.netcdf}: already holds this request, kept", file=sys.stderr)
+    elif args.netcdf:
+        _write_netcdf(args, pair)
+    return 0

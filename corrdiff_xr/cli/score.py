@@ -1,0 +1,210 @@
+"""``corrdiff-xr score``: score an ensemble against truth and write a tidy table of scores.
+
+Two input layouts are understood:
+
+* **ours** (Zarr, any fsspec URL): a flat Dataset whose prediction variables have a ``member``
+  dimension. The truth comes from ``--truth`` (a Zarr store or NetCDF file in the canonical
+  layout; variables with the prediction's names are used) or, without ``--truth``, from the
+  same store: its group ``--truth-group`` (default ``truth``), or its root under the target
+  names when the ensemble sits in ``--prediction-group``.
+* **the reference's NetCDF** (PhysicsNeMo ``generate.py``): root ``lat``/``lon`` (y, x) and
+  ``time``, groups ``input``, ``truth`` and ``prediction``; the prediction's ensemble
+  dimension is called ``ensemble`` there and is renamed to ``member``.
+
+The result is a Dataset with variable ``score`` of dims (metric, variable, time), written to
+``--output`` (``.nc`` -> NetCDF, otherwise Zarr; atomically: written beside the target and
+renamed into place), plus a short table of time-mean scores on stdout. Dask's threaded
+scheduler computes everything; no process pool is started (the reference's scorer hangs with
+one, PhysicsNeMo issue #1026).
+
+Outputs never replace what ``score`` did not write: the output carries the global attribute
+``corrdiff_xr_product = "score"`` and the ``--plots`` folder a marker file, and an existing
+one is replaced only with ``--overwrite`` (anything else at those paths is refused, see
+:mod:`corrdiff_xr._outputs`). Both are checked before anything is computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import xarray as xr
+
+from corrdiff_xr import scoring
+from corrdiff_xr._outputs import (
+    check_output,
+    check_output_directory,
+    local_output,
+    output_directory,
+    writing,
+)
+from corrdiff_xr.cli import bounded, json_object
+from corrdiff_xr.data.write import write_dataset
+from corrdiff_xr.dims import LAT
+from corrdiff_xr.scoring.inputs import ScoreError, format_table, open_prediction
+
+__all__ = ["configure_parser", "run"]
+
+#: the product kind of score outputs and of the --plots folder (see corrdiff_xr._outputs)
+KIND, PLOTS_KIND = "score", "score-plots"
+PLOT_FILES = ("maps.png", "spectra.png", "rank_histogram.png")
+
+
+def _metric_list(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in scoring.METRICS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown metric(s) {', '.join(unknown) or repr(text)}; choose from "
+            f"{','.join(scoring.METRICS)}"
+        )
+    return names
+
+
+def _name_list(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the ``score`` options to ``parser``."""
+    parser.add_argument("prediction", help="prediction Zarr store / URL, or reference NetCDF")
+    parser.add_argument(
+        "--truth",
+        help="truth store or NetCDF with the prediction's variable names "
+        "(default: group --truth-group of the prediction store)",
+    )
+    parser.add_argument(
+        "--truth-group",
+        default=None,
+        help="group holding the truth in the prediction store (default: 'truth', or the "
+        "store's root when --prediction-group is given)",
+    )
+    parser.add_argument(
+        "--prediction-group",
+        default=None,
+        help="group holding the ensemble in the prediction store (default: its root)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("auto", "zarr", "reference-netcdf"),
+        default="auto",
+        help="prediction layout (auto: by file suffix, .nc = reference NetCDF)",
+    )
+    parser.add_argument(
+        "-o", "--output", help="where to write the scores (local path; .nc or Zarr)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier score output / --plots folder (never anything else)",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=_metric_list,
+        default=list(scoring.METRICS),
+        help=f"comma-separated metrics (default {','.join(scoring.METRICS)})",
+    )
+    parser.add_argument(
+        "--estimator",
+        choices=("properscoring", "fair"),
+        default="properscoring",
+        help="CRPS estimator: properscoring (empirical ensemble CDF) or fair (M-1)",
+    )
+    parser.add_argument(
+        "--variables", type=_name_list, help="comma-separated variables (default: all)"
+    )
+    parser.add_argument(
+        "--area-weighted",
+        action="store_true",
+        help="weight spatial means by cos(latitude) of the 'lat' coordinate",
+    )
+    parser.add_argument(
+        "--storage-options", type=json_object, default={}, help="fsspec options as a JSON object"
+    )
+    parser.add_argument(
+        "--workers", type=bounded(int, minimum=1), default=None, help="threads for dask"
+    )
+    parser.add_argument(
+        "--plots", help="also write PNG maps, spectra and rank histograms to this folder"
+    )
+
+
+def _checked_outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """``-o`` and ``--plots`` as local paths, refused now (before any work) if not replaceable."""
+    output = local_output(args.output, option="-o/--output") if args.output else None
+    plots = local_output(args.plots, option="--plots") if args.plots else None
+    if output and plots and output.absolute() == plots.absolute():
+        raise ScoreError(f"-o and --plots are both {output}; give them different paths")
+    if output:
+        check_output(output, kind=KIND, overwrite=args.overwrite, what="score output")
+    if plots:
+        check_output_directory(
+            plots, kind=PLOTS_KIND, names=PLOT_FILES, overwrite=args.overwrite,
+            what="--plots folder",
+        )
+    return output, plots
+
+
+def _lazy_scores(pred: xr.Dataset, truth: xr.Dataset, args: argparse.Namespace) -> xr.Dataset:
+    weights = None
+    if args.area_weighted:
+        if LAT not in pred.coords and LAT not in pred:
+            raise ScoreError(
+                f"--area-weighted needs a latitude coordinate {LAT!r} in {args.prediction}; "
+                f"it has coordinates {sorted(map(str, pred.coords))}"
+            )
+        weights = scoring.area_weights(pred)
+    try:
+        return scoring.summary(
+            pred, truth, metrics=args.metrics, weights=weights, estimator=args.estimator
+        )
+    except (KeyError, ValueError) as err:  # scoring's checks: mismatched variables, dims, ...
+        raise ScoreError(f"cannot score {args.prediction} against its truth: {err}") from err
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score, print the table, write ``--output`` and optional plots; return 0."""
+    import dask
+
+    output, plots = _checked_outputs(args)
+    pred, truth, inputs = open_prediction(
+        args.prediction,
+        truth=args.truth,
+        truth_group=args.truth_group,
+        prediction_group=args.prediction_group,
+        layout=args.format,
+        storage_options=args.storage_options,
+    )
+    if args.variables:
+        missing = [n for n in args.variables if n not in pred.data_vars]
+        if missing:
+            raise ScoreError(
+                f"--variables {', '.join(missing)}: not in the prediction {args.prediction} "
+                f"(it has {', '.join(map(str, pred.data_vars))})"
+            )
+        pred = pred[args.variables]
+    with dask.config.set(scheduler="threads", num_workers=args.workers):
+        scores = _lazy_scores(pred, truth, args).compute()
+        scores.attrs.update(
+            prediction=str(args.prediction),
+            truth=str(args.truth or f"{args.prediction} (group {args.truth_group or '/'})"),
+            area_weighted=int(bool(args.area_weighted)),
+        )
+        print(format_table(scores))
+        if output:
+            with writing(output, what="score output"):
+                write_dataset(scores, output, kind=KIND, overwrite=args.overwrite, what="score output")
+            print(f"scores written to {output}")
+        if plots:
+            from corrdiff_xr import plot
+
+            with writing(plots, what="--plots folder"), output_directory(
+                plots, kind=PLOTS_KIND, names=PLOT_FILES, overwrite=args.overwrite,
+                what="--plots folder",
+            ) as staged:
+                written = plot.save_report(pred, truth, staged, inputs=inputs)
+            print(f"plots written to {plots}: {', '.join(p.name for p in written)}")
+    return 0

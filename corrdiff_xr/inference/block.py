@@ -1,0 +1,244 @@
+"""One output block: the patches that touch it, sampled one by one and fused in place.
+
+A block is a time chunk x a spatial chunk x a chunk of members of the output. Its task gets
+the regridded inputs and static fields over the block's *halo* (every pixel any touching
+patch reads, reflections at the domain edge included), encodes them with the model's codec,
+and walks the touching patches in global patch order: the regression mean once per (time,
+patch), then one sampler trajectory per member, each drawing its noise from a generator keyed
+by (seed, time, member, patch origin). Every result is folded straight into a float64
+weighted sum over the block, so memory holds the block plus one batch of patches.
+
+Exactness. Each patch sees the same input bytes whichever block computes it; each pixel sums
+the same patches in the same (global) order; so a pixel's value does not depend on how the
+output is chunked. The last ingredient is the network call itself: CPU kernels (oneDNN
+convolutions, MKL GEMMs) pick different code paths, and round differently, for different
+batch sizes. On the CPU every patch is therefore evaluated on its own; on accelerators
+patches are batched in calls padded to exactly ``batch_size`` rows, so the kernels see one
+shape whatever the chunking (results are then reproducible for a given ``batch_size``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from corrdiff_xr.config import SamplerConfig
+from corrdiff_xr.dims import MEMBER, TIME, X, Y
+from corrdiff_xr.inference.cache import ModelToken, load_model
+from corrdiff_xr.noise import patch_generator
+from corrdiff_xr.patching import PatchGrid, reflect_index
+
+__all__ = ["BlockPlan", "call_size", "compute_block", "plan_blocks", "touching_patches"]
+
+
+def _support(weights: Sequence[float]) -> tuple[int, int]:
+    """First and one-past-last index with non-zero weight."""
+    nz = np.flatnonzero(np.asarray(weights) > 0)
+    if nz.size == 0:
+        raise ValueError("a patch has no pixel with positive fusion weight")
+    return int(nz[0]), int(nz[-1]) + 1
+
+
+def touching_patches(grid: PatchGrid, rows: tuple[int, int], cols: tuple[int, int]) -> list[int]:
+    """Ids (global order) of the patches whose weighted pixels fall in ``rows x cols``.
+
+    Patches that reach the block only through zero-weight halo pixels add exactly nothing
+    to its pixels, so they are skipped.
+    """
+    sy, sx = _support(grid.weight_y), _support(grid.weight_x)
+    nx = grid.shape[1]
+    iy = [i for i, r in enumerate(grid.starts[0]) if r + sy[0] < rows[1] and r + sy[1] > rows[0]]
+    ix = [j for j, c in enumerate(grid.starts[1]) if c + sx[0] < cols[1] and c + sx[1] > cols[0]]
+    return [i * nx + j for i in iy for j in ix]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockPlan:
+    """Where one spatial block lies, which patches it needs and what it must read.
+
+    ``rows``/``cols`` are the block's half-open pixel ranges on the fine grid, ``halo_rows``/
+    ``halo_cols`` the input ranges its patches read, ``patches`` the patch ids in global order.
+    """
+
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    halo_rows: tuple[int, int]
+    halo_cols: tuple[int, int]
+    patches: tuple[int, ...]
+
+
+def plan_blocks(
+    grid: PatchGrid, y_chunks: Sequence[int], x_chunks: Sequence[int]
+) -> list[list[BlockPlan]]:
+    """Plans for every spatial block of an output chunked ``y_chunks x x_chunks``.
+
+    The patch lattice is the global ``grid``: it does not depend on the chunking.
+    """
+    H, W = grid.domain
+    if sum(y_chunks) != H or sum(x_chunks) != W:
+        raise ValueError(f"chunks {tuple(y_chunks)} x {tuple(x_chunks)} do not cover the domain {grid.domain}")
+    ybounds = np.cumsum((0, *y_chunks))
+    xbounds = np.cumsum((0, *x_chunks))
+    plans = []
+    for y0, y1 in itertools.pairwise(ybounds):
+        row = []
+        for x0, x1 in itertools.pairwise(xbounds):
+            ids = touching_patches(grid, (int(y0), int(y1)), (int(x0), int(x1)))
+            rr = np.concatenate([grid.indices(k)[0] for k in ids])
+            cc = np.concatenate([grid.indices(k)[1] for k in ids])
+            row.append(BlockPlan((int(y0), int(y1)), (int(x0), int(x1)),
+                                 (int(rr.min()), int(rr.max()) + 1),
+                                 (int(cc.min()), int(cc.max()) + 1), tuple(ids)))
+        plans.append(row)
+    return plans
+
+
+def call_size(device: torch.device, batch_size: int) -> int:
+    """Rows per network call: one on the CPU (see the module docstring), else ``batch_size``."""
+    return 1 if device.type == "cpu" else max(1, int(batch_size))
+
+
+def _batches(items: list, size: int) -> Iterator[tuple[list, int]]:
+    """``items`` in calls of exactly ``size`` rows: yields (rows padded by repetition, n_real)."""
+    for i in range(0, len(items), size):
+        chunk = items[i : i + size]
+        yield chunk + [chunk[-1]] * (size - len(chunk)), len(chunk)
+
+
+def compute_block(
+    inputs,
+    *,
+    token: ModelToken,
+    grid: PatchGrid,
+    plan: BlockPlan,
+    times: Sequence[int],
+    members: Sequence[int],
+    seed: int,
+    sampler: SamplerConfig,
+    kinds: Sequence[str],
+    batch_size: int,
+    threads: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Fused fields of one block, in physical units.
+
+    Parameters
+    ----------
+    inputs : xr.Dataset
+        Regridded inputs and static fields over ``plan.halo_rows x plan.halo_cols`` for the
+        block's times (numpy-backed: the task's dependency was computed by dask).
+    token
+        The model (loaded once per process, see :mod:`corrdiff_xr.inference.cache`).
+    grid, plan
+        The global patch grid and this block's plan.
+    times
+        int64 nanoseconds of the block's times (noise keys).
+    members
+        Member indices of the block (noise keys); ignored when only ``"mean"`` is asked.
+    seed, sampler
+        Base seed and sampler settings.
+    kinds
+        Any of ``"mean"`` and ``"sample"`` to return, de-normalised by the model's codec and
+        channel first: ``(C, T, h, w)`` and ``(C, M, T, h, w)``.
+    batch_size
+        Patches per network call on accelerators.
+    threads
+        Torch intra-op threads for this task's thread (None leaves torch's setting).
+    """
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    model = load_model(token)
+    device = next(model.parameters()).device
+    x = np.asarray(model.codec.encode_inputs(inputs), dtype=np.float32)
+    T = len(times)
+    if x.shape[0] != T:
+        raise ValueError(f"block inputs have {x.shape[0]} times, expected {T}")
+    (y0, y1), (x0, x1) = plan.rows, plan.cols
+    (hr, _), (hc, _) = plan.halo_rows, plan.halo_cols
+    H, W = grid.domain
+    ph, pw = grid.patch
+    weight = grid.weight
+    C = model.out_channels
+    want_sample = "sample" in kinds
+    M = len(members) if want_sample else 0
+
+    def patch_input(t: int, k: int) -> np.ndarray:
+        r0, c0 = grid.origins[k]
+        rows = reflect_index(int(r0), ph, H) - hr
+        cols = reflect_index(int(c0), pw, W) - hc
+        return np.ascontiguousarray(x[t][:, rows][:, :, cols])
+
+    def overlap(k: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+        # pixels of patch k inside the block: (block slices, patch slices)
+        r0, c0 = (int(v) for v in grid.origins[k])
+        ra, rb = max(r0, y0), min(r0 + ph, y1)
+        ca, cb = max(c0, x0), min(c0 + pw, x1)
+        return (slice(ra - y0, rb - y0), slice(ca - x0, cb - x0)), (
+            slice(ra - r0, rb - r0), slice(ca - c0, cb - c0))
+
+    norm = np.zeros((y1 - y0, x1 - x0))
+    for k in plan.patches:
+        (bs, ps) = overlap(k)
+        norm[bs] += weight[ps]
+    mean_acc = np.zeros((T, C, y1 - y0, x1 - x0)) if "mean" in kinds else None
+    sample_acc = np.zeros((M, T, C, y1 - y0, x1 - x0)) if want_sample else None
+    size = call_size(device, batch_size)
+
+    def run(rows: list, fn) -> list[np.ndarray]:
+        out = []
+        for batch, n in _batches(rows, size):
+            with torch.no_grad():
+                res = fn(batch)
+            out.extend(res[:n].float().cpu().numpy())
+        return out
+
+    def offsets(batch) -> torch.Tensor:
+        return torch.as_tensor(np.stack([grid.origins[k] for (_, k) in batch]), device=device)
+
+    def inputs_of(batch) -> torch.Tensor:
+        return torch.from_numpy(np.stack([patch_input(t, k) for (t, k) in batch])).to(device)
+
+    units = [(t, k) for t in range(T) for k in plan.patches]
+    means = run(units, lambda b: model.predict_mean(inputs_of(b), offsets=offsets(b)))
+    by_unit = dict(zip(units, means))
+    if mean_acc is not None:
+        for (t, k), mu in zip(units, means):
+            bs, ps = overlap(k)
+            mean_acc[(t, slice(None), *bs)] += weight[ps] * mu[(slice(None), *ps)]
+    if want_sample:
+        draws = [(m, t, k) for t in range(T) for k in plan.patches for m in range(M)]
+
+        def sample(batch):
+            tk = [(t, k) for (_, t, k) in batch]
+            # generators live on the model's device (torch draws CUDA noise from CUDA
+            # generators), so members are reproducible per device type, not across them
+            gens = [patch_generator(seed, times[t], members[m], tuple(grid.origins[k]), device=device)
+                    for (m, t, k) in batch]
+            mu = torch.from_numpy(np.stack([by_unit[u] for u in tk])).to(device)
+            return model.sample(inputs_of(tk), generators=gens, sampler=sampler, mean=mu,
+                                offsets=offsets(tk))
+
+        # One batch in flight; accumulate in global patch order per (member, time).
+        for batch, n in _batches(draws, size):
+            with torch.no_grad():
+                res = sample(batch)[:n].float().cpu().numpy()
+            for (m, t, k), val in zip(batch[:n], res):
+                bs, ps = overlap(k)
+                sample_acc[(m, t, slice(None), *bs)] += weight[ps] * val[(slice(None), *ps)]
+    # Back to physical units through the codec, with the block's own coordinates.
+    template = inputs.isel({Y: slice(y0 - hr, y1 - hr), X: slice(x0 - hc, x1 - hc)})
+
+    def decode(acc: np.ndarray, dims: tuple[str, ...]) -> np.ndarray:
+        fused = (acc / norm).astype(np.float32)
+        ds = model.codec.decode_targets(fused, template, dims=dims)
+        return np.stack([ds[n].values for n in model.codec.out_channels])
+
+    out = {}
+    if mean_acc is not None:
+        out["mean"] = decode(mean_acc, (TIME,))
+    if sample_acc is not None:
+        out["sample"] = decode(sample_acc, (MEMBER, TIME))
+    return out

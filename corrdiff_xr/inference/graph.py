@@ -1,0 +1,129 @@
+"""The Dask graph of a downscaling: one task per output block, built key by key.
+
+Each block task depends directly on the input chunks its halo overlaps and assembles the halo
+itself, so building the graph costs a few dictionary entries per block (no per-block dask
+collections, whose construction would dominate for thousands of blocks) and the graph size
+does not depend on the model (tasks carry a small token, see ``cache``).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from corrdiff_xr.dims import TIME, X, Y
+from corrdiff_xr.inference.block import BlockPlan, compute_block
+
+__all__ = ["block_arrays"]
+
+Part = tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]
+
+
+def _overlaps(chunks: Sequence[int], lo: int, hi: int) -> list[tuple[int, slice, slice]]:
+    """Chunks of one axis overlapping [lo, hi): (chunk index, slice in chunk, slice in out)."""
+    bounds = np.cumsum((0, *chunks))
+    out = []
+    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
+        s, e = max(a, lo), min(b, hi)
+        if s < e:
+            out.append((i, slice(int(s - a), int(e - a)), slice(int(s - lo), int(e - lo))))
+    return out
+
+
+def _parts(chunks: tuple[tuple[int, ...], ...], region: Sequence[tuple[int, int]]) -> list[Part]:
+    """Input chunks (and where each lands) that make up ``region`` of a chunked array."""
+    per_axis = [_overlaps(c, lo, hi) for c, (lo, hi) in zip(chunks, region)]
+    return [
+        (tuple(p[0] for p in combo), tuple(p[1] for p in combo), tuple(p[2] for p in combo))
+        for combo in itertools.product(*per_axis)
+    ]
+
+
+def _assemble(pieces: list[np.ndarray], layout: list[Part], shape: tuple[int, ...]) -> np.ndarray:
+    if len(pieces) == 1 and pieces[0].shape == shape:
+        return pieces[0]
+    out = np.empty(shape, dtype=pieces[0].dtype)
+    for piece, (_, src, dst) in zip(pieces, layout):
+        out[dst] = piece[src]
+    return out
+
+
+def _run(pieces: list[list[np.ndarray]], *, names, dims, layouts, shapes, **kwargs) -> dict:
+    """Task body: assemble the halo Dataset from its input chunks, then compute the block."""
+    halo = xr.Dataset({
+        n: (d, _assemble(p, lay, shp)) for n, d, p, lay, shp in zip(names, dims, pieces, layouts, shapes)
+    })
+    return compute_block(halo, **kwargs)
+
+
+def block_arrays(
+    src: xr.Dataset,
+    plans: list[list[BlockPlan]],
+    tch: Sequence[int],
+    mch: Sequence[int],
+    kinds: Sequence[str],
+    n_out: int,
+    **task_kwargs: Any,
+) -> dict[str, da.Array]:
+    """Channel-first dask arrays of a downscaling, one task per (members, times, block).
+
+    ``"sample"`` is ``(C, member, time, y, x)`` and ``"mean"`` ``(C, time, y, x)``.
+    """
+    names = list(src.data_vars)
+    arrays = [src[n].data for n in names]
+    dims = [src[n].dims for n in names]
+    times = src[TIME].values.astype("datetime64[ns]").astype(np.int64)
+    tbounds = list(itertools.pairwise(np.cumsum((0, *tch))))
+    mbounds = list(itertools.pairwise(np.cumsum((0, *mch)))) if "sample" in kinds else [(0, 0)]
+    token = tokenize([a.name for a in arrays], plans, tuple(tch), tuple(mch), tuple(kinds), n_out,
+                     task_kwargs)
+    name = f"corrdiff-block-{token}"
+    layer: dict = {}
+    for (g, (m0, m1)), (it, (t0, t1)), (iy, prow) in itertools.product(
+        enumerate(mbounds), enumerate(tbounds), enumerate(plans)
+    ):
+        for ix, plan in enumerate(prow):
+            extent = {TIME: (int(t0), int(t1)), Y: plan.halo_rows, X: plan.halo_cols}
+            keys, layouts, shapes = [], [], []
+            for arr, d in zip(arrays, dims):
+                region = [extent[k] for k in d]
+                parts = _parts(arr.chunks, region)
+                keys.append([(arr.name, *p[0]) for p in parts])
+                layouts.append(parts)
+                shapes.append(tuple(hi - lo for lo, hi in region))
+            fn = functools.partial(
+                _run, names=names, dims=dims, layouts=layouts, shapes=shapes, plan=plan,
+                times=tuple(int(v) for v in times[t0:t1]), members=tuple(range(m0, m1)),
+                kinds=tuple(kinds), **task_kwargs,
+            )
+            layer[(name, g, it, iy, ix)] = (fn, keys)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=arrays)
+    ych = tuple(p[0].rows[1] - p[0].rows[0] for p in plans)
+    xch = tuple(p.cols[1] - p.cols[0] for p in plans[0])
+    out = {}
+    for kind in kinds:
+        oname = f"corrdiff-{kind}-{token}"
+        if kind == "sample":
+            sub = {(oname, 0, g, it, iy, ix): (operator.getitem, k, kind)
+                   for k in layer for (_, g, it, iy, ix) in [k]}
+            chunks = ((n_out,), tuple(mch), tuple(tch), ych, xch)
+        else:
+            sub = {(oname, 0, it, iy, ix): (operator.getitem, k, kind)
+                   for k in layer for (_, g, it, iy, ix) in [k] if g == 0}
+            chunks = ((n_out,), tuple(tch), ych, xch)
+        hlg = HighLevelGraph(
+            {**graph.layers, oname: sub},
+            {**graph.dependencies, oname: {name}},
+        )
+        out[kind] = da.Array(hlg, oname, chunks, dtype=np.float32,
+                             meta=np.empty((0,) * len(chunks), dtype=np.float32))
+    return out

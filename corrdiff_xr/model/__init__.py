@@ -1,0 +1,53 @@
+"""The CorrDiff model and its checkpoints.
+
+* :mod:`~corrdiff_xr.model.core`: :class:`CorrDiff` (regression mean + EDM residual, in
+  normalised space) and its safetensors checkpoint format (save, load, header);
+* :mod:`~corrdiff_xr.model.safety`: what a checkpoint must satisfy before anything is
+  allocated (header limits, a meta-device build compared with the stored tensors);
+* :mod:`~corrdiff_xr.model.mdlus` and :mod:`~corrdiff_xr.model.archives`: the importer of
+  PhysicsNeMo ``.mdlus`` files, read in memory within size limits and without unpickling code.
+"""
+
+from __future__ import annotations
+
+from corrdiff_xr.model.core import (
+    CHECKPOINT_FORMAT,
+    DEFAULT_EDM,
+    DEFAULT_REGRESSION,
+    DEFAULT_RESIDUAL,
+    DEFAULT_SAMPLER,
+    CheckpointError,
+    CorrDiff,
+    load_weights,
+    read_checkpoint_header,
+)
+from corrdiff_xr.model.mdlus import MdlusError, import_mdlus, read_mdlus
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "DEFAULT_EDM",
+    "DEFAULT_REGRESSION",
+    "DEFAULT_RESIDUAL",
+    "DEFAULT_SAMPLER",
+    "CheckpointError",
+    "CorrDiff",
+    "MdlusError",
+    "import_mdlus",
+    "load_weights",
+    "read_checkpoint_header",
+    "read_mdlus",
+    "shipped_model_path",
+]
+
+
+def shipped_model_path():
+    """Path of the shipped tiny CorrDiff checkpoint (fp16 tensors, loads as fp32)."""
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "weights" / "tiny_demo.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"the shipped model {path} is missing; reinstall corrdiff_xr or rebuild it with "
+            "benchmarks/train_shipped_model.py --install"
+        )
+    return path

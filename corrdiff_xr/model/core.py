@@ -1,0 +1,461 @@
+"""CorrDiff = a regression U-Net for the conditional mean + an EDM residual denoiser.
+
+Everything here works in *normalised* space on tensors: ``x`` is (N, C_in, h, w) normalised
+inputs (regridded coarse fields followed by static fields, the codec's ``in_channels``) and
+outputs are (N, C_out, h, w) normalised targets. The codec (:mod:`corrdiff_xr.codec`) is the
+one boundary to xarray; it travels with the model so a checkpoint knows its variables and
+statistics.
+
+A sample is ``mean + residual`` where the residual is drawn by the sampler of
+:mod:`corrdiff_xr.sampling` from latents taken from *that sample's* ``torch.Generator``, so a
+member never depends on how members or patches were batched. ``offsets`` give each sample's
+top-left pixel on the global grid, so patches see the right positional embedding.
+
+Checkpoints are one safetensors file: tensors plus a JSON header (codec, grid shape, network
+and EDM configs, versions). Loading executes no pickle code. Writes go to a temporary file
+that is renamed into place, so a crash never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from corrdiff_xr._atomic import write_bytes
+from corrdiff_xr.config import (
+    EDMConfig,
+    NetworkConfig,
+    SamplerConfig,
+    from_dict,
+    to_dict,
+)
+from corrdiff_xr.edm import EDMPrecond, residual_condition
+from corrdiff_xr.errors import CorrDiffError
+from corrdiff_xr.model.safety import (
+    MAX_HEADER_BYTES,
+    CheckpointError,
+    build_checked,
+    check_network,
+    check_tensors,
+    count,
+    img_shape,
+    parse_json,
+    safetensors_specs,
+    tensor_specs,
+)
+from corrdiff_xr.nn import RegressionUNet, SongUNet
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "CorrDiff",
+    "load_weights",
+    "read_checkpoint_header",
+]
+
+CHECKPOINT_FORMAT = "corrdiff_xr.checkpoint"
+CHECKPOINT_VERSION = 1
+_HEADER_KEY = "corrdiff_xr"
+
+DEFAULT_REGRESSION = NetworkConfig(embedding_type="zero")
+DEFAULT_RESIDUAL = NetworkConfig()
+DEFAULT_EDM = EDMConfig()
+DEFAULT_SAMPLER = SamplerConfig()
+
+
+class CorrDiff(nn.Module):
+    """Regression mean + EDM residual diffusion (Mardani et al. 2023), in normalised space.
+
+    Parameters
+    ----------
+    codec : Codec, optional
+        Variables and statistics; gives ``in_channels`` / ``out_channels``. A model without a
+        codec (e.g. an imported reference checkpoint) needs both channel counts.
+    img_shape : tuple of int
+        The global fine grid (H, W) that positional embeddings cover.
+    regression_network, residual_network : NetworkConfig
+        Network hyper-parameters; ``residual_network=None`` builds a regression-only model.
+    edm : EDMConfig
+        Preconditioning (``sigma_data``) and whether the residual sees the regression mean.
+    in_channels, out_channels : int, optional
+        Channel counts when no codec is given (they must agree with it otherwise).
+    """
+
+    def __init__(
+        self,
+        codec: Any = None,
+        *,
+        img_shape: Sequence[int],
+        regression_network: NetworkConfig = DEFAULT_REGRESSION,
+        residual_network: NetworkConfig | None = DEFAULT_RESIDUAL,
+        edm: EDMConfig = DEFAULT_EDM,
+        in_channels: int | None = None,
+        out_channels: int | None = None,
+    ):
+        super().__init__()
+        if codec is not None:
+            c_in, c_out = len(codec.in_channels), len(codec.out_channels)
+            if (in_channels, out_channels) != (None, None) and (
+                in_channels,
+                out_channels,
+            ) != (c_in, c_out):
+                raise ValueError(
+                    f"in_channels/out_channels {(in_channels, out_channels)} disagree with the codec's {(c_in, c_out)}"
+                )
+            in_channels, out_channels = c_in, c_out
+        if in_channels is None or out_channels is None:
+            raise ValueError(
+                "CorrDiff needs a codec or both in_channels and out_channels"
+            )
+        if len(img_shape) != 2:
+            raise ValueError(f"img_shape must be (H, W), got {tuple(img_shape)}")
+        self.codec = codec
+        self.img_shape = (int(img_shape[0]), int(img_shape[1]))
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.regression_config = regression_network
+        self.residual_config = residual_network
+        self.edm_config = edm
+
+        self.regression = RegressionUNet(
+            SongUNet(
+                regression_network,
+                in_channels=out_channels + in_channels,
+                out_channels=out_channels,
+                img_shape=self.img_shape,
+            )
+        )
+        self.residual: EDMPrecond | None = None
+        if residual_network is not None:
+            cond = in_channels + (out_channels if edm.hr_mean_conditioning else 0)
+            net = SongUNet(
+                residual_network,
+                in_channels=out_channels + cond,
+                out_channels=out_channels,
+                img_shape=self.img_shape,
+            )
+            self.residual = EDMPrecond(
+                net, sigma_data=edm.sigma_data, scale_condition=edm.scale_condition
+            )
+        for cfg, module in (
+            (regression_network, self.regression),
+            (residual_network, self.residual),
+        ):
+            if cfg is not None and cfg.compile:
+                module.compile()
+
+    # -- inference -------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor, offsets: torch.Tensor | None) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"x must have shape (N, {self.in_channels}, h, w), got {tuple(x.shape)}"
+            )
+        if offsets is not None and tuple(offsets.shape) != (x.shape[0], 2):
+            raise ValueError(
+                f"offsets must have shape ({x.shape[0]}, 2), got {tuple(offsets.shape)}"
+            )
+
+    def predict_mean(
+        self,
+        x: torch.Tensor,
+        *,
+        offsets: torch.Tensor | None = None,
+        lead_time: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Regression mean (N, C_out, h, w) from normalised inputs ``x`` (N, C_in, h, w)."""
+        self._check_input(x, offsets)
+        return self.regression(x, offsets=offsets, lead_time=lead_time)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        x: torch.Tensor,
+        *,
+        generators: Sequence[torch.Generator],
+        sampler: SamplerConfig = DEFAULT_SAMPLER,
+        mean: torch.Tensor | None = None,
+        offsets: torch.Tensor | None = None,
+        lead_time: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One ensemble member per generator: ``mean + residual`` (N, C_out, h, w).
+
+        Parameters
+        ----------
+        x : Tensor
+            (N, C_in, h, w) normalised inputs.
+        generators : sequence of torch.Generator
+            One per sample; the latents, then every step's churn noise, come from it.
+        sampler : SamplerConfig
+            Solver and schedule.
+        mean : Tensor, optional
+            Precomputed regression mean (N, C_out, h, w); computed when omitted.
+        offsets : Tensor, optional
+            (N, 2) global (row, col) of each patch's top-left pixel.
+        lead_time : Tensor, optional
+            (N,) lead-time labels for lead-time models.
+        """
+        from corrdiff_xr import sampling
+
+        self._check_input(x, offsets)
+        if len(generators) != x.shape[0]:
+            raise ValueError(
+                f"need one generator per sample: {x.shape[0]} samples, {len(generators)} generators"
+            )
+        if mean is None:
+            mean = self.predict_mean(x, offsets=offsets, lead_time=lead_time)
+        if self.residual is None:
+            return mean
+        cond = residual_condition(
+            x, mean, hr_mean_conditioning=self.edm_config.hr_mean_conditioning
+        )
+        _n, _, h, w = x.shape
+        latents = sampling.draw_latents(
+            generators, (self.out_channels, h, w), dtype=x.dtype, device=x.device
+        )
+
+        def denoise(xt: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            return self.residual(
+                xt, sigma, condition=cond, offsets=offsets, lead_time=lead_time
+            )
+
+        residual = sampling.sample(
+            denoise, latents, config=sampler, generators=generators
+        )
+        return mean + residual.to(mean.dtype)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        """JSON-able description from which :meth:`load` rebuilds the model."""
+        import safetensors
+
+        from corrdiff_xr import __version__
+
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "codec": self.codec.to_dict() if self.codec is not None else None,
+            "img_shape": list(self.img_shape),
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "regression_network": to_dict(self.regression_config),
+            "residual_network": to_dict(self.residual_config)
+            if self.residual_config is not None
+            else None,
+            "edm": to_dict(self.edm_config),
+            "versions": {
+                "corrdiff_xr": __version__,
+                "torch": torch.__version__,
+                "safetensors": safetensors.__version__,
+            },
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write weights + JSON config to one safetensors file, atomically (temp + rename)."""
+        from safetensors.torch import save
+
+        path = Path(path)
+        tensors = {
+            k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()
+        }
+        blob = save(tensors, metadata={_HEADER_KEY: json.dumps(self.config_dict())})
+        return write_bytes(path, blob)
+
+    @classmethod
+    def from_config_dict(
+        cls, header: dict[str, Any], *, source: str = "checkpoint header"
+    ) -> CorrDiff:
+        """Build an (untrained) model from :meth:`config_dict` output, checked first."""
+        kwargs = _header_kwargs(header, source=source)
+        return cls(_codec(kwargs.pop("codec"), source=source), **kwargs)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+    ) -> CorrDiff:
+        """Read a checkpoint written by :meth:`save` (no pickle involved).
+
+        The header is validated and the network it describes is first built on the meta
+        device and compared with the stored tensors (keys, shapes, storage dtypes, total
+        bytes; see :mod:`corrdiff_xr.model.safety`); only a checkpoint that fits is
+        built for real, so a lying header costs no memory.
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        source = str(path)
+        kwargs = _header_kwargs(read_checkpoint_header(path), source=source)
+        codec_data = kwargs.pop("codec")
+        with safe_open(source, framework="pt", device="cpu") as f:
+            model = build_checked(
+                lambda: cls(_codec(codec_data, source=source), **kwargs),
+                safetensors_specs(f),
+                available_bytes=path.stat().st_size,
+                source=source,
+                describe=lambda: cls(None, **kwargs),  # channel counts suffice
+            )
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+        model.load_state_dict(tensors, strict=True)
+        return model.to(map_location)
+
+
+def _codec(data: dict[str, Any] | None, *, source: str) -> Any:
+    """The codec of a validated header (imported late: it pulls in xarray)."""
+    if data is None:
+        return None
+    from corrdiff_xr.codec import Codec
+
+    try:
+        return Codec.from_dict(data)
+    except (CorrDiffError, ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(
+            f"{source}: codec in the header is unusable: {err}"
+        ) from err
+
+
+def _check_codec(data: Any, *, source: str) -> tuple[int, int]:
+    """Types of a header's codec (names, statistics); returns its (in, out) channel counts."""
+    what = f"{source}: codec"
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{what} must be a JSON object, got {type(data).__name__}"
+        )
+    names = {}
+    for key in ("inputs", "targets", "static"):
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise CheckpointError(
+                f"{what}.{key} must be a list of variable names, got {value!r:.200}"
+            )
+        names[key] = value
+    stats = data.get("stats")
+    if not isinstance(stats, dict) or not all(
+        isinstance(v, list)
+        and len(v) == 2
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        for v in stats.values()
+    ):
+        raise CheckpointError(
+            f"{what}.stats must map each variable to [mean, std], got {stats!r:.200}"
+        )
+    c_in, c_out = len(names["inputs"]) + len(names["static"]), len(names["targets"])
+    count(c_in, f"{what}: number of input channels", error=CheckpointError)
+    count(c_out, f"{what}: number of output channels", error=CheckpointError)
+    return c_in, c_out
+
+
+def _config(cls: type, data: Any, *, source: str, key: str) -> Any:
+    """A config dataclass from header data, with errors naming the file and key."""
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{source}: {key} must be a JSON object, got {data!r:.200}"
+        )
+    try:
+        cfg = from_dict(cls, data, path=key)
+    except CorrDiffError as err:
+        raise CheckpointError(f"{source}: {err}") from err
+    if cls is NetworkConfig:
+        check_network(cfg, f"{source}: {key}")
+    elif not all(math.isfinite(v) for v in (cfg.sigma_data, cfg.P_mean, cfg.P_std)):
+        raise CheckpointError(
+            f"{source}: {key}.sigma_data, P_mean and P_std must be finite, got {data!r:.200}"
+        )
+    return cfg
+
+
+def _header_kwargs(header: Any, *, source: str) -> dict[str, Any]:
+    """:class:`CorrDiff` keyword arguments from a header, every value's type and size checked.
+
+    ``codec`` stays plain data (see :func:`_codec`); ``in_channels`` / ``out_channels`` are
+    always given (from the codec when there is one), which is all a meta build needs.
+    """
+    if not isinstance(header, dict):
+        raise CheckpointError(
+            f"{source}: the header must be a JSON object, got {type(header).__name__}"
+        )
+    if header.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{source}: not a corrdiff_xr checkpoint (format={header.get('format')!r:.100})"
+        )
+    version = count(
+        header.get("format_version", 0), f"{source}: format_version", low=0, high=2**31
+    )
+    if version > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{source}: checkpoint format version {version} is newer than this corrdiff_xr "
+            f"understands ({CHECKPOINT_VERSION}); upgrade corrdiff_xr"
+        )
+    missing = sorted({"img_shape", "regression_network", "edm"} - set(header))
+    if header.get("codec") is None:
+        missing += sorted({"in_channels", "out_channels"} - set(header))
+    if missing:
+        raise CheckpointError(f"{source}: the header lacks {missing}")
+    codec = header.get("codec")
+    keys = ("in_channels", "out_channels")
+    if codec is not None:
+        channels = _check_codec(codec, source=source)
+        for key, n in zip(keys, channels):
+            if header.get(key, n) != n:
+                raise CheckpointError(
+                    f"{source}: {key}={header[key]!r:.100} disagrees with the codec's {n}"
+                )
+    else:
+        channels = tuple(count(header[k], f"{source}: {k}") for k in keys)
+    res = header.get("residual_network")
+    return {
+        "codec": codec,
+        "img_shape": img_shape(header["img_shape"], f"{source}: img_shape"),
+        "regression_network": _config(
+            NetworkConfig,
+            header["regression_network"],
+            source=source,
+            key="regression_network",
+        ),
+        "residual_network": None
+        if res is None
+        else _config(NetworkConfig, res, source=source, key="residual_network"),
+        "edm": _config(EDMConfig, header["edm"], source=source, key="edm"),
+        "in_channels": channels[0],
+        "out_channels": channels[1],
+    }
+
+
+def read_checkpoint_header(path: str | os.PathLike) -> dict[str, Any]:
+    """Codec, grid shape and configs stored in a checkpoint, read and checked without loading
+    weights."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is not a safetensors checkpoint: {err}") from err
+    if _HEADER_KEY not in meta:
+        raise CheckpointError(
+            f"{path} has no corrdiff_xr header; was it written by CorrDiff.save?"
+        )
+    header = parse_json(
+        meta[_HEADER_KEY].encode(), f"{path}: header", limit=MAX_HEADER_BYTES
+    )
+    _header_kwargs(header, source=str(path))
+    return header
+
+
+def load_weights(
+    model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str
+) -> None:
+    """Copy ``tensors`` into ``model``, naming any missing, unexpected, misshapen or
+    wrongly typed entry (see :func:`~corrdiff_xr.model.safety.check_tensors`)."""
+    check_tensors(
+        tensor_specs(model.state_dict()), tensor_specs(tensors), source=source
+    )
+    model.load_state_dict(tensors, strict=True)

@@ -1,0 +1,170 @@
+"""Opening forecasts to score: our Zarr ensembles and the reference's NetCDF layout.
+
+Two layouts are understood:
+
+* **ours** (Zarr, any fsspec URL): a flat Dataset whose prediction variables have a ``member``
+  dimension. The truth comes from a separate store or NetCDF file with the prediction's
+  variable names or, without one, from the same store: its group ``truth`` (default), or its
+  root under the target names when the ensemble sits in another group.
+* **the reference's NetCDF** (PhysicsNeMo ``generate.py``): root ``lat``/``lon`` (y, x) and
+  ``time``, groups ``input``, ``truth`` and ``prediction``; the prediction's ensemble
+  dimension is called ``ensemble`` there and is renamed to ``member``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import xarray as xr
+
+from corrdiff_xr.data.write import is_netcdf
+from corrdiff_xr.dims import LAT, LON, MEMBER, TIME
+from corrdiff_xr.errors import CorrDiffError, InputNotFoundError
+
+__all__ = ["REFERENCE_MEMBER_DIM", "ScoreError", "format_table", "open_prediction",
+           "open_reference_netcdf"]
+
+#: the reference's name of the ensemble dimension
+REFERENCE_MEMBER_DIM = "ensemble"
+
+
+class ScoreError(CorrDiffError, ValueError):
+    """The inputs cannot be scored as given (not found, wrong layout, mismatched, ...)."""
+
+
+def _exists(path: str, role: str) -> None:
+    if "://" not in path and not os.path.exists(path):
+        raise InputNotFoundError(f"{role} {path} does not exist")
+
+
+def open_reference_netcdf(path: str | os.PathLike) -> dict[str, xr.Dataset]:
+    """Open the reference's output NetCDF as lazy Datasets ``prediction``, ``truth``, ``input``.
+
+    Root ``time`` (decoded) and ``lat``/``lon`` become coordinates of every group, and the
+    prediction's ``ensemble`` dimension is renamed ``member``. Missing groups are omitted.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputNotFoundError(f"reference NetCDF {path!r} does not exist")
+    try:
+        root = xr.open_dataset(path, engine="netcdf4", chunks={})
+    except (OSError, ValueError) as err:
+        raise ScoreError(
+            f"{path} is not a readable NetCDF file ({err}); the reference layout is NetCDF-4, "
+            "pass --format zarr for a Zarr store"
+        ) from err
+    for name in (LAT, LON):
+        if name not in root.variables:
+            raise ScoreError(f"{path}: the reference layout needs a root variable {name!r}")
+    coords = {LAT: root[LAT].load(), LON: root[LON].load()}
+    if TIME in root.variables:
+        coords[TIME] = root[TIME].load()
+    groups = {}
+    for group in ("prediction", "truth", "input"):
+        try:
+            ds = xr.open_dataset(path, engine="netcdf4", group=group, chunks={})
+        except OSError:  # netCDF4 raises OSError for a missing group
+            continue
+        ds = ds.assign_coords({k: v for k, v in coords.items() if set(v.dims) <= set(ds.dims)})
+        if REFERENCE_MEMBER_DIM in ds.dims:
+            ds = ds.rename({REFERENCE_MEMBER_DIM: MEMBER})
+        groups[group] = ds
+    if "prediction" not in groups:
+        raise ScoreError(f"{path}: no 'prediction' group; is this a reference output NetCDF?")
+    return groups
+
+
+def _open_any(
+    path: str, *, group: str | None, storage_options: dict[str, Any], role: str
+) -> xr.Dataset:
+    """Open a Zarr store (local or fsspec URL) or NetCDF file, naming ``role`` if that fails."""
+    _exists(path, role)
+    netcdf = is_netcdf(path)
+    try:
+        if netcdf:
+            return xr.open_dataset(path, group=group, chunks={})
+        # fsspec options only apply to URLs; a local truth beside a remote ensemble is fine
+        options = (storage_options or None) if "://" in path else None
+        return xr.open_zarr(path, group=group, storage_options=options)
+    except (OSError, KeyError, ValueError) as err:
+        what = "NetCDF file" if netcdf else "Zarr store"
+        where = f" with a group {group!r}" if group else ""
+        raise ScoreError(f"{role} {path}: cannot open it as a {what}{where} ({err})") from err
+
+
+def open_prediction(
+    prediction: str,
+    *,
+    truth: str | None = None,
+    truth_group: str | None = None,
+    prediction_group: str | None = None,
+    layout: str = "auto",
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset | None]:
+    """Open (prediction, truth, inputs-or-None) lazily from either supported layout.
+
+    For a Zarr prediction store without ``truth``, the truth is read from the same store:
+    group ``truth_group`` (default ``"truth"``), or, when the ensemble sits in
+    ``prediction_group``, the store's root (a canonical store with the target names).
+
+    Raises
+    ------
+    InputNotFoundError
+        A local input does not exist.
+    ScoreError
+        An input cannot be opened, or holds no ensemble / truth.
+    """
+    storage_options = storage_options or {}
+    if layout == "reference-netcdf" or (layout == "auto" and is_netcdf(prediction)):
+        groups = open_reference_netcdf(prediction)
+        if truth is not None:
+            truth_ds = _open_any(truth, group=None, storage_options=storage_options, role="--truth")
+        elif "truth" in groups:
+            truth_ds = groups["truth"]
+        else:
+            raise ScoreError(f"{prediction}: no 'truth' group and no --truth given")
+        return groups["prediction"], truth_ds, groups.get("input")
+    pred = _open_any(
+        prediction, group=prediction_group, storage_options=storage_options, role="prediction"
+    )
+    pred = pred[[n for n, v in pred.data_vars.items() if MEMBER in v.dims]]
+    if not pred.data_vars:
+        raise ScoreError(
+            f"{prediction}: no variable has a {MEMBER!r} dimension (is it an ensemble? a "
+            "reference NetCDF needs --format reference-netcdf)"
+        )
+    if truth is not None:
+        truth_ds = _open_any(truth, group=None, storage_options=storage_options, role="--truth")
+    else:
+        if truth_group is None and prediction_group is None:
+            truth_group = "truth"
+        try:
+            truth_ds = _open_any(
+                prediction, group=truth_group, storage_options=storage_options, role="prediction"
+            )
+        except ScoreError as err:
+            raise ScoreError(
+                f"{prediction}: no truth group {truth_group!r}; pass --truth PATH"
+            ) from err
+    return pred, truth_ds, None
+
+
+def format_table(scores: xr.Dataset) -> str:
+    """Time-mean scores as a small text table: one row per metric, one column per variable."""
+    table = scores["score"]
+    if TIME in table.dims:
+        table = table.mean(TIME)
+    variables = [str(v) for v in table["variable"].values]
+    units = (
+        [str(u) for u in table["units"].values]
+        if "units" in table.coords
+        else [""] * len(variables)
+    )
+    heads = [f"{v} [{u}]" if u else v for v, u in zip(variables, units)]
+    width = max(12, *(len(h) + 2 for h in heads))
+    lines = ["metric".ljust(14) + "".join(h.rjust(width) for h in heads)]
+    for metric in table["metric"].values:
+        row = table.sel(metric=metric).values
+        lines.append(str(metric).ljust(14) + "".join(f"{x:{width}.4g}" for x in row))
+    return "\n".join(lines)

@@ -1,0 +1,408 @@
+"""The training loop: regression, residual diffusion and patched diffusion training.
+
+:func:`train` takes a validated :class:`~corrdiff_xr.config.TrainRunConfig` (see
+:func:`corrdiff_xr.training.load_run_config` and the ``train`` command) and trains one of
+CorrDiff's two networks in normalised space:
+
+* ``regression``: the mean UNet, on whole images (:func:`corrdiff_xr.edm.regression_loss`);
+* ``diffusion``: the EDM residual denoiser, the frozen regression model of
+  ``training.regression_checkpoint`` giving the mean (:func:`corrdiff_xr.edm.residual_loss`);
+* ``patched_diffusion``: the same on ``training.patch_num`` random ``patch.shape`` patches
+  per image.
+
+Each optimiser step sees ``training.total_batch_size`` samples: ``batch_size_per_device``
+per process, accumulated over rounds and averaged over processes (DDP under torchrun, SLURM
+or OpenMPI), with the loss normalised by the total so the gradient is that of one big batch.
+The learning rate is a pure function of the sample count
+(:func:`corrdiff_xr.training.schedule.learning_rate`).
+
+Output directory and resume
+---------------------------
+``training.output_dir`` holds one run: a new run marks it (a ``train`` output) and records its
+identity in ``identity.json`` (:mod:`corrdiff_xr.training.identity`). Re-running into it
+continues from the newest checkpoint when the identity is the same (a longer duration, a new
+learning rate or other optimiser setting: applied, and logged); another identity (data,
+codec, network, EDM, patches, regression checkpoint) is refused before any weight is loaded,
+unless ``training.resume=force``. Files and foreign directories are never written into. The
+codec (channel order, statistics) is fixed by the first checkpoint and taken from it on
+every resume.
+
+Determinism
+-----------
+On the CPU a run is a pure function of config, seed, data and number of torch threads (a
+reduction's rounding depends on its split among threads): two clean runs, or a run killed
+and resumed any number of times, give bit-identical weights. Channel order never depends on
+a store's listing order (detected names are sorted, :func:`corrdiff_xr.data.roles`: a store
+without consolidated metadata lists its variables in hash-seed order, which made two runs
+differ); sample order and loader patches are functions of ``(seed, epoch, sample)``
+whatever the read-ahead threads or workers; dropout, noise levels and patch origins come from
+the global torch generator in the main thread, seeded with ``training.seed`` (+ rank) and
+saved in every checkpoint. On a GPU, runs differ unless ``training.deterministic``: cuDNN
+picks convolution algorithms by timing them, and some CUDA kernels (convolution backward,
+``index_add``/scatter) accumulate with atomics in varying order; ``deterministic`` turns on
+``torch.use_deterministic_algorithms`` (with ``CUBLAS_WORKSPACE_CONFIG``), at some cost in
+speed. CPU and GPU never agree bit for bit, nor do other world sizes or accumulation
+settings (sums are reassociated), nor bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from corrdiff_xr.config import (
+    ConfigError,
+    NetworkConfig,
+    TrainRunConfig,
+    from_dict,
+    to_dict,
+)
+from corrdiff_xr.errors import CorrDiffError
+from corrdiff_xr.training import checkpoint as ckpt
+from corrdiff_xr.training import identity as ident
+from corrdiff_xr.training.data import codec_variables, open_training_data
+from corrdiff_xr.training.distributed import ProcessInfo, detect, initialize, shutdown
+from corrdiff_xr.training.monitor import Monitor
+from corrdiff_xr.training.schedule import accumulation_rounds, learning_rate
+
+__all__ = ["TrainResult", "TrainingDivergedError", "build_model", "train"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(CorrDiffError, FloatingPointError):
+    """Too many steps had non-finite loss or gradients (lower the learning rate or clip)."""
+
+
+# -- the run --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainResult:
+    """What a run did: samples seen, steps taken/skipped, final loss, where things went."""
+
+    nimg: int
+    steps: int
+    skipped_steps: int
+    loss: float
+    output_dir: Path
+    completed: bool
+
+
+def _device(name: str, info: ProcessInfo) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+def _is_due(nimg: int, step: int, every: int) -> bool:
+    # true when the last step crossed a multiple of ``every`` samples
+    return nimg // every > (nimg - step) // every
+
+
+def build_model(cfg: TrainRunConfig, codec: Any, img_shape: tuple[int, int], *,
+                regression_network: NetworkConfig | None = None):
+    """The (untrained) CorrDiff to train and the sub-module whose weights the optimiser updates.
+
+    Diffusion tasks need the ``regression_network`` config of the frozen regression net.
+    """
+    from corrdiff_xr.model import CorrDiff
+
+    if cfg.task == "regression":
+        model = CorrDiff(codec, img_shape=img_shape, regression_network=cfg.network,
+                         residual_network=None, edm=cfg.edm)
+        return model, model.regression
+    model = CorrDiff(codec, img_shape=img_shape, regression_network=regression_network,
+                     residual_network=cfg.network, edm=cfg.edm)
+    model.regression.requires_grad_(False).eval()
+    return model, model.residual
+
+
+def _model_file(path: str | Path) -> Path:
+    path = Path(path)
+    return path / "model.safetensors" if path.is_dir() else path
+
+
+@dataclasses.dataclass
+class _Start:
+    """What a run starts from: its data (restricted to the codec's variables), the codec, and
+    the checkpoint to resume (None: a new run)."""
+
+    train_pair: Any
+    valid_pair: Any
+    codec: Any
+    img_shape: tuple[int, int]
+    latest: Path | None
+    regression_network: NetworkConfig | None
+
+
+def _open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> _Start:
+    """Check the output directory, the data and the run's identity; record it (rank 0).
+
+    Everything that can refuse the run happens here, before any network is built or weight
+    loaded: a refused output directory, invalid data, a grid unlike the regression
+    checkpoint's, a resume whose identity differs from the recorded one.
+    """
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.model import read_checkpoint_header
+
+    t = cfg.training
+    latest = ckpt.latest_checkpoint(out / "checkpoints") if ident.prepare_output_dir(out) else None
+    train_pair, valid_pair = open_training_data(cfg)
+    img_shape = (int(train_pair.fine.sizes["y"]), int(train_pair.fine.sizes["x"]))
+    if cfg.patch.shape is not None and any(p > n for p, n in zip(cfg.patch.shape, img_shape)):
+        raise ConfigError(f"patch.shape {tuple(cfg.patch.shape)} is larger than the domain {img_shape} (y, x)")
+    reg_header, reg_codec, reg_sha = None, None, None
+    if cfg.task != "regression":
+        reg_file = _model_file(t.regression_checkpoint)
+        reg_header = read_checkpoint_header(reg_file)
+        if tuple(reg_header["img_shape"]) != img_shape:
+            raise ConfigError(f"regression checkpoint grid {tuple(reg_header['img_shape'])} differs from the "
+                              f"data's {img_shape}")
+        c = reg_header["codec"]
+        reg_codec = ident.codec_identity(c["inputs"], c["targets"], c.get("static", ()), c.get("attrs", {}))
+        reg_sha = ident.file_sha256(reg_file)
+    identity = ident.run_identity(cfg, train_pair, codec=reg_codec, regression_sha256=reg_sha)
+    settings = ident.run_settings(cfg)
+    history: list[dict[str, Any]] = []
+    if latest is not None:
+        history = ident.check_resume(out, ident.read_record(out), identity=identity, settings=settings,
+                                     mode=t.resume, nimg=int(latest.name))
+        header = read_checkpoint_header(latest / "model.safetensors")  # the codec is the checkpoint's
+    else:
+        header = reg_header
+    if header is not None:
+        codec = Codec.from_dict(header["codec"])
+    else:
+        codec = Codec.from_pair(train_pair)  # a new regression run: statistics computed here
+    if info.distributed:
+        torch.distributed.barrier()  # every rank has looked at the directory before rank 0 writes
+    if info.rank == 0:
+        ident.write_record(out, identity=identity, settings=settings, codec=codec.to_dict(),
+                           history=history, new=latest is None)
+        (out / "config.yaml").write_text(_yaml(to_dict(cfg)))
+    reg_net = None
+    if cfg.task != "regression":
+        reg_net = from_dict(NetworkConfig, header["regression_network"], path="regression_network")
+    pairs = [None if p is None else codec_variables(p, codec, source=cfg.data.source) for p in (train_pair, valid_pair)]
+    return _Start(*pairs, codec, img_shape, latest, reg_net)
+
+
+def _set_deterministic(enabled: bool, device: torch.device) -> None:
+    if not enabled or device.type != "cuda":
+        return  # CPU kernels are deterministic already (for a given number of threads)
+    # cuBLAS needs a fixed workspace to be deterministic; read when its handle is created
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+def train(cfg: TrainRunConfig, *, max_steps: int | None = None) -> TrainResult:
+    """Train as configured; resume from the newest checkpoint in the output directory.
+
+    ``max_steps`` stops after that many optimiser steps in this call (tests, profiling).
+    """
+    from corrdiff_xr.model import CorrDiff
+    from corrdiff_xr.training.loader import ChunkShuffleLoader
+
+    t = cfg.training
+    info = detect()
+    device = _device(t.device, info)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    initialize(info, device)
+    try:
+        _set_deterministic(t.deterministic, device)
+        per_device = t.batch_size_per_device or t.total_batch_size // info.world_size
+        rounds = accumulation_rounds(t.total_batch_size, per_device, info.world_size)
+        out = Path(t.output_dir)
+        start = _open_run(cfg, out, info)
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        model, trainable = build_model(cfg, start.codec, start.img_shape,
+                                       regression_network=start.regression_network)
+        if start.latest is None and cfg.task != "regression":
+            frozen = CorrDiff.load(_model_file(t.regression_checkpoint))
+            model.regression.load_state_dict(frozen.regression.state_dict())
+        model.to(device)
+        optimizer = torch.optim.Adam(trainable.parameters(), lr=t.lr, betas=t.betas, eps=t.eps)
+        loader = ChunkShuffleLoader(
+            start.train_pair, start.codec, batch_size=per_device, block_size=t.loader.block_size, seed=t.seed,
+            rank=info.rank, world_size=info.world_size, num_workers=t.loader.num_workers,
+            prefetch_factor=t.loader.prefetch_factor, lead_time=cfg.data.lead_time)
+        nimg, skipped = 0, 0
+        if start.latest is not None:
+            nimg, skipped = _resume(start.latest, model, optimizer, loader, info, t)
+            log.info("resumed from %s at %d samples", start.latest, nimg)
+        else:
+            torch.manual_seed(t.seed + info.rank)  # per-rank noise from here on
+        return _loop(cfg, model, trainable, optimizer, loader, start, out, info, device,
+                     nimg=nimg, skipped=skipped, rounds=rounds, per_device=per_device, max_steps=max_steps)
+    finally:
+        shutdown()
+
+
+def _loop(cfg, model, trainable, optimizer, loader, start, out, info, device, *,
+          nimg, skipped, rounds, per_device, max_steps) -> TrainResult:
+    """Optimiser steps until ``training.duration`` samples (or ``max_steps`` steps)."""
+    from corrdiff_xr import edm
+
+    t = cfg.training
+    net = trainable
+    if info.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            trainable, device_ids=[device.index] if device.type == "cuda" else None)
+    ckpt_root = out / "checkpoints"
+    monitor = Monitor(out / "tensorboard", total=t.duration, initial=nimg,
+                      active=info.rank == 0, progress=t.progress)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+    loss_fn = _loss_fn(cfg, model, edm)
+    batches = iter(loader)
+    steps, loss_value = 0, math.nan
+    model.eval()  # a frozen regression net stays in eval mode (no dropout)
+    trainable.train()
+    try:
+        while nimg < t.duration and (max_steps is None or steps < max_steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = _accumulate_gradients(net, batches, loss_fn, rounds=rounds, per_device=per_device,
+                                             info=info, autocast=autocast, device=device)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable.parameters(), t.grad_clip or math.inf)
+            lr = learning_rate(nimg, lr=t.lr, rampup=t.lr_rampup, decay=t.lr_decay, decay_every=t.lr_decay_every)
+            nimg += t.total_batch_size
+            steps += 1
+            if not (torch.isfinite(loss_sum) and torch.isfinite(grad_norm)):
+                skipped += 1  # identical on every rank: loss and gradients are all-reduced
+                log.warning("non-finite loss or gradient at %d samples; step skipped (%d so far)", nimg, skipped)
+                if skipped > t.max_nonfinite_steps:
+                    raise TrainingDivergedError(
+                        f"{skipped} steps had non-finite loss or gradients (training.max_nonfinite_steps="
+                        f"{t.max_nonfinite_steps}); lower training.lr or set training.grad_clip")
+            else:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.step()
+            loss_value = float(loss_sum)
+            monitor.advance(t.total_batch_size, nimg, loss=loss_value, lr=lr)
+            if _is_due(nimg, t.total_batch_size, t.log_every) or nimg >= t.duration:
+                monitor.scalars(nimg, **{"train/loss": loss_value, "train/lr": lr,
+                                         "train/grad_norm": float(grad_norm), "train/skipped_steps": skipped})
+            if start.valid_pair is not None and (_is_due(nimg, t.total_batch_size, t.validate_every)
+                                                 or nimg >= t.duration):
+                _validate(cfg, model, start.valid_pair, start.codec, monitor, nimg, device, info, per_device)
+                model.eval()
+                trainable.train()
+            if _is_due(nimg, t.total_batch_size, t.checkpoint_every) or nimg >= t.duration:
+                _save(ckpt_root, nimg, skipped, model, optimizer, loader, info, t.keep_checkpoints)
+    finally:
+        monitor.close()
+    if info.rank == 0 and nimg >= t.duration:
+        model.save(out / "model.safetensors")
+    return TrainResult(nimg, steps, skipped, loss_value, out, nimg >= t.duration)
+
+
+def _accumulate_gradients(net, batches, loss_fn, *, rounds, per_device, info, autocast, device) -> torch.Tensor:
+    """Backward over ``rounds`` batches; gradients and the returned loss are those of the mean
+    over all ``per_device x rounds x world_size`` samples (DDP averages over processes and
+    synchronises only on the last round)."""
+    loss_sum = torch.zeros((), device=device)
+    for r in range(rounds):
+        batch = next(batches).to(device)
+        last = r == rounds - 1 or not info.distributed
+        with contextlib.nullcontext() if last else net.no_sync():
+            with autocast:
+                loss = loss_fn(net, batch).sum() / (per_device * rounds)
+            loss.backward()
+        loss_sum += loss.detach().float()
+    if info.distributed:
+        torch.distributed.all_reduce(loss_sum)
+        loss_sum /= info.world_size
+    return loss_sum
+
+
+def _loss_fn(cfg: TrainRunConfig, model: Any, edm: Any):
+    """``loss(net, batch) -> elementwise loss`` for the task (``net`` may be DDP-wrapped)."""
+    if cfg.task == "regression":
+        def regression(net, b):
+            mean = lambda x: net(x, offsets=b.offsets, lead_time=b.lead_time)
+            return edm.regression_loss(mean, b.inputs, b.targets, reduction="none")
+
+        return regression
+    patch = tuple(cfg.patch.shape) if cfg.task == "patched_diffusion" else None
+    patches = cfg.training.patch_num if patch is not None else 1
+
+    def residual(net, b):
+        with torch.no_grad():
+            mean = model.predict_mean(b.inputs, offsets=b.offsets, lead_time=b.lead_time)
+        lead = None if b.lead_time is None else b.lead_time.repeat_interleave(patches)
+
+        def denoiser(x_noisy, sigma, *, condition, offsets):
+            return net(x_noisy, sigma, condition=condition, offsets=offsets, lead_time=lead)
+
+        return edm.residual_loss(
+            denoiser, b.inputs, b.targets, mean=mean, P_mean=cfg.edm.P_mean, P_std=cfg.edm.P_std,
+            sigma_data=cfg.edm.sigma_data, patch=patch, num_patches=patches,
+            hr_mean_conditioning=cfg.edm.hr_mean_conditioning, reduction="none")
+
+    return residual
+
+
+def _validate(cfg, model, pair, codec, monitor, nimg, device, info, batch_size) -> None:
+    from corrdiff_xr.training.validation import validate
+
+    if info.rank != 0:
+        return
+    metrics, image = validate(cfg, model, pair, codec, device=device, batch_size=batch_size)
+    monitor.scalars(nimg, **{f"valid/{k}": v for k, v in metrics.items()})
+    if image is not None:
+        monitor.image("valid/sample", image, nimg)
+
+
+def _save(root, nimg, skipped, model, optimizer, loader, info, keep) -> None:
+    # every rank's loader position and random state, so each rank resumes its own stream
+    local = {"loader": loader.state_dict(), "rng": ckpt.rng_state()}
+    gathered = [local]
+    if info.distributed:
+        gathered = [None] * info.world_size
+        torch.distributed.all_gather_object(gathered, local)
+    if info.rank == 0:
+        state = {"nimg": nimg, "skipped": skipped, "optimizer": optimizer.state_dict(),
+                 "ranks": gathered, "world_size": info.world_size}
+        ckpt.save_checkpoint(root, nimg, save_model=lambda p: model.save(p / "model.safetensors"),
+                             trainer_state=state, keep=keep)
+    if info.distributed:
+        torch.distributed.barrier()
+
+
+def _resume(path, model, optimizer, loader, info, t) -> tuple[int, int]:
+    """Load checkpoint ``path`` (weights, optimiser, loader position, random states)."""
+    from safetensors.torch import load_file
+
+    from corrdiff_xr.model import CheckpointError, load_weights
+
+    state = ckpt.load_trainer_state(path)
+    if state["world_size"] != info.world_size:
+        raise ConfigError(f"checkpoint {path} was written by {state['world_size']} processes; "
+                          f"resume it with the same number (now {info.world_size})")
+    weights = path / "model.safetensors"
+    try:
+        load_weights(model, load_file(str(weights)), source=str(weights))
+    except CheckpointError as err:  # only after training.resume=force: same identity, same shapes
+        raise CheckpointError(f"{err}; a network of another shape cannot continue this checkpoint: "
+                              "choose another training.output_dir for a new run") from None
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:  # the configured Adam settings, not the checkpoint's
+        group["betas"], group["eps"] = tuple(t.betas), t.eps
+    mine = state["ranks"][info.rank]
+    loader.load_state_dict(mine["loader"])
+    ckpt.set_rng_state(mine["rng"])
+    return int(state["nimg"]), int(state["skipped"])
+
+
+def _yaml(data: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)

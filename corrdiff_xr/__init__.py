@@ -17,7 +17,7 @@ heavy modules load only when a method needs them.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from corrdiff_xr._version import __version__
 
 from corrdiff_xr import accessors as _accessors  # noqa: F401  (registers ds.corrdiff)
 

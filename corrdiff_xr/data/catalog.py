@@ -171,6 +171,10 @@ def cache_root(value: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser()
 
 
+#: the directory holding the ``corrdiff_xr`` package (a source checkout's root)
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
 def catalog_dir() -> Path:
     """The bundled ``catalogs/`` directory.
 
@@ -180,9 +184,7 @@ def catalog_dir() -> Path:
     """
     import importlib.metadata
 
-    import corrdiff_xr
-
-    path = Path(corrdiff_xr.__file__).resolve().parent.parent / "catalogs"
+    path = _SOURCE_ROOT / "catalogs"
     if path.is_dir():
         return path
     try:

@@ -308,7 +308,7 @@ def _to_dataset(
     sampler_cfg, grid, seed: int, members: int, patch,
 ) -> xr.Dataset:
     """Wrap the block arrays as a labelled Dataset with CF and provenance attributes."""
-    from corrdiff_xr import __version__
+    from corrdiff_xr._version import __version__
     from corrdiff_xr.config import to_dict
 
     if output == "ensemble":

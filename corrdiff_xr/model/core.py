@@ -235,7 +235,7 @@ class CorrDiff(nn.Module):
         """JSON-able description from which :meth:`load` rebuilds the model."""
         import safetensors
 
-        from corrdiff_xr import __version__
+        from corrdiff_xr._version import __version__
 
         return {
             "format": CHECKPOINT_FORMAT,

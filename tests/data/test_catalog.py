@@ -118,11 +118,11 @@ def test_incomplete_entry_is_named_with_its_line(tmp_path):
 def test_missing_catalogs_directory_is_explained(tmp_path, monkeypatch):
     import importlib.metadata
 
-    import corrdiff_xr
+    from corrdiff_xr.data import catalog
 
     # the package sits where no catalogs/ directory is, and the install lists no
     # share/corrdiff_xr/catalogs data files (a wheel does: tests/test_packaging.py)
-    monkeypatch.setattr(corrdiff_xr, "__file__", str(tmp_path / "site" / "corrdiff_xr" / "x.py"))
+    monkeypatch.setattr(catalog, "_SOURCE_ROOT", tmp_path / "site")
     monkeypatch.setattr(importlib.metadata, "files", lambda name: [])
     with pytest.raises(CatalogError, match=r"no bundled catalogs: neither .*site.*catalogs nor installed"):
         catalog_dir()

@@ -114,21 +114,9 @@ def _check_dim_coord(ds: xr.Dataset, dim: str) -> None:
         raise CoordinateError(f"dimension '{dim}' has no coordinate variable '{dim}'")
     values = ds[dim].values
     if dim == TIME:
-        if not np.issubdtype(values.dtype, np.datetime64):
-            raise TimeAxisError(
-                f"coordinate 'time' has dtype {values.dtype}; expected datetime64[ns]"
-            )
-        if np.isnat(values).any():
-            raise TimeAxisError("coordinate 'time' holds NaT (missing times)")
-        uniq, counts = np.unique(values, return_counts=True)
-        if (counts > 1).any():
-            raise TimeAxisError(
-                f"coordinate 'time' repeats {[str(t) for t in uniq[counts > 1][:3]]}; times must be unique"
-            )
-        if values.size > 1 and not (np.diff(values) > np.timedelta64(0)).all():
-            raise TimeAxisError(
-                "coordinate 'time' is not increasing; sort it with ds.sortby('time')"
-            )
+        from corrdiff_xr.data.times import check_time_axis
+
+        check_time_axis(values, name=TIME)
         return
     if not np.issubdtype(values.dtype, np.number):
         raise CoordinateError(

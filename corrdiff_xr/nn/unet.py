@@ -59,12 +59,27 @@ class SongUNet(nn.Module):
         self.out_channels = out_channels
         self.img_shape = (int(img_shape[0]), int(img_shape[1]))
         self.levels = len(cfg.channel_mult)
-        mc = cfg.model_channels
-        emb_ch = mc * cfg.channel_mult_emb
-        noise_ch = mc * cfg.channel_mult_noise
-        self.emb_channels = emb_ch
-        unbiased = cfg.eval_groupnorm_unbiased
+        self.emb_channels = cfg.model_channels * cfg.channel_mult_emb
+        # modules are created in the reference's order: the same seed gives the same
+        # initial weights, and state-dict keys keep their order
+        self._add_input_embeddings()
+        self._add_noise_embedding()
+        block = {
+            "emb_channels": self.emb_channels,
+            "dropout": cfg.dropout,
+            "resample_filter": cfg.resample_filter,
+            "eval_unbiased": cfg.eval_groupnorm_unbiased,
+        }
+        self.enc, skips = self._encoder(block)
+        self.dec = self._decoder(block, skips)
+        if (
+            cfg.channels_last
+        ):  # else every convolution converts its weight on every call
+            self.to(memory_format=torch.channels_last)
 
+    def _add_input_embeddings(self) -> None:
+        """Positional grid and lead-time embeddings, and the probability-channel scale."""
+        cfg = self.config
         self.grid = GridEmbedding(
             self.img_shape, gridtype=cfg.gridtype, channels=cfg.N_grid_channels
         )
@@ -87,68 +102,75 @@ class SongUNet(nn.Module):
             if self.prob_channels
             else None
         )
-        total_in = (
-            in_channels
+        self.total_in_channels = (
+            self.in_channels
             + self.grid.channels
             + (cfg.lead_time_channels if self.lead_time else 0)
         )
-        self.total_in_channels = total_in
 
+    def _add_noise_embedding(self) -> None:
+        """The noise-level MLP; none for ``embedding_type="zero"`` (the regression net)."""
+        cfg = self.config
         if cfg.embedding_type == "positional":
+            noise_ch = cfg.model_channels * cfg.channel_mult_noise
             self.map_noise = NoiseEmbedding(noise_ch)
-            self.map_layer0 = Linear(noise_ch, emb_ch)
-            self.map_layer1 = Linear(emb_ch, emb_ch)
+            self.map_layer0 = Linear(noise_ch, self.emb_channels)
+            self.map_layer1 = Linear(self.emb_channels, self.emb_channels)
         else:
             self.map_noise = None
 
-        block = {
-            "emb_channels": emb_ch,
-            "dropout": cfg.dropout,
-            "resample_filter": cfg.resample_filter,
-            "eval_unbiased": unbiased,
-        }
-        self.enc = nn.ModuleDict()
-        cout = total_in
+    def _attends(self, level: int) -> bool:
+        # chosen from the global height, so a patch uses the same layers as the whole domain
+        return (self.img_shape[0] >> level) in self.config.attn_resolutions
+
+    def _encoder(self, block: dict) -> tuple[nn.ModuleDict, list[int]]:
+        """The encoder and the channel count of each output the decoder takes as a skip."""
+        cfg = self.config
+        mc = cfg.model_channels
+        enc = nn.ModuleDict()
+        cout = self.total_in_channels
         skips = []
         for level, mult in enumerate(cfg.channel_mult):
-            res = self.img_shape[0] >> level
             if level == 0:
-                self.enc[f"L{level}_conv"] = Conv2d(cout, mc, 3)
+                enc[f"L{level}_conv"] = Conv2d(cout, mc, 3)
                 cout = mc
             else:
-                self.enc[f"L{level}_down"] = UNetBlock(cout, cout, down=True, **block)
+                enc[f"L{level}_down"] = UNetBlock(cout, cout, down=True, **block)
             skips.append(cout)
             for i in range(cfg.num_blocks):
                 cin, cout = cout, mc * mult
-                self.enc[f"L{level}_block{i}"] = UNetBlock(
-                    cin, cout, attention=res in cfg.attn_resolutions, **block
+                enc[f"L{level}_block{i}"] = UNetBlock(
+                    cin, cout, attention=self._attends(level), **block
                 )
                 skips.append(cout)
+        return enc, skips
 
-        self.dec = nn.ModuleDict()
+    def _decoder(self, block: dict, skips: list[int]) -> nn.ModuleDict:
+        """Bottleneck, decoder levels (consuming ``skips`` from the end) and output head."""
+        cfg = self.config
+        mc = cfg.model_channels
+        dec = nn.ModuleDict()
+        skips = list(skips)
+        cout = skips[-1]  # the encoder's last output
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            res = self.img_shape[0] >> level
             if level == self.levels - 1:
-                self.dec[f"L{level}_in0"] = UNetBlock(
+                dec[f"L{level}_in0"] = UNetBlock(
                     cout, cout, attention=cfg.bottleneck_attention, **block
                 )
-                self.dec[f"L{level}_in1"] = UNetBlock(cout, cout, **block)
+                dec[f"L{level}_in1"] = UNetBlock(cout, cout, **block)
             else:
-                self.dec[f"L{level}_up"] = UNetBlock(cout, cout, up=True, **block)
+                dec[f"L{level}_up"] = UNetBlock(cout, cout, up=True, **block)
             for i in range(cfg.num_blocks + 1):
                 cin, cout = cout + skips.pop(), mc * mult
-                attn = i == cfg.num_blocks and res in cfg.attn_resolutions
-                self.dec[f"L{level}_block{i}"] = UNetBlock(
+                attn = i == cfg.num_blocks and self._attends(level)
+                dec[f"L{level}_block{i}"] = UNetBlock(
                     cin, cout, attention=attn, **block
                 )
-        self.dec["L0_aux_norm"] = GroupNorm(
-            cout, eps=1e-6, silu=True, eval_unbiased=unbiased
+        dec["L0_aux_norm"] = GroupNorm(
+            cout, eps=1e-6, silu=True, eval_unbiased=cfg.eval_groupnorm_unbiased
         )
-        self.dec["L0_aux_conv"] = Conv2d(cout, out_channels, 3, init_weight=1e-5)
-        if (
-            cfg.channels_last
-        ):  # else every convolution converts its weight on every call
-            self.to(memory_format=torch.channels_last)
+        dec["L0_aux_conv"] = Conv2d(cout, self.out_channels, 3, init_weight=1e-5)
+        return dec
 
     @property
     def dtype(self) -> torch.dtype:

@@ -33,9 +33,10 @@ never a user's file or directory or another product. The ``corrdiff-xr convert``
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import xarray as xr
@@ -94,6 +95,30 @@ def _cf_attrs(name: str, attrs: Mapping, note: str) -> dict:
 
 def _index_coord(what: str) -> dict:
     return {"units": "1", "long_name": f"{what} grid index", "axis": what.upper()}
+
+
+def _canonical_coords(
+    times: np.ndarray,
+    fine: tuple[np.ndarray, ...],
+    coarse: tuple[np.ndarray, ...],
+) -> dict[str, tuple | np.ndarray]:
+    """The canonical coordinates; ``fine``/``coarse`` are ``(y, x, lat, lon)`` of each grid.
+
+    ``y``/``x`` are grid indices (the reference archives have no projection coordinates).
+    """
+    y, x, lat, lon = fine
+    yc, xc, latc, lonc = coarse
+    return {
+        TIME: times,
+        Y: (Y, y, _index_coord("y")),
+        X: (X, x, _index_coord("x")),
+        Y_COARSE: (Y_COARSE, yc, _index_coord("y")),
+        X_COARSE: (X_COARSE, xc, _index_coord("x")),
+        LAT: ((Y, X), lat, _GEO_LAT),
+        LON: ((Y, X), lon, _GEO_LON),
+        LAT_COARSE: ((Y_COARSE, X_COARSE), latc, _GEO_LAT),
+        LON_COARSE: ((Y_COARSE, X_COARSE), lonc, _GEO_LON),
+    }
 
 
 # -- HRRR-Mini ---------------------------------------------------------------------------------
@@ -158,6 +183,120 @@ def _choose_window(
     return chosen
 
 
+def _open_hrrr_root(path: str) -> xr.Dataset:
+    """The root group of a HRRR-Mini file, which must hold ``time`` and ``coord``."""
+    if not os.path.exists(path):
+        raise InputNotFoundError(f"HRRR-Mini file not found: {path}")
+    try:
+        root = xr.open_dataset(path, engine="netcdf4", chunks={})
+    except (OSError, ValueError) as err:
+        raise ConversionError(
+            f"{path}: not a readable NetCDF-4 file ({err}); HRRR-Mini is one NetCDF file "
+            "(a CWB Zarr store is layout 'cwb')"
+        ) from err
+    for name in ("time", "coord"):
+        if name not in root.variables:
+            raise ConversionError(f"{path}: root group lacks {name!r} (HRRR-Mini layout)")
+    return root
+
+
+def _coarsening_factor(path: str, inp: xr.Dataset, out: xr.Dataset) -> int:
+    """The integer factor between the output (fine) and input (coarse) grids."""
+    for label, grp in (("input", inp), ("output", out)):
+        if not grp.data_vars:
+            raise ConversionError(f"{path}: group {label!r} holds no variables")
+        for name, var in grp.data_vars.items():
+            if var.ndim != 3:
+                raise ConversionError(
+                    f"{path}: {label}/{name} has dims {var.dims}, expected (sample, y, x)"
+                )
+    ny, nx = next(iter(out.data_vars.values())).shape[-2:]
+    nyc, nxc = next(iter(inp.data_vars.values())).shape[-2:]
+    if ny % nyc or nx % nxc or ny // nyc != nx // nxc:
+        raise ConversionError(
+            f"{path}: output {ny}x{nx} is not an integer multiple of input {nyc}x{nxc}"
+        )
+    return ny // nyc
+
+
+def _window_samples(
+    path: str, root: xr.Dataset, coord: np.ndarray, origin: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the samples of the window at ``origin``, in time order, and their times."""
+    keep = np.flatnonzero((coord == np.array(origin)).all(axis=1))
+    times = np.asarray(root["time"].values)[keep]
+    if not np.issubdtype(times.dtype, np.datetime64):
+        raise ConversionError(f"{path}: time is not CF-decodable to datetimes ({times.dtype})")
+    order = np.argsort(times, kind="stable")
+    keep, times = keep[order], times[order].astype("datetime64[ns]")
+    if np.any(np.diff(times) == np.timedelta64(0)):
+        raise ConversionError(f"{path}: window {origin} holds repeated times")
+    return keep, times
+
+
+def _crop(
+    path: str, var: xr.DataArray, origin: tuple[int, int], shape: tuple[int, int]
+) -> np.ndarray:
+    """A parent-grid field cut to the window ``shape`` at ``origin`` (as is if already cut)."""
+    (i0, j0), (ny, nx) = origin, shape
+    if var.shape == (ny, nx):  # already on the window
+        return np.asarray(var.values)
+    if var.ndim != 2 or var.shape[0] < i0 + ny or var.shape[1] < j0 + nx:
+        raise ConversionError(
+            f"{path}: {var.name} {var.shape} does not contain the window "
+            f"rows {i0}:{i0 + ny}, cols {j0}:{j0 + nx}"
+        )
+    d0, d1 = var.dims
+    return np.asarray(var.isel({d0: slice(i0, i0 + ny), d1: slice(j0, j0 + nx)}).values)
+
+
+def _stat(raw_stats: dict, stats_path, group: str, name: str) -> tuple[float, float]:
+    """``(mean, std)`` of ``group/name`` in the reference's stats.json."""
+    entry = raw_stats.get(group)
+    entry = entry.get(name) if isinstance(entry, dict) else None
+    if not isinstance(entry, dict) or not {"mean", "std"} <= set(entry):
+        raise ConversionError(
+            f"{stats_path}: no mean/std for {group}/{name} (expected "
+            f'{{"{group}": {{"{name}": {{"mean": ..., "std": ...}}}}}}, got {entry!r:.60})'
+        )
+    try:
+        return float(entry["mean"]), float(entry["std"])
+    except (TypeError, ValueError) as err:
+        raise ConversionError(
+            f"{stats_path}: {group}/{name} mean/std must be numbers, got {entry!r:.60}"
+        ) from err
+
+
+def _hrrr_variables(
+    out: xr.Dataset,
+    inp: xr.Dataset,
+    inv: xr.Dataset,
+    *,
+    keep: np.ndarray,
+    crop: Callable[[xr.DataArray], np.ndarray],
+    stat: Callable[[str, str], tuple[float, float]],
+) -> tuple[dict[str, tuple], dict[str, tuple[float, float]]]:
+    """Targets, ``_coarse`` inputs (samples ``keep``) and cropped invariants, with their stats."""
+    data_vars: dict[str, tuple] = {}
+    stats: dict[str, tuple[float, float]] = {}
+    for name, var in out.data_vars.items():
+        picked = var.isel({var.dims[0]: keep}).data
+        data_vars[name] = ((TIME, Y, X), picked, _cf_attrs(name, var.attrs, "fine target"))
+        stats[name] = stat("output", name)
+    for name, var in inp.data_vars.items():
+        new = f"{name}{INPUT_SUFFIX}"
+        attrs = _cf_attrs(name, var.attrs, "coarse input")
+        picked = var.isel({var.dims[0]: keep}).data
+        data_vars[new] = ((TIME, Y_COARSE, X_COARSE), picked, attrs)
+        stats[new] = stat("input", name)
+    for name, var in inv.data_vars.items():
+        if name in ("latitude", "longitude"):
+            continue
+        data_vars[name] = ((Y, X), crop(var), _cf_attrs(name, var.attrs, "static"))
+        stats[name] = stat("invariant", name)
+    return data_vars, stats
+
+
 def hrrr_mini_to_canonical(
     path: str | os.PathLike,
     stats_path: str | os.PathLike,
@@ -181,120 +320,32 @@ def hrrr_mini_to_canonical(
         The dataset is dask-backed: samples are read from the NetCDF only when written.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputNotFoundError(f"HRRR-Mini file not found: {path}")
-    try:
-        root = xr.open_dataset(path, engine="netcdf4", chunks={})
-    except (OSError, ValueError) as err:
-        raise ConversionError(
-            f"{path}: not a readable NetCDF-4 file ({err}); HRRR-Mini is one NetCDF file "
-            "(a CWB Zarr store is layout 'cwb')"
-        ) from err
-    for name in ("time", "coord"):
-        if name not in root.variables:
-            raise ConversionError(f"{path}: root group lacks {name!r} (HRRR-Mini layout)")
-    inp, out, inv = (
-        _group(path, "input"),
-        _group(path, "output"),
-        _group(path, "invariant"),
-    )
-    for label, grp in (("input", inp), ("output", out)):
-        if not grp.data_vars:
-            raise ConversionError(f"{path}: group {label!r} holds no variables")
-        for name, var in grp.data_vars.items():
-            if var.ndim != 3:
-                raise ConversionError(
-                    f"{path}: {label}/{name} has dims {var.dims}, expected (sample, y, x)"
-                )
+    root = _open_hrrr_root(path)
+    inp, out, inv = (_group(path, g) for g in ("input", "output", "invariant"))
+    factor = _coarsening_factor(path, inp, out)
     ny, nx = next(iter(out.data_vars.values())).shape[-2:]
-    nyc, nxc = next(iter(inp.data_vars.values())).shape[-2:]
-    if ny % nyc or nx % nxc or ny // nyc != nx // nxc:
-        raise ConversionError(
-            f"{path}: output {ny}x{nx} is not an integer multiple of input {nyc}x{nxc}"
-        )
-    factor = ny // nyc
     coord = np.asarray(root["coord"].values).astype(np.int64).reshape(-1, 2)
     i0, j0 = _choose_window(path, coord, window)
-    keep = np.flatnonzero((coord == np.array([i0, j0])).all(axis=1))
-    times = np.asarray(root["time"].values)[keep]
-    if not np.issubdtype(times.dtype, np.datetime64):
-        raise ConversionError(f"{path}: time is not CF-decodable to datetimes ({times.dtype})")
-    order = np.argsort(times, kind="stable")
-    keep, times = keep[order], times[order].astype("datetime64[ns]")
-    if np.any(np.diff(times) == np.timedelta64(0)):
-        raise ConversionError(f"{path}: window ({i0}, {j0}) holds repeated times")
-    win = {"rows": slice(i0, i0 + ny), "cols": slice(j0, j0 + nx)}
-
-    def crop(var: xr.DataArray) -> np.ndarray:
-        if var.shape == (ny, nx):  # already on the window
-            return np.asarray(var.values)
-        if var.ndim != 2 or var.shape[0] < i0 + ny or var.shape[1] < j0 + nx:
-            raise ConversionError(
-                f"{path}: {var.name} {var.shape} does not contain the window "
-                f"rows {i0}:{i0 + ny}, cols {j0}:{j0 + nx}"
-            )
-        d0, d1 = var.dims
-        return np.asarray(var.isel({d0: win["rows"], d1: win["cols"]}).values)
+    keep, times = _window_samples(path, root, coord, (i0, j0))
+    crop = functools.partial(_crop, path, origin=(i0, j0), shape=(ny, nx))
 
     lat_var, lon_var = _find_latlon(path, {"root": root, "invariant": inv})
     lat, lon = crop(lat_var).astype(np.float64), crop(lon_var).astype(np.float64)
-
-    raw_stats = _read_stats_json(stats_path)
-    stats: dict[str, tuple[float, float]] = {}
-
-    def stat(group: str, name: str) -> tuple[float, float]:
-        entry = raw_stats.get(group)
-        entry = entry.get(name) if isinstance(entry, dict) else None
-        if not isinstance(entry, dict) or not {"mean", "std"} <= set(entry):
-            raise ConversionError(
-                f"{stats_path}: no mean/std for {group}/{name} (expected "
-                f'{{"{group}": {{"{name}": {{"mean": ..., "std": ...}}}}}}, got {entry!r:.60})'
-            )
-        try:
-            return float(entry["mean"]), float(entry["std"])
-        except (TypeError, ValueError) as err:
-            raise ConversionError(
-                f"{stats_path}: {group}/{name} mean/std must be numbers, got {entry!r:.60}"
-            ) from err
-
-    data_vars: dict[str, tuple] = {}
-    for name, var in out.data_vars.items():
-        picked = var.isel({var.dims[0]: keep}).data
-        data_vars[name] = (
-            (TIME, Y, X),
-            picked,
-            _cf_attrs(name, var.attrs, "fine target"),
-        )
-        stats[name] = stat("output", name)
-    for name, var in inp.data_vars.items():
-        new = f"{name}{INPUT_SUFFIX}"
-        attrs = _cf_attrs(name, var.attrs, "coarse input")
-        picked = var.isel({var.dims[0]: keep}).data
-        data_vars[new] = ((TIME, Y_COARSE, X_COARSE), picked, attrs)
-        stats[new] = stat("input", name)
-    for name, var in inv.data_vars.items():
-        if name in ("latitude", "longitude"):
-            continue
-        data_vars[name] = ((Y, X), crop(var), _cf_attrs(name, var.attrs, "static"))
-        stats[name] = stat("invariant", name)
+    stat = functools.partial(_stat, _read_stats_json(stats_path), stats_path)
+    data_vars, stats = _hrrr_variables(out, inp, inv, keep=keep, crop=crop, stat=stat)
 
     y = np.arange(i0, i0 + ny, dtype=np.float64)
     x = np.arange(j0, j0 + nx, dtype=np.float64)
-    yc, xc = y.reshape(-1, factor).mean(1), x.reshape(-1, factor).mean(1)
-    block = (nyc, factor, nxc, factor)
+    block = (ny // factor, factor, nx // factor, factor)
+    coarse = (
+        y.reshape(-1, factor).mean(1),
+        x.reshape(-1, factor).mean(1),
+        lat.reshape(block).mean((1, 3)),
+        lon.reshape(block).mean((1, 3)),
+    )
     ds = xr.Dataset(
         data_vars,
-        coords={
-            TIME: times,
-            Y: (Y, y, _index_coord("y")),
-            X: (X, x, _index_coord("x")),
-            Y_COARSE: (Y_COARSE, yc, _index_coord("y")),
-            X_COARSE: (X_COARSE, xc, _index_coord("x")),
-            LAT: ((Y, X), lat, _GEO_LAT),
-            LON: ((Y, X), lon, _GEO_LON),
-            LAT_COARSE: ((Y_COARSE, X_COARSE), lat.reshape(block).mean((1, 3)), _GEO_LAT),
-            LON_COARSE: ((Y_COARSE, X_COARSE), lon.reshape(block).mean((1, 3)), _GEO_LON),
-        },
+        coords=_canonical_coords(times, (y, x, lat, lon), coarse),
         attrs={
             "source": os.path.basename(path),
             "converted_from": "HRRR-Mini",
@@ -318,6 +369,79 @@ def _channel_names(group: xr.Dataset, prefix: str) -> list[str]:
     return out
 
 
+#: arrays of the CWB layout: data, channel names, statistics, then coordinates
+_CWB_REQUIRED = (
+    "cwb",
+    "era5",
+    "cwb_variable",
+    "era5_variable",
+    "cwb_center",
+    "cwb_scale",
+    "era5_center",
+    "era5_scale",
+    "XLAT",
+    "XLONG",
+    "time",
+)
+
+
+def _open_cwb(source: str | os.PathLike | xr.Dataset) -> tuple[str, xr.Dataset]:
+    """A label for messages and the CWB Dataset, checked for the layout's arrays."""
+    label = "<dataset>" if isinstance(source, xr.Dataset) else os.fspath(source)
+    if isinstance(source, xr.Dataset):
+        src = source
+    else:
+        if not os.path.exists(label):
+            raise InputNotFoundError(f"CWB Zarr store not found: {label}")
+        try:
+            src = xr.open_zarr(label, consolidated=None)
+        except (OSError, ValueError) as err:  # zarr's "no group found" and friends
+            raise ConversionError(f"{label}: not a readable Zarr group ({err})") from err
+    missing = [n for n in _CWB_REQUIRED if n not in src.variables]
+    if missing:
+        raise ConversionError(f"{label}: not the CWB layout, missing {missing}")
+    for name in ("cwb", "era5"):
+        if src[name].ndim != 4:
+            raise ConversionError(f"{label}: {name} has dims {src[name].dims}, expected 4")
+    return label, src.set_coords([n for n in _CWB_REQUIRED[2:] if n in src.data_vars])
+
+
+def _valid_times(label: str, src: xr.Dataset, t_dim: str, keep_invalid: bool) -> np.ndarray:
+    """Mask of the times that ``cwb_valid`` and every ``era5_valid`` channel accept."""
+    valid = np.ones(src.sizes[t_dim], bool)
+    if not keep_invalid:
+        if "cwb_valid" in src.variables:
+            valid &= np.asarray(src["cwb_valid"].values) != 0
+        if "era5_valid" in src.variables:
+            valid &= np.all(np.asarray(src["era5_valid"].values) != 0, axis=-1)
+    if not valid.any():
+        raise ConversionError(f"{label}: no valid times (cwb_valid/era5_valid all false)")
+    return valid
+
+
+def _cwb_variables(
+    src: xr.Dataset, targets: list[str], inputs: list[str], valid: np.ndarray
+) -> tuple[dict[str, tuple], dict[str, tuple[float, float]]]:
+    """One variable per ``cwb`` (target) and ``era5`` (``_coarse`` input) channel, and stats."""
+    t_dim, c_dim = src["cwb"].dims[:2]
+    e_dim = src["era5"].dims[1]
+    stats: dict[str, tuple[float, float]] = {}
+    data_vars = {}
+    centers = {p: np.asarray(src[f"{p}_center"].values, np.float64) for p in ("cwb", "era5")}
+    scales = {p: np.asarray(src[f"{p}_scale"].values, np.float64) for p in ("cwb", "era5")}
+    for k, name in enumerate(targets):
+        var = src["cwb"].isel({c_dim: k}, drop=True).isel({t_dim: valid})
+        attrs = _cf_attrs(name, {}, "CWB/TReAD 2 km target")
+        data_vars[name] = ((TIME, Y, X), var.data, attrs)
+        stats[name] = (centers["cwb"][k], scales["cwb"][k])
+    for k, name in enumerate(inputs):
+        var = src["era5"].isel({e_dim: k}, drop=True).isel({t_dim: valid})
+        attrs = _cf_attrs(name, {}, "ERA5 interpolated to the 2 km grid")
+        data_vars[f"{name}{INPUT_SUFFIX}"] = ((TIME, Y_COARSE, X_COARSE), var.data, attrs)
+        stats[f"{name}{INPUT_SUFFIX}"] = (centers["era5"][k], scales["era5"][k])
+    return data_vars, stats
+
+
 def cwb_to_canonical(
     source: str | os.PathLike | xr.Dataset, *, keep_invalid: bool = False
 ) -> tuple[xr.Dataset, xr.Dataset]:
@@ -336,91 +460,24 @@ def cwb_to_canonical(
     (dataset, stats)
         The dataset is dask-backed (nothing is read until written).
     """
-    label = "<dataset>" if isinstance(source, xr.Dataset) else os.fspath(source)
-    if isinstance(source, xr.Dataset):
-        src = source
-    else:
-        if not os.path.exists(label):
-            raise InputNotFoundError(f"CWB Zarr store not found: {label}")
-        try:
-            src = xr.open_zarr(label, consolidated=None)
-        except (OSError, ValueError) as err:  # zarr's "no group found" and friends
-            raise ConversionError(f"{label}: not a readable Zarr group ({err})") from err
-    required = [
-        "cwb",
-        "era5",
-        "cwb_variable",
-        "era5_variable",
-        "cwb_center",
-        "cwb_scale",
-        "era5_center",
-        "era5_scale",
-        "XLAT",
-        "XLONG",
-        "time",
-    ]
-    missing = [n for n in required if n not in src.variables]
-    if missing:
-        raise ConversionError(f"{label}: not the CWB layout, missing {missing}")
-    for name in ("cwb", "era5"):
-        if src[name].ndim != 4:
-            raise ConversionError(f"{label}: {name} has dims {src[name].dims}, expected 4")
-    src = src.set_coords([n for n in required[2:] if n in src.data_vars])
+    label, src = _open_cwb(source)
     targets, inputs = _channel_names(src, "cwb"), _channel_names(src, "era5")
-    t_dim, c_dim, ydim, xdim = src["cwb"].dims
-    e_dim = src["era5"].dims[1]
-
-    valid = np.ones(src.sizes[t_dim], bool)
-    if not keep_invalid:
-        if "cwb_valid" in src.variables:
-            valid &= np.asarray(src["cwb_valid"].values) != 0
-        if "era5_valid" in src.variables:
-            valid &= np.all(np.asarray(src["era5_valid"].values) != 0, axis=-1)
-    if not valid.any():
-        raise ConversionError(f"{label}: no valid times (cwb_valid/era5_valid all false)")
-
-    stats: dict[str, tuple[float, float]] = {}
-    data_vars = {}
-    centers = {p: np.asarray(src[f"{p}_center"].values, np.float64) for p in ("cwb", "era5")}
-    scales = {p: np.asarray(src[f"{p}_scale"].values, np.float64) for p in ("cwb", "era5")}
-    for k, name in enumerate(targets):
-        var = src["cwb"].isel({c_dim: k}, drop=True).isel({t_dim: valid})
-        data_vars[name] = (
-            (TIME, Y, X),
-            var.data,
-            _cf_attrs(name, {}, "CWB/TReAD 2 km target"),
-        )
-        stats[name] = (centers["cwb"][k], scales["cwb"][k])
-    for k, name in enumerate(inputs):
-        var = src["era5"].isel({e_dim: k}, drop=True).isel({t_dim: valid})
-        new = f"{name}{INPUT_SUFFIX}"
-        data_vars[new] = (
-            (TIME, Y_COARSE, X_COARSE),
-            var.data,
-            _cf_attrs(name, {}, "ERA5 interpolated to the 2 km grid"),
-        )
-        stats[new] = (centers["era5"][k], scales["era5"][k])
+    t_dim, _, ydim, xdim = src["cwb"].dims
+    valid = _valid_times(label, src, t_dim, keep_invalid)
+    data_vars, stats = _cwb_variables(src, targets, inputs, valid)
 
     lat = np.asarray(src["XLAT"].values, np.float64)
     lon = np.asarray(src["XLONG"].values, np.float64)
-    ny, nx = src.sizes[ydim], src.sizes[xdim]
-    y, x = np.arange(ny, dtype=np.float64), np.arange(nx, dtype=np.float64)
+    y = np.arange(src.sizes[ydim], dtype=np.float64)
+    x = np.arange(src.sizes[xdim], dtype=np.float64)
     times = np.asarray(src["time"].values)
     if not np.issubdtype(times.dtype, np.datetime64):
         raise ConversionError(f"{label}: time is not decodable to datetimes ({times.dtype})")
+    # ERA5 is already on the 2 km grid: the coarse grid is the fine one
+    grid = (y, x, lat, lon)
     ds = xr.Dataset(
         data_vars,
-        coords={
-            TIME: times[valid].astype("datetime64[ns]"),
-            Y: (Y, y, _index_coord("y")),
-            X: (X, x, _index_coord("x")),
-            Y_COARSE: (Y_COARSE, y, _index_coord("y")),
-            X_COARSE: (X_COARSE, x, _index_coord("x")),
-            LAT: ((Y, X), lat, _GEO_LAT),
-            LON: ((Y, X), lon, _GEO_LON),
-            LAT_COARSE: ((Y_COARSE, X_COARSE), lat, _GEO_LAT),
-            LON_COARSE: ((Y_COARSE, X_COARSE), lon, _GEO_LON),
-        },
+        coords=_canonical_coords(times[valid].astype("datetime64[ns]"), grid, grid),
         attrs={
             "source": os.path.basename(label),
             "converted_from": "CWB",

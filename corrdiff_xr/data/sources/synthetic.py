@@ -26,7 +26,7 @@ generation (the FFT needs the whole field); fields are periodic in space.
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import dask
 import dask.array as da
@@ -230,8 +230,173 @@ def _block_mean(block: np.ndarray, factor: int) -> np.ndarray:
     )
 
 
-def _grid(n: int, spacing: float, centre: float) -> np.ndarray:
+def _axis(n: int, spacing: float, centre: float) -> np.ndarray:
     return centre + (np.arange(n) - (n - 1) / 2.0) * spacing
+
+
+class _Grid(NamedTuple):
+    """The fine grid: 1-D ``y``/``x`` axes, 2-D ``lat``/``lon`` and the axes' CF attributes."""
+
+    y: np.ndarray
+    x: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    y_attrs: dict[str, str]
+    x_attrs: dict[str, str]
+
+
+_LAT0, _LON0 = 52.0, -1.5  # centre of the domain (central England)
+_GEO_LAT = {
+    "units": "degrees_north",
+    "standard_name": "latitude",
+    "long_name": "latitude",
+}
+_GEO_LON = {
+    "units": "degrees_east",
+    "standard_name": "longitude",
+    "long_name": "longitude",
+}
+_PROJ_Y = {"units": "m", "standard_name": "projection_y_coordinate", "long_name": "y"}
+_PROJ_X = {"units": "m", "standard_name": "projection_x_coordinate", "long_name": "x"}
+
+
+def _fine_grid(ny: int, nx: int, *, grid: str, resolution: float) -> _Grid:
+    """The fine grid of ``grid`` kind, ``resolution`` metres apart, centred on the domain."""
+    if grid == "latlon":
+        deg = resolution / 111_000.0
+        y1, x1 = _axis(ny, deg, _LAT0), _axis(nx, deg, _LON0)
+        lat2, lon2 = np.meshgrid(y1, x1, indexing="ij")
+        return _Grid(y1, x1, lat2, lon2, _GEO_LAT, _GEO_LON)
+    if grid == "projected":
+        y1, x1 = _axis(ny, resolution, 0.0), _axis(nx, resolution, 0.0)
+        yy, xx = np.meshgrid(y1, x1, indexing="ij")
+        lat2 = _LAT0 + yy / 111_000.0
+        lon2 = _LON0 + xx / (111_000.0 * np.cos(np.deg2rad(lat2)))
+        return _Grid(y1, x1, lat2, lon2, _PROJ_Y, _PROJ_X)
+    raise ValueError(f"grid={grid!r} is not one of 'latlon', 'projected'")
+
+
+def _check_arguments(
+    *, ny: int, nx: int, nt: int, factor: int, chunks
+) -> dict[str, int]:
+    """Refuse sizes that do not coarsen evenly and unknown chunk keys; the chunks as a dict."""
+    for name, n in (("ny", ny), ("nx", nx)):
+        if n < factor or n % factor:
+            raise ValueError(
+                f"{name}={n} must be a positive multiple of factor={factor}"
+            )
+    if nt < 1:
+        raise ValueError(f"nt={nt} must be at least 1")
+    chunks = dict(chunks or {})
+    unknown = set(chunks) - {TIME, Y, X}
+    if unknown:
+        raise ValueError(
+            f"chunks keys {sorted(unknown)} are not among ('time', 'y', 'x')"
+        )
+    return chunks
+
+
+def _lazy_fields(
+    hours: np.ndarray,
+    grid: _Grid,
+    *,
+    seed: int,
+    factor: int,
+    time_chunk: int,
+    anchor_hours: float,
+) -> tuple[da.Array, da.Array, da.Array]:
+    """Dask arrays of the fine fields (t, 6, y, x), their block means and the static stack.
+
+    One task per time chunk generates all six fields from the (shared) static fields; the
+    block means are taken per task, so the coarse inputs never need the fine ones gathered.
+    """
+    ny, nx = shape = grid.lat.shape
+    lat2, lon2 = grid.lat, grid.lon
+    static = da.from_delayed(
+        dask.delayed(_static_fields, pure=True)(shape, seed, lat2, lon2),
+        shape=(4, ny, nx),
+        dtype=np.float64,
+        name=f"synthetic-static-{dask.base.tokenize(shape, seed, lat2, lon2)}",
+    )
+    t = da.from_array(hours, chunks=(time_chunk,), name=False)
+    fields = da.blockwise(
+        _fields_block,
+        "tvyx",
+        t,
+        "t",
+        static,
+        "syx",
+        new_axes={"v": 6},
+        dtype=np.float32,
+        concatenate=True,
+        seed=seed,
+        anchor_hours=anchor_hours,
+    )
+    coarse = fields.map_blocks(
+        _block_mean,
+        factor,
+        dtype=np.float32,
+        chunks=(fields.chunks[0], (6,), (ny // factor,), (nx // factor,)),
+    )
+    return fields, coarse, static
+
+
+def _cf_attrs(name: str, factor: int) -> dict[str, str]:
+    units, long_name, standard_name = _ATTRS[name.removesuffix("_coarse")]
+    attrs = {"units": units, "long_name": long_name, "standard_name": standard_name}
+    if name.endswith("_coarse"):
+        attrs["long_name"] += f" (block mean over {factor}x{factor} fine cells)"
+    return attrs
+
+
+def _data_vars(
+    fields: da.Array,
+    coarse: da.Array,
+    static: da.Array,
+    *,
+    factor: int,
+    fine_chunks: tuple,
+) -> dict[str, tuple]:
+    """Targets, inputs and static fields as ``{name: (dims, dask array, attrs)}``."""
+    data_vars = {}
+    for j, name in enumerate(TARGETS):
+        data_vars[name] = (
+            (TIME, Y, X),
+            fields[:, j].rechunk(fine_chunks),
+            _cf_attrs(name, factor),
+        )
+    for j, name in enumerate(INPUTS):
+        data_vars[name] = (
+            (TIME, Y_COARSE, X_COARSE),
+            coarse[:, j],
+            _cf_attrs(name, factor),
+        )
+    for j, name in enumerate(STATIC):
+        fine = static[j].astype(np.float32).rechunk(fine_chunks[1:])
+        data_vars[name] = ((Y, X), fine, _cf_attrs(name, factor))
+    return data_vars
+
+
+def _coords(times: np.ndarray, grid: _Grid, factor: int) -> dict[str, tuple]:
+    """Fine and coarse coordinates; the coarse ones are block means of the fine ones."""
+
+    def block_2d(values: np.ndarray) -> np.ndarray:
+        ny, nx = values.shape
+        return values.reshape(ny // factor, factor, nx // factor, factor).mean(
+            axis=(1, 3)
+        )
+
+    return {
+        TIME: (TIME, times, {"long_name": "time", "standard_name": "time"}),
+        Y: (Y, grid.y, grid.y_attrs),
+        X: (X, grid.x, grid.x_attrs),
+        LAT: ((Y, X), grid.lat, _GEO_LAT),
+        LON: ((Y, X), grid.lon, _GEO_LON),
+        Y_COARSE: (Y_COARSE, grid.y.reshape(-1, factor).mean(axis=1), grid.y_attrs),
+        X_COARSE: (X_COARSE, grid.x.reshape(-1, factor).mean(axis=1), grid.x_attrs),
+        LAT_COARSE: ((Y_COARSE, X_COARSE), block_2d(grid.lat), _GEO_LAT),
+        LON_COARSE: ((Y_COARSE, X_COARSE), block_2d(grid.lon), _GEO_LON),
+    }
 
 
 def synthetic_dataset(
@@ -279,132 +444,26 @@ def synthetic_dataset(
         v10_coarse, tp_coarse, msl, tcwv`` on ``(time, y_coarse, x_coarse)``; static
         ``orography, lsm`` on ``(y, x)``; all float32 and dask-backed.
     """
-    for name, n in (("ny", ny), ("nx", nx)):
-        if n < factor or n % factor:
-            raise ValueError(
-                f"{name}={n} must be a positive multiple of factor={factor}"
-            )
-    if nt < 1:
-        raise ValueError(f"nt={nt} must be at least 1")
-    chunks = dict(chunks or {})
-    unknown = set(chunks) - {TIME, Y, X}
-    if unknown:
-        raise ValueError(
-            f"chunks keys {sorted(unknown)} are not among ('time', 'y', 'x')"
-        )
+    chunks = _check_arguments(ny=ny, nx=nx, nt=nt, factor=factor, chunks=chunks)
     times = pd.date_range(start, periods=nt, freq=freq).values.astype("datetime64[ns]")
     hours = (times - np.datetime64("1970-01-01", "ns")) / _HOUR
-
-    lat0, lon0 = 52.0, -1.5
-    if grid == "latlon":
-        deg = resolution / 111_000.0
-        y1, x1 = _grid(ny, deg, lat0), _grid(nx, deg, lon0)
-        lat2, lon2 = np.meshgrid(y1, x1, indexing="ij")
-        y_attrs = {
-            "units": "degrees_north",
-            "standard_name": "latitude",
-            "long_name": "latitude",
-        }
-        x_attrs = {
-            "units": "degrees_east",
-            "standard_name": "longitude",
-            "long_name": "longitude",
-        }
-    elif grid == "projected":
-        y1, x1 = _grid(ny, resolution, 0.0), _grid(nx, resolution, 0.0)
-        yy, xx = np.meshgrid(y1, x1, indexing="ij")
-        lat2 = lat0 + yy / 111_000.0
-        lon2 = lon0 + xx / (111_000.0 * np.cos(np.deg2rad(lat2)))
-        y_attrs = {
-            "units": "m",
-            "standard_name": "projection_y_coordinate",
-            "long_name": "y",
-        }
-        x_attrs = {
-            "units": "m",
-            "standard_name": "projection_x_coordinate",
-            "long_name": "x",
-        }
-    else:
-        raise ValueError(f"grid={grid!r} is not one of 'latlon', 'projected'")
-
-    shape = (ny, nx)
-    static = da.from_delayed(
-        dask.delayed(_static_fields, pure=True)(shape, seed, lat2, lon2),
-        shape=(4, ny, nx),
-        dtype=np.float64,
-        name=f"synthetic-static-{dask.base.tokenize(shape, seed, lat2, lon2)}",
-    )
-    t = da.from_array(hours, chunks=(chunks.get(TIME, 1),), name=False)
-    fields = da.blockwise(
-        _fields_block,
-        "tvyx",
-        t,
-        "t",
-        static,
-        "syx",
-        new_axes={"v": 6},
-        dtype=np.float32,
-        concatenate=True,
+    fine_grid = _fine_grid(ny, nx, grid=grid, resolution=resolution)
+    fields, coarse, static = _lazy_fields(
+        hours,
+        fine_grid,
         seed=seed,
+        factor=factor,
+        time_chunk=chunks.get(TIME, 1),
         anchor_hours=anchor_hours,
     )
-    coarse = fields.map_blocks(
-        _block_mean,
-        factor,
-        dtype=np.float32,
-        chunks=(fields.chunks[0], (6,), (ny // factor,), (nx // factor,)),
-    )
+    # spatial chunks are applied after generation: the FFT needs the whole field
     fine_chunks = (fields.chunks[0], chunks.get(Y, ny), chunks.get(X, nx))
-
-    def block_coord(values: np.ndarray) -> np.ndarray:
-        return values.reshape(ny // factor, factor, nx // factor, factor).mean(
-            axis=(1, 3)
-        )
-
-    def cf(name: str) -> dict[str, str]:
-        units, long_name, standard_name = _ATTRS[name.removesuffix("_coarse")]
-        attrs = {"units": units, "long_name": long_name, "standard_name": standard_name}
-        if name.endswith("_coarse"):
-            attrs["long_name"] += f" (block mean over {factor}x{factor} fine cells)"
-        return attrs
-
-    data_vars = {}
-    for j, name in enumerate(TARGETS):
-        data_vars[name] = ((TIME, Y, X), fields[:, j].rechunk(fine_chunks), cf(name))
-    for j, name in enumerate(INPUTS):
-        data_vars[name] = ((TIME, Y_COARSE, X_COARSE), coarse[:, j], cf(name))
-    for j, name in enumerate(STATIC):
-        data_vars[name] = (
-            (Y, X),
-            static[j].astype(np.float32).rechunk(fine_chunks[1:]),
-            cf(name),
-        )
-
-    ll = {
-        "units": "degrees_north",
-        "standard_name": "latitude",
-        "long_name": "latitude",
-    }
-    lo = {
-        "units": "degrees_east",
-        "standard_name": "longitude",
-        "long_name": "longitude",
-    }
-    coords = {
-        TIME: (TIME, times, {"long_name": "time", "standard_name": "time"}),
-        Y: (Y, y1, y_attrs),
-        X: (X, x1, x_attrs),
-        LAT: ((Y, X), lat2, ll),
-        LON: ((Y, X), lon2, lo),
-        Y_COARSE: (Y_COARSE, y1.reshape(-1, factor).mean(axis=1), y_attrs),
-        X_COARSE: (X_COARSE, x1.reshape(-1, factor).mean(axis=1), x_attrs),
-        LAT_COARSE: ((Y_COARSE, X_COARSE), block_coord(lat2), ll),
-        LON_COARSE: ((Y_COARSE, X_COARSE), block_coord(lon2), lo),
-    }
+    data_vars = _data_vars(
+        fields, coarse, static, factor=factor, fine_chunks=fine_chunks
+    )
     attrs = {
         "title": "corrdiff_xr synthetic downscaling dataset",
         "source": f"corrdiff_xr.data.synthetic_dataset(seed={seed}, factor={factor}, grid={grid!r})",
         "Conventions": "CF-1.8",
     }
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    return xr.Dataset(data_vars, coords=_coords(times, fine_grid, factor), attrs=attrs)

@@ -20,6 +20,7 @@ paths, not to train a useful model.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import dask.array as da
 import numpy as np
@@ -99,111 +100,18 @@ def uk_hires_dataset(
     if int(factor) < 1:
         raise ValueError(f"factor must be a positive integer, got {factor!r}")
     src = open_pp(sample_path() if path is None else path)
-    for name in (_THETA, _OROG):
-        if name not in src:
-            raise ValueError(
-                f"{src.attrs.get('source')}: no {name} field in the PP file"
-            )
-    theta = src[_THETA]
-    available = [int(v) for v in theta["model_level_number"].values]
-    input_levels = tuple(target_levels if input_levels is None else input_levels)
-    for level in (*target_levels, *input_levels):
-        if level not in available:
-            raise ValueError(
-                f"model level {level} not in the file; available: {available}"
-            )
-    if not target_levels:
-        raise ValueError("target_levels is empty; give at least one model level")
-
-    ny = src.sizes["grid_latitude"] // factor * factor
-    nx = src.sizes["grid_longitude"] // factor * factor
-    if ny == 0 or nx == 0:
-        raise ValueError(f"factor {factor} is larger than the grid {dict(src.sizes)}")
-    src = src.isel(grid_latitude=slice(0, ny), grid_longitude=slice(0, nx))
-    theta = src[_THETA]
-    ry = src["grid_latitude"].values
-    rx = src["grid_longitude"].values
-    rx = np.where(rx > 180.0, rx - 360.0, rx)
-    ryc = ry.reshape(-1, factor).mean(axis=1)
-    rxc = rx.reshape(-1, factor).mean(axis=1)
-    pole = {
-        k: float(src.attrs[k])
-        for k in ("grid_north_pole_latitude", "grid_north_pole_longitude")
+    input_levels = _check_levels(src, target_levels, input_levels)
+    src = _crop(src, factor)
+    grid = _RotatedGrid.of(src, factor)
+    data_vars = {
+        **_theta_vars(src[_THETA], target_levels, input_levels, factor),
+        **_static_vars(src[_OROG].values.astype(np.float32)),
     }
-    lat, lon = rotated_to_geographic(
-        ry[:, None],
-        rx[None, :],
-        pole_lat=pole["grid_north_pole_latitude"],
-        pole_lon=pole["grid_north_pole_longitude"],
-    )
-    latc, lonc = rotated_to_geographic(
-        ryc[:, None],
-        rxc[None, :],
-        pole_lat=pole["grid_north_pole_latitude"],
-        pole_lon=pole["grid_north_pole_longitude"],
-    )
-
-    data_vars: dict[str, tuple] = {}
-    for level in target_levels:
-        field = theta.sel(model_level_number=level)
-        data_vars[f"theta_l{level}"] = (
-            (TIME, Y, X),
-            field.values.astype(np.float32),
-            _attrs(level, field, "fine"),
-        )
-    for level in input_levels:
-        field = theta.sel(model_level_number=level)
-        data_vars[f"theta_l{level}_coarse"] = (
-            (TIME, Y_COARSE, X_COARSE),
-            _block_mean(field.values.astype(np.float64), factor).astype(np.float32),
-            _attrs(level, field, f"block mean over {factor}x{factor} fine cells"),
-        )
-    orog = src[_OROG].values.astype(np.float32)
-    data_vars["orography"] = (
-        (Y, X),
-        orog,
-        {
-            "units": "m",
-            "long_name": "surface altitude",
-            "standard_name": "surface_altitude",
-        },
-    )
-    data_vars["lsm"] = (
-        (Y, X),
-        (orog != 0.0).astype(np.float32),
-        {
-            "units": "1",
-            "long_name": "land-sea mask (1 = land), orography != 0",
-            "standard_name": "land_binary_mask",
-        },
-    )
-    geo = {
-        "units": "degrees_north",
-        "standard_name": "latitude",
-        "long_name": "latitude",
-    }
-    geox = {
-        "units": "degrees_east",
-        "standard_name": "longitude",
-        "long_name": "longitude",
-    }
-    ry_attrs = {"units": "degrees", "standard_name": "grid_latitude", "axis": "Y"}
-    rx_attrs = {"units": "degrees", "standard_name": "grid_longitude", "axis": "X"}
     ds = xr.Dataset(
         data_vars,
-        coords={
-            TIME: (TIME, src["time"].values.astype("datetime64[ns]")),
-            Y: (Y, ry, ry_attrs),
-            X: (X, rx, rx_attrs),
-            Y_COARSE: (Y_COARSE, ryc, ry_attrs),
-            X_COARSE: (X_COARSE, rxc, rx_attrs),
-            LAT: ((Y, X), lat, geo),
-            LON: ((Y, X), lon, geox),
-            LAT_COARSE: ((Y_COARSE, X_COARSE), latc, geo),
-            LON_COARSE: ((Y_COARSE, X_COARSE), lonc, geox),
-        },
+        coords=grid.coords(src["time"].values.astype("datetime64[ns]")),
         attrs={
-            **pole,
+            **grid.pole,
             "title": "UK 1.5 km potential temperature sample (iris-sample-data uk_hires.pp)",
             "source": "Met Office UKV via iris-sample-data",
             "coarsening_factor": int(factor),
@@ -219,6 +127,152 @@ def uk_hires_dataset(
             for name, var in ds.data_vars.items()
         }
     )
+
+
+def _check_levels(
+    src: xr.Dataset,
+    target_levels: tuple[int, ...],
+    input_levels: tuple[int, ...] | None,
+) -> tuple[int, ...]:
+    """Refuse a file without theta/orography or levels it lacks; the input levels."""
+    for name in (_THETA, _OROG):
+        if name not in src:
+            raise ValueError(
+                f"{src.attrs.get('source')}: no {name} field in the PP file"
+            )
+    available = [int(v) for v in src[_THETA]["model_level_number"].values]
+    input_levels = tuple(target_levels if input_levels is None else input_levels)
+    for level in (*target_levels, *input_levels):
+        if level not in available:
+            raise ValueError(
+                f"model level {level} not in the file; available: {available}"
+            )
+    if not target_levels:
+        raise ValueError("target_levels is empty; give at least one model level")
+    return input_levels
+
+
+def _crop(src: xr.Dataset, factor: int) -> xr.Dataset:
+    """The largest top-left part of the grid whose sides are multiples of ``factor``."""
+    ny = src.sizes["grid_latitude"] // factor * factor
+    nx = src.sizes["grid_longitude"] // factor * factor
+    if ny == 0 or nx == 0:
+        raise ValueError(f"factor {factor} is larger than the grid {dict(src.sizes)}")
+    return src.isel(grid_latitude=slice(0, ny), grid_longitude=slice(0, nx))
+
+
+_GEO_LAT = {
+    "units": "degrees_north",
+    "standard_name": "latitude",
+    "long_name": "latitude",
+}
+_GEO_LON = {
+    "units": "degrees_east",
+    "standard_name": "longitude",
+    "long_name": "longitude",
+}
+_ROT_Y = {"units": "degrees", "standard_name": "grid_latitude", "axis": "Y"}
+_ROT_X = {"units": "degrees", "standard_name": "grid_longitude", "axis": "X"}
+
+
+class _RotatedGrid(NamedTuple):
+    """Rotated-pole axes of the fine and coarse grids and their geographic lat/lon."""
+
+    ry: np.ndarray
+    rx: np.ndarray
+    ryc: np.ndarray
+    rxc: np.ndarray
+    pole: dict[str, float]
+
+    @classmethod
+    def of(cls, src: xr.Dataset, factor: int) -> _RotatedGrid:
+        """The grid of ``src``; longitudes in (-180, 180], coarse axes the block means."""
+        ry = src["grid_latitude"].values
+        rx = src["grid_longitude"].values
+        rx = np.where(rx > 180.0, rx - 360.0, rx)
+        pole = {
+            k: float(src.attrs[k])
+            for k in ("grid_north_pole_latitude", "grid_north_pole_longitude")
+        }
+        ryc = ry.reshape(-1, factor).mean(axis=1)
+        rxc = rx.reshape(-1, factor).mean(axis=1)
+        return cls(ry, rx, ryc, rxc, pole)
+
+    def _geographic(
+        self, ry: np.ndarray, rx: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return rotated_to_geographic(
+            ry[:, None],
+            rx[None, :],
+            pole_lat=self.pole["grid_north_pole_latitude"],
+            pole_lon=self.pole["grid_north_pole_longitude"],
+        )
+
+    def coords(self, times: np.ndarray) -> dict[str, tuple]:
+        """The canonical coordinates at ``times``."""
+        lat, lon = self._geographic(self.ry, self.rx)
+        latc, lonc = self._geographic(self.ryc, self.rxc)
+        return {
+            TIME: (TIME, times),
+            Y: (Y, self.ry, _ROT_Y),
+            X: (X, self.rx, _ROT_X),
+            Y_COARSE: (Y_COARSE, self.ryc, _ROT_Y),
+            X_COARSE: (X_COARSE, self.rxc, _ROT_X),
+            LAT: ((Y, X), lat, _GEO_LAT),
+            LON: ((Y, X), lon, _GEO_LON),
+            LAT_COARSE: ((Y_COARSE, X_COARSE), latc, _GEO_LAT),
+            LON_COARSE: ((Y_COARSE, X_COARSE), lonc, _GEO_LON),
+        }
+
+
+def _theta_vars(
+    theta: xr.DataArray,
+    target_levels: tuple[int, ...],
+    input_levels: tuple[int, ...],
+    factor: int,
+) -> dict[str, tuple]:
+    """Fine theta targets and block-mean coarse theta inputs, one per model level."""
+    data_vars: dict[str, tuple] = {}
+    for level in target_levels:
+        field = theta.sel(model_level_number=level)
+        data_vars[f"theta_l{level}"] = (
+            (TIME, Y, X),
+            field.values.astype(np.float32),
+            _attrs(level, field, "fine"),
+        )
+    for level in input_levels:
+        field = theta.sel(model_level_number=level)
+        data_vars[f"theta_l{level}_coarse"] = (
+            (TIME, Y_COARSE, X_COARSE),
+            # averaged in float64, stored as float32
+            _block_mean(field.values.astype(np.float64), factor).astype(np.float32),
+            _attrs(level, field, f"block mean over {factor}x{factor} fine cells"),
+        )
+    return data_vars
+
+
+def _static_vars(orog: np.ndarray) -> dict[str, tuple]:
+    """Orography and the land-sea mask derived from it (the UM's orography is 0 over sea)."""
+    return {
+        "orography": (
+            (Y, X),
+            orog,
+            {
+                "units": "m",
+                "long_name": "surface altitude",
+                "standard_name": "surface_altitude",
+            },
+        ),
+        "lsm": (
+            (Y, X),
+            (orog != 0.0).astype(np.float32),
+            {
+                "units": "1",
+                "long_name": "land-sea mask (1 = land), orography != 0",
+                "standard_name": "land_binary_mask",
+            },
+        ),
+    }
 
 
 def _chunks_for(var: xr.DataArray, chunks: dict[str, int]) -> tuple[int, ...]:

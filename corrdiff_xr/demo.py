@@ -44,6 +44,7 @@ from corrdiff_xr.scoring.baselines import bilinear_baseline
 __all__ = [
     "DEMO_FILES",
     "DEMO_SIGMA_MAX",
+    "DEMO_SOURCE",
     "DEMO_STEPS",
     "HELD_OUT_START",
     "SCORE_KEYS",
@@ -59,6 +60,8 @@ __all__ = [
 
 #: hourly steps of the demo store the shipped model was built with (20 days + 3 held out)
 DEMO_NT = 552
+#: the demo data: the ``demo`` entry of the bundled demo catalog (with ``nt=DEMO_NT``)
+DEMO_SOURCE = "catalog:demo/demo"
 #: first held-out time: the shipped model never saw this day or later ones
 HELD_OUT_START = "2020-01-21T00:00"
 SCORE_KEYS = ("crps", "mae_regression", "mae_bilinear", "spread_skill")
@@ -80,8 +83,6 @@ class DemoError(CorrDiffError, ValueError):
     """The demo cannot run with the settings or model given."""
 
 
-
-
 def open_demo_data(
     *, cache_dir: str | os.PathLike | None = None, times: int | None = None, seed: int = 0
 ):
@@ -97,9 +98,10 @@ def open_demo_data(
     seed
         Seed of the synthetic fields; the shipped model was trained on seed 0.
     """
-    from corrdiff_xr.data.catalog import open_entry
+    from corrdiff_xr.data import open_source
 
-    pair = open_entry("demo", "demo", cache_dir=os.fspath(cache_dir or ""), nt=DEMO_NT, seed=seed)
+    params = {"cache_dir": os.fspath(cache_dir or ""), "nt": DEMO_NT, "seed": seed}
+    pair = open_source(DEMO_SOURCE, params=params)
     held = pair.sel(time=slice(HELD_OUT_START, None))
     if times is not None:
         if times < 1:

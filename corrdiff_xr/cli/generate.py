@@ -1,6 +1,7 @@
 """``corrdiff-xr generate``: a CorrDiff ensemble to Zarr and to the reference's NetCDF layout.
 
-Opens a dataset (a Zarr store/URL, or an entry of an intake catalog), selects times, builds
+Opens a dataset (a Zarr store/URL, or an entry of an intake catalog: ``--data catalog:NAME/ENTRY``
+or ``--catalog NAME --entry ENTRY``) with :func:`corrdiff_xr.data.open_source`, selects times, builds
 the lazy ensemble with :func:`corrdiff_xr.inference.downscale` and streams it to Zarr block
 by block on the chosen Dask scheduler (a local cluster of ``--n-workers`` processes, an
 existing ``--scheduler-address``, or the threaded scheduler).
@@ -156,11 +157,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     positive, non_negative = _int_at_least(1), _int_at_least(0)
     src = parser.add_argument_group("data")
     where = src.add_mutually_exclusive_group(required=True)
-    where.add_argument("--data", help="canonical dataset: Zarr path or URL (file://, s3://, gs://, memory://)")
+    where.add_argument("--data", help="canonical dataset: Zarr path or URL (file://, s3://, gs://, memory://), "
+                       "or catalog:NAME/ENTRY")
     where.add_argument("--catalog", help="intake catalog: bundled name (demo, samples, cloud) or YAML path")
     src.add_argument("--entry", help="catalog entry (with --catalog)")
     src.add_argument("--param", nargs="*", default={}, action=_KeyValues, metavar="KEY=VALUE",
-                     help="catalog user parameters, e.g. cache_dir=/data")
+                     help="catalog user parameters (with --catalog or --data catalog:...), e.g. cache_dir=/data")
     when = src.add_mutually_exclusive_group()
     when.add_argument("--times", nargs="+", type=_timestamp, metavar="TIME", help="valid times (ISO 8601)")
     when.add_argument("--time-range", nargs="+", action=_TimeRange, metavar="T",
@@ -196,18 +198,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 # -- data and request --------------------------------------------------------------------------
 
 
-def _open(args: argparse.Namespace):
-    from corrdiff_xr.data import open_pair
-
+def _source(args: argparse.Namespace) -> str:
+    """The one source string of ``--data`` or ``--catalog``/``--entry``."""
     if args.catalog:
-        from corrdiff_xr.data.catalog import open_entry
-
         if not args.entry:
             raise GenerateError("--catalog needs --entry NAME")
-        return open_entry(args.catalog, args.entry, **args.param)
-    if args.entry or args.param:
-        raise GenerateError("--entry and --param go with --catalog, not --data")
-    return open_pair(args.data)
+        if "/" in args.entry:
+            raise GenerateError(f"--entry {args.entry!r} is an entry name, not a path")
+        return f"catalog:{args.catalog}/{args.entry}"
+    if args.entry:
+        raise GenerateError(
+            f"--entry goes with --catalog, not --data (or write --data catalog:NAME/{args.entry})")
+    return args.data
+
+
+def _open(args: argparse.Namespace):
+    from corrdiff_xr.data import open_source
+
+    what = "--catalog/--entry" if args.catalog else "--data"
+    return open_source(_source(args), params=args.param, what=what, params_what="--param")
 
 
 def _select_times(pair, args: argparse.Namespace):
@@ -260,8 +269,12 @@ def _data_source(args: argparse.Namespace) -> dict[str, Any]:
     def where(text: str) -> str:  # local paths absolute, so a run from another directory matches
         return text if "://" in text or not os.path.exists(text) else os.path.abspath(text)
 
-    if args.catalog:
-        return {"catalog": where(args.catalog), "entry": args.entry, "params": args.param}
+    from corrdiff_xr.data import catalog_spec
+
+    # --catalog NAME --entry E and --data catalog:NAME/E are one source, recorded alike
+    spec = catalog_spec(_source(args))
+    if spec is not None:
+        return {"catalog": where(spec[0]), "entry": spec[1], "params": args.param}
     return {"data": where(args.data)}
 
 

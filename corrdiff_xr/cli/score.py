@@ -3,10 +3,12 @@
 Two input layouts are understood:
 
 * **ours** (Zarr, any fsspec URL): a flat Dataset whose prediction variables have a ``member``
-  dimension. The truth comes from ``--truth`` (a Zarr store or NetCDF file in the canonical
-  layout; variables with the prediction's names are used) or, without ``--truth``, from the
-  same store: its group ``--truth-group`` (default ``truth``), or its root under the target
-  names when the ensemble sits in ``--prediction-group``.
+  dimension. The truth comes from ``--truth`` or, without it, from the same store: its group
+  ``--truth-group`` (default ``truth``), or its root under the target names when the ensemble
+  sits in ``--prediction-group``. ``--truth`` is a Zarr store or NetCDF file holding
+  variables with the prediction's names, or a canonical dataset whose targets are the truth:
+  ``catalog:NAME/ENTRY`` (user parameters ``--truth-param KEY=VALUE``) or a canonical Zarr
+  store, opened by :func:`corrdiff_xr.data.open_source`.
 * **the reference's NetCDF** (PhysicsNeMo ``generate.py``): root ``lat``/``lon`` (y, x) and
   ``time``, groups ``input``, ``truth`` and ``prediction``; the prediction's ensemble
   dimension is called ``ensemble`` there and is renamed to ``member``.
@@ -39,6 +41,7 @@ from corrdiff_xr._outputs import (
     writing,
 )
 from corrdiff_xr.cli import bounded, json_object
+from corrdiff_xr.config import ConfigError, parse_overrides
 from corrdiff_xr.data.write import write_dataset
 from corrdiff_xr.dims import LAT
 from corrdiff_xr.scoring.inputs import ScoreError, format_table, open_prediction
@@ -68,13 +71,30 @@ def _name_list(text: str) -> list[str]:
     return names
 
 
+def _key_value(text: str) -> str:
+    """An argparse ``type=`` checking one ``KEY=VALUE`` (parsed with the others when run)."""
+    try:
+        parse_overrides([text])
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``score`` options to ``parser``."""
     parser.add_argument("prediction", help="prediction Zarr store / URL, or reference NetCDF")
     parser.add_argument(
         "--truth",
-        help="truth store or NetCDF with the prediction's variable names "
-        "(default: group --truth-group of the prediction store)",
+        help="truth store or NetCDF with the prediction's variable names, or catalog:NAME/ENTRY "
+        "or a canonical store (its targets) (default: group --truth-group of the prediction store)",
+    )
+    parser.add_argument(
+        "--truth-param",
+        nargs="+",
+        action="extend",
+        type=_key_value,
+        metavar="KEY=VALUE",
+        help="user parameters of a catalog:NAME/ENTRY --truth, e.g. cache_dir=/data",
     )
     parser.add_argument(
         "--truth-group",
@@ -177,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
         prediction_group=args.prediction_group,
         layout=args.format,
         storage_options=args.storage_options,
+        truth_params=parse_overrides(args.truth_param or []),
     )
     if args.variables:
         missing = [n for n in args.variables if n not in pred.data_vars]

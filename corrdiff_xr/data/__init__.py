@@ -1,7 +1,9 @@
 """Data layer: the canonical layout, validation, regridding, statistics, pairs, synthetic data.
 
 See :mod:`corrdiff_xr.data.layout` for the layout every other module relies on. The usual
-entry point is :func:`open_pair`, which returns a lazy, validated :class:`DownscalingData`.
+entry point is :func:`open_source` (a ``catalog:NAME/ENTRY``, a Zarr path or URL, or data
+already open; :mod:`corrdiff_xr.data.source`), which returns a lazy, validated
+:class:`DownscalingData`; :func:`open_pair` opens a canonical store or Dataset.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from corrdiff_xr.data.pair import (
     open_pair,
 )
 from corrdiff_xr.data.regrid import BilinearWeights, bilinear_weights, regrid
+from corrdiff_xr.data.source import SourceError, catalog_spec, open_source
 from corrdiff_xr.data.stats import (
     check_stats,
     compute_stats,
@@ -94,10 +97,12 @@ __all__ = [
     "NameClashError",
     "PPFormatError",
     "Roles",
+    "SourceError",
     "StatsError",
     "StoreError",
     "TimeAxisError",
     "bilinear_weights",
+    "catalog_spec",
     "check_stats",
     "combine",
     "compute_stats",
@@ -110,6 +115,7 @@ __all__ = [
     "open_entry",
     "open_pair",
     "open_pp",
+    "open_source",
     "read_pp",
     "read_stats",
     "regrid",

@@ -3,9 +3,11 @@
 Two layouts are understood:
 
 * **ours** (Zarr, any fsspec URL): a flat Dataset whose prediction variables have a ``member``
-  dimension. The truth comes from a separate store or NetCDF file with the prediction's
-  variable names or, without one, from the same store: its group ``truth`` (default), or its
-  root under the target names when the ensemble sits in another group.
+  dimension. The truth comes from a separate source or, without one, from the same store: its
+  group ``truth`` (default), or its root under the target names when the ensemble sits in
+  another group. A separate truth is a store or NetCDF file with the prediction's variable
+  names, or a canonical dataset (``catalog:NAME/ENTRY`` or a canonical Zarr store, opened by
+  :func:`corrdiff_xr.data.open_source`), whose targets are the truth.
 * **the reference's NetCDF** (PhysicsNeMo ``generate.py``): root ``lat``/``lon`` (y, x) and
   ``time``, groups ``input``, ``truth`` and ``prediction``; the prediction's ensemble
   dimension is called ``ensemble`` there and is renamed to ``member``.
@@ -18,12 +20,13 @@ from typing import Any
 
 import xarray as xr
 
+from corrdiff_xr._redact import redact_url
 from corrdiff_xr.data.write import is_netcdf
-from corrdiff_xr.dims import LAT, LON, MEMBER, TIME
+from corrdiff_xr.dims import COARSE_DIMS, LAT, LON, MEMBER, TIME
 from corrdiff_xr.errors import CorrDiffError, InputNotFoundError
 
 __all__ = ["REFERENCE_MEMBER_DIM", "ScoreError", "format_table", "open_prediction",
-           "open_reference_netcdf"]
+           "open_reference_netcdf", "open_truth"]
 
 #: the reference's name of the ensemble dimension
 REFERENCE_MEMBER_DIM = "ensemble"
@@ -93,6 +96,36 @@ def _open_any(
         raise ScoreError(f"{role} {path}: cannot open it as a {what}{where} ({err})") from err
 
 
+def open_truth(
+    truth: str,
+    *,
+    params: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> xr.Dataset:
+    """The truth named by ``--truth``, lazily.
+
+    A ``catalog:NAME/ENTRY`` (with the entry's user parameters ``params``) or a Zarr store in
+    the canonical layout (it has a coarse grid) is opened and validated by
+    :func:`corrdiff_xr.data.open_source`, and its targets are the truth; any other Zarr store
+    or NetCDF file is the truth as it is (its variables named like the prediction's).
+    """
+    from corrdiff_xr.data import catalog_spec, open_source
+
+    named = {"what": "--truth", "params_what": "--truth-param"}
+    if catalog_spec(truth, what="--truth") is not None:
+        return open_source(truth, params=params, **named).fine
+    if params:
+        raise ScoreError(
+            f"--truth-param {sorted(params)} only apply to a catalog:NAME/ENTRY --truth, not to "
+            f"{redact_url(truth)}; remove --truth-param")
+    ds = _open_any(truth, group=None, storage_options=storage_options or {}, role="--truth")
+    if is_netcdf(truth) or not set(COARSE_DIMS) <= set(ds.dims):
+        return ds
+    # fsspec options only apply to URLs, as for the prediction
+    options = storage_options if "://" in truth else None
+    return open_source(truth, storage_options=options, **named).fine
+
+
 def open_prediction(
     prediction: str,
     *,
@@ -101,11 +134,13 @@ def open_prediction(
     prediction_group: str | None = None,
     layout: str = "auto",
     storage_options: dict[str, Any] | None = None,
+    truth_params: dict[str, Any] | None = None,
 ) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset | None]:
     """Open (prediction, truth, inputs-or-None) lazily from either supported layout.
 
-    For a Zarr prediction store without ``truth``, the truth is read from the same store:
-    group ``truth_group`` (default ``"truth"``), or, when the ensemble sits in
+    ``truth`` is opened by :func:`open_truth` (``truth_params``: a catalog entry's user
+    parameters). For a Zarr prediction store without ``truth``, the truth is read from the
+    same store: group ``truth_group`` (default ``"truth"``), or, when the ensemble sits in
     ``prediction_group``, the store's root (a canonical store with the target names).
 
     Raises
@@ -119,7 +154,7 @@ def open_prediction(
     if layout == "reference-netcdf" or (layout == "auto" and is_netcdf(prediction)):
         groups = open_reference_netcdf(prediction)
         if truth is not None:
-            truth_ds = _open_any(truth, group=None, storage_options=storage_options, role="--truth")
+            truth_ds = open_truth(truth, params=truth_params, storage_options=storage_options)
         elif "truth" in groups:
             truth_ds = groups["truth"]
         else:
@@ -135,7 +170,7 @@ def open_prediction(
             "reference NetCDF needs --format reference-netcdf)"
         )
     if truth is not None:
-        truth_ds = _open_any(truth, group=None, storage_options=storage_options, role="--truth")
+        truth_ds = open_truth(truth, params=truth_params, storage_options=storage_options)
     else:
         if truth_group is None and prediction_group is None:
             truth_group = "truth"

@@ -23,29 +23,20 @@ def open_training_data(cfg: TrainRunConfig):
     With ``data.train_period`` the training pair's statistics (and so the codec) are those of
     that period alone, computed from its data; stored statistics serve only a run without it.
 
-    ``catalog:NAME/ENTRY`` (NAME a bundled catalog such as ``demo`` or ``cloud``, or a
-    catalog YAML path) opens the entry with ``data.catalog_params``; anything else is a Zarr
-    path or fsspec URL opened with ``data.storage_options``.
+    ``data.source`` is anything :func:`corrdiff_xr.data.open_source` opens: ``catalog:NAME/ENTRY``
+    (NAME a bundled catalog such as ``demo`` or ``cloud``, or a catalog YAML path) with
+    ``data.catalog_params``, or a Zarr path or fsspec URL with ``data.storage_options``. A
+    source those options do not fit is a :class:`ConfigError`.
     """
-    from corrdiff_xr import data as cdata
+    from corrdiff_xr.data import SourceError, open_source
 
     d = cfg.data
-    names = {"inputs": d.inputs, "targets": d.targets, "static": d.static}
-    if d.source.startswith("catalog:"):
-        from corrdiff_xr.data.catalog import TRUST_ENV, open_entry
-
-        catalog, _, entry = d.source[len("catalog:"):].rpartition("/")
-        if not catalog or not entry:
-            raise ConfigError(f"data.source {d.source!r} is not of the form catalog:NAME/ENTRY")
-        if "trust" in d.catalog_params:  # a shared config file must not opt a catalog in
-            raise ConfigError(f"data.catalog_params.trust: to trust a catalog, list it in ${TRUST_ENV}")
-        pair = open_entry(catalog, entry, **d.catalog_params)
-        if any(v is not None for v in names.values()):
-            pair = cdata.open_pair(pair.dataset, stats=pair.stored_stats, **names)
-    else:
-        if d.catalog_params:
-            raise ConfigError("data.catalog_params only apply to a catalog:NAME/ENTRY source")
-        pair = cdata.open_pair(d.source, storage_options=d.storage_options or None, **names)
+    try:
+        pair = open_source(d.source, params=d.catalog_params, storage_options=d.storage_options,
+                           inputs=d.inputs, targets=d.targets, static=d.static,
+                           what="data.source", params_what="data.catalog_params")
+    except SourceError as err:  # the config names a source its options do not fit
+        raise ConfigError(str(err)) from err
     # normalisation statistics of the training period only: validation must not leak into them
     train_pair = pair.sel(time=slice(*d.train_period), stats="selection") if d.train_period else pair
     valid_pair = pair.sel(time=slice(*d.valid_period)) if d.valid_period else None

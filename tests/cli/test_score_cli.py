@@ -265,3 +265,71 @@ def test_a_plots_folder_is_replaced_with_overwrite_unless_it_holds_a_users_file(
     assert cli.main([*argv, "--plots", str(plots), "--overwrite"]) == 2
     assert "also holds notes.txt" in capsys.readouterr().err
     assert (plots / "notes.txt").read_text() == "mine"
+
+
+# -- --truth as a data source: a catalog entry or a canonical store ---------------------------
+@pytest.fixture
+def catalog_truth(tmp_path):
+    """(cache dir, the demo_tiny pair, a 3-member prediction for 2 of its 4 times on disk)."""
+    from corrdiff_xr.data import open_source
+
+    cache = tmp_path / "cache"
+    pair = open_source("catalog:demo/demo_tiny", params={"cache_dir": str(cache)})
+    truth = pair.fine.isel({TIME: [1, 2]}).compute()
+    rng = np.random.default_rng(0)
+    pred = xr.concat([truth + rng.normal(0, 0.5, truth["t2m"].shape) for _ in range(3)], MEMBER)
+    for name in pred.data_vars:
+        pred[name].attrs = truth[name].attrs
+    pred.to_zarr(tmp_path / "pred.zarr")
+    return cache, pair, pred
+
+
+def test_score_truth_may_be_a_catalog_entry_or_a_canonical_store(tmp_path, catalog_truth, capsys):
+    cache, pair, pred = catalog_truth
+    (store,) = cache.iterdir()
+    pair.fine.to_zarr(tmp_path / "fine.zarr")  # a plain truth store, as before
+    want = scoring.summary(pred, pair.fine).compute()
+    truths = {"catalog": ["catalog:demo/demo_tiny", "--truth-param", f"cache_dir={cache}"],
+              "canonical store": [str(store)], "plain store": [str(tmp_path / "fine.zarr")]}
+    for name, truth in truths.items():
+        out = tmp_path / f"{name}.nc"
+        assert cli.main(["score", str(tmp_path / "pred.zarr"), "--truth", *truth, "-o", str(out)]) == 0
+        got = xr.open_dataset(out)
+        assert got.attrs["truth"] == truth[0]
+        np.testing.assert_allclose(got["score"].values, want["score"].values, rtol=1e-6, err_msg=name)
+
+
+def test_a_canonical_truth_is_its_targets_opened_without_reading_data(tmp_path, catalog_truth):
+    from corrdiff_xr.testing import raise_if_dask_computes
+
+    cache, pair, _ = catalog_truth
+    (store,) = cache.iterdir()
+    with raise_if_dask_computes():
+        from_catalog = score_inputs.open_truth("catalog:demo/demo_tiny", params={"cache_dir": str(cache)})
+        from_store = score_inputs.open_truth(str(store))
+        _, truth, _ = score_inputs.open_prediction(str(tmp_path / "pred.zarr"), truth=str(store))
+    for got in (from_catalog, from_store, truth):
+        assert sorted(got.data_vars) == sorted(pair.targets)  # not its inputs or static fields
+        xr.testing.assert_identical(got, pair.fine)
+
+
+def test_bad_truth_sources_are_one_line_naming_the_option(tmp_path, catalog_truth, capsys):
+    cache, _, _ = catalog_truth
+    pred = str(tmp_path / "pred.zarr")
+    cases = [
+        (["--truth", "catalog:demo"], "--truth 'catalog:demo' is not of the form catalog:NAME/ENTRY"),
+        (["--truth", "catalog:demo/demo_tiny", "--truth-param", f"cache_dir={cache}", "trust=true"],
+         "--truth-param.trust: --truth 'catalog:demo/demo_tiny': a catalog is trusted by its user"),
+        (["--truth", pred, "--truth-param", "seed=1"],
+         "--truth-param ['seed'] only apply to a catalog:NAME/ENTRY --truth"),
+        (["--truth", "catalog:demo/demo_tiny", "--truth-param", "seed"], "argument --truth-param"),
+    ]
+    for extra, message in cases:
+        capsys.readouterr()
+        try:
+            rc = cli.main(["score", pred, *extra])
+        except SystemExit as exit_:  # argparse errors
+            rc = exit_.code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) >= 1 and message in err[-1], (extra, err)
+        assert "Traceback" not in "\n".join(err)

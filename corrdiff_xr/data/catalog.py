@@ -228,7 +228,7 @@ class ZarrPairReader(BaseReader):
         static: list[str] | None = None,
         **kwargs: Any,
     ):
-        from corrdiff_xr.data import open_pair
+        from corrdiff_xr.data.pair import open_pair
 
         if kwargs:
             raise CatalogError(

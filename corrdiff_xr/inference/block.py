@@ -32,7 +32,10 @@ from corrdiff_xr.inference.cache import ModelToken, load_model
 from corrdiff_xr.noise import patch_generator
 from corrdiff_xr.patching import PatchGrid, reflect_index
 
-__all__ = ["BlockPlan", "call_size", "compute_block", "plan_blocks", "touching_patches"]
+__all__ = ["KINDS", "BlockPlan", "BlockTask", "call_size", "compute_block", "plan_blocks", "touching_patches"]
+
+#: what a block task can return: the fused regression mean and the fused samples
+KINDS = ("mean", "sample")
 
 
 def _support(weights: Sequence[float]) -> tuple[int, int]:
@@ -69,6 +72,62 @@ class BlockPlan:
     halo_rows: tuple[int, int]
     halo_cols: tuple[int, int]
     patches: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockTask:
+    """Everything one block task computes from, besides its input halo.
+
+    A downscaling builds one with the request's settings (no ``plan``, no ``times``, no
+    ``members``); :meth:`at` gives each block's task. Plain, frozen data: it pickles small
+    (the model travels as a token) and tokenises the same in every process.
+
+    Attributes
+    ----------
+    token
+        The model (loaded once per process, see :mod:`corrdiff_xr.inference.cache`).
+    grid
+        The global patch grid.
+    seed, sampler
+        Base seed (noise key, :data:`corrdiff_xr.noise.INFERENCE`) and sampler settings.
+    batch_size
+        Patches per network call on accelerators.
+    threads
+        Torch intra-op threads for the task's thread (None leaves torch's setting).
+    kinds
+        Any of :data:`KINDS` to return: ``"mean"`` ``(C, T, h, w)`` and ``"sample"``
+        ``(C, M, T, h, w)``, de-normalised by the model's codec.
+    plan
+        The block's plan (None in a request's template).
+    times
+        int64 nanoseconds of the block's times (noise keys).
+    members
+        Member indices of the block (noise keys); ignored when no ``"sample"`` is asked.
+    """
+
+    token: ModelToken
+    grid: PatchGrid
+    seed: int
+    sampler: SamplerConfig
+    batch_size: int
+    threads: int | None
+    kinds: tuple[str, ...]
+    plan: BlockPlan | None = None
+    times: tuple[int, ...] = ()
+    members: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.kinds or any(k not in KINDS for k in self.kinds):
+            raise ValueError(f"kinds must be a non-empty selection of {KINDS}, got {self.kinds!r}")
+
+    def at(self, plan: BlockPlan, times: Sequence[int], members: Sequence[int]) -> BlockTask:
+        """The task of one block: this one's settings with the block's plan, times, members."""
+        return dataclasses.replace(self, plan=plan, times=tuple(int(t) for t in times),
+                                   members=tuple(int(m) for m in members))
+
+    def __dask_tokenize__(self) -> tuple:
+        # plain nested tuples of str/int/float/None: the same token in every process
+        return (f"{type(self).__module__}.{type(self).__qualname__}", dataclasses.astuple(self))
 
 
 def plan_blocks(
@@ -109,48 +168,24 @@ def _batches(items: list, size: int) -> Iterator[tuple[list, int]]:
         yield chunk + [chunk[-1]] * (size - len(chunk)), len(chunk)
 
 
-def compute_block(
-    inputs,
-    *,
-    token: ModelToken,
-    grid: PatchGrid,
-    plan: BlockPlan,
-    times: Sequence[int],
-    members: Sequence[int],
-    seed: int,
-    sampler: SamplerConfig,
-    kinds: Sequence[str],
-    batch_size: int,
-    threads: int | None = None,
-) -> dict[str, np.ndarray]:
-    """Fused fields of one block, in physical units.
+def compute_block(inputs, task: BlockTask) -> dict[str, np.ndarray]:
+    """Fused fields of one block, in physical units: ``{kind: array}`` for ``task.kinds``.
 
     Parameters
     ----------
     inputs : xr.Dataset
-        Regridded inputs and static fields over ``plan.halo_rows x plan.halo_cols`` for the
+        Regridded inputs and static fields over ``task.plan``'s halo rows x columns for the
         block's times (numpy-backed: the task's dependency was computed by dask).
-    token
-        The model (loaded once per process, see :mod:`corrdiff_xr.inference.cache`).
-    grid, plan
-        The global patch grid and this block's plan.
-    times
-        int64 nanoseconds of the block's times (noise keys).
-    members
-        Member indices of the block (noise keys); ignored when only ``"mean"`` is asked.
-    seed, sampler
-        Base seed and sampler settings.
-    kinds
-        Any of ``"mean"`` and ``"sample"`` to return, de-normalised by the model's codec and
-        channel first: ``(C, T, h, w)`` and ``(C, M, T, h, w)``.
-    batch_size
-        Patches per network call on accelerators.
-    threads
-        Torch intra-op threads for this task's thread (None leaves torch's setting).
+    task
+        The block's :class:`BlockTask` (from :meth:`BlockTask.at`).
     """
+    if task.plan is None:
+        raise ValueError("compute_block needs the task of one block (BlockTask.at(plan, times, members))")
+    plan, grid, times, members, kinds = task.plan, task.grid, task.times, task.members, task.kinds
+    threads, seed, sampler = task.threads, task.seed, task.sampler
     if threads is not None:
         torch.set_num_threads(int(threads))
-    model = load_model(token)
+    model = load_model(task.token)
     device = next(model.parameters()).device
     x = np.asarray(model.codec.encode_inputs(inputs), dtype=np.float32)
     T = len(times)
@@ -185,7 +220,7 @@ def compute_block(
         norm[bs] += weight[ps]
     mean_acc = np.zeros((T, C, y1 - y0, x1 - x0)) if "mean" in kinds else None
     sample_acc = np.zeros((M, T, C, y1 - y0, x1 - x0)) if want_sample else None
-    size = call_size(device, batch_size)
+    size = call_size(device, task.batch_size)
 
     def run(rows: list, fn) -> list[np.ndarray]:
         out = []

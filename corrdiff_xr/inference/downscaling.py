@@ -33,18 +33,23 @@ defaults use ramp weights across a generous overlap (a quarter of the patch) to 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
 import warnings
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 
 from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
+
+if TYPE_CHECKING:  # imported when called, so that importing corrdiff_xr does not load torch
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.inference.block import BlockTask
 
 __all__ = ["downscale", "model_header"]
 
@@ -135,8 +140,6 @@ def _sampler_config(sampler: Any, steps: int | None):
     else:
         raise TypeError(f"sampler must be None, 'heun'/'euler', a mapping or SamplerConfig, got {sampler!r}")
     if steps is not None:
-        import dataclasses
-
         with _as_arguments({"num_steps": "steps"}):  # SamplerConfig holds the range
             cfg = dataclasses.replace(cfg, num_steps=check_argument("steps", steps, int))
     return cfg
@@ -246,7 +249,7 @@ def downscale(
     UnitsError
         A variable in units that do not convert to the model's.
     """
-    from corrdiff_xr.inference.block import plan_blocks
+    from corrdiff_xr.inference.block import BlockTask, plan_blocks
     from corrdiff_xr.inference.cache import token_for
     from corrdiff_xr.inference.graph import block_arrays
     from corrdiff_xr.patching import PatchGrid
@@ -295,22 +298,38 @@ def downscale(
     mch = _regular((), chunks.get(MEMBER, 1), int(members))
     kinds = ("mean",) if output == "mean" else ("sample", "mean") if output == "residual" else ("sample",)
 
-    stacked = block_arrays(
-        src, plan_blocks(grid, ych, xch), tch, mch, kinds, len(codec.out_channels),
-        grid=grid, token=token, seed=int(seed), sampler=sampler_cfg, batch_size=int(batch_size),
-        threads=threads,
-    )
-    return _to_dataset(stacked, output, src, pair, codec, token, sampler_cfg, grid, seed, members, patch)
+    task = BlockTask(token=token, grid=grid, seed=int(seed), sampler=sampler_cfg,
+                     batch_size=int(batch_size), threads=threads, kinds=kinds)
+    stacked = block_arrays(src, plan_blocks(grid, ych, xch), tch, mch, len(codec.out_channels), task)
+    labels = _Labels(output=output, task=task, members=int(members), patched=patch_cfg is not None,
+                     codec=codec, src=src, dataset=pair.dataset)
+    return _to_dataset(stacked, labels)
 
 
-def _to_dataset(
-    stacked: dict[str, da.Array], output: str, src: xr.Dataset, pair, codec, token,
-    sampler_cfg, grid, seed: int, members: int, patch,
-) -> xr.Dataset:
+@dataclasses.dataclass(frozen=True)
+class _Labels:
+    """What labels a downscaling's block arrays (see :func:`_to_dataset`).
+
+    ``task`` is the request's :class:`~corrdiff_xr.inference.block.BlockTask` (model token,
+    grid, seed, sampler); ``src`` gives the time, y and x coordinates, ``dataset`` (the
+    pair's) lat/lon and the targets' attributes.
+    """
+
+    output: Output
+    task: BlockTask
+    members: int
+    patched: bool
+    codec: Codec
+    src: xr.Dataset
+    dataset: xr.Dataset
+
+
+def _to_dataset(stacked: dict[str, da.Array], labels: _Labels) -> xr.Dataset:
     """Wrap the block arrays as a labelled Dataset with CF and provenance attributes."""
     from corrdiff_xr import __version__
     from corrdiff_xr.config import to_dict
 
+    output, src, dataset, codec, grid = labels.output, labels.src, labels.dataset, labels.codec, labels.task.grid
     if output == "ensemble":
         data, dims = stacked["sample"], (MEMBER, TIME, Y, X)
     elif output == "residual":
@@ -319,15 +338,15 @@ def _to_dataset(
         data, dims = stacked["mean"], (TIME, Y, X)
     coords = {TIME: src[TIME], Y: src[Y], X: src[X]}
     for name in (LAT, LON):
-        if name in pair.dataset.coords:
-            coords[name] = pair.dataset[name].variable
+        if name in dataset.coords:
+            coords[name] = dataset[name].variable
     if MEMBER in dims:
-        coords[MEMBER] = (MEMBER, np.arange(int(members)), {"long_name": "ensemble member"})
+        coords[MEMBER] = (MEMBER, np.arange(labels.members), {"long_name": "ensemble member"})
     variables = {}
     for c, name in enumerate(codec.out_channels):
         attrs = dict(codec.attrs.get(name, {}))
-        if name in pair.dataset:
-            attrs.update({k: v for k, v in pair.dataset[name].attrs.items() if k in ("units", "long_name", "standard_name")})
+        if name in dataset:
+            attrs.update({k: v for k, v in dataset[name].attrs.items() if k in ("units", "long_name", "standard_name")})
         if codec.units[name] is not None:  # the values are the model's, in its units
             attrs["units"] = codec.units[name]
         if output == "residual":
@@ -335,17 +354,18 @@ def _to_dataset(
         elif output == "mean":
             attrs["long_name"] = f"{attrs.get('long_name', name)} (regression mean)"
         variables[name] = xr.Variable(dims, data[c], attrs)
-    patch_desc = "none (whole domain)" if patch is None else json.dumps(
+    patch_desc = "none (whole domain)" if not labels.patched else json.dumps(
         {"shape": list(grid.patch), "origins_y": list(grid.starts[0]), "origins_x": list(grid.starts[1])})
+    seed, members = labels.task.seed, labels.members
     attrs = {
         "title": f"CorrDiff {output} downscaled with corrdiff_xr",
         "source": f"corrdiff_xr {__version__}",
-        "history": f"corrdiff_xr.downscale(output={output!r}, members={int(members)}, seed={int(seed)})",
+        "history": f"corrdiff_xr.downscale(output={output!r}, members={members}, seed={seed})",
         "corrdiff_output": output,
-        "corrdiff_seed": int(seed),
-        "corrdiff_members": int(members),
-        "corrdiff_sampler": json.dumps(to_dict(sampler_cfg), default=str),
-        "corrdiff_model": os.path.basename(token.path),
+        "corrdiff_seed": seed,
+        "corrdiff_members": members,
+        "corrdiff_sampler": json.dumps(to_dict(labels.task.sampler), default=str),
+        "corrdiff_model": os.path.basename(labels.task.token.path),
         "corrdiff_patching": patch_desc,
     }
     return xr.Dataset(variables, coords=coords, attrs=attrs)

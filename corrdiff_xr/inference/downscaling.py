@@ -26,7 +26,8 @@ Differences from the reference. PhysicsNeMo's patched generation fuses the patch
 whole trajectory alone and patches are fused once, at the end. That is what lets a block be
 computed without the rest of the domain, with memory bounded by one batch of patches; the
 price is that overlapping patches can disagree more than with per-step fusion, so the
-defaults use ramp weights across a generous overlap (a quarter of the patch) to hide seams.
+defaults (:class:`~corrdiff_xr.config.PatchConfig`'s) use ramp weights across a generous
+overlap (a quarter of the smaller patch side) to hide seams.
 ``patch=None`` samples the whole domain at once per time step (spatial dims in one chunk).
 """
 
@@ -49,6 +50,7 @@ from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
 
 if TYPE_CHECKING:  # imported when called, so that importing corrdiff_xr does not load torch
     from corrdiff_xr.codec import Codec
+    from corrdiff_xr.config import PatchConfig
     from corrdiff_xr.inference.block import BlockTask
 
 __all__ = ["downscale", "model_header"]
@@ -145,16 +147,24 @@ def _sampler_config(sampler: Any, steps: int | None):
     return cfg
 
 
-def _patch_config(patch: Any, overlap: int | None, boundary: int, weights: str):
-    """The :class:`~corrdiff_xr.config.PatchConfig` of downscale's patch arguments."""
+def _patch_config(patch: Any, overlap: Any, boundary: Any, weights: Any):
+    """The resolved :class:`~corrdiff_xr.config.PatchConfig` of downscale's patch arguments.
+
+    ``patch`` is a PatchConfig, a side or ``(h, w)``; ``overlap``, ``boundary`` and
+    ``weights`` replace its fields unless None. None when no patching is asked.
+    """
     from corrdiff_xr.config import PatchConfig, check_argument
 
-    shape = check_argument("patch", (patch, patch) if np.isscalar(patch) else patch, tuple[int, int])
-    if overlap is None:
-        overlap = min(shape) // 4
-    with _as_arguments({"shape": "patch"}):  # PatchConfig holds the ranges
-        return PatchConfig(shape=shape, overlap=check_argument("overlap", overlap, int),
-                           boundary=check_argument("boundary", boundary, int), weights=weights)
+    if patch is None or isinstance(patch, PatchConfig) and patch.shape is None:
+        return None
+    given = {"overlap": check_argument("overlap", overlap, int | None),
+             "boundary": check_argument("boundary", boundary, int | None), "weights": weights}
+    given = {k: v for k, v in given.items() if v is not None}
+    with _as_arguments({"shape": "patch"}):  # PatchConfig holds the ranges and the defaults
+        if isinstance(patch, PatchConfig):
+            return dataclasses.replace(patch, **given).resolved()
+        shape = check_argument("patch", (patch, patch) if np.isscalar(patch) else patch, tuple[int, int])
+        return PatchConfig(shape=shape, **given).resolved()
 
 
 def _check_arguments(members: Any, seed: Any, batch_size: Any, threads: Any,
@@ -184,10 +194,10 @@ def downscale(
     output: Output = "ensemble",
     sampler: Any = None,
     steps: int | None = None,
-    patch: int | tuple[int, int] | None = None,
+    patch: PatchConfig | int | tuple[int, int] | None = None,
     overlap: int | None = None,
-    boundary: int = 0,
-    weights: Literal["uniform", "ramp"] = "ramp",
+    boundary: int | None = None,
+    weights: Literal["uniform", "ramp"] | None = None,
     batch_size: int = 8,
     device: str | None = None,
     chunks: Mapping[str, int] | None = None,
@@ -215,11 +225,14 @@ def downscale(
     sampler : None, str, mapping or SamplerConfig
         Sampler settings (``"heun"``/``"euler"`` picks the solver); ``steps`` overrides
         ``num_steps``.
-    patch : int or (int, int), optional
-        Patch shape; None samples the whole domain per time step.
+    patch : PatchConfig, int or (int, int), optional
+        Patching settings, or the patch shape with
+        :class:`~corrdiff_xr.config.PatchConfig`'s defaults (ramp weights across an overlap
+        of a quarter of the smaller patch side, no zero-weight halo); None (or a PatchConfig
+        without a shape) samples the whole domain per time step.
     overlap, boundary, weights
-        Patch overlap (default a quarter of the smaller patch side), zero-weight halo and
-        fusion weights, as in :class:`~corrdiff_xr.config.PatchConfig`.
+        Patch overlap, zero-weight halo and fusion weights: when given, they replace those
+        of ``patch`` (:class:`~corrdiff_xr.config.PatchConfig`'s fields of the same names).
     batch_size : int
         Patches per network call on accelerators (the CPU evaluates patches one by one).
     device : str, optional
@@ -260,7 +273,7 @@ def downscale(
     members, seed, batch_size, threads, chunks = _check_arguments(
         members, seed, batch_size, threads, chunks)
     sampler_cfg = _sampler_config(sampler, steps)
-    patch_cfg = None if patch is None else _patch_config(patch, overlap, boundary, weights)
+    patch_cfg = _patch_config(patch, overlap, boundary, weights)
     token = token_for(model, device=device)
     if not isinstance(model, (str, os.PathLike)) and "distributed" in sys.modules:
         from corrdiff_xr.inference.plugin import share_with_workers

@@ -192,31 +192,14 @@ def compute_block(inputs, task: BlockTask) -> dict[str, np.ndarray]:
     if x.shape[0] != T:
         raise ValueError(f"block inputs have {x.shape[0]} times, expected {T}")
     (y0, y1), (x0, x1) = plan.rows, plan.cols
-    (hr, _), (hc, _) = plan.halo_rows, plan.halo_cols
-    H, W = grid.domain
-    ph, pw = grid.patch
     weight = grid.weight
     C = model.out_channels
     want_sample = "sample" in kinds
     M = len(members) if want_sample else 0
 
-    def patch_input(t: int, k: int) -> np.ndarray:
-        r0, c0 = grid.origins[k]
-        rows = reflect_index(int(r0), ph, H) - hr
-        cols = reflect_index(int(c0), pw, W) - hc
-        return np.ascontiguousarray(x[t][:, rows][:, :, cols])
-
-    def overlap(k: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
-        # pixels of patch k inside the block: (block slices, patch slices)
-        r0, c0 = (int(v) for v in grid.origins[k])
-        ra, rb = max(r0, y0), min(r0 + ph, y1)
-        ca, cb = max(c0, x0), min(c0 + pw, x1)
-        return (slice(ra - y0, rb - y0), slice(ca - x0, cb - x0)), (
-            slice(ra - r0, rb - r0), slice(ca - c0, cb - c0))
-
     norm = np.zeros((y1 - y0, x1 - x0))
     for k in plan.patches:
-        (bs, ps) = overlap(k)
+        (bs, ps) = _overlap(grid, plan, k)
         norm[bs] += weight[ps]
     mean_acc = np.zeros((T, C, y1 - y0, x1 - x0)) if "mean" in kinds else None
     sample_acc = np.zeros((M, T, C, y1 - y0, x1 - x0)) if want_sample else None
@@ -234,14 +217,14 @@ def compute_block(inputs, task: BlockTask) -> dict[str, np.ndarray]:
         return torch.as_tensor(np.stack([grid.origins[k] for (_, k) in batch]), device=device)
 
     def inputs_of(batch) -> torch.Tensor:
-        return torch.from_numpy(np.stack([patch_input(t, k) for (t, k) in batch])).to(device)
+        return torch.from_numpy(np.stack([_patch_input(x[t], grid, plan, k) for (t, k) in batch])).to(device)
 
     units = [(t, k) for t in range(T) for k in plan.patches]
     means = run(units, lambda b: model.predict_mean(inputs_of(b), offsets=offsets(b)))
     by_unit = dict(zip(units, means))
     if mean_acc is not None:
         for (t, k), mu in zip(units, means):
-            bs, ps = overlap(k)
+            bs, ps = _overlap(grid, plan, k)
             mean_acc[(t, slice(None), *bs)] += weight[ps] * mu[(slice(None), *ps)]
     if want_sample:
         draws = [(m, t, k) for t in range(T) for k in plan.patches for m in range(M)]
@@ -261,19 +244,38 @@ def compute_block(inputs, task: BlockTask) -> dict[str, np.ndarray]:
             with torch.no_grad():
                 res = sample(batch)[:n].float().cpu().numpy()
             for (m, t, k), val in zip(batch[:n], res):
-                bs, ps = overlap(k)
+                bs, ps = _overlap(grid, plan, k)
                 sample_acc[(m, t, slice(None), *bs)] += weight[ps] * val[(slice(None), *ps)]
     # Back to physical units through the codec, with the block's own coordinates.
+    (hr, _), (hc, _) = plan.halo_rows, plan.halo_cols
     template = inputs.isel({Y: slice(y0 - hr, y1 - hr), X: slice(x0 - hc, x1 - hc)})
-
-    def decode(acc: np.ndarray, dims: tuple[str, ...]) -> np.ndarray:
-        fused = (acc / norm).astype(np.float32)
-        ds = model.codec.decode_targets(fused, template, dims=dims)
-        return np.stack([ds[n].values for n in model.codec.out_channels])
-
     out = {}
     if mean_acc is not None:
-        out["mean"] = decode(mean_acc, (TIME,))
+        out["mean"] = _decode(model.codec, mean_acc / norm, template, (TIME,))
     if sample_acc is not None:
-        out["sample"] = decode(sample_acc, (MEMBER, TIME))
+        out["sample"] = _decode(model.codec, sample_acc / norm, template, (MEMBER, TIME))
     return out
+
+
+def _patch_input(x: np.ndarray, grid: PatchGrid, plan: BlockPlan, k: int) -> np.ndarray:
+    """Patch ``k`` of the encoded halo ``x`` (C, rows, cols), reflected at the domain edge."""
+    (r0, c0), (H, W), (ph, pw) = grid.origins[k], grid.domain, grid.patch
+    rows = reflect_index(int(r0), ph, H) - plan.halo_rows[0]
+    cols = reflect_index(int(c0), pw, W) - plan.halo_cols[0]
+    return np.ascontiguousarray(x[:, rows][:, :, cols])
+
+
+def _overlap(grid: PatchGrid, plan: BlockPlan, k: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """Pixels of patch ``k`` inside the block: (block slices, patch slices)."""
+    (y0, y1), (x0, x1), (ph, pw) = plan.rows, plan.cols, grid.patch
+    r0, c0 = (int(v) for v in grid.origins[k])
+    ra, rb = max(r0, y0), min(r0 + ph, y1)
+    ca, cb = max(c0, x0), min(c0 + pw, x1)
+    return (slice(ra - y0, rb - y0), slice(ca - x0, cb - x0)), (
+        slice(ra - r0, rb - r0), slice(ca - c0, cb - c0))
+
+
+def _decode(codec, fused: np.ndarray, template, dims: tuple[str, ...]) -> np.ndarray:
+    """Normalised fused fields to physical units, channel first."""
+    ds = codec.decode_targets(fused.astype(np.float32), template, dims=dims)
+    return np.stack([ds[n].values for n in codec.out_channels])

@@ -260,8 +260,13 @@ class SamplerConfig(Checked):
     )
 
 
-def _patch_fits(shape: tuple[int, int] | None, overlap: int, boundary: int) -> bool:
-    return shape is None or min(shape) - 2 * boundary - overlap >= 1
+def _overlap_pixels(shape: tuple[int, int] | None, overlap: int | None) -> int:
+    # None: a quarter of the smaller patch side (no overlap without patches)
+    return overlap if overlap is not None else 0 if shape is None else min(shape) // 4
+
+
+def _patch_fits(shape: tuple[int, int] | None, overlap: int | None, boundary: int) -> bool:
+    return shape is None or min(shape) - 2 * boundary - _overlap_pixels(shape, overlap) >= 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,26 +274,37 @@ class PatchConfig(Checked):
     """How a domain is tiled into patches (see :mod:`corrdiff_xr.patching`).
 
     ``shape`` None means no patching (the whole domain is one patch). ``overlap`` is the
-    number of pixels shared by the *kept* parts of neighbouring patches; ``boundary`` is a
-    halo on every side of each patch that the model sees as context but that gets zero weight
-    when patches are fused. ``weights`` is ``"uniform"`` (plain average over overlaps) or
-    ``"ramp"`` (linear ramps across overlaps, so seams blend smoothly). ``layout`` picks the
-    patch grid: ``"compact"`` (fewest patches covering the domain) or ``"physicsnemo"`` (the
-    reference's ``GridPatching2D`` grid, where the halo is averaged in like the rest, for
-    exact parity with its outputs).
+    number of pixels shared by the *kept* parts of neighbouring patches (None: a quarter of
+    the smaller patch side); ``boundary`` is a halo on every side of each patch that the
+    model sees as context but that gets zero weight when patches are fused. ``weights`` is
+    ``"uniform"`` (plain average over overlaps) or ``"ramp"`` (linear ramps across overlaps,
+    so seams blend smoothly). ``layout`` picks the patch grid: ``"compact"`` (fewest patches
+    covering the domain) or ``"physicsnemo"`` (the reference's ``GridPatching2D`` grid, the
+    halo averaged in like the rest; with uniform weights, for exact parity with its outputs).
+    The defaults are inference's (patches sampled alone, fused once: ramps across a generous
+    overlap hide the seams); patched training draws random patches and uses only ``shape``.
     """
 
     shape: tuple[int, int] | None = setting(None, ge=1)
-    overlap: int = setting(0, ge=0)
+    overlap: int | None = setting(None, ge=0)
     boundary: int = setting(0, ge=0)
-    weights: Literal["uniform", "ramp"] = "uniform"
+    weights: Literal["uniform", "ramp"] = "ramp"
     layout: Literal["compact", "physicsnemo"] = "compact"
 
     RULES = (
         Rule(("shape", "overlap", "boundary"), _patch_fits,
-             "the patch leaves no room for a kept part; "
-             "need overlap + 2 * boundary < the smaller patch side"),
+             "the patch leaves no room for a kept part; need overlap + 2 * boundary < the "
+             "smaller patch side (overlap None: a quarter of that side)"),
     )
+
+    @property
+    def overlap_pixels(self) -> int:
+        """``overlap``, or a quarter of the smaller patch side (0 without patches)."""
+        return _overlap_pixels(self.shape, self.overlap)
+
+    def resolved(self) -> PatchConfig:
+        """This config with the overlap in pixels (what a grid is built from and recorded)."""
+        return dataclasses.replace(self, overlap=self.overlap_pixels)
 
 
 # -- networks and EDM preconditioning (core A) ----------------------------------------------

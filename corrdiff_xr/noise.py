@@ -1,14 +1,39 @@
 """Noise keyed by what a sample *is*, never by how it was scheduled.
 
-Every sampled patch gets its own :class:`torch.Generator`, seeded from the tuple
-``(seed, time, member, patch row, patch column)`` through :class:`numpy.random.SeedSequence`
-(a stable hash: unlike Python's ``hash()`` it does not change between processes). The time is
-keyed by its int64 nanoseconds since 1970, so the same valid time gives the same noise in any
-selection, chunking or worker of a run.
+One mechanism serves every use of keyed randomness (inference noise, the training loader's
+patch origins, validation members): a *key* of integers is hashed by
+:class:`numpy.random.SeedSequence` (a stable hash: unlike Python's ``hash()`` it does not
+change between processes) into a 63-bit seed for :meth:`torch.Generator.manual_seed`
+(:func:`keyed_seed`, :func:`keyed_generator`). So a draw depends on its key only: not on the
+batch, the chunk, the worker or the number of any of them.
+
+Each use has its :class:`KeyLayout`: a purpose, the words of its key in order, a
+domain-separation word (``tag``) and which half of the hash becomes the seed's high bits.
+The layouts are frozen: they reproduce, bit for bit, the streams of the three recipes this
+module replaced, on which the shipped model, the demo's scores and every test's numbers rest.
+
+==================  ==========================================  =========  ==========
+layout              key words (SeedSequence entropy, in order)  tag        high half
+==================  ==========================================  =========  ==========
+:data:`INFERENCE`   seed, time, member, patch row, patch col    none       state word 0
+:data:`TRAIN_PATCH` seed, epoch, time index                     0x9A7C4    state word 1
+:data:`VALIDATION`  seed, time index, member                    0x7A11D    state word 1
+==================  ==========================================  =========  ==========
+
+The tag is appended after the key words (it came last in the original recipes), so the two
+training keys never coincide; inference keys, untagged, have five words or more against the
+others' four (a word of 2**32 or more counts as two: the caveat of SeedSequence's entropy).
+Time is keyed by its int64 nanoseconds since 1970 (:func:`time_key`), so the same valid time
+gives the same noise in any selection, chunking or worker of a run. Words that may be negative
+(times before 1970, patch origins past the domain's edge) are taken modulo 2**64; the others
+must be non-negative. A new use adds a layout with a new tag, never reuses one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import numbers
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,9 +41,108 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["patch_generator", "patch_seed", "time_key"]
+__all__ = [
+    "INFERENCE",
+    "TRAIN_PATCH",
+    "VALIDATION",
+    "KeyLayout",
+    "keyed_generator",
+    "keyed_seed",
+    "patch_generator",
+    "patch_seed",
+    "time_key",
+]
 
 _MASK64 = (1 << 64) - 1
+_MASK63 = (1 << 63) - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyLayout:
+    """How one use of keyed noise lays out its key (see the module docstring's table).
+
+    Attributes
+    ----------
+    purpose
+        What the noise is for (named in errors).
+    words
+        Names of the key's words, in the order they enter the hash.
+    tag
+        Domain-separation word appended after the key words (None: none).
+    high_word
+        Which of the first two 32-bit state words of the SeedSequence becomes the high bits
+        of the 63-bit seed (the other gives the low 31 bits).
+    wrapped
+        Words taken modulo 2**64, so that negative values are valid keys.
+    """
+
+    purpose: str
+    words: tuple[str, ...]
+    tag: int | None = None
+    high_word: int = 1
+    wrapped: frozenset[str] = frozenset()
+
+    def entropy(self, key: Sequence[int]) -> list[int]:
+        """The SeedSequence entropy of ``key``: its checked words, then the tag."""
+        if len(key) != len(self.words):
+            raise ValueError(
+                f"a {self.purpose} key has {len(self.words)} words ({', '.join(self.words)}), "
+                f"got {len(key)}: {tuple(key)}")
+        out = []
+        for name, value in zip(self.words, key):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{self.purpose} key word {name} must be an integer, got {value!r}")
+            value = int(value)
+            if name in self.wrapped:
+                value &= _MASK64
+            elif value < 0:
+                raise ValueError(f"{self.purpose} key word {name} must be non-negative, got {value}")
+            out.append(value)
+        return out if self.tag is None else [*out, self.tag]
+
+
+#: sampler noise of one patch of one member at one time (inference)
+INFERENCE = KeyLayout("inference patch", ("seed", "time", "member", "row", "col"),
+                      tag=None, high_word=0, wrapped=frozenset({"time", "row", "col"}))
+#: the random patch origin of one training sample in one epoch (training loader)
+TRAIN_PATCH = KeyLayout("training patch", ("seed", "epoch", "time_index"), tag=0x9A7C4)
+#: sampler noise of one ensemble member of one validation sample
+VALIDATION = KeyLayout("validation member", ("seed", "time_index", "member"), tag=0x7A11D)
+
+
+def keyed_seed(layout: KeyLayout, *key: int) -> int:
+    """A 63-bit seed, a function of ``layout`` and ``key`` only.
+
+    Parameters
+    ----------
+    layout
+        The use (:data:`INFERENCE`, :data:`TRAIN_PATCH`, :data:`VALIDATION`).
+    *key
+        The key's words, in ``layout.words`` order.
+
+    Returns
+    -------
+    int
+        In ``[0, 2**63)``, suitable for :meth:`torch.Generator.manual_seed`.
+
+    Raises
+    ------
+    ValueError, TypeError
+        A key of the wrong length, a word that is not an integer, or a negative word the
+        layout does not wrap, named with its value.
+    """
+    words = np.random.SeedSequence(layout.entropy(key)).generate_state(2, dtype=np.uint32)
+    high, low = int(words[layout.high_word]), int(words[1 - layout.high_word])
+    return (high << 31 | low >> 1) & _MASK63
+
+
+def keyed_generator(
+    layout: KeyLayout, *key: int, device: torch.device | str = "cpu"
+) -> torch.Generator:
+    """A :class:`torch.Generator` on ``device`` seeded with :func:`keyed_seed`."""
+    import torch
+
+    return torch.Generator(device=device).manual_seed(keyed_seed(layout, *key))
 
 
 def time_key(time: np.datetime64 | int) -> int:
@@ -31,7 +155,7 @@ def time_key(time: np.datetime64 | int) -> int:
 
 
 def patch_seed(seed: int, time: np.datetime64 | int, member: int, origin: tuple[int, int]) -> int:
-    """A 63-bit seed for one patch of one member at one time.
+    """The :data:`INFERENCE` seed of one patch of one member at one time.
 
     Parameters
     ----------
@@ -52,10 +176,8 @@ def patch_seed(seed: int, time: np.datetime64 | int, member: int, origin: tuple[
     """
     if seed < 0 or member < 0:
         raise ValueError(f"seed and member must be non-negative, got seed={seed}, member={member}")
-    row, col = (int(v) & _MASK64 for v in origin)
-    entropy = [int(seed), time_key(time), int(member), row, col]
-    words = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
-    return (int(words[0]) << 31 | int(words[1]) >> 1) & ((1 << 63) - 1)
+    row, col = origin
+    return keyed_seed(INFERENCE, int(seed), time_key(time), int(member), int(row), int(col))
 
 
 def patch_generator(

@@ -182,7 +182,10 @@ class PatchGrid:
     ) -> PatchGrid:
         """Patch grid for ``domain`` (see the module docstring for the layouts).
 
-        ``patch`` None means one patch of the domain's shape (no patching).
+        ``patch`` None means one patch of the domain's shape (no patching). The keyword
+        defaults build the plain tiling (no overlap, equal weights) that the reference's
+        grid compares with; a run's defaults are :class:`~corrdiff_xr.config.PatchConfig`'s
+        (:meth:`from_config`).
         """
         domain = tuple(int(d) for d in domain)
         if len(domain) != 2 or min(domain) < 1:
@@ -195,7 +198,11 @@ class PatchGrid:
 
     @classmethod
     def from_config(cls, domain: Sequence[int], config: PatchConfig) -> PatchGrid:
-        """Patch grid for ``domain`` from a :class:`~corrdiff_xr.config.PatchConfig`."""
+        """Patch grid for ``domain`` from a :class:`~corrdiff_xr.config.PatchConfig`.
+
+        An ``overlap`` of None is a quarter of the smaller patch side
+        (:attr:`~corrdiff_xr.config.PatchConfig.overlap_pixels`).
+        """
         domain = tuple(int(d) for d in domain)
         if len(domain) != 2 or min(domain) < 1:
             raise ValueError(f"domain must be two positive lengths (H, W), got {domain}")
@@ -204,7 +211,7 @@ class PatchGrid:
         if config.layout not in ("compact", "physicsnemo"):
             raise ValueError(f"unknown patch layout {config.layout!r}")
         patch = tuple(int(p) for p in config.shape)
-        b, o = config.boundary, config.overlap
+        b, o = config.boundary, config.overlap_pixels
         place = _compact_starts if config.layout == "compact" else _physicsnemo_starts
         # physicsnemo averages its halo in with the rest, so no zero-weight halo there.
         halo = b if config.layout == "compact" else 0

@@ -88,6 +88,8 @@ RULES = [
      "need S_min <= S_max"),
     ({**PATCHED, "patch": {"shape": [8, 8], "overlap": 6, "boundary": 1}},
      "patch.shape=(8, 8), patch.overlap=6, patch.boundary=1", "leaves no room"),
+    ({**PATCHED, "patch": {"shape": [8, 8], "boundary": 3}},  # the default overlap, 8 // 4
+     "patch.shape=(8, 8), patch.overlap=None, patch.boundary=3", "overlap None: a quarter of that side"),
     ({"network": {"gridtype": "sinusoidal", "N_grid_channels": 6}},
      "network.gridtype='sinusoidal', network.N_grid_channels=6", "divisible by 4"),
     ({"network": {"gridtype": "linear", "N_grid_channels": 4}},
@@ -190,6 +192,15 @@ def test_limits_themselves_and_inf_where_allowed_are_accepted():
                      "total_batch_size": 12, "batch_size_per_device": 4},
     }))
     assert cfg.patch.overlap == 5 and cfg.sampler.S_max == INF and cfg.training.betas == (0.0, 0.0)
+
+
+def test_the_patch_defaults_are_ramps_over_a_quarter_of_the_smaller_patch_side():
+    default = PatchConfig(shape=(10, 13))
+    assert (default.overlap, default.weights, default.boundary, default.layout) == (None, "ramp", 0, "compact")
+    assert default.overlap_pixels == 2 and default.resolved() == PatchConfig(shape=(10, 13), overlap=2)
+    assert PatchConfig(shape=(10, 13), overlap=0).overlap_pixels == 0  # an explicit 0 stays 0
+    assert PatchConfig().overlap_pixels == 0 and PatchConfig().resolved().overlap == 0
+    assert PatchConfig(shape=(9, 9), boundary=3).overlap_pixels == 2  # one kept pixel: the limit
 
 
 def test_every_config_builds_from_its_defaults():

@@ -190,6 +190,22 @@ def test_patch_grid_follows_patch_config():
     )
 
 
+def test_patch_grid_of_a_default_patch_config_ramps_over_a_quarter_of_the_smaller_side():
+    assert PatchGrid.from_config((30, 41), PatchConfig(shape=(12, 20))) == PatchGrid.build(
+        (30, 41), (12, 20), overlap=3, weights="ramp")
+    assert PatchGrid.from_config((30, 41), PatchConfig(shape=(12, 20), boundary=2, overlap=0)) == (
+        PatchGrid.build((30, 41), (12, 20), boundary=2, weights="ramp"))
+
+
+def test_the_reference_grid_keeps_its_layout_and_uniform_weights_when_set_explicitly():
+    # what the parity tests build: the reference's stride, every pixel weighted alike
+    config = PatchConfig(shape=(8, 8), overlap=2, boundary=1, weights="uniform", layout="physicsnemo")
+    grid = PatchGrid.from_config((16, 24), config)
+    assert grid == PatchGrid.build((16, 24), (8, 8), overlap=2, boundary=1, layout="physicsnemo")
+    # stride p - o - b = 5 from -b, ceil(L / 5) patches per axis
+    assert grid.starts == ((-1, 4, 9, 14), (-1, 4, 9, 14, 19)) and set(grid.weight_y) == {1.0}
+
+
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="leaves no room"):
         PatchGrid.build((16, 16), (8, 8), overlap=4, boundary=2)

@@ -40,8 +40,6 @@ from corrdiff_xr.errors import CorrDiffError
 __all__ = ["GenerateError", "checkpoint_identity", "configure_parser", "run"]
 
 CHUNK_DIMS = ("member", "time", "y", "x")
-#: patch fusion weights of generate (downscale's default, passed explicitly and recorded)
-WEIGHTS = "ramp"
 
 
 class GenerateError(CorrDiffError, ValueError):
@@ -177,8 +175,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                        help="SamplerConfig fields, e.g. solver=euler S_churn=10")
     model.add_argument("--patch", type=positive, nargs="+", action=_Patch, metavar="N",
                        help="patch shape H [W]; omit for whole-domain")
-    model.add_argument("--overlap", type=non_negative, help="patch overlap in pixels (default patch/4)")
-    model.add_argument("--boundary", type=non_negative, default=0, help="zero-weight halo of each patch")
+    model.add_argument("--overlap", type=non_negative,
+                       help="patch overlap in pixels (default: a quarter of the smaller patch side)")
+    model.add_argument("--boundary", type=non_negative, help="zero-weight halo of each patch (default 0)")
     model.add_argument("--batch-size", type=positive, default=8, help="patches per call on GPUs")
     model.add_argument("--device", type=_device, help="torch device of the workers (default: cuda if present)")
     out = parser.add_argument_group("output and compute")
@@ -290,7 +289,22 @@ def _device_kind(args: argparse.Namespace) -> str:
     return resolve_device(None)  # local workers see this machine's devices
 
 
-def _request(args: argparse.Namespace, ds, patch, overlap) -> dict[str, Any]:
+def _patching(args: argparse.Namespace):
+    """``--patch``, ``--overlap``, ``--boundary`` as a PatchConfig, its defaults resolved.
+
+    Without ``--patch`` (whole-domain sampling) the overlap and boundary play no part.
+    """
+    from corrdiff_xr.config import PatchConfig, SettingError
+
+    given = {k: v for k, v in (("overlap", args.overlap), ("boundary", args.boundary)) if v is not None}
+    try:
+        patching = PatchConfig(shape=args.patch, **given)
+    except SettingError as err:
+        raise err.renamed(lambda key: "--patch" if key == "shape" else f"--{key}") from None
+    return patching if patching.shape is None else patching.resolved()
+
+
+def _request(args: argparse.Namespace, ds, patching) -> dict[str, Any]:
     """The request's identity: what else would change the store's bytes."""
     from corrdiff_xr.dims import TIME
     from corrdiff_xr.inference.store import times_fingerprint
@@ -298,8 +312,9 @@ def _request(args: argparse.Namespace, ds, patch, overlap) -> dict[str, Any]:
     sampling = {
         "output": args.output_kind, "members": args.members, "seed": args.seed,
         "sampler": json.loads(ds.attrs["corrdiff_sampler"]),  # resolved, steps included
-        "patch": list(patch) if patch else None, "overlap": overlap, "boundary": args.boundary,
-        "weights": WEIGHTS, "batch_size": args.batch_size, "device": _device_kind(args),
+        "patch": list(patching.shape) if patching.shape else None,
+        "overlap": patching.overlap if patching.shape else None, "boundary": patching.boundary,
+        "weights": patching.weights, "batch_size": args.batch_size, "device": _device_kind(args),
         "chunks": {str(d): int(c[0]) for d, c in ds.chunksizes.items()},
     }
     return {"checkpoint": checkpoint_identity(args.checkpoint), "data": _data_source(args),
@@ -309,14 +324,11 @@ def _request(args: argparse.Namespace, ds, patch, overlap) -> dict[str, Any]:
 def _downscale(pair, args: argparse.Namespace):
     from corrdiff_xr.inference import downscale
 
-    patch = args.patch
-    # downscale's default overlap, made explicit so that the request records the value used
-    overlap = None if patch is None else (args.overlap if args.overlap is not None else min(patch) // 4)
+    patching = _patching(args)  # resolved here, so that the request records the values used
     try:
         ds = downscale(
             pair, args.checkpoint, members=args.members, seed=args.seed, output=args.output_kind,
-            sampler=args.sampler or None, steps=args.steps, patch=patch, overlap=overlap,
-            boundary=args.boundary, weights=WEIGHTS, batch_size=args.batch_size,
+            sampler=args.sampler or None, steps=args.steps, patch=patching, batch_size=args.batch_size,
             device=args.device, chunks={"member": 1, "time": 1, **args.chunks},
             threads=args.torch_threads,
         )
@@ -325,7 +337,7 @@ def _downscale(pair, args: argparse.Namespace):
             raise
         # settings that do not fit the data or the model (patch larger than the domain ...)
         raise GenerateError(str(err.args[0]) if err.args else str(err)) from err
-    return ds, _request(args, ds, patch, overlap)
+    return ds, _request(args, ds, patching)
 
 
 # -- running -----------------------------------------------------------------------------------

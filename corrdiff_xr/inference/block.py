@@ -32,7 +32,10 @@ from corrdiff_xr.inference.cache import ModelToken, load_model
 from corrdiff_xr.noise import patch_generator
 from corrdiff_xr.patching import PatchGrid, reflect_index
 
-__all__ = ["BlockPlan", "call_size", "compute_block", "plan_blocks", "touching_patches"]
+__all__ = ["KINDS", "BlockPlan", "BlockTask", "call_size", "compute_block", "plan_blocks", "touching_patches"]
+
+#: what a block task can return: the fused regression mean and the fused samples
+KINDS = ("mean", "sample")
 
 
 def _support(weights: Sequence[float]) -> tuple[int, int]:
@@ -69,6 +72,62 @@ class BlockPlan:
     halo_rows: tuple[int, int]
     halo_cols: tuple[int, int]
     patches: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockTask:
+    """Everything one block task computes from, besides its input halo.
+
+    A downscaling builds one with the request's settings (no ``plan``, no ``times``, no
+    ``members``); :meth:`at` gives each block's task. Plain, frozen data: it pickles small
+    (the model travels as a token) and tokenises the same in every process.
+
+    Attributes
+    ----------
+    token
+        The model (loaded once per process, see :mod:`corrdiff_xr.inference.cache`).
+    grid
+        The global patch grid.
+    seed, sampler
+        Base seed (noise key, :data:`corrdiff_xr.noise.INFERENCE`) and sampler settings.
+    batch_size
+        Patches per network call on accelerators.
+    threads
+        Torch intra-op threads for the task's thread (None leaves torch's setting).
+    kinds
+        Any of :data:`KINDS` to return: ``"mean"`` ``(C, T, h, w)`` and ``"sample"``
+        ``(C, M, T, h, w)``, de-normalised by the model's codec.
+    plan
+        The block's plan (None in a request's template).
+    times
+        int64 nanoseconds of the block's times (noise keys).
+    members
+        Member indices of the block (noise keys); ignored when no ``"sample"`` is asked.
+    """
+
+    token: ModelToken
+    grid: PatchGrid
+    seed: int
+    sampler: SamplerConfig
+    batch_size: int
+    threads: int | None
+    kinds: tuple[str, ...]
+    plan: BlockPlan | None = None
+    times: tuple[int, ...] = ()
+    members: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.kinds or any(k not in KINDS for k in self.kinds):
+            raise ValueError(f"kinds must be a non-empty selection of {KINDS}, got {self.kinds!r}")
+
+    def at(self, plan: BlockPlan, times: Sequence[int], members: Sequence[int]) -> BlockTask:
+        """The task of one block: this one's settings with the block's plan, times, members."""
+        return dataclasses.replace(self, plan=plan, times=tuple(int(t) for t in times),
+                                   members=tuple(int(m) for m in members))
+
+    def __dask_tokenize__(self) -> tuple:
+        # plain nested tuples of str/int/float/None: the same token in every process
+        return (f"{type(self).__module__}.{type(self).__qualname__}", dataclasses.astuple(self))
 
 
 def plan_blocks(
@@ -109,83 +168,42 @@ def _batches(items: list, size: int) -> Iterator[tuple[list, int]]:
         yield chunk + [chunk[-1]] * (size - len(chunk)), len(chunk)
 
 
-def compute_block(
-    inputs,
-    *,
-    token: ModelToken,
-    grid: PatchGrid,
-    plan: BlockPlan,
-    times: Sequence[int],
-    members: Sequence[int],
-    seed: int,
-    sampler: SamplerConfig,
-    kinds: Sequence[str],
-    batch_size: int,
-    threads: int | None = None,
-) -> dict[str, np.ndarray]:
-    """Fused fields of one block, in physical units.
+def compute_block(inputs, task: BlockTask) -> dict[str, np.ndarray]:
+    """Fused fields of one block, in physical units: ``{kind: array}`` for ``task.kinds``.
 
     Parameters
     ----------
     inputs : xr.Dataset
-        Regridded inputs and static fields over ``plan.halo_rows x plan.halo_cols`` for the
+        Regridded inputs and static fields over ``task.plan``'s halo rows x columns for the
         block's times (numpy-backed: the task's dependency was computed by dask).
-    token
-        The model (loaded once per process, see :mod:`corrdiff_xr.inference.cache`).
-    grid, plan
-        The global patch grid and this block's plan.
-    times
-        int64 nanoseconds of the block's times (noise keys).
-    members
-        Member indices of the block (noise keys); ignored when only ``"mean"`` is asked.
-    seed, sampler
-        Base seed and sampler settings.
-    kinds
-        Any of ``"mean"`` and ``"sample"`` to return, de-normalised by the model's codec and
-        channel first: ``(C, T, h, w)`` and ``(C, M, T, h, w)``.
-    batch_size
-        Patches per network call on accelerators.
-    threads
-        Torch intra-op threads for this task's thread (None leaves torch's setting).
+    task
+        The block's :class:`BlockTask` (from :meth:`BlockTask.at`).
     """
+    if task.plan is None:
+        raise ValueError("compute_block needs the task of one block (BlockTask.at(plan, times, members))")
+    plan, grid, times, members, kinds = task.plan, task.grid, task.times, task.members, task.kinds
+    threads, seed, sampler = task.threads, task.seed, task.sampler
     if threads is not None:
         torch.set_num_threads(int(threads))
-    model = load_model(token)
+    model = load_model(task.token)
     device = next(model.parameters()).device
     x = np.asarray(model.codec.encode_inputs(inputs), dtype=np.float32)
     T = len(times)
     if x.shape[0] != T:
         raise ValueError(f"block inputs have {x.shape[0]} times, expected {T}")
     (y0, y1), (x0, x1) = plan.rows, plan.cols
-    (hr, _), (hc, _) = plan.halo_rows, plan.halo_cols
-    H, W = grid.domain
-    ph, pw = grid.patch
     weight = grid.weight
     C = model.out_channels
     want_sample = "sample" in kinds
     M = len(members) if want_sample else 0
 
-    def patch_input(t: int, k: int) -> np.ndarray:
-        r0, c0 = grid.origins[k]
-        rows = reflect_index(int(r0), ph, H) - hr
-        cols = reflect_index(int(c0), pw, W) - hc
-        return np.ascontiguousarray(x[t][:, rows][:, :, cols])
-
-    def overlap(k: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
-        # pixels of patch k inside the block: (block slices, patch slices)
-        r0, c0 = (int(v) for v in grid.origins[k])
-        ra, rb = max(r0, y0), min(r0 + ph, y1)
-        ca, cb = max(c0, x0), min(c0 + pw, x1)
-        return (slice(ra - y0, rb - y0), slice(ca - x0, cb - x0)), (
-            slice(ra - r0, rb - r0), slice(ca - c0, cb - c0))
-
     norm = np.zeros((y1 - y0, x1 - x0))
     for k in plan.patches:
-        (bs, ps) = overlap(k)
+        (bs, ps) = _overlap(grid, plan, k)
         norm[bs] += weight[ps]
     mean_acc = np.zeros((T, C, y1 - y0, x1 - x0)) if "mean" in kinds else None
     sample_acc = np.zeros((M, T, C, y1 - y0, x1 - x0)) if want_sample else None
-    size = call_size(device, batch_size)
+    size = call_size(device, task.batch_size)
 
     def run(rows: list, fn) -> list[np.ndarray]:
         out = []
@@ -199,14 +217,14 @@ def compute_block(
         return torch.as_tensor(np.stack([grid.origins[k] for (_, k) in batch]), device=device)
 
     def inputs_of(batch) -> torch.Tensor:
-        return torch.from_numpy(np.stack([patch_input(t, k) for (t, k) in batch])).to(device)
+        return torch.from_numpy(np.stack([_patch_input(x[t], grid, plan, k) for (t, k) in batch])).to(device)
 
     units = [(t, k) for t in range(T) for k in plan.patches]
     means = run(units, lambda b: model.predict_mean(inputs_of(b), offsets=offsets(b)))
     by_unit = dict(zip(units, means))
     if mean_acc is not None:
         for (t, k), mu in zip(units, means):
-            bs, ps = overlap(k)
+            bs, ps = _overlap(grid, plan, k)
             mean_acc[(t, slice(None), *bs)] += weight[ps] * mu[(slice(None), *ps)]
     if want_sample:
         draws = [(m, t, k) for t in range(T) for k in plan.patches for m in range(M)]
@@ -226,19 +244,38 @@ def compute_block(
             with torch.no_grad():
                 res = sample(batch)[:n].float().cpu().numpy()
             for (m, t, k), val in zip(batch[:n], res):
-                bs, ps = overlap(k)
+                bs, ps = _overlap(grid, plan, k)
                 sample_acc[(m, t, slice(None), *bs)] += weight[ps] * val[(slice(None), *ps)]
     # Back to physical units through the codec, with the block's own coordinates.
+    (hr, _), (hc, _) = plan.halo_rows, plan.halo_cols
     template = inputs.isel({Y: slice(y0 - hr, y1 - hr), X: slice(x0 - hc, x1 - hc)})
-
-    def decode(acc: np.ndarray, dims: tuple[str, ...]) -> np.ndarray:
-        fused = (acc / norm).astype(np.float32)
-        ds = model.codec.decode_targets(fused, template, dims=dims)
-        return np.stack([ds[n].values for n in model.codec.out_channels])
-
     out = {}
     if mean_acc is not None:
-        out["mean"] = decode(mean_acc, (TIME,))
+        out["mean"] = _decode(model.codec, mean_acc / norm, template, (TIME,))
     if sample_acc is not None:
-        out["sample"] = decode(sample_acc, (MEMBER, TIME))
+        out["sample"] = _decode(model.codec, sample_acc / norm, template, (MEMBER, TIME))
     return out
+
+
+def _patch_input(x: np.ndarray, grid: PatchGrid, plan: BlockPlan, k: int) -> np.ndarray:
+    """Patch ``k`` of the encoded halo ``x`` (C, rows, cols), reflected at the domain edge."""
+    (r0, c0), (H, W), (ph, pw) = grid.origins[k], grid.domain, grid.patch
+    rows = reflect_index(int(r0), ph, H) - plan.halo_rows[0]
+    cols = reflect_index(int(c0), pw, W) - plan.halo_cols[0]
+    return np.ascontiguousarray(x[:, rows][:, :, cols])
+
+
+def _overlap(grid: PatchGrid, plan: BlockPlan, k: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """Pixels of patch ``k`` inside the block: (block slices, patch slices)."""
+    (y0, y1), (x0, x1), (ph, pw) = plan.rows, plan.cols, grid.patch
+    r0, c0 = (int(v) for v in grid.origins[k])
+    ra, rb = max(r0, y0), min(r0 + ph, y1)
+    ca, cb = max(c0, x0), min(c0 + pw, x1)
+    return (slice(ra - y0, rb - y0), slice(ca - x0, cb - x0)), (
+        slice(ra - r0, rb - r0), slice(ca - c0, cb - c0))
+
+
+def _decode(codec, fused: np.ndarray, template, dims: tuple[str, ...]) -> np.ndarray:
+    """Normalised fused fields to physical units, channel first."""
+    ds = codec.decode_targets(fused.astype(np.float32), template, dims=dims)
+    return np.stack([ds[n].values for n in codec.out_channels])

@@ -26,25 +26,32 @@ Differences from the reference. PhysicsNeMo's patched generation fuses the patch
 whole trajectory alone and patches are fused once, at the end. That is what lets a block be
 computed without the rest of the domain, with memory bounded by one batch of patches; the
 price is that overlapping patches can disagree more than with per-step fusion, so the
-defaults use ramp weights across a generous overlap (a quarter of the patch) to hide seams.
+defaults (:class:`~corrdiff_xr.config.PatchConfig`'s) use ramp weights across a generous
+overlap (a quarter of the smaller patch side) to hide seams.
 ``patch=None`` samples the whole domain at once per time step (spatial dims in one chunk).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
 import warnings
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 
 from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
+
+if TYPE_CHECKING:  # imported when called, so that importing corrdiff_xr does not load torch
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.config import PatchConfig
+    from corrdiff_xr.inference.block import BlockTask
 
 __all__ = ["downscale", "model_header"]
 
@@ -135,23 +142,29 @@ def _sampler_config(sampler: Any, steps: int | None):
     else:
         raise TypeError(f"sampler must be None, 'heun'/'euler', a mapping or SamplerConfig, got {sampler!r}")
     if steps is not None:
-        import dataclasses
-
         with _as_arguments({"num_steps": "steps"}):  # SamplerConfig holds the range
             cfg = dataclasses.replace(cfg, num_steps=check_argument("steps", steps, int))
     return cfg
 
 
-def _patch_config(patch: Any, overlap: int | None, boundary: int, weights: str):
-    """The :class:`~corrdiff_xr.config.PatchConfig` of downscale's patch arguments."""
+def _patch_config(patch: Any, overlap: Any, boundary: Any, weights: Any):
+    """The resolved :class:`~corrdiff_xr.config.PatchConfig` of downscale's patch arguments.
+
+    ``patch`` is a PatchConfig, a side or ``(h, w)``; ``overlap``, ``boundary`` and
+    ``weights`` replace its fields unless None. None when no patching is asked.
+    """
     from corrdiff_xr.config import PatchConfig, check_argument
 
-    shape = check_argument("patch", (patch, patch) if np.isscalar(patch) else patch, tuple[int, int])
-    if overlap is None:
-        overlap = min(shape) // 4
-    with _as_arguments({"shape": "patch"}):  # PatchConfig holds the ranges
-        return PatchConfig(shape=shape, overlap=check_argument("overlap", overlap, int),
-                           boundary=check_argument("boundary", boundary, int), weights=weights)
+    if patch is None or isinstance(patch, PatchConfig) and patch.shape is None:
+        return None
+    given = {"overlap": check_argument("overlap", overlap, int | None),
+             "boundary": check_argument("boundary", boundary, int | None), "weights": weights}
+    given = {k: v for k, v in given.items() if v is not None}
+    with _as_arguments({"shape": "patch"}):  # PatchConfig holds the ranges and the defaults
+        if isinstance(patch, PatchConfig):
+            return dataclasses.replace(patch, **given).resolved()
+        shape = check_argument("patch", (patch, patch) if np.isscalar(patch) else patch, tuple[int, int])
+        return PatchConfig(shape=shape, **given).resolved()
 
 
 def _check_arguments(members: Any, seed: Any, batch_size: Any, threads: Any,
@@ -181,10 +194,10 @@ def downscale(
     output: Output = "ensemble",
     sampler: Any = None,
     steps: int | None = None,
-    patch: int | tuple[int, int] | None = None,
+    patch: PatchConfig | int | tuple[int, int] | None = None,
     overlap: int | None = None,
-    boundary: int = 0,
-    weights: Literal["uniform", "ramp"] = "ramp",
+    boundary: int | None = None,
+    weights: Literal["uniform", "ramp"] | None = None,
     batch_size: int = 8,
     device: str | None = None,
     chunks: Mapping[str, int] | None = None,
@@ -212,11 +225,14 @@ def downscale(
     sampler : None, str, mapping or SamplerConfig
         Sampler settings (``"heun"``/``"euler"`` picks the solver); ``steps`` overrides
         ``num_steps``.
-    patch : int or (int, int), optional
-        Patch shape; None samples the whole domain per time step.
+    patch : PatchConfig, int or (int, int), optional
+        Patching settings, or the patch shape with
+        :class:`~corrdiff_xr.config.PatchConfig`'s defaults (ramp weights across an overlap
+        of a quarter of the smaller patch side, no zero-weight halo); None (or a PatchConfig
+        without a shape) samples the whole domain per time step.
     overlap, boundary, weights
-        Patch overlap (default a quarter of the smaller patch side), zero-weight halo and
-        fusion weights, as in :class:`~corrdiff_xr.config.PatchConfig`.
+        Patch overlap, zero-weight halo and fusion weights: when given, they replace those
+        of ``patch`` (:class:`~corrdiff_xr.config.PatchConfig`'s fields of the same names).
     batch_size : int
         Patches per network call on accelerators (the CPU evaluates patches one by one).
     device : str, optional
@@ -246,7 +262,7 @@ def downscale(
     UnitsError
         A variable in units that do not convert to the model's.
     """
-    from corrdiff_xr.inference.block import plan_blocks
+    from corrdiff_xr.inference.block import BlockTask, plan_blocks
     from corrdiff_xr.inference.cache import token_for
     from corrdiff_xr.inference.graph import block_arrays
     from corrdiff_xr.patching import PatchGrid
@@ -257,7 +273,7 @@ def downscale(
     members, seed, batch_size, threads, chunks = _check_arguments(
         members, seed, batch_size, threads, chunks)
     sampler_cfg = _sampler_config(sampler, steps)
-    patch_cfg = None if patch is None else _patch_config(patch, overlap, boundary, weights)
+    patch_cfg = _patch_config(patch, overlap, boundary, weights)
     token = token_for(model, device=device)
     if not isinstance(model, (str, os.PathLike)) and "distributed" in sys.modules:
         from corrdiff_xr.inference.plugin import share_with_workers
@@ -295,22 +311,38 @@ def downscale(
     mch = _regular((), chunks.get(MEMBER, 1), int(members))
     kinds = ("mean",) if output == "mean" else ("sample", "mean") if output == "residual" else ("sample",)
 
-    stacked = block_arrays(
-        src, plan_blocks(grid, ych, xch), tch, mch, kinds, len(codec.out_channels),
-        grid=grid, token=token, seed=int(seed), sampler=sampler_cfg, batch_size=int(batch_size),
-        threads=threads,
-    )
-    return _to_dataset(stacked, output, src, pair, codec, token, sampler_cfg, grid, seed, members, patch)
+    task = BlockTask(token=token, grid=grid, seed=int(seed), sampler=sampler_cfg,
+                     batch_size=int(batch_size), threads=threads, kinds=kinds)
+    stacked = block_arrays(src, plan_blocks(grid, ych, xch), tch, mch, len(codec.out_channels), task)
+    labels = _Labels(output=output, task=task, members=int(members), patched=patch_cfg is not None,
+                     codec=codec, src=src, dataset=pair.dataset)
+    return _to_dataset(stacked, labels)
 
 
-def _to_dataset(
-    stacked: dict[str, da.Array], output: str, src: xr.Dataset, pair, codec, token,
-    sampler_cfg, grid, seed: int, members: int, patch,
-) -> xr.Dataset:
+@dataclasses.dataclass(frozen=True)
+class _Labels:
+    """What labels a downscaling's block arrays (see :func:`_to_dataset`).
+
+    ``task`` is the request's :class:`~corrdiff_xr.inference.block.BlockTask` (model token,
+    grid, seed, sampler); ``src`` gives the time, y and x coordinates, ``dataset`` (the
+    pair's) lat/lon and the targets' attributes.
+    """
+
+    output: Output
+    task: BlockTask
+    members: int
+    patched: bool
+    codec: Codec
+    src: xr.Dataset
+    dataset: xr.Dataset
+
+
+def _to_dataset(stacked: dict[str, da.Array], labels: _Labels) -> xr.Dataset:
     """Wrap the block arrays as a labelled Dataset with CF and provenance attributes."""
     from corrdiff_xr._version import __version__
     from corrdiff_xr.config import to_dict
 
+    output, src, dataset, codec, grid = labels.output, labels.src, labels.dataset, labels.codec, labels.task.grid
     if output == "ensemble":
         data, dims = stacked["sample"], (MEMBER, TIME, Y, X)
     elif output == "residual":
@@ -319,15 +351,15 @@ def _to_dataset(
         data, dims = stacked["mean"], (TIME, Y, X)
     coords = {TIME: src[TIME], Y: src[Y], X: src[X]}
     for name in (LAT, LON):
-        if name in pair.dataset.coords:
-            coords[name] = pair.dataset[name].variable
+        if name in dataset.coords:
+            coords[name] = dataset[name].variable
     if MEMBER in dims:
-        coords[MEMBER] = (MEMBER, np.arange(int(members)), {"long_name": "ensemble member"})
+        coords[MEMBER] = (MEMBER, np.arange(labels.members), {"long_name": "ensemble member"})
     variables = {}
     for c, name in enumerate(codec.out_channels):
         attrs = dict(codec.attrs.get(name, {}))
-        if name in pair.dataset:
-            attrs.update({k: v for k, v in pair.dataset[name].attrs.items() if k in ("units", "long_name", "standard_name")})
+        if name in dataset:
+            attrs.update({k: v for k, v in dataset[name].attrs.items() if k in ("units", "long_name", "standard_name")})
         if codec.units[name] is not None:  # the values are the model's, in its units
             attrs["units"] = codec.units[name]
         if output == "residual":
@@ -335,17 +367,18 @@ def _to_dataset(
         elif output == "mean":
             attrs["long_name"] = f"{attrs.get('long_name', name)} (regression mean)"
         variables[name] = xr.Variable(dims, data[c], attrs)
-    patch_desc = "none (whole domain)" if patch is None else json.dumps(
+    patch_desc = "none (whole domain)" if not labels.patched else json.dumps(
         {"shape": list(grid.patch), "origins_y": list(grid.starts[0]), "origins_x": list(grid.starts[1])})
+    seed, members = labels.task.seed, labels.members
     attrs = {
         "title": f"CorrDiff {output} downscaled with corrdiff_xr",
         "source": f"corrdiff_xr {__version__}",
-        "history": f"corrdiff_xr.downscale(output={output!r}, members={int(members)}, seed={int(seed)})",
+        "history": f"corrdiff_xr.downscale(output={output!r}, members={members}, seed={seed})",
         "corrdiff_output": output,
-        "corrdiff_seed": int(seed),
-        "corrdiff_members": int(members),
-        "corrdiff_sampler": json.dumps(to_dict(sampler_cfg), default=str),
-        "corrdiff_model": os.path.basename(token.path),
+        "corrdiff_seed": seed,
+        "corrdiff_members": members,
+        "corrdiff_sampler": json.dumps(to_dict(labels.task.sampler), default=str),
+        "corrdiff_model": os.path.basename(labels.task.token.path),
         "corrdiff_patching": patch_desc,
     }
     return xr.Dataset(variables, coords=coords, attrs=attrs)

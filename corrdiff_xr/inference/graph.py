@@ -12,7 +12,6 @@ import functools
 import itertools
 import operator
 from collections.abc import Sequence
-from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -21,7 +20,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from corrdiff_xr.dims import TIME, X, Y
-from corrdiff_xr.inference.block import BlockPlan, compute_block
+from corrdiff_xr.inference.block import BlockPlan, BlockTask, compute_block
 
 __all__ = ["block_arrays"]
 
@@ -57,12 +56,12 @@ def _assemble(pieces: list[np.ndarray], layout: list[Part], shape: tuple[int, ..
     return out
 
 
-def _run(pieces: list[list[np.ndarray]], *, names, dims, layouts, shapes, **kwargs) -> dict:
+def _run(pieces: list[list[np.ndarray]], *, names, dims, layouts, shapes, task: BlockTask) -> dict:
     """Task body: assemble the halo Dataset from its input chunks, then compute the block."""
     halo = xr.Dataset({
         n: (d, _assemble(p, lay, shp)) for n, d, p, lay, shp in zip(names, dims, pieces, layouts, shapes)
     })
-    return compute_block(halo, **kwargs)
+    return compute_block(halo, task)
 
 
 def block_arrays(
@@ -70,22 +69,23 @@ def block_arrays(
     plans: list[list[BlockPlan]],
     tch: Sequence[int],
     mch: Sequence[int],
-    kinds: Sequence[str],
     n_out: int,
-    **task_kwargs: Any,
+    task: BlockTask,
 ) -> dict[str, da.Array]:
     """Channel-first dask arrays of a downscaling, one task per (members, times, block).
 
-    ``"sample"`` is ``(C, member, time, y, x)`` and ``"mean"`` ``(C, time, y, x)``.
+    ``task`` holds the request's settings (its ``plan``, ``times`` and ``members`` are filled
+    in per block, :meth:`BlockTask.at`); one array per ``task.kinds``: ``"sample"`` is
+    ``(C, member, time, y, x)`` and ``"mean"`` ``(C, time, y, x)``.
     """
+    kinds = task.kinds
     names = list(src.data_vars)
     arrays = [src[n].data for n in names]
     dims = [src[n].dims for n in names]
     times = src[TIME].values.astype("datetime64[ns]").astype(np.int64)
     tbounds = list(itertools.pairwise(np.cumsum((0, *tch))))
     mbounds = list(itertools.pairwise(np.cumsum((0, *mch)))) if "sample" in kinds else [(0, 0)]
-    token = tokenize([a.name for a in arrays], plans, tuple(tch), tuple(mch), tuple(kinds), n_out,
-                     task_kwargs)
+    token = tokenize([a.name for a in arrays], plans, tuple(tch), tuple(mch), n_out, task)
     name = f"corrdiff-block-{token}"
     layer: dict = {}
     for (g, (m0, m1)), (it, (t0, t1)), (iy, prow) in itertools.product(
@@ -101,9 +101,8 @@ def block_arrays(
                 layouts.append(parts)
                 shapes.append(tuple(hi - lo for lo, hi in region))
             fn = functools.partial(
-                _run, names=names, dims=dims, layouts=layouts, shapes=shapes, plan=plan,
-                times=tuple(int(v) for v in times[t0:t1]), members=tuple(range(m0, m1)),
-                kinds=tuple(kinds), **task_kwargs,
+                _run, names=names, dims=dims, layouts=layouts, shapes=shapes,
+                task=task.at(plan, times[t0:t1], range(m0, m1)),
             )
             layer[(name, g, it, iy, ix)] = (fn, keys)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=arrays)

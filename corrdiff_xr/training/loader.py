@@ -57,6 +57,7 @@ import torch
 import xarray as xr
 
 from corrdiff_xr.dims import TIME, X, Y
+from corrdiff_xr.noise import TRAIN_PATCH, keyed_generator
 from corrdiff_xr.training.chunkread import Pieces, arrays, block_pieces, run_pieces
 
 __all__ = ["Batch", "ChunkShuffleLoader", "block_bounds", "rank_blocks", "xbatcher_batches"]
@@ -411,8 +412,7 @@ class ChunkShuffleLoader:
 
 def _patch_generator(seed: int, epoch: int, time_index: int) -> torch.Generator:
     # Patch origins keyed by (seed, epoch, sample), so they never depend on batching/workers.
-    seq = np.random.SeedSequence([seed, epoch, time_index, 0x9A7C4])
-    return torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
+    return keyed_generator(TRAIN_PATCH, seed, epoch, time_index)
 
 
 def _time_chunks(ds: xr.Dataset, n_time: int) -> tuple[int, ...]:

@@ -5,26 +5,25 @@ tensor -> xarray boundary) against the validation targets as template, then scor
 :mod:`corrdiff_xr.scoring` (CRPS with properscoring's estimator, which rewards spread less
 than the "fair" M-1 one for the few members used here). The same first
 ``validation_batches`` batches of the time-ordered validation period are used every time,
-and ensemble members are drawn from generators keyed by (seed, time index, member), so
-successive validations are comparable.
+and ensemble members are drawn from generators keyed by (seed, time index, member)
+(:data:`corrdiff_xr.noise.VALIDATION`), so successive validations are comparable.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import xarray as xr
 
 from corrdiff_xr.dims import MEMBER, TIME
+from corrdiff_xr.noise import VALIDATION, keyed_generator
 
 __all__ = ["validate"]
 
 
 def _generator(seed: int, time_index: int, member: int, device: torch.device) -> torch.Generator:
-    state = np.random.SeedSequence([seed, time_index, member, 0x7A11D]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(state >> 1))
+    return keyed_generator(VALIDATION, seed, time_index, member, device=device)
 
 
 @torch.no_grad()

@@ -120,6 +120,23 @@ def test_the_identity_record_holds_the_whole_request_readably(inputs, tmp_path):
     assert record["store"]["sizes"] == {"member": 2, "time": 2, "y": 16, "x": 16}
 
 
+def test_the_request_records_the_patch_defaults_resolved(inputs, tmp_path, capsys):
+    root, _ = inputs
+    base = ["generate", "--data", str(root / "data.zarr"), "--checkpoint", str(root / "model.safetensors"),
+            "--steps", "1", "--times", "2020-01-01T00:00", "--torch-threads", "1"]
+    patched, whole = tmp_path / "patched.zarr", tmp_path / "whole.zarr"
+    assert main([*base, "--patch", "12", "16", "--zarr", str(patched)]) == 0
+    assert main([*base, "--zarr", str(whole)]) == 0
+    keys = ("patch", "overlap", "boundary", "weights")
+    for out, expected in ((patched, [[12, 16], 3, 0, "ramp"]), (whole, [None, None, 0, "ramp"])):
+        sampling = json.loads((out / "zarr.json").read_text())["attributes"][IDENTITY_ATTR]["request"]["sampling"]
+        assert [sampling[k] for k in keys] == expected
+    # the explicit values of the defaults are the same request: nothing is left to compute
+    capsys.readouterr()
+    assert main([*base, "--patch", "12", "16", "--overlap", "3", "--boundary", "0", "--zarr", str(patched)]) == 0
+    assert "0 block(s) written" in capsys.readouterr().err
+
+
 def test_generate_refuses_a_store_of_another_request_naming_the_field(inputs, tmp_path, capsys):
     root, _ = inputs
     out = tmp_path / "out.zarr"

@@ -11,10 +11,10 @@ import torch
 import xarray as xr
 
 from corrdiff_xr.codec import Codec
-from corrdiff_xr.config import ConfigError, SamplerConfig
+from corrdiff_xr.config import ConfigError, PatchConfig, SamplerConfig
 from corrdiff_xr.data import open_pair, synthetic_dataset
 from corrdiff_xr.inference import downscale
-from corrdiff_xr.inference.block import plan_blocks, touching_patches
+from corrdiff_xr.inference.block import BlockTask, plan_blocks, touching_patches
 from corrdiff_xr.noise import patch_generator, patch_seed
 from corrdiff_xr.patching import PatchGrid, map_patches
 from corrdiff_xr.testing import raise_if_dask_computes, tiny_corrdiff
@@ -183,6 +183,57 @@ def test_downscale_refuses_bad_arguments_naming_them_with_value_and_range(setup,
     with pytest.raises(ConfigError) as info:
         downscale(pair, model, **kwargs)
     assert str(info.value).startswith(message)
+
+
+def _tasks(out: xr.Dataset) -> list[BlockTask]:
+    """The block tasks in the graph of a downscaling (before anything is computed)."""
+    layers = next(iter(out.data_vars.values())).data.dask.layers
+    return [fn.keywords["task"] for name, layer in layers.items() if name.startswith("corrdiff-block-")
+            for fn, _keys in layer.values()]
+
+
+def test_patch_as_an_int_a_shape_or_a_patch_config_gives_the_same_result(setup, reference):
+    _, pair, _, model = setup
+    # the reference: patch=8, overlap=2, ramp weights
+    for patch, kwargs in (((8, 8), {"overlap": 2}), (PatchConfig(shape=(8, 8), overlap=2), {}),
+                          (PatchConfig(shape=(8, 8), overlap=5), {"overlap": 2})):
+        out = downscale(pair, model, members=2, seed=5, steps=2, patch=patch, **kwargs)
+        _equal(out.compute(scheduler="sync"), reference)
+
+
+def test_patch_defaults_are_patch_configs_ramps_over_a_quarter_of_the_smaller_side(setup):
+    _, pair, _, model = setup
+    expected = PatchGrid.build((16, 16), (12, 16), overlap=3, weights="ramp")
+    for patch in ((12, 16), PatchConfig(shape=(12, 16))):
+        tasks = _tasks(downscale(pair, model, steps=1, patch=patch))
+        assert tasks and all(t.grid == expected for t in tasks)
+        assert all(t.plan is not None and t.kinds == ("sample",) for t in tasks)
+    assert PatchGrid.from_config((16, 16), PatchConfig(shape=(12, 16))) == expected
+
+
+def test_patch_arguments_replace_the_patch_configs_fields(setup):
+    _, pair, _, model = setup
+    given = PatchConfig(shape=(8, 8), overlap=3, boundary=1, weights="uniform", layout="physicsnemo")
+    grid = _tasks(downscale(pair, model, steps=1, patch=given, overlap=1, weights="ramp"))[0].grid
+    assert grid == PatchGrid.build((16, 16), (8, 8), overlap=1, boundary=1, weights="ramp",
+                                   layout="physicsnemo")
+    assert _tasks(downscale(pair, model, steps=1, patch=given))[0].grid == PatchGrid.from_config(
+        (16, 16), given)
+
+
+def test_a_patch_config_without_a_shape_samples_the_whole_domain(setup):
+    _, pair, _, model = setup
+    out = downscale(pair, model, steps=1, patch=PatchConfig(overlap=4))
+    assert out.attrs["corrdiff_patching"] == "none (whole domain)"
+    assert {t.grid for t in _tasks(out)} == {PatchGrid.build((16, 16))}
+
+
+def test_the_default_overlap_is_checked_against_the_boundary(setup):
+    _, pair, _, model = setup
+    with pytest.raises(ConfigError, match=r"^patch=\(8, 8\), overlap=None, boundary=3: .*a quarter"):
+        downscale(pair, model, patch=8, boundary=3)
+    assert _tasks(downscale(pair, model, steps=1, patch=9, boundary=3))[0].grid == PatchGrid.build(
+        (16, 16), (9, 9), overlap=2, boundary=3, weights="ramp")
 
 
 def test_patch_noise_seed_is_stable_across_processes():

@@ -175,6 +175,7 @@ def _compiled_steps(ours, x, y, repeats: int, results: dict) -> dict[str, float]
                 compiled,
                 x,
                 y,
+                edm=ours.edm_config,
                 regression=ours.predict_mean,
                 reduction="sum_per_sample",
             )
@@ -380,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                     ours.residual,
                     x,
                     y,
+                    edm=ours.edm_config,
                     regression=ours.predict_mean,
                     reduction="sum_per_sample",
                 )

@@ -342,10 +342,8 @@ def _loss_fn(cfg: TrainRunConfig, model: Any, edm: Any):
         def denoiser(x_noisy, sigma, *, condition, offsets):
             return net(x_noisy, sigma, condition=condition, offsets=offsets, lead_time=lead)
 
-        return edm.residual_loss(
-            denoiser, b.inputs, b.targets, mean=mean, P_mean=cfg.edm.P_mean, P_std=cfg.edm.P_std,
-            sigma_data=cfg.edm.sigma_data, patch=patch, num_patches=patches,
-            hr_mean_conditioning=cfg.edm.hr_mean_conditioning, reduction="none")
+        return edm.residual_loss(denoiser, b.inputs, b.targets, edm=cfg.edm, mean=mean, patch=patch,
+                                 num_patches=patches, reduction="none")
 
     return residual
 

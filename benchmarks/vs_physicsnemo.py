@@ -436,11 +436,11 @@ def main(argv: list[str] | None = None) -> int:
                 lat,
                 x1,
                 mean_hr=mean,
-                num_steps=sample_steps,
-                sigma_min=0.002,
-                sigma_max=800.0,
-                rho=7.0,
-                solver="heun",
+                num_steps=sampler.num_steps,
+                sigma_min=sampler.sigma_min,
+                sigma_max=sampler.sigma_max,
+                rho=sampler.rho,
+                solver=sampler.solver,
             )
             return mean + res
 

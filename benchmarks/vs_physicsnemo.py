@@ -175,6 +175,7 @@ def _compiled_steps(ours, x, y, repeats: int, results: dict) -> dict[str, float]
                 compiled,
                 x,
                 y,
+                edm=ours.edm_config,
                 regression=ours.predict_mean,
                 reduction="sum_per_sample",
             )
@@ -380,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                     ours.residual,
                     x,
                     y,
+                    edm=ours.edm_config,
                     regression=ours.predict_mean,
                     reduction="sum_per_sample",
                 )
@@ -434,11 +436,11 @@ def main(argv: list[str] | None = None) -> int:
                 lat,
                 x1,
                 mean_hr=mean,
-                num_steps=sample_steps,
-                sigma_min=0.002,
-                sigma_max=800.0,
-                rho=7.0,
-                solver="heun",
+                num_steps=sampler.num_steps,
+                sigma_min=sampler.sigma_min,
+                sigma_max=sampler.sigma_max,
+                rho=sampler.rho,
+                solver=sampler.solver,
             )
             return mean + res
 

@@ -19,6 +19,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from corrdiff_xr import patching as _patching
+from corrdiff_xr.config import EDMConfig
+
 __all__ = ["EDMPrecond"]
 
 
@@ -30,17 +33,17 @@ class EDMPrecond(nn.Module):
     net : nn.Module
         Raw network called as ``net(inputs, c_noise, offsets=..., lead_time=...)`` whose input
         channels are the latent's followed by the condition's.
-    sigma_data : float
-        Expected standard deviation of the (normalised) data.
-    scale_condition : bool
-        Also multiply the condition by ``c_in`` (the reference's deprecated ``EDMPrecondSR``).
+    edm : EDMConfig
+        Its ``sigma_data`` (expected standard deviation of the normalised data) and
+        ``scale_condition`` (also multiply the condition by ``c_in``, as the reference's
+        deprecated ``EDMPrecondSR`` does).
     """
 
-    def __init__(self, net: nn.Module, *, sigma_data: float = 0.5, scale_condition: bool = False):
+    def __init__(self, net: nn.Module, *, edm: EDMConfig):
         super().__init__()
         self.net = net
-        self.sigma_data = float(sigma_data)
-        self.scale_condition = scale_condition
+        self.sigma_data = float(edm.sigma_data)
+        self.scale_condition = bool(edm.scale_condition)
 
     def forward(
         self,
@@ -74,7 +77,9 @@ class EDMPrecond(nn.Module):
 # -- training losses and noise-level sampling --------------------------------------------------
 #
 # Losses take the networks as callables and every random draw as an optional explicit tensor
-# or generator, so tests can feed identical noise to ours and to the reference.
+# or generator, so tests can feed identical noise to ours and to the reference. EDM settings
+# come from an EDMConfig (or, for the two formula helpers, as required numbers): their
+# defaults live on the config alone.
 # Reductions (``reduction=``):
 #   "mean"            mean over every element (samples or patches, channels, pixels): the
 #                     default, independent of the domain size, so one learning rate fits any
@@ -98,20 +103,21 @@ __all__ += [
 def sample_sigma(
     n: int,
     *,
-    P_mean: float = 0.0,
-    P_std: float = 1.2,
+    P_mean: float,
+    P_std: float,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Training noise levels, log-normal: ``ln sigma ~ N(P_mean, P_std^2)`` (EDM, Table 1).
 
-    Returns shape ``(n,)``; one standard-normal draw per row from ``generator``.
+    Returns shape ``(n,)``; one standard-normal draw per row from ``generator``. Training
+    takes ``P_mean`` and ``P_std`` from :class:`~corrdiff_xr.config.EDMConfig`.
     """
     return (torch.randn(n, generator=generator, dtype=dtype, device=device) * P_std + P_mean).exp()
 
 
-def loss_weight(sigma: torch.Tensor, *, sigma_data: float = 0.5) -> torch.Tensor:
+def loss_weight(sigma: torch.Tensor, *, sigma_data: float) -> torch.Tensor:
     """EDM loss weight ``lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2``."""
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
@@ -163,7 +169,7 @@ def regression_loss(
 
 
 def residual_condition(
-    x: torch.Tensor, mean: torch.Tensor, *, hr_mean_conditioning: bool = True
+    x: torch.Tensor, mean: torch.Tensor, *, hr_mean_conditioning: bool
 ) -> torch.Tensor:
     """Conditioning of the residual denoiser: ``[mean, x]`` along channels (or ``x`` alone).
 
@@ -180,20 +186,17 @@ def residual_loss(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
+    edm: EDMConfig,
     mean: torch.Tensor | None = None,
     regression: Callable[[torch.Tensor], torch.Tensor] | None = None,
     sigma: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    P_mean: float = 0.0,
-    P_std: float = 1.2,
-    sigma_data: float = 0.5,
     patch: Sequence[int] | None = None,
     origins: torch.Tensor | None = None,
     num_patches: int = 1,
     offsets: torch.Tensor | None = None,
     global_context: bool = False,
-    hr_mean_conditioning: bool = True,
     reduction: Reduction = "mean",
 ) -> torch.Tensor:
     """CorrDiff residual (denoising score-matching) loss.
@@ -212,6 +215,10 @@ def residual_loss(
         an :class:`EDMPrecond`.
     x, y
         Normalised inputs ``(B, C_in, H, W)`` and targets ``(B, C_out, H, W)``.
+    edm
+        The EDM settings: ``P_mean`` and ``P_std`` of the noise levels, ``sigma_data`` of the
+        loss weight, and ``hr_mean_conditioning`` (condition on ``[mean, x]``, CorrDiff's
+        way, rather than ``x`` alone; see :func:`residual_condition`).
     mean, regression
         The regression mean ``(B, C_out, H, W)``, or the regression network to compute it
         (under ``torch.no_grad``: the regression net is trained first and stays fixed).
@@ -220,8 +227,6 @@ def residual_loss(
         Optional explicit noise levels ``(n,)`` and standard-normal noise (shape of the
         residual rows). Drawn from ``generator`` when missing: patch origins first, then
         sigma, then noise, as the reference draws them.
-    P_mean, P_std, sigma_data
-        EDM settings (reference defaults 0.0, 1.2, 0.5).
     patch
         Patch shape ``(h, w)`` for patch-based training; None trains on the whole domain.
     origins
@@ -234,9 +239,6 @@ def residual_loss(
     global_context
         Append the inputs resized to the patch shape to every patch's condition (the
         reference's patched CorrDiff does this).
-    hr_mean_conditioning
-        Condition on ``[mean, x]`` (CorrDiff's default) rather than ``x`` alone; see
-        :func:`residual_condition`.
     reduction
         See the section comment above.
 
@@ -246,8 +248,27 @@ def residual_loss(
         The reduced loss, or with ``reduction="none"`` the weighted elementwise loss of shape
         ``(B * P, C_out, h, w)`` (sample-major) or ``(B, C_out, H, W)``.
     """
-    from corrdiff_xr import patching as _patching
+    mean = _residual_mean(x, y, mean=mean, regression=regression, offsets=offsets)
+    residual = y - mean
+    condition = residual_condition(x, mean, hr_mean_conditioning=edm.hr_mean_conditioning)
+    if patch is not None:
+        if origins is None:
+            origins = _patching.random_origins(
+                y.shape[-2:], patch, num_patches, generator=generator, device=y.device
+            )
+        residual, condition, offsets = _patch_rows(
+            residual, condition, x, patch=patch, origins=origins, offsets=offsets,
+            global_context=global_context,
+        )
+    sigma, noise = _noise(residual, edm, sigma=sigma, noise=noise, generator=generator, like=y)
+    s = sigma.reshape(-1, 1, 1, 1)
+    denoised = denoiser(residual + s * noise, sigma, condition=condition, offsets=offsets)
+    loss = loss_weight(s, sigma_data=edm.sigma_data) * (denoised - residual) ** 2
+    return _reduce(loss, reduction, y.shape[0])
 
+
+def _residual_mean(x, y, *, mean, regression, offsets) -> torch.Tensor:
+    """The checked, detached regression mean of :func:`residual_loss` (given or computed)."""
     _check_pair(x, y)
     if offsets is not None and tuple(offsets.shape) != (y.shape[0], 2):
         raise ValueError(f"offsets must have shape ({y.shape[0]}, 2), got {tuple(offsets.shape)}")
@@ -259,36 +280,37 @@ def residual_loss(
     mean = mean.detach()
     if mean.shape[1:] != y.shape[1:]:
         raise ValueError(f"regression mean has shape {tuple(mean.shape)}, targets {tuple(y.shape)}")
-    residual = y - mean
-    condition = residual_condition(x, mean, hr_mean_conditioning=hr_mean_conditioning)
-    if patch is not None:
-        if origins is None:
-            origins = _patching.random_origins(
-                y.shape[-2:], patch, num_patches, generator=generator, device=y.device
-            )
-        residual = _patching.take_patches(residual, origins, patch)
-        condition = _patching.take_patches(condition, origins, patch)
-        P = origins.shape[0]
-        if global_context:
-            context = _patching.global_context(x, patch).repeat_interleave(P, dim=0)
-            condition = torch.cat([condition, context.to(condition.dtype)], dim=1)
-        patch_offsets = origins.to(y.device).repeat(y.shape[0], 1)
-        if offsets is not None:
-            patch_offsets = patch_offsets + offsets.to(y.device).repeat_interleave(P, dim=0)
-        offsets = patch_offsets
-    n = residual.shape[0]
+    return mean
+
+
+def _patch_rows(residual, condition, x, *, patch, origins, offsets, global_context):
+    """Residual, condition and global offsets of every (sample, patch) row, sample-major."""
+    B, device = x.shape[0], residual.device
+    residual = _patching.take_patches(residual, origins, patch)
+    condition = _patching.take_patches(condition, origins, patch)
+    P = origins.shape[0]
+    if global_context:
+        context = _patching.global_context(x, patch).repeat_interleave(P, dim=0)
+        condition = torch.cat([condition, context.to(condition.dtype)], dim=1)
+    patch_offsets = origins.to(device).repeat(B, 1)
+    if offsets is not None:
+        patch_offsets = patch_offsets + offsets.to(device).repeat_interleave(P, dim=0)
+    return residual, condition, patch_offsets
+
+
+def _noise(residual, edm: EDMConfig, *, sigma, noise, generator, like) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise levels ``(n,)`` and standard-normal noise of the rows, given or drawn (sigma
+    first), in the dtype and on the device of the targets ``like``."""
+    n, dtype, device = residual.shape[0], like.dtype, like.device
     if sigma is None:
         sigma = sample_sigma(
-            n, P_mean=P_mean, P_std=P_std, generator=generator, dtype=y.dtype, device=y.device
+            n, P_mean=edm.P_mean, P_std=edm.P_std, generator=generator, dtype=dtype, device=device
         )
-    sigma = sigma.reshape(-1).to(y.dtype)
+    sigma = sigma.reshape(-1).to(dtype)
     if sigma.shape[0] != n:
         raise ValueError(f"sigma has {sigma.shape[0]} values, expected one per row ({n})")
     if noise is None:
-        noise = torch.randn(residual.shape, generator=generator, dtype=y.dtype, device=y.device)
+        noise = torch.randn(residual.shape, generator=generator, dtype=dtype, device=device)
     if noise.shape != residual.shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(residual.shape)}")
-    s = sigma.reshape(-1, 1, 1, 1)
-    denoised = denoiser(residual + s * noise, sigma, condition=condition, offsets=offsets)
-    loss = loss_weight(s, sigma_data=sigma_data) * (denoised - residual) ** 2
-    return _reduce(loss, reduction, y.shape[0])
+    return sigma, noise

@@ -1,12 +1,13 @@
 """Noise schedules and EDM samplers, one signature for every sampler.
 
-Every sampler is a plain function ``sampler(denoise, x, sigmas, *, generators=None, ...)``
-(the k-diffusion convention): ``denoise(x, sigma)`` returns the denoised estimate
-:math:`D(x; \\sigma)` for a batch ``x`` of shape ``(N, ...)`` and ``sigma`` of shape ``(N,)``;
-``x`` is the *already noised* starting point (``latents * sigmas[0]``); ``sigmas`` is a
-decreasing schedule ending in 0, e.g. from :func:`karras_sigmas`. Conditioning (coarse
-inputs, the regression mean, positional offsets, patching) lives inside the ``denoise``
-closure, so the samplers know nothing about CorrDiff.
+Every sampler is a plain function ``sampler(denoise, x, sigmas, *, generators=None,
+config=None)`` (the k-diffusion convention): ``denoise(x, sigma)`` returns the denoised
+estimate :math:`D(x; \\sigma)` for a batch ``x`` of shape ``(N, ...)`` and ``sigma`` of shape
+``(N,)``; ``x`` is the *already noised* starting point (``latents * sigmas[0]``); ``sigmas`` is
+a decreasing schedule ending in 0, e.g. from :func:`karras_sigmas`; ``config`` (a
+:class:`~corrdiff_xr.config.SamplerConfig`) gives the churn settings, whose defaults live
+there alone. Conditioning (coarse inputs, the regression mean, positional offsets,
+patching) lives inside the ``denoise`` closure, so the samplers know nothing about CorrDiff.
 
 Randomness is drawn from one :class:`torch.Generator` per sample (EDM's
 ``StackedRandomGenerator`` idea): the latents first (:func:`draw_latents`), then the churn
@@ -48,11 +49,8 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
 def karras_sigmas(
-    num_steps: int,
+    config: SamplerConfig,
     *,
-    sigma_min: float = 0.002,
-    sigma_max: float = 800.0,
-    rho: float = 7.0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> Tensor:
@@ -65,10 +63,10 @@ def karras_sigmas(
 
     Parameters
     ----------
-    num_steps
-        Number of sampler steps N (>= 1); with one step the schedule is ``[sigma_max, 0]``.
-    sigma_min, sigma_max, rho
-        Range and curvature of the schedule (EDM defaults for CorrDiff: 0.002, 800, 7).
+    config
+        Its ``num_steps`` (N >= 1; with one step the schedule is ``[sigma_max, 0]``),
+        ``sigma_min``, ``sigma_max`` and ``rho`` (range and curvature of the schedule),
+        already checked when the config was built.
     dtype, device
         Of the returned tensor (float64 by default, as in EDM).
 
@@ -77,10 +75,14 @@ def karras_sigmas(
     Tensor
         Shape ``(num_steps + 1,)``, strictly decreasing, last element 0.
     """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    if not 0 < sigma_min <= sigma_max:
-        raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
+    if not isinstance(config, SamplerConfig):  # e.g. the former karras_sigmas(num_steps)
+        raise TypeError(
+            f"karras_sigmas takes a SamplerConfig (e.g. SamplerConfig(num_steps=18)), "
+            f"got {type(config).__name__} {config!r:.100}"
+        )
+    num_steps, sigma_min, sigma_max, rho = (
+        config.num_steps, config.sigma_min, config.sigma_max, config.rho
+    )
     if num_steps == 1:
         steps = torch.tensor([sigma_max], dtype=torch.float64)
     else:
@@ -129,13 +131,11 @@ def _churn(
     *,
     num_steps: int,
     generators: Sequence[torch.Generator] | None,
-    S_churn: float,
-    S_min: float,
-    S_max: float,
-    S_noise: float,
+    config: SamplerConfig,
 ) -> tuple[Tensor, float]:
     """Raise the noise level from ``sigma`` to ``sigma_hat`` (EDM Algorithm 2, lines 5-7)."""
-    gamma = min(S_churn / num_steps, math.sqrt(2.0) - 1.0) if S_min <= sigma <= S_max else 0.0
+    in_window = config.S_min <= sigma <= config.S_max
+    gamma = min(config.S_churn / num_steps, math.sqrt(2.0) - 1.0) if in_window else 0.0
     if gamma <= 0.0:
         return x, sigma
     if generators is None or len(generators) != x.shape[0]:
@@ -146,7 +146,7 @@ def _churn(
         )
     sigma_hat = sigma * (1.0 + gamma)
     eps = _randn_per_sample(generators, x.shape[1:], dtype=x.dtype, device=x.device)
-    return x + math.sqrt(sigma_hat**2 - sigma**2) * S_noise * eps, sigma_hat
+    return x + math.sqrt(sigma_hat**2 - sigma**2) * config.S_noise * eps, sigma_hat
 
 
 def _check(x: Tensor, sigmas: Tensor) -> list[float]:
@@ -173,10 +173,7 @@ def euler(
     sigmas: Tensor,
     *,
     generators: Sequence[torch.Generator] | None = None,
-    S_churn: float = 0.0,
-    S_min: float = 0.0,
-    S_max: float = float("inf"),
-    S_noise: float = 1.0,
+    config: SamplerConfig | None = None,
 ) -> Tensor:
     """First-order EDM sampler (Euler steps on the probability-flow ODE, optional churn).
 
@@ -191,20 +188,18 @@ def euler(
         Decreasing noise levels ending in 0 (see :func:`karras_sigmas`).
     generators
         One generator per sample for the churn noise; needed only when ``S_churn > 0``.
-    S_churn, S_min, S_max, S_noise
-        EDM stochasticity: at steps with ``S_min <= sigma <= S_max`` the noise level is
-        raised by ``gamma = min(S_churn / num_steps, sqrt(2) - 1)`` with fresh noise scaled
-        by ``S_noise``. ``S_churn = 0`` is deterministic.
+    config
+        Its EDM stochasticity (the rest of it, the schedule, is ``sigmas``): at steps with
+        ``S_min <= sigma <= S_max`` the noise level is raised by
+        ``gamma = min(S_churn / num_steps, sqrt(2) - 1)`` with fresh noise scaled by
+        ``S_noise``. ``S_churn = 0`` is deterministic; None means ``SamplerConfig()``.
 
     Returns
     -------
     Tensor
         The sample at noise level ``sigmas[-1]``, same shape and dtype as ``x``.
     """
-    return _integrate(
-        denoise, x, sigmas, second_order=False, generators=generators,
-        S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise,
-    )
+    return _integrate(denoise, x, sigmas, second_order=False, generators=generators, config=config)
 
 
 def heun(
@@ -213,10 +208,7 @@ def heun(
     sigmas: Tensor,
     *,
     generators: Sequence[torch.Generator] | None = None,
-    S_churn: float = 0.0,
-    S_min: float = 0.0,
-    S_max: float = float("inf"),
-    S_noise: float = 1.0,
+    config: SamplerConfig | None = None,
 ) -> Tensor:
     """Second-order EDM sampler (Karras et al. 2022, Algorithms 1 and 2).
 
@@ -224,10 +216,7 @@ def heun(
     slope at its end (Heun's method), except the last step to ``sigma = 0``, which stays
     Euler (the slope is undefined there).
     """
-    return _integrate(
-        denoise, x, sigmas, second_order=True, generators=generators,
-        S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise,
-    )
+    return _integrate(denoise, x, sigmas, second_order=True, generators=generators, config=config)
 
 
 def _integrate(
@@ -237,18 +226,13 @@ def _integrate(
     *,
     second_order: bool,
     generators: Sequence[torch.Generator] | None,
-    S_churn: float,
-    S_min: float,
-    S_max: float,
-    S_noise: float,
+    config: SamplerConfig | None,
 ) -> Tensor:
+    config = config or SamplerConfig()
     values = _check(x, sigmas)
     num_steps = len(values) - 1
     for sigma, sigma_next in pairwise(values):
-        x, sigma_hat = _churn(
-            x, sigma, num_steps=num_steps, generators=generators,
-            S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise,
-        )
+        x, sigma_hat = _churn(x, sigma, num_steps=num_steps, generators=generators, config=config)
         # dx/dsigma = (x - D(x; sigma)) / sigma  (EDM eq. 4 with s(t)=1, sigma(t)=t)
         d = (x - _denoise_at(denoise, x, sigma_hat)) / sigma_hat
         x_next = x + (sigma_next - sigma_hat) * d
@@ -287,12 +271,6 @@ def sample(
         One per sample; required when ``config.S_churn > 0``.
     """
     config = config or SamplerConfig()
-    sigmas = karras_sigmas(
-        config.num_steps, sigma_min=config.sigma_min, sigma_max=config.sigma_max,
-        rho=config.rho, device=latents.device,
-    )
+    sigmas = karras_sigmas(config, device=latents.device)
     x = latents * sigmas[0].to(latents.dtype)
-    return SAMPLERS[config.solver](
-        denoise, x, sigmas, generators=generators, S_churn=config.S_churn,
-        S_min=config.S_min, S_max=config.S_max, S_noise=config.S_noise,
-    )
+    return SAMPLERS[config.solver](denoise, x, sigmas, generators=generators, config=config)

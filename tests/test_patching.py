@@ -219,6 +219,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_patched_denoiser_of_a_pointwise_model_equals_the_whole_domain_model():
+    from corrdiff_xr.config import SamplerConfig
     from corrdiff_xr.sampling import heun, karras_sigmas
 
     def pointwise(x, sigma, *, condition, offsets):
@@ -227,7 +228,7 @@ def test_patched_denoiser_of_a_pointwise_model_equals_the_whole_domain_model():
     grid = PatchGrid.build((12, 18), (8, 8), overlap=2, boundary=1, weights="ramp")
     x = torch.randn(2, 1, 12, 18, dtype=torch.float64)
     cond = torch.randn(2, 2, 12, 18, dtype=torch.float64)
-    sig = karras_sigmas(4, sigma_max=5.0)
+    sig = karras_sigmas(SamplerConfig(num_steps=4, sigma_max=5.0))
     whole = heun(lambda v, s: pointwise(v, s, condition=cond, offsets=None), x * 5.0, sig)
     patched = heun(patched_denoiser(pointwise, grid, condition=cond, batch_size=5), x * 5.0, sig)
     torch.testing.assert_close(patched, whole, rtol=0, atol=1e-12)

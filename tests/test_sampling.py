@@ -33,7 +33,7 @@ def exact_ode_solution(latents: torch.Tensor, sigma_max: float) -> torch.Tensor:
 
 
 def test_karras_sigmas_follow_the_edm_formula_and_end_at_zero():
-    sig = karras_sigmas(18, sigma_min=0.002, sigma_max=800.0, rho=7.0)
+    sig = karras_sigmas(SamplerConfig(num_steps=18, sigma_min=0.002, sigma_max=800.0, rho=7.0))
     i = np.arange(18)
     expected = (800 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 800 ** (1 / 7))) ** 7
     assert sig.shape == (19,) and sig.dtype == torch.float64
@@ -45,12 +45,21 @@ def test_karras_sigmas_follow_the_edm_formula_and_end_at_zero():
 
 
 def test_karras_sigmas_with_one_step_go_straight_from_sigma_max_to_zero():
-    assert karras_sigmas(1, sigma_max=5.0).tolist() == [5.0, 0.0]
+    assert karras_sigmas(SamplerConfig(num_steps=1, sigma_max=5.0)).tolist() == [5.0, 0.0]
+
+
+def test_karras_sigmas_follow_every_setting_of_the_config():
+    config = SamplerConfig(num_steps=5, sigma_min=0.5, sigma_max=40.0, rho=3.0)
+    sig = karras_sigmas(config, dtype=torch.float32)
+    lo, hi = 0.5 ** (1 / 3), 40.0 ** (1 / 3)
+    expected = [(hi + i / 4 * (lo - hi)) ** 3 for i in range(5)] + [0.0]
+    assert sig.dtype == torch.float32
+    np.testing.assert_allclose(sig.numpy(), expected, rtol=1e-6)
 
 
 def _ode_error(solver, num_steps: int) -> float:
     latents = torch.ones(1, 1, dtype=torch.float64)
-    sig = karras_sigmas(num_steps, sigma_min=0.002, sigma_max=80.0)
+    sig = karras_sigmas(SamplerConfig(num_steps=num_steps, sigma_min=0.002, sigma_max=80.0))
     out = solver(gaussian_denoiser, latents * sig[0], sig)
     return abs((out - exact_ode_solution(latents, 80.0)).item())
 
@@ -129,7 +138,7 @@ def test_churn_is_capped_as_in_edm():
 
 def test_sample_runs_the_configured_solver_from_sigma_max():
     latents = torch.randn(3, 2, 2, dtype=torch.float64)
-    sig = karras_sigmas(7, sigma_max=30.0)
+    sig = karras_sigmas(SamplerConfig(num_steps=7, sigma_max=30.0))
     manual = euler(gaussian_denoiser, latents * sig[0], sig)
     out = sample(gaussian_denoiser, latents, config=SamplerConfig(solver="euler", num_steps=7, sigma_max=30.0))
     torch.testing.assert_close(out, manual, rtol=0, atol=0)
@@ -142,20 +151,23 @@ def test_denoiser_sees_one_sigma_per_sample_in_the_samples_dtype():
         seen.append((sigma.shape, sigma.dtype))
         return gaussian_denoiser(x, sigma)
 
-    heun(denoise, torch.randn(4, 3), karras_sigmas(3))
+    heun(denoise, torch.randn(4, 3), karras_sigmas(SamplerConfig(num_steps=3)))
     assert seen and all(s == ((4,), torch.float32) for s in seen)
     assert len(seen) == 2 * 3 - 1  # Heun: two calls per step, one on the last step
 
 
 def test_churn_without_generators_raises_a_clear_error():
     with pytest.raises(ValueError, match="one torch.Generator per sample"):
-        heun(gaussian_denoiser, torch.randn(2, 3), karras_sigmas(3), S_churn=1.0)
+        heun(gaussian_denoiser, torch.randn(2, 3), karras_sigmas(SamplerConfig(num_steps=3)),
+             config=SamplerConfig(S_churn=1.0))
 
 
 def test_bad_schedules_and_configs_are_rejected():
     with pytest.raises(ValueError, match="decrease"):
         heun(gaussian_denoiser, torch.randn(1, 2), torch.tensor([1.0, 2.0, 0.0]))
     with pytest.raises(ValueError, match="num_steps"):
-        karras_sigmas(0)
+        SamplerConfig(num_steps=0)
+    with pytest.raises(TypeError, match="takes a SamplerConfig"):
+        karras_sigmas(18)
     with pytest.raises(ValueError, match="sigma_min"):
         SamplerConfig(sigma_min=0.0)

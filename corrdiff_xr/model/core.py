@@ -141,9 +141,7 @@ class CorrDiff(nn.Module):
                 out_channels=out_channels,
                 img_shape=self.img_shape,
             )
-            self.residual = EDMPrecond(
-                net, sigma_data=edm.sigma_data, scale_condition=edm.scale_condition
-            )
+            self.residual = EDMPrecond(net, edm=edm)
         for cfg, module in (
             (regression_network, self.regression),
             (residual_network, self.residual),

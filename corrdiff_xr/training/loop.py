@@ -64,6 +64,7 @@ from corrdiff_xr.config import (
     from_dict,
     to_dict,
 )
+from corrdiff_xr import edm
 from corrdiff_xr.errors import CorrDiffError
 from corrdiff_xr.training import checkpoint as ckpt
 from corrdiff_xr.training import identity as ident
@@ -207,9 +208,6 @@ def train(cfg: TrainRunConfig, *, max_steps: int | None = None) -> TrainResult:
 
     ``max_steps`` stops after that many optimiser steps in this call (tests, profiling).
     """
-    from corrdiff_xr.model import CorrDiff
-    from corrdiff_xr.training.loader import ChunkShuffleLoader
-
     t = cfg.training
     info = detect()
     device = _device(t.device, info)
@@ -218,90 +216,131 @@ def train(cfg: TrainRunConfig, *, max_steps: int | None = None) -> TrainResult:
     initialize(info, device)
     try:
         _set_deterministic(t.deterministic, device)
-        per_device = t.batch_size_per_device or t.total_batch_size // info.world_size
-        rounds = accumulation_rounds(t.total_batch_size, per_device, info.world_size)
-        out = Path(t.output_dir)
-        start = _open_run(cfg, out, info)
-        torch.manual_seed(t.seed)  # identical initial weights on every rank
-        model, trainable = build_model(cfg, start.codec, start.img_shape,
-                                       regression_network=start.regression_network)
-        if start.latest is None and cfg.task != "regression":
-            frozen = CorrDiff.load(_model_file(t.regression_checkpoint))
-            model.regression.load_state_dict(frozen.regression.state_dict())
-        model.to(device)
-        optimizer = torch.optim.Adam(trainable.parameters(), lr=t.lr, betas=t.betas, eps=t.eps)
-        loader = ChunkShuffleLoader(
-            start.train_pair, start.codec, batch_size=per_device, block_size=t.loader.block_size, seed=t.seed,
-            rank=info.rank, world_size=info.world_size, num_workers=t.loader.num_workers,
-            prefetch_factor=t.loader.prefetch_factor, lead_time=cfg.data.lead_time)
+        run = _build_run(cfg, info, device)
         nimg, skipped = 0, 0
-        if start.latest is not None:
-            nimg, skipped = _resume(start.latest, model, optimizer, loader, info, t)
-            log.info("resumed from %s at %d samples", start.latest, nimg)
+        if run.start.latest is not None:
+            nimg, skipped = _resume(run, run.start.latest)
+            log.info("resumed from %s at %d samples", run.start.latest, nimg)
         else:
             torch.manual_seed(t.seed + info.rank)  # per-rank noise from here on
-        return _loop(cfg, model, trainable, optimizer, loader, start, out, info, device,
-                     nimg=nimg, skipped=skipped, rounds=rounds, per_device=per_device, max_steps=max_steps)
+        return _loop(run, nimg=nimg, skipped=skipped, max_steps=max_steps)
     finally:
         shutdown()
 
 
-def _loop(cfg, model, trainable, optimizer, loader, start, out, info, device, *,
-          nimg, skipped, rounds, per_device, max_steps) -> TrainResult:
-    """Optimiser steps until ``training.duration`` samples (or ``max_steps`` steps)."""
-    from corrdiff_xr import edm
+@dataclasses.dataclass
+class _Run:
+    """What every optimiser step of a run uses, built once by :func:`_build_run`."""
+
+    cfg: TrainRunConfig
+    start: _Start
+    out: Path
+    info: ProcessInfo
+    device: torch.device
+    model: Any  # the whole CorrDiff (saved, validated)
+    trainable: torch.nn.Module  # the sub-module the optimiser updates
+    net: torch.nn.Module  # ``trainable``, DDP-wrapped by :func:`_loop` when distributed
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    per_device: int
+    rounds: int
+
+
+def _build_run(cfg: TrainRunConfig, info: ProcessInfo, device: torch.device) -> _Run:
+    """Open the run (:func:`_open_run`), then build its model, optimiser and loader."""
+    from corrdiff_xr.model import CorrDiff
+    from corrdiff_xr.training.loader import ChunkShuffleLoader
 
     t = cfg.training
-    net = trainable
-    if info.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            trainable, device_ids=[device.index] if device.type == "cuda" else None)
-    ckpt_root = out / "checkpoints"
-    monitor = Monitor(out / "tensorboard", total=t.duration, initial=nimg,
-                      active=info.rank == 0, progress=t.progress)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
-    loss_fn = _loss_fn(cfg, model, edm)
-    batches = iter(loader)
+    per_device = t.batch_size_per_device or t.total_batch_size // info.world_size
+    rounds = accumulation_rounds(t.total_batch_size, per_device, info.world_size)
+    out = Path(t.output_dir)
+    start = _open_run(cfg, out, info)
+    torch.manual_seed(t.seed)  # identical initial weights on every rank
+    model, trainable = build_model(cfg, start.codec, start.img_shape,
+                                   regression_network=start.regression_network)
+    if start.latest is None and cfg.task != "regression":
+        frozen = CorrDiff.load(_model_file(t.regression_checkpoint))
+        model.regression.load_state_dict(frozen.regression.state_dict())
+    model.to(device)
+    optimizer = torch.optim.Adam(trainable.parameters(), lr=t.lr, betas=t.betas, eps=t.eps)
+    loader = ChunkShuffleLoader(
+        start.train_pair, start.codec, batch_size=per_device, block_size=t.loader.block_size, seed=t.seed,
+        rank=info.rank, world_size=info.world_size, num_workers=t.loader.num_workers,
+        prefetch_factor=t.loader.prefetch_factor, lead_time=cfg.data.lead_time)
+    return _Run(cfg=cfg, start=start, out=out, info=info, device=device, model=model, trainable=trainable,
+                net=trainable, optimizer=optimizer, loader=loader, per_device=per_device, rounds=rounds)
+
+
+def _loop(run: _Run, *, nimg: int, skipped: int, max_steps: int | None) -> TrainResult:
+    """Optimiser steps until ``training.duration`` samples (or ``max_steps`` steps)."""
+    t = run.cfg.training
+    if run.info.distributed:  # wrapped after any resume: DDP broadcasts rank 0's weights
+        run.net = torch.nn.parallel.DistributedDataParallel(
+            run.trainable, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    monitor = Monitor(run.out / "tensorboard", total=t.duration, initial=nimg,
+                      active=run.info.rank == 0, progress=t.progress)
+    autocast = torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+    loss_fn = _loss_fn(run.cfg, run.model)
+    batches = iter(run.loader)
     steps, loss_value = 0, math.nan
-    model.eval()  # a frozen regression net stays in eval mode (no dropout)
-    trainable.train()
+    run.model.eval()  # a frozen regression net stays in eval mode (no dropout)
+    run.trainable.train()
     try:
         while nimg < t.duration and (max_steps is None or steps < max_steps):
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = _accumulate_gradients(net, batches, loss_fn, rounds=rounds, per_device=per_device,
-                                             info=info, autocast=autocast, device=device)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable.parameters(), t.grad_clip or math.inf)
-            lr = learning_rate(nimg, lr=t.lr, rampup=t.lr_rampup, decay=t.lr_decay, decay_every=t.lr_decay_every)
+            loss_value, grad_norm, lr, skipped = _step(run, batches, loss_fn, autocast,
+                                                       nimg=nimg, skipped=skipped)
             nimg += t.total_batch_size
             steps += 1
-            if not (torch.isfinite(loss_sum) and torch.isfinite(grad_norm)):
-                skipped += 1  # identical on every rank: loss and gradients are all-reduced
-                log.warning("non-finite loss or gradient at %d samples; step skipped (%d so far)", nimg, skipped)
-                if skipped > t.max_nonfinite_steps:
-                    raise TrainingDivergedError(
-                        f"{skipped} steps had non-finite loss or gradients (training.max_nonfinite_steps="
-                        f"{t.max_nonfinite_steps}); lower training.lr or set training.grad_clip")
-            else:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.step()
-            loss_value = float(loss_sum)
-            monitor.advance(t.total_batch_size, nimg, loss=loss_value, lr=lr)
-            if _is_due(nimg, t.total_batch_size, t.log_every) or nimg >= t.duration:
-                monitor.scalars(nimg, **{"train/loss": loss_value, "train/lr": lr,
-                                         "train/grad_norm": float(grad_norm), "train/skipped_steps": skipped})
-            if start.valid_pair is not None and (_is_due(nimg, t.total_batch_size, t.validate_every)
-                                                 or nimg >= t.duration):
-                _validate(cfg, model, start.valid_pair, start.codec, monitor, nimg, device, info, per_device)
-                model.eval()
-                trainable.train()
-            if _is_due(nimg, t.total_batch_size, t.checkpoint_every) or nimg >= t.duration:
-                _save(ckpt_root, nimg, skipped, model, optimizer, loader, info, t.keep_checkpoints)
+            _after_step(run, monitor, nimg, loss=loss_value, lr=lr, grad_norm=grad_norm, skipped=skipped)
     finally:
         monitor.close()
-    if info.rank == 0 and nimg >= t.duration:
-        model.save(out / "model.safetensors")
-    return TrainResult(nimg, steps, skipped, loss_value, out, nimg >= t.duration)
+    if run.info.rank == 0 and nimg >= t.duration:
+        run.model.save(run.out / "model.safetensors")
+    return TrainResult(nimg, steps, skipped, loss_value, run.out, nimg >= t.duration)
+
+
+def _step(run: _Run, batches, loss_fn, autocast, *, nimg: int, skipped: int):
+    """One optimiser step from ``nimg`` samples, skipped when its loss or gradients are not
+    finite; returns ``(loss, gradient norm, learning rate, skipped steps so far)``."""
+    t = run.cfg.training
+    run.optimizer.zero_grad(set_to_none=True)
+    loss_sum = _accumulate_gradients(run.net, batches, loss_fn, rounds=run.rounds, per_device=run.per_device,
+                                     info=run.info, autocast=autocast, device=run.device)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.trainable.parameters(), t.grad_clip or math.inf)
+    lr = learning_rate(nimg, lr=t.lr, rampup=t.lr_rampup, decay=t.lr_decay, decay_every=t.lr_decay_every)
+    if torch.isfinite(loss_sum) and torch.isfinite(grad_norm):
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        run.optimizer.step()
+        return float(loss_sum), grad_norm, lr, skipped
+    skipped += 1  # identical on every rank: loss and gradients are all-reduced
+    log.warning("non-finite loss or gradient at %d samples; step skipped (%d so far)",
+                nimg + t.total_batch_size, skipped)
+    if skipped > t.max_nonfinite_steps:
+        raise TrainingDivergedError(
+            f"{skipped} steps had non-finite loss or gradients (training.max_nonfinite_steps="
+            f"{t.max_nonfinite_steps}); lower training.lr or set training.grad_clip")
+    return float(loss_sum), grad_norm, lr, skipped
+
+
+def _after_step(run: _Run, monitor: Monitor, nimg: int, *, loss: float, lr: float, grad_norm, skipped: int) -> None:
+    """Progress, then the logs, validation and checkpoint due at ``nimg`` samples (all at the end)."""
+    t = run.cfg.training
+
+    def due(every: int) -> bool:
+        return _is_due(nimg, t.total_batch_size, every) or nimg >= t.duration
+
+    monitor.advance(t.total_batch_size, nimg, loss=loss, lr=lr)
+    if due(t.log_every):
+        monitor.scalars(nimg, **{"train/loss": loss, "train/lr": lr,
+                                 "train/grad_norm": float(grad_norm), "train/skipped_steps": skipped})
+    if run.start.valid_pair is not None and due(t.validate_every):
+        _validate(run, monitor, nimg)
+        run.model.eval()
+        run.trainable.train()
+    if due(t.checkpoint_every):
+        _save(run, nimg, skipped)
 
 
 def _accumulate_gradients(net, batches, loss_fn, *, rounds, per_device, info, autocast, device) -> torch.Tensor:
@@ -323,7 +362,7 @@ def _accumulate_gradients(net, batches, loss_fn, *, rounds, per_device, info, au
     return loss_sum
 
 
-def _loss_fn(cfg: TrainRunConfig, model: Any, edm: Any):
+def _loss_fn(cfg: TrainRunConfig, model: Any):
     """``loss(net, batch) -> elementwise loss`` for the task (``net`` may be DDP-wrapped)."""
     if cfg.task == "regression":
         def regression(net, b):
@@ -342,62 +381,64 @@ def _loss_fn(cfg: TrainRunConfig, model: Any, edm: Any):
         def denoiser(x_noisy, sigma, *, condition, offsets):
             return net(x_noisy, sigma, condition=condition, offsets=offsets, lead_time=lead)
 
-        return edm.residual_loss(
-            denoiser, b.inputs, b.targets, mean=mean, P_mean=cfg.edm.P_mean, P_std=cfg.edm.P_std,
-            sigma_data=cfg.edm.sigma_data, patch=patch, num_patches=patches,
-            hr_mean_conditioning=cfg.edm.hr_mean_conditioning, reduction="none")
+        return edm.residual_loss(denoiser, b.inputs, b.targets, edm=cfg.edm, mean=mean, patch=patch,
+                                 num_patches=patches, reduction="none")
 
     return residual
 
 
-def _validate(cfg, model, pair, codec, monitor, nimg, device, info, batch_size) -> None:
+def _validate(run: _Run, monitor: Monitor, nimg: int) -> None:
     from corrdiff_xr.training.validation import validate
 
-    if info.rank != 0:
+    if run.info.rank != 0:
         return
-    metrics, image = validate(cfg, model, pair, codec, device=device, batch_size=batch_size)
+    metrics, image = validate(run.cfg, run.model, run.start.valid_pair, run.start.codec,
+                              device=run.device, batch_size=run.per_device)
     monitor.scalars(nimg, **{f"valid/{k}": v for k, v in metrics.items()})
     if image is not None:
         monitor.image("valid/sample", image, nimg)
 
 
-def _save(root, nimg, skipped, model, optimizer, loader, info, keep) -> None:
+def _save(run: _Run, nimg: int, skipped: int) -> None:
     # every rank's loader position and random state, so each rank resumes its own stream
-    local = {"loader": loader.state_dict(), "rng": ckpt.rng_state()}
+    info = run.info
+    local = {"loader": run.loader.state_dict(), "rng": ckpt.rng_state()}
     gathered = [local]
     if info.distributed:
         gathered = [None] * info.world_size
         torch.distributed.all_gather_object(gathered, local)
     if info.rank == 0:
-        state = {"nimg": nimg, "skipped": skipped, "optimizer": optimizer.state_dict(),
+        state = {"nimg": nimg, "skipped": skipped, "optimizer": run.optimizer.state_dict(),
                  "ranks": gathered, "world_size": info.world_size}
-        ckpt.save_checkpoint(root, nimg, save_model=lambda p: model.save(p / "model.safetensors"),
-                             trainer_state=state, keep=keep)
+        ckpt.save_checkpoint(run.out / "checkpoints", nimg, trainer_state=state,
+                             save_model=lambda p: run.model.save(p / "model.safetensors"),
+                             keep=run.cfg.training.keep_checkpoints)
     if info.distributed:
         torch.distributed.barrier()
 
 
-def _resume(path, model, optimizer, loader, info, t) -> tuple[int, int]:
+def _resume(run: _Run, path: Path) -> tuple[int, int]:
     """Load checkpoint ``path`` (weights, optimiser, loader position, random states)."""
     from safetensors.torch import load_file
 
     from corrdiff_xr.model import CheckpointError, load_weights
 
+    info, t = run.info, run.cfg.training
     state = ckpt.load_trainer_state(path)
     if state["world_size"] != info.world_size:
         raise ConfigError(f"checkpoint {path} was written by {state['world_size']} processes; "
                           f"resume it with the same number (now {info.world_size})")
     weights = path / "model.safetensors"
     try:
-        load_weights(model, load_file(str(weights)), source=str(weights))
+        load_weights(run.model, load_file(str(weights)), source=str(weights))
     except CheckpointError as err:  # only after training.resume=force: same identity, same shapes
         raise CheckpointError(f"{err}; a network of another shape cannot continue this checkpoint: "
                               "choose another training.output_dir for a new run") from None
-    optimizer.load_state_dict(state["optimizer"])
-    for group in optimizer.param_groups:  # the configured Adam settings, not the checkpoint's
+    run.optimizer.load_state_dict(state["optimizer"])
+    for group in run.optimizer.param_groups:  # the configured Adam settings, not the checkpoint's
         group["betas"], group["eps"] = tuple(t.betas), t.eps
     mine = state["ranks"][info.rank]
-    loader.load_state_dict(mine["loader"])
+    run.loader.load_state_dict(mine["loader"])
     ckpt.set_rng_state(mine["rng"])
     return int(state["nimg"]), int(state["skipped"])
 

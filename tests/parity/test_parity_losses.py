@@ -49,7 +49,7 @@ def _models(edm: EDMConfig, shape, *, patched: bool = False):
         from corrdiff_xr.nn import SongUNet
 
         net = SongUNet(TINY, in_channels=COUT + cond, out_channels=COUT, img_shape=shape)
-        ours.residual = EDMPrecond(net, sigma_data=edm.sigma_data)
+        ours.residual = EDMPrecond(net, edm=edm)
     ref_reg = randomize_(reference_regression(reg_cfg, in_channels=CIN, out_channels=COUT, img_shape=shape), seed=1)
     ref_res = randomize_(
         reference_residual(TINY, edm, cond_channels=cond, out_channels=COUT, img_shape=shape), seed=2
@@ -99,8 +99,7 @@ def test_residual_loss_matches_reference_under_the_same_noise(case):
     with torch.no_grad():
         torch.manual_seed(seed)
         ref = loss_fn(net=ref_res, img_clean=y, img_lr=x)
-        kw = {"P_mean": edm.P_mean, "P_std": edm.P_std, "sigma_data": edm.sigma_data,
-              "hr_mean_conditioning": edm.hr_mean_conditioning, "reduction": "none"}
+        kw = {"edm": edm, "reduction": "none"}
         # reference networks behind our callables: the loss arithmetic and the draws alone
         ref_denoiser = lambda xn, s, *, condition, offsets: ref_res(xn, condition, s)
         alone = residual_loss(
@@ -152,7 +151,7 @@ def test_patched_residual_loss_matches_reference_random_patching(patch_shape, nu
         noise = torch.randn(P * B, COUT, *patch_shape)
         perm = torch.tensor([p * B + b for b in range(B) for p in range(P)])
         got = residual_loss(
-            ours.residual, x, y, regression=ours.predict_mean, sigma=sigma[perm], noise=noise[perm],
+            ours.residual, x, y, edm=edm, regression=ours.predict_mean, sigma=sigma[perm], noise=noise[perm],
             patch=patch_shape, origins=patching.patch_indices.clone(), global_context=True,
             reduction="none",
         )

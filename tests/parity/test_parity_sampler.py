@@ -48,7 +48,7 @@ def _models(edm: EDMConfig, shape, *, extra_cond: int = 0, net: NetworkConfig = 
                     residual_network=res_cfg, edm=edm)
     if extra_cond:  # e.g. the global-context channels of patch-based models
         unet = SongUNet(res_cfg, in_channels=COUT + cond, out_channels=COUT, img_shape=shape)
-        ours.residual = EDMPrecond(unet, sigma_data=edm.sigma_data)
+        ours.residual = EDMPrecond(unet, edm=edm)
     ref_reg = randomize_(reference_regression(reg_cfg, in_channels=CIN, out_channels=COUT, img_shape=shape), seed=1)
     ref_res = randomize_(
         reference_residual(res_cfg, edm, cond_channels=cond, out_channels=COUT, img_shape=shape), seed=2
@@ -130,7 +130,7 @@ def test_stochastic_sampler_matches_reference_with_churn(S_churn, S_min, S_max, 
     config = SamplerConfig(num_steps=10, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=1.003)
     x, latents = _inputs(shape, [0, 1])
     mean = ref_reg(torch.zeros_like(latents), x)
-    sigmas = karras_sigmas(config.num_steps, sigma_min=config.sigma_min, sigma_max=config.sigma_max)
+    sigmas = karras_sigmas(config)
     churned = [S_min <= s <= S_max for s in sigmas[:-1].tolist()]
     assert any(churned) and (S_min == 0 or not all(churned))
     # The reference draws a batch of noise at every step (multiplied by 0 where churn is off);
@@ -151,7 +151,7 @@ def test_stochastic_sampler_matches_reference_with_churn(S_churn, S_min, S_max, 
     )
     assert len(calls) == config.num_steps
     shared = torch.Generator().manual_seed(17)
-    cond = residual_condition(x, mean)
+    cond = residual_condition(x, mean, hr_mean_conditioning=True)
     got = sample(lambda v, s: ours.residual(v, s, condition=cond), latents, config=config,
                  generators=[shared, shared])
     deterministic = sample(lambda v, s: ours.residual(v, s, condition=cond), latents,
@@ -192,9 +192,9 @@ def test_patched_sampling_matches_reference_grid_patching(patch, overlap, bounda
     ).float()
     grid = PatchGrid.build(shape, patch, overlap=overlap, boundary=boundary, layout="physicsnemo")
     assert grid.num_patches == patching.patch_num
+    cond = residual_condition(x, mean, hr_mean_conditioning=True)
     denoise = patched_denoiser(
-        ours.residual, grid, condition=residual_condition(x, mean), context=global_context(x, patch),
-        batch_size=5,
+        ours.residual, grid, condition=cond, context=global_context(x, patch), batch_size=5,
     )
     got = sample(denoise, latents, config=config)
     assert ref.abs().mean() > 1e-2

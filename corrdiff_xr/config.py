@@ -241,10 +241,13 @@ class SamplerConfig(Checked):
 
     ``S_churn = 0`` gives the deterministic sampler; ``S_churn > 0`` adds noise at every step
     whose sigma lies in ``[S_min, S_max]`` (the per-step increase is capped at
-    ``sqrt(2) - 1`` as in EDM).
+    ``sqrt(2) - 1`` as in EDM). ``solver``: ``"heun"`` (EDM, 2 N - 1 network calls for N
+    steps), ``"euler"``, ``"dpmpp_2m"`` (DPM-Solver++(2M), second order with N calls) or
+    ``"dpmpp_2m_sde"`` (its stochastic variant, noise strength ``eta``); see
+    :mod:`corrdiff_xr.sampling`.
     """
 
-    solver: Literal["heun", "euler"] = "heun"
+    solver: Literal["heun", "euler", "dpmpp_2m", "dpmpp_2m_sde"] = "heun"
     num_steps: int = setting(18, ge=1)
     sigma_min: float = setting(0.002, gt=0)
     sigma_max: float = setting(800.0, gt=0)
@@ -253,6 +256,7 @@ class SamplerConfig(Checked):
     S_min: float = setting(0.0, ge=0)
     S_max: float = setting(INF, ge=0, finite=False)
     S_noise: float = setting(1.0, gt=0)
+    eta: float = setting(1.0, ge=0)
 
     RULES = (
         Rule(("sigma_min", "sigma_max"), lambda lo, hi: lo < hi, "need sigma_min < sigma_max"),

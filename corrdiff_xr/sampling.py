@@ -36,6 +36,9 @@ from corrdiff_xr.config import SamplerConfig
 __all__ = [
     "SAMPLERS",
     "Denoiser",
+    "CALLS_PER_STEPS",
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
     "draw_latents",
     "euler",
     "heun",
@@ -243,8 +246,111 @@ def _integrate(
     return x
 
 
+def dpmpp_2m(
+    denoise: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    generators: Sequence[torch.Generator] | None = None,
+    config: SamplerConfig | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M): a second-order multistep solver, one network call per step.
+
+    Same arguments as :func:`euler` (churn included). With ``lambda = -log(sigma)`` and
+    ``h = lambda_next - lambda``, the probability-flow ODE ``dx/dsigma = (x - D) / sigma``
+    has the exact solution ``x_next = (sigma_next / sigma) x + sigma_next int e^lambda D
+    dlambda`` (Lu et al. 2022, "DPM-Solver++", eq. 9 in the data-prediction form). The
+    integral is taken with ``D`` extrapolated linearly in ``lambda`` from the previous step's
+    denoised estimate (their Algorithm 2)::
+
+        r  = h_prev / h
+        D' = (1 + 1 / (2 r)) D - D_prev / (2 r)
+        x_next = e^{-h} x + (1 - e^{-h}) D'
+
+    The first step (no history) and the last one (to ``sigma = 0``, where ``h`` is infinite
+    and ``x_next = D``) are first order. So ``N`` steps cost ``N`` network calls, against
+    ``2 N - 1`` for :func:`heun`, for the same order of accuracy.
+    """
+    return _multistep(denoise, x, sigmas, eta=0.0, generators=generators, config=config)
+
+
+def dpmpp_2m_sde(
+    denoise: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    generators: Sequence[torch.Generator] | None = None,
+    config: SamplerConfig | None = None,
+) -> Tensor:
+    """The stochastic DPM-Solver++(2M): the same multistep update for the reverse SDE.
+
+    Same arguments as :func:`euler`; the noise strength is ``config.eta`` (0 gives
+    :func:`dpmpp_2m`; 1 the reverse-time SDE of Lu et al. 2022, section 4). Each step keeps
+    ``e^{-eta h}`` of the ODE's ``x`` term, takes ``1 - e^{-(1 + eta) h}`` of the denoised
+    estimate and adds fresh noise of standard deviation ``sigma_next sqrt(1 - e^{-2 eta h})``
+    from each sample's generator::
+
+        x_next = (sigma_next / sigma) e^{-eta h} x + (1 - e^{-(1 + eta) h}) D'
+                 + sigma_next sqrt(1 - e^{-2 eta h}) eps
+    """
+    eta = (config or SamplerConfig()).eta
+    return _multistep(denoise, x, sigmas, eta=eta, generators=generators, config=config)
+
+
+def _multistep(
+    denoise: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    eta: float,
+    generators: Sequence[torch.Generator] | None,
+    config: SamplerConfig | None,
+) -> Tensor:
+    config = config or SamplerConfig()
+    values = _check(x, sigmas)
+    num_steps = len(values) - 1
+    if eta > 0 and (generators is None or len(generators) != x.shape[0]):
+        got = "none" if generators is None else len(generators)
+        raise ValueError(
+            f"the stochastic solver needs one torch.Generator per sample (generators=...): "
+            f"batch has {x.shape[0]} samples, got {got} generators"
+        )
+    previous = None  # (lambda, D) of the last evaluation
+    for sigma, sigma_next in pairwise(values):
+        x, sigma_hat = _churn(x, sigma, num_steps=num_steps, generators=generators, config=config)
+        denoised = _denoise_at(denoise, x, sigma_hat)
+        lam = -math.log(sigma_hat)
+        if sigma_next == 0:
+            x = denoised  # h is infinite: the solution is the denoised estimate
+        else:
+            h = -math.log(sigma_next) - lam
+            target = denoised
+            if previous is not None:
+                r = (lam - previous[0]) / h
+                target = denoised + (denoised - previous[1]) / (2.0 * r)
+            decay = math.exp(-(1.0 + eta) * h)  # e^{-eta h} (sigma_next / sigma_hat)
+            x = decay * x + (1.0 - decay) * target
+            if eta > 0:
+                eps = _randn_per_sample(generators, x.shape[1:], dtype=x.dtype, device=x.device)
+                x = x + sigma_next * math.sqrt(-math.expm1(-2.0 * eta * h)) * eps
+        previous = (lam, denoised)
+    return x
+
+
 #: The solvers by the names :class:`~corrdiff_xr.config.SamplerConfig` uses.
-SAMPLERS: dict[str, Callable[..., Tensor]] = {"heun": heun, "euler": euler}
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "heun": heun,
+    "euler": euler,
+    "dpmpp_2m": dpmpp_2m,
+    "dpmpp_2m_sde": dpmpp_2m_sde,
+}
+#: network calls per member of each solver for ``N`` steps
+CALLS_PER_STEPS: dict[str, Callable[[int], int]] = {
+    "heun": lambda n: 2 * n - 1,
+    "euler": lambda n: n,
+    "dpmpp_2m": lambda n: n,
+    "dpmpp_2m_sde": lambda n: n,
+}
 
 
 def sample(

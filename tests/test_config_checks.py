@@ -38,6 +38,7 @@ FIELDS = [
     ("sampler.S_min", -1.0, None, "-1.0", "a finite number >= 0"),
     ("sampler.S_max", NAN, None, "nan", "a number >= 0 (inf allowed)"),
     ("sampler.S_noise", -1.0, None, "-1.0", "a finite number > 0"),
+    ("sampler.eta", NAN, None, "nan", "a finite number >= 0"),
     ("patch.shape", [8, 0], "patch.shape[1]", "0", "an integer >= 1"),
     ("patch.overlap", -1, None, "-1", "an integer >= 0"),
     ("patch.boundary", -2, None, "-2", "an integer >= 0"),
@@ -227,7 +228,7 @@ def test_direct_construction_checks_types_choices_and_booleans_too():
         SamplerConfig(num_steps=2.5)
     with pytest.raises(ConfigError, match=r"^num_steps: True is not an integer >= 1$"):
         SamplerConfig(num_steps=True)
-    with pytest.raises(ConfigError, match=r"^solver: 'rk4' is not one of \['heun', 'euler'\]$"):
+    with pytest.raises(ConfigError, match=r"^solver: 'rk4' is not one of \['heun', 'euler', 'dpmpp_2m', 'dpmpp_2m_sde'\]$"):
         SamplerConfig(solver="rk4")
     with pytest.raises(ConfigError, match=r"^weights: 'cosine' is not one of"):
         PatchConfig(weights="cosine")

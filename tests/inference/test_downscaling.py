@@ -176,7 +176,7 @@ def test_downscale_names_what_is_wrong_with_bad_input(setup):
     ({"patch": 8, "overlap": 6, "boundary": 1}, "patch=(8, 8), overlap=6, boundary=1: the patch leaves no room"),
     ({"chunks": {"time": 0}}, "chunks['time']: 0 is not an integer >= 1"),
     ({"sampler": {"rho": float("nan")}}, "sampler.rho: nan is not a finite number > 0"),
-    ({"sampler": "rk4"}, "sampler: 'rk4' is not one of ['heun', 'euler']"),
+    ({"sampler": "rk4"}, "sampler: 'rk4' is not one of ['heun', 'euler', 'dpmpp_2m', 'dpmpp_2m_sde']"),
 ])
 def test_downscale_refuses_bad_arguments_naming_them_with_value_and_range(setup, kwargs, message):
     _ds, pair, _codec, model = setup

@@ -89,24 +89,27 @@ def _reference_names(sd: dict[str, torch.Tensor], prefix: str, height: int) -> d
 
 def residual_args() -> dict:
     """``EDMPrecondSuperResolution`` arguments of the tiny model's residual network."""
+    from corrdiff_xr.config import EDMConfig
+    from corrdiff_xr.testing import TINY_NETWORK as net
+
     return {
         "img_resolution": list(SHAPE),
-        "img_in_channels": 5 + 4,  # inputs + regression mean, + 4 positional channels
+        "img_in_channels": 5 + net.N_grid_channels,  # inputs + regression mean, + positional channels
         "img_out_channels": 2,
         "model_type": "SongUNetPosEmbd",
-        "sigma_data": 0.5,
-        "model_channels": 16,
-        "channel_mult": [1, 2],
-        "channel_mult_emb": 4,
-        "channel_mult_noise": 1,
-        "num_blocks": 1,
-        "attn_resolutions": [8],
-        "dropout": 0.0,
-        "resample_filter": [1, 1],
-        "embedding_type": "positional",
-        "bottleneck_attention": True,
-        "gridtype": "sinusoidal",
-        "N_grid_channels": 4,
+        "sigma_data": EDMConfig().sigma_data,
+        "model_channels": net.model_channels,
+        "channel_mult": list(net.channel_mult),
+        "channel_mult_emb": net.channel_mult_emb,
+        "channel_mult_noise": net.channel_mult_noise,
+        "num_blocks": net.num_blocks,
+        "attn_resolutions": list(net.attn_resolutions),
+        "dropout": net.dropout,
+        "resample_filter": list(net.resample_filter),
+        "embedding_type": net.embedding_type,
+        "bottleneck_attention": net.bottleneck_attention,
+        "gridtype": net.gridtype,
+        "N_grid_channels": net.N_grid_channels,
     }
 
 

@@ -1,8 +1,9 @@
 """Fault trials of training: killed and resumed runs, and runs spread over processes.
 
-:func:`run` repeats two kinds of trial on a tiny regression run (8 x 8 channels, dropout 0.2,
-so the random state matters) over a real Zarr store *without* consolidated metadata, and
-compares every result bit for bit with one uninterrupted run of the same config:
+:func:`run` repeats two kinds of trial on a tiny regression run (the tests' tiny network,
+:data:`corrdiff_xr.testing.TINY_NETWORK`, with dropout 0.2, so the random state matters)
+over a real Zarr store *without* consolidated metadata, and compares every result bit for
+bit with one uninterrupted run of the same config:
 
 ``sigkill``
     a ``corrdiff-xr train`` subprocess is sent SIGKILL at a random moment of its training
@@ -37,8 +38,6 @@ import yaml
 
 DURATION = 40  # samples of every run (10 steps of 4)
 CHAIN = (8, 16, 24, 32, 40)  # the durations of the five processes of a hash-seed trial
-NETWORK = {"model_channels": 8, "channel_mult": [1], "num_blocks": 1, "attn_resolutions": [],
-           "dropout": 0.2, "channels_last": False, "embedding_type": "zero"}
 
 
 def _store(path: Path) -> str:
@@ -53,7 +52,10 @@ def _config(workdir: Path, source: str, out: Path, duration: int) -> Path:
     training = {"duration": duration, "total_batch_size": 4, "lr": 1e-3, "output_dir": str(out),
                 "checkpoint_every": 4, "keep_checkpoints": 2, "log_every": 4, "validate_every": 1000,
                 "progress": False, "deterministic": True}
-    data = {"task": "regression", "data": {"source": source}, "network": NETWORK, "training": training}
+    from corrdiff_xr.testing import tiny_network_dict
+
+    network = tiny_network_dict(dropout=0.2, embedding_type="zero")
+    data = {"task": "regression", "data": {"source": source}, "network": network, "training": training}
     path = workdir / f"{out.name}-{duration}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

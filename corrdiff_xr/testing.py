@@ -7,15 +7,19 @@ optionally refuses) computations, so a test can prove an operation stayed lazy.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
 import dask
 
-from corrdiff_xr.config import NetworkConfig
+from corrdiff_xr.config import NetworkConfig, to_dict
 
-#: A two-level SongUNet with attention at 8 px and no dropout: every layer kind, milliseconds
-#: per call on 16 x 16 inputs (the networks of the layer, model, checkpoint and parity tests).
+#: The one tiny network of the tests and benchmarks: a two-level SongUNet with attention at
+#: 8 px and no dropout, so every layer kind runs, in milliseconds per call on 16 x 16 inputs.
+#: Build variants with ``dataclasses.replace`` (``embedding_type="zero"`` for a regression
+#: net); :func:`tiny_corrdiff` builds a whole model from it, :func:`tiny_network_dict` the
+#: ``network:`` mapping of a training config.
 TINY_NETWORK = NetworkConfig(
     model_channels=16,
     channel_mult=(1, 2),
@@ -23,6 +27,11 @@ TINY_NETWORK = NetworkConfig(
     attn_resolutions=(8,),
     dropout=0.0,
 )
+
+
+def tiny_network_dict(**overrides: Any) -> dict[str, Any]:
+    """:data:`TINY_NETWORK` as plain data (a training config's ``network:``), with overrides."""
+    return to_dict(dataclasses.replace(TINY_NETWORK, **overrides))
 
 
 class CountingScheduler:
@@ -54,28 +63,27 @@ def tiny_corrdiff(
     codec: Any,
     img_shape: tuple[int, int],
     *,
-    channels: int = 8,
+    channels: int | None = None,
     residual: bool = True,
     seed: int = 0,
 ) -> Any:
-    """A tiny untrained :class:`~corrdiff_xr.model.CorrDiff` for tests and benchmarks.
+    """A tiny untrained :class:`~corrdiff_xr.model.CorrDiff` built of :data:`TINY_NETWORK`.
 
-    Weights come from ``torch.manual_seed(seed)`` (the global RNG is restored afterwards);
-    networks have one level of ``channels`` channels, no attention and no dropout, so a
-    forward pass on a 16 x 16 patch takes milliseconds.
+    Weights come from ``torch.manual_seed(seed)`` (the global RNG is restored afterwards).
+    ``channels`` replaces the networks' ``model_channels`` (a bigger or smaller model of the
+    same architecture); ``residual=False`` builds a regression-only model.
     """
     import torch
 
     from corrdiff_xr.model import CorrDiff
 
-    net = dict(model_channels=channels, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(),
-               dropout=0.0, bottleneck_attention=False)
+    net = TINY_NETWORK if channels is None else dataclasses.replace(TINY_NETWORK, model_channels=channels)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = CorrDiff(
             codec,
             img_shape=img_shape,
-            regression_network=NetworkConfig(embedding_type="zero", **net),
-            residual_network=NetworkConfig(**net) if residual else None,
+            regression_network=dataclasses.replace(net, embedding_type="zero"),
+            residual_network=net if residual else None,
         )
     return model.eval()

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from corrdiff_xr.dims import TIME
-
-TINY_NET = {"model_channels": 8, "channel_mult": [1], "num_blocks": 1, "attn_resolutions": [],
-            "dropout": 0.0, "channels_last": False}
+from corrdiff_xr.testing import tiny_network_dict
 
 
 def synthetic_store(path, *, nt=8, n=16, chunk=2, lead_time=False) -> str:
@@ -23,7 +21,7 @@ def synthetic_store(path, *, nt=8, n=16, chunk=2, lead_time=False) -> str:
 
 def tiny_config(source, out, *, task="regression", **training) -> dict:
     """Plain-data TrainRunConfig for a few steps of a tiny network."""
-    net = dict(TINY_NET, embedding_type="zero" if task == "regression" else "positional")
+    net = tiny_network_dict(embedding_type="zero" if task == "regression" else "positional")
     train = {"duration": 8, "total_batch_size": 4, "lr": 1e-3, "output_dir": str(out),
              "checkpoint_every": 4, "log_every": 4, "validate_every": 8, "validation_batches": 1,
              "validation_members": 2, "progress": False, "deterministic": True}

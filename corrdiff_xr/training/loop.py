@@ -57,6 +57,7 @@ from typing import Any
 
 import torch
 
+from corrdiff_xr import edm
 from corrdiff_xr.config import (
     ConfigError,
     NetworkConfig,
@@ -64,7 +65,6 @@ from corrdiff_xr.config import (
     from_dict,
     to_dict,
 )
-from corrdiff_xr import edm
 from corrdiff_xr.errors import CorrDiffError
 from corrdiff_xr.training import checkpoint as ckpt
 from corrdiff_xr.training import identity as ident

@@ -231,11 +231,11 @@ def test_stormcast_regression_gets_zero_weights_for_the_latent_channels(tmp_path
         img_resolution=list(SHAPE),
         img_in_channels=3,
         img_out_channels=2,
-        model_channels=16,
-        channel_mult=[1, 2],
-        num_blocks=1,
-        attn_resolutions=[8],
-        dropout=0.0,
+        model_channels=TINY.model_channels,
+        channel_mult=list(TINY.channel_mult),
+        num_blocks=TINY.num_blocks,
+        attn_resolutions=list(TINY.attn_resolutions),
+        dropout=TINY.dropout,
     )
     randomize_(ref, seed=4).eval()
     ref.save(str(tmp_path / "sc.mdlus"))

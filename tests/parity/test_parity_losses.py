@@ -21,14 +21,14 @@ from physicsnemo_ref import (
     requires_physicsnemo,
 )
 
-from corrdiff_xr.config import EDMConfig, NetworkConfig
+from corrdiff_xr.config import EDMConfig
 from corrdiff_xr.edm import regression_loss, residual_loss
 from corrdiff_xr.model import CorrDiff
+from corrdiff_xr.testing import TINY_NETWORK as TINY
 
 pytestmark = requires_physicsnemo
 
 ATOL = 1e-5
-TINY = NetworkConfig(model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(), dropout=0.0)
 CIN, COUT = 3, 2
 
 CASES = {  # name: (EDM settings, fine grid, seed of the noise draws)

@@ -28,6 +28,7 @@ from corrdiff_xr.model import CorrDiff
 from corrdiff_xr.nn import SongUNet
 from corrdiff_xr.patching import PatchGrid, global_context, patched_denoiser
 from corrdiff_xr.sampling import draw_latents, karras_sigmas, make_generators, sample
+from corrdiff_xr.testing import TINY_NETWORK as TINY
 
 pytestmark = requires_physicsnemo
 
@@ -36,7 +37,6 @@ pytestmark = requires_physicsnemo
 # 18) ours and the reference agree to ~1e-6, so the cases below keep at least 10 steps.
 
 ATOL = 1e-5
-TINY = NetworkConfig(model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(), dropout=0.0)
 CIN, COUT = 3, 2
 
 

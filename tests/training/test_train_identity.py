@@ -17,9 +17,13 @@ from corrdiff_xr.config import TrainRunConfig, from_dict, to_dict
 from corrdiff_xr.data import MissingVariableError
 from corrdiff_xr.errors import OutputExistsError
 from corrdiff_xr.model import CorrDiff
+from corrdiff_xr.testing import TINY_NETWORK
 from corrdiff_xr.training import checkpoint as ckpt
 from corrdiff_xr.training import train
 from corrdiff_xr.training.identity import IDENTITY_FILE, RunIdentityError
+
+CHANNELS = TINY_NETWORK.model_channels  # the tiny configs' network
+WIDER = 2 * CHANNELS
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +65,7 @@ def test_a_new_run_marks_its_directory_and_records_its_identity(store, tmp_path)
     identity = record["identity"]
     assert identity["task"] == "regression" and identity["data"]["grid"] == [16, 16]
     assert identity["data"]["targets"] == ["t2m", "tp", "u10", "v10"]
-    assert identity["network"]["model_channels"] == 8 and "duration" not in json.dumps(identity)
+    assert identity["network"]["model_channels"] == CHANNELS and "duration" not in json.dumps(identity)
     assert record["settings"]["training"]["lr"] == 1e-3
     # the recorded codec is the one the checkpoint carries
     model = CorrDiff.load(ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints") / "model.safetensors")
@@ -71,7 +75,7 @@ def test_a_new_run_marks_its_directory_and_records_its_identity(store, tmp_path)
 @pytest.mark.parametrize(("change", "named"), [
     ({"data": {"source": "other"}}, "data.source"),
     ({"data": {"source": "bigger"}}, "data.grid [16, 16] -> [32, 32]"),
-    ({"network": {"model_channels": 16}}, "network.model_channels 8 -> 16"),
+    ({"network": {"model_channels": WIDER}}, f"network.model_channels {CHANNELS} -> {WIDER}"),
     ({"network": {"dropout": 0.1}}, "network.dropout 0.0 -> 0.1"),
 ])
 def test_a_rerun_with_another_identity_is_refused_before_any_weight_is_loaded(
@@ -148,7 +152,7 @@ def test_a_wider_network_cannot_be_forced_onto_a_checkpoint(store, tmp_path):
     out = tmp_path / "run"
     train(_cfg(store, out))
     with pytest.raises(CheckpointError, match="another shape") as err:
-        train(_cfg(store, out, network={"model_channels": 16}, duration=8, resume="force"))
+        train(_cfg(store, out, network={"model_channels": WIDER}, duration=8, resume="force"))
     assert "size mismatch" not in str(err.value)
 
 
@@ -187,9 +191,9 @@ def test_an_empty_directory_or_a_marked_one_without_checkpoints_starts_a_new_run
     assert train(_cfg(store, empty)).steps == 1
     # as if killed before its first checkpoint: nothing to resume, so another run may start
     shutil.rmtree(empty / "checkpoints")
-    result = train(_cfg(store, empty, network={"model_channels": 16}))
+    result = train(_cfg(store, empty, network={"model_channels": WIDER}))
     assert result.steps == 1
-    assert json.loads((empty / IDENTITY_FILE).read_text())["identity"]["network"]["model_channels"] == 16
+    assert json.loads((empty / IDENTITY_FILE).read_text())["identity"]["network"]["model_channels"] == WIDER
 
 
 def test_checkpoints_without_an_identity_record_need_force(store, tmp_path):

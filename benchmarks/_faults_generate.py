@@ -46,8 +46,14 @@ EVENTS = {"writes": frozenset({"open", "os.rename", "os.link"})}
 EVENTS["all"] = EVENTS["writes"] | {"os.mkdir", "os.remove", "os.rmdir", "shutil.rmtree"}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 # the hook's state; set in a forked child before it runs the command
-_STATE: dict[str, Any] = {"root": None, "limit": None, "count": 0, "fd": None, "log": None,
-                          "events": EVENTS["all"]}
+_STATE: dict[str, Any] = {
+    "root": None,
+    "limit": None,
+    "count": 0,
+    "fd": None,
+    "log": None,
+    "events": EVENTS["all"],
+}
 _LOCK = threading.Lock()
 _HOOKED = False
 
@@ -62,7 +68,9 @@ def _written(event: str, args: tuple) -> str | None:
     """The path ``event`` writes to (or removes), or None for reads and descriptor calls."""
     if event == "open":
         path, mode, flags = args
-        writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & _WRITE_FLAGS)
+        writing = (
+            any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & _WRITE_FLAGS)
+        )
         paths = [path] if writing else []
     elif event in ("os.rename", "os.link"):
         paths = [args[0], args[1]] if _cwd_relative(args[2]) and _cwd_relative(args[3]) else []
@@ -73,7 +81,8 @@ def _written(event: str, args: tuple) -> str | None:
             full = os.path.abspath(os.fsdecode(path))
             # a mkdir of an existing directory or a removal of nothing changes nothing
             noop = (event == "os.mkdir" and os.path.isdir(full)) or (
-                event in ("os.remove", "os.rmdir", "shutil.rmtree") and not os.path.lexists(full))
+                event in ("os.remove", "os.rmdir", "shutil.rmtree") and not os.path.lexists(full)
+            )
             if full.startswith(_STATE["root"]) and not noop:
                 return full
     return None
@@ -142,24 +151,32 @@ def _setup(root: str, times: int, targets: int | None) -> None:
 
     # consolidated: every child opens it with one metadata read
     synthetic_dataset(ny=16, nx=16, nt=times, factor=4, seed=2).to_zarr(
-        f"{root}/data.zarr", consolidated=True)
+        f"{root}/data.zarr", consolidated=True
+    )
     codec = Codec.from_pair(open_pair(f"{root}/data.zarr"))
     if targets:
         codec = Codec(codec.inputs, codec.targets[:targets], codec.static, codec.stats, codec.attrs)
     tiny_corrdiff(codec, (16, 16)).save(f"{root}/model.safetensors")
 
 
-def _generate(argv: list[str], root: str, limit: int | None, keep_log: bool = False,
-              summary: bool = False) -> dict:
+def _generate(
+    argv: list[str], root: str, limit: int | None, keep_log: bool = False, summary: bool = False
+) -> dict:
     """Run the command (dying at write ``limit``); its exit code, writes and outputs' summary."""
     from corrdiff_xr.cli import main
 
-    _STATE.update(root=os.path.abspath(root) + os.sep, limit=limit, count=0,
-                  log=[] if keep_log else None)
+    _STATE.update(
+        root=os.path.abspath(root) + os.sep, limit=limit, count=0, log=[] if keep_log else None
+    )
     rc = main(argv)
     writes, _STATE["root"] = _STATE["count"], None  # the summary's reads are not counted
-    return {"rc": rc, "writes": writes, "events": _STATE["log"], "modules": sorted(sys.modules),
-            "summary": _summary(root) if summary and rc == 0 else None}
+    return {
+        "rc": rc,
+        "writes": writes,
+        "events": _STATE["log"],
+        "modules": sorted(sys.modules),
+        "summary": _summary(root) if summary and rc == 0 else None,
+    }
 
 
 def _digest(data: bytes) -> str:
@@ -176,10 +193,15 @@ def _netcdf_summary(path: Path) -> dict:
             name = group.path
             out[f"{name}:attrs"] = {k: str(group.getncattr(k)) for k in group.ncattrs()}
             for vname, var in group.variables.items():
-                values = np.ascontiguousarray(var[:].filled(np.nan) if hasattr(var[:], "filled") else var[:])
-                out[f"{name}/{vname}"] = {"dims": list(var.dimensions), "dtype": str(values.dtype),
-                                          "values": _digest(values.tobytes()),
-                                          "attrs": {k: str(var.getncattr(k)) for k in var.ncattrs()}}
+                values = np.ascontiguousarray(
+                    var[:].filled(np.nan) if hasattr(var[:], "filled") else var[:]
+                )
+                out[f"{name}/{vname}"] = {
+                    "dims": list(var.dimensions),
+                    "dtype": str(values.dtype),
+                    "values": _digest(values.tobytes()),
+                    "attrs": {k: str(var.getncattr(k)) for k in var.ncattrs()},
+                }
     return out
 
 
@@ -195,14 +217,23 @@ def _summary(out: str) -> dict:
     files = sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file())
     meta = {f: json.loads((store / f).read_text()) for f in files if f.endswith("zarr.json")}
     ds = xr.open_zarr(store, consolidated=True)
-    values = {str(n): [list(v.dims), str(v.dtype), _digest(np.ascontiguousarray(v.values).tobytes())]
-              for n, v in ds.variables.items()}
+    values = {
+        str(n): [list(v.dims), str(v.dtype), _digest(np.ascontiguousarray(v.values).tobytes())]
+        for n, v in ds.variables.items()
+    }
     records = progress_dir(store)
-    hidden = sorted(p.name for p in records.iterdir() if p.name.startswith(".")) if records.is_dir() else []
+    hidden = (
+        sorted(p.name for p in records.iterdir() if p.name.startswith("."))
+        if records.is_dir()
+        else []
+    )
     return {
-        "files": files, "metadata": meta, "values": values,
+        "files": files,
+        "metadata": meta,
+        "values": values,
         "attrs": json.loads(json.dumps(ds.attrs, default=str)),
-        "records": sorted(progress(store)), "record_dir_hidden": hidden,
+        "records": sorted(progress(store)),
+        "record_dir_hidden": hidden,
         "netcdf": _netcdf_summary(nc) if nc.exists() else None,
         "entries": sorted(p.name for p in out.iterdir()),
     }
@@ -225,11 +256,26 @@ def _problems(clean: dict, got: dict) -> list[str]:
     return problems
 
 
-def _argv(root: Path, out: Path, *, members: int, chunk: int | None, patch: bool, netcdf: bool,
-          seed: int) -> list[str]:
-    argv = ["generate", "--data", str(root / "data.zarr"), "--checkpoint", str(root / "model.safetensors"),
-            "--steps", "2", "--members", str(members), "--seed", str(seed),
-            "--zarr", str(out / "out.zarr"), "--torch-threads", "1"]
+def _argv(
+    root: Path, out: Path, *, members: int, chunk: int | None, patch: bool, netcdf: bool, seed: int
+) -> list[str]:
+    argv = [
+        "generate",
+        "--data",
+        str(root / "data.zarr"),
+        "--checkpoint",
+        str(root / "model.safetensors"),
+        "--steps",
+        "2",
+        "--members",
+        str(members),
+        "--seed",
+        str(seed),
+        "--zarr",
+        str(out / "out.zarr"),
+        "--torch-threads",
+        "1",
+    ]
     if patch:
         argv += ["--patch", "8", "--overlap", "2"]
     if chunk:
@@ -245,8 +291,9 @@ def _indices(total: int, limit: int | None) -> list[int]:
     return sorted({1 + round(i * (total - 1) / (limit - 1)) for i in range(limit)})
 
 
-def _campaign(scenario: str, root: Path, argv_for, start, clean: dict, limit: int | None,
-              log: Path) -> tuple[int, list[dict]]:
+def _campaign(
+    scenario: str, root: Path, argv_for, start, clean: dict, limit: int | None, log: Path
+) -> tuple[int, list[dict]]:
     """Count the writes of ``scenario``'s run, then crash and re-run at each index."""
     out = root / f"{scenario}-count"
     start(out)
@@ -262,8 +309,13 @@ def _campaign(scenario: str, root: Path, argv_for, start, clean: dict, limit: in
         t0 = time.perf_counter()
         rc, crash = _in_child(_generate, argv, str(out), n, False, log=log)
         t1 = time.perf_counter()
-        entry = {"scenario": scenario, "index": n, "of": total, "crashed": rc == CRASH_EXIT,
-                 "event": crash.get("event", "")}
+        entry = {
+            "scenario": scenario,
+            "index": n,
+            "of": total,
+            "crashed": rc == CRASH_EXIT,
+            "event": crash.get("event", ""),
+        }
         rc, rerun = _in_child(_generate, argv, str(out), None, False, True, log=log)
         entry["rerun_rc"] = rerun.get("result", {}).get("rc", rc) if rc == 0 else rc
         if entry["rerun_rc"] == 0:
@@ -289,9 +341,19 @@ def _preload(names: list[str] = ()) -> None:
                 importlib.import_module(name)
 
 
-def run(workdir: Path, *, limit: int | None = None, scenarios: tuple[str, ...] = ("fresh", "overwrite"),
-        members: int = 2, times: int = 2, chunk: int | None = None, patch: bool = True,
-        targets: int | None = None, netcdf: bool = True, events: str = "all") -> dict:
+def run(
+    workdir: Path,
+    *,
+    limit: int | None = None,
+    scenarios: tuple[str, ...] = ("fresh", "overwrite"),
+    members: int = 2,
+    times: int = 2,
+    chunk: int | None = None,
+    patch: bool = True,
+    targets: int | None = None,
+    netcdf: bool = True,
+    events: str = "all",
+) -> dict:
     """Crash a small ``generate`` at every file write, re-run it, compare with a clean run.
 
     Parameters
@@ -325,9 +387,14 @@ def run(workdir: Path, *, limit: int | None = None, scenarios: tuple[str, ...] =
     torch.set_num_threads(1)  # no OpenMP pool in the parent: forks stay safe
     _STATE["events"] = EVENTS[events]
     try:
-        return _run(Path(workdir).resolve(), limit=limit, scenarios=tuple(scenarios),
-                    size={"members": members, "chunk": chunk, "patch": patch, "netcdf": netcdf},
-                    times=times, targets=targets)
+        return _run(
+            Path(workdir).resolve(),
+            limit=limit,
+            scenarios=tuple(scenarios),
+            size={"members": members, "chunk": chunk, "patch": patch, "netcdf": netcdf},
+            times=times,
+            targets=targets,
+        )
     finally:
         gc.unfreeze()  # the caller's objects are collectable again
 
@@ -344,8 +411,15 @@ def _run(root: Path, *, limit, scenarios, size, times, targets) -> dict:
     if rc != 0:
         raise RuntimeError(f"setup failed: {res}")
     clean_out = root / "clean"
-    rc, res = _in_child(_generate, _argv(root, clean_out, seed=4, **size), str(clean_out), None,
-                        False, True, log=log)
+    rc, res = _in_child(
+        _generate,
+        _argv(root, clean_out, seed=4, **size),
+        str(clean_out),
+        None,
+        False,
+        True,
+        log=log,
+    )
     if rc != 0 or res.get("result", {}).get("rc") != 0:
         raise RuntimeError(f"the clean run failed: {res}")
     clean = res["result"]["summary"]
@@ -362,8 +436,10 @@ def _run(root: Path, *, limit, scenarios, size, times, targets) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(old, out, symlinks=True)
 
-    plans = {"fresh": (lambda out: _argv(root, out, seed=4, **size), fresh),
-             "overwrite": (lambda out: [*_argv(root, out, seed=4, **size), "--overwrite"], replace)}
+    plans = {
+        "fresh": (lambda out: _argv(root, out, seed=4, **size), fresh),
+        "overwrite": (lambda out: [*_argv(root, out, seed=4, **size), "--overwrite"], replace),
+    }
     writes, details = {}, []
     for scenario in scenarios:
         argv_for, start = plans[scenario]
@@ -380,15 +456,25 @@ def _run(root: Path, *, limit, scenarios, size, times, targets) -> dict:
 
 
 #: the CI test's run (tests/test_generate_faults.py): every write of the smallest real run
-SMALL = {"scenarios": ("fresh",), "members": 1, "times": 2, "chunk": None, "patch": False,
-         "targets": 1, "netcdf": False, "events": "writes"}
+SMALL = {
+    "scenarios": ("fresh",),
+    "members": 1,
+    "times": 2,
+    "chunk": None,
+    "patch": False,
+    "targets": 1,
+    "netcdf": False,
+    "events": "writes",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--limit", type=int, help="crash points per scenario (default: every write)")
+    parser.add_argument(
+        "--limit", type=int, help="crash points per scenario (default: every write)"
+    )
     parser.add_argument("--small", action="store_true", help="the CI test's run (SMALL)")
     parser.add_argument("--workdir", help="scratch directory (default: a temporary one)")
     parser.add_argument("--json", help="write the full result here")

@@ -94,7 +94,8 @@ def residual_args() -> dict:
 
     return {
         "img_resolution": list(SHAPE),
-        "img_in_channels": 5 + net.N_grid_channels,  # inputs + regression mean, + positional channels
+        "img_in_channels": 5
+        + net.N_grid_channels,  # inputs + regression mean, + positional channels
         "img_out_channels": 2,
         "model_type": "SongUNetPosEmbd",
         "sigma_data": EDMConfig().sigma_data,
@@ -124,17 +125,13 @@ def residual_state_dict() -> dict[str, torch.Tensor]:
     return _reference_names(tiny_model().state_dict(), "residual.net.", SHAPE[0])
 
 
-def mdlus_files(
-    args: dict | None = None, model_pt: bytes | None = None
-) -> dict[str, bytes]:
+def mdlus_files(args: dict | None = None, model_pt: bytes | None = None) -> dict[str, bytes]:
     """The three members of a ``.mdlus`` archive (the tiny residual unless overridden)."""
     body = {"__name__": "EDMPrecondSuperResolution", "__module__": "x"}
     return {
         "args.json": json.dumps({**body, "__args__": args or residual_args()}).encode(),
         "metadata.json": b'{"mdlus_file_version": "0.1.0"}',
-        "model.pt": model_pt
-        if model_pt is not None
-        else torch_bytes(residual_state_dict()),
+        "model.pt": model_pt if model_pt is not None else torch_bytes(residual_state_dict()),
     }
 
 
@@ -207,9 +204,7 @@ def with_tensors(good: Path, out: Path, change: Callable[[dict], None]) -> Path:
     return out
 
 
-def with_safetensors_header(
-    good: Path, out: Path, change: Callable[[dict], None]
-) -> Path:
+def with_safetensors_header(good: Path, out: Path, change: Callable[[dict], None]) -> Path:
     """``good`` with its safetensors header (dtypes, shapes, offsets) changed, data kept."""
     header, body = split_safetensors(good)
     change(header)
@@ -217,14 +212,10 @@ def with_safetensors_header(
 
 
 def _fp16(good: Path, out: Path) -> Path:
-    return with_tensors(
-        good, out, lambda t: t.update({k: v.half() for k, v in t.items()})
-    )
+    return with_tensors(good, out, lambda t: t.update({k: v.half() for k, v in t.items()}))
 
 
-def patch_zip_member(
-    path: Path, name: str, *, size: int, crc=None, method=None
-) -> Path:
+def patch_zip_member(path: Path, name: str, *, size: int, crc=None, method=None) -> Path:
     """Make the zip's local and central headers of member ``name`` declare ``size`` bytes
     (and the given CRC-32 and compression method)."""
     blob = bytearray(path.read_bytes())
@@ -280,9 +271,7 @@ def _nested_bomb() -> bytes:
     """A torch-like zip whose data record is a deflated 64 MB of zeros."""
     inner = io.BytesIO()
     with zipfile.ZipFile(inner, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr(
-            "archive/data.pkl", pickle.dumps({}), compress_type=zipfile.ZIP_STORED
-        )
+        z.writestr("archive/data.pkl", pickle.dumps({}), compress_type=zipfile.ZIP_STORED)
         z.writestr("archive/data/0", bytes(64 << 20), compresslevel=1)
     return inner.getvalue()
 
@@ -320,14 +309,10 @@ class Case:
 
 
 def _ck(name: str, culprit: str, build: Callable[[Path, Path], Path]) -> Case:
-    return Case(
-        name, "checkpoint", culprit, lambda w, out: build(good_checkpoint(w), out)
-    )
+    return Case(name, "checkpoint", culprit, lambda w, out: build(good_checkpoint(w), out))
 
 
-def _md(
-    name: str, culprit: str, files: Callable[[], object], writer=write_zip, **kw
-) -> Case:
+def _md(name: str, culprit: str, files: Callable[[], object], writer=write_zip, **kw) -> Case:
     return Case(name, "mdlus", culprit, lambda w, out: writer(out, files(), **kw))
 
 
@@ -376,9 +361,7 @@ def _declared_3gb(workdir: Path, out: Path) -> Path:
     """The hostile trial's file: a 3 MB zip whose model.pt inflates to 3 GB of zeros."""
     stream, crc = deflated_zeros(192)
     write_zip(out, mdlus_files(model_pt=stream))  # stored, then relabelled as deflated
-    return patch_zip_member(
-        out, "model.pt", size=3 << 30, crc=crc, method=zipfile.ZIP_DEFLATED
-    )
+    return patch_zip_member(out, "model.pt", size=3 << 30, crc=crc, method=zipfile.ZIP_DEFLATED)
 
 
 def _lying_small(workdir: Path, out: Path) -> Path:
@@ -566,8 +549,7 @@ def run(workdir: Path) -> dict:
     for case in CASES:
         path = case.build(
             workdir,
-            workdir
-            / f"{case.name}.{'safetensors' if case.kind == 'checkpoint' else 'mdlus'}",
+            workdir / f"{case.name}.{'safetensors' if case.kind == 'checkpoint' else 'mdlus'}",
         )
         file_mb = path.stat().st_size / 2**20
         result = measure(case.kind, path)
@@ -599,9 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(Path(tmp))
     for c in result["cases"]:
         flag = "ok " if c["refused"] and c["within_budget"] else "BAD"
-        print(
-            f"{flag} {c['name']:32s} {c['file_mb']:8.3f} MB file  peak {c['peak_mem_mb']} MB"
-        )
+        print(f"{flag} {c['name']:32s} {c['file_mb']:8.3f} MB file  peak {c['peak_mem_mb']} MB")
     print({k: v for k, v in result.items() if k != "cases"})
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

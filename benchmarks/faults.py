@@ -68,9 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         "train_resume_trials": train["train_resume_trials"],
         "train_resume_identical": train["train_resume_identical"],
         "hostile_files": hostile["hostile_files"] + cats["hostile_catalogs"],
-        "hostile_files_refused": hostile["hostile_files_refused"] + cats["hostile_catalogs_refused"],
+        "hostile_files_refused": hostile["hostile_files_refused"]
+        + cats["hostile_catalogs_refused"],
         "peak_mem_mb_worst": hostile["peak_mem_mb_worst"],
-        "machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg": os.getloadavg(),
+            "python": platform.python_version(),
+        },
         "seconds": round(time.perf_counter() - t0, 1),
         **results,
     }
@@ -79,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k not in results}, indent=2, default=str))
-    ok = (summary["generate_crash_points"] == summary["generate_crash_points_repaired"]
-          and summary["train_resume_trials"] == summary["train_resume_identical"]
-          and summary["hostile_files"] == summary["hostile_files_refused"])
+    ok = (
+        summary["generate_crash_points"] == summary["generate_crash_points_repaired"]
+        and summary["train_resume_trials"] == summary["train_resume_identical"]
+        and summary["hostile_files"] == summary["hostile_files_refused"]
+    )
     return 0 if ok else 1
 
 

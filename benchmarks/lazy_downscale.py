@@ -86,9 +86,13 @@ def lazy_overhead(repeat: int) -> dict:
     direct()
     t_lazy = _best(lambda: lazy.compute(scheduler="sync"), repeat)
     t_direct = _best(direct, repeat)
-    return {"lazy_s": t_lazy, "direct_s": t_direct, "lazy_overhead": t_lazy / t_direct,
-            "setup": f"64x64 domain, {nt} times x {members} members, {steps} Heun steps, "
-                     "32-channel net, whole-domain sampling"}
+    return {
+        "lazy_s": t_lazy,
+        "direct_s": t_direct,
+        "lazy_overhead": t_lazy / t_direct,
+        "setup": f"64x64 domain, {nt} times x {members} members, {steps} Heun steps, "
+        "32-channel net, whole-domain sampling",
+    }
 
 
 def scaling(repeat: int) -> dict:
@@ -98,12 +102,28 @@ def scaling(repeat: int) -> dict:
     from corrdiff_xr.inference import downscale
 
     pair, _, model = _setup(64, 64, 4, channels=16, chunks={"time": 1})
-    ds = downscale(pair, model, members=2, steps=4, patch=32, overlap=8, threads=1,
-                   chunks={"time": 1, "member": 1})
+    ds = downscale(
+        pair,
+        model,
+        members=2,
+        steps=4,
+        patch=32,
+        overlap=8,
+        threads=1,
+        chunks={"time": 1, "member": 1},
+    )
     out = {}
     for n in (1, 2):
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=":0") as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=":0",
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             client.wait_for_workers(n)
             client.compute(ds).result()  # warm-up: model loaded once per worker
             out[f"{n}_worker_s"] = _best(lambda: client.compute(ds).result(), repeat)
@@ -136,12 +156,18 @@ def _memory_child(store: str, checkpoint: str) -> None:
 
     torch.set_num_threads(1)
     pair = open_pair(store)
-    kwargs = {"members": 1, "steps": 2, "patch": 64, "overlap": 16,
-              "chunks": {"time": 1, "y": 64, "x": 64}}
+    kwargs = {
+        "members": 1,
+        "steps": 2,
+        "patch": 64,
+        "overlap": 16,
+        "chunks": {"time": 1, "y": 64, "x": 64},
+    }
     ds = downscale(pair, checkpoint, **kwargs)
     # warm-up on one block: model load, torch's allocator and thread pools
     downscale(pair.isel(time=[0]), checkpoint, **kwargs).t2m.data.blocks[0, 0, 0, 0].compute(
-        scheduler="sync")
+        scheduler="sync"
+    )
     before = _peak_rss_kib()
     with tempfile.TemporaryDirectory() as tmp, dask.config.set(scheduler="sync"):
         write_zarr(ds, os.path.join(tmp, "out.zarr"))
@@ -168,19 +194,25 @@ def memory(base: int) -> dict:
             data.chunk(chunks).to_zarr(store, consolidated=False)
             pair = open_pair(store)
             ckpt = tiny_corrdiff(Codec.from_pair(pair), (size, size), channels=8).save(
-                os.path.join(tmp, f"m{size}.safetensors"))
-            res = subprocess.run([sys.executable, __file__, "--memory-child", store, str(ckpt)],
-                                 capture_output=True, text=True, check=True)
+                os.path.join(tmp, f"m{size}.safetensors")
+            )
+            res = subprocess.run(
+                [sys.executable, __file__, "--memory-child", store, str(ckpt)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             figs[size] = json.loads(res.stdout.strip().splitlines()[-1])
-    b, l = figs[base], figs[2 * base]
+    b, big = figs[base], figs[2 * base]
     return {
-        "base_peak_mib": b["peak_kib"] / 1024, "4x_peak_mib": l["peak_kib"] / 1024,
-        "peak_mem_ratio_4x_domain": l["peak_kib"] / b["peak_kib"],
+        "base_peak_mib": b["peak_kib"] / 1024,
+        "4x_peak_mib": big["peak_kib"] / 1024,
+        "peak_mem_ratio_4x_domain": big["peak_kib"] / b["peak_kib"],
         "base_increment_mib": (b["peak_kib"] - b["before_kib"]) / 1024,
-        "4x_increment_mib": (l["peak_kib"] - l["before_kib"]) / 1024,
+        "4x_increment_mib": (big["peak_kib"] - big["before_kib"]) / 1024,
         "setup": f"{base}x{base} vs {2 * base}x{2 * base} domain from Zarr chunked 64x64, "
-                 "64x64 patches (overlap 16) and output chunks, 2 times, streamed with "
-                 "write_zarr on the sync scheduler",
+        "64x64 patches (overlap 16) and output chunks, 2 times, streamed with "
+        "write_zarr on the sync scheduler",
     }
 
 
@@ -195,24 +227,35 @@ def main(argv: list[str] | None = None) -> int:
         _memory_child(*args.memory_child)
         return 0
     load_before = os.getloadavg()
-    results = {"lazy_overhead": lazy_overhead(args.repeat), "scaling": scaling(args.repeat),
-               "memory": memory(args.base)}
+    results = {
+        "lazy_overhead": lazy_overhead(args.repeat),
+        "scaling": scaling(args.repeat),
+        "memory": memory(args.base),
+    }
     summary = {
         "lazy_overhead": results["lazy_overhead"]["lazy_overhead"],
         "scaling_2_workers": results["scaling"]["scaling_2_workers"],
         "peak_mem_ratio_4x_domain": results["memory"]["peak_mem_ratio_4x_domain"],
-        "targets": {"lazy_overhead": "<= 1.10", "scaling_2_workers": ">= 1.7",
-                    "peak_mem_ratio_4x_domain": "<= 1.2"},
+        "targets": {
+            "lazy_overhead": "<= 1.10",
+            "scaling_2_workers": ">= 1.7",
+            "peak_mem_ratio_4x_domain": "<= 1.2",
+        },
         "details": results,
-        "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before,
-                    "loadavg_after": os.getloadavg(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "python": platform.python_version(),
+        },
     }
     text = json.dumps(summary, indent=2)
     print(text)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(args.json)),
-                                         delete=False, suffix=".tmp") as f:
+        with tempfile.NamedTemporaryFile(
+            "w", dir=os.path.dirname(os.path.abspath(args.json)), delete=False, suffix=".tmp"
+        ) as f:
             f.write(text + "\n")
         os.replace(f.name, args.json)
     return 0

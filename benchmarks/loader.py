@@ -53,7 +53,7 @@ def _raw_read(store, names: list[str], nt: int, chunk: int) -> None:
         for name in names:
             arr = group[name]
             if arr.ndim == 3:
-                np.asarray(arr[start:start + chunk])
+                np.asarray(arr[start : start + chunk])
     for name in names:  # static fields: once
         if group[name].ndim == 2:
             np.asarray(group[name][...])
@@ -62,7 +62,9 @@ def _raw_read(store, names: list[str], nt: int, chunk: int) -> None:
 def _loader_epochs(pair, codec, batch: int, workers: int, epochs: int) -> int:
     # one loader streaming several epochs, as in training (worker start-up is paid once)
     n = 0
-    for b in ChunkShuffleLoader(pair, codec, batch_size=batch, epochs=epochs, seed=1, num_workers=workers):
+    for b in ChunkShuffleLoader(
+        pair, codec, batch_size=batch, epochs=epochs, seed=1, num_workers=workers
+    ):
         n += len(b)
     return n
 
@@ -102,16 +104,21 @@ def _stages(pair, codec, repeats: int) -> dict:
 
     def encode():
         for coarse, targets, order, _ in blocks:
-            codec.encode_arrays({**coarse, **loader._static}, role="inputs", order=order,
-                                weights=loader._weights)
+            codec.encode_arrays(
+                {**coarse, **loader._static}, role="inputs", order=order, weights=loader._weights
+            )
             codec.encode_arrays(targets, role="targets", order=order)
 
     n = loader.blocks_per_epoch
-    return {"read_ms_per_block": 1e3 * _best(read, repeats) / n,
-            "encode_ms_per_block": 1e3 * _best(encode, repeats) / n}
+    return {
+        "read_ms_per_block": 1e3 * _best(read, repeats) / n,
+        "encode_ms_per_block": 1e3 * _best(encode, repeats) / n,
+    }
 
 
-def measure(store, pair, *, nt: int, chunk: int, batch: int, workers: int, repeats: int, epochs: int) -> dict:
+def measure(
+    store, pair, *, nt: int, chunk: int, batch: int, workers: int, repeats: int, epochs: int
+) -> dict:
     codec = Codec.from_pair(pair)
     names = list(pair.names)
     n = nt * epochs
@@ -124,18 +131,27 @@ def measure(store, pair, *, nt: int, chunk: int, batch: int, workers: int, repea
         _raw_read(store, names, nt, chunk)  # warm caches equally for both
         raw = n / _best(raw_epochs, repeats)
         ours = n / _best(lambda: _loader_epochs(pair, codec, batch, 0, epochs), repeats)
-        ours_workers = (n / _best(lambda: _loader_epochs(pair, codec, batch, workers, epochs), repeats)
-                        if workers else None)
+        ours_workers = (
+            n / _best(lambda: _loader_epochs(pair, codec, batch, workers, epochs), repeats)
+            if workers
+            else None
+        )
         stages = _stages(pair, codec, repeats)
         stages["raw_zarr_ms_per_block"] = 1e3 * chunk / raw
         prefix = pair.isel(time=slice(0, min(nt, 2 * chunk)))
         t0 = time.perf_counter()
         n_naive = sum(len(b) for b in xbatcher_batches(prefix, codec, batch_size=batch))
         naive = n_naive / (time.perf_counter() - t0)
-    return {"raw_zarr_samples_per_s": raw, "loader_samples_per_s": ours,
-            "loader_workers_samples_per_s": ours_workers, "xbatcher_naive_samples_per_s": naive,
-            "loader_vs_raw_zarr": ours / raw, "loader_vs_xbatcher_naive": ours / naive,
-            "stages": stages, "codec": codec}
+    return {
+        "raw_zarr_samples_per_s": raw,
+        "loader_samples_per_s": ours,
+        "loader_workers_samples_per_s": ours_workers,
+        "xbatcher_naive_samples_per_s": naive,
+        "loader_vs_raw_zarr": ours / raw,
+        "loader_vs_xbatcher_naive": ours / naive,
+        "stages": stages,
+        "codec": codec,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,16 +169,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-s3", action="store_true")
     args = parser.parse_args(argv)
 
-    ds = synthetic_dataset(ny=args.size, nx=args.size, nt=args.nt, factor=4, chunks={"time": args.chunk})
-    results: dict = {"settings": vars(args) | {"json": str(args.json)}, "machine": {
-        "python": platform.python_version(), "torch": torch.__version__,
-        "cpus": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads()}}
+    ds = synthetic_dataset(
+        ny=args.size, nx=args.size, nt=args.nt, factor=4, chunks={"time": args.chunk}
+    )
+    results: dict = {
+        "settings": vars(args) | {"json": str(args.json)},
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpus": __import__("os").cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "bench.zarr")
         ds.to_zarr(path, mode="w")
         pair = open_pair(path)
-        disk = measure(path, pair, nt=args.nt, chunk=args.chunk, batch=args.batch,
-                       workers=args.workers, repeats=args.repeats, epochs=args.epochs)
+        disk = measure(
+            path,
+            pair,
+            nt=args.nt,
+            chunk=args.chunk,
+            batch=args.batch,
+            workers=args.workers,
+            repeats=args.repeats,
+            epochs=args.epochs,
+        )
     codec = disk.pop("codec")
     step = _train_step_rate(codec, (args.size, args.size), args.train_batch, args.train_repeats)
     disk["loader_vs_train_step"] = disk["loader_samples_per_s"] / step
@@ -192,15 +224,26 @@ def _s3(ds, args, step_rate: float) -> dict:
     server.start()
     try:
         host, port = server.get_host_and_port()
-        opts = {"key": "testing", "secret": "testing",
-                "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "eu-west-1"}}
+        opts = {
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "eu-west-1"},
+        }
         fsspec.filesystem("s3", skip_instance_cache=True, **opts).mkdir("bench")
         url = "s3://bench/bench.zarr"
         ds.to_zarr(url, mode="w", storage_options=opts)
         pair = open_pair(url, storage_options=opts)
         store = zarr.storage.FsspecStore.from_url(url, storage_options=opts, read_only=True)
-        out = measure(store, pair, nt=args.nt, chunk=args.chunk, batch=args.batch,
-                      workers=args.workers, repeats=args.repeats, epochs=args.epochs)
+        out = measure(
+            store,
+            pair,
+            nt=args.nt,
+            chunk=args.chunk,
+            batch=args.batch,
+            workers=args.workers,
+            repeats=args.repeats,
+            epochs=args.epochs,
+        )
         out.pop("codec")
         out["loader_vs_train_step"] = out["loader_samples_per_s"] / step_rate
         return out

@@ -71,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--ny", type=int, default=512)
     parser.add_argument("--nx", type=int, default=512)
-    parser.add_argument(
-        "--nt", type=int, default=2300, help="time steps (2300 at 512^2: ~10.5 GB)"
-    )
+    parser.add_argument("--nt", type=int, default=2300, help="time steps (2300 at 512^2: ~10.5 GB)")
     parser.add_argument("--time-chunk", type=int, default=24)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -81,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    ds = synthetic_dataset(
-        ny=args.ny, nx=args.nx, nt=args.nt, chunks={"time": args.time_chunk}
-    )
+    ds = synthetic_dataset(ny=args.ny, nx=args.nx, nt=args.nt, chunks={"time": args.time_chunk})
     n_chunks = sum(v.data.npartitions for v in ds.data_vars.values())
     proc = psutil.Process()
     baseline = proc.memory_info().rss
@@ -96,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         stats = stats_graph.compute()
         wall = time.perf_counter() - t0
-    ru_maxrss = (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    )  # KiB on Linux
+    ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
     # side by side on a slice: our one-pass statistics vs xarray's mean and std
     small = synthetic_dataset(
@@ -112,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         mean, std = dask.compute(small.mean(), small.std())
         t_xr = time.perf_counter() - t0
     rel_err = max(
-        float(abs(ours[n].values[1] - float(std[n])) / float(std[n]))
-        for n in small.data_vars
+        float(abs(ours[n].values[1] - float(std[n])) / float(std[n])) for n in small.data_vars
     )
     mean_err = max(
         float(abs(ours[n].values[0] - float(mean[n]))) / max(float(std[n]), 1e-12)

@@ -76,18 +76,29 @@ def save_half(model_file: Path, target: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="work directory (data cache, runs)")
+    parser.add_argument(
+        "--work", type=Path, required=True, help="work directory (data cache, runs)"
+    )
     parser.add_argument("--json", type=Path, help="write timings and held-out scores here")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for training")
-    parser.add_argument("--install", action="store_true",
-                        help="copy the result to corrdiff_xr/weights/tiny_demo.safetensors")
-    parser.add_argument("--skip-regression", action="store_true",
-                        help="reuse WORK/regression/model.safetensors")
-    parser.add_argument("--evaluate-only", action="store_true",
-                        help="skip training; score WORK/tiny_demo.safetensors")
+    parser.add_argument(
+        "--install",
+        action="store_true",
+        help="copy the result to corrdiff_xr/weights/tiny_demo.safetensors",
+    )
+    parser.add_argument(
+        "--skip-regression", action="store_true", help="reuse WORK/regression/model.safetensors"
+    )
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="skip training; score WORK/tiny_demo.safetensors",
+    )
     parser.add_argument("--members", type=int, default=8, help="held-out ensemble size")
     parser.add_argument("--times", type=int, default=12, help="held-out hours scored")
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the demo's)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="sampler steps (default: the demo's)"
+    )
     args = parser.parse_args(argv)
 
     work = args.work.resolve()
@@ -104,12 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_regression:
         timings["regression_s"] = train_stage(
             CONFIGS / "tiny_regression.yaml",
-            [*common, f"training.output_dir={reg_dir}"], threads=args.threads,
+            [*common, f"training.output_dir={reg_dir}"],
+            threads=args.threads,
         )
     timings["diffusion_s"] = train_stage(
         CONFIGS / "tiny_diffusion.yaml",
-        [*common, f"training.output_dir={diff_dir}",
-         f"training.regression_checkpoint={reg_dir / 'model.safetensors'}"],
+        [
+            *common,
+            f"training.output_dir={diff_dir}",
+            f"training.regression_checkpoint={reg_dir / 'model.safetensors'}",
+        ],
         threads=args.threads,
     )
     save_half(diff_dir / "model.safetensors", shipped)
@@ -125,14 +140,26 @@ def evaluate_and_report(args: argparse.Namespace, shipped: Path, timings: dict) 
     start = time.perf_counter()
     pair = demo.open_demo_data(cache_dir=args.work.resolve() / "cache", times=args.times)
     steps = args.steps or demo.DEMO_STEPS
-    result = demo.evaluate(pair, shipped, members=args.members, steps=steps,
-                           sampler={"sigma_max": demo.DEMO_SIGMA_MAX}, progress=True)
+    result = demo.evaluate(
+        pair,
+        shipped,
+        members=args.members,
+        steps=steps,
+        sampler={"sigma_max": demo.DEMO_SIGMA_MAX},
+        progress=True,
+    )
     timings["evaluate_s"] = time.perf_counter() - start
     print(demo.format_table(result.scores))
-    report = {"timings": timings, "scores": result.scores, "model_bytes": shipped.stat().st_size,
-              "members": args.members, "held_out_hours": args.times, "sampler_steps": steps,
-              "sigma_max": demo.DEMO_SIGMA_MAX,
-              "held_out_start": demo.HELD_OUT_START}
+    report = {
+        "timings": timings,
+        "scores": result.scores,
+        "model_bytes": shipped.stat().st_size,
+        "members": args.members,
+        "held_out_hours": args.times,
+        "sampler_steps": steps,
+        "sigma_max": demo.DEMO_SIGMA_MAX,
+        "held_out_start": demo.HELD_OUT_START,
+    }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

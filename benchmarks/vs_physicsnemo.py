@@ -74,9 +74,7 @@ def _median_time(fn: Callable[[], object], repeats: int) -> list[float]:
     return out
 
 
-def _profile(
-    label: str, f_ours: Callable[[], object], f_ref: Callable[[], object]
-) -> None:
+def _profile(label: str, f_ours: Callable[[], object], f_ref: Callable[[], object]) -> None:
     """Print the top operators by self CPU time of one call of each side."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -87,9 +85,7 @@ def _profile(
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
-def _train_step(
-    opt: torch.optim.Optimizer, loss: Callable[[], torch.Tensor]
-) -> Callable[[], None]:
+def _train_step(opt: torch.optim.Optimizer, loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
     """One optimiser step on ``loss()``: zero grads, backward, step."""
 
     def step() -> None:
@@ -168,9 +164,7 @@ def _compiled_steps(ours, x, y, repeats: int, results: dict) -> dict[str, float]
 
         def loss(name=name, compiled=compiled):
             if name == "regression":
-                return _edm.regression_loss(
-                    lambda v: compiled(v), x, y, reduction="sum_per_sample"
-                )
+                return _edm.regression_loss(lambda v: compiled(v), x, y, reduction="sum_per_sample")
             return _edm.residual_loss(
                 compiled,
                 x,
@@ -212,9 +206,7 @@ def build(size: int, cin: int, cout: int, *, channels_last: bool, dropout: float
         edm=EDMConfig(),
     )
     rr = randomize_(
-        reference_regression(
-            reg_cfg, in_channels=cin, out_channels=cout, img_shape=(size, size)
-        ),
+        reference_regression(reg_cfg, in_channels=cin, out_channels=cout, img_shape=(size, size)),
         seed=1,
     )
     rd = randomize_(
@@ -236,17 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", type=Path, help="write results here")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument(
-        "--quick", action="store_true", help="1 repeat and a 6-step sampler (smoke run)"
-    )
+    p.add_argument("--quick", action="store_true", help="1 repeat and a 6-step sampler (smoke run)")
     p.add_argument(
         "--compile",
         action="store_true",
         help="also time torch.compile'd training steps",
     )
-    p.add_argument(
-        "--profile", action="store_true", help="print per-operator CPU time of one step"
-    )
+    p.add_argument("--profile", action="store_true", help="print per-operator CPU time of one step")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=64)
@@ -287,9 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     B, S, cin, cout = args.batch, args.size, args.inputs, args.outputs
-    ours, rr, rd = build(
-        S, cin, cout, channels_last=not args.no_channels_last, dropout=0.13
-    )
+    ours, rr, rd = build(S, cin, cout, channels_last=not args.no_channels_last, dropout=0.13)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, cin, S, S, generator=g)
     y = torch.randn(B, cout, S, S, generator=g)
@@ -307,12 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         sigma = torch.full((B,), 1.3)
         cond = torch.cat([y, x], dim=1)
-        diff = (
-            (ours.residual(y, sigma, condition=cond) - rd(y, cond, sigma))
-            .abs()
-            .max()
-            .item()
-        )
+        diff = (ours.residual(y, sigma, condition=cond) - rd(y, cond, sigma)).abs().max().item()
         diff_r = (ours.predict_mean(x) - rr(torch.zeros_like(y), x)).abs().max().item()
     results["max_abs_diff_denoiser"] = diff
     results["max_abs_diff_regression"] = diff_r
@@ -352,14 +333,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def loss_ours():
             with amp():
-                return _edm.regression_loss(
-                    ours.predict_mean, x, y, reduction="sum_per_sample"
-                )
+                return _edm.regression_loss(ours.predict_mean, x, y, reduction="sum_per_sample")
 
         step_ours = _train_step(opt_o, loss_ours)
-        step_ref = _train_step(
-            opt_r, lambda: ref_loss(net=rr, img_clean=y, img_lr=x).sum() / B
-        )
+        step_ref = _train_step(opt_r, lambda: ref_loss(net=rr, img_clean=y, img_lr=x).sum() / B)
 
         results["train_step_speedup_regression" + suffix] = pair(
             "regression_step" + suffix, step_ours, step_ref, args.repeats
@@ -387,9 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
         step_ours = _train_step(opt_o, loss_ours)
-        step_ref = _train_step(
-            opt_r, lambda: ref_loss(net=rd, img_clean=y, img_lr=x).sum() / B
-        )
+        step_ref = _train_step(opt_r, lambda: ref_loss(net=rd, img_clean=y, img_lr=x).sum() / B)
 
         results["train_step_speedup_residual" + suffix] = pair(
             "residual_step" + suffix, step_ours, step_ref, args.repeats
@@ -423,9 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler = SamplerConfig(num_steps=sample_steps)
 
         def sample_ours():
-            return ours.sample(
-                x1, generators=[torch.Generator().manual_seed(1)], sampler=sampler
-            )
+            return ours.sample(x1, generators=[torch.Generator().manual_seed(1)], sampler=sampler)
 
         @torch.no_grad()
         def sample_ref():

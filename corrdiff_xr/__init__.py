@@ -17,8 +17,7 @@ heavy modules load only when a method needs them.
 
 from __future__ import annotations
 
-from corrdiff_xr._version import __version__
-
 from corrdiff_xr import accessors as _accessors  # noqa: F401  (registers ds.corrdiff)
+from corrdiff_xr._version import __version__
 
 __all__ = ["__version__"]

@@ -34,8 +34,17 @@ from typing import Any, Literal, Union
 
 from corrdiff_xr.errors import CorrDiffError
 
-__all__ = ["CHECK", "Bound", "Checked", "ConfigError", "Rule", "SettingError", "check_fields",
-           "check_value", "setting"]
+__all__ = [
+    "CHECK",
+    "Bound",
+    "Checked",
+    "ConfigError",
+    "Rule",
+    "SettingError",
+    "check_fields",
+    "check_value",
+    "setting",
+]
 
 #: ``dataclasses.field`` metadata key holding a field's :class:`Bound`
 CHECK = "corrdiff_xr.check"
@@ -77,7 +86,7 @@ class SettingError(ConfigError):
 
         def key(k: str) -> str:
             head = re.match(r"[^.\[]*", k).group(0)
-            return rename(head) + k[len(head):]
+            return rename(head) + k[len(head) :]
 
         return SettingError(tuple((key(k), v) for k, v in self.items), self.need)
 
@@ -111,16 +120,23 @@ class Bound:
         if math.isnan(v) or (self.finite and math.isinf(v)):
             return False
         return (
-            (self.gt is None or v > self.gt) and (self.ge is None or v >= self.ge)
-            and (self.lt is None or v < self.lt) and (self.le is None or v <= self.le)
+            (self.gt is None or v > self.gt)
+            and (self.ge is None or v >= self.ge)
+            and (self.lt is None or v < self.lt)
+            and (self.le is None or v <= self.le)
         )
 
     def describe(self, integer: bool) -> str:
         """``an integer >= 1``, ``a finite number > 0``, ``a number in [0, 1)`` ..."""
         lo = ("(", self.gt) if self.gt is not None else None if self.ge is None else ("[", self.ge)
         hi = (")", self.lt) if self.lt is not None else None if self.le is None else ("]", self.le)
-        noun = "an integer" if integer else "a number" if lo and hi else (
-            "a finite number" if self.finite else "a number")
+        noun = (
+            "an integer"
+            if integer
+            else "a number"
+            if lo and hi
+            else ("a finite number" if self.finite else "a number")
+        )
         if lo and hi:
             text = f"{noun} in {lo[0]}{_num(lo[1])}, {_num(hi[1])}{hi[0]}"
         elif lo or hi:
@@ -184,18 +200,31 @@ def check_value(key: str, value: Any, tp: Any, bound: Bound | None = None) -> No
         item = args[0]
         n = None if len(args) == 2 and args[1] is Ellipsis else len(args)
         each = bound.describe(item is int)
-        if not isinstance(value, (tuple, list)) or (n is not None and len(value) != n) or (
-                len(value) < bound.min_items):
-            count = (f"a tuple of {n} items" if n is not None else "a non-empty tuple"
-                     if bound.min_items == 1 else f"a tuple of at least {bound.min_items} items"
-                     if bound.min_items else "a tuple")
+        if (
+            not isinstance(value, (tuple, list))
+            or (n is not None and len(value) != n)
+            or (len(value) < bound.min_items)
+        ):
+            count = (
+                f"a tuple of {n} items"
+                if n is not None
+                else "a non-empty tuple"
+                if bound.min_items == 1
+                else f"a tuple of at least {bound.min_items} items"
+                if bound.min_items
+                else "a tuple"
+            )
             raise SettingError(((key, value),), f"is not {count}, each {each}")
         for i, v in enumerate(value):
             check_value(f"{key}[{i}]", v, item, bound)
     elif _numeric(tp):
         integral = isinstance(value, numbers.Integral)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or (
-                tp is int and not integral) or not bound.admits(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or (tp is int and not integral)
+            or not bound.admits(value)
+        ):
             raise SettingError(((key, value),), f"is not {bound.describe(tp is int)}")
     elif tp is bool and not isinstance(value, bool):
         raise SettingError(((key, value),), "is not true or false")

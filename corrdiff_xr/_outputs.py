@@ -189,9 +189,7 @@ def output_directory(
     untouched, and a directory that held none is left as it was found.
     """
     path = Path(path)
-    earlier = check_output_directory(
-        path, kind=kind, names=names, overwrite=overwrite, what=what
-    )
+    earlier = check_output_directory(path, kind=kind, names=names, overwrite=overwrite, what=what)
     created = not os.path.lexists(path)
     path.mkdir(parents=True, exist_ok=True)
     if earlier:

@@ -80,9 +80,7 @@ def redact_options(options: Any) -> Any:
     """A copy of (nested) storage options with the values of secret-looking keys redacted."""
     if isinstance(options, Mapping):
         return {
-            k: REDACTED
-            if is_secret_key(k) and v not in (None, "")
-            else redact_options(v)
+            k: REDACTED if is_secret_key(k) and v not in (None, "") else redact_options(v)
             for k, v in options.items()
         }
     if isinstance(options, (list, tuple)):

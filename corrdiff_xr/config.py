@@ -15,13 +15,10 @@ with the key path, the value and the allowed range before any work starts.
 from __future__ import annotations
 
 import dataclasses
-import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
-
-import yaml
 
 from corrdiff_xr._constraints import Bound as _Bound
 from corrdiff_xr._constraints import (
@@ -32,11 +29,26 @@ from corrdiff_xr._constraints import (
     check_value,
     setting,
 )
+from corrdiff_xr._yaml_overrides import load_yaml, merge, parse_overrides
 
 __all__ = [
-    "ConfigError", "DataConfig", "EDMConfig", "LoaderConfig", "NetworkConfig", "PatchConfig",
-    "SamplerConfig", "SettingError", "TrainRunConfig", "TrainingConfig", "check_argument",
-    "from_dict", "load_config", "load_yaml", "merge", "parse_overrides", "to_dict",
+    "ConfigError",
+    "DataConfig",
+    "EDMConfig",
+    "LoaderConfig",
+    "NetworkConfig",
+    "PatchConfig",
+    "SamplerConfig",
+    "SettingError",
+    "TrainRunConfig",
+    "TrainingConfig",
+    "check_argument",
+    "from_dict",
+    "load_config",
+    "load_yaml",
+    "merge",
+    "parse_overrides",
+    "to_dict",
 ]
 
 T = TypeVar("T")
@@ -81,7 +93,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if args and len(args) != len(value):
             raise ConfigError(f"{path}: expected {len(args)} items, got {list(value)!r}")
         return tuple(
-            _coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args or [Any] * len(value)))
+            _coerce(v, a, f"{path}[{i}]")
+            for i, (v, a) in enumerate(zip(value, args or [Any] * len(value)))
         )
     if origin is dict:
         if not isinstance(value, dict):
@@ -165,65 +178,6 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-
-
-def _parse_scalar(raw: str) -> Any:
-    """YAML-parse an override value; PyYAML (YAML 1.1) reads ``1e-4`` as a string, we don't."""
-    if raw == "":
-        return ""
-    value = yaml.safe_load(raw)
-    if isinstance(value, str) and _FLOAT.match(value):
-        return float(value)
-    return value
-
-
-def parse_overrides(items: typing.Iterable[str]) -> dict[str, Any]:
-    """Turn ``["a.b=1", "++c=x"]`` into the nested mapping ``{"a": {"b": 1}, "c": "x"}``."""
-    out: dict[str, Any] = {}
-    for item in items:
-        text = item.lstrip("+")
-        if "=" not in text:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, raw = text.split("=", 1)
-        if not key:
-            raise ConfigError(f"override {item!r} has an empty key")
-        value = _parse_scalar(raw)
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with another override")
-        node[parts[-1]] = value
-    return out
-
-
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``update`` wins."""
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with an error naming the file when it is not one."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
-    return data
-
-
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: typing.Iterable[str] = ()
 ) -> T:
@@ -296,9 +250,12 @@ class PatchConfig(Checked):
     layout: Literal["compact", "physicsnemo"] = "compact"
 
     RULES = (
-        Rule(("shape", "overlap", "boundary"), _patch_fits,
-             "the patch leaves no room for a kept part; need overlap + 2 * boundary < the "
-             "smaller patch side (overlap None: a quarter of that side)"),
+        Rule(
+            ("shape", "overlap", "boundary"),
+            _patch_fits,
+            "the patch leaves no room for a kept part; need overlap + 2 * boundary < the "
+            "smaller patch side (overlap None: a quarter of that side)",
+        ),
     )
 
     @property
@@ -340,7 +297,9 @@ class NetworkConfig(Checked):
     dropout: float = setting(0.13, ge=0, lt=1)
     resample_filter: tuple[int, ...] = setting((1, 1), ge=1, min_items=1)
     embedding_type: Literal["positional", "zero"] = "positional"
-    gridtype: Literal["sinusoidal", "sinusoidal_octave", "learnable", "linear", "none"] = "sinusoidal"
+    gridtype: Literal["sinusoidal", "sinusoidal_octave", "learnable", "linear", "none"] = (
+        "sinusoidal"
+    )
     N_grid_channels: int = setting(4, ge=0)
     lead_time_channels: int = setting(0, ge=0)
     lead_time_steps: int = setting(9, ge=1)
@@ -351,13 +310,21 @@ class NetworkConfig(Checked):
     compile: bool = False
 
     RULES = (
-        Rule(("gridtype", "N_grid_channels"),
-             lambda g, n: g not in ("sinusoidal", "sinusoidal_octave") or n % 4 == 0,
-             "need N_grid_channels divisible by 4 for a sinusoidal gridtype"),
-        Rule(("gridtype", "N_grid_channels"), lambda g, n: g != "linear" or n in (0, 2),
-             "need N_grid_channels = 2 (or 0) for gridtype 'linear'"),
-        Rule(("prob_channels", "lead_time_channels"), lambda p, lt: not p or lt > 0,
-             "need lead_time_channels > 0 for prob_channels (a lead-time model)"),
+        Rule(
+            ("gridtype", "N_grid_channels"),
+            lambda g, n: g not in ("sinusoidal", "sinusoidal_octave") or n % 4 == 0,
+            "need N_grid_channels divisible by 4 for a sinusoidal gridtype",
+        ),
+        Rule(
+            ("gridtype", "N_grid_channels"),
+            lambda g, n: g != "linear" or n in (0, 2),
+            "need N_grid_channels = 2 (or 0) for gridtype 'linear'",
+        ),
+        Rule(
+            ("prob_channels", "lead_time_channels"),
+            lambda p, lt: not p or lt > 0,
+            "need lead_time_channels > 0 for prob_channels (a lead-time model)",
+        ),
     )
 
     @classmethod
@@ -365,7 +332,9 @@ class NetworkConfig(Checked):
         """The reference CorrDiff networks: ``"mini"`` or ``"normal"``, with field overrides."""
         presets = {
             "mini": dict(model_channels=64, channel_mult=(1, 2, 2), attn_resolutions=(16,)),
-            "normal": dict(model_channels=128, channel_mult=(1, 2, 2, 2, 2), attn_resolutions=(28,)),
+            "normal": dict(
+                model_channels=128, channel_mult=(1, 2, 2, 2, 2), attn_resolutions=(28,)
+            ),
         }
         if name not in presets:
             raise ConfigError(f"unknown network preset {name!r}; expected one of {sorted(presets)}")
@@ -474,9 +443,11 @@ class TrainingConfig(Checked):
     loader: LoaderConfig = dataclasses.field(default_factory=LoaderConfig)
 
     RULES = (
-        Rule(("total_batch_size", "batch_size_per_device"),
-             lambda total, per: per is None or total % per == 0,
-             "need total_batch_size to be a multiple of batch_size_per_device"),
+        Rule(
+            ("total_batch_size", "batch_size_per_device"),
+            lambda total, per: per is None or total % per == 0,
+            "need total_batch_size to be a multiple of batch_size_per_device",
+        ),
     )
 
 
@@ -499,15 +470,20 @@ class TrainRunConfig(Checked):
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
 
     RULES = (
-        Rule(("task", "training.regression_checkpoint"),
-             lambda task, ckpt: task == "regression" or ckpt is not None,
-             "a diffusion task needs training.regression_checkpoint (the trained regression "
-             "model)"),
-        Rule(("task", "patch.shape"),
-             lambda task, shape: (task == "patched_diffusion") == (shape is not None),
-             "task 'patched_diffusion' needs patch.shape, and only that task uses one"),
-        Rule(("data.lead_time", "network.lead_time_channels"),
-             lambda lt, ch: (lt is None) == (ch == 0),
-             "lead-time-aware training needs both data.lead_time and "
-             "network.lead_time_channels > 0 (or neither)"),
+        Rule(
+            ("task", "training.regression_checkpoint"),
+            lambda task, ckpt: task == "regression" or ckpt is not None,
+            "a diffusion task needs training.regression_checkpoint (the trained regression model)",
+        ),
+        Rule(
+            ("task", "patch.shape"),
+            lambda task, shape: (task == "patched_diffusion") == (shape is not None),
+            "task 'patched_diffusion' needs patch.shape, and only that task uses one",
+        ),
+        Rule(
+            ("data.lead_time", "network.lead_time_channels"),
+            lambda lt, ch: (lt is None) == (ch == 0),
+            "lead-time-aware training needs both data.lead_time and "
+            "network.lead_time_channels > 0 (or neither)",
+        ),
     )

@@ -74,8 +74,14 @@ OVERALL = "overall"
 #: held-out hourly steps (3 days)
 HELD_OUT_TIMES = 72
 #: what the demo writes into its output directory (the product kind is "demo")
-DEMO_FILES = ("ensemble.zarr", "regression_mean.zarr", "scores.json", "maps.png",
-              "spectra.png", "rank_histogram.png")
+DEMO_FILES = (
+    "ensemble.zarr",
+    "regression_mean.zarr",
+    "scores.json",
+    "maps.png",
+    "spectra.png",
+    "rank_histogram.png",
+)
 KIND = "demo"
 
 

@@ -87,7 +87,8 @@ class KeyLayout:
         if len(key) != len(self.words):
             raise ValueError(
                 f"a {self.purpose} key has {len(self.words)} words ({', '.join(self.words)}), "
-                f"got {len(key)}: {tuple(key)}")
+                f"got {len(key)}: {tuple(key)}"
+            )
         out = []
         for name, value in zip(self.words, key):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -96,14 +97,21 @@ class KeyLayout:
             if name in self.wrapped:
                 value &= _MASK64
             elif value < 0:
-                raise ValueError(f"{self.purpose} key word {name} must be non-negative, got {value}")
+                raise ValueError(
+                    f"{self.purpose} key word {name} must be non-negative, got {value}"
+                )
             out.append(value)
         return out if self.tag is None else [*out, self.tag]
 
 
 #: sampler noise of one patch of one member at one time (inference)
-INFERENCE = KeyLayout("inference patch", ("seed", "time", "member", "row", "col"),
-                      tag=None, high_word=0, wrapped=frozenset({"time", "row", "col"}))
+INFERENCE = KeyLayout(
+    "inference patch",
+    ("seed", "time", "member", "row", "col"),
+    tag=None,
+    high_word=0,
+    wrapped=frozenset({"time", "row", "col"}),
+)
 #: the random patch origin of one training sample in one epoch (training loader)
 TRAIN_PATCH = KeyLayout("training patch", ("seed", "epoch", "time_index"), tag=0x9A7C4)
 #: sampler noise of one ensemble member of one validation sample

@@ -191,8 +191,11 @@ class PatchGrid:
         if len(domain) != 2 or min(domain) < 1:
             raise ValueError(f"domain must be two positive lengths (H, W), got {domain}")
         config = PatchConfig(
-            shape=tuple(patch) if patch is not None else None, overlap=overlap,
-            boundary=boundary, weights=weights, layout=layout,
+            shape=tuple(patch) if patch is not None else None,
+            overlap=overlap,
+            boundary=boundary,
+            weights=weights,
+            layout=layout,
         )
         return cls.from_config(domain, config)
 
@@ -358,7 +361,9 @@ def map_patches(
         )
     B, P = arrays[list(tiled).index(True)].shape[0], grid.num_patches
     if any(a.shape[0] != B for a in arrays):
-        raise ValueError(f"all arrays need the same sample axis B={B}: {[tuple(a.shape) for a in arrays]}")
+        raise ValueError(
+            f"all arrays need the same sample axis B={B}: {[tuple(a.shape) for a in arrays]}"
+        )
     rows = [tile(a, grid) if t else a.repeat_interleave(P, dim=0) for a, t in zip(arrays, tiled)]
     offsets = torch.as_tensor(grid.origins, device=arrays[0].device).repeat(B, 1)
     step = batch_size or B * P
@@ -406,7 +411,13 @@ def patched_denoiser(
 
     def denoise(x: Tensor, sigma: Tensor) -> Tensor:
         return map_patches(
-            fn, x, sigma, condition, *extra, grid=grid, batch_size=batch_size,
+            fn,
+            x,
+            sigma,
+            condition,
+            *extra,
+            grid=grid,
+            batch_size=batch_size,
             tiled=(True, False, True) + (False,) * len(extra),
         )
 

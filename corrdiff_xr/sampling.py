@@ -84,7 +84,10 @@ def karras_sigmas(
             f"got {type(config).__name__} {config!r:.100}"
         )
     num_steps, sigma_min, sigma_max, rho = (
-        config.num_steps, config.sigma_min, config.sigma_max, config.rho
+        config.num_steps,
+        config.sigma_min,
+        config.sigma_max,
+        config.rho,
     )
     if num_steps == 1:
         steps = torch.tensor([sigma_max], dtype=torch.float64)
@@ -154,7 +157,9 @@ def _churn(
 
 def _check(x: Tensor, sigmas: Tensor) -> list[float]:
     if sigmas.ndim != 1 or sigmas.numel() < 2:
-        raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(sigmas.shape)}")
+        raise ValueError(
+            f"sigmas must be 1-D with at least 2 entries, got shape {tuple(sigmas.shape)}"
+        )
     values = [float(s) for s in sigmas]
     if any(b >= a for a, b in pairwise(values)) or values[-1] < 0:
         raise ValueError(f"sigmas must decrease strictly to a value >= 0, got {values}")

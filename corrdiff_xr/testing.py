@@ -77,7 +77,11 @@ def tiny_corrdiff(
 
     from corrdiff_xr.model import CorrDiff
 
-    net = TINY_NETWORK if channels is None else dataclasses.replace(TINY_NETWORK, model_channels=channels)
+    net = (
+        TINY_NETWORK
+        if channels is None
+        else dataclasses.replace(TINY_NETWORK, model_channels=channels)
+    )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = CorrDiff(

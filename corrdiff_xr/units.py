@@ -61,8 +61,9 @@ def _registry() -> Any:
     try:
         from cf_xarray.units import units
     except ImportError as err:  # a declared dependency; say what to install if it is absent
-        raise ImportError("comparing CF units needs pint and cf_xarray: pip install pint "
-                          "cf_xarray") from err
+        raise ImportError(
+            "comparing CF units needs pint and cf_xarray: pip install pint cf_xarray"
+        ) from err
     return units
 
 
@@ -85,8 +86,11 @@ def _affine(data_units: str, model_units: str) -> tuple[float, float] | str:
         if _root(ureg.Quantity(1.0, a)) != _root(ureg.Quantity(1.0, b)):
             water = ureg.Quantity(WATER_DENSITY, "kg m-3")
             # a water amount: mass per area <-> depth of liquid water (rates alike)
-            source = next(q for q in (source / water, source * water) if _root(q) == _root(
-                ureg.Quantity(1.0, b)))
+            source = next(
+                q
+                for q in (source / water, source * water)
+                if _root(q) == _root(ureg.Quantity(1.0, b))
+            )
         y0, y1, y2 = (float(v) for v in source.to(b).magnitude)
     except StopIteration:
         return "they measure different quantities"
@@ -94,7 +98,8 @@ def _affine(data_units: str, model_units: str) -> tuple[float, float] | str:
         return "pint has no simple conversion between them"
     scale, offset = y1 - y0, y0
     if not (math.isfinite(scale) and math.isfinite(offset) and scale > 0) or not math.isclose(
-            y2, 2 * scale + offset, rel_tol=1e-9, abs_tol=1e-12):
+        y2, 2 * scale + offset, rel_tol=1e-9, abs_tol=1e-12
+    ):
         return "the conversion between them is not a plain rescaling"
     return scale, offset
 
@@ -132,7 +137,10 @@ def same_units(a: str, b: str) -> bool:
         return False
     # kg m-2 and mm of water convert one to one but are not the same unit
     ureg = _registry()
-    return str(a).strip() == str(b).strip() or ureg.Unit(a).dimensionality == ureg.Unit(b).dimensionality
+    return (
+        str(a).strip() == str(b).strip()
+        or ureg.Unit(a).dimensionality == ureg.Unit(b).dimensionality
+    )
 
 
 def _data_units(var: xr.DataArray, name: str, model: str | None) -> str:
@@ -151,7 +159,8 @@ def _unknown_to_codec(names: list[str]) -> None:
         warnings.warn(
             f"the model records no units for {names}, so the data's units are not checked; "
             "make sure they are the units the model was trained with",
-            UserWarning, stacklevel=3,
+            UserWarning,
+            stacklevel=3,
         )
 
 

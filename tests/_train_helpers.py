@@ -22,9 +22,24 @@ def synthetic_store(path, *, nt=8, n=16, chunk=2, lead_time=False) -> str:
 def tiny_config(source, out, *, task="regression", **training) -> dict:
     """Plain-data TrainRunConfig for a few steps of a tiny network."""
     net = tiny_network_dict(embedding_type="zero" if task == "regression" else "positional")
-    train = {"duration": 8, "total_batch_size": 4, "lr": 1e-3, "output_dir": str(out),
-             "checkpoint_every": 4, "log_every": 4, "validate_every": 8, "validation_batches": 1,
-             "validation_members": 2, "progress": False, "deterministic": True}
+    train = {
+        "duration": 8,
+        "total_batch_size": 4,
+        "lr": 1e-3,
+        "output_dir": str(out),
+        "checkpoint_every": 4,
+        "log_every": 4,
+        "validate_every": 8,
+        "validation_batches": 1,
+        "validation_members": 2,
+        "progress": False,
+        "deterministic": True,
+    }
     train.update(training)
-    return {"task": task, "data": {"source": str(source)}, "network": net, "training": train,
-            "sampler": {"num_steps": 2}}
+    return {
+        "task": task,
+        "data": {"source": str(source)},
+        "network": net,
+        "training": train,
+        "sampler": {"num_steps": 2},
+    }

@@ -40,9 +40,7 @@ def register_torchvision_schemas() -> None:
     for op in ("nms", "qnms"):
         try:
             torch.library.define(f"torchvision::{op}", _SCHEMA)
-        except (
-            RuntimeError
-        ):  # already registered (second call, or a working torchvision)
+        except RuntimeError:  # already registered (second call, or a working torchvision)
             pass
 
 
@@ -98,9 +96,7 @@ def _model_type(cfg: NetworkConfig) -> str:
 
 
 def _extra(cfg: NetworkConfig) -> int:
-    return (
-        cfg.N_grid_channels if cfg.gridtype != "none" else 0
-    ) + cfg.lead_time_channels
+    return (cfg.N_grid_channels if cfg.gridtype != "none" else 0) + cfg.lead_time_channels
 
 
 def reference_regression(
@@ -174,9 +170,7 @@ def copy_reference_weights(
     assert not missing, f"missing keys {missing}"
 
 
-def randomize_(
-    module: torch.nn.Module, *, seed: int = 0, scale: float = 0.3
-) -> torch.nn.Module:
+def randomize_(module: torch.nn.Module, *, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:
     """Overwrite every parameter with N(0, scale^2)/sqrt(fan-in) noise (deterministic per seed).
 
     Fresh reference networks start with near-zero output convolutions (init_weight 1e-5), so

@@ -13,8 +13,20 @@ PACKAGE = Path(corrdiff_xr.__file__).resolve().parent
 #: lower ones, never a higher one (stages: data -> codec -> networks -> model ->
 #: training / inference -> presentation -> commands)
 LAYERS = {
-    **dict.fromkeys(["_version", "errors", "dims", "_atomic", "_redact", "_constraints", "config",
-                     "_outputs"], 0),
+    **dict.fromkeys(
+        [
+            "_version",
+            "errors",
+            "dims",
+            "_atomic",
+            "_redact",
+            "_constraints",
+            "config",
+            "_outputs",
+            "_yaml_overrides",
+        ],
+        0,
+    ),
     "data": 1,
     **dict.fromkeys(["codec", "noise", "scoring"], 2),
     "units": 3,
@@ -50,10 +62,13 @@ def _imports(path: Path, name: str, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
-                                + ([base] if base else []))
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
-                       for a in node.names]
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1]
+                    + ([base] if base else [])
+                )
+            targets = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names
+            ]
         else:
             continue
         found |= {t for t in targets if t in known and t != name}
@@ -93,7 +108,7 @@ def test_there_is_no_import_circle():
         state[node] = "open"
         for dep in sorted(graph[node]):
             if state.get(dep) == "open":
-                cycles.append(" -> ".join(stack[stack.index(dep):] + [dep]))
+                cycles.append(" -> ".join(stack[stack.index(dep) :] + [dep]))
             elif dep not in state:
                 visit(dep, stack + [dep])
         state[node] = "done"
@@ -106,8 +121,10 @@ def test_there_is_no_import_circle():
 
 def _docstring_lines(node: ast.AST) -> int:
     first = node.body[0]
-    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(
-        first.value.value, str
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
     ):
         return first.end_lineno - first.lineno + 1
     return 0
@@ -126,5 +143,7 @@ def test_modules_and_functions_stay_small():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1 - _docstring_lines(node)
                 if n > MAX_FUNCTION_LINES:
-                    long_functions.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: {n}")
+                    long_functions.append(
+                        f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: {n}"
+                    )
     assert not big_modules and not long_functions, "\n".join(big_modules + long_functions)

@@ -85,4 +85,7 @@ def test_malformed_yaml_error_names_the_file(tmp_path):
 
 
 def test_merge_is_recursive_and_update_wins():
-    assert merge({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": 5}}) == {"a": {"b": 5, "c": 2}, "d": 1}
+    assert merge({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": 5}}) == {
+        "a": {"b": 5, "c": 2},
+        "d": 1,
+    }

@@ -83,28 +83,58 @@ FIELDS = [
 
 # (settings, keys named in the error with their values, what is needed)
 RULES = [
-    ({"sampler": {"sigma_min": 10.0, "sigma_max": 5.0}},
-     "sampler.sigma_min=10.0, sampler.sigma_max=5.0", "need sigma_min < sigma_max"),
-    ({"sampler": {"S_min": 5.0, "S_max": 1.0}}, "sampler.S_min=5.0, sampler.S_max=1.0",
-     "need S_min <= S_max"),
-    ({**PATCHED, "patch": {"shape": [8, 8], "overlap": 6, "boundary": 1}},
-     "patch.shape=(8, 8), patch.overlap=6, patch.boundary=1", "leaves no room"),
-    ({**PATCHED, "patch": {"shape": [8, 8], "boundary": 3}},  # the default overlap, 8 // 4
-     "patch.shape=(8, 8), patch.overlap=None, patch.boundary=3", "overlap None: a quarter of that side"),
-    ({"network": {"gridtype": "sinusoidal", "N_grid_channels": 6}},
-     "network.gridtype='sinusoidal', network.N_grid_channels=6", "divisible by 4"),
-    ({"network": {"gridtype": "linear", "N_grid_channels": 4}},
-     "network.gridtype='linear', network.N_grid_channels=4", "N_grid_channels = 2"),
-    ({"network": {"prob_channels": [0]}},
-     "network.prob_channels=(0,), network.lead_time_channels=0", "lead_time_channels > 0"),
-    ({"training": {"total_batch_size": 10, "batch_size_per_device": 4}},
-     "training.total_batch_size=10, training.batch_size_per_device=4", "a multiple of"),
-    ({"task": "diffusion"}, "task='diffusion', training.regression_checkpoint=None",
-     "needs training.regression_checkpoint"),
+    (
+        {"sampler": {"sigma_min": 10.0, "sigma_max": 5.0}},
+        "sampler.sigma_min=10.0, sampler.sigma_max=5.0",
+        "need sigma_min < sigma_max",
+    ),
+    (
+        {"sampler": {"S_min": 5.0, "S_max": 1.0}},
+        "sampler.S_min=5.0, sampler.S_max=1.0",
+        "need S_min <= S_max",
+    ),
+    (
+        {**PATCHED, "patch": {"shape": [8, 8], "overlap": 6, "boundary": 1}},
+        "patch.shape=(8, 8), patch.overlap=6, patch.boundary=1",
+        "leaves no room",
+    ),
+    (
+        {**PATCHED, "patch": {"shape": [8, 8], "boundary": 3}},  # the default overlap, 8 // 4
+        "patch.shape=(8, 8), patch.overlap=None, patch.boundary=3",
+        "overlap None: a quarter of that side",
+    ),
+    (
+        {"network": {"gridtype": "sinusoidal", "N_grid_channels": 6}},
+        "network.gridtype='sinusoidal', network.N_grid_channels=6",
+        "divisible by 4",
+    ),
+    (
+        {"network": {"gridtype": "linear", "N_grid_channels": 4}},
+        "network.gridtype='linear', network.N_grid_channels=4",
+        "N_grid_channels = 2",
+    ),
+    (
+        {"network": {"prob_channels": [0]}},
+        "network.prob_channels=(0,), network.lead_time_channels=0",
+        "lead_time_channels > 0",
+    ),
+    (
+        {"training": {"total_batch_size": 10, "batch_size_per_device": 4}},
+        "training.total_batch_size=10, training.batch_size_per_device=4",
+        "a multiple of",
+    ),
+    (
+        {"task": "diffusion"},
+        "task='diffusion', training.regression_checkpoint=None",
+        "needs training.regression_checkpoint",
+    ),
     ({**PATCHED}, "task='patched_diffusion', patch.shape=None", "needs patch.shape"),
     ({"patch": {"shape": [8, 8]}}, "task='regression', patch.shape=(8, 8)", "only that task"),
-    ({"data": {"source": "x.zarr", "lead_time": "lead"}},
-     "data.lead_time='lead', network.lead_time_channels=0", "needs both"),
+    (
+        {"data": {"source": "x.zarr", "lead_time": "lead"}},
+        "data.lead_time='lead', network.lead_time_channels=0",
+        "needs both",
+    ),
 ]
 
 
@@ -130,8 +160,13 @@ def _numeric(tp) -> bool:
 
 
 def _config_classes() -> list[type]:
-    return [obj for obj in vars(config).values()
-            if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == config.__name__]
+    return [
+        obj
+        for obj in vars(config).values()
+        if isinstance(obj, type)
+        and dataclasses.is_dataclass(obj)
+        and obj.__module__ == config.__name__
+    ]
 
 
 def _numeric_fields() -> set[str]:
@@ -148,10 +183,12 @@ def _numeric_fields() -> set[str]:
     return out
 
 
-@pytest.mark.parametrize(("key", "bad", "named", "shown", "allowed"), FIELDS,
-                         ids=[row[0] for row in FIELDS])
+@pytest.mark.parametrize(
+    ("key", "bad", "named", "shown", "allowed"), FIELDS, ids=[row[0] for row in FIELDS]
+)
 def test_a_bad_numeric_setting_is_refused_naming_the_key_path_value_and_range(
-        key, bad, named, shown, allowed):
+    key, bad, named, shown, allowed
+):
     with pytest.raises(ConfigError) as info:
         _run(_nested(key, bad))
     assert str(info.value) == f"{named or key}: {shown} is not {allowed}"
@@ -172,33 +209,60 @@ def test_the_table_has_a_row_for_every_numeric_field():
 def test_every_numeric_field_of_every_config_declares_a_check():
     classes = _config_classes()
     assert {c.__name__ for c in classes} >= {
-        "SamplerConfig", "PatchConfig", "NetworkConfig", "EDMConfig", "DataConfig",
-        "LoaderConfig", "TrainingConfig", "TrainRunConfig"}
+        "SamplerConfig",
+        "PatchConfig",
+        "NetworkConfig",
+        "EDMConfig",
+        "DataConfig",
+        "LoaderConfig",
+        "TrainingConfig",
+        "TrainRunConfig",
+    }
     unchecked = []
     for cls in classes:
         assert issubclass(cls, Checked), f"{cls.__name__} does not run the field checks"
         hints = typing.get_type_hints(cls)
-        unchecked += [f"{cls.__name__}.{f.name}" for f in dataclasses.fields(cls)
-                      if _numeric(hints[f.name]) and CHECK not in f.metadata]
+        unchecked += [
+            f"{cls.__name__}.{f.name}"
+            for f in dataclasses.fields(cls)
+            if _numeric(hints[f.name]) and CHECK not in f.metadata
+        ]
     assert unchecked == []
 
 
 def test_limits_themselves_and_inf_where_allowed_are_accepted():
-    cfg = _run(config.merge(PATCHED, {
-        "patch": {"shape": [8, 8], "overlap": 5, "boundary": 1},  # one kept pixel
-        "sampler": {"S_churn": 0.0, "S_min": 0.0, "S_max": INF, "sigma_min": 1e-9},
-        "network": {"dropout": 0.0, "gridtype": "linear", "N_grid_channels": 2},
-        "edm": {"P_mean": -1.2},
-        "training": {"lr_decay": 1.0, "betas": [0.0, 0.0], "max_nonfinite_steps": 0,
-                     "total_batch_size": 12, "batch_size_per_device": 4},
-    }))
+    cfg = _run(
+        config.merge(
+            PATCHED,
+            {
+                "patch": {"shape": [8, 8], "overlap": 5, "boundary": 1},  # one kept pixel
+                "sampler": {"S_churn": 0.0, "S_min": 0.0, "S_max": INF, "sigma_min": 1e-9},
+                "network": {"dropout": 0.0, "gridtype": "linear", "N_grid_channels": 2},
+                "edm": {"P_mean": -1.2},
+                "training": {
+                    "lr_decay": 1.0,
+                    "betas": [0.0, 0.0],
+                    "max_nonfinite_steps": 0,
+                    "total_batch_size": 12,
+                    "batch_size_per_device": 4,
+                },
+            },
+        )
+    )
     assert cfg.patch.overlap == 5 and cfg.sampler.S_max == INF and cfg.training.betas == (0.0, 0.0)
 
 
 def test_the_patch_defaults_are_ramps_over_a_quarter_of_the_smaller_patch_side():
     default = PatchConfig(shape=(10, 13))
-    assert (default.overlap, default.weights, default.boundary, default.layout) == (None, "ramp", 0, "compact")
-    assert default.overlap_pixels == 2 and default.resolved() == PatchConfig(shape=(10, 13), overlap=2)
+    assert (default.overlap, default.weights, default.boundary, default.layout) == (
+        None,
+        "ramp",
+        0,
+        "compact",
+    )
+    assert default.overlap_pixels == 2 and default.resolved() == PatchConfig(
+        shape=(10, 13), overlap=2
+    )
     assert PatchConfig(shape=(10, 13), overlap=0).overlap_pixels == 0  # an explicit 0 stays 0
     assert PatchConfig().overlap_pixels == 0 and PatchConfig().resolved().overlap == 0
     assert PatchConfig(shape=(9, 9), boundary=3).overlap_pixels == 2  # one kept pixel: the limit
@@ -212,8 +276,9 @@ def test_every_config_builds_from_its_defaults():
         assert from_dict(cls, to_dict(from_dict(cls, required))) == from_dict(cls, required)
 
 
-@pytest.mark.parametrize("path", sorted((Path(config.__file__).parent / "configs").glob("*.yaml")),
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((Path(config.__file__).parent / "configs").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_the_shipped_configs_build(path):
     data = yaml.safe_load(path.read_text())
     network = data.get("network", {})
@@ -228,13 +293,18 @@ def test_direct_construction_checks_types_choices_and_booleans_too():
         SamplerConfig(num_steps=2.5)
     with pytest.raises(ConfigError, match=r"^num_steps: True is not an integer >= 1$"):
         SamplerConfig(num_steps=True)
-    with pytest.raises(ConfigError, match=r"^solver: 'rk4' is not one of \['heun', 'euler', 'dpmpp_2m', 'dpmpp_2m_sde'\]$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^solver: 'rk4' is not one of \['heun', 'euler', 'dpmpp_2m', 'dpmpp_2m_sde'\]$",
+    ):
         SamplerConfig(solver="rk4")
     with pytest.raises(ConfigError, match=r"^weights: 'cosine' is not one of"):
         PatchConfig(weights="cosine")
     with pytest.raises(ConfigError, match=r"^compile: 'yes' is not true or false$"):
         NetworkConfig(compile="yes")
-    with pytest.raises(ConfigError, match=r"^shape: \(8,\) is not a tuple of 2 items, each an integer >= 1$"):
+    with pytest.raises(
+        ConfigError, match=r"^shape: \(8,\) is not a tuple of 2 items, each an integer >= 1$"
+    ):
         PatchConfig(shape=(8,))
     with pytest.raises(ConfigError, match=r"^channel_mult: \(\) is not a non-empty tuple"):
         NetworkConfig(channel_mult=())
@@ -249,8 +319,13 @@ def test_overrides_of_the_hostile_trial_are_refused_before_any_work(tmp_path, ca
         with pytest.raises(ConfigError, match=f"^{message}$"):
             load_config(TrainRunConfig, None, ["task=regression", "data.source=x.zarr", override])
         out = tmp_path / "out"
-        argv = ["train", "task=regression", "data.source=nowhere.zarr",
-                f"training.output_dir={out}", override]
+        argv = [
+            "train",
+            "task=regression",
+            "data.source=nowhere.zarr",
+            f"training.output_dir={out}",
+            override,
+        ]
         assert cli.main(argv) == 2
         assert message in capsys.readouterr().err
         assert not out.exists()

@@ -73,7 +73,9 @@ def test_residual_loss_has_a_known_value_for_the_identity_and_the_perfect_denois
     x, y, mean = batch
     sigma, noise = torch.tensor([0.3, 2.0]), torch.randn(2, 2, 10, 12)
     # identity denoiser: D - r = sigma * noise
-    loss = residual_loss(identity_denoiser, x, y, edm=EDM, mean=mean, sigma=sigma, noise=noise, reduction="none")
+    loss = residual_loss(
+        identity_denoiser, x, y, edm=EDM, mean=mean, sigma=sigma, noise=noise, reduction="none"
+    )
     s = sigma.reshape(-1, 1, 1, 1)
     torch.testing.assert_close(loss, loss_weight(s, sigma_data=EDM.sigma_data) * (s * noise) ** 2)
     # a denoiser that knows the residual has zero loss
@@ -100,7 +102,9 @@ def test_residual_denoiser_sees_the_noisy_residual_and_mean_then_inputs(batch):
 
 def test_residual_loss_draws_sigma_then_noise_from_its_generator(batch):
     x, y, mean = batch
-    drawn = residual_loss(identity_denoiser, x, y, edm=EDM, mean=mean, generator=torch.Generator().manual_seed(5))
+    drawn = residual_loss(
+        identity_denoiser, x, y, edm=EDM, mean=mean, generator=torch.Generator().manual_seed(5)
+    )
     g = torch.Generator().manual_seed(5)
     sigma = sample_sigma(2, P_mean=EDM.P_mean, P_std=EDM.P_std, generator=g)
     noise = torch.randn(2, 2, 10, 12, generator=g)
@@ -117,8 +121,9 @@ def test_residual_loss_takes_noise_levels_and_weight_from_its_edm_config(batch):
         seen["sigma"] = sigma
         return x_noisy
 
-    loss = residual_loss(spy, x, y, edm=edm, mean=mean, generator=torch.Generator().manual_seed(5),
-                         reduction="none")
+    loss = residual_loss(
+        spy, x, y, edm=edm, mean=mean, generator=torch.Generator().manual_seed(5), reduction="none"
+    )
     g = torch.Generator().manual_seed(5)
     sigma = sample_sigma(2, P_mean=-1.0, P_std=0.5, generator=g)
     noise = torch.randn(2, 2, 10, 12, generator=g)
@@ -132,7 +137,9 @@ def test_residual_loss_computes_the_mean_without_training_the_regression_net(bat
     regression = torch.nn.Conv2d(3, 2, 1)
     scale = torch.nn.Parameter(torch.tensor(0.5))
     denoiser = lambda xn, sg, *, condition, offsets: scale * xn
-    loss = residual_loss(denoiser, x, y, edm=EDM, regression=regression, generator=torch.Generator().manual_seed(0))
+    loss = residual_loss(
+        denoiser, x, y, edm=EDM, regression=regression, generator=torch.Generator().manual_seed(0)
+    )
     loss.backward()
     assert scale.grad is not None and scale.grad != 0
     assert all(p.grad is None for p in regression.parameters())
@@ -154,8 +161,17 @@ def test_patched_residual_loss_slices_target_condition_and_offsets_together(batc
 
     sigma, noise = torch.rand(6) + 0.1, torch.randn(6, 2, 4, 4)
     loss = residual_loss(
-        spy, x, y, edm=EDM, mean=mean, sigma=sigma, noise=noise, patch=(4, 4), origins=origins,
-        global_context=True, reduction="none",
+        spy,
+        x,
+        y,
+        edm=EDM,
+        mean=mean,
+        sigma=sigma,
+        noise=noise,
+        patch=(4, 4),
+        origins=origins,
+        global_context=True,
+        reduction="none",
     )
     s = sigma.reshape(-1, 1, 1, 1)
     assert loss.shape == (6, 2, 4, 4)
@@ -174,16 +190,31 @@ def test_patched_residual_loss_draws_origins_then_sigma_then_noise(batch):
 
     x, y, mean = batch
     drawn = residual_loss(
-        identity_denoiser, x, y, edm=EDM, mean=mean, patch=(4, 6), num_patches=3,
-        generator=torch.Generator().manual_seed(2), reduction="none",
+        identity_denoiser,
+        x,
+        y,
+        edm=EDM,
+        mean=mean,
+        patch=(4, 6),
+        num_patches=3,
+        generator=torch.Generator().manual_seed(2),
+        reduction="none",
     )
     g = torch.Generator().manual_seed(2)
     origins = random_origins((10, 12), (4, 6), 3, generator=g)
     sigma = sample_sigma(6, P_mean=EDM.P_mean, P_std=EDM.P_std, generator=g)
     noise = torch.randn(6, 2, 4, 6, generator=g)
     explicit = residual_loss(
-        identity_denoiser, x, y, edm=EDM, mean=mean, patch=(4, 6), origins=origins, sigma=sigma,
-        noise=noise, reduction="none",
+        identity_denoiser,
+        x,
+        y,
+        edm=EDM,
+        mean=mean,
+        patch=(4, 6),
+        origins=origins,
+        sigma=sigma,
+        noise=noise,
+        reduction="none",
     )
     torch.testing.assert_close(drawn, explicit)
 

@@ -22,15 +22,21 @@ from corrdiff_xr.noise import (
 )
 
 M64 = (1 << 64) - 1
-TIMES = [np.datetime64("2021-06-01T12:00", "ns"), np.datetime64("1969-12-31T23:00", "ns"),
-         np.datetime64("1970-01-01T00:00:02", "ns"), np.datetime64("2262-04-11", "ns")]
+TIMES = [
+    np.datetime64("2021-06-01T12:00", "ns"),
+    np.datetime64("1969-12-31T23:00", "ns"),
+    np.datetime64("1970-01-01T00:00:02", "ns"),
+    np.datetime64("2262-04-11", "ns"),
+]
 
 
 # -- the formulas as they were written before the three recipes became one -----------------------
 def old_inference_seed(seed, time, member, origin):
     ns = int(np.asarray(time).astype("datetime64[ns]").astype(np.int64)) & M64
     row, col = (int(v) & M64 for v in origin)
-    words = np.random.SeedSequence([int(seed), ns, int(member), row, col]).generate_state(2, dtype=np.uint32)
+    words = np.random.SeedSequence([int(seed), ns, int(member), row, col]).generate_state(
+        2, dtype=np.uint32
+    )
     return (int(words[0]) << 31 | int(words[1]) >> 1) & ((1 << 63) - 1)
 
 
@@ -40,7 +46,9 @@ def old_loader_generator(seed, epoch, time_index):
 
 
 def old_validation_generator(seed, time_index, member, device):
-    state = np.random.SeedSequence([seed, time_index, member, 0x7A11D]).generate_state(1, dtype=np.uint64)[0]
+    state = np.random.SeedSequence([seed, time_index, member, 0x7A11D]).generate_state(
+        1, dtype=np.uint64
+    )[0]
     return torch.Generator(device=device).manual_seed(int(state >> 1))
 
 
@@ -49,10 +57,20 @@ def same_state(a: torch.Generator, b: torch.Generator) -> bool:
 
 
 INFERENCE_KEYS = [(0, t, 0, (0, 0)) for t in TIMES] + [
-    (7, TIMES[0], 3, (-2, 40)), (1, TIMES[1], 12, (-6, -6)), (2**40, TIMES[0], 2**33, (96, 2**31)),
-    (5, TIMES[3], 0, (0, 8)), (5, TIMES[3], 0, (8, 0)),
+    (7, TIMES[0], 3, (-2, 40)),
+    (1, TIMES[1], 12, (-6, -6)),
+    (2**40, TIMES[0], 2**33, (96, 2**31)),
+    (5, TIMES[3], 0, (0, 8)),
+    (5, TIMES[3], 0, (8, 0)),
 ]
-TRAINING_KEYS = [(0, 0, 0), (1, 0, 5), (1, 5, 0), (3, 17, 12345), (2**32 + 1, 2, 2**40), (99, 1, 8759)]
+TRAINING_KEYS = [
+    (0, 0, 0),
+    (1, 0, 5),
+    (1, 5, 0),
+    (3, 17, 12345),
+    (2**32 + 1, 2, 2**40),
+    (99, 1, 8759),
+]
 
 
 @pytest.mark.parametrize("key", INFERENCE_KEYS)
@@ -73,8 +91,10 @@ def test_training_patch_generators_are_the_old_loaders(key):
     old = old_loader_generator(*key)
     assert same_state(keyed_generator(TRAIN_PATCH, *key), old)
     assert same_state(_patch_generator(*key), old)
-    assert torch.equal(torch.randint(0, 1000, (8,), generator=_patch_generator(*key)),
-                       torch.randint(0, 1000, (8,), generator=old_loader_generator(*key)))
+    assert torch.equal(
+        torch.randint(0, 1000, (8,), generator=_patch_generator(*key)),
+        torch.randint(0, 1000, (8,), generator=old_loader_generator(*key)),
+    )
 
 
 @pytest.mark.parametrize("key", TRAINING_KEYS)
@@ -97,38 +117,71 @@ def test_every_key_word_changes_the_seed():
     base = (7, time_key(TIMES[0]), 3, 8, 16)
     seeds = {keyed_seed(INFERENCE, *base)}
     for i in range(len(base)):
-        seeds.add(keyed_seed(INFERENCE, *base[:i], base[i] + 1, *base[i + 1:]))
+        seeds.add(keyed_seed(INFERENCE, *base[:i], base[i] + 1, *base[i + 1 :]))
     assert len(seeds) == len(base) + 1
     assert all(0 <= s < 2**63 for s in seeds)
 
 
 def test_keyed_seeds_are_stable_across_processes():
-    here = [keyed_seed(TRAIN_PATCH, 3, 1, 40), keyed_seed(VALIDATION, 3, 40, 2),
-            keyed_seed(INFERENCE, 7, time_key(TIMES[1]), 3, -2, 40)]
+    here = [
+        keyed_seed(TRAIN_PATCH, 3, 1, 40),
+        keyed_seed(VALIDATION, 3, 40, 2),
+        keyed_seed(INFERENCE, 7, time_key(TIMES[1]), 3, -2, 40),
+    ]
     code = (
         "import numpy as np; from corrdiff_xr.noise import *; "
         "print(keyed_seed(TRAIN_PATCH, 3, 1, 40), keyed_seed(VALIDATION, 3, 40, 2), "
         "keyed_seed(INFERENCE, 7, time_key(np.datetime64('1969-12-31T23:00', 'ns')), 3, -2, 40))"
     )
-    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={"PYTHONHASHSEED": "321"}).stdout.split()
+    there = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "321"},
+    ).stdout.split()
     assert [int(v) for v in there] == here
 
 
-@pytest.mark.parametrize(("layout", "key", "error", "message"), [
-    (TRAIN_PATCH, (1, 2), ValueError, r"training patch key has 3 words \(seed, epoch, time_index\), got 2"),
-    (TRAIN_PATCH, (1, -1, 2), ValueError, "training patch key word epoch must be non-negative, got -1"),
-    (VALIDATION, (1, 2, 0.5), TypeError, "validation member key word member must be an integer, got 0.5"),
-    (INFERENCE, (-1, 0, 0, 0, 0), ValueError, "inference patch key word seed must be non-negative, got -1"),
-    (INFERENCE, (1, 0, True, 0, 0), TypeError, "word member must be an integer, got True"),
-])
+@pytest.mark.parametrize(
+    ("layout", "key", "error", "message"),
+    [
+        (
+            TRAIN_PATCH,
+            (1, 2),
+            ValueError,
+            r"training patch key has 3 words \(seed, epoch, time_index\), got 2",
+        ),
+        (
+            TRAIN_PATCH,
+            (1, -1, 2),
+            ValueError,
+            "training patch key word epoch must be non-negative, got -1",
+        ),
+        (
+            VALIDATION,
+            (1, 2, 0.5),
+            TypeError,
+            "validation member key word member must be an integer, got 0.5",
+        ),
+        (
+            INFERENCE,
+            (-1, 0, 0, 0, 0),
+            ValueError,
+            "inference patch key word seed must be non-negative, got -1",
+        ),
+        (INFERENCE, (1, 0, True, 0, 0), TypeError, "word member must be an integer, got True"),
+    ],
+)
 def test_bad_keys_are_refused_naming_the_word_and_value(layout, key, error, message):
     with pytest.raises(error, match=message):
         keyed_seed(layout, *key)
 
 
 def test_wrapped_words_take_negative_values_modulo_2_to_the_64():
-    assert keyed_seed(INFERENCE, 1, -5, 0, -3, 0) == keyed_seed(INFERENCE, 1, M64 - 4, 0, M64 - 2, 0)
+    assert keyed_seed(INFERENCE, 1, -5, 0, -3, 0) == keyed_seed(
+        INFERENCE, 1, M64 - 4, 0, M64 - 2, 0
+    )
     layout = KeyLayout("test", ("a",), tag=1)
     with pytest.raises(ValueError, match="test key word a must be non-negative"):
         keyed_seed(layout, -1)

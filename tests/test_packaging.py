@@ -22,8 +22,19 @@ def test_an_installed_wheel_finds_its_catalogs_model_and_configs(tmp_path):
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
-                    str(src)], check=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            *pip,
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
     (wheel,) = (tmp_path / "dist").glob("corrdiff_xr-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for catalog in ("demo", "samples", "cloud"):
@@ -32,8 +43,10 @@ def test_an_installed_wheel_finds_its_catalogs_model_and_configs(tmp_path):
 
     prefix = tmp_path / "prefix"
     # --ignore-installed: never uninstall the running environment's corrdiff_xr (pip would)
-    subprocess.run([*pip, "install", "--no-deps", "--ignore-installed", "--prefix", str(prefix), str(wheel)],
-                   check=True)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--ignore-installed", "--prefix", str(prefix), str(wheel)],
+        check=True,
+    )
     site = sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)})
     script = (
         "import corrdiff_xr, pathlib\n"
@@ -47,11 +60,19 @@ def test_an_installed_wheel_finds_its_catalogs_model_and_configs(tmp_path):
         "print(type(CorrDiff.load(shipped_model_path())).__name__)\n"
     )
     env = {**os.environ, "PYTHONPATH": site}
-    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True,
-                         cwd=tmp_path, env=env).stdout.split("\n")
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    ).stdout.split("\n")
     assert Path(out[0]).is_relative_to(prefix)  # the installed copy, not this checkout
     assert Path(out[1]) == (prefix / "share" / "corrdiff_xr" / "catalogs").resolve()
     assert out[2] == "['t2m', 'tp', 'u10', 'v10']"
     assert out[3] == "CorrDiff"
     # and this environment's own install is untouched
-    subprocess.run([sys.executable, "-c", "import corrdiff_xr.data.catalog"], check=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-c", "import corrdiff_xr.data.catalog"], check=True, cwd=tmp_path
+    )

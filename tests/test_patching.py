@@ -58,8 +58,12 @@ def test_every_domain_pixel_gets_positive_weight(spec):
     for k in range(grid.num_patches):
         rows, cols = grid.indices(k)
         r0, c0 = grid.origins[k]
-        inside_r = (np.arange(grid.patch[0]) + r0 >= 0) & (np.arange(grid.patch[0]) + r0 < grid.domain[0])
-        inside_c = (np.arange(grid.patch[1]) + c0 >= 0) & (np.arange(grid.patch[1]) + c0 < grid.domain[1])
+        inside_r = (np.arange(grid.patch[0]) + r0 >= 0) & (
+            np.arange(grid.patch[0]) + r0 < grid.domain[0]
+        )
+        inside_c = (np.arange(grid.patch[1]) + c0 >= 0) & (
+            np.arange(grid.patch[1]) + c0 < grid.domain[1]
+        )
         w = grid.weight * np.outer(inside_r, inside_c)
         np.add.at(cover, (rows[:, None], cols[None, :]), w)
     assert cover.min() > 0
@@ -85,8 +89,10 @@ def test_fused_local_model_equals_the_unpatched_model_away_from_the_boundary():
     torch.manual_seed(0)
     # Three 3x3 convolutions: receptive radius 3, translation-equivariant in the interior.
     convs = torch.nn.Sequential(
-        torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.Tanh(),
-        torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.Tanh(),
+        torch.nn.Conv2d(2, 4, 3, padding=1),
+        torch.nn.Tanh(),
+        torch.nn.Conv2d(4, 4, 3, padding=1),
+        torch.nn.Tanh(),
         torch.nn.Conv2d(4, 1, 3, padding=1),
     ).double()
     x = torch.randn(2, 2, 30, 37, dtype=torch.float64)
@@ -97,7 +103,9 @@ def test_fused_local_model_equals_the_unpatched_model_away_from_the_boundary():
             assert grid.num_patches > 4
             fused = map_patches(lambda p, offsets: convs(p), x, grid=grid, batch_size=5)
             r = 3
-            torch.testing.assert_close(fused[..., r:-r, r:-r], full[..., r:-r, r:-r], rtol=0, atol=1e-12)
+            torch.testing.assert_close(
+                fused[..., r:-r, r:-r], full[..., r:-r, r:-r], rtol=0, atol=1e-12
+            )
             # the halo matters: without it the patch edges leak into the result
             bare = PatchGrid.build(x.shape[-2:], (8, 6), weights=weights)
             leaky = map_patches(lambda p, offsets: convs(p), x, grid=bare)
@@ -164,7 +172,10 @@ def test_random_origins_are_seeded_and_keep_patches_inside_the_domain():
     assert torch.equal(a, b) and a.dtype == torch.long
     assert a[:, 0].min() == 0 and a[:, 0].max() == 12
     assert a[:, 1].min() == 0 and a[:, 1].max() == 5
-    assert torch.equal(random_origins((4, 9), (8, 4), 5, generator=torch.Generator())[:, 0], torch.zeros(5, dtype=torch.long))
+    assert torch.equal(
+        random_origins((4, 9), (8, 4), 5, generator=torch.Generator())[:, 0],
+        torch.zeros(5, dtype=torch.long),
+    )
 
 
 def test_take_patches_are_sample_major_slices():
@@ -192,14 +203,18 @@ def test_patch_grid_follows_patch_config():
 
 def test_patch_grid_of_a_default_patch_config_ramps_over_a_quarter_of_the_smaller_side():
     assert PatchGrid.from_config((30, 41), PatchConfig(shape=(12, 20))) == PatchGrid.build(
-        (30, 41), (12, 20), overlap=3, weights="ramp")
+        (30, 41), (12, 20), overlap=3, weights="ramp"
+    )
     assert PatchGrid.from_config((30, 41), PatchConfig(shape=(12, 20), boundary=2, overlap=0)) == (
-        PatchGrid.build((30, 41), (12, 20), boundary=2, weights="ramp"))
+        PatchGrid.build((30, 41), (12, 20), boundary=2, weights="ramp")
+    )
 
 
 def test_the_reference_grid_keeps_its_layout_and_uniform_weights_when_set_explicitly():
     # what the parity tests build: the reference's stride, every pixel weighted alike
-    config = PatchConfig(shape=(8, 8), overlap=2, boundary=1, weights="uniform", layout="physicsnemo")
+    config = PatchConfig(
+        shape=(8, 8), overlap=2, boundary=1, weights="uniform", layout="physicsnemo"
+    )
     grid = PatchGrid.from_config((16, 24), config)
     assert grid == PatchGrid.build((16, 24), (8, 8), overlap=2, boundary=1, layout="physicsnemo")
     # stride p - o - b = 5 from -b, ceil(L / 5) patches per axis
@@ -244,7 +259,9 @@ def test_patched_denoiser_appends_context_and_passes_patch_offsets():
         calls.append((condition, offsets))
         return x
 
-    patched_denoiser(spy, grid, condition=cond, context=context)(torch.zeros(2, 1, 8, 8), torch.ones(2))
+    patched_denoiser(spy, grid, condition=cond, context=context)(
+        torch.zeros(2, 1, 8, 8), torch.ones(2)
+    )
     condition, offsets = calls[0]
     assert condition.shape == (8, 4, 4, 4)
     assert torch.equal(condition[:, 3:], context.repeat_interleave(4, dim=0))
@@ -270,22 +287,30 @@ def _reference_order(grid: PatchGrid, batch: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("img_shape,patch,overlap,boundary", REFERENCE_GRIDS)
-def test_physicsnemo_layout_tiles_and_fuses_like_grid_patching_2d(img_shape, patch, overlap, boundary):
+def test_physicsnemo_layout_tiles_and_fuses_like_grid_patching_2d(
+    img_shape, patch, overlap, boundary
+):
     from physicsnemo_ref import physicsnemo
 
     if physicsnemo() is None:
         pytest.skip("physicsnemo (reference implementation) cannot be imported")
     from physicsnemo.diffusion.multi_diffusion import GridPatching2D
 
-    ref = GridPatching2D(img_shape=img_shape, patch_shape=patch, overlap_pix=overlap, boundary_pix=boundary)
-    grid = PatchGrid.build(img_shape, patch, overlap=overlap, boundary=boundary, layout="physicsnemo")
+    ref = GridPatching2D(
+        img_shape=img_shape, patch_shape=patch, overlap_pix=overlap, boundary_pix=boundary
+    )
+    grid = PatchGrid.build(
+        img_shape, patch, overlap=overlap, boundary=boundary, layout="physicsnemo"
+    )
     assert grid.num_patches == ref.patch_num
     order = _reference_order(grid, 2)
     x = torch.randn(2, 3, *img_shape, dtype=torch.float64)
     assert torch.equal(tile(x, grid)[order], ref.apply(x))
     # fusing arbitrary (not tile-consistent) patches: the same weighted average
     patches = torch.randn(2 * grid.num_patches, 3, *patch, dtype=torch.float64)
-    torch.testing.assert_close(fuse(patches, grid), ref.fuse(patches[order], batch_size=2), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        fuse(patches, grid), ref.fuse(patches[order], batch_size=2), rtol=0, atol=1e-12
+    )
     # the reference's global (row, col) index of every patch pixel is our reflected index
     gi = ref.global_index()
     for k_ref, k in enumerate(_reference_order(grid, 1).tolist()):

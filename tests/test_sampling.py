@@ -86,7 +86,9 @@ def test_a_member_does_not_depend_on_how_members_are_batched(solver):
     )
     for n, seed in enumerate(seeds):
         gens = make_generators([seed])
-        alone = sample(gaussian_denoiser, draw_latents(gens, (2, 5, 3)), config=config, generators=gens)
+        alone = sample(
+            gaussian_denoiser, draw_latents(gens, (2, 5, 3)), config=config, generators=gens
+        )
         torch.testing.assert_close(alone[0], together[n], rtol=0, atol=0)
 
 
@@ -105,7 +107,9 @@ def test_deterministic_sampler_draws_no_noise():
     latents = torch.randn(2, 1, 4, 4)
     out = sample(gaussian_denoiser, latents, config=SamplerConfig(num_steps=4), generators=gens)
     assert all(torch.equal(s, g.get_state()) for s, g in zip(states, gens))
-    torch.testing.assert_close(out, sample(gaussian_denoiser, latents, config=SamplerConfig(num_steps=4)))
+    torch.testing.assert_close(
+        out, sample(gaussian_denoiser, latents, config=SamplerConfig(num_steps=4))
+    )
 
 
 def test_churn_outside_the_s_min_s_max_window_changes_nothing():
@@ -125,7 +129,10 @@ def test_churn_is_capped_as_in_edm():
     latents = torch.randn(1, 6)
     cfg = {"num_steps": 4, "sigma_max": 10.0}
     capped = sample(
-        gaussian_denoiser, latents, config=SamplerConfig(S_churn=1e6, **cfg), generators=make_generators([9])
+        gaussian_denoiser,
+        latents,
+        config=SamplerConfig(S_churn=1e6, **cfg),
+        generators=make_generators([9]),
     )
     at_cap = sample(
         gaussian_denoiser,
@@ -140,7 +147,11 @@ def test_sample_runs_the_configured_solver_from_sigma_max():
     latents = torch.randn(3, 2, 2, dtype=torch.float64)
     sig = karras_sigmas(SamplerConfig(num_steps=7, sigma_max=30.0))
     manual = euler(gaussian_denoiser, latents * sig[0], sig)
-    out = sample(gaussian_denoiser, latents, config=SamplerConfig(solver="euler", num_steps=7, sigma_max=30.0))
+    out = sample(
+        gaussian_denoiser,
+        latents,
+        config=SamplerConfig(solver="euler", num_steps=7, sigma_max=30.0),
+    )
     torch.testing.assert_close(out, manual, rtol=0, atol=0)
 
 
@@ -158,8 +169,12 @@ def test_denoiser_sees_one_sigma_per_sample_in_the_samples_dtype():
 
 def test_churn_without_generators_raises_a_clear_error():
     with pytest.raises(ValueError, match="one torch.Generator per sample"):
-        heun(gaussian_denoiser, torch.randn(2, 3), karras_sigmas(SamplerConfig(num_steps=3)),
-             config=SamplerConfig(S_churn=1.0))
+        heun(
+            gaussian_denoiser,
+            torch.randn(2, 3),
+            karras_sigmas(SamplerConfig(num_steps=3)),
+            config=SamplerConfig(S_churn=1.0),
+        )
 
 
 def test_bad_schedules_and_configs_are_rejected():

@@ -89,8 +89,9 @@ def test_the_stochastic_solver_is_reproducible_per_generator_and_noisier_than_th
     gens = sampling.make_generators(range(8))
     latents = sampling.draw_latents(gens, (100,), dtype=torch.float64)
     ode = sampling.sample(_denoise, latents, config=cfg, generators=gens)
-    plain = sampling.sample(_denoise, latents, config=SamplerConfig(
-        solver="dpmpp_2m", num_steps=12, sigma_max=80.0))
+    plain = sampling.sample(
+        _denoise, latents, config=SamplerConfig(solver="dpmpp_2m", num_steps=12, sigma_max=80.0)
+    )
     torch.testing.assert_close(ode, plain, rtol=0, atol=0)  # eta = 0 is the ODE solver
     assert not torch.equal(a[:, :100], ode)
 

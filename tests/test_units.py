@@ -48,26 +48,38 @@ def test_the_codec_records_the_units_of_the_training_data(setup):
     assert Codec.from_dict(codec.to_dict()).units == codec.units
 
 
-@pytest.mark.parametrize(("data", "model", "scale", "offset"), [
-    ("degC", "K", 1.0, 273.15),
-    ("K", "degC", 1.0, -273.15),
-    ("hPa", "Pa", 100.0, 0.0),
-    ("%", "1", 0.01, 0.0),
-    ("km", "m", 1000.0, 0.0),
-    ("mm", "kg m-2", 1.0, 0.0),  # a depth of liquid water
-    ("m", "kg m-2", 1000.0, 0.0),
-    ("kg m-2 s-1", "mm h-1", 3600.0, 0.0),
-])
+@pytest.mark.parametrize(
+    ("data", "model", "scale", "offset"),
+    [
+        ("degC", "K", 1.0, 273.15),
+        ("K", "degC", 1.0, -273.15),
+        ("hPa", "Pa", 100.0, 0.0),
+        ("%", "1", 0.01, 0.0),
+        ("km", "m", 1000.0, 0.0),
+        ("mm", "kg m-2", 1.0, 0.0),  # a depth of liquid water
+        ("m", "kg m-2", 1000.0, 0.0),
+        ("kg m-2 s-1", "mm h-1", 3600.0, 0.0),
+    ],
+)
 def test_simple_conversions_are_the_physical_ones(data, model, scale, offset):
     got = conversion(data, model)
     assert got == pytest.approx((scale, offset), rel=1e-12, abs=1e-9)
 
 
-@pytest.mark.parametrize(("data", "model"), [
-    ("m", "K"), ("degrees", "1"), ("kg m-2", "kg m-2 s-1"), ("dB", "1"), ("bananas", "m"),
-])
+@pytest.mark.parametrize(
+    ("data", "model"),
+    [
+        ("m", "K"),
+        ("degrees", "1"),
+        ("kg m-2", "kg m-2 s-1"),
+        ("dB", "1"),
+        ("bananas", "m"),
+    ],
+)
 def test_unsafe_or_impossible_conversions_are_refused_naming_both_units(data, model):
-    with pytest.raises(UnitsError, match=f"'v' is in units '{data}' but the model expects '{model}'"):
+    with pytest.raises(
+        UnitsError, match=f"'v' is in units '{data}' but the model expects '{model}'"
+    ):
         conversion(data, model, name="v")
 
 
@@ -117,7 +129,8 @@ def test_outputs_are_labelled_with_the_models_units(setup):
     for output in ("ensemble", "mean"):
         out = downscale(truth, model, output=output, **FAST)
         assert {n: out[n].attrs["units"] for n in out.data_vars} == {
-            n: codec.units[n] for n in codec.targets}
+            n: codec.units[n] for n in codec.targets
+        }
     decoded = codec.decode_targets(np.zeros((2, len(codec.targets), 16, 16)), truth)
     assert decoded["t2m"].attrs["units"] == "K"
     assert decoded["t2m"].attrs["long_name"] == truth["t2m"].attrs["long_name"]
@@ -128,8 +141,10 @@ def test_data_without_units_is_refused_and_a_codec_without_units_warns(setup):
     bare = ds.assign(msl=ds.msl.copy().assign_attrs(units=""))
     with pytest.raises(UnitsError, match=r"'msl' has no 'units' attribute.*= 'Pa'"):
         to_model_units(bare, codec)
-    attrs = {n: {k: v for k, v in a.items() if not (n == "msl" and k == "units")}
-             for n, a in codec.attrs.items()}
+    attrs = {
+        n: {k: v for k, v in a.items() if not (n == "msl" and k == "units")}
+        for n, a in codec.attrs.items()
+    }
     old = dataclasses.replace(codec, attrs=attrs)
     with pytest.warns(UserWarning, match=r"no units for \['msl'\]"):
         converted = to_model_units(_relabel(ds, "msl", "hPa"), old)
@@ -140,7 +155,9 @@ def test_check_pair_refuses_other_units_and_accepts_other_spellings(setup):
     ds, codec, _, _ = setup
     check_pair(open_pair(ds), codec)
     check_pair(open_pair(_relabel(ds, "u10", "m/s")), codec)
-    with pytest.raises(UnitsError, match=r"'t2m' is in units 'degC' but the model was trained in 'K'"):
+    with pytest.raises(
+        UnitsError, match=r"'t2m' is in units 'degC' but the model was trained in 'K'"
+    ):
         check_pair(open_pair(_relabel(ds, "t2m", "degC", offset=-273.15)), codec)
     with pytest.raises(UnitsError, match=r"'orography' is in units 'K'.*convert"):
         check_pair(open_pair(_relabel(ds, "orography", "K")), codec)

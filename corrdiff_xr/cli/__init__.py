@@ -57,9 +57,12 @@ def bounded(
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if math.isnan(value) or (minimum is not None and value < minimum) or (
-            maximum is not None and value > maximum
-        ) or (above is not None and value <= above):
+        if (
+            math.isnan(value)
+            or (minimum is not None and value < minimum)
+            or (maximum is not None and value > maximum)
+            or (above is not None and value <= above)
+        ):
             raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
         return value
 

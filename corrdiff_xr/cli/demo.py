@@ -39,26 +39,52 @@ __all__ = ["configure_parser", "run"]
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     from corrdiff_xr.cli import bounded
 
-    parser.add_argument("--out", required=True, type=Path,
-                        help="output directory: new, empty, or an earlier demo output (with "
-                        "--overwrite)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier demo output in --out (never anything else)")
-    parser.add_argument("--members", type=bounded(int, minimum=1), default=8,
-                        help="ensemble size (default 8)")
-    parser.add_argument("--times", type=bounded(int, minimum=1, maximum=HELD_OUT_TIMES),
-                        default=4, help="held-out hourly time steps to downscale (default 4, "
-                        f"at most {HELD_OUT_TIMES})")
-    parser.add_argument("--steps", type=bounded(int, minimum=1), default=DEMO_STEPS,
-                        help=f"sampler steps (default {DEMO_STEPS})")
-    parser.add_argument("--sigma-max", type=bounded(float, above=0), default=DEMO_SIGMA_MAX,
-                        help=f"largest noise level of the sampler (default {DEMO_SIGMA_MAX:g})")
-    parser.add_argument("--seed", type=bounded(int, minimum=0), default=0,
-                        help="ensemble seed (default 0)")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="checkpoint to use instead of the shipped tiny model")
-    parser.add_argument("--cache-dir", default=None,
-                        help="data cache (default $CORRDIFF_XR_CACHE or ~/.cache/corrdiff_xr)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output directory: new, empty, or an earlier demo output (with --overwrite)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier demo output in --out (never anything else)",
+    )
+    parser.add_argument(
+        "--members", type=bounded(int, minimum=1), default=8, help="ensemble size (default 8)"
+    )
+    parser.add_argument(
+        "--times",
+        type=bounded(int, minimum=1, maximum=HELD_OUT_TIMES),
+        default=4,
+        help=f"held-out hourly time steps to downscale (default 4, at most {HELD_OUT_TIMES})",
+    )
+    parser.add_argument(
+        "--steps",
+        type=bounded(int, minimum=1),
+        default=DEMO_STEPS,
+        help=f"sampler steps (default {DEMO_STEPS})",
+    )
+    parser.add_argument(
+        "--sigma-max",
+        type=bounded(float, above=0),
+        default=DEMO_SIGMA_MAX,
+        help=f"largest noise level of the sampler (default {DEMO_SIGMA_MAX:g})",
+    )
+    parser.add_argument(
+        "--seed", type=bounded(int, minimum=0), default=0, help="ensemble seed (default 0)"
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="checkpoint to use instead of the shipped tiny model",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="data cache (default $CORRDIFF_XR_CACHE or ~/.cache/corrdiff_xr)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -83,22 +109,36 @@ def run(args: argparse.Namespace) -> int:
     model = _checked_model(args.model)
     out = args.out.expanduser()
     # --out is checked (and refused) before the slow first-time data build
-    with writing(out, what="demo output"), output_directory(
-        out, kind=KIND, names=DEMO_FILES, overwrite=args.overwrite, what="--out"
-    ) as staged:
+    with (
+        writing(out, what="demo output"),
+        output_directory(
+            out, kind=KIND, names=DEMO_FILES, overwrite=args.overwrite, what="--out"
+        ) as staged,
+    ):
         with writing(cache_root(args.cache_dir), what="demo data cache"):
             pair = open_demo_data(cache_dir=args.cache_dir, times=args.times)
-        print(f"downscaling {pair.dataset.sizes[TIME]} held-out time steps x {args.members} "
-              f"members (Heun, {args.steps} steps from sigma {args.sigma_max:g}) with "
-              f"{model.name}")
-        result = evaluate(pair, model, members=args.members, steps=args.steps,
-                          sampler={"sigma_max": args.sigma_max}, seed=args.seed, out=staged,
-                          progress=not args.quiet)
+        print(
+            f"downscaling {pair.dataset.sizes[TIME]} held-out time steps x {args.members} "
+            f"members (Heun, {args.steps} steps from sigma {args.sigma_max:g}) with "
+            f"{model.name}"
+        )
+        result = evaluate(
+            pair,
+            model,
+            members=args.members,
+            steps=args.steps,
+            sampler={"sigma_max": args.sigma_max},
+            seed=args.seed,
+            out=staged,
+            progress=not args.quiet,
+        )
         _write_json(result.scores, staged / "scores.json")
         if not args.no_plots:
             plot.save_report(result.ensemble, result.truth, staged, inputs=pair.coarse)
     print(format_table(result.scores))
-    print(f"\nwrote {out}/ensemble.zarr, regression_mean.zarr, scores.json"
-          f"{'' if args.no_plots else ', maps.png, spectra.png, rank_histogram.png'} "
-          f"in {time.perf_counter() - start:.0f} s")
+    print(
+        f"\nwrote {out}/ensemble.zarr, regression_mean.zarr, scores.json"
+        f"{'' if args.no_plots else ', maps.png, spectra.png, rank_histogram.png'} "
+        f"in {time.perf_counter() - start:.0f} s"
+    )
     return 0

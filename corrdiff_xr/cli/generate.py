@@ -54,7 +54,9 @@ def _int_at_least(low: int):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {low}, got {text!r}"
+            ) from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
         return value
@@ -82,7 +84,9 @@ def _device(text: str) -> str:
     try:
         torch.device(text)
     except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
+        ) from None
     return text
 
 
@@ -93,7 +97,9 @@ class _TimeRange(argparse.Action):
         import pandas as pd
 
         if len(values) not in (2, 3):
-            raise argparse.ArgumentError(self, f"takes START END [STEP], got {len(values)} value(s): {values}")
+            raise argparse.ArgumentError(
+                self, f"takes START END [STEP], got {len(values)} value(s): {values}"
+            )
         try:
             start, end = (_timestamp(t) for t in values[:2])
         except argparse.ArgumentTypeError as err:
@@ -108,7 +114,8 @@ class _TimeRange(argparse.Action):
                 step = pd.NaT
             if pd.isna(step) or step <= pd.Timedelta(0):
                 raise argparse.ArgumentError(
-                    self, f"STEP must be a positive duration like 3h or 30min, got {values[2]!r}")
+                    self, f"STEP must be a positive duration like 3h or 30min, got {values[2]!r}"
+                )
         setattr(namespace, self.dest, (start, end, step))
 
 
@@ -142,7 +149,8 @@ class _Chunks(argparse.Action):
             dim, sep, size = item.partition("=")
             if not sep or dim not in CHUNK_DIMS:
                 raise argparse.ArgumentError(
-                    self, f"{item!r}: expected DIM=N with DIM one of {', '.join(CHUNK_DIMS)}")
+                    self, f"{item!r}: expected DIM=N with DIM one of {', '.join(CHUNK_DIMS)}"
+                )
             try:
                 chunks[dim] = _int_at_least(1)(size)
             except argparse.ArgumentTypeError as err:
@@ -152,44 +160,106 @@ class _Chunks(argparse.Action):
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Options of ``corrdiff-xr generate``."""
-    positive, non_negative = _int_at_least(1), _int_at_least(0)
-    src = parser.add_argument_group("data")
+    _data_options(parser.add_argument_group("data"))
+    _model_options(parser.add_argument_group("model and sampling"))
+    _output_options(parser.add_argument_group("output and compute"))
+
+
+def _data_options(src: argparse._ArgumentGroup) -> None:
     where = src.add_mutually_exclusive_group(required=True)
-    where.add_argument("--data", help="canonical dataset: Zarr path or URL (file://, s3://, gs://, memory://), "
-                       "or catalog:NAME/ENTRY")
-    where.add_argument("--catalog", help="intake catalog: bundled name (demo, samples, cloud) or YAML path")
+    where.add_argument(
+        "--data",
+        help="canonical dataset: Zarr path or URL (file://, s3://, gs://, memory://), "
+        "or catalog:NAME/ENTRY",
+    )
+    where.add_argument(
+        "--catalog", help="intake catalog: bundled name (demo, samples, cloud) or YAML path"
+    )
     src.add_argument("--entry", help="catalog entry (with --catalog)")
-    src.add_argument("--param", nargs="*", default={}, action=_KeyValues, metavar="KEY=VALUE",
-                     help="catalog user parameters (with --catalog or --data catalog:...), e.g. cache_dir=/data")
+    src.add_argument(
+        "--param",
+        nargs="*",
+        default={},
+        action=_KeyValues,
+        metavar="KEY=VALUE",
+        help="catalog user parameters (with --catalog or --data catalog:...), e.g. cache_dir=/data",
+    )
     when = src.add_mutually_exclusive_group()
-    when.add_argument("--times", nargs="+", type=_timestamp, metavar="TIME", help="valid times (ISO 8601)")
-    when.add_argument("--time-range", nargs="+", action=_TimeRange, metavar="T",
-                      help="START END [STEP]: inclusive range; STEP like 3h (default: every step)")
-    model = parser.add_argument_group("model and sampling")
+    when.add_argument(
+        "--times", nargs="+", type=_timestamp, metavar="TIME", help="valid times (ISO 8601)"
+    )
+    when.add_argument(
+        "--time-range",
+        nargs="+",
+        action=_TimeRange,
+        metavar="T",
+        help="START END [STEP]: inclusive range; STEP like 3h (default: every step)",
+    )
+
+
+def _model_options(model: argparse._ArgumentGroup) -> None:
+    positive, non_negative = _int_at_least(1), _int_at_least(0)
     model.add_argument("--checkpoint", required=True, help="CorrDiff checkpoint (CorrDiff.save)")
     model.add_argument("--members", type=positive, default=1, help="ensemble size (default 1)")
     model.add_argument("--seed", type=non_negative, default=0, help="base seed (default 0)")
-    model.add_argument("--output-kind", choices=("ensemble", "mean", "residual"), default="ensemble")
+    model.add_argument(
+        "--output-kind", choices=("ensemble", "mean", "residual"), default="ensemble"
+    )
     model.add_argument("--steps", type=positive, help="sampler steps (default: SamplerConfig's)")
-    model.add_argument("--sampler", nargs="*", default={}, action=_KeyValues, metavar="KEY=VALUE",
-                       help="SamplerConfig fields, e.g. solver=euler S_churn=10")
-    model.add_argument("--patch", type=positive, nargs="+", action=_Patch, metavar="N",
-                       help="patch shape H [W]; omit for whole-domain")
-    model.add_argument("--overlap", type=non_negative,
-                       help="patch overlap in pixels (default: a quarter of the smaller patch side)")
-    model.add_argument("--boundary", type=non_negative, help="zero-weight halo of each patch (default 0)")
+    model.add_argument(
+        "--sampler",
+        nargs="*",
+        default={},
+        action=_KeyValues,
+        metavar="KEY=VALUE",
+        help="SamplerConfig fields, e.g. solver=euler S_churn=10",
+    )
+    model.add_argument(
+        "--patch",
+        type=positive,
+        nargs="+",
+        action=_Patch,
+        metavar="N",
+        help="patch shape H [W]; omit for whole-domain",
+    )
+    model.add_argument(
+        "--overlap",
+        type=non_negative,
+        help="patch overlap in pixels (default: a quarter of the smaller patch side)",
+    )
+    model.add_argument(
+        "--boundary", type=non_negative, help="zero-weight halo of each patch (default 0)"
+    )
     model.add_argument("--batch-size", type=positive, default=8, help="patches per call on GPUs")
-    model.add_argument("--device", type=_device, help="torch device of the workers (default: cuda if present)")
-    out = parser.add_argument_group("output and compute")
-    out.add_argument("--zarr", required=True, help="output Zarr store (resumed when it holds this request)")
+    model.add_argument(
+        "--device", type=_device, help="torch device of the workers (default: cuda if present)"
+    )
+
+
+def _output_options(out: argparse._ArgumentGroup) -> None:
+    positive = _int_at_least(1)
+    out.add_argument(
+        "--zarr", required=True, help="output Zarr store (resumed when it holds this request)"
+    )
     out.add_argument("--netcdf", help="also write the reference NetCDF layout here")
-    out.add_argument("--chunks", nargs="*", default={}, action=_Chunks, metavar="DIM=N",
-                     help="output chunks for member, time, y, x (default member=1, time=1)")
-    out.add_argument("--overwrite", action="store_true",
-                     help="replace our own output of another request (never anything else)")
+    out.add_argument(
+        "--chunks",
+        nargs="*",
+        default={},
+        action=_Chunks,
+        metavar="DIM=N",
+        help="output chunks for member, time, y, x (default member=1, time=1)",
+    )
+    out.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace our own output of another request (never anything else)",
+    )
     sched = out.add_mutually_exclusive_group()
     sched.add_argument("--scheduler-address", help="existing dask.distributed scheduler")
-    sched.add_argument("--n-workers", type=positive, help="start a LocalCluster of this many worker processes")
+    sched.add_argument(
+        "--n-workers", type=positive, help="start a LocalCluster of this many worker processes"
+    )
     out.add_argument("--threads-per-worker", type=positive, default=1)
     out.add_argument("--torch-threads", type=positive, help="torch threads per task")
 
@@ -207,7 +277,8 @@ def _source(args: argparse.Namespace) -> str:
         return f"catalog:{args.catalog}/{args.entry}"
     if args.entry:
         raise GenerateError(
-            f"--entry goes with --catalog, not --data (or write --data catalog:NAME/{args.entry})")
+            f"--entry goes with --catalog, not --data (or write --data catalog:NAME/{args.entry})"
+        )
     return args.data
 
 
@@ -243,7 +314,8 @@ def _select_times(pair, args: argparse.Namespace):
         )
     if len(wanted) == 0:
         raise GenerateError(
-            f"the time selection is empty (the dataset covers {available[0]} .. {available[-1]})")
+            f"the time selection is empty (the dataset covers {available[0]} .. {available[-1]})"
+        )
     return pair.isel({TIME: np.asarray(available.get_indexer(wanted))})
 
 
@@ -296,7 +368,9 @@ def _patching(args: argparse.Namespace):
     """
     from corrdiff_xr.config import PatchConfig, SettingError
 
-    given = {k: v for k, v in (("overlap", args.overlap), ("boundary", args.boundary)) if v is not None}
+    given = {
+        k: v for k, v in (("overlap", args.overlap), ("boundary", args.boundary)) if v is not None
+    }
     try:
         patching = PatchConfig(shape=args.patch, **given)
     except SettingError as err:
@@ -310,15 +384,24 @@ def _request(args: argparse.Namespace, ds, patching) -> dict[str, Any]:
     from corrdiff_xr.inference.store import times_fingerprint
 
     sampling = {
-        "output": args.output_kind, "members": args.members, "seed": args.seed,
+        "output": args.output_kind,
+        "members": args.members,
+        "seed": args.seed,
         "sampler": json.loads(ds.attrs["corrdiff_sampler"]),  # resolved, steps included
         "patch": list(patching.shape) if patching.shape else None,
-        "overlap": patching.overlap if patching.shape else None, "boundary": patching.boundary,
-        "weights": patching.weights, "batch_size": args.batch_size, "device": _device_kind(args),
+        "overlap": patching.overlap if patching.shape else None,
+        "boundary": patching.boundary,
+        "weights": patching.weights,
+        "batch_size": args.batch_size,
+        "device": _device_kind(args),
         "chunks": {str(d): int(c[0]) for d, c in ds.chunksizes.items()},
     }
-    return {"checkpoint": checkpoint_identity(args.checkpoint), "data": _data_source(args),
-            "times": times_fingerprint(ds[TIME].values), "sampling": sampling}
+    return {
+        "checkpoint": checkpoint_identity(args.checkpoint),
+        "data": _data_source(args),
+        "times": times_fingerprint(ds[TIME].values),
+        "sampling": sampling,
+    }
 
 
 def _downscale(pair, args: argparse.Namespace):
@@ -327,9 +410,17 @@ def _downscale(pair, args: argparse.Namespace):
     patching = _patching(args)  # resolved here, so that the request records the values used
     try:
         ds = downscale(
-            pair, args.checkpoint, members=args.members, seed=args.seed, output=args.output_kind,
-            sampler=args.sampler or None, steps=args.steps, patch=patching, batch_size=args.batch_size,
-            device=args.device, chunks={"member": 1, "time": 1, **args.chunks},
+            pair,
+            args.checkpoint,
+            members=args.members,
+            seed=args.seed,
+            output=args.output_kind,
+            sampler=args.sampler or None,
+            steps=args.steps,
+            patch=patching,
+            batch_size=args.batch_size,
+            device=args.device,
+            chunks={"member": 1, "time": 1, **args.chunks},
             threads=args.torch_threads,
         )
     except (ValueError, KeyError) as err:
@@ -351,8 +442,13 @@ def _client(args: argparse.Namespace):
     if args.n_workers:
         from distributed import Client, LocalCluster
 
-        cluster = LocalCluster(n_workers=args.n_workers, threads_per_worker=args.threads_per_worker,
-                               processes=True, host="127.0.0.1", dashboard_address=":0")
+        cluster = LocalCluster(
+            n_workers=args.n_workers,
+            threads_per_worker=args.threads_per_worker,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+        )
         return Client(cluster), cluster
     return None, None
 
@@ -361,17 +457,23 @@ def _write_netcdf(args: argparse.Namespace, pair) -> None:
     import xarray as xr
 
     from corrdiff_xr.dims import TIME
-    from corrdiff_xr.inference.store import write_reference_netcdf
+    from corrdiff_xr.inference.netcdf import write_reference_netcdf
 
     written = xr.open_zarr(args.zarr, consolidated=True)
     times = {TIME: written[TIME].values}
     truth = None
     if pair.targets:  # the prediction's variable order first, as in the reference's files
         order = [v for v in written.data_vars if v in pair.fine] + [
-            v for v in pair.fine.data_vars if v not in written.data_vars]
+            v for v in pair.fine.data_vars if v not in written.data_vars
+        ]
         truth = pair.fine[order].sel(times)
-    write_reference_netcdf(args.netcdf, written, inputs=pair.inputs_on_fine.sel(times), truth=truth,
-                           overwrite=args.overwrite)
+    write_reference_netcdf(
+        args.netcdf,
+        written,
+        inputs=pair.inputs_on_fine.sel(times),
+        truth=truth,
+        overwrite=args.overwrite,
+    )
     print(f"{args.netcdf}: reference NetCDF layout written", file=sys.stderr)
 
 
@@ -384,19 +486,29 @@ def run(args: argparse.Namespace) -> int:
     netcdf_done = False
     if args.netcdf:
         # checked before hours of computing, not after
-        netcdf_done = holds_request(args.netcdf, store_identity(ds, request),
-                                    overwrite=args.overwrite, what="--netcdf file")
+        netcdf_done = holds_request(
+            args.netcdf, store_identity(ds, request), overwrite=args.overwrite, what="--netcdf file"
+        )
     client, cluster = _client(args)
     try:
-        stats = write_zarr(ds, args.zarr, request=request, overwrite=args.overwrite, client=client,
-                           what="--zarr store")
+        stats = write_zarr(
+            ds,
+            args.zarr,
+            request=request,
+            overwrite=args.overwrite,
+            client=client,
+            what="--zarr store",
+        )
     finally:
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
-    print(f"{args.zarr}: {stats['written']} block(s) written, {stats['skipped']} already complete "
-          f"of {stats['blocks']}", file=sys.stderr)
+    print(
+        f"{args.zarr}: {stats['written']} block(s) written, {stats['skipped']} already complete "
+        f"of {stats['blocks']}",
+        file=sys.stderr,
+    )
     if netcdf_done:
         print(f"{args.netcdf}: already holds this request, kept", file=sys.stderr)
     elif args.netcdf:

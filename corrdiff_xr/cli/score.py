@@ -162,7 +162,10 @@ def _checked_outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None
         check_output(output, kind=KIND, overwrite=args.overwrite, what="score output")
     if plots:
         check_output_directory(
-            plots, kind=PLOTS_KIND, names=PLOT_FILES, overwrite=args.overwrite,
+            plots,
+            kind=PLOTS_KIND,
+            names=PLOT_FILES,
+            overwrite=args.overwrite,
             what="--plots folder",
         )
     return output, plots
@@ -217,15 +220,23 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(scores))
         if output:
             with writing(output, what="score output"):
-                write_dataset(scores, output, kind=KIND, overwrite=args.overwrite, what="score output")
+                write_dataset(
+                    scores, output, kind=KIND, overwrite=args.overwrite, what="score output"
+                )
             print(f"scores written to {output}")
         if plots:
             from corrdiff_xr import plot
 
-            with writing(plots, what="--plots folder"), output_directory(
-                plots, kind=PLOTS_KIND, names=PLOT_FILES, overwrite=args.overwrite,
-                what="--plots folder",
-            ) as staged:
+            with (
+                writing(plots, what="--plots folder"),
+                output_directory(
+                    plots,
+                    kind=PLOTS_KIND,
+                    names=PLOT_FILES,
+                    overwrite=args.overwrite,
+                    what="--plots folder",
+                ) as staged,
+            ):
                 written = plot.save_report(pred, truth, staged, inputs=inputs)
             print(f"plots written to {plots}: {', '.join(p.name for p in written)}")
     return 0

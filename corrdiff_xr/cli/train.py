@@ -16,10 +16,17 @@ __all__ = ["configure_parser", "run"]
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Options of ``corrdiff-xr train``."""
-    parser.add_argument("--config", help="YAML training config, or the name of a shipped one "
-                        "(regression_mini, diffusion_mini, patched_diffusion_mini, ...)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. training.lr=1e-4 data.source=catalog:demo/NAME")
+    parser.add_argument(
+        "--config",
+        help="YAML training config, or the name of a shipped one "
+        "(regression_mini, diffusion_mini, patched_diffusion_mini, ...)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. training.lr=1e-4 data.source=catalog:demo/NAME",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

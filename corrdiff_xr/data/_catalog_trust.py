@@ -106,9 +106,7 @@ def _check_text(where: str, text: str, names: set[str]) -> None:
         raise Refused(where, f"template {found[1]}(...) in {redact_url(text)!r} "
                       f"{_TEMPLATE_FUNCS[found[1]]}")  # fmt: skip
     try:
-        fields = [
-            (f, c, s) for _, f, s, c in string.Formatter().parse(text) if f is not None
-        ]
+        fields = [(f, c, s) for _, f, s, c in string.Formatter().parse(text) if f is not None]
     except ValueError as err:
         raise Refused(where, f"unbalanced braces in {text!r} ({err})") from None
     for field, conversion, spec in fields:
@@ -120,23 +118,17 @@ def _check_text(where: str, text: str, names: set[str]) -> None:
             )
 
 
-def _check_import(
-    where: str, kind: str, value: Any, allowed: Mapping[str, frozenset]
-) -> None:
+def _check_import(where: str, kind: str, value: Any, allowed: Mapping[str, frozenset]) -> None:
     if not isinstance(value, str) or value not in allowed[kind]:
         names = sorted(allowed[kind]) or "none"
-        raise Refused(
-            where, f"{kind} {value!r} is not an allowed class (allowed: {names})"
-        )
+        raise Refused(where, f"{kind} {value!r} is not an allowed class (allowed: {names})")
 
 
 def _check_parameters(
     where: str, params: Any, names: set[str], allowed: Mapping, dtypes: frozenset
 ) -> None:
     if not isinstance(params, Mapping):
-        raise Refused(
-            where or "catalog", f"user_parameters must be a mapping, got {params!r}"
-        )
+        raise Refused(where or "catalog", f"user_parameters must be a mapping, got {params!r}")
     for name, spec in params.items():
         at = f"{where}user parameter {name!r}"
         if not isinstance(spec, Mapping):
@@ -149,9 +141,7 @@ def _check_parameters(
                 at,
                 f"dtype {spec['dtype']!r} is not allowed (allowed: {sorted(dtypes)})",
             )
-        _check_values(
-            at, {k: v for k, v in spec.items() if k not in ("cls", "dtype")}, names
-        )
+        _check_values(at, {k: v for k, v in spec.items() if k not in ("cls", "dtype")}, names)
 
 
 def _default(spec: Any) -> Any:
@@ -162,9 +152,7 @@ def _check_cache_args(where: str, kwargs: Mapping, params: Mapping) -> None:
     """The cache reader may not choose the cache directory, nor read files into the cache."""
     cache = kwargs.get("cache", "")
     named = re.fullmatch(r"\{(\w+)\}", cache) if isinstance(cache, str) else None
-    user_chosen = (
-        bool(named) and named[1] in params and _default(params[named[1]]) in ("", None)
-    )
+    user_chosen = bool(named) and named[1] in params and _default(params[named[1]]) in ("", None)
     if cache not in ("", None) and not user_chosen:
         raise Refused(
             where,
@@ -173,14 +161,10 @@ def _check_cache_args(where: str, kwargs: Mapping, params: Mapping) -> None:
         )
     builder_kwargs = kwargs.get("builder_kwargs") or {}
     if not isinstance(builder_kwargs, Mapping):
-        raise Refused(
-            where, f"builder_kwargs must be a mapping, got {builder_kwargs!r}"
-        )
+        raise Refused(where, f"builder_kwargs must be a mapping, got {builder_kwargs!r}")
     reads = sorted(_FILE_ARGS & set(builder_kwargs))
     if reads:
-        raise Refused(
-            where, f"builder argument(s) {reads} read files from outside the cache"
-        )
+        raise Refused(where, f"builder argument(s) {reads} read files from outside the cache")
 
 
 def find_refusal(

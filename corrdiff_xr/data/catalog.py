@@ -112,17 +112,14 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     ),
     "output_instance": frozenset({"corrdiff_xr.data:DownscalingData"}),
     "user parameter cls": frozenset(
-        f"intake.readers.user_parameters:{kind}UserParameter"
-        for kind in _USER_PARAMETERS
+        f"intake.readers.user_parameters:{kind}UserParameter" for kind in _USER_PARAMETERS
     ),
     "entry cls": frozenset({"intake.readers.entry:ReaderDescription"}),
     "data cls": frozenset({"intake.readers.entry:DataDescription"}),
     "datatype": frozenset(),  # no project reader reads an intake datatype
 }
 #: builtins a user parameter's ``dtype`` may name (intake calls ``getattr(builtins, dtype)``)
-ALLOWED_DTYPES = frozenset(
-    {"str", "int", "float", "bool", "list", "dict", "tuple", "object"}
-)
+ALLOWED_DTYPES = frozenset({"str", "int", "float", "bool", "list", "dict", "tuple", "object"})
 _CACHE_READER = "corrdiff_xr.data.catalog:CachedBuildReader"
 #: letters, digits, ``_ - .``, not starting with ``.``: never a path, never hidden
 _PLAIN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
@@ -163,11 +160,7 @@ BUILDERS: dict[str, Callable[..., xr.Dataset]] = {
 
 def cache_root(value: str | os.PathLike | None = None) -> Path:
     """The cache directory: ``value`` if given, else ``$CORRDIFF_XR_CACHE``, else ~/.cache."""
-    chosen = (
-        os.fspath(value)
-        if value
-        else os.environ.get(CACHE_ENV) or "~/.cache/corrdiff_xr"
-    )
+    chosen = os.fspath(value) if value else os.environ.get(CACHE_ENV) or "~/.cache/corrdiff_xr"
     return Path(chosen).expanduser()
 
 
@@ -254,9 +247,7 @@ class CachedBuildReader(BaseReader):
         builder_kwargs: dict | None = None,
         **kwargs: Any,
     ):
-        path = materialise(
-            builder, name, cache_dir=cache, builder_kwargs=builder_kwargs
-        )
+        path = materialise(builder, name, cache_dir=cache, builder_kwargs=builder_kwargs)
         return ZarrPairReader()._read(os.fspath(path), **kwargs)
 
 
@@ -277,9 +268,7 @@ def materialise(
     _check_plain("builder", builder)
     _check_plain("cache store name", name)
     if builder not in BUILDERS:
-        raise CatalogError(
-            f"unknown builder {builder!r}; known builders: {sorted(BUILDERS)}"
-        )
+        raise CatalogError(f"unknown builder {builder!r}; known builders: {sorted(BUILDERS)}")
     kwargs = dict(builder_kwargs or {})
     key = json.dumps({"builder": builder, **kwargs}, sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
@@ -374,14 +363,10 @@ def _load_yaml(path: Path) -> dict:
                 "(letters, digits, '_', '-', '.', not starting with '.')"
             )
         if not isinstance(spec, dict):
-            raise CatalogError(
-                f"catalog {path}, line {line}: entry {entry!r} is not a mapping"
-            )
+            raise CatalogError(f"catalog {path}, line {line}: entry {entry!r} is not a mapping")
         gaps = [k for k in _ENTRY_KEYS if k not in spec]
         if gaps:
-            raise CatalogError(
-                f"catalog {path}, line {line}: entry {entry!r} lacks {gaps}"
-            )
+            raise CatalogError(f"catalog {path}, line {line}: entry {entry!r} lacks {gaps}")
     return data
 
 
@@ -422,9 +407,7 @@ def open_catalog(name_or_path: str | os.PathLike, *, trust: bool = False) -> Cat
     except CorrDiffError:
         raise
     except Exception as err:  # intake raises bare KeyError/TypeError on odd content
-        raise CatalogError(
-            redact_text(f"catalog {path}: {type(err).__name__}: {err}")
-        ) from err
+        raise CatalogError(redact_text(f"catalog {path}: {type(err).__name__}: {err}")) from err
     cat.user_parameters["CATALOG_PATH"] = str(path)
     cat.user_parameters["CATALOG_DIR"] = str(path.parent)
     # an attribute, not metadata, so nothing in the YAML can set it: marks the catalog as
@@ -460,9 +443,7 @@ def open_entry(
     DownscalingData
         Opening reads coordinates and metadata only, never array data.
     """
-    cat = (
-        catalog if isinstance(catalog, Catalog) else open_catalog(catalog, trust=trust)
-    )
+    cat = catalog if isinstance(catalog, Catalog) else open_catalog(catalog, trust=trust)
     where = cat.user_parameters.get("CATALOG_PATH", "<catalog>")
     env_refs = cat.__dict__.get("_corrdiff_env_names")
     if env_refs is None and trust is not True:
@@ -472,9 +453,7 @@ def open_entry(
         )
     _check_plain("entry name", entry)
     if entry not in cat.entries:
-        raise CatalogError(
-            f"no entry {entry!r} in {where}; entries: {sorted(cat.entries)}"
-        )
+        raise CatalogError(f"no entry {entry!r} in {where}; entries: {sorted(cat.entries)}")
     declared = sorted(set(cat.user_parameters) - _INTERNAL_PARAMS)
     unknown = sorted(set(params) - set(declared))
     if unknown:

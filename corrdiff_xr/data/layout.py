@@ -191,9 +191,7 @@ def roles(ds: xr.Dataset) -> Roles:
     return Roles(*(tuple(sorted(found[role])) for role in ("input", "target", "static")))
 
 
-def combine(
-    coarse: xr.Dataset, fine: xr.Dataset, static: xr.Dataset | None = None
-) -> xr.Dataset:
+def combine(coarse: xr.Dataset, fine: xr.Dataset, static: xr.Dataset | None = None) -> xr.Dataset:
     """Merge separate coarse, fine and static Datasets into one canonical Dataset.
 
     The time axes must match exactly (no silent outer/inner join).

@@ -51,9 +51,7 @@ def _check_url(source: str) -> None:
             )
 
 
-def open_dataset(
-    source: str | os.PathLike, *, storage_options: dict | None = None
-) -> xr.Dataset:
+def open_dataset(source: str | os.PathLike, *, storage_options: dict | None = None) -> xr.Dataset:
     """Open a Zarr store lazily: data variables as dask arrays (on-disk chunks), coords loaded.
 
     Raises
@@ -71,9 +69,7 @@ def open_dataset(
     try:
         with warnings.catch_warnings():
             # consolidated metadata is optional in Zarr 3; falling back is not worth a warning
-            warnings.filterwarnings(
-                "ignore", message="Failed to open Zarr store with consolidated"
-            )
+            warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
             ds = xr.open_zarr(source, chunks={}, storage_options=storage_options)
             # coordinates are read without dask (they are small and needed to validate)
             raw = xr.open_zarr(source, chunks=None, storage_options=storage_options)
@@ -150,9 +146,7 @@ class DownscalingData:
     @cached_property
     def regrid_weights(self) -> BilinearWeights:
         """Bilinear weights from the coarse to the fine grid (computed once)."""
-        return (
-            self.weights if self.weights is not None else bilinear_weights(self.dataset)
-        )
+        return self.weights if self.weights is not None else bilinear_weights(self.dataset)
 
     @cached_property
     def inputs_on_fine(self) -> xr.Dataset:
@@ -232,9 +226,7 @@ class DownscalingData:
         positions = {}
         for dim, label in indexers.items():
             if dim not in self.dataset.dims:
-                raise EmptySelectionError(
-                    f"cannot select on '{dim}': not a dim of the dataset"
-                )
+                raise EmptySelectionError(f"cannot select on '{dim}': not a dim of the dataset")
             index = xr.DataArray(
                 np.arange(self.dataset.sizes[dim]),
                 coords={dim: self.dataset[dim]},
@@ -310,6 +302,4 @@ def open_pair(
         stored = stats
     if stored is not None:
         check_stats(stored, names)
-    return DownscalingData(
-        ds[list(names)], sel.inputs, sel.targets, sel.static, stored, weights
-    )
+    return DownscalingData(ds[list(names)], sel.inputs, sel.targets, sel.static, stored, weights)

@@ -167,9 +167,7 @@ def _apply_separable(block: np.ndarray, wy: np.ndarray, wxt: np.ndarray) -> np.n
     return np.matmul(np.matmul(wy, np.asarray(block).astype(wy.dtype, copy=False)), wxt)
 
 
-def _apply_block(
-    block: np.ndarray, index: np.ndarray, weight: np.ndarray
-) -> np.ndarray:
+def _apply_block(block: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
     # one dask block: index/weight are (y, x, 4) windows of the tables
     dtype = np.result_type(block.dtype, np.float32)
     ny, nx = index.shape[:2]
@@ -196,9 +194,7 @@ def _axis_weights(
         )
     step = np.diff(coarse)
     if not (np.all(step > 0) or np.all(step < 0)):
-        raise CoordinateError(
-            f"coarse coordinate '{coarse_name}' is not strictly monotonic"
-        )
+        raise CoordinateError(f"coarse coordinate '{coarse_name}' is not strictly monotonic")
     descending = step[0] < 0
     c = coarse[::-1] if descending else coarse
     periodic = False
@@ -307,9 +303,7 @@ def bilinear_weights(ds: xr.Dataset) -> BilinearWeights:
         )
     for name, q in zip(names, (qy, qx)):
         if np.isnan(q).any():
-            raise CoordinateError(
-                f"fine coordinate '{name}' holds NaN; cannot regrid to it"
-            )
+            raise CoordinateError(f"fine coordinate '{name}' holds NaN; cannot regrid to it")
     y0, y1, fy = _axis_weights(
         ds[Y_COARSE].values, qy, coarse_name=Y_COARSE, fine_name=names[0], kind=kinds[0]
     )
@@ -317,18 +311,12 @@ def bilinear_weights(ds: xr.Dataset) -> BilinearWeights:
         ds[X_COARSE].values, qx, coarse_name=X_COARSE, fine_name=names[1], kind=kinds[1]
     )
     ncx = ds.sizes[X_COARSE]
-    index = np.stack(
-        [y0 * ncx + x0, y0 * ncx + x1, y1 * ncx + x0, y1 * ncx + x1], axis=-1
-    )
-    weight = np.stack(
-        [(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=-1
-    )
+    index = np.stack([y0 * ncx + x0, y0 * ncx + x1, y1 * ncx + x0, y1 * ncx + x1], axis=-1)
+    weight = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=-1)
     shape = (ny, nx, 4)
     return BilinearWeights(
         # int32 halves the weights' memory on large fine grids
-        index.reshape(shape).astype(
-            np.int32 if ncx * ds.sizes[Y_COARSE] < 2**31 else np.int64
-        ),
+        index.reshape(shape).astype(np.int32 if ncx * ds.sizes[Y_COARSE] < 2**31 else np.int64),
         weight.reshape(shape),
         (ds.sizes[Y_COARSE], ds.sizes[X_COARSE]),
         method,
@@ -367,9 +355,7 @@ def regrid(
         input in time and like the fine targets in space; float32 stays float32.
     """
     if variables is None:
-        variables = [
-            n for n, v in ds.data_vars.items() if v.dims == (TIME, Y_COARSE, X_COARSE)
-        ]
+        variables = [n for n, v in ds.data_vars.items() if v.dims == (TIME, Y_COARSE, X_COARSE)]
     weights = bilinear_weights(ds) if weights is None else weights
     if weights.coarse_shape != (
         ds.sizes[Y_COARSE],
@@ -400,28 +386,38 @@ def regrid(
             raise CoordinateError(
                 f"variable '{name}' has dims {var.dims}; only (time, y_coarse, x_coarse) inputs are regridded"
             )
-        data = (
-            var.data
-            if var.chunks is not None
-            else da.from_array(var.values, chunks=(1, -1, -1))
-        )
+        data = var.data if var.chunks is not None else da.from_array(var.values, chunks=(1, -1, -1))
         data = data.rechunk({1: -1, 2: -1})  # a block needs the whole coarse field
         dtype = np.result_type(data.dtype, np.float32)
         if separable is not None:
             wy, wxt = separable[0 if data.dtype == np.float32 else 1]
             fine = da.blockwise(
-                _apply_separable, "tyx", data, "tab", wy, "ya", wxt, "bx",
-                dtype=wy.dtype, concatenate=True,
+                _apply_separable,
+                "tyx",
+                data,
+                "tab",
+                wy,
+                "ya",
+                wxt,
+                "bx",
+                dtype=wy.dtype,
+                concatenate=True,
             )
         else:
             fine = da.blockwise(
-                _apply_block, "tyx", data, "tab", index, "yxk", weight, "yxk",
-                dtype=dtype, concatenate=True,
+                _apply_block,
+                "tyx",
+                data,
+                "tab",
+                index,
+                "yxk",
+                weight,
+                "yxk",
+                dtype=dtype,
+                concatenate=True,
             )
         attrs = dict(var.attrs)
-        attrs["regridding"] = (
-            f"bilinear from (y_coarse, x_coarse), method {weights.method}"
-        )
+        attrs["regridding"] = f"bilinear from (y_coarse, x_coarse), method {weights.method}"
         out[name] = ((TIME, Y, X), fine, attrs)
     coords = {k: ds.coords[k] for k in (TIME, Y, X, LAT, LON) if k in ds.coords}
     return xr.Dataset(out, coords=coords)

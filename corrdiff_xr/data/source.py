@@ -64,14 +64,15 @@ def catalog_spec(source: Any, *, what: str = "source") -> tuple[str, str] | None
     """
     if not isinstance(source, str) or not source.startswith(CATALOG_PREFIX):
         return None
-    catalog, _, entry = source[len(CATALOG_PREFIX):].rpartition("/")
+    catalog, _, entry = source[len(CATALOG_PREFIX) :].rpartition("/")
     if not catalog or not entry:
         from corrdiff_xr.data.catalog import list_catalogs
 
         raise SourceError(
             f"{what} {_shown(source)} is not of the form catalog:NAME/ENTRY (NAME a bundled "
             f"catalog, one of {list_catalogs()}, or a catalog YAML path; ENTRY one of its "
-            "entries), e.g. catalog:demo/demo_tiny")
+            "entries), e.g. catalog:demo/demo_tiny"
+        )
     return catalog, entry
 
 
@@ -139,57 +140,70 @@ def open_source(
         raise _naming(err, where) from err
 
 
-def _check_options(source: Any, params: Any, storage_options: Any, where: str,
-                   params_what: str) -> None:
+def _check_options(
+    source: Any, params: Any, storage_options: Any, where: str, params_what: str
+) -> None:
     """Refuse options that do not apply to a source that is not a catalog entry."""
     path = isinstance(source, (str, os.PathLike))
     if not path and not isinstance(source, (DownscalingData, xr.Dataset)):
         raise SourceError(
             f"{where} must be catalog:NAME/ENTRY, a Zarr path or URL, a DownscalingData or an "
-            f"xarray.Dataset, got {type(source).__name__}")
+            f"xarray.Dataset, got {type(source).__name__}"
+        )
     if params:
         kind = "a Zarr store or URL" if path else f"open data ({type(source).__name__})"
         raise SourceError(
             f"{params_what} {sorted(params)} only apply to a catalog:NAME/ENTRY source, but "
             f"{where} is {kind}; remove {params_what}, or open a catalog entry that declares "
-            "these parameters (fsspec options such as credentials are storage options)")
+            "these parameters (fsspec options such as credentials are storage options)"
+        )
     if storage_options and not path:
         raise SourceError(
             f"storage options {sorted(storage_options)} only apply to a Zarr path or URL, but "
-            f"{where} is open data ({type(source).__name__}); remove them")
+            f"{where} is open data ({type(source).__name__}); remove them"
+        )
 
 
-def _open_entry(spec: tuple[str, str], params: Mapping[str, Any], storage_options: Any,
-                where: str, params_what: str) -> Any:
+def _open_entry(
+    spec: tuple[str, str],
+    params: Mapping[str, Any],
+    storage_options: Any,
+    where: str,
+    params_what: str,
+) -> Any:
     from corrdiff_xr.data.catalog import TRUST_ENV, open_entry
 
     if "trust" in params:  # a shared config or command line must not opt a catalog in
         raise SourceError(
             f"{params_what}.trust: {where}: a catalog is trusted by its user only, never by "
-            f"its parameters; to trust it, list its file in ${TRUST_ENV}")
+            f"its parameters; to trust it, list its file in ${TRUST_ENV}"
+        )
     if storage_options:
         raise SourceError(
             f"storage options {sorted(storage_options)} do not apply to {where}: a catalog "
             "entry takes fsspec options (credentials, endpoint_url) from its own user "
-            f"parameters; pass them in {params_what}")
+            f"parameters; pass them in {params_what}"
+        )
     return open_entry(*spec, **params)
 
 
-def _from_object(obj: Any, names: Mapping[str, Names], require_targets: bool,
-                 where: str) -> DownscalingData:
+def _from_object(
+    obj: Any, names: Mapping[str, Names], require_targets: bool, where: str
+) -> DownscalingData:
     """The last step of every form but a path: a DownscalingData or a canonical Dataset."""
     if isinstance(obj, DownscalingData):
         if all(v is None for v in names.values()) and (obj.targets or not require_targets):
             return obj
         # a re-selection keeps the stored statistics (of the variables kept)
-        return open_pair(obj.dataset, stats=obj.stored_stats, require_targets=require_targets,
-                         **names)
+        return open_pair(
+            obj.dataset, stats=obj.stored_stats, require_targets=require_targets, **names
+        )
     if isinstance(obj, xr.Dataset):
         return open_pair(obj, require_targets=require_targets, **names)
     # a trusted catalog's reader may return anything
     raise SourceError(
-        f"{where} gave a {type(obj).__name__}, not a DownscalingData or a canonical "
-        "xarray.Dataset")
+        f"{where} gave a {type(obj).__name__}, not a DownscalingData or a canonical xarray.Dataset"
+    )
 
 
 def _naming(err: DataError, where: str) -> DataError:

@@ -96,17 +96,10 @@ def _mean_std(data: Any) -> da.Array:
     if not isinstance(data, da.Array):
         data = da.from_array(np.asarray(data), chunks=-1)
     # optimize_graph=False keeps task names, so variables cut from one generated chunk share it
-    parts = [
-        dask.delayed(_moments)(b) for b in data.to_delayed(optimize_graph=False).ravel()
-    ]
+    parts = [dask.delayed(_moments)(b) for b in data.to_delayed(optimize_graph=False).ravel()]
     while len(parts) > 1:
-        parts = [
-            dask.delayed(_merge)(*parts[i : i + _FANIN])
-            for i in range(0, len(parts), _FANIN)
-        ]
-    return da.from_delayed(
-        dask.delayed(_finish)(parts[0]), shape=(2,), dtype=np.float64
-    )
+        parts = [dask.delayed(_merge)(*parts[i : i + _FANIN]) for i in range(0, len(parts), _FANIN)]
+    return da.from_delayed(dask.delayed(_finish)(parts[0]), shape=(2,), dtype=np.float64)
 
 
 def compute_stats(
@@ -131,9 +124,7 @@ def compute_stats(
     out = {}
     for name in names:
         if name not in ds.data_vars:
-            raise MissingVariableError(
-                f"cannot compute statistics of '{name}': not in the dataset"
-            )
+            raise MissingVariableError(f"cannot compute statistics of '{name}': not in the dataset")
         var = ds[name]
         attrs = {k: var.attrs[k] for k in ("units", "long_name") if k in var.attrs}
         out[name] = ((STAT,), _mean_std(var.data), attrs)
@@ -152,9 +143,7 @@ def _local_path(store: Any) -> Path | None:
     return None
 
 
-def write_stats(
-    store: Any, stats: xr.Dataset, *, storage_options: dict | None = None
-) -> None:
+def write_stats(store: Any, stats: xr.Dataset, *, storage_options: dict | None = None) -> None:
     """Compute ``stats`` and write them to the group ``"stats"`` of a Zarr store.
 
     On a local filesystem the group is written beside the store's other groups under a
@@ -206,9 +195,7 @@ def read_stats(store: Any, *, storage_options: dict | None = None) -> xr.Dataset
     return stats.load()
 
 
-def check_stats(
-    stats: xr.Dataset, names: list[str] | tuple[str, ...] | None = None
-) -> xr.Dataset:
+def check_stats(stats: xr.Dataset, names: list[str] | tuple[str, ...] | None = None) -> xr.Dataset:
     """Check the layout of a statistics Dataset (and that it holds ``names``); return it.
 
     Values are only checked (NaN, non-positive std) when they are already in memory.
@@ -219,9 +206,7 @@ def check_stats(
         Naming the variable that is missing or whose statistics are unusable.
     """
     if STAT not in stats.dims or list(stats[STAT].values) != list(STAT_NAMES):
-        raise StatsError(
-            f"statistics need a '{STAT}' coordinate equal to {list(STAT_NAMES)}"
-        )
+        raise StatsError(f"statistics need a '{STAT}' coordinate equal to {list(STAT_NAMES)}")
     for name in names or ():
         if name not in stats.data_vars:
             raise StatsError(
@@ -230,15 +215,11 @@ def check_stats(
             )
     for name, var in stats.data_vars.items():
         if var.dims != (STAT,):
-            raise StatsError(
-                f"statistics of '{name}' have dims {var.dims}; expected ('{STAT}',)"
-            )
+            raise StatsError(f"statistics of '{name}' have dims {var.dims}; expected ('{STAT}',)")
         if var.chunks is None:
             mean, std = (float(v) for v in var.values)
             if not (np.isfinite(mean) and np.isfinite(std)):
-                raise StatsError(
-                    f"statistics of '{name}' are not finite (mean {mean}, std {std})"
-                )
+                raise StatsError(f"statistics of '{name}' are not finite (mean {mean}, std {std})")
             if std <= 0:
                 raise StatsError(
                     f"std of '{name}' is {std}: a constant field cannot be normalised; drop it"

@@ -129,7 +129,9 @@ def parse_times(texts: Sequence[str], like: Any) -> np.ndarray:
     out = []
     for text in texts:
         try:
-            stamp = pd.Timestamp(str(text)) if calendar in _STANDARD or not is_cftime(like) else None
+            stamp = (
+                pd.Timestamp(str(text)) if calendar in _STANDARD or not is_cftime(like) else None
+            )
             if stamp is not None:
                 out.append(np.datetime64(stamp.to_datetime64(), "ns"))
                 continue

@@ -22,7 +22,6 @@ from corrdiff_xr.data.layout import (
     MissingVariableError,
     NameClashError,
     Roles,
-    TimeAxisError,
     role_of,
     roles,
 )
@@ -119,9 +118,7 @@ def _check_dim_coord(ds: xr.Dataset, dim: str) -> None:
         check_time_axis(values, name=TIME)
         return
     if not np.issubdtype(values.dtype, np.number):
-        raise CoordinateError(
-            f"coordinate '{dim}' has dtype {values.dtype}; expected numbers"
-        )
+        raise CoordinateError(f"coordinate '{dim}' has dtype {values.dtype}; expected numbers")
     if np.isnan(values).any():
         raise CoordinateError(
             f"coordinate '{dim}' holds NaN at positions {np.flatnonzero(np.isnan(values))[:5].tolist()}"
@@ -147,9 +144,7 @@ def _check_2d_coord(ds: xr.Dataset, name: str, dims: tuple[str, str]) -> None:
         )
     values = np.asarray(var.values)
     if not np.issubdtype(values.dtype, np.number):
-        raise CoordinateError(
-            f"coordinate '{name}' has dtype {values.dtype}; expected numbers"
-        )
+        raise CoordinateError(f"coordinate '{name}' has dtype {values.dtype}; expected numbers")
     if np.isnan(values).any():
         raise CoordinateError(
             f"coordinate '{name}' holds {int(np.isnan(values).sum())} NaN value(s)"

@@ -32,7 +32,15 @@ from corrdiff_xr.inference.cache import ModelToken, load_model
 from corrdiff_xr.noise import patch_generator
 from corrdiff_xr.patching import PatchGrid, reflect_index
 
-__all__ = ["KINDS", "BlockPlan", "BlockTask", "call_size", "compute_block", "plan_blocks", "touching_patches"]
+__all__ = [
+    "KINDS",
+    "BlockPlan",
+    "BlockTask",
+    "call_size",
+    "compute_block",
+    "plan_blocks",
+    "touching_patches",
+]
 
 #: what a block task can return: the fused regression mean and the fused samples
 KINDS = ("mean", "sample")
@@ -122,8 +130,12 @@ class BlockTask:
 
     def at(self, plan: BlockPlan, times: Sequence[int], members: Sequence[int]) -> BlockTask:
         """The task of one block: this one's settings with the block's plan, times, members."""
-        return dataclasses.replace(self, plan=plan, times=tuple(int(t) for t in times),
-                                   members=tuple(int(m) for m in members))
+        return dataclasses.replace(
+            self,
+            plan=plan,
+            times=tuple(int(t) for t in times),
+            members=tuple(int(m) for m in members),
+        )
 
     def __dask_tokenize__(self) -> tuple:
         # plain nested tuples of str/int/float/None: the same token in every process
@@ -139,7 +151,9 @@ def plan_blocks(
     """
     H, W = grid.domain
     if sum(y_chunks) != H or sum(x_chunks) != W:
-        raise ValueError(f"chunks {tuple(y_chunks)} x {tuple(x_chunks)} do not cover the domain {grid.domain}")
+        raise ValueError(
+            f"chunks {tuple(y_chunks)} x {tuple(x_chunks)} do not cover the domain {grid.domain}"
+        )
     ybounds = np.cumsum((0, *y_chunks))
     xbounds = np.cumsum((0, *x_chunks))
     plans = []
@@ -149,9 +163,15 @@ def plan_blocks(
             ids = touching_patches(grid, (int(y0), int(y1)), (int(x0), int(x1)))
             rr = np.concatenate([grid.indices(k)[0] for k in ids])
             cc = np.concatenate([grid.indices(k)[1] for k in ids])
-            row.append(BlockPlan((int(y0), int(y1)), (int(x0), int(x1)),
-                                 (int(rr.min()), int(rr.max()) + 1),
-                                 (int(cc.min()), int(cc.max()) + 1), tuple(ids)))
+            row.append(
+                BlockPlan(
+                    (int(y0), int(y1)),
+                    (int(x0), int(x1)),
+                    (int(rr.min()), int(rr.max()) + 1),
+                    (int(cc.min()), int(cc.max()) + 1),
+                    tuple(ids),
+                )
+            )
         plans.append(row)
     return plans
 
@@ -180,7 +200,9 @@ def compute_block(inputs, task: BlockTask) -> dict[str, np.ndarray]:
         The block's :class:`BlockTask` (from :meth:`BlockTask.at`).
     """
     if task.plan is None:
-        raise ValueError("compute_block needs the task of one block (BlockTask.at(plan, times, members))")
+        raise ValueError(
+            "compute_block needs the task of one block (BlockTask.at(plan, times, members))"
+        )
     plan, grid, times, members, kinds = task.plan, task.grid, task.times, task.members, task.kinds
     threads, seed, sampler = task.threads, task.seed, task.sampler
     if threads is not None:
@@ -217,7 +239,9 @@ def compute_block(inputs, task: BlockTask) -> dict[str, np.ndarray]:
         return torch.as_tensor(np.stack([grid.origins[k] for (_, k) in batch]), device=device)
 
     def inputs_of(batch) -> torch.Tensor:
-        return torch.from_numpy(np.stack([_patch_input(x[t], grid, plan, k) for (t, k) in batch])).to(device)
+        return torch.from_numpy(
+            np.stack([_patch_input(x[t], grid, plan, k) for (t, k) in batch])
+        ).to(device)
 
     units = [(t, k) for t in range(T) for k in plan.patches]
     means = run(units, lambda b: model.predict_mean(inputs_of(b), offsets=offsets(b)))
@@ -233,11 +257,14 @@ def compute_block(inputs, task: BlockTask) -> dict[str, np.ndarray]:
             tk = [(t, k) for (_, t, k) in batch]
             # generators live on the model's device (torch draws CUDA noise from CUDA
             # generators), so members are reproducible per device type, not across them
-            gens = [patch_generator(seed, times[t], members[m], tuple(grid.origins[k]), device=device)
-                    for (m, t, k) in batch]
+            gens = [
+                patch_generator(seed, times[t], members[m], tuple(grid.origins[k]), device=device)
+                for (m, t, k) in batch
+            ]
             mu = torch.from_numpy(np.stack([by_unit[u] for u in tk])).to(device)
-            return model.sample(inputs_of(tk), generators=gens, sampler=sampler, mean=mu,
-                                offsets=offsets(tk))
+            return model.sample(
+                inputs_of(tk), generators=gens, sampler=sampler, mean=mu, offsets=offsets(tk)
+            )
 
         # One batch in flight; accumulate in global patch order per (member, time).
         for batch, n in _batches(draws, size):
@@ -265,14 +292,18 @@ def _patch_input(x: np.ndarray, grid: PatchGrid, plan: BlockPlan, k: int) -> np.
     return np.ascontiguousarray(x[:, rows][:, :, cols])
 
 
-def _overlap(grid: PatchGrid, plan: BlockPlan, k: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+def _overlap(
+    grid: PatchGrid, plan: BlockPlan, k: int
+) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
     """Pixels of patch ``k`` inside the block: (block slices, patch slices)."""
     (y0, y1), (x0, x1), (ph, pw) = plan.rows, plan.cols, grid.patch
     r0, c0 = (int(v) for v in grid.origins[k])
     ra, rb = max(r0, y0), min(r0 + ph, y1)
     ca, cb = max(c0, x0), min(c0 + pw, x1)
     return (slice(ra - y0, rb - y0), slice(ca - x0, cb - x0)), (
-        slice(ra - r0, rb - r0), slice(ca - c0, cb - c0))
+        slice(ra - r0, rb - r0),
+        slice(ca - c0, cb - c0),
+    )
 
 
 def _decode(codec, fused: np.ndarray, template, dims: tuple[str, ...]) -> np.ndarray:

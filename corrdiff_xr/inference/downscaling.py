@@ -109,8 +109,9 @@ def _sources(pair, codec) -> xr.Dataset:
             f"the model needs variables {missing} that the dataset lacks; it has inputs "
             f"{list(fine.data_vars)} and static fields {list(static.data_vars)}"
         )
-    src = xr.merge([fine[list(codec.inputs)], static[list(codec.static)]], compat="override",
-                   join="exact")
+    src = xr.merge(
+        [fine[list(codec.inputs)], static[list(codec.static)]], compat="override", join="exact"
+    )
     # In-memory fields become one-chunk dask arrays, so every block's halo is a slice task of
     # one shared key rather than a copy of the data embedded in the graph.
     return src.assign({n: v.chunk() for n, v in src.data_vars.items() if v.chunks is None})
@@ -140,7 +141,9 @@ def _sampler_config(sampler: Any, steps: int | None):
     elif isinstance(sampler, Mapping):
         cfg = from_dict(SamplerConfig, dict(sampler), path="sampler")
     else:
-        raise TypeError(f"sampler must be None, 'heun'/'euler', a mapping or SamplerConfig, got {sampler!r}")
+        raise TypeError(
+            f"sampler must be None, 'heun'/'euler', a mapping or SamplerConfig, got {sampler!r}"
+        )
     if steps is not None:
         with _as_arguments({"num_steps": "steps"}):  # SamplerConfig holds the range
             cfg = dataclasses.replace(cfg, num_steps=check_argument("steps", steps, int))
@@ -157,18 +160,24 @@ def _patch_config(patch: Any, overlap: Any, boundary: Any, weights: Any):
 
     if patch is None or isinstance(patch, PatchConfig) and patch.shape is None:
         return None
-    given = {"overlap": check_argument("overlap", overlap, int | None),
-             "boundary": check_argument("boundary", boundary, int | None), "weights": weights}
+    given = {
+        "overlap": check_argument("overlap", overlap, int | None),
+        "boundary": check_argument("boundary", boundary, int | None),
+        "weights": weights,
+    }
     given = {k: v for k, v in given.items() if v is not None}
     with _as_arguments({"shape": "patch"}):  # PatchConfig holds the ranges and the defaults
         if isinstance(patch, PatchConfig):
             return dataclasses.replace(patch, **given).resolved()
-        shape = check_argument("patch", (patch, patch) if np.isscalar(patch) else patch, tuple[int, int])
+        shape = check_argument(
+            "patch", (patch, patch) if np.isscalar(patch) else patch, tuple[int, int]
+        )
         return PatchConfig(shape=shape, **given).resolved()
 
 
-def _check_arguments(members: Any, seed: Any, batch_size: Any, threads: Any,
-                     chunks: Mapping[str, Any] | None) -> tuple[int, int, int, int | None, dict]:
+def _check_arguments(
+    members: Any, seed: Any, batch_size: Any, threads: Any, chunks: Mapping[str, Any] | None
+) -> tuple[int, int, int, int | None, dict]:
     """downscale's plain arguments coerced and checked like config fields."""
     from corrdiff_xr.config import check_argument
 
@@ -183,6 +192,25 @@ def _check_arguments(members: Any, seed: Any, batch_size: Any, threads: Any,
         check_argument("threads", threads, int | None, ge=1),
         {d: check_argument(f"chunks[{d!r}]", v, int, ge=1) for d, v in chunks.items()},
     )
+
+
+def _spatial_plan(src: xr.Dataset, first_input: str, patch_cfg: Any, chunks: Mapping) -> tuple:
+    """The patch lattice and the output's y, x chunks (the whole domain when not patched)."""
+    from corrdiff_xr.patching import PatchGrid
+
+    H, W = src.sizes[Y], src.sizes[X]
+    if patch_cfg is None:
+        if H * W > LARGE_DOMAIN:
+            warnings.warn(
+                f"sampling the whole {H} x {W} domain in one piece per time step needs memory "
+                "for the full field in every network call; pass patch=(h, w) to bound it",
+                stacklevel=3,
+            )
+        return PatchGrid.build((H, W)), (H,), (W,)
+    first = src[first_input].chunks
+    ych = _regular(first[1] if first else (), chunks.get(Y), H)
+    xch = _regular(first[2] if first else (), chunks.get(X), W)
+    return PatchGrid.from_config((H, W), patch_cfg), ych, xch
 
 
 def downscale(
@@ -223,8 +251,8 @@ def downscale(
         Members (``mean + residual``), the regression mean (no member dim), or the residual
         of each member (member minus mean).
     sampler : None, str, mapping or SamplerConfig
-        Sampler settings (``"heun"``/``"euler"`` picks the solver); ``steps`` overrides
-        ``num_steps``.
+        Sampler settings (a string picks the solver: ``"heun"``, ``"euler"``, ``"dpmpp_2m"``
+        ...); ``steps`` overrides ``num_steps``.
     patch : PatchConfig, int or (int, int), optional
         Patching settings, or the patch shape with
         :class:`~corrdiff_xr.config.PatchConfig`'s defaults (ramp weights across an overlap
@@ -239,9 +267,8 @@ def downscale(
         Torch device of the workers; None picks CUDA when a worker has it, else the CPU.
     chunks : mapping, optional
         Output chunk sizes for ``member`` (default 1), ``time`` (default: the inputs', or 1
-        for unchunked inputs) and
-        ``y``/``x`` (default: the inputs' fine-grid chunks; the whole domain when
-        ``patch`` is None).
+        for unchunked inputs) and ``y``/``x`` (default: the inputs' fine-grid chunks; the
+        whole domain when ``patch`` is None).
     threads : int, optional
         Torch intra-op threads set by each task in its own thread (e.g. 1 when a Dask worker
         runs several task threads); None leaves torch's setting alone.
@@ -265,13 +292,13 @@ def downscale(
     from corrdiff_xr.inference.block import BlockTask, plan_blocks
     from corrdiff_xr.inference.cache import token_for
     from corrdiff_xr.inference.graph import block_arrays
-    from corrdiff_xr.patching import PatchGrid
     from corrdiff_xr.units import to_model_units
 
     if output not in ("ensemble", "mean", "residual"):
         raise ValueError(f"output must be 'ensemble', 'mean' or 'residual', got {output!r}")
     members, seed, batch_size, threads, chunks = _check_arguments(
-        members, seed, batch_size, threads, chunks)
+        members, seed, batch_size, threads, chunks
+    )
     sampler_cfg = _sampler_config(sampler, steps)
     patch_cfg = _patch_config(patch, overlap, boundary, weights)
     token = token_for(model, device=device)
@@ -291,31 +318,34 @@ def downscale(
             f"fine grid is {(H, W)}; select the model's domain"
         )
 
-    if patch_cfg is None:
-        grid = PatchGrid.build((H, W))
-        if H * W > LARGE_DOMAIN:
-            warnings.warn(
-                f"sampling the whole {H} x {W} domain in one piece per time step needs memory "
-                "for the full field in every network call; pass patch=(h, w) to bound it",
-                stacklevel=2,
-            )
-        ych, xch = (H,), (W,)
-    else:
-        grid = PatchGrid.from_config((H, W), patch_cfg)
-        first = src[codec.inputs[0]].chunks
-        ych = _regular(first[1] if first else (), chunks.get(Y), H)
-        xch = _regular(first[2] if first else (), chunks.get(X), W)
+    grid, ych, xch = _spatial_plan(src, codec.inputs[0], patch_cfg, chunks)
     first = src[codec.inputs[0]].chunks
     # unchunked (numpy) inputs: one time step per block, so blocks stay small and parallel
     tch = _regular(first[0] if first else (1,), chunks.get(TIME), src.sizes[TIME])
     mch = _regular((), chunks.get(MEMBER, 1), int(members))
-    kinds = ("mean",) if output == "mean" else ("sample", "mean") if output == "residual" else ("sample",)
+    kinds = {"mean": ("mean",), "residual": ("sample", "mean")}.get(output, ("sample",))
 
-    task = BlockTask(token=token, grid=grid, seed=int(seed), sampler=sampler_cfg,
-                     batch_size=int(batch_size), threads=threads, kinds=kinds)
-    stacked = block_arrays(src, plan_blocks(grid, ych, xch), tch, mch, len(codec.out_channels), task)
-    labels = _Labels(output=output, task=task, members=int(members), patched=patch_cfg is not None,
-                     codec=codec, src=src, dataset=pair.dataset)
+    task = BlockTask(
+        token=token,
+        grid=grid,
+        seed=int(seed),
+        sampler=sampler_cfg,
+        batch_size=int(batch_size),
+        threads=threads,
+        kinds=kinds,
+    )
+    stacked = block_arrays(
+        src, plan_blocks(grid, ych, xch), tch, mch, len(codec.out_channels), task
+    )
+    labels = _Labels(
+        output=output,
+        task=task,
+        members=int(members),
+        patched=patch_cfg is not None,
+        codec=codec,
+        src=src,
+        dataset=pair.dataset,
+    )
     return _to_dataset(stacked, labels)
 
 
@@ -342,7 +372,13 @@ def _to_dataset(stacked: dict[str, da.Array], labels: _Labels) -> xr.Dataset:
     from corrdiff_xr._version import __version__
     from corrdiff_xr.config import to_dict
 
-    output, src, dataset, codec, grid = labels.output, labels.src, labels.dataset, labels.codec, labels.task.grid
+    output, src, dataset, codec, grid = (
+        labels.output,
+        labels.src,
+        labels.dataset,
+        labels.codec,
+        labels.task.grid,
+    )
     if output == "ensemble":
         data, dims = stacked["sample"], (MEMBER, TIME, Y, X)
     elif output == "residual":
@@ -359,16 +395,33 @@ def _to_dataset(stacked: dict[str, da.Array], labels: _Labels) -> xr.Dataset:
     for c, name in enumerate(codec.out_channels):
         attrs = dict(codec.attrs.get(name, {}))
         if name in dataset:
-            attrs.update({k: v for k, v in dataset[name].attrs.items() if k in ("units", "long_name", "standard_name")})
+            attrs.update(
+                {
+                    k: v
+                    for k, v in dataset[name].attrs.items()
+                    if k in ("units", "long_name", "standard_name")
+                }
+            )
         if codec.units[name] is not None:  # the values are the model's, in its units
             attrs["units"] = codec.units[name]
         if output == "residual":
-            attrs["long_name"] = f"{attrs.get('long_name', name)} (residual: member minus regression mean)"
+            attrs["long_name"] = (
+                f"{attrs.get('long_name', name)} (residual: member minus regression mean)"
+            )
         elif output == "mean":
             attrs["long_name"] = f"{attrs.get('long_name', name)} (regression mean)"
         variables[name] = xr.Variable(dims, data[c], attrs)
-    patch_desc = "none (whole domain)" if not labels.patched else json.dumps(
-        {"shape": list(grid.patch), "origins_y": list(grid.starts[0]), "origins_x": list(grid.starts[1])})
+    patch_desc = (
+        "none (whole domain)"
+        if not labels.patched
+        else json.dumps(
+            {
+                "shape": list(grid.patch),
+                "origins_y": list(grid.starts[0]),
+                "origins_x": list(grid.starts[1]),
+            }
+        )
+    )
     seed, members = labels.task.seed, labels.members
     attrs = {
         "title": f"CorrDiff {output} downscaled with corrdiff_xr",

@@ -58,9 +58,12 @@ def _assemble(pieces: list[np.ndarray], layout: list[Part], shape: tuple[int, ..
 
 def _run(pieces: list[list[np.ndarray]], *, names, dims, layouts, shapes, task: BlockTask) -> dict:
     """Task body: assemble the halo Dataset from its input chunks, then compute the block."""
-    halo = xr.Dataset({
-        n: (d, _assemble(p, lay, shp)) for n, d, p, lay, shp in zip(names, dims, pieces, layouts, shapes)
-    })
+    halo = xr.Dataset(
+        {
+            n: (d, _assemble(p, lay, shp))
+            for n, d, p, lay, shp in zip(names, dims, pieces, layouts, shapes)
+        }
+    )
     return compute_block(halo, task)
 
 
@@ -101,7 +104,11 @@ def block_arrays(
                 layouts.append(parts)
                 shapes.append(tuple(hi - lo for lo, hi in region))
             fn = functools.partial(
-                _run, names=names, dims=dims, layouts=layouts, shapes=shapes,
+                _run,
+                names=names,
+                dims=dims,
+                layouts=layouts,
+                shapes=shapes,
                 task=task.at(plan, times[t0:t1], range(m0, m1)),
             )
             layer[(name, g, it, iy, ix)] = (fn, keys)
@@ -112,17 +119,29 @@ def block_arrays(
     for kind in kinds:
         oname = f"corrdiff-{kind}-{token}"
         if kind == "sample":
-            sub = {(oname, 0, g, it, iy, ix): (operator.getitem, k, kind)
-                   for k in layer for (_, g, it, iy, ix) in [k]}
+            sub = {
+                (oname, 0, g, it, iy, ix): (operator.getitem, k, kind)
+                for k in layer
+                for (_, g, it, iy, ix) in [k]
+            }
             chunks = ((n_out,), tuple(mch), tuple(tch), ych, xch)
         else:
-            sub = {(oname, 0, it, iy, ix): (operator.getitem, k, kind)
-                   for k in layer for (_, g, it, iy, ix) in [k] if g == 0}
+            sub = {
+                (oname, 0, it, iy, ix): (operator.getitem, k, kind)
+                for k in layer
+                for (_, g, it, iy, ix) in [k]
+                if g == 0
+            }
             chunks = ((n_out,), tuple(tch), ych, xch)
         hlg = HighLevelGraph(
             {**graph.layers, oname: sub},
             {**graph.dependencies, oname: {name}},
         )
-        out[kind] = da.Array(hlg, oname, chunks, dtype=np.float32,
-                             meta=np.empty((0,) * len(chunks), dtype=np.float32))
+        out[kind] = da.Array(
+            hlg,
+            oname,
+            chunks,
+            dtype=np.float32,
+            meta=np.empty((0,) * len(chunks), dtype=np.float32),
+        )
     return out

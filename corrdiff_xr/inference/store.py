@@ -1,4 +1,4 @@
-"""Crash-safe, resumable Zarr writes and the reference's NetCDF layout.
+"""Crash-safe, resumable Zarr writes.
 
 :func:`write_zarr` streams a lazy downscaled Dataset to Zarr one output block at a time. A
 process killed at any file write leaves either nothing but hidden leftovers (which the next
@@ -25,11 +25,6 @@ file, and :func:`corrdiff_xr._outputs.check_output` refuses anything else (a use
 directory or file, a foreign store), with or without ``overwrite``. Blocks are
 deterministic, so a rerun (or a task re-run after a worker died) writes the same bytes.
 
-:func:`write_reference_netcdf` writes PhysicsNeMo's ``generate.py`` layout: root ``lat``,
-``lon`` (y, x) and ``time`` (int64 hours since 1990-01-01), groups ``input`` (regridded inputs,
-time x y x), ``truth`` (targets, when the dataset has them) and ``prediction`` (ensemble x
-time x y x). It streams one time step at a time into a temporary file renamed into place,
-and records the same identity as the store it was written from.
 """
 
 from __future__ import annotations
@@ -53,16 +48,23 @@ from dask.highlevelgraph import HighLevelGraph
 
 from corrdiff_xr._atomic import atomic_path, discard, remove, remove_stale, write_bytes
 from corrdiff_xr._outputs import PRODUCT_ATTR, check_output, mark_directory, product_of
-from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
+from corrdiff_xr.dims import TIME
 from corrdiff_xr.errors import OutputExistsError
 
-__all__ = ["IDENTITY_ATTR", "RequestMismatchError", "holds_request", "progress", "progress_dir",
-           "store_identity", "times_fingerprint", "write_reference_netcdf", "write_zarr"]
+__all__ = [
+    "IDENTITY_ATTR",
+    "RequestMismatchError",
+    "holds_request",
+    "progress",
+    "progress_dir",
+    "store_identity",
+    "times_fingerprint",
+    "write_zarr",
+]
 
 PROGRESS_SUFFIX = ".progress"
 #: root attribute (Zarr) / global attribute (NetCDF) holding the identity record, as JSON
 IDENTITY_ATTR = "corrdiff_request"
-REFERENCE_TIME_UNITS = "hours since 1990-01-01 00:00:00"
 # zarr's LocalStore writes each file as <name>.<32 hex>.partial, then renames it
 _ZARR_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
@@ -119,8 +121,11 @@ def _chunking(chunks: tuple[int, ...]) -> int | list[int]:
 
 def _values_digest(var: xr.DataArray) -> dict[str, Any]:
     values = np.asarray(var.values)
-    data = json.dumps(values.tolist(), default=str).encode() if values.dtype.kind == "O" else (
-        np.ascontiguousarray(values).tobytes())
+    data = (
+        json.dumps(values.tolist(), default=str).encode()
+        if values.dtype.kind == "O"
+        else (np.ascontiguousarray(values).tobytes())
+    )
     return {"dims": list(var.dims), "dtype": str(values.dtype), "blake2b": _digest(data)}
 
 
@@ -168,11 +173,14 @@ def _differences(found: Any, identity: Mapping[str, Any]) -> list[str]:
     for section in ("request", "store"):
         old, new = _flatten(found.get(section) or {}), _flatten(identity.get(section) or {})
         missing = object()
-        keys = sorted(k for k in old.keys() | new.keys() if old.get(k, missing) != new.get(k, missing))
+        keys = sorted(
+            k for k in old.keys() | new.keys() if old.get(k, missing) != new.get(k, missing)
+        )
         if keys:
             return [
                 f"{section}.{k}: stored {_short(old[k]) if k in old else 'nothing'}, requested "
-                f"{_short(new[k]) if k in new else 'nothing'}" for k in keys
+                f"{_short(new[k]) if k in new else 'nothing'}"
+                for k in keys
             ]
     return []
 
@@ -193,8 +201,14 @@ def _stored_identity(path: Path) -> Any:
         return None
 
 
-def holds_request(path: str | os.PathLike, identity: Mapping[str, Any], *, kind: str = "generate",
-                  overwrite: bool = False, what: str = "output") -> bool:
+def holds_request(
+    path: str | os.PathLike,
+    identity: Mapping[str, Any],
+    *,
+    kind: str = "generate",
+    overwrite: bool = False,
+    what: str = "output",
+) -> bool:
     """Whether ``path`` already holds the output of this very request (so it is kept).
 
     False means ``path`` may be written: nothing is there (or an empty directory), or our
@@ -235,11 +249,15 @@ def _blocks(ds: xr.Dataset) -> list[tuple[tuple[int, ...], dict[str, slice]]]:
     dims = first.dims
     for name, var in ds.data_vars.items():
         if var.dims != dims or var.chunks != first.chunks:
-            raise ValueError(f"variable {name!r} is not chunked like {first.name!r}; cannot write by blocks")
+            raise ValueError(
+                f"variable {name!r} is not chunked like {first.name!r}; cannot write by blocks"
+            )
     bounds = [np.cumsum((0, *c)) for c in first.chunks]
     blocks = []
     for idx in itertools.product(*(range(len(b) - 1) for b in bounds)):
-        blocks.append((idx, {d: slice(int(b[i]), int(b[i + 1])) for d, b, i in zip(dims, bounds, idx)}))
+        blocks.append(
+            (idx, {d: slice(int(b[i]), int(b[i + 1])) for d, b, i in zip(dims, bounds, idx)})
+        )
     return blocks
 
 
@@ -256,10 +274,12 @@ def progress_dir(store: str | os.PathLike) -> Path:
 def progress(store: str | os.PathLike) -> set[str]:
     """Ids of the blocks of ``store`` recorded as complete."""
     path = progress_dir(store)
-    return {p.name for p in path.iterdir() if not p.name.startswith(".")} if path.exists() else set()
+    return (
+        {p.name for p in path.iterdir() if not p.name.startswith(".")} if path.exists() else set()
+    )
 
 
-def _remove_leftovers(path: Path) -> None:
+def remove_leftovers(path: Path) -> None:
     """Remove the hidden partial copies (and set-aside old ones) killed writers of ``path`` left."""
     for tag in ("tmp", "old"):
         for stale in path.parent.glob(f".{glob.escape(path.name)}.{tag}-*"):
@@ -271,8 +291,11 @@ def _check_records(store: Path, kind: str) -> None:
     records = progress_dir(store)
     if not os.path.lexists(records):
         return
-    ours = records.is_dir() and not records.is_symlink() and (
-        product_of(records) == f"{kind}{PROGRESS_SUFFIX}" or not any(records.iterdir()))
+    ours = (
+        records.is_dir()
+        and not records.is_symlink()
+        and (product_of(records) == f"{kind}{PROGRESS_SUFFIX}" or not any(records.iterdir()))
+    )
     if not ours:
         raise OutputExistsError(
             f"completion-record directory {records} of {store} exists but corrdiff-xr did not "
@@ -312,8 +335,9 @@ def _remove_partials(store: Path) -> None:
                 os.unlink(os.path.join(root, name))
 
 
-def _write_block(values: list[np.ndarray], *, store: str, block: dict[str, slice], done: str,
-                 names: list[str]) -> str:
+def _write_block(
+    values: list[np.ndarray], *, store: str, block: dict[str, slice], done: str, names: list[str]
+) -> str:
     import zarr
 
     group = zarr.open_group(store, mode="r+")
@@ -324,11 +348,12 @@ def _write_block(values: list[np.ndarray], *, store: str, block: dict[str, slice
     return done
 
 
-def _prepare(ds: xr.Dataset, store: Path, identity: dict[str, Any], *, kind: str,
-             overwrite: bool, what: str) -> None:
+def _prepare(
+    ds: xr.Dataset, store: Path, identity: dict[str, Any], *, kind: str, overwrite: bool, what: str
+) -> None:
     """Make ``store`` hold this request's metadata and records: resume, start, or refuse."""
-    _remove_leftovers(store)
-    _remove_leftovers(progress_dir(store))
+    remove_leftovers(store)
+    remove_leftovers(progress_dir(store))
     _check_records(store, kind)
     if holds_request(store, identity, kind=kind, overwrite=overwrite, what=what):
         _remove_partials(store)  # of chunk writes a kill interrupted (their blocks rerun)
@@ -337,9 +362,16 @@ def _prepare(ds: xr.Dataset, store: Path, identity: dict[str, Any], *, kind: str
     _open_records(store, kind)
 
 
-def write_zarr(ds: xr.Dataset, store: str | os.PathLike, *, request: Mapping[str, Any] | None = None,
-               overwrite: bool = False, client: Any = None, kind: str = "generate",
-               what: str = "Zarr store") -> dict[str, int]:
+def write_zarr(
+    ds: xr.Dataset,
+    store: str | os.PathLike,
+    *,
+    request: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    client: Any = None,
+    kind: str = "generate",
+    what: str = "Zarr store",
+) -> dict[str, int]:
     """Write ``ds`` to a local Zarr ``store``, resuming an interrupted write of the same request.
 
     Parameters
@@ -387,7 +419,9 @@ def write_zarr(ds: xr.Dataset, store: str | os.PathLike, *, request: Mapping[str
     for idx, block in blocks:
         bid = _block_id(block)
         if bid not in done:
-            fn = functools.partial(_write_block, store=str(store), block=block, done=bid, names=names)
+            fn = functools.partial(
+                _write_block, store=str(store), block=block, done=bid, names=names
+            )
             layer[(wname, *idx)] = (fn, [(a.name, *idx) for a in arrays])
     if layer:
         final = f"corrdiff-written-{key}"
@@ -410,91 +444,3 @@ def _consolidate(store: str) -> None:
         # consolidated metadata is a zarr-python extension to v3; it saves remote reads
         warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
         zarr.consolidate_metadata(store)  # one atomic rewrite of the root zarr.json
-
-
-# -- the reference's NetCDF layout -------------------------------------------------------------
-
-
-def _time_hours(times: np.ndarray) -> np.ndarray:
-    ref = np.datetime64("1990-01-01T00:00:00", "ns")
-    return ((times.astype("datetime64[ns]") - ref) // np.timedelta64(1, "h")).astype(np.int64)
-
-
-def write_reference_netcdf(path: str | os.PathLike, prediction: xr.Dataset, *,
-                           inputs: xr.Dataset | None = None, truth: xr.Dataset | None = None,
-                           overwrite: bool = False, kind: str = "generate") -> Path:
-    """Write the reference's NetCDF layout, one time step at a time, atomically.
-
-    Parameters
-    ----------
-    path
-        Output ``.nc`` file.
-    prediction
-        Downscaled Dataset (``member`` dim optional; written as ``ensemble``). Its identity
-        record (:data:`IDENTITY_ATTR`, present when it was read from :func:`write_zarr`'s
-        store) is kept as a JSON global attribute.
-    inputs, truth
-        Regridded inputs (time, y, x) and targets (time, y, x), selected at the prediction's
-        times; written to the ``input`` and ``truth`` groups when given.
-    overwrite, kind
-        Replace an existing file only when it is our ``kind`` output and ``overwrite`` is
-        set (:func:`corrdiff_xr._outputs.check_output`); ``kind`` is the product marker.
-    """
-    import netCDF4
-
-    path = Path(path)
-    _remove_leftovers(path)
-    check_output(path, kind=kind, overwrite=overwrite, what="NetCDF file")
-    times = prediction[TIME].values
-    n_ens = prediction.sizes.get(MEMBER, 1)
-    groups = {"truth": truth, "prediction": prediction, "input": inputs}
-    with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as f:
-        handles = _netcdf_layout(f, prediction, groups)
-        f.setncattr(PRODUCT_ATTR, kind)
-        for k, v in prediction.attrs.items():
-            if k == IDENTITY_ATTR:
-                f.setncattr(k, json.dumps(v, sort_keys=True))
-            elif k.startswith("corrdiff_") and k != PRODUCT_ATTR:
-                f.setncattr(k, v if isinstance(v, (int, float, str)) else str(v))
-        f[TIME][:] = _time_hours(times)
-        for i in range(len(times)):
-            for gname, g in handles.items():
-                step = groups[gname].isel({TIME: i}).compute()
-                for name, var in step.data_vars.items():
-                    values = var.values
-                    if gname == "prediction":
-                        values = values if MEMBER in var.dims else values[None]
-                        g[name][0:n_ens, i] = values
-                    else:
-                        g[name][i] = values
-    return path
-
-
-def _netcdf_layout(f: Any, prediction: xr.Dataset, groups: dict[str, xr.Dataset | None]) -> dict:
-    """Dimensions, lat/lon/time and the groups' variables of the reference layout."""
-    ny, nx = prediction.sizes[Y], prediction.sizes[X]
-    f.createDimension(TIME)
-    f.createDimension("ensemble")
-    f.createDimension(Y, ny)
-    f.createDimension(X, nx)
-    for name, std, units in ((LAT, "latitude", "degrees_north"), (LON, "longitude", "degrees_east")):
-        v = f.createVariable(name, "f", (Y, X))
-        if name in prediction.coords:
-            v[:] = np.broadcast_to(prediction[name].values, (ny, nx))
-        v.standard_name, v.units = std, units
-    tv = f.createVariable(TIME, "i8", (TIME,))
-    tv.calendar, tv.units = "standard", REFERENCE_TIME_UNITS
-    handles = {}
-    for gname, data in groups.items():
-        if data is None:
-            continue
-        g = f.createGroup(gname)
-        handles[gname] = g
-        for name, var in data.data_vars.items():
-            gdims = ("ensemble", TIME, Y, X) if gname == "prediction" else (TIME, Y, X)
-            nv = g.createVariable(name, "f", gdims)
-            for attr in ("units", "long_name", "standard_name"):
-                if attr in var.attrs:
-                    nv.setncattr(attr, str(var.attrs[attr]))
-    f.setncattr("history", str(prediction.attrs.get("history", "")))
-    return handles

@@ -119,9 +119,7 @@ def _check_name(name: str, *, source: str, error) -> None:
     if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
         raise error(f"{source}: archive member {name!r} has an absolute name; refused")
     if ".." in name.replace("\\", "/").split("/") or "\0" in name:
-        raise error(
-            f"{source}: archive member {name!r} points outside the archive ('..'); refused"
-        )
+        raise error(f"{source}: archive member {name!r} points outside the archive ('..'); refused")
 
 
 _DECOMPRESSORS = {
@@ -131,16 +129,12 @@ _DECOMPRESSORS = {
 }
 
 
-def _open_tar(
-    raw: BinaryIO, limit: int, *, source: str, error
-) -> tarfile.TarFile | None:
+def _open_tar(raw: BinaryIO, limit: int, *, source: str, error) -> tarfile.TarFile | None:
     """``raw`` as a tar archive (decompressed if need be, failing past ``limit`` bytes), or
     None if it is not one."""
     magic = raw.read(6)
     raw.seek(0)
-    stream = next(
-        (f(raw) for m, f in _DECOMPRESSORS.items() if magic.startswith(m)), raw
-    )
+    stream = next((f(raw) for m, f in _DECOMPRESSORS.items() if magic.startswith(m)), raw)
     overrun = error(
         f"{source}: the archive decompresses to more than {limit:,} bytes; refused as a bomb"
     )
@@ -162,16 +156,12 @@ _TAR_KINDS = {
 }
 
 
-def _tar_members(
-    tar: tarfile.TarFile, wanted, limit: int, *, source: str, error
-) -> dict:
+def _tar_members(tar: tarfile.TarFile, wanted, limit: int, *, source: str, error) -> dict:
     found, total = {}, 0
     # one header at a time, so a bad member stops the reading before the next one
     for n, m in enumerate(tar, 1):
         if n > MAX_MEMBERS:
-            raise error(
-                f"{source}: the archive has more than {MAX_MEMBERS} members; refused"
-            )
+            raise error(f"{source}: the archive has more than {MAX_MEMBERS} members; refused")
         _check_name(m.name, source=source, error=error)
         if m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
             kind = _TAR_KINDS.get(m.type, f"member of tar type {m.type!r}")
@@ -223,9 +213,7 @@ def _zip_members(raw: BinaryIO, wanted, limit: int, *, source: str, error) -> di
             stat.S_IFDIR,
         ):
             kind = "symbolic link" if stat.S_ISLNK(mode) else "device or FIFO"
-            raise error(
-                f"{source}: archive member {info.filename!r} is a {kind}; refused"
-            )
+            raise error(f"{source}: archive member {info.filename!r} is a {kind}; refused")
         if info.flag_bits & 1:
             raise error(f"{source}: archive member {info.filename!r} is encrypted")
         total += info.file_size
@@ -236,9 +224,7 @@ def _zip_members(raw: BinaryIO, wanted, limit: int, *, source: str, error) -> di
         if info.filename in wanted:
             if info.filename in found:
                 raise error(f"{source}: the archive holds {info.filename} twice")
-            found[info.filename] = _zip_member(
-                z, raw, info, size, source=source, error=error
-            )
+            found[info.filename] = _zip_member(z, raw, info, size, source=source, error=error)
     return found
 
 
@@ -249,9 +235,7 @@ def _zip_member(z: zipfile.ZipFile, raw: BinaryIO, info, size: int, *, source, e
     raw.seek(info.header_offset)
     header = raw.read(30)
     if len(header) < 30 or header[:4] != b"PK\x03\x04":
-        raise error(
-            f"{source}: archive member {info.filename!r} has no local header (truncated?)"
-        )
+        raise error(f"{source}: archive member {info.filename!r} has no local header (truncated?)")
     start = info.header_offset + 30 + sum(struct.unpack_from("<HH", header, 26))
     if info.compress_size != info.file_size or start + info.file_size > size:
         raise error(
@@ -272,9 +256,7 @@ _BROKEN = (
 )
 
 
-def _members(
-    raw: BinaryIO, wanted: set[str], *, source: str, error
-) -> dict[str, BinaryIO]:
+def _members(raw: BinaryIO, wanted: set[str], *, source: str, error) -> dict[str, BinaryIO]:
     limit = member_limit(os.fstat(raw.fileno()).st_size)
     tar = _open_tar(raw, limit, source=source, error=error)
     if tar is not None:
@@ -308,9 +290,7 @@ def read_json(f: BinaryIO, what: str, *, error=CheckpointError) -> Any:
     try:
         data = f.read(MAX_JSON_BYTES + 1)
     except _BROKEN as err:
-        raise error(
-            f"cannot read {what} (truncated or corrupt archive?): {err}"
-        ) from err
+        raise error(f"cannot read {what} (truncated or corrupt archive?): {err}") from err
     return parse_json(data, what, limit=MAX_JSON_BYTES, error=error)
 
 
@@ -322,9 +302,7 @@ def _check_torch_zip(f: BinaryIO, length: int, *, source: str, error) -> None:
         )
     entries = _zip_entries(f)
     if entries is not None and entries > MAX_RECORDS:
-        raise error(
-            f"{source}: model.pt has {entries} records, more than {MAX_RECORDS}"
-        )
+        raise error(f"{source}: model.pt has {entries} records, more than {MAX_RECORDS}")
     f.seek(0)
     total = 0
     for info in zipfile.ZipFile(f).infolist():
@@ -333,14 +311,10 @@ def _check_torch_zip(f: BinaryIO, length: int, *, source: str, error) -> None:
                 f"{source}: model.pt record {info.filename!r} is compressed; torch.save never does that"
             )
         if info.filename.endswith("data.pkl") and info.file_size > MAX_PICKLE_BYTES:
-            raise error(
-                f"{source}: model.pt's pickle is larger than {MAX_PICKLE_BYTES} bytes"
-            )
+            raise error(f"{source}: model.pt's pickle is larger than {MAX_PICKLE_BYTES} bytes")
         total += info.file_size
     if total > length:
-        raise error(
-            f"{source}: model.pt records declare {total:,} bytes in a {length:,}-byte file"
-        )
+        raise error(f"{source}: model.pt records declare {total:,} bytes in a {length:,}-byte file")
 
 
 def load_torch_weights(
@@ -360,9 +334,7 @@ def load_torch_weights(
     except CorrDiffError:
         raise
     except Exception as err:  # torch raises several types for a corrupt file
-        raise error(
-            f"{source}: model.pt is not a readable torch state dict: {err}"
-        ) from err
+        raise error(f"{source}: model.pt is not a readable torch state dict: {err}") from err
     if not isinstance(sd, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()
     ):
@@ -370,8 +342,7 @@ def load_torch_weights(
     for key, t in sd.items():
         if (
             t.numel()
-            and (t.storage_offset() + t.numel()) * t.element_size()
-            > t.untyped_storage().nbytes()
+            and (t.storage_offset() + t.numel()) * t.element_size() > t.untyped_storage().nbytes()
         ):
             raise error(
                 f"{source}: tensor {key!r} is larger than its storage (a stride trick); refused"

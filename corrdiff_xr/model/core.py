@@ -111,9 +111,7 @@ class CorrDiff(nn.Module):
                 )
             in_channels, out_channels = c_in, c_out
         if in_channels is None or out_channels is None:
-            raise ValueError(
-                "CorrDiff needs a codec or both in_channels and out_channels"
-            )
+            raise ValueError("CorrDiff needs a codec or both in_channels and out_channels")
         if len(img_shape) != 2:
             raise ValueError(f"img_shape must be (H, W), got {tuple(img_shape)}")
         self.codec = codec
@@ -219,13 +217,9 @@ class CorrDiff(nn.Module):
         )
 
         def denoise(xt: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            return self.residual(
-                xt, sigma, condition=cond, offsets=offsets, lead_time=lead_time
-            )
+            return self.residual(xt, sigma, condition=cond, offsets=offsets, lead_time=lead_time)
 
-        residual = sampling.sample(
-            denoise, latents, config=sampler, generators=generators
-        )
+        residual = sampling.sample(denoise, latents, config=sampler, generators=generators)
         return mean + residual.to(mean.dtype)
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -259,9 +253,7 @@ class CorrDiff(nn.Module):
         from safetensors.torch import save
 
         path = Path(path)
-        tensors = {
-            k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()
-        }
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         blob = save(tensors, metadata={_HEADER_KEY: json.dumps(self.config_dict())})
         return write_bytes(path, blob)
 
@@ -274,9 +266,7 @@ class CorrDiff(nn.Module):
         return cls(_codec(kwargs.pop("codec"), source=source), **kwargs)
 
     @classmethod
-    def load(
-        cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
-    ) -> CorrDiff:
+    def load(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> CorrDiff:
         """Read a checkpoint written by :meth:`save` (no pickle involved).
 
         The header is validated and the network it describes is first built on the meta
@@ -312,18 +302,14 @@ def _codec(data: dict[str, Any] | None, *, source: str) -> Any:
     try:
         return Codec.from_dict(data)
     except (CorrDiffError, ValueError, TypeError, KeyError) as err:
-        raise CheckpointError(
-            f"{source}: codec in the header is unusable: {err}"
-        ) from err
+        raise CheckpointError(f"{source}: codec in the header is unusable: {err}") from err
 
 
 def _check_codec(data: Any, *, source: str) -> tuple[int, int]:
     """Types of a header's codec (names, statistics); returns its (in, out) channel counts."""
     what = f"{source}: codec"
     if not isinstance(data, dict):
-        raise CheckpointError(
-            f"{what} must be a JSON object, got {type(data).__name__}"
-        )
+        raise CheckpointError(f"{what} must be a JSON object, got {type(data).__name__}")
     names = {}
     for key in ("inputs", "targets", "static"):
         value = data.get(key, [])
@@ -351,9 +337,7 @@ def _check_codec(data: Any, *, source: str) -> tuple[int, int]:
 def _config(cls: type, data: Any, *, source: str, key: str) -> Any:
     """A config dataclass from header data, with errors naming the file and key."""
     if not isinstance(data, dict):
-        raise CheckpointError(
-            f"{source}: {key} must be a JSON object, got {data!r:.200}"
-        )
+        raise CheckpointError(f"{source}: {key} must be a JSON object, got {data!r:.200}")
     try:
         cfg = from_dict(cls, data, path=key)
     except CorrDiffError as err:
@@ -381,9 +365,7 @@ def _header_kwargs(header: Any, *, source: str) -> dict[str, Any]:
         raise CheckpointError(
             f"{source}: not a corrdiff_xr checkpoint (format={header.get('format')!r:.100})"
         )
-    version = count(
-        header.get("format_version", 0), f"{source}: format_version", low=0, high=2**31
-    )
+    version = count(header.get("format_version", 0), f"{source}: format_version", low=0, high=2**31)
     if version > CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{source}: checkpoint format version {version} is newer than this corrdiff_xr "
@@ -438,22 +420,14 @@ def read_checkpoint_header(path: str | os.PathLike) -> dict[str, Any]:
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path} is not a safetensors checkpoint: {err}") from err
     if _HEADER_KEY not in meta:
-        raise CheckpointError(
-            f"{path} has no corrdiff_xr header; was it written by CorrDiff.save?"
-        )
-    header = parse_json(
-        meta[_HEADER_KEY].encode(), f"{path}: header", limit=MAX_HEADER_BYTES
-    )
+        raise CheckpointError(f"{path} has no corrdiff_xr header; was it written by CorrDiff.save?")
+    header = parse_json(meta[_HEADER_KEY].encode(), f"{path}: header", limit=MAX_HEADER_BYTES)
     _header_kwargs(header, source=str(path))
     return header
 
 
-def load_weights(
-    model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str
-) -> None:
+def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str) -> None:
     """Copy ``tensors`` into ``model``, naming any missing, unexpected, misshapen or
     wrongly typed entry (see :func:`~corrdiff_xr.model.safety.check_tensors`)."""
-    check_tensors(
-        tensor_specs(model.state_dict()), tensor_specs(tensors), source=source
-    )
+    check_tensors(tensor_specs(model.state_dict()), tensor_specs(tensors), source=source)
     model.load_state_dict(tensors, strict=True)

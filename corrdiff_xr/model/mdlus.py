@@ -146,9 +146,7 @@ def read_mdlus(path: str | os.PathLike) -> MdlusCheckpoint:
                 raise MdlusError(f"{path} has no {required}; found {sorted(files)}")
         args = read_json(files["args.json"], f"{path}: args.json", error=MdlusError)
         meta = (
-            read_json(
-                files["metadata.json"], f"{path}: metadata.json", error=MdlusError
-            )
+            read_json(files["metadata.json"], f"{path}: metadata.json", error=MdlusError)
             if "metadata.json" in files
             else {}
         )
@@ -165,9 +163,7 @@ def read_mdlus(path: str | os.PathLike) -> MdlusCheckpoint:
 
 
 # -- configs ------------------------------------------------------------------------------
-def network_config(
-    name: str, kwargs: dict[str, Any], *, source: str = ""
-) -> NetworkConfig:
+def network_config(name: str, kwargs: dict[str, Any], *, source: str = "") -> NetworkConfig:
     """NetworkConfig for reference network class ``name`` built with ``kwargs``."""
     if name not in NETWORK_CLASSES:
         raise MdlusError(
@@ -178,18 +174,12 @@ def network_config(
         **kwargs,
     }
     for key, want in _MUST_BE.items():
-        if (
-            key in args
-            and args[key] != want
-            and not (key == "act" and args[key] is None)
-        ):
+        if key in args and args[key] != want and not (key == "act" and args[key] is None):
             raise MdlusError(
                 f"{source}: {name} argument {key}={args[key]!r} is not supported (need {want!r})"
             )
     if args["embedding_type"] not in ("positional", "zero"):
-        raise MdlusError(
-            f"{source}: embedding_type={args['embedding_type']!r} is not supported"
-        )
+        raise MdlusError(f"{source}: embedding_type={args['embedding_type']!r} is not supported")
     if name == "SongUNet":
         args["N_grid_channels"], args["gridtype"] = 0, "none"
     if args.get("gridtype") == "test":
@@ -237,9 +227,7 @@ def _shape_and_channels(
 ) -> tuple[tuple[int, int], int, int]:
     """(img_shape, data in-channels, out-channels) from checked args."""
     where = f"{ck.source}: args.json"
-    shape = img_shape(
-        _arg(ck, "img_resolution"), f"{where} img_resolution", error=MdlusError
-    )
+    shape = img_shape(_arg(ck, "img_resolution"), f"{where} img_resolution", error=MdlusError)
     out_ch = count(_arg(ck, out_key), f"{where} {out_key}", error=MdlusError)
     total = count(_arg(ck, in_key), f"{where} {in_key}", error=MdlusError)
     extra = _extra_channels(cfg)
@@ -307,15 +295,11 @@ def _regression_part(
         )
         extra_kw = {k: v for k, v in a.items() if k not in _WRAPPER_ARGS}
         cfg = network_config(model_type, extra_kw, source=ck.source)
-        shape, in_ch, out_ch = _shape_and_channels(
-            ck, cfg, "img_in_channels", "img_out_channels"
-        )
+        shape, in_ch, out_ch = _shape_and_channels(ck, cfg, "img_in_channels", "img_out_channels")
         prefix, condition_only = "model.", ck.name == "StormCastUNet"
     elif ck.name in NETWORK_CLASSES:
         cfg = network_config(ck.name, a, source=ck.source)
-        shape, in_ch, out_ch = _shape_and_channels(
-            ck, cfg, "in_channels", "out_channels"
-        )
+        shape, in_ch, out_ch = _shape_and_channels(ck, cfg, "in_channels", "out_channels")
         prefix, condition_only = "", True
     else:
         raise MdlusError(
@@ -341,15 +325,9 @@ def _residual_part(
             f"{ck.source}: class {ck.name!r} is not a supported residual denoiser; expected one of "
             f"{sorted(RESIDUAL_CLASSES)}"
         )
-    extra_kw = {
-        k: v for k, v in a.items() if k not in _WRAPPER_ARGS | {"scale_cond_input"}
-    }
-    cfg = network_config(
-        a.get("model_type", "SongUNetPosEmbd"), extra_kw, source=ck.source
-    )
-    scale = (
-        bool(a.get("scale_cond_input", True)) if ck.name == "EDMPrecondSR" else False
-    )
+    extra_kw = {k: v for k, v in a.items() if k not in _WRAPPER_ARGS | {"scale_cond_input"}}
+    cfg = network_config(a.get("model_type", "SongUNetPosEmbd"), extra_kw, source=ck.source)
+    scale = bool(a.get("scale_cond_input", True)) if ck.name == "EDMPrecondSR" else False
     try:
         edm = from_dict(
             EDMConfig,
@@ -360,9 +338,7 @@ def _residual_part(
         raise MdlusError(f"{ck.source}: {err}") from err
     if not math.isfinite(edm.sigma_data):
         raise MdlusError(f"{ck.source}: sigma_data={edm.sigma_data} must be finite")
-    shape, cond_ch, out_ch = _shape_and_channels(
-        ck, cfg, "img_in_channels", "img_out_channels"
-    )
+    shape, cond_ch, out_ch = _shape_and_channels(ck, cfg, "img_in_channels", "img_out_channels")
     sd = map_reference_state_dict(
         ck.state_dict,
         img_height=shape[0],
@@ -415,9 +391,7 @@ def import_mdlus(
     img_shape = out_ch = None
     pad_latent = False
     if regression is not None:
-        reg_cfg, in_ch, out_ch, img_shape, sd, pad_latent = _regression_part(
-            read_mdlus(regression)
-        )
+        reg_cfg, in_ch, out_ch, img_shape, sd, pad_latent = _regression_part(read_mdlus(regression))
         weights.update(sd)
         in_channels = in_ch if in_channels is None else in_channels
         if in_channels != in_ch:
@@ -483,9 +457,7 @@ def import_mdlus(
     return model.eval().to(map_location)
 
 
-def _build_and_load(
-    make, weights: dict, *, pad_latent: int, keep_regression: bool, source: str
-):
+def _build_and_load(make, weights: dict, *, pad_latent: int, keep_regression: bool, source: str):
     """The model ``make()`` builds, once its meta-device twin fits ``weights``, loaded.
 
     ``pad_latent`` zero input channels are prepended to the first convolution (condition-only
@@ -512,8 +484,6 @@ def _build_and_load(
         weights.update({k: v for k, v in own.items() if k.startswith("regression.")})
     if pad_latent and latent in weights:
         w = weights[latent]
-        weights[latent] = torch.cat(
-            [w.new_zeros(w.shape[0], pad_latent, *w.shape[2:]), w], dim=1
-        )
+        weights[latent] = torch.cat([w.new_zeros(w.shape[0], pad_latent, *w.shape[2:]), w], dim=1)
     load_weights(model, weights, source=source)
     return model

@@ -107,11 +107,7 @@ def count(
 
 def img_shape(value: Any, what: str, *, error=CheckpointError) -> tuple[int, int]:
     """A grid shape ``[H, W]`` (or one int for a square grid) within :data:`MAX_IMG_SIDE`."""
-    sides = (
-        [value, value]
-        if isinstance(value, int) and not isinstance(value, bool)
-        else value
-    )
+    sides = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
     if not isinstance(sides, (list, tuple)) or len(sides) != 2:
         raise error(f"{what} must be [H, W], got {value!r:.100}")
     h, w = (count(v, what, high=MAX_IMG_SIDE, error=error) for v in sides)
@@ -132,9 +128,7 @@ def check_network(cfg: Any, what: str, *, error=CheckpointError) -> None:
                 raise error(f"{what}.{field}={value!r} is outside [{low}, {high}]")
 
 
-def parse_json(
-    data: bytes | str, what: str, *, limit: int, error=CheckpointError
-) -> Any:
+def parse_json(data: bytes | str, what: str, *, limit: int, error=CheckpointError) -> Any:
     """Decode UTF-8 JSON of at most ``limit`` bytes, with one clear error for every way it fails."""
     if len(data) > limit:
         raise error(f"{what} is larger than {limit} bytes; real ones hold a few KB")
@@ -193,8 +187,7 @@ def _allowed(expected: str) -> frozenset[str]:
 def min_bytes(expected: Mapping[str, Spec]) -> int:
     """Fewest bytes a file needs to hold tensors of these specs (floats as fp16)."""
     return sum(
-        math.prod(shape)
-        * min(_DTYPES[d].itemsize if d in _DTYPES else 1 for d in _allowed(dtype))
+        math.prod(shape) * min(_DTYPES[d].itemsize if d in _DTYPES else 1 for d in _allowed(dtype))
         for shape, dtype in expected.values()
     )
 
@@ -215,9 +208,7 @@ def check_tensors(
     dtype the parameter may be loaded from; keys under ``optional_prefix`` may be missing."""
     keys = set(found)
     missing = sorted(
-        k
-        for k in set(expected) - keys
-        if not (optional_prefix and k.startswith(optional_prefix))
+        k for k in set(expected) - keys if not (optional_prefix and k.startswith(optional_prefix))
     )
     unexpected = sorted(keys - set(expected))
     if missing or unexpected:
@@ -307,9 +298,7 @@ def build_checked(
             f"{need:,} bytes even as fp16, but the file holds only {available_bytes:,} bytes; "
             "the configuration does not match the weights"
         )
-    check_tensors(
-        expected, found, source=source, optional_prefix=optional_prefix, error=error
-    )
+    check_tensors(expected, found, source=source, optional_prefix=optional_prefix, error=error)
     return make()
 
 

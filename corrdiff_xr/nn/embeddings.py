@@ -37,9 +37,7 @@ class NoiseEmbedding(nn.Module):
     def __init__(self, num_channels: int, *, max_positions: int = 10000):
         super().__init__()
         half = num_channels // 2
-        freqs = (1.0 / max_positions) ** (
-            torch.arange(half, dtype=torch.float32) / (half - 1)
-        )
+        freqs = (1.0 / max_positions) ** (torch.arange(half, dtype=torch.float32) / (half - 1))
         self.register_buffer("freqs", freqs, persistent=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
@@ -77,9 +75,7 @@ class GridEmbedding(nn.Module):
                 f"gridtype {gridtype!r} needs N_grid_channels divisible by 4, got {channels}"
             )
         if self.gridtype == "linear" and channels != 2:
-            raise ValueError(
-                f"gridtype 'linear' needs N_grid_channels = 2, got {channels}"
-            )
+            raise ValueError(f"gridtype 'linear' needs N_grid_channels = 2, got {channels}")
         if self.gridtype == "learnable":
             self.weight = nn.Parameter(torch.randn(channels, *self.img_shape))
         elif self.gridtype not in ("sinusoidal", "sinusoidal_octave", "linear", "none"):

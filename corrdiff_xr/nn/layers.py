@@ -143,9 +143,7 @@ class Conv2d(nn.Module):
                 in_channels * kernel * kernel,
                 out_channels * kernel * kernel,
             )
-            self.weight = nn.Parameter(
-                torch.empty(out_channels, in_channels, kernel, kernel)
-            )
+            self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel, kernel))
             xavier_uniform_(self.weight, fan_in, fan_out, init_weight)
             self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         else:
@@ -172,9 +170,7 @@ class Conv2d(nn.Module):
             f = self.resample_filter.to(x.dtype) * 4
             c = x.shape[1]
             pad = (f.shape[-1] - 1) // 2
-            return F.conv_transpose2d(
-                x, f.expand(c, 1, -1, -1), groups=c, stride=2, padding=pad
-            )
+            return F.conv_transpose2d(x, f.expand(c, 1, -1, -1), groups=c, stride=2, padding=pad)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -248,9 +244,7 @@ class Attention(nn.Module):
     ):
         super().__init__()
         if channels % num_heads:
-            raise ValueError(
-                f"Attention: {channels} channels not divisible by {num_heads} heads"
-            )
+            raise ValueError(f"Attention: {channels} channels not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.norm = GroupNorm(channels, eps=eps, eval_unbiased=eval_unbiased)
         self.qkv = Conv2d(channels, channels * 3, 1, init_weight=math.sqrt(0.2))
@@ -258,9 +252,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(
-            n, self.num_heads, c // self.num_heads, 3, h * w
-        )
+        qkv = self.qkv(self.norm(x)).reshape(n, self.num_heads, c // self.num_heads, 3, h * w)
         q, k, v = qkv.permute(3, 0, 1, 4, 2).unbind(0)  # each (n, heads, hw, c/heads)
         a = F.scaled_dot_product_attention(q, k, v)  # default scale 1/sqrt(c/heads)
         a = a.transpose(-1, -2).reshape(n, c, h, w)
@@ -322,9 +314,7 @@ class UNetBlock(nn.Module):
         x = self.conv0(self.norm0(x))
         x = self.norm1(x.add_(self.affine(emb)[:, :, None, None]))
         x = self.conv1(dropout(x, self.dropout, self.training))
-        x = x.add_(self.skip(orig) if self.skip is not None else orig).mul_(
-            self.skip_scale
-        )
+        x = x.add_(self.skip(orig) if self.skip is not None else orig).mul_(self.skip_scale)
         if self.attn is not None:
             x = self.attn(x).mul_(self.skip_scale)
         return x

@@ -72,9 +72,7 @@ class SongUNet(nn.Module):
         }
         self.enc, skips = self._encoder(block)
         self.dec = self._decoder(block, skips)
-        if (
-            cfg.channels_last
-        ):  # else every convolution converts its weight on every call
+        if cfg.channels_last:  # else every convolution converts its weight on every call
             self.to(memory_format=torch.channels_last)
 
     def _add_input_embeddings(self) -> None:
@@ -94,9 +92,7 @@ class SongUNet(nn.Module):
         )
         self.prob_channels = tuple(cfg.prob_channels)
         if self.prob_channels and self.lead_time is None:
-            raise ValueError(
-                "prob_channels needs a lead-time model (lead_time_channels > 0)"
-            )
+            raise ValueError("prob_channels needs a lead-time model (lead_time_channels > 0)")
         self.scalar = (
             nn.Parameter(torch.ones(1, len(self.prob_channels), 1, 1))
             if self.prob_channels
@@ -163,9 +159,7 @@ class SongUNet(nn.Module):
             for i in range(cfg.num_blocks + 1):
                 cin, cout = cout + skips.pop(), mc * mult
                 attn = i == cfg.num_blocks and self._attends(level)
-                dec[f"L{level}_block{i}"] = UNetBlock(
-                    cin, cout, attention=attn, **block
-                )
+                dec[f"L{level}_block{i}"] = UNetBlock(cin, cout, attention=attn, **block)
         dec["L0_aux_norm"] = GroupNorm(
             cout, eps=1e-6, silu=True, eval_unbiased=cfg.eval_groupnorm_unbiased
         )
@@ -218,9 +212,7 @@ class SongUNet(nn.Module):
             extra.append(pos)
         if self.lead_time is not None:
             if lead_time is None:
-                raise ValueError(
-                    "this network has a lead-time embedding: pass lead_time labels"
-                )
+                raise ValueError("this network has a lead-time embedding: pass lead_time labels")
             extra.append(self.lead_time(lead_time, offsets, (h, w), dtype=x.dtype))
         if extra:
             x = torch.cat([x, *extra], dim=1)
@@ -276,7 +268,5 @@ class RegressionUNet(nn.Module):
         """Mean estimate (N, out_channels, h, w) from the condition (N, C, h, w)."""
         n, _, h, w = condition.shape
         condition = condition.to(self.net.dtype)
-        x = torch.cat(
-            [condition.new_zeros(n, self.net.out_channels, h, w), condition], dim=1
-        )
+        x = torch.cat([condition.new_zeros(n, self.net.out_channels, h, w), condition], dim=1)
         return self.net(x, x.new_zeros(n), offsets=offsets, lead_time=lead_time)

@@ -25,8 +25,14 @@ from corrdiff_xr.data.write import is_netcdf
 from corrdiff_xr.dims import COARSE_DIMS, LAT, LON, MEMBER, TIME
 from corrdiff_xr.errors import CorrDiffError, InputNotFoundError
 
-__all__ = ["REFERENCE_MEMBER_DIM", "ScoreError", "format_table", "open_prediction",
-           "open_reference_netcdf", "open_truth"]
+__all__ = [
+    "REFERENCE_MEMBER_DIM",
+    "ScoreError",
+    "format_table",
+    "open_prediction",
+    "open_reference_netcdf",
+    "open_truth",
+]
 
 #: the reference's name of the ensemble dimension
 REFERENCE_MEMBER_DIM = "ensemble"
@@ -117,7 +123,8 @@ def open_truth(
     if params:
         raise ScoreError(
             f"--truth-param {sorted(params)} only apply to a catalog:NAME/ENTRY --truth, not to "
-            f"{redact_url(truth)}; remove --truth-param")
+            f"{redact_url(truth)}; remove --truth-param"
+        )
     ds = _open_any(truth, group=None, storage_options=storage_options or {}, role="--truth")
     if is_netcdf(truth) or not set(COARSE_DIMS) <= set(ds.dims):
         return ds

@@ -39,7 +39,9 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    done = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit() and (p / _TRAINER).exists()]
+    done = [
+        p for p in root.iterdir() if p.is_dir() and p.name.isdigit() and (p / _TRAINER).exists()
+    ]
     return sorted(done, key=lambda p: int(p.name))
 
 

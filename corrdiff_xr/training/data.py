@@ -32,13 +32,22 @@ def open_training_data(cfg: TrainRunConfig):
 
     d = cfg.data
     try:
-        pair = open_source(d.source, params=d.catalog_params, storage_options=d.storage_options,
-                           inputs=d.inputs, targets=d.targets, static=d.static,
-                           what="data.source", params_what="data.catalog_params")
+        pair = open_source(
+            d.source,
+            params=d.catalog_params,
+            storage_options=d.storage_options,
+            inputs=d.inputs,
+            targets=d.targets,
+            static=d.static,
+            what="data.source",
+            params_what="data.catalog_params",
+        )
     except SourceError as err:  # the config names a source its options do not fit
         raise ConfigError(str(err)) from err
     # normalisation statistics of the training period only: validation must not leak into them
-    train_pair = pair.sel(time=slice(*d.train_period), stats="selection") if d.train_period else pair
+    train_pair = (
+        pair.sel(time=slice(*d.train_period), stats="selection") if d.train_period else pair
+    )
     valid_pair = pair.sel(time=slice(*d.valid_period)) if d.valid_period else None
     return train_pair, valid_pair
 
@@ -48,16 +57,28 @@ def codec_variables(pair: Any, codec: Any, *, source: str) -> Any:
     from corrdiff_xr.data import MissingVariableError
 
     have = {"input": pair.inputs, "target": pair.targets, "static": pair.static}
-    for role, names in (("input", codec.inputs), ("target", codec.targets), ("static", codec.static)):
+    for role, names in (
+        ("input", codec.inputs),
+        ("target", codec.targets),
+        ("static", codec.static),
+    ):
         missing = [n for n in names if n not in have[role]]
         if missing:
             raise MissingVariableError(
                 f"the model's codec needs {role} variable(s) {missing}, which data.source {source} does not "
                 f"provide (its {role} variables: {list(have[role])}); the codec is fixed by the run's first "
-                "checkpoint (or the regression checkpoint), so the data must hold its variables")
+                "checkpoint (or the regression checkpoint), so the data must hold its variables"
+            )
     names = [*codec.inputs, *codec.targets, *codec.static]
     if list(pair.names) == names:
         return pair
     stats = None if pair.stored_stats is None else pair.stored_stats[names]
-    return dataclasses.replace(pair, dataset=pair.dataset[names], inputs=codec.inputs, targets=codec.targets,
-                               static=codec.static, stored_stats=stats, weights=pair.regrid_weights)
+    return dataclasses.replace(
+        pair,
+        dataset=pair.dataset[names],
+        inputs=codec.inputs,
+        targets=codec.targets,
+        static=codec.static,
+        stored_stats=stats,
+        weights=pair.regrid_weights,
+    )

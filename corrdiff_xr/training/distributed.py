@@ -53,15 +53,28 @@ def detect(env: Mapping[str, str] | None = None) -> ProcessInfo:
     env = os.environ if env is None else env
     addr, port = env.get("MASTER_ADDR"), env.get("MASTER_PORT")
     if "RANK" in env and "WORLD_SIZE" in env:
-        info = ProcessInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
-                           launcher="torchrun")
+        info = ProcessInfo(
+            int(env["RANK"]),
+            int(env["WORLD_SIZE"]),
+            int(env.get("LOCAL_RANK", 0)),
+            launcher="torchrun",
+        )
     elif "OMPI_COMM_WORLD_RANK" in env:
-        info = ProcessInfo(int(env["OMPI_COMM_WORLD_RANK"]), int(env["OMPI_COMM_WORLD_SIZE"]),
-                           int(env.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)), launcher="openmpi")
+        info = ProcessInfo(
+            int(env["OMPI_COMM_WORLD_RANK"]),
+            int(env["OMPI_COMM_WORLD_SIZE"]),
+            int(env.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)),
+            launcher="openmpi",
+        )
     elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         host = _first_host(env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "127.0.0.1")))
-        info = ProcessInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
-                           int(env.get("SLURM_LOCALID", 0)), master_addr=host, launcher="slurm")
+        info = ProcessInfo(
+            int(env["SLURM_PROCID"]),
+            int(env["SLURM_NTASKS"]),
+            int(env.get("SLURM_LOCALID", 0)),
+            master_addr=host,
+            launcher="slurm",
+        )
     else:
         info = ProcessInfo()
     return dataclasses.replace(
@@ -75,13 +88,18 @@ def initialize(info: ProcessInfo, device: torch.device) -> None:
     """Join the process group described by ``info`` (nothing to do for one process)."""
     if not info.distributed or dist.is_initialized():
         return
-    for key, value in (("RANK", info.rank), ("WORLD_SIZE", info.world_size),
-                       ("LOCAL_RANK", info.local_rank), ("MASTER_ADDR", info.master_addr),
-                       ("MASTER_PORT", info.master_port)):
+    for key, value in (
+        ("RANK", info.rank),
+        ("WORLD_SIZE", info.world_size),
+        ("LOCAL_RANK", info.local_rank),
+        ("MASTER_ADDR", info.master_addr),
+        ("MASTER_PORT", info.master_port),
+    ):
         os.environ.setdefault(key, str(value))
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, init_method="env://", rank=info.rank,
-                            world_size=info.world_size)
+    dist.init_process_group(
+        backend=backend, init_method="env://", rank=info.rank, world_size=info.world_size
+    )
 
 
 def shutdown() -> None:

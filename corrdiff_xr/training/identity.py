@@ -82,7 +82,8 @@ def prepare_output_dir(out: Path) -> bool:
         if os.path.lexists(parent) and not parent.is_dir():
             raise OutputExistsError(
                 f"training.output_dir {out} lies under {parent}, which is a file, not a "
-                "directory; choose another training.output_dir")
+                "directory; choose another training.output_dir"
+            )
     return check_output(out, kind=KIND, overwrite=True, what="training.output_dir")
 
 
@@ -105,18 +106,33 @@ def _source(source: str) -> str:
 
 def codec_identity(inputs, targets, static, attrs) -> dict[str, Any]:
     """The compared part of a codec: channel order and attributes (units, long_name)."""
-    return {"inputs": list(inputs), "targets": list(targets), "static": list(static),
-            "attrs": {n: dict(attrs.get(n, {})) for n in (*inputs, *targets, *static)}}
+    return {
+        "inputs": list(inputs),
+        "targets": list(targets),
+        "static": list(static),
+        "attrs": {n: dict(attrs.get(n, {})) for n in (*inputs, *targets, *static)},
+    }
 
 
 def _pair_attrs(pair: Any) -> dict[str, dict[str, str]]:
     # the attributes Codec.from_pair gives each variable
-    return {n: {k: str(pair.dataset[n].attrs[k]) for k in ("units", "long_name") if k in pair.dataset[n].attrs}
-            for n in pair.names}
+    return {
+        n: {
+            k: str(pair.dataset[n].attrs[k])
+            for k in ("units", "long_name")
+            if k in pair.dataset[n].attrs
+        }
+        for n in pair.names
+    }
 
 
-def run_identity(cfg: TrainRunConfig, pair: Any, *, codec: dict[str, Any] | None = None,
-                 regression_sha256: str | None = None) -> dict[str, Any]:
+def run_identity(
+    cfg: TrainRunConfig,
+    pair: Any,
+    *,
+    codec: dict[str, Any] | None = None,
+    regression_sha256: str | None = None,
+) -> dict[str, Any]:
     """The identity of a run of ``cfg`` on the (training-period) ``pair``.
 
     ``codec`` is the :func:`codec_identity` of the codec the run uses when it does not come
@@ -144,7 +160,9 @@ def run_identity(cfg: TrainRunConfig, pair: Any, *, codec: dict[str, Any] | None
         "edm": to_dict(cfg.edm),
         "patch": to_dict(cfg.patch),
         "training": {"patch_num": cfg.training.patch_num},
-        "regression_checkpoint": None if regression_sha256 is None else {"sha256": regression_sha256},
+        "regression_checkpoint": None
+        if regression_sha256 is None
+        else {"sha256": regression_sha256},
     }
     return _plain(identity)
 
@@ -152,8 +170,20 @@ def run_identity(cfg: TrainRunConfig, pair: Any, *, codec: dict[str, Any] | None
 def run_settings(cfg: TrainRunConfig) -> dict[str, Any]:
     """Settings a resume may change (with a notice): optimiser, schedule, batch, seed."""
     t = cfg.training
-    keys = ("duration", "total_batch_size", "batch_size_per_device", "lr", "lr_rampup", "lr_decay",
-            "lr_decay_every", "betas", "eps", "grad_clip", "seed", "precision")
+    keys = (
+        "duration",
+        "total_batch_size",
+        "batch_size_per_device",
+        "lr",
+        "lr_rampup",
+        "lr_decay",
+        "lr_decay_every",
+        "betas",
+        "eps",
+        "grad_clip",
+        "seed",
+        "precision",
+    )
     training = {k: getattr(t, k) for k in keys}
     training["loader"] = {"block_size": t.loader.block_size}  # the sample order
     reg = t.regression_checkpoint
@@ -183,12 +213,19 @@ _ABSENT = object()
 def _describe(key: str, old: Any, new: Any) -> str:
     if old is _ABSENT or new is _ABSENT:
         return f"{key} {'absent' if old is _ABSENT else repr(old)} -> {'absent' if new is _ABSENT else repr(new)}"
-    if isinstance(old, list) and isinstance(new, list) and all(isinstance(v, str) for v in old + new):
+    if (
+        isinstance(old, list)
+        and isinstance(new, list)
+        and all(isinstance(v, str) for v in old + new)
+    ):
         gone, added = [v for v in old if v not in new], [v for v in new if v not in old]
         if not gone and not added:
             return f"{key} in another order {old} -> {new}"
         return f"{key} {old} -> {new}" + "".join(
-            f" ({what} {names})" for what, names in (("without", gone), ("with new", added)) if names)
+            f" ({what} {names})"
+            for what, names in (("without", gone), ("with new", added))
+            if names
+        )
     return f"{key} {old!r} -> {new!r}"
 
 
@@ -196,8 +233,11 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``"key old -> new"`` for every dotted key whose value differs (in ``new``'s order)."""
     a, b = _flat(old), _flat(new)
     keys = list(b) + [k for k in a if k not in b]
-    return [_describe(k, a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in keys
-            if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+    return [
+        _describe(k, a.get(k, _ABSENT), b.get(k, _ABSENT))
+        for k in keys
+        if a.get(k, _ABSENT) != b.get(k, _ABSENT)
+    ]
 
 
 # -- the record --------------------------------------------------------------------------
@@ -209,29 +249,53 @@ def read_record(out: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:
-        raise RunIdentityError(f"{path} cannot be read ({err}); pass training.resume=force to "
-                               "continue the run without the identity check") from err
+        raise RunIdentityError(
+            f"{path} cannot be read ({err}); pass training.resume=force to "
+            "continue the run without the identity check"
+        ) from err
     if not isinstance(record, dict) or record.get("format") != _FORMAT or "identity" not in record:
-        raise RunIdentityError(f"{path} is not a training identity record; pass training.resume=force "
-                               "to continue the run without the identity check")
+        raise RunIdentityError(
+            f"{path} is not a training identity record; pass training.resume=force "
+            "to continue the run without the identity check"
+        )
     return record
 
 
-def write_record(out: Path, *, identity: dict[str, Any], settings: dict[str, Any], codec: dict[str, Any],
-                 history: list[dict[str, Any]] = (), new: bool = False) -> None:
+def write_record(
+    out: Path,
+    *,
+    identity: dict[str, Any],
+    settings: dict[str, Any],
+    codec: dict[str, Any],
+    history: list[dict[str, Any]] = (),
+    new: bool = False,
+) -> None:
     """Write the identity record (and, for a new run, create and mark the directory)."""
     from corrdiff_xr._atomic import write_bytes
 
     if new:
         out.mkdir(parents=True, exist_ok=True)
         mark_directory(out, KIND)  # first, so a run killed right here is still a training run
-    record = {"format": _FORMAT, "version": 1, "identity": identity, "settings": settings,
-              "codec": codec, "history": list(history)}
+    record = {
+        "format": _FORMAT,
+        "version": 1,
+        "identity": identity,
+        "settings": settings,
+        "codec": codec,
+        "history": list(history),
+    }
     write_bytes(out / IDENTITY_FILE, (json.dumps(record, indent=1) + "\n").encode(), fsync=False)
 
 
-def check_resume(out: Path, record: dict[str, Any] | None, *, identity: dict[str, Any],
-                 settings: dict[str, Any], mode: str, nimg: int) -> list[dict[str, Any]]:
+def check_resume(
+    out: Path,
+    record: dict[str, Any] | None,
+    *,
+    identity: dict[str, Any],
+    settings: dict[str, Any],
+    mode: str,
+    nimg: int,
+) -> list[dict[str, Any]]:
     """Check that the run recorded in ``out`` may be resumed as configured; log what changed.
 
     Returns the history to record (one entry more after a forced resume over differences).
@@ -247,7 +311,8 @@ def check_resume(out: Path, record: dict[str, Any] | None, *, identity: dict[str
             raise RunIdentityError(
                 f"{where} holds checkpoints but no {IDENTITY_FILE}, so it is unknown what run they "
                 "belong to; choose another training.output_dir for a new run, or pass "
-                "training.resume=force to continue them")
+                "training.resume=force to continue them"
+            )
         log.warning("%s: no %s; continuing its checkpoints as forced", where, IDENTITY_FILE)
         return []
     history = list(record.get("history", []))
@@ -258,11 +323,18 @@ def check_resume(out: Path, record: dict[str, Any] | None, *, identity: dict[str
         raise RunIdentityError(
             f"{where} holds another training run ({IDENTITY_FILE} differs: {shown}{more}). "
             "Choose another training.output_dir for a new run, or pass training.resume=force to "
-            "continue this run's checkpoint with the new settings (e.g. fine-tuning on new data)")
+            "continue this run's checkpoint with the new settings (e.g. fine-tuning on new data)"
+        )
     if changed:
-        log.warning("%s: resuming as forced although the run differs: %s. The checkpoint's codec and "
-                    "weights are kept (the frozen regression network included)", where, "; ".join(changed))
-        history.append({"nimg": nimg, "forced": True, "identity": record["identity"], "differences": changed})
+        log.warning(
+            "%s: resuming as forced although the run differs: %s. The checkpoint's codec and "
+            "weights are kept (the frozen regression network included)",
+            where,
+            "; ".join(changed),
+        )
+        history.append(
+            {"nimg": nimg, "forced": True, "identity": record["identity"], "differences": changed}
+        )
     notices = differences(record.get("settings", {}), settings)
     if notices:
         log.warning("%s: resuming with changed settings: %s", where, "; ".join(notices))

@@ -111,10 +111,20 @@ def block_bounds(chunks: Sequence[int], *, block_size: int | None = None) -> lis
 
 
 def rank_blocks(
-    n_blocks: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1, shuffle: bool = True
+    n_blocks: int,
+    *,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    shuffle: bool = True,
 ) -> np.ndarray:
     """Indices of the blocks rank ``rank`` reads in ``epoch``, in reading order."""
-    order = np.random.default_rng([seed, epoch]).permutation(n_blocks) if shuffle else np.arange(n_blocks)
+    order = (
+        np.random.default_rng([seed, epoch]).permutation(n_blocks)
+        if shuffle
+        else np.arange(n_blocks)
+    )
     return order[rank::world_size]
 
 
@@ -236,7 +246,9 @@ class ChunkShuffleLoader:
                 f"the data hold {len(self.blocks)} time block(s), fewer than the {world_size} "
                 "ranks; use a smaller loader block_size or time chunks"
             )
-        self.blocks_per_epoch = len(rank_blocks(len(self.blocks), seed=seed, epoch=0, rank=rank, world_size=world_size))
+        self.blocks_per_epoch = len(
+            rank_blocks(len(self.blocks), seed=seed, epoch=0, rank=rank, world_size=world_size)
+        )
         self.epoch, self.position = 0, 0
 
     # -- the stream ------------------------------------------------------------------------
@@ -244,8 +256,14 @@ class ChunkShuffleLoader:
         """``(start, stop)`` of this rank's blocks in ``epoch``, in reading order."""
         cached = self._epoch_cache  # one read: prefetch threads may replace it meanwhile
         if cached is None or cached[0] != epoch:
-            idx = rank_blocks(len(self.blocks), seed=self.seed, epoch=epoch, rank=self.rank,
-                              world_size=self.world_size, shuffle=self.shuffle)
+            idx = rank_blocks(
+                len(self.blocks),
+                seed=self.seed,
+                epoch=epoch,
+                rank=self.rank,
+                world_size=self.world_size,
+                shuffle=self.shuffle,
+            )
             cached = self._epoch_cache = (epoch, [self.blocks[i] for i in idx])
         return list(cached[1])
 
@@ -256,7 +274,10 @@ class ChunkShuffleLoader:
     def sample_order(self, epoch: int) -> np.ndarray:
         """Time indices of this rank's stream in ``epoch``, in order."""
         parts = [
-            start + _within_block_order(stop - start, seed=self.seed, epoch=epoch, start=start, shuffle=self.shuffle)
+            start
+            + _within_block_order(
+                stop - start, seed=self.seed, epoch=epoch, start=start, shuffle=self.shuffle
+            )
             for start, stop in self.epoch_blocks(epoch)
         ]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
@@ -277,17 +298,22 @@ class ChunkShuffleLoader:
         """``(coarse, targets, order, lead)`` numpy blocks of stream item ``item``."""
         epoch, k = divmod(item, self.blocks_per_epoch)
         start, stop = self.epoch_blocks(epoch)[k]
-        order = _within_block_order(stop - start, seed=self.seed, epoch=epoch, start=start, shuffle=self.shuffle)
+        order = _within_block_order(
+            stop - start, seed=self.seed, epoch=epoch, start=start, shuffle=self.shuffle
+        )
         lead = None if self._lead_values is None else self._lead_values[start:stop]
-        parts = {(role, name): block_pieces(a, start, stop)
-                 for role, arrays in (("coarse", self._coarse), ("targets", self._targets))
-                 for name, a in arrays.items()}
+        parts = {
+            (role, name): block_pieces(a, start, stop)
+            for role, arrays in (("coarse", self._coarse), ("targets", self._targets))
+            for name, a in arrays.items()
+        }
         pieces = {k: v for k, v in parts.items() if isinstance(v, Pieces)}
         lazy = {k: v for k, v in parts.items() if not isinstance(v, Pieces)}
         values = run_pieces(list(pieces.values()), scheduler)
         if lazy or self._static is None or lead is not None:
             lazy, self._static, lead = dask.compute(
-                lazy, self._static or self._static_lazy, lead, scheduler=scheduler)
+                lazy, self._static or self._static_lazy, lead, scheduler=scheduler
+            )
         out = {"coarse": {}, "targets": {}}
         for (role, name), piece in pieces.items():
             out[role][name] = piece.assemble(values)
@@ -301,15 +327,21 @@ class ChunkShuffleLoader:
         coarse, targets, order, lead = self._read_block(item, scheduler)
         start = self.epoch_blocks(epoch)[item % self.blocks_per_epoch][0]
         # from here on plain numpy: regrid, shuffle and normalise straight into the batch arrays
-        x = self.codec.encode_arrays({**coarse, **self._static}, role="inputs", order=order,
-                                     weights=self._weights)
+        x = self.codec.encode_arrays(
+            {**coarse, **self._static}, role="inputs", order=order, weights=self._weights
+        )
         y = self.codec.encode_arrays(targets, role="targets", order=order)
         times = (start + order).astype(np.int64)
         offsets = np.zeros((len(order), 2), dtype=np.int64)
         if self.patch_shape is not None:
             x, y, offsets = self._crop(x, y, times, epoch)
-        out = {"inputs": x, "targets": y, "offsets": offsets, "time_index": times,
-               "epoch": np.int64(epoch)}
+        out = {
+            "inputs": x,
+            "targets": y,
+            "offsets": offsets,
+            "time_index": times,
+            "epoch": np.int64(epoch),
+        }
         if lead is not None:
             out["lead_time"] = np.asarray(lead, dtype=np.int64)[order]
         return out
@@ -318,13 +350,21 @@ class ChunkShuffleLoader:
         from corrdiff_xr.patching import random_origins
 
         ph, pw = self.patch_shape
-        offsets = np.stack([
-            np.asarray(random_origins(self.image_shape, self.patch_shape, 1,
-                                      generator=_patch_generator(self.seed, epoch, int(t))))[0]
-            for t in times
-        ]).astype(np.int64)
-        xs = np.stack([x[i, :, r:r + ph, c:c + pw] for i, (r, c) in enumerate(offsets)])
-        ys = np.stack([y[i, :, r:r + ph, c:c + pw] for i, (r, c) in enumerate(offsets)])
+        offsets = np.stack(
+            [
+                np.asarray(
+                    random_origins(
+                        self.image_shape,
+                        self.patch_shape,
+                        1,
+                        generator=_patch_generator(self.seed, epoch, int(t)),
+                    )
+                )[0]
+                for t in times
+            ]
+        ).astype(np.int64)
+        xs = np.stack([x[i, :, r : r + ph, c : c + pw] for i, (r, c) in enumerate(offsets)])
+        ys = np.stack([y[i, :, r : r + ph, c : c + pw] for i, (r, c) in enumerate(offsets)])
         return xs, ys, offsets
 
     def _blocks(self, first_item: int) -> Iterator[dict[str, Any]]:
@@ -334,18 +374,30 @@ class ChunkShuffleLoader:
             return
         reader = _BlockReader(self, first_item, n_items)
         yield from torch.utils.data.DataLoader(
-            reader, batch_size=None, num_workers=self.num_workers,
-            prefetch_factor=self.prefetch_factor, worker_init_fn=_worker_init,
-            persistent_workers=False, multiprocessing_context="fork",
+            reader,
+            batch_size=None,
+            num_workers=self.num_workers,
+            prefetch_factor=self.prefetch_factor,
+            worker_init_fn=_worker_init,
+            persistent_workers=False,
+            multiprocessing_context="fork",
         )
 
     def _threaded_blocks(self, first_item: int, n_items: int | None) -> Iterator[dict[str, Any]]:
         # Without worker processes, read ``prefetch_factor`` blocks ahead in background
         # threads, so reading overlaps the training step that consumes the previous block.
-        items = itertools.count(first_item) if n_items is None else iter(range(first_item, first_item + n_items))
+        items = (
+            itertools.count(first_item)
+            if n_items is None
+            else iter(range(first_item, first_item + n_items))
+        )
         read = self._read_item
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, self.prefetch_factor)) as pool:
-            pending = collections.deque(pool.submit(read, i) for i in itertools.islice(items, self.prefetch_factor))
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, self.prefetch_factor)
+        ) as pool:
+            pending = collections.deque(
+                pool.submit(read, i) for i in itertools.islice(items, self.prefetch_factor)
+            )
             try:
                 while pending:
                     block = pending.popleft().result()
@@ -400,6 +452,7 @@ class ChunkShuffleLoader:
             self.position += len(part["time_index"])
             if self.position == self.epoch_length(self.epoch):
                 self.epoch, self.position = self.epoch + 1, 0
+
         def cat(key: str) -> torch.Tensor:
             parts = [np.asarray(p[key]) for p in taken]
             # a batch inside one block is a view of it (a leading-axis slice is contiguous)

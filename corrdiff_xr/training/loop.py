@@ -68,9 +68,11 @@ from corrdiff_xr.config import (
 from corrdiff_xr.errors import CorrDiffError
 from corrdiff_xr.training import checkpoint as ckpt
 from corrdiff_xr.training import identity as ident
+from corrdiff_xr.training import run_state
 from corrdiff_xr.training.data import codec_variables, open_training_data
 from corrdiff_xr.training.distributed import ProcessInfo, detect, initialize, shutdown
 from corrdiff_xr.training.monitor import Monitor
+from corrdiff_xr.training.run_state import Run, Start
 from corrdiff_xr.training.schedule import accumulation_rounds, learning_rate
 
 __all__ = ["TrainResult", "TrainingDivergedError", "build_model", "train"]
@@ -97,7 +99,11 @@ class TrainResult:
 
 def _device(name: str, info: ProcessInfo) -> torch.device:
     if name == "auto":
-        return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device(f"cuda:{info.local_rank}")
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
     return torch.device(name)
 
 
@@ -106,8 +112,13 @@ def _is_due(nimg: int, step: int, every: int) -> bool:
     return nimg // every > (nimg - step) // every
 
 
-def build_model(cfg: TrainRunConfig, codec: Any, img_shape: tuple[int, int], *,
-                regression_network: NetworkConfig | None = None):
+def build_model(
+    cfg: TrainRunConfig,
+    codec: Any,
+    img_shape: tuple[int, int],
+    *,
+    regression_network: NetworkConfig | None = None,
+):
     """The (untrained) CorrDiff to train and the sub-module whose weights the optimiser updates.
 
     Diffusion tasks need the ``regression_network`` config of the frozen regression net.
@@ -115,11 +126,21 @@ def build_model(cfg: TrainRunConfig, codec: Any, img_shape: tuple[int, int], *,
     from corrdiff_xr.model import CorrDiff
 
     if cfg.task == "regression":
-        model = CorrDiff(codec, img_shape=img_shape, regression_network=cfg.network,
-                         residual_network=None, edm=cfg.edm)
+        model = CorrDiff(
+            codec,
+            img_shape=img_shape,
+            regression_network=cfg.network,
+            residual_network=None,
+            edm=cfg.edm,
+        )
         return model, model.regression
-    model = CorrDiff(codec, img_shape=img_shape, regression_network=regression_network,
-                     residual_network=cfg.network, edm=cfg.edm)
+    model = CorrDiff(
+        codec,
+        img_shape=img_shape,
+        regression_network=regression_network,
+        residual_network=cfg.network,
+        edm=cfg.edm,
+    )
     model.regression.requires_grad_(False).eval()
     return model, model.residual
 
@@ -129,20 +150,7 @@ def _model_file(path: str | Path) -> Path:
     return path / "model.safetensors" if path.is_dir() else path
 
 
-@dataclasses.dataclass
-class _Start:
-    """What a run starts from: its data (restricted to the codec's variables), the codec, and
-    the checkpoint to resume (None: a new run)."""
-
-    train_pair: Any
-    valid_pair: Any
-    codec: Any
-    img_shape: tuple[int, int]
-    latest: Path | None
-    regression_network: NetworkConfig | None
-
-
-def _open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> _Start:
+def _open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
     """Check the output directory, the data and the run's identity; record it (rank 0).
 
     Everything that can refuse the run happens here, before any network is built or weight
@@ -157,24 +165,38 @@ def _open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> _Start:
     train_pair, valid_pair = open_training_data(cfg)
     img_shape = (int(train_pair.fine.sizes["y"]), int(train_pair.fine.sizes["x"]))
     if cfg.patch.shape is not None and any(p > n for p, n in zip(cfg.patch.shape, img_shape)):
-        raise ConfigError(f"patch.shape {tuple(cfg.patch.shape)} is larger than the domain {img_shape} (y, x)")
+        raise ConfigError(
+            f"patch.shape {tuple(cfg.patch.shape)} is larger than the domain {img_shape} (y, x)"
+        )
     reg_header, reg_codec, reg_sha = None, None, None
     if cfg.task != "regression":
         reg_file = _model_file(t.regression_checkpoint)
         reg_header = read_checkpoint_header(reg_file)
         if tuple(reg_header["img_shape"]) != img_shape:
-            raise ConfigError(f"regression checkpoint grid {tuple(reg_header['img_shape'])} differs from the "
-                              f"data's {img_shape}")
+            raise ConfigError(
+                f"regression checkpoint grid {tuple(reg_header['img_shape'])} differs from the "
+                f"data's {img_shape}"
+            )
         c = reg_header["codec"]
-        reg_codec = ident.codec_identity(c["inputs"], c["targets"], c.get("static", ()), c.get("attrs", {}))
+        reg_codec = ident.codec_identity(
+            c["inputs"], c["targets"], c.get("static", ()), c.get("attrs", {})
+        )
         reg_sha = ident.file_sha256(reg_file)
     identity = ident.run_identity(cfg, train_pair, codec=reg_codec, regression_sha256=reg_sha)
     settings = ident.run_settings(cfg)
     history: list[dict[str, Any]] = []
     if latest is not None:
-        history = ident.check_resume(out, ident.read_record(out), identity=identity, settings=settings,
-                                     mode=t.resume, nimg=int(latest.name))
-        header = read_checkpoint_header(latest / "model.safetensors")  # the codec is the checkpoint's
+        history = ident.check_resume(
+            out,
+            ident.read_record(out),
+            identity=identity,
+            settings=settings,
+            mode=t.resume,
+            nimg=int(latest.name),
+        )
+        header = read_checkpoint_header(
+            latest / "model.safetensors"
+        )  # the codec is the checkpoint's
     else:
         header = reg_header
     if header is not None:
@@ -184,14 +206,23 @@ def _open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> _Start:
     if info.distributed:
         torch.distributed.barrier()  # every rank has looked at the directory before rank 0 writes
     if info.rank == 0:
-        ident.write_record(out, identity=identity, settings=settings, codec=codec.to_dict(),
-                           history=history, new=latest is None)
+        ident.write_record(
+            out,
+            identity=identity,
+            settings=settings,
+            codec=codec.to_dict(),
+            history=history,
+            new=latest is None,
+        )
         (out / "config.yaml").write_text(_yaml(to_dict(cfg)))
     reg_net = None
     if cfg.task != "regression":
         reg_net = from_dict(NetworkConfig, header["regression_network"], path="regression_network")
-    pairs = [None if p is None else codec_variables(p, codec, source=cfg.data.source) for p in (train_pair, valid_pair)]
-    return _Start(*pairs, codec, img_shape, latest, reg_net)
+    pairs = [
+        None if p is None else codec_variables(p, codec, source=cfg.data.source)
+        for p in (train_pair, valid_pair)
+    ]
+    return Start(*pairs, codec, img_shape, latest, reg_net)
 
 
 def _set_deterministic(enabled: bool, device: torch.device) -> None:
@@ -219,7 +250,7 @@ def train(cfg: TrainRunConfig, *, max_steps: int | None = None) -> TrainResult:
         run = _build_run(cfg, info, device)
         nimg, skipped = 0, 0
         if run.start.latest is not None:
-            nimg, skipped = _resume(run, run.start.latest)
+            nimg, skipped = run_state.resume(run, run.start.latest)
             log.info("resumed from %s at %d samples", run.start.latest, nimg)
         else:
             torch.manual_seed(t.seed + info.rank)  # per-rank noise from here on
@@ -228,25 +259,7 @@ def train(cfg: TrainRunConfig, *, max_steps: int | None = None) -> TrainResult:
         shutdown()
 
 
-@dataclasses.dataclass
-class _Run:
-    """What every optimiser step of a run uses, built once by :func:`_build_run`."""
-
-    cfg: TrainRunConfig
-    start: _Start
-    out: Path
-    info: ProcessInfo
-    device: torch.device
-    model: Any  # the whole CorrDiff (saved, validated)
-    trainable: torch.nn.Module  # the sub-module the optimiser updates
-    net: torch.nn.Module  # ``trainable``, DDP-wrapped by :func:`_loop` when distributed
-    optimizer: torch.optim.Optimizer
-    loader: Any
-    per_device: int
-    rounds: int
-
-
-def _build_run(cfg: TrainRunConfig, info: ProcessInfo, device: torch.device) -> _Run:
+def _build_run(cfg: TrainRunConfig, info: ProcessInfo, device: torch.device) -> Run:
     """Open the run (:func:`_open_run`), then build its model, optimiser and loader."""
     from corrdiff_xr.model import CorrDiff
     from corrdiff_xr.training.loader import ChunkShuffleLoader
@@ -257,29 +270,56 @@ def _build_run(cfg: TrainRunConfig, info: ProcessInfo, device: torch.device) -> 
     out = Path(t.output_dir)
     start = _open_run(cfg, out, info)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
-    model, trainable = build_model(cfg, start.codec, start.img_shape,
-                                   regression_network=start.regression_network)
+    model, trainable = build_model(
+        cfg, start.codec, start.img_shape, regression_network=start.regression_network
+    )
     if start.latest is None and cfg.task != "regression":
         frozen = CorrDiff.load(_model_file(t.regression_checkpoint))
         model.regression.load_state_dict(frozen.regression.state_dict())
     model.to(device)
     optimizer = torch.optim.Adam(trainable.parameters(), lr=t.lr, betas=t.betas, eps=t.eps)
     loader = ChunkShuffleLoader(
-        start.train_pair, start.codec, batch_size=per_device, block_size=t.loader.block_size, seed=t.seed,
-        rank=info.rank, world_size=info.world_size, num_workers=t.loader.num_workers,
-        prefetch_factor=t.loader.prefetch_factor, lead_time=cfg.data.lead_time)
-    return _Run(cfg=cfg, start=start, out=out, info=info, device=device, model=model, trainable=trainable,
-                net=trainable, optimizer=optimizer, loader=loader, per_device=per_device, rounds=rounds)
+        start.train_pair,
+        start.codec,
+        batch_size=per_device,
+        block_size=t.loader.block_size,
+        seed=t.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        num_workers=t.loader.num_workers,
+        prefetch_factor=t.loader.prefetch_factor,
+        lead_time=cfg.data.lead_time,
+    )
+    return Run(
+        cfg=cfg,
+        start=start,
+        out=out,
+        info=info,
+        device=device,
+        model=model,
+        trainable=trainable,
+        net=trainable,
+        optimizer=optimizer,
+        loader=loader,
+        per_device=per_device,
+        rounds=rounds,
+    )
 
 
-def _loop(run: _Run, *, nimg: int, skipped: int, max_steps: int | None) -> TrainResult:
+def _loop(run: Run, *, nimg: int, skipped: int, max_steps: int | None) -> TrainResult:
     """Optimiser steps until ``training.duration`` samples (or ``max_steps`` steps)."""
     t = run.cfg.training
     if run.info.distributed:  # wrapped after any resume: DDP broadcasts rank 0's weights
         run.net = torch.nn.parallel.DistributedDataParallel(
-            run.trainable, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    monitor = Monitor(run.out / "tensorboard", total=t.duration, initial=nimg,
-                      active=run.info.rank == 0, progress=t.progress)
+            run.trainable, device_ids=[run.device.index] if run.device.type == "cuda" else None
+        )
+    monitor = Monitor(
+        run.out / "tensorboard",
+        total=t.duration,
+        initial=nimg,
+        active=run.info.rank == 0,
+        progress=t.progress,
+    )
     autocast = torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
     loss_fn = _loss_fn(run.cfg, run.model)
     batches = iter(run.loader)
@@ -288,11 +328,14 @@ def _loop(run: _Run, *, nimg: int, skipped: int, max_steps: int | None) -> Train
     run.trainable.train()
     try:
         while nimg < t.duration and (max_steps is None or steps < max_steps):
-            loss_value, grad_norm, lr, skipped = _step(run, batches, loss_fn, autocast,
-                                                       nimg=nimg, skipped=skipped)
+            loss_value, grad_norm, lr, skipped = _step(
+                run, batches, loss_fn, autocast, nimg=nimg, skipped=skipped
+            )
             nimg += t.total_batch_size
             steps += 1
-            _after_step(run, monitor, nimg, loss=loss_value, lr=lr, grad_norm=grad_norm, skipped=skipped)
+            _after_step(
+                run, monitor, nimg, loss=loss_value, lr=lr, grad_norm=grad_norm, skipped=skipped
+            )
     finally:
         monitor.close()
     if run.info.rank == 0 and nimg >= t.duration:
@@ -300,31 +343,47 @@ def _loop(run: _Run, *, nimg: int, skipped: int, max_steps: int | None) -> Train
     return TrainResult(nimg, steps, skipped, loss_value, run.out, nimg >= t.duration)
 
 
-def _step(run: _Run, batches, loss_fn, autocast, *, nimg: int, skipped: int):
+def _step(run: Run, batches, loss_fn, autocast, *, nimg: int, skipped: int):
     """One optimiser step from ``nimg`` samples, skipped when its loss or gradients are not
     finite; returns ``(loss, gradient norm, learning rate, skipped steps so far)``."""
     t = run.cfg.training
     run.optimizer.zero_grad(set_to_none=True)
-    loss_sum = _accumulate_gradients(run.net, batches, loss_fn, rounds=run.rounds, per_device=run.per_device,
-                                     info=run.info, autocast=autocast, device=run.device)
+    loss_sum = _accumulate_gradients(
+        run.net,
+        batches,
+        loss_fn,
+        rounds=run.rounds,
+        per_device=run.per_device,
+        info=run.info,
+        autocast=autocast,
+        device=run.device,
+    )
     grad_norm = torch.nn.utils.clip_grad_norm_(run.trainable.parameters(), t.grad_clip or math.inf)
-    lr = learning_rate(nimg, lr=t.lr, rampup=t.lr_rampup, decay=t.lr_decay, decay_every=t.lr_decay_every)
+    lr = learning_rate(
+        nimg, lr=t.lr, rampup=t.lr_rampup, decay=t.lr_decay, decay_every=t.lr_decay_every
+    )
     if torch.isfinite(loss_sum) and torch.isfinite(grad_norm):
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         run.optimizer.step()
         return float(loss_sum), grad_norm, lr, skipped
     skipped += 1  # identical on every rank: loss and gradients are all-reduced
-    log.warning("non-finite loss or gradient at %d samples; step skipped (%d so far)",
-                nimg + t.total_batch_size, skipped)
+    log.warning(
+        "non-finite loss or gradient at %d samples; step skipped (%d so far)",
+        nimg + t.total_batch_size,
+        skipped,
+    )
     if skipped > t.max_nonfinite_steps:
         raise TrainingDivergedError(
             f"{skipped} steps had non-finite loss or gradients (training.max_nonfinite_steps="
-            f"{t.max_nonfinite_steps}); lower training.lr or set training.grad_clip")
+            f"{t.max_nonfinite_steps}); lower training.lr or set training.grad_clip"
+        )
     return float(loss_sum), grad_norm, lr, skipped
 
 
-def _after_step(run: _Run, monitor: Monitor, nimg: int, *, loss: float, lr: float, grad_norm, skipped: int) -> None:
+def _after_step(
+    run: Run, monitor: Monitor, nimg: int, *, loss: float, lr: float, grad_norm, skipped: int
+) -> None:
     """Progress, then the logs, validation and checkpoint due at ``nimg`` samples (all at the end)."""
     t = run.cfg.training
 
@@ -333,17 +392,26 @@ def _after_step(run: _Run, monitor: Monitor, nimg: int, *, loss: float, lr: floa
 
     monitor.advance(t.total_batch_size, nimg, loss=loss, lr=lr)
     if due(t.log_every):
-        monitor.scalars(nimg, **{"train/loss": loss, "train/lr": lr,
-                                 "train/grad_norm": float(grad_norm), "train/skipped_steps": skipped})
+        monitor.scalars(
+            nimg,
+            **{
+                "train/loss": loss,
+                "train/lr": lr,
+                "train/grad_norm": float(grad_norm),
+                "train/skipped_steps": skipped,
+            },
+        )
     if run.start.valid_pair is not None and due(t.validate_every):
         _validate(run, monitor, nimg)
         run.model.eval()
         run.trainable.train()
     if due(t.checkpoint_every):
-        _save(run, nimg, skipped)
+        run_state.save(run, nimg, skipped)
 
 
-def _accumulate_gradients(net, batches, loss_fn, *, rounds, per_device, info, autocast, device) -> torch.Tensor:
+def _accumulate_gradients(
+    net, batches, loss_fn, *, rounds, per_device, info, autocast, device
+) -> torch.Tensor:
     """Backward over ``rounds`` batches; gradients and the returned loss are those of the mean
     over all ``per_device x rounds x world_size`` samples (DDP averages over processes and
     synchronises only on the last round)."""
@@ -365,6 +433,7 @@ def _accumulate_gradients(net, batches, loss_fn, *, rounds, per_device, info, au
 def _loss_fn(cfg: TrainRunConfig, model: Any):
     """``loss(net, batch) -> elementwise loss`` for the task (``net`` may be DDP-wrapped)."""
     if cfg.task == "regression":
+
         def regression(net, b):
             mean = lambda x: net(x, offsets=b.offsets, lead_time=b.lead_time)
             return edm.regression_loss(mean, b.inputs, b.targets, reduction="none")
@@ -381,66 +450,36 @@ def _loss_fn(cfg: TrainRunConfig, model: Any):
         def denoiser(x_noisy, sigma, *, condition, offsets):
             return net(x_noisy, sigma, condition=condition, offsets=offsets, lead_time=lead)
 
-        return edm.residual_loss(denoiser, b.inputs, b.targets, edm=cfg.edm, mean=mean, patch=patch,
-                                 num_patches=patches, reduction="none")
+        return edm.residual_loss(
+            denoiser,
+            b.inputs,
+            b.targets,
+            edm=cfg.edm,
+            mean=mean,
+            patch=patch,
+            num_patches=patches,
+            reduction="none",
+        )
 
     return residual
 
 
-def _validate(run: _Run, monitor: Monitor, nimg: int) -> None:
+def _validate(run: Run, monitor: Monitor, nimg: int) -> None:
     from corrdiff_xr.training.validation import validate
 
     if run.info.rank != 0:
         return
-    metrics, image = validate(run.cfg, run.model, run.start.valid_pair, run.start.codec,
-                              device=run.device, batch_size=run.per_device)
+    metrics, image = validate(
+        run.cfg,
+        run.model,
+        run.start.valid_pair,
+        run.start.codec,
+        device=run.device,
+        batch_size=run.per_device,
+    )
     monitor.scalars(nimg, **{f"valid/{k}": v for k, v in metrics.items()})
     if image is not None:
         monitor.image("valid/sample", image, nimg)
-
-
-def _save(run: _Run, nimg: int, skipped: int) -> None:
-    # every rank's loader position and random state, so each rank resumes its own stream
-    info = run.info
-    local = {"loader": run.loader.state_dict(), "rng": ckpt.rng_state()}
-    gathered = [local]
-    if info.distributed:
-        gathered = [None] * info.world_size
-        torch.distributed.all_gather_object(gathered, local)
-    if info.rank == 0:
-        state = {"nimg": nimg, "skipped": skipped, "optimizer": run.optimizer.state_dict(),
-                 "ranks": gathered, "world_size": info.world_size}
-        ckpt.save_checkpoint(run.out / "checkpoints", nimg, trainer_state=state,
-                             save_model=lambda p: run.model.save(p / "model.safetensors"),
-                             keep=run.cfg.training.keep_checkpoints)
-    if info.distributed:
-        torch.distributed.barrier()
-
-
-def _resume(run: _Run, path: Path) -> tuple[int, int]:
-    """Load checkpoint ``path`` (weights, optimiser, loader position, random states)."""
-    from safetensors.torch import load_file
-
-    from corrdiff_xr.model import CheckpointError, load_weights
-
-    info, t = run.info, run.cfg.training
-    state = ckpt.load_trainer_state(path)
-    if state["world_size"] != info.world_size:
-        raise ConfigError(f"checkpoint {path} was written by {state['world_size']} processes; "
-                          f"resume it with the same number (now {info.world_size})")
-    weights = path / "model.safetensors"
-    try:
-        load_weights(run.model, load_file(str(weights)), source=str(weights))
-    except CheckpointError as err:  # only after training.resume=force: same identity, same shapes
-        raise CheckpointError(f"{err}; a network of another shape cannot continue this checkpoint: "
-                              "choose another training.output_dir for a new run") from None
-    run.optimizer.load_state_dict(state["optimizer"])
-    for group in run.optimizer.param_groups:  # the configured Adam settings, not the checkpoint's
-        group["betas"], group["eps"] = tuple(t.betas), t.eps
-    mine = state["ranks"][info.rank]
-    run.loader.load_state_dict(mine["loader"])
-    ckpt.set_rng_state(mine["rng"])
-    return int(state["nimg"]), int(state["skipped"])
 
 
 def _yaml(data: Any) -> str:

@@ -17,8 +17,15 @@ __all__ = ["Monitor"]
 class Monitor:
     """Progress bar plus TensorBoard writer under ``log_dir`` (rank 0 only)."""
 
-    def __init__(self, log_dir: str | Path, *, total: int, initial: int = 0, active: bool = True,
-                 progress: bool = True):
+    def __init__(
+        self,
+        log_dir: str | Path,
+        *,
+        total: int,
+        initial: int = 0,
+        active: bool = True,
+        progress: bool = True,
+    ):
         self.active = active
         self._writer = self._bar = None
         self._t0, self._n0 = time.perf_counter(), initial
@@ -38,7 +45,9 @@ class Monitor:
             return
         self._bar.update(n)
         rate = (nimg - self._n0) / max(time.perf_counter() - self._t0, 1e-9)
-        self._bar.set_postfix({"samples/s": f"{rate:.1f}", **{k: f"{v:.4g}" for k, v in postfix.items()}})
+        self._bar.set_postfix(
+            {"samples/s": f"{rate:.1f}", **{k: f"{v:.4g}" for k, v in postfix.items()}}
+        )
 
     def scalars(self, nimg: int, **values: float) -> None:
         """TensorBoard scalars at step ``nimg``."""
@@ -50,8 +59,10 @@ class Monitor:
         """A 2-D field as a grey image scaled to its own range."""
         if self._writer is None:
             return
-        arr = np.asarray(field.detach().float().cpu() if isinstance(field, torch.Tensor) else field,
-                         dtype=np.float32)
+        arr = np.asarray(
+            field.detach().float().cpu() if isinstance(field, torch.Tensor) else field,
+            dtype=np.float32,
+        )
         lo, hi = np.nanmin(arr), np.nanmax(arr)
         arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
         self._writer.add_image(name, arr[None], nimg, dataformats="CHW")

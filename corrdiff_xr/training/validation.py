@@ -27,15 +27,18 @@ def _generator(seed: int, time_index: int, member: int, device: torch.device) ->
 
 
 @torch.no_grad()
-def validate(cfg: Any, model: Any, pair: Any, codec: Any, *, device: torch.device, batch_size: int = 1):
+def validate(
+    cfg: Any, model: Any, pair: Any, codec: Any, *, device: torch.device, batch_size: int = 1
+):
     """``({metric_name: value}, image)`` on the validation pair; image is a 2-D tensor
     (first predicted field of the first sample) for TensorBoard."""
     from corrdiff_xr import scoring
     from corrdiff_xr.training.loader import ChunkShuffleLoader
 
     t = cfg.training
-    loader = ChunkShuffleLoader(pair, codec, batch_size=batch_size, shuffle=False,
-                                epochs=1, lead_time=cfg.data.lead_time)
+    loader = ChunkShuffleLoader(
+        pair, codec, batch_size=batch_size, shuffle=False, epochs=1, lead_time=cfg.data.lead_time
+    )
     was_training = model.training
     model.eval()
     members = 1 if cfg.task == "regression" else t.validation_members
@@ -49,13 +52,20 @@ def validate(cfg: Any, model: Any, pair: Any, codec: Any, *, device: torch.devic
         preds = [mean]
         if cfg.task != "regression":
             preds = [
-                model.sample(b.inputs, mean=mean, offsets=b.offsets, lead_time=b.lead_time, sampler=cfg.sampler,
-                             generators=[_generator(t.seed, int(ti), m, device) for ti in batch.time_index])
+                model.sample(
+                    b.inputs,
+                    mean=mean,
+                    offsets=b.offsets,
+                    lead_time=b.lead_time,
+                    sampler=cfg.sampler,
+                    generators=[_generator(t.seed, int(ti), m, device) for ti in batch.time_index],
+                )
                 for m in range(members)
             ]
         template = pair.fine.isel({TIME: batch.time_index.numpy()}).load()
         forecast = xr.concat(
-            [codec.decode_targets(p.float().cpu().numpy(), template) for p in preds], dim=MEMBER)
+            [codec.decode_targets(p.float().cpu().numpy(), template) for p in preds], dim=MEMBER
+        )
         scores = {"mae": scoring.mae(forecast, template)}
         if members > 1:
             scores["crps"] = scoring.crps(forecast, template)

@@ -84,8 +84,10 @@ CASES = [
     ([*SCORE, "--workers", "two"], ["--workers", "'two'", "integer"]),
     ([*SCORE, "--estimator", "exact"], ["--estimator", "'exact'"]),
     ([*SCORE, "--format", "grib"], ["--format", "'grib'"]),
-    (["score", "{d}/nolat.zarr", "--truth", "{d}/truth.zarr", "--area-weighted"],
-     ["--area-weighted", "'lat'", "{d}/nolat.zarr"]),
+    (
+        ["score", "{d}/nolat.zarr", "--truth", "{d}/truth.zarr", "--area-weighted"],
+        ["--area-weighted", "'lat'", "{d}/nolat.zarr"],
+    ),
     # score: outputs
     ([*SCORE, "-o", "s3://bucket/scores.zarr"], ["-o/--output", "s3://bucket/scores.zarr"]),
     ([*SCORE, "-o", "{d}/text.txt"], ["{d}/text.txt", "did not write"]),
@@ -132,9 +134,7 @@ def _fill(argv: list[str], d: Path) -> list[str]:
     return [a.format(d=d) for a in argv]
 
 
-@pytest.mark.parametrize(
-    ("argv", "culprits"), CASES, ids=[" ".join(argv[:4]) for argv, _ in CASES]
-)
+@pytest.mark.parametrize(("argv", "culprits"), CASES, ids=[" ".join(argv[:4]) for argv, _ in CASES])
 def test_a_user_mistake_ends_in_one_line_naming_it_and_exit_2(files, capsys, argv, culprits):
     rc = cli.main(_fill(argv, files))
     err = capsys.readouterr().err
@@ -224,8 +224,13 @@ def test_a_file_size_limit_ends_in_one_line_and_leaves_nothing(files, tmp_path, 
         target = out / output
         argv = [*_fill(SCORE, files), "-o", str(target)]
     run = subprocess.run(
-        [sys.executable, "-c", CLI, *argv], preexec_fn=_limited(256), env=_env(),
-        capture_output=True, text=True, timeout=300, check=False,
+        [sys.executable, "-c", CLI, *argv],
+        preexec_fn=_limited(256),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert run.returncode == 1, run.stderr
     line = _one_error_line(run.stderr)
@@ -239,7 +244,9 @@ def _private_tmpfs(mnt: Path) -> bool:
         return False
     probe = subprocess.run(
         ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {mnt}"],
-        capture_output=True, timeout=60, check=False,
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     return probe.returncode == 0
 
@@ -250,8 +257,12 @@ def _in_private_tmpfs(mnt: Path, setup: str, argv: list[str]) -> tuple[int, str,
     command = " ".join(f"'{a}'" for a in [sys.executable, "-c", CLI, *argv])
     script = f'{setup}\n{command}\necho "rc=$?"\nls -A1 {mnt}\n'
     run = subprocess.run(
-        ["unshare", "-m", "sh", "-c", script], env=_env(), capture_output=True, text=True,
-        timeout=300, check=False,
+        ["unshare", "-m", "sh", "-c", script],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     lines = run.stdout.strip().splitlines()
     rc_line = next(line for line in lines if line.startswith("rc="))

@@ -34,16 +34,36 @@ def demo_run(tmp_path_factory, demo_cache):
     out = tmp_path_factory.mktemp("demo_out")
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        rc = cli.main(["demo", "--out", str(out), "--members", "4", "--times", "2",
-                       "--steps", "8", "--cache-dir", str(demo_cache), "--quiet"])
+        rc = cli.main(
+            [
+                "demo",
+                "--out",
+                str(out),
+                "--members",
+                "4",
+                "--times",
+                "2",
+                "--steps",
+                "8",
+                "--cache-dir",
+                str(demo_cache),
+                "--quiet",
+            ]
+        )
     return rc, out, stdout.getvalue()
 
 
 def test_demo_writes_zarr_outputs_plots_and_scores(demo_run):
     rc, out, _ = demo_run
     assert rc == 0
-    for name in ("ensemble.zarr", "regression_mean.zarr", "scores.json", "maps.png",
-                 "spectra.png", "rank_histogram.png"):
+    for name in (
+        "ensemble.zarr",
+        "regression_mean.zarr",
+        "scores.json",
+        "maps.png",
+        "spectra.png",
+        "rank_histogram.png",
+    ):
         assert (out / name).exists(), name
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -128,8 +148,23 @@ def test_score_table_has_a_row_per_variable_and_a_column_per_score():
 
 # -- the output directory: only the demo's own, replaced only with --overwrite -----------------
 def _cheap_demo(out, cache, *extra):
-    return cli.main(["demo", "--out", str(out), "--members", "2", "--times", "1", "--steps", "2",
-                     "--cache-dir", str(cache), "--quiet", *extra])
+    return cli.main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--members",
+            "2",
+            "--times",
+            "1",
+            "--steps",
+            "2",
+            "--cache-dir",
+            str(cache),
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def test_demo_never_writes_into_a_users_directory(tmp_path, capsys):
@@ -144,8 +179,9 @@ def test_demo_never_writes_into_a_users_directory(tmp_path, capsys):
     assert (mine / "notes.txt").read_text() == "precious"
 
 
-def test_demo_output_is_marked_and_rerunning_into_it_needs_overwrite(demo_run, demo_cache,
-                                                                      tmp_path, capsys):
+def test_demo_output_is_marked_and_rerunning_into_it_needs_overwrite(
+    demo_run, demo_cache, tmp_path, capsys
+):
     out = tmp_path / "again"
     shutil.copytree(demo_run[1], out)
     assert product_of(out) == "demo"
@@ -158,7 +194,11 @@ def test_demo_output_is_marked_and_rerunning_into_it_needs_overwrite(demo_run, d
     assert dict(xr.open_zarr(out / "ensemble.zarr").sizes) == {MEMBER: 2, TIME: 1, Y: 64, X: 64}
     # the figures of the earlier run do not outlive it; nothing hidden is left behind
     assert sorted(p.name for p in out.iterdir()) == [
-        MARKER_FILE, "ensemble.zarr", "regression_mean.zarr", "scores.json"]
+        MARKER_FILE,
+        "ensemble.zarr",
+        "regression_mean.zarr",
+        "scores.json",
+    ]
     assert product_of(out) == product_of(out / "ensemble.zarr") == "demo"
     (out / "notes.txt").write_text("mine")
     assert _cheap_demo(out, demo_cache, "--overwrite") == 2
@@ -167,8 +207,7 @@ def test_demo_output_is_marked_and_rerunning_into_it_needs_overwrite(demo_run, d
 
 
 @pytest.mark.parametrize("disk", ["read-only", "full"])
-def test_a_read_only_or_full_disk_ends_the_demo_in_one_line(demo_run, demo_cache, tmp_path,
-                                                            disk):
+def test_a_read_only_or_full_disk_ends_the_demo_in_one_line(demo_run, demo_cache, tmp_path, disk):
     from test_cli import _in_private_tmpfs, _one_error_line, _private_tmpfs
 
     mnt = tmp_path / "mnt"
@@ -179,11 +218,26 @@ def test_a_read_only_or_full_disk_ends_the_demo_in_one_line(demo_run, demo_cache
     setup, reason = {
         "read-only": (f"mount -t tmpfs -o ro tmpfs {mnt}", "Read-only file system"),
         # one free page: the marker fits, the first store does not
-        "full": (f"mount -t tmpfs -o size=64k tmpfs {mnt} && head -c 61440 /dev/zero > {mnt}/f",
-                 "No space left on device"),
+        "full": (
+            f"mount -t tmpfs -o size=64k tmpfs {mnt} && head -c 61440 /dev/zero > {mnt}/f",
+            "No space left on device",
+        ),
     }[disk]
-    argv = ["demo", "--out", str(out), "--members", "1", "--times", "1", "--steps", "1",
-            "--no-plots", "--quiet", "--cache-dir", str(demo_cache)]
+    argv = [
+        "demo",
+        "--out",
+        str(out),
+        "--members",
+        "1",
+        "--times",
+        "1",
+        "--steps",
+        "1",
+        "--no-plots",
+        "--quiet",
+        "--cache-dir",
+        str(demo_cache),
+    ]
     rc, stderr, listing = _in_private_tmpfs(mnt, setup, argv)
     assert rc == 1, stderr
     line = _one_error_line(stderr)

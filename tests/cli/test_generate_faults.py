@@ -27,8 +27,19 @@ def test_a_kill_at_every_file_write_leaves_what_the_rerun_completes_to_a_clean_r
     # dask) that a forked child could not use
     out = tmp_path / "result.json"
     proc = subprocess.run(
-        [sys.executable, str(HARNESS), "--small", "--workdir", str(tmp_path / "work"), "--json", str(out)],
-        capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            str(HARNESS),
+            "--small",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert out.exists(), proc.stderr[-3000:]
@@ -38,9 +49,17 @@ def test_a_kill_at_every_file_write_leaves_what_the_rerun_completes_to_a_clean_r
     assert writes > 40 and [d["index"] for d in details] == list(range(1, writes + 1))  # every one
     assert all(d["crashed"] for d in details), [d for d in details if not d["crashed"]]
     events = " ".join(d["event"] for d in details)
-    for where in (".out.zarr.tmp-", "os.rename .out.zarr.tmp-", "out.zarr.progress.tmp-",
-                  "out.zarr/t2m/c/", "out.zarr.progress/.member", "open out.zarr/zarr."):
-        assert where in events, f"no crash point at {where!r}"  # init, blocks, records, consolidation
+    for where in (
+        ".out.zarr.tmp-",
+        "os.rename .out.zarr.tmp-",
+        "out.zarr.progress.tmp-",
+        "out.zarr/t2m/c/",
+        "out.zarr.progress/.member",
+        "open out.zarr/zarr.",
+    ):
+        assert where in events, (
+            f"no crash point at {where!r}"
+        )  # init, blocks, records, consolidation
     broken = [d for d in details if not d["repaired"]]
     assert not broken, json.dumps(broken[:5], indent=1)
     assert result["generate_crash_points_repaired"] == result["generate_crash_points"] == writes
@@ -51,7 +70,9 @@ def test_a_kill_at_every_file_write_leaves_what_the_rerun_completes_to_a_clean_r
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     for name, seed in (("data.zarr", 2), ("other.zarr", 7)):  # same times, other values
-        synthetic_dataset(ny=16, nx=16, nt=2, factor=4, seed=seed).to_zarr(root / name, consolidated=False)
+        synthetic_dataset(ny=16, nx=16, nt=2, factor=4, seed=seed).to_zarr(
+            root / name, consolidated=False
+        )
     codec = Codec.from_pair(open_pair(str(root / "data.zarr")))
     tiny_corrdiff(codec, (16, 16), seed=0).save(root / "model.safetensors")
     tiny_corrdiff(codec, (16, 16), seed=1).save(root / "another.safetensors")
@@ -59,8 +80,22 @@ def setup(tmp_path_factory):
 
 
 def _args(root, model, out, *extra, data="data.zarr"):
-    return ["generate", "--data", str(root / data), "--checkpoint", str(model), "--steps", "1",
-            "--members", "2", "--zarr", str(out), "--torch-threads", "1", *extra]
+    return [
+        "generate",
+        "--data",
+        str(root / data),
+        "--checkpoint",
+        str(model),
+        "--steps",
+        "1",
+        "--members",
+        "2",
+        "--zarr",
+        str(out),
+        "--torch-threads",
+        "1",
+        *extra,
+    ]
 
 
 def _interrupted(setup, tmp_path):
@@ -99,8 +134,9 @@ CHANGES = [
 
 
 @pytest.mark.parametrize(("change", "field", "extra"), CHANGES, ids=[c[0] for c in CHANGES])
-def test_resuming_with_a_different_request_is_refused_naming_the_field(setup, tmp_path, capsys, change,
-                                                                         field, extra):
+def test_resuming_with_a_different_request_is_refused_naming_the_field(
+    setup, tmp_path, capsys, change, field, extra
+):
     model, out = _interrupted(setup, tmp_path)
     before = _snapshot(out)
     if change.startswith("another checkpoint"):
@@ -110,7 +146,9 @@ def test_resuming_with_a_different_request_is_refused_naming_the_field(setup, tm
     rc = main(_args(setup, model, out, *extra, data=data))
     lines = capsys.readouterr().err.splitlines()
     assert rc == 2 and len(lines) == 1, lines
-    assert "different request" in lines[0] and f"{field}:" in lines[0] and "--overwrite" in lines[0], lines[0]
+    assert (
+        "different request" in lines[0] and f"{field}:" in lines[0] and "--overwrite" in lines[0]
+    ), lines[0]
     after = _snapshot(out)
     assert after[0] == before[0] and after[2] == before[2]  # no block computed, no record added
     for name, values in before[1].items():

@@ -188,10 +188,10 @@ def test_score_command_reads_fsspec_urls_and_writes_plots(tmp_path, capsys):
 
 
 def test_reader_round_trips_the_generate_commands_reference_netcdf(tmp_path):
-    store = pytest.importorskip("corrdiff_xr.inference.store")
+    netcdf = pytest.importorskip("corrdiff_xr.inference.netcdf")
     pred, truth = make_pair(members=2, nt=2)
     inputs = truth.rename({n: f"{n}_coarse" for n in NAMES})
-    path = store.write_reference_netcdf(tmp_path / "gen.nc", pred, inputs=inputs, truth=truth)
+    path = netcdf.write_reference_netcdf(tmp_path / "gen.nc", pred, inputs=inputs, truth=truth)
     groups = score_inputs.open_reference_netcdf(path)
     for name in NAMES:
         np.testing.assert_allclose(groups["prediction"][name], pred[name].astype("f4"))
@@ -242,15 +242,15 @@ def test_a_score_output_is_marked_and_replaced_only_with_overwrite(tmp_path, cap
 
 def test_score_never_replaces_another_products_output(tmp_path, capsys):
     argv = _stores(tmp_path)
-    other = write_dataset(xr.Dataset({"a": ("t", np.arange(3.0))}), tmp_path / "c.zarr", kind="convert")
+    other = write_dataset(
+        xr.Dataset({"a": ("t", np.arange(3.0))}), tmp_path / "c.zarr", kind="convert"
+    )
     assert cli.main([*argv, "-o", str(other), "--overwrite"]) == 2
     assert "a corrdiff-xr 'convert' output; refusing" in capsys.readouterr().err
     np.testing.assert_array_equal(xr.open_zarr(other)["a"].values, np.arange(3.0))
 
 
-def test_a_plots_folder_is_replaced_with_overwrite_unless_it_holds_a_users_file(
-    tmp_path, capsys
-):
+def test_a_plots_folder_is_replaced_with_overwrite_unless_it_holds_a_users_file(tmp_path, capsys):
     argv = [*_stores(tmp_path), "--metrics", "crps"]
     plots = tmp_path / "plots"
     assert cli.main([*argv, "--plots", str(plots)]) == 0
@@ -289,14 +289,21 @@ def test_score_truth_may_be_a_catalog_entry_or_a_canonical_store(tmp_path, catal
     (store,) = cache.iterdir()
     pair.fine.to_zarr(tmp_path / "fine.zarr")  # a plain truth store, as before
     want = scoring.summary(pred, pair.fine).compute()
-    truths = {"catalog": ["catalog:demo/demo_tiny", "--truth-param", f"cache_dir={cache}"],
-              "canonical store": [str(store)], "plain store": [str(tmp_path / "fine.zarr")]}
+    truths = {
+        "catalog": ["catalog:demo/demo_tiny", "--truth-param", f"cache_dir={cache}"],
+        "canonical store": [str(store)],
+        "plain store": [str(tmp_path / "fine.zarr")],
+    }
     for name, truth in truths.items():
         out = tmp_path / f"{name}.nc"
-        assert cli.main(["score", str(tmp_path / "pred.zarr"), "--truth", *truth, "-o", str(out)]) == 0
+        assert (
+            cli.main(["score", str(tmp_path / "pred.zarr"), "--truth", *truth, "-o", str(out)]) == 0
+        )
         got = xr.open_dataset(out)
         assert got.attrs["truth"] == truth[0]
-        np.testing.assert_allclose(got["score"].values, want["score"].values, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            got["score"].values, want["score"].values, rtol=1e-6, err_msg=name
+        )
 
 
 def test_a_canonical_truth_is_its_targets_opened_without_reading_data(tmp_path, catalog_truth):
@@ -305,7 +312,9 @@ def test_a_canonical_truth_is_its_targets_opened_without_reading_data(tmp_path, 
     cache, pair, _ = catalog_truth
     (store,) = cache.iterdir()
     with raise_if_dask_computes():
-        from_catalog = score_inputs.open_truth("catalog:demo/demo_tiny", params={"cache_dir": str(cache)})
+        from_catalog = score_inputs.open_truth(
+            "catalog:demo/demo_tiny", params={"cache_dir": str(cache)}
+        )
         from_store = score_inputs.open_truth(str(store))
         _, truth, _ = score_inputs.open_prediction(str(tmp_path / "pred.zarr"), truth=str(store))
     for got in (from_catalog, from_store, truth):
@@ -317,11 +326,24 @@ def test_bad_truth_sources_are_one_line_naming_the_option(tmp_path, catalog_trut
     cache, _, _ = catalog_truth
     pred = str(tmp_path / "pred.zarr")
     cases = [
-        (["--truth", "catalog:demo"], "--truth 'catalog:demo' is not of the form catalog:NAME/ENTRY"),
-        (["--truth", "catalog:demo/demo_tiny", "--truth-param", f"cache_dir={cache}", "trust=true"],
-         "--truth-param.trust: --truth 'catalog:demo/demo_tiny': a catalog is trusted by its user"),
-        (["--truth", pred, "--truth-param", "seed=1"],
-         "--truth-param ['seed'] only apply to a catalog:NAME/ENTRY --truth"),
+        (
+            ["--truth", "catalog:demo"],
+            "--truth 'catalog:demo' is not of the form catalog:NAME/ENTRY",
+        ),
+        (
+            [
+                "--truth",
+                "catalog:demo/demo_tiny",
+                "--truth-param",
+                f"cache_dir={cache}",
+                "trust=true",
+            ],
+            "--truth-param.trust: --truth 'catalog:demo/demo_tiny': a catalog is trusted by its user",
+        ),
+        (
+            ["--truth", pred, "--truth-param", "seed=1"],
+            "--truth-param ['seed'] only apply to a catalog:NAME/ENTRY --truth",
+        ),
         (["--truth", "catalog:demo/demo_tiny", "--truth-param", "seed"], "argument --truth-param"),
     ]
     for extra, message in cases:

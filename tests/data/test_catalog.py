@@ -42,7 +42,8 @@ def test_demo_entry_is_built_once_into_the_cache_then_opened_lazily(tmp_path):
     xr.testing.assert_allclose(again.dataset["t2m"].compute(), expected["t2m"].compute())
     assert set(first.targets) == {"t2m", "u10", "v10", "tp"}
     assert float(stats["t2m"].sel(stat="mean")) == pytest.approx(
-        float(expected["t2m"].mean()), rel=1e-5)
+        float(expected["t2m"].mean()), rel=1e-5
+    )
 
 
 def test_parameters_reach_the_builder_and_key_the_cache(tmp_path):
@@ -100,7 +101,9 @@ def test_malformed_yaml_names_the_file_and_line(tmp_path):
 def test_missing_section_is_named(tmp_path):
     path = tmp_path / "partial.yaml"
     path.write_text("version: 2\nmetadata: {}\nuser_parameters: {}\nentries: {}\n")
-    with pytest.raises(CatalogError, match=r"partial.yaml: missing section\(s\) \['data', 'aliases'\]"):
+    with pytest.raises(
+        CatalogError, match=r"partial.yaml: missing section\(s\) \['data', 'aliases'\]"
+    ):
         open_catalog(path)
 
 
@@ -124,7 +127,9 @@ def test_missing_catalogs_directory_is_explained(tmp_path, monkeypatch):
     # share/corrdiff_xr/catalogs data files (a wheel does: tests/test_packaging.py)
     monkeypatch.setattr(catalog, "_SOURCE_ROOT", tmp_path / "site")
     monkeypatch.setattr(importlib.metadata, "files", lambda name: [])
-    with pytest.raises(CatalogError, match=r"no bundled catalogs: neither .*site.*catalogs nor installed"):
+    with pytest.raises(
+        CatalogError, match=r"no bundled catalogs: neither .*site.*catalogs nor installed"
+    ):
         catalog_dir()
     # a catalog given by path still opens
     repo_catalogs = Path(__file__).resolve().parents[2] / "catalogs"

@@ -67,15 +67,25 @@ def _param(default="", **extra) -> dict:
 
 
 def _entry(**over) -> dict:
-    spec = {"reader": PAIR_READER, "kwargs": {"url": "{zarr_url}"}, "user_parameters": {},
-            "metadata": {}, "output_instance": "corrdiff_xr.data:DownscalingData"}
+    spec = {
+        "reader": PAIR_READER,
+        "kwargs": {"url": "{zarr_url}"},
+        "user_parameters": {},
+        "metadata": {},
+        "output_instance": "corrdiff_xr.data:DownscalingData",
+    }
     spec.update(over)
     return spec
 
 
 def _cache_entry(name="demo_tiny", **kwargs) -> dict:
-    kw = {"builder": "synthetic", "name": name, "cache": "{cache_dir}",
-          "builder_kwargs": {"ny": 8, "nx": 8, "nt": 2, "factor": 4}, **kwargs}
+    kw = {
+        "builder": "synthetic",
+        "name": name,
+        "cache": "{cache_dir}",
+        "builder_kwargs": {"ny": 8, "nx": 8, "nt": 2, "factor": 4},
+        **kwargs,
+    }
     return _entry(reader=CACHE_READER, kwargs=kw)
 
 
@@ -85,7 +95,8 @@ def write_catalog(path: Path, *, entries=None, user_parameters=None, data=None, 
         "version": 2,
         "metadata": metadata or {},
         "user_parameters": {"zarr_url": _param("memory://absent.zarr"), "cache_dir": _param()}
-        if user_parameters is None else user_parameters,
+        if user_parameters is None
+        else user_parameters,
         "data": data or {},
         "aliases": {},
         "entries": entries or {"e": _entry()},
@@ -95,8 +106,13 @@ def write_catalog(path: Path, *, entries=None, user_parameters=None, data=None, 
 
 
 def _data(**over) -> dict:
-    return {"datatype": "intake.readers.datatypes:Zarr", "kwargs": {"url": "memory://x"},
-            "metadata": {}, "user_parameters": {}, **over}
+    return {
+        "datatype": "intake.readers.datatypes:Zarr",
+        "kwargs": {"url": "memory://x"},
+        "metadata": {},
+        "user_parameters": {},
+        **over,
+    }
 
 
 def import_cases(thing: str) -> dict[str, dict]:
@@ -106,12 +122,15 @@ def import_cases(thing: str) -> dict[str, dict]:
         "reader": {"entries": {"e": _entry(reader=thing)}},
         "user parameter cls": {"user_parameters": {"zarr_url": _param(), "p": _param(cls=thing)}},
         "entry user parameter cls": {
-            "entries": {"e": _entry(user_parameters={"p": _param(cls=thing)})}},
+            "entries": {"e": _entry(user_parameters={"p": _param(cls=thing)})}
+        },
         "output_instance": {"entries": {"e": _entry(output_instance=thing)}},
         "entry cls": {"entries": {"e": _entry(cls=thing)}},
         "data cls": {"data": {"d": _data(cls=thing)}},
-        "datatype": {"data": {"d": _data(datatype=thing)},
-                     "entries": {"e": _entry(kwargs={"url": "{data(d)}"})}},
+        "datatype": {
+            "data": {"d": _data(datatype=thing)},
+            "entries": {"e": _entry(kwargs={"url": "{data(d)}"})},
+        },
         "func template": {"entries": {"e": _entry(kwargs={"url": f"{{func({thing})}}"})}},
         "import template": {"entries": {"e": _entry(kwargs={"url": f"{{import({mod})}}"})}},
     }
@@ -134,7 +153,9 @@ def test_a_class_reference_outside_the_allow_list_is_refused_before_import(case,
 
 # intake 2.0.9 registers import(...) wrongly (calling it raises TypeError before importing),
 # and imports output_instance only on introspection (next test); both are refused all the same
-@pytest.mark.parametrize("case", [c for c in CASES if c not in ("output_instance", "import template")])
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c not in ("output_instance", "import template")]
+)
 def test_the_same_catalog_trusted_by_the_user_runs_what_it_names(case, hostile, tmp_path):
     path = write_catalog(tmp_path / "hostile.yaml", **import_cases(hostile.thing)[case])
     with contextlib.suppress(Exception):  # what the hostile class does afterwards is no matter
@@ -143,7 +164,9 @@ def test_the_same_catalog_trusted_by_the_user_runs_what_it_names(case, hostile, 
 
 
 def test_a_trusted_output_instance_is_imported_on_introspection(hostile, tmp_path):
-    path = write_catalog(tmp_path / "hostile.yaml", **import_cases(hostile.thing)["output_instance"])
+    path = write_catalog(
+        tmp_path / "hostile.yaml", **import_cases(hostile.thing)["output_instance"]
+    )
     reader = open_catalog(path, trust=True)["e"]
     assert not hostile.marker.exists()
     dir(reader)  # intake lists the output type's methods: it imports output_instance
@@ -166,8 +189,12 @@ def test_the_trust_variable_lists_catalog_files_compared_resolved(hostile, tmp_p
 
 def test_a_catalog_cannot_trust_itself(hostile, tmp_path):
     params = {"zarr_url": _param(), "trust": {"cls": SIMPLE, "dtype": "bool", "default": True}}
-    path = write_catalog(tmp_path / "self.yaml", metadata={"trust": True, "trusted": True},
-                         user_parameters=params, entries={"e": _entry(reader=hostile.thing)})
+    path = write_catalog(
+        tmp_path / "self.yaml",
+        metadata={"trust": True, "trusted": True},
+        user_parameters=params,
+        entries={"e": _entry(reader=hostile.thing)},
+    )
     with pytest.raises(CatalogError, match="is not an allowed class"):
         open_entry(path, "e")
     assert not hostile.marker.exists()
@@ -254,7 +281,9 @@ TEMPLATES = {
 @pytest.mark.parametrize("case", TEMPLATES)
 def test_templates_other_than_declared_parameters_are_refused(case, tmp_path, monkeypatch):
     monkeypatch.setenv("CDX_FAKE_SECRET", SECRET)
-    path = write_catalog(tmp_path / "t.yaml", entries={"e": _entry(kwargs={"url": TEMPLATES[case]})})
+    path = write_catalog(
+        tmp_path / "t.yaml", entries={"e": _entry(kwargs={"url": TEMPLATES[case]})}
+    )
     with pytest.raises(CatalogError, match=r"entry 'e': template") as info:
         open_entry(path, "e")
     assert SECRET not in str(info.value)
@@ -263,7 +292,9 @@ def test_templates_other_than_declared_parameters_are_refused(case, tmp_path, mo
 def test_a_bare_env_default_of_a_user_parameter_is_refused(tmp_path, monkeypatch):
     # intake expands a default that *starts* with env(...), braces or not
     monkeypatch.setenv("CDX_FAKE_SECRET", SECRET)
-    path = write_catalog(tmp_path / "t.yaml", user_parameters={"zarr_url": _param("env(CDX_FAKE_SECRET)")})
+    path = write_catalog(
+        tmp_path / "t.yaml", user_parameters={"zarr_url": _param("env(CDX_FAKE_SECRET)")}
+    )
     with pytest.raises(CatalogError, match=r"user parameter 'zarr_url': template env"):
         open_catalog(path)
 
@@ -304,8 +335,9 @@ def test_cache_names_cannot_leave_the_cache_directory(name, trust, tmp_path):
 
 def test_a_cache_name_from_a_parameter_is_checked_too(tmp_path):
     params = {"zarr_url": _param(), "cache_dir": _param(), "store": _param("ok")}
-    path = write_catalog(tmp_path / "t.yaml", user_parameters=params,
-                         entries={"e": _cache_entry("{store}")})
+    path = write_catalog(
+        tmp_path / "t.yaml", user_parameters=params, entries={"e": _cache_entry("{store}")}
+    )
     before = _tree(tmp_path)
     with pytest.raises(CatalogError, match=r"'\.\./\.\./x' is not a plain name"):
         open_entry(path, "e", cache_dir=str(tmp_path / "cache"), store="../../x")
@@ -346,9 +378,12 @@ def test_an_untrusted_catalog_cannot_choose_the_cache_directory(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     chosen_default = {"zarr_url": _param(), "cache_dir": _param(str(elsewhere))}
     cases = {
-        "default": write_catalog(tmp_path / "a.yaml", user_parameters=chosen_default,
-                                 entries={"e": _cache_entry()}),
-        "literal": write_catalog(tmp_path / "b.yaml", entries={"e": _cache_entry(cache=str(elsewhere))}),
+        "default": write_catalog(
+            tmp_path / "a.yaml", user_parameters=chosen_default, entries={"e": _cache_entry()}
+        ),
+        "literal": write_catalog(
+            tmp_path / "b.yaml", entries={"e": _cache_entry(cache=str(elsewhere))}
+        ),
     }
     for case, path in cases.items():
         for params in ({}, {"cache_dir": str(tmp_path / "mine")}):
@@ -382,13 +417,28 @@ def test_fsspec_cache_storage_options_are_refused(tmp_path):
 @pytest.mark.parametrize(
     ("url", "kept", "gone"),
     [
-        ("s3://AKIAEXAMPLE:s3cr3tvalue@host/b/x.zarr", "@host/b/x.zarr", ["AKIAEXAMPLE", "s3cr3tvalue"]),
+        (
+            "s3://AKIAEXAMPLE:s3cr3tvalue@host/b/x.zarr",
+            "@host/b/x.zarr",
+            ["AKIAEXAMPLE", "s3cr3tvalue"],
+        ),
         ("https://ghp_tokenvalue@github.com/o/r", "@github.com/o/r", ["ghp_tokenvalue"]),
-        ("https://h/x.zarr?X-Amz-Date=20240101&X-Amz-Signature=abc123&X-Amz-Credential=AKIA%2F1",
-         "X-Amz-Date=20240101", ["abc123", "AKIA%2F1"]),
-        ("https://acct.blob.core.windows.net/c/x?sv=2022&sig=SASsignature", "sv=2022", ["SASsignature"]),
+        (
+            "https://h/x.zarr?X-Amz-Date=20240101&X-Amz-Signature=abc123&X-Amz-Credential=AKIA%2F1",
+            "X-Amz-Date=20240101",
+            ["abc123", "AKIA%2F1"],
+        ),
+        (
+            "https://acct.blob.core.windows.net/c/x?sv=2022&sig=SASsignature",
+            "sv=2022",
+            ["SASsignature"],
+        ),
         ("https://h/cb#access_token=fragtoken&state=1", "state=1", ["fragtoken"]),
-        ("simplecache::s3://key:secretpart@bucket/x?token=tok123", "simplecache::s3://", ["secretpart", "tok123"]),
+        (
+            "simplecache::s3://key:secretpart@bucket/x?token=tok123",
+            "simplecache::s3://",
+            ["secretpart", "tok123"],
+        ),
         ("gs://bucket/plain/x.zarr", "gs://bucket/plain/x.zarr", []),
     ],
 )
@@ -401,9 +451,16 @@ def test_redact_url_removes_credentials_and_keeps_the_rest(url, kept, gone):
 
 
 def test_redact_options_hides_secret_looking_keys_at_any_depth():
-    options = {"key": "AKIA", "secret": "s", "token": "t", "anon": False, "endpoint_url": "http://h:9",
-               "client_kwargs": {"aws_session_token": "st", "region_name": "eu"},
-               "s3": {"password": "pw", "credentials": {"a": 1}}, "profile": None}
+    options = {
+        "key": "AKIA",
+        "secret": "s",
+        "token": "t",
+        "anon": False,
+        "endpoint_url": "http://h:9",
+        "client_kwargs": {"aws_session_token": "st", "region_name": "eu"},
+        "s3": {"password": "pw", "credentials": {"a": 1}},
+        "profile": None,
+    }
     out = redact_options(options)
     assert out["key"] == out["secret"] == out["token"] == REDACTED
     assert out["client_kwargs"] == {"aws_session_token": REDACTED, "region_name": "eu"}
@@ -413,10 +470,14 @@ def test_redact_options_hides_secret_looking_keys_at_any_depth():
 
 
 def test_redact_text_hides_given_secrets_also_percent_encoded_and_secret_pairs():
-    text = (f"GET /{SECRET.replace('/', '%2F').replace('+', '%2B')}/x failed for "
-            f"{{'secret': 'abc', 'anon': True}} password=hunter2 and {SECRET}")
+    text = (
+        f"GET /{SECRET.replace('/', '%2F').replace('+', '%2B')}/x failed for "
+        f"{{'secret': 'abc', 'anon': True}} password=hunter2 and {SECRET}"
+    )
     out = redact_text(text, [SECRET, None, "ab"])
-    assert SECRET not in out and "K7MDENG" not in out and "hunter2" not in out and "'abc'" not in out
+    assert (
+        SECRET not in out and "K7MDENG" not in out and "hunter2" not in out and "'abc'" not in out
+    )
     assert "'anon': True" in out and "failed for" in out
     assert "ab" in redact_text("tab", ["ab"])  # too short to search for
 

@@ -57,9 +57,7 @@ def test_each_role_has_exactly_one_dims_signature(dims, role):
 
 def test_dims_that_fit_no_role_are_an_error_listing_the_roles():
     var = xr.DataArray(np.zeros((2, 2)), dims=("time", "y"), name="half")
-    with pytest.raises(
-        DimensionError, match=r"'half'.*\('time', 'y', 'x'\) \(target\)"
-    ):
+    with pytest.raises(DimensionError, match=r"'half'.*\('time', 'y', 'x'\) \(target\)"):
         role_of(var)
 
 

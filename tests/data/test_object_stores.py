@@ -90,8 +90,12 @@ def test_distributed_workers_stream_from_s3(source, stored):
 
     entry, params = stored("s3")
     pair = open_entry("cloud", entry, **params)
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=None) as cluster, Client(cluster):
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster),
+    ):
         means = pair.fine["t2m"].mean(["y", "x"]).compute()
     np.testing.assert_allclose(means.values, source["t2m"].mean(["y", "x"]).values, rtol=1e-6)
 

@@ -52,14 +52,8 @@ def test_roles_are_found_from_dims(tiny_store, tiny_synthetic):
 
 
 def test_explicit_names_select_variables_in_the_order_given(tiny_synthetic):
-    pair = open_pair(
-        tiny_synthetic, inputs=["tcwv", "msl"], targets="t2m", static=["lsm"]
-    )
-    assert (
-        pair.inputs == ("tcwv", "msl")
-        and pair.targets == ("t2m",)
-        and pair.static == ("lsm",)
-    )
+    pair = open_pair(tiny_synthetic, inputs=["tcwv", "msl"], targets="t2m", static=["lsm"])
+    assert pair.inputs == ("tcwv", "msl") and pair.targets == ("t2m",) and pair.static == ("lsm",)
     assert set(pair.dataset.data_vars) == {"tcwv", "msl", "t2m", "lsm"}
 
 
@@ -101,9 +95,7 @@ def test_selections_keep_the_layout_the_statistics_and_the_weights(tiny_syntheti
     one = pair.isel(time=2)
     assert one.fine.sizes["time"] == 1
     full = pair.stats.compute()
-    xr.testing.assert_identical(
-        one.stats.compute(), full
-    )  # of the full data, not of the slice
+    xr.testing.assert_identical(one.stats.compute(), full)  # of the full data, not of the slice
     assert float(compute_stats(one.fine)["t2m"][0]) != float(full["t2m"][0])
     by_label = pair.sel(time="2020-01-01T02:00")
     xr.testing.assert_identical(by_label.fine.compute(), one.fine.compute())

@@ -39,9 +39,7 @@ def _dataset(
     """A canonical Dataset holding one coarse input ``f`` = field(yc, xc) over 2 times."""
     if lat2 is None:
         lat2, lon2 = np.meshgrid(y, x, indexing="ij")
-    values = np.stack(
-        [field(*np.meshgrid(yc, xc, indexing="ij")) * s for s in (1.0, 2.0)]
-    )
+    values = np.stack([field(*np.meshgrid(yc, xc, indexing="ij")) * s for s in (1.0, 2.0)])
     return xr.Dataset(
         {
             "f": (
@@ -51,9 +49,7 @@ def _dataset(
             )
         },
         coords={
-            "time": np.array(
-                ["2020-01-01T00", "2020-01-01T01"], dtype="datetime64[ns]"
-            ),
+            "time": np.array(["2020-01-01T00", "2020-01-01T01"], dtype="datetime64[ns]"),
             "y_coarse": ("y_coarse", yc, coarse_attrs[0]),
             "x_coarse": ("x_coarse", xc, coarse_attrs[1]),
             "y": ("y", y, fine_attrs[0]),
@@ -76,9 +72,7 @@ def test_latlon_regridding_matches_scipy_at_the_fine_lat_lon():
     lat2, lon2 = 50 + 0.8 * (yy - 50) + 0.1 * xx, 0.8 * xx - 0.1 * (yy - 50)
     ds = _dataset(yc, xc, y, x, _smooth, lat2=lat2, lon2=lon2)
     out = regrid(ds).f.values
-    ref = RegularGridInterpolator((yc, xc), ds.f.values[1])(
-        np.stack([lat2, lon2], axis=-1)
-    )
+    ref = RegularGridInterpolator((yc, xc), ds.f.values[1])(np.stack([lat2, lon2], axis=-1))
     np.testing.assert_allclose(out[1], ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(out[0], ref / 2, rtol=1e-12, atol=1e-12)
 
@@ -175,9 +169,7 @@ def test_a_coarse_grid_that_misses_the_west_edge_is_an_error_naming_it():
 def test_fine_and_coarse_grids_in_different_coordinate_systems_are_an_error():
     yc, xc = np.linspace(0, 10, 6), np.linspace(0, 10, 6)
     ds = _dataset(yc, xc, yc, xc, _smooth, coarse_attrs=(PY, PX), fine_attrs=(LAT, LON))
-    with pytest.raises(
-        CoordinateError, match=r"'y_coarse'.*'y'.*same coordinate system"
-    ):
+    with pytest.raises(CoordinateError, match=r"'y_coarse'.*'y'.*same coordinate system"):
         bilinear_weights(ds)
 
 
@@ -203,12 +195,8 @@ def test_regridding_is_lazy_keeps_float32_and_follows_the_input_and_target_chunk
 def test_projected_grids_in_different_units_are_an_error_naming_both():
     yc, xc = np.linspace(0, 10, 6), np.linspace(0, 10, 6)
     km = ({**PY, "units": "km"}, {**PX, "units": "km"})
-    ds = _dataset(
-        yc, xc, yc * 1000, xc * 1000, _smooth, coarse_attrs=km, fine_attrs=(PY, PX)
-    )
-    with pytest.raises(
-        CoordinateError, match=r"'y_coarse' is in 'km' but fine 'y' is in 'm'"
-    ):
+    ds = _dataset(yc, xc, yc * 1000, xc * 1000, _smooth, coarse_attrs=km, fine_attrs=(PY, PX))
+    with pytest.raises(CoordinateError, match=r"'y_coarse' is in 'km' but fine 'y' is in 'm'"):
         bilinear_weights(ds)
 
 
@@ -218,12 +206,15 @@ def test_eager_apply_matches_scipy_in_float64_and_float32_into_a_batch_channel(r
     yc, xc = np.linspace(40, 60, 11), np.linspace(-10, 10, 21)
     y, x = np.linspace(42.3, 57.9, 37), np.linspace(-8.1, 9.7, 29)
     yy, xx = np.meshgrid(y, x, indexing="ij")
-    lat2, lon2 = (50 + 0.8 * (yy - 50) + 0.1 * xx, 0.8 * xx - 0.1 * (yy - 50)) if rotated else (yy, xx)
+    lat2, lon2 = (
+        (50 + 0.8 * (yy - 50) + 0.1 * xx, 0.8 * xx - 0.1 * (yy - 50)) if rotated else (yy, xx)
+    )
     ds = _dataset(yc, xc, y, x, _smooth, lat2=lat2, lon2=lon2)
     w = bilinear_weights(ds)
     assert (w._separable is None) == rotated
-    ref = np.stack([RegularGridInterpolator((yc, xc), f)(np.stack([lat2, lon2], axis=-1))
-                    for f in ds.f.values])
+    ref = np.stack(
+        [RegularGridInterpolator((yc, xc), f)(np.stack([lat2, lon2], axis=-1)) for f in ds.f.values]
+    )
     np.testing.assert_allclose(w.apply(ds.f.values), ref, rtol=1e-12, atol=1e-12)
     batch = np.full((2, 3, 37, 29), np.nan, dtype=np.float32)
     out = w.apply(ds.f.values.astype(np.float32), out=batch[:, 1])

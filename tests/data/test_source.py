@@ -35,11 +35,27 @@ def cached(tmp_path):
 
 def _catalog(path: Path, data: dict, entries: dict) -> Path:
     """A catalog YAML whose entries read intake datatypes (only a trusted catalog may)."""
-    path.write_text(yaml.safe_dump({
-        "version": 2, "metadata": {}, "user_parameters": {}, "aliases": {}, "data": data,
-        "entries": {name: {"reader": reader, "kwargs": {"args": [f"{{data({source})}}"]},
-                           "user_parameters": {}, "metadata": {}, "output_instance": out}
-                    for name, (reader, source, out) in entries.items()}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "version": 2,
+                "metadata": {},
+                "user_parameters": {},
+                "aliases": {},
+                "data": data,
+                "entries": {
+                    name: {
+                        "reader": reader,
+                        "kwargs": {"args": [f"{{data({source})}}"]},
+                        "user_parameters": {},
+                        "metadata": {},
+                        "output_instance": out,
+                    }
+                    for name, (reader, source, out) in entries.items()
+                },
+            }
+        )
+    )
     return path
 
 
@@ -50,8 +66,9 @@ def test_every_form_opens_the_same_pair_reading_no_array_data(cached):
         reference = open_source(ENTRY, params=params)
         forms = {
             "bundled catalog": reference,
-            "catalog YAML path": open_source(f"catalog:{catalog_dir() / 'demo.yaml'}/demo_tiny",
-                                             params=params),
+            "catalog YAML path": open_source(
+                f"catalog:{catalog_dir() / 'demo.yaml'}/demo_tiny", params=params
+            ),
             "Zarr path": open_source(str(store)),
             "path object": open_source(store),
             "fsspec URL": open_source(f"file://{store}", storage_options={"auto_mkdir": False}),
@@ -64,7 +81,10 @@ def test_every_form_opens_the_same_pair_reading_no_array_data(cached):
     for name, pair in forms.items():
         assert isinstance(pair, DownscalingData), name
         assert (pair.inputs, pair.targets, pair.static) == (
-            reference.inputs, reference.targets, reference.static), name
+            reference.inputs,
+            reference.targets,
+            reference.static,
+        ), name
         xr.testing.assert_identical(pair.dataset, reference.dataset)
         # the Dataset form has no stored statistics: computed, they match the stored ones
         stats = stored.get(name, pair.stats)
@@ -77,10 +97,16 @@ def test_names_reselect_a_catalog_entry_or_a_pair_keeping_its_stored_stats(cache
     whole = open_source(ENTRY, params={"cache_dir": str(cache)})
     names = {"inputs": ["msl", "tcwv"], "targets": ["t2m"], "static": ["orography"]}
     with raise_if_dask_computes():
-        picked = [open_source(ENTRY, params={"cache_dir": str(cache)}, **names),
-                  open_source(whole, **names)]
+        picked = [
+            open_source(ENTRY, params={"cache_dir": str(cache)}, **names),
+            open_source(whole, **names),
+        ]
     for pair in picked:
-        assert (pair.inputs, pair.targets, pair.static) == (("msl", "tcwv"), ("t2m",), ("orography",))
+        assert (pair.inputs, pair.targets, pair.static) == (
+            ("msl", "tcwv"),
+            ("t2m",),
+            ("orography",),
+        )
         assert list(pair.dataset.data_vars) == ["msl", "tcwv", "t2m", "orography"]
         assert pair.stored_stats is not None
         xr.testing.assert_identical(pair.stats, whole.stats[list(pair.names)])
@@ -146,8 +172,11 @@ def test_params_never_trust_a_catalog(tmp_path):
 
 def test_storage_options_that_do_not_apply_are_refused(cached):
     cache, store = cached
-    with pytest.raises(SourceError, match=r"storage options \['anon'\] do not apply to source "
-                       rf"'{ENTRY}'.*pass them in params"):
+    with pytest.raises(
+        SourceError,
+        match=r"storage options \['anon'\] do not apply to source "
+        rf"'{ENTRY}'.*pass them in params",
+    ):
         open_source(ENTRY, params={"cache_dir": str(cache)}, storage_options={"anon": True})
     with pytest.raises(SourceError, match=r"\['anon'\] only apply to a Zarr path or URL"):
         open_source(open_dataset(store), storage_options={"anon": True})
@@ -172,18 +201,33 @@ def test_what_a_trusted_entry_reads_goes_through_the_same_last_step(tmp_path, ca
     (tmp_path / "note.txt").write_text("not a dataset")
     path = _catalog(
         tmp_path / "trusted.yaml",
-        data={"store": {"datatype": "intake.readers.datatypes:Zarr", "metadata": {},
-                        "kwargs": {"url": str(store)}, "user_parameters": {}},
-              "note": {"datatype": "intake.readers.datatypes:Text", "metadata": {},
-                       "kwargs": {"url": "{CATALOG_DIR}/note.txt"}, "user_parameters": {}}},
-        entries={"dataset": ("intake.readers.readers:XArrayDatasetReader", "store", "xarray:Dataset"),
-                 "bytes": ("intake.readers.readers:FileByteReader", "note", "builtins:bytes")},
+        data={
+            "store": {
+                "datatype": "intake.readers.datatypes:Zarr",
+                "metadata": {},
+                "kwargs": {"url": str(store)},
+                "user_parameters": {},
+            },
+            "note": {
+                "datatype": "intake.readers.datatypes:Text",
+                "metadata": {},
+                "kwargs": {"url": "{CATALOG_DIR}/note.txt"},
+                "user_parameters": {},
+            },
+        },
+        entries={
+            "dataset": ("intake.readers.readers:XArrayDatasetReader", "store", "xarray:Dataset"),
+            "bytes": ("intake.readers.readers:FileByteReader", "note", "builtins:bytes"),
+        },
     )
     monkeypatch.setenv(TRUST_ENV, os.fspath(path))
     # an entry yielding a canonical Dataset is validated like one passed in
     pair = open_source(f"catalog:{path}/dataset", targets=["t2m"])
     assert isinstance(pair, DownscalingData) and pair.targets == ("t2m",)
     xr.testing.assert_equal(pair.fine, open_source(store).fine[["t2m"]])
-    with pytest.raises(SourceError, match=rf"source 'catalog:{path}/bytes' gave a bytes, not a "
-                       "DownscalingData"):
+    with pytest.raises(
+        SourceError,
+        match=rf"source 'catalog:{path}/bytes' gave a bytes, not a "
+        "DownscalingData",
+    ):
         open_source(f"catalog:{path}/bytes")

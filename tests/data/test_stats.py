@@ -27,9 +27,7 @@ def test_statistics_are_lazy_and_match_numpy(tiny_synthetic):
     for name in tiny_synthetic.data_vars:
         values = tiny_synthetic[name].values.astype(np.float64)
         # float32 data: deviations are formed in float32, sums in float64
-        np.testing.assert_allclose(
-            stats[name].values, [values.mean(), values.std()], rtol=1e-7
-        )
+        np.testing.assert_allclose(stats[name].values, [values.mean(), values.std()], rtol=1e-7)
         assert stats[name].attrs["units"] == tiny_synthetic[name].attrs["units"]
 
 
@@ -41,18 +39,14 @@ def test_statistics_do_not_depend_on_chunking_and_skip_nans():
     a = compute_stats(ds.chunk({"time": 1, "y": 3, "x": 5})).compute()
     b = compute_stats(ds.chunk({"time": 12})).compute()
     xr.testing.assert_allclose(a, b, rtol=1e-12)
-    np.testing.assert_allclose(
-        a["a"].values, [np.nanmean(values), np.nanstd(values)], rtol=1e-12
-    )
+    np.testing.assert_allclose(a["a"].values, [np.nanmean(values), np.nanstd(values)], rtol=1e-12)
 
 
 def test_a_large_mean_does_not_cost_precision():
     # naive sums of squares lose all digits of a 1e-3 spread around 1e8
     rng = np.random.default_rng(1)
     values = 1e8 + 1e-3 * rng.standard_normal(20_000)
-    stats = compute_stats(
-        xr.Dataset({"a": ("t", da.from_array(values, chunks=1000))})
-    ).compute()
+    stats = compute_stats(xr.Dataset({"a": ("t", da.from_array(values, chunks=1000))})).compute()
     assert stats["a"].values[1] == pytest.approx(values.std(), rel=1e-6)
 
 
@@ -61,21 +55,15 @@ def test_each_chunk_is_read_once_for_mean_and_std_of_all_variables():
     data = da.ones((6, 4, 4), chunks=(1, 4, 4)).map_blocks(
         lambda b: calls.append(b.size) or b, dtype=float
     )
-    ds = xr.Dataset(
-        {"a": (("time", "y", "x"), data), "b": (("time", "y", "x"), data * 2)}
-    )
+    ds = xr.Dataset({"a": (("time", "y", "x"), data), "b": (("time", "y", "x"), data * 2)})
     stats = compute_stats(ds).compute()
-    assert [n for n in calls if n] == [
-        16
-    ] * 6  # (size-0 calls are dask probing the meta)
+    assert [n for n in calls if n] == [16] * 6  # (size-0 calls are dask probing the meta)
     np.testing.assert_allclose(stats["b"].values, [2.0, 0.0])
 
 
 @pytest.mark.filterwarnings("ignore:Consolidated metadata")
 @pytest.mark.parametrize("consolidated", [False, True])
-def test_statistics_round_trip_through_the_stats_group(
-    tmp_path, tiny_synthetic, consolidated
-):
+def test_statistics_round_trip_through_the_stats_group(tmp_path, tiny_synthetic, consolidated):
     tiny_store = str(tmp_path / "s.zarr")
     tiny_synthetic.to_zarr(tiny_store, consolidated=consolidated)
     ds = xr.open_zarr(tiny_store, consolidated=consolidated)
@@ -136,7 +124,9 @@ def test_packed_int16_and_float16_stores_give_numpy_float64_statistics(tmp_path)
     t2m = 280.0 + 10.0 * rng.standard_normal((6, 24, 20))
     orog = _float16_orography()
     ds = xr.Dataset({"t2m": (("time", "y", "x"), t2m), "orography": (("y", "x"), orog)})
-    encoding = {"t2m": {"dtype": "int16", "scale_factor": 0.01, "add_offset": 280.0, "_FillValue": -32768}}
+    encoding = {
+        "t2m": {"dtype": "int16", "scale_factor": 0.01, "add_offset": 280.0, "_FillValue": -32768}
+    }
     ds.to_zarr(tmp_path / "packed.zarr", encoding=encoding, consolidated=False)
     back = xr.open_zarr(tmp_path / "packed.zarr", consolidated=False)
     assert back["orography"].dtype == np.float16

@@ -20,22 +20,34 @@ DAY = 86_400 * 10**9
 
 
 def _cf(calendar, start="2001-02-27", periods=4, freq="1D"):
-    return xr.date_range(start, periods=periods, freq=freq, calendar=calendar, use_cftime=True).values
+    return xr.date_range(
+        start, periods=periods, freq=freq, calendar=calendar, use_cftime=True
+    ).values
 
 
 def test_standard_cftime_and_datetime64_give_the_same_keys():
     std = np.array(["1969-12-31T18", "2001-03-01T06"], dtype="datetime64[ns]")
-    cf = np.array([cftime.datetime(1969, 12, 31, 18, calendar="proleptic_gregorian"),
-                   cftime.datetime(2001, 3, 1, 6, calendar="proleptic_gregorian")])
+    cf = np.array(
+        [
+            cftime.datetime(1969, 12, 31, 18, calendar="proleptic_gregorian"),
+            cftime.datetime(2001, 3, 1, 6, calendar="proleptic_gregorian"),
+        ]
+    )
     np.testing.assert_array_equal(to_ns(cf), std.astype(np.int64))
     assert to_ns(std)[0] == -6 * 3600 * 10**9
 
 
 def test_keys_count_days_in_the_axis_calendar():
     # 360_day: 31 years of 360 days, then 2 months of 30 days
-    assert to_ns(np.array([cftime.datetime(2001, 3, 1, calendar="360_day")]))[0] == (31 * 360 + 60) * DAY
+    assert (
+        to_ns(np.array([cftime.datetime(2001, 3, 1, calendar="360_day")]))[0]
+        == (31 * 360 + 60) * DAY
+    )
     # noleap: 31 years of 365 days + Jan + Feb(28)
-    assert to_ns(np.array([cftime.datetime(2001, 3, 1, calendar="noleap")]))[0] == (31 * 365 + 59) * DAY
+    assert (
+        to_ns(np.array([cftime.datetime(2001, 3, 1, calendar="noleap")]))[0]
+        == (31 * 365 + 59) * DAY
+    )
     days = np.diff(to_ns(_cf("360_day", "2001-02-29"))) // DAY
     assert days.tolist() == [1, 1, 1]  # 29, 30 Feb then 1 Mar exist in 360_day
 
@@ -70,7 +82,9 @@ def test_parse_times_follows_the_axis_calendar():
 
 
 def test_exact_alignment_keeps_common_times_and_reports_the_rest():
-    coarse = np.arange("2020-01-01T00", "2020-01-02T00", np.timedelta64(1, "h"), dtype="datetime64[ns]")
+    coarse = np.arange(
+        "2020-01-01T00", "2020-01-02T00", np.timedelta64(1, "h"), dtype="datetime64[ns]"
+    )
     fine = coarse[::3][2:] + np.timedelta64(0, "h")
     fine = np.concatenate([fine, [np.datetime64("2021-01-01", "ns")]])
     a = align(coarse, fine)
@@ -81,10 +95,14 @@ def test_exact_alignment_keeps_common_times_and_reports_the_rest():
 
 def test_nearest_alignment_respects_the_tolerance_and_pairs_each_coarse_time_once():
     coarse = np.array(["2020-01-01T00", "2020-01-01T06"], dtype="datetime64[ns]")
-    fine = np.array(["2019-12-31T23:50", "2020-01-01T00:10", "2020-01-01T03", "2020-01-01T06:20"],
-                    dtype="datetime64[ns]")
+    fine = np.array(
+        ["2019-12-31T23:50", "2020-01-01T00:10", "2020-01-01T03", "2020-01-01T06:20"],
+        dtype="datetime64[ns]",
+    )
     a = align(coarse, fine, match="nearest", tolerance="15min")
-    assert a.coarse_index.tolist() == [0] and a.fine_index.tolist() == [0]  # 23:50 and 00:10 tie: first
+    assert a.coarse_index.tolist() == [0] and a.fine_index.tolist() == [
+        0
+    ]  # 23:50 and 00:10 tie: first
     b = align(coarse, fine, match="nearest", tolerance="30min")
     assert b.coarse_index.tolist() == [0, 1] and b.fine_index.tolist() == [0, 3]
     with pytest.raises(TimeAxisError, match="needs a tolerance"):

@@ -49,12 +49,8 @@ def test_a_missing_variable_is_named_with_what_the_dataset_has(ds):
 
 
 def test_a_variable_with_unknown_dims_is_named_with_the_expected_dims(ds):
-    bad = ds.assign(
-        z500=(("time", "level"), np.zeros((3, 2)), {"units": "m", "long_name": "z"})
-    )
-    with pytest.raises(
-        DimensionError, match=r"'z500' has dims \('time', 'level'\); expected"
-    ):
+    bad = ds.assign(z500=(("time", "level"), np.zeros((3, 2)), {"units": "m", "long_name": "z"}))
+    with pytest.raises(DimensionError, match=r"'z500' has dims \('time', 'level'\); expected"):
         validate(bad)
 
 
@@ -70,9 +66,7 @@ def test_a_variable_requested_in_the_wrong_role_is_named(ds):
 
 
 def test_a_missing_dimension_is_named(ds):
-    bad = ds.drop_vars(
-        ["orography", "lsm", "t2m", "u10", "v10", "tp", "lat", "lon", "y", "x"]
-    )
+    bad = ds.drop_vars(["orography", "lsm", "t2m", "u10", "v10", "tp", "lat", "lon", "y", "x"])
     with pytest.raises(DimensionError, match="dimension 'y' is missing"):
         validate(bad, require_targets=False)
 
@@ -115,9 +109,7 @@ def test_a_coarse_grid_that_does_not_cover_the_fine_domain_names_the_edge(ds):
 def test_a_non_monotonic_coordinate_is_named_with_where_it_breaks(ds):
     y = ds.y.values.copy()
     y[[5, 6]] = y[[6, 5]]
-    with pytest.raises(
-        CoordinateError, match=r"'y' is not strictly monotonic \(breaks at index"
-    ):
+    with pytest.raises(CoordinateError, match=r"'y' is not strictly monotonic \(breaks at index"):
         validate(ds.assign_coords(y=y))
 
 
@@ -131,9 +123,7 @@ def test_nans_in_a_static_field_are_counted_and_named(ds):
     oro = ds.orography.values.copy()
     oro[3, :2] = np.nan
     bad = ds.assign(orography=(("y", "x"), oro, ds.orography.attrs))
-    with pytest.raises(
-        MissingValueError, match=r"static field 'orography' holds 2 NaN"
-    ):
+    with pytest.raises(MissingValueError, match=r"static field 'orography' holds 2 NaN"):
         validate(bad)
 
 
@@ -156,9 +146,7 @@ def test_a_2d_lat_with_the_wrong_shape_is_named_with_the_expected_shape(ds):
 def test_a_missing_units_attribute_is_named(ds):
     bad = ds.copy()
     bad["tcwv"].attrs = {"long_name": "column water"}
-    with pytest.raises(
-        MetadataError, match=r"'tcwv' lacks the CF attribute\(s\) \['units'\]"
-    ):
+    with pytest.raises(MetadataError, match=r"'tcwv' lacks the CF attribute\(s\) \['units'\]"):
         validate(bad)
 
 
@@ -175,9 +163,7 @@ def test_no_targets_is_an_error_unless_not_required(ds):
 
 
 def test_the_same_name_as_input_and_target_is_a_clash(ds):
-    with pytest.raises(
-        NameClashError, match="'t2m' is selected as both input and target"
-    ):
+    with pytest.raises(NameClashError, match="'t2m' is selected as both input and target"):
         validate(ds, inputs=["t2m"], targets=["t2m"])
 
 

@@ -22,8 +22,15 @@ from corrdiff_xr.patching import PatchGrid
 from corrdiff_xr.testing import tiny_corrdiff
 
 GRID = PatchGrid.build((16, 16), (8, 8), overlap=2, weights="ramp")
-TASK = BlockTask(token=ModelToken("/models/m.safetensors", 17, None), grid=GRID, seed=5,
-                 sampler=SamplerConfig(num_steps=2), batch_size=8, threads=None, kinds=("sample",))
+TASK = BlockTask(
+    token=ModelToken("/models/m.safetensors", 17, None),
+    grid=GRID,
+    seed=5,
+    sampler=SamplerConfig(num_steps=2),
+    batch_size=8,
+    threads=None,
+    kinds=("sample",),
+)
 # the code of TASK, for a fresh interpreter
 TASK_CODE = (
     "from corrdiff_xr.config import SamplerConfig\n"
@@ -45,21 +52,39 @@ def setup():
 
 def test_a_block_task_computes_its_block_of_the_downscaling(setup):
     pair, model = setup
-    full = downscale(pair, model, members=2, seed=5, output="residual", steps=2, patch=8, overlap=2,
-                     chunks={"y": 6, "time": 2, "member": 2}).compute(scheduler="sync")
-    mean = downscale(pair, model, output="mean", steps=2, patch=8, overlap=2).compute(scheduler="sync")
+    full = downscale(
+        pair,
+        model,
+        members=2,
+        seed=5,
+        output="residual",
+        steps=2,
+        patch=8,
+        overlap=2,
+        chunks={"y": 6, "time": 2, "member": 2},
+    ).compute(scheduler="sync")
+    mean = downscale(pair, model, output="mean", steps=2, patch=8, overlap=2).compute(
+        scheduler="sync"
+    )
     plan = plan_blocks(GRID, (6, 6, 4), (16,))[1][0]
     times = pair.dataset.time.values.astype("datetime64[ns]").astype(np.int64)
-    task = dataclasses.replace(TASK, token=token_for(model), kinds=("sample", "mean")).at(plan, times, (0, 1))
-    halo = xr.merge([pair.inputs_on_fine[list(model.codec.inputs)], pair.static_fields]).isel(
-        y=slice(*plan.halo_rows), x=slice(*plan.halo_cols)).compute()
+    task = dataclasses.replace(TASK, token=token_for(model), kinds=("sample", "mean")).at(
+        plan, times, (0, 1)
+    )
+    halo = (
+        xr.merge([pair.inputs_on_fine[list(model.codec.inputs)], pair.static_fields])
+        .isel(y=slice(*plan.halo_rows), x=slice(*plan.halo_cols))
+        .compute()
+    )
     out = compute_block(halo, task)
     assert out["sample"].shape == (len(model.codec.out_channels), 2, 2, 6, 16)
     for c, name in enumerate(model.codec.out_channels):
         block = {"y": slice(6, 12)}
         np.testing.assert_array_equal(out["mean"][c], mean[name].isel(block).values)
         # the residual is member minus mean, both from this block's task
-        np.testing.assert_array_equal(out["sample"][c] - out["mean"][c][None], full[name].isel(block).values)
+        np.testing.assert_array_equal(
+            out["sample"][c] - out["mean"][c][None], full[name].isel(block).values
+        )
 
 
 def test_a_block_task_is_the_template_plus_its_block():
@@ -80,17 +105,32 @@ def test_compute_block_refuses_a_task_without_a_block():
 
 @pytest.mark.parametrize("kinds", [(), ("samples",), ("mean", "median")])
 def test_a_block_task_refuses_unknown_kinds(kinds):
-    with pytest.raises(ValueError, match=r"kinds must be a non-empty selection of \('mean', 'sample'\)"):
+    with pytest.raises(
+        ValueError, match=r"kinds must be a non-empty selection of \('mean', 'sample'\)"
+    ):
         dataclasses.replace(TASK, kinds=kinds)
 
 
 def test_a_block_task_tokenises_the_same_in_every_process():
     plan_code = "plan = plan_blocks(grid, (8, 8), (16,))[1][0]\n"
-    code = TASK_CODE + plan_code + (
-        "from dask.base import tokenize\n"
-        "print(tokenize(task), tokenize(task.at(plan, (10, 20), (0, 1))))\n")
-    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={"PYTHONHASHSEED": seed}).stdout.split() for seed in ("1", "2")]
+    code = (
+        TASK_CODE
+        + plan_code
+        + (
+            "from dask.base import tokenize\n"
+            "print(tokenize(task), tokenize(task.at(plan, (10, 20), (0, 1))))\n"
+        )
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed},
+        ).stdout.split()
+        for seed in ("1", "2")
+    ]
     plan = plan_blocks(GRID, (8, 8), (16,))[1][0]
     here = [tokenize(TASK), tokenize(TASK.at(plan, (10, 20), (0, 1)))]
     assert runs[0] == runs[1] == here
@@ -99,9 +139,16 @@ def test_a_block_task_tokenises_the_same_in_every_process():
 def test_a_block_tasks_token_changes_with_every_setting():
     plan = plan_blocks(GRID, (8, 8), (16,))[0][0]
     changes = {
-        "token": ModelToken("/models/m.safetensors", 18, None), "seed": 6,
-        "grid": PatchGrid.build((16, 16), (8, 8), overlap=2), "sampler": SamplerConfig(num_steps=3),
-        "batch_size": 4, "threads": 1, "kinds": ("mean",), "plan": plan, "times": (1,), "members": (0,),
+        "token": ModelToken("/models/m.safetensors", 18, None),
+        "seed": 6,
+        "grid": PatchGrid.build((16, 16), (8, 8), overlap=2),
+        "sampler": SamplerConfig(num_steps=3),
+        "batch_size": 4,
+        "threads": 1,
+        "kinds": ("mean",),
+        "plan": plan,
+        "times": (1,),
+        "members": (0,),
     }
     assert set(changes) == {f.name for f in dataclasses.fields(BlockTask)}
     tokens = {tokenize(dataclasses.replace(TASK, **{k: v})) for k, v in changes.items()}

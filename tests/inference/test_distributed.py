@@ -23,12 +23,12 @@ distributed = pytest.importorskip("distributed")
 FAST = {"steps": 2, "patch": 8, "overlap": 2, "threads": 1}
 
 
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
-    synthetic_dataset(ny=16, nx=16, nt=6, factor=4, seed=4).to_zarr(root / "data.zarr", consolidated=False)
+    synthetic_dataset(ny=16, nx=16, nt=6, factor=4, seed=4).to_zarr(
+        root / "data.zarr", consolidated=False
+    )
     pair = open_pair(str(root / "data.zarr"))
     model = tiny_corrdiff(Codec.from_pair(pair), (16, 16))
     path = model.save(root / "model.safetensors")
@@ -37,8 +37,9 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=":0") as c:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as c:
         yield c
 
 
@@ -78,7 +79,9 @@ def test_graph_size_does_not_grow_with_the_model(setup):
     assert sizes["small"] < n_small * 4  # and smaller than the weights themselves
 
 
-def test_killing_a_worker_mid_run_leaves_the_output_complete_and_identical(setup, cluster, tmp_path):
+def test_killing_a_worker_mid_run_leaves_the_output_complete_and_identical(
+    setup, cluster, tmp_path
+):
     _, pair, _, path = setup
     ds = downscale(pair, path, members=2, seed=2, chunks={"time": 1}, **FAST)
     clean, faulty = tmp_path / "clean.zarr", tmp_path / "faulty.zarr"
@@ -125,7 +128,9 @@ def test_local_cuda_cluster_runs_on_the_workers_gpu(setup):
     cpu_mean = downscale(pair, path, output="mean", device="cpu", **FAST).compute(scheduler="sync")
     for name in cpu_mean.data_vars:
         # the regression mean has no noise: the GPU agrees with the CPU to rounding
-        np.testing.assert_allclose(gpu_mean[name].values, cpu_mean[name].values, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(
+            gpu_mean[name].values, cpu_mean[name].values, rtol=1e-3, atol=1e-3
+        )
         # members use CUDA generators on the GPU: reproducible there, finite
         np.testing.assert_array_equal(first[name].values, again[name].values)
         assert np.isfinite(first[name].values).all()
@@ -136,12 +141,36 @@ def test_generate_runs_on_an_existing_scheduler_address(setup, cluster, tmp_path
 
     root, pair, _, path = setup
     out = tmp_path / "out.zarr"
-    args = ["generate", "--data", str(root / "data.zarr"), "--checkpoint", path, "--members", "2",
-            "--seed", "3", "--steps", "2", "--patch", "8", "--overlap", "2", "--torch-threads", "1",
-            "--time-range", "2020-01-01T01", "2020-01-01T02", "--zarr", str(out),
-            "--scheduler-address", cluster.scheduler_address]
+    args = [
+        "generate",
+        "--data",
+        str(root / "data.zarr"),
+        "--checkpoint",
+        path,
+        "--members",
+        "2",
+        "--seed",
+        "3",
+        "--steps",
+        "2",
+        "--patch",
+        "8",
+        "--overlap",
+        "2",
+        "--torch-threads",
+        "1",
+        "--time-range",
+        "2020-01-01T01",
+        "2020-01-01T02",
+        "--zarr",
+        str(out),
+        "--scheduler-address",
+        cluster.scheduler_address,
+    ]
     assert main(args) == 0
-    expected = downscale(pair.isel(time=[1, 2]), path, members=2, seed=3, **FAST).compute(scheduler="sync")
+    expected = downscale(pair.isel(time=[1, 2]), path, members=2, seed=3, **FAST).compute(
+        scheduler="sync"
+    )
     written = xr.open_zarr(out, consolidated=False)
     for name in expected.data_vars:
         np.testing.assert_array_equal(written[name].values, expected[name].values)

@@ -22,8 +22,6 @@ from corrdiff_xr.testing import raise_if_dask_computes, tiny_corrdiff
 FAST = {"steps": 2, "patch": 8, "overlap": 2}
 
 
-
-
 @pytest.fixture(scope="module")
 def setup():
     ds = synthetic_dataset(ny=16, nx=16, nt=3, factor=4, seed=1, chunks={"time": 1})
@@ -87,27 +85,37 @@ def test_downscale_result_does_not_depend_on_torch_threads(setup):
 
 def test_members_do_not_depend_on_ensemble_size_or_time_selection(setup, reference):
     _, pair, _, model = setup
-    more = downscale(pair.isel(time=[1, 2]), model, members=3, seed=5, **FAST).compute(scheduler="sync")
+    more = downscale(pair.isel(time=[1, 2]), model, members=3, seed=5, **FAST).compute(
+        scheduler="sync"
+    )
     _equal(more.isel(member=[0, 1]), reference.isel(time=[1, 2]))
     assert not np.array_equal(more.t2m[2].values, more.t2m[1].values)
 
 
 def test_different_seeds_give_different_members(setup, reference):
     _, pair, _, model = setup
-    other = downscale(pair.isel(time=[0]), model, members=1, seed=6, **FAST).compute(scheduler="sync")
+    other = downscale(pair.isel(time=[0]), model, members=1, seed=6, **FAST).compute(
+        scheduler="sync"
+    )
     assert not np.allclose(other.t2m[0].values, reference.t2m[0, :1].values)
 
 
 def test_whole_domain_sampling_equals_a_direct_model_call(setup):
     _, pair, codec, model = setup
-    out = downscale(pair.isel(time=[1]), model, members=2, seed=3, steps=2).compute(scheduler="sync")
+    out = downscale(pair.isel(time=[1]), model, members=2, seed=3, steps=2).compute(
+        scheduler="sync"
+    )
     sources = xr.merge([pair.inputs_on_fine[list(codec.inputs)], pair.static_fields]).isel(time=[1])
     x = torch.from_numpy(codec.encode_inputs(sources.compute()))
     t = sources.time.values[0]
     for m in range(2):
         gen = patch_generator(3, t, m, (0, 0))
-        direct = model.sample(x, generators=[gen], sampler=SamplerConfig(num_steps=2),
-                              offsets=torch.zeros(1, 2, dtype=torch.long))
+        direct = model.sample(
+            x,
+            generators=[gen],
+            sampler=SamplerConfig(num_steps=2),
+            offsets=torch.zeros(1, 2, dtype=torch.long),
+        )
         decoded = codec.decode_targets(direct, sources)
         for name in codec.targets:
             np.testing.assert_array_equal(out[name].values[m], decoded[name].values)
@@ -122,11 +130,17 @@ def test_patched_mean_equals_the_patching_modules_fused_mean(setup):
     x = torch.from_numpy(codec.encode_inputs(sources))
     grid = PatchGrid.build((16, 16), (8, 8), overlap=2, weights="ramp")
     with torch.no_grad():
-        fused = torch.cat([
-            map_patches(lambda p, offsets: model.predict_mean(p, offsets=offsets), x[t : t + 1],
-                        grid=grid, batch_size=1)
-            for t in range(x.shape[0])
-        ])
+        fused = torch.cat(
+            [
+                map_patches(
+                    lambda p, offsets: model.predict_mean(p, offsets=offsets),
+                    x[t : t + 1],
+                    grid=grid,
+                    batch_size=1,
+                )
+                for t in range(x.shape[0])
+            ]
+        )
     expected = codec.decode_targets(fused, sources)
     for name in codec.targets:
         np.testing.assert_array_equal(out[name].values, expected[name].values)
@@ -134,7 +148,9 @@ def test_patched_mean_equals_the_patching_modules_fused_mean(setup):
 
 def test_residual_is_member_minus_regression_mean(setup, reference):
     _, pair, _, model = setup
-    res = downscale(pair, model, members=2, seed=5, output="residual", **FAST).compute(scheduler="sync")
+    res = downscale(pair, model, members=2, seed=5, output="residual", **FAST).compute(
+        scheduler="sync"
+    )
     mean = downscale(pair, model, output="mean", **FAST).compute(scheduler="sync")
     for name in res.data_vars:
         np.testing.assert_array_equal(res[name].values, reference[name].values - mean[name].values)
@@ -163,21 +179,30 @@ def test_downscale_names_what_is_wrong_with_bad_input(setup):
         downscale(pair, "/nonexistent/model.safetensors")
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"members": 0}, "members: 0 is not an integer >= 1"),
-    ({"members": 1.5}, "members: expected an integer, got 1.5"),
-    ({"seed": -1}, "seed: -1 is not an integer >= 0"),
-    ({"steps": 0}, "steps: 0 is not an integer >= 1"),
-    ({"batch_size": 0}, "batch_size: 0 is not an integer >= 1"),
-    ({"threads": 0}, "threads: 0 is not an integer >= 1"),
-    ({"patch": (8, 0)}, "patch[1]: 0 is not an integer >= 1"),
-    ({"patch": 8, "overlap": -1}, "overlap: -1 is not an integer >= 0"),
-    ({"patch": 8, "boundary": -1}, "boundary: -1 is not an integer >= 0"),
-    ({"patch": 8, "overlap": 6, "boundary": 1}, "patch=(8, 8), overlap=6, boundary=1: the patch leaves no room"),
-    ({"chunks": {"time": 0}}, "chunks['time']: 0 is not an integer >= 1"),
-    ({"sampler": {"rho": float("nan")}}, "sampler.rho: nan is not a finite number > 0"),
-    ({"sampler": "rk4"}, "sampler: 'rk4' is not one of ['heun', 'euler', 'dpmpp_2m', 'dpmpp_2m_sde']"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"members": 0}, "members: 0 is not an integer >= 1"),
+        ({"members": 1.5}, "members: expected an integer, got 1.5"),
+        ({"seed": -1}, "seed: -1 is not an integer >= 0"),
+        ({"steps": 0}, "steps: 0 is not an integer >= 1"),
+        ({"batch_size": 0}, "batch_size: 0 is not an integer >= 1"),
+        ({"threads": 0}, "threads: 0 is not an integer >= 1"),
+        ({"patch": (8, 0)}, "patch[1]: 0 is not an integer >= 1"),
+        ({"patch": 8, "overlap": -1}, "overlap: -1 is not an integer >= 0"),
+        ({"patch": 8, "boundary": -1}, "boundary: -1 is not an integer >= 0"),
+        (
+            {"patch": 8, "overlap": 6, "boundary": 1},
+            "patch=(8, 8), overlap=6, boundary=1: the patch leaves no room",
+        ),
+        ({"chunks": {"time": 0}}, "chunks['time']: 0 is not an integer >= 1"),
+        ({"sampler": {"rho": float("nan")}}, "sampler.rho: nan is not a finite number > 0"),
+        (
+            {"sampler": "rk4"},
+            "sampler: 'rk4' is not one of ['heun', 'euler', 'dpmpp_2m', 'dpmpp_2m_sde']",
+        ),
+    ],
+)
 def test_downscale_refuses_bad_arguments_naming_them_with_value_and_range(setup, kwargs, message):
     _ds, pair, _codec, model = setup
     with pytest.raises(ConfigError) as info:
@@ -188,15 +213,22 @@ def test_downscale_refuses_bad_arguments_naming_them_with_value_and_range(setup,
 def _tasks(out: xr.Dataset) -> list[BlockTask]:
     """The block tasks in the graph of a downscaling (before anything is computed)."""
     layers = next(iter(out.data_vars.values())).data.dask.layers
-    return [fn.keywords["task"] for name, layer in layers.items() if name.startswith("corrdiff-block-")
-            for fn, _keys in layer.values()]
+    return [
+        fn.keywords["task"]
+        for name, layer in layers.items()
+        if name.startswith("corrdiff-block-")
+        for fn, _keys in layer.values()
+    ]
 
 
 def test_patch_as_an_int_a_shape_or_a_patch_config_gives_the_same_result(setup, reference):
     _, pair, _, model = setup
     # the reference: patch=8, overlap=2, ramp weights
-    for patch, kwargs in (((8, 8), {"overlap": 2}), (PatchConfig(shape=(8, 8), overlap=2), {}),
-                          (PatchConfig(shape=(8, 8), overlap=5), {"overlap": 2})):
+    for patch, kwargs in (
+        ((8, 8), {"overlap": 2}),
+        (PatchConfig(shape=(8, 8), overlap=2), {}),
+        (PatchConfig(shape=(8, 8), overlap=5), {"overlap": 2}),
+    ):
         out = downscale(pair, model, members=2, seed=5, steps=2, patch=patch, **kwargs)
         _equal(out.compute(scheduler="sync"), reference)
 
@@ -213,12 +245,16 @@ def test_patch_defaults_are_patch_configs_ramps_over_a_quarter_of_the_smaller_si
 
 def test_patch_arguments_replace_the_patch_configs_fields(setup):
     _, pair, _, model = setup
-    given = PatchConfig(shape=(8, 8), overlap=3, boundary=1, weights="uniform", layout="physicsnemo")
+    given = PatchConfig(
+        shape=(8, 8), overlap=3, boundary=1, weights="uniform", layout="physicsnemo"
+    )
     grid = _tasks(downscale(pair, model, steps=1, patch=given, overlap=1, weights="ramp"))[0].grid
-    assert grid == PatchGrid.build((16, 16), (8, 8), overlap=1, boundary=1, weights="ramp",
-                                   layout="physicsnemo")
+    assert grid == PatchGrid.build(
+        (16, 16), (8, 8), overlap=1, boundary=1, weights="ramp", layout="physicsnemo"
+    )
     assert _tasks(downscale(pair, model, steps=1, patch=given))[0].grid == PatchGrid.from_config(
-        (16, 16), given)
+        (16, 16), given
+    )
 
 
 def test_a_patch_config_without_a_shape_samples_the_whole_domain(setup):
@@ -230,10 +266,13 @@ def test_a_patch_config_without_a_shape_samples_the_whole_domain(setup):
 
 def test_the_default_overlap_is_checked_against_the_boundary(setup):
     _, pair, _, model = setup
-    with pytest.raises(ConfigError, match=r"^patch=\(8, 8\), overlap=None, boundary=3: .*a quarter"):
+    with pytest.raises(
+        ConfigError, match=r"^patch=\(8, 8\), overlap=None, boundary=3: .*a quarter"
+    ):
         downscale(pair, model, patch=8, boundary=3)
     assert _tasks(downscale(pair, model, steps=1, patch=9, boundary=3))[0].grid == PatchGrid.build(
-        (16, 16), (9, 9), overlap=2, boundary=3, weights="ramp")
+        (16, 16), (9, 9), overlap=2, boundary=3, weights="ramp"
+    )
 
 
 def test_patch_noise_seed_is_stable_across_processes():
@@ -243,8 +282,13 @@ def test_patch_noise_seed_is_stable_across_processes():
         "import numpy as np; from corrdiff_xr.noise import patch_seed; "
         "print(patch_seed(7, np.datetime64('2021-06-01T12:00', 'ns'), 3, (-2, 40)))"
     )
-    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True, env={"PYTHONHASHSEED": "123"}).stdout.strip()
+    there = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123"},
+    ).stdout.strip()
     assert int(there) == here
     assert len({patch_seed(7, t, m, (0, 0)) for m in range(50)}) == 50
     assert patch_seed(7, t, 0, (0, 8)) != patch_seed(7, t, 0, (8, 0))
@@ -277,7 +321,8 @@ def test_inference_only_data_with_chunked_coarse_inputs_gives_the_same_result(se
     ds, pair, codec, model = setup
     ref = downscale(pair, model, steps=1, patch=8).compute(scheduler="sync")
     bare = ds.drop_vars(list(codec.targets)).chunk(
-        {"time": 2, "y_coarse": 2, "x_coarse": 3, "y": 5, "x": 7})
+        {"time": 2, "y_coarse": 2, "x_coarse": 3, "y": 5, "x": 7}
+    )
     out = downscale(bare, model, steps=1, patch=8)
     assert out.t2m.chunks == ((1,), (2, 1), (5, 5, 5, 1), (7, 7, 2))  # follows the inputs
     assert out.t2m.attrs["units"] == codec.attrs["t2m"]["units"]
@@ -292,14 +337,17 @@ def test_padded_batches_make_accelerator_results_independent_of_chunking(setup, 
     _, pair, _, model = setup
     monkeypatch.setattr(block, "call_size", lambda device, batch_size: batch_size)
     runs = [
-        downscale(pair, model, members=3, seed=2, batch_size=4, chunks=chunks, **FAST)
-        .compute(scheduler="sync")
+        downscale(pair, model, members=3, seed=2, batch_size=4, chunks=chunks, **FAST).compute(
+            scheduler="sync"
+        )
         for chunks in ({"member": 3, "time": 3}, {"member": 2, "time": 1, "y": 7})
     ]
     _equal(*runs)
 
 
-def test_whole_domain_sampling_of_a_large_domain_warns_and_uses_one_spatial_chunk(setup, monkeypatch):
+def test_whole_domain_sampling_of_a_large_domain_warns_and_uses_one_spatial_chunk(
+    setup, monkeypatch
+):
     from corrdiff_xr.inference import downscaling as inference
 
     ds, _, _, model = setup

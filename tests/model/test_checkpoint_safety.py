@@ -80,9 +80,7 @@ def test_a_hostile_file_is_refused_naming_the_culprit(name, workdir):
     message = str(info.value)
     assert str(path) in message
     assert re.search(case.culprit, message), message
-    assert isinstance(
-        info.value, MdlusError if case.kind == "mdlus" else CheckpointError
-    )
+    assert isinstance(info.value, MdlusError if case.kind == "mdlus" else CheckpointError)
     if case.kind == "checkpoint":  # the file it was made from still loads, unchanged
         _assert_loads_bit_for_bit(hostile.good_checkpoint(workdir))
     else:
@@ -91,19 +89,13 @@ def test_a_hostile_file_is_refused_naming_the_culprit(name, workdir):
 
 def test_read_checkpoint_header_refuses_what_load_refuses(workdir):
     path = CASES["header_img_shape_string"].build(workdir, workdir / "h.bad")
-    with pytest.raises(
-        CheckpointError, match=r"img_shape must be an integer, got '16'"
-    ):
+    with pytest.raises(CheckpointError, match=r"img_shape must be an integer, got '16'"):
         read_checkpoint_header(path)
 
 
 # -- peak memory of the hostile trial's two files -------------------------------------------
-@pytest.mark.parametrize(
-    "name", ["header_model_channels_3200", "zip_declares_3gb_member"]
-)
-def test_peak_memory_of_a_hostile_file_stays_under_twice_its_size_plus_300_mb(
-    name, workdir
-):
+@pytest.mark.parametrize("name", ["header_model_channels_3200", "zip_declares_3gb_member"])
+def test_peak_memory_of_a_hostile_file_stays_under_twice_its_size_plus_300_mb(name, workdir):
     case = CASES[name]
     path = case.build(workdir, workdir / f"{name}.mem")
     result = hostile.measure(case.kind, path, timeout=120)
@@ -129,9 +121,7 @@ def test_floating_weights_stored_as_f32_f16_or_bf16_load_into_fp32_bit_for_bit(
 def test_storage_dtypes_integer_buffers_only_as_themselves_floats_as_f32_f16_bf16():
     expected = {"steps": ((3,), "I64"), "weight": ((2, 2), "F32")}
     for ok in ("F32", "F16", "BF16"):
-        check_tensors(
-            expected, {"steps": ((3,), "I64"), "weight": ((2, 2), ok)}, source="f"
-        )
+        check_tensors(expected, {"steps": ((3,), "I64"), "weight": ((2, 2), ok)}, source="f")
     for bad_steps, bad_weight in (
         ("I32", "F32"),
         ("F32", "F32"),
@@ -140,9 +130,7 @@ def test_storage_dtypes_integer_buffers_only_as_themselves_floats_as_f32_f16_bf1
     ):
         culprit = "steps" if bad_steps != "I64" else "weight"
         found = {"steps": ((3,), bad_steps), "weight": ((2, 2), bad_weight)}
-        with pytest.raises(
-            CheckpointError, match=rf"f: parameter '{culprit}' is stored as"
-        ):
+        with pytest.raises(CheckpointError, match=rf"f: parameter '{culprit}' is stored as"):
             check_tensors(expected, found, source="f")
 
 

@@ -28,15 +28,11 @@ REG = dataclasses.replace(TINY, embedding_type="zero")
 SHAPE = (16, 24)
 
 
-
-
 def _write_mdlus(
     path: pathlib.Path, name: str, args: dict, model_pt: bytes, *, fmt: str = "zip"
 ) -> pathlib.Path:
     files = {
-        "args.json": json.dumps(
-            {"__name__": name, "__module__": "x", "__args__": args}
-        ).encode(),
+        "args.json": json.dumps({"__name__": name, "__module__": "x", "__args__": args}).encode(),
         "metadata.json": b'{"mdlus_file_version": "0.1.0"}',
         "model.pt": model_pt,
     }
@@ -72,9 +68,7 @@ class _Payload:
 # -- safety and errors (no reference needed) -----------------------------------------------
 def test_a_pickle_payload_is_refused_and_never_run(tmp_path):
     marker = tmp_path / "pwned"
-    evil = _torch_bytes(
-        {"model.enc.16x16_conv.weight": torch.zeros(1), "x": _Payload(marker)}
-    )
+    evil = _torch_bytes({"model.enc.16x16_conv.weight": torch.zeros(1), "x": _Payload(marker)})
     path = _write_mdlus(tmp_path / "evil.mdlus", "UNet", {"img_resolution": 16}, evil)
     with pytest.raises(MdlusError, match="refused without running"):
         read_mdlus(path)
@@ -85,9 +79,7 @@ def test_a_pickle_payload_is_refused_and_never_run(tmp_path):
 
 def test_a_plain_pickle_instead_of_a_torch_file_is_refused(tmp_path):
     marker = tmp_path / "pwned"
-    path = _write_mdlus(
-        tmp_path / "evil.mdlus", "UNet", {}, pickle.dumps(_Payload(marker))
-    )
+    path = _write_mdlus(tmp_path / "evil.mdlus", "UNet", {}, pickle.dumps(_Payload(marker)))
     with pytest.raises(MdlusError):
         read_mdlus(path)
     assert not marker.exists()
@@ -138,29 +130,21 @@ def _ref_regression():
 def _ref_residual(edm=None, cond=5):
     edm = edm or EDMConfig()
     return randomize_(
-        reference_residual(
-            TINY, edm, cond_channels=cond, out_channels=2, img_shape=SHAPE
-        ),
+        reference_residual(TINY, edm, cond_channels=cond, out_channels=2, img_shape=SHAPE),
         seed=2,
     ).eval()
 
 
 def _inputs():
     g = torch.Generator().manual_seed(0)
-    return torch.randn(2, 3, *SHAPE, generator=g), torch.randn(
-        2, 2, *SHAPE, generator=g
-    )
+    return torch.randn(2, 3, *SHAPE, generator=g), torch.randn(2, 2, *SHAPE, generator=g)
 
 
 @requires_physicsnemo
 @pytest.mark.parametrize("legacy_format", [False, True], ids=["zip", "tar"])
-def test_regression_saved_by_the_reference_imports_with_identical_outputs(
-    tmp_path, legacy_format
-):
+def test_regression_saved_by_the_reference_imports_with_identical_outputs(tmp_path, legacy_format):
     ref = _ref_regression()
-    if (
-        legacy_format
-    ):  # the reference's own legacy writer misplaces the file; build the tar layout
+    if legacy_format:  # the reference's own legacy writer misplaces the file; build the tar layout
         _write_mdlus(
             tmp_path / "reg.mdlus",
             "UNet",
@@ -253,16 +237,12 @@ def test_missing_and_misshapen_weights_are_named(tmp_path):
     sd = dict(ref.state_dict())
     del sd["model.enc.16x16_conv.bias"]
     path = _write_mdlus(tmp_path / "m.mdlus", "UNet", args, _torch_bytes(sd))
-    with pytest.raises(
-        CheckpointError, match="missing.*regression.net.enc.L0_conv.bias"
-    ):
+    with pytest.raises(CheckpointError, match="missing.*regression.net.enc.L0_conv.bias"):
         import_mdlus(path)
     sd = dict(ref.state_dict())
     sd["model.enc.16x16_conv.bias"] = torch.zeros(3)
     path = _write_mdlus(tmp_path / "s.mdlus", "UNet", args, _torch_bytes(sd))
-    with pytest.raises(
-        CheckpointError, match=r"regression.net.enc.L0_conv.bias.*shape \(3,\)"
-    ):
+    with pytest.raises(CheckpointError, match=r"regression.net.enc.L0_conv.bias.*shape \(3,\)"):
         import_mdlus(path)
 
 

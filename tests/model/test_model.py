@@ -18,8 +18,6 @@ from corrdiff_xr.testing import TINY_NETWORK as TINY
 FAST = SamplerConfig(num_steps=3)
 
 
-
-
 def _codec() -> Codec:
     stats = {
         "t2m_coarse": (280.0, 5.0),
@@ -82,9 +80,7 @@ def test_a_member_does_not_depend_on_how_members_are_batched():
     alone = model.sample(x[:1], generators=_gens(11), sampler=FAST)
     # equal up to float32 kernel differences between batch sizes (different noise would be O(1))
     torch.testing.assert_close(together[1:2], alone, atol=1e-3, rtol=1e-3)
-    assert (
-        together[0] - together[1]
-    ).abs().max() > 1e-3  # different seeds, different members
+    assert (together[0] - together[1]).abs().max() > 1e-3  # different seeds, different members
 
 
 def test_same_seed_gives_the_same_member_and_precomputed_mean_is_used():
@@ -133,9 +129,7 @@ def test_checkpoint_round_trip_restores_outputs_codec_and_configs(tmp_path):
         model.edm_config,
     )
     x = torch.randn(2, 3, 8, 16)
-    torch.testing.assert_close(
-        loaded.eval().predict_mean(x), model.predict_mean(x), atol=0, rtol=0
-    )
+    torch.testing.assert_close(loaded.eval().predict_mean(x), model.predict_mean(x), atol=0, rtol=0)
     torch.testing.assert_close(
         loaded.sample(x, generators=_gens(3, 4), sampler=FAST),
         model.sample(x, generators=_gens(3, 4), sampler=FAST),
@@ -151,10 +145,7 @@ def test_checkpoint_is_plain_safetensors_with_a_json_header(tmp_path):
         keys = set(f.keys())
     assert header["codec"]["targets"] == ["t2m", "tp"]
     assert header["img_shape"] == [8, 16] and "torch" in header["versions"]
-    assert (
-        "regression.net.enc.L0_conv.weight" in keys
-        and "residual.net.map_layer0.weight" in keys
-    )
+    assert "regression.net.enc.L0_conv.weight" in keys and "residual.net.map_layer0.weight" in keys
 
 
 def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
@@ -169,9 +160,7 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch
     with pytest.raises(OSError, match="disk full"):
         _model(residual=False).save(path)
     assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == [
-        "m.safetensors"
-    ]  # no temp file left
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left
 
 
 def test_loading_weights_of_another_shape_names_the_parameter(tmp_path):
@@ -183,15 +172,11 @@ def test_loading_weights_of_another_shape_names_the_parameter(tmp_path):
     from safetensors.torch import save_file
 
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
-    with pytest.raises(
-        CheckpointError, match=r"residual.net.map_layer0.weight.*shape \(3, 3\)"
-    ):
+    with pytest.raises(CheckpointError, match=r"residual.net.map_layer0.weight.*shape \(3, 3\)"):
         CorrDiff.load(tmp_path / "bad.safetensors")
     del tensors["residual.net.map_layer0.weight"]
     save_file(tensors, str(tmp_path / "missing.safetensors"), metadata=meta)
-    with pytest.raises(
-        CheckpointError, match="missing.*residual.net.map_layer0.weight"
-    ):
+    with pytest.raises(CheckpointError, match="missing.*residual.net.map_layer0.weight"):
         CorrDiff.load(tmp_path / "missing.safetensors")
 
 

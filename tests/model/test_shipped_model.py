@@ -41,7 +41,9 @@ def test_shipped_model_loads_as_float32_with_both_networks_and_its_codec(path):
     assert set(model.codec.static) == {"orography", "lsm"}
     assert model.img_shape == (64, 64)
     with safe_open(str(path), framework="pt") as f:
-        stored = f.get_tensor("regression." + next(k for k, _ in model.regression.named_parameters()))
+        stored = f.get_tensor(
+            "regression." + next(k for k, _ in model.regression.named_parameters())
+        )
     first = next(model.regression.parameters())
     torch.testing.assert_close(first, stored.float(), rtol=0, atol=0)
 
@@ -50,8 +52,9 @@ def test_shipped_model_was_built_by_the_committed_tiny_configs(path):
     with safe_open(str(path), framework="pt") as f:
         header = json.loads(f.metadata()["corrdiff_xr"])
     reg = load_run_config(CONFIG_DIR / "tiny_regression.yaml")
-    res = load_run_config(CONFIG_DIR / "tiny_diffusion.yaml",
-                          [f"training.regression_checkpoint={path}"])
+    res = load_run_config(
+        CONFIG_DIR / "tiny_diffusion.yaml", [f"training.regression_checkpoint={path}"]
+    )
     model = CorrDiff.from_config_dict(header)
     assert model.regression_config == reg.network
     assert model.residual_config == res.network

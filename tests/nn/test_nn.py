@@ -38,9 +38,7 @@ def test_box_downsampling_equals_depthwise_filter_convolution():
     x = torch.randn(2, 3, 8, 6)
     conv = Conv2d(3, 3, 0, down=True)
     f = torch.full((3, 1, 2, 2), 0.25)
-    torch.testing.assert_close(
-        conv(x), F.conv2d(x, f, groups=3, stride=2), atol=1e-6, rtol=0
-    )
+    torch.testing.assert_close(conv(x), F.conv2d(x, f, groups=3, stride=2), atol=1e-6, rtol=0)
 
 
 def test_box_upsampling_equals_transposed_filter_convolution():
@@ -71,9 +69,7 @@ def test_group_norm_in_eval_uses_unbiased_variance_and_biased_in_training():
     for unbiased, mode in ((True, gn.eval), (False, gn.train)):
         mode()
         var = g.var(dim=(2, 3, 4), unbiased=unbiased, keepdim=True)
-        ref = ((g - g.mean(dim=(2, 3, 4), keepdim=True)) / (var + 1e-6).sqrt()).reshape(
-            3, 8, 5, 7
-        )
+        ref = ((g - g.mean(dim=(2, 3, 4), keepdim=True)) / (var + 1e-6).sqrt()).reshape(3, 8, 5, 7)
         ref = ref * gn.weight[:, None, None] + gn.bias[:, None, None]
         torch.testing.assert_close(gn(x), ref, atol=2e-5, rtol=0)
 
@@ -128,9 +124,7 @@ def test_attention_equals_softmax_of_scaled_dot_products():
 # -- embeddings ---------------------------------------------------------------------------
 def test_noise_embedding_of_zero_is_zeros_then_ones():
     emb = NoiseEmbedding(8)(torch.zeros(2))
-    torch.testing.assert_close(
-        emb, torch.cat([torch.zeros(2, 4), torch.ones(2, 4)], dim=1)
-    )
+    torch.testing.assert_close(emb, torch.cat([torch.zeros(2, 4), torch.ones(2, 4)], dim=1))
 
 
 @pytest.mark.parametrize(
@@ -230,9 +224,7 @@ def test_patch_with_zero_offset_over_the_whole_grid_equals_the_unpatched_call():
 
 
 def test_patch_position_changes_the_output_through_the_grid_embedding():
-    net = _randomize(
-        SongUNet(TINY, in_channels=2, out_channels=2, img_shape=(16, 16))
-    ).eval()
+    net = _randomize(SongUNet(TINY, in_channels=2, out_channels=2, img_shape=(16, 16))).eval()
     x = torch.randn(1, 2, 8, 8).expand(2, -1, -1, -1)
     with torch.no_grad():
         out = net(x, torch.ones(2), offsets=torch.tensor([[0, 0], [8, 8]]))
@@ -270,23 +262,15 @@ def test_regression_unet_ignores_noise_and_prepends_zero_latents():
     reg = RegressionUNet(net)
     cond = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
-        expected = net(
-            torch.cat([torch.zeros(2, 2, 8, 8), cond], dim=1), torch.full((2,), 7.0)
-        )
+        expected = net(torch.cat([torch.zeros(2, 2, 8, 8), cond], dim=1), torch.full((2,), 7.0))
         torch.testing.assert_close(reg(cond), expected)
 
 
 def test_probability_channels_are_softmaxed_in_eval():
-    cfg = dataclasses.replace(
-        TINY, lead_time_channels=2, lead_time_steps=3, prob_channels=(1, 2)
-    )
-    net = _randomize(
-        SongUNet(cfg, in_channels=2, out_channels=3, img_shape=(8, 8))
-    ).eval()
+    cfg = dataclasses.replace(TINY, lead_time_channels=2, lead_time_steps=3, prob_channels=(1, 2))
+    net = _randomize(SongUNet(cfg, in_channels=2, out_channels=3, img_shape=(8, 8))).eval()
     with torch.no_grad():
-        out = net(
-            torch.randn(2, 2, 8, 8), torch.ones(2), lead_time=torch.tensor([0, 2])
-        )
+        out = net(torch.randn(2, 2, 8, 8), torch.ones(2), lead_time=torch.tensor([0, 2]))
     torch.testing.assert_close(out[:, 1:].sum(dim=1), torch.ones(2, 8, 8))
     with pytest.raises(ValueError, match="lead_time"):
         net(torch.randn(1, 2, 8, 8), torch.ones(1))
@@ -301,11 +285,7 @@ def test_training_backward_reaches_every_parameter():
     )
     _randomize(net)
     net(torch.randn(2, 2, 8, 8), torch.rand(2)).square().mean().backward()
-    missing = [
-        n
-        for n, p in net.named_parameters()
-        if p.grad is None or not p.grad.abs().sum() > 0
-    ]
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
 
 

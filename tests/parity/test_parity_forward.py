@@ -67,15 +67,11 @@ def _pair(cfg: NetworkConfig, shape, edm=None, cin=3, cout=2):
         edm=edm,
     )
     ref_reg = randomize_(
-        reference_regression(
-            reg_cfg, in_channels=cin, out_channels=cout, img_shape=shape
-        ),
+        reference_regression(reg_cfg, in_channels=cin, out_channels=cout, img_shape=shape),
         seed=1,
     )
     ref_res = randomize_(
-        reference_residual(
-            cfg, edm, cond_channels=cin + cout, out_channels=cout, img_shape=shape
-        ),
+        reference_residual(cfg, edm, cond_channels=cin + cout, out_channels=cout, img_shape=shape),
         seed=2,
     )
     copy_reference_weights(ref_reg, ours.regression, target_prefix="net.")
@@ -107,9 +103,7 @@ def test_regression_and_denoiser_match_reference_for_copied_weights(name):
         s = torch.full((x.shape[0],), sigma)
         ours_d = ours.residual(latent * sigma, s, condition=cond, lead_time=lead)
         ref_d = ref_res(latent * sigma, cond, s, **kw)
-        torch.testing.assert_close(
-            ours_d, ref_d, atol=ATOL, rtol=0, msg=f"sigma={sigma}"
-        )
+        torch.testing.assert_close(ours_d, ref_d, atol=ATOL, rtol=0, msg=f"sigma={sigma}")
 
 
 @torch.no_grad()
@@ -141,24 +135,17 @@ def test_patch_offsets_match_reference_global_index():
     offsets = torch.tensor([[0, 8], [8, 0]])
     rows = offsets[:, :1, None] + torch.arange(8)[None, :, None]
     cols = offsets[:, 1:, None] + torch.arange(8)[None, None, :]
-    gi = torch.stack(
-        [rows.expand(2, 8, 8), cols.expand(2, 8, 8)], dim=1
-    )  # (P, 2, h, w)
+    gi = torch.stack([rows.expand(2, 8, 8), cols.expand(2, 8, 8)], dim=1)  # (P, 2, h, w)
     patches_cond = torch.stack(
         [cond[i, :, r : r + 8, c : c + 8] for i, (r, c) in enumerate(offsets.tolist())]
     )
     patches_lat = torch.stack(
-        [
-            latent[i, :, r : r + 8, c : c + 8]
-            for i, (r, c) in enumerate(offsets.tolist())
-        ]
+        [latent[i, :, r : r + 8, c : c + 8] for i, (r, c) in enumerate(offsets.tolist())]
     )
     s = torch.tensor([0.7])
     # reference: batch B*P ordered b-major over patches; here B = 1, P = 2
     ref = ref_res(patches_lat, patches_cond, s.expand(2), global_index=gi)
-    got = ours.residual(
-        patches_lat, s.expand(2), condition=patches_cond, offsets=offsets
-    )
+    got = ours.residual(patches_lat, s.expand(2), condition=patches_cond, offsets=offsets)
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
 
 
@@ -187,9 +174,7 @@ def test_models_imported_from_reference_mdlus_files_match_reference(tmp_path):
     assert model.edm_config.hr_mean_conditioning
     x, latent, _ = _inputs(cfg, shape)
     mean = model.predict_mean(x)
-    torch.testing.assert_close(
-        mean, ref_reg(torch.zeros_like(latent), x), atol=ATOL, rtol=0
-    )
+    torch.testing.assert_close(mean, ref_reg(torch.zeros_like(latent), x), atol=ATOL, rtol=0)
     cond = torch.cat([mean, x], dim=1)
     for sigma in SIGMAS:
         s = torch.full((3,), sigma)

@@ -42,17 +42,26 @@ def _models(edm: EDMConfig, shape, *, patched: bool = False):
     """Our CorrDiff and reference networks with the same (random, O(1)) weights."""
     reg_cfg = dataclasses.replace(TINY, embedding_type="zero")
     cond = CIN + (COUT if edm.hr_mean_conditioning else 0) + (CIN if patched else 0)
-    ours = CorrDiff(img_shape=shape, in_channels=CIN, out_channels=COUT, regression_network=reg_cfg,
-                    residual_network=TINY, edm=edm)
+    ours = CorrDiff(
+        img_shape=shape,
+        in_channels=CIN,
+        out_channels=COUT,
+        regression_network=reg_cfg,
+        residual_network=TINY,
+        edm=edm,
+    )
     if patched:  # the reference's patched conditioning carries a global-context copy of x
         from corrdiff_xr.edm import EDMPrecond
         from corrdiff_xr.nn import SongUNet
 
         net = SongUNet(TINY, in_channels=COUT + cond, out_channels=COUT, img_shape=shape)
         ours.residual = EDMPrecond(net, edm=edm)
-    ref_reg = randomize_(reference_regression(reg_cfg, in_channels=CIN, out_channels=COUT, img_shape=shape), seed=1)
+    ref_reg = randomize_(
+        reference_regression(reg_cfg, in_channels=CIN, out_channels=COUT, img_shape=shape), seed=1
+    )
     ref_res = randomize_(
-        reference_residual(TINY, edm, cond_channels=cond, out_channels=COUT, img_shape=shape), seed=2
+        reference_residual(TINY, edm, cond_channels=cond, out_channels=COUT, img_shape=shape),
+        seed=2,
     )
     copy_reference_weights(ref_reg, ours.regression, target_prefix="net.")
     copy_reference_weights(ref_res, ours.residual, target_prefix="net.")
@@ -78,13 +87,18 @@ def test_regression_loss_matches_reference(shape=(16, 24)):
     assert ref.mean() > 1e-2
     # the loss arithmetic alone, on the reference network
     ref_net = lambda v: ref_reg(torch.zeros_like(y), v)
-    torch.testing.assert_close(regression_loss(ref_net, x, y, reduction="none"), ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        regression_loss(ref_net, x, y, reduction="none"), ref, atol=ATOL, rtol=0
+    )
     # the whole path, on our network with copied weights
     got = regression_loss(ours.predict_mean, x, y, reduction="none")
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
     # the reference's training reduction: sum / batch size
     torch.testing.assert_close(
-        regression_loss(ours.predict_mean, x, y, reduction="sum_per_sample"), ref.sum() / 3, rtol=1e-5, atol=0
+        regression_loss(ours.predict_mean, x, y, reduction="sum_per_sample"),
+        ref.sum() / 3,
+        rtol=1e-5,
+        atol=0,
     )
 
 
@@ -94,8 +108,13 @@ def test_residual_loss_matches_reference_under_the_same_noise(case):
     edm, shape, seed = CASES[case]
     ours, ref_reg, ref_res = _models(edm, shape)
     x, y = _data(shape)
-    loss_fn = ResidualLoss(regression_net=ref_reg, P_mean=edm.P_mean, P_std=edm.P_std,
-                           sigma_data=edm.sigma_data, hr_mean_conditioning=edm.hr_mean_conditioning)
+    loss_fn = ResidualLoss(
+        regression_net=ref_reg,
+        P_mean=edm.P_mean,
+        P_std=edm.P_std,
+        sigma_data=edm.sigma_data,
+        hr_mean_conditioning=edm.hr_mean_conditioning,
+    )
     with torch.no_grad():
         torch.manual_seed(seed)
         ref = loss_fn(net=ref_res, img_clean=y, img_lr=x)
@@ -103,13 +122,21 @@ def test_residual_loss_matches_reference_under_the_same_noise(case):
         # reference networks behind our callables: the loss arithmetic and the draws alone
         ref_denoiser = lambda xn, s, *, condition, offsets: ref_res(xn, condition, s)
         alone = residual_loss(
-            ref_denoiser, x, y, regression=lambda v: ref_reg(torch.zeros_like(y), v),
-            generator=torch.Generator().manual_seed(seed), **kw,
+            ref_denoiser,
+            x,
+            y,
+            regression=lambda v: ref_reg(torch.zeros_like(y), v),
+            generator=torch.Generator().manual_seed(seed),
+            **kw,
         )
         # our networks with copied weights
         whole = residual_loss(
-            ours.residual, x, y, regression=ours.predict_mean,
-            generator=torch.Generator().manual_seed(seed), **kw,
+            ours.residual,
+            x,
+            y,
+            regression=ours.predict_mean,
+            generator=torch.Generator().manual_seed(seed),
+            **kw,
         )
     assert ref.mean() > 1e-2
     torch.testing.assert_close(alone, ref, atol=ATOL, rtol=1e-5)
@@ -151,8 +178,16 @@ def test_patched_residual_loss_matches_reference_random_patching(patch_shape, nu
         noise = torch.randn(P * B, COUT, *patch_shape)
         perm = torch.tensor([p * B + b for b in range(B) for p in range(P)])
         got = residual_loss(
-            ours.residual, x, y, edm=edm, regression=ours.predict_mean, sigma=sigma[perm], noise=noise[perm],
-            patch=patch_shape, origins=patching.patch_indices.clone(), global_context=True,
+            ours.residual,
+            x,
+            y,
+            edm=edm,
+            regression=ours.predict_mean,
+            sigma=sigma[perm],
+            noise=noise[perm],
+            patch=patch_shape,
+            origins=patching.patch_indices.clone(),
+            global_context=True,
             reduction="none",
         )
     assert ref.shape == (P * B, COUT, *patch_shape) and ref.mean() > 1e-2

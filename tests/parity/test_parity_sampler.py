@@ -44,14 +44,23 @@ def _models(edm: EDMConfig, shape, *, extra_cond: int = 0, net: NetworkConfig = 
     reg_cfg = dataclasses.replace(TINY, embedding_type="zero")
     res_cfg = net or TINY
     cond = CIN + (COUT if edm.hr_mean_conditioning else 0) + extra_cond
-    ours = CorrDiff(img_shape=shape, in_channels=CIN, out_channels=COUT, regression_network=reg_cfg,
-                    residual_network=res_cfg, edm=edm)
+    ours = CorrDiff(
+        img_shape=shape,
+        in_channels=CIN,
+        out_channels=COUT,
+        regression_network=reg_cfg,
+        residual_network=res_cfg,
+        edm=edm,
+    )
     if extra_cond:  # e.g. the global-context channels of patch-based models
         unet = SongUNet(res_cfg, in_channels=COUT + cond, out_channels=COUT, img_shape=shape)
         ours.residual = EDMPrecond(unet, edm=edm)
-    ref_reg = randomize_(reference_regression(reg_cfg, in_channels=CIN, out_channels=COUT, img_shape=shape), seed=1)
+    ref_reg = randomize_(
+        reference_regression(reg_cfg, in_channels=CIN, out_channels=COUT, img_shape=shape), seed=1
+    )
     ref_res = randomize_(
-        reference_residual(res_cfg, edm, cond_channels=cond, out_channels=COUT, img_shape=shape), seed=2
+        reference_residual(res_cfg, edm, cond_channels=cond, out_channels=COUT, img_shape=shape),
+        seed=2,
     )
     copy_reference_weights(ref_reg, ours.regression, target_prefix="net.")
     copy_reference_weights(ref_res, ours.residual, target_prefix="net.")
@@ -76,8 +85,11 @@ def reference_samplers(monkeypatch):
         return patching.fuse(input=input, batch_size=batch_size)
 
     for module in (det, sto):
-        for name in ("_apply_wrapper_Cin_channels", "_apply_wrapper_Cout_channels_no_grad",
-                     "_apply_wrapper_Cout_channels_grad"):
+        for name in (
+            "_apply_wrapper_Cin_channels",
+            "_apply_wrapper_Cout_channels_no_grad",
+            "_apply_wrapper_Cout_channels_grad",
+        ):
             monkeypatch.setattr(module, name, apply)
         monkeypatch.setattr(module, "_fuse_wrapper", fuse)
     return det.deterministic_sampler, sto.stochastic_sampler
@@ -91,8 +103,16 @@ def _inputs(shape, seeds):
 
 DETERMINISTIC = {  # name: (sampler config, EDM settings, fine grid)
     "heun_18_defaults": (SamplerConfig(), EDMConfig(), (16, 16)),
-    "heun_non_square_short_schedule": (SamplerConfig(num_steps=10, sigma_max=80.0, rho=5.0), EDMConfig(), (16, 24)),
-    "euler_no_mean_conditioning": (SamplerConfig(solver="euler", num_steps=12), EDMConfig(hr_mean_conditioning=False), (16, 16)),
+    "heun_non_square_short_schedule": (
+        SamplerConfig(num_steps=10, sigma_max=80.0, rho=5.0),
+        EDMConfig(),
+        (16, 24),
+    ),
+    "euler_no_mean_conditioning": (
+        SamplerConfig(solver="euler", num_steps=12),
+        EDMConfig(hr_mean_conditioning=False),
+        (16, 16),
+    ),
 }
 
 
@@ -106,9 +126,15 @@ def test_deterministic_sampler_matches_reference_for_the_same_latents(case, refe
     x, latents = _inputs(shape, seeds)
     mean = ref_reg(torch.zeros_like(latents), x)
     ref = deterministic_sampler(
-        ref_res, latents, x, mean_hr=mean if edm.hr_mean_conditioning else None,
-        num_steps=config.num_steps, sigma_min=config.sigma_min, sigma_max=config.sigma_max,
-        rho=config.rho, solver=config.solver,
+        ref_res,
+        latents,
+        x,
+        mean_hr=mean if edm.hr_mean_conditioning else None,
+        num_steps=config.num_steps,
+        sigma_min=config.sigma_min,
+        sigma_max=config.sigma_max,
+        rho=config.rho,
+        solver=config.solver,
     ).float()
     assert ref.abs().mean() > 1e-2
     cond = residual_condition(x, mean, hr_mean_conditioning=edm.hr_mean_conditioning)
@@ -145,17 +171,34 @@ def test_stochastic_sampler_matches_reference_with_churn(S_churn, S_min, S_max, 
         return torch.randn(t.shape, generator=ref_gen) if churned[step] else torch.zeros_like(t)
 
     ref = stochastic_sampler(
-        ref_res, latents, x, mean_hr=mean, num_steps=config.num_steps,
-        sigma_min=config.sigma_min, sigma_max=config.sigma_max, rho=config.rho,
-        S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=config.S_noise, randn_like=ref_randn_like,
+        ref_res,
+        latents,
+        x,
+        mean_hr=mean,
+        num_steps=config.num_steps,
+        sigma_min=config.sigma_min,
+        sigma_max=config.sigma_max,
+        rho=config.rho,
+        S_churn=S_churn,
+        S_min=S_min,
+        S_max=S_max,
+        S_noise=config.S_noise,
+        randn_like=ref_randn_like,
     )
     assert len(calls) == config.num_steps
     shared = torch.Generator().manual_seed(17)
     cond = residual_condition(x, mean, hr_mean_conditioning=True)
-    got = sample(lambda v, s: ours.residual(v, s, condition=cond), latents, config=config,
-                 generators=[shared, shared])
-    deterministic = sample(lambda v, s: ours.residual(v, s, condition=cond), latents,
-                           config=SamplerConfig(num_steps=config.num_steps))
+    got = sample(
+        lambda v, s: ours.residual(v, s, condition=cond),
+        latents,
+        config=config,
+        generators=[shared, shared],
+    )
+    deterministic = sample(
+        lambda v, s: ours.residual(v, s, condition=cond),
+        latents,
+        config=SamplerConfig(num_steps=config.num_steps),
+    )
     assert (got - deterministic).abs().mean() > 1e-2  # churn really changed the sample
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
 
@@ -175,7 +218,9 @@ NO_GRID = dataclasses.replace(TINY, gridtype="none", N_grid_channels=0)
     ids=["exact_tiling", "non_square_patch", "overlap", "overlap_boundary", "overlap_positions"],
 )
 @torch.no_grad()
-def test_patched_sampling_matches_reference_grid_patching(patch, overlap, boundary, net, steps, reference_samplers):
+def test_patched_sampling_matches_reference_grid_patching(
+    patch, overlap, boundary, net, steps, reference_samplers
+):
     from physicsnemo.diffusion.multi_diffusion import GridPatching2D
 
     deterministic_sampler, _ = reference_samplers
@@ -185,16 +230,29 @@ def test_patched_sampling_matches_reference_grid_patching(patch, overlap, bounda
     seeds = [8]
     x, latents = _inputs(shape, seeds)
     mean = ref_reg(torch.zeros_like(latents), x)
-    patching = GridPatching2D(img_shape=shape, patch_shape=patch, overlap_pix=overlap, boundary_pix=boundary)
+    patching = GridPatching2D(
+        img_shape=shape, patch_shape=patch, overlap_pix=overlap, boundary_pix=boundary
+    )
     ref = deterministic_sampler(
-        ref_res, latents, x, mean_hr=mean, patching=patching, num_steps=config.num_steps,
-        sigma_min=config.sigma_min, sigma_max=config.sigma_max, rho=config.rho,
+        ref_res,
+        latents,
+        x,
+        mean_hr=mean,
+        patching=patching,
+        num_steps=config.num_steps,
+        sigma_min=config.sigma_min,
+        sigma_max=config.sigma_max,
+        rho=config.rho,
     ).float()
     grid = PatchGrid.build(shape, patch, overlap=overlap, boundary=boundary, layout="physicsnemo")
     assert grid.num_patches == patching.patch_num
     cond = residual_condition(x, mean, hr_mean_conditioning=True)
     denoise = patched_denoiser(
-        ours.residual, grid, condition=cond, context=global_context(x, patch), batch_size=5,
+        ours.residual,
+        grid,
+        condition=cond,
+        context=global_context(x, patch),
+        batch_size=5,
     )
     got = sample(denoise, latents, config=config)
     assert ref.abs().mean() > 1e-2

@@ -65,7 +65,9 @@ def test_order_depends_on_seed_and_epoch_but_not_on_worker_count(store):
     pair, codec = open_real(store)
     orders = {}
     for workers in (0, 2):
-        loader = ChunkShuffleLoader(pair, codec, batch_size=3, epochs=2, seed=7, num_workers=workers)
+        loader = ChunkShuffleLoader(
+            pair, codec, batch_size=3, epochs=2, seed=7, num_workers=workers
+        )
         orders[workers] = torch.cat([b.time_index for b in loader]).numpy()
     np.testing.assert_array_equal(orders[0], orders[2])
     assert not np.array_equal(orders[0][:12], orders[0][12:])  # epochs differ
@@ -87,14 +89,21 @@ def test_ranks_read_disjoint_whole_blocks_covering_the_data(store):
 def test_step_samples_do_not_depend_on_world_size_when_batches_hold_whole_blocks(store):
     pair, codec = open_real(store)
     single = ChunkShuffleLoader(pair, codec, batch_size=4, epochs=1, seed=5)
-    ranks = [ChunkShuffleLoader(pair, codec, batch_size=2, epochs=1, seed=5, rank=r, world_size=2) for r in range(2)]
+    ranks = [
+        ChunkShuffleLoader(pair, codec, batch_size=2, epochs=1, seed=5, rank=r, world_size=2)
+        for r in range(2)
+    ]
     for big, *parts in zip(single, *ranks):
-        assert set(big.time_index.tolist()) == set(torch.cat([p.time_index for p in parts]).tolist())
+        assert set(big.time_index.tolist()) == set(
+            torch.cat([p.time_index for p in parts]).tolist()
+        )
 
 
 def test_resuming_from_the_state_continues_the_same_stream(store):
     pair, codec = open_real(store)
-    reference = torch.cat([b.time_index for b in _collect(ChunkShuffleLoader(pair, codec, batch_size=5, seed=2), 7)])
+    reference = torch.cat(
+        [b.time_index for b in _collect(ChunkShuffleLoader(pair, codec, batch_size=5, seed=2), 7)]
+    )
     first = ChunkShuffleLoader(pair, codec, batch_size=5, seed=2)
     head = _collect(first, 3)
     state = first.state_dict()
@@ -102,7 +111,9 @@ def test_resuming_from_the_state_continues_the_same_stream(store):
     resumed = ChunkShuffleLoader(pair, codec, batch_size=5, seed=2)
     resumed.load_state_dict(state)
     tail = _collect(resumed, 4)
-    np.testing.assert_array_equal(torch.cat([b.time_index for b in head + tail]).numpy(), reference.numpy())
+    np.testing.assert_array_equal(
+        torch.cat([b.time_index for b in head + tail]).numpy(), reference.numpy()
+    )
 
 
 def test_random_patches_crop_inputs_and_targets_at_their_offsets(store):
@@ -113,8 +124,10 @@ def test_random_patches_crop_inputs_and_targets_at_their_offsets(store):
     offsets = []
     for batch in loader:
         assert batch.targets.shape[-2:] == (8, 6)
-        for y, t, (r, c) in zip(batch.targets.numpy(), batch.time_index.numpy(), batch.offsets.numpy()):
-            np.testing.assert_array_equal(y, full[t, :, r:r + 8, c:c + 6])
+        for y, t, (r, c) in zip(
+            batch.targets.numpy(), batch.time_index.numpy(), batch.offsets.numpy()
+        ):
+            np.testing.assert_array_equal(y, full[t, :, r : r + 8, c : c + 6])
             offsets.append((r, c))
     assert len(set(offsets)) > 1
 
@@ -151,7 +164,9 @@ def test_real_pair_batches_are_the_codec_encoding_of_regridded_inputs_and_lead_t
 
     pair = open_pair(synthetic_store(tmp_path / "syn.zarr", nt=6, chunk=2, lead_time=True))
     codec = Codec.from_pair(pair)
-    loader = ChunkShuffleLoader(pair, codec, batch_size=4, epochs=1, lead_time="lead_time", num_workers=2)
+    loader = ChunkShuffleLoader(
+        pair, codec, batch_size=4, epochs=1, lead_time="lead_time", num_workers=2
+    )
     expected_x = codec.encode_inputs(xr.merge([pair.inputs_on_fine, pair.static_fields]).load())
     expected_y = codec.encode_targets(pair.fine.load())
     seen = []

@@ -54,7 +54,9 @@ def test_patched_diffusion_needs_a_patch_shape_and_lead_time_needs_both_halves(t
 def test_a_patch_larger_than_the_domain_is_refused(store, tmp_path):
     reg = tmp_path / "reg.safetensors"
     reg.write_bytes(b"")
-    data = tiny_config(store, tmp_path / "o", task="patched_diffusion", regression_checkpoint=str(reg))
+    data = tiny_config(
+        store, tmp_path / "o", task="patched_diffusion", regression_checkpoint=str(reg)
+    )
     data["patch"] = {"shape": [32, 8]}
     with pytest.raises(ConfigError, match="larger than the domain"):
         train(_cfg(data))
@@ -82,8 +84,13 @@ def test_regression_training_writes_model_checkpoints_and_tensorboard_scalars(st
 
 def test_accumulated_small_batches_give_the_weights_of_one_big_batch(store, tmp_path):
     big = train(_cfg(tiny_config(store, tmp_path / "big", total_batch_size=4)))
-    small = train(_cfg(tiny_config(store, tmp_path / "small", total_batch_size=4, batch_size_per_device=2)))
-    a, b = _weights(big.output_dir / "model.safetensors"), _weights(small.output_dir / "model.safetensors")
+    small = train(
+        _cfg(tiny_config(store, tmp_path / "small", total_batch_size=4, batch_size_per_device=2))
+    )
+    a, b = (
+        _weights(big.output_dir / "model.safetensors"),
+        _weights(small.output_dir / "model.safetensors"),
+    )
     # Adam amplifies float noise in near-zero gradients; 1e-5 is 1% of one lr=1e-3 update
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
     assert big.loss == pytest.approx(small.loss, rel=1e-5)
@@ -101,11 +108,15 @@ def regression_run(store, tmp_path_factory):
     return train(_cfg(tiny_config(store, out, duration=4)))
 
 
-def test_diffusion_trains_the_residual_on_a_frozen_regression_and_validates_with_crps(store, regression_run, tmp_path):
+def test_diffusion_trains_the_residual_on_a_frozen_regression_and_validates_with_crps(
+    store, regression_run, tmp_path
+):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     reg_file = regression_run.output_dir / "model.safetensors"
-    data = tiny_config(store, tmp_path / "diff", task="diffusion", regression_checkpoint=str(reg_file))
+    data = tiny_config(
+        store, tmp_path / "diff", task="diffusion", regression_checkpoint=str(reg_file)
+    )
     data["data"]["valid_period"] = ["2020-01-01T06", "2020-01-01T07"]
     result = train(_cfg(data))
     assert result.completed and result.skipped_steps == 0
@@ -121,8 +132,14 @@ def test_diffusion_trains_the_residual_on_a_frozen_regression_and_validates_with
 
 
 def test_patched_diffusion_trains_on_random_patches(store, regression_run, tmp_path):
-    data = tiny_config(store, tmp_path / "patched", task="patched_diffusion", patch_num=2,
-                       regression_checkpoint=str(regression_run.output_dir), duration=4)
+    data = tiny_config(
+        store,
+        tmp_path / "patched",
+        task="patched_diffusion",
+        patch_num=2,
+        regression_checkpoint=str(regression_run.output_dir),
+        duration=4,
+    )
     data["patch"] = {"shape": [8, 8]}
     result = train(_cfg(data))
     assert result.completed and result.loss > 0
@@ -136,12 +153,24 @@ def test_lead_time_aware_regression_reads_lead_time_labels(tmp_path):
     data["network"].update(lead_time_channels=4, lead_time_steps=3)
     result = train(_cfg(data))
     assert result.completed
-    assert CorrDiff.load(result.output_dir / "model.safetensors").regression_config.lead_time_channels == 4
+    assert (
+        CorrDiff.load(result.output_dir / "model.safetensors").regression_config.lead_time_channels
+        == 4
+    )
 
 
-@pytest.mark.parametrize("name", ["regression_mini", "diffusion_mini", "patched_diffusion_mini",
-                                  "regression_normal", "diffusion_normal", "patched_diffusion_normal",
-                                  "regression_lead_time_mini"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "regression_mini",
+        "diffusion_mini",
+        "patched_diffusion_mini",
+        "regression_normal",
+        "diffusion_normal",
+        "patched_diffusion_normal",
+        "regression_lead_time_mini",
+    ],
+)
 def test_every_shipped_config_validates(name, tmp_path):
     from corrdiff_xr.training import CONFIG_DIR
 
@@ -156,13 +185,19 @@ def test_every_shipped_config_validates(name, tmp_path):
             load_run_config(name, [])
 
 
-def test_bf16_autocast_trains_with_a_progress_bar_showing_samples_per_second(store, tmp_path, capsys):
-    result = train(_cfg(tiny_config(store, tmp_path / "bf16", precision="bf16", progress=True, duration=4)))
+def test_bf16_autocast_trains_with_a_progress_bar_showing_samples_per_second(
+    store, tmp_path, capsys
+):
+    result = train(
+        _cfg(tiny_config(store, tmp_path / "bf16", precision="bf16", progress=True, duration=4))
+    )
     assert result.completed and result.skipped_steps == 0 and result.loss > 0
     assert "samples/s" in capsys.readouterr().err
 
 
-def test_a_single_nonfinite_step_is_skipped_counted_and_training_goes_on(store, tmp_path, monkeypatch):
+def test_a_single_nonfinite_step_is_skipped_counted_and_training_goes_on(
+    store, tmp_path, monkeypatch
+):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from corrdiff_xr import edm

@@ -22,7 +22,11 @@ def test_training_streams_from_s3_through_the_catalog(s3_server, tmp_path, monke
     ds.to_zarr(url, mode="w", storage_options=s3_server.storage_options)
 
     data = tiny_config("catalog:cloud/s3", tmp_path / "run", duration=8)
-    data["data"]["catalog_params"] = {"s3_url": url, "anon": False, "endpoint_url": s3_server.endpoint_url}
+    data["data"]["catalog_params"] = {
+        "s3_url": url,
+        "anon": False,
+        "endpoint_url": s3_server.endpoint_url,
+    }
     result = train(from_dict(TrainRunConfig, data))
     assert result.completed and result.nimg == 8 and result.skipped_steps == 0
     model = CorrDiff.load(result.output_dir / "model.safetensors")
@@ -44,11 +48,15 @@ def test_forked_loader_workers_stream_from_s3_in_the_same_order(s3_server, monke
     bucket = s3_server.new_bucket("workers")
     url = f"s3://{bucket}/syn.zarr"
     synthetic_dataset(ny=16, nx=16, nt=8, factor=4, chunks={"time": 2}).to_zarr(
-        url, mode="w", storage_options=s3_server.storage_options)
+        url, mode="w", storage_options=s3_server.storage_options
+    )
     pair = open_pair(url, storage_options=s3_server.storage_options)
     codec = Codec.from_pair(pair)
     orders = [
-        [b.time_index.tolist() for b in ChunkShuffleLoader(pair, codec, batch_size=3, epochs=1, num_workers=n)]
+        [
+            b.time_index.tolist()
+            for b in ChunkShuffleLoader(pair, codec, batch_size=3, epochs=1, num_workers=n)
+        ]
         for n in (0, 2)
     ]
     assert orders[0] == orders[1]

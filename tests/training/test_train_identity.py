@@ -34,7 +34,10 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def other_stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("other")
-    return {"other": synthetic_store(root / "other.zarr"), "bigger": synthetic_store(root / "bigger.zarr", n=32)}
+    return {
+        "other": synthetic_store(root / "other.zarr"),
+        "bigger": synthetic_store(root / "bigger.zarr", n=32),
+    }
 
 
 def _cfg(source, out, *, network=None, data=None, **training):
@@ -46,7 +49,10 @@ def _cfg(source, out, *, network=None, data=None, **training):
 
 def _snapshot(out):
     """Bytes of every checkpoint file and the final model: what a refused run must not touch."""
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.safetensors")) + sorted(out.rglob("*.pt"))}
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*.safetensors")) + sorted(out.rglob("*.pt"))
+    }
 
 
 def _run_cli(tmp_path, cfg, capsys):
@@ -65,21 +71,29 @@ def test_a_new_run_marks_its_directory_and_records_its_identity(store, tmp_path)
     identity = record["identity"]
     assert identity["task"] == "regression" and identity["data"]["grid"] == [16, 16]
     assert identity["data"]["targets"] == ["t2m", "tp", "u10", "v10"]
-    assert identity["network"]["model_channels"] == CHANNELS and "duration" not in json.dumps(identity)
+    assert identity["network"]["model_channels"] == CHANNELS and "duration" not in json.dumps(
+        identity
+    )
     assert record["settings"]["training"]["lr"] == 1e-3
     # the recorded codec is the one the checkpoint carries
-    model = CorrDiff.load(ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints") / "model.safetensors")
+    model = CorrDiff.load(
+        ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints") / "model.safetensors"
+    )
     assert record["codec"] == json.loads(json.dumps(model.codec.to_dict()))
 
 
-@pytest.mark.parametrize(("change", "named"), [
-    ({"data": {"source": "other"}}, "data.source"),
-    ({"data": {"source": "bigger"}}, "data.grid [16, 16] -> [32, 32]"),
-    ({"network": {"model_channels": WIDER}}, f"network.model_channels {CHANNELS} -> {WIDER}"),
-    ({"network": {"dropout": 0.1}}, "network.dropout 0.0 -> 0.1"),
-])
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"data": {"source": "other"}}, "data.source"),
+        ({"data": {"source": "bigger"}}, "data.grid [16, 16] -> [32, 32]"),
+        ({"network": {"model_channels": WIDER}}, f"network.model_channels {CHANNELS} -> {WIDER}"),
+        ({"network": {"dropout": 0.1}}, "network.dropout 0.0 -> 0.1"),
+    ],
+)
 def test_a_rerun_with_another_identity_is_refused_before_any_weight_is_loaded(
-        store, other_stores, tmp_path, capsys, change, named):
+    store, other_stores, tmp_path, capsys, change, named
+):
     out = tmp_path / "run"
     train(_cfg(store, out))
     before = _snapshot(out)
@@ -95,7 +109,9 @@ def test_a_rerun_with_another_identity_is_refused_before_any_weight_is_loaded(
     assert _snapshot(out) == before  # nothing trained, nothing rewritten
 
 
-def test_a_changed_learning_rate_or_optimiser_setting_resumes_with_a_notice(store, tmp_path, caplog):
+def test_a_changed_learning_rate_or_optimiser_setting_resumes_with_a_notice(
+    store, tmp_path, caplog
+):
     out = tmp_path / "run"
     train(_cfg(store, out))
     with caplog.at_level(logging.WARNING, logger="corrdiff_xr"):
@@ -182,7 +198,9 @@ def test_an_existing_file_or_a_foreign_directory_is_never_trained_into(store, tm
         code, stderr = _run_cli(tmp_path, _cfg(store, out), capsys)
         assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
         assert "Traceback" not in stderr
-    assert afile.read_text() == "mine" and sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
+    assert afile.read_text() == "mine" and sorted(p.name for p in foreign.iterdir()) == [
+        "thesis.tex"
+    ]
 
 
 def test_an_empty_directory_or_a_marked_one_without_checkpoints_starts_a_new_run(store, tmp_path):
@@ -193,7 +211,10 @@ def test_an_empty_directory_or_a_marked_one_without_checkpoints_starts_a_new_run
     shutil.rmtree(empty / "checkpoints")
     result = train(_cfg(store, empty, network={"model_channels": WIDER}))
     assert result.steps == 1
-    assert json.loads((empty / IDENTITY_FILE).read_text())["identity"]["network"]["model_channels"] == WIDER
+    assert (
+        json.loads((empty / IDENTITY_FILE).read_text())["identity"]["network"]["model_channels"]
+        == WIDER
+    )
 
 
 def test_checkpoints_without_an_identity_record_need_force(store, tmp_path):
@@ -206,7 +227,9 @@ def test_checkpoints_without_an_identity_record_need_force(store, tmp_path):
     assert (out / IDENTITY_FILE).exists()
 
 
-def test_weights_resumed_with_a_notice_equal_an_uninterrupted_run_with_the_same_settings(store, tmp_path):
+def test_weights_resumed_with_a_notice_equal_an_uninterrupted_run_with_the_same_settings(
+    store, tmp_path
+):
     # extending the duration is no identity change: 4 + 4 samples give the weights of 8
     train(_cfg(store, tmp_path / "split", duration=4))
     split = train(_cfg(store, tmp_path / "split", duration=8))

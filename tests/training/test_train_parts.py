@@ -12,20 +12,43 @@ from corrdiff_xr.training.distributed import detect
 
 
 def test_torchrun_variables_give_rank_and_world_size():
-    info = detect({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1234"})
-    assert (info.rank, info.world_size, info.local_rank, info.master_addr, info.master_port) == (3, 8, 1, "10.0.0.1", 1234)
+    info = detect(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "10.0.0.1",
+            "MASTER_PORT": "1234",
+        }
+    )
+    assert (info.rank, info.world_size, info.local_rank, info.master_addr, info.master_port) == (
+        3,
+        8,
+        1,
+        "10.0.0.1",
+        1234,
+    )
     assert info.launcher == "torchrun" and info.distributed
 
 
 def test_slurm_variables_map_to_rank_and_first_host():
-    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[07-10],cpu1"}
+    env = {
+        "SLURM_PROCID": "5",
+        "SLURM_NTASKS": "16",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_NODELIST": "gpu[07-10],cpu1",
+    }
     info = detect(env)
     assert (info.rank, info.world_size, info.local_rank, info.master_addr) == (5, 16, 1, "gpu07")
     assert info.launcher == "slurm"
 
 
 def test_openmpi_variables_map_to_rank():
-    env = {"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "0"}
+    env = {
+        "OMPI_COMM_WORLD_RANK": "2",
+        "OMPI_COMM_WORLD_SIZE": "4",
+        "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+    }
     info = detect(env)
     assert (info.rank, info.world_size, info.launcher) == (2, 4, "openmpi")
 
@@ -41,7 +64,9 @@ def _save(root, nimg, keep=2, fail=False):
         if fail:
             raise RuntimeError("disk full")
 
-    return ckpt.save_checkpoint(root, nimg, save_model=save_model, trainer_state={"nimg": nimg}, keep=keep)
+    return ckpt.save_checkpoint(
+        root, nimg, save_model=save_model, trainer_state={"nimg": nimg}, keep=keep
+    )
 
 
 def test_checkpoints_keep_only_the_newest_and_resume_from_the_latest(tmp_path):
@@ -74,7 +99,11 @@ def test_random_states_round_trip_through_a_checkpoint(tmp_path):
     expected = (torch.rand(3), np.random.rand(3), random.random())
     ckpt.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     got = (torch.rand(3), np.random.rand(3), random.random())
-    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+    assert (
+        torch.equal(expected[0], got[0])
+        and np.array_equal(expected[1], got[1])
+        and expected[2] == got[2]
+    )
     assert os.path.exists(tmp_path / "rng.pt")
 
 

@@ -37,7 +37,9 @@ def test_learning_rate_rejects_nonsense():
         learning_rate(5, lr=1.0, decay_every=0)
 
 
-@pytest.mark.parametrize(("total", "per_device", "world", "rounds"), [(256, 64, 1, 4), (256, 32, 2, 4), (8, 8, 1, 1)])
+@pytest.mark.parametrize(
+    ("total", "per_device", "world", "rounds"), [(256, 64, 1, 4), (256, 32, 2, 4), (8, 8, 1, 1)]
+)
 def test_accumulation_rounds_make_up_the_total_batch(total, per_device, world, rounds):
     assert accumulation_rounds(total, per_device, world) == rounds
     assert per_device * rounds * world == total

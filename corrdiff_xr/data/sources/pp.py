@@ -306,9 +306,7 @@ def open_pp(path: str | os.PathLike) -> xr.Dataset:
     first = fields[0]
     x, y = first.x, first.y
     for f in fields[1:]:
-        if f.data.shape != first.data.shape or not (
-            np.allclose(f.x, x) and np.allclose(f.y, y)
-        ):
+        if f.data.shape != first.data.shape or not (np.allclose(f.x, x) and np.allclose(f.y, y)):
             raise PPFormatError(
                 f"{os.fspath(path)}: field {f.stash_string} is on a different grid from "
                 f"{first.stash_string}; open_pp needs one grid per file"
@@ -348,7 +346,9 @@ def open_pp(path: str | os.PathLike) -> xr.Dataset:
     ds = ds.assign_coords({ydim: (ydim, y), xdim: (xdim, x)})
     if rot:
         lat, lon = rotated_to_geographic(
-            y[:, None], x[None, :], pole_lat=pole["grid_north_pole_latitude"],
+            y[:, None],
+            x[None, :],
+            pole_lat=pole["grid_north_pole_latitude"],
             pole_lon=pole["grid_north_pole_longitude"],
         )
         ds = ds.assign_coords(

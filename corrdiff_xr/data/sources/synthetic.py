@@ -115,9 +115,7 @@ def gaussian_random_field(
         float32 ``(ny, nx)``.
     """
     ny, nx = shape
-    noise = rng.standard_normal((ny, nx // 2 + 1, 2), dtype=np.float32).view(
-        np.complex64
-    )[..., 0]
+    noise = rng.standard_normal((ny, nx // 2 + 1, 2), dtype=np.float32).view(np.complex64)[..., 0]
     field = np.fft.irfft2(noise * _spectral_filter((ny, nx), float(beta)), s=shape)
     return (field / field.std()).astype(np.float32, copy=False)
 
@@ -135,9 +133,7 @@ def _anchor_weights(hours: float, anchor_hours: float) -> tuple[int, float, floa
     return a, float(np.cos(w)), float(np.sin(w))
 
 
-def _anchor(
-    shape, beta, seed, key, index, cache, *, grad: bool = False
-) -> tuple[np.ndarray, ...]:
+def _anchor(shape, beta, seed, key, index, cache, *, grad: bool = False) -> tuple[np.ndarray, ...]:
     """The GRF of anchor ``index`` as float32 (and its gradient, scaled to unit mean speed)."""
     if (key, index) not in cache:
         field = gaussian_random_field(shape, beta, _rng(seed, key, index))
@@ -150,9 +146,7 @@ def _anchor(
     return cache[(key, index)]
 
 
-def _anchored(
-    shape, beta, seed, key, hours, anchor_hours, cache, *, grad: bool = False
-):
+def _anchored(shape, beta, seed, key, hours, anchor_hours, cache, *, grad: bool = False):
     """GRF (and gradient) at ``hours`` since 1970, blended from its two anchors."""
     a, c, s = _anchor_weights(hours, anchor_hours)
     lo = _anchor(shape, beta, seed, key, a, cache, grad=grad)
@@ -179,16 +173,12 @@ def _fields_block(
     # everything that does not change in time, once per block
     dhdy, dhdx = np.gradient(orog)
     grad2 = dhdy**2 + dhdx**2
-    steep = np.sqrt(grad2) / (
-        np.sqrt(grad2) + f32(20.0)
-    )  # 0 on flat ground -> 1 on cliffs
+    steep = np.sqrt(grad2) / (np.sqrt(grad2) + f32(20.0))  # 0 on flat ground -> 1 on cliffs
     upslope = steep / np.maximum(grad2, f32(1e-12))
     damp = f32(1.0) - f32(0.3) * lsm  # surface friction over land
     t_base = f32(283.0) - f32(6.5e-3) * orog - f32(0.6) * (lat - f32(lat.mean()))
     amp = f32(2.0) + f32(4.0) * lsm  # diurnal amplitude, larger over land
-    phase = (
-        2 * np.pi * (lon.astype(np.float64) / 15.0 - 15.0) / 24.0
-    )  # local solar time
+    phase = 2 * np.pi * (lon.astype(np.float64) / 15.0 - 15.0) / 24.0  # local solar time
     amp_cos, amp_sin = (
         (amp * np.cos(phase)).astype(f32),
         (amp * np.sin(phase)).astype(f32),
@@ -197,9 +187,7 @@ def _fields_block(
     cache: dict = {}
     for i, h in enumerate(hours):
         t2m, u, v, tp, msl, tcwv = out[i]
-        psi, gy, gx = _anchored(
-            shape, 4.5, seed, _KEY_PSI, h, anchor_hours, cache, grad=True
-        )
+        psi, gy, gx = _anchored(shape, 4.5, seed, _KEY_PSI, h, anchor_hours, cache, grad=True)
         u[...] = f32(-6.0) * gy + f32(4.0)
         v[...] = f32(6.0) * gx
         # remove the upslope component where terrain is steep: flow goes around mountains
@@ -225,9 +213,7 @@ def _fields_block(
 
 def _block_mean(block: np.ndarray, factor: int) -> np.ndarray:
     t, c, ny, nx = block.shape
-    return block.reshape(t, c, ny // factor, factor, nx // factor, factor).mean(
-        axis=(3, 5)
-    )
+    return block.reshape(t, c, ny // factor, factor, nx // factor, factor).mean(axis=(3, 5))
 
 
 def _axis(n: int, spacing: float, centre: float) -> np.ndarray:
@@ -276,23 +262,17 @@ def _fine_grid(ny: int, nx: int, *, grid: str, resolution: float) -> _Grid:
     raise ValueError(f"grid={grid!r} is not one of 'latlon', 'projected'")
 
 
-def _check_arguments(
-    *, ny: int, nx: int, nt: int, factor: int, chunks
-) -> dict[str, int]:
+def _check_arguments(*, ny: int, nx: int, nt: int, factor: int, chunks) -> dict[str, int]:
     """Refuse sizes that do not coarsen evenly and unknown chunk keys; the chunks as a dict."""
     for name, n in (("ny", ny), ("nx", nx)):
         if n < factor or n % factor:
-            raise ValueError(
-                f"{name}={n} must be a positive multiple of factor={factor}"
-            )
+            raise ValueError(f"{name}={n} must be a positive multiple of factor={factor}")
     if nt < 1:
         raise ValueError(f"nt={nt} must be at least 1")
     chunks = dict(chunks or {})
     unknown = set(chunks) - {TIME, Y, X}
     if unknown:
-        raise ValueError(
-            f"chunks keys {sorted(unknown)} are not among ('time', 'y', 'x')"
-        )
+        raise ValueError(f"chunks keys {sorted(unknown)} are not among ('time', 'y', 'x')")
     return chunks
 
 
@@ -382,9 +362,7 @@ def _coords(times: np.ndarray, grid: _Grid, factor: int) -> dict[str, tuple]:
 
     def block_2d(values: np.ndarray) -> np.ndarray:
         ny, nx = values.shape
-        return values.reshape(ny // factor, factor, nx // factor, factor).mean(
-            axis=(1, 3)
-        )
+        return values.reshape(ny // factor, factor, nx // factor, factor).mean(axis=(1, 3))
 
     return {
         TIME: (TIME, times, {"long_name": "time", "standard_name": "time"}),
@@ -458,9 +436,7 @@ def synthetic_dataset(
     )
     # spatial chunks are applied after generation: the FFT needs the whole field
     fine_chunks = (fields.chunks[0], chunks.get(Y, ny), chunks.get(X, nx))
-    data_vars = _data_vars(
-        fields, coarse, static, factor=factor, fine_chunks=fine_chunks
-    )
+    data_vars = _data_vars(fields, coarse, static, factor=factor, fine_chunks=fine_chunks)
     attrs = {
         "title": "corrdiff_xr synthetic downscaling dataset",
         "source": f"corrdiff_xr.data.synthetic_dataset(seed={seed}, factor={factor}, grid={grid!r})",

@@ -56,9 +56,7 @@ def sample_path() -> str:
         ) from err
     path = os.path.join(iris_sample_data.path, "uk_hires.pp")
     if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"uk_hires.pp is missing from iris-sample-data at {path}"
-        )
+        raise FileNotFoundError(f"uk_hires.pp is missing from iris-sample-data at {path}")
     return path
 
 
@@ -121,9 +119,7 @@ def uk_hires_dataset(
     chunks = {TIME: 1, **(chunks or {})}
     return ds.assign(
         {
-            name: var.copy(
-                data=da.from_array(var.values, chunks=_chunks_for(var, chunks))
-            )
+            name: var.copy(data=da.from_array(var.values, chunks=_chunks_for(var, chunks)))
             for name, var in ds.data_vars.items()
         }
     )
@@ -137,16 +133,12 @@ def _check_levels(
     """Refuse a file without theta/orography or levels it lacks; the input levels."""
     for name in (_THETA, _OROG):
         if name not in src:
-            raise ValueError(
-                f"{src.attrs.get('source')}: no {name} field in the PP file"
-            )
+            raise ValueError(f"{src.attrs.get('source')}: no {name} field in the PP file")
     available = [int(v) for v in src[_THETA]["model_level_number"].values]
     input_levels = tuple(target_levels if input_levels is None else input_levels)
     for level in (*target_levels, *input_levels):
         if level not in available:
-            raise ValueError(
-                f"model level {level} not in the file; available: {available}"
-            )
+            raise ValueError(f"model level {level} not in the file; available: {available}")
     if not target_levels:
         raise ValueError("target_levels is empty; give at least one model level")
     return input_levels
@@ -198,9 +190,7 @@ class _RotatedGrid(NamedTuple):
         rxc = rx.reshape(-1, factor).mean(axis=1)
         return cls(ry, rx, ryc, rxc, pole)
 
-    def _geographic(
-        self, ry: np.ndarray, rx: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _geographic(self, ry: np.ndarray, rx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return rotated_to_geographic(
             ry[:, None],
             rx[None, :],

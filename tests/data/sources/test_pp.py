@@ -82,8 +82,9 @@ def test_rotated_grid_lands_on_northern_england_and_wales(ds):
 
 
 def test_rotation_preserves_distances_and_maps_the_grid_origin():
-    lat, lon = rotated_to_geographic(np.array([0.0, 90.0]), np.array([0.0, 0.0]),
-                                     pole_lat=37.5, pole_lon=177.5)
+    lat, lon = rotated_to_geographic(
+        np.array([0.0, 90.0]), np.array([0.0, 0.0]), pole_lat=37.5, pole_lon=177.5
+    )
     assert np.allclose([lat[0], lon[0]], [52.5, -2.5]) and lat[1] == pytest.approx(37.5)
     rlat, rlon = np.array([1.0, 2.5]), np.array([-1.0, 0.5])
     glat, glon = rotated_to_geographic(rlat, rlon, pole_lat=37.5, pole_lon=177.5)

@@ -34,8 +34,12 @@ def hrrr_mini(tmp_path):
     return path, data, times
 
 
-CWB_TARGETS = ["maximum_radar_reflectivity", "temperature_2m", "eastward_wind_10m",
-               "northward_wind_10m"]
+CWB_TARGETS = [
+    "maximum_radar_reflectivity",
+    "temperature_2m",
+    "eastward_wind_10m",
+    "northward_wind_10m",
+]
 ERA5 = [("geopotential_height", 500.0), ("temperature", 850.0), ("temperature_2m", np.nan)]
 
 
@@ -47,23 +51,31 @@ def cwb(tmp_path):
     nt = 4
     ds = xr.Dataset(
         {
-            "cwb": (("time", "cwb_channel", "south_north", "west_east"),
-                    rng.normal(size=(nt, 4, NY, NX)).astype("f4")),
+            "cwb": (
+                ("time", "cwb_channel", "south_north", "west_east"),
+                rng.normal(size=(nt, 4, NY, NX)).astype("f4"),
+            ),
             "cwb_center": ("cwb_channel", np.array([1, 2, 3, 4], "f4")),
             "cwb_scale": ("cwb_channel", np.array([5, 6, 7, 8], "f4")),
             "cwb_valid": ("time", np.array([1, 1, 0, 1], "i1")),
-            "era5": (("time", "era5_channel", "south_north", "west_east"),
-                     rng.normal(size=(nt, 3, NY, NX)).astype("f4")),
+            "era5": (
+                ("time", "era5_channel", "south_north", "west_east"),
+                rng.normal(size=(nt, 3, NY, NX)).astype("f4"),
+            ),
             "era5_center": ("era5_channel", np.array([10, 20, 30], "f4")),
             "era5_scale": ("era5_channel", np.array([2, 3, 4], "f4")),
             "era5_valid": (("time", "era5_channel"), np.ones((nt, 3), bool)),
         },
         coords={
             "time": pd.date_range("2018-01-01", periods=nt, freq="h").values,
-            "XLAT": (("south_north", "west_east"),
-                     np.linspace(21, 26, NY)[:, None] + np.zeros((1, NX), "f4")),
-            "XLONG": (("south_north", "west_east"),
-                      np.linspace(118, 123, NX)[None, :] + np.zeros((NY, 1), "f4")),
+            "XLAT": (
+                ("south_north", "west_east"),
+                np.linspace(21, 26, NY)[:, None] + np.zeros((1, NX), "f4"),
+            ),
+            "XLONG": (
+                ("south_north", "west_east"),
+                np.linspace(118, 123, NX)[None, :] + np.zeros((NY, 1), "f4"),
+            ),
             "cwb_variable": ("cwb_channel", np.array(CWB_TARGETS, dtype="<U26")),
             "cwb_pressure": ("cwb_channel", np.full(4, np.nan)),
             "era5_variable": ("era5_channel", np.array([v for v, _ in ERA5], dtype="<U19")),
@@ -88,18 +100,30 @@ def test_hrrr_mini_conversion_keeps_values_and_crops_invariants_to_the_window(hr
     np.testing.assert_array_equal(ds["tp_coarse"].values, data["input", "tp"])
     # the reference slices invariants at coord (i, j): inv[:, i:i+ny, j:j+nx]
     i, j = OFFSET
-    np.testing.assert_array_equal(ds["elev_mean"].values,
-                                  data["invariant", "elev_mean"][i:i + NY, j:j + NX])
-    np.testing.assert_allclose(ds["lat"].values,
-                               data["invariant", "latitude"][i:i + NY, j:j + NX])
+    np.testing.assert_array_equal(
+        ds["elev_mean"].values, data["invariant", "elev_mean"][i : i + NY, j : j + NX]
+    )
+    np.testing.assert_allclose(
+        ds["lat"].values, data["invariant", "latitude"][i : i + NY, j : j + NX]
+    )
     # coarse pixel k sits at the centre of fine block k, as the reference's upsampling assumes
     assert np.allclose(ds["y_coarse"].values, i + (np.arange(NY // F) + 0.5) * F - 0.5)
     assert np.allclose(ds["lat_coarse"].values[0, 0], ds["lat"].values[:F, :F].mean())
     assert tuple(stats["2t_coarse"].values) == (2.0, 3.0)
     assert tuple(stats["lsm_mean"].values) == (0.5, 0.5)
     assert ds["2t"].attrs["units"] == "K" and ds["elev_mean"].attrs["units"] == "m"
-    assert set(ds.data_vars) == {"10u", "10v", "2t", "tp", "10u_coarse", "10v_coarse",
-                                 "2t_coarse", "tp_coarse", "elev_mean", "lsm_mean"}
+    assert set(ds.data_vars) == {
+        "10u",
+        "10v",
+        "2t",
+        "tp",
+        "10u_coarse",
+        "10v_coarse",
+        "2t_coarse",
+        "tp_coarse",
+        "elev_mean",
+        "lsm_mean",
+    }
 
 
 def test_hrrr_mini_samples_in_several_windows_need_a_chosen_window(tmp_path):
@@ -115,8 +139,9 @@ def test_hrrr_mini_samples_in_several_windows_need_a_chosen_window(tmp_path):
     assert ds.attrs["dropped_samples_outside_window"] == 2
     ds, _ = hrrr_mini_to_canonical(path, stats_path, window=(8, 8))
     assert ds.sizes["time"] == 1
-    np.testing.assert_array_equal(ds["lsm_mean"].values,
-                                  data["invariant", "lsm_mean"][8:8 + NY, 8:8 + NX])
+    np.testing.assert_array_equal(
+        ds["lsm_mean"].values, data["invariant", "lsm_mean"][8 : 8 + NY, 8 : 8 + NX]
+    )
     with pytest.raises(ConversionError, match=r"no sample has its window at \(1, 1\)"):
         hrrr_mini_to_canonical(path, stats_path, window=(1, 1))
 
@@ -136,11 +161,14 @@ def test_cwb_conversion_names_channels_drops_invalid_times_and_keeps_stats(cwb):
     assert list(ds.time.values) == list(src.time.values[[0, 1, 3]])
     assert ds.attrs["dropped_invalid_times"] == 1
     assert list(ds.data_vars) == CWB_TARGETS + [
-        "geopotential_height500_coarse", "temperature850_coarse", "temperature_2m_coarse"]
-    np.testing.assert_array_equal(ds["temperature_2m"].values,
-                                  src["cwb"].values[[0, 1, 3], 1])
-    np.testing.assert_array_equal(ds["temperature850_coarse"].values,
-                                  src["era5"].values[[0, 1, 3], 1])
+        "geopotential_height500_coarse",
+        "temperature850_coarse",
+        "temperature_2m_coarse",
+    ]
+    np.testing.assert_array_equal(ds["temperature_2m"].values, src["cwb"].values[[0, 1, 3], 1])
+    np.testing.assert_array_equal(
+        ds["temperature850_coarse"].values, src["era5"].values[[0, 1, 3], 1]
+    )
     assert tuple(stats["northward_wind_10m"].values) == (4.0, 8.0)
     assert tuple(stats["temperature_2m_coarse"].values) == (30.0, 4.0)
     np.testing.assert_allclose(ds["lon_coarse"].values, src["XLONG"].values)
@@ -165,8 +193,11 @@ def test_cli_converts_cwb_to_a_store_with_stats_group(cwb, tmp_path, capsys):
     # the stored statistics are the reference's center/scale, not recomputed ones
     assert tuple(pair.stats["eastward_wind_10m"].values) == (3.0, 7.0)
     # ERA5 already sits on the fine grid: regridding must be the identity
-    np.testing.assert_allclose(pair.inputs_on_fine["temperature850_coarse"].values,
-                               pair.coarse["temperature850_coarse"].values, rtol=1e-6)
+    np.testing.assert_allclose(
+        pair.inputs_on_fine["temperature850_coarse"].values,
+        pair.coarse["temperature850_coarse"].values,
+        rtol=1e-6,
+    )
     assert product_of(dest) == "convert"
     assert main(["convert", "cwb", str(path), str(dest)]) == 2
     assert "pass --overwrite to replace it" in capsys.readouterr().err
@@ -184,9 +215,7 @@ def test_convert_never_replaces_a_users_directory_file_or_another_product(cwb, t
     table = tmp_path / "table.zarr"
     table.write_text("a file, not a store")
     scores = tmp_path / "scores.zarr"
-    xr.Dataset({"a": ("t", np.arange(2.0))}, attrs={"corrdiff_xr_product": "score"}).to_zarr(
-        scores
-    )
+    xr.Dataset({"a": ("t", np.arange(2.0))}, attrs={"corrdiff_xr_product": "score"}).to_zarr(scores)
     for dest, made in ((folder, "a directory"), (table, "a file"), (scores, "'score' output")):
         for extra in ([], ["--overwrite"]):
             assert main(["convert", "cwb", str(path), str(dest), *extra]) == 2

@@ -15,9 +15,7 @@ from corrdiff_xr.testing import raise_if_dask_computes
 def _radial_power(field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ny, nx = field.shape
     power = np.abs(np.fft.fft2(field)) ** 2
-    k = np.hypot(
-        *np.meshgrid(np.fft.fftfreq(ny) * ny, np.fft.fftfreq(nx) * nx, indexing="ij")
-    )
+    k = np.hypot(*np.meshgrid(np.fft.fftfreq(ny) * ny, np.fft.fftfreq(nx) * nx, indexing="ij"))
     kbin = np.rint(k).astype(int)
     sums = np.bincount(kbin.ravel(), power.ravel())
     counts = np.bincount(kbin.ravel())
@@ -29,10 +27,7 @@ def _radial_power(field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def test_random_field_spectrum_falls_with_the_requested_slope(beta):
     rng = np.random.default_rng(0)
     power = np.mean(
-        [
-            _radial_power(gaussian_random_field((128, 128), beta, rng))[1]
-            for _ in range(4)
-        ],
+        [_radial_power(gaussian_random_field((128, 128), beta, rng))[1] for _ in range(4)],
         axis=0,
     )
     ks = np.arange(power.size)
@@ -56,9 +51,7 @@ def test_building_the_dataset_computes_nothing_and_every_variable_is_dask():
 
 def test_same_seed_gives_the_same_data_whatever_the_chunking():
     a = synthetic_dataset(ny=32, nx=32, nt=5, seed=7, chunks={"time": 1}).compute()
-    b = synthetic_dataset(
-        ny=32, nx=32, nt=5, seed=7, chunks={"time": 3, "y": 16, "x": 8}
-    ).compute()
+    b = synthetic_dataset(ny=32, nx=32, nt=5, seed=7, chunks={"time": 3, "y": 16, "x": 8}).compute()
     xr.testing.assert_identical(a, b)
 
 
@@ -80,9 +73,7 @@ def test_coarse_inputs_are_block_means_of_the_fine_targets(tiny_synthetic):
     for fine, coarse in SHARED.items():
         expected = ds[fine].coarsen(y=4, x=4).mean().values
         np.testing.assert_allclose(ds[coarse].values, expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(
-        ds.lat_coarse, ds.lat.coarsen(y=4, x=4).mean(), atol=1e-12
-    )
+    np.testing.assert_allclose(ds.lat_coarse, ds.lat.coarsen(y=4, x=4).mean(), atol=1e-12)
 
 
 def test_precipitation_is_non_negative_intermittent_and_heavy_tailed():

@@ -1,0 +1,121 @@
+"""The reference's NetCDF layout (PhysicsNeMo's ``generate.py``).
+
+:func:`write_reference_netcdf` writes root ``lat``, ``lon`` (y, x) and ``time`` (int64 hours
+since 1990-01-01), groups ``input`` (regridded inputs, time x y x), ``truth`` (targets, when
+the dataset has them) and ``prediction`` (ensemble x time x y x). It streams one time step at
+a time into a temporary file renamed into place, and records the same identity as the Zarr
+store it was written from (:data:`corrdiff_xr.inference.store.IDENTITY_ATTR`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from corrdiff_xr._atomic import atomic_path
+from corrdiff_xr._outputs import PRODUCT_ATTR, check_output
+from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
+from corrdiff_xr.inference.store import IDENTITY_ATTR, remove_leftovers
+
+__all__ = ["REFERENCE_TIME_UNITS", "write_reference_netcdf"]
+
+REFERENCE_TIME_UNITS = "hours since 1990-01-01 00:00:00"
+
+
+def _time_hours(times: np.ndarray) -> np.ndarray:
+    ref = np.datetime64("1990-01-01T00:00:00", "ns")
+    return ((times.astype("datetime64[ns]") - ref) // np.timedelta64(1, "h")).astype(np.int64)
+
+
+def write_reference_netcdf(
+    path: str | os.PathLike,
+    prediction: xr.Dataset,
+    *,
+    inputs: xr.Dataset | None = None,
+    truth: xr.Dataset | None = None,
+    overwrite: bool = False,
+    kind: str = "generate",
+) -> Path:
+    """Write the reference's NetCDF layout, one time step at a time, atomically.
+
+    Parameters
+    ----------
+    path
+        Output ``.nc`` file.
+    prediction
+        Downscaled Dataset (``member`` dim optional; written as ``ensemble``). Its identity
+        record (:data:`IDENTITY_ATTR`, present when it was read from :func:`write_zarr`'s
+        store) is kept as a JSON global attribute.
+    inputs, truth
+        Regridded inputs (time, y, x) and targets (time, y, x), selected at the prediction's
+        times; written to the ``input`` and ``truth`` groups when given.
+    overwrite, kind
+        Replace an existing file only when it is our ``kind`` output and ``overwrite`` is
+        set (:func:`corrdiff_xr._outputs.check_output`); ``kind`` is the product marker.
+    """
+    import netCDF4
+
+    path = Path(path)
+    remove_leftovers(path)
+    check_output(path, kind=kind, overwrite=overwrite, what="NetCDF file")
+    times = prediction[TIME].values
+    n_ens = prediction.sizes.get(MEMBER, 1)
+    groups = {"truth": truth, "prediction": prediction, "input": inputs}
+    with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as f:
+        handles = _netcdf_layout(f, prediction, groups)
+        f.setncattr(PRODUCT_ATTR, kind)
+        for k, v in prediction.attrs.items():
+            if k == IDENTITY_ATTR:
+                f.setncattr(k, json.dumps(v, sort_keys=True))
+            elif k.startswith("corrdiff_") and k != PRODUCT_ATTR:
+                f.setncattr(k, v if isinstance(v, (int, float, str)) else str(v))
+        f[TIME][:] = _time_hours(times)
+        for i in range(len(times)):
+            for gname, g in handles.items():
+                step = groups[gname].isel({TIME: i}).compute()
+                for name, var in step.data_vars.items():
+                    values = var.values
+                    if gname == "prediction":
+                        values = values if MEMBER in var.dims else values[None]
+                        g[name][0:n_ens, i] = values
+                    else:
+                        g[name][i] = values
+    return path
+
+
+def _netcdf_layout(f: Any, prediction: xr.Dataset, groups: dict[str, xr.Dataset | None]) -> dict:
+    """Dimensions, lat/lon/time and the groups' variables of the reference layout."""
+    ny, nx = prediction.sizes[Y], prediction.sizes[X]
+    f.createDimension(TIME)
+    f.createDimension("ensemble")
+    f.createDimension(Y, ny)
+    f.createDimension(X, nx)
+    for name, std, units in (
+        (LAT, "latitude", "degrees_north"),
+        (LON, "longitude", "degrees_east"),
+    ):
+        v = f.createVariable(name, "f", (Y, X))
+        if name in prediction.coords:
+            v[:] = np.broadcast_to(prediction[name].values, (ny, nx))
+        v.standard_name, v.units = std, units
+    tv = f.createVariable(TIME, "i8", (TIME,))
+    tv.calendar, tv.units = "standard", REFERENCE_TIME_UNITS
+    handles = {}
+    for gname, data in groups.items():
+        if data is None:
+            continue
+        g = f.createGroup(gname)
+        handles[gname] = g
+        for name, var in data.data_vars.items():
+            gdims = ("ensemble", TIME, Y, X) if gname == "prediction" else (TIME, Y, X)
+            nv = g.createVariable(name, "f", gdims)
+            for attr in ("units", "long_name", "standard_name"):
+                if attr in var.attrs:
+                    nv.setncattr(attr, str(var.attrs[attr]))
+    f.setncattr("history", str(prediction.attrs.get("history", "")))
+    return handles

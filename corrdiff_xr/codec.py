@@ -69,9 +69,7 @@ class Codec:
     def __post_init__(self) -> None:
         for name in ("inputs", "targets", "static"):
             value = getattr(self, name)
-            object.__setattr__(
-                self, name, (value,) if isinstance(value, str) else tuple(value)
-            )
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         names = self.in_channels + self.targets
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -137,8 +135,9 @@ class Codec:
     @property
     def units(self) -> dict[str, str | None]:
         """CF ``units`` of every variable as trained (None where the codec records none)."""
-        return {n: (self.attrs.get(n, {}).get("units") or None)
-                for n in self.in_channels + self.targets}
+        return {
+            n: (self.attrs.get(n, {}).get("units") or None) for n in self.in_channels + self.targets
+        }
 
     # -- channels ----------------------------------------------------------------------------
     @property
@@ -165,14 +164,10 @@ class Codec:
             )
         for dim in (TIME, Y, X):
             if dim not in ds.dims:
-                raise DimensionError(
-                    f"cannot encode {what}: the dataset has no '{dim}' dimension"
-                )
+                raise DimensionError(f"cannot encode {what}: the dataset has no '{dim}' dimension")
         ds = ds[list(names)]
         if any(v.chunks is not None for v in ds.data_vars.values()):
-            ds = (
-                ds.compute()
-            )  # one graph: variables cut from one dask block share its read
+            ds = ds.compute()  # one graph: variables cut from one dask block share its read
         for name in names:
             var = ds[name]
             expected = (TIME, Y, X) if TIME in var.dims else (Y, X)
@@ -182,7 +177,9 @@ class Codec:
                     "regridded to the fine grid first, see DownscalingData.inputs_on_fine)"
                 )
         arrays = {n: ds[n].values for n in names}
-        return self._encode_arrays(arrays, names, ds.sizes[TIME], times=ds[TIME].values)
+        return self._encode_arrays(
+            arrays, names, ds.sizes[TIME], times=ds[TIME].values, allow_missing=what == "targets"
+        )
 
     def _encode_arrays(
         self,
@@ -193,9 +190,11 @@ class Codec:
         order: np.ndarray | None = None,
         weights: Any = None,
         times: np.ndarray | None = None,
+        allow_missing: bool = False,
     ) -> np.ndarray:
         """Fill one float32 ``(time, C, y, x)`` array channel by channel, then normalise it
-        in place in float32 (no float64 temporaries); see :meth:`encode_arrays`."""
+        in place in float32 (no float64 temporaries); see :meth:`encode_arrays`. NaN passes
+        through when ``allow_missing`` (targets: masked in the loss), inf never does."""
         fine = tuple(weights.fine_shape) if weights is not None else np.shape(arrays[names[0]])[-2:]
         out = np.empty((n_time, len(names)) + tuple(fine), dtype=np.float32)
         for c, name in enumerate(names):
@@ -220,15 +219,20 @@ class Codec:
             dst *= np.float32(1.0 / std)
             # one reduction detects NaN/inf; the element-wise search only runs on failure
             if not np.isfinite(dst.sum(dtype=np.float64)):
-                bad = ~np.isfinite(dst)
+                bad = np.isinf(dst) if allow_missing else ~np.isfinite(dst)
                 if bad.any():
                     where = ""
                     if a.ndim == 3 and times is not None:
                         t_bad = np.flatnonzero(bad.any(axis=(1, 2)))
                         where = f" at time(s) {[str(t) for t in np.asarray(times)[t_bad[:3]]]}"
+                    what = "inf" if allow_missing else "NaN/inf"
+                    fix = (
+                        "mark missing targets with NaN, not inf"
+                        if allow_missing
+                        else "inputs and static fields must be complete: fill or drop those times"
+                    )
                     raise MissingValueError(
-                        f"variable '{name}' holds {int(bad.sum())} NaN/inf value(s){where}; the "
-                        "network cannot take missing values (fill or drop those times)"
+                        f"variable '{name}' holds {int(bad.sum())} {what} value(s){where}; {fix}"
                     )
         return out
 
@@ -270,7 +274,12 @@ class Codec:
                 raise ValueError(f"order must index the {timed[0]} time steps, got {order!r}")
         n_time = len(order) if order is not None else timed[0]
         return self._encode_arrays(
-            {n: np.asarray(arrays[n]) for n in names}, names, n_time, order=order, weights=weights
+            {n: np.asarray(arrays[n]) for n in names},
+            names,
+            n_time,
+            order=order,
+            weights=weights,
+            allow_missing=role == "targets",
         )
 
     def encode_inputs(self, ds: xr.Dataset) -> np.ndarray:
@@ -282,7 +291,7 @@ class Codec:
         return self._encode(ds, self.in_channels, "inputs")
 
     def encode_targets(self, ds: xr.Dataset) -> np.ndarray:
-        """Normalised targets ``(time, C_out, y, x)`` float32."""
+        """Normalised targets ``(time, C_out, y, x)`` float32; NaN (missing) is kept."""
         return self._encode(ds, self.out_channels, "targets")
 
     def decode_targets(
@@ -337,9 +346,7 @@ class Codec:
                     f"array has {n} points along '{d}' but the template has {template.sizes[d]}"
                 )
         coords = {
-            k: v
-            for k, v in template.coords.items()
-            if set(v.dims) <= set(full_dims) and v.dims
+            k: v for k, v in template.coords.items() if set(v.dims) <= set(full_dims) and v.dims
         }
         mean, std = self._mean_std(self.targets)
         out = {}

@@ -88,6 +88,10 @@ class EDMPrecond(nn.Module):
 #                     patches): exactly the reference's ``loss.sum() / batch_size_per_gpu``.
 #                     It equals "mean" times (P * C * h * w), with P patches per sample.
 #   "none"            the weighted elementwise loss, as the reference's loss classes return.
+# Missing targets (NaN: a land-sea mask, radar coverage) contribute nothing: the elementwise
+# loss is zero there, its gradient too, and the valid elements are scaled by
+# (elements / valid elements) of the batch, so every reduction is normalised by the valid
+# pixels and a field without NaN is unchanged bit for bit (the scale is exactly 1).
 
 Reduction = Literal["mean", "sum_per_sample", "none"]
 
@@ -132,6 +136,21 @@ def _reduce(loss: torch.Tensor, reduction: str, num_samples: int) -> torch.Tenso
     raise ValueError(f"reduction must be 'mean', 'sum_per_sample' or 'none', got {reduction!r}")
 
 
+def _masked(loss: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``loss`` zeroed where targets are missing, the rest scaled by elements / valid ones."""
+    # where() selects the zero branch, so no NaN reaches the graph: the targets were filled
+    # before use, and the masked elements' gradient is exactly zero
+    loss = torch.where(valid, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+    scale = valid.numel() / valid.sum().clamp(min=1).to(loss.dtype)
+    return loss * scale
+
+
+def _fill_missing(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets with missing values set to 0, and the mask of the valid ones."""
+    valid = torch.isfinite(y)
+    return torch.where(valid, y, torch.zeros((), dtype=y.dtype, device=y.device)), valid
+
+
 def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
     if x.ndim != 4 or y.ndim != 4 or x.shape[0] != y.shape[0] or x.shape[-2:] != y.shape[-2:]:
         raise ValueError(
@@ -156,7 +175,8 @@ def regression_loss(
     x
         Normalised inputs on the fine grid ``(N, C_in, H, W)``.
     y
-        Normalised targets ``(N, C_out, H, W)``.
+        Normalised targets ``(N, C_out, H, W)``; NaN marks missing values, which contribute
+        nothing (see the section comment above).
     reduction
         See the section comment above; ``"sum_per_sample"`` equals PhysicsNeMo's
         ``RegressionLoss`` output reduced as its CorrDiff training does (sum / batch size).
@@ -164,8 +184,11 @@ def regression_loss(
     _check_pair(x, y)
     pred = regression(x)
     if pred.shape != y.shape:
-        raise ValueError(f"regression returned shape {tuple(pred.shape)}, expected {tuple(y.shape)}")
-    return _reduce((pred - y) ** 2, reduction, y.shape[0])
+        raise ValueError(
+            f"regression returned shape {tuple(pred.shape)}, expected {tuple(y.shape)}"
+        )
+    y, valid = _fill_missing(y)
+    return _reduce(_masked((pred - y) ** 2, valid), reduction, y.shape[0])
 
 
 def residual_condition(
@@ -214,7 +237,8 @@ def residual_loss(
         shape ``(n,)`` and ``offsets`` None or ``(n, 2)`` global origins of the rows, e.g.
         an :class:`EDMPrecond`.
     x, y
-        Normalised inputs ``(B, C_in, H, W)`` and targets ``(B, C_out, H, W)``.
+        Normalised inputs ``(B, C_in, H, W)`` and targets ``(B, C_out, H, W)``; NaN targets
+        are missing values, which contribute nothing (the residual there is 0, the loss zero).
     edm
         The EDM settings: ``P_mean`` and ``P_std`` of the noise levels, ``sigma_data`` of the
         loss weight, and ``hr_mean_conditioning`` (condition on ``[mean, x]``, CorrDiff's
@@ -249,22 +273,29 @@ def residual_loss(
         ``(B * P, C_out, h, w)`` (sample-major) or ``(B, C_out, H, W)``.
     """
     mean = _residual_mean(x, y, mean=mean, regression=regression, offsets=offsets)
-    residual = y - mean
+    y, valid = _fill_missing(y)
+    residual = (y - mean) * valid  # 0 where the target is missing: the denoiser sees noise
     condition = residual_condition(x, mean, hr_mean_conditioning=edm.hr_mean_conditioning)
     if patch is not None:
         if origins is None:
             origins = _patching.random_origins(
                 y.shape[-2:], patch, num_patches, generator=generator, device=y.device
             )
+        valid = _patching.take_patches(valid.to(y.dtype), origins, patch) > 0
         residual, condition, offsets = _patch_rows(
-            residual, condition, x, patch=patch, origins=origins, offsets=offsets,
+            residual,
+            condition,
+            x,
+            patch=patch,
+            origins=origins,
+            offsets=offsets,
             global_context=global_context,
         )
     sigma, noise = _noise(residual, edm, sigma=sigma, noise=noise, generator=generator, like=y)
     s = sigma.reshape(-1, 1, 1, 1)
     denoised = denoiser(residual + s * noise, sigma, condition=condition, offsets=offsets)
     loss = loss_weight(s, sigma_data=edm.sigma_data) * (denoised - residual) ** 2
-    return _reduce(loss, reduction, y.shape[0])
+    return _reduce(_masked(loss, valid), reduction, y.shape[0])
 
 
 def _residual_mean(x, y, *, mean, regression, offsets) -> torch.Tensor:
@@ -298,7 +329,9 @@ def _patch_rows(residual, condition, x, *, patch, origins, offsets, global_conte
     return residual, condition, patch_offsets
 
 
-def _noise(residual, edm: EDMConfig, *, sigma, noise, generator, like) -> tuple[torch.Tensor, torch.Tensor]:
+def _noise(
+    residual, edm: EDMConfig, *, sigma, noise, generator, like
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise levels ``(n,)`` and standard-normal noise of the rows, given or drawn (sigma
     first), in the dtype and on the device of the targets ``like``."""
     n, dtype, device = residual.shape[0], like.dtype, like.device

@@ -50,9 +50,7 @@ def test_encode_then_decode_targets_gives_back_the_dataset(pair, codec):
     y = codec.encode_targets(fine)
     back = codec.decode_targets(y, fine)
     for name in codec.targets:
-        np.testing.assert_allclose(
-            back[name].values, fine[name].values, rtol=1e-6, atol=1e-4
-        )
+        np.testing.assert_allclose(back[name].values, fine[name].values, rtol=1e-6, atol=1e-4)
         assert back[name].dims == ("time", "y", "x")
         assert back[name].attrs["units"] == fine[name].attrs["units"]
     xr.testing.assert_identical(back.lat, fine.lat)
@@ -60,9 +58,7 @@ def test_encode_then_decode_targets_gives_back_the_dataset(pair, codec):
 
 
 def test_decoding_an_ensemble_adds_a_member_dim_and_keeps_cf_attrs(pair, codec):
-    template = pair.fine.isel(time=slice(0, 2)).drop_vars(
-        list(codec.targets)
-    )  # coords only
+    template = pair.fine.isel(time=slice(0, 2)).drop_vars(list(codec.targets))  # coords only
     array = np.zeros((3, 2, len(codec.targets), 32, 32), dtype=np.float32)
     out = codec.decode_targets(array, template)
     assert out["t2m"].dims == ("member", "time", "y", "x")
@@ -82,11 +78,23 @@ def test_decoding_the_wrong_number_of_channels_names_the_expected_ones(codec, pa
         codec.decode_targets(np.zeros((2, 3, 32, 32)), pair.fine)
 
 
-def test_nan_in_a_variable_is_an_error_naming_it_and_the_time(pair, codec):
+def test_nan_targets_are_kept_as_missing_and_inf_is_an_error_naming_the_time(pair, codec):
     fine = pair.fine.compute()
     fine["u10"][2, 5, 5] = np.nan
-    with pytest.raises(MissingValueError, match=r"'u10'.*2020-01-01T02"):
+    y = codec.encode_targets(fine)
+    c = codec.out_channels.index("u10")
+    assert np.isnan(y[2, c, 5, 5]) and int(np.isnan(y).sum()) == 1
+    fine["u10"][2, 5, 5] = np.inf
+    with pytest.raises(MissingValueError, match=r"'u10' holds 1 inf.*2020-01-01T02.*not inf"):
         codec.encode_targets(fine)
+
+
+def test_nan_in_an_input_is_an_error_naming_it_and_the_time(pair, codec):
+    ds = xr.merge([pair.inputs_on_fine, pair.static_fields]).compute()
+    name = codec.inputs[0]
+    ds[name][1, 4, 4] = np.nan
+    with pytest.raises(MissingValueError, match=rf"'{name}' holds 1 NaN.*2020-01-01T01.*complete"):
+        codec.encode_inputs(ds)
 
 
 def test_encoding_coarse_inputs_that_were_not_regridded_is_an_error(pair, codec):
@@ -114,8 +122,10 @@ def test_encoding_numpy_blocks_with_regridding_and_an_order_matches_the_dataset_
     ds = xr.merge([pair.inputs_on_fine, pair.static_fields]).isel(time=slice(0, 4)).compute()
     expected_x = codec.encode_inputs(ds)[order]
     expected_y = codec.encode_targets(pair.fine.isel(time=slice(0, 4)).compute())[order]
-    arrays = {n: pair.dataset[n].values[:4] if "time" in pair.dataset[n].dims else pair.dataset[n].values
-              for n in pair.names}
+    arrays = {
+        n: pair.dataset[n].values[:4] if "time" in pair.dataset[n].dims else pair.dataset[n].values
+        for n in pair.names
+    }
     x = codec.encode_arrays(arrays, role="inputs", order=order, weights=pair.regrid_weights)
     y = codec.encode_arrays(arrays, role="targets", order=order)
     assert x.dtype == y.dtype == np.float32
@@ -124,10 +134,12 @@ def test_encoding_numpy_blocks_with_regridding_and_an_order_matches_the_dataset_
     np.testing.assert_allclose(y, expected_y, rtol=1e-5, atol=1e-5)
 
 
-def test_encoding_numpy_blocks_names_a_variable_holding_nan(pair, codec):
+def test_encoding_numpy_blocks_names_a_variable_holding_inf(pair, codec):
     arrays = {n: pair.dataset[n].values.astype(np.float32) for n in pair.targets}
-    arrays["u10"][1, 2, 3] = np.nan
-    with pytest.raises(MissingValueError, match="'u10' holds 1 NaN"):
+    arrays["u10"][1, 2, 3] = np.nan  # missing: kept
+    assert int(np.isnan(codec.encode_arrays(arrays, role="targets")).sum()) == 1
+    arrays["u10"][1, 2, 3] = -np.inf
+    with pytest.raises(MissingValueError, match="'u10' holds 1 inf"):
         codec.encode_arrays(arrays, role="targets")
     with pytest.raises(ValueError, match="order must index"):
         codec.encode_arrays(arrays, role="targets", order=[0, 99])

@@ -281,6 +281,11 @@ def compute_block(inputs, task: BlockTask) -> dict[str, np.ndarray]:
         out["mean"] = _decode(model.codec, mean_acc / norm, template, (TIME,))
     if sample_acc is not None:
         out["sample"] = _decode(model.codec, sample_acc / norm, template, (MEMBER, TIME))
+    if model.target_mask is not None:  # NaN where the model never saw a target (the sea)
+        valid = model.target_mask[:, y0:y1, x0:x1].cpu().numpy()
+        for values in out.values():
+            shape = valid.shape[:1] + (1,) * (values.ndim - 3) + valid.shape[1:]
+            values[~np.broadcast_to(valid.reshape(shape), values.shape)] = np.nan
     return out
 
 

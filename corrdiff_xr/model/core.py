@@ -11,6 +11,10 @@ A sample is ``mean + residual`` where the residual is drawn by the sampler of
 member never depends on how members or patches were batched. ``offsets`` give each sample's
 top-left pixel on the global grid, so patches see the right positional embedding.
 
+A model trained on targets with a fixed mask (NaN over the sea at every training time)
+carries ``target_mask``, a boolean ``(C_out, H, W)`` buffer of the pixels it was trained on:
+inference writes NaN elsewhere (:mod:`corrdiff_xr.inference.block`).
+
 Checkpoints are one safetensors file: tensors plus a JSON header (codec, grid shape, network
 and EDM configs, versions). Loading executes no pickle code. Writes go to a temporary file
 that is renamed into place, so a crash never leaves half a checkpoint.
@@ -61,7 +65,8 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "corrdiff_xr.checkpoint"
-CHECKPOINT_VERSION = 1
+#: 2 adds the ``target_mask`` tensor; a model without one is still written as version 1
+CHECKPOINT_VERSION = 2
 _HEADER_KEY = "corrdiff_xr"
 
 DEFAULT_REGRESSION = NetworkConfig(embedding_type="zero")
@@ -86,6 +91,9 @@ class CorrDiff(nn.Module):
         Preconditioning (``sigma_data``) and whether the residual sees the regression mean.
     in_channels, out_channels : int, optional
         Channel counts when no codec is given (they must agree with it otherwise).
+    target_mask : bool
+        Register the ``target_mask`` buffer (all valid until :meth:`set_target_mask`); the
+        loader of a checkpoint that holds one passes True.
     """
 
     def __init__(
@@ -98,6 +106,7 @@ class CorrDiff(nn.Module):
         edm: EDMConfig = DEFAULT_EDM,
         in_channels: int | None = None,
         out_channels: int | None = None,
+        target_mask: bool = False,
     ):
         super().__init__()
         if codec is not None:
@@ -146,6 +155,28 @@ class CorrDiff(nn.Module):
         ):
             if cfg is not None and cfg.compile:
                 module.compile()
+        self.target_mask: torch.Tensor | None = None
+        if target_mask:
+            self.set_target_mask(torch.ones(self.out_channels, *self.img_shape, dtype=torch.bool))
+
+    def set_target_mask(self, valid: Any) -> None:
+        """Record the pixels each target was trained on (``(C_out, H, W)`` booleans, True =
+        valid), or None for none masked; inference writes NaN at the others."""
+        if valid is None:
+            if "target_mask" in self._buffers:
+                del self._buffers["target_mask"]
+            self.target_mask = None
+            return
+        valid = torch.as_tensor(valid).to(torch.bool)
+        want = (self.out_channels, *self.img_shape)
+        if tuple(valid.shape) != want:
+            raise ValueError(f"target_mask must have shape {want}, got {tuple(valid.shape)}")
+        valid = valid.to(next(self.parameters()).device)
+        if "target_mask" in self._buffers:
+            self._buffers["target_mask"] = valid
+        else:
+            del self.target_mask
+            self.register_buffer("target_mask", valid)
 
     # -- inference -------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor, offsets: torch.Tensor | None) -> None:
@@ -229,9 +260,11 @@ class CorrDiff(nn.Module):
 
         from corrdiff_xr._version import __version__
 
+        masked = self.target_mask is not None
         return {
             "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
+            "format_version": CHECKPOINT_VERSION if masked else 1,
+            "target_mask": masked,
             "codec": self.codec.to_dict() if self.codec is not None else None,
             "img_shape": list(self.img_shape),
             "in_channels": self.in_channels,
@@ -403,7 +436,14 @@ def _header_kwargs(header: Any, *, source: str) -> dict[str, Any]:
         "edm": _config(EDMConfig, header["edm"], source=source, key="edm"),
         "in_channels": channels[0],
         "out_channels": channels[1],
+        "target_mask": _flag(header.get("target_mask", False), f"{source}: target_mask"),
     }
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise CheckpointError(f"{what} must be true or false, got {value!r:.100}")
+    return value
 
 
 def read_checkpoint_header(path: str | os.PathLike) -> dict[str, Any]:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 from corrdiff_xr.config import ConfigError, TrainRunConfig
 
-__all__ = ["codec_variables", "open_training_data"]
+__all__ = ["codec_variables", "open_training_data", "valid_target_pixels"]
 
 
 def open_training_data(cfg: TrainRunConfig):
@@ -82,3 +84,17 @@ def codec_variables(pair: Any, codec: Any, *, source: str) -> Any:
         stored_stats=stats,
         weights=pair.regrid_weights,
     )
+
+
+def valid_target_pixels(pair: Any) -> np.ndarray | None:
+    """``(C_out, H, W)`` booleans: where each target holds a value at one training time or
+    more (a fixed mask, such as the sea of a land-only field, is False); None when every pixel
+    does. One streaming pass over the targets."""
+    import dask
+
+    from corrdiff_xr.dims import TIME
+
+    fine = pair.fine
+    found = dask.compute(*[fine[n].notnull().any(TIME).data for n in pair.targets])
+    valid = np.stack([np.asarray(v, dtype=bool) for v in found])
+    return None if valid.all() else valid

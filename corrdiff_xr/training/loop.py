@@ -69,7 +69,7 @@ from corrdiff_xr.errors import CorrDiffError
 from corrdiff_xr.training import checkpoint as ckpt
 from corrdiff_xr.training import identity as ident
 from corrdiff_xr.training import run_state
-from corrdiff_xr.training.data import codec_variables, open_training_data
+from corrdiff_xr.training.data import codec_variables, open_training_data, valid_target_pixels
 from corrdiff_xr.training.distributed import ProcessInfo, detect, initialize, shutdown
 from corrdiff_xr.training.monitor import Monitor
 from corrdiff_xr.training.run_state import Run, Start
@@ -222,7 +222,10 @@ def _open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
         None if p is None else codec_variables(p, codec, source=cfg.data.source)
         for p in (train_pair, valid_pair)
     ]
-    return Start(*pairs, codec, img_shape, latest, reg_net)
+    mask = None
+    if latest is None and cfg.task == "regression":  # later runs take it from a checkpoint
+        mask = valid_target_pixels(pairs[0])
+    return Start(*pairs, codec, img_shape, latest, reg_net, mask)
 
 
 def _set_deterministic(enabled: bool, device: torch.device) -> None:
@@ -273,9 +276,11 @@ def _build_run(cfg: TrainRunConfig, info: ProcessInfo, device: torch.device) -> 
     model, trainable = build_model(
         cfg, start.codec, start.img_shape, regression_network=start.regression_network
     )
+    model.set_target_mask(start.target_mask)
     if start.latest is None and cfg.task != "regression":
         frozen = CorrDiff.load(_model_file(t.regression_checkpoint))
         model.regression.load_state_dict(frozen.regression.state_dict())
+        model.set_target_mask(frozen.target_mask)  # the pixels the mean was trained on
     model.to(device)
     optimizer = torch.optim.Adam(trainable.parameters(), lr=t.lr, betas=t.betas, eps=t.eps)
     loader = ChunkShuffleLoader(

@@ -32,6 +32,8 @@ class Start:
     img_shape: tuple[int, int]
     latest: Path | None
     regression_network: NetworkConfig | None
+    #: a new regression run's valid target pixels (None: none masked, or taken from a checkpoint)
+    target_mask: Any = None
 
 
 @dataclasses.dataclass
@@ -93,8 +95,11 @@ def resume(run: Run, path: Path) -> tuple[int, int]:
             f"resume it with the same number (now {info.world_size})"
         )
     weights = path / "model.safetensors"
+    tensors = load_file(str(weights))
+    if "target_mask" in tensors:  # the mask the run was started with (checked: shape, dtype)
+        run.model.set_target_mask(tensors["target_mask"])
     try:
-        load_weights(run.model, load_file(str(weights)), source=str(weights))
+        load_weights(run.model, tensors, source=str(weights))
     except CheckpointError as err:  # only after training.resume=force: same identity, same shapes
         raise CheckpointError(
             f"{err}; a network of another shape cannot continue this checkpoint: "

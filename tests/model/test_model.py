@@ -204,3 +204,40 @@ def test_model_without_codec_needs_channel_counts():
         residual_network=None,
     )
     assert model.codec is None and model.regression.net.in_channels == 5
+
+
+def test_a_target_mask_travels_in_the_checkpoint_and_a_lying_header_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = _model()
+    plain = model.save(tmp_path / "plain.safetensors")
+    with safe_open(str(plain), framework="pt") as f:
+        header = json.loads(f.metadata()["corrdiff_xr"])
+        assert "target_mask" not in f.keys()
+    assert header["format_version"] == 1 and header["target_mask"] is False  # old readers
+    valid = torch.ones(2, 8, 16, dtype=torch.bool)
+    valid[0, :, :5] = False  # t2m over the sea
+    model.set_target_mask(valid)
+    with pytest.raises(ValueError, match=r"target_mask must have shape \(2, 8, 16\)"):
+        model.set_target_mask(valid[:, :4])
+    path = model.save(tmp_path / "masked.safetensors")
+    loaded = CorrDiff.load(path)
+    assert torch.equal(loaded.target_mask, valid)
+    assert loaded.target_mask.dtype == torch.bool
+    # a header that promises a mask the file lacks, or a mask of another shape, is refused
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    save_file({k: v for k, v in tensors.items() if k != "target_mask"}, tmp_path / "a", meta)
+    with pytest.raises(CheckpointError, match="target_mask"):
+        CorrDiff.load(tmp_path / "a")
+    save_file({**tensors, "target_mask": valid[:, :4].contiguous()}, tmp_path / "b", meta)
+    with pytest.raises(CheckpointError, match="target_mask"):
+        CorrDiff.load(tmp_path / "b")
+    bad = json.loads(meta["corrdiff_xr"])
+    bad["target_mask"] = "yes"
+    save_file(tensors, tmp_path / "c", {"corrdiff_xr": json.dumps(bad)})
+    with pytest.raises(CheckpointError, match="target_mask must be true or false"):
+        CorrDiff.load(tmp_path / "c")
+    model.set_target_mask(None)
+    assert model.target_mask is None and "target_mask" not in model.state_dict()

@@ -44,6 +44,16 @@ def test_land_only_targets_train_regression_then_patched_diffusion(land_only, tm
     assert mean == pytest.approx(float(land.mean()), rel=1e-6)
     assert std == pytest.approx(float(land.std()), rel=1e-5)
     assert all(np.isfinite(v.numpy()).all() for v in model.state_dict().values())
+    # the model remembers the pixels it was trained on: the sea, and any pixel never covered
+    want = np.stack([ds[n].notnull().any(TIME).values for n in model.codec.out_channels])
+    np.testing.assert_array_equal(model.target_mask.numpy(), want)
+    assert not want[model.codec.out_channels.index("t2m")][sea].any()
+    # a longer run resumes from the checkpoint, mask included (not recomputed)
+    longer = tiny_config(store, tmp_path / "reg", duration=12)
+    again = train(from_dict(TrainRunConfig, longer))
+    assert again.completed and again.nimg == 12
+    resumed = CorrDiff.load(again.output_dir / "model.safetensors")
+    np.testing.assert_array_equal(resumed.target_mask.numpy(), want)
 
     data = tiny_config(
         store,
@@ -61,3 +71,14 @@ def test_land_only_targets_train_regression_then_patched_diffusion(land_only, tm
     # validation scores skip the missing truth instead of turning NaN
     for tag in ("valid/mae/t2m", "valid/crps/t2m", "valid/crps/tp"):
         assert math.isfinite(events.Scalars(tag)[-1].value), tag
+
+    # generated members and means are NaN exactly where the model saw no target
+    full = CorrDiff.load(diff.output_dir / "model.safetensors")
+    np.testing.assert_array_equal(full.target_mask.numpy(), want)
+    out = ds.isel(time=slice(6, 8)).corrdiff.downscale(
+        full, members=2, seed=1, steps=2, patch=8, output="residual"
+    )
+    mean = ds.isel(time=slice(6, 8)).corrdiff.downscale(full, output="mean")
+    for name, valid in zip(full.codec.out_channels, want):
+        for arr in (out[name].values, mean[name].values):
+            assert np.isnan(arr[..., ~valid]).all() and np.isfinite(arr[..., valid]).all(), name

@@ -11,11 +11,40 @@ Dims = Hashable | Sequence[Hashable] | None
 
 
 def _to_dataset(obj: xr.Dataset | xr.DataArray, role: str) -> tuple[xr.Dataset, bool]:
+    """A Dataset (and whether ``obj`` was a DataArray), lazy coordinates chunked like the data."""
     if isinstance(obj, xr.Dataset):
-        return obj, False
+        return _coords_like_data(obj), False
     if isinstance(obj, xr.DataArray):
-        return obj.to_dataset(name=obj.name if obj.name is not None else "value"), True
+        name = obj.name if obj.name is not None else "value"
+        return _coords_like_data(obj.to_dataset(name=name)), True
     raise TypeError(f"{role} must be an xarray Dataset or DataArray, got {type(obj).__name__}")
+
+
+def _coords_like_data(obj: xr.Dataset | xr.DataArray) -> xr.Dataset | xr.DataArray:
+    """Dask-backed non-index coordinates (2-D lat/lon) rechunked, lazily, like the data.
+
+    A store may chunk its coordinates its own way; lifted kernels refuse an object whose
+    variables are chunked inconsistently along a dim. Nothing is computed."""
+    data = [obj] if isinstance(obj, xr.DataArray) else list(obj.data_vars.values())
+    chunks: dict = {}
+    for var in data:
+        if var.chunks is not None:
+            for d, c in zip(var.dims, var.chunks):
+                chunks.setdefault(d, c)
+    lazy = {
+        k: v.chunk({d: chunks[d] for d in v.dims if d in chunks})
+        for k, v in obj.coords.items()
+        if k not in obj.indexes and v.chunks is not None
+    }
+    return obj.assign_coords(lazy) if lazy else obj
+
+
+def as_ensemble(forecast: xr.Dataset, member_dim: str) -> xr.Dataset:
+    """A deterministic forecast (no variable has ``member_dim``) as a one-member ensemble, so
+    it scores like one: CRPS = MAE, no spread. Anything else is returned unchanged."""
+    if any(member_dim in v.dims for v in forecast.data_vars.values()):
+        return forecast
+    return forecast.expand_dims({member_dim: 1}).transpose(member_dim, ...)
 
 
 def _back(ds: xr.Dataset, was_array: bool) -> xr.Dataset | xr.DataArray:
@@ -27,9 +56,11 @@ def _check_forecast(forecast: xr.Dataset, member_dim: str) -> None:
         raise ValueError("forecast has no data variables to score")
     for name, var in forecast.data_vars.items():
         if member_dim not in var.dims:
+            others = [n for n, v in forecast.data_vars.items() if member_dim in v.dims]
             raise ValueError(
-                f"forecast variable {name!r} has no {member_dim!r} dimension (dims {var.dims}); "
-                f"pass member_dim= if the ensemble dimension has another name"
+                f"forecast variable {name!r} has no {member_dim!r} dimension (dims {var.dims}) "
+                f"but {others} have one; score an ensemble and a deterministic forecast "
+                "separately, or pass member_dim= if the ensemble dimension has another name"
             )
 
 
@@ -105,9 +136,12 @@ def _aggregate(
 
 
 def _single_chunk(var: xr.DataArray, dim: str) -> xr.DataArray:
-    """apply_ufunc needs core dims in one chunk; rechunk lazily when they are not."""
-    if var.chunks is not None and len(var.chunksizes[dim]) > 1:
-        return var.chunk({dim: -1})
+    """apply_ufunc needs core dims in one chunk; rechunk lazily when they are not.
+
+    Only the data is rechunked, then lazy coordinates follow it (``DataArray.chunk`` would
+    also chunk in-memory coordinates, along this dim only, unlike the data along the others)."""
+    if var.chunks is not None and len(var.chunks[var.get_axis_num(dim)]) > 1:
+        return _coords_like_data(var.copy(data=var.data.rechunk({var.get_axis_num(dim): -1})))
     return var
 
 

@@ -11,8 +11,10 @@ chunk never needs its neighbours. Non-linear scores (RMSE, spread, spread-skill)
 *after* the mean, e.g. ``RMSE = sqrt(mean(squared error))``, which is the only order that
 aggregates correctly over chunks.
 
-Conventions: the forecast is a Dataset (or DataArray) with a ``member`` dimension; the truth
-has the same variable names and no ``member`` dimension (extra truth variables are ignored).
+Conventions: the forecast is a Dataset (or DataArray) with a ``member`` dimension, or a
+deterministic forecast without one (scored as a one-member ensemble: CRPS = MAE, no spread);
+the truth has the same variable names and no ``member`` dimension (extra truth variables are
+ignored). Auxiliary coordinates (2-D lat/lon) may be chunked unlike the data.
 ``dim`` names the dimensions to average over and defaults to every dimension except
 ``member``. ``weights`` is an optional DataArray (e.g. :func:`area_weights`, cos(latitude))
 broadcast against the scores. Dataset in, Dataset out, one variable per forecast variable.
@@ -44,6 +46,7 @@ from corrdiff_xr.scoring.common import (
     _single_chunk,
     _to_dataset,
     _with_attrs,
+    as_ensemble,
 )
 from corrdiff_xr.scoring.spectra import power_spectrum
 
@@ -115,9 +118,10 @@ def _prepare(forecast: Data, truth: Data, member_dim: str):
     """Forecast and matched truth as Datasets, and whether to hand back a DataArray."""
     fc, was_array = _to_dataset(forecast, "forecast")
     if was_array and isinstance(truth, xr.DataArray):
-        tr = truth.to_dataset(name=next(iter(fc.data_vars)))
+        tr, _ = _to_dataset(truth.rename(next(iter(fc.data_vars))), "truth")
     else:
         tr, _ = _to_dataset(truth, "truth")
+    fc = as_ensemble(fc, member_dim)
     _check_forecast(fc, member_dim)
     return fc, _matched_truth(fc, tr, member_dim), was_array
 
@@ -218,6 +222,7 @@ def spread(
     averaged over ``dim`` before the square root. Needs at least two members.
     """
     fc, was_array = _to_dataset(forecast, "forecast")
+    fc = as_ensemble(fc, member_dim)
     _check_forecast(fc, member_dim)
     var = _ensemble_variance(fc, member_dim)
     out = np.sqrt(_aggregate(var, _mean_dims(var, dim, member_dim), weights))

@@ -282,8 +282,9 @@ def test_bad_inputs_raise_errors_that_name_the_problem():
     fc, truth = make_ensemble()
     with pytest.raises(ValueError, match="truth lacks forecast variable.*tp"):
         scoring.crps(fc, truth[["t2m"]])
-    with pytest.raises(ValueError, match="'t2m' has no 'member' dimension"):
-        scoring.crps(fc.isel(member=0), truth)
+    mixed = fc.assign(t2m=fc.t2m.isel(member=0))
+    with pytest.raises(ValueError, match=r"'t2m' has no 'member' dimension.*\['tp'\] have one"):
+        scoring.crps(mixed, truth)
     with pytest.raises(ValueError, match="cannot reduce over \\['lead'\\]"):
         scoring.mae(fc, truth, dim="lead")
     with pytest.raises(ValueError, match="estimator must be"):
@@ -313,3 +314,34 @@ def test_a_lazy_downscaled_ensemble_scores_against_its_truth_without_computing()
     assert table["variable"].values.tolist() == list(pair.targets)
     assert bool(np.isfinite(table["score"]).all())
     assert bool((table["score"].sel(metric="spread") > 0).all())  # members differ
+
+
+def test_a_deterministic_forecast_scores_as_one_member_crps_equal_to_mae():
+    fc, truth = make_ensemble()
+    det = fc.isel(member=0, drop=True)  # e.g. the regression mean: no member dimension
+    expected = float(abs(det.t2m - truth.t2m).mean())
+    assert float(scoring.crps(det, truth).t2m) == pytest.approx(expected, rel=1e-12)
+    assert float(scoring.mae(det, truth).t2m) == pytest.approx(expected, rel=1e-12)
+    rmse = float(np.sqrt(((det.tp - truth.tp) ** 2).mean()))
+    assert float(scoring.rmse(det.tp, truth.tp)) == pytest.approx(rmse, rel=1e-12)
+    table = scoring.summary(det, truth)
+    assert list(table.metric.values) == ["crps", "mae", "rmse"]  # no spread for one member
+    assert table.attrs["member_count"] == 1
+    with pytest.raises(ValueError, match="at least 2 members"):
+        scoring.spread(det)
+
+
+def test_lat_lon_chunked_unlike_the_data_score_the_same(tmp_path):
+    fc, truth = make_ensemble()
+    fc.chunk({Y: 4, X: 5}).assign_coords(
+        lat=fc.lat.chunk({Y: 3}), lon=fc.lon.chunk({Y: 3, X: 10})
+    ).to_zarr(tmp_path / "fc.zarr")  # as a writer that chunks coordinates its own way
+    lazy = xr.open_zarr(tmp_path / "fc.zarr")
+    assert lazy.lat.chunks is not None and lazy.lat.chunks != lazy.t2m.chunks[2:]
+    for name in ("crps", "mae", "spread_skill"):
+        got, want = getattr(scoring, name)(lazy, truth), getattr(scoring, name)(fc, truth)
+        xr.testing.assert_allclose(got.compute(), want, rtol=1e-12)
+    ranks = scoring.rank_histogram(lazy, truth).compute()
+    np.testing.assert_array_equal(ranks.t2m.values, scoring.rank_histogram(fc, truth).t2m.values)
+    spectrum = scoring.power_spectrum(lazy.t2m).compute()
+    np.testing.assert_allclose(spectrum.values, scoring.power_spectrum(fc.t2m).values)

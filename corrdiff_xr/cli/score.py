@@ -43,8 +43,8 @@ from corrdiff_xr._outputs import (
 from corrdiff_xr.cli import bounded, json_object
 from corrdiff_xr.config import ConfigError, parse_overrides
 from corrdiff_xr.data.write import write_dataset
-from corrdiff_xr.dims import LAT
-from corrdiff_xr.scoring.inputs import ScoreError, format_table, open_prediction
+from corrdiff_xr.dims import LAT, TIME
+from corrdiff_xr.scoring.inputs import FORECAST, ScoreError, format_table, open_prediction
 
 __all__ = ["configure_parser", "run"]
 
@@ -150,6 +150,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plots", help="also write PNG maps, spectra and rank histograms to this folder"
     )
+    parser.add_argument(
+        "--baseline",
+        choices=("bilinear",),
+        help="also score bilinear interpolation of the coarse inputs (needs them: a reference "
+        "NetCDF's input group, or --truth as a canonical store or catalog entry); the table "
+        "then has a 'forecast' dim: prediction, bilinear",
+    )
 
 
 def _checked_outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
@@ -188,6 +195,29 @@ def _lazy_scores(pred: xr.Dataset, truth: xr.Dataset, args: argparse.Namespace) 
         raise ScoreError(f"cannot score {args.prediction} against its truth: {err}") from err
 
 
+def _with_baseline(
+    scores: xr.Dataset, pred: xr.Dataset, truth: xr.Dataset, inputs, args: argparse.Namespace
+) -> xr.Dataset:
+    """``scores`` and those of the bilinear baseline, stacked along :data:`FORECAST`."""
+    import pandas as pd
+
+    if inputs is None:
+        raise ScoreError(
+            f"--baseline {args.baseline} needs the coarse inputs, which {args.prediction} and its "
+            "truth do not give: pass --truth as a canonical store or catalog:NAME/ENTRY, or "
+            "score a reference NetCDF (its input group)"
+        )
+    try:
+        base = scoring.baselines.baseline_from_inputs(inputs, tuple(map(str, pred.data_vars)))
+    except KeyError as err:
+        raise ScoreError(f"--baseline {args.baseline}: {err.args[0]}") from None
+    if TIME in base.dims and TIME in pred.dims:
+        base = base.sel({TIME: pred[TIME]})  # the prediction's times only
+    base_scores = _lazy_scores(base, truth, args)
+    names = pd.Index(["prediction", args.baseline], name=FORECAST)
+    return xr.concat([scores, base_scores], dim=names, join="outer", combine_attrs="override")
+
+
 def run(args: argparse.Namespace) -> int:
     """Score, print the table, write ``--output`` and optional plots; return 0."""
     import dask
@@ -211,7 +241,10 @@ def run(args: argparse.Namespace) -> int:
             )
         pred = pred[args.variables]
     with dask.config.set(scheduler="threads", num_workers=args.workers):
-        scores = _lazy_scores(pred, truth, args).compute()
+        scores = _lazy_scores(pred, truth, args)
+        if args.baseline:
+            scores = _with_baseline(scores, pred, truth, inputs, args)
+        scores = scores.compute()
         scores.attrs.update(
             prediction=str(args.prediction),
             truth=str(args.truth or f"{args.prediction} (group {args.truth_group or '/'})"),

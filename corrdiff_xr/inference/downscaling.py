@@ -69,6 +69,20 @@ def model_header(model: Any) -> dict[str, Any]:
     return model.config_dict()
 
 
+def _check_output_kind(header: Mapping[str, Any], output: str, model: Any) -> None:
+    """Refuse members from a regression-only model: they would all be the mean (no spread)."""
+    from corrdiff_xr.config import ConfigError
+
+    if header.get("residual_network") is None and output != "mean":
+        what = model if isinstance(model, (str, os.PathLike)) else "the model"
+        raise ConfigError(
+            f"{what} is regression-only (no residual diffusion network): output={output!r} "
+            "would give members equal to the regression mean, with zero spread; ask for "
+            "output='mean' (generate --output-kind mean), or train the residual (task=diffusion) "
+            "on top of it"
+        )
+
+
 def _codec(header: Mapping[str, Any]):
     from corrdiff_xr.codec import Codec
 
@@ -285,7 +299,8 @@ def downscale(
     ConfigError
         An argument out of range (``members`` >= 1, ``seed`` >= 0, ``steps``, ``batch_size``,
         ``threads`` and chunk sizes >= 1, a positive ``patch`` that leaves room for
-        ``overlap`` and ``boundary``), named with its value and the allowed range.
+        ``overlap`` and ``boundary``), named with its value and the allowed range; or
+        members or residuals asked of a regression-only model.
     UnitsError
         A variable in units that do not convert to the model's.
     """
@@ -307,6 +322,7 @@ def downscale(
 
         share_with_workers(token)  # a no-op without an active distributed Client
     header = model_header(model if not isinstance(model, (str, os.PathLike)) else token.path)
+    _check_output_kind(header, output, model)
     codec = _codec(header)
     pair = _pair(data, codec)
     src = to_model_units(_sources(pair, codec), codec)  # converted or refused before encoding

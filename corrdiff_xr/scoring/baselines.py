@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import xarray as xr
 
-__all__ = ["bilinear_baseline"]
+__all__ = ["baseline_from_inputs", "bilinear_baseline"]
 
 
 def _input_for(target: str, inputs: xr.Dataset) -> str:
@@ -28,7 +28,13 @@ def _input_for(target: str, inputs: xr.Dataset) -> str:
 
 def bilinear_baseline(pair, targets: tuple[str, ...] | None = None) -> xr.Dataset:
     """The coarse inputs bilinearly regridded to the fine grid, named as the targets (lazy)."""
-    targets = tuple(targets or pair.targets)
-    fine = pair.inputs_on_fine
+    return baseline_from_inputs(pair.inputs_on_fine, tuple(targets or pair.targets))
+
+
+def baseline_from_inputs(inputs_on_fine: xr.Dataset, targets: tuple[str, ...]) -> xr.Dataset:
+    """Inputs already regridded to the fine grid (``pair.inputs_on_fine``, or the reference
+    NetCDF's ``input`` group) renamed as the targets they approximate (lazy); raises KeyError
+    naming a target without a unique input."""
+    fine = inputs_on_fine
     out = {t: fine[_input_for(t, fine)].rename(t) for t in targets}
     return xr.Dataset(out).assign_attrs(title="bilinear interpolation of the coarse inputs")

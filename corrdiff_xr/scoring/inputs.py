@@ -22,11 +22,12 @@ import xarray as xr
 
 from corrdiff_xr._redact import redact_url
 from corrdiff_xr.data.write import is_netcdf
-from corrdiff_xr.dims import COARSE_DIMS, LAT, LON, MEMBER, TIME
+from corrdiff_xr.dims import COARSE_DIMS, LAT, LON, MEMBER, TIME, X, Y
 from corrdiff_xr.errors import CorrDiffError, InputNotFoundError
 
 __all__ = [
     "REFERENCE_MEMBER_DIM",
+    "FORECAST",
     "ScoreError",
     "format_table",
     "open_prediction",
@@ -34,6 +35,8 @@ __all__ = [
     "open_truth",
 ]
 
+#: the dim of a score table that holds several forecasts (the prediction and its baselines)
+FORECAST = "forecast"
 #: the reference's name of the ensemble dimension
 REFERENCE_MEMBER_DIM = "ensemble"
 
@@ -115,11 +118,20 @@ def open_truth(
     :func:`corrdiff_xr.data.open_source`, and its targets are the truth; any other Zarr store
     or NetCDF file is the truth as it is (its variables named like the prediction's).
     """
+    return _truth_and_inputs(truth, params=params, storage_options=storage_options)[0]
+
+
+def _truth_and_inputs(
+    truth: str, *, params: dict[str, Any] | None, storage_options: dict[str, Any] | None
+) -> tuple[xr.Dataset, xr.Dataset | None]:
+    """:func:`open_truth`, and the inputs regridded to the fine grid when the truth is a
+    canonical dataset (None otherwise): what the bilinear baseline is made of."""
     from corrdiff_xr.data import catalog_spec, open_source
 
     named = {"what": "--truth", "params_what": "--truth-param"}
     if catalog_spec(truth, what="--truth") is not None:
-        return open_source(truth, params=params, **named).fine
+        pair = open_source(truth, params=params, **named)
+        return pair.fine, pair.inputs_on_fine
     if params:
         raise ScoreError(
             f"--truth-param {sorted(params)} only apply to a catalog:NAME/ENTRY --truth, not to "
@@ -127,10 +139,11 @@ def open_truth(
         )
     ds = _open_any(truth, group=None, storage_options=storage_options or {}, role="--truth")
     if is_netcdf(truth) or not set(COARSE_DIMS) <= set(ds.dims):
-        return ds
+        return ds, None
     # fsspec options only apply to URLs, as for the prediction
     options = storage_options if "://" in truth else None
-    return open_source(truth, storage_options=options, **named).fine
+    pair = open_source(truth, storage_options=options, **named)
+    return pair.fine, pair.inputs_on_fine
 
 
 def open_prediction(
@@ -170,14 +183,12 @@ def open_prediction(
     pred = _open_any(
         prediction, group=prediction_group, storage_options=storage_options, role="prediction"
     )
-    pred = pred[[n for n, v in pred.data_vars.items() if MEMBER in v.dims]]
-    if not pred.data_vars:
-        raise ScoreError(
-            f"{prediction}: no variable has a {MEMBER!r} dimension (is it an ensemble? a "
-            "reference NetCDF needs --format reference-netcdf)"
-        )
+    pred = _forecast_variables(pred, prediction)
+    inputs = None
     if truth is not None:
-        truth_ds = open_truth(truth, params=truth_params, storage_options=storage_options)
+        truth_ds, inputs = _truth_and_inputs(
+            truth, params=truth_params, storage_options=storage_options
+        )
     else:
         if truth_group is None and prediction_group is None:
             truth_group = "truth"
@@ -189,7 +200,27 @@ def open_prediction(
             raise ScoreError(
                 f"{prediction}: no truth group {truth_group!r}; pass --truth PATH"
             ) from err
-    return pred, truth_ds, None
+    return pred, truth_ds, inputs
+
+
+def _forecast_variables(pred: xr.Dataset, prediction: str) -> xr.Dataset:
+    """The ensemble's variables (those with a member dim), or else a deterministic forecast's
+    (every variable on the fine grid, e.g. ``generate --output-kind mean``)."""
+    ensemble = [n for n, v in pred.data_vars.items() if MEMBER in v.dims]
+    if ensemble:
+        return pred[ensemble]
+    fine = [
+        n
+        for n, v in pred.data_vars.items()
+        if {Y, X} <= set(v.dims) and not set(COARSE_DIMS) & set(v.dims)
+    ]
+    if not fine:
+        raise ScoreError(
+            f"{prediction}: no variable has a {MEMBER!r} dimension or the fine grid's (y, x) "
+            f"dims (its variables: {sorted(map(str, pred.data_vars))}; a reference NetCDF "
+            "needs --format reference-netcdf)"
+        )
+    return pred[fine]
 
 
 def format_table(scores: xr.Dataset) -> str:
@@ -197,6 +228,11 @@ def format_table(scores: xr.Dataset) -> str:
     table = scores["score"]
     if TIME in table.dims:
         table = table.mean(TIME)
+    if FORECAST in table.dims:  # one block per forecast: the prediction, then baselines
+        return "\n\n".join(
+            f"{f}\n" + format_table(table.sel({FORECAST: f}).to_dataset(name="score"))
+            for f in table[FORECAST].values
+        )
     variables = [str(v) for v in table["variable"].values]
     units = (
         [str(u) for u in table["units"].values]

@@ -355,3 +355,69 @@ def test_bad_truth_sources_are_one_line_naming_the_option(tmp_path, catalog_trut
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) >= 1 and message in err[-1], (extra, err)
         assert "Traceback" not in "\n".join(err)
+
+
+def _score_table(path) -> xr.DataArray:
+    return xr.open_dataset(path)["score"].load()
+
+
+def test_score_command_takes_a_deterministic_forecast(tmp_path):
+    pred, truth = make_pair()
+    store = tmp_path / "mean.zarr"
+    pred.mean(MEMBER).to_zarr(store)  # e.g. generate --output-kind mean: no member dim
+    truth.to_zarr(store, group="truth", mode="a")
+    out = tmp_path / "scores.nc"
+    assert cli.main(["score", str(store), "-o", str(out)]) == 0
+    table = _score_table(out)
+    assert list(table.metric.values) == ["crps", "mae", "rmse"]
+    np.testing.assert_allclose(table.sel(metric="crps"), table.sel(metric="mae"), rtol=1e-12)
+    expected = abs(pred.mean(MEMBER).t2m - truth.t2m).mean([Y, X])
+    np.testing.assert_allclose(table.sel(metric="mae", variable="t2m"), expected, rtol=1e-10)
+
+
+def test_score_command_adds_the_bilinear_baseline_from_the_reference_netcdf(tmp_path, capsys):
+    netcdf = pytest.importorskip("corrdiff_xr.inference.netcdf")
+    pred, truth = make_pair(members=3, nt=2)
+    rng = np.random.default_rng(7)
+    inputs = (truth + rng.normal(size=truth.t2m.shape)).rename({n: f"{n}_coarse" for n in NAMES})
+    path = netcdf.write_reference_netcdf(tmp_path / "gen.nc", pred, inputs=inputs, truth=truth)
+    out = tmp_path / "scores.nc"
+    argv = ["score", str(path), "--baseline", "bilinear", "-o", str(out), "--metrics", "crps,mae"]
+    assert cli.main(argv) == 0
+    table = _score_table(out)
+    assert list(table.forecast.values) == ["prediction", "bilinear"]
+    f4 = lambda a: a.astype("f4").astype("f8")  # the NetCDF layout stores float32
+    bilinear = abs(f4(inputs.t2m_coarse) - f4(truth.t2m)).mean([Y, X])
+    got = table.sel(forecast="bilinear", metric="mae", variable="t2m")
+    np.testing.assert_allclose(got, bilinear, rtol=1e-5)
+    np.testing.assert_allclose(
+        table.sel(forecast="bilinear", metric="crps"), table.sel(forecast="bilinear", metric="mae")
+    )
+    printed = capsys.readouterr().out
+    assert "prediction\nmetric" in printed and "bilinear\nmetric" in printed
+
+
+def test_the_bilinear_baseline_needs_the_coarse_inputs(tmp_path, capsys):
+    pred, truth = make_pair()
+    store = tmp_path / "ens.zarr"
+    pred.to_zarr(store)
+    truth.to_zarr(store, group="truth", mode="a")
+    assert cli.main(["score", str(store), "--baseline", "bilinear"]) == 2
+    assert "needs the coarse inputs" in capsys.readouterr().err
+
+
+def test_the_bilinear_baseline_from_a_canonical_truth_matches_the_library(tmp_path):
+    from corrdiff_xr.data import open_pair, synthetic_dataset
+
+    synthetic_dataset(ny=16, nx=16, nt=4, factor=4).to_zarr(tmp_path / "canon.zarr")
+    pair = open_pair(str(tmp_path / "canon.zarr"))
+    names = ["t2m", "u10"]
+    pred = (pair.fine[names] * 1.001).expand_dims(member=2).compute()
+    pred.to_zarr(tmp_path / "ens.zarr")
+    out = tmp_path / "s.nc"
+    argv = ["score", str(tmp_path / "ens.zarr"), "--truth", str(tmp_path / "canon.zarr")]
+    assert cli.main([*argv, "--baseline", "bilinear", "--metrics", "mae", "-o", str(out)]) == 0
+    got = _score_table(out).sel(forecast="bilinear", metric="mae")
+    want = scoring.mae(scoring.bilinear_baseline(pair, tuple(names)), pair.fine, dim=[Y, X])
+    for name in names:
+        np.testing.assert_allclose(got.sel(variable=name), want[name], rtol=1e-6)

@@ -365,3 +365,20 @@ def test_plain_to_zarr_streams_the_lazy_result(setup, reference, tmp_path):
     assert written.t2m.encoding["chunks"] == (1, 1, 16, 16)
     assert written.attrs["corrdiff_seed"] == 5
     _equal(written.compute(), reference)
+
+
+def test_a_regression_only_model_gives_means_and_refuses_members(setup, tmp_path):
+    ds, pair, codec, _ = setup
+    regression_only = tiny_corrdiff(codec, (16, 16), residual=False)
+    path = regression_only.save(tmp_path / "reg.safetensors")
+    for source in (regression_only, path):
+        for output in ("ensemble", "residual"):
+            with pytest.raises(ConfigError, match=r"regression-only.*zero spread.*output='mean'"):
+                downscale(ds, source, members=2, output=output)
+    mean = downscale(pair, path, output="mean").isel(time=[1]).compute()
+    sources = xr.merge([pair.inputs_on_fine[list(codec.inputs)], pair.static_fields]).isel(time=[1])
+    x = torch.from_numpy(codec.encode_inputs(sources.compute()))
+    with torch.no_grad():
+        want = codec.decode_targets(regression_only.predict_mean(x), mean)
+    for name in codec.out_channels:
+        np.testing.assert_allclose(mean[name].values, want[name].values, rtol=1e-5, atol=1e-5)

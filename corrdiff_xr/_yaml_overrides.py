@@ -52,10 +52,11 @@ def parse_overrides(items: typing.Iterable[str]) -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``update`` wins."""
+    """Recursive dict merge; ``update`` wins, and an empty mapping replaces (``key={}``
+    clears a mapping the base sets)."""
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         else:
             out[key] = value

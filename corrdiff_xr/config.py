@@ -408,6 +408,9 @@ class TrainingConfig(Checked):
     The learning rate ramps up linearly over ``lr_rampup`` samples, then is multiplied by
     ``lr_decay`` every ``lr_decay_every`` samples. Steps whose loss or gradients are not
     finite are skipped; the run stops after ``max_nonfinite_steps`` of them.
+    ``max_minutes`` bounds this invocation's wall-clock time besides ``duration``: at the
+    first step past it the run saves a checkpoint and stops, and running it again continues
+    (a job queue's time limit).
     ``patch_num`` random patches per image are drawn for patched diffusion.
     ``resume``: ``"auto"`` continues the run in ``output_dir`` only when its recorded identity
     (data, codec, network ...; see :mod:`corrdiff_xr.training.identity`) matches; ``"force"``
@@ -425,6 +428,7 @@ class TrainingConfig(Checked):
     eps: float = setting(1e-8, gt=0)
     grad_clip: float | None = setting(None, gt=0)
     max_nonfinite_steps: int = setting(10, ge=0)
+    max_minutes: float | None = setting(None, gt=0)
     precision: Literal["fp32", "bf16"] = "fp32"
     deterministic: bool = False
     seed: int = setting(0, ge=0)

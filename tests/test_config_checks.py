@@ -68,6 +68,7 @@ FIELDS = [
     ("training.eps", 0.0, None, "0.0", "a finite number > 0"),
     ("training.grad_clip", -1.0, None, "-1.0", "a finite number > 0"),
     ("training.max_nonfinite_steps", -1, None, "-1", "an integer >= 0"),
+    ("training.max_minutes", 0.0, None, "0.0", "a finite number > 0"),
     ("training.seed", -1, None, "-1", "an integer >= 0"),
     ("training.patch_num", 0, None, "0", "an integer >= 1"),
     ("training.checkpoint_every", 0, None, "0", "an integer >= 1"),

@@ -30,10 +30,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train as configured; 0 when the run reached ``training.duration``."""
+    """Train as configured; 0 when the run reached ``training.duration`` or stopped at
+    ``training.max_minutes`` (checkpointed, to be continued by running it again)."""
     from corrdiff_xr.training import load_run_config, train
 
     cfg = load_run_config(args.config, args.overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     result = train(cfg)
-    return 0 if result.completed else 1
+    if result.timed_out:
+        print(
+            f"stopped at training.max_minutes after {result.nimg} samples; checkpoint in "
+            f"{result.output_dir / 'checkpoints'}: run the same command again to continue"
+        )
+    return 0 if result.completed or result.timed_out else 1

@@ -52,12 +52,12 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from corrdiff_xr import edm
 from corrdiff_xr.config import (
     ConfigError,
     NetworkConfig,
@@ -72,6 +72,7 @@ from corrdiff_xr.training import run_state
 from corrdiff_xr.training.data import codec_variables, open_training_data, valid_target_pixels
 from corrdiff_xr.training.distributed import ProcessInfo, detect, initialize, shutdown
 from corrdiff_xr.training.monitor import Monitor
+from corrdiff_xr.training.objective import objective
 from corrdiff_xr.training.run_state import Run, Start
 from corrdiff_xr.training.schedule import accumulation_rounds, learning_rate
 
@@ -95,6 +96,8 @@ class TrainResult:
     loss: float
     output_dir: Path
     completed: bool
+    #: stopped at ``training.max_minutes`` (checkpointed; running again continues)
+    timed_out: bool = False
 
 
 def _device(name: str, info: ProcessInfo) -> torch.device:
@@ -326,11 +329,13 @@ def _loop(run: Run, *, nimg: int, skipped: int, max_steps: int | None) -> TrainR
         progress=t.progress,
     )
     autocast = torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
-    loss_fn = _loss_fn(run.cfg, run.model)
+    loss_fn = objective(run.cfg, run.model)
     batches = iter(run.loader)
     steps, loss_value = 0, math.nan
     run.model.eval()  # a frozen regression net stays in eval mode (no dropout)
     run.trainable.train()
+    out_of_time = _clock(t.max_minutes, run.info, run.device)
+    timed_out = False
     try:
         while nimg < t.duration and (max_steps is None or steps < max_steps):
             loss_value, grad_norm, lr, skipped = _step(
@@ -341,11 +346,41 @@ def _loop(run: Run, *, nimg: int, skipped: int, max_steps: int | None) -> TrainR
             _after_step(
                 run, monitor, nimg, loss=loss_value, lr=lr, grad_norm=grad_norm, skipped=skipped
             )
+            if nimg < t.duration and out_of_time():
+                timed_out = True
+                if not _is_due(nimg, t.total_batch_size, t.checkpoint_every):  # not just saved
+                    run_state.save(run, nimg, skipped)
+                log.info(
+                    "training.max_minutes=%s reached at %d of %d samples; checkpoint saved, "
+                    "run the same command again to continue",
+                    t.max_minutes,
+                    nimg,
+                    t.duration,
+                )
+                break
     finally:
         monitor.close()
     if run.info.rank == 0 and nimg >= t.duration:
         run.model.save(run.out / "model.safetensors")
-    return TrainResult(nimg, steps, skipped, loss_value, run.out, nimg >= t.duration)
+    return TrainResult(nimg, steps, skipped, loss_value, run.out, nimg >= t.duration, timed_out)
+
+
+def _clock(max_minutes: float | None, info: ProcessInfo, device: torch.device):
+    """``out_of_time()``: whether ``max_minutes`` have passed since now; every rank gets the
+    same answer (the slowest clock's), so all stop at the same step."""
+    if max_minutes is None:
+        return lambda: False
+    deadline = time.monotonic() + 60.0 * max_minutes
+
+    def out_of_time() -> bool:
+        late = time.monotonic() >= deadline
+        if info.distributed:
+            flag = torch.tensor([float(late)], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            late = bool(flag.item())
+        return late
+
+    return out_of_time
 
 
 def _step(run: Run, batches, loss_fn, autocast, *, nimg: int, skipped: int):
@@ -433,40 +468,6 @@ def _accumulate_gradients(
         torch.distributed.all_reduce(loss_sum)
         loss_sum /= info.world_size
     return loss_sum
-
-
-def _loss_fn(cfg: TrainRunConfig, model: Any):
-    """``loss(net, batch) -> elementwise loss`` for the task (``net`` may be DDP-wrapped)."""
-    if cfg.task == "regression":
-
-        def regression(net, b):
-            mean = lambda x: net(x, offsets=b.offsets, lead_time=b.lead_time)
-            return edm.regression_loss(mean, b.inputs, b.targets, reduction="none")
-
-        return regression
-    patch = tuple(cfg.patch.shape) if cfg.task == "patched_diffusion" else None
-    patches = cfg.training.patch_num if patch is not None else 1
-
-    def residual(net, b):
-        with torch.no_grad():
-            mean = model.predict_mean(b.inputs, offsets=b.offsets, lead_time=b.lead_time)
-        lead = None if b.lead_time is None else b.lead_time.repeat_interleave(patches)
-
-        def denoiser(x_noisy, sigma, *, condition, offsets):
-            return net(x_noisy, sigma, condition=condition, offsets=offsets, lead_time=lead)
-
-        return edm.residual_loss(
-            denoiser,
-            b.inputs,
-            b.targets,
-            edm=cfg.edm,
-            mean=mean,
-            patch=patch,
-            num_patches=patches,
-            reduction="none",
-        )
-
-    return residual
 
 
 def _validate(run: Run, monitor: Monitor, nimg: int) -> None:

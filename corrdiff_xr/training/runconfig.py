@@ -3,10 +3,13 @@
 The shipped examples live in ``corrdiff_xr/configs`` (:data:`CONFIG_DIR`) and are found by
 name (``regression_mini``, ``diffusion_mini``, ``patched_diffusion_mini`` ...).
 ``network: {preset: mini, ...}`` is shorthand for a network preset with field overrides.
+Every config is a template: ``data.source=...`` alone points it at other data (the file's
+catalog parameters and storage options belong to the file's source and are dropped).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,8 @@ from corrdiff_xr.config import (
 )
 
 __all__ = ["CONFIG_DIR", "load_run_config"]
+
+log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent.parent / "configs"
 
@@ -43,14 +48,39 @@ def _resolve_config_path(name: str | Path) -> Path:
     return path
 
 
+def _retarget(base: dict, update: dict, data: dict) -> dict:
+    """A config is a template: a new ``data.source`` drops the file's catalog parameters and
+    storage options (they were for the file's source) unless given again; ``null`` clears."""
+    new, old = update.get("data") or {}, base.get("data") or {}
+    if not isinstance(data.get("data"), dict):
+        return data
+    section = dict(data["data"])
+    for key in ("catalog_params", "storage_options"):
+        if "source" in new and key not in new and old.get(key):
+            log.warning(
+                "data.source=%s replaces the config's source %s: its data.%s %s are dropped "
+                "(give data.%s.KEY=VALUE for the new source)",
+                new["source"],
+                old.get("source"),
+                key,
+                sorted(old[key]),
+                key,
+            )
+            section[key] = {}
+        if key in section and section[key] is None:
+            section[key] = {}
+    return {**data, "data": section}
+
+
 def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> TrainRunConfig:
     """Read and validate a training config (YAML file or shipped name + overrides).
 
     Raises :class:`ConfigError` naming the key for unknown keys, wrong types, a diffusion
     task without an existing regression checkpoint, and inconsistent settings.
     """
-    data = load_yaml(_resolve_config_path(path)) if path is not None else {}
-    data = merge(data, parse_overrides(overrides))
+    base = load_yaml(_resolve_config_path(path)) if path is not None else {}
+    update = parse_overrides(overrides)
+    data = _retarget(base, update, merge(base, update))
     if "network" in data:
         data["network"] = _network(data["network"], "network")
     cfg = from_dict(TrainRunConfig, data)

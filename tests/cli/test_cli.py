@@ -39,6 +39,7 @@ def files(tmp_path_factory):
     pred, truth = make_pair()
     pred.to_zarr(d / "pred.zarr")
     truth.to_zarr(d / "truth.zarr")
+    truth.t2m.mean(["y", "x"]).to_dataset(name="series").to_zarr(d / "series.zarr")
     pred.drop_vars([LAT, LON]).to_zarr(d / "nolat.zarr")
     (d / "text.txt").write_text("not data")
     (d / "text.nc").write_text("not a NetCDF file")
@@ -65,7 +66,11 @@ CASES = [
     (["score", "{d}/text.txt"], ["prediction {d}/text.txt", "Zarr store"]),
     (["score", "{d}/text.nc"], ["{d}/text.nc", "not a readable NetCDF"]),
     (["score", "{d}/pred.zarr", "--format", "reference-netcdf"], ["{d}/pred.zarr", "NetCDF"]),
-    (["score", "{d}/truth.zarr", "--truth", "{d}/truth.zarr"], ["'member' dimension"]),
+    (
+        ["score", "{d}/series.zarr", "--truth", "{d}/truth.zarr"],
+        ["{d}/series.zarr", "'member' dimension or the fine grid's (y, x)", "series"],
+    ),
+    ([*SCORE, "--baseline", "bilinear"], ["--baseline bilinear needs the coarse inputs"]),
     (["score", "{d}/pred.zarr", "--truth", "{d}/nope.zarr"], ["--truth {d}/nope.zarr"]),
     (["score", "{d}/pred.zarr", "--truth", "{d}/text.txt"], ["--truth {d}/text.txt"]),
     (["score", "{d}/pred.zarr", "--truth", "{d}/pred.zarr"], ["truth", "'member'"]),

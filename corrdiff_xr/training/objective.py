@@ -1,0 +1,52 @@
+"""What a training step minimises: ``loss(net, batch)``, the elementwise loss of the task.
+
+``regression`` is the mean UNet's squared error on whole images; ``diffusion`` and
+``patched_diffusion`` are the EDM residual loss on the frozen regression mean (on
+``training.patch_num`` random patches per image for the latter). Missing targets (NaN)
+contribute nothing (see :mod:`corrdiff_xr.edm`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from corrdiff_xr import edm
+from corrdiff_xr.config import TrainRunConfig
+
+__all__ = ["objective"]
+
+
+def objective(cfg: TrainRunConfig, model: Any):
+    """``loss(net, batch) -> elementwise loss`` for the task (``net`` may be DDP-wrapped)."""
+    if cfg.task == "regression":
+
+        def regression(net, b):
+            mean = lambda x: net(x, offsets=b.offsets, lead_time=b.lead_time)
+            return edm.regression_loss(mean, b.inputs, b.targets, reduction="none")
+
+        return regression
+    patch = tuple(cfg.patch.shape) if cfg.task == "patched_diffusion" else None
+    patches = cfg.training.patch_num if patch is not None else 1
+
+    def residual(net, b):
+        with torch.no_grad():
+            mean = model.predict_mean(b.inputs, offsets=b.offsets, lead_time=b.lead_time)
+        lead = None if b.lead_time is None else b.lead_time.repeat_interleave(patches)
+
+        def denoiser(x_noisy, sigma, *, condition, offsets):
+            return net(x_noisy, sigma, condition=condition, offsets=offsets, lead_time=lead)
+
+        return edm.residual_loss(
+            denoiser,
+            b.inputs,
+            b.targets,
+            edm=cfg.edm,
+            mean=mean,
+            patch=patch,
+            num_patches=patches,
+            reduction="none",
+        )
+
+    return residual

@@ -327,6 +327,20 @@ class NetworkConfig(Checked):
         ),
     )
 
+    def check_shape(self, shape: tuple[int, int], what: str) -> None:
+        """Refuse an image ``shape`` (y, x) the encoder cannot halve ``levels - 1`` times,
+        naming the nearest smaller shape that works and the network setting to change."""
+        m = 2 ** (len(self.channel_mult) - 1)
+        if shape[0] % m == 0 and shape[1] % m == 0:
+            return
+        fit = (shape[0] // m * m, shape[1] // m * m)
+        raise ConfigError(
+            f"{what} {shape[0]}x{shape[1]} (y, x) does not divide by {m}, which a network of "
+            f"{len(self.channel_mult)} levels (channel_mult {list(self.channel_mult)}) needs: "
+            f"crop it to {fit[0]}x{fit[1]}, or use a network of fewer levels (channel_mult of "
+            "length L needs multiples of 2**(L-1))"
+        )
+
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> NetworkConfig:
         """The reference CorrDiff networks: ``"mini"`` or ``"normal"``, with field overrides."""

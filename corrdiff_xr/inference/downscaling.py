@@ -83,6 +83,16 @@ def _check_output_kind(header: Mapping[str, Any], output: str, model: Any) -> No
         )
 
 
+def _check_network_shape(header: Mapping[str, Any], shape: tuple, patch_cfg: Any) -> None:
+    """The image each network call sees (a patch, or the whole grid) must fit its levels."""
+    from corrdiff_xr.config import NetworkConfig, from_dict
+
+    what = "patch" if patch_cfg is not None else "the fine grid (sampled whole, patch=None)"
+    for key in ("regression_network", "residual_network"):
+        if header.get(key) is not None:
+            from_dict(NetworkConfig, header[key], path=key).check_shape(shape, what)
+
+
 def _codec(header: Mapping[str, Any]):
     from corrdiff_xr.codec import Codec
 
@@ -334,6 +344,7 @@ def downscale(
             f"fine grid is {(H, W)}; select the model's domain"
         )
 
+    _check_network_shape(header, tuple(patch_cfg.shape) if patch_cfg else (H, W), patch_cfg)
     grid, ych, xch = _spatial_plan(src, codec.inputs[0], patch_cfg, chunks)
     first = src[codec.inputs[0]].chunks
     # unchunked (numpy) inputs: one time step per block, so blocks stay small and parallel

@@ -171,6 +171,10 @@ def _open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
         raise ConfigError(
             f"patch.shape {tuple(cfg.patch.shape)} is larger than the domain {img_shape} (y, x)"
         )
+    if cfg.task == "patched_diffusion":
+        cfg.network.check_shape(tuple(cfg.patch.shape), "patch.shape")
+    else:  # the networks see whole images (the frozen regression net too, for diffusion)
+        cfg.network.check_shape(img_shape, f"the fine grid of data.source {cfg.data.source}")
     reg_header, reg_codec, reg_sha = None, None, None
     if cfg.task != "regression":
         reg_file = _model_file(t.regression_checkpoint)

@@ -270,8 +270,8 @@ def test_the_default_overlap_is_checked_against_the_boundary(setup):
         ConfigError, match=r"^patch=\(8, 8\), overlap=None, boundary=3: .*a quarter"
     ):
         downscale(pair, model, patch=8, boundary=3)
-    assert _tasks(downscale(pair, model, steps=1, patch=9, boundary=3))[0].grid == PatchGrid.build(
-        (16, 16), (9, 9), overlap=2, boundary=3, weights="ramp"
+    assert _tasks(downscale(pair, model, steps=1, patch=10, boundary=3))[0].grid == PatchGrid.build(
+        (16, 16), (10, 10), overlap=2, boundary=3, weights="ramp"
     )
 
 
@@ -382,3 +382,9 @@ def test_a_regression_only_model_gives_means_and_refuses_members(setup, tmp_path
         want = codec.decode_targets(regression_only.predict_mean(x), mean)
     for name in codec.out_channels:
         np.testing.assert_allclose(mean[name].values, want[name].values, rtol=1e-5, atol=1e-5)
+
+
+def test_a_patch_or_grid_the_network_cannot_halve_is_refused_before_any_task(setup):
+    ds, pair, codec, model = setup
+    with pytest.raises(ConfigError, match=r"patch 7x8 \(y, x\) does not divide by 2.*6x8"):
+        downscale(pair, model, members=1, patch=(7, 8), overlap=0)

@@ -71,3 +71,20 @@ def test_a_run_stopped_at_max_minutes_continues_to_the_weights_of_an_uninterrupt
     a = _weights(whole.output_dir / "model.safetensors")
     b = _weights(done.output_dir / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_grid_the_network_cannot_halve_is_refused_at_open_with_the_shape_that_works(tmp_path):
+    from corrdiff_xr.config import ConfigError
+    from corrdiff_xr.data import synthetic_dataset
+
+    odd = tmp_path / "odd.zarr"
+    synthetic_dataset(ny=18, nx=21, nt=4, factor=3).to_zarr(odd)
+    data = tiny_config(str(odd), tmp_path / "run")  # channel_mult (1, 2): multiples of 2
+    with pytest.raises(ConfigError, match=r"18x21 \(y, x\) does not divide by 2.*crop it to 18x20"):
+        train(from_dict(TrainRunConfig, data))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any step
+    data["task"] = "patched_diffusion"
+    data["patch"] = {"shape": [9, 8]}
+    data["training"]["regression_checkpoint"] = str(odd)  # never read: refused first
+    with pytest.raises(ConfigError, match=r"patch.shape 9x8 .*crop it to 8x8"):
+        train(from_dict(TrainRunConfig, data))

@@ -36,7 +36,17 @@ def test_a_valid_dataset_passes_and_is_returned_unchanged(ds):
 
 
 def test_every_error_is_a_value_error():
-    assert issubclass(DataError, ValueError)
+    import corrdiff_xr.data as data
+    from corrdiff_xr.errors import CorrDiffError
+
+    errors = [
+        getattr(data, n)
+        for n in data.__all__
+        if isinstance(getattr(data, n), type) and issubclass(getattr(data, n), Exception)
+    ]
+    assert len(errors) >= 12 and DataError in errors and TimeAxisError in errors
+    for err in errors:  # callers may catch the built-in type or the project's base
+        assert issubclass(err, ValueError) and issubclass(err, CorrDiffError), err
     assert issubclass(TimeAxisError, CoordinateError)
 
 

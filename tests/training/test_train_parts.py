@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
@@ -94,17 +93,22 @@ def test_half_written_directories_are_not_mistaken_for_checkpoints(tmp_path):
 
 def test_random_states_round_trip_through_a_checkpoint(tmp_path):
     torch.manual_seed(1), np.random.seed(2), random.seed(3)
-    _save_state = ckpt.rng_state()
-    torch.save(_save_state, tmp_path / "rng.pt")
-    expected = (torch.rand(3), np.random.rand(3), random.random())
-    ckpt.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
-    got = (torch.rand(3), np.random.rand(3), random.random())
-    assert (
-        torch.equal(expected[0], got[0])
-        and np.array_equal(expected[1], got[1])
-        and expected[2] == got[2]
+    path = ckpt.save_checkpoint(
+        tmp_path / "checkpoints",
+        8,
+        trainer_state={"nimg": 8, "rng": ckpt.rng_state()},
+        save_model=lambda d: (d / "model.safetensors").write_bytes(b"weights"),
     )
-    assert os.path.exists(tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(99), np.random.seed(99), random.seed(99)  # state moved on
+    assert ckpt.latest_checkpoint(tmp_path / "checkpoints") == path
+    state = ckpt.load_trainer_state(path)  # read back from the files, weights_only
+    assert state["nimg"] == 8
+    ckpt.set_rng_state(state["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0])
+    assert np.array_equal(expected[1], got[1])
+    assert expected[2] == got[2]
 
 
 def test_training_normalisation_does_not_depend_on_validation_times(tmp_path):

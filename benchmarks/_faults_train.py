@@ -17,7 +17,7 @@ bit with one uninterrupted run of the same config:
 Every process runs on one thread, so float reductions run in the same order in all of them.
 A few minutes on two shared cores. ``benchmarks/faults.py`` calls :func:`run`; standalone::
 
-    python benchmarks/_faults_train.py --work /tmp/faults --json faults_train.json
+    python benchmarks/_faults_train.py --work WORKDIR --json faults_train.json
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from corrdiff_xr.cli import bounded, json_object
 from corrdiff_xr.config import ConfigError, parse_overrides
 from corrdiff_xr.data.write import write_dataset
 from corrdiff_xr.dims import LAT, TIME
+from corrdiff_xr.scoring.baselines import baseline_from_inputs
 from corrdiff_xr.scoring.inputs import FORECAST, ScoreError, format_table, open_prediction
 
 __all__ = ["configure_parser", "run"]
@@ -208,7 +209,7 @@ def _with_baseline(
             "score a reference NetCDF (its input group)"
         )
     try:
-        base = scoring.baselines.baseline_from_inputs(inputs, tuple(map(str, pred.data_vars)))
+        base = baseline_from_inputs(inputs, tuple(map(str, pred.data_vars)))
     except KeyError as err:
         raise ScoreError(f"--baseline {args.baseline}: {err.args[0]}") from None
     if TIME in base.dims and TIME in pred.dims:

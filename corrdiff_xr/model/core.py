@@ -155,28 +155,20 @@ class CorrDiff(nn.Module):
         ):
             if cfg is not None and cfg.compile:
                 module.compile()
-        self.target_mask: torch.Tensor | None = None
+        self.register_buffer("target_mask", None)  # a None buffer stays out of state_dict
         if target_mask:
             self.set_target_mask(torch.ones(self.out_channels, *self.img_shape, dtype=torch.bool))
 
     def set_target_mask(self, valid: Any) -> None:
         """Record the pixels each target was trained on (``(C_out, H, W)`` booleans, True =
         valid), or None for none masked; inference writes NaN at the others."""
-        if valid is None:
-            if "target_mask" in self._buffers:
-                del self._buffers["target_mask"]
-            self.target_mask = None
-            return
-        valid = torch.as_tensor(valid).to(torch.bool)
-        want = (self.out_channels, *self.img_shape)
-        if tuple(valid.shape) != want:
-            raise ValueError(f"target_mask must have shape {want}, got {tuple(valid.shape)}")
-        valid = valid.to(next(self.parameters()).device)
-        if "target_mask" in self._buffers:
-            self._buffers["target_mask"] = valid
-        else:
-            del self.target_mask
-            self.register_buffer("target_mask", valid)
+        if valid is not None:
+            valid = torch.as_tensor(valid).to(torch.bool)
+            want = (self.out_channels, *self.img_shape)
+            if tuple(valid.shape) != want:
+                raise ValueError(f"target_mask must have shape {want}, got {tuple(valid.shape)}")
+            valid = valid.to(next(self.parameters()).device)
+        self.target_mask = valid
 
     # -- inference -------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor, offsets: torch.Tensor | None) -> None:

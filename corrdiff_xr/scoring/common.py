@@ -39,7 +39,7 @@ def _coords_like_data(obj: xr.Dataset | xr.DataArray) -> xr.Dataset | xr.DataArr
     return obj.assign_coords(lazy) if lazy else obj
 
 
-def as_ensemble(forecast: xr.Dataset, member_dim: str) -> xr.Dataset:
+def _as_ensemble(forecast: xr.Dataset, member_dim: str) -> xr.Dataset:
     """A deterministic forecast (no variable has ``member_dim``) as a one-member ensemble, so
     it scores like one: CRPS = MAE, no spread. Anything else is returned unchanged."""
     if any(member_dim in v.dims for v in forecast.data_vars.values()):

@@ -39,6 +39,7 @@ from corrdiff_xr.scoring import kernels
 from corrdiff_xr.scoring.common import (
     Dims,
     _aggregate,
+    _as_ensemble,
     _back,
     _check_forecast,
     _matched_truth,
@@ -46,7 +47,6 @@ from corrdiff_xr.scoring.common import (
     _single_chunk,
     _to_dataset,
     _with_attrs,
-    as_ensemble,
 )
 from corrdiff_xr.scoring.spectra import power_spectrum
 
@@ -121,7 +121,7 @@ def _prepare(forecast: Data, truth: Data, member_dim: str):
         tr, _ = _to_dataset(truth.rename(next(iter(fc.data_vars))), "truth")
     else:
         tr, _ = _to_dataset(truth, "truth")
-    fc = as_ensemble(fc, member_dim)
+    fc = _as_ensemble(fc, member_dim)
     _check_forecast(fc, member_dim)
     return fc, _matched_truth(fc, tr, member_dim), was_array
 
@@ -222,7 +222,7 @@ def spread(
     averaged over ``dim`` before the square root. Needs at least two members.
     """
     fc, was_array = _to_dataset(forecast, "forecast")
-    fc = as_ensemble(fc, member_dim)
+    fc = _as_ensemble(fc, member_dim)
     _check_forecast(fc, member_dim)
     var = _ensemble_variance(fc, member_dim)
     out = np.sqrt(_aggregate(var, _mean_dims(var, dim, member_dim), weights))

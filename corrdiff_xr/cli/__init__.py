@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from corrdiff_xr.errors import CorrDiffError
 
-__all__ = ["COMMANDS", "bounded", "json_object", "main"]
+__all__ = ["COMMANDS", "KeyValues", "bounded", "json_object", "main"]
 
 COMMANDS = {
     "demo": ("corrdiff_xr.cli.demo", "download-free end-to-end run on the embedded data and model"),
@@ -68,6 +68,18 @@ def bounded(
 
     parse.__name__ = kind.__name__
     return parse
+
+
+class KeyValues(argparse.Action):
+    """KEY=VALUE items -> a (nested) dict, by :func:`corrdiff_xr.config.parse_overrides`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from corrdiff_xr.config import ConfigError, parse_overrides
+
+        try:
+            setattr(namespace, self.dest, parse_overrides(values))
+        except ConfigError as err:
+            raise argparse.ArgumentError(self, str(err)) from None
 
 
 def json_object(text: str) -> dict:

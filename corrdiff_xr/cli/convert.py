@@ -1,6 +1,9 @@
-"""``corrdiff-xr convert``: a reference dataset (HRRR-Mini NetCDF, CWB Zarr) to a canonical store.
+"""``corrdiff-xr convert``: a reference dataset (HRRR-Mini NetCDF, CWB Zarr), or any source, to a store.
 
-The conversion itself is :mod:`corrdiff_xr.data.sources.reference`. This module checks the options
+The conversions are :mod:`corrdiff_xr.data.sources.reference`; layout ``source`` copies what
+:func:`corrdiff_xr.data.open_source` opens (a ``catalog:NAME/ENTRY``, say a pair of native
+archives, with ``--param``) into a canonical store with its statistics, for those who want a
+copy: every command also reads the source directly. This module checks the options
 (numbers, options of the other layout, a URL where a local path is needed) and the
 destination before reading anything: an existing destination is replaced only if it is an
 earlier ``convert`` output and ``--overwrite`` is given, never a user's file or directory or
@@ -15,7 +18,7 @@ import argparse
 import os
 from pathlib import Path
 
-from corrdiff_xr.cli import bounded
+from corrdiff_xr.cli import KeyValues, bounded
 from corrdiff_xr.data.sources.reference import (
     ConversionError,
     cwb_to_canonical,
@@ -27,7 +30,7 @@ from corrdiff_xr.dims import TIME
 
 __all__ = ["LAYOUTS", "configure_parser", "run"]
 
-LAYOUTS = ("hrrr-mini", "cwb")
+LAYOUTS = ("hrrr-mini", "cwb", "source")
 KIND = "convert"
 
 
@@ -35,12 +38,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Options of ``corrdiff-xr convert``."""
     add = parser.add_argument
     add("layout", choices=LAYOUTS, help="layout of the source dataset")
-    add("source", help="HRRR-Mini NetCDF file or CWB Zarr directory")
+    add("source", help="HRRR-Mini NetCDF file, CWB Zarr directory, or (layout source) any source")
     add("dest", help="canonical Zarr store to write (local path)")
     add("--stats", help="HRRR-Mini stats.json (default: next to the source)")
     add("--window", help="HRRR-Mini: keep the samples of window ROW,COL or 'most_common'")
     add("--time-chunk", type=bounded(int, minimum=1), default=1, help="time steps per chunk")
     add("--keep-invalid", action="store_true", help="CWB: keep times flagged invalid")
+    add(
+        "--param",
+        nargs="*",
+        default={},
+        action=KeyValues,
+        metavar="KEY=VALUE",
+        help="source: catalog user parameters of a catalog:NAME/ENTRY source",
+    )
     add(
         "--overwrite",
         action="store_true",
@@ -63,7 +74,11 @@ def _check_options(args: argparse.Namespace) -> Path:
     """Refuse options of the other layout (ignoring them would mislead); the local dest."""
     from corrdiff_xr._outputs import local_output
 
-    other = {"hrrr-mini": ("keep_invalid",), "cwb": ("stats", "window")}[args.layout]
+    other = {
+        "hrrr-mini": ("keep_invalid", "param"),
+        "cwb": ("stats", "window", "param"),
+        "source": ("stats", "window", "keep_invalid"),
+    }[args.layout]
     given = [f"--{name.replace('_', '-')}" for name in other if getattr(args, name)]
     if given:
         raise ConversionError(f"{', '.join(given)} does not apply to layout {args.layout!r}")
@@ -81,8 +96,13 @@ def run(args: argparse.Namespace) -> int:
         ds, stats = hrrr_mini_to_canonical(
             args.source, args.stats or default_stats, window=_parse_window(args.window)
         )
-    else:
+    elif args.layout == "cwb":
         ds, stats = cwb_to_canonical(args.source, keep_invalid=args.keep_invalid)
+    else:
+        from corrdiff_xr.data import open_source
+
+        pair = open_source(args.source, params=args.param, what="source", params_what="--param")
+        ds, stats = pair.dataset, pair.stats
     validate(ds, check_values=False)  # refuse to write a store open_pair would reject
     ds = ds.chunk({TIME: args.time_chunk})
     for var in ds.variables.values():

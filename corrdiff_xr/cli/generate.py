@@ -35,6 +35,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from corrdiff_xr.cli import KeyValues
 from corrdiff_xr.errors import CorrDiffError
 
 __all__ = ["GenerateError", "checkpoint_identity", "configure_parser", "run"]
@@ -128,18 +129,6 @@ class _Patch(argparse.Action):
         setattr(namespace, self.dest, (values[0], values[-1]))
 
 
-class _KeyValues(argparse.Action):
-    """KEY=VALUE items -> a (nested) dict, by :func:`corrdiff_xr.config.parse_overrides`."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        from corrdiff_xr.config import ConfigError, parse_overrides
-
-        try:
-            setattr(namespace, self.dest, parse_overrides(values))
-        except ConfigError as err:
-            raise argparse.ArgumentError(self, str(err)) from None
-
-
 class _Chunks(argparse.Action):
     """DIM=N items, DIM one of the output dims, N >= 1 -> dict."""
 
@@ -180,7 +169,7 @@ def _data_options(src: argparse._ArgumentGroup) -> None:
         "--param",
         nargs="*",
         default={},
-        action=_KeyValues,
+        action=KeyValues,
         metavar="KEY=VALUE",
         help="catalog user parameters (with --catalog or --data catalog:...), e.g. cache_dir=/data",
     )
@@ -210,7 +199,7 @@ def _model_options(model: argparse._ArgumentGroup) -> None:
         "--sampler",
         nargs="*",
         default={},
-        action=_KeyValues,
+        action=KeyValues,
         metavar="KEY=VALUE",
         help="SamplerConfig fields, e.g. solver=euler S_churn=10",
     )

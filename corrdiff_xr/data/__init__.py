@@ -3,7 +3,8 @@
 See :mod:`corrdiff_xr.data.layout` for the layout every other module relies on. The usual
 entry point is :func:`open_source` (a ``catalog:NAME/ENTRY``, a Zarr path or URL, or data
 already open; :mod:`corrdiff_xr.data.source`), which returns a lazy, validated
-:class:`DownscalingData`; :func:`open_pair` opens a canonical store or Dataset.
+:class:`DownscalingData`; :func:`open_pair` opens a canonical store or Dataset, and
+:func:`open_archives` pairs separate native archives (:mod:`corrdiff_xr.data.archives`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ _LAZY: dict[str, str] = {
         "corrdiff_xr.data.sources.pp",
     ),
     **dict.fromkeys(["uk_hires_dataset", "sample_path"], "corrdiff_xr.data.sources.ukhires"),
+    **dict.fromkeys(["open_archives"], "corrdiff_xr.data.archives"),
+    **dict.fromkeys(["adopt"], "corrdiff_xr.data.sources.native"),
+    **dict.fromkeys(["native_archives"], "corrdiff_xr.data.sources.native_example"),
     **dict.fromkeys(
         ["gaussian_random_field", "synthetic_dataset"], "corrdiff_xr.data.sources.synthetic"
     ),
@@ -101,6 +105,7 @@ __all__ = [
     "StatsError",
     "StoreError",
     "TimeAxisError",
+    "adopt",
     "bilinear_weights",
     "catalog_spec",
     "check_stats",
@@ -110,6 +115,8 @@ __all__ = [
     "gaussian_random_field",
     "hrrr_mini_to_canonical",
     "list_catalogs",
+    "native_archives",
+    "open_archives",
     "open_catalog",
     "open_dataset",
     "open_entry",

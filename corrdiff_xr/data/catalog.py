@@ -14,7 +14,9 @@ Zarr store with :func:`corrdiff_xr.data.open_pair`; :class:`CachedBuildReader` f
 dataset with a registered builder and writes it (with its statistics) atomically to
 ``<cache_dir>/<name>-<hash of the builder arguments>.zarr``, then opens that store the same way.
 The cache directory is the ``cache_dir`` user parameter, else ``$CORRDIFF_XR_CACHE``, else
-``~/.cache/corrdiff_xr``.
+``~/.cache/corrdiff_xr``. Native archives and pairs of them (a coarse ERA5-like archive, a
+km-scale archive on its own grid, static fields) have two more readers, ``ArchiveReader``
+and ``ArchivePairReader`` (:mod:`corrdiff_xr.data.catalog_archives`).
 
 Intake 2.0.9 quirks this module works with: a version-2 catalog must contain every section
 (``version, metadata, user_parameters, data, aliases, entries``), even when empty; only
@@ -68,12 +70,19 @@ from intake.readers.readers import BaseReader
 
 from corrdiff_xr._redact import redact_text, redact_url, redacted_error
 from corrdiff_xr.data._catalog_trust import Refused, env_names, find_refusal, listed_in
+from corrdiff_xr.data.catalog_archives import (
+    ArchivePairReader,
+    ArchiveReader,
+    resolve_archive_entries,
+)
 from corrdiff_xr.errors import CorrDiffError
 
 __all__ = [
     "ALLOWED_DTYPES",
     "ALLOWED_IMPORTS",
     "BUILDERS",
+    "ArchivePairReader",
+    "ArchiveReader",
     "TRUST_ENV",
     "CachedBuildReader",
     "CatalogError",
@@ -108,9 +117,11 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
         {
             "corrdiff_xr.data.catalog:ZarrPairReader",
             "corrdiff_xr.data.catalog:CachedBuildReader",
+            "corrdiff_xr.data.catalog:ArchiveReader",
+            "corrdiff_xr.data.catalog:ArchivePairReader",
         }
     ),
-    "output_instance": frozenset({"corrdiff_xr.data:DownscalingData"}),
+    "output_instance": frozenset({"corrdiff_xr.data:DownscalingData", "xarray:Dataset"}),
     "user parameter cls": frozenset(
         f"intake.readers.user_parameters:{kind}UserParameter" for kind in _USER_PARAMETERS
     ),
@@ -467,6 +478,7 @@ def _read(cat: Catalog, entry: str, params: dict, secrets: list[str | None]):
     """``cat[entry].read()``; errors name the catalog and entry, without ``secrets``."""
     try:
         reader = cat(**params)[entry]
+        resolve_archive_entries(cat, params, reader, f"entry {entry!r}", error=CatalogError)
     except Exception as err:
         # intake raises bare TypeError/ValueError on bad values: name the catalog and entry
         where = cat.user_parameters.get("CATALOG_PATH", "<catalog>")

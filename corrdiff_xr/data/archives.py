@@ -1,0 +1,299 @@
+"""A downscaling pair from separate native archives: coarse, fine and static, lazily.
+
+:func:`open_archives` is the road from the archives people have (a coarse archive in ERA5
+conventions, a km-scale archive on its own projected or rotated grid, orography on a third
+grid) to the same validated, lazy :class:`~corrdiff_xr.data.DownscalingData` a canonical
+store gives. Each archive is adopted as it is (:mod:`corrdiff_xr.data.sources.native`);
+then, reading coordinates only:
+
+1. the fine archive is cut to the spatial ``window`` (positions on its grid) and its times to
+   the ``time`` period (ISO strings in the archive's own calendar);
+2. the coarse times are matched to the fine ones (``match="exact"``, or ``"nearest"`` within
+   ``tolerance``; :func:`corrdiff_xr.data.times.align`): unmatched times are dropped from
+   both, with a warning saying how many, and the pair carries the fine (target) times;
+3. the coarse grid is cropped to the fine domain plus one coarse cell, with its longitudes
+   unwrapped around the domain (a 0..360 archive and a domain across 0 or 180 degrees give a
+   monotonic, contiguous window), so a task reads a regional field, not the globe;
+4. static fields on the fine grid's coordinates are cut out exactly; on another grid they are
+   regridded bilinearly (lazily, from their latitude/longitude or a shared projection);
+5. the parts are merged (names must differ: map them, ``{"t2m": "t2m_coarse"}``) and checked
+   by :func:`corrdiff_xr.data.open_pair`, which computes the regridding weights once.
+
+What was changed (squeezed dims, dropped bounds, cropping, regridding, times dropped) is kept
+in the dataset attribute :data:`NOTES_ATTR`, one line per note.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from corrdiff_xr.data.layout import (
+    CoverageError,
+    DataError,
+    EmptySelectionError,
+    NameClashError,
+    combine,
+)
+from corrdiff_xr.data.pair import DownscalingData, open_dataset, open_pair
+from corrdiff_xr.data.regrid import bilinear_weights
+from corrdiff_xr.data.sources.native import Adopted, adopt
+from corrdiff_xr.data.times import align, parse_times
+from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, TIME, X_COARSE, Y_COARSE, X, Y
+
+__all__ = ["NOTES_ATTR", "ArchiveSource", "open_archives"]
+
+#: dataset attribute listing what pairing changed
+NOTES_ATTR = "corrdiff_xr_pairing"
+
+#: an archive: a Zarr path/URL, an open Dataset, or a mapping with ``url`` (or ``dataset``),
+#: ``storage_options``, ``variables`` ({native: canonical}) and ``select`` ({dim: value})
+ArchiveSource = str | os.PathLike | xr.Dataset | Mapping[str, Any]
+_SOURCE_KEYS = {"url", "dataset", "storage_options", "variables", "select"}
+
+
+def _open(source: ArchiveSource, *, grid: str, what: str) -> Adopted:
+    if isinstance(source, xr.Dataset):  # a Mapping too: test it first
+        spec: Mapping[str, Any] = {"dataset": source}
+    else:
+        spec = source if isinstance(source, Mapping) else {"url": source}
+    unknown = sorted(set(spec) - _SOURCE_KEYS)
+    if unknown:
+        raise DataError(
+            f"{what}: unknown key(s) {unknown}; an archive takes {sorted(_SOURCE_KEYS)}"
+        )
+    if ("url" in spec) == ("dataset" in spec):
+        raise DataError(f"{what}: give exactly one of 'url' (a Zarr path or URL) or 'dataset'")
+    if "url" in spec:
+        options = {k: v for k, v in dict(spec.get("storage_options") or {}).items() if v != ""}
+        ds = open_dataset(spec["url"], storage_options=options or None)
+    else:
+        ds = spec["dataset"]
+    return adopt(
+        ds, grid=grid, variables=spec.get("variables"), select=spec.get("select"), what=what
+    )  # fmt: skip
+
+
+def _window(fine: xr.Dataset, window: Mapping[str, Sequence[int]] | None) -> xr.Dataset:
+    if not window:
+        return fine
+    unknown = sorted(set(window) - {Y, X})
+    if unknown:
+        raise EmptySelectionError(f"window: unknown dim(s) {unknown}; use 'y' and 'x' positions")
+    cut = {}
+    for dim, bounds in window.items():
+        if len(bounds) != 2 or not bounds[0] < bounds[1] <= fine.sizes[dim]:
+            raise EmptySelectionError(
+                f"window {dim}={list(bounds)}: expected [start, stop] with 0 <= start < stop <= "
+                f"{fine.sizes[dim]} (the fine grid's size along {dim})"
+            )
+        cut[dim] = slice(int(bounds[0]), int(bounds[1]))
+    return fine.isel(cut)
+
+
+def _period(fine: xr.Dataset, period: Mapping[str, str] | None) -> xr.Dataset:
+    if not period:
+        return fine
+    unknown = sorted(set(period) - {"start", "end"})
+    if unknown:
+        raise EmptySelectionError(f"time: unknown key(s) {unknown}; use 'start' and 'end'")
+    times = fine[TIME].values
+    keep = np.ones(times.size, bool)
+    from corrdiff_xr.data.times import to_ns
+
+    ns = to_ns(times)
+    if period.get("start"):
+        keep &= ns >= to_ns(parse_times([str(period["start"])], times))[0]
+    if period.get("end"):
+        keep &= ns <= to_ns(parse_times([str(period["end"])], times))[0]
+    if not keep.any():
+        raise EmptySelectionError(
+            f"time {dict(period)} selects none of the fine archive's times "
+            f"({times[0]} .. {times[-1]})"
+        )
+    return fine.isel({TIME: np.flatnonzero(keep)})
+
+
+def _range_index(values: np.ndarray, lo: float, hi: float, what: str) -> np.ndarray:
+    """Positions of ``values`` (monotonic) within [lo, hi] widened by one cell each side."""
+    inside = np.flatnonzero((values >= lo) & (values <= hi))
+    if inside.size == 0:  # the domain falls between two coarse centres
+        inside = np.array([int(np.argmin(np.abs(values - 0.5 * (lo + hi))))])
+    first, last = max(inside.min() - 1, 0), min(inside.max() + 1, values.size - 1)
+    if last - first < 1:
+        raise CoverageError(f"{what}: the coarse grid has a single point over the fine domain")
+    return np.arange(first, last + 1)
+
+
+def _crop_coarse(coarse: xr.Dataset, fine: xr.Dataset, notes: list[str]) -> xr.Dataset:
+    """The coarse window over the fine domain, longitudes unwrapped around it (see doc, 3)."""
+    sy = coarse[Y_COARSE].attrs.get("standard_name")
+    sx = coarse[X_COARSE].attrs.get("standard_name")
+    before = (coarse.sizes[Y_COARSE], coarse.sizes[X_COARSE])
+    if (sy, sx) == ("latitude", "longitude"):
+        qy, qx = fine[LAT].values, fine[LON].values
+    else:  # same projection: the fine grid's own coordinates
+        qy, qx = np.meshgrid(fine[Y].values, fine[X].values, indexing="ij")
+    rows = _range_index(coarse[Y_COARSE].values, qy.min(), qy.max(), "coarse archive")
+    xs = coarse[X_COARSE].values.astype(np.float64)
+    if sx == "longitude":
+        centre = float(np.angle(np.exp(1j * np.deg2rad(qx)).mean(), deg=True))
+        offset = (xs - centre + 180.0) % 360.0 - 180.0
+        dq = (qx - centre + 180.0) % 360.0 - 180.0
+        order = np.argsort(offset, kind="stable")
+        cols = order[_range_index(offset[order], dq.min(), dq.max(), "coarse archive")]
+        unwrapped = centre + offset[cols]
+        steps = np.diff(unwrapped)
+        if steps.size and steps.max() > 1.5 * np.median(steps):
+            raise CoverageError(
+                "coarse archive: its longitudes have a gap over the fine domain "
+                f"(a step of {steps.max():.4g} degrees); it does not cover the domain"
+            )
+    else:
+        cols = _range_index(xs, qx.min(), qx.max(), "coarse archive")
+        unwrapped = xs[cols]
+    out = coarse.isel({Y_COARSE: rows, X_COARSE: cols})
+    out = out.assign_coords({X_COARSE: (X_COARSE, unwrapped, coarse[X_COARSE].attrs)})
+    if (sy, sx) == ("latitude", "longitude"):
+        lat, lon = np.meshgrid(out[Y_COARSE].values, unwrapped, indexing="ij")
+        out = out.assign_coords(
+            {
+                LAT_COARSE: ((Y_COARSE, X_COARSE), lat, coarse[LAT_COARSE].attrs),
+                LON_COARSE: ((Y_COARSE, X_COARSE), lon, coarse[LON_COARSE].attrs),
+            }
+        )
+    after = (out.sizes[Y_COARSE], out.sizes[X_COARSE])
+    if after != before:
+        notes.append(f"coarse archive: cropped {before} -> {after} around the fine domain")
+    return out
+
+
+def _exact_positions(source: np.ndarray, target: np.ndarray) -> np.ndarray | None:
+    """Positions of ``target``'s values in ``source`` (to 1e-6 of a cell), else None."""
+    if source.size < 2:
+        return None
+    tol = 1e-6 * float(np.median(np.abs(np.diff(source))))
+    order = np.argsort(source)
+    pos = np.searchsorted(source[order], target).clip(0, source.size - 1)
+    lower = (pos - 1).clip(0)
+    pick = np.where(
+        np.abs(source[order][lower] - target) < np.abs(source[order][pos] - target), lower, pos
+    )
+    found = order[pick]
+    return found if np.all(np.abs(source[found] - target) <= tol) else None
+
+
+def _static_on_fine(part: Adopted, fine: xr.Dataset, what: str, notes: list[str]) -> xr.Dataset:
+    """Static fields cut out of (same grid) or regridded to (another grid) the fine grid."""
+    ds = part.dataset
+    same = all(
+        ds[d].attrs.get(k) == fine[d].attrs.get(k)
+        for d in (Y, X)
+        for k in ("standard_name", "units")
+    )
+    if same:
+        rows = _exact_positions(ds[Y].values.astype(float), fine[Y].values.astype(float))
+        cols = _exact_positions(ds[X].values.astype(float), fine[X].values.astype(float))
+        if rows is not None and cols is not None:
+            if (rows.size, cols.size) != (ds.sizes[Y], ds.sizes[X]):
+                notes.append(f"{what}: cut {(ds.sizes[Y], ds.sizes[X])} -> fine grid")
+            out = ds.isel({Y: rows, X: cols})
+            return out.drop_vars([c for c in out.coords if c not in out.dims]).assign_coords(
+                {c: fine.coords[c] for c in (Y, X, LAT, LON)}
+            )
+    # another grid: regrid as if it were a coarse grid, then give it the fine coords
+    as_coarse = ds.rename({Y: Y_COARSE, X: X_COARSE, LAT: LAT_COARSE, LON: LON_COARSE})
+    grid = xr.Dataset(coords={**as_coarse.coords, **{c: fine.coords[c] for c in (Y, X, LAT, LON)}})
+    weights = bilinear_weights(grid)
+    out = {}
+    for name, var in as_coarse.data_vars.items():
+        data = var.data if isinstance(var.data, da.Array) else da.from_array(var.values)
+        data = data.astype(np.result_type(var.dtype, np.float32)).rechunk(-1)
+        fine_field = data.map_blocks(weights.apply, chunks=weights.fine_shape, dtype=data.dtype)
+        attrs = dict(var.attrs, regridding=f"bilinear from its own grid, method {weights.method}")
+        out[name] = ((Y, X), fine_field, attrs)
+    notes.append(f"{what}: regridded bilinearly {weights.coarse_shape} -> {weights.fine_shape}")
+    return xr.Dataset(out, coords={c: fine.coords[c] for c in (Y, X, LAT, LON)})
+
+
+def _pair_times(coarse: xr.Dataset, fine: xr.Dataset, match: str, tolerance: Any, notes: list[str]):
+    found = align(coarse[TIME].values, fine[TIME].values, match=match, tolerance=tolerance)
+    notes.append(found.report)
+    if found.dropped_fine or found.dropped_coarse:
+        warnings.warn(f"pairing archives: {found.report}", stacklevel=3)
+    coarse = coarse.isel({TIME: found.coarse_index})
+    fine = fine.isel({TIME: found.fine_index})
+    return coarse.assign_coords({TIME: fine[TIME]}), fine
+
+
+def open_archives(
+    coarse: ArchiveSource,
+    fine: ArchiveSource,
+    static: ArchiveSource | Sequence[ArchiveSource] = (),
+    *,
+    time: Mapping[str, str] | None = None,
+    match: str = "exact",
+    tolerance: str | None = None,
+    window: Mapping[str, Sequence[int]] | None = None,
+    require_targets: bool = True,
+) -> DownscalingData:
+    """Pair native coarse, fine and static archives (see the module docstring) lazily.
+
+    Parameters
+    ----------
+    coarse, fine
+        The input and the target archive: a Zarr path or fsspec URL, an open Dataset, or a
+        mapping with ``url`` (or ``dataset``), ``storage_options``, ``variables``
+        (``{native name: name in the pair}``; default every gridded variable) and ``select``
+        (``{dim: value}``, e.g. one pressure level).
+    static
+        Archives of static fields (orography, land-sea mask), on any grid covering the domain.
+    time
+        ``{"start": ISO, "end": ISO}`` (either may be omitted), in the fine archive's calendar.
+    match, tolerance
+        Time matching of coarse to fine: ``"exact"``, or ``"nearest"`` within ``tolerance``
+        (a duration, ``"30min"``).
+    window
+        ``{"y": [start, stop], "x": [start, stop]}``: positions of the fine grid to keep.
+
+    Raises
+    ------
+    DataError
+        A subclass naming the archive, variable or dim at fault, and the fix.
+    """
+    notes: list[str] = []
+    low = _open(coarse, grid="coarse", what="coarse archive")
+    high = _open(fine, grid="fine", what="fine archive")
+    notes += low.notes + high.notes
+    fine_ds = _period(_window(high.dataset, window), time)
+    coarse_ds, fine_ds = _pair_times(low.dataset, fine_ds, match, tolerance, notes)
+    coarse_ds = _crop_coarse(coarse_ds, fine_ds, notes)
+    single = isinstance(static, (str, os.PathLike, xr.Dataset, Mapping))
+    statics = [static] if single else static
+    parts = []
+    for i, source in enumerate(statics):
+        what = f"static archive {i}"
+        part = _open(source, grid="static", what=what)
+        notes += part.notes
+        parts.append(_static_on_fine(part, fine_ds, what, notes))
+    static_ds = xr.merge(parts, compat="no_conflicts") if parts else None
+    mapping = high.grid_mapping
+    if static_ds is not None and mapping is not None:
+        for var in static_ds.data_vars.values():
+            var.attrs["grid_mapping"] = mapping
+        static_ds = static_ds.assign_coords({mapping: fine_ds[mapping]})
+    try:
+        ds = combine(coarse_ds, fine_ds, static_ds)
+    except NameClashError as err:
+        raise NameClashError(
+            f"{err}; rename one through the archive's variables map, e.g. "
+            "coarse={'url': ..., 'variables': {'t2m': 't2m_coarse'}}"
+        ) from None
+    ds.attrs = {NOTES_ATTR: "\n".join(notes)}
+    return open_pair(ds, require_targets=require_targets)

@@ -1,0 +1,325 @@
+"""Native archives adopted as they are: CF axes found from metadata, renamed to the layout's.
+
+A coarse archive in ERA5 conventions (``time, latitude, longitude``, latitude descending,
+longitude 0..360, packed int16) or a km-scale archive on a rotated or projected grid (``rlat,
+rlon`` or ``y, x`` with 2-D ``lat``/``lon`` and a grid-mapping variable) is turned into one
+side of the canonical layout (:mod:`corrdiff_xr.data.layout`) by :func:`adopt`, lazily:
+
+* **Axes from CF metadata, not names.** A dimension's coordinate is the time axis when it
+  holds datetimes (or says ``axis: T`` / ``standard_name: time``); it is the Y (X) axis when
+  its ``axis`` is ``Y`` (``X``), its ``standard_name`` is ``latitude``/``grid_latitude``/
+  ``projection_y_coordinate`` (the ``longitude`` ones) or its units are degrees north (east).
+  A dim without a coordinate is a Y/X axis when a 2-D latitude/longitude coordinate spans it.
+  Other dims of length one (``height``, ``level``, ``step``) are squeezed, with a note; longer
+  ones are refused, naming the dim and the ``select`` that would pick one level.
+* **Orientation is kept**: descending latitude stays descending (regridding handles either
+  order), so outputs come back in the archive's own orientation. Longitudes are unwrapped
+  around the fine domain when the pair is built (:mod:`corrdiff_xr.data.archives`).
+* **Grid mappings and bounds**: a variable with ``grid_mapping_name`` becomes a scalar
+  coordinate (kept, and written back to outputs as every generated variable's
+  ``grid_mapping``); ``bounds`` variables are dropped, with a note.
+* **Values**: packed integers are decoded by xarray on opening (``scale_factor``/``add_offset``);
+  a time-varying variable still holding raw integers is refused. A missing ``long_name`` is
+  taken from ``standard_name`` or the name; a missing ``units`` is an error.
+* **Geographic positions**: the fine side needs 2-D ``lat``/``lon``: taken from the archive's
+  2-D latitude/longitude coordinates, built from 1-D latitude/longitude axes, or computed for
+  a ``rotated_latitude_longitude`` grid mapping; any other projection must carry them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+
+from corrdiff_xr.data.layout import (
+    CoordinateError,
+    DimensionError,
+    DTypeError,
+    MetadataError,
+    MissingVariableError,
+)
+from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, TIME, X_COARSE, Y_COARSE, X, Y
+
+__all__ = ["Adopted", "adopt", "find_axes"]
+
+Grid = Literal["coarse", "fine", "static"]
+
+_Y_NAMES = {"latitude", "grid_latitude", "projection_y_coordinate"}
+_X_NAMES = {"longitude", "grid_longitude", "projection_x_coordinate"}
+_NORTH = {"degrees_north", "degree_north", "degree_n", "degrees_n", "degreen", "degreesn"}
+_EAST = {"degrees_east", "degree_east", "degree_e", "degrees_e", "degreee", "degreese"}
+_DIMS = {"coarse": (Y_COARSE, X_COARSE), "fine": (Y, X), "static": (Y, X)}
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """An archive on canonical dims; ``notes`` says what was changed to get there."""
+
+    dataset: xr.Dataset
+    notes: tuple[str, ...]
+    grid_mapping: str | None
+
+
+def _units(attrs: Mapping) -> str:
+    return str(attrs.get("units", "")).lower().replace(" ", "_")
+
+
+def _axis_of(coord: xr.DataArray) -> str | None:
+    """``"T"``, ``"Y"``, ``"X"`` or None for a 1-D coordinate, from CF metadata and dtype."""
+    attrs = coord.attrs
+    axis = str(attrs.get("axis", "")).upper()
+    name = attrs.get("standard_name")
+    from corrdiff_xr.data.times import is_cftime
+
+    if axis == "T" or name == "time" or np.issubdtype(coord.dtype, np.datetime64):
+        return "T"
+    if is_cftime(coord.values[:1]):
+        return "T"
+    if axis in ("X", "Y"):
+        return axis
+    if name in _Y_NAMES or _units(attrs) in _NORTH:
+        return "Y"
+    if name in _X_NAMES or _units(attrs) in _EAST:
+        return "X"
+    return None
+
+
+def _geographic_2d(ds: xr.Dataset, kind: str) -> str | None:
+    """Name of a 2-D coordinate holding geographic latitude (``kind="Y"``) or longitude."""
+    names, units = ({"latitude"}, _NORTH) if kind == "Y" else ({"longitude"}, _EAST)
+    for name, coord in ds.coords.items():
+        if coord.ndim == 2 and (
+            coord.attrs.get("standard_name") in names or _units(coord.attrs) in units
+        ):
+            return str(name)
+    return None
+
+
+def find_axes(ds: xr.Dataset, dims: tuple, *, what: str) -> dict[str, str]:
+    """``{"T": dim, "Y": dim, "X": dim}`` among ``dims`` (T may be absent), from CF metadata.
+
+    Raises
+    ------
+    DimensionError
+        Two dims claim one axis, or no dim is the Y or X axis (naming the fix).
+    """
+    found: dict[str, str] = {}
+    for dim in dims:
+        axis = _axis_of(ds[dim]) if dim in ds.coords and ds[dim].ndim == 1 else None
+        if axis is None:
+            continue
+        if axis in found:
+            raise DimensionError(
+                f"{what}: dims '{found[axis]}' and '{dim}' both look like the {axis} axis; "
+                f"select one value of the other (select={{'{dim}': ...}})"
+            )
+        found[axis] = str(dim)
+    if "Y" not in found or "X" not in found:  # index dims spanned by 2-D lat/lon
+        lat = _geographic_2d(ds, "Y")
+        if lat is not None and all(d in dims for d in ds[lat].dims):
+            found.setdefault("Y", str(ds[lat].dims[0]))
+            found.setdefault("X", str(ds[lat].dims[1]))
+    for axis, kind in (("Y", "latitude"), ("X", "longitude")):
+        if axis not in found:
+            raise DimensionError(
+                f"{what}: no {axis} ({kind}) axis among the dims {tuple(map(str, dims))}; give "
+                f"its coordinate the CF attribute axis='{axis}' or standard_name='{kind}' "
+                f"(or 'grid_{kind}', 'projection_{axis.lower()}_coordinate')"
+            )
+    return found
+
+
+def _metadata_vars(ds: xr.Dataset) -> tuple[list[str], list[str]]:
+    """Names of grid-mapping variables and of bounds variables in ``ds``."""
+    mappings = [str(n) for n, v in ds.variables.items() if "grid_mapping_name" in v.attrs]
+    bounds = {str(v.attrs["bounds"]) for v in ds.variables.values() if "bounds" in v.attrs}
+    bounds |= {str(n) for n in ds.variables if str(n).endswith(("_bnds", "_bounds"))}
+    return mappings, sorted(b for b in bounds if b in ds.variables and b not in mappings)
+
+
+def _pick_variables(
+    ds: xr.Dataset, variables: Mapping[str, str] | None, grid: Grid, what: str
+) -> dict[str, str]:
+    """``{native name: canonical name}``: the map given, else every field of the grid."""
+    if variables:
+        missing = [n for n in variables if n not in ds.data_vars]
+        if missing:
+            raise MissingVariableError(
+                f"{what}: variable(s) {missing} not found; it has {sorted(map(str, ds.data_vars))}"
+            )
+        return {str(k): str(v) for k, v in variables.items()}
+    minimum = 2 if grid == "static" else 3
+    picked = {str(n): str(n) for n, v in ds.data_vars.items() if v.ndim >= minimum}
+    if not picked:
+        raise MissingVariableError(
+            f"{what}: no gridded variable in {sorted(map(str, ds.data_vars))}"
+        )
+    return picked
+
+
+def _squeeze(
+    var: xr.DataArray, keep: set[str], name: str, what: str, notes: list[str]
+) -> xr.DataArray:
+    for dim in [d for d in var.dims if d not in keep]:
+        if var.sizes[dim] != 1:
+            raise DimensionError(
+                f"{what}: variable '{name}' has dim '{dim}' of size {var.sizes[dim]}, which is "
+                f"neither time nor a horizontal axis; pick one value with select={{'{dim}': "
+                "VALUE}"
+            )
+        value = var[dim].values[0] if dim in var.coords else 0
+        notes.append(f"{what}: '{name}': squeezed singleton dim '{dim}' (= {value})")
+        var = var.isel({dim: 0}, drop=True)
+    return var
+
+
+def _check_values(var: xr.DataArray, name: str, grid: Grid, what: str, notes: list[str]) -> None:
+    if grid != "static" and not np.issubdtype(var.dtype, np.floating):
+        packed = "scale_factor" in var.encoding or "scale_factor" in var.attrs
+        raise DTypeError(
+            f"{what}: variable '{name}' holds raw {var.dtype} values"
+            + (
+                " (packed, but not decoded: open it with mask_and_scale=True)"
+                if packed
+                else "; store it as floats, or packed with scale_factor/add_offset attributes"
+            )
+        )
+    if not str(var.attrs.get("units", "")).strip():
+        raise MetadataError(
+            f"{what}: variable '{name}' has no 'units' attribute; set it in the archive "
+            f"(e.g. ds['{name}'].attrs['units'] = 'K')"
+        )
+    if not str(var.attrs.get("long_name", "")).strip():
+        var.attrs["long_name"] = str(var.attrs.get("standard_name") or name)
+        notes.append(f"{what}: '{name}': long_name taken from {var.attrs['long_name']!r}")
+
+
+def _grid_coords(
+    ds: xr.Dataset, axes: dict[str, str], grid: Grid, mapping: str | None, what: str
+) -> dict[str, Any]:
+    """1-D grid coordinates on canonical dims, and the 2-D geographic ones."""
+    ydim, xdim = _DIMS[grid]
+    coords: dict[str, Any] = {}
+    for axis, dim in ((axis, _DIMS[grid][i]) for i, axis in enumerate("YX")):
+        native = axes[axis]
+        if native in ds.coords:
+            attrs = dict(ds[native].attrs)
+            if axis == "Y" and _units(attrs) in _NORTH:
+                attrs.setdefault("standard_name", "latitude")
+            if axis == "X" and _units(attrs) in _EAST:
+                attrs.setdefault("standard_name", "longitude")
+            coords[dim] = (dim, np.asarray(ds[native].values), attrs)
+        else:  # index dims of a curvilinear grid
+            coords[dim] = (dim, np.arange(ds.sizes[native]), {"long_name": f"{dim} index"})
+    lat_name, lon_name = (LAT_COARSE, LON_COARSE) if grid == "coarse" else (LAT, LON)
+    lat2, lon2 = _geographic_2d(ds, "Y"), _geographic_2d(ds, "X")
+    sy = coords[ydim][2].get("standard_name")
+    sx = coords[xdim][2].get("standard_name")
+    if lat2 is not None and lon2 is not None:
+        order = (axes["Y"], axes["X"])
+        lat = ds[lat2].transpose(*order).values
+        lon = ds[lon2].transpose(*order).values
+    elif (sy, sx) == ("latitude", "longitude"):
+        lat, lon = np.meshgrid(coords[ydim][1], coords[xdim][1], indexing="ij")
+    elif mapping is not None and ds[mapping].attrs.get("grid_mapping_name") == (
+        "rotated_latitude_longitude"
+    ):
+        from corrdiff_xr.data.sources.pp import rotated_to_geographic
+
+        attrs = ds[mapping].attrs
+        rlat, rlon = np.meshgrid(coords[ydim][1], coords[xdim][1], indexing="ij")
+        lat, lon = rotated_to_geographic(
+            rlat, rlon,
+            pole_lat=float(attrs["grid_north_pole_latitude"]),
+            pole_lon=float(attrs["grid_north_pole_longitude"]),
+        )  # fmt: skip
+    else:
+        raise CoordinateError(
+            f"{what}: the grid ({axes['Y']}, {axes['X']}) is projected but the archive has no "
+            "2-D latitude/longitude coordinates; add them (standard_name 'latitude' and "
+            "'longitude') so its pixels can be placed"
+        )
+    geo = {"units": "degrees_north", "standard_name": "latitude"}
+    coords[lat_name] = ((ydim, xdim), np.asarray(lat, np.float64), geo)
+    geo = {"units": "degrees_east", "standard_name": "longitude"}
+    coords[lon_name] = ((ydim, xdim), np.asarray(lon, np.float64), geo)
+    return coords
+
+
+def adopt(
+    ds: xr.Dataset,
+    *,
+    grid: Grid,
+    variables: Mapping[str, str] | None = None,
+    select: Mapping[str, Any] | None = None,
+    what: str = "archive",
+) -> Adopted:
+    """One side of a pair from a native archive (see the module docstring), lazily.
+
+    Parameters
+    ----------
+    ds
+        The archive, opened lazily (:func:`corrdiff_xr.data.open_dataset`).
+    grid
+        ``"coarse"`` (inputs: dims ``time, y_coarse, x_coarse``), ``"fine"`` (targets: ``time,
+        y, x``) or ``"static"`` (``y, x``, on the static archive's own grid).
+    variables
+        ``{native name: canonical name}``; None takes every gridded variable, names unchanged.
+    select
+        Values to select before adopting (``{"level": 850}``), by label.
+    what
+        How messages name the archive.
+
+    Raises
+    ------
+    DataError
+        A subclass naming the archive, the variable or dim, and the fix.
+    """
+    notes: list[str] = []
+    if select:
+        unknown = [k for k in select if k not in ds.dims and k not in ds.coords]
+        if unknown:
+            raise DimensionError(f"{what}: cannot select on {unknown}: dims are {tuple(ds.dims)}")
+        ds = ds.sel(dict(select))
+    mappings, bounds = _metadata_vars(ds)
+    if bounds:
+        notes.append(f"{what}: dropped bounds variable(s) {bounds}")
+    picked = _pick_variables(ds.drop_vars(bounds + mappings), variables, grid, what)
+    first = ds[next(iter(picked))]
+    axes = find_axes(ds, tuple(first.dims), what=what)
+    if grid != "static" and "T" not in axes:
+        raise DimensionError(
+            f"{what}: variable '{first.name}' has no time axis among its dims {first.dims}; "
+            "give its time coordinate datetimes, or axis='T'"
+        )
+    native_dims = [axes[a] for a in ("T", "Y", "X") if a in axes and grid != "static"]
+    native_dims = native_dims if grid != "static" else [axes["Y"], axes["X"]]
+    canonical = (TIME, *_DIMS[grid]) if grid != "static" else _DIMS[grid]
+    used = [m for m in mappings if any(ds[n].attrs.get("grid_mapping") == m for n in picked)]
+    mapping = used[0] if used else (mappings[0] if mappings else None)
+    out = {}
+    for native, name in picked.items():
+        var = _squeeze(ds[native], set(native_dims), native, what, notes)
+        missing = [d for d in native_dims if d not in var.dims]
+        if missing:
+            raise DimensionError(
+                f"{what}: variable '{native}' has dims {var.dims}; expected it on "
+                f"{tuple(native_dims)} like '{first.name}'"
+            )
+        var = var.transpose(*native_dims).drop_vars(list(var.coords))
+        _check_values(var, native, grid, what, notes)
+        attrs = {k: v for k, v in var.attrs.items() if k not in ("coordinates", "grid_mapping")}
+        if mapping is not None and grid != "coarse":
+            attrs["grid_mapping"] = mapping
+        out[name] = xr.Variable(canonical, var.data, attrs)
+    coords = _grid_coords(ds, axes, grid, mapping, what)
+    if grid != "static":
+        coords[TIME] = (TIME, ds[axes["T"]].values, dict(ds[axes["T"]].attrs))
+    if mapping is not None and grid != "coarse":
+        coords[mapping] = ((), np.int32(0), dict(ds[mapping].attrs))
+    adopted = xr.Dataset(out, coords=coords)
+    return Adopted(adopted, tuple(notes), mapping if grid != "coarse" else None)

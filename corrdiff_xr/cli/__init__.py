@@ -32,7 +32,8 @@ COMMANDS = {
     "train": ("corrdiff_xr.cli.train", "train the regression or residual diffusion model"),
     "generate": ("corrdiff_xr.cli.generate", "generate an ensemble to Zarr and reference NetCDF"),
     "score": ("corrdiff_xr.cli.score", "score an ensemble against truth"),
-    "convert": ("corrdiff_xr.cli.convert", "convert reference dataset layouts to Zarr"),
+    "convert": ("corrdiff_xr.cli.convert", "convert reference layouts or any source to Zarr"),
+    "inspect": ("corrdiff_xr.cli.inspect", "report what a source holds and what would be done"),
 }
 
 

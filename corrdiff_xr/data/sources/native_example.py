@@ -103,7 +103,7 @@ def _coarse(resolution: float, hours: np.ndarray, times) -> xr.Dataset:
     return coarse
 
 
-def _rotated_coords(ny: int, nx: int, resolution: float, attrs_pole: dict) -> dict:
+def _rotated_coords(ny: int, nx: int, resolution: float) -> dict:
     rlat = (np.arange(ny) - (ny - 1) / 2) * resolution
     rlon = (np.arange(nx) - (nx - 1) / 2) * resolution
     grlat, grlon = np.meshgrid(rlat, rlon, indexing="ij")
@@ -120,7 +120,6 @@ def _rotated_coords(ny: int, nx: int, resolution: float, attrs_pole: dict) -> di
             name: (("rlat", "rlon"), value, {"units": geo[name][0], "standard_name": geo[name][1]})
             for name, value in (("lat", lat), ("lon", lon))
         },
-        "rotated_pole": ((), np.int32(0), attrs_pole),
     }
 
 
@@ -149,7 +148,7 @@ def native_archives(
         "grid_north_pole_latitude": POLE[0],
         "grid_north_pole_longitude": POLE[1],
     }
-    coords = _rotated_coords(ny, nx, resolution, pole)
+    coords = _rotated_coords(ny, nx, resolution)
     lat, lon = coords["lat"][1], coords["lon"][1]
     tas = _temperature(lat, lon, fine_hours, _orography(lat, lon), fine=True)
     tas = np.where(_land(lat, lon) > 0, tas, np.nan)[:, None]  # (time, height, rlat, rlon)
@@ -179,18 +178,20 @@ def native_archives(
                 ("time", "bnds"),
                 np.stack([fine_hours, fine_hours + fine_step_hours], axis=-1),
             ),
-        },  # fmt: skip
+            "rotated_pole": ((), np.int32(0), pole),  # a data variable, as in CORDEX files
+        },
         coords={
             **coords,
             "time": ("time", fine_times, {"standard_name": "time", "bounds": "time_bnds"}),
             "height": ("height", [2.0], {"units": "m", "standard_name": "height", "axis": "Z"}),
         },
     )
-    big = _rotated_coords(ny + 2 * margin, nx + 2 * margin, resolution, pole)
+    big = _rotated_coords(ny + 2 * margin, nx + 2 * margin, resolution)
     orog = _orography(big["lat"][1], big["lon"][1]).astype(np.float32)
     orography = xr.Dataset(
         {"orog": (("rlat", "rlon"), orog, {"units": "m", "standard_name": "surface_altitude",
-                                           "grid_mapping": "rotated_pole"})},
+                                           "grid_mapping": "rotated_pole"}),
+         "rotated_pole": ((), np.int32(0), pole)},
         coords=big,
     )  # fmt: skip
     return {"coarse": _coarse(coarse_resolution, hours, _times(start, hours, calendar)),

@@ -1,0 +1,53 @@
+"""``corrdiff-xr inspect SOURCE``: what a source holds and what training/inference would do.
+
+SOURCE is anything the other commands take (a Zarr path or URL, ``catalog:NAME/ENTRY``,
+a pair of native archives in a catalog) or a single native archive, which is described by
+the axes found in its CF metadata with how to pair it. The report is
+:func:`corrdiff_xr.data.report.describe`; only coordinates and one time step per target are
+read, unless ``--scan`` asks for the masks over every time.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from corrdiff_xr.cli import KeyValues, json_object
+
+__all__ = ["configure_parser", "run"]
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Options of ``corrdiff-xr inspect``."""
+    add = parser.add_argument
+    add("source", help="Zarr path or URL, catalog:NAME/ENTRY, or one native archive")
+    add("--param", nargs="*", default={}, action=KeyValues, metavar="KEY=VALUE",
+        help="catalog user parameters of a catalog:NAME/ENTRY source")  # fmt: skip
+    add("--storage-options", type=json_object, default={}, help="fsspec options (JSON object)")
+    add("--scan", action="store_true", help="read every time step to report the masks")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the report on ``args.source``; return 0."""
+    from corrdiff_xr.data import SourceError, StoreError, catalog_spec, open_dataset, open_source
+    from corrdiff_xr.data.layout import DataError
+    from corrdiff_xr.data.report import describe, describe_archive
+
+    try:
+        pair = open_source(
+            args.source, params=args.param, storage_options=args.storage_options,
+            require_targets=False, what="source", params_what="--param",
+        )  # fmt: skip
+    except (StoreError, SourceError):
+        raise
+    except DataError as err:
+        if catalog_spec(args.source) is not None:
+            raise
+        print(
+            describe_archive(
+                open_dataset(args.source, storage_options=args.storage_options or None), err
+            )
+        )
+        return 0
+    print(f"source: {args.source}")
+    print(describe(pair, scan=args.scan))
+    return 0

@@ -1,0 +1,197 @@
+"""What a source holds and what training and inference would do with it, as plain text.
+
+:func:`describe` reports on anything :func:`corrdiff_xr.data.open_source` opens (a canonical
+store, a catalog entry, a pair of native archives): roles, grids (dims, coordinate systems,
+orientation, grid mapping), time range, calendar and step, chunking, masks, statistics,
+what pairing changed, and for each problem the fix. :func:`describe_archive` reports on one
+native archive that is not a pair yet: the axes found from its CF metadata, per variable,
+and what :func:`corrdiff_xr.data.open_archives` would do with it. Reading is limited to
+coordinates, plus one time step per target for the masks (``scan=True`` reads them all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import xarray as xr
+
+from corrdiff_xr.data.layout import DataError
+from corrdiff_xr.data.pair import DownscalingData
+from corrdiff_xr.dims import LAT, LON, TIME, X_COARSE, Y_COARSE, X, Y
+
+__all__ = ["describe", "describe_archive"]
+
+#: network presets whose divisibility a grid is checked against
+_LEVELS = {"mini": 3, "normal": 5}
+_MIB = 2**20
+
+
+def _orientation(values: np.ndarray) -> str:
+    return "descending" if values.size > 1 and values[1] < values[0] else "ascending"
+
+
+def _axis(ds: xr.Dataset, dim: str) -> str:
+    coord = ds[dim]
+    kind = coord.attrs.get("standard_name") or coord.attrs.get("long_name") or "index"
+    units = coord.attrs.get("units", "")
+    values = np.asarray(coord.values)
+    return f"{dim}: {kind} [{units}] {values[0]:.4g}..{values[-1]:.4g} ({_orientation(values)})"
+
+
+def _grid_mapping(ds: xr.Dataset) -> str:
+    for name, coord in ds.coords.items():
+        if "grid_mapping_name" in coord.attrs:
+            return f"grid mapping '{name}' ({coord.attrs['grid_mapping_name']})"
+    return "no grid mapping variable"
+
+
+def _time_lines(ds: xr.Dataset) -> list[str]:
+    from corrdiff_xr.data.times import calendar_of, to_ns
+
+    times = ds[TIME].values
+    ns = to_ns(times)
+    steps = np.unique(np.diff(ns)) // 60_000_000_000 if ns.size > 1 else np.array([])
+    step = (
+        "one step" if steps.size == 0
+        else f"every {steps[0]} min" if steps.size == 1
+        else f"irregular steps ({steps.min()}..{steps.max()} min)"
+    )  # fmt: skip
+    first, last = (_when(t) for t in (times[0], times[-1]))
+    return [f"time: {times.size} steps, {first} .. {last}, calendar {calendar_of(times)}, {step}"]
+
+
+def _when(value) -> str:
+    if isinstance(value, np.datetime64):
+        return str(np.datetime_as_string(value, unit="m"))
+    return value.strftime("%Y-%m-%dT%H:%M")  # cftime
+
+
+def _chunk_lines(ds: xr.Dataset, names: Iterable[str]) -> tuple[list[str], list[str]]:
+    lines, problems = [], []
+    for name in names:
+        var = ds[name]
+        if var.chunks is None:
+            lines.append(f"  {name}: in memory {dict(var.sizes)}")
+            continue
+        chunk = {d: max(c) for d, c in zip(var.dims, var.chunks)}
+        size = float(np.prod(list(chunk.values()))) * var.dtype.itemsize
+        lines.append(f"  {name}: {var.dtype} chunks {chunk} ({size / _MIB:.2f} MiB)")
+        if size > 256 * _MIB:
+            problems.append(
+                f"{name}: chunks of {size / _MIB:.0f} MiB are large; rechunk time smaller "
+                f"(e.g. {{'time': 1}}) so a task reads less"
+            )
+        if TIME in chunk and chunk[TIME] > 64:
+            problems.append(
+                f"{name}: {chunk[TIME]} times per chunk; training draws random times, so 1-8 "
+                "per chunk reads far less"
+            )
+    return lines, problems
+
+
+def _mask_lines(pair: DownscalingData, scan: bool) -> list[str]:
+    lines = []
+    for name in pair.targets:
+        var = pair.dataset[name] if scan else pair.dataset[name].isel({TIME: 0})
+        nan = float(np.isnan(np.asarray(var.values, dtype=np.float64)).mean())
+        where = "all times" if scan else "first time"
+        if nan == 0:
+            lines.append(f"  {name}: complete ({where})")
+        else:
+            lines.append(
+                f"  {name}: {100 * nan:.1f} % NaN ({where}): trained with the masked loss; "
+                "generated values are NaN where it never has a value"
+            )
+    return lines
+
+
+def _shape_lines(ny: int, nx: int) -> tuple[list[str], list[str]]:
+    lines, problems = [], []
+    for name, levels in _LEVELS.items():
+        m = 2 ** (levels - 1)
+        if ny % m == 0 and nx % m == 0:
+            lines.append(f"  network preset '{name}' ({levels} levels): {ny}x{nx} fits")
+            continue
+        fit = (ny // m * m, nx // m * m)
+        lines.append(f"  network preset '{name}' ({levels} levels) needs multiples of {m}")
+        problems.append(
+            f"grid {ny}x{nx} does not divide by {m} (network preset '{name}'): crop {ny}x{nx} -> "
+            f"{fit[0]}x{fit[1]} (a pair's window={{'y': [0, {fit[0]}], 'x': [0, {fit[1]}]}}), "
+            "or use patches of a size that divides"
+        )
+    return lines, problems
+
+
+def describe(pair: DownscalingData, *, scan: bool = False) -> str:
+    """A report on ``pair`` (see the module docstring)."""
+    from corrdiff_xr.data.archives import NOTES_ATTR
+
+    ds = pair.dataset
+    lines = [
+        f"inputs (coarse): {list(pair.inputs)}",
+        f"targets (fine): {list(pair.targets)}",
+        f"static: {list(pair.static)}",
+        f"fine grid {ds.sizes[Y]} x {ds.sizes[X]}, {_grid_mapping(ds)}",
+        f"  {_axis(ds, Y)}",
+        f"  {_axis(ds, X)}",
+        f"  lat {float(ds[LAT].min()):.3f}..{float(ds[LAT].max()):.3f}, "
+        f"lon {float(ds[LON].min()):.3f}..{float(ds[LON].max()):.3f}",
+        f"coarse grid {ds.sizes[Y_COARSE]} x {ds.sizes[X_COARSE]}, regridded bilinearly "
+        f"(method {pair.regrid_weights.method})",
+        f"  {_axis(ds, Y_COARSE)}",
+        f"  {_axis(ds, X_COARSE)}",
+        *_time_lines(ds),
+        "chunks:",
+    ]
+    chunks, problems = _chunk_lines(ds, pair.names)
+    lines += chunks
+    lines += ["masks:", *_mask_lines(pair, scan)]
+    stored = pair.stored_stats is not None
+    lines.append(
+        "statistics: stored with the data" if stored
+        else "statistics: none stored; training computes them over its period (one pass)"
+    )  # fmt: skip
+    lines.append("training and inference:")
+    shape_lines, shape_problems = _shape_lines(ds.sizes[Y], ds.sizes[X])
+    lines += shape_lines
+    problems += shape_problems
+    for name in pair.static:  # 2-D fields: cheap to read
+        if np.isnan(np.asarray(ds[name].values, float)).any():
+            problems.append(f"static field '{name}' holds NaN; fill it (e.g. 0 over the sea)")
+    notes = ds.attrs.get(NOTES_ATTR, "")
+    if notes:
+        lines += ["pairing:", *(f"  {n}" for n in notes.splitlines())]
+    lines += ["problems:", *(f"  - {p}" for p in problems)] if problems else ["problems: none"]
+    return "\n".join(lines)
+
+
+def describe_archive(ds: xr.Dataset, error: DataError | None = None) -> str:
+    """A report on one native archive: CF axes per variable and how to pair it."""
+    from corrdiff_xr.data.sources.native import find_axes
+
+    lines = []
+    if error is not None:
+        lines += [f"not a canonical pair: {error}", ""]
+    lines.append(f"one archive: dims {dict(ds.sizes)}")
+    for name, var in ds.variables.items():
+        if "grid_mapping_name" in var.attrs:
+            lines.append(f"  {name}: grid mapping ({var.attrs['grid_mapping_name']}), kept")
+    for name, var in ds.data_vars.items():
+        if var.ndim < 2:
+            if "grid_mapping_name" not in var.attrs:
+                lines.append(f"  {name}: not gridded, dims {var.dims}")
+            continue
+        try:
+            axes = find_axes(ds, tuple(var.dims), what=f"'{name}'")
+        except DataError as err:
+            lines.append(f"  {name} {var.dims}: {err}")
+            continue
+        found = ", ".join(f"{a}={d}" for a, d in sorted(axes.items()))
+        rest = [d for d in var.dims if d not in axes.values()]
+        extra = f"; other dims {rest}: select one value each (select={{...}})" if rest else ""
+        lines.append(f"  {name} {var.dims} {var.dtype}: axes {found}{extra}")
+    if TIME in ds.coords or any(np.issubdtype(c.dtype, np.datetime64) for c in ds.coords.values()):
+        lines.append("pair it with another archive: corrdiff_xr.data.open_archives(coarse, fine),")
+        lines.append("or a catalog entry like catalogs/archives.yaml (reader ArchivePairReader)")
+    return "\n".join(lines)

@@ -49,25 +49,26 @@ def _resolve_config_path(name: str | Path) -> Path:
 
 
 def _retarget(base: dict, update: dict, data: dict) -> dict:
-    """A config is a template: a new ``data.source`` drops the file's catalog parameters and
-    storage options (they were for the file's source) unless given again; ``null`` clears."""
+    """A config is a template: a new ``data.source`` drops the file's catalog parameters,
+    storage options and train/valid periods (they were for the file's source); given again,
+    they replace the file's instead of merging with them; ``null`` clears."""
     new, old = update.get("data") or {}, base.get("data") or {}
     if not isinstance(data.get("data"), dict):
         return data
     section = dict(data["data"])
-    for key in ("catalog_params", "storage_options"):
+    for key in ("catalog_params", "storage_options", "train_period", "valid_period"):
+        mapping = key in ("catalog_params", "storage_options")
         if "source" in new and key not in new and old.get(key):
+            shown = sorted(old[key]) if mapping else old[key]
             log.warning(
-                "data.source=%s replaces the config's source %s: its data.%s %s are dropped "
-                "(give data.%s.KEY=VALUE for the new source)",
-                new["source"],
-                old.get("source"),
-                key,
-                sorted(old[key]),
-                key,
-            )
-            section[key] = {}
-        if key in section and section[key] is None:
+                "data.source=%s replaces the config's source %s: its data.%s %s %s dropped "
+                "(give data.%s for the new source)",
+                new["source"], old.get("source"), key, shown, "are" if mapping else "is", key,
+            )  # fmt: skip
+            section[key] = {} if mapping else None
+        elif "source" in new and mapping and isinstance(new.get(key), dict):
+            section[key] = dict(new[key])
+        if mapping and key in section and section[key] is None:
             section[key] = {}
     return {**data, "data": section}
 

@@ -36,8 +36,9 @@ def test_every_shipped_config_takes_another_source_with_data_source_alone(name, 
 def test_the_dropped_catalog_parameters_are_named_and_can_be_given_again(store, caplog):
     with caplog.at_level(logging.WARNING):
         cfg = load_run_config("tiny_regression", [f"data.source={store}"])
-    assert cfg.data.catalog_params == {}
+    assert cfg.data.catalog_params == {} and cfg.data.train_period is None
     assert "data.catalog_params ['nt'] are dropped" in caplog.text
+    assert "data.train_period ['2020-01-01T00:00', '2020-01-20T23:00'] is dropped" in caplog.text
     kept = load_run_config("tiny_regression", ["data.catalog_params.seed=3"])
     assert kept.data.catalog_params == {"nt": 552, "seed": 3}  # same source: merged
     for clear in ("data.catalog_params={}", "data.catalog_params=null"):
@@ -46,6 +47,12 @@ def test_the_dropped_catalog_parameters_are_named_and_can_be_given_again(store, 
         "tiny_regression", ["data.source=catalog:demo/demo", "data.catalog_params.nt=48"]
     )
     assert again.data.catalog_params == {"nt": 48}
+    # given again for a new source, the mapping replaces the file's: never a blend of both
+    other = load_run_config(
+        "tiny_regression",
+        ["data.source=catalog:archives/pair", 'data.catalog_params={"start": ""}'],
+    )
+    assert other.data.catalog_params == {"start": ""}
 
 
 def _weights(path):

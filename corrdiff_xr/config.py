@@ -239,8 +239,12 @@ class PatchConfig(Checked):
     so seams blend smoothly). ``layout`` picks the patch grid: ``"compact"`` (fewest patches
     covering the domain) or ``"physicsnemo"`` (the reference's ``GridPatching2D`` grid, the
     halo averaged in like the rest; with uniform weights, for exact parity with its outputs).
-    The defaults are inference's (patches sampled alone, fused once: ramps across a generous
-    overlap hide the seams); patched training draws random patches and uses only ``shape``.
+    ``noise`` is inference's: ``"shared"`` draws every patch's latents and churn noise from
+    one field over the global grid keyed by pixel position (:class:`corrdiff_xr.noise.
+    FieldNoise`), so overlapping patches agree where they overlap; ``"independent"`` gives each
+    patch noise of its own (the reference's way, which shows the patch grid as seams).
+    The defaults are inference's (patches sampled alone, fused once: shared noise and ramps
+    across a generous overlap hide the seams); patched training uses only ``shape``.
     """
 
     shape: tuple[int, int] | None = setting(None, ge=1)
@@ -248,6 +252,7 @@ class PatchConfig(Checked):
     boundary: int = setting(0, ge=0)
     weights: Literal["uniform", "ramp"] = "ramp"
     layout: Literal["compact", "physicsnemo"] = "compact"
+    noise: Literal["shared", "independent"] = "shared"
 
     RULES = (
         Rule(

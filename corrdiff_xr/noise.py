@@ -18,7 +18,15 @@ layout              key words (SeedSequence entropy, in order)  tag        high 
 :data:`INFERENCE`   seed, time, member, patch row, patch col    none       state word 0
 :data:`TRAIN_PATCH` seed, epoch, time index                     0x9A7C4    state word 1
 :data:`VALIDATION`  seed, time index, member                    0x7A11D    state word 1
+:data:`FIELD`       seed, time, member, draw, tile row, col     0xF1E1D    state word 0
 ==================  ==========================================  =========  ==========
+
+:data:`FIELD` keys the noise of patched inference with shared noise (:class:`FieldNoise`):
+one standard-normal field per (seed, time, member) over the *global* fine grid, drawn in
+square tiles of :data:`FIELD_TILE` pixels on a lattice anchored at pixel (0, 0), each tile
+from its own key. A patch takes the part of the field it covers, so overlapping patches
+start from the same latents and receive the same churn noise where they overlap, and a
+pixel's noise depends on where it is, never on which patch, block or worker draws it.
 
 The tag is appended after the key words (it came last in the original recipes), so the two
 training keys never coincide; inference keys, untagged, have five words or more against the
@@ -42,9 +50,12 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "FIELD",
+    "FIELD_TILE",
     "INFERENCE",
     "TRAIN_PATCH",
     "VALIDATION",
+    "FieldNoise",
     "KeyLayout",
     "keyed_generator",
     "keyed_seed",
@@ -116,6 +127,16 @@ INFERENCE = KeyLayout(
 TRAIN_PATCH = KeyLayout("training patch", ("seed", "epoch", "time_index"), tag=0x9A7C4)
 #: sampler noise of one ensemble member of one validation sample
 VALIDATION = KeyLayout("validation member", ("seed", "time_index", "member"), tag=0x7A11D)
+#: one tile of the shared noise field of one member at one time, for its ``draw``-th draw
+FIELD = KeyLayout(
+    "inference noise field",
+    ("seed", "time", "member", "draw", "row", "col"),
+    tag=0xF1E1D,
+    high_word=0,
+    wrapped=frozenset({"time", "row", "col"}),
+)
+#: side of the square tiles of :data:`FIELD` (pixels)
+FIELD_TILE = 16
 
 
 def keyed_seed(layout: KeyLayout, *key: int) -> int:
@@ -200,3 +221,48 @@ def patch_generator(
     import torch
 
     return torch.Generator(device=device).manual_seed(patch_seed(seed, time, member, origin))
+
+
+class FieldNoise:
+    """The part of the shared noise field (:data:`FIELD`) under one patch, draw after draw.
+
+    Stands where a :class:`torch.Generator` stands for the samplers (they call
+    :meth:`randn` for latents and for every churn or SDE step), so a patch's ``d``-th draw
+    is the ``d``-th field of its (seed, time, member) restricted to its pixels.
+
+    Parameters
+    ----------
+    seed, time, member
+        As for :func:`patch_seed`.
+    origin
+        ``(row, col)`` of the patch's top-left pixel on the global fine grid (may be < 0).
+    """
+
+    def __init__(self, seed: int, time: np.datetime64 | int, member: int, origin: tuple[int, int]):
+        if seed < 0 or member < 0:
+            raise ValueError(
+                f"seed and member must be non-negative, got seed={seed}, member={member}"
+            )
+        self.key = (int(seed), time_key(time), int(member))
+        self.origin = (int(origin[0]), int(origin[1]))
+        self.draws = 0
+
+    def randn(self, shape: Sequence[int], *, dtype=None, device=None) -> torch.Tensor:
+        """The next draw, of shape ``(C, h, w)``: the field's pixels under the patch."""
+        import torch
+
+        if len(shape) != 3:
+            raise ValueError(f"FieldNoise draws (channels, rows, cols) fields, got {tuple(shape)}")
+        channels, h, w = (int(v) for v in shape)
+        (r0, c0), t = self.origin, FIELD_TILE
+        rows = range(r0 // t, (r0 + h - 1) // t + 1)
+        cols = range(c0 // t, (c0 + w - 1) // t + 1)
+        field = torch.empty((channels, len(rows) * t, len(cols) * t), dtype=dtype, device=device)
+        for i, row in enumerate(rows):
+            for j, col in enumerate(cols):
+                g = keyed_generator(FIELD, *self.key, self.draws, row, col, device=field.device)
+                block = torch.randn((channels, t, t), generator=g, dtype=dtype, device=field.device)
+                field[:, i * t : (i + 1) * t, j * t : (j + 1) * t] = block
+        self.draws += 1
+        dy, dx = r0 - rows[0] * t, c0 - cols[0] * t
+        return field[:, dy : dy + h, dx : dx + w]

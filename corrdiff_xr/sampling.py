@@ -109,9 +109,15 @@ def make_generators(
 def _randn_per_sample(
     generators: Sequence[torch.Generator], shape: Sequence[int], *, dtype, device
 ) -> Tensor:
-    # One draw per generator, so sample n's numbers depend only on generators[n].
+    # One draw per generator, so sample n's numbers depend only on generators[n]; a noise
+    # source with its own randn (corrdiff_xr.noise.FieldNoise) stands in for a generator
     return torch.stack(
-        [torch.randn(tuple(shape), generator=g, dtype=dtype, device=device) for g in generators]
+        [
+            g.randn(tuple(shape), dtype=dtype, device=device)
+            if hasattr(g, "randn")
+            else torch.randn(tuple(shape), generator=g, dtype=dtype, device=device)
+            for g in generators
+        ]
     )
 
 
@@ -125,6 +131,8 @@ def draw_latents(
     """Standard-normal latents of shape ``(len(generators), *shape)``, one generator each.
 
     Draw these before sampling: the samplers then take churn noise from the same generators.
+    A generator may also be any noise source with ``randn(shape, dtype=, device=)`` (the
+    shared field of patched inference, :class:`corrdiff_xr.noise.FieldNoise`).
     """
     if len(generators) == 0:
         raise ValueError("draw_latents needs at least one generator")

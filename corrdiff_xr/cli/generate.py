@@ -219,6 +219,12 @@ def _model_options(model: argparse._ArgumentGroup) -> None:
     model.add_argument(
         "--boundary", type=non_negative, help="zero-weight halo of each patch (default 0)"
     )
+    model.add_argument(
+        "--patch-noise",
+        choices=("shared", "independent"),
+        help="patches' noise: one field keyed by pixel position (shared, default: no seams) "
+        "or one generator per patch (independent, the reference's)",
+    )
     model.add_argument("--batch-size", type=positive, default=8, help="patches per call on GPUs")
     model.add_argument(
         "--device", type=_device, help="torch device of the workers (default: cuda if present)"
@@ -351,19 +357,19 @@ def _device_kind(args: argparse.Namespace) -> str:
 
 
 def _patching(args: argparse.Namespace):
-    """``--patch``, ``--overlap``, ``--boundary`` as a PatchConfig, its defaults resolved.
+    """``--patch``, ``--overlap``, ``--boundary``, ``--patch-noise`` as a PatchConfig, resolved.
 
     Without ``--patch`` (whole-domain sampling) the overlap and boundary play no part.
     """
     from corrdiff_xr.config import PatchConfig, SettingError
 
-    given = {
-        k: v for k, v in (("overlap", args.overlap), ("boundary", args.boundary)) if v is not None
-    }
+    options = (("overlap", args.overlap), ("boundary", args.boundary), ("noise", args.patch_noise))
+    given = {k: v for k, v in options if v is not None}
     try:
         patching = PatchConfig(shape=args.patch, **given)
     except SettingError as err:
-        raise err.renamed(lambda key: "--patch" if key == "shape" else f"--{key}") from None
+        names = {"shape": "--patch", "noise": "--patch-noise"}
+        raise err.renamed(lambda key: names.get(key, f"--{key}")) from None
     return patching if patching.shape is None else patching.resolved()
 
 
@@ -381,6 +387,7 @@ def _request(args: argparse.Namespace, ds, patching) -> dict[str, Any]:
         "overlap": patching.overlap if patching.shape else None,
         "boundary": patching.boundary,
         "weights": patching.weights,
+        "noise": patching.noise if patching.shape else None,
         "batch_size": args.batch_size,
         "device": _device_kind(args),
         "chunks": {str(d): int(c[0]) for d, c in ds.chunksizes.items()},

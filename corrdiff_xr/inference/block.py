@@ -4,8 +4,9 @@ A block is a time chunk x a spatial chunk x a chunk of members of the output. It
 the regridded inputs and static fields over the block's *halo* (every pixel any touching
 patch reads, reflections at the domain edge included), encodes them with the model's codec,
 and walks the touching patches in global patch order: the regression mean once per (time,
-patch), then one sampler trajectory per member, each drawing its noise from a generator keyed
-by (seed, time, member, patch origin). Every result is folded straight into a float64
+patch), then one sampler trajectory per member, each drawing its noise from the shared field
+keyed by (seed, time, member, pixel position) (:class:`corrdiff_xr.noise.FieldNoise`;
+patched runs by default) or from a generator keyed by (seed, time, member, patch origin). Every result is folded straight into a float64
 weighted sum over the block, so memory holds the block plus one batch of patches.
 
 Exactness. Each patch sees the same input bytes whichever block computes it; each pixel sums
@@ -20,6 +21,7 @@ shape whatever the chunking (results are then reproducible for a given ``batch_s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections.abc import Iterator, Sequence
 
@@ -29,7 +31,7 @@ import torch
 from corrdiff_xr.config import SamplerConfig
 from corrdiff_xr.dims import MEMBER, TIME, X, Y
 from corrdiff_xr.inference.cache import ModelToken, load_model
-from corrdiff_xr.noise import patch_generator
+from corrdiff_xr.noise import FieldNoise, patch_generator
 from corrdiff_xr.patching import PatchGrid, reflect_index
 
 __all__ = [
@@ -105,6 +107,9 @@ class BlockTask:
     kinds
         Any of :data:`KINDS` to return: ``"mean"`` ``(C, T, h, w)`` and ``"sample"``
         ``(C, M, T, h, w)``, de-normalised by the model's codec.
+    shared_noise
+        Draw each patch's noise from the shared field over the global grid
+        (:class:`corrdiff_xr.noise.FieldNoise`) instead of one generator per patch.
     plan
         The block's plan (None in a request's template).
     times
@@ -120,6 +125,7 @@ class BlockTask:
     batch_size: int
     threads: int | None
     kinds: tuple[str, ...]
+    shared_noise: bool = False
     plan: BlockPlan | None = None
     times: tuple[int, ...] = ()
     members: tuple[int, ...] = ()
@@ -257,9 +263,9 @@ def compute_block(inputs, task: BlockTask) -> dict[str, np.ndarray]:
             tk = [(t, k) for (_, t, k) in batch]
             # generators live on the model's device (torch draws CUDA noise from CUDA
             # generators), so members are reproducible per device type, not across them
+            noise = FieldNoise if task.shared_noise else _generator_on(device)
             gens = [
-                patch_generator(seed, times[t], members[m], tuple(grid.origins[k]), device=device)
-                for (m, t, k) in batch
+                noise(seed, times[t], members[m], tuple(grid.origins[k])) for (m, t, k) in batch
             ]
             mu = torch.from_numpy(np.stack([by_unit[u] for u in tk])).to(device)
             return model.sample(
@@ -287,6 +293,12 @@ def compute_block(inputs, task: BlockTask) -> dict[str, np.ndarray]:
             shape = valid.shape[:1] + (1,) * (values.ndim - 3) + valid.shape[1:]
             values[~np.broadcast_to(valid.reshape(shape), values.shape)] = np.nan
     return out
+
+
+def _generator_on(device: torch.device):
+    """:func:`patch_generator` on the model's device: torch draws CUDA noise from CUDA
+    generators, so independent-noise members are reproducible per device type, not across."""
+    return functools.partial(patch_generator, device=device)
 
 
 def _patch_input(x: np.ndarray, grid: PatchGrid, plan: BlockPlan, k: int) -> np.ndarray:

@@ -360,6 +360,7 @@ def downscale(
         batch_size=int(batch_size),
         threads=threads,
         kinds=kinds,
+        shared_noise=patch_cfg is not None and patch_cfg.noise == "shared",
     )
     stacked = block_arrays(
         src, plan_blocks(grid, ych, xch), tch, mch, len(codec.out_channels), task

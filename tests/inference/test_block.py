@@ -68,9 +68,9 @@ def test_a_block_task_computes_its_block_of_the_downscaling(setup):
     )
     plan = plan_blocks(GRID, (6, 6, 4), (16,))[1][0]
     times = pair.dataset.time.values.astype("datetime64[ns]").astype(np.int64)
-    task = dataclasses.replace(TASK, token=token_for(model), kinds=("sample", "mean")).at(
-        plan, times, (0, 1)
-    )
+    task = dataclasses.replace(
+        TASK, token=token_for(model), kinds=("sample", "mean"), shared_noise=True
+    ).at(plan, times, (0, 1))
     halo = (
         xr.merge([pair.inputs_on_fine[list(model.codec.inputs)], pair.static_fields])
         .isel(y=slice(*plan.halo_rows), x=slice(*plan.halo_cols))
@@ -146,6 +146,7 @@ def test_a_block_tasks_token_changes_with_every_setting():
         "batch_size": 4,
         "threads": 1,
         "kinds": ("mean",),
+        "shared_noise": True,
         "plan": plan,
         "times": (1,),
         "members": (0,),

@@ -2,9 +2,11 @@
 
 :func:`write_reference_netcdf` writes root ``lat``, ``lon`` (y, x) and ``time`` (int64 hours
 since 1990-01-01), groups ``input`` (regridded inputs, time x y x), ``truth`` (targets, when
-the dataset has them) and ``prediction`` (ensemble x time x y x). It streams one time step at
-a time into a temporary file renamed into place, and records the same identity as the Zarr
-store it was written from (:data:`corrdiff_xr.inference.store.IDENTITY_ATTR`).
+the dataset has them) and ``prediction`` (ensemble x time x y x). For a cftime axis the hours
+are counted in its calendar, which ``time``'s ``calendar`` names (``standard`` otherwise).
+It streams one time step at a time into a temporary file renamed into place, and records the
+same identity as the Zarr store it was written from
+(:data:`corrdiff_xr.inference.store.IDENTITY_ATTR`).
 """
 
 from __future__ import annotations
@@ -19,17 +21,20 @@ import xarray as xr
 
 from corrdiff_xr._atomic import atomic_path
 from corrdiff_xr._outputs import PRODUCT_ATTR, check_output
+from corrdiff_xr.data.times import calendar_of, parse_times, to_ns
 from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
 from corrdiff_xr.inference.store import IDENTITY_ATTR, remove_leftovers
 
 __all__ = ["REFERENCE_TIME_UNITS", "write_reference_netcdf"]
 
 REFERENCE_TIME_UNITS = "hours since 1990-01-01 00:00:00"
+_NS_PER_HOUR = 3600 * 10**9
 
 
 def _time_hours(times: np.ndarray) -> np.ndarray:
-    ref = np.datetime64("1990-01-01T00:00:00", "ns")
-    return ((times.astype("datetime64[ns]") - ref) // np.timedelta64(1, "h")).astype(np.int64)
+    """Whole hours since 1990-01-01 00:00, counted in the times' own calendar."""
+    ref = parse_times(["1990-01-01"], like=times)
+    return (to_ns(times) - to_ns(ref)[0]) // _NS_PER_HOUR
 
 
 def write_reference_netcdf(
@@ -104,7 +109,7 @@ def _netcdf_layout(f: Any, prediction: xr.Dataset, groups: dict[str, xr.Dataset 
             v[:] = np.broadcast_to(prediction[name].values, (ny, nx))
         v.standard_name, v.units = std, units
     tv = f.createVariable(TIME, "i8", (TIME,))
-    tv.calendar, tv.units = "standard", REFERENCE_TIME_UNITS
+    tv.calendar, tv.units = calendar_of(prediction[TIME].values), REFERENCE_TIME_UNITS
     handles = {}
     for gname, data in groups.items():
         if data is None:

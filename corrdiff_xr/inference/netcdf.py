@@ -4,6 +4,8 @@
 since 1990-01-01), groups ``input`` (regridded inputs, time x y x), ``truth`` (targets, when
 the dataset has them) and ``prediction`` (ensemble x time x y x). For a cftime axis the hours
 are counted in its calendar, which ``time``'s ``calendar`` names (``standard`` otherwise).
+When the prediction has a CF grid-mapping coordinate (:mod:`corrdiff_xr._cf`), every group
+holds it with the projection's ``y``/``x`` and names it in its variables' ``grid_mapping``.
 It streams one time step at a time into a temporary file renamed into place, and records the
 same identity as the Zarr store it was written from
 (:data:`corrdiff_xr.inference.store.IDENTITY_ATTR`).
@@ -20,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from corrdiff_xr._atomic import atomic_path
+from corrdiff_xr._cf import GRID_MAPPING, grid_mappings, with_grid_mapping
 from corrdiff_xr._outputs import PRODUCT_ATTR, check_output
 from corrdiff_xr.data.times import calendar_of, parse_times, to_ns
 from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
@@ -71,6 +74,8 @@ def write_reference_netcdf(
     times = prediction[TIME].values
     n_ens = prediction.sizes.get(MEMBER, 1)
     groups = {"truth": truth, "prediction": prediction, "input": inputs}
+    # every group is on the fine grid: each carries the prediction's grid mapping, if any
+    groups = {k: g if g is None else with_grid_mapping(g, prediction) for k, g in groups.items()}
     with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as f:
         handles = _netcdf_layout(f, prediction, groups)
         f.setncattr(PRODUCT_ATTR, kind)
@@ -116,11 +121,29 @@ def _netcdf_layout(f: Any, prediction: xr.Dataset, groups: dict[str, xr.Dataset 
             continue
         g = f.createGroup(gname)
         handles[gname] = g
+        mappings = _grid_mapping_variables(g, data)
         for name, var in data.data_vars.items():
             gdims = ("ensemble", TIME, Y, X) if gname == "prediction" else (TIME, Y, X)
             nv = g.createVariable(name, "f", gdims)
-            for attr in ("units", "long_name", "standard_name"):
+            for attr in ("units", "long_name", "standard_name", GRID_MAPPING):
                 if attr in var.attrs:
                     nv.setncattr(attr, str(var.attrs[attr]))
+            if var.attrs.get(GRID_MAPPING) in mappings:  # so that xarray reads it as a coord
+                nv.setncattr("coordinates", var.attrs[GRID_MAPPING])
     f.setncattr("history", str(prediction.attrs.get("history", "")))
     return handles
+
+
+def _grid_mapping_variables(group: Any, data: xr.Dataset) -> list[str]:
+    """Write ``data``'s CF grid-mapping variables into ``group``, with the y, x coordinates
+    of the projection they describe; returns their names (none: the layout is unchanged)."""
+    mappings = grid_mappings(data)
+    for name, var in mappings.items():
+        gv = group.createVariable(name, var.dtype.newbyteorder("="), ())  # Zarr's are '<'
+        gv.setncatts(dict(var.attrs))
+        gv.assignValue(var.values)
+    for dim in [d for d in (Y, X) if d in data.coords] if mappings else ():
+        cv = group.createVariable(dim, data[dim].dtype.newbyteorder("="), (dim,))
+        cv.setncatts(dict(data[dim].attrs))
+        cv[:] = data[dim].values
+    return list(mappings)

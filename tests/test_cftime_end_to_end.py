@@ -163,7 +163,7 @@ def test_scoring_accessors_on_a_cftime_axis_equal_those_on_positions(stores):
     pred = _downscale(ds, root / "model.safetensors", members=3, seed=1)
     truth = ds[list(pred.data_vars)].compute()
     plain = {TIME: np.arange(3)}
-    for metric in ("crps", "rmse", "spread_skill"):
+    for metric in ("crps", "rmse", "spread_skill", "rank_histogram"):
         got = getattr(pred.corrdiff, metric)(truth, dim=["y", "x"])
         assert list(got[TIME].values) == list(ds[TIME].values), metric
         want = getattr(scoring, metric)(

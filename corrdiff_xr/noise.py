@@ -31,8 +31,9 @@ pixel's noise depends on where it is, never on which patch, block or worker draw
 The tag is appended after the key words (it came last in the original recipes), so the two
 training keys never coincide; inference keys, untagged, have five words or more against the
 others' four (a word of 2**32 or more counts as two: the caveat of SeedSequence's entropy).
-Time is keyed by its int64 nanoseconds since 1970 (:func:`time_key`), so the same valid time
-gives the same noise in any selection, chunking or worker of a run. Words that may be negative
+Time is keyed by its int64 nanoseconds since 1970, counted in its own calendar for cftime axes
+(:func:`time_key`, :func:`corrdiff_xr.data.times.to_ns`), so the same valid time gives the same
+noise in any selection, chunking or worker of a run. Words that may be negative
 (times before 1970, patch origins past the domain's edge) are taken modulo 2**64; the others
 must be non-negative. A new use adds a layout with a new tag, never reuses one.
 """
@@ -42,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -174,16 +175,20 @@ def keyed_generator(
     return torch.Generator(device=device).manual_seed(keyed_seed(layout, *key))
 
 
-def time_key(time: np.datetime64 | int) -> int:
-    """The time as int64 nanoseconds since 1970, folded to a non-negative 64-bit integer."""
-    if isinstance(time, (np.datetime64,)) or hasattr(time, "dtype"):
-        ns = int(np.asarray(time).astype("datetime64[ns]").astype(np.int64))
-    else:
-        ns = int(time)
-    return ns & _MASK64
+def time_key(time: Any) -> int:
+    """The time as int64 nanoseconds since 1970, folded to a non-negative 64-bit integer.
+
+    ``time`` is a ``datetime64``, a cftime datetime (counted in its own calendar, see
+    :func:`corrdiff_xr.data.times.to_ns`) or already such nanoseconds (an integer).
+    """
+    from corrdiff_xr.data.times import to_ns
+
+    if isinstance(time, numbers.Integral) or np.issubdtype(np.asarray(time).dtype, np.integer):
+        return int(time) & _MASK64
+    return int(to_ns(np.asarray([time]))[0]) & _MASK64
 
 
-def patch_seed(seed: int, time: np.datetime64 | int, member: int, origin: tuple[int, int]) -> int:
+def patch_seed(seed: int, time: Any, member: int, origin: tuple[int, int]) -> int:
     """The :data:`INFERENCE` seed of one patch of one member at one time.
 
     Parameters
@@ -191,7 +196,7 @@ def patch_seed(seed: int, time: np.datetime64 | int, member: int, origin: tuple[
     seed
         The run's base seed (a non-negative integer).
     time
-        Valid time (``datetime64``) or its int64 nanoseconds.
+        Valid time (``datetime64`` or cftime) or its int64 nanoseconds (:func:`time_key`).
     member
         Ensemble member index.
     origin
@@ -211,7 +216,7 @@ def patch_seed(seed: int, time: np.datetime64 | int, member: int, origin: tuple[
 
 def patch_generator(
     seed: int,
-    time: np.datetime64 | int,
+    time: Any,
     member: int,
     origin: tuple[int, int],
     *,

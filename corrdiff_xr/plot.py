@@ -24,6 +24,7 @@ import numpy as np
 import xarray as xr
 
 from corrdiff_xr._atomic import atomic_path
+from corrdiff_xr.data.times import calendar_of, is_cftime, parse_times
 from corrdiff_xr.dims import MEMBER, TIME, X_COARSE, Y_COARSE, X, Y
 
 __all__ = [
@@ -148,6 +149,8 @@ def _pick_time(ds: xr.Dataset | None, time: int | str | np.datetime64):
         return ds
     if isinstance(time, (int, np.integer)):
         return ds.isel({TIME: int(time)})
+    if isinstance(time, str):  # one time of the axis' calendar, not xarray's partial-date slice
+        (time,) = parse_times([time], like=ds[TIME].values)
     return ds.sel({TIME: time})
 
 
@@ -172,7 +175,8 @@ def plot_maps(
         Truth with the forecast's names; inputs matched by name (``t2m`` or ``t2m_*``), on
         the fine or coarse grid. Columns without data are left out.
     time : int or label
-        Position (int) or label of the time step drawn.
+        Position (int) or label of the time step drawn (an ISO 8601 string is read in the
+        time axis' calendar: ``"2001-02-30T06"`` on a 360_day axis).
     members : int
         How many individual members to show.
     variables : sequence of str, optional
@@ -250,6 +254,8 @@ def plot_maps(
     title = "CorrDiff ensemble"
     if when is not None and np.issubdtype(np.asarray(when).dtype, np.datetime64):
         title += f" at {np.datetime_as_string(when, unit='m')}"
+    elif when is not None and is_cftime(when):  # noleap, 360_day ...: the calendar's own date
+        title += f" at {np.asarray(when).item().strftime('%Y-%m-%dT%H:%M')} ({calendar_of(when)})"
     fig.suptitle(title, fontsize=11)
     return fig
 

@@ -24,6 +24,7 @@ LAYERS = {
             "config",
             "_outputs",
             "_yaml_overrides",
+            "_cf",
         ],
         0,
     ),

@@ -185,3 +185,17 @@ def test_wrapped_words_take_negative_values_modulo_2_to_the_64():
     layout = KeyLayout("test", ("a",), tag=1)
     with pytest.raises(ValueError, match="test key word a must be non-negative"):
         keyed_seed(layout, -1)
+
+
+@pytest.mark.parametrize("calendar", ["noleap", "360_day", "all_leap", "julian"])
+def test_a_cftime_time_is_keyed_by_its_nanoseconds_in_its_own_calendar(calendar):
+    import cftime
+
+    from corrdiff_xr.data.times import to_ns
+
+    t = cftime.datetime(2001, 2, 28, 6, calendar=calendar)
+    ns = int(to_ns(np.array([t]))[0])
+    assert time_key(t) == ns == time_key(np.int64(ns)) == time_key(np.datetime64(ns, "ns"))
+    assert patch_seed(4, t, 1, (0, 8)) == old_inference_seed(4, np.datetime64(ns, "ns"), 1, (0, 8))
+    later = cftime.datetime(2001, 2, 28, 7, calendar=calendar)
+    assert time_key(later) - time_key(t) == 3600 * 10**9

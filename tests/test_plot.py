@@ -118,3 +118,16 @@ def test_accessor_plot_dispatches_and_saves_atomically(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["ranks.png"]
     with pytest.raises(ValueError, match="unknown plot kind 'violin'"):
         plot.plot(fc, "violin")
+
+
+def test_maps_of_a_cftime_axis_are_picked_and_titled_in_its_calendar(tmp_path):
+    fc, truth, inputs = make_case()
+    times = xr.date_range("2001-02-29", periods=2, freq="1D", calendar="360_day", use_cftime=True)
+    fc, truth, inputs = (d.assign_coords({TIME: times}) for d in (fc, truth, inputs))
+    fig = plot.plot_maps(fc, truth, inputs=inputs, time="2001-02-30", members=2)
+    assert fig._suptitle.get_text() == "CorrDiff ensemble at 2001-02-30T00:00 (360_day)"
+    truth_panel = next(ax for ax in fig.axes if ax.get_title() == "truth")
+    drawn = truth_panel.collections[0].get_array()
+    np.testing.assert_array_equal(np.asarray(drawn).ravel(), truth["t2m"].values[1].ravel())
+    fc.corrdiff.plot("maps", path=tmp_path / "m.png", time=1)
+    assert (tmp_path / "m.png").read_bytes()[:8] == PNG_MAGIC

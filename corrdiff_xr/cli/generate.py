@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from corrdiff_xr.cli import KeyValues
+from corrdiff_xr.cli._times import TimeRange, iso_time, select_times
 from corrdiff_xr.errors import CorrDiffError
 
 __all__ = ["GenerateError", "checkpoint_identity", "configure_parser", "run"]
@@ -66,19 +67,6 @@ def _int_at_least(low: int):
     return parse
 
 
-def _timestamp(text: str):
-    import pandas as pd
-
-    try:
-        value = pd.Timestamp(text)
-    except (ValueError, TypeError):
-        value = pd.NaT
-    if pd.isna(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2020-01-01T06)")
-    # datasets hold naive UTC times
-    return value.tz_convert(None) if value.tzinfo is not None else value
-
-
 def _device(text: str) -> str:
     import torch
 
@@ -89,35 +77,6 @@ def _device(text: str) -> str:
             f"{text!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
         ) from None
     return text
-
-
-class _TimeRange(argparse.Action):
-    """START END [STEP] -> (start, end, step or None), END not before START, STEP positive."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        import pandas as pd
-
-        if len(values) not in (2, 3):
-            raise argparse.ArgumentError(
-                self, f"takes START END [STEP], got {len(values)} value(s): {values}"
-            )
-        try:
-            start, end = (_timestamp(t) for t in values[:2])
-        except argparse.ArgumentTypeError as err:
-            raise argparse.ArgumentError(self, str(err)) from None
-        if end < start:
-            raise argparse.ArgumentError(self, f"END {values[1]} is before START {values[0]}")
-        step = None
-        if len(values) == 3:
-            try:
-                step = pd.Timedelta(values[2])
-            except ValueError:
-                step = pd.NaT
-            if pd.isna(step) or step <= pd.Timedelta(0):
-                raise argparse.ArgumentError(
-                    self, f"STEP must be a positive duration like 3h or 30min, got {values[2]!r}"
-                )
-        setattr(namespace, self.dest, (start, end, step))
 
 
 class _Patch(argparse.Action):
@@ -175,12 +134,16 @@ def _data_options(src: argparse._ArgumentGroup) -> None:
     )
     when = src.add_mutually_exclusive_group()
     when.add_argument(
-        "--times", nargs="+", type=_timestamp, metavar="TIME", help="valid times (ISO 8601)"
+        "--times",
+        nargs="+",
+        type=iso_time,
+        metavar="TIME",
+        help="valid times (ISO 8601, in the data's calendar)",
     )
     when.add_argument(
         "--time-range",
         nargs="+",
-        action=_TimeRange,
+        action=TimeRange,
         metavar="T",
         help="START END [STEP]: inclusive range; STEP like 3h (default: every step)",
     )
@@ -285,33 +248,10 @@ def _open(args: argparse.Namespace):
 
 
 def _select_times(pair, args: argparse.Namespace):
-    import numpy as np
-    import pandas as pd
-
     from corrdiff_xr.dims import TIME
 
-    available = pd.DatetimeIndex(pair.dataset[TIME].values)
-    if args.times:
-        wanted = pd.DatetimeIndex(args.times)
-    elif args.time_range:
-        start, end, step = args.time_range
-        if step is not None:
-            wanted = pd.date_range(start, end, freq=step)
-        else:
-            wanted = available[(available >= start) & (available <= end)]
-    else:
-        return pair
-    missing = wanted.difference(available)
-    if len(missing):
-        raise GenerateError(
-            f"time(s) {[str(t) for t in missing[:5]]} not in the dataset "
-            f"(it covers {available[0]} .. {available[-1]}, {len(available)} steps)"
-        )
-    if len(wanted) == 0:
-        raise GenerateError(
-            f"the time selection is empty (the dataset covers {available[0]} .. {available[-1]})"
-        )
-    return pair.isel({TIME: np.asarray(available.get_indexer(wanted))})
+    where = select_times(pair.dataset[TIME].values, args.times, args.time_range, GenerateError)
+    return pair if where is None else pair.isel({TIME: where})
 
 
 def checkpoint_identity(path: str | os.PathLike) -> dict[str, Any]:

@@ -302,7 +302,9 @@ def downscale(
     xr.Dataset
         One dask-backed variable per target, dims ``(member, time, y, x)`` (``(time, y, x)``
         for ``"mean"``), with the input's time, the fine grid's y, x, lat, lon, CF attributes
-        (``units`` the model's) and provenance attributes (seed, sampler, model, patching).
+        (``units`` the model's), the data's CF grid-mapping coordinate when it has one
+        (:func:`corrdiff_xr._cf.with_grid_mapping`) and provenance attributes (seed,
+        sampler, model, patching).
 
     Raises
     ------
@@ -397,6 +399,7 @@ class _Labels:
 
 def _to_dataset(stacked: dict[str, da.Array], labels: _Labels) -> xr.Dataset:
     """Wrap the block arrays as a labelled Dataset with CF and provenance attributes."""
+    from corrdiff_xr._cf import with_grid_mapping
     from corrdiff_xr._version import __version__
     from corrdiff_xr.config import to_dict
 
@@ -462,4 +465,5 @@ def _to_dataset(stacked: dict[str, da.Array], labels: _Labels) -> xr.Dataset:
         "corrdiff_model": os.path.basename(labels.task.token.path),
         "corrdiff_patching": patch_desc,
     }
-    return xr.Dataset(variables, coords=coords, attrs=attrs)
+    # the data's CF grid mapping: y, x are coordinates of its projection
+    return with_grid_mapping(xr.Dataset(variables, coords=coords, attrs=attrs), dataset)

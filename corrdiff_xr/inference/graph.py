@@ -19,6 +19,7 @@ import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from corrdiff_xr.data.times import to_ns
 from corrdiff_xr.dims import TIME, X, Y
 from corrdiff_xr.inference.block import BlockPlan, BlockTask, compute_block
 
@@ -85,7 +86,7 @@ def block_arrays(
     names = list(src.data_vars)
     arrays = [src[n].data for n in names]
     dims = [src[n].dims for n in names]
-    times = src[TIME].values.astype("datetime64[ns]").astype(np.int64)
+    times = to_ns(src[TIME].values)  # the noise key: ns in the axis' own calendar
     tbounds = list(itertools.pairwise(np.cumsum((0, *tch))))
     mbounds = list(itertools.pairwise(np.cumsum((0, *mch)))) if "sample" in kinds else [(0, 0)]
     token = tokenize([a.name for a in arrays], plans, tuple(tch), tuple(mch), n_out, task)

@@ -2,9 +2,13 @@
 
 :func:`write_reference_netcdf` writes root ``lat``, ``lon`` (y, x) and ``time`` (int64 hours
 since 1990-01-01), groups ``input`` (regridded inputs, time x y x), ``truth`` (targets, when
-the dataset has them) and ``prediction`` (ensemble x time x y x). It streams one time step at
-a time into a temporary file renamed into place, and records the same identity as the Zarr
-store it was written from (:data:`corrdiff_xr.inference.store.IDENTITY_ATTR`).
+the dataset has them) and ``prediction`` (ensemble x time x y x). For a cftime axis the hours
+are counted in its calendar, which ``time``'s ``calendar`` names (``standard`` otherwise).
+When the prediction has a CF grid-mapping coordinate (:mod:`corrdiff_xr._cf`), every group
+holds it with the projection's ``y``/``x`` and names it in its variables' ``grid_mapping``.
+It streams one time step at a time into a temporary file renamed into place, and records the
+same identity as the Zarr store it was written from
+(:data:`corrdiff_xr.inference.store.IDENTITY_ATTR`).
 """
 
 from __future__ import annotations
@@ -18,18 +22,22 @@ import numpy as np
 import xarray as xr
 
 from corrdiff_xr._atomic import atomic_path
+from corrdiff_xr._cf import GRID_MAPPING, grid_mappings, with_grid_mapping
 from corrdiff_xr._outputs import PRODUCT_ATTR, check_output
+from corrdiff_xr.data.times import calendar_of, parse_times, to_ns
 from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
 from corrdiff_xr.inference.store import IDENTITY_ATTR, remove_leftovers
 
 __all__ = ["REFERENCE_TIME_UNITS", "write_reference_netcdf"]
 
 REFERENCE_TIME_UNITS = "hours since 1990-01-01 00:00:00"
+_NS_PER_HOUR = 3600 * 10**9
 
 
 def _time_hours(times: np.ndarray) -> np.ndarray:
-    ref = np.datetime64("1990-01-01T00:00:00", "ns")
-    return ((times.astype("datetime64[ns]") - ref) // np.timedelta64(1, "h")).astype(np.int64)
+    """Whole hours since 1990-01-01 00:00, counted in the times' own calendar."""
+    ref = parse_times(["1990-01-01"], like=times)
+    return (to_ns(times) - to_ns(ref)[0]) // _NS_PER_HOUR
 
 
 def write_reference_netcdf(
@@ -66,6 +74,8 @@ def write_reference_netcdf(
     times = prediction[TIME].values
     n_ens = prediction.sizes.get(MEMBER, 1)
     groups = {"truth": truth, "prediction": prediction, "input": inputs}
+    # every group is on the fine grid: each carries the prediction's grid mapping, if any
+    groups = {k: g if g is None else with_grid_mapping(g, prediction) for k, g in groups.items()}
     with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as f:
         handles = _netcdf_layout(f, prediction, groups)
         f.setncattr(PRODUCT_ATTR, kind)
@@ -104,18 +114,36 @@ def _netcdf_layout(f: Any, prediction: xr.Dataset, groups: dict[str, xr.Dataset 
             v[:] = np.broadcast_to(prediction[name].values, (ny, nx))
         v.standard_name, v.units = std, units
     tv = f.createVariable(TIME, "i8", (TIME,))
-    tv.calendar, tv.units = "standard", REFERENCE_TIME_UNITS
+    tv.calendar, tv.units = calendar_of(prediction[TIME].values), REFERENCE_TIME_UNITS
     handles = {}
     for gname, data in groups.items():
         if data is None:
             continue
         g = f.createGroup(gname)
         handles[gname] = g
+        mappings = _grid_mapping_variables(g, data)
         for name, var in data.data_vars.items():
             gdims = ("ensemble", TIME, Y, X) if gname == "prediction" else (TIME, Y, X)
             nv = g.createVariable(name, "f", gdims)
-            for attr in ("units", "long_name", "standard_name"):
+            for attr in ("units", "long_name", "standard_name", GRID_MAPPING):
                 if attr in var.attrs:
                     nv.setncattr(attr, str(var.attrs[attr]))
+            if var.attrs.get(GRID_MAPPING) in mappings:  # so that xarray reads it as a coord
+                nv.setncattr("coordinates", var.attrs[GRID_MAPPING])
     f.setncattr("history", str(prediction.attrs.get("history", "")))
     return handles
+
+
+def _grid_mapping_variables(group: Any, data: xr.Dataset) -> list[str]:
+    """Write ``data``'s CF grid-mapping variables into ``group``, with the y, x coordinates
+    of the projection they describe; returns their names (none: the layout is unchanged)."""
+    mappings = grid_mappings(data)
+    for name, var in mappings.items():
+        gv = group.createVariable(name, var.dtype.newbyteorder("="), ())  # Zarr's are '<'
+        gv.setncatts(dict(var.attrs))
+        gv.assignValue(var.values)
+    for dim in [d for d in (Y, X) if d in data.coords] if mappings else ():
+        cv = group.createVariable(dim, data[dim].dtype.newbyteorder("="), (dim,))
+        cv.setncatts(dict(data[dim].attrs))
+        cv[:] = data[dim].values
+    return list(mappings)

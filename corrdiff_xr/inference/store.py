@@ -103,14 +103,24 @@ def _jsonable(value: Any) -> Any:
 
 
 def times_fingerprint(times: Any) -> dict[str, Any]:
-    """Count, first and last time and a blake2b hash of the (nanosecond) times."""
-    ns = np.asarray(times).astype("datetime64[ns]")
-    return {
-        "count": int(ns.size),
-        "first": str(ns[0]) if ns.size else None,
-        "last": str(ns[-1]) if ns.size else None,
-        "blake2b": _digest(ns.astype(np.int64).tobytes()),
+    """Count, first and last time and a blake2b hash of the times' nanoseconds (``to_ns``).
+
+    A cftime axis also records its calendar: the same numbers are other dates in another
+    calendar. A ``datetime64`` axis' record is the same as before cftime axes were known, so
+    earlier stores still resume.
+    """
+    from corrdiff_xr.data.times import calendar_of, is_cftime, to_ns
+
+    values = np.asarray(times)
+    if not is_cftime(values):
+        values = values.astype("datetime64[ns]")
+    out = {
+        "count": int(values.size),
+        "first": str(values[0]) if values.size else None,
+        "last": str(values[-1]) if values.size else None,
+        "blake2b": _digest(to_ns(values).tobytes()),
     }
+    return {**out, "calendar": calendar_of(values)} if is_cftime(values) else out
 
 
 def _chunking(chunks: tuple[int, ...]) -> int | list[int]:

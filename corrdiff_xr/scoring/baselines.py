@@ -2,12 +2,15 @@
 
 :func:`bilinear_baseline` takes a :class:`~corrdiff_xr.data.DownscalingData` and returns its
 coarse inputs regridded to the fine grid (lazily, as ``pair.inputs_on_fine``), each renamed
-after the target it approximates, so it scores like a deterministic forecast.
+after the target it approximates, so it scores like a deterministic forecast; it keeps the
+fine grid's CF grid mapping (:func:`corrdiff_xr._cf.with_grid_mapping`).
 """
 
 from __future__ import annotations
 
 import xarray as xr
+
+from corrdiff_xr._cf import with_grid_mapping
 
 __all__ = ["baseline_from_inputs", "bilinear_baseline"]
 
@@ -28,7 +31,8 @@ def _input_for(target: str, inputs: xr.Dataset) -> str:
 
 def bilinear_baseline(pair, targets: tuple[str, ...] | None = None) -> xr.Dataset:
     """The coarse inputs bilinearly regridded to the fine grid, named as the targets (lazy)."""
-    return baseline_from_inputs(pair.inputs_on_fine, tuple(targets or pair.targets))
+    base = baseline_from_inputs(pair.inputs_on_fine, tuple(targets or pair.targets))
+    return with_grid_mapping(base, pair.dataset)  # the pair's, should its regridding drop it
 
 
 def baseline_from_inputs(inputs_on_fine: xr.Dataset, targets: tuple[str, ...]) -> xr.Dataset:
@@ -36,5 +40,6 @@ def baseline_from_inputs(inputs_on_fine: xr.Dataset, targets: tuple[str, ...]) -
     NetCDF's ``input`` group) renamed as the targets they approximate (lazy); raises KeyError
     naming a target without a unique input."""
     fine = inputs_on_fine
-    out = {t: fine[_input_for(t, fine)].rename(t) for t in targets}
-    return xr.Dataset(out).assign_attrs(title="bilinear interpolation of the coarse inputs")
+    out = xr.Dataset({t: fine[_input_for(t, fine)].rename(t) for t in targets})
+    out = with_grid_mapping(out, fine)  # on the fine grid: its projection, like a prediction
+    return out.assign_attrs(title="bilinear interpolation of the coarse inputs")

@@ -47,11 +47,32 @@ def open_training_data(cfg: TrainRunConfig):
     except SourceError as err:  # the config names a source its options do not fit
         raise ConfigError(str(err)) from err
     # normalisation statistics of the training period only: validation must not leak into them
-    train_pair = (
-        pair.sel(time=slice(*d.train_period), stats="selection") if d.train_period else pair
-    )
-    valid_pair = pair.sel(time=slice(*d.valid_period)) if d.valid_period else None
+    train_pair = _period(pair, d.train_period, "train_period", stats="selection")
+    valid_pair = _period(pair, d.valid_period, "valid_period") if d.valid_period else None
     return train_pair, valid_pair
+
+
+def _period(pair: Any, period: tuple[str, str] | None, key: str, **options: Any) -> Any:
+    """``pair`` over an inclusive period of ISO 8601 times, read in the time axis' calendar
+    (xarray's partial-date selection: ``"2001-02-30"`` is a whole day of a 360_day axis)."""
+    from corrdiff_xr.data.times import calendar_of, is_cftime
+    from corrdiff_xr.dims import TIME
+    from corrdiff_xr.errors import CorrDiffError
+
+    if period is None:
+        return pair
+    try:
+        return pair.sel({TIME: slice(*period)}, **options)
+    except (ValueError, KeyError, TypeError) as err:
+        if isinstance(err, CorrDiffError):  # the data layer's own, e.g. an empty selection
+            raise
+        first = pair.dataset[TIME].values[0]
+        example = first.isoformat() if is_cftime(first) else np.datetime_as_string(first, "s")
+        raise ConfigError(
+            f"data.{key} {list(period)} is not a period of the data's "
+            f"{calendar_of(first)}-calendar time axis ({err}); give ISO 8601 times that "
+            f"calendar has, e.g. {example!r}"
+        ) from None
 
 
 def codec_variables(pair: Any, codec: Any, *, source: str) -> Any:

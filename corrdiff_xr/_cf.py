@@ -1,0 +1,71 @@
+"""CF grid mappings: what an output on the fine grid carries over from its data.
+
+A canonical dataset on a projected or rotated grid holds its CF grid-mapping variable as a
+scalar (0-d) non-index coordinate whose attributes name the projection
+(``grid_mapping_name``, e.g. ``rotated_pole`` with ``rotated_latitude_longitude``), and its
+targets say ``attrs["grid_mapping"] = "rotated_pole"``. Without it, an output's ``y``/``x``
+are numbers of an unknown projection. :func:`with_grid_mapping` is the one rule every
+fine-grid output applies (the downscaled Dataset, hence its Zarr store; the reference NetCDF
+groups; the bilinear baseline): keep the coordinate, same name and attributes, and name it in
+``grid_mapping`` of every variable on ``(y, x)``. Data without such a coordinate are left as
+they are.
+"""
+
+from __future__ import annotations
+
+import xarray as xr
+
+from corrdiff_xr.dims import X, Y
+
+__all__ = ["GRID_MAPPING", "grid_mappings", "with_grid_mapping"]
+
+#: the CF attribute of a data variable naming its grid-mapping variable
+GRID_MAPPING = "grid_mapping"
+
+
+def grid_mappings(ds: xr.Dataset) -> dict[str, xr.Variable]:
+    """The grid-mapping coordinates of ``ds``: 0-d coordinates with ``grid_mapping_name``."""
+    return {
+        str(name): coord.variable
+        for name, coord in ds.coords.items()
+        if coord.ndim == 0 and "grid_mapping_name" in coord.attrs
+    }
+
+
+def _mapping_of(name: str, var: xr.DataArray, source: xr.Dataset, names: list[str]) -> str | None:
+    """The mapping ``var`` is on: its own or ``source``'s ``grid_mapping``, else the only one."""
+    for attrs in (var.attrs, source[name].attrs if name in source.data_vars else {}):
+        if attrs.get(GRID_MAPPING) in names:
+            return attrs[GRID_MAPPING]
+    return names[0] if len(names) == 1 else None
+
+
+def with_grid_mapping(ds: xr.Dataset, source: xr.Dataset) -> xr.Dataset:
+    """``ds`` with ``source``'s grid-mapping coordinates, each ``(y, x)`` variable naming its own.
+
+    A variable's mapping is the one its ``grid_mapping`` attribute names, else the one its
+    namesake in ``source`` names, else the only mapping ``source`` has (several and no name:
+    the variable is left without one rather than given a wrong one).
+
+    Parameters
+    ----------
+    ds
+        An output on the fine grid.
+    source
+        The data it was made from (its grid-mapping coordinates are taken).
+
+    Returns
+    -------
+    xr.Dataset
+        ``ds`` itself when ``source`` has no grid-mapping coordinate.
+    """
+    mappings = grid_mappings(source)
+    if not mappings:
+        return ds
+    names = sorted(mappings)
+    named = {}
+    for name, var in ds.data_vars.items():
+        mapping = _mapping_of(str(name), var, source, names)
+        if mapping is not None and {Y, X} <= set(var.dims):
+            named[name] = var.assign_attrs({GRID_MAPPING: mapping})
+    return ds.assign(named).assign_coords(mappings)

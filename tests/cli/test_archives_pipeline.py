@@ -89,6 +89,9 @@ def test_train_generate_and_score_from_a_catalog_of_native_archives(archives, tm
     tas = got["tas"].values
     assert np.isnan(tas[..., sea]).all() and np.isfinite(tas[..., ~sea]).all()
     np.testing.assert_array_equal(got["time"].values, pair.dataset["time"].values[-2:])
+    # the fine archive's rotated pole comes back with the output, named by every variable
+    assert got["rotated_pole"].attrs == dict(arch["fine"]["rotated_pole"].attrs)
+    assert {got[n].attrs["grid_mapping"] for n in ("tas", "uas")} == {"rotated_pole"}
 
     truth = tmp_path / "truth.zarr"
     assert main(["convert", "source", ENTRY, str(truth), "--param", *_argv(params)]) == 0

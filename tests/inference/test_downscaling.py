@@ -388,3 +388,18 @@ def test_a_patch_or_grid_the_network_cannot_halve_is_refused_before_any_task(set
     ds, pair, codec, model = setup
     with pytest.raises(ConfigError, match=r"patch 7x8 \(y, x\) does not divide by 2.*6x8"):
         downscale(pair, model, members=1, patch=(7, 8), overlap=0)
+
+
+def test_independent_patch_noise_is_chunk_independent_too_and_differs_from_shared(setup, reference):
+    from corrdiff_xr.config import PatchConfig
+
+    _, pair, _, model = setup
+    own = PatchConfig(shape=(8, 8), overlap=2, noise="independent")
+    runs = [
+        downscale(pair, model, members=2, seed=5, steps=2, patch=own, chunks=chunks).compute(
+            scheduler="sync"
+        )
+        for chunks in ({"y": 16, "x": 16}, {"y": 9, "x": 11, "member": 1})
+    ]
+    _equal(*runs)
+    assert not np.allclose(runs[0].t2m.values, reference.t2m.values)  # the reference is shared

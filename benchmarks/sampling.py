@@ -53,11 +53,16 @@ SETTINGS = [
     ("dpmpp_2m_sde", 8, 800.0, 0.0),
     ("dpmpp_2m_sde", 16, 800.0, 0.0),
     ("dpmpp_2m_sde", 24, 800.0, 0.0),
-    # calibration sweeps
+    ("dpmpp_2m", 10, 800.0, 0.0),
+    # calibration sweeps: sigma_max, then churn (gamma = min(S_churn / N, sqrt(2) - 1), so
+    # S_churn >= 0.41 N is the strongest churn there is)
     ("heun", 12, 80.0, 0.0),
     ("heun", 12, 20.0, 0.0),
-    ("heun", 12, 80.0, 10.0),
-    ("heun", 12, 80.0, 40.0),
+    ("dpmpp_2m", 8, 80.0, 0.0),
+    ("dpmpp_2m", 8, 20.0, 0.0),
+    ("dpmpp_2m", 10, 80.0, 0.0),
+    ("heun", 12, 80.0, 1.0),
+    ("heun", 12, 80.0, 3.0),
 ]
 
 

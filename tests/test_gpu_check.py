@@ -1,0 +1,37 @@
+"""benchmarks/gpu_check.sh passes its dry run on the CPU: every step runs and is recorded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_gpu_check_passes_its_dry_run_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--dry-run", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=400,
+        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert result["dry_run"] and result["device"] == "cpu"
+    for step in ("cuda_tests", "bf16_train", "sampling"):
+        assert result[step]["ok"], result[step]
+    assert result["bf16_train"]["steps"] == 2 and result["bf16_train"]["loss"] > 0
+    assert result["sampling"]["dpmpp_2m_8_patched"]["members_per_s"] > 0
+
+
+def test_without_cuda_the_real_run_refuses_and_says_how_to_dry_run():
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "--dry-run" in done.stdout

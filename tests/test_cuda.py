@@ -28,8 +28,17 @@ def test_patched_downscaling_on_the_gpu_does_not_depend_on_chunking(setup):
 
     pair, model = setup
     runs = [
-        downscale(pair, model, members=2, seed=3, steps=3, patch=16, device="cuda",
-                  batch_size=4, chunks=chunks).compute(scheduler="sync")  # fmt: skip
+        downscale(
+            pair,
+            model,
+            members=2,
+            seed=3,
+            steps=3,
+            patch=16,
+            device="cuda",
+            batch_size=4,
+            chunks=chunks,
+        ).compute(scheduler="sync")  # fmt: skip
         for chunks in ({"y": 32, "x": 32}, {"y": 12, "x": 20, "member": 1})
     ]
     for name in runs[0].data_vars:

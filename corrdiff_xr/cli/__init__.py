@@ -34,6 +34,7 @@ COMMANDS = {
     "score": ("corrdiff_xr.cli.score", "score an ensemble against truth"),
     "convert": ("corrdiff_xr.cli.convert", "convert reference layouts or any source to Zarr"),
     "inspect": ("corrdiff_xr.cli.inspect", "report what a source holds and what would be done"),
+    "calibrate": ("corrdiff_xr.cli.calibrate", "choose sampler defaults matching spread to error"),
 }
 
 

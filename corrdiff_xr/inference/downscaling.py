@@ -152,18 +152,22 @@ def _as_arguments(names: Mapping[str, str]):
         raise err.renamed(names) from None
 
 
-def _sampler_config(sampler: Any, steps: int | None):
+def _sampler_config(sampler: Any, steps: int | None, defaults: Mapping | None = None):
+    """The request's SamplerConfig: ``sampler`` (a solver name or mapping of fields, which
+    replace those of the model's calibrated ``defaults`` when it has them), then ``steps``."""
     from corrdiff_xr.config import SamplerConfig, check_argument, from_dict
 
+    base = from_dict(SamplerConfig, dict(defaults), path="sampler") if defaults else None
     if sampler is None:
-        cfg = SamplerConfig()
+        cfg = base or SamplerConfig()
     elif isinstance(sampler, SamplerConfig):
         cfg = sampler
     elif isinstance(sampler, str):
         with _as_arguments({"solver": "sampler"}):
             cfg = SamplerConfig(solver=sampler)
     elif isinstance(sampler, Mapping):
-        cfg = from_dict(SamplerConfig, dict(sampler), path="sampler")
+        merged = {**(dict(defaults) if defaults else {}), **dict(sampler)}
+        cfg = from_dict(SamplerConfig, merged, path="sampler")
     else:
         raise TypeError(
             f"sampler must be None, 'heun'/'euler', a mapping or SamplerConfig, got {sampler!r}"
@@ -276,7 +280,9 @@ def downscale(
         of each member (member minus mean).
     sampler : None, str, mapping or SamplerConfig
         Sampler settings (a string picks the solver: ``"heun"``, ``"euler"``, ``"dpmpp_2m"``
-        ...); ``steps`` overrides ``num_steps``.
+        ...); ``steps`` overrides ``num_steps``. None uses the model's calibrated defaults
+        (``corrdiff-xr calibrate``) when it has them, else ``SamplerConfig()``; a mapping
+        replaces fields of those defaults.
     patch : PatchConfig, int or (int, int), optional
         Patching settings, or the patch shape with
         :class:`~corrdiff_xr.config.PatchConfig`'s defaults (ramp weights across an overlap
@@ -326,7 +332,6 @@ def downscale(
     members, seed, batch_size, threads, chunks = _check_arguments(
         members, seed, batch_size, threads, chunks
     )
-    sampler_cfg = _sampler_config(sampler, steps)
     patch_cfg = _patch_config(patch, overlap, boundary, weights)
     token = token_for(model, device=device)
     if not isinstance(model, (str, os.PathLike)) and "distributed" in sys.modules:
@@ -334,6 +339,7 @@ def downscale(
 
         share_with_workers(token)  # a no-op without an active distributed Client
     header = model_header(model if not isinstance(model, (str, os.PathLike)) else token.path)
+    sampler_cfg = _sampler_config(sampler, steps, header.get("sampler"))
     _check_output_kind(header, output, model)
     codec = _codec(header)
     pair = _pair(data, codec)

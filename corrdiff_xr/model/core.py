@@ -65,8 +65,9 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "corrdiff_xr.checkpoint"
-#: 2 adds the ``target_mask`` tensor; a model without one is still written as version 1
-CHECKPOINT_VERSION = 2
+#: 2 adds the ``target_mask`` tensor, 3 the calibrated ``sampler`` defaults; a model without
+#: either is still written as version 1 (older readers then read it as before)
+CHECKPOINT_VERSION = 3
 _HEADER_KEY = "corrdiff_xr"
 
 DEFAULT_REGRESSION = NetworkConfig(embedding_type="zero")
@@ -94,6 +95,9 @@ class CorrDiff(nn.Module):
     target_mask : bool
         Register the ``target_mask`` buffer (all valid until :meth:`set_target_mask`); the
         loader of a checkpoint that holds one passes True.
+    sampler : SamplerConfig, optional
+        The model's own sampler defaults (``corrdiff-xr calibrate`` sets them), used when a
+        caller gives none; None means ``SamplerConfig()``, the reference's.
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class CorrDiff(nn.Module):
         in_channels: int | None = None,
         out_channels: int | None = None,
         target_mask: bool = False,
+        sampler: SamplerConfig | None = None,
     ):
         super().__init__()
         if codec is not None:
@@ -130,6 +135,7 @@ class CorrDiff(nn.Module):
         self.regression_config = regression_network
         self.residual_config = residual_network
         self.edm_config = edm
+        self.sampler_config = sampler
 
         self.regression = RegressionUNet(
             SongUNet(
@@ -198,7 +204,7 @@ class CorrDiff(nn.Module):
         x: torch.Tensor,
         *,
         generators: Sequence[torch.Generator],
-        sampler: SamplerConfig = DEFAULT_SAMPLER,
+        sampler: SamplerConfig | None = None,
         mean: torch.Tensor | None = None,
         offsets: torch.Tensor | None = None,
         lead_time: torch.Tensor | None = None,
@@ -211,8 +217,8 @@ class CorrDiff(nn.Module):
             (N, C_in, h, w) normalised inputs.
         generators : sequence of torch.Generator
             One per sample; the latents, then every step's churn noise, come from it.
-        sampler : SamplerConfig
-            Solver and schedule.
+        sampler : SamplerConfig, optional
+            Solver and schedule (None: the model's defaults, else ``SamplerConfig()``).
         mean : Tensor, optional
             Precomputed regression mean (N, C_out, h, w); computed when omitted.
         offsets : Tensor, optional
@@ -242,6 +248,7 @@ class CorrDiff(nn.Module):
         def denoise(xt: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             return self.residual(xt, sigma, condition=cond, offsets=offsets, lead_time=lead_time)
 
+        sampler = sampler or self.sampler_config or DEFAULT_SAMPLER
         residual = sampling.sample(denoise, latents, config=sampler, generators=generators)
         return mean + residual.to(mean.dtype)
 
@@ -253,9 +260,10 @@ class CorrDiff(nn.Module):
         from corrdiff_xr._version import __version__
 
         masked = self.target_mask is not None
-        return {
+        calibrated = self.sampler_config is not None
+        header = {
             "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION if masked else 1,
+            "format_version": 3 if calibrated else 2 if masked else 1,
             "target_mask": masked,
             "codec": self.codec.to_dict() if self.codec is not None else None,
             "img_shape": list(self.img_shape),
@@ -272,6 +280,9 @@ class CorrDiff(nn.Module):
                 "safetensors": safetensors.__version__,
             },
         }
+        if calibrated:
+            header["sampler"] = to_dict(self.sampler_config)
+        return header
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write weights + JSON config to one safetensors file, atomically (temp + rename)."""
@@ -369,7 +380,9 @@ def _config(cls: type, data: Any, *, source: str, key: str) -> Any:
         raise CheckpointError(f"{source}: {err}") from err
     if cls is NetworkConfig:
         check_network(cfg, f"{source}: {key}")
-    elif not all(math.isfinite(v) for v in (cfg.sigma_data, cfg.P_mean, cfg.P_std)):
+    elif cls is EDMConfig and not all(
+        math.isfinite(v) for v in (cfg.sigma_data, cfg.P_mean, cfg.P_std)
+    ):
         raise CheckpointError(
             f"{source}: {key}.sigma_data, P_mean and P_std must be finite, got {data!r:.200}"
         )
@@ -429,6 +442,9 @@ def _header_kwargs(header: Any, *, source: str) -> dict[str, Any]:
         "in_channels": channels[0],
         "out_channels": channels[1],
         "target_mask": _flag(header.get("target_mask", False), f"{source}: target_mask"),
+        "sampler": None
+        if header.get("sampler") is None
+        else _config(SamplerConfig, header["sampler"], source=source, key="sampler"),
     }
 
 

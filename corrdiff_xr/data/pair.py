@@ -302,4 +302,9 @@ def open_pair(
         stored = stats
     if stored is not None:
         check_stats(stored, names)
-    return DownscalingData(ds[list(names)], sel.inputs, sel.targets, sel.static, stored, weights)
+    kept = ds[list(names)]
+    # CF bounds of the axes (time_bnds on (time, bnds)) are metadata worth keeping, but a
+    # selection of variables drops coordinates on dims no variable has
+    bounds = {str(c.attrs["bounds"]) for c in kept.coords.values() if "bounds" in c.attrs}
+    kept = kept.assign_coords({b: ds.coords[b] for b in bounds if b in ds.coords})
+    return DownscalingData(kept, sel.inputs, sel.targets, sel.static, stored, weights)

@@ -63,7 +63,10 @@ def test_native_archives_pair_lazily_into_the_canonical_layout(stores):
     fine = xr.open_zarr(stores["fine"])
     np.testing.assert_array_equal(ds["time"].values, fine["time"].values)
     notes = ds.attrs[NOTES_ATTR]
-    assert "squeezed singleton dim 'height'" in notes and "['time_bnds']" in notes
+    assert "squeezed singleton dim 'height'" in notes
+    # the time bounds are kept (lazily) as a CF bounds coordinate of the pair's time
+    assert "bounds ['time_bnds'] kept as ['time_bnds']" in notes
+    assert ds["time_bnds"].dims == ("time", "bnds") and ds["time"].attrs["bounds"] == "time_bnds"
     assert "cropped (181, 360)" in notes
     # the rotated grid and its geographic positions come through unchanged
     np.testing.assert_array_equal(ds["y"].values, fine["rlat"].values)
@@ -76,6 +79,7 @@ def test_native_archives_pair_lazily_into_the_canonical_layout(stores):
     tas = ds["tas"].values
     np.testing.assert_array_equal(tas, fine["tas"].isel(height=0).values)
     assert np.isnan(tas).any() and np.isfinite(tas).any()
+    np.testing.assert_array_equal(ds["time_bnds"].values, fine["time_bnds"].values)
 
 
 def test_packed_int16_is_decoded_and_raw_integers_are_refused(stores):

@@ -17,7 +17,10 @@ side of the canonical layout (:mod:`corrdiff_xr.data.layout`) by :func:`adopt`, 
   around the fine domain when the pair is built (:mod:`corrdiff_xr.data.archives`).
 * **Grid mappings and bounds**: a variable with ``grid_mapping_name`` becomes a scalar
   coordinate (kept, and written back to outputs as every generated variable's
-  ``grid_mapping``); ``bounds`` variables are dropped, with a note.
+  ``grid_mapping``). The fine archive's 1-D bounds (``time_bnds``, ``rlat_bnds`` ...) become
+  the coordinates ``time_bnds``, ``y_bnds``, ``x_bnds`` on dims ``(axis, bnds)`` (lazily,
+  named by the axis' ``bounds``); other bounds, and those of the coarse and static
+  archives, are dropped with a note.
 * **Values**: packed integers are decoded by xarray on opening (``scale_factor``/``add_offset``);
   a time-varying variable still holding raw integers is refused. A missing ``long_name`` is
   taken from ``standard_name`` or the name; a missing ``units`` is an error.
@@ -250,6 +253,30 @@ def _grid_coords(
     return coords
 
 
+def _bounds(
+    ds: xr.Dataset, names: list[str], axes: dict, coords: dict, grid: Grid, what: str, notes: list
+) -> dict[str, Any]:
+    """The fine archive's 1-D bounds as ``(axis, bnds)`` coordinates; the rest dropped."""
+    canonical = {axes.get("T"): TIME, axes["Y"]: Y, axes["X"]: X}
+    kept, out = [], {}
+    for name in names:
+        var = ds[name]
+        dim = var.dims[0] if var.ndim == 2 else None
+        if grid != "fine" or dim not in canonical or dim is None or var.shape[1] != 2:
+            continue
+        axis = canonical[dim]
+        out[f"{axis}_bnds"] = ((axis, "bnds"), var.data, dict(var.attrs))
+        dims, values, attrs = coords[axis]
+        coords[axis] = (dims, values, {**attrs, "bounds": f"{axis}_bnds"})
+        kept.append(name)
+    dropped = [n for n in names if n not in kept]
+    if kept:
+        notes.append(f"{what}: bounds {kept} kept as {sorted(out)}")
+    if dropped:
+        notes.append(f"{what}: dropped bounds variable(s) {dropped}")
+    return out
+
+
 def adopt(
     ds: xr.Dataset,
     *,
@@ -286,8 +313,6 @@ def adopt(
             raise DimensionError(f"{what}: cannot select on {unknown}: dims are {tuple(ds.dims)}")
         ds = ds.sel(dict(select))
     mappings, bounds = _metadata_vars(ds)
-    if bounds:
-        notes.append(f"{what}: dropped bounds variable(s) {bounds}")
     picked = _pick_variables(ds.drop_vars(bounds + mappings), variables, grid, what)
     first = ds[next(iter(picked))]
     axes = find_axes(ds, tuple(first.dims), what=what)
@@ -319,6 +344,7 @@ def adopt(
     coords = _grid_coords(ds, axes, grid, mapping, what)
     if grid != "static":
         coords[TIME] = (TIME, ds[axes["T"]].values, dict(ds[axes["T"]].attrs))
+    coords.update(_bounds(ds, bounds, axes, coords, grid, what, notes))
     if mapping is not None and grid != "coarse":
         coords[mapping] = ((), np.int32(0), dict(ds[mapping].attrs))
     adopted = xr.Dataset(out, coords=coords)

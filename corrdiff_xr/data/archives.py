@@ -232,8 +232,36 @@ def _pair_times(coarse: xr.Dataset, fine: xr.Dataset, match: str, tolerance: Any
     return coarse.assign_coords({TIME: fine[TIME]}), fine
 
 
+def _coarse_parts(coarse, fine: xr.Dataset, match: str, tolerance: Any, notes: list[str]):
+    """The coarse archive(s) matched to the fine times; several are merged on one grid."""
+    several = isinstance(coarse, Sequence) and not isinstance(coarse, (str, Mapping))
+    sources = list(coarse) if several else [coarse]
+    if not sources:
+        raise DataError("coarse: give at least one coarse archive")
+    parts = []
+    for i, source in enumerate(sources):
+        part = _open(
+            source, grid="coarse", what=f"coarse archive {i}" if several else "coarse archive"
+        )
+        notes += part.notes
+        matched, fine = _pair_times(part.dataset, fine, match, tolerance, notes)
+        parts.append(matched)
+    # a later archive may have dropped fine times: every part keeps the final ones
+    parts = [p.sel({TIME: fine[TIME].values}) for p in parts]
+    try:
+        merged = xr.merge(
+            parts, join="exact", compat="no_conflicts", combine_attrs="drop_conflicts"
+        )
+    except ValueError as err:
+        raise DataError(
+            f"the coarse archives cannot be merged ({err}); they must share one grid and use "
+            "different names (see each archive's variables map)"
+        ) from None
+    return merged, fine
+
+
 def open_archives(
-    coarse: ArchiveSource,
+    coarse: ArchiveSource | Sequence[ArchiveSource],
     fine: ArchiveSource,
     static: ArchiveSource | Sequence[ArchiveSource] = (),
     *,
@@ -251,7 +279,9 @@ def open_archives(
         The input and the target archive: a Zarr path or fsspec URL, an open Dataset, or a
         mapping with ``url`` (or ``dataset``), ``storage_options``, ``variables``
         (``{native name: name in the pair}``; default every gridded variable) and ``select``
-        (``{dim: value}``, e.g. one pressure level).
+        (``{dim: value}``, e.g. one pressure level). ``coarse`` may be a list of archives on
+        one grid, merged: the same store twice with ``select={"level": 850}`` and
+        ``{"level": 500}`` gives a variable at two levels as two inputs.
     static
         Archives of static fields (orography, land-sea mask), on any grid covering the domain.
     time
@@ -268,11 +298,10 @@ def open_archives(
         A subclass naming the archive, variable or dim at fault, and the fix.
     """
     notes: list[str] = []
-    low = _open(coarse, grid="coarse", what="coarse archive")
     high = _open(fine, grid="fine", what="fine archive")
-    notes += low.notes + high.notes
     fine_ds = _period(_window(high.dataset, window), time)
-    coarse_ds, fine_ds = _pair_times(low.dataset, fine_ds, match, tolerance, notes)
+    coarse_ds, fine_ds = _coarse_parts(coarse, fine_ds, match, tolerance, notes)
+    notes += high.notes
     coarse_ds = _crop_coarse(coarse_ds, fine_ds, notes)
     single = isinstance(static, (str, os.PathLike, xr.Dataset, Mapping))
     statics = [static] if single else static

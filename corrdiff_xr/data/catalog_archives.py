@@ -8,7 +8,8 @@ Two intake readers, named in catalogs as ``corrdiff_xr.data.catalog:ArchiveReade
 * :class:`ArchivePairReader` pairs a ``coarse``, a ``fine`` and optional ``static``
   archives into a validated, lazy DownscalingData with
   :func:`~corrdiff_xr.data.archives.open_archives` (``time``, ``match``, ``tolerance``,
-  ``window`` are its options). Each archive is a mapping with ``url``, ``storage_options``,
+  ``window`` are its options; ``coarse`` may list several archives on one grid). Each
+  archive is a mapping with ``url``, ``storage_options``,
   ``variables`` and ``select``, or ``{entry: NAME, ...}``: the arguments of the catalog's
   ArchiveReader entry NAME (opened with the same user parameters), updated by the other keys
   given here, so one archive entry serves several pairs (say, different variable maps).
@@ -60,7 +61,7 @@ class ArchivePairReader(BaseReader):
 
     def _read(
         self,
-        coarse: dict,
+        coarse: dict | list,
         fine: dict,
         static: list | dict | None = None,
         time: dict | None = None,

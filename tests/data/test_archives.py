@@ -11,6 +11,7 @@ import xarray as xr
 
 from corrdiff_xr.data import (
     CoverageError,
+    DataError,
     DimensionError,
     DTypeError,
     NameClashError,
@@ -279,3 +280,31 @@ def test_a_pair_refers_only_to_archive_entries_of_its_catalog(tmp_path):
         path.write_text(yaml.safe_dump(spec))
         with pytest.raises(CatalogError, match=f"entry 'pair', coarse: .*{message}"):
             open_entry(path, "pair")
+
+
+def test_several_coarse_archives_give_one_variable_at_several_levels():
+    arch = native_archives(nt=6, fine_step_hours=1)
+    levels = xr.concat([arch["coarse"], arch["coarse"] + 5], dim="level")
+    levels = levels.assign_coords(level=("level", [850, 500], {"units": "hPa"}))
+    for name in COARSE_MAP:
+        levels[name].attrs = arch["coarse"][name].attrs
+    wind = {"10m_u_component_of_wind": "u"}
+    pair = open_archives(
+        [
+            {"dataset": arch["coarse"], "variables": {"2m_temperature": "t2m"}},
+            {"dataset": levels, "select": {"level": 850}, "variables": {"10m_u_component_of_wind": "u850"}},
+            {"dataset": levels.isel(time=slice(1, None)), "select": {"level": 500}, "variables": wind},
+        ],
+        arch["fine"],
+    )  # fmt: skip
+    assert pair.inputs == ("t2m", "u", "u850")
+    # the last archive lacks the first hour: the pair keeps the times every archive has
+    assert pair.dataset.sizes["time"] == 5
+    np.testing.assert_allclose(pair.dataset["u"].values, pair.dataset["u850"].values + 5, rtol=1e-6)
+    with pytest.raises(DataError, match="cannot be merged"):
+        moved = arch["coarse"].assign_coords(latitude=arch["coarse"]["latitude"] - 0.5)
+        open_archives(
+            [{"dataset": arch["coarse"], "variables": {"2m_temperature": "a"}},
+             {"dataset": moved, "variables": {"2m_temperature": "b"}}],
+            arch["fine"],
+        )  # fmt: skip

@@ -155,12 +155,18 @@ def test_axes_are_found_from_cf_metadata_not_names():
         open_archives({"dataset": bare, "variables": COARSE_MAP}, arch["fine"])
 
 
-def test_a_dim_that_is_neither_time_nor_grid_needs_a_selection():
-    arch = native_archives(nt=3, fine_step_hours=1)
-    levels = xr.concat([arch["coarse"], arch["coarse"] + 1], dim="level")
+def _two_levels(coarse: xr.Dataset, offset: float) -> xr.Dataset:
+    """The coarse archive at 850 hPa and, ``offset`` higher, at 500 hPa (a ``level`` dim)."""
+    levels = xr.concat([coarse, coarse + offset], dim="level")
     levels = levels.assign_coords(level=("level", [850, 500], {"units": "hPa"}))
     for name in COARSE_MAP:
-        levels[name].attrs = arch["coarse"][name].attrs
+        levels[name].attrs = coarse[name].attrs
+    return levels
+
+
+def test_a_dim_that_is_neither_time_nor_grid_needs_a_selection():
+    arch = native_archives(nt=3, fine_step_hours=1)
+    levels = _two_levels(arch["coarse"], 1)
     with pytest.raises(DimensionError, match="dim 'level' of size 2.*select=\\{'level'"):
         open_archives({"dataset": levels, "variables": COARSE_MAP}, arch["fine"])
     pair = open_archives(
@@ -284,10 +290,7 @@ def test_a_pair_refers_only_to_archive_entries_of_its_catalog(tmp_path):
 
 def test_several_coarse_archives_give_one_variable_at_several_levels():
     arch = native_archives(nt=6, fine_step_hours=1)
-    levels = xr.concat([arch["coarse"], arch["coarse"] + 5], dim="level")
-    levels = levels.assign_coords(level=("level", [850, 500], {"units": "hPa"}))
-    for name in COARSE_MAP:
-        levels[name].attrs = arch["coarse"][name].attrs
+    levels = _two_levels(arch["coarse"], 5)
     wind = {"10m_u_component_of_wind": "u"}
     pair = open_archives(
         [

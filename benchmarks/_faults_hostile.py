@@ -561,7 +561,8 @@ def run(workdir: Path) -> dict:
             "file_mb": round(file_mb, 3),
             "within_budget": result["peak_mem_mb"] is not None
             and result["peak_mem_mb"] < 2 * file_mb + BUDGET_MB,
-            "error": result["error"],
+            # the temporary directory is this machine's: messages name files relative to it
+            "error": result["error"] and result["error"].replace(f"{workdir}/", ""),
         })  # fmt: skip
         path.unlink()
     peaks = [c["peak_mem_mb"] for c in cases if c["peak_mem_mb"] is not None]

@@ -66,10 +66,6 @@ SETTINGS = [
 ]
 
 
-def _nfe(solver: str, steps: int) -> int:
-    return 2 * steps - 1 if solver == "heun" else steps
-
-
 def _score(ens, truth, names, std) -> dict[str, float]:
     out = {"crps": [], "spread_skill": [], "rank_flatness": [], "small_scale_power": []}
     members = ens.sizes["member"]
@@ -102,6 +98,8 @@ def _choose(rows: list[dict]) -> dict:
 def run(members: int, times: int) -> dict:
     import corrdiff_xr  # noqa: F401  (the accessor)
     from corrdiff_xr import demo
+    from corrdiff_xr.config import SamplerConfig
+    from corrdiff_xr.inference.calibrate import network_calls
 
     pair = demo.open_demo_data(times=times)
     truth = pair.fine.load()
@@ -118,7 +116,7 @@ def run(members: int, times: int) -> dict:
         ).compute(scheduler="sync")
         wall = time.perf_counter() - t0
         row = {"solver": solver, "steps": steps, "sigma_max": sigma_max, "S_churn": churn,
-               "nfe": _nfe(solver, steps), "members_per_s": members * times / wall,
+               "nfe": network_calls(SamplerConfig(solver=solver, num_steps=steps)), "members_per_s": members * times / wall,
                **_score(ens, truth, names, std)}  # fmt: skip
         rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,11 +29,8 @@ def test_the_gpu_check_passes_its_dry_run_on_the_cpu(tmp_path):
     assert result["sampling"]["dpmpp_2m_8_patched"]["members_per_s"] > 0
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the real run would run")
 def test_without_cuda_the_real_run_refuses_and_says_how_to_dry_run():
-    import torch
-
-    if torch.cuda.is_available():
-        return
     done = subprocess.run(
         [sys.executable, "benchmarks/gpu_check.py"], cwd=ROOT, capture_output=True, text=True
     )

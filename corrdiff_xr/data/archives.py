@@ -44,10 +44,10 @@ from corrdiff_xr.data.layout import (
 from corrdiff_xr.data.pair import DownscalingData, open_dataset, open_pair
 from corrdiff_xr.data.regrid import bilinear_weights
 from corrdiff_xr.data.sources.native import Adopted, adopt
-from corrdiff_xr.data.times import align, parse_times
+from corrdiff_xr.data.times import align, parse_times, to_ns
 from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, TIME, X_COARSE, Y_COARSE, X, Y
 
-__all__ = ["NOTES_ATTR", "ArchiveSource", "open_archives"]
+__all__ = ["NOTES_ATTR", "ArchiveSource", "given_options", "open_archives"]
 
 #: dataset attribute listing what pairing changed
 NOTES_ATTR = "corrdiff_xr_pairing"
@@ -56,6 +56,12 @@ NOTES_ATTR = "corrdiff_xr_pairing"
 #: ``storage_options``, ``variables`` ({native: canonical}) and ``select`` ({dim: value})
 ArchiveSource = str | os.PathLike | xr.Dataset | Mapping[str, Any]
 _SOURCE_KEYS = {"url", "dataset", "storage_options", "variables", "select"}
+
+
+def given_options(options: Mapping[str, Any] | None) -> dict | None:
+    """fsspec options without the unset ones (a catalog's empty parameters), None if none."""
+    kept = {k: v for k, v in dict(options or {}).items() if v != ""}
+    return kept or None
 
 
 def _open(source: ArchiveSource, *, grid: str, what: str) -> Adopted:
@@ -71,8 +77,7 @@ def _open(source: ArchiveSource, *, grid: str, what: str) -> Adopted:
     if ("url" in spec) == ("dataset" in spec):
         raise DataError(f"{what}: give exactly one of 'url' (a Zarr path or URL) or 'dataset'")
     if "url" in spec:
-        options = {k: v for k, v in dict(spec.get("storage_options") or {}).items() if v != ""}
-        ds = open_dataset(spec["url"], storage_options=options or None)
+        ds = open_dataset(spec["url"], storage_options=given_options(spec.get("storage_options")))
     else:
         ds = spec["dataset"]
     return adopt(
@@ -105,8 +110,6 @@ def _period(fine: xr.Dataset, period: Mapping[str, str] | None) -> xr.Dataset:
         raise EmptySelectionError(f"time: unknown key(s) {unknown}; use 'start' and 'end'")
     times = fine[TIME].values
     keep = np.ones(times.size, bool)
-    from corrdiff_xr.data.times import to_ns
-
     ns = to_ns(times)
     if period.get("start"):
         keep &= ns >= to_ns(parse_times([str(period["start"])], times))[0]

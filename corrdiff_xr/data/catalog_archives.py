@@ -44,10 +44,10 @@ class ArchiveReader(BaseReader):
         select: dict | None = None,
         variables: dict | None = None,
     ):
+        from corrdiff_xr.data.archives import given_options
         from corrdiff_xr.data.pair import open_dataset
 
-        options = {k: v for k, v in dict(storage_options or {}).items() if v != ""}
-        ds = open_dataset(url, storage_options=options or None)
+        ds = open_dataset(url, storage_options=given_options(storage_options))
         if variables:
             ds = ds[list(variables)]
         return ds.sel(select) if select else ds

@@ -22,8 +22,8 @@ from corrdiff_xr.dims import LAT, LON, TIME, X_COARSE, Y_COARSE, X, Y
 
 __all__ = ["describe", "describe_archive"]
 
-#: network presets whose divisibility a grid is checked against
-_LEVELS = {"mini": 3, "normal": 5}
+#: network presets whose divisibility a grid is checked against (NetworkConfig.preset)
+_PRESETS = ("mini", "normal")
 _MIB = 2**20
 
 
@@ -108,7 +108,10 @@ def _mask_lines(pair: DownscalingData, scan: bool) -> list[str]:
 
 def _shape_lines(ny: int, nx: int) -> tuple[list[str], list[str]]:
     lines, problems = [], []
-    for name, levels in _LEVELS.items():
+    from corrdiff_xr.config import NetworkConfig
+
+    for name in _PRESETS:
+        levels = len(NetworkConfig.preset(name).channel_mult)
         m = 2 ** (levels - 1)
         if ny % m == 0 and nx % m == 0:
             lines.append(f"  network preset '{name}' ({levels} levels): {ny}x{nx} fits")

@@ -25,6 +25,7 @@ from corrdiff_xr.model.mdlus import map_reference_state_dict
 
 __all__ = [
     "copy_reference_weights",
+    "copy_weights_to_reference",
     "physicsnemo",
     "reference_network_kwargs",
     "reference_regression",
@@ -186,3 +187,30 @@ def randomize_(module: torch.nn.Module, *, seed: int = 0, scale: float = 0.3) ->
                 + (1.0 if name.endswith("norm0.weight") else 0.0)
             )
     return module
+
+
+def copy_weights_to_reference(
+    ours: torch.nn.Module, ref: torch.nn.Module, *, target_prefix: str = ""
+) -> None:
+    """Load ``ours`` (a SongUNet or a wrapper) into the reference's ``model.`` sub-network.
+
+    The inverse of :func:`copy_reference_weights`: the key map is the same one, applied to
+    the reference's own state dict, whose tensors share storage with its parameters.
+    """
+    net = ref.model
+    mapped = map_reference_state_dict(
+        ref.state_dict(),
+        img_height=net.img_shape_y,
+        levels=net._num_levels,
+        prefix="model.",
+        target_prefix=target_prefix,
+    )
+    theirs = {k: v for k, v in ours.state_dict().items() if k.startswith(target_prefix)}
+    if set(mapped) != set(theirs):
+        raise KeyError(
+            f"weights that do not map: ours only {sorted(set(theirs) - set(mapped))}, "
+            f"reference only {sorted(set(mapped) - set(theirs))}"
+        )
+    with torch.no_grad():
+        for key, dest in mapped.items():
+            dest.copy_(theirs[key])

@@ -1,29 +1,42 @@
-"""Ensemble quality against cost, per solver and step count, on the shipped demo model.
+"""Ensemble quality against cost, per solver and step count, and PhysicsNeMo's sampler beside it.
 
-The shipped model downscales the demo's held-out hours (whole domain, 64 x 64) with every
-setting below, the same members, seed and times; each setting is scored against the truth:
+A model downscales held-out data with every setting below, the same members, seed and times;
+each setting is scored against the truth:
 
 * ``crps``: properscoring CRPS / std, averaged over the targets;
 * ``spread_skill``: ensemble spread over RMSE of the ensemble mean (1 = calibrated);
 * ``rank_flatness``: RMS of ``(M + 1) p_r - 1`` over the ranks r of the rank histogram
-  (0 = flat, larger = under- or over-dispersed);
+  (0 = flat, larger = under- or over-dispersed); ``rank_histogram`` holds ``p_r``;
 * ``small_scale_power``: mean power spectral density of the members over the truth's, over
   the upper half of the wavenumbers (1 = the right amount of fine-scale variance);
 * ``nfe``: network calls per member (Heun: 2 N - 1 for N steps; Euler, DPM-Solver++: N);
-* ``members_per_s``: members per second on this machine (regression mean included).
+* ``members_per_s``: members per second on this machine through ``downscale`` (regression
+  mean, graph and decoding included).
+
+Two models (``--model``):
+
+* ``demo`` (default): the shipped model on the demo's held-out hours, whole domain 64 x 64.
+  The *reference* runs beside it in the same process: PhysicsNeMo 2.2.2's
+  ``deterministic_sampler`` (Heun, 18 steps, sigma_max 800: the paper's setting) on the same
+  weights copied into its networks and from the same latents (``_reference_sampler.py``),
+  timed and scored like ours; ``reference_max_abs_diff`` is its largest difference from our
+  baseline members.
+* ``uk``: the tiny configs trained on the UK 1.5 km sample (``train_uk_model.py``), sampled
+  in 64 x 64 patches (the training patch) over its 204 x 184 domain at the held-out time.
 
 The baseline is the reference's setting (Heun, 18 steps, sigma_max 800). The chosen setting
 is the cheapest whose CRPS is within 1 % of the baseline's and whose spread-skill is at least
-as close to 1. ``churn`` and ``sigma_max`` sweeps of Heun at 12 steps show how calibration
-moves. Written to ``--json PATH`` with the keys named in issue 11:
-``members_per_s_speedup_equal_crps`` is the chosen setting's members per second over the
-baseline's, both ours, measured here, times ``network_speedup_vs_reference`` (our sampler's
-speed over PhysicsNeMo's on the same weights, read from ``results/vs_physicsnemo.json``, not
-re-measured here); both factors are reported.
+as close to 1. ``members_per_s_speedup_equal_crps`` is its members per second over the
+reference sampler's (demo: measured side by side; uk: over our own baseline, the reference
+not being run there). The calibrated setting is what ``corrdiff-xr calibrate`` picks
+(:func:`corrdiff_xr.inference.calibrate.most_calibrated`): spread-skill closest to 1 with CRPS
+within 1 %. Churn and sigma_max sweeps show how calibration moves.
 
 Usage::
 
     python benchmarks/sampling.py --json benchmarks/results/sampling.json [--members 8 --times 8]
+    python benchmarks/sampling.py --model uk --model-path WORK/uk_tiny.safetensors \\
+        --json benchmarks/results/sampling_uk.json
 """
 
 from __future__ import annotations
@@ -32,10 +45,13 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BASELINE = ("heun", 18, 800.0, 0.0)
 #: (solver, steps, sigma_max, S_churn)
@@ -47,33 +63,59 @@ SETTINGS = [
     ("euler", 12, 800.0, 0.0),
     ("euler", 24, 800.0, 0.0),
     ("dpmpp_2m", 6, 800.0, 0.0),
+    ("dpmpp_2m", 7, 800.0, 0.0),
     ("dpmpp_2m", 8, 800.0, 0.0),
+    ("dpmpp_2m", 9, 800.0, 0.0),
+    ("dpmpp_2m", 10, 800.0, 0.0),
     ("dpmpp_2m", 12, 800.0, 0.0),
     ("dpmpp_2m", 16, 800.0, 0.0),
     ("dpmpp_2m_sde", 8, 800.0, 0.0),
+    ("dpmpp_2m_sde", 12, 800.0, 0.0),
     ("dpmpp_2m_sde", 16, 800.0, 0.0),
     ("dpmpp_2m_sde", 24, 800.0, 0.0),
-    ("dpmpp_2m", 10, 800.0, 0.0),
     # calibration sweeps: sigma_max, then churn (gamma = min(S_churn / N, sqrt(2) - 1), so
     # S_churn >= 0.41 N is the strongest churn there is)
     ("heun", 12, 80.0, 0.0),
     ("heun", 12, 20.0, 0.0),
+    ("dpmpp_2m", 7, 200.0, 0.0),
+    ("dpmpp_2m", 8, 400.0, 0.0),
+    ("dpmpp_2m", 8, 200.0, 0.0),
     ("dpmpp_2m", 8, 80.0, 0.0),
     ("dpmpp_2m", 8, 20.0, 0.0),
     ("dpmpp_2m", 10, 80.0, 0.0),
     ("heun", 12, 80.0, 1.0),
     ("heun", 12, 80.0, 3.0),
+    ("dpmpp_2m", 8, 800.0, 1.0),
+]
+#: the UK model's patched sampling is ~10x dearer per member: the informative subset
+UK_SETTINGS = [
+    BASELINE,
+    ("heun", 12, 800.0, 0.0),
+    ("heun", 12, 80.0, 0.0),
+    ("euler", 12, 800.0, 0.0),
+    ("dpmpp_2m", 6, 800.0, 0.0),
+    ("dpmpp_2m", 8, 800.0, 0.0),
+    ("dpmpp_2m", 9, 800.0, 0.0),
+    ("dpmpp_2m", 10, 800.0, 0.0),
+    ("dpmpp_2m", 12, 800.0, 0.0),
+    ("dpmpp_2m", 8, 200.0, 0.0),
+    ("dpmpp_2m", 8, 80.0, 0.0),
+    ("dpmpp_2m_sde", 12, 800.0, 0.0),
+    ("heun", 12, 80.0, 3.0),
+    ("dpmpp_2m", 8, 800.0, 1.0),
 ]
 
 
-def _score(ens, truth, names, std) -> dict[str, float]:
+def _score(ens, truth, names, std) -> dict:
     out = {"crps": [], "spread_skill": [], "rank_flatness": [], "small_scale_power": []}
+    hists = []
     members = ens.sizes["member"]
     for n in names:
         fc, tr = ens[[n]], truth[[n]]
         out["crps"].append(float(fc.corrdiff.crps(tr).to_array().mean()) / std[n])
         out["spread_skill"].append(float(fc.corrdiff.spread_skill(tr).to_array().mean()))
         hist = fc.corrdiff.rank_histogram(tr, normalize=True)[n].values
+        hists.append(hist)
         out["rank_flatness"].append(float(np.sqrt(np.mean(((members + 1) * hist - 1) ** 2))))
         p_fc = fc.corrdiff.power_spectrum()[n].mean("member")
         p_tr = tr.corrdiff.power_spectrum()[n]
@@ -82,7 +124,9 @@ def _score(ens, truth, names, std) -> dict[str, float]:
             float(p_fc.isel({p_fc.dims[-1]: slice(half, None)}).mean())
             / float(p_tr.isel({p_tr.dims[-1]: slice(half, None)}).mean())
         )
-    return {k: float(np.mean(v)) for k, v in out.items()}
+    scores = {k: float(np.mean(v)) for k, v in out.items()}
+    scores["rank_histogram"] = [round(float(v), 4) for v in np.mean(hists, axis=0)]
+    return scores
 
 
 def _choose(rows: list[dict]) -> dict:
@@ -95,53 +139,104 @@ def _choose(rows: list[dict]) -> dict:
     return min(ok, key=lambda r: (r["nfe"], r["crps"]))
 
 
-def run(members: int, times: int) -> dict:
-    import corrdiff_xr  # noqa: F401  (the accessor)
+def _data(kind: str, times: int):
+    """(data to downscale, truth, target names, std per target, downscale kwargs)."""
     from corrdiff_xr import demo
+
+    if kind == "demo":
+        pair, extra = demo.open_demo_data(times=times), {}
+    else:
+        from train_uk_model import HELD_OUT, PATCH, SOURCE
+
+        from corrdiff_xr.data import open_source
+
+        pair = open_source(SOURCE).sel(time=slice(HELD_OUT, None))
+        extra = {"patch": PATCH}
+    names = list(pair.targets)
+    std = {n: float(pair.stats[n].sel(stat="std")) for n in names}
+    return pair, pair.fine.load(), names, std, extra
+
+
+def run(kind: str, model_path: str, members: int, times: int, *, quick: bool = False) -> dict:
+    import corrdiff_xr  # noqa: F401  (the accessor)
     from corrdiff_xr.config import SamplerConfig
     from corrdiff_xr.inference.calibrate import network_calls
 
-    pair = demo.open_demo_data(times=times)
-    truth = pair.fine.load()
+    pair, truth, names, std, extra = _data(kind, times)
     data = pair.dataset.load()
-    names = list(pair.targets)
-    std = {n: float(pair.stats[n].sel(stat="std")) for n in names}
-    model = demo.shipped_model_path()
+    n_times = data.sizes["time"]
     rows = []
-    for solver, steps, sigma_max, churn in SETTINGS:
+    settings = SETTINGS if kind == "demo" else UK_SETTINGS
+    for solver, steps, sigma_max, churn in settings[:3] if quick else settings:
         sampler = {"solver": solver, "sigma_max": sigma_max, "S_churn": churn}
         t0 = time.perf_counter()
         ens = data.corrdiff.downscale(
-            model, members=members, seed=0, steps=steps, sampler=sampler
+            model_path, members=members, seed=0, steps=steps, sampler=sampler, **extra
         ).compute(scheduler="sync")
         wall = time.perf_counter() - t0
+        calls = network_calls(SamplerConfig(solver=solver, num_steps=steps))
         row = {"solver": solver, "steps": steps, "sigma_max": sigma_max, "S_churn": churn,
-               "nfe": network_calls(SamplerConfig(solver=solver, num_steps=steps)), "members_per_s": members * times / wall,
+               "nfe": calls, "calls": calls, "members_per_s": members * n_times / wall,
                **_score(ens, truth, names, std)}  # fmt: skip
         rows.append(row)
+        if len(rows) == 1:
+            baseline_ens = ens
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-    return _summary(rows, members, times)
+    reference = (
+        _reference(model_path, pair, baseline_ens, truth, names, std, members)
+        if kind == "demo"
+        else None
+    )
+    return _summary(rows, reference, members, n_times)
 
 
-def _summary(rows: list[dict], members: int, times: int) -> dict:
+def _reference(model_path, pair, ours, truth, names, std, members) -> dict:
+    """The reference's sampler at the baseline setting on the same weights, scored and timed."""
+    from _reference_sampler import reference_ensemble
+
+    from corrdiff_xr.config import SamplerConfig
+    from corrdiff_xr.model import CorrDiff
+
+    model = CorrDiff.load(model_path).eval()
+    sampler = SamplerConfig(solver=BASELINE[0], num_steps=BASELINE[1], sigma_max=BASELINE[2])
+    reference_ensemble(model, pair.isel(time=slice(0, 1)), members=1, sampler=sampler)  # warm-up
+    ens, wall = reference_ensemble(model, pair, members=members, sampler=sampler)
+    diff = max(float(np.abs(ens[n].values - ours[n].transpose(*ens[n].dims).values).max())
+               for n in names)  # fmt: skip
+    row = {"solver": "heun (PhysicsNeMo deterministic_sampler)", "steps": BASELINE[1],
+           "sigma_max": BASELINE[2], "S_churn": 0.0, "nfe": 2 * BASELINE[1] - 1,
+           "members_per_s": members * ens.sizes["time"] / wall,
+           "reference_max_abs_diff": diff, **_score(ens, truth, names, std)}  # fmt: skip
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+    return row
+
+
+def _summary(rows: list[dict], reference: dict | None, members: int, times: int) -> dict:
+    from corrdiff_xr.inference.calibrate import most_calibrated
+
     base, chosen = rows[0], _choose(rows)
-    ref = Path(__file__).parent / "results" / "vs_physicsnemo.json"
-    network = json.loads(ref.read_text()).get("sample_speedup") if ref.exists() else None
-    ours = chosen["members_per_s"] / base["members_per_s"]
-    calibrated = min(rows, key=lambda r: abs(r["spread_skill"] - 1))
+    calibrated = rows[most_calibrated(rows)]
+    against = reference or base
     return {
-        "members_per_s_speedup_equal_crps": ours * network if network else None,
-        "speedup_vs_our_heun18": ours,
-        "network_speedup_vs_reference": network,
+        "members_per_s_speedup_equal_crps": chosen["members_per_s"] / against["members_per_s"],
+        "speedup_measured_against": "PhysicsNeMo deterministic_sampler, Heun 18, same weights"
+        if reference
+        else "our Heun 18 (the reference was not run on this model)",
+        "speedup_vs_our_heun18": chosen["members_per_s"] / base["members_per_s"],
+        "reference_vs_our_heun18_members_per_s": base["members_per_s"] / reference["members_per_s"]
+        if reference
+        else None,
         "nfe_ratio_baseline_vs_chosen": base["nfe"] / chosen["nfe"],
         "chosen_solver": chosen["solver"],
         "chosen_nfe": chosen["nfe"],
         "chosen": chosen,
         "crps_ratio_chosen_vs_baseline": chosen["crps"] / base["crps"],
+        "crps_ratio_chosen_vs_reference": chosen["crps"] / reference["crps"] if reference else None,
         "spread_skill_baseline": base["spread_skill"],
         "spread_skill_chosen": chosen["spread_skill"],
         "spread_skill_calibrated": calibrated["spread_skill"],
         "calibrated_setting": calibrated,
+        "reference": reference,
         "members": members,
         "times": times,
         "rows": rows,
@@ -151,14 +246,23 @@ def _summary(rows: list[dict], members: int, times: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True)
+    parser.add_argument("--model", choices=["demo", "uk"], default="demo")
+    parser.add_argument("--model-path", help="checkpoint (default: the shipped demo model)")
     parser.add_argument("--members", type=int, default=8)
-    parser.add_argument("--times", type=int, default=8)
+    parser.add_argument("--times", type=int, default=8, help="held-out times (demo)")
+    parser.add_argument("--quick", action="store_true", help="3 settings only (a smoke run)")
     args = parser.parse_args()
     import torch
 
+    from corrdiff_xr.model import shipped_model_path
+
+    if args.model == "uk" and not args.model_path:
+        parser.error("--model uk needs --model-path (train it with benchmarks/train_uk_model.py)")
     torch.set_num_threads(1)
     load = os.getloadavg()
-    result = run(args.members, args.times)
+    path = args.model_path or str(shipped_model_path())
+    result = run(args.model, path, args.members, args.times, quick=args.quick)
+    result["model"] = {"kind": args.model, "file": os.path.basename(path)}
     result["machine"] = {"load_avg_start": load, "load_avg_end": os.getloadavg(),
                          "cpus": os.cpu_count(), "python": platform.python_version()}  # fmt: skip
     with open(args.json, "w") as fh:

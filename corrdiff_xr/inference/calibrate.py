@@ -26,7 +26,7 @@ import numpy as np
 
 from corrdiff_xr.config import SamplerConfig, from_dict, to_dict
 
-__all__ = ["CANDIDATES", "Calibration", "calibrate", "network_calls"]
+__all__ = ["CANDIDATES", "Calibration", "calibrate", "most_calibrated", "network_calls"]
 
 #: default candidates after the baseline: cheap second-order solvers, and sigma_max / churn
 #: variants that raise or lower the spread (each a partial SamplerConfig)
@@ -46,6 +46,17 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
 def network_calls(cfg: SamplerConfig) -> int:
     """Denoiser calls per member: Heun ``2 N - 1`` (the last step is Euler), else ``N``."""
     return 2 * cfg.num_steps - 1 if cfg.solver == "heun" else cfg.num_steps
+
+
+def most_calibrated(rows: Sequence[Mapping[str, Any]], *, tolerance: float = 0.01) -> int:
+    """Index of the row (``crps``, ``spread_skill``, ``calls``) that :func:`calibrate` picks.
+
+    Among the rows whose CRPS is at most ``1 + tolerance`` times the first row's (the
+    baseline's), the spread-skill ratio closest to 1; ties go to fewer network calls.
+    """
+    limit = (1 + tolerance) * rows[0]["crps"]
+    eligible = [i for i, r in enumerate(rows) if r["crps"] <= limit]
+    return min(eligible, key=lambda i: (abs(rows[i]["spread_skill"] - 1), rows[i]["calls"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +147,6 @@ def calibrate(
         score, ratio = _scores(ens.compute(), truth, names)
         rows.append({"sampler": to_dict(cfg), "calls": network_calls(cfg), "crps": score,
                      "spread_skill": ratio, "chosen": False})  # fmt: skip
-    limit = (1 + tolerance) * rows[0]["crps"]
-    eligible = [i for i, r in enumerate(rows) if r["crps"] <= limit]
-    best = min(eligible, key=lambda i: (abs(rows[i]["spread_skill"] - 1), rows[i]["calls"]))
+    best = most_calibrated(rows, tolerance=tolerance)
     rows[best]["chosen"] = True
     return Calibration(tuple(rows), configs[0], configs[best])

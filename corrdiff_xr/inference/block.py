@@ -1,21 +1,36 @@
-"""One output block: the patches that touch it, sampled one by one and fused in place.
+"""One output block: the patches that touch it, sampled member group by member group and fused.
 
 A block is a time chunk x a spatial chunk x a chunk of members of the output. Its task gets
 the regridded inputs and static fields over the block's *halo* (every pixel any touching
 patch reads, reflections at the domain edge included), encodes them with the model's codec,
 and walks the touching patches in global patch order: the regression mean once per (time,
-patch), then one sampler trajectory per member, each drawing its noise from the shared field
-keyed by (seed, time, member, pixel position) (:class:`corrdiff_xr.noise.FieldNoise`;
-patched runs by default) or from a generator keyed by (seed, time, member, patch origin). Every result is folded straight into a float64
-weighted sum over the block, so memory holds the block plus one batch of patches.
+patch), then the sampler trajectories of the block's members, each drawing its noise from
+the shared field keyed by (seed, time, member, pixel position)
+(:class:`corrdiff_xr.noise.FieldNoise`; patched runs by default) or from a generator keyed by
+(seed, time, member, patch origin). Every result is folded straight into a float64 weighted
+sum over the block, so memory holds the block plus one network call.
+
+Member groups. With ``B = batch_size`` and ``N`` the ensemble size, the trajectories of one
+(time, patch) run in calls of member groups: call ``g`` holds members
+``[g B, (g + 1) B) & [0, N)``, one row each, in order (:func:`member_groups`). The last group
+is shorter when B does not divide N; nothing is padded. A block whose member chunk splits a
+group computes the whole group and keeps its own rows (``downscale``'s default member chunk
+holds whole groups, and it warns about one that does not). ``batch_size=1`` runs every
+trajectory alone.
 
 Exactness. Each patch sees the same input bytes whichever block computes it; each pixel sums
-the same patches in the same (global) order; so a pixel's value does not depend on how the
-output is chunked. The last ingredient is the network call itself: CPU kernels (oneDNN
-convolutions, MKL GEMMs) pick different code paths, and round differently, for different
-batch sizes. On the CPU every patch is therefore evaluated on its own; on accelerators
-patches are batched in calls padded to exactly ``batch_size`` rows, so the kernels see one
-shape whatever the chunking (results are then reproducible for a given ``batch_size``).
+the same patches in the same (global) order; each call holds the same rows, so its kernels
+see the same shape and content, whichever block, worker or scheduler runs it. So a pixel's
+value does not depend on how the output is chunked, down to the last bit. That last
+ingredient matters because CPU kernels (oneDNN convolutions, MKL GEMMs) pick different code
+paths, and round differently, for different batch sizes. Hence what a member's bits depend
+on: the model, the device, the sampler, (seed, time, member, patch lattice), and the rows of
+its call, i.e. B and, in the last group when B does not divide N, N. Member ``m`` is bitwise
+the same for every ``N >= (m // B + 1) B`` (its group complete) and for every N when
+``B = 1``; otherwise it changes only by rounding (about 1e-5 relative), with the same
+distribution. Changing ``batch_size`` changes members likewise, by rounding. The
+regression means are computed one row per call on the CPU (:func:`call_size`) and in calls
+padded to exactly ``batch_size`` rows on accelerators.
 """
 
 from __future__ import annotations
@@ -40,6 +55,7 @@ __all__ = [
     "BlockTask",
     "call_size",
     "compute_block",
+    "member_groups",
     "plan_blocks",
     "touching_patches",
 ]
@@ -101,7 +117,8 @@ class BlockTask:
     seed, sampler
         Base seed (noise key, :data:`corrdiff_xr.noise.INFERENCE`) and sampler settings.
     batch_size
-        Patches per network call on accelerators.
+        Rows per network call: the member group size B of the sampling calls (see the module
+        docstring), and the regression means per call on accelerators.
     threads
         Torch intra-op threads for the task's thread (None leaves torch's setting).
     kinds
@@ -110,12 +127,16 @@ class BlockTask:
     shared_noise
         Draw each patch's noise from the shared field over the global grid
         (:class:`corrdiff_xr.noise.FieldNoise`) instead of one generator per patch.
+    ensemble
+        The request's ensemble size N, where the last member group ends; needed when
+        ``"sample"`` is asked.
     plan
         The block's plan (None in a request's template).
     times
         int64 nanoseconds of the block's times (noise keys).
     members
-        Member indices of the block (noise keys); ignored when no ``"sample"`` is asked.
+        Member indices of the block (noise keys), all below ``ensemble``; ignored when no
+        ``"sample"`` is asked.
     """
 
     token: ModelToken
@@ -126,6 +147,7 @@ class BlockTask:
     threads: int | None
     kinds: tuple[str, ...]
     shared_noise: bool = False
+    ensemble: int | None = None
     plan: BlockPlan | None = None
     times: tuple[int, ...] = ()
     members: tuple[int, ...] = ()
@@ -183,8 +205,24 @@ def plan_blocks(
 
 
 def call_size(device: torch.device, batch_size: int) -> int:
-    """Rows per network call: one on the CPU (see the module docstring), else ``batch_size``."""
+    """Rows per regression-mean call: one on the CPU (see the module docstring), else
+    ``batch_size``."""
     return 1 if device.type == "cpu" else max(1, int(batch_size))
+
+
+def member_groups(members: Sequence[int], batch_size: int, ensemble: int) -> list[range]:
+    """The member groups holding ``members``, in order: ``[g B, (g + 1) B) & [0, N)``.
+
+    ``B`` is ``batch_size`` and ``N`` the ``ensemble`` size; each group is one sampling call
+    per (time, patch), so which members share a call depends on (B, N) alone.
+    """
+    if any(not 0 <= m < ensemble for m in members):
+        raise ValueError(f"members {tuple(members)} do not lie in an ensemble of {ensemble}")
+    size = max(1, int(batch_size))
+    return [
+        range(g * size, min(g * size + size, ensemble))
+        for g in sorted({m // size for m in members})
+    ]
 
 
 def _batches(items: list, size: int) -> Iterator[tuple[list, int]]:
@@ -192,6 +230,31 @@ def _batches(items: list, size: int) -> Iterator[tuple[list, int]]:
     for i in range(0, len(items), size):
         chunk = items[i : i + size]
         yield chunk + [chunk[-1]] * (size - len(chunk)), len(chunk)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Halo:
+    """A block's encoded inputs ``x`` (T, C_in, rows, cols) and its network-input rows."""
+
+    x: np.ndarray
+    grid: PatchGrid
+    plan: BlockPlan
+    device: torch.device
+
+    def inputs(self, units: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Stacked patch inputs of (time index, patch id) ``units``, on the device."""
+        rows = [_patch_input(self.x[t], self.grid, self.plan, k) for (t, k) in units]
+        return torch.from_numpy(np.stack(rows)).to(self.device)
+
+    def offsets(self, units: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Global (row, col) origins of the units' patches, on the device."""
+        origins = np.stack([self.grid.origins[k] for (_, k) in units])
+        return torch.as_tensor(origins, device=self.device)
+
+    def add(self, acc: np.ndarray, k: int, value: np.ndarray) -> None:
+        """Fold patch ``k``'s ``value`` (C, h, w) into the block's weighted sum ``acc``."""
+        bs, ps = _overlap(self.grid, self.plan, k)
+        acc[(slice(None), *bs)] += self.grid.weight[ps] * value[(slice(None), *ps)]
 
 
 def compute_block(inputs, task: BlockTask) -> dict[str, np.ndarray]:
@@ -205,94 +268,93 @@ def compute_block(inputs, task: BlockTask) -> dict[str, np.ndarray]:
     task
         The block's :class:`BlockTask` (from :meth:`BlockTask.at`).
     """
-    if task.plan is None:
+    plan, grid, kinds = task.plan, task.grid, task.kinds
+    if plan is None:
         raise ValueError(
             "compute_block needs the task of one block (BlockTask.at(plan, times, members))"
         )
-    plan, grid, times, members, kinds = task.plan, task.grid, task.times, task.members, task.kinds
-    threads, seed, sampler = task.threads, task.seed, task.sampler
-    if threads is not None:
-        torch.set_num_threads(int(threads))
+    if "sample" in kinds and task.ensemble is None:
+        raise ValueError("a block task that samples needs the request's ensemble size")
+    if task.threads is not None:
+        torch.set_num_threads(int(task.threads))
     model = load_model(task.token)
     device = next(model.parameters()).device
-    x = np.asarray(model.codec.encode_inputs(inputs), dtype=np.float32)
-    T = len(times)
-    if x.shape[0] != T:
-        raise ValueError(f"block inputs have {x.shape[0]} times, expected {T}")
+    halo = _Halo(
+        np.asarray(model.codec.encode_inputs(inputs), dtype=np.float32), grid, plan, device
+    )
+    T = len(task.times)
+    if halo.x.shape[0] != T:
+        raise ValueError(f"block inputs have {halo.x.shape[0]} times, expected {T}")
     (y0, y1), (x0, x1) = plan.rows, plan.cols
-    weight = grid.weight
-    C = model.out_channels
-    want_sample = "sample" in kinds
-    M = len(members) if want_sample else 0
-
     norm = np.zeros((y1 - y0, x1 - x0))
     for k in plan.patches:
-        (bs, ps) = _overlap(grid, plan, k)
-        norm[bs] += weight[ps]
-    mean_acc = np.zeros((T, C, y1 - y0, x1 - x0)) if "mean" in kinds else None
-    sample_acc = np.zeros((M, T, C, y1 - y0, x1 - x0)) if want_sample else None
-    size = call_size(device, task.batch_size)
-
-    def run(rows: list, fn) -> list[np.ndarray]:
-        out = []
-        for batch, n in _batches(rows, size):
-            with torch.no_grad():
-                res = fn(batch)
-            out.extend(res[:n].float().cpu().numpy())
-        return out
-
-    def offsets(batch) -> torch.Tensor:
-        return torch.as_tensor(np.stack([grid.origins[k] for (_, k) in batch]), device=device)
-
-    def inputs_of(batch) -> torch.Tensor:
-        return torch.from_numpy(
-            np.stack([_patch_input(x[t], grid, plan, k) for (t, k) in batch])
-        ).to(device)
-
-    units = [(t, k) for t in range(T) for k in plan.patches]
-    means = run(units, lambda b: model.predict_mean(inputs_of(b), offsets=offsets(b)))
-    by_unit = dict(zip(units, means))
-    if mean_acc is not None:
-        for (t, k), mu in zip(units, means):
-            bs, ps = _overlap(grid, plan, k)
-            mean_acc[(t, slice(None), *bs)] += weight[ps] * mu[(slice(None), *ps)]
-    if want_sample:
-        draws = [(m, t, k) for t in range(T) for k in plan.patches for m in range(M)]
-
-        def sample(batch):
-            tk = [(t, k) for (_, t, k) in batch]
-            # generators live on the model's device (torch draws CUDA noise from CUDA
-            # generators), so members are reproducible per device type, not across them
-            noise = FieldNoise if task.shared_noise else _generator_on(device)
-            gens = [
-                noise(seed, times[t], members[m], tuple(grid.origins[k])) for (m, t, k) in batch
-            ]
-            mu = torch.from_numpy(np.stack([by_unit[u] for u in tk])).to(device)
-            return model.sample(
-                inputs_of(tk), generators=gens, sampler=sampler, mean=mu, offsets=offsets(tk)
-            )
-
-        # One batch in flight; accumulate in global patch order per (member, time).
-        for batch, n in _batches(draws, size):
-            with torch.no_grad():
-                res = sample(batch)[:n].float().cpu().numpy()
-            for (m, t, k), val in zip(batch[:n], res):
-                bs, ps = _overlap(grid, plan, k)
-                sample_acc[(m, t, slice(None), *bs)] += weight[ps] * val[(slice(None), *ps)]
+        bs, ps = _overlap(grid, plan, k)
+        norm[bs] += grid.weight[ps]
+    shape = (T, model.out_channels, y1 - y0, x1 - x0)
+    means = _means(model, halo, [(t, k) for t in range(T) for k in plan.patches], task)
+    fused = {}
+    if "mean" in kinds:
+        fused["mean"] = np.zeros(shape)
+        for (t, k), mu in means.items():
+            halo.add(fused["mean"][t], k, mu)
+    if "sample" in kinds:
+        fused["sample"] = np.zeros((len(task.members), *shape))
+        _sample_into(fused["sample"], model, halo, task, means)
     # Back to physical units through the codec, with the block's own coordinates.
     (hr, _), (hc, _) = plan.halo_rows, plan.halo_cols
     template = inputs.isel({Y: slice(y0 - hr, y1 - hr), X: slice(x0 - hc, x1 - hc)})
-    out = {}
-    if mean_acc is not None:
-        out["mean"] = _decode(model.codec, mean_acc / norm, template, (TIME,))
-    if sample_acc is not None:
-        out["sample"] = _decode(model.codec, sample_acc / norm, template, (MEMBER, TIME))
+    dims = {"mean": (TIME,), "sample": (MEMBER, TIME)}
+    out = {
+        kind: _decode(model.codec, acc / norm, template, dims[kind]) for kind, acc in fused.items()
+    }
     if model.target_mask is not None:  # NaN where the model never saw a target (the sea)
         valid = model.target_mask[:, y0:y1, x0:x1].cpu().numpy()
         for values in out.values():
             shape = valid.shape[:1] + (1,) * (values.ndim - 3) + valid.shape[1:]
             values[~np.broadcast_to(valid.reshape(shape), values.shape)] = np.nan
     return out
+
+
+def _means(model, halo: _Halo, units: list[tuple[int, int]], task: BlockTask) -> dict:
+    """Regression mean (C, h, w) of every (time index, patch id) unit, in calls of
+    :func:`call_size` rows padded by repetition."""
+    out = []
+    for batch, n in _batches(units, call_size(halo.device, task.batch_size)):
+        with torch.no_grad():
+            res = model.predict_mean(halo.inputs(batch), offsets=halo.offsets(batch))
+        out.extend(res[:n].float().cpu().numpy())
+    return dict(zip(units, out))
+
+
+def _sample_into(acc: np.ndarray, model, halo: _Halo, task: BlockTask, means: dict) -> None:
+    """Sample the block's members into ``acc`` (M, T, C, h, w), one call per member group.
+
+    For each time and patch (global order), every group of :func:`member_groups` is one
+    call of one row per group member, each with its own noise; rows of members outside the
+    block (a member chunk that splits a group) are computed and dropped.
+    """
+    grid, seed = task.grid, task.seed
+    where = {m: i for i, m in enumerate(task.members)}
+    groups = member_groups(task.members, task.batch_size, task.ensemble)
+    # generators live on the model's device (torch draws CUDA noise from CUDA generators),
+    # so members are reproducible per device type, not across them
+    noise = FieldNoise if task.shared_noise else _generator_on(halo.device)
+    for (t, k), mu in means.items():  # times, then patches in global order
+        origin = tuple(int(v) for v in grid.origins[k])
+        for group in groups:
+            unit = [(t, k)] * len(group)
+            gens = [noise(seed, task.times[t], m, origin) for m in group]
+            with torch.no_grad():
+                res = model.sample(
+                    halo.inputs(unit),
+                    generators=gens,
+                    sampler=task.sampler,
+                    mean=torch.from_numpy(np.stack([mu] * len(group))).to(halo.device),
+                    offsets=halo.offsets(unit),
+                )
+            for m, value in zip(group, res.float().cpu().numpy()):
+                if m in where:
+                    halo.add(acc[where[m], t], k, value)
 
 
 def _generator_on(device: torch.device):

@@ -12,14 +12,17 @@ members - is one task that:
    never the weights: see :mod:`corrdiff_xr.inference.cache`);
 3. samples every patch of the *global* patch grid (:class:`corrdiff_xr.patching.PatchGrid`,
    whose origins depend only on the domain, patch shape and overlap) that touches the block:
-   regression mean + residual, noise keyed by (seed, time, member, patch origin);
+   regression mean + residual, noise keyed by (seed, time, member, patch origin), the
+   trajectories of one (time, patch) batched by member groups ``[g B, (g + 1) B) & [0, N)``
+   (``B = batch_size``, ``N = members``);
 4. fuses the patches with the grid's weights, in global patch order.
 
-So the result depends only on (seed, time, member) and the sampling settings, not on the
-chunking, the batch size, the number of workers or threads (see
-:mod:`corrdiff_xr.inference.block` for why patches are evaluated alone on the CPU). Noise
-comes from generators on the workers' device, so CPU and CUDA runs give different (equally
-valid) members; on accelerators, results are reproducible for a given ``batch_size``.
+So the result depends only on (seed, time, member), the sampling settings and the member
+groups (``batch_size`` and ``members``), down to the last bit, not on the chunking, the number
+of workers or threads: which members share a network call never depends on the blocks (see
+:mod:`corrdiff_xr.inference.block`, which says what a member's bits depend on; changing
+``batch_size`` changes members by rounding only). Noise comes from generators on the
+workers' device, so CPU and CUDA runs give different (equally valid) members.
 
 Differences from the reference. PhysicsNeMo's patched generation fuses the patches after
 *every* sampler step (all patches of the domain advance together). Here each patch runs its
@@ -120,6 +123,21 @@ def _regular(chunks: tuple[int, ...], size: int | None, length: int) -> tuple[in
         raise ValueError(f"chunk sizes must be positive, got {size}")
     n, rest = divmod(length, size)
     return (size,) * n + ((rest,) if rest else ())
+
+
+def _member_chunks(size: int | None, members: int, batch_size: int, samples: bool) -> tuple:
+    """Member chunks: whole member groups by default; a warning when ``size`` splits them."""
+    if size is None:
+        return _regular((), min(batch_size, members), members)
+    if samples and size % batch_size and size < members:
+        warnings.warn(
+            f"chunks['member']={size} splits the member groups of batch_size={batch_size} "
+            f"(one network call per group): every block computes its members' whole groups "
+            "and drops the other rows; pass a member chunk that is a multiple of batch_size, "
+            f"or batch_size={size}",
+            stacklevel=3,
+        )
+    return _regular((), size, members)
 
 
 def _sources(pair, codec) -> xr.Dataset:
@@ -272,7 +290,9 @@ def downscale(
         A loaded model (saved once to a temporary checkpoint that workers load) or the path
         of a checkpoint written by :meth:`CorrDiff.save`.
     members : int
-        Ensemble size; member ``m`` is the same whatever ``members`` is.
+        Ensemble size N. Member ``m`` is the same whatever ``members`` is: bitwise once its
+        group of ``batch_size`` members is complete (``members >= (m // batch_size + 1) *
+        batch_size``) or with ``batch_size=1``, else up to rounding (about 1e-5).
     seed : int
         Base seed; noise is keyed by (seed, time, member, patch origin).
     output : {"ensemble", "mean", "residual"}
@@ -292,11 +312,17 @@ def downscale(
         Patch overlap, zero-weight halo and fusion weights: when given, they replace those
         of ``patch`` (:class:`~corrdiff_xr.config.PatchConfig`'s fields of the same names).
     batch_size : int
-        Patches per network call on accelerators (the CPU evaluates patches one by one).
+        Member group size B: the sampler runs members ``[g B, (g + 1) B)`` (up to N) of one
+        time and patch in one network call, on every device (1: each trajectory alone, the
+        cheapest when ``members`` is 1). Also the regression means per call on accelerators
+        (the CPU computes them one by one).
     device : str, optional
         Torch device of the workers; None picks CUDA when a worker has it, else the CPU.
     chunks : mapping, optional
-        Output chunk sizes for ``member`` (default 1), ``time`` (default: the inputs', or 1
+        Output chunk sizes for ``member`` (default ``min(batch_size, members)``, whole member
+        groups; a chunk that is not a multiple of ``batch_size`` and smaller than ``members``
+        splits groups, whose blocks then compute rows they drop, with a warning), ``time``
+        (default: the inputs', or 1
         for unchunked inputs) and ``y``/``x`` (default: the inputs' fine-grid chunks; the
         whole domain when ``patch`` is None).
     threads : int, optional
@@ -357,8 +383,8 @@ def downscale(
     first = src[codec.inputs[0]].chunks
     # unchunked (numpy) inputs: one time step per block, so blocks stay small and parallel
     tch = _regular(first[0] if first else (1,), chunks.get(TIME), src.sizes[TIME])
-    mch = _regular((), chunks.get(MEMBER, 1), int(members))
     kinds = {"mean": ("mean",), "residual": ("sample", "mean")}.get(output, ("sample",))
+    mch = _member_chunks(chunks.get(MEMBER), members, batch_size, "sample" in kinds)
 
     task = BlockTask(
         token=token,
@@ -369,6 +395,7 @@ def downscale(
         threads=threads,
         kinds=kinds,
         shared_noise=patch_cfg is not None and patch_cfg.noise == "shared",
+        ensemble=int(members),
     )
     stacked = block_arrays(
         src, plan_blocks(grid, ych, xch), tch, mch, len(codec.out_channels), task

@@ -69,7 +69,7 @@ def test_a_block_task_computes_its_block_of_the_downscaling(setup):
     plan = plan_blocks(GRID, (6, 6, 4), (16,))[1][0]
     times = pair.dataset.time.values.astype("datetime64[ns]").astype(np.int64)
     task = dataclasses.replace(
-        TASK, token=token_for(model), kinds=("sample", "mean"), shared_noise=True
+        TASK, token=token_for(model), kinds=("sample", "mean"), shared_noise=True, ensemble=2
     ).at(plan, times, (0, 1))
     halo = (
         xr.merge([pair.inputs_on_fine[list(model.codec.inputs)], pair.static_fields])
@@ -147,6 +147,7 @@ def test_a_block_tasks_token_changes_with_every_setting():
         "threads": 1,
         "kinds": ("mean",),
         "shared_noise": True,
+        "ensemble": 3,
         "plan": plan,
         "times": (1,),
         "members": (0,),

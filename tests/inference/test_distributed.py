@@ -51,7 +51,10 @@ def _loads() -> dict:
 
 def test_cluster_result_equals_local_result_and_loads_the_model_once_per_worker(setup, cluster):
     _, pair, _, path = setup
-    ds = downscale(pair, path, members=2, seed=1, chunks={"time": 1}, **FAST)
+    # one member per block (batch_size=1: whole member groups): 12 blocks for 2 workers
+    ds = downscale(
+        pair, path, members=2, seed=1, batch_size=1, chunks={"time": 1, "member": 1}, **FAST
+    )
     local = ds.compute(scheduler="sync")
     with distributed.Client(cluster.scheduler_address) as client:  # an existing scheduler
         remote = ds.compute()
@@ -83,7 +86,9 @@ def test_killing_a_worker_mid_run_leaves_the_output_complete_and_identical(
     setup, cluster, tmp_path
 ):
     _, pair, _, path = setup
-    ds = downscale(pair, path, members=2, seed=2, chunks={"time": 1}, **FAST)
+    ds = downscale(
+        pair, path, members=2, seed=2, batch_size=1, chunks={"time": 1, "member": 1}, **FAST
+    )  # 12 blocks, one member each
     clean, faulty = tmp_path / "clean.zarr", tmp_path / "faulty.zarr"
     with distributed.Client(cluster) as client:
         client.wait_for_workers(2)

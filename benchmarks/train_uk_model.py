@@ -60,9 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "diffusion_s": train_stage(
             CONFIGS / "tiny_diffusion.yaml",
-            [*common, "task=patched_diffusion", f"patch.shape=[{PATCH[0]},{PATCH[1]}]",
-             "training.patch_num=4", f"training.output_dir={diff}",
-             f"training.regression_checkpoint={reg / 'model.safetensors'}"],
+            [
+                *common,
+                "task=patched_diffusion",
+                f"patch.shape=[{PATCH[0]},{PATCH[1]}]",
+                "training.patch_num=4",
+                f"training.output_dir={diff}",
+                f"training.regression_checkpoint={reg / 'model.safetensors'}",
+            ],
             threads=args.threads,
         ),  # fmt: skip
     }

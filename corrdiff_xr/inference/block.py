@@ -27,10 +27,12 @@ paths, and round differently, for different batch sizes. Hence what a member's b
 on: the model, the device, the sampler, (seed, time, member, patch lattice), and the rows of
 its call, i.e. B and, in the last group when B does not divide N, N. Member ``m`` is bitwise
 the same for every ``N >= (m // B + 1) B`` (its group complete) and for every N when
-``B = 1``; otherwise it changes only by rounding (about 1e-5 relative), with the same
-distribution. Changing ``batch_size`` changes members likewise, by rounding. The
-regression means are computed one row per call on the CPU (:func:`call_size`) and in calls
-padded to exactly ``batch_size`` rows on accelerators.
+``B = 1``; otherwise it changes only by rounding (a few float32 ulps with the demo model
+and its sampler; samplers with very few steps amplify it), with the same distribution.
+Changing ``batch_size`` changes members likewise, by rounding. The regression means are
+computed one row per call on the CPU (:func:`call_size`); on accelerators in calls padded to
+exactly ``batch_size`` rows, one shape whatever the chunking, though which patches share such
+a call depends on the block (rows of one shape have not been seen to depend on each other).
 """
 
 from __future__ import annotations

@@ -292,7 +292,7 @@ def downscale(
     members : int
         Ensemble size N. Member ``m`` is the same whatever ``members`` is: bitwise once its
         group of ``batch_size`` members is complete (``members >= (m // batch_size + 1) *
-        batch_size``) or with ``batch_size=1``, else up to rounding (about 1e-5).
+        batch_size``) or with ``batch_size=1``, else up to rounding (a few float32 ulps).
     seed : int
         Base seed; noise is keyed by (seed, time, member, patch origin).
     output : {"ensemble", "mean", "residual"}

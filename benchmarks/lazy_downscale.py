@@ -1,6 +1,7 @@
-"""Benchmark of lazy downscaling: overhead, scaling over workers, memory versus domain size.
+"""Benchmark of lazy downscaling: overhead, scaling over workers, memory versus domain size,
+member batching.
 
-Writes JSON (``--json PATH``) with three ratios, each measured side by side in one run:
+Writes JSON (``--json PATH``) with four ratios, each measured side by side in one run:
 
 ``lazy_overhead``
     time of ``downscale(...).compute()`` / time of the same work done by hand with tensors
@@ -12,6 +13,13 @@ Writes JSON (``--json PATH``) with three ratios, each measured side by side in o
     peak resident memory of a process streaming a 4x larger domain to Zarr / that of the base
     domain (same chunk and patch sizes). Target <= 1.2. The increments over the memory held
     before the write starts (imports, model, data description) are reported too.
+``member_batching_speedup``
+    members per second per core of the shipped demo model with the default member groups
+    (``batch_size=8``: 8 sampler trajectories of one time and patch per network call) / with
+    ``batch_size=1`` (one trajectory per call, what the CPU did before member groups), on a
+    64x64 domain in 32x32 patches and sampled whole; one core (sync scheduler, one torch
+    thread). The rows per residual-network call are recorded, checking that ``batch_size=1``
+    makes one-row calls.
 
 Timings are the best of ``--repeat`` runs. The machine's load average is recorded because the
 ratios are only meaningful on otherwise idle cores.
@@ -19,6 +27,7 @@ ratios are only meaningful on otherwise idle cores.
 Usage::
 
     python benchmarks/lazy_downscale.py --json benchmarks/results/lazy_downscale.json
+    python benchmarks/lazy_downscale.py --only member_batching   # one section, printed
 """
 
 from __future__ import annotations
@@ -132,6 +141,67 @@ def scaling(repeat: int) -> dict:
     return out
 
 
+def member_batching(repeat: int, *, members: int = 8, steps: int = 8, nt: int = 2) -> dict:
+    """Members per second per core, one trajectory per call vs member groups, side by side."""
+    import torch
+
+    from corrdiff_xr.data import open_pair, synthetic_dataset
+    from corrdiff_xr.inference import downscale
+    from corrdiff_xr.inference.cache import load_model, token_for
+    from corrdiff_xr.model import shipped_model_path
+
+    torch.set_num_threads(1)
+    model = str(shipped_model_path())
+    data = synthetic_dataset(ny=64, nx=64, nt=nt, factor=4, seed=0, chunks={"time": 1})
+    pair = open_pair(data)
+    net = load_model(token_for(model))  # the cached model the block tasks use
+    out = {}
+    for name, patch in (("patched_32", 32), ("whole_domain", None)):
+        runs = {
+            label: downscale(
+                pair,
+                model,
+                members=members,
+                steps=steps,
+                patch=patch,
+                batch_size=size,
+                threads=1,
+                chunks={"member": members, "time": 1},
+            )  # fmt: skip
+            for label, size in (("batch1", 1), ("batched", 8))
+        }
+        res = {}
+        for label, ds in runs.items():  # warm-up, counting the rows of every residual call
+            rows: list[int] = []
+            hook = net.residual.register_forward_pre_hook(
+                lambda _, a, rows=rows: rows.append(len(a[0]))
+            )
+            try:
+                ds.compute(scheduler="sync")
+            finally:
+                hook.remove()
+            res[f"rows_per_call_{label}"] = sorted(set(rows))
+        if res["rows_per_call_batch1"] != [1]:
+            raise RuntimeError(f"batch_size=1 made calls of {res['rows_per_call_batch1']} rows")
+        best = dict.fromkeys(runs, float("inf"))
+        for _ in range(repeat):  # alternate, so that drift in the machine's speed hits both
+            for label, ds in runs.items():
+                t0 = time.perf_counter()
+                ds.compute(scheduler="sync")
+                best[label] = min(best[label], time.perf_counter() - t0)
+        for label, t in best.items():
+            res[f"{label}_s"] = t
+            res[f"members_per_s_per_core_{label}"] = members * nt / t
+        res["member_batching_speedup"] = best["batch1"] / best["batched"]
+        out[name] = res
+    out["setup"] = (
+        f"shipped demo model, 64x64 domain, {nt} times x {members} members, {steps} Heun "
+        "steps; patched_32: 32x32 patches (overlap 8); whole_domain: patch=None; one block per "
+        "time, sync scheduler, one torch thread; a member = one time's field"
+    )
+    return out
+
+
 def _peak_rss_kib() -> int:
     """Peak resident memory of this process image (VmHWM).
 
@@ -216,39 +286,66 @@ def memory(base: int) -> dict:
     }
 
 
+SECTIONS = ("lazy_overhead", "scaling", "memory", "member_batching")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--base", type=int, default=256, help="base domain side for memory")
+    parser.add_argument(
+        "--only", nargs="+", choices=SECTIONS, help="run these sections alone (default: all)"
+    )
+    parser.add_argument(
+        "--batching-steps", type=int, default=8, help="sampler steps of member_batching"
+    )
+    parser.add_argument(
+        "--batching-times", type=int, default=2, help="time steps of member_batching"
+    )
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
         _memory_child(*args.memory_child)
         return 0
     load_before = os.getloadavg()
-    results = {
-        "lazy_overhead": lazy_overhead(args.repeat),
-        "scaling": scaling(args.repeat),
-        "memory": memory(args.base),
+    sections = {
+        "lazy_overhead": lambda: lazy_overhead(args.repeat),
+        "scaling": lambda: scaling(args.repeat),
+        "memory": lambda: memory(args.base),
+        "member_batching": lambda: member_batching(
+            args.repeat, steps=args.batching_steps, nt=args.batching_times
+        ),
+    }
+    results = {name: sections[name]() for name in args.only or SECTIONS}
+    ratios = {
+        "lazy_overhead": ("lazy_overhead", "lazy_overhead", "<= 1.10"),
+        "scaling": ("scaling_2_workers", "scaling_2_workers", ">= 1.7"),
+        "memory": ("peak_mem_ratio_4x_domain", "peak_mem_ratio_4x_domain", "<= 1.2"),
     }
     summary = {
-        "lazy_overhead": results["lazy_overhead"]["lazy_overhead"],
-        "scaling_2_workers": results["scaling"]["scaling_2_workers"],
-        "peak_mem_ratio_4x_domain": results["memory"]["peak_mem_ratio_4x_domain"],
-        "targets": {
-            "lazy_overhead": "<= 1.10",
-            "scaling_2_workers": ">= 1.7",
-            "peak_mem_ratio_4x_domain": "<= 1.2",
-        },
-        "details": results,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-            "python": platform.python_version(),
-        },
+        key: results[name][field] for name, (key, field, _) in ratios.items() if name in results
     }
+    if "member_batching" in results:
+        summary["member_batching_speedup"] = {
+            k: v["member_batching_speedup"]
+            for k, v in results["member_batching"].items()
+            if isinstance(v, dict)
+        }
+    summary.update(
+        {
+            "targets": {
+                key: target for name, (key, _, target) in ratios.items() if name in results
+            },
+            "details": results,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "loadavg_before": load_before,
+                "loadavg_after": os.getloadavg(),
+                "python": platform.python_version(),
+            },
+        }
+    )
     text = json.dumps(summary, indent=2)
     print(text)
     if args.json:

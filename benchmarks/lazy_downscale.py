@@ -90,7 +90,8 @@ def lazy_overhead(repeat: int) -> dict:
                 outs.append(model.sample(xt, generators=gens, sampler=sampler, offsets=off))
         return [codec.decode_targets(o, sources, dims=("member",)) for o in outs]
 
-    lazy = downscale(pair, model, members=members, steps=steps, chunks={"time": 1, "member": 1})
+    # members in one group per block: the same one batched call per time as the direct path
+    lazy = downscale(pair, model, members=members, steps=steps, chunks={"time": 1})
     lazy.compute(scheduler="sync")  # warm-up: loads the model into this process's cache
     direct()
     t_lazy = _best(lambda: lazy.compute(scheduler="sync"), repeat)
@@ -119,6 +120,7 @@ def scaling(repeat: int) -> dict:
         patch=32,
         overlap=8,
         threads=1,
+        batch_size=1,  # one member per call and per block: 8 blocks for the workers
         chunks={"time": 1, "member": 1},
     )
     out = {}

@@ -40,7 +40,8 @@ class CorrDiffAccessor:
         ``seed``, ``output`` (``"ensemble"``, ``"mean"``, ``"residual"``), ``sampler``,
         ``steps``, ``patch``, ``overlap``, ``batch_size``, ``device``, ``chunks``. Returns at
         once a dask-backed Dataset with dims ``(member, time, y, x)``; each member depends only
-        on (seed, time, member), never on chunking or workers. Write it with ``.to_zarr()``.
+        on (seed, time, member) and the settings (``batch_size`` members share a network call,
+        which moves float rounding), never on chunking or workers. Write it with ``.to_zarr()``.
         """
         from corrdiff_xr.inference import downscale
 

@@ -188,7 +188,12 @@ def _model_options(model: argparse._ArgumentGroup) -> None:
         help="patches' noise: one field keyed by pixel position (shared, default: no seams) "
         "or one generator per patch (independent, the reference's)",
     )
-    model.add_argument("--batch-size", type=positive, default=8, help="patches per call on GPUs")
+    model.add_argument(
+        "--batch-size",
+        type=positive,
+        default=8,
+        help="members sampled per network call (one call per patch and group of members)",
+    )
     model.add_argument(
         "--device", type=_device, help="torch device of the workers (default: cuda if present)"
     )
@@ -206,7 +211,7 @@ def _output_options(out: argparse._ArgumentGroup) -> None:
         default={},
         action=_Chunks,
         metavar="DIM=N",
-        help="output chunks for member, time, y, x (default member=1, time=1)",
+        help="output chunks for member, time, y, x (default member=batch size, time=1)",
     )
     out.add_argument(
         "--overwrite",
@@ -356,7 +361,7 @@ def _downscale(pair, args: argparse.Namespace):
             patch=patching,
             batch_size=args.batch_size,
             device=args.device,
-            chunks={"member": 1, "time": 1, **args.chunks},
+            chunks={"time": 1, **args.chunks},  # members: whole groups of batch_size
             threads=args.torch_threads,
         )
     except (ValueError, KeyError) as err:

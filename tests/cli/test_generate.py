@@ -197,7 +197,7 @@ def test_the_identity_record_holds_the_whole_request_readably(inputs, tmp_path):
         "weights": "ramp",
         "batch_size": 4,
         "device": "cpu",
-        "chunks": {"member": 1, "time": 1, "y": 8, "x": 8},
+        "chunks": {"member": 2, "time": 1, "y": 8, "x": 8},  # one member group per block
     }
     assert record["store"]["sizes"] == {"member": 2, "time": 2, "y": 16, "x": 16}
 
@@ -467,7 +467,16 @@ def test_interrupted_generate_completes_only_missing_blocks_and_matches_a_clean_
 ):
     root, _ = inputs
     clean, killed = tmp_path / "clean.zarr", tmp_path / "killed.zarr"
-    extra = ("--members", "2", "--time-range", "2020-01-01T00", "2020-01-01T05")
+    # one member per call and per block: 12 blocks to interrupt
+    extra = (
+        "--members",
+        "2",
+        "--batch-size",
+        "1",
+        "--time-range",
+        "2020-01-01T00",
+        "2020-01-01T05",
+    )
     assert main(_args(root, clean, *extra)) == 0
     total = len(progress(clean))
     assert total == 12

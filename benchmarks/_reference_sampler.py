@@ -48,13 +48,16 @@ def reference_networks(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     return rr.eval(), rd.eval()
 
 
-def reference_ensemble(model, pair, *, members: int, sampler) -> tuple[xr.Dataset, float]:
+def reference_ensemble(
+    model, pair, *, members: int, sampler, seed_batch: int = 1
+) -> tuple[xr.Dataset, float]:
     """The reference's ensemble ``(member, time, y, x)`` of ``pair`` and its wall time (s).
 
     ``sampler`` is a :class:`~corrdiff_xr.config.SamplerConfig` with a solver the reference
     has (``heun`` or ``euler``). The wall time covers what the reference's generation does
     per time: the regression mean, the members' trajectories and the decoding to physical
-    units (our encoding of the inputs is done before the clock starts).
+    units (our encoding of the inputs is done before the clock starts). ``seed_batch`` is
+    the reference generate's ``seed_batch_size``: members per sampler call (its default 1).
     """
     if physicsnemo() is None:
         raise RuntimeError("physicsnemo (the reference) cannot be imported")
@@ -78,20 +81,22 @@ def reference_ensemble(model, pair, *, members: int, sampler) -> tuple[xr.Datase
             xt = x[t : t + 1]
             mean = rr(torch.zeros(1, *shape), xt)
             rows = []
-            for m in range(members):
-                lat = draw_latents([patch_generator(0, times[t], m, (0, 0))], shape)
+            for m0 in range(0, members, seed_batch):
+                ms = range(m0, min(m0 + seed_batch, members))
+                lat = draw_latents([patch_generator(0, times[t], m, (0, 0)) for m in ms], shape)
+                n = len(ms)
                 res = deterministic_sampler(
                     rd,
                     lat,
-                    xt,
-                    mean_hr=mean if hr else None,
+                    xt.expand(n, -1, -1, -1),
+                    mean_hr=mean.expand(n, -1, -1, -1) if hr else None,
                     num_steps=sampler.num_steps,
                     sigma_min=sampler.sigma_min,
                     sigma_max=sampler.sigma_max,
                     rho=sampler.rho,
                     solver=sampler.solver,
                 )
-                rows.append((mean + res.float())[0])
+                rows.extend(mean + res.float())
             outs.append(torch.stack(rows))
     ens = np.stack([o.numpy() for o in outs], axis=1)  # (member, time, C, y, x)
     ds = codec.decode_targets(ens, sources, dims=(MEMBER, "time"))

@@ -116,7 +116,7 @@ def run(members: int, times: int, steps: int) -> dict:
     names = list(pair.targets)
     std = {n: float(pair.stats[n].sel(stat="std")) for n in names}
     model = demo.shipped_model_path()
-    sampler = {"sigma_max": demo.DEMO_SIGMA_MAX}
+    sampler = dict(demo.DEMO_SAMPLER, **({"num_steps": steps} if steps else {}))
     settings = {
         "whole": None,
         "independent": PatchConfig(shape=(PATCH, PATCH), noise="independent"),
@@ -127,11 +127,11 @@ def run(members: int, times: int, steps: int) -> dict:
     rows, cols = (_boundary_lines(grid.starts[i], shape[i]) for i in (0, 1))
     band = _coverage(grid, shape) >= 2
     out: dict = {"boundary_rows": rows.tolist(), "boundary_cols": cols.tolist(), "patch": PATCH,
-                 "members": members, "times": times, "steps": steps}  # fmt: skip
+                 "members": members, "times": times, "sampler": sampler}  # fmt: skip
     for label, patch in settings.items():
         t0 = time.perf_counter()
         ens = pair.dataset.corrdiff.downscale(
-            model, members=members, seed=0, steps=steps, sampler=sampler, patch=patch
+            model, members=members, seed=0, sampler=sampler, patch=patch
         ).compute(scheduler="sync")
         wall = time.perf_counter() - t0
         crps, ss = _scores(ens, truth, names, std)
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--json", required=True)
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--times", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=None, help="default: the demo's sampler's")
     args = parser.parse_args()
     import torch
 

@@ -145,7 +145,7 @@ def evaluate_and_report(args: argparse.Namespace, shipped: Path, timings: dict) 
         shipped,
         members=args.members,
         steps=steps,
-        sampler={"sigma_max": demo.DEMO_SIGMA_MAX},
+        sampler={"solver": demo.DEMO_SOLVER, "sigma_max": demo.DEMO_SIGMA_MAX},
         progress=True,
     )
     timings["evaluate_s"] = time.perf_counter() - start

@@ -21,6 +21,7 @@ from pathlib import Path
 from corrdiff_xr.demo import (
     DEMO_FILES,
     DEMO_SIGMA_MAX,
+    DEMO_SOLVER,
     DEMO_STEPS,
     HELD_OUT_TIMES,
     KIND,
@@ -58,6 +59,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         type=bounded(int, minimum=1, maximum=HELD_OUT_TIMES),
         default=4,
         help=f"held-out hourly time steps to downscale (default 4, at most {HELD_OUT_TIMES})",
+    )
+    parser.add_argument(
+        "--solver",
+        choices=["heun", "euler", "dpmpp_2m", "dpmpp_2m_sde"],
+        default=DEMO_SOLVER,
+        help=f"sampler (default {DEMO_SOLVER})",
     )
     parser.add_argument(
         "--steps",
@@ -119,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             pair = open_demo_data(cache_dir=args.cache_dir, times=args.times)
         print(
             f"downscaling {pair.dataset.sizes[TIME]} held-out time steps x {args.members} "
-            f"members (Heun, {args.steps} steps from sigma {args.sigma_max:g}) with "
+            f"members ({args.solver}, {args.steps} steps from sigma {args.sigma_max:g}) with "
             f"{model.name}"
         )
         result = evaluate(
@@ -127,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             model,
             members=args.members,
             steps=args.steps,
-            sampler={"sigma_max": args.sigma_max},
+            sampler={"solver": args.solver, "sigma_max": args.sigma_max},
             seed=args.seed,
             out=staged,
             progress=not args.quiet,

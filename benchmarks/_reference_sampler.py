@@ -49,7 +49,7 @@ def reference_networks(model) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 
 def reference_ensemble(
-    model, pair, *, members: int, sampler, seed_batch: int = 1
+    model, pair, *, members: int, sampler, seed_batch: int = 1, device: str = "cpu"
 ) -> tuple[xr.Dataset, float]:
     """The reference's ensemble ``(member, time, y, x)`` of ``pair`` and its wall time (s).
 
@@ -58,6 +58,8 @@ def reference_ensemble(
     per time: the regression mean, the members' trajectories and the decoding to physical
     units (our encoding of the inputs is done before the clock starts). ``seed_batch`` is
     the reference generate's ``seed_batch_size``: members per sampler call (its default 1).
+    On ``device`` "cuda" the latents are still drawn on the CPU (then moved), so the members
+    are our CPU members; the clock then also covers the copies to and from the GPU.
     """
     if physicsnemo() is None:
         raise RuntimeError("physicsnemo (the reference) cannot be imported")
@@ -68,9 +70,9 @@ def reference_ensemble(
     from corrdiff_xr.sampling import draw_latents
 
     codec = model.codec
-    rr, rd = reference_networks(model)
+    rr, rd = (net.to(device) for net in reference_networks(model))
     sources = xr.merge([pair.inputs_on_fine[list(codec.inputs)], pair.static_fields]).compute()
-    x = torch.from_numpy(codec.encode_inputs(sources))
+    x = torch.from_numpy(codec.encode_inputs(sources)).to(device)
     times = sources.time.values
     shape = (model.out_channels, *model.img_shape)
     hr = model.edm_config.hr_mean_conditioning
@@ -79,11 +81,12 @@ def reference_ensemble(
     with torch.no_grad():
         for t in range(len(times)):
             xt = x[t : t + 1]
-            mean = rr(torch.zeros(1, *shape), xt)
+            mean = rr(torch.zeros(1, *shape, device=device), xt)
             rows = []
             for m0 in range(0, members, seed_batch):
                 ms = range(m0, min(m0 + seed_batch, members))
-                lat = draw_latents([patch_generator(0, times[t], m, (0, 0)) for m in ms], shape)
+                gens = [patch_generator(0, times[t], m, (0, 0)) for m in ms]
+                lat = draw_latents(gens, shape).to(device)
                 n = len(ms)
                 res = deterministic_sampler(
                     rd,
@@ -97,7 +100,7 @@ def reference_ensemble(
                     solver=sampler.solver,
                 )
                 rows.extend(mean + res.float())
-            outs.append(torch.stack(rows))
+            outs.append(torch.stack(rows).cpu())
     ens = np.stack([o.numpy() for o in outs], axis=1)  # (member, time, C, y, x)
     ds = codec.decode_targets(ens, sources, dims=(MEMBER, "time"))
     return ds, time.perf_counter() - start

@@ -27,6 +27,9 @@ Two models (``--model``):
 * ``uk``: the tiny configs trained on the UK 1.5 km sample (``train_uk_model.py``), sampled
   in 64 x 64 patches (the training patch) over its 204 x 184 domain at the held-out time.
 
+With the demo model it also runs ``seams.py`` (the demo's sampler, 32 x 32 patches) and
+lifts ``seam_gradient_ratio`` and ``patched_vs_whole_crps_ratio`` to the top level.
+
 The baseline is the reference's setting (Heun, 18 steps, sigma_max 800). The chosen setting
 is the cheapest whose CRPS is within 1 % of the baseline's and whose spread-skill is at least
 as close to 1. ``members_per_s_speedup_equal_crps`` is its members per second over the
@@ -201,6 +204,13 @@ def run(
     result = _summary(rows, reference, members, n_times)
     if kind == "demo" and confirm:
         result["confirmation"] = _confirm(model_path, rows, members, times, confirm)
+    if kind == "demo" and not quick:  # the seam keys of issue 11, with the demo's sampler
+        import seams
+
+        seam = seams.run(members, times, None)
+        result["seam_gradient_ratio"] = seam["seam_gradient_ratio"]
+        result["patched_vs_whole_crps_ratio"] = seam["patched_vs_whole_crps_ratio"]
+        result["seams"] = seam
     return result
 
 

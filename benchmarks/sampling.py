@@ -151,21 +151,33 @@ def _choose(rows: list[dict]) -> dict:
 
 
 def _data(kind: str, times: int):
-    """(data to downscale, truth, target names, std per target, downscale kwargs)."""
+    """(held-out pair, downscale kwargs) of a model kind."""
     from corrdiff_xr import demo
 
     if kind == "demo":
-        pair, extra = demo.open_demo_data(times=times), {}
-    else:
-        from train_uk_model import HELD_OUT, PATCH, SOURCE
+        return demo.open_demo_data(times=times), {}
+    from train_uk_model import HELD_OUT, PATCH, SOURCE
 
-        from corrdiff_xr.data import open_source
+    from corrdiff_xr.data import open_source
 
-        pair = open_source(SOURCE).sel(time=slice(HELD_OUT, None))
-        extra = {"patch": PATCH}
+    return open_source(SOURCE).sel(time=slice(HELD_OUT, None)), {"patch": PATCH}
+
+
+def _truth(pair):
+    """(truth, target names, std per target) of a pair, for :func:`_score`."""
     names = list(pair.targets)
-    std = {n: float(pair.stats[n].sel(stat="std")) for n in names}
-    return pair, pair.fine.load(), names, std, extra
+    return pair.fine.load(), names, {n: float(pair.stats[n].sel(stat="std")) for n in names}
+
+
+def _measure(data, truth, model_path, members, steps, sampler, **extra) -> tuple[dict, object]:
+    """Downscale ``data`` with one setting: (members per second and scores, the ensemble)."""
+    t0 = time.perf_counter()
+    ens = data.corrdiff.downscale(
+        model_path, members=members, seed=0, steps=steps, sampler=sampler, **extra
+    ).compute(scheduler="sync")
+    wall = time.perf_counter() - t0
+    row = {"members_per_s": members * data.sizes["time"] / wall, **_score(ens, *truth)}
+    return row, ens
 
 
 def run(
@@ -175,7 +187,8 @@ def run(
     from corrdiff_xr.config import SamplerConfig
     from corrdiff_xr.inference.calibrate import network_calls
 
-    pair, truth, names, std, extra = _data(kind, times)
+    pair, extra = _data(kind, times)
+    truth = _truth(pair)
     data = pair.dataset.load()
     n_times = data.sizes["time"]
     rows = []
@@ -183,23 +196,16 @@ def run(
     for solver, steps, sigma_max, churn, *more in settings[:3] if quick else settings:
         s_noise = more[0] if more else 1.0
         sampler = {"solver": solver, "sigma_max": sigma_max, "S_churn": churn, "S_noise": s_noise}
-        t0 = time.perf_counter()
-        ens = data.corrdiff.downscale(
-            model_path, members=members, seed=0, steps=steps, sampler=sampler, **extra
-        ).compute(scheduler="sync")
-        wall = time.perf_counter() - t0
+        scores, ens = _measure(data, truth, model_path, members, steps, sampler, **extra)
         calls = network_calls(SamplerConfig(solver=solver, num_steps=steps))
-        row = {"solver": solver, "steps": steps, "sigma_max": sigma_max, "S_churn": churn, "S_noise": s_noise,
-               "nfe": calls, "calls": calls, "members_per_s": members * n_times / wall,
-               **_score(ens, truth, names, std)}  # fmt: skip
-        rows.append(row)
-        if len(rows) == 1:
+        row = {"solver": solver, "steps": steps, "sigma_max": sigma_max, "S_churn": churn,
+               "S_noise": s_noise, "nfe": calls, "calls": calls, **scores}  # fmt: skip
+        if not rows:
             baseline_ens = ens
+        rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     reference = (
-        _reference(model_path, pair, baseline_ens, truth, names, std, members)
-        if kind == "demo"
-        else None
+        _reference(model_path, pair, baseline_ens, truth, members) if kind == "demo" else None
     )
     result = _summary(rows, reference, members, n_times)
     if kind == "demo" and confirm:
@@ -221,12 +227,10 @@ def _confirm(model_path, rows, members: int, skip: int, count: int) -> dict:
     its favour (the best of many noisy rows); these hours played no part in it.
     """
     from corrdiff_xr import demo
+    from corrdiff_xr.inference.calibrate import most_calibrated
 
     pair = demo.open_demo_data(times=skip + count).isel(time=slice(skip, None))
-    truth, data = pair.fine.load(), pair.dataset.load()
-    names = list(pair.targets)
-    std = {n: float(pair.stats[n].sel(stat="std")) for n in names}
-    from corrdiff_xr.inference.calibrate import most_calibrated
+    truth, data = _truth(pair), pair.dataset.load()
 
     picks = {
         "baseline": rows[0],
@@ -236,19 +240,14 @@ def _confirm(model_path, rows, members: int, skip: int, count: int) -> dict:
     out = {"hours": [skip, skip + count]}
     for label, row in picks.items():
         sampler = {k: row[k] for k in ("solver", "sigma_max", "S_churn", "S_noise")}
-        t0 = time.perf_counter()
-        ens = data.corrdiff.downscale(
-            model_path, members=members, seed=0, steps=row["steps"], sampler=sampler
-        ).compute(scheduler="sync")
-        wall = time.perf_counter() - t0
-        out[label] = {"setting": sampler | {"steps": row["steps"]},
-                      "members_per_s": members * count / wall, **_score(ens, truth, names, std)}  # fmt: skip
+        scores, _ = _measure(data, truth, model_path, members, row["steps"], sampler)
+        out[label] = {"setting": sampler | {"steps": row["steps"]}, **scores}
         print(label, {k: v for k, v in out[label].items() if k != "rank_histogram"}, flush=True)
     out["crps_ratio_chosen_vs_baseline"] = out["chosen"]["crps"] / out["baseline"]["crps"]
     return out
 
 
-def _reference(model_path, pair, ours, truth, names, std, members) -> dict:
+def _reference(model_path, pair, ours, truth, members) -> dict:
     """The reference's sampler at the baseline setting on the same weights, scored and timed."""
     from _reference_sampler import reference_ensemble
 
@@ -267,14 +266,14 @@ def _reference(model_path, pair, ours, truth, names, std, members) -> dict:
             model, pair, members=members, sampler=sampler, seed_batch=batch
         )
     diff = max(float(np.abs(ens[n].values - ours[n].transpose(*ens[n].dims).values).max())
-               for n in names)  # fmt: skip
+               for n in truth[1])  # fmt: skip
     n = members * ens.sizes["time"]
     row = {"solver": "heun (PhysicsNeMo deterministic_sampler)", "steps": BASELINE[1],
            "sigma_max": BASELINE[2], "S_churn": 0.0, "nfe": 2 * BASELINE[1] - 1,
            "members_per_s": n / min(walls.values()),
            "members_per_s_seed_batch_1": n / walls[1],
            f"members_per_s_seed_batch_{members}": n / walls[members],
-           "reference_max_abs_diff": diff, **_score(ens, truth, names, std)}  # fmt: skip
+           "reference_max_abs_diff": diff, **_score(ens, *truth)}  # fmt: skip
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     return row
 

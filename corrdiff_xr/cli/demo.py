@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import typing
 from pathlib import Path
 
 from corrdiff_xr.demo import (
@@ -30,6 +31,7 @@ from corrdiff_xr.demo import (
     format_table,
     open_demo_data,
 )
+from corrdiff_xr.config import SamplerConfig
 from corrdiff_xr.dims import TIME
 from corrdiff_xr.errors import InputNotFoundError
 from corrdiff_xr.model import shipped_model_path
@@ -62,7 +64,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--solver",
-        choices=["heun", "euler", "dpmpp_2m", "dpmpp_2m_sde"],
+        choices=typing.get_args(typing.get_type_hints(SamplerConfig)["solver"]),
         default=DEMO_SOLVER,
         help=f"sampler (default {DEMO_SOLVER})",
     )

@@ -343,16 +343,18 @@ def _sample_into(acc: np.ndarray, model, halo: _Halo, task: BlockTask, means: di
     noise = FieldNoise if task.shared_noise else _generator_on(halo.device)
     for (t, k), mu in means.items():  # times, then patches in global order
         origin = tuple(int(v) for v in grid.origins[k])
+        x, off = halo.inputs([(t, k)]), halo.offsets([(t, k)])
+        mean = torch.from_numpy(mu[None]).to(halo.device)
         for group in groups:
-            unit = [(t, k)] * len(group)
+            n = len(group)  # one row per member: contiguous copies of the patch's input
             gens = [noise(seed, task.times[t], m, origin) for m in group]
             with torch.no_grad():
                 res = model.sample(
-                    halo.inputs(unit),
+                    x.repeat(n, 1, 1, 1),
                     generators=gens,
                     sampler=task.sampler,
-                    mean=torch.from_numpy(np.stack([mu] * len(group))).to(halo.device),
-                    offsets=halo.offsets(unit),
+                    mean=mean.repeat(n, 1, 1, 1),
+                    offsets=off.repeat(n, 1),
                 )
             for m, value in zip(group, res.float().cpu().numpy()):
                 if m in where:

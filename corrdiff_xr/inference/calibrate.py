@@ -45,7 +45,9 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
 
 def network_calls(cfg: SamplerConfig) -> int:
     """Denoiser calls per member: Heun ``2 N - 1`` (the last step is Euler), else ``N``."""
-    return 2 * cfg.num_steps - 1 if cfg.solver == "heun" else cfg.num_steps
+    from corrdiff_xr.sampling import CALLS_PER_STEPS
+
+    return CALLS_PER_STEPS[cfg.solver](cfg.num_steps)
 
 
 def most_calibrated(rows: Sequence[Mapping[str, Any]], *, tolerance: float = 0.01) -> int:

@@ -322,9 +322,8 @@ def downscale(
         Output chunk sizes for ``member`` (default ``min(batch_size, members)``, whole member
         groups; a chunk that is not a multiple of ``batch_size`` and smaller than ``members``
         splits groups, whose blocks then compute rows they drop, with a warning), ``time``
-        (default: the inputs', or 1
-        for unchunked inputs) and ``y``/``x`` (default: the inputs' fine-grid chunks; the
-        whole domain when ``patch`` is None).
+        (default: the inputs', or 1 for unchunked inputs) and ``y``/``x`` (default: the
+        inputs' fine-grid chunks; the whole domain when ``patch`` is None).
     threads : int, optional
         Torch intra-op threads set by each task in its own thread (e.g. 1 when a Dask worker
         runs several task threads); None leaves torch's setting alone.

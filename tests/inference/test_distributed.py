@@ -35,14 +35,6 @@ def setup(tmp_path_factory):
     return root, pair, model, str(path)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
-    ) as c:
-        yield c
-
-
 def _loads() -> dict:
     from corrdiff_xr.inference import cache
 

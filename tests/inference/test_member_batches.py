@@ -90,21 +90,12 @@ def test_members_are_bit_identical_whatever_the_member_time_and_spatial_chunks(d
         _equal(run, runs[0])
 
 
-def test_a_two_worker_cluster_gives_the_bits_of_the_sync_scheduler(demo):
+def test_a_two_worker_cluster_gives_the_bits_of_the_sync_scheduler(demo, cluster):
     distributed = pytest.importorskip("distributed")
     pair, model = demo
     ds = downscale(pair, model, members=3, seed=7, batch_size=2, threads=1, **PATCHED)
     local = ds.compute(scheduler="sync")
-    with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-        ) as cluster,
-        distributed.Client(cluster),
-    ):
+    with distributed.Client(cluster):
         remote = ds.compute()
     _equal(remote, local)
 

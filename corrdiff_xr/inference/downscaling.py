@@ -496,6 +496,8 @@ def _to_dataset(stacked: dict[str, da.Array], labels: _Labels) -> xr.Dataset:
         "corrdiff_sampler": json.dumps(to_dict(labels.task.sampler), default=str),
         "corrdiff_model": os.path.basename(labels.task.token.path),
         "corrdiff_patching": patch_desc,
+        # members per sampling call: members depend on it by float rounding (block.py)
+        "corrdiff_batch_size": labels.task.batch_size,
     }
     # the data's CF grid mapping: y, x are coordinates of its projection
     return with_grid_mapping(xr.Dataset(variables, coords=coords, attrs=attrs), dataset)

@@ -155,6 +155,13 @@ def test_a_block_makes_one_sampling_call_per_member_group_patch_and_step(batch_s
     assert sorted(rows) == sorted(sizes * patches * nfe)
 
 
+def test_the_output_records_its_member_group_size(demo):
+    pair, model = demo
+    for size in (1, 3):
+        out = downscale(pair, model, members=4, batch_size=size, **PATCHED)
+        assert out.attrs["corrdiff_batch_size"] == size
+
+
 def test_members_of_a_complete_group_do_not_depend_on_the_ensemble_size(demo):
     pair, model = demo
     one = pair.isel(time=[0])

@@ -19,6 +19,7 @@ import time
 import typing
 from pathlib import Path
 
+from corrdiff_xr.config import SamplerConfig
 from corrdiff_xr.demo import (
     DEMO_FILES,
     DEMO_SIGMA_MAX,
@@ -31,7 +32,6 @@ from corrdiff_xr.demo import (
     format_table,
     open_demo_data,
 )
-from corrdiff_xr.config import SamplerConfig
 from corrdiff_xr.dims import TIME
 from corrdiff_xr.errors import InputNotFoundError
 from corrdiff_xr.model import shipped_model_path

@@ -189,6 +189,12 @@ def _model_options(model: argparse._ArgumentGroup) -> None:
         "or one generator per patch (independent, the reference's)",
     )
     model.add_argument(
+        "--patch-mean",
+        choices=("whole", "patches"),
+        help="regression mean over the whole domain once per time (whole, default: what it "
+        "was trained on) or patch by patch (patches: memory bounded by a patch)",
+    )
+    model.add_argument(
         "--batch-size",
         type=positive,
         default=8,
@@ -302,18 +308,24 @@ def _device_kind(args: argparse.Namespace) -> str:
 
 
 def _patching(args: argparse.Namespace):
-    """``--patch``, ``--overlap``, ``--boundary``, ``--patch-noise`` as a PatchConfig, resolved.
+    """``--patch``, ``--overlap``, ``--boundary``, ``--patch-noise``, ``--patch-mean`` as a
+    PatchConfig, resolved.
 
     Without ``--patch`` (whole-domain sampling) the overlap and boundary play no part.
     """
     from corrdiff_xr.config import PatchConfig, SettingError
 
-    options = (("overlap", args.overlap), ("boundary", args.boundary), ("noise", args.patch_noise))
+    options = (
+        ("overlap", args.overlap),
+        ("boundary", args.boundary),
+        ("noise", args.patch_noise),
+        ("mean", args.patch_mean),
+    )
     given = {k: v for k, v in options if v is not None}
     try:
         patching = PatchConfig(shape=args.patch, **given)
     except SettingError as err:
-        names = {"shape": "--patch", "noise": "--patch-noise"}
+        names = {"shape": "--patch", "noise": "--patch-noise", "mean": "--patch-mean"}
         raise err.renamed(lambda key: names.get(key, f"--{key}")) from None
     return patching if patching.shape is None else patching.resolved()
 
@@ -333,6 +345,7 @@ def _request(args: argparse.Namespace, ds, patching) -> dict[str, Any]:
         "boundary": patching.boundary,
         "weights": patching.weights,
         "noise": patching.noise if patching.shape else None,
+        "mean": patching.mean if patching.shape else None,
         "batch_size": args.batch_size,
         "device": _device_kind(args),
         "chunks": {str(d): int(c[0]) for d, c in ds.chunksizes.items()},

@@ -3,8 +3,10 @@
 A block is a time chunk x a spatial chunk x a chunk of members of the output. Its task gets
 the regridded inputs and static fields over the block's *halo* (every pixel any touching
 patch reads, reflections at the domain edge included), encodes them with the model's codec,
-and walks the touching patches in global patch order: the regression mean once per (time,
-patch), then the sampler trajectories of the block's members, each drawing its noise from
+and walks the touching patches in global patch order: the regression mean of each (time,
+patch) - cut from the whole-domain mean of :func:`compute_mean_field`, computed once per time
+chunk by a task of its own, or with ``PatchConfig(mean="patches")`` computed on the patch -
+then the sampler trajectories of the block's members, each drawing its noise from
 the shared field keyed by (seed, time, member, pixel position)
 (:class:`corrdiff_xr.noise.FieldNoise`; patched runs by default) or from a generator keyed by
 (seed, time, member, patch origin). Every result is folded straight into a float64 weighted
@@ -57,6 +59,7 @@ __all__ = [
     "BlockTask",
     "call_size",
     "compute_block",
+    "compute_mean_field",
     "member_groups",
     "plan_blocks",
     "touching_patches",
@@ -129,6 +132,10 @@ class BlockTask:
     shared_noise
         Draw each patch's noise from the shared field over the global grid
         (:class:`corrdiff_xr.noise.FieldNoise`) instead of one generator per patch.
+    whole_mean
+        The patches' regression means are cut from a whole-domain mean field
+        (:func:`compute_mean_field`, given to :func:`compute_block`) instead of computed on
+        each patch.
     ensemble
         The request's ensemble size N, where the last member group ends; needed when
         ``"sample"`` is asked.
@@ -149,6 +156,7 @@ class BlockTask:
     threads: int | None
     kinds: tuple[str, ...]
     shared_noise: bool = False
+    whole_mean: bool = False
     ensemble: int | None = None
     plan: BlockPlan | None = None
     times: tuple[int, ...] = ()
@@ -259,7 +267,37 @@ class _Halo:
         acc[(slice(None), *bs)] += self.grid.weight[ps] * value[(slice(None), *ps)]
 
 
-def compute_block(inputs, task: BlockTask) -> dict[str, np.ndarray]:
+def _encoded(inputs, task: BlockTask) -> tuple[torch.nn.Module, np.ndarray]:
+    """The task's model (threads set) and ``inputs`` encoded by its codec (T, C_in, h, w)."""
+    if task.threads is not None:
+        torch.set_num_threads(int(task.threads))
+    model = load_model(task.token)
+    x = np.asarray(model.codec.encode_inputs(inputs), dtype=np.float32)
+    if x.shape[0] != len(task.times):
+        raise ValueError(f"block inputs have {x.shape[0]} times, expected {len(task.times)}")
+    return model, x
+
+
+def compute_mean_field(inputs, task: BlockTask) -> np.ndarray:
+    """Normalised regression mean over the whole domain, ``(T, C_out, H, W)`` float32.
+
+    ``inputs`` holds the regridded inputs and static fields of the whole fine grid for
+    ``task.times`` (a request's task with its times set: :meth:`BlockTask.at`). Each time is
+    one row of a call on the CPU, as the regression sees it in training: the whole grid at
+    offset (0, 0). Blocks then cut their patches' means from it (:func:`compute_block`).
+    """
+    model, x = _encoded(inputs, task)
+    device = next(model.parameters()).device
+    out = []
+    for batch, n in _batches(list(range(len(x))), call_size(device, task.batch_size)):
+        rows = torch.from_numpy(x[batch]).to(device)
+        offsets = torch.zeros((len(batch), 2), dtype=torch.int64, device=device)
+        with torch.no_grad():
+            out.extend(model.predict_mean(rows, offsets=offsets)[:n].float().cpu().numpy())
+    return np.stack(out)
+
+
+def compute_block(inputs, task: BlockTask, mean_field=None) -> dict[str, np.ndarray]:
     """Fused fields of one block, in physical units: ``{kind: array}`` for ``task.kinds``.
 
     Parameters
@@ -269,6 +307,10 @@ def compute_block(inputs, task: BlockTask) -> dict[str, np.ndarray]:
         block's times (numpy-backed: the task's dependency was computed by dask).
     task
         The block's :class:`BlockTask` (from :meth:`BlockTask.at`).
+    mean_field : np.ndarray, optional
+        With ``task.whole_mean``: the normalised whole-domain regression mean
+        (:func:`compute_mean_field`) over the same halo, ``(T, C_out, halo rows, halo
+        cols)``.
     """
     plan, grid, kinds = task.plan, task.grid, task.kinds
     if plan is None:
@@ -277,23 +319,30 @@ def compute_block(inputs, task: BlockTask) -> dict[str, np.ndarray]:
         )
     if "sample" in kinds and task.ensemble is None:
         raise ValueError("a block task that samples needs the request's ensemble size")
-    if task.threads is not None:
-        torch.set_num_threads(int(task.threads))
-    model = load_model(task.token)
-    device = next(model.parameters()).device
-    halo = _Halo(
-        np.asarray(model.codec.encode_inputs(inputs), dtype=np.float32), grid, plan, device
-    )
+    if task.whole_mean and mean_field is None:
+        raise ValueError("a block task with whole_mean needs the whole-domain mean_field")
+    model, x = _encoded(inputs, task)
+    halo = _Halo(x, grid, plan, next(model.parameters()).device)
     T = len(task.times)
-    if halo.x.shape[0] != T:
-        raise ValueError(f"block inputs have {halo.x.shape[0]} times, expected {T}")
+    if task.whole_mean:
+        (hr0, hr1), (hc0, hc1) = plan.halo_rows, plan.halo_cols
+        expected = (T, model.out_channels, hr1 - hr0, hc1 - hc0)
+        if tuple(np.shape(mean_field)) != expected:
+            raise ValueError(
+                f"mean_field has shape {tuple(np.shape(mean_field))}, expected {expected} "
+                "(times, channels, the block's halo rows and columns)"
+            )
     (y0, y1), (x0, x1) = plan.rows, plan.cols
     norm = np.zeros((y1 - y0, x1 - x0))
     for k in plan.patches:
         bs, ps = _overlap(grid, plan, k)
         norm[bs] += grid.weight[ps]
     shape = (T, model.out_channels, y1 - y0, x1 - x0)
-    means = _means(model, halo, [(t, k) for t in range(T) for k in plan.patches], task)
+    units = [(t, k) for t in range(T) for k in plan.patches]
+    if task.whole_mean:
+        means = {(t, k): _patch_input(mean_field[t], grid, plan, k) for (t, k) in units}
+    else:
+        means = _means(model, halo, units, task)
     fused = {}
     if "mean" in kinds:
         fused["mean"] = np.zeros(shape)
@@ -368,7 +417,7 @@ def _generator_on(device: torch.device):
 
 
 def _patch_input(x: np.ndarray, grid: PatchGrid, plan: BlockPlan, k: int) -> np.ndarray:
-    """Patch ``k`` of the encoded halo ``x`` (C, rows, cols), reflected at the domain edge."""
+    """Patch ``k`` of a halo field ``x`` (C, rows, cols), reflected at the domain edge."""
     (r0, c0), (H, W), (ph, pw) = grid.origins[k], grid.domain, grid.patch
     rows = reflect_index(int(r0), ph, H) - plan.halo_rows[0]
     cols = reflect_index(int(c0), pw, W) - plan.halo_cols[0]

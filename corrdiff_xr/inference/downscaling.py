@@ -12,7 +12,10 @@ members - is one task that:
    never the weights: see :mod:`corrdiff_xr.inference.cache`);
 3. samples every patch of the *global* patch grid (:class:`corrdiff_xr.patching.PatchGrid`,
    whose origins depend only on the domain, patch shape and overlap) that touches the block:
-   regression mean + residual, noise keyed by (seed, time, member, patch origin), the
+   regression mean (cut from the whole-domain mean, which one task per time chunk computes
+   as the regression was trained: on the whole grid; or, with ``PatchConfig(mean=
+   "patches")``, computed on the patch) + residual, noise keyed by (seed, time, member,
+   patch origin), the
    trajectories of one (time, patch) batched by member groups ``[g B, (g + 1) B) & [0, N)``
    (``B = batch_size``, ``N = members``);
 4. fuses the patches with the grid's weights, in global patch order.
@@ -27,10 +30,12 @@ workers' device, so CPU and CUDA runs give different (equally valid) members.
 Differences from the reference. PhysicsNeMo's patched generation fuses the patches after
 *every* sampler step (all patches of the domain advance together). Here each patch runs its
 whole trajectory alone and patches are fused once, at the end. That is what lets a block be
-computed without the rest of the domain, with memory bounded by one batch of patches; the
-price is that overlapping patches can disagree more than with per-step fusion, so the
-defaults (:class:`~corrdiff_xr.config.PatchConfig`'s) use ramp weights across a generous
-overlap (a quarter of the smaller patch side) to hide seams.
+computed without the rest of the domain's patches, with memory bounded by one batch of
+patches plus the regression mean of one time chunk over the domain (or only by the patches
+with ``mean="patches"``); the price is that overlapping patches can disagree more than
+with per-step fusion, so the defaults (:class:`~corrdiff_xr.config.PatchConfig`'s) draw
+their noise from one shared field and use ramp weights across a generous overlap (a quarter
+of the smaller patch side) to hide seams.
 ``patch=None`` samples the whole domain at once per time step (spatial dims in one chunk).
 """
 
@@ -86,12 +91,18 @@ def _check_output_kind(header: Mapping[str, Any], output: str, model: Any) -> No
         )
 
 
-def _check_network_shape(header: Mapping[str, Any], shape: tuple, patch_cfg: Any) -> None:
+def _check_network_shape(header: Mapping[str, Any], domain: tuple, patch_cfg: Any) -> None:
     """The image each network call sees (a patch, or the whole grid) must fit its levels."""
     from corrdiff_xr.config import NetworkConfig, from_dict
 
-    what = "patch" if patch_cfg is not None else "the fine grid (sampled whole, patch=None)"
-    for key in ("regression_network", "residual_network"):
+    if patch_cfg is None:
+        patch = whole = (domain, "the fine grid (sampled whole, patch=None)")
+    else:
+        patch = (tuple(patch_cfg.shape), "patch")
+        whole = (domain, "the fine grid (the regression mean of mean='whole')")
+    mean_whole = patch_cfg is None or patch_cfg.mean == "whole"
+    seen = {"regression_network": whole if mean_whole else patch, "residual_network": patch}
+    for key, (shape, what) in seen.items():
         if header.get(key) is not None:
             from_dict(NetworkConfig, header[key], path=key).check_shape(shape, what)
 
@@ -253,6 +264,13 @@ def _spatial_plan(src: xr.Dataset, first_input: str, patch_cfg: Any, chunks: Map
                 stacklevel=3,
             )
         return PatchGrid.build((H, W)), (H,), (W,)
+    if patch_cfg.mean == "whole" and H * W > LARGE_DOMAIN:
+        warnings.warn(
+            f"the regression mean runs over the whole {H} x {W} domain once per time step, "
+            "which needs memory for the full field in one call; PatchConfig(mean='patches') "
+            "computes it patch by patch instead",
+            stacklevel=3,
+        )
     first = src[first_input].chunks
     ych = _regular(first[1] if first else (), chunks.get(Y), H)
     xch = _regular(first[2] if first else (), chunks.get(X), W)
@@ -377,7 +395,7 @@ def downscale(
             f"fine grid is {(H, W)}; select the model's domain"
         )
 
-    _check_network_shape(header, tuple(patch_cfg.shape) if patch_cfg else (H, W), patch_cfg)
+    _check_network_shape(header, (H, W), patch_cfg)
     grid, ych, xch = _spatial_plan(src, codec.inputs[0], patch_cfg, chunks)
     first = src[codec.inputs[0]].chunks
     # unchunked (numpy) inputs: one time step per block, so blocks stay small and parallel
@@ -394,6 +412,7 @@ def downscale(
         threads=threads,
         kinds=kinds,
         shared_noise=patch_cfg is not None and patch_cfg.noise == "shared",
+        whole_mean=patch_cfg is not None and patch_cfg.mean == "whole",
         ensemble=int(members),
     )
     stacked = block_arrays(
@@ -482,6 +501,7 @@ def _to_dataset(stacked: dict[str, da.Array], labels: _Labels) -> xr.Dataset:
                 "shape": list(grid.patch),
                 "origins_y": list(grid.starts[0]),
                 "origins_x": list(grid.starts[1]),
+                "mean": "whole" if labels.task.whole_mean else "patches",
             }
         )
     )

@@ -3,11 +3,14 @@
 Each block task depends directly on the input chunks its halo overlaps and assembles the halo
 itself, so building the graph costs a few dictionary entries per block (no per-block dask
 collections, whose construction would dominate for thousands of blocks) and the graph size
-does not depend on the model (tasks carry a small token, see ``cache``).
+does not depend on the model (tasks carry a small token, see ``cache``). With a whole-domain
+regression mean (``task.whole_mean``), one more task per time chunk computes it from the
+whole grid's inputs, and each block depends on a slice of it over its halo.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import operator
@@ -21,7 +24,12 @@ from dask.highlevelgraph import HighLevelGraph
 
 from corrdiff_xr.data.times import to_ns
 from corrdiff_xr.dims import TIME, X, Y
-from corrdiff_xr.inference.block import BlockPlan, BlockTask, compute_block
+from corrdiff_xr.inference.block import (
+    BlockPlan,
+    BlockTask,
+    compute_block,
+    compute_mean_field,
+)
 
 __all__ = ["block_arrays"]
 
@@ -57,15 +65,53 @@ def _assemble(pieces: list[np.ndarray], layout: list[Part], shape: tuple[int, ..
     return out
 
 
-def _run(pieces: list[list[np.ndarray]], *, names, dims, layouts, shapes, task: BlockTask) -> dict:
-    """Task body: assemble the halo Dataset from its input chunks, then compute the block."""
-    halo = xr.Dataset(
+def _halo(pieces: list[list[np.ndarray]], names, dims, layouts, shapes) -> xr.Dataset:
+    """The Dataset of a region, assembled from its input chunks."""
+    return xr.Dataset(
         {
             n: (d, _assemble(p, lay, shp))
             for n, d, p, lay, shp in zip(names, dims, pieces, layouts, shapes)
         }
     )
-    return compute_block(halo, task)
+
+
+def _run(pieces, mean_field=None, *, inputs: dict, task: BlockTask) -> dict:
+    """Task body of a block: assemble its halo, then compute the block."""
+    return compute_block(_halo(pieces, **inputs), task, mean_field)
+
+
+def _run_mean(pieces, *, inputs: dict, task: BlockTask) -> np.ndarray:
+    """Task body of a time chunk's whole-domain regression mean."""
+    return compute_mean_field(_halo(pieces, **inputs), task)
+
+
+def _region_inputs(arrays, dims, extent: dict) -> tuple[list, dict]:
+    """Input keys of a (time, y, x) region and how to assemble them (``_halo``'s keywords)."""
+    keys, layouts, shapes = [], [], []
+    for arr, d in zip(arrays, dims):
+        region = [extent[k] for k in d]
+        parts = _parts(arr.chunks, region)
+        keys.append([(arr.name, *p[0]) for p in parts])
+        layouts.append(parts)
+        shapes.append(tuple(hi - lo for lo, hi in region))
+    return keys, {"dims": dims, "layouts": layouts, "shapes": shapes}
+
+
+def _mean_layer(src, arrays, dims, tbounds, times, task: BlockTask, token: str) -> tuple:
+    """Whole-domain mean tasks, one per time chunk: (layer name, layer)."""
+    names = list(src.data_vars)
+    name = f"corrdiff-mean-field-{token}"
+    whole = {Y: (0, src.sizes[Y]), X: (0, src.sizes[X])}
+    layer = {}
+    for it, (t0, t1) in enumerate(tbounds):
+        keys, how = _region_inputs(arrays, dims, {TIME: (int(t0), int(t1)), **whole})
+        fn = functools.partial(
+            _run_mean,
+            inputs={"names": names, **how},
+            task=dataclasses.replace(task, times=tuple(int(t) for t in times[t0:t1])),
+        )
+        layer[(name, it)] = (fn, keys)
+    return name, layer
 
 
 def block_arrays(
@@ -92,28 +138,34 @@ def block_arrays(
     token = tokenize([a.name for a in arrays], plans, tuple(tch), tuple(mch), n_out, task)
     name = f"corrdiff-block-{token}"
     layer: dict = {}
+    mean_layer: dict = {}
+    if task.whole_mean:
+        mname, mean_layer = _mean_layer(src, arrays, dims, tbounds, times, task, token)
     for (g, (m0, m1)), (it, (t0, t1)), (iy, prow) in itertools.product(
         enumerate(mbounds), enumerate(tbounds), enumerate(plans)
     ):
         for ix, plan in enumerate(prow):
             extent = {TIME: (int(t0), int(t1)), Y: plan.halo_rows, X: plan.halo_cols}
-            keys, layouts, shapes = [], [], []
-            for arr, d in zip(arrays, dims):
-                region = [extent[k] for k in d]
-                parts = _parts(arr.chunks, region)
-                keys.append([(arr.name, *p[0]) for p in parts])
-                layouts.append(parts)
-                shapes.append(tuple(hi - lo for lo, hi in region))
+            keys, how = _region_inputs(arrays, dims, extent)
             fn = functools.partial(
                 _run,
-                names=names,
-                dims=dims,
-                layouts=layouts,
-                shapes=shapes,
+                inputs={"names": names, **how},
                 task=task.at(plan, times[t0:t1], range(m0, m1)),
             )
-            layer[(name, g, it, iy, ix)] = (fn, keys)
+            deps = [keys]
+            if task.whole_mean:  # the mean field over the block's halo, cut where it lies
+                cut = (f"{mname}-cut", it, iy, ix)
+                where = (slice(None), slice(None), slice(*plan.halo_rows), slice(*plan.halo_cols))
+                mean_layer[cut] = (operator.getitem, (mname, it), where)
+                deps.append(cut)
+            layer[(name, g, it, iy, ix)] = (fn, *deps)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=arrays)
+    if task.whole_mean:
+        inputs = graph.dependencies[name]
+        graph = HighLevelGraph(
+            {**graph.layers, mname: mean_layer},
+            {**graph.dependencies, mname: set(inputs), name: {*inputs, mname}},
+        )
     ych = tuple(p[0].rows[1] - p[0].rows[0] for p in plans)
     xch = tuple(p.cols[1] - p.cols[0] for p in plans[0])
     out = {}

@@ -220,8 +220,11 @@ def test_the_request_records_the_patch_defaults_resolved(inputs, tmp_path, capsy
     patched, whole = tmp_path / "patched.zarr", tmp_path / "whole.zarr"
     assert main([*base, "--patch", "12", "16", "--zarr", str(patched)]) == 0
     assert main([*base, "--zarr", str(whole)]) == 0
-    keys = ("patch", "overlap", "boundary", "weights")
-    for out, expected in ((patched, [[12, 16], 3, 0, "ramp"]), (whole, [None, None, 0, "ramp"])):
+    keys = ("patch", "overlap", "boundary", "weights", "noise", "mean")
+    for out, expected in (
+        (patched, [[12, 16], 3, 0, "ramp", "shared", "whole"]),
+        (whole, [None, None, 0, "ramp", None, None]),
+    ):
         sampling = json.loads((out / "zarr.json").read_text())["attributes"][IDENTITY_ATTR][
             "request"
         ]["sampling"]
@@ -246,6 +249,12 @@ def test_the_request_records_the_patch_defaults_resolved(inputs, tmp_path, capsy
         == 0
     )
     assert "0 block(s) written" in capsys.readouterr().err
+    # a regression mean computed patch by patch is another request
+    rc, lines = _run([*base, "--patch", "12", "16", "--patch-mean", "patches", "--zarr",
+                      str(patched)], capsys)  # fmt: skip
+    assert rc == 2 and 'request.sampling.mean: stored "whole", requested "patches"' in _error_line(
+        lines
+    )
 
 
 def test_generate_refuses_a_store_of_another_request_naming_the_field(inputs, tmp_path, capsys):

@@ -13,10 +13,15 @@ import xarray as xr
 from dask.base import tokenize
 
 from corrdiff_xr.codec import Codec
-from corrdiff_xr.config import SamplerConfig
+from corrdiff_xr.config import PatchConfig, SamplerConfig
 from corrdiff_xr.data import open_pair, synthetic_dataset
 from corrdiff_xr.inference import downscale
-from corrdiff_xr.inference.block import BlockTask, compute_block, plan_blocks
+from corrdiff_xr.inference.block import (
+    BlockTask,
+    compute_block,
+    compute_mean_field,
+    plan_blocks,
+)
 from corrdiff_xr.inference.cache import ModelToken, token_for
 from corrdiff_xr.patching import PatchGrid
 from corrdiff_xr.testing import tiny_corrdiff
@@ -50,8 +55,10 @@ def setup():
     return pair, tiny_corrdiff(Codec.from_pair(pair), (16, 16))
 
 
-def test_a_block_task_computes_its_block_of_the_downscaling(setup):
+@pytest.mark.parametrize("mean_from", ["whole", "patches"])
+def test_a_block_task_computes_its_block_of_the_downscaling(setup, mean_from):
     pair, model = setup
+    patch = PatchConfig(shape=(8, 8), overlap=2, mean=mean_from)
     full = downscale(
         pair,
         model,
@@ -59,24 +66,27 @@ def test_a_block_task_computes_its_block_of_the_downscaling(setup):
         seed=5,
         output="residual",
         steps=2,
-        patch=8,
-        overlap=2,
+        patch=patch,
         chunks={"y": 6, "time": 2, "member": 2},
     ).compute(scheduler="sync")
-    mean = downscale(pair, model, output="mean", steps=2, patch=8, overlap=2).compute(
-        scheduler="sync"
-    )
+    mean = downscale(pair, model, output="mean", steps=2, patch=patch).compute(scheduler="sync")
     plan = plan_blocks(GRID, (6, 6, 4), (16,))[1][0]
     times = pair.dataset.time.values.astype("datetime64[ns]").astype(np.int64)
-    task = dataclasses.replace(
-        TASK, token=token_for(model), kinds=("sample", "mean"), shared_noise=True, ensemble=2
-    ).at(plan, times, (0, 1))
-    halo = (
-        xr.merge([pair.inputs_on_fine[list(model.codec.inputs)], pair.static_fields])
-        .isel(y=slice(*plan.halo_rows), x=slice(*plan.halo_cols))
-        .compute()
+    request = dataclasses.replace(
+        TASK,
+        token=token_for(model),
+        kinds=("sample", "mean"),
+        shared_noise=True,
+        whole_mean=mean_from == "whole",
+        ensemble=2,
     )
-    out = compute_block(halo, task)
+    inputs = xr.merge([pair.inputs_on_fine[list(model.codec.inputs)], pair.static_fields])
+    window = {"y": slice(*plan.halo_rows), "x": slice(*plan.halo_cols)}
+    field = None
+    if mean_from == "whole":  # what the graph's mean task computes, cut to the halo
+        whole = compute_mean_field(inputs.compute(), dataclasses.replace(request, times=times))
+        field = whole[:, :, window["y"], window["x"]]
+    out = compute_block(inputs.isel(window).compute(), request.at(plan, times, (0, 1)), field)
     assert out["sample"].shape == (len(model.codec.out_channels), 2, 2, 6, 16)
     for c, name in enumerate(model.codec.out_channels):
         block = {"y": slice(6, 12)}
@@ -85,6 +95,19 @@ def test_a_block_task_computes_its_block_of_the_downscaling(setup):
         np.testing.assert_array_equal(
             out["sample"][c] - out["mean"][c][None], full[name].isel(block).values
         )
+
+
+def test_a_whole_mean_block_task_refuses_a_missing_or_misshapen_mean_field(setup):
+    pair, model = setup
+    plan = plan_blocks(GRID, (8, 8), (16,))[0][0]
+    task = dataclasses.replace(TASK, token=token_for(model), whole_mean=True, ensemble=2)
+    task = task.at(plan, np.array([0], dtype=np.int64), (0,))
+    inputs = xr.merge([pair.inputs_on_fine[list(model.codec.inputs)], pair.static_fields])
+    halo = inputs.isel(time=[0], y=slice(*plan.halo_rows), x=slice(*plan.halo_cols)).compute()
+    with pytest.raises(ValueError, match="needs the whole-domain mean_field"):
+        compute_block(halo, task)
+    with pytest.raises(ValueError, match=r"mean_field has shape \(1, 4, 16, 16\), expected"):
+        compute_block(halo, task, np.zeros((1, 4, 16, 16), np.float32))
 
 
 def test_a_block_task_is_the_template_plus_its_block():
@@ -147,6 +170,7 @@ def test_a_block_tasks_token_changes_with_every_setting():
         "threads": 1,
         "kinds": ("mean",),
         "shared_noise": True,
+        "whole_mean": True,
         "ensemble": 3,
         "plan": plan,
         "times": (1,),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -124,9 +125,23 @@ def test_whole_domain_sampling_equals_a_direct_model_call(setup):
             np.testing.assert_array_equal(out[name].values[m], decoded[name].values)
 
 
-def test_patched_mean_equals_the_patching_modules_fused_mean(setup):
+def test_patched_downscaling_takes_the_whole_domain_mean_by_default(setup):
+    # the regression is trained on the whole domain: patches of it would lack context
+    _, pair, _, model = setup
+    whole = downscale(pair, model, output="mean").compute(scheduler="sync")
+    out = downscale(pair, model, output="mean", patch=8, overlap=2, chunks={"y": 6, "x": 5})
+    assert json.loads(out.attrs["corrdiff_patching"])["mean"] == "whole"
+    xr.testing.assert_identical(out.compute(scheduler="sync").t2m, whole.t2m)
+    per_patch = downscale(
+        pair, model, output="mean", patch=PatchConfig(shape=(8, 8), mean="patches")
+    )
+    assert not np.array_equal(per_patch.t2m.values, whole.t2m.values)  # patches differ
+
+
+def test_patched_mean_of_patches_equals_the_patching_modules_fused_mean(setup):
     _, pair, codec, model = setup
-    out = downscale(pair, model, output="mean", patch=8, overlap=2, chunks={"y": 6, "x": 16})
+    patch = PatchConfig(shape=(8, 8), overlap=2, mean="patches")
+    out = downscale(pair, model, output="mean", patch=patch, chunks={"y": 6, "x": 16})
     assert out.t2m.dims == ("time", "y", "x")
     out = out.compute(scheduler="sync")
     sources = xr.merge([pair.inputs_on_fine[list(codec.inputs)], pair.static_fields]).compute()
@@ -220,7 +235,7 @@ def _tasks(out: xr.Dataset) -> list[BlockTask]:
         fn.keywords["task"]
         for name, layer in layers.items()
         if name.startswith("corrdiff-block-")
-        for fn, _keys in layer.values()
+        for fn, *_deps in layer.values()
     ]
 
 

@@ -43,23 +43,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import sys
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 
-from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
+from corrdiff_xr.dims import MEMBER, TIME, X, Y
 
 if TYPE_CHECKING:  # imported when called, so that importing corrdiff_xr does not load torch
-    from corrdiff_xr.codec import Codec
     from corrdiff_xr.config import PatchConfig
-    from corrdiff_xr.inference.block import BlockTask
 
 __all__ = ["downscale", "model_header"]
 
@@ -368,6 +364,7 @@ def downscale(
     from corrdiff_xr.inference.block import BlockTask, plan_blocks
     from corrdiff_xr.inference.cache import token_for
     from corrdiff_xr.inference.graph import block_arrays
+    from corrdiff_xr.inference.labels import Labels, to_dataset
     from corrdiff_xr.units import to_model_units
 
     if output not in ("ensemble", "mean", "residual"):
@@ -418,7 +415,7 @@ def downscale(
     stacked = block_arrays(
         src, plan_blocks(grid, ych, xch), tch, mch, len(codec.out_channels), task
     )
-    labels = _Labels(
+    labels = Labels(
         output=output,
         task=task,
         members=int(members),
@@ -427,97 +424,4 @@ def downscale(
         src=src,
         dataset=pair.dataset,
     )
-    return _to_dataset(stacked, labels)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Labels:
-    """What labels a downscaling's block arrays (see :func:`_to_dataset`).
-
-    ``task`` is the request's :class:`~corrdiff_xr.inference.block.BlockTask` (model token,
-    grid, seed, sampler); ``src`` gives the time, y and x coordinates, ``dataset`` (the
-    pair's) lat/lon and the targets' attributes.
-    """
-
-    output: Output
-    task: BlockTask
-    members: int
-    patched: bool
-    codec: Codec
-    src: xr.Dataset
-    dataset: xr.Dataset
-
-
-def _to_dataset(stacked: dict[str, da.Array], labels: _Labels) -> xr.Dataset:
-    """Wrap the block arrays as a labelled Dataset with CF and provenance attributes."""
-    from corrdiff_xr._cf import with_grid_mapping
-    from corrdiff_xr._version import __version__
-    from corrdiff_xr.config import to_dict
-
-    output, src, dataset, codec, grid = (
-        labels.output,
-        labels.src,
-        labels.dataset,
-        labels.codec,
-        labels.task.grid,
-    )
-    if output == "ensemble":
-        data, dims = stacked["sample"], (MEMBER, TIME, Y, X)
-    elif output == "residual":
-        data, dims = stacked["sample"] - stacked["mean"][:, None], (MEMBER, TIME, Y, X)
-    else:
-        data, dims = stacked["mean"], (TIME, Y, X)
-    coords = {TIME: src[TIME], Y: src[Y], X: src[X]}
-    for name in (LAT, LON):
-        if name in dataset.coords:
-            coords[name] = dataset[name].variable
-    if MEMBER in dims:
-        coords[MEMBER] = (MEMBER, np.arange(labels.members), {"long_name": "ensemble member"})
-    variables = {}
-    for c, name in enumerate(codec.out_channels):
-        attrs = dict(codec.attrs.get(name, {}))
-        if name in dataset:
-            attrs.update(
-                {
-                    k: v
-                    for k, v in dataset[name].attrs.items()
-                    if k in ("units", "long_name", "standard_name")
-                }
-            )
-        if codec.units[name] is not None:  # the values are the model's, in its units
-            attrs["units"] = codec.units[name]
-        if output == "residual":
-            attrs["long_name"] = (
-                f"{attrs.get('long_name', name)} (residual: member minus regression mean)"
-            )
-        elif output == "mean":
-            attrs["long_name"] = f"{attrs.get('long_name', name)} (regression mean)"
-        variables[name] = xr.Variable(dims, data[c], attrs)
-    patch_desc = (
-        "none (whole domain)"
-        if not labels.patched
-        else json.dumps(
-            {
-                "shape": list(grid.patch),
-                "origins_y": list(grid.starts[0]),
-                "origins_x": list(grid.starts[1]),
-                "mean": "whole" if labels.task.whole_mean else "patches",
-            }
-        )
-    )
-    seed, members = labels.task.seed, labels.members
-    attrs = {
-        "title": f"CorrDiff {output} downscaled with corrdiff_xr",
-        "source": f"corrdiff_xr {__version__}",
-        "history": f"corrdiff_xr.downscale(output={output!r}, members={members}, seed={seed})",
-        "corrdiff_output": output,
-        "corrdiff_seed": seed,
-        "corrdiff_members": members,
-        "corrdiff_sampler": json.dumps(to_dict(labels.task.sampler), default=str),
-        "corrdiff_model": os.path.basename(labels.task.token.path),
-        "corrdiff_patching": patch_desc,
-        # members per sampling call: members depend on it by float rounding (block.py)
-        "corrdiff_batch_size": labels.task.batch_size,
-    }
-    # the data's CF grid mapping: y, x are coordinates of its projection
-    return with_grid_mapping(xr.Dataset(variables, coords=coords, attrs=attrs), dataset)
+    return to_dataset(stacked, labels)

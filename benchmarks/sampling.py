@@ -3,7 +3,10 @@
 A model downscales held-out data with every setting below, the same members, seed and times;
 each setting is scored against the truth:
 
-* ``crps``: properscoring CRPS / std, averaged over the targets;
+* ``crps_fair`` and ``crps``: the fair CRPS (Ferro 2014) and properscoring's, each over the
+  target's std in the model's statistics, averaged over the targets
+  (:func:`corrdiff_xr.inference.calibrate.ensemble_scores`); the rules below compare
+  settings by the fair one, which is not biased towards under-dispersed ensembles;
 * ``spread_skill``: ensemble spread over RMSE of the ensemble mean (1 = calibrated);
 * ``rank_flatness``: RMS of ``(M + 1) p_r - 1`` over the ranks r of the rank histogram
   (0 = flat, larger = under- or over-dispersed); ``rank_histogram`` holds ``p_r``;
@@ -59,6 +62,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from corrdiff_xr.inference.calibrate import RULE_SCORE  # noqa: E402
+
 BASELINE = ("heun", 18, 800.0, 0.0)
 #: (solver, steps, sigma_max, S_churn[, S_noise])
 SETTINGS = [
@@ -109,7 +114,13 @@ UK_SETTINGS = [
     ("dpmpp_2m_sde", 12, 800.0, 0.0),
     ("heun", 6, 800.0, 0.0),
     ("heun", 9, 800.0, 0.0),
+    ("heun", 13, 800.0, 0.0),
+    ("heun", 14, 800.0, 0.0),
+    ("heun", 15, 800.0, 0.0),
     ("heun", 12, 80.0, 3.0),
+    ("heun", 12, 80.0, 6.0),
+    ("heun", 15, 800.0, 3.0),
+    ("heun", 18, 800.0, 10.0),
     ("dpmpp_2m", 8, 800.0, 1.0),
     # churn noise inflated (EDM's S_noise > 1) at the strongest churn: spread bought with skill
     ("heun", 12, 80.0, 40.0, 1.25),
@@ -118,13 +129,13 @@ UK_SETTINGS = [
 
 
 def _score(ens, truth, names, std) -> dict:
-    out = {"crps": [], "spread_skill": [], "rank_flatness": [], "small_scale_power": []}
+    from corrdiff_xr.inference.calibrate import ensemble_scores
+
+    out = {"rank_flatness": [], "small_scale_power": []}
     hists = []
     members = ens.sizes["member"]
     for n in names:
         fc, tr = ens[[n]], truth[[n]]
-        out["crps"].append(float(fc.corrdiff.crps(tr).to_array().mean()) / std[n])
-        out["spread_skill"].append(float(fc.corrdiff.spread_skill(tr).to_array().mean()))
         hist = fc.corrdiff.rank_histogram(tr, normalize=True)[n].values
         hists.append(hist)
         out["rank_flatness"].append(float(np.sqrt(np.mean(((members + 1) * hist - 1) ** 2))))
@@ -135,7 +146,7 @@ def _score(ens, truth, names, std) -> dict:
             float(p_fc.isel({p_fc.dims[-1]: slice(half, None)}).mean())
             / float(p_tr.isel({p_tr.dims[-1]: slice(half, None)}).mean())
         )
-    scores = {k: float(np.mean(v)) for k, v in out.items()}
+    scores = ensemble_scores(ens, truth, std) | {k: float(np.mean(v)) for k, v in out.items()}
     scores["rank_histogram"] = [round(float(v), 4) for v in np.mean(hists, axis=0)]
     return scores
 
@@ -144,10 +155,10 @@ def _choose(rows: list[dict]) -> dict:
     base = rows[0]
     ok = [
         r for r in rows
-        if r["crps"] <= 1.01 * base["crps"]
+        if r[RULE_SCORE] <= 1.01 * base[RULE_SCORE]
         and abs(r["spread_skill"] - 1) <= abs(base["spread_skill"] - 1) + 1e-12
     ]  # fmt: skip
-    return min(ok, key=lambda r: (r["nfe"], r["crps"]))
+    return min(ok, key=lambda r: (r["nfe"], r[RULE_SCORE]))
 
 
 def _data(kind: str, times: int):
@@ -163,10 +174,11 @@ def _data(kind: str, times: int):
     return open_source(SOURCE).sel(time=slice(HELD_OUT, None)), {"patch": PATCH}
 
 
-def _truth(pair):
-    """(truth, target names, std per target) of a pair, for :func:`_score`."""
-    names = list(pair.targets)
-    return pair.fine.load(), names, {n: float(pair.stats[n].sel(stat="std")) for n in names}
+def _truth(pair, model_path):
+    """(truth, target names, the model's std per target) of a pair, for :func:`_score`."""
+    from corrdiff_xr.inference.calibrate import target_std
+
+    return pair.fine.load(), list(pair.targets), target_std(model_path)
 
 
 def _measure(data, truth, model_path, members, steps, sampler, **extra) -> tuple[dict, object]:
@@ -188,7 +200,7 @@ def run(
     from corrdiff_xr.inference.calibrate import network_calls
 
     pair, extra = _data(kind, times)
-    truth = _truth(pair)
+    truth = _truth(pair, model_path)
     data = pair.dataset.load()
     n_times = data.sizes["time"]
     rows = []
@@ -230,7 +242,7 @@ def _confirm(model_path, rows, members: int, skip: int, count: int) -> dict:
     from corrdiff_xr.inference.calibrate import most_calibrated
 
     pair = demo.open_demo_data(times=skip + count).isel(time=slice(skip, None))
-    truth, data = _truth(pair), pair.dataset.load()
+    truth, data = _truth(pair, model_path), pair.dataset.load()
 
     picks = {
         "baseline": rows[0],
@@ -243,7 +255,8 @@ def _confirm(model_path, rows, members: int, skip: int, count: int) -> dict:
         scores, _ = _measure(data, truth, model_path, members, row["steps"], sampler)
         out[label] = {"setting": sampler | {"steps": row["steps"]}, **scores}
         print(label, {k: v for k, v in out[label].items() if k != "rank_histogram"}, flush=True)
-    out["crps_ratio_chosen_vs_baseline"] = out["chosen"]["crps"] / out["baseline"]["crps"]
+    for key, suffix in ((RULE_SCORE, ""), ("crps", "_properscoring")):
+        out[f"crps_ratio_chosen_vs_baseline{suffix}"] = out["chosen"][key] / out["baseline"][key]
     return out
 
 
@@ -297,8 +310,12 @@ def _summary(rows: list[dict], reference: dict | None, members: int, times: int)
         "chosen_solver": chosen["solver"],
         "chosen_nfe": chosen["nfe"],
         "chosen": chosen,
-        "crps_ratio_chosen_vs_baseline": chosen["crps"] / base["crps"],
-        "crps_ratio_chosen_vs_reference": chosen["crps"] / reference["crps"] if reference else None,
+        "crps_ratio_chosen_vs_baseline": chosen[RULE_SCORE] / base[RULE_SCORE],
+        "crps_ratio_chosen_vs_baseline_properscoring": chosen["crps"] / base["crps"],
+        "crps_ratio_chosen_vs_reference": chosen[RULE_SCORE] / reference[RULE_SCORE]
+        if reference
+        else None,
+        "crps_ratios_use": f"{RULE_SCORE} (the fair CRPS); *_properscoring: properscoring's",
         "spread_skill_baseline": base["spread_skill"],
         "spread_skill_chosen": chosen["spread_skill"],
         "spread_skill_calibrated": calibrated["spread_skill"],

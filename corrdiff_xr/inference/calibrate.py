@@ -3,15 +3,23 @@
 CorrDiff ensembles tend to be under-dispersed (the paper's own finding), and how much depends
 on the sampler: the solver, the number of steps, ``sigma_max`` and churn all move the spread
 (see ``benchmarks/sampling.py``). :func:`calibrate` downscales a validation period with each
-candidate setting, the same members and seed, and scores it against the truth:
+candidate setting, the same members and seed, and scores it against the truth
+(:func:`ensemble_scores`, each target's score over its std in the model's statistics, then
+averaged over the targets):
 
-* ``crps``: properscoring CRPS over the truth's std, averaged over the targets;
-* ``spread_skill``: ensemble spread over the RMSE of the ensemble mean, averaged likewise.
+* ``crps_fair``: the fair CRPS (Ferro 2014), unbiased for the CRPS of the distribution the
+  members are drawn from, and ``crps``, properscoring's estimator;
+* ``spread_skill``: ensemble spread over the RMSE of the ensemble mean (1 = calibrated).
 
 The baseline is the first candidate (by default the model's own sampler defaults, else the
-reference's setting). Among the candidates whose CRPS is at most ``1 + tolerance`` times the
-baseline's, the one with the spread-skill ratio closest to 1 is chosen (ties: fewer network
-calls per member). ``corrdiff-xr calibrate`` records the choice in a copy of the checkpoint
+reference's setting). Among the candidates whose fair CRPS is at most ``1 + tolerance`` times
+the baseline's, the one with the spread-skill ratio closest to 1 is chosen (ties: fewer
+network calls per member). Why the fair estimator: properscoring's subtracts the members'
+mean pairwise distance over ``2 M^2`` instead of ``2 M (M - 1)``, so it rewards
+under-dispersion: for a Gaussian truth, M members drawn with s times the right spread score
+best at ``s = a / sqrt(1 - a^2)``, ``a = (1 - 1/M) / sqrt(2)`` (s = 0.63 for 4 members, 0.79
+for 8), and a calibration judged by it would stop short of spread-skill 1. The fair CRPS is
+best at s = 1 whatever M. ``corrdiff-xr calibrate`` records the choice in a copy of the checkpoint
 (:attr:`corrdiff_xr.model.CorrDiff.sampler_config`), which ``downscale`` and ``generate``
 then use whenever no sampler is given.
 """
@@ -26,7 +34,19 @@ import numpy as np
 
 from corrdiff_xr.config import SamplerConfig, from_dict, to_dict
 
-__all__ = ["CANDIDATES", "Calibration", "calibrate", "most_calibrated", "network_calls"]
+__all__ = [
+    "CANDIDATES",
+    "RULE_SCORE",
+    "Calibration",
+    "calibrate",
+    "ensemble_scores",
+    "most_calibrated",
+    "network_calls",
+    "target_std",
+]
+
+#: the CRPS estimator the choice is made with (see the module docstring)
+RULE_SCORE = "crps_fair"
 
 #: default candidates after the baseline: cheap second-order solvers, and sigma_max / churn
 #: variants that raise or lower the spread (each a partial SamplerConfig)
@@ -35,6 +55,9 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
     {"solver": "heun", "num_steps": 12, "sigma_max": 80.0},
     {"solver": "heun", "num_steps": 12, "sigma_max": 20.0},
     {"solver": "heun", "num_steps": 12, "sigma_max": 80.0, "S_churn": 1.0},
+    {"solver": "heun", "num_steps": 14, "sigma_max": 800.0},
+    {"solver": "heun", "num_steps": 15, "sigma_max": 800.0, "S_churn": 3.0},
+    {"solver": "heun", "num_steps": 18, "sigma_max": 800.0, "S_churn": 10.0},
     {"solver": "dpmpp_2m", "num_steps": 8, "sigma_max": 800.0},
     {"solver": "dpmpp_2m", "num_steps": 10, "sigma_max": 800.0},
     {"solver": "dpmpp_2m", "num_steps": 12, "sigma_max": 800.0},
@@ -50,14 +73,17 @@ def network_calls(cfg: SamplerConfig) -> int:
     return CALLS_PER_STEPS[cfg.solver](cfg.num_steps)
 
 
-def most_calibrated(rows: Sequence[Mapping[str, Any]], *, tolerance: float = 0.01) -> int:
-    """Index of the row (``crps``, ``spread_skill``, ``calls``) that :func:`calibrate` picks.
+def most_calibrated(
+    rows: Sequence[Mapping[str, Any]], *, tolerance: float = 0.01, score: str = RULE_SCORE
+) -> int:
+    """Index of the row (``score``, ``spread_skill``, ``calls``) that :func:`calibrate` picks.
 
-    Among the rows whose CRPS is at most ``1 + tolerance`` times the first row's (the
-    baseline's), the spread-skill ratio closest to 1; ties go to fewer network calls.
+    Among the rows whose ``score`` (the fair CRPS by default) is at most ``1 + tolerance``
+    times the first row's (the baseline's), the spread-skill ratio closest to 1; ties go to
+    fewer network calls.
     """
-    limit = (1 + tolerance) * rows[0]["crps"]
-    eligible = [i for i, r in enumerate(rows) if r["crps"] <= limit]
+    limit = (1 + tolerance) * rows[0][score]
+    eligible = [i for i, r in enumerate(rows) if r[score] <= limit]
     return min(eligible, key=lambda i: (abs(rows[i]["spread_skill"] - 1), rows[i]["calls"]))
 
 
@@ -72,26 +98,43 @@ class Calibration:
     def format(self) -> str:
         """The table as text, the chosen row marked."""
         lines = [f"{'solver':<13} {'steps':>5} {'sigma_max':>9} {'churn':>5} {'calls':>5} "
-                 f"{'crps':>8} {'spread/skill':>12}"]  # fmt: skip
+                 f"{'crps_fair':>9} {'crps':>8} {'spread/skill':>12}"]  # fmt: skip
         for row in self.table:
             s = row["sampler"]
             mark = "  <- chosen" if row["chosen"] else ""
             lines.append(
                 f"{s['solver']:<13} {s['num_steps']:>5} {s['sigma_max']:>9g} {s['S_churn']:>5g} "
-                f"{row['calls']:>5} {row['crps']:>8.4f} {row['spread_skill']:>12.3f}{mark}"
+                f"{row['calls']:>5} {row['crps_fair']:>9.4f} {row['crps']:>8.4f} "
+                f"{row['spread_skill']:>12.3f}{mark}"
             )
         return "\n".join(lines)
 
 
-def _scores(ens, truth, names: Sequence[str]) -> tuple[float, float]:
+def target_std(model: Any) -> dict[str, float]:
+    """Each target's std in the model's normalisation statistics (a CorrDiff or checkpoint)."""
+    from corrdiff_xr.inference.downscaling import _codec, model_header
+
+    codec = _codec(model_header(model))
+    return {name: float(codec.stats[name][1]) for name in codec.out_channels}
+
+
+def ensemble_scores(ens, truth, std: Mapping[str, float]) -> dict[str, float]:
+    """``crps``, ``crps_fair`` and ``spread_skill`` of an ensemble, averaged over targets.
+
+    Each target's CRPS (properscoring's estimator, and the fair one) is divided by its
+    ``std`` before averaging, so targets in different units weigh alike; the spread-skill
+    ratio is averaged as it is (see :mod:`corrdiff_xr.scoring` for the definitions).
+    """
     from corrdiff_xr.scoring import crps, spread_skill
 
-    c, s = [], []
-    for n in names:
-        std = float(truth[n].std())
-        c.append(float(crps(ens[[n]], truth[[n]]).to_array().mean()) / (std or 1.0))
-        s.append(float(spread_skill(ens[[n]], truth[[n]]).to_array().mean()))
-    return float(np.mean(c)), float(np.mean(s))
+    out: dict[str, list[float]] = {"crps": [], "crps_fair": [], "spread_skill": []}
+    for n, scale in std.items():
+        fc, tr = ens[[n]], truth[[n]]
+        for key, estimator in (("crps", "properscoring"), ("crps_fair", "fair")):
+            value = float(crps(fc, tr, estimator=estimator).to_array().mean())
+            out[key].append(value / scale)
+        out["spread_skill"].append(float(spread_skill(fc, tr).to_array().mean()))
+    return {key: float(np.mean(values)) for key, values in out.items()}
 
 
 def calibrate(
@@ -119,7 +162,7 @@ def calibrate(
     members, seed
         Ensemble size and seed (the same for every candidate).
     tolerance
-        How much worse than the baseline's CRPS a chosen setting may be (0.01: 1 %).
+        How much worse than the baseline's fair CRPS a chosen setting may be (0.01: 1 %).
     **downscale_kwargs
         Passed to downscale (``patch``, ``chunks``, ``device`` ...).
     """
@@ -131,6 +174,7 @@ def calibrate(
         raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
     header = model_header(model)
     names = list(_codec(header).out_channels)
+    std = target_std(model)
     pair_ds = getattr(data, "dataset", data)
     missing = [n for n in names if n not in pair_ds.data_vars]
     if missing:
@@ -146,9 +190,9 @@ def calibrate(
     rows = []
     for cfg in configs:
         ens = downscale(data, model, members=members, seed=seed, sampler=cfg, **downscale_kwargs)
-        score, ratio = _scores(ens.compute(), truth, names)
-        rows.append({"sampler": to_dict(cfg), "calls": network_calls(cfg), "crps": score,
-                     "spread_skill": ratio, "chosen": False})  # fmt: skip
+        scores = ensemble_scores(ens.compute(), truth, std)
+        rows.append({"sampler": to_dict(cfg), "calls": network_calls(cfg), **scores,
+                     "chosen": False})  # fmt: skip
     best = most_calibrated(rows, tolerance=tolerance)
     rows[best]["chosen"] = True
     return Calibration(tuple(rows), configs[0], configs[best])

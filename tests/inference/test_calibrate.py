@@ -1,18 +1,25 @@
-"""Sampler calibration: the chosen setting obeys the rule (CRPS within the tolerance of the
-baseline's, spread-skill closest to 1), and a calibrated checkpoint's defaults are what
-downscale uses when no sampler is given."""
+"""Sampler calibration: the chosen setting obeys the rule (fair CRPS within the tolerance of
+the baseline's, spread-skill closest to 1), the fair CRPS ranks a calibrated ensemble first
+(properscoring's does not), and a calibrated checkpoint's defaults are what downscale uses
+when no sampler is given."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import xarray as xr
 
 from corrdiff_xr.cli import main
 from corrdiff_xr.codec import Codec
 from corrdiff_xr.config import SamplerConfig
 from corrdiff_xr.data import open_pair, synthetic_dataset
 from corrdiff_xr.inference import downscale
-from corrdiff_xr.inference.calibrate import calibrate, network_calls
+from corrdiff_xr.inference.calibrate import (
+    calibrate,
+    ensemble_scores,
+    network_calls,
+    target_std,
+)
 from corrdiff_xr.model import CorrDiff
 from corrdiff_xr.testing import tiny_corrdiff
 
@@ -41,13 +48,41 @@ def test_the_choice_is_the_best_calibrated_within_the_crps_tolerance(setup, tole
     rows = result.table
     assert [r["sampler"]["solver"] for r in rows] == [c["solver"] for c in CANDIDATES]
     assert result.baseline == SamplerConfig(solver="heun", num_steps=3)
-    ok = [r for r in rows if r["crps"] <= (1 + tolerance) * rows[0]["crps"]]
+    ok = [r for r in rows if r["crps_fair"] <= (1 + tolerance) * rows[0]["crps_fair"]]
     best = min(ok, key=lambda r: (abs(r["spread_skill"] - 1), r["calls"]))
     assert [r["chosen"] for r in rows].count(True) == 1 and best["chosen"]
     assert network_calls(result.chosen) == best["calls"]
     assert result.chosen == SamplerConfig(**best["sampler"])
     if tolerance == 0.0:  # nothing may be worse than the baseline
-        assert all(r["crps"] <= rows[0]["crps"] for r in rows if r["chosen"])
+        assert all(r["crps_fair"] <= rows[0]["crps_fair"] for r in rows if r["chosen"])
+    # the scores are the model's: each target's CRPS over its std in the model's statistics
+    std = target_std(model)
+    assert std == {n: model.codec.stats[n][1] for n in model.codec.out_channels}
+
+
+def _gaussian_crps(spread: float, members: int, fair: bool) -> float:
+    """Expected ensemble CRPS of ``members`` draws of N(0, spread^2) for a N(0, 1) truth:
+    E|X - y| - E|X - X'| (1 - 1/M or 1) / 2, with E|X - y| = sqrt(2 (1 + s^2) / pi) and
+    E|X - X'| = 2 s / sqrt(pi)."""
+    pairs = 2 * spread / np.sqrt(np.pi)
+    return np.sqrt(2 * (1 + spread**2) / np.pi) - pairs * (1 if fair else 1 - 1 / members) / 2
+
+
+def test_the_fair_crps_ranks_the_calibrated_ensemble_first_properscorings_does_not():
+    rng = np.random.default_rng(0)
+    n, members = 200_000, 4
+    truth = xr.Dataset({"t": ("point", rng.standard_normal(n))})
+    noise = rng.standard_normal((members, n))
+    scores = {}
+    for spread in (1.0, 0.7):
+        ens = xr.Dataset({"t": (("member", "point"), spread * noise)})
+        scores[spread] = ensemble_scores(ens, truth, {"t": 2.0})
+        for key, fair in (("crps", False), ("crps_fair", True)):  # known answers, over std 2
+            expected = _gaussian_crps(spread, members, fair) / 2.0
+            assert scores[spread][key] == pytest.approx(expected, rel=0.01)
+    assert scores[1.0]["spread_skill"] == pytest.approx(1.0, abs=0.02)
+    assert scores[0.7]["crps"] < scores[1.0]["crps"]  # properscoring prefers the narrow one
+    assert scores[1.0]["crps_fair"] < scores[0.7]["crps_fair"]
 
 
 def test_a_calibrated_checkpoint_samples_with_its_defaults(setup, tmp_path, capsys):

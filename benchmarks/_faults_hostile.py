@@ -395,6 +395,8 @@ CHECKPOINT_CASES = [
     _ck("header_img_shape_string", r"img_shape must be an integer",
         _cfg(lambda c: _set(c, "img_shape", ["16", 24]))),
     _ck("header_negative_channels", r"in_channels=-3 is outside", _cfg(_codecless)),
+    _ck("header_sampler_steps_huge", r"sampler\.num_steps: 1000000000 is not an integer in",
+        _cfg(lambda c: {**c, "format_version": 3, "sampler": {"num_steps": 10**9}})),
     _ck("header_sigma_data_nan", r"edm\.sigma_data.*finite",
         _cfg(lambda c: _set(c, "edm.sigma_data", float("nan")))),
     _ck("header_extra_target", r"parameter '[\w.]+' has shape .* the model expects",

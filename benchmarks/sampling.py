@@ -62,6 +62,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from train_shipped_model import sha256  # noqa: E402
+
 from corrdiff_xr.inference.calibrate import RULE_SCORE  # noqa: E402
 
 BASELINE = ("heun", 18, 800.0, 0.0)
@@ -352,7 +354,7 @@ def main() -> None:
     load = os.getloadavg()
     path = args.model_path or str(shipped_model_path())
     result = run(args.model, path, args.members, args.times, quick=args.quick, confirm=args.confirm)
-    result["model"] = {"kind": args.model, "file": os.path.basename(path)}
+    result["model"] = {"kind": args.model, "file": os.path.basename(path), "sha256": sha256(path)}
     result["machine"] = {"load_avg_start": load, "load_avg_end": os.getloadavg(),
                          "cpus": os.cpu_count(), "python": platform.python_version()}  # fmt: skip
     with open(args.json, "w") as fh:

@@ -58,6 +58,13 @@ def train_stage(config: Path, overrides: list[str], *, threads: int) -> float:
     return time.perf_counter() - start
 
 
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file: which weights a result was measured with."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def save_half(model_file: Path, target: Path) -> Path:
     """Copy a checkpoint with its floating tensors cast to fp16 (same header), atomically."""
     from safetensors import safe_open

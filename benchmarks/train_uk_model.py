@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_shipped_model import CONFIGS, save_half, train_stage  # noqa: E402
+from train_shipped_model import CONFIGS, save_half, sha256, train_stage  # noqa: E402
 
 SOURCE = "catalog:samples/uk_hires"
 TRAIN_PERIOD = ("2009-11-19T10:00", "2009-11-19T11:00")
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         ),  # fmt: skip
     }
     target = save_half(diff / "model.safetensors", work / "uk_tiny.safetensors")
-    report = {"timings": timings, "model": str(target.name), "duration": args.duration,
+    report = {"timings": timings, "model": str(target.name), "sha256": sha256(target),
+              "duration": args.duration,
               "train_period": TRAIN_PERIOD, "held_out": HELD_OUT, "patch": PATCH}  # fmt: skip
     (work / "uk_tiny.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

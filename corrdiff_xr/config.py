@@ -189,6 +189,11 @@ def load_config(
 # -- sampling and patching (core B) ---------------------------------------------------------
 
 
+#: most sampler steps: far beyond any useful setting (the reference samples 18), and a bound a
+#: checkpoint's calibrated defaults cannot lift (a header asking 10**9 steps is refused)
+MAX_STEPS = 1000
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig(Checked):
     """EDM sampler settings (Karras et al. 2022, Algorithm 2); defaults are the reference's.
@@ -202,7 +207,7 @@ class SamplerConfig(Checked):
     """
 
     solver: Literal["heun", "euler", "dpmpp_2m", "dpmpp_2m_sde"] = "heun"
-    num_steps: int = setting(18, ge=1)
+    num_steps: int = setting(18, ge=1, le=MAX_STEPS)
     sigma_min: float = setting(0.002, gt=0)
     sigma_max: float = setting(800.0, gt=0)
     rho: float = setting(7.0, gt=0)

@@ -30,7 +30,8 @@ PATCHED = {"task": "patched_diffusion", "training": {"regression_checkpoint": "r
 
 # (dotted key, bad value, key named in the error, value as shown, what is allowed)
 FIELDS = [
-    ("sampler.num_steps", 0, None, "0", "an integer >= 1"),
+    ("sampler.num_steps", 0, None, "0", "an integer in [1, 1000]"),
+    ("sampler.num_steps", 1001, None, "1001", "an integer in [1, 1000]"),
     ("sampler.sigma_min", 0.0, None, "0.0", "a finite number > 0"),
     ("sampler.sigma_max", INF, None, "inf", "a finite number > 0"),
     ("sampler.rho", NAN, None, "nan", "a finite number > 0"),
@@ -290,9 +291,9 @@ def test_the_shipped_configs_build(path):
 
 
 def test_direct_construction_checks_types_choices_and_booleans_too():
-    with pytest.raises(ConfigError, match=r"^num_steps: 2.5 is not an integer >= 1$"):
+    with pytest.raises(ConfigError, match=r"^num_steps: 2.5 is not an integer in \[1, 1000\]$"):
         SamplerConfig(num_steps=2.5)
-    with pytest.raises(ConfigError, match=r"^num_steps: True is not an integer >= 1$"):
+    with pytest.raises(ConfigError, match=r"^num_steps: True is not an integer in \[1, 1000\]$"):
         SamplerConfig(num_steps=True)
     with pytest.raises(
         ConfigError,

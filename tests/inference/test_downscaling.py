@@ -203,7 +203,7 @@ def test_downscale_names_what_is_wrong_with_bad_input(setup):
         ({"members": 0}, "members: 0 is not an integer >= 1"),
         ({"members": 1.5}, "members: expected an integer, got 1.5"),
         ({"seed": -1}, "seed: -1 is not an integer >= 0"),
-        ({"steps": 0}, "steps: 0 is not an integer >= 1"),
+        ({"steps": 0}, "steps: 0 is not an integer in [1, 1000]"),
         ({"batch_size": 0}, "batch_size: 0 is not an integer >= 1"),
         ({"threads": 0}, "threads: 0 is not an integer >= 1"),
         ({"patch": (8, 0)}, "patch[1]: 0 is not an integer >= 1"),

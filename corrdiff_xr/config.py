@@ -189,8 +189,7 @@ def load_config(
 # -- sampling and patching (core B) ---------------------------------------------------------
 
 
-#: most sampler steps: far beyond any useful setting (the reference samples 18), and a bound a
-#: checkpoint's calibrated defaults cannot lift (a header asking 10**9 steps is refused)
+#: most sampler steps (the reference takes 18): a checkpoint's defaults cannot ask 10**9
 MAX_STEPS = 1000
 
 
@@ -248,11 +247,9 @@ class PatchConfig(Checked):
     one field over the global grid keyed by pixel position (:class:`corrdiff_xr.noise.
     FieldNoise`), so overlapping patches agree where they overlap; ``"independent"`` gives each
     patch noise of its own (the reference's way, which shows the patch grid as seams).
-    ``mean`` says where inference computes the regression mean: ``"whole"`` over the whole
-    domain, once per time, then cut into the patches (what patched training does, and the
-    reference: the regression network is trained on the whole domain, so a patch of it lacks
-    context, 3 % worse MAE on the demo model); ``"patches"`` runs the regression patch by
-    patch, so memory stays bounded by a patch on domains too large for one call.
+    ``mean``: inference's regression mean over the ``"whole"`` domain once per time, cut into
+    the patches (as patched training does: the network is trained on the whole grid), or on
+    each patch (``"patches"``: memory bounded by a patch, at a loss of context).
     The defaults are inference's (patches sampled alone, fused once: shared noise and ramps
     across a generous overlap hide the seams); patched training uses only ``shape``.
     """

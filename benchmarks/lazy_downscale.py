@@ -249,24 +249,6 @@ def _memory_child(store: str, checkpoint: str, mean: str) -> None:
     print(json.dumps({"before_kib": before, "peak_kib": peak}))
 
 
-def _memory_model(codec, size: int):
-    """The tiny test networks at 8 channels, without bottleneck attention: with two levels
-    its tokens would be a quarter of the domain's pixels (quadratic memory over a whole
-    512 x 512 grid, a network nobody could have trained on that grid)."""
-    import dataclasses
-
-    from corrdiff_xr.model import CorrDiff
-    from corrdiff_xr.testing import TINY_NETWORK
-
-    net = dataclasses.replace(TINY_NETWORK, model_channels=8, bottleneck_attention=False)
-    return CorrDiff(
-        codec,
-        img_shape=(size, size),
-        regression_network=dataclasses.replace(net, embedding_type="zero"),
-        residual_network=net,
-    )
-
-
 def memory(base: int) -> dict:
     """Peak memory of streaming a (2 base)^2 domain vs a base^2 domain, each in a fresh process.
 
@@ -275,6 +257,7 @@ def memory(base: int) -> dict:
     """
     from corrdiff_xr.codec import Codec
     from corrdiff_xr.data import open_pair, synthetic_dataset
+    from corrdiff_xr.testing import tiny_corrdiff
 
     figs = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -284,9 +267,12 @@ def memory(base: int) -> dict:
             data = synthetic_dataset(ny=size, nx=size, nt=2, factor=4, seed=0)
             data.chunk(chunks).to_zarr(store, consolidated=False)
             pair = open_pair(store)
-            ckpt = _memory_model(Codec.from_pair(pair), size).save(
-                os.path.join(tmp, f"m{size}.safetensors")
+            # no bottleneck attention: with two levels its tokens would be a quarter of the
+            # grid's pixels, quadratic memory over a whole 512 x 512 grid (24 GB)
+            model = tiny_corrdiff(
+                Codec.from_pair(pair), (size, size), channels=8, bottleneck_attention=False
             )
+            ckpt = model.save(os.path.join(tmp, f"m{size}.safetensors"))
             for mean in ("whole", "patches"):
                 res = subprocess.run(
                     [sys.executable, __file__, "--memory-child", store, str(ckpt), mean],

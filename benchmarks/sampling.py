@@ -64,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_shipped_model import sha256  # noqa: E402
 
-from corrdiff_xr.inference.calibrate import RULE_SCORE  # noqa: E402
+from corrdiff_xr.inference.calibrate import RULE_SCORE, ensemble_scores, target_std  # noqa: E402
 
 BASELINE = ("heun", 18, 800.0, 0.0)
 #: (solver, steps, sigma_max, S_churn[, S_noise])
@@ -131,8 +131,6 @@ UK_SETTINGS = [
 
 
 def _score(ens, truth, names, std) -> dict:
-    from corrdiff_xr.inference.calibrate import ensemble_scores
-
     out = {"rank_flatness": [], "small_scale_power": []}
     hists = []
     members = ens.sizes["member"]
@@ -178,8 +176,6 @@ def _data(kind: str, times: int):
 
 def _truth(pair, model_path):
     """(truth, target names, the model's std per target) of a pair, for :func:`_score`."""
-    from corrdiff_xr.inference.calibrate import target_std
-
     return pair.fine.load(), list(pair.targets), target_std(model_path)
 
 

@@ -66,22 +66,22 @@ def tiny_corrdiff(
     channels: int | None = None,
     residual: bool = True,
     seed: int = 0,
+    **network: Any,
 ) -> Any:
     """A tiny untrained :class:`~corrdiff_xr.model.CorrDiff` built of :data:`TINY_NETWORK`.
 
     Weights come from ``torch.manual_seed(seed)`` (the global RNG is restored afterwards).
     ``channels`` replaces the networks' ``model_channels`` (a bigger or smaller model of the
-    same architecture); ``residual=False`` builds a regression-only model.
+    same architecture), other keywords replace other :class:`NetworkConfig` fields of both
+    networks; ``residual=False`` builds a regression-only model.
     """
     import torch
 
     from corrdiff_xr.model import CorrDiff
 
-    net = (
-        TINY_NETWORK
-        if channels is None
-        else dataclasses.replace(TINY_NETWORK, model_channels=channels)
-    )
+    if channels is not None:
+        network["model_channels"] = channels
+    net = dataclasses.replace(TINY_NETWORK, **network)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = CorrDiff(

@@ -19,7 +19,9 @@ mean pairwise distance over ``2 M^2`` instead of ``2 M (M - 1)``, so it rewards
 under-dispersion: for a Gaussian truth, M members drawn with s times the right spread score
 best at ``s = a / sqrt(1 - a^2)``, ``a = (1 - 1/M) / sqrt(2)`` (s = 0.63 for 4 members, 0.79
 for 8), and a calibration judged by it would stop short of spread-skill 1. The fair CRPS is
-best at s = 1 whatever M. ``corrdiff-xr calibrate`` records the choice in a copy of the checkpoint
+best at s = 1 whatever M.
+
+``corrdiff-xr calibrate`` records the choice in a copy of the checkpoint
 (:attr:`corrdiff_xr.model.CorrDiff.sampler_config`), which ``downscale`` and ``generate``
 then use whenever no sampler is given.
 """
@@ -112,9 +114,15 @@ class Calibration:
 
 def target_std(model: Any) -> dict[str, float]:
     """Each target's std in the model's normalisation statistics (a CorrDiff or checkpoint)."""
-    from corrdiff_xr.inference.downscaling import _codec, model_header
+    from corrdiff_xr.inference.downscaling import model_header
 
-    codec = _codec(model_header(model))
+    return _header_std(model_header(model))
+
+
+def _header_std(header: Mapping[str, Any]) -> dict[str, float]:
+    from corrdiff_xr.inference.downscaling import _codec
+
+    codec = _codec(header)
     return {name: float(codec.stats[name][1]) for name in codec.out_channels}
 
 
@@ -166,15 +174,15 @@ def calibrate(
     **downscale_kwargs
         Passed to downscale (``patch``, ``chunks``, ``device`` ...).
     """
-    from corrdiff_xr.inference.downscaling import _codec, downscale, model_header
+    from corrdiff_xr.inference.downscaling import downscale, model_header
 
     if members < 2:
         raise ValueError(f"calibration needs an ensemble: members must be >= 2, got {members}")
     if not 0 <= tolerance < 1:
         raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
-    header = model_header(model)
-    names = list(_codec(header).out_channels)
-    std = target_std(model)
+    header = model_header(model)  # read once: the targets, their std, the model's defaults
+    std = _header_std(header)
+    names = list(std)
     pair_ds = getattr(data, "dataset", data)
     missing = [n for n in names if n not in pair_ds.data_vars]
     if missing:

@@ -15,9 +15,8 @@ members - is one task that:
    regression mean (cut from the whole-domain mean, which one task per time chunk computes
    as the regression was trained: on the whole grid; or, with ``PatchConfig(mean=
    "patches")``, computed on the patch) + residual, noise keyed by (seed, time, member,
-   patch origin), the
-   trajectories of one (time, patch) batched by member groups ``[g B, (g + 1) B) & [0, N)``
-   (``B = batch_size``, ``N = members``);
+   patch origin), the trajectories of one (time, patch) batched by member groups
+   ``[g B, (g + 1) B) & [0, N)`` (``B = batch_size``, ``N = members``);
 4. fuses the patches with the grid's weights, in global patch order.
 
 So the result depends only on (seed, time, member), the sampling settings and the member
@@ -31,8 +30,8 @@ Differences from the reference. PhysicsNeMo's patched generation fuses the patch
 *every* sampler step (all patches of the domain advance together). Here each patch runs its
 whole trajectory alone and patches are fused once, at the end. That is what lets a block be
 computed without the rest of the domain's patches, with memory bounded by one batch of
-patches plus the regression mean of one time chunk over the domain (or only by the patches
-with ``mean="patches"``); the price is that overlapping patches can disagree more than
+patches plus one regression call over the whole domain (or only by the patches with
+``mean="patches"``); the price is that overlapping patches can disagree more than
 with per-step fusion, so the defaults (:class:`~corrdiff_xr.config.PatchConfig`'s) draw
 their noise from one shared field and use ramp weights across a generous overlap (a quarter
 of the smaller patch side) to hide seams.

@@ -17,18 +17,21 @@ import xarray as xr
 
 from corrdiff_xr.dims import X, Y
 
-__all__ = ["GRID_MAPPING", "grid_mappings", "with_grid_mapping"]
+__all__ = ["COARSE_GRID_MAPPING", "GRID_MAPPING", "grid_mappings", "with_grid_mapping"]
 
 #: the CF attribute of a data variable naming its grid-mapping variable
 GRID_MAPPING = "grid_mapping"
+#: the coarse grid's grid-mapping coordinate (its CRS, read by the regridding); never the
+#: mapping of a fine-grid output
+COARSE_GRID_MAPPING = "crs_coarse"
 
 
 def grid_mappings(ds: xr.Dataset) -> dict[str, xr.Variable]:
-    """The grid-mapping coordinates of ``ds``: 0-d coordinates with ``grid_mapping_name``."""
+    """The fine grid's mapping coordinates: 0-d coordinates with ``grid_mapping_name``."""
     return {
         str(name): coord.variable
         for name, coord in ds.coords.items()
-        if coord.ndim == 0 and "grid_mapping_name" in coord.attrs
+        if coord.ndim == 0 and "grid_mapping_name" in coord.attrs and name != COARSE_GRID_MAPPING
     }
 
 

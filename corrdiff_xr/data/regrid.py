@@ -9,13 +9,22 @@ chunk; no array data is read until the result is computed. When the weights fact
 products ``Wy @ field @ Wx.T``; otherwise four ``np.take`` gathers and fused multiply-adds on
 corner-major tables. float32 fields are interpolated in float32, anything else in float64.
 
-Which coordinates to interpolate at is chosen from the coarse grid's ``standard_name``:
+Grids are paired by position, never by array index (:func:`grid_method`):
 
-* ``y_coarse``/``x_coarse`` are ``latitude``/``longitude`` (a regular lat/lon grid such as
-  ERA5): interpolate at the fine 2-D ``lat``/``lon``. Longitudes are wrapped into the coarse
-  range, and a global coarse grid is treated as periodic.
-* anything else (a projection or rotated pole shared with the fine grid): interpolate at the
-  fine 1-D ``y``/``x``, whose ``standard_name`` must then match the coarse one.
+* ``"latlon"``: ``y_coarse``/``x_coarse`` are ``latitude``/``longitude`` (a regular lat/lon
+  grid such as ERA5): interpolate at the fine 2-D ``lat``/``lon``. Longitudes are wrapped
+  into the coarse range, and a global coarse grid is treated as periodic.
+* ``"crs"``: the coarse grid has its own CRS (the scalar coordinate ``crs_coarse``, CF
+  grid-mapping attributes; :mod:`corrdiff_xr.data.grids`): the fine ``lat``/``lon`` are
+  projected into it with pyproj and interpolated there, whatever the fine grid's projection.
+* ``"projected"``: a coordinate system shared with the fine grid (same ``standard_name`` or
+  ``axis``, same units): interpolate at the fine 1-D ``y``/``x``, once the coarse cells'
+  ``lat_coarse``/``lon_coarse`` are shown to agree with the fine grid's at the same ``y``/``x``.
+* ``"sphere"``: a curvilinear coarse grid known only by its 2-D ``lat_coarse``/``lon_coarse``:
+  linear interpolation on Delaunay triangles of its points, in an azimuthal equidistant plane
+  about the fine domain (the weights keep the four-corner form, the fourth weighing 0).
+
+Bare index axes without latitude/longitude are refused.
 
 The coarse grid must cover the fine domain. Points up to half a coarse cell beyond the
 outermost coarse centres are accepted and take the edge value (so a coarse grid made by block
@@ -33,9 +42,24 @@ import numpy as np
 import xarray as xr
 
 from corrdiff_xr.data.layout import CoordinateError, CoverageError, MissingVariableError
+from corrdiff_xr.data.positions import (
+    coverage_mask,
+    fine_positions,
+    grid_method,
+    half_cell_bounds,
+    sphere_weights,
+    wrapped,
+)
 from corrdiff_xr.dims import LAT, LON, TIME, X_COARSE, Y_COARSE, X, Y
 
-__all__ = ["BilinearWeights", "bilinear_weights", "grid_method", "regrid"]
+__all__ = [
+    "BilinearWeights",
+    "bilinear_weights",
+    "coverage_mask",
+    "fine_positions",
+    "grid_method",
+    "regrid",
+]
 
 _EDGES = {"latitude": ("south", "north"), "longitude": ("west", "east")}
 
@@ -185,27 +209,8 @@ def _axis_weights(
     kind: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lower index, upper index and upper weight along one coarse axis."""
-    coarse = np.asarray(coarse, dtype=np.float64)
-    query = np.asarray(query, dtype=np.float64)
-    n = coarse.size
-    if n < 2:
-        raise CoordinateError(
-            f"coarse coordinate '{coarse_name}' has {n} point(s); bilinear regridding needs >= 2"
-        )
-    step = np.diff(coarse)
-    if not (np.all(step > 0) or np.all(step < 0)):
-        raise CoordinateError(f"coarse coordinate '{coarse_name}' is not strictly monotonic")
-    descending = step[0] < 0
-    c = coarse[::-1] if descending else coarse
-    periodic = False
-    if kind == "longitude":
-        spacing = abs(float(np.median(step)))
-        periodic = abs(c[-1] - c[0] + spacing - 360.0) < 1e-6 * 360
-        if periodic:  # wrap into [c0, c0 + 360): the last interval joins back to c0
-            query = c[0] + np.mod(query - c[0], 360.0)
-        else:  # wrap to within 180 degrees of the grid's centre
-            mid = 0.5 * (c[0] + c[-1])
-            query = mid + np.mod(query - mid + 180.0, 360.0) - 180.0
+    c, query, periodic, descending = wrapped(coarse, query, coarse_name, kind)
+    n = c.size
     if periodic:
         ext = np.append(c, c[0] + 360.0)
         i = np.clip(np.searchsorted(ext, query, side="right") - 1, 0, n - 1)
@@ -213,9 +218,7 @@ def _axis_weights(
         frac = np.clip((query - ext[i]) / (hi_val - ext[i]), 0.0, 1.0)
         i0, i1 = i, (i + 1) % n
     else:
-        lo = c[0] - 0.5 * (c[1] - c[0])
-        hi = c[-1] + 0.5 * (c[-1] - c[-2])
-        tol = 1e-9 * max(abs(hi - lo), 1.0)
+        lo, hi, tol = half_cell_bounds(c)
         low_edge, high_edge = _EDGES.get(kind, ("lower", "upper"))
         qmin, qmax = float(np.nanmin(query)), float(np.nanmax(query))
         if qmin < lo - tol:
@@ -238,16 +241,6 @@ def _axis_weights(
     return i0, i1, frac
 
 
-def grid_method(ds: xr.Dataset) -> str:
-    """``"latlon"`` when the coarse 1-D coords are latitude/longitude, else ``"projected"``."""
-    for name in (Y_COARSE, X_COARSE):
-        if name not in ds.coords:
-            raise MissingVariableError(f"coarse grid coordinate '{name}' is missing")
-    sy = ds[Y_COARSE].attrs.get("standard_name")
-    sx = ds[X_COARSE].attrs.get("standard_name")
-    return "latlon" if (sy, sx) == ("latitude", "longitude") else "projected"
-
-
 def bilinear_weights(ds: xr.Dataset) -> BilinearWeights:
     """Weights taking ``ds``'s coarse grid to its fine grid (coordinates only are read).
 
@@ -256,69 +249,31 @@ def bilinear_weights(ds: xr.Dataset) -> BilinearWeights:
     CoverageError
         When the coarse grid does not cover the fine domain (naming the edge and values).
     CoordinateError, MissingVariableError
-        When a needed coordinate is absent, mis-shaped, non-monotonic or holds NaNs.
+        When a needed coordinate is absent, mis-shaped, non-monotonic or holds NaNs, or the
+        grids cannot be placed relative to each other.
     """
     method = grid_method(ds)
-    for name in (Y, X):
-        if name not in ds.coords:
-            raise MissingVariableError(f"fine grid coordinate '{name}' is missing")
-    ny, nx = ds.sizes[Y], ds.sizes[X]
-    if method == "latlon":
-        for name in (LAT, LON):
-            if name not in ds.coords:
-                raise MissingVariableError(
-                    f"coordinate '{name}(y, x)' is missing; it is needed to regrid from the "
-                    "lat/lon coarse grid"
-                )
-            if ds[name].dims != (Y, X):
-                raise CoordinateError(
-                    f"coordinate '{name}' has dims {ds[name].dims}; expected (y, x)"
-                )
-        qy, qx = np.asarray(ds[LAT].values), np.asarray(ds[LON].values)
-        names = (LAT, LON)
-        kinds = ("latitude", "longitude")
+    ncy, ncx = ds.sizes[Y_COARSE], ds.sizes[X_COARSE]
+    if method == "sphere":
+        index, weight = sphere_weights(ds)
     else:
-        for fine, coarse in ((Y, Y_COARSE), (X, X_COARSE)):
-            sf, sc = (
-                ds[fine].attrs.get("standard_name"),
-                ds[coarse].attrs.get("standard_name"),
-            )
-            if sf and sc and sf != sc:
-                raise CoordinateError(
-                    f"coarse '{coarse}' (standard_name {sc!r}) and fine '{fine}' (standard_name "
-                    f"{sf!r}) are not in the same coordinate system; give the coarse grid "
-                    "latitude/longitude coords or the fine grid's projection"
-                )
-            uf, uc = ds[fine].attrs.get("units"), ds[coarse].attrs.get("units")
-            if uf and uc and uf != uc:
-                raise CoordinateError(
-                    f"coarse '{coarse}' is in {uc!r} but fine '{fine}' is in {uf!r}; convert "
-                    "one so both grids use the same units"
-                )
-        qy, qx = np.meshgrid(ds[Y].values, ds[X].values, indexing="ij")
-        names = (Y, X)
-        kinds = (
-            ds[Y_COARSE].attrs.get("standard_name", ""),
-            ds[X_COARSE].attrs.get("standard_name", ""),
+        qy, qx, names, kinds = fine_positions(ds)
+        y0, y1, fy = _axis_weights(
+            ds[Y_COARSE].values, qy, coarse_name=Y_COARSE, fine_name=names[0], kind=kinds[0]
         )
-    for name, q in zip(names, (qy, qx)):
-        if np.isnan(q).any():
-            raise CoordinateError(f"fine coordinate '{name}' holds NaN; cannot regrid to it")
-    y0, y1, fy = _axis_weights(
-        ds[Y_COARSE].values, qy, coarse_name=Y_COARSE, fine_name=names[0], kind=kinds[0]
-    )
-    x0, x1, fx = _axis_weights(
-        ds[X_COARSE].values, qx, coarse_name=X_COARSE, fine_name=names[1], kind=kinds[1]
-    )
-    ncx = ds.sizes[X_COARSE]
-    index = np.stack([y0 * ncx + x0, y0 * ncx + x1, y1 * ncx + x0, y1 * ncx + x1], axis=-1)
-    weight = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=-1)
-    shape = (ny, nx, 4)
+        x0, x1, fx = _axis_weights(
+            ds[X_COARSE].values, qx, coarse_name=X_COARSE, fine_name=names[1], kind=kinds[1]
+        )
+        index = np.stack([y0 * ncx + x0, y0 * ncx + x1, y1 * ncx + x0, y1 * ncx + x1], axis=-1)
+        weight = np.stack(
+            [(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=-1
+        )  # fmt: skip
+    shape = (ds.sizes[Y], ds.sizes[X], 4)
     return BilinearWeights(
         # int32 halves the weights' memory on large fine grids
-        index.reshape(shape).astype(np.int32 if ncx * ds.sizes[Y_COARSE] < 2**31 else np.int64),
+        index.reshape(shape).astype(np.int32 if ncx * ncy < 2**31 else np.int64),
         weight.reshape(shape),
-        (ds.sizes[Y_COARSE], ds.sizes[X_COARSE]),
+        (ncy, ncx),
         method,
     )
 

@@ -16,6 +16,13 @@ from collections.abc import Iterable
 import numpy as np
 import xarray as xr
 
+from corrdiff_xr.data.integrity import (
+    ABSENT_KEY,
+    ChunkSizeError,
+    check_read,
+    human_size,
+    read_budget,
+)
 from corrdiff_xr.data.layout import DataError
 from corrdiff_xr.data.pair import DownscalingData
 from corrdiff_xr.dims import LAT, LON, TIME, X_COARSE, Y_COARSE, X, Y
@@ -25,6 +32,8 @@ __all__ = ["describe", "describe_archive"]
 #: network presets whose divisibility a grid is checked against (NetworkConfig.preset)
 _PRESETS = ("mini", "normal")
 _MIB = 2**20
+#: gigabytes ``inspect`` reads at most unless ``--scan-budget`` says otherwise
+SCAN_BUDGET_GB = 16.0
 
 
 def _orientation(values: np.ndarray) -> str:
@@ -40,9 +49,10 @@ def _axis(ds: xr.Dataset, dim: str) -> str:
 
 
 def _grid_mapping(ds: xr.Dataset) -> str:
-    for name, coord in ds.coords.items():
-        if "grid_mapping_name" in coord.attrs:
-            return f"grid mapping '{name}' ({coord.attrs['grid_mapping_name']})"
+    from corrdiff_xr._cf import grid_mappings  # the fine grid's, not the coarse CRS
+
+    for name, coord in grid_mappings(ds).items():
+        return f"grid mapping '{name}' ({coord.attrs['grid_mapping_name']})"
     return "no grid mapping variable"
 
 
@@ -90,12 +100,22 @@ def _chunk_lines(ds: xr.Dataset, names: Iterable[str]) -> tuple[list[str], list[
     return lines, problems
 
 
-def _mask_lines(pair: DownscalingData, scan: bool) -> list[str]:
-    lines = []
-    for name in pair.targets:
-        var = pair.dataset[name] if scan else pair.dataset[name].isel({TIME: 0})
-        nan = float(np.isnan(np.asarray(var.values, dtype=np.float64)).mean())
-        where = "all times" if scan else "first time"
+def _mask_lines(pair: DownscalingData, scan: bool, budget: float) -> list[str]:
+    """NaN share per target, streamed chunk by chunk after a check of the declared size."""
+    names = list(pair.targets)
+    parts = {n: pair.dataset[n] if scan else pair.dataset[n].isel({TIME: 0}) for n in names}
+    size = sum(v.size * v.dtype.itemsize for v in parts.values())
+    where = "all times" if scan else "first time"
+    check_read(
+        size, f"inspect{' --scan' if scan else ''} of the targets {names} ({where})",
+        budget=budget, raise_with="pass --scan-budget GB to raise it",
+    )  # fmt: skip
+    lines = [f"masks ({where}: {human_size(size)} read, budget {human_size(budget)}):"]
+    for name, var in parts.items():
+        try:
+            nan = float(var.isnull().mean())
+        except ChunkSizeError as err:
+            raise ChunkSizeError(f"target '{name}': {err}") from None
         if nan == 0:
             lines.append(f"  {name}: complete ({where})")
         else:
@@ -104,6 +124,20 @@ def _mask_lines(pair: DownscalingData, scan: bool) -> list[str]:
                 "generated values are NaN where it never has a value"
             )
     return lines
+
+
+def _absent_problems(ds: xr.Dataset, names: Iterable[str]) -> list[str]:
+    """Absent chunks open_dataset accepted (they read as NaN): worth a look all the same."""
+    problems = []
+    for name in names:
+        if ABSENT_KEY in ds[name].encoding:
+            count, total, first, fill = ds[name].encoding[ABSENT_KEY]
+            problems.append(
+                f"{name}: {count} of {total} chunks are absent from the store"
+                f"{f' (the first at {first})' if first else ''} and read as {fill}; if the "
+                "store was not written so on purpose, re-copy it"
+            )
+    return problems
 
 
 def _shape_lines(ny: int, nx: int) -> tuple[list[str], list[str]]:
@@ -126,11 +160,18 @@ def _shape_lines(ny: int, nx: int) -> tuple[list[str], list[str]]:
     return lines, problems
 
 
-def describe(pair: DownscalingData, *, scan: bool = False) -> str:
-    """A report on ``pair`` (see the module docstring)."""
+def describe(
+    pair: DownscalingData, *, scan: bool = False, budget_gb: float = SCAN_BUDGET_GB
+) -> str:
+    """A report on ``pair`` (see the module docstring).
+
+    Array reads (the targets' masks, the static fields) are refused past ``budget_gb``
+    gigabytes of declared size, before anything is read.
+    """
     from corrdiff_xr.data.archives import NOTES_ATTR
 
     ds = pair.dataset
+    budget = read_budget(budget_gb)
     lines = [
         f"inputs (coarse): {list(pair.inputs)}",
         f"targets (fine): {list(pair.targets)}",
@@ -149,7 +190,8 @@ def describe(pair: DownscalingData, *, scan: bool = False) -> str:
     ]
     chunks, problems = _chunk_lines(ds, pair.names)
     lines += chunks
-    lines += ["masks:", *_mask_lines(pair, scan)]
+    problems += _absent_problems(ds, pair.names)
+    lines += _mask_lines(pair, scan, budget)
     stored = pair.stored_stats is not None
     lines.append(
         "statistics: stored with the data" if stored
@@ -159,8 +201,13 @@ def describe(pair: DownscalingData, *, scan: bool = False) -> str:
     shape_lines, shape_problems = _shape_lines(ds.sizes[Y], ds.sizes[X])
     lines += shape_lines
     problems += shape_problems
+    static = sum(ds[n].size * ds[n].dtype.itemsize for n in pair.static)
+    check_read(
+        static, f"inspect of the static fields {list(pair.static)}", budget=budget,
+        raise_with="pass --scan-budget GB to raise it",
+    )  # fmt: skip
     for name in pair.static:  # 2-D fields: cheap to read
-        if np.isnan(np.asarray(ds[name].values, float)).any():
+        if bool(ds[name].isnull().any()):
             problems.append(f"static field '{name}' holds NaN; fill it (e.g. 0 over the sea)")
     notes = ds.attrs.get(NOTES_ATTR, "")
     if notes:

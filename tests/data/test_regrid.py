@@ -221,3 +221,62 @@ def test_eager_apply_matches_scipy_in_float64_and_float32_into_a_batch_channel(r
     assert out.base is batch or np.shares_memory(out, batch)
     np.testing.assert_allclose(batch[:, 1], ref, rtol=1e-5, atol=1e-5)
     assert np.isnan(batch[:, [0, 2]]).all()  # neighbouring channels untouched
+
+
+POLAR = {
+    "grid_mapping_name": "polar_stereographic", "latitude_of_projection_origin": -90.0,
+    "standard_parallel": -60.0, "straight_vertical_longitude_from_pole": 24.0,
+    "earth_radius": 6371229.0,
+}  # fmt: skip
+
+
+def _polar_coarse_dataset(field):
+    """Coarse cells on a south polar stereographic grid (its CRS as ``crs_coarse``), a fine
+    lat/lon grid over them, latitude descending."""
+    from pyproj import CRS, Transformer
+
+    crs = CRS.from_cf(POLAR)
+    to = Transformer.from_crs(crs.geodetic_crs, crs, always_xy=True)
+    x0, y0 = to.transform(24.0, -34.0)
+    yc = y0 + np.arange(-10, 11) * 50e3
+    xc = x0 + np.arange(-12, 13) * 50e3
+    lat, lon = np.arange(-31.0, -37.01, -0.25), np.arange(21.0, 27.01, 0.25)
+    ds = _dataset(yc, xc, lat, lon, field, coarse_attrs=(PY, PX))
+    return ds.assign_coords(crs_coarse=((), 0, POLAR)), to
+
+
+def test_a_coarse_grid_with_its_own_crs_is_sampled_where_the_fine_pixels_are():
+    # a field linear in the coarse projection is reproduced exactly at the projected pixels
+    ds, to = _polar_coarse_dataset(lambda a, b: 2e-5 * a - 3e-5 * b + 7.0)
+    assert grid_method(ds) == "crs"
+    out = regrid(ds).f.values[0]
+    px, py = to.transform(ds["lon"].values, ds["lat"].values)
+    np.testing.assert_allclose(out, 2e-5 * py - 3e-5 * px + 7.0, rtol=0, atol=1e-9)
+
+
+def test_bare_index_axes_without_latitude_longitude_are_refused():
+    yc, xc = np.arange(6.0), np.arange(6.0)
+    ds = _dataset(yc, xc, yc, xc, _smooth, coarse_attrs=({}, {}), fine_attrs=({}, {}))
+    with pytest.raises(CoordinateError, match="bare indices.*never paired by index"):
+        bilinear_weights(ds)
+
+
+def test_grids_claiming_one_system_whose_latitudes_disagree_are_refused():
+    # index axes on both sides (a parent grid's indices) but the coarse cells lie elsewhere:
+    # the shape of the cfgrib finding, caught by geography
+    index = ({"units": "1", "axis": "Y"}, {"units": "1", "axis": "X"})
+    yc, xc = np.arange(0.0, 40.0, 4.0), np.arange(0.0, 40.0, 4.0)
+    y, x = np.arange(0.0, 36.0), np.arange(0.0, 36.0)
+    ds = _dataset(yc, xc, y, x, _smooth, coarse_attrs=index, fine_attrs=index,
+                  lat2=np.meshgrid(-45 + 0.5 * y, x, indexing="ij")[0],
+                  lon2=np.meshgrid(y, 10 + 0.5 * x, indexing="ij")[1])  # fmt: skip
+    glat, glon = np.meshgrid(-52 + 1.5 * yc, 8 + 1.5 * xc, indexing="ij")
+    shifted = ds.assign_coords(lat_coarse=(("y_coarse", "x_coarse"), glat),
+                               lon_coarse=(("y_coarse", "x_coarse"), glon))  # fmt: skip
+    with pytest.raises(CoordinateError, match="claim one coordinate system.*differ by up to"):
+        bilinear_weights(shifted)
+    agree = ds.assign_coords(
+        lat_coarse=(("y_coarse", "x_coarse"), np.meshgrid(-45 + 0.5 * yc, xc, indexing="ij")[0]),
+        lon_coarse=(("y_coarse", "x_coarse"), np.meshgrid(yc, 10 + 0.5 * xc, indexing="ij")[1]),
+    )
+    assert bilinear_weights(agree).method == "projected"

@@ -24,9 +24,13 @@ side of the canonical layout (:mod:`corrdiff_xr.data.layout`) by :func:`adopt`, 
 * **Values**: packed integers are decoded by xarray on opening (``scale_factor``/``add_offset``);
   a time-varying variable still holding raw integers is refused. A missing ``long_name`` is
   taken from ``standard_name`` or the name; a missing ``units`` is an error.
-* **Geographic positions**: the fine side needs 2-D ``lat``/``lon``: taken from the archive's
-  2-D latitude/longitude coordinates, built from 1-D latitude/longitude axes, or computed for
-  a ``rotated_latitude_longitude`` grid mapping; any other projection must carry them.
+* **Geographic positions** (:func:`corrdiff_xr.data.grids.place`): every grid is placed by
+  its CRS (a CF grid mapping, or cfgrib's ``GRIB_*`` attributes) and coordinates, never by
+  array index. Index dims with 2-D latitude/longitude (cfgrib's layout) get projection
+  coordinates computed through the CRS; 2-D ``lat``/``lon`` are taken from the archive or
+  computed from its axes. A coarse archive's CRS is kept as the scalar coordinate
+  ``crs_coarse`` for the regridding; a fine one from ``GRIB_*`` attributes becomes the CF grid
+  mapping ``crs``. A grid with bare index dims and no latitude/longitude is refused.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
+from corrdiff_xr._cf import COARSE_GRID_MAPPING
+from corrdiff_xr.data.grids import Placement, place
 from corrdiff_xr.data.layout import (
-    CoordinateError,
+    DataError,
     DimensionError,
     DTypeError,
     MetadataError,
@@ -47,7 +53,7 @@ from corrdiff_xr.data.layout import (
 )
 from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, TIME, X_COARSE, Y_COARSE, X, Y
 
-__all__ = ["Adopted", "adopt", "find_axes"]
+__all__ = ["Adopted", "adopt", "describe_placement", "find_axes"]
 
 Grid = Literal["coarse", "fine", "static"]
 
@@ -126,6 +132,14 @@ def find_axes(ds: xr.Dataset, dims: tuple, *, what: str) -> dict[str, str]:
         if lat is not None and all(d in dims for d in ds[lat].dims):
             found.setdefault("Y", str(ds[lat].dims[0]))
             found.setdefault("X", str(ds[lat].dims[1]))
+    bare = [str(d) for d in dims if d not in ds.coords and d not in found.values()]
+    if ("Y" not in found or "X" not in found) and len(bare) >= 2:
+        raise DimensionError(
+            f"{what}: dims {tuple(bare)} are bare indices with no coordinate values and no 2-D "
+            "latitude/longitude; add latitude/longitude coordinates (standard_name 'latitude'/"
+            "'longitude') or projection coordinates with a CF grid mapping, so its cells can be "
+            "placed: grids are never paired by index"
+        )
     for axis, kind in (("Y", "latitude"), ("X", "longitude")):
         if axis not in found:
             raise DimensionError(
@@ -202,55 +216,49 @@ def _check_values(var: xr.DataArray, name: str, grid: Grid, what: str, notes: li
 
 
 def _grid_coords(
-    ds: xr.Dataset, axes: dict[str, str], grid: Grid, mapping: str | None, what: str
-) -> dict[str, Any]:
-    """1-D grid coordinates on canonical dims, and the 2-D geographic ones."""
+    ds: xr.Dataset, axes: dict[str, str], grid: Grid, mapping: str | None, attrs: Mapping, what: str
+) -> tuple[dict[str, Any], Placement]:
+    """1-D grid coordinates on canonical dims and the 2-D geographic ones, placed by
+    :func:`corrdiff_xr.data.grids.place` (never by array index)."""
     ydim, xdim = _DIMS[grid]
-    coords: dict[str, Any] = {}
-    for axis, dim in ((axis, _DIMS[grid][i]) for i, axis in enumerate("YX")):
-        native = axes[axis]
-        if native in ds.coords:
-            attrs = dict(ds[native].attrs)
-            if axis == "Y" and _units(attrs) in _NORTH:
-                attrs.setdefault("standard_name", "latitude")
-            if axis == "X" and _units(attrs) in _EAST:
-                attrs.setdefault("standard_name", "longitude")
-            coords[dim] = (dim, np.asarray(ds[native].values), attrs)
-        else:  # index dims of a curvilinear grid
-            coords[dim] = (dim, np.arange(ds.sizes[native]), {"long_name": f"{dim} index"})
+    placed = place(
+        ds, axes["Y"], axes["X"], lat=_geographic_2d(ds, "Y"), lon=_geographic_2d(ds, "X"),
+        mapping=ds[mapping].attrs if mapping else None, attrs=attrs, what=what,
+    )  # fmt: skip
+    coords: dict[str, Any] = {
+        ydim: (ydim, np.asarray(placed.y[0]), placed.y[1]),
+        xdim: (xdim, np.asarray(placed.x[0]), placed.x[1]),
+    }
     lat_name, lon_name = (LAT_COARSE, LON_COARSE) if grid == "coarse" else (LAT, LON)
-    lat2, lon2 = _geographic_2d(ds, "Y"), _geographic_2d(ds, "X")
-    sy = coords[ydim][2].get("standard_name")
-    sx = coords[xdim][2].get("standard_name")
-    if lat2 is not None and lon2 is not None:
-        order = (axes["Y"], axes["X"])
-        lat = ds[lat2].transpose(*order).values
-        lon = ds[lon2].transpose(*order).values
-    elif (sy, sx) == ("latitude", "longitude"):
-        lat, lon = np.meshgrid(coords[ydim][1], coords[xdim][1], indexing="ij")
-    elif mapping is not None and ds[mapping].attrs.get("grid_mapping_name") == (
-        "rotated_latitude_longitude"
-    ):
-        from corrdiff_xr.data.sources.pp import rotated_to_geographic
-
-        attrs = ds[mapping].attrs
-        rlat, rlon = np.meshgrid(coords[ydim][1], coords[xdim][1], indexing="ij")
-        lat, lon = rotated_to_geographic(
-            rlat, rlon,
-            pole_lat=float(attrs["grid_north_pole_latitude"]),
-            pole_lon=float(attrs["grid_north_pole_longitude"]),
-        )  # fmt: skip
-    else:
-        raise CoordinateError(
-            f"{what}: the grid ({axes['Y']}, {axes['X']}) is projected but the archive has no "
-            "2-D latitude/longitude coordinates; add them (standard_name 'latitude' and "
-            "'longitude') so its pixels can be placed"
-        )
     geo = {"units": "degrees_north", "standard_name": "latitude"}
-    coords[lat_name] = ((ydim, xdim), np.asarray(lat, np.float64), geo)
+    coords[lat_name] = ((ydim, xdim), np.asarray(placed.lat, np.float64), geo)
     geo = {"units": "degrees_east", "standard_name": "longitude"}
-    coords[lon_name] = ((ydim, xdim), np.asarray(lon, np.float64), geo)
-    return coords
+    coords[lon_name] = ((ydim, xdim), np.asarray(placed.lon, np.float64), geo)
+    return coords, placed
+
+
+def describe_placement(ds: xr.Dataset) -> str:
+    """How each grid of an archive is placed: its CRS and where its coordinates come from."""
+    mappings, _ = _metadata_vars(ds)
+    lines, seen = ["placement (grids are paired by position, never by array index):"], set()
+    for name, var in ds.data_vars.items():
+        if var.ndim < 2 or name in mappings:
+            continue
+        try:
+            axes = find_axes(ds, tuple(var.dims), what=f"'{name}'")
+            if (axes["Y"], axes["X"]) in seen:
+                continue
+            seen.add((axes["Y"], axes["X"]))
+            own = var.attrs.get("grid_mapping")
+            mapping = own if own in mappings else (mappings[0] if mappings else None)
+            placed = place(
+                ds, axes["Y"], axes["X"], lat=_geographic_2d(ds, "Y"), lon=_geographic_2d(ds, "X"),
+                mapping=ds[mapping].attrs if mapping else None, attrs=var.attrs, what=f"'{name}'",
+            )  # fmt: skip
+            lines.append(f"  grid ({axes['Y']}, {axes['X']}) of '{name}': {placed.how}")
+        except DataError as err:
+            lines.append(f"  grid of '{name}': cannot be placed: {err}")
+    return "\n".join(lines)
 
 
 def _bounds(
@@ -326,6 +334,11 @@ def adopt(
     canonical = (TIME, *_DIMS[grid]) if grid != "static" else _DIMS[grid]
     used = [m for m in mappings if any(ds[n].attrs.get("grid_mapping") == m for n in picked)]
     mapping = used[0] if used else (mappings[0] if mappings else None)
+    coords, placed = _grid_coords(ds, axes, grid, mapping, first.attrs, what)
+    notes.append(f"{what}: placed by {placed.how}")
+    mapping_attrs = dict(ds[mapping].attrs) if mapping else placed.mapping_attrs
+    if mapping is None and mapping_attrs is not None:  # a CRS from GRIB_* attributes
+        mapping = "crs" if "crs" not in ds.variables else "crs_grid"
     out = {}
     for native, name in picked.items():
         var = _squeeze(ds[native], set(native_dims), native, what, notes)
@@ -341,11 +354,12 @@ def adopt(
         if mapping is not None and grid != "coarse":
             attrs["grid_mapping"] = mapping
         out[name] = xr.Variable(canonical, var.data, attrs)
-    coords = _grid_coords(ds, axes, grid, mapping, what)
     if grid != "static":
         coords[TIME] = (TIME, ds[axes["T"]].values, dict(ds[axes["T"]].attrs))
     coords.update(_bounds(ds, bounds, axes, coords, grid, what, notes))
     if mapping is not None and grid != "coarse":
-        coords[mapping] = ((), np.int32(0), dict(ds[mapping].attrs))
+        coords[mapping] = ((), np.int32(0), mapping_attrs)
+    elif mapping_attrs is not None:  # the coarse grid's CRS, read by the regridding
+        coords[COARSE_GRID_MAPPING] = ((), np.int32(0), mapping_attrs)
     adopted = xr.Dataset(out, coords=coords)
     return Adopted(adopted, tuple(notes), mapping if grid != "coarse" else None)

@@ -4,7 +4,8 @@ SOURCE is anything the other commands take (a Zarr path or URL, ``catalog:NAME/E
 a pair of native archives in a catalog) or a single native archive, which is described by
 the axes found in its CF metadata with how to pair it. The report is
 :func:`corrdiff_xr.data.report.describe`; only coordinates and one time step per target are
-read, unless ``--scan`` asks for the masks over every time.
+read, unless ``--scan`` asks for the masks over every time; either way no more than
+``--scan-budget`` gigabytes (16 by default) of declared size, checked before reading.
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="catalog user parameters of a catalog:NAME/ENTRY source")  # fmt: skip
     add("--storage-options", type=json_object, default={}, help="fsspec options (JSON object)")
     add("--scan", action="store_true", help="read every time step to report the masks")
+    add("--scan-budget", type=float, default=None, metavar="GB",
+        help="gigabytes the report may read (masks, static fields); default 16")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the report on ``args.source``; return 0."""
+    from corrdiff_xr._redact import redact_url
     from corrdiff_xr.data import SourceError, StoreError, catalog_spec, open_dataset, open_source
     from corrdiff_xr.data.layout import DataError
     from corrdiff_xr.data.report import describe, describe_archive
+    from corrdiff_xr.data.sources.native import describe_placement
 
     try:
         pair = open_source(
@@ -42,12 +47,11 @@ def run(args: argparse.Namespace) -> int:
     except DataError as err:
         if catalog_spec(args.source) is not None:
             raise
-        print(
-            describe_archive(
-                open_dataset(args.source, storage_options=args.storage_options or None), err
-            )
-        )
+        one = open_dataset(args.source, storage_options=args.storage_options or None)
+        print(describe_archive(one, err))
+        print(describe_placement(one))  # its CRS, and how its coordinates were obtained
         return 0
-    print(f"source: {args.source}")
-    print(describe(pair, scan=args.scan))
+    print(f"source: {redact_url(args.source)}")  # never a password from the URL
+    budget = {} if args.scan_budget is None else {"budget_gb": args.scan_budget}
+    print(describe(pair, scan=args.scan, **budget))
     return 0

@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from corrdiff_xr._redact import redact_text, redact_url
+from corrdiff_xr.data import integrity
 from corrdiff_xr.data.layout import EmptySelectionError, StoreError
 from corrdiff_xr.data.regrid import BilinearWeights, bilinear_weights, regrid
 from corrdiff_xr.data.stats import check_stats, compute_stats, read_stats
@@ -51,14 +52,26 @@ def _check_url(source: str) -> None:
             )
 
 
-def open_dataset(source: str | os.PathLike, *, storage_options: dict | None = None) -> xr.Dataset:
+def open_dataset(
+    source: str | os.PathLike,
+    *,
+    storage_options: dict | None = None,
+    missing_chunks: str | None = None,
+) -> xr.Dataset:
     """Open a Zarr store lazily: data variables as dask arrays (on-disk chunks), coords loaded.
+
+    The store's chunk listing is checked first and its chunks decode size-checked
+    (:mod:`corrdiff_xr.data.integrity`). ``missing_chunks``: ``"refuse"`` (default, or
+    ``$CORRDIFF_XR_MISSING_CHUNKS``) refuses absent chunks that would read as numbers;
+    ``"fill"`` reads them as the fill value.
 
     Raises
     ------
     StoreError
-        For an unknown URL protocol, a missing path, or a store that cannot be read (naming it).
+        For an unknown URL protocol, a missing path, or a store that cannot be read (naming it);
+        :class:`~corrdiff_xr.data.integrity.IntegrityError` for absent chunks or arrays.
     """
+    policy = integrity.missing_chunks_policy(missing_chunks)
     source = os.fspath(source)
     _check_url(source)
     local = None if "://" in source else Path(source)
@@ -67,9 +80,10 @@ def open_dataset(source: str | os.PathLike, *, storage_options: dict | None = No
     if local is not None and not local.exists():
         raise StoreError(f"Zarr store '{redact_url(source)}' does not exist")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), integrity.guarded_codecs():
             # consolidated metadata is optional in Zarr 3; falling back is not worth a warning
             warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
+            absent = integrity.check_store(source, storage_options=storage_options, policy=policy)
             ds = xr.open_zarr(source, chunks={}, storage_options=storage_options)
             # coordinates are read without dask (they are small and needed to validate)
             raw = xr.open_zarr(source, chunks=None, storage_options=storage_options)
@@ -87,7 +101,9 @@ def open_dataset(source: str | os.PathLike, *, storage_options: dict | None = No
         if shown != f"'{source}': {type(err).__name__}: {err}":
             raise StoreError(f"cannot read Zarr store {shown}") from None
         raise StoreError(f"cannot read Zarr store {shown}") from err
-    ds = ds.assign_coords(coords)
+    ds = integrity.apply_policy(
+        ds.assign_coords(coords), absent, policy=policy, where=redact_url(source)
+    )
     # a copy of our output written elsewhere must not look like one of our outputs
     from corrdiff_xr._outputs import PRODUCT_ATTR
 

@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 
 from corrdiff_xr._atomic import atomic_path
+from corrdiff_xr.data.integrity import READ_BUDGET_ENV, check_read, guarded_codecs, read_budget
 from corrdiff_xr.data.layout import (
     STAT_NAMES,
     STATS_GROUP,
@@ -103,7 +104,10 @@ def _mean_std(data: Any) -> da.Array:
 
 
 def compute_stats(
-    ds: xr.Dataset, variables: list[str] | tuple[str, ...] | None = None
+    ds: xr.Dataset,
+    variables: list[str] | tuple[str, ...] | None = None,
+    *,
+    budget_gb: float | None = None,
 ) -> xr.Dataset:
     """Lazy mean and standard deviation of each data variable over all its dims.
 
@@ -113,6 +117,10 @@ def compute_stats(
         Dataset of data variables (dask- or numpy-backed).
     variables
         Names to include; default every data variable.
+    budget_gb
+        Most gigabytes the pass may read, checked against the declared sizes before the
+        graph is built (default ``$CORRDIFF_XR_READ_BUDGET_GB`` or 256): a store declaring
+        10**12 values is refused rather than read for days.
 
     Returns
     -------
@@ -121,15 +129,31 @@ def compute_stats(
         dask-backed: nothing is read until it is computed. ``units`` are carried over.
     """
     names = list(ds.data_vars) if variables is None else list(variables)
-    out = {}
     for name in names:
         if name not in ds.data_vars:
             raise MissingVariableError(f"cannot compute statistics of '{name}': not in the dataset")
+    _check_budget(ds, names, budget_gb)
+    out = {}
+    for name in names:
         var = ds[name]
         attrs = {k: var.attrs[k] for k in ("units", "long_name") if k in var.attrs}
         out[name] = ((STAT,), _mean_std(var.data), attrs)
     # object dtype: stored as Zarr v3 variable-length strings (a specified dtype)
     return xr.Dataset(out, coords={STAT: np.array(STAT_NAMES, dtype=object)})
+
+
+def _check_budget(ds: xr.Dataset, names: list[str], budget_gb: float | None) -> None:
+    """Refuse a pass that would read more than the budget (arrays in memory are free)."""
+    lazy = {n: ds[n].size * ds[n].dtype.itemsize for n in names if ds[n].chunks is not None}
+    if lazy:
+        largest = max(lazy, key=lazy.__getitem__)
+        check_read(
+            sum(lazy.values()),
+            f"statistics of {len(lazy)} variable(s) (largest '{largest}', {dict(ds[largest].sizes)})",
+            budget=read_budget(budget_gb),
+            raise_with="select a shorter period, store statistics with write_stats, or raise "
+            f"${READ_BUDGET_ENV} (in GB)",
+        )
 
 
 def _local_path(store: Any) -> Path | None:
@@ -175,13 +199,14 @@ def read_stats(store: Any, *, storage_options: dict | None = None) -> xr.Dataset
         return None
     try:
         # not via the root's consolidated metadata, which predates the group
-        stats = xr.open_zarr(
-            store,
-            group=STATS_GROUP,
-            storage_options=storage_options,
-            chunks=None,
-            consolidated=False,
-        )
+        with guarded_codecs():  # .load() below must not inflate a hostile chunk whole
+            stats = xr.open_zarr(
+                store,
+                group=STATS_GROUP,
+                storage_options=storage_options,
+                chunks=None,
+                consolidated=False,
+            )
     except (FileNotFoundError, KeyError, OSError, ValueError):
         return None
     except Exception as err:  # zarr raises its own errors for a missing group

@@ -57,3 +57,53 @@ def test_a_canonical_store_fits_every_preset(tmp_path, capsys):
     out = _inspect([str(tmp_path / "c.zarr"), "--scan"], capsys)
     assert "network preset 'normal' (5 levels): 16x16 fits" in out
     assert "t2m: complete (all times)" in out and out.rstrip().endswith("problems: none")
+
+
+def _inspect_error(argv, capsys) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["inspect", *argv]) == 2
+    return capsys.readouterr().err
+
+
+def test_the_scan_announces_its_size_and_refuses_past_its_budget(tmp_path, capsys):
+    from corrdiff_xr.data import synthetic_dataset
+
+    synthetic_dataset(ny=16, nx=16, nt=4, factor=4).to_zarr(tmp_path / "c.zarr")
+    out = _inspect([str(tmp_path / "c.zarr"), "--scan"], capsys)
+    assert "masks (all times: 16.4 kB read, budget 16.0 GB):" in out  # 4 targets x 4 kB
+    err = _inspect_error([str(tmp_path / "c.zarr"), "--scan", "--scan-budget", "1e-5"], capsys)
+    assert "would read 16.4 kB, more than the budget of 10.0 kB" in err
+    assert "pass --scan-budget GB to raise it" in err
+
+
+def test_absent_target_chunks_are_reported_as_a_problem(tmp_path, capsys):
+    import os
+
+    from corrdiff_xr.data import synthetic_dataset
+
+    synthetic_dataset(ny=16, nx=16, nt=4, factor=4).to_zarr(tmp_path / "c.zarr")
+    os.remove(tmp_path / "c.zarr" / "tp" / "c" / "3" / "0" / "0")
+    out = _inspect([str(tmp_path / "c.zarr"), "--scan"], capsys)
+    assert "tp: 25.0 % NaN (all times)" in out
+    assert (
+        "- tp: 1 of 4 chunks are absent from the store (the first at 2020-01-01T03:00) and read as nan"
+        in out
+    )
+
+
+def test_a_store_declaring_a_30000_squared_grid_is_answered_at_once(tmp_path, capsys):
+    import time
+
+    import zarr
+
+    group = zarr.open_group(tmp_path / "huge.zarr", mode="w")
+    for name in ("lat", "lon"):
+        group.create_array(name, shape=(30000, 30000), chunks=(1000, 1000), dtype="f8",
+                           dimension_names=("y", "x"))  # fmt: skip
+    group.create_array("t2m", shape=(1, 30000, 30000), chunks=(1, 1000, 1000), dtype="f4",
+                       dimension_names=("time", "y", "x"), attributes={"coordinates": "lat lon"})  # fmt: skip
+    start = time.perf_counter()
+    err = _inspect_error([str(tmp_path / "huge.zarr")], capsys)
+    assert time.perf_counter() - start < 10
+    assert "coordinates declare 14.4 GB (largest 'lat', shape (30000, 30000))" in err

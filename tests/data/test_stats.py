@@ -135,3 +135,23 @@ def test_packed_int16_and_float16_stores_give_numpy_float64_statistics(tmp_path)
         exact = back[name].values.astype(np.float64)
         np.testing.assert_allclose(stats[name].values, [exact.mean(), exact.std()], rtol=1e-9)
         assert check_stats(stats[[name]]) is not None  # finite, positive std
+
+
+def test_statistics_of_a_declared_huge_target_are_refused_before_any_read(monkeypatch):
+    from corrdiff_xr.data.integrity import READ_BUDGET_ENV, ReadBudgetError
+
+    huge = xr.Dataset(
+        {"t": (("time", "y", "x"), da.zeros((10**6, 1000, 1000), dtype="f4", chunks=(1000,) * 3))}
+    )  # 10**12 values: 4 TB
+    with (
+        raise_if_dask_computes(),
+        pytest.raises(
+            ReadBudgetError,
+            match=rf"largest 't'.* 4.0 TB, more than .* 256.0 GB.*{READ_BUDGET_ENV}",
+        ),
+    ):
+        compute_stats(huge)
+    monkeypatch.setenv(READ_BUDGET_ENV, "5000")
+    assert compute_stats(huge)["t"].chunks is not None  # allowed, and still lazy
+    with pytest.raises(ReadBudgetError, match="budget of 1.0 GB"):
+        compute_stats(huge, budget_gb=1)

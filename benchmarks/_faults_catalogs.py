@@ -9,14 +9,26 @@ it raised :class:`~corrdiff_xr.data.catalog.CatalogError` *and* its marker modul
 imported *and* nothing appeared outside the cache directory *and* no error text carried the
 secret; the one trusted case (an ``env`` URL the user opted into) counts as refused when its
 error message does not carry the secret.
+
+Issue 23's cases (:func:`_round3`): local files read through filesystem options or chained
+URLs, a catalog's endpoint receiving the user's AWS key id (a local HTTP server records the
+``Authorization`` header), a password and a token reaching ``generate``'s outputs and
+``inspect``'s report, a YAML alias bomb, builders asking for a 32768^2 grid or 10**6 steps, and
+entries referring to each other in a cycle. Those that could hang or exhaust memory run as
+``corrdiff-xr`` in a subprocess, whose peak memory is reported as ``peak_mem_mb``.
 """
 
 from __future__ import annotations
 
+import functools
+import http.server
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -27,6 +39,7 @@ import yaml
 SIMPLE = "intake.readers.user_parameters:SimpleUserParameter"
 PAIR = "corrdiff_xr.data.catalog:ZarrPairReader"
 CACHED = "corrdiff_xr.data.catalog:CachedBuildReader"
+PAIR_ARCHIVES = "corrdiff_xr.data.catalog:ArchivePairReader"
 SECRET_ENV = "CDX_FAULTS_FAKE_SECRET"
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYFAULTSKEY"
 
@@ -100,6 +113,16 @@ def _cases(thing: str, tmp: Path) -> dict[str, dict]:
         "cache: fsspec cache_storage": {"entries": {"e": _entry(kwargs={
             "url": "simplecache::{zarr_url}",
             "storage_options": {"simplecache": {"cache_storage": str(tmp / "elsewhere")}}})}},
+        "local file: reference fo in a static archive": {"entries": {"e": _entry(
+            reader=PAIR_ARCHIVES, kwargs={"coarse": {"url": "{zarr_url}"}, "fine": {"url": "{zarr_url}"},
+            "static": [{"url": "reference://", "variables": {"orog": "orog"},
+                        "storage_options": {"fo": {"orog/c/0/0": [str(tmp / "netrc"), 0, 64]}}}]})}},
+        "local file: protocol option": {"entries": {"e": _entry(kwargs={
+            "url": str(tmp / "netrc"), "storage_options": {"protocol": "file"}})}},
+        "local file: chained URL": {"entries": {"e": _entry(kwargs={
+            "url": f"simplecache::file://{tmp / 'netrc'}"})}},
+        "credentials: token file option": {"entries": {"e": _entry(kwargs={
+            "url": "gs://bucket/x.zarr", "storage_options": {"token": str(tmp / "netrc")}})}},
     }  # fmt: skip
     return cases
 
@@ -166,6 +189,213 @@ def _train_command(tmp: Path, mods: Path) -> bool:
     return proc.returncode == 2 and one_line and not marker.exists()
 
 
+# -- issue 23: credentials, local files, secrets in outputs, unbounded work --------------------
+FAKE_KEY_ID = "AKIACDXFAULTSKEYID01"
+URL_SECRET = "pa55-CDXFAULTS-w0rd"
+_RUNNER = """import re, sys
+from corrdiff_xr.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as exit_:
+    rc = exit_.code
+# VmHWM: this process's own peak (ru_maxrss would include the parent's, kept across exec)
+status = open("/proc/self/status").read()
+print("peak_kb=" + re.search(r"VmHWM:\\s*(\\d+)", status)[1], file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def _cli(argv: list[str], timeout: float = 300) -> tuple[int | None, str, str, float | None]:
+    """``corrdiff-xr ARGV`` in a fresh process: status (None on timeout), out, err, peak MB."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CORRDIFF_XR_TRUSTED_CATALOGS",
+                                                            "CORRDIFF_XR_DEBUG")}  # fmt: skip
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    try:
+        proc = subprocess.run([sys.executable, "-c", _RUNNER, *argv], env=env, text=True,
+                              capture_output=True, timeout=timeout, check=False)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None, "", "timed out", None
+    lines = proc.stderr.rstrip().splitlines()
+    peak = None
+    if lines and lines[-1].startswith("peak_kb="):
+        peak = round(int(lines.pop()[8:]) / 1024, 1)
+    return proc.returncode, proc.stdout, "\n".join(lines), peak
+
+
+class _Recorder(http.server.SimpleHTTPRequestHandler):
+    """Serves a directory and records every Authorization header it is sent."""
+
+    seen: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - the http.server name
+        self.seen.append(self.headers.get("Authorization") or "")
+        super().do_GET()
+
+    def do_HEAD(self):  # noqa: N802
+        self.seen.append(self.headers.get("Authorization") or "")
+        super().do_HEAD()
+
+    def log_message(self, *args):
+        pass
+
+
+def _serve(root: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Recorder, directory=str(root))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"127.0.0.1:{server.server_address[1]}"
+
+
+def _endpoint_leak(tmp: Path, host: str, nested: bool) -> bool:
+    """An s3:// entry whose endpoint is the catalog's: refused, and no request carries the key."""
+    from corrdiff_xr.data.catalog import CatalogError, open_entry
+
+    endpoint = {"endpoint_url": f"http://{host}"}
+    options = {"anon": False, **({"client_kwargs": endpoint} if nested else endpoint)}
+    entry = _entry(kwargs={"url": "s3://bucket/data.zarr", "storage_options": options})
+    path = _catalog(tmp / f"endpoint{int(nested)}.yaml", entries={"e": entry})
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ.update(AWS_ACCESS_KEY_ID=FAKE_KEY_ID, AWS_SECRET_ACCESS_KEY="fake-secret-value")
+    _Recorder.seen = []
+    try:
+        open_entry(path, "e")
+        refused = False
+    except CatalogError:
+        refused = True
+    except Exception:  # noqa: BLE001 - it went through to the server
+        refused = False
+    finally:
+        _restore(saved)
+    return refused and not any(FAKE_KEY_ID in header for header in _Recorder.seen)
+
+
+def _restore(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _bytes(path: Path) -> bytes:
+    if not path.exists():
+        return b""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return b"".join(p.read_bytes() for p in files)
+
+
+def _secrets_in_outputs(tmp: Path, host: str) -> list[dict]:
+    """generate from a password URL / a catalog token, and inspect: no secret in any output."""
+    model = ["--checkpoint", str(tmp / "model.safetensors"), "--steps", "1",
+             "--torch-threads", "1"]  # fmt: skip
+    sources = {
+        "secret: password in the --data URL (generate outputs)":
+            ["--data", f"http://reader:{URL_SECRET}@{host}/data.zarr"],
+        "secret: token in a catalog parameter (generate outputs)":
+            ["--catalog", "cloud", "--entry", "zarr", "--param", f"zarr_url=http://{host}/data.zarr",
+             f"zarr_storage_options.headers.X-Api-Key={URL_SECRET}"],
+    }  # fmt: skip
+    results = []
+    for i, (name, source) in enumerate(sources.items()):
+        out = tmp / f"out{i}.zarr"
+        argv = ["generate", *source, *model, "--zarr", str(out), "--netcdf", f"{out}.nc"]
+        rc, stdout, stderr, peak = _cli(argv)
+        shown = _bytes(out) + _bytes(Path(f"{out}.nc")) + (stdout + stderr).encode()
+        ok = rc == 0 and URL_SECRET.encode() not in shown
+        results.append({"name": name, "refused": ok, "peak_mem_mb": peak})
+    rc, stdout, stderr, peak = _cli(["inspect", f"http://reader:{URL_SECRET}@{host}/data.zarr"])
+    ok = rc == 0 and URL_SECRET not in stdout + stderr and "source: http://***@" in stdout
+    results.append({"name": "secret: password in the inspect report", "refused": ok,
+                    "peak_mem_mb": peak})  # fmt: skip
+    return results
+
+
+def _alias_bomb(path: Path, levels: int = 9) -> Path:
+    """~800 bytes that expand to 10**9 strings wherever the YAML is walked as a tree."""
+    lines = [
+        'a0: &a0 ["xxxxxxxxxxxx", "xxxxxxxxxxxx", "xxxxxxxxxxxx", "xxxxxxxxxxxx", "xxxxxxxxxxxx",'
+        ' "xxxxxxxxxxxx", "xxxxxxxxxxxx", "xxxxxxxxxxxx", "xxxxxxxxxxxx", "xxxxxxxxxxxx"]'
+    ]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels)]
+    doc = yaml.safe_load(_catalog(path).read_text())
+    doc["metadata"] = {"bomb": "BOMB"}
+    text = yaml.safe_dump(doc).replace("bomb: BOMB", f"bomb: *a{levels - 1}")
+    path.write_text("defs:\n" + "".join(f"  {line}\n" for line in lines) + text)
+    return path
+
+
+def _unbounded(tmp: Path) -> list[dict]:
+    """An alias bomb and oversized builders, opened by ``corrdiff-xr inspect`` in a subprocess."""
+    results = []
+    bomb = _alias_bomb(tmp / "bomb.yaml")
+    start = time.perf_counter()
+    rc, _, err, peak = _cli(["inspect", f"catalog:{bomb}/e"], timeout=120)
+    ok = rc == 2 and "alias" in err and len(err.splitlines()) == 1
+    results.append({"name": f"bounds: YAML alias bomb ({bomb.stat().st_size} bytes)", "refused": ok,
+                    "peak_mem_mb": peak, "seconds": round(time.perf_counter() - start, 1)})  # fmt: skip
+    for name, kwargs in (("bounds: builder grid 32768^2", {"ny": 32768, "nx": 32768, "nt": 1}),
+                         ("bounds: builder 10**6 time steps", {"ny": 64, "nx": 64, "nt": 10**6})):  # fmt: skip
+        cache = tmp / f"cache_{kwargs['nt']}"
+        path = _catalog(tmp / f"builder_{kwargs['nt']}.yaml",
+                        entries={"e": _cached(builder_kwargs={**kwargs, "factor": 4})})  # fmt: skip
+        rc, _, err, peak = _cli(["inspect", f"catalog:{path}/e", "--param",
+                                 f"cache_dir={cache}"], timeout=300)  # fmt: skip
+        empty = not cache.exists() or not any(cache.iterdir())
+        ok = rc == 2 and "exceeds the limit" in err and empty
+        results.append({"name": name, "refused": ok, "peak_mem_mb": peak})
+    return results
+
+
+def _cycles(tmp: Path) -> list[dict]:
+    """Entries referring to each other: one CatalogError naming the cycle, trusted or not."""
+    from corrdiff_xr.data.catalog import CatalogError, open_entry
+
+    data = {"datatype": "intake.readers.datatypes:Zarr", "metadata": {}, "user_parameters": {}}
+    trusted = _catalog(tmp / "cycle_data.yaml", entries={"e": _entry(kwargs={"url": "{data(d1)}"})},
+                       data={"d1": {**data, "kwargs": {"url": "{data(d2)}"}},
+                             "d2": {**data, "kwargs": {"url": "{data(d1)}"}}})  # fmt: skip
+    archive = _entry(reader="corrdiff_xr.data.catalog:ArchiveReader", output_instance="xarray:Dataset",
+                     kwargs={"url": "{zarr_url}", "entry": "p"})  # fmt: skip
+    pair = _entry(reader=PAIR_ARCHIVES, kwargs={"coarse": {"entry": "a"}, "fine": {"entry": "a"}})
+    untrusted = _catalog(tmp / "cycle_entries.yaml", entries={"a": archive, "p": pair})
+    results = []
+    for name, path, entry, trust in (
+        ("cycle: data(...) templates, trusted catalog", trusted, "e", True),
+        ("cycle: archive entry references", untrusted, "p", False),
+    ):
+        try:
+            open_entry(path, entry, trust=trust)
+            ok = False
+        except CatalogError as err:
+            ok = "in a cycle:" in str(err) and len(str(err).splitlines()) == 1
+        except BaseException:  # noqa: BLE001 - RecursionError and the like: not a clear error
+            ok = False
+        results.append({"name": name, "refused": ok})
+    return results
+
+
+def _round3(tmp: Path) -> list[dict]:
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.data import open_pair, synthetic_dataset
+    from corrdiff_xr.testing import tiny_corrdiff
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    synthetic_dataset(ny=16, nx=16, nt=2, factor=4, seed=3).to_zarr(tmp / "data.zarr")
+    tiny_corrdiff(Codec.from_pair(open_pair(str(tmp / "data.zarr"))), (16, 16)).save(
+        tmp / "model.safetensors"
+    )
+    server, host = _serve(tmp)
+    try:
+        results = [{"name": f"credentials: catalog {where} gets the AWS key id",
+                    "refused": _endpoint_leak(tmp, host, nested)}
+                   for where, nested in (("endpoint_url", False), ("client_kwargs.endpoint_url", True))]  # fmt: skip
+        results += _secrets_in_outputs(tmp, host)
+    finally:
+        server.shutdown()
+    return results + _unbounded(tmp) + _cycles(tmp)
+
+
 def run(workdir: Path) -> dict:
     """Open every hostile catalog case under ``workdir``; count those refused.
 
@@ -189,6 +419,7 @@ def run(workdir: Path) -> dict:
         for i, (name, spec) in enumerate(_cases("placeholder:Thing", workdir).items()):
             tmp = workdir / f"catalog_case_{i:02d}"
             tmp.mkdir(exist_ok=True)
+            (tmp / "netrc").write_text(f"machine example.org login me password {SECRET}\n")
             module, marker = _marker_module(mods)
             spec = _cases(f"{module}:Thing", tmp)[name]
             entry, params = spec.pop("entry", "e"), spec.pop("params", {})
@@ -209,16 +440,15 @@ def run(workdir: Path) -> dict:
                         "refused": _trusted_env_leak(workdir)})  # fmt: skip
         results.append({"name": "command: corrdiff-xr train with a hostile reader",
                         "refused": _train_command(workdir, mods)})  # fmt: skip
+        results.extend(_round3(workdir / "round3"))
     finally:
         sys.path.remove(str(mods))
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _restore(saved)
+    peaks = [r["peak_mem_mb"] for r in results if r.get("peak_mem_mb") is not None]
     return {
         "hostile_catalogs": len(results),
         "hostile_catalogs_refused": sum(r["refused"] for r in results),
+        "peak_mem_mb_worst": max(peaks, default=None),
         "cases": results,
     }
 

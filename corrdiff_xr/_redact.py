@@ -11,13 +11,18 @@ Three kinds of secret reach messages in this project:
   value of an environment variable a trusted catalog templated into a URL path. Their values
   are passed in as ``secrets``.
 
-Everything secret becomes :data:`REDACTED` (``***``). The rules err on the side of redacting
+Everything secret becomes :data:`REDACTED` (``***``). What an output records about its source
+(a store's identity record, a run's ``config.yaml``) goes through :func:`redact_record`, which
+keeps a slow, salted digest of the original beside a redacted record, so that two sources
+differing only in a secret are not taken for one. The rules err on the side of redacting
 too much (any key containing ``key`` or ``auth`` ...): a message loses a harmless value at
 worst, never leaks a credential.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -27,6 +32,7 @@ __all__ = [
     "REDACTED",
     "is_secret_key",
     "redact_options",
+    "redact_record",
     "redact_text",
     "redact_url",
     "redacted_error",
@@ -42,12 +48,16 @@ _SECRET_PARTS = {"sig", "pass"}
 #: a secret shorter than this is not searched for in free text (it would match everywhere)
 MIN_SECRET_LENGTH = 4
 
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#@\s]+@")
+# every pattern starts only where a run of its characters starts and never backtracks into a
+# run (the lookarounds), so that redacting is linear in the text's length: the text may be
+# anything a hostile catalog wrote into an error message
+_SCHEME = r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://"
+_URL = re.compile(_SCHEME + r"[^\s'\"<>`]+")
+_USERINFO = re.compile(rf"(?P<scheme>{_SCHEME})[^/?#@\s]+@")
 _PARAM = re.compile(r"(?P<sep>[?&;#])(?P<key>[^=&;#\s]+)=(?P<value>[^&;#\s]*)")
 #: ``'key': 'value'`` and ``key="value"`` (reprs of option dicts) and bare ``key=value``
 _PAIR = re.compile(
-    r"(?P<q>['\"]?)(?P<key>[A-Za-z_][\w\-]*)(?P=q)"
+    r"(?P<q>['\"]?)(?<![\w\-])(?P<key>[A-Za-z_][\w\-]*)(?![\w\-])(?P=q)"
     r"(?:(?P<sep>\s*[:=]\s*)(?P<vq>['\"])(?P<value>.*?)(?P=vq)|=(?P<bare>[^\s'\",;&)}\]]+))"
 )
 
@@ -149,3 +159,27 @@ def redacted_error(
     if str(new) != clean:  # e.g. KeyError quotes its message
         new = fallback(clean)
     return new.with_traceback(err.__traceback__)
+
+
+#: PBKDF2 rounds of :func:`redact_record`'s digest: guessing a secret from it costs as much
+_ROUNDS = 100_000
+
+
+def redact_record(record: Any) -> Any:
+    """``record`` (a source: URL, or a JSON-able mapping of parameters) fit to keep in outputs.
+
+    Secrets are redacted as by :func:`redact_url` and :func:`redact_options`; if anything was,
+    a digest of the original (PBKDF2-SHA256, fixed salt, so equal sources record equal
+    digests) is appended to a string (``" [pbkdf2:HEX]"``) or added to a mapping
+    (``redacted_digest``). A record without secrets comes back unchanged.
+    """
+    clean = redact_url(record) if isinstance(record, str) else redact_options(record)
+    if clean == record:
+        return record
+    text = json.dumps(record, sort_keys=True, default=str).encode()
+    digest = hashlib.pbkdf2_hmac("sha256", text, b"corrdiff_xr.redact_record", _ROUNDS).hex()
+    if isinstance(record, str):
+        return f"{clean} [pbkdf2:{digest[:32]}]"
+    if isinstance(clean, Mapping):
+        return {**clean, "redacted_digest": f"pbkdf2:{digest[:32]}"}
+    return clean

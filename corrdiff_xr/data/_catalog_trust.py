@@ -27,6 +27,18 @@ finds every one:
 allow-lists do not permit, plus two ways to write or read outside the cache: a ``cache``
 argument of the cache reader that the catalog (rather than the user) chooses, and builder
 arguments naming a file to read (``path``) or an fsspec ``cache_storage`` directory.
+
+It also refuses what would let a catalog choose where the user's credentials go or which
+local files are read: in reader arguments and the defaults they take from user parameters,
+a ``url`` that chains filesystems (``::``) or names a protocol outside :data:`SCHEMES`, and
+storage options choosing a filesystem (``protocol``, ``target_protocol``, ``fo`` ...), a
+server (``endpoint_url``, ``client_kwargs.endpoint_url``, ``host`` ...) or credentials
+(``key``, ``secret``, ``token`` but ``token: anon``, ``profile`` ...). The user may still pass
+any of them as a user parameter's value, whose catalog default is then unset (``""``).
+
+Whatever the trust, :func:`check_graph` bounds the YAML itself (aliases expand to at most
+:data:`MAX_NODES` nodes, none contains itself), which keeps every walk here linear in the
+file's size, and :func:`find_cycle` names entries that refer to each other in a cycle.
 """
 
 from __future__ import annotations
@@ -38,9 +50,20 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from corrdiff_xr._redact import redact_options, redact_url
+import yaml
 
-__all__ = ["Refused", "env_names", "find_refusal", "listed_in"]
+from corrdiff_xr._redact import is_secret_key, redact_options, redact_url
+
+__all__ = [
+    "MAX_NODES",
+    "SCHEMES",
+    "Refused",
+    "check_graph",
+    "env_names",
+    "find_cycle",
+    "find_refusal",
+    "listed_in",
+]
 
 #: intake 2 template functions (bare or in braces) and intake 1's Jinja ones
 _TEMPLATE_FUNCS = {
@@ -53,11 +76,29 @@ _TEMPLATE_FUNCS = {
     "pickle64": "unpickles (runs) Python code",
 }
 _TEMPLATE_FUNC = re.compile(r"\b(" + "|".join(_TEMPLATE_FUNCS) + r")\s*\(")
-_ENV_REF = re.compile(r"\b(?:client_)?env\s*\(\s*['\"]?([^)'\"]+?)['\"]?\s*\)")
+# names stop at the next bracket, quote or space: one scan per match, linear in the text
+_ENV_REF = re.compile(r"\b(?:client_)?env\s*\(\s*['\"]?([^()'\"\s]+)")
 #: builder arguments that name a file to read (from outside the cache)
 _FILE_ARGS = frozenset({"path"})
 #: user parameters intake sets itself; templates may use them
 _INTERNAL = frozenset({"CATALOG_DIR", "CATALOG_PATH"})
+#: URL protocols an untrusted catalog may name (no chaining, reference or archive filesystems)
+SCHEMES = frozenset(
+    {"file", "memory", "s3", "s3a", "gs", "gcs", "http", "https", "az", "abfs", "abfss"}
+)
+#: fsspec options that choose another filesystem or layer one filesystem on another
+_FS_OPTIONS = frozenset(
+    {"protocol", "target_protocol", "target_options", "remote_protocol", "remote_options",
+     "fo", "fs", "target", "ref_storage_args", "storage_options"}
+)  # fmt: skip
+#: fsspec options that choose the server credentials are sent to
+_SERVER_OPTION = re.compile(r"endpoint|host|url|prox|connection_string")
+#: credential options beyond the secret-looking names (``anon`` is no credential: allowed)
+_CREDENTIAL_OPTIONS = frozenset({"profile", "profile_name", "requester_pays", "user_project"})
+#: a YAML catalog, its aliases expanded, holds at most this many nodes (a bundled one: ~300)
+MAX_NODES = 100_000
+_FIELD = re.compile(r"\{(\w+)\}")
+_DATA_REF = re.compile(r"\bdata\s*\(\s*['\"]?([^()'\"\s]+)")
 
 
 class Refused(Exception):
@@ -167,6 +208,145 @@ def _check_cache_args(where: str, kwargs: Mapping, params: Mapping) -> None:
         raise Refused(where, f"builder argument(s) {reads} read files from outside the cache")
 
 
+def _unset(value: Any) -> bool:
+    return value is None or (isinstance(value, (str, Mapping, list, tuple)) and not value)
+
+
+def _filled(value: Any, defaults: Mapping[str, Any]) -> Any:
+    """``value`` as intake fills it in when the user passes no parameter: with the defaults."""
+    if not isinstance(value, str):
+        return value
+    whole = _FIELD.fullmatch(value)
+    if whole:  # intake substitutes a lone field by the value itself, not its text
+        return defaults.get(whole[1], value)
+    return _FIELD.sub(lambda m: str(defaults.get(m[1], m[0]) or ""), value)
+
+
+def _option_problem(key: Any, value: Any) -> str | None:
+    name = str(key).lower()
+    if name in _FS_OPTIONS:
+        return "chooses another filesystem or layers one on another (it can read local files)"
+    if _SERVER_OPTION.search(name):
+        return "chooses the server your credentials are sent to"
+    if name in _CREDENTIAL_OPTIONS or (is_secret_key(name) and (name, value) != ("token", "anon")):
+        return "chooses credentials"
+    return None
+
+
+def _check_options(where: str, path: str, options: Any, defaults: Mapping[str, Any]) -> None:
+    if not isinstance(options, Mapping):
+        return
+    for key, raw in options.items():
+        value = _filled(raw, defaults)
+        if _unset(value):
+            continue  # unset by the catalog: the user's choice (a parameter they pass)
+        problem = _option_problem(key, value)
+        if problem:
+            shown = redact_options({key: value})[key]
+            raise Refused(
+                where,
+                f"storage option {path}{key}={shown!r} {problem}; a catalog may not set it: "
+                "give it a user parameter whose default is unset and pass the value yourself "
+                "(open_entry(..., NAME=value) / --param NAME=value)",
+            )
+        _check_options(where, f"{path}{key}.", value, defaults)
+
+
+def _check_url(where: str, url: Any, defaults: Mapping[str, Any]) -> None:
+    text = _filled(url, defaults)
+    if not isinstance(text, str):
+        return
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.\-]*):(?://|:)", text)
+    if "::" in text or (scheme and scheme[1].lower() not in SCHEMES):
+        raise Refused(
+            where,
+            f"url {redact_url(text)!r} chains filesystems or names a protocol a catalog may "
+            f"not choose (allowed: {sorted(SCHEMES)}, no '::'); pass such a URL yourself as a "
+            "user parameter's value",
+        )
+
+
+def _check_locations(where: str, value: Any, defaults: Mapping[str, Any]) -> None:
+    """Every ``url`` and ``storage_options`` in reader arguments, parameter defaults filled."""
+    value = _filled(value, defaults)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key == "url":
+                _check_url(where, item, defaults)
+            elif key == "storage_options":
+                _check_options(where, "", _filled(item, defaults), defaults)
+            else:
+                _check_locations(where, item, defaults)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_locations(where, item, defaults)
+
+
+def _children(node: Any) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def check_graph(root: Any) -> None:
+    """Refuse a composed YAML graph that aliases expand past :data:`MAX_NODES`, or that holds
+    an alias to a node containing it; linear in the number of nodes in the file."""
+    sizes: dict[int, int] = {}  # expanded size per distinct node
+    ancestors: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, closing = stack.pop()
+        key, line = id(node), f"line {node.start_mark.line + 1}"
+        if closing:
+            ancestors.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[key] > MAX_NODES:
+                raise Refused(line, f"YAML aliases expand to more than {MAX_NODES} values "
+                              "(an alias bomb?); write the catalog with fewer aliases")  # fmt: skip
+        elif key in ancestors:
+            raise Refused(line, "a YAML alias refers to a node that contains it (a cycle)")
+        elif key not in sizes:
+            ancestors.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node))
+
+
+def find_cycle(data: Mapping) -> list[str] | None:
+    """Names of data/entries that refer to each other in a cycle (``{data(NAME)}`` templates,
+    ``entry: NAME`` archive references), first name repeated at the end; None if none."""
+    refs: dict[str, set[str]] = {}
+    for section in ("data", "entries"):
+        for name, spec in (data.get(section) or {}).items():
+            kwargs = spec.get("kwargs") if isinstance(spec, Mapping) else None
+            found = {m for text in _strings(kwargs) for m in _DATA_REF.findall(text)}
+            refs.setdefault(str(name), set()).update(found | set(_entry_refs(kwargs)))
+    done: set[str] = set()
+    for start in sorted(refs):
+        path, todo = [start], [iter(sorted(refs[start]))]  # iterative: no recursion limit
+        while todo:
+            ref = next(todo[-1], None)
+            if ref is None:
+                done.add(path.pop())
+                todo.pop()
+            elif ref in path:
+                return [*path[path.index(ref) :], ref]
+            elif ref in refs and ref not in done:
+                path.append(ref)
+                todo.append(iter(sorted(refs[ref])))
+    return None
+
+
+def _entry_refs(value: Any) -> Iterator[str]:
+    if isinstance(value, Mapping):
+        if isinstance(value.get("entry"), str):
+            yield value["entry"]
+        for item in value.values():
+            yield from _entry_refs(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _entry_refs(item)
+
+
 def find_refusal(
     data: Mapping,
     *,
@@ -211,6 +391,11 @@ def find_refusal(
         if not isinstance(spec["kwargs"], Mapping):
             raise Refused(at, f"kwargs must be a mapping, got {spec['kwargs']!r}")
         _check_values(at, spec["kwargs"], scope)
+        defaults = {k: _default(v) for k, v in params.items()}
+        defaults.update(
+            {k: _default(v) for k, v in own.items()} if isinstance(own, Mapping) else {}
+        )
+        _check_locations(at, spec["kwargs"], defaults)
         if spec["reader"] == cache_reader:
             _check_cache_args(at, spec["kwargs"], params)
 

@@ -41,14 +41,19 @@ and unpickle (:mod:`corrdiff_xr.data._catalog_trust` lists every place). Unless 
   ``"{PARAM}"`` for a catalog user parameter whose default is ``""``, so the directory is
   the user's (``open_entry(..., cache_dir=...)``, else ``$CORRDIFF_XR_CACHE``, else
   ``~/.cache/corrdiff_xr``); builder arguments naming a file to read (``path``) and fsspec
-  ``cache_storage`` options are refused too.
+  ``cache_storage`` options are refused too;
+* choosing where credentials go or which local files are read: a ``url`` chaining filesystems
+  or naming another protocol, storage options choosing a filesystem, a server or credentials
+  (the user passes those as parameter values; ``_catalog_trust`` lists them).
 
 Only the user trusts a catalog, never the catalog itself: ``open_catalog(path, trust=True)``
 or ``open_entry(path, entry, trust=True)`` in Python; for commands, the environment variable
 ``CORRDIFF_XR_TRUSTED_CATALOGS``, catalog files separated by :data:`os.pathsep` (compared
 resolved). Whatever the trust, catalog names, entry names and the cache reader's ``name`` and
 ``builder`` must be plain (letters, digits, ``_ - .``, not starting with ``.``), the cache
-store must resolve inside the cache directory, and error messages are redacted
+store must resolve inside the cache directory, YAML aliases expand to at most
+``_catalog_trust.MAX_NODES`` values, entries may not refer to each other in a cycle, the
+synthetic builder's sizes are bounded, and error messages are redacted
 (:mod:`corrdiff_xr._redact`: URL credentials, secret-looking options, and the values of the
 environment variables a trusted catalog's templates read).
 """
@@ -68,8 +73,8 @@ import yaml
 from intake.readers.entry import Catalog
 from intake.readers.readers import BaseReader
 
-from corrdiff_xr._redact import redact_text, redact_url, redacted_error
-from corrdiff_xr.data._catalog_trust import Refused, env_names, find_refusal, listed_in
+from corrdiff_xr._redact import redact_options, redact_text, redact_url, redacted_error
+from corrdiff_xr.data import _catalog_trust as _trust
 from corrdiff_xr.data.catalog_archives import (
     ArchivePairReader,
     ArchiveReader,
@@ -150,9 +155,9 @@ def _check_plain(what: str, value: Any) -> str:
 
 
 def _synthetic(**kw: Any) -> xr.Dataset:
-    from corrdiff_xr.data.sources.synthetic import synthetic_dataset
+    from corrdiff_xr.data.sources.synthetic import synthetic_builder
 
-    return synthetic_dataset(**kw)
+    return synthetic_builder(**kw)
 
 
 def _uk_hires(**kw: Any) -> xr.Dataset:
@@ -295,7 +300,12 @@ def materialise(
     from corrdiff_xr.data.stats import compute_stats
     from corrdiff_xr.data.write import write_dataset
 
-    ds = BUILDERS[builder](**kwargs)
+    try:
+        ds = BUILDERS[builder](**kwargs)
+    except (TypeError, ValueError) as err:  # the catalog's arguments: one line naming them
+        raise CatalogError(
+            f"builder {builder!r}, arguments {redact_options(kwargs)}: {err}"
+        ) from None
     for var in ds.variables.values():
         var.encoding.clear()
     try:
@@ -340,8 +350,13 @@ def _child(node: Any, key: str) -> Any:
 def _load_yaml(path: Path) -> dict:
     text = path.read_text()
     try:
-        data = yaml.safe_load(text)
         root = yaml.compose(text)
+        _trust.check_graph(root)  # before anything expands the aliases
+        data = yaml.safe_load(text)
+    except _trust.Refused as err:
+        raise CatalogError(f"catalog {path}, {err}") from None
+    except RecursionError:
+        raise CatalogError(f"malformed catalog YAML {path}: nested too deeply") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -378,6 +393,10 @@ def _load_yaml(path: Path) -> dict:
         gaps = [k for k in _ENTRY_KEYS if k not in spec]
         if gaps:
             raise CatalogError(f"catalog {path}, line {line}: entry {entry!r} lacks {gaps}")
+    cycle = _trust.find_cycle(data)
+    if cycle:
+        raise CatalogError(f"catalog {path}: entries refer to each other in a cycle: "
+                           f"{' -> '.join(cycle)}; break the cycle")  # fmt: skip
     return data
 
 
@@ -402,12 +421,12 @@ def open_catalog(name_or_path: str | os.PathLike, *, trust: bool = False) -> Cat
         raise CatalogError(f"trust must be True or False, got {trust!r}")
     path = _resolve(name_or_path)
     data = _load_yaml(path)
-    trusted = trust or listed_in(path, TRUST_ENV)
+    trusted = trust or _trust.listed_in(path, TRUST_ENV)
     if not trusted:
         try:
-            find_refusal(data, allowed=ALLOWED_IMPORTS, dtypes=ALLOWED_DTYPES,
-                         cache_reader=_CACHE_READER)  # fmt: skip
-        except Refused as err:
+            _trust.find_refusal(data, allowed=ALLOWED_IMPORTS, dtypes=ALLOWED_DTYPES,
+                                cache_reader=_CACHE_READER)  # fmt: skip
+        except _trust.Refused as err:
             raise CatalogError(
                 f"catalog {path}, {err.where}: {err.problem}. Trust a catalog only if you "
                 "trust its author: open_catalog(path, trust=True) / open_entry(..., "
@@ -423,7 +442,7 @@ def open_catalog(name_or_path: str | os.PathLike, *, trust: bool = False) -> Cat
     cat.user_parameters["CATALOG_DIR"] = str(path.parent)
     # an attribute, not metadata, so nothing in the YAML can set it: marks the catalog as
     # checked here, and names the variables its templates read (their values are redacted)
-    cat._corrdiff_env_names = tuple(sorted(env_names(data)))
+    cat._corrdiff_env_names = tuple(sorted(_trust.env_names(data)))
     return cat
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from corrdiff_xr._outputs import check_output, mark_directory
+from corrdiff_xr._redact import redact_record
 from corrdiff_xr.config import ConfigError, TrainRunConfig, to_dict
 from corrdiff_xr.dims import COARSE_DIMS, TIME, X, Y
 from corrdiff_xr.errors import OutputExistsError
@@ -100,7 +101,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 def _source(source: str) -> str:
     # a local store is the same store from any working directory
     if source.startswith("catalog:") or ("://" in source and not source.startswith("file://")):
-        return source
+        return redact_record(source)  # a digest stands for a password or token in the URL
     return str(Path(source.removeprefix("file://")).expanduser().resolve())
 
 

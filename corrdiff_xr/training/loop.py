@@ -58,6 +58,7 @@ from typing import Any
 
 import torch
 
+from corrdiff_xr._redact import redact_options
 from corrdiff_xr.config import (
     ConfigError,
     NetworkConfig,
@@ -221,7 +222,9 @@ def _open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
             history=history,
             new=latest is None,
         )
-        (out / "config.yaml").write_text(_yaml(to_dict(cfg)))
+        saved = to_dict(cfg)
+        saved["data"] = redact_options(saved["data"])  # no password or token in the run's files
+        (out / "config.yaml").write_text(_yaml(saved))
     reg_net = None
     if cfg.task != "regression":
         reg_net = from_dict(NetworkConfig, header["regression_network"], path="regression_network")

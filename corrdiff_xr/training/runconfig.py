@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from corrdiff_xr._redact import redact_url
 from corrdiff_xr.config import (
     ConfigError,
     NetworkConfig,
@@ -63,7 +64,8 @@ def _retarget(base: dict, update: dict, data: dict) -> dict:
             log.warning(
                 "data.source=%s replaces the config's source %s: its data.%s %s %s dropped "
                 "(give data.%s for the new source)",
-                new["source"], old.get("source"), key, shown, "are" if mapping else "is", key,
+                redact_url(str(new["source"])), redact_url(str(old.get("source"))), key, shown,
+                "are" if mapping else "is", key,
             )  # fmt: skip
             section[key] = {} if mapping else None
         elif "source" in new and mapping and isinstance(new.get(key), dict):

@@ -46,7 +46,17 @@ from corrdiff_xr.dims import (
     Y,
 )
 
-__all__ = ["INPUTS", "STATIC", "TARGETS", "gaussian_random_field", "synthetic_dataset"]
+__all__ = [
+    "INPUTS",
+    "MAX_BUILD_STEPS",
+    "MAX_BUILD_VALUES",
+    "MAX_CELLS",
+    "STATIC",
+    "TARGETS",
+    "gaussian_random_field",
+    "synthetic_builder",
+    "synthetic_dataset",
+]
 
 TARGETS = ("t2m", "u10", "v10", "tp")
 INPUTS = ("t2m_coarse", "u10_coarse", "v10_coarse", "tp_coarse", "msl", "tcwv")
@@ -75,6 +85,13 @@ _ATTRS = {
 # field keys for the seeded generators
 _KEY_PSI, _KEY_T, _KEY_P, _KEY_Q, _KEY_OROG = 1, 2, 3, 4, 100
 _HOUR = np.timedelta64(1, "h")
+#: largest fine grid (ny * nx): coordinates and static fields are computed eagerly, about
+#: 0.3 GB at the limit (a 32768^2 grid would take 8 GiB before any time step)
+MAX_CELLS = 4096 * 4096
+#: largest dataset a catalog may build into the cache: time steps, and fine values per target
+#: (nt * ny * nx; 0.5 GB of float32 each). Larger data belongs in a store of its own.
+MAX_BUILD_STEPS = 10_000
+MAX_BUILD_VALUES = 2**27
 
 
 @functools.lru_cache(maxsize=16)
@@ -269,6 +286,8 @@ def _check_arguments(*, ny: int, nx: int, nt: int, factor: int, chunks) -> dict[
             raise ValueError(f"{name}={n} must be a positive multiple of factor={factor}")
     if nt < 1:
         raise ValueError(f"nt={nt} must be at least 1")
+    if ny * nx > MAX_CELLS:
+        raise ValueError(f"ny * nx = {ny} * {nx} exceeds the limit of {MAX_CELLS} grid cells")
     chunks = dict(chunks or {})
     unknown = set(chunks) - {TIME, Y, X}
     if unknown:
@@ -443,3 +462,25 @@ def synthetic_dataset(
         "Conventions": "CF-1.8",
     }
     return xr.Dataset(data_vars, coords=_coords(times, fine_grid, factor), attrs=attrs)
+
+
+def synthetic_builder(*, ny: int = 64, nx: int = 64, nt: int = 8, **kwargs) -> xr.Dataset:
+    """:func:`synthetic_dataset` as a catalog builds it into the cache: sizes bounded.
+
+    Raises
+    ------
+    ValueError
+        More than :data:`MAX_BUILD_STEPS` time steps or :data:`MAX_BUILD_VALUES` fine values
+        per target (a catalog must not fill the cache disk), or a size that is not an integer.
+    """
+    for name, n in (("ny", ny), ("nx", nx), ("nt", nt)):
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise ValueError(f"{name}={n!r} must be an integer")
+    if nt > MAX_BUILD_STEPS:
+        raise ValueError(f"nt={nt} exceeds the limit of {MAX_BUILD_STEPS} time steps")
+    if nt * ny * nx > MAX_BUILD_VALUES:
+        raise ValueError(
+            f"nt * ny * nx = {nt} * {ny} * {nx} exceeds the limit of {MAX_BUILD_VALUES} values "
+            "per variable a catalog may build; write larger data to a store of its own"
+        )
+    return synthetic_dataset(ny=ny, nx=nx, nt=nt, **kwargs)

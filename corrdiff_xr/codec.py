@@ -231,8 +231,10 @@ class Codec:
                         if allow_missing
                         else "inputs and static fields must be complete: fill or drop those times"
                     )
+                    # counted on the variable's own grid: regridding spreads one NaN widely
+                    n_bad = int((np.isinf(a) if allow_missing else ~np.isfinite(a)).sum())
                     raise MissingValueError(
-                        f"variable '{name}' holds {int(bad.sum())} {what} value(s){where}; {fix}"
+                        f"variable '{name}' holds {n_bad} {what} value(s){where}; {fix}"
                     )
         return out
 
@@ -243,6 +245,7 @@ class Codec:
         role: str,
         order: np.ndarray | None = None,
         weights: Any = None,
+        times: np.ndarray | None = None,
     ) -> np.ndarray:
         """Normalised float32 ``(time, C, y, x)`` from plain numpy blocks (the loader's path).
 
@@ -258,6 +261,8 @@ class Codec:
             Time positions to take, in this order (a shuffle applied while filling, no copy).
         weights
             :class:`~corrdiff_xr.data.regrid.BilinearWeights` for coarse inputs.
+        times
+            The output's time labels (after ``order``), named when a value is refused.
         """
         names = {"inputs": self.in_channels, "targets": self.out_channels}.get(role)
         if names is None:
@@ -279,6 +284,7 @@ class Codec:
             n_time,
             order=order,
             weights=weights,
+            times=times,
             allow_missing=role == "targets",
         )
 

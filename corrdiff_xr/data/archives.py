@@ -11,11 +11,15 @@ then, reading coordinates only:
 2. the coarse times are matched to the fine ones (``match="exact"``, or ``"nearest"`` within
    ``tolerance``; :func:`corrdiff_xr.data.times.align`): unmatched times are dropped from
    both, with a warning saying how many, and the pair carries the fine (target) times;
-3. the coarse grid is cropped to the fine domain plus one coarse cell, with its longitudes
-   unwrapped around the domain (a 0..360 archive and a domain across 0 or 180 degrees give a
-   monotonic, contiguous window), so a task reads a regional field, not the globe;
-4. static fields on the fine grid's coordinates are cut out exactly; on another grid they are
-   regridded bilinearly (lazily, from their latitude/longitude or a shared projection);
+3. the coarse grid is cropped to the fine domain plus one coarse cell, found by geography
+   (never by array index: each grid is placed by its CRS, :mod:`corrdiff_xr.data.grids`),
+   with its longitudes unwrapped around the domain in the fine archive's convention (a 0..360
+   archive and a domain across 0 or 180 degrees give a monotonic, contiguous window), so a
+   task reads a regional field, not the globe; a coarse archive covering only part of the
+   domain is refused, naming the fine window it does cover;
+4. static fields on the fine grid's coordinates (same axes and CRS) are cut out exactly; on
+   another grid they are regridded bilinearly (lazily, placed by their own CRS or
+   latitude/longitude);
 5. the parts are merged (names must differ: map them, ``{"t2m": "t2m_coarse"}``) and checked
    by :func:`corrdiff_xr.data.open_pair`, which computes the regridding weights once.
 
@@ -34,6 +38,16 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from corrdiff_xr._cf import COARSE_GRID_MAPPING, grid_mappings
+from corrdiff_xr.data.archive_spec import (
+    SOURCE_KEYS,
+    check_complete,
+    check_keys,
+    check_names,
+    check_variables,
+    window_slice,
+)
+from corrdiff_xr.data.grids import crs_from_cf
 from corrdiff_xr.data.layout import (
     CoverageError,
     DataError,
@@ -42,7 +56,7 @@ from corrdiff_xr.data.layout import (
     combine,
 )
 from corrdiff_xr.data.pair import DownscalingData, open_dataset, open_pair
-from corrdiff_xr.data.regrid import bilinear_weights
+from corrdiff_xr.data.regrid import bilinear_weights, coverage_mask, fine_positions, grid_method
 from corrdiff_xr.data.sources.native import Adopted, adopt
 from corrdiff_xr.data.times import align, parse_times, to_ns
 from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, TIME, X_COARSE, Y_COARSE, X, Y
@@ -55,7 +69,6 @@ NOTES_ATTR = "corrdiff_xr_pairing"
 #: an archive: a Zarr path/URL, an open Dataset, or a mapping with ``url`` (or ``dataset``),
 #: ``storage_options``, ``variables`` ({native: canonical}) and ``select`` ({dim: value})
 ArchiveSource = str | os.PathLike | xr.Dataset | Mapping[str, Any]
-_SOURCE_KEYS = {"url", "dataset", "storage_options", "variables", "select"}
 
 
 def given_options(options: Mapping[str, Any] | None) -> dict | None:
@@ -69,45 +82,32 @@ def _open(source: ArchiveSource, *, grid: str, what: str) -> Adopted:
         spec: Mapping[str, Any] = {"dataset": source}
     else:
         spec = source if isinstance(source, Mapping) else {"url": source}
-    unknown = sorted(set(spec) - _SOURCE_KEYS)
-    if unknown:
-        raise DataError(
-            f"{what}: unknown key(s) {unknown}; an archive takes {sorted(_SOURCE_KEYS)}"
-        )
+    check_keys(spec, SOURCE_KEYS, what)
+    check_variables(spec.get("variables"), what)
     if ("url" in spec) == ("dataset" in spec):
         raise DataError(f"{what}: give exactly one of 'url' (a Zarr path or URL) or 'dataset'")
     if "url" in spec:
         ds = open_dataset(spec["url"], storage_options=given_options(spec.get("storage_options")))
     else:
         ds = spec["dataset"]
-    return adopt(
+    adopted = adopt(
         ds, grid=grid, variables=spec.get("variables"), select=spec.get("select"), what=what
     )  # fmt: skip
+    check_names(adopted.dataset.data_vars, what)  # names taken unmapped from the archive
+    return adopted
 
 
 def _window(fine: xr.Dataset, window: Mapping[str, Sequence[int]] | None) -> xr.Dataset:
     if not window:
         return fine
-    unknown = sorted(set(window) - {Y, X})
-    if unknown:
-        raise EmptySelectionError(f"window: unknown dim(s) {unknown}; use 'y' and 'x' positions")
-    cut = {}
-    for dim, bounds in window.items():
-        if len(bounds) != 2 or not bounds[0] < bounds[1] <= fine.sizes[dim]:
-            raise EmptySelectionError(
-                f"window {dim}={list(bounds)}: expected [start, stop] with 0 <= start < stop <= "
-                f"{fine.sizes[dim]} (the fine grid's size along {dim})"
-            )
-        cut[dim] = slice(int(bounds[0]), int(bounds[1]))
-    return fine.isel(cut)
+    check_keys(window, (Y, X), "window (fine grid positions)", error=EmptySelectionError)
+    return fine.isel({dim: window_slice(dim, b, fine.sizes[dim]) for dim, b in window.items()})
 
 
 def _period(fine: xr.Dataset, period: Mapping[str, str] | None) -> xr.Dataset:
     if not period:
         return fine
-    unknown = sorted(set(period) - {"start", "end"})
-    if unknown:
-        raise EmptySelectionError(f"time: unknown key(s) {unknown}; use 'start' and 'end'")
+    check_keys(period, ("start", "end"), "time (the period)", error=EmptySelectionError)
     times = fine[TIME].values
     keep = np.ones(times.size, bool)
     ns = to_ns(times)
@@ -134,19 +134,87 @@ def _range_index(values: np.ndarray, lo: float, hi: float, what: str) -> np.ndar
     return np.arange(first, last + 1)
 
 
+def _domain_centre(fine: xr.Dataset) -> float:
+    """The fine domain's central longitude, in the fine archive's own convention."""
+    lon = fine[LON].values
+    centre = float(np.angle(np.exp(1j * np.deg2rad(lon)).mean(), deg=True))
+    if np.ptp(lon) < 180.0:  # contiguous in its convention (225..313 stays 225..313)
+        centre += 360.0 * np.round((float(np.mean(lon)) - centre) / 360.0)
+    return centre
+
+
+def _coarse_grid(coarse: xr.Dataset, fine: xr.Dataset) -> xr.Dataset:
+    """Coordinates of both grids in one Dataset, as the regridding reads them."""
+    names = (Y_COARSE, X_COARSE, LAT_COARSE, LON_COARSE, COARSE_GRID_MAPPING)
+    kept = {c: coarse.coords[c] for c in names if c in coarse.coords}
+    return xr.Dataset(coords={**kept, **{c: fine.coords[c] for c in (Y, X, LAT, LON)}})
+
+
+def _nearest_box(coarse: xr.Dataset, fine: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of a curvilinear coarse grid around its points nearest the fine ones."""
+    from scipy.spatial import cKDTree
+
+    def unit(lat, lon):
+        phi, lam = np.deg2rad(np.ravel(lat)), np.deg2rad(np.ravel(lon))
+        return np.column_stack([np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)])
+
+    nearest = cKDTree(unit(coarse[LAT_COARSE], coarse[LON_COARSE])).query(
+        unit(fine[LAT], fine[LON])
+    )[1]
+    rows, cols = np.unravel_index(nearest, coarse[LAT_COARSE].shape)
+    ny, nx = coarse[LAT_COARSE].shape
+    return (
+        np.arange(max(rows.min() - 2, 0), min(rows.max() + 3, ny)),
+        np.arange(max(cols.min() - 2, 0), min(cols.max() + 3, nx)),
+    )
+
+
+def _fitting_window(covered: np.ndarray) -> tuple[int, int, int, int] | None:
+    """A large all-covered window ``(y0, y1, x0, x1)``: edges dropped, worst first."""
+    y0, y1, x0, x1 = 0, covered.shape[0], 0, covered.shape[1]
+    while y0 < y1 and x0 < x1:
+        sub = ~covered[y0:y1, x0:x1]
+        if not sub.any():
+            return y0, y1, x0, x1
+        edges = [sub[0].mean(), sub[-1].mean(), sub[:, 0].mean(), sub[:, -1].mean()]
+        worst = int(np.argmax(edges))
+        y0, y1 = y0 + (worst == 0), y1 - (worst == 1)
+        x0, x1 = x0 + (worst == 2), x1 - (worst == 3)
+    return None
+
+
+def _check_covered(coarse: xr.Dataset, fine: xr.Dataset) -> None:
+    """A CoverageError naming the fine window the coarse archive does cover, if not all."""
+    grid = _coarse_grid(coarse, fine)
+    covered = coverage_mask(grid)
+    if covered.all():
+        return
+    try:
+        bilinear_weights(grid)
+        reason = "the coarse archive does not cover the whole fine domain"
+    except CoverageError as err:
+        reason = str(err)
+    box = _fitting_window(covered)
+    fix = (
+        f"it covers the fine window {{'y': [{box[0]}, {box[1]}], 'x': [{box[2]}, {box[3]}]}} "
+        "(positions on the fine grid as selected): pass that window, or a coarse archive "
+        "covering the domain"
+        if box is not None
+        else "it covers none of the fine domain; give a coarse archive around it"
+    )
+    raise CoverageError(f"coarse archive: {reason}; {fix}")
+
+
 def _crop_coarse(coarse: xr.Dataset, fine: xr.Dataset, notes: list[str]) -> xr.Dataset:
-    """The coarse window over the fine domain, longitudes unwrapped around it (see doc, 3)."""
-    sy = coarse[Y_COARSE].attrs.get("standard_name")
-    sx = coarse[X_COARSE].attrs.get("standard_name")
+    """The coarse window over the fine domain, placed by geography, never by array index
+    (see doc, 3); longitudes follow the fine archive's convention."""
+    method = grid_method(_coarse_grid(coarse, fine))
     before = (coarse.sizes[Y_COARSE], coarse.sizes[X_COARSE])
-    if (sy, sx) == ("latitude", "longitude"):
-        qy, qx = fine[LAT].values, fine[LON].values
-    else:  # same projection: the fine grid's own coordinates
-        qy, qx = np.meshgrid(fine[Y].values, fine[X].values, indexing="ij")
-    rows = _range_index(coarse[Y_COARSE].values, qy.min(), qy.max(), "coarse archive")
+    centre = _domain_centre(fine)
     xs = coarse[X_COARSE].values.astype(np.float64)
-    if sx == "longitude":
-        centre = float(np.angle(np.exp(1j * np.deg2rad(qx)).mean(), deg=True))
+    if method == "latlon":
+        qy, qx = fine[LAT].values, fine[LON].values
+        rows = _range_index(coarse[Y_COARSE].values, qy.min(), qy.max(), "coarse archive")
         offset = (xs - centre + 180.0) % 360.0 - 180.0
         dq = (qx - centre + 180.0) % 360.0 - 180.0
         order = np.argsort(offset, kind="stable")
@@ -158,19 +226,30 @@ def _crop_coarse(coarse: xr.Dataset, fine: xr.Dataset, notes: list[str]) -> xr.D
                 "coarse archive: its longitudes have a gap over the fine domain "
                 f"(a step of {steps.max():.4g} degrees); it does not cover the domain"
             )
-    else:
+    elif method == "sphere":
+        rows, cols = _nearest_box(coarse, fine)
+        unwrapped = xs[cols]
+    else:  # its own CRS, or a projection shared with the fine grid
+        qy, qx, _, _ = fine_positions(_coarse_grid(coarse, fine))
+        rows = _range_index(coarse[Y_COARSE].values, qy.min(), qy.max(), "coarse archive")
         cols = _range_index(xs, qx.min(), qx.max(), "coarse archive")
         unwrapped = xs[cols]
     out = coarse.isel({Y_COARSE: rows, X_COARSE: cols})
     out = out.assign_coords({X_COARSE: (X_COARSE, unwrapped, coarse[X_COARSE].attrs)})
-    if (sy, sx) == ("latitude", "longitude"):
+    lat, lon = out[LAT_COARSE].values, out[LON_COARSE].values
+    if method == "latlon":
         lat, lon = np.meshgrid(out[Y_COARSE].values, unwrapped, indexing="ij")
-        out = out.assign_coords(
-            {
-                LAT_COARSE: ((Y_COARSE, X_COARSE), lat, coarse[LAT_COARSE].attrs),
-                LON_COARSE: ((Y_COARSE, X_COARSE), lon, coarse[LON_COARSE].attrs),
-            }
-        )
+    out = out.assign_coords(
+        {
+            LAT_COARSE: ((Y_COARSE, X_COARSE), lat, coarse[LAT_COARSE].attrs),
+            LON_COARSE: (
+                (Y_COARSE, X_COARSE),
+                centre + (lon - centre + 180.0) % 360.0 - 180.0,  # the fine's convention
+                coarse[LON_COARSE].attrs,
+            ),
+        }
+    )
+    _check_covered(out, fine)
     after = (out.sizes[Y_COARSE], out.sizes[X_COARSE])
     if after != before:
         notes.append(f"coarse archive: cropped {before} -> {after} around the fine domain")
@@ -192,15 +271,28 @@ def _exact_positions(source: np.ndarray, target: np.ndarray) -> np.ndarray | Non
     return found if np.all(np.abs(source[found] - target) <= tol) else None
 
 
+def _crs_of(ds: xr.Dataset):
+    mappings = grid_mappings(ds)
+    return crs_from_cf(mappings[sorted(mappings)[0]].attrs) if mappings else None
+
+
+def _same_grid(ds: xr.Dataset, fine: xr.Dataset) -> bool:
+    """Whether a static archive's axes are the fine grid's own (named, same units and CRS):
+    bare index axes never are, whatever their values."""
+    for d in (Y, X):
+        name = ds[d].attrs.get("standard_name")
+        if not name or any(
+            ds[d].attrs.get(k) != fine[d].attrs.get(k) for k in ("standard_name", "units")
+        ):
+            return False
+    mine, theirs = _crs_of(ds), _crs_of(fine)
+    return mine is None or theirs is None or mine == theirs
+
+
 def _static_on_fine(part: Adopted, fine: xr.Dataset, what: str, notes: list[str]) -> xr.Dataset:
     """Static fields cut out of (same grid) or regridded to (another grid) the fine grid."""
     ds = part.dataset
-    same = all(
-        ds[d].attrs.get(k) == fine[d].attrs.get(k)
-        for d in (Y, X)
-        for k in ("standard_name", "units")
-    )
-    if same:
+    if _same_grid(ds, fine):
         rows = _exact_positions(ds[Y].values.astype(float), fine[Y].values.astype(float))
         cols = _exact_positions(ds[X].values.astype(float), fine[X].values.astype(float))
         if rows is not None and cols is not None:
@@ -212,6 +304,10 @@ def _static_on_fine(part: Adopted, fine: xr.Dataset, what: str, notes: list[str]
             )
     # another grid: regrid as if it were a coarse grid, then give it the fine coords
     as_coarse = ds.rename({Y: Y_COARSE, X: X_COARSE, LAT: LAT_COARSE, LON: LON_COARSE})
+    own = grid_mappings(ds)
+    if own:  # its CRS places it, as a coarse grid's would
+        first = as_coarse[sorted(own)[0]].variable
+        as_coarse = as_coarse.drop_vars(list(own)).assign_coords({COARSE_GRID_MAPPING: first})
     grid = xr.Dataset(coords={**as_coarse.coords, **{c: fine.coords[c] for c in (Y, X, LAT, LON)}})
     weights = bilinear_weights(grid)
     out = {}
@@ -314,6 +410,7 @@ def open_archives(
         part = _open(source, grid="static", what=what)
         notes += part.notes
         parts.append(_static_on_fine(part, fine_ds, what, notes))
+        check_complete(parts[-1], what)  # one small read: a gap fails here, not in training
     static_ds = xr.merge(parts, compat="no_conflicts") if parts else None
     mapping = high.grid_mapping
     if static_ds is not None and mapping is not None:

@@ -110,6 +110,9 @@ def resolve_archive_entries(
 def _resolve(cat: Any, params: Mapping[str, Any], item: Any, where: str, error: type) -> Any:
     if not isinstance(item, Mapping) or "entry" not in item:
         return item
+    from corrdiff_xr.data.archive_spec import check_keys
+    from corrdiff_xr.data.layout import DataError
+
     name = item["entry"]
     if name not in cat.entries:
         raise error(f"{where}: no entry {name!r} in the catalog; entries: {sorted(cat.entries)}")
@@ -119,7 +122,11 @@ def _resolve(cat: Any, params: Mapping[str, Any], item: Any, where: str, error: 
             f"{where}: entry {name!r} is a {type(ref).__name__}, not an ArchiveReader entry; a pair "
             "refers only to archive entries"
         )
-    merged = {**ref.kwargs, **{k: v for k, v in item.items() if k != "entry"}}
-    return {
-        k: v for k, v in merged.items() if k in ("url", "storage_options", "variables", "select")
-    }
+    # a typo beside ``entry:`` (``varibles``) would otherwise be dropped with the rest
+    known = ("url", "storage_options", "variables", "select")
+    try:
+        check_keys(item, ("entry", *known), where)
+        check_keys(ref.kwargs, known, f"{where}, entry {name!r}")
+    except DataError as err:
+        raise error(str(err)) from None
+    return {**ref.kwargs, **{k: v for k, v in item.items() if k != "entry"}}

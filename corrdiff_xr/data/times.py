@@ -35,6 +35,7 @@ __all__ = [
     "is_cftime",
     "parse_times",
     "to_ns",
+    "tolerance_ns",
 ]
 
 _STANDARD = ("standard", "gregorian", "proleptic_gregorian")
@@ -194,18 +195,13 @@ def align(
     tc, tf = to_ns(coarse), to_ns(fine)
     if tc.size == 0 or tf.size == 0:
         raise TimeAxisError("cannot pair an empty time axis")
+    if tolerance is not None:  # checked even where unused: a bad one is a mistake either way
+        tolerance_ns(tolerance)
     if match == "exact":
         ci = np.searchsorted(tc, tf).clip(0, len(tc) - 1)
         ok = tc[ci] == tf
     elif match == "nearest":
-        if tolerance is None:
-            raise TimeAxisError("time matching 'nearest' needs a tolerance, e.g. '30min'")
-        try:
-            tol = int(pd.Timedelta(tolerance).value)
-        except (ValueError, TypeError) as err:
-            raise TimeAxisError(f"time tolerance {tolerance!r} is not a duration ({err})") from None
-        if tol < 0:
-            raise TimeAxisError(f"time tolerance {tolerance!r} is negative")
+        tol = tolerance_ns(tolerance)
         right = np.searchsorted(tc, tf).clip(0, len(tc) - 1)
         left = (right - 1).clip(0)
         ci = np.where(np.abs(tc[left] - tf) <= np.abs(tc[right] - tf), left, right)
@@ -234,6 +230,46 @@ def align(
         f"and {dropped_f} fine time(s) without a partner"
     )
     return Alignment(np.asarray(ci, np.intp), np.asarray(fi, np.intp), dropped_c, dropped_f, report)
+
+
+def tolerance_ns(tolerance: Any) -> int:
+    """A time tolerance (``"30min"``, a timedelta) as int nanoseconds, >= 0.
+
+    Raises
+    ------
+    TimeAxisError
+        ``tolerance`` is missing, a bare number (its unit would be a guess: pandas reads
+        ``30`` as nanoseconds), NaT, negative or not a duration.
+    """
+    fix = "give a duration with a unit, e.g. '30min' or '1h'"
+    if tolerance is None:
+        raise TimeAxisError(f"time matching 'nearest' needs a tolerance; {fix}")
+    text = str(tolerance).strip()
+    number = isinstance(tolerance, (int, float, np.number)) and not isinstance(
+        tolerance,
+        np.timedelta64,  # a numpy integer subclass, but it has a unit
+    )
+    if number or _is_number(text):
+        raise TimeAxisError(f"time tolerance {tolerance!r} has no unit; {fix}")
+    try:
+        value = pd.Timedelta(tolerance)
+    except (ValueError, TypeError) as err:
+        raise TimeAxisError(
+            f"time tolerance {tolerance!r} is not a duration ({err}); {fix}"
+        ) from None
+    if value is pd.NaT:
+        raise TimeAxisError(f"time tolerance {tolerance!r} is NaT (not a time); {fix}")
+    if value.value < 0:
+        raise TimeAxisError(f"time tolerance {tolerance!r} is negative; {fix}")
+    return int(value.value)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _span(values: Any) -> str:

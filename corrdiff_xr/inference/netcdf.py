@@ -1,9 +1,10 @@
 """The reference's NetCDF layout (PhysicsNeMo's ``generate.py``).
 
 :func:`write_reference_netcdf` writes root ``lat``, ``lon`` (y, x) and ``time`` (int64 hours
-since 1990-01-01), groups ``input`` (regridded inputs, time x y x), ``truth`` (targets, when
-the dataset has them) and ``prediction`` (ensemble x time x y x). For a cftime axis the hours
-are counted in its calendar, which ``time``'s ``calendar`` names (``standard`` otherwise).
+since 1990-01-01; minutes, seconds ... when sub-hourly times need them: every time keeps its
+full resolution), groups ``input`` (regridded inputs, time x y x), ``truth`` (targets, when
+the dataset has them) and ``prediction`` (ensemble x time x y x). For a cftime axis the time
+is counted in its calendar, which ``time``'s ``calendar`` names (``standard`` otherwise).
 When the prediction has a CF grid-mapping coordinate (:mod:`corrdiff_xr._cf`), every group
 holds it with the projection's ``y``/``x`` and names it in its variables' ``grid_mapping``.
 It streams one time step at a time into a temporary file renamed into place, and records the
@@ -28,16 +29,24 @@ from corrdiff_xr.data.times import calendar_of, parse_times, to_ns
 from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
 from corrdiff_xr.inference.store import IDENTITY_ATTR, remove_leftovers
 
-__all__ = ["REFERENCE_TIME_UNITS", "write_reference_netcdf"]
+__all__ = ["REFERENCE_TIME_UNITS", "time_encoding", "write_reference_netcdf"]
 
 REFERENCE_TIME_UNITS = "hours since 1990-01-01 00:00:00"
-_NS_PER_HOUR = 3600 * 10**9
+#: the units tried, coarsest first, with their length in nanoseconds
+_UNITS = (("hours", 3600 * 10**9), ("minutes", 60 * 10**9), ("seconds", 10**9),
+          ("milliseconds", 10**6), ("microseconds", 10**3), ("nanoseconds", 1))  # fmt: skip
 
 
-def _time_hours(times: np.ndarray) -> np.ndarray:
-    """Whole hours since 1990-01-01 00:00, counted in the times' own calendar."""
+def time_encoding(times: np.ndarray) -> tuple[str, np.ndarray]:
+    """``(units, int64 values)`` of ``times`` since 1990-01-01 00:00 in their own calendar:
+    the reference's hours when they hold every time exactly, else the coarsest unit that
+    does (sub-hourly data would otherwise share labels)."""
     ref = parse_times(["1990-01-01"], like=times)
-    return (to_ns(times) - to_ns(ref)[0]) // _NS_PER_HOUR
+    offsets = to_ns(times) - to_ns(ref)[0]
+    for unit, ns in _UNITS:
+        if not (offsets % ns).any():
+            return f"{unit}{REFERENCE_TIME_UNITS[5:]}", offsets // ns
+    raise AssertionError("unreachable: every offset is whole nanoseconds")
 
 
 def write_reference_netcdf(
@@ -84,7 +93,9 @@ def write_reference_netcdf(
                 f.setncattr(k, json.dumps(v, sort_keys=True))
             elif k.startswith("corrdiff_") and k != PRODUCT_ATTR:
                 f.setncattr(k, v if isinstance(v, (int, float, str)) else str(v))
-        f[TIME][:] = _time_hours(times)
+        units, values = time_encoding(times)
+        f[TIME].units = units
+        f[TIME][:] = values
         for i in range(len(times)):
             for gname, g in handles.items():
                 step = groups[gname].isel({TIME: i}).compute()
@@ -114,7 +125,7 @@ def _netcdf_layout(f: Any, prediction: xr.Dataset, groups: dict[str, xr.Dataset 
             v[:] = np.broadcast_to(prediction[name].values, (ny, nx))
         v.standard_name, v.units = std, units
     tv = f.createVariable(TIME, "i8", (TIME,))
-    tv.calendar, tv.units = calendar_of(prediction[TIME].values), REFERENCE_TIME_UNITS
+    tv.calendar = calendar_of(prediction[TIME].values)
     handles = {}
     for gname, data in groups.items():
         if data is None:

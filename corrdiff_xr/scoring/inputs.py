@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from corrdiff_xr._redact import redact_url
@@ -29,6 +30,7 @@ __all__ = [
     "REFERENCE_MEMBER_DIM",
     "FORECAST",
     "ScoreError",
+    "check_unique_times",
     "format_table",
     "open_prediction",
     "open_reference_netcdf",
@@ -179,11 +181,14 @@ def open_prediction(
             truth_ds = groups["truth"]
         else:
             raise ScoreError(f"{prediction}: no 'truth' group and no --truth given")
+        check_unique_times(groups["prediction"], f"prediction {prediction}")
+        check_unique_times(truth_ds, f"--truth {truth}" if truth else f"truth of {prediction}")
         return groups["prediction"], truth_ds, groups.get("input")
     pred = _open_any(
         prediction, group=prediction_group, storage_options=storage_options, role="prediction"
     )
     pred = _forecast_variables(pred, prediction)
+    check_unique_times(pred, f"prediction {prediction}")
     inputs = None
     if truth is not None:
         truth_ds, inputs = _truth_and_inputs(
@@ -200,7 +205,24 @@ def open_prediction(
             raise ScoreError(
                 f"{prediction}: no truth group {truth_group!r}; pass --truth PATH"
             ) from err
+    check_unique_times(truth_ds, f"--truth {truth}" if truth else f"truth of {prediction}")
     return pred, truth_ds, inputs
+
+
+def check_unique_times(ds: xr.Dataset, where: str) -> None:
+    """Refuse a forecast or truth whose ``time`` labels repeat: scores would pair the wrong
+    steps (a sub-hourly file written with whole hours gives several steps one label)."""
+    if TIME not in ds.coords:
+        return
+    labels, counts = np.unique(ds[TIME].values, return_counts=True)
+    repeated = labels[counts > 1]
+    if repeated.size:
+        raise ScoreError(
+            f"{redact_url(where)}: time label(s) {[str(t) for t in repeated[:3]]} repeat "
+            f"({int(counts[counts > 1].sum())} of {ds.sizes[TIME]} steps share "
+            f"{repeated.size} label(s)); each step needs its own time: rewrite the file with "
+            "its full times"
+        )
 
 
 def _forecast_variables(pred: xr.Dataset, prediction: str) -> xr.Dataset:

@@ -57,6 +57,7 @@ import torch
 import xarray as xr
 
 from corrdiff_xr.dims import TIME, X, Y
+from corrdiff_xr.errors import CorrDiffError
 from corrdiff_xr.noise import TRAIN_PATCH, keyed_generator
 from corrdiff_xr.training.chunkread import Pieces, arrays, block_pieces, run_pieces
 
@@ -158,7 +159,11 @@ class _BlockReader(torch.utils.data.IterableDataset):
         for item in itertools.islice(itertools.count(self.start), worker, None, n_workers):
             if stop is not None and item >= stop:
                 return
-            yield self.loader._read_item(item)
+            try:
+                yield self.loader._read_item(item)
+            except CorrDiffError as err:  # to the main process whole: one line, no worker trace
+                yield {"error": err}
+                return
 
 
 class ChunkShuffleLoader:
@@ -226,6 +231,7 @@ class ChunkShuffleLoader:
         self._static_lazy = arrays(pair.static_fields)
         self._static: dict[str, Any] | None = None  # read on first use, then kept
         self._targets = arrays(pair.fine)
+        self._times = pair.fine[TIME].values  # named by a refused value
         self._lead_time = lead_time
         if lead_time is not None and lead_time not in pair.dataset.variables:
             raise KeyError(f"lead-time variable {lead_time!r} is not in the dataset")
@@ -327,11 +333,13 @@ class ChunkShuffleLoader:
         coarse, targets, order, lead = self._read_block(item, scheduler)
         start = self.epoch_blocks(epoch)[item % self.blocks_per_epoch][0]
         # from here on plain numpy: regrid, shuffle and normalise straight into the batch arrays
-        x = self.codec.encode_arrays(
-            {**coarse, **self._static}, role="inputs", order=order, weights=self._weights
-        )
-        y = self.codec.encode_arrays(targets, role="targets", order=order)
         times = (start + order).astype(np.int64)
+        labels = self._times[times]
+        x = self.codec.encode_arrays(
+            {**coarse, **self._static}, role="inputs", order=order, weights=self._weights,
+            times=labels,
+        )  # fmt: skip
+        y = self.codec.encode_arrays(targets, role="targets", order=order, times=labels)
         offsets = np.zeros((len(order), 2), dtype=np.int64)
         if self.patch_shape is not None:
             x, y, offsets = self._crop(x, y, times, epoch)
@@ -373,7 +381,7 @@ class ChunkShuffleLoader:
             yield from self._threaded_blocks(first_item, n_items)
             return
         reader = _BlockReader(self, first_item, n_items)
-        yield from torch.utils.data.DataLoader(
+        for block in torch.utils.data.DataLoader(
             reader,
             batch_size=None,
             num_workers=self.num_workers,
@@ -381,7 +389,10 @@ class ChunkShuffleLoader:
             worker_init_fn=_worker_init,
             persistent_workers=False,
             multiprocessing_context="fork",
-        )
+        ):
+            if "error" in block:
+                raise block["error"]
+            yield block
 
     def _threaded_blocks(self, first_item: int, n_items: int | None) -> Iterator[dict[str, Any]]:
         # Without worker processes, read ``prefetch_factor`` blocks ahead in background

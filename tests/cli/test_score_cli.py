@@ -6,6 +6,7 @@ import os
 
 import netCDF4
 import numpy as np
+import pandas as pd
 import properscoring
 import pytest
 import xarray as xr
@@ -20,11 +21,11 @@ NAMES = ("t2m", "tp")
 UNITS = {"t2m": "K", "tp": "kg m-2"}
 
 
-def make_pair(*, members=3, nt=2, ny=6, nx=8, seed=0):
+def make_pair(*, members=3, nt=2, ny=6, nx=8, seed=0, step="3h"):
     rng = np.random.default_rng(seed)
     coords = {
         TIME: np.array("2021-06-01T00", dtype="datetime64[ns]")
-        + np.arange(nt) * np.timedelta64(3, "h"),
+        + np.arange(nt) * np.timedelta64(pd.Timedelta(step)),
         Y: (Y, 50 + 0.02 * np.arange(ny), {"units": "degrees_north"}),
         X: (X, 0.03 * np.arange(nx), {"units": "degrees_east"}),
     }
@@ -198,6 +199,55 @@ def test_reader_round_trips_the_generate_commands_reference_netcdf(tmp_path):
         np.testing.assert_allclose(groups["truth"][name], truth[name].astype("f4"))
     np.testing.assert_array_equal(groups["prediction"][TIME].values, pred[TIME].values)
     assert groups["input"]["tp_coarse"].attrs["units"] == UNITS["tp"]
+
+
+@pytest.mark.parametrize(
+    ("step", "units"),
+    [("10min", "minutes"), ("30min", "minutes"), ("90s", "seconds"), ("3h", "hours")],
+)
+def test_the_reference_netcdf_keeps_every_time_at_its_resolution(tmp_path, step, units):
+    from corrdiff_xr.inference.netcdf import REFERENCE_TIME_UNITS, write_reference_netcdf
+
+    pred, truth = make_pair(members=2, nt=4, step=step)
+    path = write_reference_netcdf(tmp_path / "gen.nc", pred, truth=truth)
+    with netCDF4.Dataset(path) as f:  # the reference's hours whenever they hold every time
+        assert f["time"].units == REFERENCE_TIME_UNITS.replace("hours", units)
+        assert f["time"].dtype == np.int64
+    groups = score_inputs.open_reference_netcdf(path)
+    np.testing.assert_array_equal(groups["prediction"][TIME].values, pred[TIME].values)
+
+
+def test_a_cftime_axis_keeps_its_sub_hourly_times_in_its_calendar(tmp_path):
+    from corrdiff_xr.inference.netcdf import write_reference_netcdf
+
+    times = xr.date_range(
+        "2001-02-30", periods=4, freq="10min", calendar="360_day", use_cftime=True
+    )
+    pred, truth = make_pair(members=2, nt=4)
+    pred, truth = (d.assign_coords({TIME: times.values}) for d in (pred, truth))
+    path = write_reference_netcdf(tmp_path / "gen.nc", pred, truth=truth)
+    got = score_inputs.open_reference_netcdf(path)["truth"][TIME].values
+    assert list(got) == list(times.values) and got[0].calendar == "360_day"
+
+
+def test_score_refuses_a_forecast_or_truth_whose_time_labels_repeat(tmp_path, capsys):
+    pred, truth = make_pair(members=2, nt=4, step="10min")
+    path = tmp_path / "floored.nc"
+    write_reference_netcdf(path, pred, truth)  # whole hours, as the reference writes them
+    assert cli.main(["score", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"prediction {path}" in err
+    assert "['2021-06-01T00:00:00.000000000'] repeat (4 of 4 steps" in err
+    # a separate truth with repeated labels is named as --truth
+    pred.to_zarr(tmp_path / "pred.zarr")
+    twice = truth.assign_coords({TIME: np.repeat(truth[TIME].values[:2], 2)})
+    twice.to_zarr(tmp_path / "truth.zarr")
+    assert (
+        cli.main(["score", str(tmp_path / "pred.zarr"), "--truth", str(tmp_path / "truth.zarr")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert f"--truth {tmp_path / 'truth.zarr'}" in err and "2 label(s)" in err
 
 
 # -- outputs: only our own, only with --overwrite ---------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import cftime
 import numpy as np
 import pytest
@@ -109,6 +111,31 @@ def test_nearest_alignment_respects_the_tolerance_and_pairs_each_coarse_time_onc
         align(coarse, fine, match="nearest")
     with pytest.raises(TimeAxisError, match="no fine time matches"):
         align(coarse, fine + np.timedelta64(365, "D"))
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "problem"),
+    [("30", "has no unit"), (30, "has no unit"), (0.5, "has no unit"), ("NaT", "is NaT"),
+     (np.timedelta64("NaT"), "is NaT"), ("-10min", "is negative"), ("soon", "not a duration")],
+)  # fmt: skip
+def test_a_tolerance_is_a_duration_with_a_unit(tolerance, problem):
+    times = np.array(["2020-01-01T00", "2020-01-01T01"], dtype="datetime64[ns]")
+    with pytest.raises(
+        TimeAxisError, match=f"time tolerance .*{problem}.*; give a duration"
+    ) as err:
+        align(times, times + np.timedelta64(10, "m"), match="nearest", tolerance=tolerance)
+    assert repr(tolerance) in str(err.value)
+    with pytest.raises(TimeAxisError, match="has no unit"):  # even where exact matching ignores it
+        align(times, times, tolerance="30")
+
+
+@pytest.mark.parametrize(
+    "tolerance", ["15min", np.timedelta64(15, "m"), datetime.timedelta(minutes=15)]
+)
+def test_a_tolerance_with_a_unit_pairs_within_it(tolerance):
+    coarse = np.array(["2020-01-01T00", "2020-01-01T01"], dtype="datetime64[ns]")
+    found = align(coarse, coarse + np.timedelta64(10, "m"), match="nearest", tolerance=tolerance)
+    assert found.fine_index.tolist() == [0, 1]
 
 
 def test_pairing_two_calendars_is_refused():

@@ -205,3 +205,29 @@ def test_spatially_chunked_and_misaligned_inputs_give_the_same_batches(tmp_path,
             np.testing.assert_array_equal(batch.targets.numpy(), expected_y[t])
             seen.extend(t.tolist())
     assert sorted(seen) == list(range(6))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_nan_in_an_input_is_one_line_naming_it_and_its_time_from_the_main_process(
+    tmp_path, workers
+):
+    from corrdiff_xr.data import MissingValueError, synthetic_dataset
+
+    ds = synthetic_dataset(ny=16, nx=16, nt=6, factor=4).load()
+    clean = open_pair(ds)
+    t2m, tp = ds["t2m_coarse"].values.copy(), ds["tp"].values.copy()
+    t2m[3, 1, 2] = np.nan  # a gap in an input: refused
+    tp[:, :4, :4] = np.nan  # a masked target (NaN every time): trained around, not refused
+    ds.assign(t2m_coarse=ds["t2m_coarse"].copy(data=t2m), tp=ds["tp"].copy(data=tp)).chunk(
+        {"time": 2}
+    ).to_zarr(tmp_path / "gap.zarr", mode="w")
+    pair = open_pair(str(tmp_path / "gap.zarr"), stats=clean.stats)
+    loader = ChunkShuffleLoader(
+        pair, Codec.from_pair(pair), batch_size=2, epochs=1, shuffle=False, num_workers=workers
+    )
+    with pytest.raises(MissingValueError) as err:
+        for batch in loader:
+            assert np.isnan(batch.targets.numpy()).any()  # the mask passes through
+    message = str(err.value)
+    assert "\n" not in message and "Traceback" not in message  # not a worker's traceback
+    assert "'t2m_coarse' holds 1 NaN/inf value(s) at time(s) ['2020-01-01T03:00" in message

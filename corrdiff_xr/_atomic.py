@@ -11,6 +11,8 @@ folder inside it and renamed into place together once all are complete.
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import os
 import shutil
 import time
@@ -18,7 +20,20 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_contents", "atomic_path", "discard", "remove", "remove_stale", "write_bytes"]
+__all__ = [
+    "TargetExistsError",
+    "atomic_contents",
+    "atomic_path",
+    "discard",
+    "remove",
+    "remove_leftovers",
+    "remove_stale",
+    "write_bytes",
+]
+
+
+class TargetExistsError(FileExistsError):
+    """``atomic_path(..., replace=False)`` found its target taken when moving in."""
 
 
 def _sibling(target: Path, tag: str) -> Path:
@@ -55,6 +70,18 @@ def remove_stale(directory: str | os.PathLike) -> None:
             remove(stale)
 
 
+def remove_leftovers(target: str | os.PathLike) -> None:
+    """Remove the hidden partial copies (and set-aside old ones) killed writers of ``target`` left.
+
+    Call it only while holding ``target``'s :func:`corrdiff_xr._lock.output_lock`: then no
+    live run is writing them.
+    """
+    target = Path(target)
+    for tag in ("tmp", "old"):
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.{tag}-*"):
+            remove(stale)
+
+
 def _fsync_tree(path: Path) -> None:
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     for f in files:
@@ -62,8 +89,10 @@ def _fsync_tree(path: Path) -> None:
             os.fsync(fh.fileno())
 
 
-def _move_in(staged: Path, target: Path) -> None:
-    if staged.is_dir() and target.exists():
+def _move_in(staged: Path, target: Path, *, replace: bool = True) -> None:
+    if not replace:
+        _move_in_if_absent(staged, target)
+    elif staged.is_dir() and target.exists():
         # a directory cannot be renamed over a non-empty one: set the old aside, then drop it
         old = _sibling(target, "old")
         os.replace(target, old)
@@ -77,13 +106,36 @@ def _move_in(staged: Path, target: Path) -> None:
         os.replace(staged, target)
 
 
+def _move_in_if_absent(staged: Path, target: Path) -> None:
+    """Rename ``staged`` to ``target`` only if nothing (at most an empty directory) is there."""
+    if staged.is_dir():
+        if os.path.islink(target) or os.path.isfile(target):
+            raise TargetExistsError(errno.EEXIST, "exists; not replaced", str(target))
+        try:  # rename(2) replaces an empty directory only: a non-empty one fails
+            os.rename(staged, target)
+        except OSError as err:
+            if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise TargetExistsError(errno.EEXIST, "exists; not replaced", str(target)) from None
+            raise
+        return
+    try:  # link(2) fails with EEXIST, even for a dangling link, where rename would replace it
+        os.link(staged, target)
+    except FileExistsError:
+        raise TargetExistsError(errno.EEXIST, "exists; not replaced", str(target)) from None
+    os.unlink(staged)
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]:
+def atomic_path(
+    target: str | os.PathLike, *, fsync: bool = False, replace: bool = True
+) -> Iterator[Path]:
     """Yield a hidden sibling path to write to; it replaces ``target`` when the block succeeds.
 
     Whatever is written at the yielded path (a file or a directory, e.g. a Zarr store) is
     renamed onto ``target`` on success and removed on any exception. ``fsync`` flushes it
-    to disk first, so a power cut cannot leave a renamed but empty file.
+    to disk first, so a power cut cannot leave a renamed but empty file. ``replace=False``
+    moves it in only if ``target`` is absent (or an empty directory) at that moment, else
+    :class:`TargetExistsError`: what appeared meanwhile (another run's result, a link) stays.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +144,7 @@ def atomic_path(target: str | os.PathLike, *, fsync: bool = False) -> Iterator[P
         yield staged
         if fsync:
             _fsync_tree(staged)
-        _move_in(staged, target)
+        _move_in(staged, target, replace=replace)
     finally:
         remove(staged)
 

@@ -19,6 +19,7 @@ LAYERS = {
             "errors",
             "dims",
             "_atomic",
+            "_lock",
             "_redact",
             "_constraints",
             "config",

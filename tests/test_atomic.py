@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from corrdiff_xr._atomic import (
     atomic_contents,
     atomic_path,
     discard,
+    remove_leftovers,
     remove_stale,
     write_bytes,
 )
@@ -83,3 +86,35 @@ def test_a_directorys_entries_are_replaced_together_and_only_on_success(tmp_path
     assert [p.name for p in (out / "store").iterdir()] == ["other"]
     assert (out / "keep.txt").read_text() == "not one of the names"
     assert _hidden(out) == []
+
+
+def test_replace_false_keeps_whatever_appeared_at_the_target_meanwhile(tmp_path):
+    # a file another run finished, a dangling link, a non-empty directory: never replaced
+    (tmp_path / "file").write_bytes(b"theirs")
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "a").write_text("theirs")
+    for name, make in (("file", "write"), ("link", "write"), ("store", "mkdir"), ("file", "mkdir")):
+        with pytest.raises(FileExistsError), atomic_path(tmp_path / name, replace=False) as staged:
+            staged.mkdir() if make == "mkdir" else staged.write_bytes(b"mine")
+    assert (tmp_path / "file").read_bytes() == b"theirs"
+    assert os.readlink(tmp_path / "link") == str(tmp_path / "nowhere")
+    assert [p.name for p in (tmp_path / "store").iterdir()] == ["a"]
+    assert _hidden(tmp_path) == []
+    (tmp_path / "empty").mkdir()  # absent or an empty directory: moved in
+    for name in ("new", "empty"):
+        with atomic_path(tmp_path / name, replace=False) as staged:
+            staged.mkdir()
+            (staged / "b").write_text("mine")
+        assert [p.name for p in (tmp_path / name).iterdir()] == ["b"]
+    write_bytes(tmp_path / "new.json", b"mine")
+    assert (tmp_path / "new.json").read_bytes() == b"mine" and _hidden(tmp_path) == []
+
+
+def test_remove_leftovers_removes_only_the_targets_temporaries(tmp_path):
+    (tmp_path / ".out.zarr.tmp-0123abcd").mkdir()
+    (tmp_path / ".out.zarr.old-0123abcd").write_text("old")
+    (tmp_path / ".other.zarr.tmp-0123abcd").mkdir()  # another output's: maybe a live run's
+    (tmp_path / ".out.zarr.lock").write_text("{}")
+    remove_leftovers(tmp_path / "out.zarr")
+    assert _hidden(tmp_path) == [".other.zarr.tmp-0123abcd", ".out.zarr.lock"]

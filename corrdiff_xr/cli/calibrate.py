@@ -5,13 +5,17 @@ candidate sampler (:data:`corrdiff_xr.inference.calibrate.CANDIDATES`, the check
 defaults first), prints the CRPS and spread-skill table, and writes a copy of the checkpoint
 (``--out``, a new file: the input is never changed) whose sampler defaults are the chosen
 setting; ``generate`` and ``downscale`` use them whenever no sampler is given. ``--json``
-also writes the table.
+also writes the table (a new file, or with ``--overwrite`` a plain file it replaces; never
+through a link). Both are written atomically under a lock
+(:func:`corrdiff_xr._lock.output_lock`), and the checkpoint is removed if the table fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 from pathlib import Path
 
 from corrdiff_xr.cli import KeyValues, bounded
@@ -44,19 +48,52 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add("--tolerance", type=bounded(float, minimum=0.0, maximum=0.5), default=0.01,
         help="how much worse than the baseline's CRPS the choice may be (default 0.01)")  # fmt: skip
     add("--out", required=True, help="the calibrated checkpoint to write (a new file)")
-    add("--json", help="also write the table here")
+    add("--json", help="also write the table here (a new file, unless --overwrite)")
+    add("--overwrite", action="store_true", help="replace an existing --json file (never a link)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Calibrate, print the table, write ``args.out``; return 0."""
-    from corrdiff_xr._outputs import local_output
+    from corrdiff_xr._atomic import remove_leftovers
+    from corrdiff_xr._lock import output_lock
+    from corrdiff_xr._outputs import local_output, writing
+
+    out = local_output(args.out, option="--out").absolute()
+    table = local_output(args.json, option="--json").absolute() if args.json else None
+    with contextlib.ExitStack() as locks:  # one run at a time per output
+        for path, option in ((out, "--out"), (table, "--json")):
+            if path is not None:
+                with writing(path, what=option):  # a lock file that cannot be made: say why
+                    locks.enter_context(output_lock(path, what=f"{option} {path}"))
+                remove_leftovers(path)  # a killed run's hidden partial copy (we hold the lock)
+        _check_outputs(args, out, table)
+        return _calibrate(args, out, table)
+
+
+def _check_outputs(args: argparse.Namespace, out: Path, table: Path | None) -> None:
+    """Refuse an existing --out (links included), and an existing --json without --overwrite."""
+    if os.path.lexists(out) or out.resolve() == Path(args.checkpoint).resolve():
+        raise CalibrateError(f"--out {out} exists; write the calibrated checkpoint to a new file")
+    if table is None:
+        return
+    if table == out:
+        raise CalibrateError(f"--json {table} is the --out checkpoint; choose another path")
+    if os.path.islink(table) or (os.path.lexists(table) and not table.is_file()):
+        raise CalibrateError(
+            f"--json {table} exists and is not a plain file; refusing to write through it "
+            "(choose another path)"
+        )
+    if table.exists() and not args.overwrite:
+        raise CalibrateError(f"--json {table} exists; pass --overwrite to replace it")
+
+
+def _calibrate(args: argparse.Namespace, out: Path, table: Path | None) -> int:
+    from corrdiff_xr._atomic import atomic_path, remove, write_bytes
+    from corrdiff_xr._outputs import writing
     from corrdiff_xr.data import open_source
     from corrdiff_xr.inference.calibrate import calibrate
     from corrdiff_xr.model import CorrDiff
 
-    out = local_output(args.out, option="--out")
-    if out.exists() or out.resolve() == Path(args.checkpoint).resolve():
-        raise CalibrateError(f"--out {out} exists; write the calibrated checkpoint to a new file")
     pair = open_source(args.data, params=args.param, what="--data", params_what="--param")
     if args.time_range:
         where = select_times(pair.dataset["time"].values, None, args.time_range, CalibrateError)
@@ -70,9 +107,15 @@ def run(args: argparse.Namespace) -> int:
                        tolerance=args.tolerance)  # fmt: skip
     print(result.format())
     model.sampler_config = result.chosen
-    model.save(out)  # atomically (temp file + rename)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"table": list(result.table)}, indent=2))
+    with writing(out, what="--out"), atomic_path(out, replace=False) as staged:
+        model.save(staged)  # renamed in only if --out is still absent (never over a link)
+    if table is not None:
+        try:
+            with writing(table, what="--json file"):
+                write_bytes(table, json.dumps({"table": list(result.table)}, indent=2).encode())
+        except BaseException:
+            remove(out)  # no half result: the checkpoint goes with its table
+            raise
     print(
         f"wrote {out} (sampler defaults: {result.chosen.solver}, {result.chosen.num_steps} steps)"
     )

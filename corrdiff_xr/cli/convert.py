@@ -7,14 +7,16 @@ copy: every command also reads the source directly. This module checks the optio
 (numbers, options of the other layout, a URL where a local path is needed) and the
 destination before reading anything: an existing destination is replaced only if it is an
 earlier ``convert`` output and ``--overwrite`` is given, never a user's file or directory or
-another product (:mod:`corrdiff_xr._outputs`). User errors raise
-:class:`~corrdiff_xr.errors.CorrDiffError` subclasses and OS failures while writing an
+another product (:mod:`corrdiff_xr._outputs`). One run at a time writes a destination
+(:func:`corrdiff_xr._lock.output_lock`); it first removes what a killed run left. User errors
+raise :class:`~corrdiff_xr.errors.CorrDiffError` subclasses and OS failures while writing an
 :class:`OSError` naming the destination; the dispatcher prints either as one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 
@@ -87,9 +89,22 @@ def _check_options(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Convert ``args.source`` to a canonical Zarr store at ``args.dest``; return 0."""
-    from corrdiff_xr._outputs import check_output, writing
+    from corrdiff_xr._lock import output_lock
+    from corrdiff_xr._outputs import writing
 
     dest = _check_options(args)
+    # one convert at a time per destination; a second fails at once naming the first
+    with contextlib.ExitStack() as lock:
+        with writing(dest, what="destination"):  # a lock file that cannot be made: say why
+            lock.enter_context(output_lock(dest, what=f"destination {dest}"))
+        return _convert(args, dest)
+
+
+def _convert(args: argparse.Namespace, dest: Path) -> int:
+    from corrdiff_xr._atomic import remove_leftovers
+    from corrdiff_xr._outputs import check_output, writing
+
+    remove_leftovers(dest)  # hidden partial copies of a killed run (we hold the lock)
     check_output(dest, kind=KIND, overwrite=args.overwrite, what="destination")
     if args.layout == "hrrr-mini":
         default_stats = os.path.join(os.path.dirname(args.source), "stats.json")

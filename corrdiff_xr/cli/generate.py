@@ -10,7 +10,10 @@ The store records the request that made it (:mod:`corrdiff_xr.inference.store`):
 blake2b hash of the checkpoint's bytes, the data source, the selected times and every
 sampling setting. Running the same command again after an interruption (a kill at any write)
 computes only the missing blocks and ends with the same store; a run with any difference is
-refused with the fields that differ (``--overwrite`` starts again). ``--netcdf`` also writes
+refused with the fields that differ (``--overwrite`` starts again), and so is a resume whose
+input data changed since the store was started (:mod:`corrdiff_xr.inference.fingerprint`).
+One run at a time writes an output: a second fails at once, naming the first
+(:mod:`corrdiff_xr._lock`). ``--netcdf`` also writes
 the reference's ``generate.py`` layout (groups ``input``, ``truth``, ``prediction``); it is
 kept when it already holds this request. Only our own marked outputs are ever replaced.
 
@@ -35,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from corrdiff_xr.cli import KeyValues
+from corrdiff_xr.cli import KeyValues, bounded
 from corrdiff_xr.cli._times import TimeRange, iso_time, select_times
 from corrdiff_xr.errors import CorrDiffError
 
@@ -150,9 +153,17 @@ def _data_options(src: argparse._ArgumentGroup) -> None:
 
 
 def _model_options(model: argparse._ArgumentGroup) -> None:
+    from corrdiff_xr._constraints import MAX_MEMBERS
+
     positive, non_negative = _int_at_least(1), _int_at_least(0)
+    members = bounded(int, minimum=1, maximum=MAX_MEMBERS)  # refused before any work
     model.add_argument("--checkpoint", required=True, help="CorrDiff checkpoint (CorrDiff.save)")
-    model.add_argument("--members", type=positive, default=1, help="ensemble size (default 1)")
+    model.add_argument(
+        "--members",
+        type=members,
+        default=1,
+        help=f"ensemble size (default 1, at most {MAX_MEMBERS})",
+    )
     model.add_argument("--seed", type=non_negative, default=0, help="base seed (default 0)")
     model.add_argument(
         "--output-kind", choices=("ensemble", "mean", "residual"), default="ensemble"
@@ -196,7 +207,7 @@ def _model_options(model: argparse._ArgumentGroup) -> None:
     )
     model.add_argument(
         "--batch-size",
-        type=positive,
+        type=members,
         default=8,
         help="members sampled per network call (one call per patch and group of members)",
     )
@@ -286,13 +297,15 @@ def _data_source(args: argparse.Namespace) -> dict[str, Any]:
     def where(text: str) -> str:  # local paths absolute, so a run from another directory matches
         return text if "://" in text or not os.path.exists(text) else os.path.abspath(text)
 
+    from corrdiff_xr._redact import redact_record
     from corrdiff_xr.data import catalog_spec
 
-    # --catalog NAME --entry E and --data catalog:NAME/E are one source, recorded alike
+    # --catalog NAME --entry E and --data catalog:NAME/E are one source, recorded alike;
+    # recorded without its secrets (passwords, tokens), which a digest stands for
     spec = catalog_spec(_source(args))
     if spec is not None:
-        return {"catalog": where(spec[0]), "entry": spec[1], "params": args.param}
-    return {"data": where(args.data)}
+        return redact_record({"catalog": where(spec[0]), "entry": spec[1], "params": args.param})
+    return redact_record({"data": where(args.data)})
 
 
 def _device_kind(args: argparse.Namespace) -> str:
@@ -432,7 +445,25 @@ def _write_netcdf(args: argparse.Namespace, pair) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Generate; returns 0 on success."""
+    """Generate; returns 0 on success.
+
+    Each output is locked while this run lives (:func:`corrdiff_xr._lock.output_lock`): a
+    second run writing either fails at once, naming this one (with ``--overwrite`` too).
+    """
+    import contextlib
+
+    from corrdiff_xr._lock import output_lock
+    from corrdiff_xr._outputs import writing
+
+    with contextlib.ExitStack() as locks:
+        for path, what in ((args.zarr, "--zarr store"), (args.netcdf, "--netcdf file")):
+            if path:
+                with writing(path, what=what):  # a lock file that cannot be made: say why
+                    locks.enter_context(output_lock(path, what=f"{what} {path}"))
+        return _run_locked(args)
+
+
+def _run_locked(args: argparse.Namespace) -> int:
     from corrdiff_xr.inference.store import holds_request, store_identity, write_zarr
 
     pair = _select_times(_open(args), args)
@@ -452,6 +483,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             client=client,
             what="--zarr store",
+            inputs=pair.dataset[list(pair.inputs + pair.static)],  # what the blocks read
         )
     finally:
         if client is not None:

@@ -5,8 +5,10 @@ destination only once complete (:func:`corrdiff_xr._atomic.atomic_path`), so a f
 chunk, full disk, interrupt) leaves the destination as it was. The output carries the
 product marker ``kind`` (:data:`corrdiff_xr._outputs.PRODUCT_ATTR`), and an existing
 destination is replaced only when it is a ``kind`` product and ``overwrite`` is True
-(:func:`corrdiff_xr._outputs.check_output`). Streaming, resumable block writes of lazy
-downscaled ensembles are :func:`corrdiff_xr.inference.write_zarr`'s job.
+(:func:`corrdiff_xr._outputs.check_output`); a new one is renamed in only if the destination
+is still absent then, so a result another run finished meanwhile is kept. Streaming,
+resumable block writes of lazy downscaled ensembles are
+:func:`corrdiff_xr.inference.write_zarr`'s job.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from corrdiff_xr._atomic import atomic_path
+from corrdiff_xr._atomic import TargetExistsError, atomic_path
 
 __all__ = ["NETCDF_SUFFIXES", "is_netcdf", "write_dataset"]
 
@@ -62,18 +64,31 @@ def write_dataset(
         ``dest`` exists and may not be replaced.
     """
     from corrdiff_xr._outputs import PRODUCT_ATTR, check_output
+    from corrdiff_xr.errors import OutputExistsError
 
     dest = Path(dest).expanduser().absolute()
-    check_output(dest, kind=kind, overwrite=overwrite, what=what)
+    earlier = check_output(dest, kind=kind, overwrite=overwrite, what=what)
     ds = ds.assign_attrs({PRODUCT_ATTR: kind})
-    with atomic_path(dest) as staged:
+    try:
+        _write(ds, dest, stats, replace=earlier)
+    except TargetExistsError:
+        raise OutputExistsError(
+            f"{what} {dest} appeared while this run wrote it (another run's result?); it is "
+            "kept and nothing was written (choose another path, or pass --overwrite)"
+        ) from None
+    return dest
+
+
+def _write(ds: xr.Dataset, dest: Path, stats: xr.Dataset | None, *, replace: bool) -> None:
+    # replace=False: renamed in only if dest is still absent, so a concurrent result stays
+    with atomic_path(dest, replace=replace) as staged:
         if is_netcdf(dest):
             if stats is not None:
                 raise ValueError("statistics are written to Zarr stores only")
             # built in memory so a failed write is an OSError naming its cause; the NetCDF
             # library reports a full disk as "HDF error"
             staged.write_bytes(bytes(ds.to_netcdf(engine="netcdf4")))
-            return dest
+            return
         # fixed-width unicode has no Zarr v3 spec yet; variable-length strings do
         labels = {k: v.astype(object) for k, v in ds.variables.items() if v.dtype.kind == "U"}
         with warnings.catch_warnings():
@@ -84,4 +99,3 @@ def write_dataset(
             from corrdiff_xr.data.stats import write_stats
 
             write_stats(staged, stats)
-    return dest

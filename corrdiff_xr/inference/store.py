@@ -14,6 +14,9 @@ uninterrupted run:
   ``<store>.progress/`` (outside the store, where Zarr would see foreign content), created by
   atomic rename. The records of a store are deleted before that store is replaced, so a
   record always describes the store at the path.
+* One run at a time writes a store: :func:`corrdiff_xr._lock.output_lock`. Each record
+  holds the fingerprint of the inputs its block read; a resume whose inputs changed since
+  is refused (:mod:`corrdiff_xr.inference.fingerprint`), so a store never mixes two inputs.
 * The identity record (root attribute :data:`IDENTITY_ATTR`, plain JSON) holds the request
   the caller describes (checkpoint hash, data source, sampling settings ...) and the store's
   layout (variables, sizes, chunks, times, coordinates, attributes). A run that finds a
@@ -30,7 +33,6 @@ deterministic, so a rerun (or a task re-run after a worker died) writes the same
 from __future__ import annotations
 
 import functools
-import glob
 import hashlib
 import itertools
 import json
@@ -46,10 +48,19 @@ import xarray as xr
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from corrdiff_xr._atomic import atomic_path, discard, remove, remove_stale, write_bytes
+from corrdiff_xr._atomic import (
+    atomic_path,
+    discard,
+    remove_leftovers,
+    remove_stale,
+    write_bytes,
+)
+from corrdiff_xr._lock import output_lock
 from corrdiff_xr._outputs import PRODUCT_ATTR, check_output, mark_directory, product_of
+from corrdiff_xr._redact import redact_text
 from corrdiff_xr.dims import TIME
 from corrdiff_xr.errors import OutputExistsError
+from corrdiff_xr.inference.fingerprint import changed_inputs, compute, input_fingerprints
 
 __all__ = [
     "IDENTITY_ATTR",
@@ -168,7 +179,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
+    text = redact_text(json.dumps(value, default=str))  # a store of an older version may hold one
     return text if len(text) <= 48 else text[:45] + "..."
 
 
@@ -289,13 +300,6 @@ def progress(store: str | os.PathLike) -> set[str]:
     )
 
 
-def remove_leftovers(path: Path) -> None:
-    """Remove the hidden partial copies (and set-aside old ones) killed writers of ``path`` left."""
-    for tag in ("tmp", "old"):
-        for stale in path.parent.glob(f".{glob.escape(path.name)}.{tag}-*"):
-            remove(stale)
-
-
 def _check_records(store: Path, kind: str) -> None:
     """Refuse a ``<store>.progress`` that is not our record directory (never deleted)."""
     records = progress_dir(store)
@@ -346,7 +350,13 @@ def _remove_partials(store: Path) -> None:
 
 
 def _write_block(
-    values: list[np.ndarray], *, store: str, block: dict[str, slice], done: str, names: list[str]
+    values: list[np.ndarray],
+    read: dict[str, str] | None = None,
+    *,
+    store: str,
+    block: dict[str, slice],
+    done: str,
+    names: list[str],
 ) -> str:
     import zarr
 
@@ -354,8 +364,58 @@ def _write_block(
     region = tuple(block.values())
     for name, data in zip(names, values):
         group[name][region] = data
-    write_bytes(progress_dir(store) / done, b"", fsync=False)
+    record = json.dumps({"inputs": read}).encode() if read else b""
+    write_bytes(progress_dir(store) / done, record, fsync=False)
     return done
+
+
+def _input_change(
+    ds: xr.Dataset, store: Path, blocks: list, fingerprints: dict, client: Any, what: str
+) -> Exception | None:
+    """The error naming an input that changed since the complete blocks read it, else None."""
+    done = progress(store)
+    recorded = {}
+    for _, block in blocks:
+        bid = _block_id(block)  # records of older versions are empty: nothing to check
+        record = (progress_dir(store) / bid).read_bytes() if bid in done else b""
+        if found := json.loads(record or b"{}").get("inputs"):
+            recorded[block[TIME].start, block[TIME].stop] = found
+    if not recorded:
+        return None
+    keys = sorted(recorded)
+    current = dict(zip(keys, compute([fingerprints[k] for k in keys], client)))
+    return changed_inputs(recorded, current, ds[TIME].values, what=what)
+
+
+def _run_blocks(
+    ds: xr.Dataset, store: Path, blocks: list, fingerprints: dict, key: str, client: Any
+) -> int:
+    """Compute and write the blocks not recorded complete; how many were written."""
+    done = progress(store)
+    # One write task per missing block, depending directly on that block's chunk of every
+    # variable (built key by key: cheap for thousands of blocks) and its input fingerprint.
+    names = list(ds.data_vars)
+    arrays = [ds[n].data for n in names]
+    wname = f"corrdiff-write-{key}"
+    layer = {}
+    for idx, block in blocks:
+        bid = _block_id(block)
+        if bid not in done:
+            fn = functools.partial(
+                _write_block, store=str(store), block=block, done=bid, names=names
+            )
+            read = fingerprints.get((block[TIME].start, block[TIME].stop))
+            args = [[(a.name, *idx) for a in arrays]] + ([read.key] if read is not None else [])
+            layer[(wname, *idx)] = (fn, *args)
+    if not layer:
+        return 0
+    final = f"corrdiff-written-{key}"
+    layer[final] = (len, list(layer))
+    graph = HighLevelGraph.from_collections(
+        final, layer, dependencies=[*arrays, *fingerprints.values()]
+    )
+    compute([Delayed(final, graph)], client)
+    return len(layer) - 1
 
 
 def _prepare(
@@ -381,8 +441,11 @@ def write_zarr(
     client: Any = None,
     kind: str = "generate",
     what: str = "Zarr store",
+    inputs: xr.Dataset | None = None,
 ) -> dict[str, int]:
     """Write ``ds`` to a local Zarr ``store``, resuming an interrupted write of the same request.
+
+    The store is locked while written (:func:`corrdiff_xr._lock.output_lock`).
 
     Parameters
     ----------
@@ -396,11 +459,14 @@ def write_zarr(
         (:func:`store_identity`); a store of a different request is not resumed.
     overwrite
         Replace our store of a different request (otherwise an error naming the fields that
-        differ). Never replaces anything else.
+        differ), or of this request whose ``inputs`` changed. Never replaces anything else.
     client
         A dask.distributed Client to run on; None uses the current dask scheduler.
     kind, what
         The product marker written into the store, and how messages name the store.
+    inputs
+        What the blocks read (inputs with the output's times, static fields); their
+        fingerprints are recorded and checked on resume (:mod:`.fingerprint`). None: not.
 
     Returns
     -------
@@ -411,6 +477,10 @@ def write_zarr(
     ------
     RequestMismatchError, OutputExistsError
         See :func:`holds_request`; also for a ``<store>.progress`` that is not ours.
+    InputChangedError
+        ``inputs`` changed since the store was started, and ``overwrite`` is False.
+    OutputLockedError
+        Another live run is writing ``store``.
     """
     store = Path(store)
     blocks = _blocks(ds)
@@ -418,32 +488,22 @@ def write_zarr(
     ds = ds.assign_coords({k: v.load() for k, v in ds.coords.items() if v.chunks})
     identity = store_identity(ds, request)
     key = _digest(json.dumps(identity, sort_keys=True).encode())
-    _prepare(ds, store, identity, kind=kind, overwrite=overwrite, what=what)
-    done = progress(store)
-    # One write task per missing block, depending directly on that block's chunk of every
-    # variable (built key by key: cheap for thousands of blocks).
-    names = list(ds.data_vars)
-    arrays = [ds[n].data for n in names]
-    wname = f"corrdiff-write-{key}"
-    layer = {}
-    for idx, block in blocks:
-        bid = _block_id(block)
-        if bid not in done:
-            fn = functools.partial(
-                _write_block, store=str(store), block=block, done=bid, names=names
-            )
-            layer[(wname, *idx)] = (fn, [(a.name, *idx) for a in arrays])
-    if layer:
-        final = f"corrdiff-written-{key}"
-        layer[final] = (len, list(layer))
-        graph = HighLevelGraph.from_collections(final, layer, dependencies=arrays)
-        job = Delayed(final, graph)
-        if client is not None:
-            client.compute(job).result()
-        else:
-            job.compute()
-    written = len(layer) - 1 if layer else 0
-    _consolidate(str(store))  # every block is in: readers then open it with one metadata read
+    fingerprints = {}
+    if inputs is not None:
+        if inputs.sizes.get(TIME, ds.sizes[TIME]) != ds.sizes[TIME]:
+            raise ValueError(f"inputs have {inputs.sizes[TIME]} times, the output {ds.sizes[TIME]}")
+        times = sorted({(b[TIME].start, b[TIME].stop) for _, b in blocks})
+        fingerprints = input_fingerprints(inputs, [slice(*t) for t in times])
+    with output_lock(store, what=f"{what} {store}"):
+        _prepare(ds, store, identity, kind=kind, overwrite=overwrite, what=what)
+        changed = _input_change(ds, store, blocks, fingerprints, client, f"{what} {store}")
+        if changed is not None:
+            if not overwrite:
+                raise changed
+            _initialise(ds, store, identity, kind)  # start again from the input as it is now
+            _open_records(store, kind)
+        written = _run_blocks(ds, store, blocks, fingerprints, key, client)
+        _consolidate(str(store))  # every block is in: readers then open it with one metadata read
     return {"blocks": len(blocks), "written": written, "skipped": len(blocks) - written}
 
 

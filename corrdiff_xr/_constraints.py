@@ -18,6 +18,10 @@ A failure is a :class:`SettingError` naming the key, the value and what is allow
 (``rho: nan is not a finite number > 0``); :func:`corrdiff_xr.config.from_dict` prefixes the
 key path (``sampler.rho: ...``) and callers with their own argument names rename the keys
 (:meth:`SettingError.renamed`).
+
+The work limits (``MAX_STEPS``, ``MAX_MEMBERS``, ``MAX_BLOCKS``, ``MAX_BLOCK_BYTES``,
+``MAX_TOTAL_BATCH``) live here too, where fields and commands declare them: a small number
+(``members=10**7``) must be refused with its limit before anything is allocated.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ from corrdiff_xr.errors import CorrDiffError
 
 __all__ = [
     "CHECK",
+    "MAX_BLOCKS",
+    "MAX_BLOCK_BYTES",
+    "MAX_MEMBERS",
+    "MAX_STEPS",
+    "MAX_TOTAL_BATCH",
     "Bound",
     "Checked",
     "ConfigError",
@@ -48,6 +57,23 @@ __all__ = [
 
 #: ``dataclasses.field`` metadata key holding a field's :class:`Bound`
 CHECK = "corrdiff_xr.check"
+
+# -- work limits: a small number must not ask for unbounded work ---------------------------------
+# Each is checked before anything is allocated, and named in the error that refuses it.
+
+#: most sampler steps (the reference takes 18): a checkpoint's defaults cannot ask 10**9
+MAX_STEPS = 1000
+#: most ensemble members (and members per network call) of one downscaling
+MAX_MEMBERS = 100_000
+#: most block tasks in one downscaling's graph, which the client builds up front (~5 kB
+#: each: 250,000 blocks take ~1.3 GB); larger time or member chunks make fewer
+MAX_BLOCKS = 250_000
+#: most bytes of one task's float32 output block (members x times x targets x y x x), or of
+#: one time chunk's whole-domain regression mean: what one worker must hold at once
+MAX_BLOCK_BYTES = 2 * 2**30
+#: most training samples per optimiser step (the reference takes 256 to 1024); the loader
+#: holds a device's share of a step's samples at once
+MAX_TOTAL_BATCH = 65_536
 
 
 class ConfigError(CorrDiffError, ValueError):

@@ -20,8 +20,9 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
-from corrdiff_xr._constraints import Bound as _Bound
 from corrdiff_xr._constraints import (
+    MAX_STEPS,
+    MAX_TOTAL_BATCH,
     Checked,
     ConfigError,
     Rule,
@@ -29,6 +30,7 @@ from corrdiff_xr._constraints import (
     check_value,
     setting,
 )
+from corrdiff_xr._constraints import Bound as _Bound
 from corrdiff_xr._yaml_overrides import load_yaml, merge, parse_overrides
 
 __all__ = [
@@ -187,10 +189,6 @@ def load_config(
 
 
 # -- sampling and patching (core B) ---------------------------------------------------------
-
-
-#: most sampler steps (the reference takes 18): a checkpoint's defaults cannot ask 10**9
-MAX_STEPS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -431,7 +429,8 @@ class TrainingConfig(Checked):
 
     Durations and intervals count training *samples* (images or patches' source images), as
     in the reference. ``total_batch_size`` = ``batch_size_per_device`` x accumulation rounds
-    x world size; ``batch_size_per_device`` None means ``total_batch_size / world_size``.
+    x world size (at most ``MAX_TOTAL_BATCH``, 65,536); ``batch_size_per_device`` None means
+    ``total_batch_size / world_size``.
     The learning rate ramps up linearly over ``lr_rampup`` samples, then is multiplied by
     ``lr_decay`` every ``lr_decay_every`` samples. Steps whose loss or gradients are not
     finite are skipped; the run stops after ``max_nonfinite_steps`` of them.
@@ -445,8 +444,8 @@ class TrainingConfig(Checked):
     """
 
     duration: int = setting(2_000_000, ge=1)
-    total_batch_size: int = setting(256, ge=1)
-    batch_size_per_device: int | None = setting(None, ge=1)
+    total_batch_size: int = setting(256, ge=1, le=MAX_TOTAL_BATCH)
+    batch_size_per_device: int | None = setting(None, ge=1, le=MAX_TOTAL_BATCH)
     lr: float = setting(2e-4, gt=0)
     lr_rampup: int = setting(0, ge=0)
     lr_decay: float = setting(1.0, gt=0, le=1)

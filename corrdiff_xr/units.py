@@ -17,6 +17,11 @@ fields). So every variable is compared, through pint with cf_xarray's CF unit re
   numbers, a logarithmic unit, a spelling pint cannot read): :class:`UnitsError` naming the
   variable, the data's units and the model's.
 
+Hostile spellings. pint evaluates numbers in a units string with Python integers, so
+``10**10**10`` would run for ever; every string is checked first (:func:`check_spelling`):
+at most :data:`MAX_LENGTH` characters, exponents plain numbers of magnitude at most
+:data:`MAX_EXPONENT`, and no power of a power (``a**b**c``, ``(a**b)**c``).
+
 Missing units. Data without ``units`` is refused: canonical data carries them (the layout
 requires them), and assuming the model's would hide exactly the mistake this module exists
 to catch; set ``ds[name].attrs["units"]``. A codec without units for a variable (a model
@@ -32,7 +37,9 @@ pint is imported on first use, and only when two spellings differ.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import re
 import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -46,14 +53,69 @@ if TYPE_CHECKING:
     from corrdiff_xr.codec import Codec
     from corrdiff_xr.data.pair import DownscalingData
 
-__all__ = ["UnitsError", "check_pair", "conversion", "same_units", "to_model_units"]
+__all__ = [
+    "MAX_EXPONENT",
+    "MAX_LENGTH",
+    "UnitsError",
+    "check_pair",
+    "check_spelling",
+    "conversion",
+    "same_units",
+    "to_model_units",
+]
 
 #: density of liquid water (kg m-3) relating a mass per area to a depth of water
 WATER_DENSITY = 1000.0
+#: longest units string read (CF units are a few words: ``kg m-2 s-1``)
+MAX_LENGTH = 100
+#: largest exponent magnitude in a units string (``m-2``, ``s**-1``; real units stay under 10)
+MAX_EXPONENT = 100
+_POWER = re.compile(r"\*\*|\^")
+# an exponent: after ** or ^ (spaces, a sign, a bracket allowed), or CF's digits right
+# after a unit name (m-2, s2); not the exponent of a number's scientific notation (1e20)
+_EXPONENT = re.compile(
+    r"(?:(?:\*\*|\^)\s*\(?\s*|(?<=[A-Za-z_])(?<![\d.][eE]))([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)"
+)
 
 
 class UnitsError(DataError):
     """A variable's units differ from the model's and cannot be converted safely."""
+
+
+def _too_complex(text: str) -> str | None:
+    """Why pint must not evaluate ``text``, or None when it is small and simple enough."""
+    if len(text) > MAX_LENGTH:
+        return f"it is {len(text)} characters long, more than the {MAX_LENGTH} read"
+    powers = [m.start() for m in _POWER.finditer(text)]
+    for a, b in itertools.pairwise(powers):
+        if not re.search(r"[A-Za-z_%]", text[a:b]):  # no unit between two powers: a tower
+            return "it raises a power to a power (a**b**c), which is not read"
+    if re.search(r"\)\s*(?:\*\*|\^)", text):
+        return "it raises a bracketed group to a power, which is not read"
+    for m in _EXPONENT.finditer(text):
+        if not abs(float(m.group(1))) <= MAX_EXPONENT:
+            return f"its exponent {m.group(1)} exceeds {MAX_EXPONENT} in magnitude"
+    return None
+
+
+def check_spelling(units: str, *, name: str = "", whose: str = "") -> None:
+    """Refuse a units string too long or complex for pint to evaluate safely.
+
+    ``whose`` says whose variable ``name`` is in the message (``"the model's "``).
+
+    Raises
+    ------
+    UnitsError
+        Naming the variable, the string and the limit it breaks.
+    """
+    why = _too_complex(str(units))
+    if why is not None:
+        shown = str(units) if len(str(units)) <= MAX_LENGTH else f"{str(units)[:40]}..."
+        raise UnitsError(
+            f"{whose}variable '{name}' has units '{shown}', and {why} (units strings are limited "
+            f"to {MAX_LENGTH} characters and exponents of magnitude {MAX_EXPONENT}); "
+            "write plain CF units such as 'K' or 'kg m-2 s-1'"
+        )
 
 
 @functools.cache
@@ -116,6 +178,8 @@ def conversion(data_units: str, model_units: str, *, name: str = "") -> tuple[fl
     """
     if str(data_units).strip() == str(model_units).strip():
         return 1.0, 0.0
+    check_spelling(data_units, name=name)  # before pint evaluates anything of either
+    check_spelling(model_units, name=name, whose="the model's ")
     found = _affine(str(data_units).strip(), str(model_units).strip())
     if isinstance(found, str):
         raise UnitsError(

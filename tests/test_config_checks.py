@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -59,8 +60,9 @@ FIELDS = [
     ("edm.P_mean", INF, None, "inf", "a finite number"),
     ("edm.P_std", 0.0, None, "0.0", "a finite number > 0"),
     ("training.duration", 0, None, "0", "an integer >= 1"),
-    ("training.total_batch_size", 0, None, "0", "an integer >= 1"),
-    ("training.batch_size_per_device", 0, None, "0", "an integer >= 1"),
+    ("training.total_batch_size", 0, None, "0", "an integer in [1, 65536]"),
+    ("training.total_batch_size", 10**7, None, "10000000", "an integer in [1, 65536]"),
+    ("training.batch_size_per_device", 0, None, "0", "an integer in [1, 65536]"),
     ("training.lr", 0.0, None, "0.0", "a finite number > 0"),
     ("training.lr_rampup", -1, None, "-1", "an integer >= 0"),
     ("training.lr_decay", 1.5, None, "1.5", "a number in (0, 1]"),
@@ -317,8 +319,12 @@ def test_overrides_of_the_hostile_trial_are_refused_before_any_work(tmp_path, ca
         ("sampler.rho=.nan", "sampler.rho: nan is not a finite number > 0"),
         ("sampler.S_noise=-1", "sampler.S_noise: -1.0 is not a finite number > 0"),
         ("edm.sigma_data=.nan", "edm.sigma_data: nan is not a finite number > 0"),
+        (
+            "training.total_batch_size=10000000",
+            "training.total_batch_size: 10000000 is not an integer in [1, 65536]",
+        ),
     ]:
-        with pytest.raises(ConfigError, match=f"^{message}$"):
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
             load_config(TrainRunConfig, None, ["task=regression", "data.source=x.zarr", override])
         out = tmp_path / "out"
         argv = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 
 import numpy as np
@@ -15,6 +16,7 @@ from corrdiff_xr.testing import raise_if_dask_computes, tiny_corrdiff
 from corrdiff_xr.units import (
     UnitsError,
     check_pair,
+    check_spelling,
     conversion,
     same_units,
     to_model_units,
@@ -164,3 +166,41 @@ def test_check_pair_refuses_other_units_and_accepts_other_spellings(setup):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matching units: nothing to warn about
         check_pair(open_pair(ds), codec)
+
+
+@pytest.mark.parametrize(
+    ("units", "why"),
+    [
+        ("10**10**10", "it raises a power to a power"),  # pint would evaluate 10**(10**10)
+        ("10^10^10", "it raises a power to a power"),
+        ("10**(10**10)", "it raises a power to a power"),
+        ("(km**10)**10", "it raises a power to a power"),
+        ("(km)**10", "it raises a bracketed group to a power"),
+        ("m**1000000000", "its exponent 1000000000 exceeds 100"),
+        ("km-1000", "its exponent -1000 exceeds 100"),
+        ("m " * 51, "it is 102 characters long, more than the 100 read"),
+    ],
+)
+def test_hostile_units_strings_are_refused_before_pint_evaluates_them(units, why):
+    shown = units if len(units) <= 100 else units[:40] + "..."
+    with pytest.raises(
+        UnitsError, match=f"^variable 't2m' has units '{re.escape(shown)}', and {why}"
+    ):
+        conversion(units, "K", name="t2m")
+    with pytest.raises(UnitsError, match="^the model's variable 't2m' has units"):
+        conversion("K", units, name="t2m")  # a checkpoint's units are read the same way
+    assert not same_units(units, "K")
+
+
+@pytest.mark.parametrize(
+    "units",
+    ["kg m-2 s-1", "m**2 s**-2", "W m^-2", "1e-3 kg kg-1", "1e20 m-3", "degrees_north", "m2 s-2"],
+)
+def test_ordinary_cf_spellings_pass_the_spelling_check(units):
+    check_spelling(units)  # no error; whether pint can read them is conversion's to say
+
+
+def test_a_hostile_units_attribute_is_refused_by_downscale_naming_the_variable(setup):
+    ds, _, model, _ = setup
+    with pytest.raises(UnitsError, match="^variable 't2m_coarse' has units '10\\*\\*10\\*\\*10'"):
+        downscale(_relabel(ds, "t2m_coarse", "10**10**10"), model, **FAST)

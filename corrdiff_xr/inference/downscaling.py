@@ -87,9 +87,16 @@ def _check_output_kind(header: Mapping[str, Any], output: str, model: Any) -> No
 
 
 def _check_network_shape(header: Mapping[str, Any], domain: tuple, patch_cfg: Any) -> None:
-    """The image each network call sees (a patch, or the whole grid) must fit its levels."""
-    from corrdiff_xr.config import NetworkConfig, from_dict
+    """The image each network call sees (a patch, or the whole grid) must fit the grid and
+    the network's levels (checked before the patch grid allocates its weights)."""
+    from corrdiff_xr.config import NetworkConfig, SettingError, from_dict
 
+    if patch_cfg is not None and any(p > d for p, d in zip(patch_cfg.shape, domain)):
+        raise SettingError(
+            (("patch", patch_cfg.shape),),
+            f"is larger than the fine grid {domain} (y, x); need a patch no larger than the "
+            "grid, or none (whole-domain sampling)",
+        )
     if patch_cfg is None:
         patch = whole = (domain, "the fine grid (sampled whole, patch=None)")
     else:
@@ -141,7 +148,7 @@ def _member_chunks(size: int | None, members: int, batch_size: int, samples: boo
             f"(one network call per group): every block computes its members' whole groups "
             "and drops the other rows; pass a member chunk that is a multiple of batch_size, "
             f"or batch_size={size}",
-            stacklevel=3,
+            stacklevel=4,  # downscale's caller
         )
     return _regular((), size, members)
 
@@ -231,6 +238,7 @@ def _check_arguments(
     members: Any, seed: Any, batch_size: Any, threads: Any, chunks: Mapping[str, Any] | None
 ) -> tuple[int, int, int, int | None, dict]:
     """downscale's plain arguments coerced and checked like config fields."""
+    from corrdiff_xr._constraints import MAX_MEMBERS
     from corrdiff_xr.config import check_argument
 
     chunks = dict(chunks or {})
@@ -238,11 +246,33 @@ def _check_arguments(
     if unknown:
         raise ValueError(f"chunks has unknown dims {sorted(unknown)}; use member, time, y, x")
     return (
-        check_argument("members", members, int, ge=1),
+        check_argument("members", members, int, ge=1, le=MAX_MEMBERS),
         check_argument("seed", seed, int, ge=0),
-        check_argument("batch_size", batch_size, int, ge=1),
+        check_argument("batch_size", batch_size, int, ge=1, le=MAX_MEMBERS),
         check_argument("threads", threads, int | None, ge=1),
         {d: check_argument(f"chunks[{d!r}]", v, int, ge=1) for d, v in chunks.items()},
+    )
+
+
+def _time_member_chunks(src, codec, chunks, members, kinds, spatial, patch_cfg) -> tuple:
+    """The output's time and member chunks, once the graph and blocks they make are checked
+    (from the sizes, before a tuple of chunks or a task is built)."""
+    from corrdiff_xr.inference.graph import check_size
+
+    (n, batch_size), samples = members, "sample" in kinds
+    first = src[codec.inputs[0]].chunks
+    # unchunked (numpy) inputs: one time step per block, so blocks stay small and parallel
+    tsize = chunks.get(TIME) or (first[0][0] if first else 1)
+    check_size(
+        members=(n, chunks.get(MEMBER) or min(batch_size, n)) if samples else None,
+        times=(src.sizes[TIME], tsize),
+        ych=spatial[0],
+        xch=spatial[1],
+        channels=len(codec.out_channels),
+        whole_mean=patch_cfg is not None and patch_cfg.mean == "whole",
+    )
+    return _regular((), tsize, src.sizes[TIME]), _member_chunks(
+        chunks.get(MEMBER), n, batch_size, samples
     )
 
 
@@ -355,8 +385,11 @@ def downscale(
     ConfigError
         An argument out of range (``members`` >= 1, ``seed`` >= 0, ``steps``, ``batch_size``,
         ``threads`` and chunk sizes >= 1, a positive ``patch`` that leaves room for
-        ``overlap`` and ``boundary``), named with its value and the allowed range; or
-        members or residuals asked of a regression-only model.
+        ``overlap`` and ``boundary`` and no larger than the grid), named with its value and
+        the allowed range; more work than the limits of :mod:`corrdiff_xr._constraints` allow
+        (``members`` and ``batch_size`` at most ``MAX_MEMBERS``; the block tasks and a
+        block's bytes the chunking makes, :func:`~corrdiff_xr.inference.graph.check_size`);
+        or members or residuals asked of a regression-only model.
     UnitsError
         A variable in units that do not convert to the model's.
     """
@@ -393,11 +426,10 @@ def downscale(
 
     _check_network_shape(header, (H, W), patch_cfg)
     grid, ych, xch = _spatial_plan(src, codec.inputs[0], patch_cfg, chunks)
-    first = src[codec.inputs[0]].chunks
-    # unchunked (numpy) inputs: one time step per block, so blocks stay small and parallel
-    tch = _regular(first[0] if first else (1,), chunks.get(TIME), src.sizes[TIME])
     kinds = {"mean": ("mean",), "residual": ("sample", "mean")}.get(output, ("sample",))
-    mch = _member_chunks(chunks.get(MEMBER), members, batch_size, "sample" in kinds)
+    tch, mch = _time_member_chunks(
+        src, codec, chunks, (members, batch_size), kinds, (ych, xch), patch_cfg
+    )
 
     task = BlockTask(
         token=token,

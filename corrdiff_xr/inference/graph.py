@@ -10,6 +10,7 @@ whole grid's inputs, and each block depends on a slice of it over its halo.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import itertools
@@ -22,6 +23,7 @@ import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from corrdiff_xr._constraints import MAX_BLOCK_BYTES, MAX_BLOCKS, SettingError
 from corrdiff_xr.data.times import to_ns
 from corrdiff_xr.dims import TIME, X, Y
 from corrdiff_xr.inference.block import (
@@ -31,29 +33,123 @@ from corrdiff_xr.inference.block import (
     compute_mean_field,
 )
 
-__all__ = ["block_arrays"]
+__all__ = ["block_arrays", "check_size"]
 
 Part = tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]
 
 
-def _overlaps(chunks: Sequence[int], lo: int, hi: int) -> list[tuple[int, slice, slice]]:
-    """Chunks of one axis overlapping [lo, hi): (chunk index, slice in chunk, slice in out)."""
-    bounds = np.cumsum((0, *chunks))
-    out = []
-    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
-        s, e = max(a, lo), min(b, hi)
-        if s < e:
-            out.append((i, slice(int(s - a), int(e - a)), slice(int(s - lo), int(e - lo))))
-    return out
+def check_size(
+    *,
+    members: tuple[int, int] | None,
+    times: tuple[int, int],
+    ych: Sequence[int],
+    xch: Sequence[int],
+    channels: int,
+    whole_mean: bool,
+) -> None:
+    """Refuse a downscaling whose graph or blocks would not fit, before anything is built.
+
+    ``members`` and ``times`` are ``(count, chunk size)`` (``members`` None without
+    samples); the counts come from the sizes alone, so refusing 10**12 blocks costs nothing.
+    The graph holds at most :data:`~corrdiff_xr._constraints.MAX_BLOCKS` block tasks and a
+    block (or a time chunk's whole-domain mean) at most ``MAX_BLOCK_BYTES`` of float32.
+
+    Raises
+    ------
+    SettingError
+        Naming the member and time chunking (``members``, ``chunks['member']``,
+        ``chunks['time']``), what they make and the limit.
+    """
+    (n, mc), (nt, tc) = members or (1, 1), times
+    groups, steps, spatial = -(-n // mc), -(-nt // tc), len(ych) * len(xch)
+    blocks = groups * steps * spatial
+    keys = ((("members", n), ("chunks['member']", mc)) if members else ()) + (
+        ("chunks['time']", tc),
+    )
+    if blocks > MAX_BLOCKS:
+        raise SettingError(
+            keys,
+            f"make {blocks} block tasks ({groups} member chunks x {steps} time chunks x "
+            f"{spatial} spatial blocks), more than the {MAX_BLOCKS} one graph may hold "
+            "(MAX_BLOCKS); ask for larger member or time chunks, or fewer members or times",
+        )
+    m, t = min(n, mc), min(nt, tc)
+    what, fields, (h, w) = f"a block of {m} members x {t} times x", m * t, (max(ych), max(xch))
+    if whole_mean and t * sum(ych) * sum(xch) > fields * h * w:  # the mean task holds more
+        what, fields, (h, w) = f"a time chunk's mean of {t} times x", t, (sum(ych), sum(xch))
+    nbytes = fields * channels * h * w * 4
+    if nbytes > MAX_BLOCK_BYTES:
+        raise SettingError(
+            keys,
+            f"make {what} {channels} targets x {h} x {w} pixels in float32, "
+            f"{nbytes / 2**30:.3g} GiB, more than the "
+            f"{MAX_BLOCK_BYTES / 2**30:g} GiB one task may hold (MAX_BLOCK_BYTES); ask for "
+            "smaller member, time or y/x chunks",
+        )
 
 
-def _parts(chunks: tuple[tuple[int, ...], ...], region: Sequence[tuple[int, int]]) -> list[Part]:
-    """Input chunks (and where each lands) that make up ``region`` of a chunked array."""
-    per_axis = [_overlaps(c, lo, hi) for c, (lo, hi) in zip(chunks, region)]
-    return [
-        (tuple(p[0] for p in combo), tuple(p[1] for p in combo), tuple(p[2] for p in combo))
-        for combo in itertools.product(*per_axis)
-    ]
+class _Axis:
+    """One chunked axis: the chunks overlapping a range, found by bisection of the boundaries.
+
+    A block needs the few input chunks its halo overlaps; scanning every chunk per block would
+    make the graph quadratic in the number of time chunks (10**5 time steps: hours).
+    """
+
+    def __init__(self, chunks: Sequence[int]):
+        self.bounds = list(itertools.accumulate(chunks, initial=0))
+        self._found: dict[tuple[int, int], list] = {}  # y, x ranges repeat for every time
+
+    def overlaps(self, lo: int, hi: int) -> list[tuple[int, slice, slice]]:
+        """Chunks overlapping [lo, hi): (chunk index, slice in chunk, slice in out)."""
+        if (lo, hi) in self._found:
+            return self._found[lo, hi]
+        b = self.bounds
+        i, out = max(bisect.bisect_right(b, lo) - 1, 0), []
+        while i < len(b) - 1 and b[i] < hi:
+            s, e = max(b[i], lo), min(b[i + 1], hi)
+            if s < e:
+                out.append((i, slice(s - b[i], e - b[i]), slice(s - lo, e - lo)))
+            i += 1
+        self._found[lo, hi] = out
+        return out
+
+
+class _Inputs:
+    """The input arrays of a downscaling, and which of their chunks make up a region.
+
+    Arrays with the same dims and chunks form a group (the regridded inputs; the static
+    fields): a region's parts are found once per group, and a group without time (static
+    fields) finds them once per spatial block, not once per block.
+    """
+
+    def __init__(self, arrays: Sequence[da.Array], dims: Sequence[tuple[str, ...]]):
+        self.names, self.dims = [a.name for a in arrays], list(dims)
+        axes: dict[tuple[int, ...], _Axis] = {}  # each chunking hashed once, not per block
+        groups: dict[tuple, int] = {}
+        self.group = [groups.setdefault((d, a.chunks), len(groups)) for a, d in zip(arrays, dims)]
+        self.groups = [(d, tuple(axes.setdefault(c, _Axis(c)) for c in ch)) for d, ch in groups]
+        self._parts: dict = {}
+
+    def _group_parts(self, g: int, extent: dict) -> tuple[list[Part], tuple[int, ...]]:
+        dims, axes = self.groups[g]
+        region = tuple(extent[k] for k in dims)
+        key = (g, region)
+        if key not in self._parts:
+            per_axis = [ax.overlaps(lo, hi) for ax, (lo, hi) in zip(axes, region)]
+            parts = [tuple(zip(*combo)) for combo in itertools.product(*per_axis)]
+            self._parts[key] = parts, tuple(hi - lo for lo, hi in region)
+        return self._parts[key]
+
+    def region(self, extent: dict) -> tuple[list, dict]:
+        """Input keys of a (time, y, x) region and how to assemble them (``_halo``'s keywords)."""
+        found = [self._group_parts(g, extent) for g in range(len(self.groups))]
+        keys, layouts, shapes = [], [], []
+        for name, g in zip(self.names, self.group):
+            parts, shape = found[g]
+            keys.append([(name, *p[0]) for p in parts])
+            layouts.append(parts)
+            shapes.append(shape)
+        return keys, {"dims": self.dims, "layouts": layouts, "shapes": shapes}
 
 
 def _assemble(pieces: list[np.ndarray], layout: list[Part], shape: tuple[int, ...]) -> np.ndarray:
@@ -85,30 +181,18 @@ def _run_mean(pieces, *, inputs: dict, task: BlockTask) -> np.ndarray:
     return compute_mean_field(_halo(pieces, **inputs), task)
 
 
-def _region_inputs(arrays, dims, extent: dict) -> tuple[list, dict]:
-    """Input keys of a (time, y, x) region and how to assemble them (``_halo``'s keywords)."""
-    keys, layouts, shapes = [], [], []
-    for arr, d in zip(arrays, dims):
-        region = [extent[k] for k in d]
-        parts = _parts(arr.chunks, region)
-        keys.append([(arr.name, *p[0]) for p in parts])
-        layouts.append(parts)
-        shapes.append(tuple(hi - lo for lo, hi in region))
-    return keys, {"dims": dims, "layouts": layouts, "shapes": shapes}
-
-
-def _mean_layer(src, arrays, dims, tbounds, times, task: BlockTask, token: str) -> tuple:
+def _mean_layer(src, inputs: _Inputs, tbounds, times, task: BlockTask, token: str) -> tuple:
     """Whole-domain mean tasks, one per time chunk: (layer name, layer)."""
     names = list(src.data_vars)
     name = f"corrdiff-mean-field-{token}"
     whole = {Y: (0, src.sizes[Y]), X: (0, src.sizes[X])}
     layer = {}
     for it, (t0, t1) in enumerate(tbounds):
-        keys, how = _region_inputs(arrays, dims, {TIME: (int(t0), int(t1)), **whole})
+        keys, how = inputs.region({TIME: (t0, t1), **whole})
         fn = functools.partial(
             _run_mean,
             inputs={"names": names, **how},
-            task=dataclasses.replace(task, times=tuple(int(t) for t in times[t0:t1])),
+            task=dataclasses.replace(task, times=tuple(times[t0:t1].tolist())),
         )
         layer[(name, it)] = (fn, keys)
     return name, layer
@@ -121,32 +205,34 @@ def block_arrays(
     mch: Sequence[int],
     n_out: int,
     task: BlockTask,
-) -> dict[str, da.Array]:
-    """Channel-first dask arrays of a downscaling, one task per (members, times, block).
+) -> dict[str, list[da.Array]]:
+    """Dask arrays of a downscaling, one task per (members, times, block).
 
     ``task`` holds the request's settings (its ``plan``, ``times`` and ``members`` are filled
-    in per block, :meth:`BlockTask.at`); one array per ``task.kinds``: ``"sample"`` is
-    ``(C, member, time, y, x)`` and ``"mean"`` ``(C, time, y, x)``.
+    in per block, :meth:`BlockTask.at`); for each of ``task.kinds``, one array per output
+    channel: ``"sample"`` ``(member, time, y, x)``, ``"mean"`` ``(time, y, x)``.
     """
     kinds = task.kinds
     names = list(src.data_vars)
     arrays = [src[n].data for n in names]
     dims = [src[n].dims for n in names]
     times = to_ns(src[TIME].values)  # the noise key: ns in the axis' own calendar
-    tbounds = list(itertools.pairwise(np.cumsum((0, *tch))))
-    mbounds = list(itertools.pairwise(np.cumsum((0, *mch)))) if "sample" in kinds else [(0, 0)]
+    tbounds = list(itertools.pairwise(itertools.accumulate(tch, initial=0)))
+    mbounds = list(itertools.pairwise(itertools.accumulate(mch, initial=0)))
+    mbounds = mbounds if "sample" in kinds else [(0, 0)]
+    inputs = _Inputs(arrays, dims)
     token = tokenize([a.name for a in arrays], plans, tuple(tch), tuple(mch), n_out, task)
     name = f"corrdiff-block-{token}"
     layer: dict = {}
     mean_layer: dict = {}
     if task.whole_mean:
-        mname, mean_layer = _mean_layer(src, arrays, dims, tbounds, times, task, token)
+        mname, mean_layer = _mean_layer(src, inputs, tbounds, times, task, token)
     for (g, (m0, m1)), (it, (t0, t1)), (iy, prow) in itertools.product(
         enumerate(mbounds), enumerate(tbounds), enumerate(plans)
     ):
         for ix, plan in enumerate(prow):
-            extent = {TIME: (int(t0), int(t1)), Y: plan.halo_rows, X: plan.halo_cols}
-            keys, how = _region_inputs(arrays, dims, extent)
+            extent = {TIME: (t0, t1), Y: plan.halo_rows, X: plan.halo_cols}
+            keys, how = inputs.region(extent)
             fn = functools.partial(
                 _run,
                 inputs={"names": names, **how},
@@ -161,40 +247,35 @@ def block_arrays(
             layer[(name, g, it, iy, ix)] = (fn, *deps)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=arrays)
     if task.whole_mean:
-        inputs = graph.dependencies[name]
+        deps = graph.dependencies[name]
         graph = HighLevelGraph(
             {**graph.layers, mname: mean_layer},
-            {**graph.dependencies, mname: set(inputs), name: {*inputs, mname}},
+            {**graph.dependencies, mname: set(deps), name: {*deps, mname}},
         )
     ych = tuple(p[0].rows[1] - p[0].rows[0] for p in plans)
     xch = tuple(p.cols[1] - p.cols[0] for p in plans[0])
-    out = {}
-    for kind in kinds:
-        oname = f"corrdiff-{kind}-{token}"
-        if kind == "sample":
-            sub = {
-                (oname, 0, g, it, iy, ix): (operator.getitem, k, kind)
-                for k in layer
-                for (_, g, it, iy, ix) in [k]
-            }
-            chunks = ((n_out,), tuple(mch), tuple(tch), ych, xch)
-        else:
-            sub = {
-                (oname, 0, it, iy, ix): (operator.getitem, k, kind)
-                for k in layer
-                for (_, g, it, iy, ix) in [k]
-                if g == 0
-            }
-            chunks = ((n_out,), tuple(tch), ych, xch)
-        hlg = HighLevelGraph(
-            {**graph.layers, oname: sub},
-            {**graph.dependencies, oname: {name}},
-        )
-        out[kind] = da.Array(
-            hlg,
-            oname,
-            chunks,
-            dtype=np.float32,
-            meta=np.empty((0,) * len(chunks), dtype=np.float32),
-        )
-    return out
+    return {
+        kind: [
+            _channel(graph, name, layer, kind, c, (tuple(mch), tuple(tch), ych, xch), token)
+            for c in range(n_out)
+        ]
+        for kind in kinds
+    }
+
+
+def _take(result: dict, kind: str, c: int) -> np.ndarray:
+    return result[kind][c]
+
+
+def _channel(graph, name: str, layer: dict, kind: str, c: int, chunks: tuple, token: str):
+    """Channel ``c`` of the blocks' ``kind`` output, one task per block (built directly: a
+    dask slice of a channel-first array would add a task per block and cost seconds)."""
+    oname = f"corrdiff-{kind}-{c}-{token}"
+    if kind == "sample":
+        sub = {(oname, *k[1:]): (_take, k, kind, c) for k in layer}
+    else:  # the mean does not depend on the members: the first member group's blocks
+        sub = {(oname, *k[2:]): (_take, k, kind, c) for k in layer if k[1] == 0}
+        chunks = chunks[1:]
+    hlg = HighLevelGraph({**graph.layers, oname: sub}, {**graph.dependencies, oname: {name}})
+    meta = np.empty((0,) * len(chunks), dtype=np.float32)
+    return da.Array(hlg, oname, chunks, dtype=np.float32, meta=meta)

@@ -1,6 +1,6 @@
 """Labels for a downscaling's block arrays: dims, coordinates, CF and provenance attributes.
 
-:func:`to_dataset` wraps the channel-first arrays of :func:`corrdiff_xr.inference.graph.
+:func:`to_dataset` wraps the per-channel arrays of :func:`corrdiff_xr.inference.graph.
 block_arrays` as the Dataset ``downscale`` returns: one variable per target, the input's
 time, the fine grid's y, x, lat and lon, the model's units, the data's grid mapping, and
 attributes saying how it was made (seed, sampler, model, patching, member groups).
@@ -44,8 +44,9 @@ class Labels:
     dataset: xr.Dataset
 
 
-def to_dataset(stacked: dict[str, da.Array], labels: Labels) -> xr.Dataset:
-    """Wrap the block arrays as a labelled Dataset with CF and provenance attributes."""
+def to_dataset(stacked: dict[str, list[da.Array]], labels: Labels) -> xr.Dataset:
+    """Wrap the block arrays (one per kind and channel) as a labelled Dataset with CF and
+    provenance attributes."""
     from corrdiff_xr._cf import with_grid_mapping
     from corrdiff_xr._version import __version__
     from corrdiff_xr.config import to_dict
@@ -60,7 +61,8 @@ def to_dataset(stacked: dict[str, da.Array], labels: Labels) -> xr.Dataset:
     if output == "ensemble":
         data, dims = stacked["sample"], (MEMBER, TIME, Y, X)
     elif output == "residual":
-        data, dims = stacked["sample"] - stacked["mean"][:, None], (MEMBER, TIME, Y, X)
+        data = [s - m[None] for s, m in zip(stacked["sample"], stacked["mean"])]
+        dims = (MEMBER, TIME, Y, X)
     else:
         data, dims = stacked["mean"], (TIME, Y, X)
     coords = {TIME: src[TIME], Y: src[Y], X: src[X]}

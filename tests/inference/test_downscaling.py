@@ -200,11 +200,19 @@ def test_downscale_names_what_is_wrong_with_bad_input(setup):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"members": 0}, "members: 0 is not an integer >= 1"),
+        ({"members": 0}, "members: 0 is not an integer in [1, 100000]"),
+        ({"members": 10**7}, "members: 10000000 is not an integer in [1, 100000]"),
         ({"members": 1.5}, "members: expected an integer, got 1.5"),
         ({"seed": -1}, "seed: -1 is not an integer >= 0"),
         ({"steps": 0}, "steps: 0 is not an integer in [1, 1000]"),
-        ({"batch_size": 0}, "batch_size: 0 is not an integer >= 1"),
+        ({"batch_size": 0}, "batch_size: 0 is not an integer in [1, 100000]"),
+        ({"patch": 10**9}, "patch: (1000000000, 1000000000) is larger than the fine grid (16, 16)"),
+        ({"patch": (8, 17)}, "patch: (8, 17) is larger than the fine grid (16, 16)"),
+        (
+            {"members": 10**5, "batch_size": 1},
+            "members=100000, chunks['member']=1, chunks['time']=1: make 300000 block tasks "
+            "(100000 member chunks x 3 time chunks x 1 spatial blocks), more than the 250000",
+        ),
         ({"threads": 0}, "threads: 0 is not an integer >= 1"),
         ({"patch": (8, 0)}, "patch[1]: 0 is not an integer >= 1"),
         ({"patch": 8, "overlap": -1}, "overlap: -1 is not an integer >= 0"),

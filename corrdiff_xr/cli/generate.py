@@ -371,7 +371,13 @@ def _request(args: argparse.Namespace, ds, patching) -> dict[str, Any]:
     }
 
 
+#: downscale's argument names -> this command's options, for the errors it raises
+_OPTION_NAMES = {"members": "--members", "batch_size": "--batch-size", "patch": "--patch",
+                 "chunks": "--chunks", "steps": "--steps"}  # fmt: skip
+
+
 def _downscale(pair, args: argparse.Namespace):
+    from corrdiff_xr._constraints import SettingError
     from corrdiff_xr.inference import downscale
 
     patching = _patching(args)  # resolved here, so that the request records the values used
@@ -391,6 +397,8 @@ def _downscale(pair, args: argparse.Namespace):
             threads=args.torch_threads,
         )
     except (ValueError, KeyError) as err:
+        if isinstance(err, SettingError):  # name the command's options, not downscale's
+            raise err.renamed(_OPTION_NAMES) from None
         if isinstance(err, CorrDiffError):
             raise
         # settings that do not fit the data or the model (patch larger than the domain ...)

@@ -58,6 +58,7 @@ from typing import Any
 
 import torch
 
+from corrdiff_xr._constraints import SettingError
 from corrdiff_xr._redact import redact_options
 from corrdiff_xr.config import (
     ConfigError,
@@ -305,6 +306,7 @@ def _build_run(cfg: TrainRunConfig, info: ProcessInfo, device: torch.device) -> 
         prefetch_factor=t.loader.prefetch_factor,
         lead_time=cfg.data.lead_time,
     )
+    _check_batch_fits(per_device, loader.epoch_length(0), t.batch_size_per_device)
     return Run(
         cfg=cfg,
         start=start,
@@ -319,6 +321,17 @@ def _build_run(cfg: TrainRunConfig, info: ProcessInfo, device: torch.device) -> 
         per_device=per_device,
         rounds=rounds,
     )
+
+
+def _check_batch_fits(per_device: int, samples: int, explicit: int | None) -> None:
+    """A batch larger than an epoch would cycle the data many times for one optimiser step."""
+    if per_device > samples:
+        key = "batch_size_per_device" if explicit else "total_batch_size"
+        raise SettingError(
+            ((f"training.{key}", per_device),),
+            f"samples per device and step is more than the {samples} training samples this "
+            f"process sees per epoch; lower training.{key} to at most {samples}",
+        )
 
 
 def _loop(run: Run, *, nimg: int, skipped: int, max_steps: int | None) -> TrainResult:

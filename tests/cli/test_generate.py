@@ -605,3 +605,13 @@ def test_a_relative_catalog_path_in_data_is_recorded_absolute(inputs, tmp_path, 
         "entry": "demo_tiny",
         "params": {"cache_dir": "cache"},
     }
+
+
+def test_a_patch_larger_than_the_grid_is_named_by_its_option(inputs, tmp_path, capsys):
+    root, _ = inputs
+    argv = _args(root, tmp_path / "out.zarr")
+    argv[argv.index("--patch") + 1] = "32"
+    rc, lines = _run(argv, capsys)
+    assert rc != 0
+    assert "--patch: (32, 32) is larger than the fine grid (16, 16)" in _error_line(lines)
+    assert not (tmp_path / "out.zarr").exists()

@@ -215,3 +215,13 @@ def test_a_single_nonfinite_step_is_skipped_counted_and_training_goes_on(
     events = EventAccumulator(str(tmp_path / "skip" / "tensorboard"))
     events.Reload()
     assert [e.value for e in events.Scalars("train/skipped_steps")] == [1, 1]
+
+
+def test_a_batch_larger_than_the_epoch_is_refused_naming_the_setting_and_the_sample_count(
+    store, tmp_path
+):
+    # the store holds 8 times; a 64-sample batch would cycle them 8 times for one step
+    data = tiny_config(store, tmp_path / "run", total_batch_size=64, duration=64)
+    with pytest.raises(ConfigError, match=r"training\.total_batch_size: 64 .* at most [1-8]\b"):
+        train(_cfg(data))
+    assert not (tmp_path / "run" / "model.safetensors").exists()

@@ -28,6 +28,7 @@ from corrdiff_xr.data.layout import (
 __all__ = [
     "SOURCE_KEYS",
     "check_complete",
+    "check_distinct",
     "check_keys",
     "check_names",
     "check_variables",
@@ -48,6 +49,20 @@ def check_keys(
         close = difflib.get_close_matches(str(key), list(known), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise error(f"{what}: unknown key {key!r}{hint}; the known keys are {sorted(known)}")
+
+
+def check_distinct(parts: Sequence[tuple[str, xr.Dataset]]) -> None:
+    """Refuse two archives of one role giving the same variable name: a merge would keep one
+    of them (or fail with xarray's words), whichever of the two the user meant."""
+    seen: dict[Any, str] = {}
+    for what, ds in parts:
+        for name in ds.data_vars:
+            if name in seen:
+                raise NameClashError(
+                    f"{seen[name]} and {what} both give a variable {name!r}; give one of them "
+                    f"another name in its variables map, e.g. {{'{name}': '{name}_2'}}"
+                )
+            seen[name] = what
 
 
 def _name_problem(name: Any) -> str | None:

@@ -42,6 +42,7 @@ from corrdiff_xr._cf import COARSE_GRID_MAPPING, grid_mappings
 from corrdiff_xr.data.archive_spec import (
     SOURCE_KEYS,
     check_complete,
+    check_distinct,
     check_keys,
     check_names,
     check_variables,
@@ -337,14 +338,14 @@ def _coarse_parts(coarse, fine: xr.Dataset, match: str, tolerance: Any, notes: l
     sources = list(coarse) if several else [coarse]
     if not sources:
         raise DataError("coarse: give at least one coarse archive")
-    parts = []
+    parts, names = [], []
     for i, source in enumerate(sources):
-        part = _open(
-            source, grid="coarse", what=f"coarse archive {i}" if several else "coarse archive"
-        )
+        names.append(f"coarse archive {i}" if several else "coarse archive")
+        part = _open(source, grid="coarse", what=names[-1])
         notes += part.notes
         matched, fine = _pair_times(part.dataset, fine, match, tolerance, notes)
         parts.append(matched)
+    check_distinct(list(zip(names, parts)))
     # a later archive may have dropped fine times: every part keeps the final ones
     parts = [p.sel({TIME: fine[TIME].values}) for p in parts]
     try:
@@ -411,6 +412,7 @@ def open_archives(
         notes += part.notes
         parts.append(_static_on_fine(part, fine_ds, what, notes))
         check_complete(parts[-1], what)  # one small read: a gap fails here, not in training
+    check_distinct([(f"static archive {i}", p) for i, p in enumerate(parts)])
     static_ds = xr.merge(parts, compat="no_conflicts") if parts else None
     mapping = high.grid_mapping
     if static_ds is not None and mapping is not None:

@@ -108,3 +108,14 @@ def test_static_fields_with_gaps_are_refused_when_opened(arch):
     values[0, 0] = np.nan
     pair = _open(arch, static=orog.assign(orog=orog["orog"].copy(data=values)))
     assert np.isfinite(pair.dataset["orog"].values).all()
+
+
+def test_two_archives_of_one_role_giving_one_name_are_refused_naming_both(arch):
+    t2m = {"dataset": arch["coarse"], "variables": {"2m_temperature": "t2m"}}
+    with pytest.raises(NameClashError, match="coarse archive 0 and coarse archive 1 both give"):
+        _open(arch, [t2m, t2m])  # identical values would have merged without a word
+    with pytest.raises(NameClashError, match="static archive 0 and static archive 1 .*'orog'"):
+        _open(arch, static=[arch["orography"], arch["orography"] * 2])
+    renamed = {"dataset": arch["orography"], "variables": {"orog": "orog_2"}}
+    pair = _open(arch, static=[arch["orography"], renamed])  # the fix works
+    assert {"orog", "orog_2"} <= set(pair.dataset.data_vars)

@@ -60,8 +60,10 @@ def with_grid_mapping(ds: xr.Dataset, source: xr.Dataset) -> xr.Dataset:
     Returns
     -------
     xr.Dataset
-        ``ds`` itself when ``source`` has no grid-mapping coordinate.
+        ``ds`` without the coarse grid's ``crs_coarse`` (which a fine-grid output may pick up
+        with the time coordinate), else itself when ``source`` has no grid-mapping coordinate.
     """
+    ds = ds.drop_vars(COARSE_GRID_MAPPING, errors="ignore")
     mappings = grid_mappings(source)
     if not mappings:
         return ds

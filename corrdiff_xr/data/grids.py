@@ -45,6 +45,10 @@ __all__ = [
 #: the sphere GRIB uses unless it says otherwise (shapeOfTheEarth 6)
 GRIB_RADIUS = 6371229.0
 _GRIB_SHAPES = {0: 6367470.0, 6: 6371229.0}
+# the keys a grid needs that cfgrib's default read_keys lack
+_GRIB_KEYS = {
+    "polar_stereographic": ["LaDInDegrees", "orientationOfTheGridInDegrees", "projectionCentreFlag"]
+}
 #: a derived axis may deviate from a regular grid by this fraction of a cell
 _REGULAR = 0.01
 _NORTH = {"degrees_north", "degree_north", "degree_n", "degrees_n"}
@@ -144,7 +148,8 @@ def grib_crs(attrs: Mapping, *, what: str = "archive"):
         if f"GRIB_{key}" not in attrs:
             raise CoordinateError(
                 f"{what}: GRIB_gridType={kind!r} but the attribute 'GRIB_{key}' is missing; "
-                "open the GRIB file with cfgrib's default read_keys so the grid is described"
+                "cfgrib reads it by default only for lambert and rotated_ll grids: open the "
+                f"file with backend_kwargs={{'read_keys': {_GRIB_KEYS.get(kind, [key])}}}"
             )
         return float(attrs[f"GRIB_{key}"])
 
@@ -170,7 +175,9 @@ def grib_crs(attrs: Mapping, *, what: str = "archive"):
             "grid_mapping_name": "polar_stereographic",
             "latitude_of_projection_origin": -90.0 if south else 90.0,
             "standard_parallel": -abs(lad) if south else abs(lad),
-            "straight_vertical_longitude_from_pole": get("LoVInDegrees"),
+            "straight_vertical_longitude_from_pole": get(  # GRIB 1 and GRIB 2 names
+                "LoVInDegrees" if "GRIB_LoVInDegrees" in attrs else "orientationOfTheGridInDegrees"
+            ),
         }
     elif kind == "lambert":
         cf |= {

@@ -12,6 +12,9 @@ side of the canonical layout (:mod:`corrdiff_xr.data.layout`) by :func:`adopt`, 
   A dim without a coordinate is a Y/X axis when a 2-D latitude/longitude coordinate spans it.
   Other dims of length one (``height``, ``level``, ``step``) are squeezed, with a note; longer
   ones are refused, naming the dim and the ``select`` that would pick one level.
+* **Forecasts** (cfgrib's ``step`` or ``time`` + ``step`` layouts) are put on their valid
+  time, found by CF standard name, with the lead kept as the coordinate ``lead_time``
+  (:mod:`corrdiff_xr.data.sources.forecast`).
 * **Orientation is kept**: descending latitude stays descending (regridding handles either
   order), so outputs come back in the archive's own orientation. Longitudes are unwrapped
   around the fine domain when the pair is built (:mod:`corrdiff_xr.data.archives`).
@@ -51,6 +54,7 @@ from corrdiff_xr.data.layout import (
     MetadataError,
     MissingVariableError,
 )
+from corrdiff_xr.data.sources.forecast import LEAD_TIME, lead_time_labels, on_valid_time
 from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, TIME, X_COARSE, Y_COARSE, X, Y
 
 __all__ = ["Adopted", "adopt", "describe_placement", "find_axes"]
@@ -320,6 +324,8 @@ def adopt(
         if unknown:
             raise DimensionError(f"{what}: cannot select on {unknown}: dims are {tuple(ds.dims)}")
         ds = ds.sel(dict(select))
+    if grid != "static":
+        ds = on_valid_time(ds, what=what, notes=notes)
     mappings, bounds = _metadata_vars(ds)
     picked = _pick_variables(ds.drop_vars(bounds + mappings), variables, grid, what)
     first = ds[next(iter(picked))]
@@ -356,6 +362,9 @@ def adopt(
         out[name] = xr.Variable(canonical, var.data, attrs)
     if grid != "static":
         coords[TIME] = (TIME, ds[axes["T"]].values, dict(ds[axes["T"]].attrs))
+        lead = lead_time_labels(ds, axes["T"], ds.sizes[axes["T"]])
+        if lead is not None:
+            coords[LEAD_TIME] = (TIME, *lead)
     coords.update(_bounds(ds, bounds, axes, coords, grid, what, notes))
     if mapping is not None and grid != "coarse":
         coords[mapping] = ((), np.int32(0), mapping_attrs)

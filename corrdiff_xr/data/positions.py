@@ -246,8 +246,15 @@ def _unit(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)
 
 
-def sphere_weights(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """``(y, x, 4)`` indices and weights, linear on triangles (the 4th corner weighs 0)."""
+def sphere_weights(ds: xr.Dataset, *, scheme: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
+    """``(y, x, 4)`` indices and weights, linear on triangles (the 4th corner weighs 0);
+    ``scheme="nearest"``: the nearest coarse point in the plane, weighing 1."""
+    if scheme == "conservative":
+        raise CoordinateError(
+            "regrid='conservative' needs a rectilinear coarse grid, but this one is curvilinear "
+            "(2-D lat_coarse/lon_coarse only); that needs the 'xesmf' extra, not supported "
+            "yet: use regrid='bilinear' or 'nearest'"
+        )
     tri, flat, edge, points, near = _sphere_simplices(ds)
     if (flat == -1).any():
         lat, lon = ds[LAT].values.ravel()[flat == -1], ds[LON].values.ravel()[flat == -1]
@@ -256,6 +263,15 @@ def sphere_weights(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
             f"pixel(s), e.g. lat {lat[0]:.4g}, lon {lon[0]:.4g} (more than half a cell beyond "
             "its outer points); give a coarse archive around the domain"
         )
+    if scheme == "nearest":
+        from scipy.spatial import cKDTree
+
+        nearest = near[cKDTree(tri.points).query(points)[1]]
+        index = np.repeat(nearest[:, None], 4, axis=1)
+        weight = np.zeros(index.shape)
+        weight[:, 0] = 1.0
+        shape = (ds.sizes[Y], ds.sizes[X], 4)
+        return index.reshape(shape), weight.reshape(shape)
     affine = tri.transform[flat.clip(0)]
     b = np.einsum("nij,nj->ni", affine[:, :2], points - affine[:, 2])
     bary = np.clip(np.column_stack([b, 1.0 - b.sum(axis=1)]), 0.0, 1.0)

@@ -8,6 +8,9 @@ chunk; no array data is read until the result is computed. When the weights fact
 (any rectilinear fine grid) and the coarse grid is small, a block is two small matrix
 products ``Wy @ field @ Wx.T``; otherwise four ``np.take`` gathers and fused multiply-adds on
 corner-major tables. float32 fields are interpolated in float32, anything else in float64.
+The same four-corner tables carry ``"nearest"`` and ``"conservative"`` weights too
+(:mod:`corrdiff_xr.data.regrid_methods`), chosen per pair by the dataset attribute
+``corrdiff_xr_regrid``.
 
 Grids are paired by position, never by array index (:func:`grid_method`):
 
@@ -50,6 +53,12 @@ from corrdiff_xr.data.positions import (
     sphere_weights,
     wrapped,
 )
+from corrdiff_xr.data.regrid_methods import (
+    REGRID_ATTR,
+    check_method,
+    conservative_axis,
+    rectilinear,
+)
 from corrdiff_xr.dims import LAT, LON, TIME, X_COARSE, Y_COARSE, X, Y
 
 __all__ = [
@@ -77,13 +86,17 @@ class BilinearWeights:
     coarse_shape
         ``(len(y_coarse), len(x_coarse))`` the indices refer to.
     method
-        ``"latlon"`` or ``"projected"`` (see the module docstring).
+        How the grids are placed: ``"latlon"``, ``"crs"``, ``"projected"`` or ``"sphere"``.
+    scheme
+        ``"bilinear"``, ``"nearest"`` or ``"conservative"``
+        (:mod:`corrdiff_xr.data.regrid_methods`).
     """
 
     index: np.ndarray
     weight: np.ndarray
     coarse_shape: tuple[int, int]
     method: str
+    scheme: str = "bilinear"
 
     @property
     def fine_shape(self) -> tuple[int, int]:
@@ -95,7 +108,7 @@ class BilinearWeights:
         """Weights for a sub-window of the fine grid (no recomputation)."""
         index = self.index[y][:, x]
         weight = self.weight[y][:, x]
-        return BilinearWeights(index, weight, self.coarse_shape, self.method)
+        return BilinearWeights(index, weight, self.coarse_shape, self.method, self.scheme)
 
     def apply(self, field: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
         """Regrid a numpy array ``(..., y_coarse, x_coarse)`` -> ``(..., y, x)`` eagerly.
@@ -241,8 +254,11 @@ def _axis_weights(
     return i0, i1, frac
 
 
-def bilinear_weights(ds: xr.Dataset) -> BilinearWeights:
+def bilinear_weights(ds: xr.Dataset, *, scheme: str | None = None) -> BilinearWeights:
     """Weights taking ``ds``'s coarse grid to its fine grid (coordinates only are read).
+
+    ``scheme``: ``"bilinear"``, ``"nearest"`` or ``"conservative"``; default the dataset's
+    attribute :data:`~corrdiff_xr.data.regrid_methods.REGRID_ATTR`, else bilinear.
 
     Raises
     ------
@@ -252,10 +268,11 @@ def bilinear_weights(ds: xr.Dataset) -> BilinearWeights:
         When a needed coordinate is absent, mis-shaped, non-monotonic or holds NaNs, or the
         grids cannot be placed relative to each other.
     """
+    scheme = check_method(ds.attrs.get(REGRID_ATTR, "bilinear") if scheme is None else scheme)
     method = grid_method(ds)
     ncy, ncx = ds.sizes[Y_COARSE], ds.sizes[X_COARSE]
     if method == "sphere":
-        index, weight = sphere_weights(ds)
+        index, weight = sphere_weights(ds, scheme=scheme)
     else:
         qy, qx, names, kinds = fine_positions(ds)
         y0, y1, fy = _axis_weights(
@@ -264,6 +281,11 @@ def bilinear_weights(ds: xr.Dataset) -> BilinearWeights:
         x0, x1, fx = _axis_weights(
             ds[X_COARSE].values, qx, coarse_name=X_COARSE, fine_name=names[1], kind=kinds[1]
         )
+        if scheme == "nearest":  # the nearer of the two centres along each axis
+            fy, fx = (fy >= 0.5).astype(float), (fx >= 0.5).astype(float)
+        elif scheme == "conservative":  # the bounds checks above hold; now the overlaps
+            y0, y1, fy = _conservative(ds, Y_COARSE, qy, 0, names[0], kinds[0])
+            x0, x1, fx = _conservative(ds, X_COARSE, qx, 1, names[1], kinds[1])
         index = np.stack([y0 * ncx + x0, y0 * ncx + x1, y1 * ncx + x0, y1 * ncx + x1], axis=-1)
         weight = np.stack(
             [(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=-1
@@ -275,7 +297,19 @@ def bilinear_weights(ds: xr.Dataset) -> BilinearWeights:
         weight.reshape(shape),
         (ncy, ncx),
         method,
+        scheme,
     )
+
+
+def _conservative(ds: xr.Dataset, coarse_name: str, q: np.ndarray, axis: int, name: str, kind: str):
+    """Conservative (y, x) tables along one axis of a fine grid rectilinear in the coarse axes."""
+    line = rectilinear(q, axis, name)
+    c, line, _, descending = wrapped(ds[coarse_name].values, line, coarse_name, kind)
+    i0, i1, frac = conservative_axis(c, line, latitude=kind == "latitude", name=name)
+    if descending:
+        i0, i1 = c.size - 1 - i0, c.size - 1 - i1
+    shape = (-1, 1) if axis == 0 else (1, -1)
+    return (np.broadcast_to(v.reshape(shape), q.shape) for v in (i0, i1, frac))
 
 
 def _fine_chunks(ds: xr.Dataset) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -372,7 +406,7 @@ def regrid(
                 concatenate=True,
             )
         attrs = dict(var.attrs)
-        attrs["regridding"] = f"bilinear from (y_coarse, x_coarse), method {weights.method}"
+        attrs["regridding"] = f"{weights.scheme} from (y_coarse, x_coarse), method {weights.method}"
         out[name] = ((TIME, Y, X), fine, attrs)
     coords = {k: ds.coords[k] for k in (TIME, Y, X, LAT, LON) if k in ds.coords}
     return xr.Dataset(out, coords=coords)

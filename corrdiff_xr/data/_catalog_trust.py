@@ -33,7 +33,9 @@ local files are read: in reader arguments and the defaults they take from user p
 a ``url`` that chains filesystems (``::``) or names a protocol outside :data:`SCHEMES`, and
 storage options choosing a filesystem (``protocol``, ``target_protocol``, ``fo`` ...), a
 server (``endpoint_url``, ``client_kwargs.endpoint_url``, ``host`` ...) or credentials
-(``key``, ``secret``, ``token`` but ``token: anon``, ``profile`` ...). The user may still pass
+(``key``, ``secret``, ``token`` but ``token: anon``, ``profile`` ...); ``backend_kwargs`` are
+checked as storage options, and a kerchunk reference (``engine: kerchunk``) must be remote, as
+a local one's targets could be any local file. The user may still pass
 any of them as a user parameter's value, whose catalog default is then unset (``""``).
 
 Whatever the trust, :func:`check_graph` bounds the YAML itself (aliases expand to at most
@@ -95,6 +97,8 @@ _FS_OPTIONS = frozenset(
 _SERVER_OPTION = re.compile(r"endpoint|host|url|prox|connection_string")
 #: credential options beyond the secret-looking names (``anon`` is no credential: allowed)
 _CREDENTIAL_OPTIONS = frozenset({"profile", "profile_name", "requester_pays", "user_project"})
+#: backend kwargs that select messages, whose names only look like credentials (``keys``)
+_SELECTORS = frozenset({"filter_by_keys"})
 #: a YAML catalog, its aliases expanded, holds at most this many nodes (a bundled one: ~300)
 MAX_NODES = 100_000
 _FIELD = re.compile(r"\{(\w+)\}")
@@ -240,7 +244,7 @@ def _check_options(where: str, path: str, options: Any, defaults: Mapping[str, A
         value = _filled(raw, defaults)
         if _unset(value):
             continue  # unset by the catalog: the user's choice (a parameter they pass)
-        problem = _option_problem(key, value)
+        problem = None if key in _SELECTORS else _option_problem(key, value)
         if problem:
             shown = redact_options({key: value})[key]
             raise Refused(
@@ -266,15 +270,40 @@ def _check_url(where: str, url: Any, defaults: Mapping[str, Any]) -> None:
         )
 
 
+def _check_reference(where: str, spec: Mapping, defaults: Mapping[str, Any]) -> None:
+    """A catalog may not choose a local kerchunk reference: its targets may be any local
+    file (a remote reference may point at remote data only, checked when it is opened)."""
+    engine = spec.get("engine")
+    if _filled(engine, defaults) != "kerchunk" and not (
+        isinstance(engine, str) and _FIELD.search(engine)
+    ):
+        return  # a templated engine may become kerchunk at the user's word
+    url = _filled(spec.get("url"), defaults)
+    if _unset(url) or not isinstance(url, str):
+        return
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.\-]*)://", url)
+    if scheme is None or scheme[1].lower() in ("file", "local", "memory"):
+        raise Refused(
+            where,
+            f"url {redact_url(url)!r} is a local kerchunk reference, whose targets may read any "
+            "local file; a catalog may name remote references only: pass a local one yourself "
+            "as a user parameter's value",
+        )
+
+
 def _check_locations(where: str, value: Any, defaults: Mapping[str, Any]) -> None:
-    """Every ``url`` and ``storage_options`` in reader arguments, parameter defaults filled."""
+    """Every ``url``, ``storage_options`` and ``backend_kwargs`` in reader arguments, and
+    kerchunk references, parameter defaults filled."""
     value = _filled(value, defaults)
     if isinstance(value, Mapping):
+        if "engine" in value:
+            _check_reference(where, value, defaults)
         for key, item in value.items():
             if key == "url":
                 _check_url(where, item, defaults)
-            elif key == "storage_options":
-                _check_options(where, "", _filled(item, defaults), defaults)
+            elif key in ("storage_options", "backend_kwargs"):
+                path = "" if key == "storage_options" else f"{key}."
+                _check_options(where, path, _filled(item, defaults), defaults)
             else:
                 _check_locations(where, item, defaults)
     elif isinstance(value, (list, tuple)):
@@ -337,14 +366,18 @@ def find_cycle(data: Mapping) -> list[str] | None:
 
 
 def _entry_refs(value: Any) -> Iterator[str]:
+    return (item["entry"] for item in _entry_items(value))
+
+
+def _entry_items(value: Any) -> Iterator[Mapping]:
     if isinstance(value, Mapping):
         if isinstance(value.get("entry"), str):
-            yield value["entry"]
+            yield value
         for item in value.values():
-            yield from _entry_refs(item)
+            yield from _entry_items(item)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            yield from _entry_refs(item)
+            yield from _entry_items(item)
 
 
 def find_refusal(
@@ -396,6 +429,11 @@ def find_refusal(
             {k: _default(v) for k, v in own.items()} if isinstance(own, Mapping) else {}
         )
         _check_locations(at, spec["kwargs"], defaults)
+        for item in _entry_items(spec["kwargs"]):  # a pair's {entry: NAME, ...} overrides
+            ref = data["entries"].get(item["entry"])
+            base = ref.get("kwargs") if isinstance(ref, Mapping) else None
+            if isinstance(base, Mapping):
+                _check_reference(at, {**base, **item}, defaults)
         if spec["reader"] == cache_reader:
             _check_cache_args(at, spec["kwargs"], params)
 

@@ -35,8 +35,10 @@ __all__ = [
     "window_slice",
 ]
 
-#: the keys of an archive given as a mapping
-SOURCE_KEYS = ("url", "dataset", "storage_options", "variables", "select")
+#: the keys of an archive given as a mapping (``engine``: :mod:`corrdiff_xr.data.sources.formats`)
+SOURCE_KEYS = (
+    "url", "dataset", "storage_options", "variables", "select", "engine", "backend_kwargs",
+)  # fmt: skip
 
 
 def check_keys(

@@ -6,6 +6,7 @@ reads files and parses overrides, naming the file or the override that is malfor
 
 from __future__ import annotations
 
+import datetime
 import re
 import typing
 from pathlib import Path
@@ -24,9 +25,21 @@ def _parse_scalar(raw: str) -> Any:
     """YAML-parse an override value; PyYAML (YAML 1.1) reads ``1e-4`` as a string, we don't."""
     if raw == "":
         return ""
-    value = yaml.safe_load(raw)
+    value = _iso_dates(yaml.safe_load(raw))
     if isinstance(value, str) and _FLOAT.match(value):
         return float(value)
+    return value
+
+
+def _iso_dates(value: Any) -> Any:
+    """Unquoted YAML dates (``2001-01-01``, ``2001-01-01 06:00:00``) as the ISO strings
+    written: every time setting is a string in the archive's own calendar."""
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _iso_dates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_iso_dates(v) for v in value]
     return value
 
 
@@ -69,7 +82,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _iso_dates(yaml.safe_load(path.read_text())) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):

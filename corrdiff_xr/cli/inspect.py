@@ -30,13 +30,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the report on ``args.source``; return 0."""
+    """Print the report on ``args.source``; return 0, or 1 when its grids refuse pairing."""
     from corrdiff_xr._redact import redact_url
     from corrdiff_xr.data import SourceError, StoreError, catalog_spec, open_dataset, open_source
-    from corrdiff_xr.data.layout import DataError
-    from corrdiff_xr.data.report import describe, describe_archive
-    from corrdiff_xr.data.sources.native import describe_placement
+    from corrdiff_xr.data.layout import CoordinateError, CoverageError, DataError
+    from corrdiff_xr.data.report import describe, describe_archive, describe_refused
+    from corrdiff_xr.data.sources.native import _metadata_vars, describe_placement
 
+    options = args.storage_options or None
     try:
         pair = open_source(
             args.source, params=args.param, storage_options=args.storage_options,
@@ -45,11 +46,19 @@ def run(args: argparse.Namespace) -> int:
     except (StoreError, SourceError):
         raise
     except DataError as err:
-        if catalog_spec(args.source) is not None:
+        catalog = catalog_spec(args.source) is not None
+        if isinstance(err, CoverageError) or (catalog and isinstance(err, CoordinateError)):
+            # the grids' problem, reported as one (with the overlap a store's grids have)
+            raw = None if catalog else open_dataset(args.source, storage_options=options)
+            print(f"source: {redact_url(args.source)}")
+            print(describe_refused(err, raw))
+            return 1
+        if catalog:
             raise
-        one = open_dataset(args.source, storage_options=args.storage_options or None)
+        one = open_dataset(args.source, storage_options=options)
         print(describe_archive(one, err))
-        print(describe_placement(one))  # its CRS, and how its coordinates were obtained
+        # its CRS, and how its coordinates were obtained; bounds are no grid to place
+        print(describe_placement(one.drop_vars(_metadata_vars(one)[1])))
         return 0
     print(f"source: {redact_url(args.source)}")  # never a password from the URL
     budget = {} if args.scan_budget is None else {"budget_gb": args.scan_budget}

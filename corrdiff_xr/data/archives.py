@@ -56,8 +56,11 @@ from corrdiff_xr.data.layout import (
     NameClashError,
     combine,
 )
-from corrdiff_xr.data.pair import DownscalingData, open_dataset, open_pair
+from corrdiff_xr.data.pair import DownscalingData, open_pair
 from corrdiff_xr.data.regrid import bilinear_weights, coverage_mask, fine_positions, grid_method
+from corrdiff_xr.data.regrid_methods import REGRID_ATTR, check_method, coarsened, is_coarsen_spec
+from corrdiff_xr.data.sources.forecast import check_leads
+from corrdiff_xr.data.sources.formats import open_store
 from corrdiff_xr.data.sources.native import Adopted, adopt
 from corrdiff_xr.data.times import align, parse_times, to_ns
 from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, TIME, X_COARSE, Y_COARSE, X, Y
@@ -67,8 +70,9 @@ __all__ = ["NOTES_ATTR", "ArchiveSource", "given_options", "open_archives"]
 #: dataset attribute listing what pairing changed
 NOTES_ATTR = "corrdiff_xr_pairing"
 
-#: an archive: a Zarr path/URL, an open Dataset, or a mapping with ``url`` (or ``dataset``),
-#: ``storage_options``, ``variables`` ({native: canonical}) and ``select`` ({dim: value})
+#: an archive: a path/URL, an open Dataset, or a mapping with ``url`` (or ``dataset``),
+#: ``storage_options``, ``engine``, ``backend_kwargs``, ``variables`` ({native: canonical})
+#: and ``select`` ({dim: value})
 ArchiveSource = str | os.PathLike | xr.Dataset | Mapping[str, Any]
 
 
@@ -86,9 +90,12 @@ def _open(source: ArchiveSource, *, grid: str, what: str) -> Adopted:
     check_keys(spec, SOURCE_KEYS, what)
     check_variables(spec.get("variables"), what)
     if ("url" in spec) == ("dataset" in spec):
-        raise DataError(f"{what}: give exactly one of 'url' (a Zarr path or URL) or 'dataset'")
+        raise DataError(f"{what}: give exactly one of 'url' (a path or URL) or 'dataset'")
     if "url" in spec:
-        ds = open_dataset(spec["url"], storage_options=given_options(spec.get("storage_options")))
+        ds = open_store(
+            spec["url"], engine=spec.get("engine"), backend_kwargs=spec.get("backend_kwargs"),
+            storage_options=given_options(spec.get("storage_options")), what=what,
+        )  # fmt: skip
     else:
         ds = spec["dataset"]
     adopted = adopt(
@@ -184,8 +191,9 @@ def _fitting_window(covered: np.ndarray) -> tuple[int, int, int, int] | None:
     return None
 
 
-def _check_covered(coarse: xr.Dataset, fine: xr.Dataset) -> None:
-    """A CoverageError naming the fine window the coarse archive does cover, if not all."""
+def _check_covered(coarse: xr.Dataset, fine: xr.Dataset, origin: tuple[int, int]) -> None:
+    """A CoverageError naming the fine window the coarse archive does cover, if not all, in
+    the fine archive's own positions (``origin``: where a window given already starts)."""
     grid = _coarse_grid(coarse, fine)
     covered = coverage_mask(grid)
     if covered.all():
@@ -196,9 +204,11 @@ def _check_covered(coarse: xr.Dataset, fine: xr.Dataset) -> None:
     except CoverageError as err:
         reason = str(err)
     box = _fitting_window(covered)
+    if box is not None:
+        box = (box[0] + origin[0], box[1] + origin[0], box[2] + origin[1], box[3] + origin[1])
     fix = (
         f"it covers the fine window {{'y': [{box[0]}, {box[1]}], 'x': [{box[2]}, {box[3]}]}} "
-        "(positions on the fine grid as selected): pass that window, or a coarse archive "
+        "(positions on the fine archive's grid): pass that window, or a coarse archive "
         "covering the domain"
         if box is not None
         else "it covers none of the fine domain; give a coarse archive around it"
@@ -206,7 +216,9 @@ def _check_covered(coarse: xr.Dataset, fine: xr.Dataset) -> None:
     raise CoverageError(f"coarse archive: {reason}; {fix}")
 
 
-def _crop_coarse(coarse: xr.Dataset, fine: xr.Dataset, notes: list[str]) -> xr.Dataset:
+def _crop_coarse(
+    coarse: xr.Dataset, fine: xr.Dataset, notes: list[str], origin: tuple[int, int] = (0, 0)
+) -> xr.Dataset:
     """The coarse window over the fine domain, placed by geography, never by array index
     (see doc, 3); longitudes follow the fine archive's convention."""
     method = grid_method(_coarse_grid(coarse, fine))
@@ -250,7 +262,7 @@ def _crop_coarse(coarse: xr.Dataset, fine: xr.Dataset, notes: list[str]) -> xr.D
             ),
         }
     )
-    _check_covered(out, fine)
+    _check_covered(out, fine, origin)
     after = (out.sizes[Y_COARSE], out.sizes[X_COARSE])
     if after != before:
         notes.append(f"coarse archive: cropped {before} -> {after} around the fine domain")
@@ -329,7 +341,7 @@ def _pair_times(coarse: xr.Dataset, fine: xr.Dataset, match: str, tolerance: Any
         warnings.warn(f"pairing archives: {found.report}", stacklevel=3)
     coarse = coarse.isel({TIME: found.coarse_index})
     fine = fine.isel({TIME: found.fine_index})
-    return coarse.assign_coords({TIME: fine[TIME]}), fine
+    return coarse.assign_coords({TIME: fine[TIME].variable}), fine  # not fine's lead_time
 
 
 def _coarse_parts(coarse, fine: xr.Dataset, match: str, tolerance: Any, notes: list[str]):
@@ -341,9 +353,14 @@ def _coarse_parts(coarse, fine: xr.Dataset, match: str, tolerance: Any, notes: l
     parts, names = [], []
     for i, source in enumerate(sources):
         names.append(f"coarse archive {i}" if several else "coarse archive")
+        if is_coarsen_spec(source):  # block means of the fine archive: its own times
+            parts.append(coarsened(fine, source, names[-1]))
+            notes.append(f"{names[-1]}: block means of the fine archive, {source['coarsen']}")
+            continue
         part = _open(source, grid="coarse", what=names[-1])
         notes += part.notes
         matched, fine = _pair_times(part.dataset, fine, match, tolerance, notes)
+        check_leads(matched, fine, names[-1])
         parts.append(matched)
     check_distinct(list(zip(names, parts)))
     # a later archive may have dropped fine times: every part keeps the final ones
@@ -369,6 +386,7 @@ def open_archives(
     match: str = "exact",
     tolerance: str | None = None,
     window: Mapping[str, Sequence[int]] | None = None,
+    regrid: str = "bilinear",
     require_targets: bool = True,
 ) -> DownscalingData:
     """Pair native coarse, fine and static archives (see the module docstring) lazily.
@@ -376,12 +394,16 @@ def open_archives(
     Parameters
     ----------
     coarse, fine
-        The input and the target archive: a Zarr path or fsspec URL, an open Dataset, or a
-        mapping with ``url`` (or ``dataset``), ``storage_options``, ``variables``
+        The input and the target archive: a path or fsspec URL, an open Dataset, or a
+        mapping with ``url`` (or ``dataset``), ``storage_options``, ``engine`` and
+        ``backend_kwargs`` (Zarr by default; NetCDF, GRIB, kerchunk, Icechunk:
+        :mod:`corrdiff_xr.data.sources.formats`), ``variables``
         (``{native name: name in the pair}``; default every gridded variable) and ``select``
         (``{dim: value}``, e.g. one pressure level). ``coarse`` may be a list of archives on
         one grid, merged: the same store twice with ``select={"level": 850}`` and
-        ``{"level": 500}`` gives a variable at two levels as two inputs.
+        ``{"level": 500}`` gives a variable at two levels as two inputs. A coarse entry
+        ``{"coarsen": {"y": 8, "x": 8}, "variables": {"t2m": "t2m_coarse"}}`` is made of block
+        means of the fine archive (:func:`corrdiff_xr.data.regrid_methods.coarsened`).
     static
         Archives of static fields (orography, land-sea mask), on any grid covering the domain.
     time
@@ -391,6 +413,10 @@ def open_archives(
         (a duration, ``"30min"``).
     window
         ``{"y": [start, stop], "x": [start, stop]}``: positions of the fine grid to keep.
+    regrid
+        How the inputs are placed on the fine grid: ``"bilinear"``, ``"nearest"`` or
+        ``"conservative"`` (:mod:`corrdiff_xr.data.regrid_methods`); kept in the pairing
+        notes, the inputs' ``regridding`` attribute and the weights' ``scheme``.
 
     Raises
     ------
@@ -398,11 +424,13 @@ def open_archives(
         A subclass naming the archive, variable or dim at fault, and the fix.
     """
     notes: list[str] = []
+    check_method(regrid)
     high = _open(fine, grid="fine", what="fine archive")
     fine_ds = _period(_window(high.dataset, window), time)
     coarse_ds, fine_ds = _coarse_parts(coarse, fine_ds, match, tolerance, notes)
     notes += high.notes
-    coarse_ds = _crop_coarse(coarse_ds, fine_ds, notes)
+    origin = tuple(int((window or {}).get(d, (0,))[0]) for d in (Y, X))  # checked by _window
+    coarse_ds = _crop_coarse(coarse_ds, fine_ds, notes, origin)
     single = isinstance(static, (str, os.PathLike, xr.Dataset, Mapping))
     statics = [static] if single else static
     parts = []
@@ -426,5 +454,6 @@ def open_archives(
             f"{err}; rename one through the archive's variables map, e.g. "
             "coarse={'url': ..., 'variables': {'t2m': 't2m_coarse'}}"
         ) from None
-    ds.attrs = {NOTES_ATTR: "\n".join(notes)}
+    notes.append(f"coarse inputs: regridded to the fine grid by {regrid}")
+    ds.attrs = {NOTES_ATTR: "\n".join(notes), REGRID_ATTR: regrid}
     return open_pair(ds, require_targets=require_targets)

@@ -8,9 +8,11 @@ Two intake readers, named in catalogs as ``corrdiff_xr.data.catalog:ArchiveReade
 * :class:`ArchivePairReader` pairs a ``coarse``, a ``fine`` and optional ``static``
   archives into a validated, lazy DownscalingData with
   :func:`~corrdiff_xr.data.archives.open_archives` (``time``, ``match``, ``tolerance``,
-  ``window`` are its options; ``coarse`` may list several archives on one grid). Each
-  archive is a mapping with ``url``, ``storage_options``,
-  ``variables`` and ``select``, or ``{entry: NAME, ...}``: the arguments of the catalog's
+  ``window``, ``regrid`` are its options; ``fine_window`` is ``window`` under the name a catalog
+  uses when its user parameter is ``window``, since intake takes a kwarg named like a parameter
+  as that parameter's value; ``coarse`` may list several archives on one grid). Each
+  archive is a mapping with ``url``, ``storage_options``, ``engine``, ``backend_kwargs``
+  (:mod:`corrdiff_xr.data.sources.formats`), ``variables`` and ``select``, or ``{entry: NAME, ...}``: the arguments of the catalog's
   ArchiveReader entry NAME (opened with the same user parameters), updated by the other keys
   given here, so one archive entry serves several pairs (say, different variable maps).
 
@@ -32,7 +34,8 @@ _ARCHIVE_KEYS = ("coarse", "fine", "static")
 
 
 class ArchiveReader(BaseReader):
-    """One native Zarr archive (any fsspec URL), opened lazily as an xarray Dataset."""
+    """One native archive (Zarr, NetCDF, GRIB, kerchunk, Icechunk: ``engine``), opened
+    lazily as an xarray Dataset."""
 
     output_instance = "xarray:Dataset"
     imports: ClassVar[set[str]] = {"xarray", "zarr", "fsspec"}
@@ -43,11 +46,16 @@ class ArchiveReader(BaseReader):
         storage_options: dict | None = None,
         select: dict | None = None,
         variables: dict | None = None,
+        engine: str | None = None,
+        backend_kwargs: dict | None = None,
     ):
         from corrdiff_xr.data.archives import given_options
-        from corrdiff_xr.data.pair import open_dataset
+        from corrdiff_xr.data.sources.formats import open_store
 
-        ds = open_dataset(url, storage_options=given_options(storage_options))
+        ds = open_store(
+            url, engine=engine or None, backend_kwargs=given_options(backend_kwargs),
+            storage_options=given_options(storage_options), what="archive",
+        )  # fmt: skip
         if variables:
             ds = ds[list(variables)]
         return ds.sel(select) if select else ds
@@ -68,14 +76,21 @@ class ArchivePairReader(BaseReader):
         match: str = "exact",
         tolerance: str | None = None,
         window: dict | None = None,
+        regrid: str = "bilinear",
+        fine_window: dict | None = None,
     ):
         from corrdiff_xr.data.archives import open_archives
+        from corrdiff_xr.data.layout import EmptySelectionError
+
+        if _unset(window) and _unset(fine_window):
+            raise EmptySelectionError("window and fine_window are one option; give one of them")
+        window = _unset(window) or _unset(fine_window)
 
         statics = static if isinstance(static, list) else [static] if static else []
         statics = [s for s in statics if not isinstance(s, Mapping) or s.get("url") != ""]
         return open_archives(
             coarse, fine, statics, time=_unset(time), match=match,
-            tolerance=tolerance or None, window=_unset(window),
+            tolerance=tolerance or None, window=window, regrid=regrid or "bilinear",
         )  # fmt: skip
 
 
@@ -123,7 +138,7 @@ def _resolve(cat: Any, params: Mapping[str, Any], item: Any, where: str, error: 
             "refers only to archive entries"
         )
     # a typo beside ``entry:`` (``varibles``) would otherwise be dropped with the rest
-    known = ("url", "storage_options", "variables", "select")
+    known = ("url", "storage_options", "variables", "select", "engine", "backend_kwargs")
     try:
         check_keys(item, ("entry", *known), where)
         check_keys(ref.kwargs, known, f"{where}, entry {name!r}")

@@ -25,9 +25,9 @@ from corrdiff_xr.data.integrity import (
 )
 from corrdiff_xr.data.layout import DataError
 from corrdiff_xr.data.pair import DownscalingData
-from corrdiff_xr.dims import LAT, LON, TIME, X_COARSE, Y_COARSE, X, Y
+from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, TIME, X_COARSE, Y_COARSE, X, Y
 
-__all__ = ["describe", "describe_archive"]
+__all__ = ["describe", "describe_archive", "describe_refused"]
 
 #: network presets whose divisibility a grid is checked against (NetworkConfig.preset)
 _PRESETS = ("mini", "normal")
@@ -56,19 +56,52 @@ def _grid_mapping(ds: xr.Dataset) -> str:
     return "no grid mapping variable"
 
 
+def _box(ds: xr.Dataset, lat: str, lon: str) -> str:
+    return (
+        f"lat {float(ds[lat].min()):.3f}..{float(ds[lat].max()):.3f}, "
+        f"lon {float(ds[lon].min()):.3f}..{float(ds[lon].max()):.3f}"
+    )
+
+
+def _overlap(ds: xr.Dataset) -> tuple[list[str], list[str]]:
+    """The share of the fine domain the coarse grid covers (half a cell beyond its edge)."""
+    from corrdiff_xr.data.positions import coverage_mask
+
+    try:
+        share = float(coverage_mask(xr.Dataset(coords=ds.coords)).mean())
+    except DataError as err:  # lat/lon that do not match the CRS, say: a problem, not a crash
+        return [], [f"overlap of the grids cannot be computed: {err}"]
+    line = f"overlap: the coarse grid covers {100 * share:.1f} % of the fine domain"
+    if share == 1:
+        return [line], []
+    return [line], [
+        f"the coarse grid covers {100 * share:.1f} % of the fine domain; fine pixels beyond "
+        "it take edge values: give a coarse archive around the whole domain"
+    ]
+
+
 def _time_lines(ds: xr.Dataset) -> list[str]:
     from corrdiff_xr.data.times import calendar_of, to_ns
 
     times = ds[TIME].values
     ns = to_ns(times)
-    steps = np.unique(np.diff(ns)) // 60_000_000_000 if ns.size > 1 else np.array([])
+    steps = np.unique(np.diff(ns)) // 1_000_000_000 if ns.size > 1 else np.array([])
     step = (
         "one step" if steps.size == 0
-        else f"every {steps[0]} min" if steps.size == 1
-        else f"irregular steps ({steps.min()}..{steps.max()} min)"
+        else f"every {_duration(steps[0])}" if steps.size == 1
+        else f"irregular steps ({_duration(steps.min())}..{_duration(steps.max())})"
     )  # fmt: skip
     first, last = (_when(t) for t in (times[0], times[-1]))
     return [f"time: {times.size} steps, {first} .. {last}, calendar {calendar_of(times)}, {step}"]
+
+
+def _duration(seconds: int) -> str:
+    """``21600`` -> ``"6 hours"``: the largest unit that counts it whole."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds and seconds % size == 0:
+            n = int(seconds) // size
+            return f"{n} {unit}{'' if n == 1 else 's'}"
+    return f"{seconds} seconds"
 
 
 def _when(value) -> str:
@@ -179,16 +212,17 @@ def describe(
         f"fine grid {ds.sizes[Y]} x {ds.sizes[X]}, {_grid_mapping(ds)}",
         f"  {_axis(ds, Y)}",
         f"  {_axis(ds, X)}",
-        f"  lat {float(ds[LAT].min()):.3f}..{float(ds[LAT].max()):.3f}, "
-        f"lon {float(ds[LON].min()):.3f}..{float(ds[LON].max()):.3f}",
+        f"  {_box(ds, LAT, LON)}",
         f"coarse grid {ds.sizes[Y_COARSE]} x {ds.sizes[X_COARSE]}, regridded bilinearly "
         f"(method {pair.regrid_weights.method})",
         f"  {_axis(ds, Y_COARSE)}",
         f"  {_axis(ds, X_COARSE)}",
-        *_time_lines(ds),
-        "chunks:",
+        f"  {_box(ds, LAT_COARSE, LON_COARSE)}",
     ]
-    chunks, problems = _chunk_lines(ds, pair.names)
+    overlap, problems = _overlap(ds)
+    lines += [*overlap, *_time_lines(ds), "chunks:"]
+    chunks, chunk_problems = _chunk_lines(ds, pair.names)
+    problems += chunk_problems
     lines += chunks
     problems += _absent_problems(ds, pair.names)
     lines += _mask_lines(pair, scan, budget)
@@ -216,10 +250,26 @@ def describe(
     return "\n".join(lines)
 
 
+def describe_refused(error: DataError, ds: xr.Dataset | None = None) -> str:
+    """A pair refused at open for its grids (coverage, lat/lon unlike the CRS) as a problem:
+    with the store ``ds`` (not a catalog pair), each grid's lat/lon box and their overlap."""
+    lines, problems = [], []
+    if ds is not None and all(c in ds.coords for c in (LAT, LON, LAT_COARSE, LON_COARSE)):
+        lines += [f"fine grid: {_box(ds, LAT, LON)}",
+                  f"coarse grid: {_box(ds, LAT_COARSE, LON_COARSE)}"]  # fmt: skip
+        try:
+            lines += _overlap(ds)[0]
+        except KeyError:  # an axis missing: the error below says which
+            pass
+    problems.append(f"the pair cannot be opened: {error}")
+    return "\n".join([*lines, "problems:", *(f"  - {p}" for p in problems)])
+
+
 def describe_archive(ds: xr.Dataset, error: DataError | None = None) -> str:
     """A report on one native archive: CF axes per variable and how to pair it."""
-    from corrdiff_xr.data.sources.native import find_axes
+    from corrdiff_xr.data.sources.native import _metadata_vars, find_axes
 
+    _, bounds = _metadata_vars(ds)  # the names open_archives treats as bounds
     lines = []
     if error is not None:
         lines += [f"not a canonical pair: {error}", ""]
@@ -227,7 +277,14 @@ def describe_archive(ds: xr.Dataset, error: DataError | None = None) -> str:
     for name, var in ds.variables.items():
         if "grid_mapping_name" in var.attrs:
             lines.append(f"  {name}: grid mapping ({var.attrs['grid_mapping_name']}), kept")
+    for name in bounds:  # as open_archives treats them: nothing to select or drop by hand
+        lines.append(
+            f"  {name} {ds[name].dims}: bounds; a fine archive's 1-D bounds are kept as "
+            "coordinates, the rest dropped"
+        )
     for name, var in ds.data_vars.items():
+        if name in bounds:
+            continue
         if var.ndim < 2:
             if "grid_mapping_name" not in var.attrs:
                 lines.append(f"  {name}: not gridded, dims {var.dims}")
@@ -239,7 +296,11 @@ def describe_archive(ds: xr.Dataset, error: DataError | None = None) -> str:
             continue
         found = ", ".join(f"{a}={d}" for a, d in sorted(axes.items()))
         rest = [d for d in var.dims if d not in axes.values()]
-        extra = f"; other dims {rest}: select one value each (select={{...}})" if rest else ""
+        extra = "".join(
+            f"; {d!r} has one value: squeezed" if var.sizes[d] == 1
+            else f"; other dim {d!r} ({var.sizes[d]} values): select one (select={{{d!r}: ...}})"
+            for d in rest
+        )  # fmt: skip
         lines.append(f"  {name} {var.dims} {var.dtype}: axes {found}{extra}")
     if TIME in ds.coords or any(np.issubdtype(c.dtype, np.datetime64) for c in ds.coords.values()):
         lines.append("pair it with another archive: corrdiff_xr.data.open_archives(coarse, fine),")

@@ -98,16 +98,23 @@ class Calibration:
     chosen: SamplerConfig
 
     def format(self) -> str:
-        """The table as text, the chosen row marked."""
+        """The table as text, the chosen row marked: the averaged scores in units of each
+        target's std (what the rule compares), then each target's in its own units."""
+        per = self.table[0].get("per_target", {})
+        labels = [f"{n} {k} [{v['units']}]" for n, v in per.items() for k in ("crps_fair", "mae")]
         lines = [f"{'solver':<13} {'steps':>5} {'sigma_max':>9} {'churn':>5} {'calls':>5} "
-                 f"{'crps_fair':>9} {'crps':>8} {'spread/skill':>12}"]  # fmt: skip
+                 f"{'crps_fair/std':>13} {'crps/std':>8} {'spread/skill':>12}"
+                 + "".join(f" {label:>9}" for label in labels)]  # fmt: skip
         for row in self.table:
             s = row["sampler"]
             mark = "  <- chosen" if row["chosen"] else ""
+            cells = [row["per_target"][n][k] for n in per for k in ("crps_fair", "mae")]
             lines.append(
                 f"{s['solver']:<13} {s['num_steps']:>5} {s['sigma_max']:>9g} {s['S_churn']:>5g} "
-                f"{row['calls']:>5} {row['crps_fair']:>9.4f} {row['crps']:>8.4f} "
-                f"{row['spread_skill']:>12.3f}{mark}"
+                f"{row['calls']:>5} {row['crps_fair']:>13.4f} {row['crps']:>8.4f} "
+                f"{row['spread_skill']:>12.3f}"
+                + "".join(f" {v:>{max(len(lb), 9)}.4g}" for v, lb in zip(cells, labels))
+                + mark
             )
         return "\n".join(lines)
 
@@ -126,23 +133,31 @@ def _header_std(header: Mapping[str, Any]) -> dict[str, float]:
     return {name: float(codec.stats[name][1]) for name in codec.out_channels}
 
 
-def ensemble_scores(ens, truth, std: Mapping[str, float]) -> dict[str, float]:
-    """``crps``, ``crps_fair`` and ``spread_skill`` of an ensemble, averaged over targets.
+def ensemble_scores(ens, truth, std: Mapping[str, float]) -> dict[str, Any]:
+    """``crps``, ``crps_fair`` and ``spread_skill`` of an ensemble, averaged over targets, and
+    ``per_target``: each target's fair CRPS and ensemble-mean MAE in its ``units``.
 
     Each target's CRPS (properscoring's estimator, and the fair one) is divided by its
     ``std`` before averaging, so targets in different units weigh alike; the spread-skill
     ratio is averaged as it is (see :mod:`corrdiff_xr.scoring` for the definitions).
     """
-    from corrdiff_xr.scoring import crps, spread_skill
+    from corrdiff_xr.scoring import crps, mae, spread_skill
 
     out: dict[str, list[float]] = {"crps": [], "crps_fair": [], "spread_skill": []}
+    per_target = {}
     for n, scale in std.items():
         fc, tr = ens[[n]], truth[[n]]
         for key, estimator in (("crps", "properscoring"), ("crps_fair", "fair")):
             value = float(crps(fc, tr, estimator=estimator).to_array().mean())
             out[key].append(value / scale)
         out["spread_skill"].append(float(spread_skill(fc, tr).to_array().mean()))
-    return {key: float(np.mean(values)) for key, values in out.items()}
+        per_target[n] = {  # in the target's own units, for the reader
+            "crps_fair": out["crps_fair"][-1] * scale,
+            "mae": float(mae(fc, tr).to_array().mean()),
+            "units": str(truth[n].attrs.get("units", "?")),
+        }
+    return {**{key: float(np.mean(values)) for key, values in out.items()},
+            "per_target": per_target}  # fmt: skip
 
 
 def calibrate(

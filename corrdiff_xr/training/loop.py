@@ -145,6 +145,7 @@ def build_model(
         regression_network=regression_network,
         residual_network=cfg.network,
         edm=cfg.edm,
+        sampler=cfg.sampler,  # what validation sampled with: generate's default too
     )
     model.regression.requires_grad_(False).eval()
     return model, model.residual
@@ -371,8 +372,8 @@ def _loop(run: Run, *, nimg: int, skipped: int, max_steps: int | None) -> TrainR
                 if not _is_due(nimg, t.total_batch_size, t.checkpoint_every):  # not just saved
                     run_state.save(run, nimg, skipped)
                 log.info(
-                    "training.max_minutes=%s reached at %d of %d samples; checkpoint saved, "
-                    "run the same command again to continue",
+                    "training.max_minutes=%s reached at %d of %d samples; checkpoint and "
+                    "model.safetensors saved, run the same command again to continue",
                     t.max_minutes,
                     nimg,
                     t.duration,
@@ -380,7 +381,8 @@ def _loop(run: Run, *, nimg: int, skipped: int, max_steps: int | None) -> TrainR
                 break
     finally:
         monitor.close()
-    if run.info.rank == 0 and nimg >= t.duration:
+    if run.info.rank == 0 and (nimg >= t.duration or timed_out):
+        # a timed-out run leaves usable weights too: a later stage (diffusion) reads them
         run.model.save(run.out / "model.safetensors")
     return TrainResult(nimg, steps, skipped, loss_value, run.out, nimg >= t.duration, timed_out)
 

@@ -36,17 +36,21 @@ def test_a_pair_of_native_archives_is_reported_with_fixes(odd_archives, capsys):
     assert "targets (fine): ['tas', 'uas']" in out
     assert "grid mapping 'rotated_pole' (rotated_latitude_longitude)" in out
     assert "y_coarse: latitude [degrees_north] 53..48 (descending)" in out
-    assert "calendar 360_day, every 180 min" in out and "2001-02-27T00:00" in out
+    assert "calendar 360_day, every 3 hours" in out and "2001-02-27T00:00" in out
     assert "tas: 42.5 % NaN (first time): trained with the masked loss" in out
     assert "crop 37x49 -> 36x48 (a pair's window={'y': [0, 36], 'x': [0, 48]})" in out
     assert "squeezed singleton dim 'height'" in out and "cut (53, 65) -> fine grid" in out
+    assert "overlap: the coarse grid covers 100.0 % of the fine domain" in out
+    assert out.count("  lat ") == 2  # the lat/lon box of each grid
 
 
 def test_a_single_archive_is_described_by_its_cf_axes(odd_archives, capsys):
     out = _inspect([odd_archives["fine"]], capsys)
     assert out.startswith("not a canonical pair: source")
     assert "tas ('time', 'height', 'rlat', 'rlon') float32: axes T=time, X=rlon, Y=rlat" in out
-    assert "other dims ['height']: select one value each" in out
+    assert "'height' has one value: squeezed" in out  # as open_archives does
+    assert "time_bnds ('time', 'bnds'): bounds; a fine archive's 1-D bounds are kept" in out
+    assert "no Y (latitude) axis" not in out
     assert "rotated_pole: grid mapping" in out and "open_archives(coarse, fine)" in out
 
 
@@ -107,3 +111,57 @@ def test_a_store_declaring_a_30000_squared_grid_is_answered_at_once(tmp_path, ca
     err = _inspect_error([str(tmp_path / "huge.zarr")], capsys)
     assert time.perf_counter() - start < 10
     assert "coordinates declare 14.4 GB (largest 'lat', shape (30000, 30000))" in err
+
+
+def test_the_pairs_window_is_a_catalog_parameter(odd_archives, capsys):
+    params = [f"coarse_url={odd_archives['coarse']}", f"fine_url={odd_archives['fine']}",
+              'window={"y": [0, 36], "x": [0, 48]}']  # fmt: skip
+    out = _inspect(["catalog:archives/pair", "--param", *params], capsys)
+    assert "36x48" in out and "crop 37x49" not in out
+
+
+def test_time_steps_are_reported_in_natural_units():
+    from corrdiff_xr.data.report import _duration
+
+    assert _duration(360 * 86400) == "360 days" and _duration(86400) == "1 day"
+    assert _duration(6 * 3600) == "6 hours" and _duration(600) == "10 minutes"
+    assert _duration(90) == "90 seconds"
+
+
+def test_a_store_whose_coarse_grid_misses_part_of_the_domain_reports_the_overlap(tmp_path, capsys):
+    from corrdiff_xr.data import synthetic_dataset
+
+    ds = synthetic_dataset(ny=16, nx=16, nt=2, factor=4)
+    shift = float(ds["x_coarse"][2] - ds["x_coarse"][0])  # two coarse cells east
+    ds.assign_coords(x_coarse=ds["x_coarse"] + shift, lon_coarse=ds["lon_coarse"] + shift).to_zarr(
+        tmp_path / "c.zarr"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["inspect", str(tmp_path / "c.zarr")]) == 1  # a problem, not a crash
+    out = capsys.readouterr().out
+    lat, lon = float(ds["lat"].min()), float(ds["lon"].min())
+    assert f"fine grid: lat {lat:.3f}.." in out and f"lon {lon:.3f}.." in out
+    assert "coarse grid: lat " in out
+    share = float(out.split("covers ")[1].split(" %")[0])
+    assert 0 < share < 100
+    assert (
+        "- the pair cannot be opened: " in out
+        and "does not cover the fine domain at its west" in out
+    )
+
+
+def test_a_pair_whose_latitudes_do_not_match_its_crs_is_reported_as_a_problem(tmp_path, capsys):
+    paths = {}
+    for name, ds in native_archives(nt=4, ny=16, nx=16).items():
+        if name == "fine":  # the rotated pole moved: lat/lon no longer on its grid
+            ds["rotated_pole"].attrs["grid_north_pole_latitude"] = 20.0
+        paths[name] = str(tmp_path / f"{name}.zarr")
+        ds.to_zarr(paths[name])
+    params = [f"coarse_url={paths['coarse']}", f"fine_url={paths['fine']}"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["inspect", "catalog:archives/pair", "--param", *params]) == 1
+    out = capsys.readouterr().out
+    assert "problems:\n  - the pair cannot be opened: source 'catalog:archives/pair': fine" in out
+    assert "does not describe its grid" in out

@@ -58,6 +58,11 @@ def test_the_choice_is_the_best_calibrated_within_the_crps_tolerance(setup, tole
     # the scores are the model's: each target's CRPS over its std in the model's statistics
     std = target_std(model)
     assert std == {n: model.codec.stats[n][1] for n in model.codec.out_channels}
+    per = rows[0]["per_target"]  # and each target's in its own units
+    assert np.mean([per[n]["crps_fair"] / std[n] for n in std]) == pytest.approx(
+        rows[0]["crps_fair"]
+    )
+    assert per["t2m"]["units"] == pair.dataset["t2m"].attrs["units"] and per["t2m"]["mae"] > 0
 
 
 def _gaussian_crps(spread: float, members: int, fair: bool) -> float:
@@ -95,6 +100,9 @@ def test_a_calibrated_checkpoint_samples_with_its_defaults(setup, tmp_path, caps
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "<- chosen" in printed and f"wrote {out}" in printed
+    units = {n: pair.dataset[n].attrs["units"] for n in model.codec.out_channels}
+    for n, u in units.items():  # each target's scores in its own units
+        assert f"{n} crps_fair [{u}]" in printed and f"{n} mae [{u}]" in printed
     calibrated = CorrDiff.load(out)
     chosen = calibrated.sampler_config
     assert chosen is not None and CorrDiff.load(path).sampler_config is None  # input untouched

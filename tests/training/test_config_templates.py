@@ -70,7 +70,10 @@ def test_a_run_stopped_at_max_minutes_continues_to_the_weights_of_an_uninterrupt
     assert cli.main(["train", "--config", str(cfg_file)]) == 0  # a clean stop, not a failure
     assert "stopped at training.max_minutes after 4 samples" in capsys.readouterr().out
     assert [p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()] == ["000000000004"]
-    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    # the weights so far are usable at once (a diffusion run's regression_checkpoint)
+    cut = _weights(tmp_path / "cut" / "model.safetensors")
+    saved = _weights(tmp_path / "cut" / "checkpoints" / "000000000004" / "model.safetensors")
+    assert all(torch.equal(cut[k], saved[k]) for k in cut)
     second = train(from_dict(TrainRunConfig, data))  # the same command again: 4 more
     assert second.timed_out and second.nimg == 8
     done = train(from_dict(TrainRunConfig, data))
@@ -87,6 +90,7 @@ def test_a_grid_the_network_cannot_halve_is_refused_at_open_with_the_shape_that_
     odd = tmp_path / "odd.zarr"
     synthetic_dataset(ny=18, nx=21, nt=4, factor=3).to_zarr(odd)
     data = tiny_config(str(odd), tmp_path / "run")  # channel_mult (1, 2): multiples of 2
+    data["network"]["padding"] = "none"  # the default pads instead
     with pytest.raises(ConfigError, match=r"18x21 \(y, x\) does not divide by 2.*crop it to 18x20"):
         train(from_dict(TrainRunConfig, data))
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any step

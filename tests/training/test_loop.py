@@ -122,6 +122,7 @@ def test_diffusion_trains_the_residual_on_a_frozen_regression_and_validates_with
     assert result.completed and result.skipped_steps == 0
     model = CorrDiff.load(result.output_dir / "model.safetensors")
     assert model.residual is not None
+    assert model.sampler_config.num_steps == 2  # the config's sampler: generate's default
     before = _weights(reg_file)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # regression untouched

@@ -296,7 +296,7 @@ class NetworkConfig(Checked):
     ``eval_groupnorm_unbiased`` reproduces the reference's evaluation-mode GroupNorm, which
     divides by the unbiased group variance. ``channels_last`` stores activations NHWC, which
     is faster for convolutions on CPU and GPU; ``compile`` wraps the networks in
-    ``torch.compile``.
+    ``torch.compile``. ``padding`` pads odd grids for the levels and crops ("none": refuse).
     """
 
     model_channels: int = setting(128, ge=1)
@@ -319,6 +319,7 @@ class NetworkConfig(Checked):
     eval_groupnorm_unbiased: bool = True
     channels_last: bool = True
     compile: bool = False
+    padding: Literal["reflect", "zero", "none"] = "reflect"
 
     RULES = (
         Rule(
@@ -339,17 +340,17 @@ class NetworkConfig(Checked):
     )
 
     def check_shape(self, shape: tuple[int, int], what: str) -> None:
-        """Refuse an image ``shape`` (y, x) the encoder cannot halve ``levels - 1`` times,
-        naming the nearest smaller shape that works and the network setting to change."""
+        """With ``padding="none"``, refuse a ``shape`` (y, x) the encoder cannot halve
+        ``levels - 1`` times, naming the nearest smaller shape that works and the settings."""
         m = 2 ** (len(self.channel_mult) - 1)
-        if shape[0] % m == 0 and shape[1] % m == 0:
+        if self.padding != "none" or (shape[0] % m == 0 and shape[1] % m == 0):
             return
         fit = (shape[0] // m * m, shape[1] // m * m)
         raise ConfigError(
             f"{what} {shape[0]}x{shape[1]} (y, x) does not divide by {m}, which a network of "
-            f"{len(self.channel_mult)} levels (channel_mult {list(self.channel_mult)}) needs: "
-            f"crop it to {fit[0]}x{fit[1]}, or use a network of fewer levels (channel_mult of "
-            "length L needs multiples of 2**(L-1))"
+            f"{len(self.channel_mult)} levels (channel_mult {list(self.channel_mult)}) needs "
+            f"with padding 'none': crop it to {fit[0]}x{fit[1]}, set padding to 'reflect', or "
+            "use fewer levels (channel_mult of length L needs multiples of 2**(L-1))"
         )
 
     @classmethod

@@ -12,7 +12,8 @@ Speed choices, each numerically equivalent to the reference formula:
   convolutions with a filter tensor; other filters fall back to the depthwise form;
 * group norm + SiLU use torch's fused ``group_norm`` kernel (which also handles
   ``channels_last``) in training and in evaluation;
-* attention uses ``scaled_dot_product_attention`` with no fp32 round trips;
+* attention uses ``scaled_dot_product_attention`` with no fp32 round trips, on inputs laid
+  out so that its fused kernels run: memory linear in the tokens (:mod:`.attention`);
 * in-place adds where the operand is a fresh temporary;
 * dropout on the CPU draws its keep mask as 32-bit integers, two per 64-bit draw of torch's
   generator: about 2x faster forward + backward than ``F.dropout`` (whose ``bernoulli_`` was the
@@ -33,6 +34,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from corrdiff_xr.nn.attention import self_attention
 
 __all__ = ["Attention", "Conv2d", "GroupNorm", "Linear", "UNetBlock", "dropout", "xavier_uniform_"]
 
@@ -253,8 +256,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(n, self.num_heads, c // self.num_heads, 3, h * w)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2).unbind(0)  # each (n, heads, hw, c/heads)
-        a = F.scaled_dot_product_attention(q, k, v)  # default scale 1/sqrt(c/heads)
+        # one copy to (3, n, heads, hw, c/heads), channels last: the fused kernels need it
+        q, k, v = qkv.permute(3, 0, 1, 4, 2).contiguous().unbind(0)
+        a = self_attention(q, k, v)  # scale 1/sqrt(c/heads)
         a = a.transpose(-1, -2).reshape(n, c, h, w)
         return self.proj(a).add_(x)
 

@@ -8,8 +8,11 @@ bottleneck, and a mirrored decoder with skip connections. The noise level enters
 through an embedding MLP (or a zero vector for ``embedding_type="zero"``, the regression net).
 
 Attention levels are chosen from the *global* image height, ``img_shape[0] >> level``, as in
-the reference, so a patch uses the same layers as the whole domain. Inputs must have sides
-divisible by ``2 ** (levels - 1)``.
+the reference, so a patch uses the same layers as the whole domain; global attention over
+more than :data:`~corrdiff_xr.nn.attention.MAX_ATTENTION_TOKENS` pixels of the global grid is
+left out, with a warning (:mod:`corrdiff_xr.nn.attention`). Inputs whose sides do not
+divide by ``2 ** (levels - 1)`` are padded to that multiple and the output cropped back
+(``NetworkConfig.padding``; see :mod:`corrdiff_xr.nn.padding`), or refused with ``"none"``.
 
 Module names: ``enc["L{level}_conv" | "L{level}_down" | "L{level}_block{i}"]``,
 ``dec["L{level}_in0" | "L{level}_in1" | "L{level}_up" | "L{level}_block{i}" |
@@ -23,8 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from corrdiff_xr.config import NetworkConfig
+from corrdiff_xr.nn.attention import attention_fits
 from corrdiff_xr.nn.embeddings import GridEmbedding, LeadTimeEmbedding, NoiseEmbedding
 from corrdiff_xr.nn.layers import Conv2d, GroupNorm, Linear, UNetBlock
+from corrdiff_xr.nn.padding import crop, pad_to_multiple
 
 __all__ = ["RegressionUNet", "SongUNet"]
 
@@ -117,7 +122,9 @@ class SongUNet(nn.Module):
 
     def _attends(self, level: int) -> bool:
         # chosen from the global height, so a patch uses the same layers as the whole domain
-        return (self.img_shape[0] >> level) in self.config.attn_resolutions
+        if (self.img_shape[0] >> level) not in self.config.attn_resolutions:
+            return False
+        return attention_fits(self.img_shape, level, what=f"attention at level {level}")
 
     def _encoder(self, block: dict) -> tuple[nn.ModuleDict, list[int]]:
         """The encoder and the channel count of each output the decoder takes as a skip."""
@@ -150,9 +157,10 @@ class SongUNet(nn.Module):
         cout = skips[-1]  # the encoder's last output
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             if level == self.levels - 1:
-                dec[f"L{level}_in0"] = UNetBlock(
-                    cout, cout, attention=cfg.bottleneck_attention, **block
+                attn = cfg.bottleneck_attention and attention_fits(
+                    self.img_shape, level, what="bottleneck attention"
                 )
+                dec[f"L{level}_in0"] = UNetBlock(cout, cout, attention=attn, **block)
                 dec[f"L{level}_in1"] = UNetBlock(cout, cout, **block)
             else:
                 dec[f"L{level}_up"] = UNetBlock(cout, cout, up=True, **block)
@@ -177,7 +185,7 @@ class SongUNet(nn.Module):
                 f"SongUNet expects x of shape (N, {self.in_channels}, h, w), got {tuple(x.shape)}"
             )
         m = 2 ** (self.levels - 1)
-        if x.shape[2] % m or x.shape[3] % m:
+        if self.config.padding == "none" and (x.shape[2] % m or x.shape[3] % m):
             raise ValueError(
                 f"SongUNet with {self.levels} levels needs h and w divisible by {m}, got {tuple(x.shape[2:])}"
             )
@@ -216,6 +224,8 @@ class SongUNet(nn.Module):
             extra.append(self.lead_time(lead_time, offsets, (h, w), dtype=x.dtype))
         if extra:
             x = torch.cat([x, *extra], dim=1)
+        # after the embeddings, so they describe the real pixels; cropped back below
+        x = pad_to_multiple(x, 2 ** (self.levels - 1), self.config.padding)
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
 
@@ -238,7 +248,7 @@ class SongUNet(nn.Module):
                 if x.shape[1] != module.in_channels:
                     x = torch.cat([x, skips.pop()], dim=1)
                 x = module(x, emb)
-        x = x.contiguous()
+        x = crop(x, (h, w)).contiguous()
         if self.scalar is not None:
             p = list(self.prob_channels)
             x = x.clone()

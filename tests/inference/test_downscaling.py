@@ -412,7 +412,8 @@ def test_a_regression_only_model_gives_means_and_refuses_members(setup, tmp_path
 
 
 def test_a_patch_or_grid_the_network_cannot_halve_is_refused_before_any_task(setup):
-    ds, pair, codec, model = setup
+    ds, pair, codec, _ = setup
+    model = tiny_corrdiff(codec, (16, 16), padding="none")  # the default pads instead
     with pytest.raises(ConfigError, match=r"patch 7x8 \(y, x\) does not divide by 2.*6x8"):
         downscale(pair, model, members=1, patch=(7, 8), overlap=0)
 

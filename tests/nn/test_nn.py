@@ -189,8 +189,11 @@ def test_songunet_handles_non_square_images_and_checks_divisibility():
     net = SongUNet(TINY, in_channels=3, out_channels=2, img_shape=(8, 24))
     out = net(torch.randn(2, 3, 8, 24), torch.ones(2))
     assert out.shape == (2, 2, 8, 24)
+    strict = SongUNet(
+        dataclasses.replace(TINY, padding="none"), in_channels=3, out_channels=2, img_shape=(8, 24)
+    )  # the default pads instead (tests/test_padding.py)
     with pytest.raises(ValueError, match="divisible by 2"):
-        net(torch.randn(1, 3, 8, 23), torch.ones(1), offsets=torch.zeros(1, 2))
+        strict(torch.randn(1, 3, 8, 23), torch.ones(1), offsets=torch.zeros(1, 2))
     with pytest.raises(ValueError, match=r"\(N, 3, h, w\)"):
         net(torch.randn(1, 4, 8, 24), torch.ones(1))
 

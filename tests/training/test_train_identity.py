@@ -237,3 +237,16 @@ def test_weights_resumed_with_a_notice_equal_an_uninterrupted_run_with_the_same_
     a = CorrDiff.load(split.output_dir / "model.safetensors").state_dict()
     b = CorrDiff.load(whole.output_dir / "model.safetensors").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_runs_recorded_before_padding_existed_resume_and_another_padding_is_refused(
+    store, tmp_path
+):
+    out = tmp_path / "run"
+    train(_cfg(store, out))
+    # the default padding is left out of the record, so a record written before it existed
+    # (no "padding" key) is the same run; any other padding is another network
+    assert '"padding"' not in (out / IDENTITY_FILE).read_text()
+    train(_cfg(store, out, duration=8))
+    with pytest.raises(RunIdentityError, match="network.padding"):
+        train(_cfg(store, out, network={"padding": "zero"}, duration=12))

@@ -15,18 +15,23 @@ resumes; any changed value is caught, whatever the source (Zarr, NetCDF, catalog
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.delayed import Delayed, delayed
+from dask.base import is_dask_collection, tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from corrdiff_xr.dims import TIME
 from corrdiff_xr.errors import CorrDiffError
+from corrdiff_xr.inference._submit import run_windows
+from corrdiff_xr.inference.graph import _assemble, _Inputs
 
-__all__ = ["InputChangedError", "changed_inputs", "compute", "input_fingerprints"]
+__all__ = ["Fingerprints", "InputChangedError", "changed_inputs", "input_fingerprints"]
 
 
 class InputChangedError(CorrDiffError, ValueError):
@@ -41,39 +46,84 @@ def _digest(values: Any) -> str:
     return digest.hexdigest()
 
 
-def compute(tasks: list, client: Any = None) -> list:
-    """Compute dask ``tasks`` on ``client`` (a dask.distributed Client) or the current scheduler."""
-    import dask
-
-    if client is not None:
-        return client.gather(client.compute(tasks))
-    return list(dask.compute(*tasks))
+def _collect(timed: list, static: list, *, names: list, fixed: list, layouts, shapes) -> dict:
+    """Task body of one time slice: digest each variable's values there, add the static ones."""
+    pieces = zip(names, timed, layouts, shapes)
+    digests = {n: _digest(_assemble(p, lay, shp)) for n, p, lay, shp in pieces}
+    return dict(sorted({**digests, **dict(zip(fixed, static))}.items()))
 
 
-def _collect(**digests: str) -> dict[str, str]:
-    return dict(sorted(digests.items()))
+def _whole(pieces: list, *, layout, shape) -> str:
+    return _digest(_assemble(pieces, layout, shape))
 
 
-def input_fingerprints(inputs: xr.Dataset, times: list[slice]) -> dict[tuple[int, int], Delayed]:
-    """One lazy ``{variable: digest}`` per time slice of the output's blocks.
+def _arrays(inputs: xr.Dataset, names: list) -> list[da.Array]:
+    # a variable held in memory becomes one chunk (its tasks then share it)
+    variables = [inputs[n] for n in names]
+    return [v.data if is_dask_collection(v.data) else v.chunk().data for v in variables]
+
+
+class Fingerprints:
+    """Lazy ``{variable: digest}`` per time slice of the output's blocks, built when asked for.
 
     Variables with a ``time`` dimension are hashed at the slice's times (by position: the
-    inputs' times are the output's); the others (static fields) whole, once for all slices.
+    inputs' times are the output's); the others (static fields) whole. The tasks of a few
+    slices are built key by key from the input chunks they overlap (:meth:`tasks`), so the
+    cost is linear in the slices asked for (a dask slice per time and variable would cull the
+    whole graph each time: quadratic in the times). ``inputs`` None: nothing is fingerprinted.
     """
-    static = {
-        str(n): delayed(_digest, pure=True)(v.data)
-        for n, v in inputs.data_vars.items()
-        if TIME not in v.dims
-    }
-    out = {}
-    for sl in times:
-        timed = {
-            str(n): delayed(_digest, pure=True)(v.isel({TIME: sl}).data)
-            for n, v in inputs.data_vars.items()
-            if TIME in v.dims
-        }
-        out[sl.start, sl.stop] = delayed(_collect, pure=True)(**timed, **static)
-    return out
+
+    def __init__(self, inputs: xr.Dataset | None = None):
+        self.active = inputs is not None
+        inputs = inputs if inputs is not None else xr.Dataset()
+        self.timed = [str(n) for n, v in inputs.data_vars.items() if TIME in v.dims]
+        self.static = [str(n) for n, v in inputs.data_vars.items() if TIME not in v.dims]
+        arrays = _arrays(inputs, self.timed + self.static)
+        self.graph = HighLevelGraph.merge(*(a.__dask_graph__() for a in arrays))
+        self.name = "corrdiff-inputs-" + tokenize([a.name for a in arrays])
+        self._whole = {str(d): (0, int(n)) for d, n in inputs.sizes.items()}
+        self._regions = _Inputs(arrays[: len(self.timed)], [inputs[n].dims for n in self.timed])
+        static = [
+            _Inputs([a], [inputs[n].dims]) for n, a in zip(self.static, arrays[len(self.timed) :])
+        ]
+        self._fixed = {}  # the static fields' tasks, the same for every slice
+        for i, region in enumerate(static):
+            keys, how = region.region(self._whole)
+            fn = functools.partial(_whole, layout=how["layouts"][0], shape=how["shapes"][0])
+            self._fixed[self.name, -1, i] = (fn, keys[0])
+
+    def key(self, t0: int, t1: int) -> tuple | None:
+        """The key of the task of slice ``[t0, t1)`` (None when not active)."""
+        return (self.name, t0, t1) if self.active else None
+
+    def tasks(self, slices: list[tuple[int, int]]) -> tuple[dict, set, list]:
+        """The tasks of ``slices``: (layer, input keys it reads, the slices' keys)."""
+        if not self.active:
+            return {}, set(), []
+        layer, needs = dict(self._fixed), set()
+        for t0, t1 in dict.fromkeys(slices):
+            keys, how = self._regions.region({**self._whole, TIME: (t0, t1)})
+            fn = functools.partial(
+                _collect,
+                names=self.timed,
+                fixed=self.static,
+                layouts=how["layouts"],
+                shapes=how["shapes"],
+            )
+            layer[self.key(t0, t1)] = (fn, keys, list(self._fixed))
+            needs.update(k for per_var in keys for k in per_var)
+        for task in self._fixed.values():
+            needs.update(task[1])
+        return layer, needs, [self.key(*s) for s in slices]
+
+    def compute(self, slices: list[tuple[int, int]], client: Any = None) -> list[dict]:
+        """The fingerprints of ``slices``, in order (a window at a time)."""
+        return run_windows(self.graph, slices, self.tasks, client, name=f"{self.name}-check")
+
+
+def input_fingerprints(inputs: xr.Dataset) -> Fingerprints:
+    """The fingerprints of what the output's blocks read from ``inputs`` (:class:`Fingerprints`)."""
+    return Fingerprints(inputs)
 
 
 def changed_inputs(

@@ -26,6 +26,7 @@ from dask.highlevelgraph import HighLevelGraph
 from corrdiff_xr._constraints import MAX_BLOCK_BYTES, MAX_BLOCKS, SettingError
 from corrdiff_xr.data.times import to_ns
 from corrdiff_xr.dims import TIME, X, Y
+from corrdiff_xr.inference._submit import paused_gc
 from corrdiff_xr.inference.block import (
     BlockPlan,
     BlockTask,
@@ -198,6 +199,7 @@ def _mean_layer(src, inputs: _Inputs, tbounds, times, task: BlockTask, token: st
     return name, layer
 
 
+@paused_gc()  # 10**5 blocks: collections walking the new tasks cost more than building them
 def block_arrays(
     src: xr.Dataset,
     plans: list[list[BlockPlan]],

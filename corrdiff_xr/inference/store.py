@@ -14,6 +14,10 @@ uninterrupted run:
   ``<store>.progress/`` (outside the store, where Zarr would see foreign content), created by
   atomic rename. The records of a store are deleted before that store is replaced, so a
   record always describes the store at the path.
+* The missing blocks go to dask a window at a time, in time order
+  (:func:`corrdiff_xr.inference._submit.run_windows`): the first block is written within
+  seconds even at 10**5 time steps, where one ``compute`` of all would order the whole graph
+  first. The store's metadata is written from a template of one-chunk placeholders.
 * One run at a time writes a store: :func:`corrdiff_xr._lock.output_lock`. Each record
   holds the fingerprint of the inputs its block read; a resume whose inputs changed since
   is refused (:mod:`corrdiff_xr.inference.fingerprint`), so a store never mixes two inputs.
@@ -32,7 +36,6 @@ deterministic, so a rerun (or a task re-run after a worker died) writes the same
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
@@ -43,24 +46,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.delayed import Delayed
-from dask.highlevelgraph import HighLevelGraph
 
 from corrdiff_xr._atomic import (
     atomic_path,
     discard,
     remove_leftovers,
     remove_stale,
-    write_bytes,
 )
 from corrdiff_xr._lock import output_lock
 from corrdiff_xr._outputs import PRODUCT_ATTR, check_output, mark_directory, product_of
 from corrdiff_xr._redact import redact_text
 from corrdiff_xr.dims import TIME
 from corrdiff_xr.errors import OutputExistsError
-from corrdiff_xr.inference.fingerprint import changed_inputs, compute, input_fingerprints
+from corrdiff_xr.inference._submit import paused_gc, write_blocks
+from corrdiff_xr.inference.fingerprint import Fingerprints, changed_inputs, input_fingerprints
 
 __all__ = [
     "IDENTITY_ATTR",
@@ -320,7 +322,10 @@ def _check_records(store: Path, kind: str) -> None:
 def _initialise(ds: xr.Dataset, store: Path, identity: dict[str, Any], kind: str) -> None:
     """Metadata, coordinates and identity into a hidden sibling, then renamed into place."""
     encoding = {n: {"chunks": [c[0] for c in v.chunks]} for n, v in ds.data_vars.items()}
-    template = ds.copy()
+    # one-chunk placeholders: to_zarr(compute=False) then optimises a task per variable, not
+    # the blocks' whole graph (minutes at 10**5 time steps); coordinates are real values
+    empty = {n: da.empty(v.shape, dtype=v.dtype, chunks=-1) for n, v in ds.data_vars.items()}
+    template = ds.copy(data=empty)
     template.attrs.update({IDENTITY_ATTR: identity, PRODUCT_ATTR: kind})
     records = progress_dir(store)
     with atomic_path(store) as staged:
@@ -349,73 +354,35 @@ def _remove_partials(store: Path) -> None:
                 os.unlink(os.path.join(root, name))
 
 
-def _write_block(
-    values: list[np.ndarray],
-    read: dict[str, str] | None = None,
-    *,
-    store: str,
-    block: dict[str, slice],
-    done: str,
-    names: list[str],
-) -> str:
-    import zarr
-
-    group = zarr.open_group(store, mode="r+")
-    region = tuple(block.values())
-    for name, data in zip(names, values):
-        group[name][region] = data
-    record = json.dumps({"inputs": read}).encode() if read else b""
-    write_bytes(progress_dir(store) / done, record, fsync=False)
-    return done
-
-
 def _input_change(
-    ds: xr.Dataset, store: Path, blocks: list, fingerprints: dict, client: Any, what: str
+    ds: xr.Dataset, store: Path, blocks: list, fingerprints: Fingerprints, client: Any, what: str
 ) -> Exception | None:
     """The error naming an input that changed since the complete blocks read it, else None."""
     done = progress(store)
     recorded = {}
-    for _, block in blocks:
+    for _, block in blocks if done and fingerprints.active else ():
         bid = _block_id(block)  # records of older versions are empty: nothing to check
         record = (progress_dir(store) / bid).read_bytes() if bid in done else b""
-        if found := json.loads(record or b"{}").get("inputs"):
+        if record and (found := json.loads(record).get("inputs")):
             recorded[block[TIME].start, block[TIME].stop] = found
     if not recorded:
         return None
     keys = sorted(recorded)
-    current = dict(zip(keys, compute([fingerprints[k] for k in keys], client)))
+    current = dict(zip(keys, fingerprints.compute(keys, client)))
     return changed_inputs(recorded, current, ds[TIME].values, what=what)
 
 
 def _run_blocks(
-    ds: xr.Dataset, store: Path, blocks: list, fingerprints: dict, key: str, client: Any
+    ds: xr.Dataset, store: Path, blocks: list, fingerprints: Fingerprints, key: str, client: Any
 ) -> int:
     """Compute and write the blocks not recorded complete; how many were written."""
     done = progress(store)
-    # One write task per missing block, depending directly on that block's chunk of every
-    # variable (built key by key: cheap for thousands of blocks) and its input fingerprint.
-    names = list(ds.data_vars)
-    arrays = [ds[n].data for n in names]
-    wname = f"corrdiff-write-{key}"
-    layer = {}
-    for idx, block in blocks:
-        bid = _block_id(block)
-        if bid not in done:
-            fn = functools.partial(
-                _write_block, store=str(store), block=block, done=bid, names=names
-            )
-            read = fingerprints.get((block[TIME].start, block[TIME].stop))
-            args = [[(a.name, *idx) for a in arrays]] + ([read.key] if read is not None else [])
-            layer[(wname, *idx)] = (fn, *args)
-    if not layer:
-        return 0
-    final = f"corrdiff-written-{key}"
-    layer[final] = (len, list(layer))
-    graph = HighLevelGraph.from_collections(
-        final, layer, dependencies=[*arrays, *fingerprints.values()]
-    )
-    compute([Delayed(final, graph)], client)
-    return len(layer) - 1
+    with paused_gc():
+        todo = [(idx, block, _block_id(block)) for idx, block in blocks]
+        todo = [t for t in todo if t[2] not in done]
+        # time first: a time chunk's blocks (members, tiles) share inputs and a whole-domain mean
+        todo.sort(key=lambda t: (t[1][TIME].start, t[0]))
+    return write_blocks(ds, store, progress_dir(store), todo, fingerprints, key, client)
 
 
 def _prepare(
@@ -483,17 +450,15 @@ def write_zarr(
         Another live run is writing ``store``.
     """
     store = Path(store)
-    blocks = _blocks(ds)
+    with paused_gc():
+        blocks = _blocks(ds)
     # lazy coordinates (lat/lon) are loaded once, for the identity and the store's template
     ds = ds.assign_coords({k: v.load() for k, v in ds.coords.items() if v.chunks})
     identity = store_identity(ds, request)
     key = _digest(json.dumps(identity, sort_keys=True).encode())
-    fingerprints = {}
-    if inputs is not None:
-        if inputs.sizes.get(TIME, ds.sizes[TIME]) != ds.sizes[TIME]:
-            raise ValueError(f"inputs have {inputs.sizes[TIME]} times, the output {ds.sizes[TIME]}")
-        times = sorted({(b[TIME].start, b[TIME].stop) for _, b in blocks})
-        fingerprints = input_fingerprints(inputs, [slice(*t) for t in times])
+    if inputs is not None and inputs.sizes.get(TIME, ds.sizes[TIME]) != ds.sizes[TIME]:
+        raise ValueError(f"inputs have {inputs.sizes[TIME]} times, the output {ds.sizes[TIME]}")
+    fingerprints = input_fingerprints(inputs) if inputs is not None else Fingerprints()
     with output_lock(store, what=f"{what} {store}"):
         _prepare(ds, store, identity, kind=kind, overwrite=overwrite, what=what)
         changed = _input_change(ds, store, blocks, fingerprints, client, f"{what} {store}")

@@ -183,12 +183,12 @@ def _shape_lines(ny: int, nx: int) -> tuple[list[str], list[str]]:
         if ny % m == 0 and nx % m == 0:
             lines.append(f"  network preset '{name}' ({levels} levels): {ny}x{nx} fits")
             continue
-        fit = (ny // m * m, nx // m * m)
-        lines.append(f"  network preset '{name}' ({levels} levels) needs multiples of {m}")
-        problems.append(
-            f"grid {ny}x{nx} does not divide by {m} (network preset '{name}'): crop {ny}x{nx} -> "
-            f"{fit[0]}x{fit[1]} (a pair's window={{'y': [0, {fit[0]}], 'x': [0, {fit[1]}]}}), "
-            "or use patches of a size that divides"
+        fit, pad = (ny // m * m, nx // m * m), (-(-ny // m) * m, -(-nx // m) * m)
+        # padded by default (network.padding), so a note, not a problem
+        lines.append(
+            f"  network preset '{name}' ({levels} levels): {ny}x{nx} is padded to "
+            f"{pad[0]}x{pad[1]} and cropped back; with network.padding='none' crop {ny}x{nx} -> "
+            f"{fit[0]}x{fit[1]} (a pair's window={{'y': [0, {fit[0]}], 'x': [0, {fit[1]}]}})"
         )
     return lines, problems
 
@@ -213,8 +213,8 @@ def describe(
         f"  {_axis(ds, Y)}",
         f"  {_axis(ds, X)}",
         f"  {_box(ds, LAT, LON)}",
-        f"coarse grid {ds.sizes[Y_COARSE]} x {ds.sizes[X_COARSE]}, regridded bilinearly "
-        f"(method {pair.regrid_weights.method})",
+        f"coarse grid {ds.sizes[Y_COARSE]} x {ds.sizes[X_COARSE]}, regridded by "
+        f"{pair.regrid_weights.scheme} (placed by {pair.regrid_weights.method})",
         f"  {_axis(ds, Y_COARSE)}",
         f"  {_axis(ds, X_COARSE)}",
         f"  {_box(ds, LAT_COARSE, LON_COARSE)}",

@@ -39,6 +39,8 @@ def test_a_pair_of_native_archives_is_reported_with_fixes(odd_archives, capsys):
     assert "calendar 360_day, every 3 hours" in out and "2001-02-27T00:00" in out
     assert "tas: 42.5 % NaN (first time): trained with the masked loss" in out
     assert "crop 37x49 -> 36x48 (a pair's window={'y': [0, 36], 'x': [0, 48]})" in out
+    assert "37x49 is padded to 40x52 and cropped back" in out and "does not divide" not in out
+    assert "regridded by bilinear (placed by" in out
     assert "squeezed singleton dim 'height'" in out and "cut (53, 65) -> fine grid" in out
     assert "overlap: the coarse grid covers 100.0 % of the fine domain" in out
     assert out.count("  lat ") == 2  # the lat/lon box of each grid

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 from corrdiff_xr._constraints import (
-    MAX_STEPS,
     MAX_TOTAL_BATCH,
     Checked,
     ConfigError,
@@ -32,6 +31,7 @@ from corrdiff_xr._constraints import (
 )
 from corrdiff_xr._constraints import Bound as _Bound
 from corrdiff_xr._yaml_overrides import load_yaml, merge, parse_overrides
+from corrdiff_xr.config_sampling import PatchConfig, SamplerConfig
 
 __all__ = [
     "ConfigError",
@@ -54,7 +54,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-INF = float("inf")
+# split off by concern, at home here (repr, pickles, every config class listed in one module);
+# their string annotations resolve in this module's names (Literal)
+for _cls in (SamplerConfig, PatchConfig):
+    _cls.__module__ = __name__
 
 
 def _type_name(tp: Any) -> str:
@@ -188,97 +191,6 @@ def load_config(
     return from_dict(cls, merge(data, parse_overrides(overrides)))
 
 
-# -- sampling and patching (core B) ---------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerConfig(Checked):
-    """EDM sampler settings (Karras et al. 2022, Algorithm 2); defaults are the reference's.
-
-    ``S_churn = 0`` gives the deterministic sampler; ``S_churn > 0`` adds noise at every step
-    whose sigma lies in ``[S_min, S_max]`` (the per-step increase is capped at
-    ``sqrt(2) - 1`` as in EDM). ``solver``: ``"heun"`` (EDM, 2 N - 1 network calls for N
-    steps), ``"euler"``, ``"dpmpp_2m"`` (DPM-Solver++(2M), second order with N calls) or
-    ``"dpmpp_2m_sde"`` (its stochastic variant, noise strength ``eta``); see
-    :mod:`corrdiff_xr.sampling`.
-    """
-
-    solver: Literal["heun", "euler", "dpmpp_2m", "dpmpp_2m_sde"] = "heun"
-    num_steps: int = setting(18, ge=1, le=MAX_STEPS)
-    sigma_min: float = setting(0.002, gt=0)
-    sigma_max: float = setting(800.0, gt=0)
-    rho: float = setting(7.0, gt=0)
-    S_churn: float = setting(0.0, ge=0)
-    S_min: float = setting(0.0, ge=0)
-    S_max: float = setting(INF, ge=0, finite=False)
-    S_noise: float = setting(1.0, gt=0)
-    eta: float = setting(1.0, ge=0)
-
-    RULES = (
-        Rule(("sigma_min", "sigma_max"), lambda lo, hi: lo < hi, "need sigma_min < sigma_max"),
-        Rule(("S_min", "S_max"), lambda lo, hi: lo <= hi, "need S_min <= S_max"),
-    )
-
-
-def _overlap_pixels(shape: tuple[int, int] | None, overlap: int | None) -> int:
-    # None: a quarter of the smaller patch side (no overlap without patches)
-    return overlap if overlap is not None else 0 if shape is None else min(shape) // 4
-
-
-def _patch_fits(shape: tuple[int, int] | None, overlap: int | None, boundary: int) -> bool:
-    return shape is None or min(shape) - 2 * boundary - _overlap_pixels(shape, overlap) >= 1
-
-
-@dataclasses.dataclass(frozen=True)
-class PatchConfig(Checked):
-    """How a domain is tiled into patches (see :mod:`corrdiff_xr.patching`).
-
-    ``shape`` None means no patching (the whole domain is one patch). ``overlap`` is the
-    number of pixels shared by the *kept* parts of neighbouring patches (None: a quarter of
-    the smaller patch side); ``boundary`` is a halo on every side of each patch that the
-    model sees as context but that gets zero weight when patches are fused. ``weights`` is
-    ``"uniform"`` (plain average over overlaps) or ``"ramp"`` (linear ramps across overlaps,
-    so seams blend smoothly). ``layout`` picks the patch grid: ``"compact"`` (fewest patches
-    covering the domain) or ``"physicsnemo"`` (the reference's ``GridPatching2D`` grid, the
-    halo averaged in like the rest; with uniform weights, for exact parity with its outputs).
-    ``noise`` is inference's: ``"shared"`` draws every patch's latents and churn noise from
-    one field over the global grid keyed by pixel position (:class:`corrdiff_xr.noise.
-    FieldNoise`), so overlapping patches agree where they overlap; ``"independent"`` gives each
-    patch noise of its own (the reference's way, which shows the patch grid as seams).
-    ``mean``: inference's regression mean over the ``"whole"`` domain once per time, cut into
-    the patches (as patched training does: the network is trained on the whole grid), or on
-    each patch (``"patches"``: memory bounded by a patch, at a loss of context).
-    The defaults are inference's (patches sampled alone, fused once: shared noise and ramps
-    across a generous overlap hide the seams); patched training uses only ``shape``.
-    """
-
-    shape: tuple[int, int] | None = setting(None, ge=1)
-    overlap: int | None = setting(None, ge=0)
-    boundary: int = setting(0, ge=0)
-    weights: Literal["uniform", "ramp"] = "ramp"
-    layout: Literal["compact", "physicsnemo"] = "compact"
-    noise: Literal["shared", "independent"] = "shared"
-    mean: Literal["whole", "patches"] = "whole"
-
-    RULES = (
-        Rule(
-            ("shape", "overlap", "boundary"),
-            _patch_fits,
-            "the patch leaves no room for a kept part; need overlap + 2 * boundary < the "
-            "smaller patch side (overlap None: a quarter of that side)",
-        ),
-    )
-
-    @property
-    def overlap_pixels(self) -> int:
-        """``overlap``, or a quarter of the smaller patch side (0 without patches)."""
-        return _overlap_pixels(self.shape, self.overlap)
-
-    def resolved(self) -> PatchConfig:
-        """This config with the overlap in pixels (what a grid is built from and recorded)."""
-        return dataclasses.replace(self, overlap=self.overlap_pixels)
-
-
 # -- networks and EDM preconditioning (core A) ----------------------------------------------
 
 
@@ -296,7 +208,10 @@ class NetworkConfig(Checked):
     ``eval_groupnorm_unbiased`` reproduces the reference's evaluation-mode GroupNorm, which
     divides by the unbiased group variance. ``channels_last`` stores activations NHWC, which
     is faster for convolutions on CPU and GPU; ``compile`` wraps the networks in
-    ``torch.compile``. ``padding`` pads odd grids for the levels and crops ("none": refuse).
+    ``torch.compile``. ``checkpoint_activations`` recomputes each U-Net block in the backward
+    pass instead of keeping its activations: less training memory (large grids on the CPU,
+    e.g. NDFD's 688 x 1072) for about a third more compute, same gradients.
+    ``padding`` pads odd grids for the levels and crops ("none": refuse).
     """
 
     model_channels: int = setting(128, ge=1)
@@ -319,6 +234,7 @@ class NetworkConfig(Checked):
     eval_groupnorm_unbiased: bool = True
     channels_last: bool = True
     compile: bool = False
+    checkpoint_activations: bool = False
     padding: Literal["reflect", "zero", "none"] = "reflect"
 
     RULES = (
@@ -431,7 +347,8 @@ class TrainingConfig(Checked):
     Durations and intervals count training *samples* (images or patches' source images), as
     in the reference. ``total_batch_size`` = ``batch_size_per_device`` x accumulation rounds
     x world size (at most ``MAX_TOTAL_BATCH``, 65,536); ``batch_size_per_device`` None means
-    ``total_batch_size / world_size``.
+    ``total_batch_size / world_size``. Training memory grows with it and with the grid: on
+    large grids lower it (down to 1, accumulating), then set ``network.checkpoint_activations``.
     The learning rate ramps up linearly over ``lr_rampup`` samples, then is multiplied by
     ``lr_decay`` every ``lr_decay_every`` samples. Steps whose loss or gradients are not
     finite are skipped; the run stops after ``max_nonfinite_steps`` of them.

@@ -23,6 +23,7 @@ LAYERS = {
             "_redact",
             "_constraints",
             "config",
+            "config_sampling",
             "_outputs",
             "_yaml_overrides",
             "_cf",

@@ -17,6 +17,12 @@ divide by ``2 ** (levels - 1)`` are padded to that multiple and the output cropp
 Module names: ``enc["L{level}_conv" | "L{level}_down" | "L{level}_block{i}"]``,
 ``dec["L{level}_in0" | "L{level}_in1" | "L{level}_up" | "L{level}_block{i}" |
 "L0_aux_norm" | "L0_aux_conv"]``; the reference spells the level prefix ``{res}x{res}_``.
+
+``NetworkConfig.checkpoint_activations`` trades compute for memory in training: each U-Net
+block keeps only its input for the backward pass and runs its forward again there
+(``torch.utils.checkpoint``, non-reentrant; the random state is restored, so dropout draws
+the same mask). Gradients are those of the plain path; evaluation and ``no_grad`` calls run
+plainly, and the weights do not depend on the setting.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from corrdiff_xr.config import NetworkConfig
 from corrdiff_xr.nn.attention import attention_fits
@@ -190,6 +197,13 @@ class SongUNet(nn.Module):
                 f"SongUNet with {self.levels} levels needs h and w divisible by {m}, got {tuple(x.shape[2:])}"
             )
 
+    def _block(self, block: nn.Module, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """One U-Net block; with ``checkpoint_activations``, recomputed in the backward pass
+        (only when training with gradients: elsewhere nothing is saved to spare)."""
+        if self.config.checkpoint_activations and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, emb, use_reentrant=False)
+        return block(x, emb)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -239,7 +253,7 @@ class SongUNet(nn.Module):
 
         skips = []
         for name, module in self.enc.items():
-            x = module(x) if name.endswith("_conv") else module(x, emb)
+            x = module(x) if name.endswith("_conv") else self._block(module, x, emb)
             skips.append(x)
         for name, module in self.dec.items():
             if name in ("L0_aux_norm", "L0_aux_conv"):  # output head: GN-SiLU, conv
@@ -247,7 +261,7 @@ class SongUNet(nn.Module):
             else:
                 if x.shape[1] != module.in_channels:
                     x = torch.cat([x, skips.pop()], dim=1)
-                x = module(x, emb)
+                x = self._block(module, x, emb)
         x = crop(x, (h, w)).contiguous()
         if self.scalar is not None:
             p = list(self.prob_channels)

@@ -10,7 +10,7 @@ readable JSON:
     time axis); the codec's channel order and attributes; the network, EDM and patch
     settings; for diffusion the SHA-256 of the regression checkpoint file. Not the
     duration, which is extended on purpose, nor execution settings (``network.compile``,
-    ``channels_last``, workers), nor ``data.storage_options``/``catalog_params``, which
+    ``channels_last``, ``checkpoint_activations``, workers), nor ``data.storage_options``/``catalog_params``, which
     may hold credentials or cache paths.
 ``settings``
     optimiser, schedule, batch, seed and precision settings: a resume may change them (a
@@ -64,7 +64,7 @@ KIND = "train"
 _FORMAT = "corrdiff_xr.train_identity"
 _SHOWN = 6  # differences spelled out in one error line
 # network fields that change how it runs, not what it is (a checkpoint fits either way)
-_EXECUTION = ("compile", "channels_last")
+_EXECUTION = ("compile", "channels_last", "checkpoint_activations")
 
 
 class RunIdentityError(ConfigError):

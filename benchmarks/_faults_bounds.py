@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _faults_common import summary
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 10**5
 PROMPT_S = 30.0  # a refusal within this (the interpreter's imports take a few seconds)
@@ -252,19 +254,15 @@ def run(workdir: Path, steps: int = STEPS) -> dict:
     setup(workdir, steps)
     cases = [_refusal(name, kind, expect, workdir) for name, (kind, expect) in CASES.items()]
     cases.append(_first_block(workdir, steps))
-    peaks = [c["peak_mem_mb"] for c in cases if c["peak_mem_mb"] is not None]
-    return {
-        "hostile_files": len(cases),
-        "hostile_files_refused": sum(c["refused"] for c in cases),
-        "peak_mem_mb_worst": max(peaks) if peaks else None,
-        "cases": cases,
-        "first_block_seconds_1e5_steps": cases[-1]["seconds"],
-        "first_block_seconds": {
+    return summary(
+        cases,
+        first_block_seconds_1e5_steps=cases[-1]["seconds"],
+        first_block_seconds={
             **_first_blocks(workdir, tuple(n for n in SHORTER if n < steps)),
             str(steps): cases[-1]["seconds"],
         },
-        "downscale_graph_seconds_1e5_steps": _graph_seconds(workdir),
-    }
+        downscale_graph_seconds_1e5_steps=_graph_seconds(workdir),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _faults_common import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (16, 24)
@@ -567,13 +568,7 @@ def run(workdir: Path) -> dict:
             "error": result["error"] and result["error"].replace(f"{workdir}/", ""),
         })  # fmt: skip
         path.unlink()
-    peaks = [c["peak_mem_mb"] for c in cases if c["peak_mem_mb"] is not None]
-    return {
-        "hostile_files": len(cases),
-        "hostile_files_refused": sum(c["refused"] for c in cases),
-        "peak_mem_mb_worst": max(peaks) if peaks else None,
-        "cases": cases,
-    }
+    return summary(cases)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _faults_common import summary
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TIMES = 24
@@ -245,13 +247,7 @@ def run(workdir: Path) -> dict:
         *_calibrate(root, sub("calibrate")),
         *_converts(root, sub("convert")),
     ]  # fmt: skip
-    peaks = [c["peak_mem_mb"] for c in cases if c["peak_mem_mb"] is not None]
-    return {
-        "hostile_files": len(cases),
-        "hostile_files_refused": sum(c["refused"] for c in cases),
-        "peak_mem_mb_worst": max(peaks) if peaks else None,
-        "cases": cases,
-    }
+    return summary(cases)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _faults_common import summary
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 180.0
 COARSE_MAP = {"2m_temperature": "t2m", "10m_u_component_of_wind": "u10"}
@@ -270,13 +272,7 @@ def run(workdir: Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     setup(workdir)
     cases = [_case(name, *spec, workdir) for name, spec in CASES.items()]
-    peaks = [c["peak_mem_mb"] for c in cases if c["peak_mem_mb"] is not None]
-    return {
-        "hostile_files": len(cases),
-        "hostile_files_refused": sum(c["refused"] for c in cases),
-        "peak_mem_mb_worst": max(peaks) if peaks else None,
-        "cases": cases,
-    }
+    return summary(cases)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _faults_common import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 BOMB_BYTES = 3 * 10**9  # what the finding's chunks inflated to (3-4 GB)
@@ -282,13 +283,7 @@ def run(workdir: Path) -> dict:
             "peak_mem_mb": result["peak_mem_mb"],
             "message": result["message"].replace(f"{workdir}/", ""),
         })  # fmt: skip
-    peaks = [c["peak_mem_mb"] for c in cases if c["peak_mem_mb"] is not None]
-    return {
-        "hostile_files": len(cases),
-        "hostile_files_refused": sum(c["refused"] for c in cases),
-        "peak_mem_mb_worst": max(peaks) if peaks else None,
-        "cases": cases,
-    }
+    return summary(cases)
 
 
 def main(argv: list[str] | None = None) -> int:

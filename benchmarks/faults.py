@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - t0, 1),
         **results,
     }
-    text = json.dumps(summary, indent=2, default=str)
+    # messages name files under the scratch directory, which is this machine's
+    text = json.dumps(summary, indent=2, default=str).replace(str(work), "<workdir>")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text + "\n")

@@ -28,6 +28,8 @@ from corrdiff_xr.model.safety import CheckpointError, check_tensors
 
 def _load_hostile():
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "_faults_hostile.py"
+    if str(path.parent) not in sys.path:  # the campaigns import their shared summary
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location("_faults_hostile", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up

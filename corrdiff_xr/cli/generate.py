@@ -168,7 +168,11 @@ def _model_options(model: argparse._ArgumentGroup) -> None:
     model.add_argument(
         "--output-kind", choices=("ensemble", "mean", "residual"), default="ensemble"
     )
-    model.add_argument("--steps", type=positive, help="sampler steps (default: SamplerConfig's)")
+    model.add_argument(
+        "--steps",
+        type=positive,
+        help="sampler steps (default: the checkpoint's sampler, set by its training config or calibrate)",
+    )
     model.add_argument(
         "--sampler",
         nargs="*",

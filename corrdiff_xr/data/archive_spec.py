@@ -23,6 +23,7 @@ from corrdiff_xr.data.layout import (
     EmptySelectionError,
     MissingValueError,
     NameClashError,
+    first_clash,
 )
 
 __all__ = [
@@ -56,15 +57,13 @@ def check_keys(
 def check_distinct(parts: Sequence[tuple[str, xr.Dataset]]) -> None:
     """Refuse two archives of one role giving the same variable name: a merge would keep one
     of them (or fail with xarray's words), whichever of the two the user meant."""
-    seen: dict[Any, str] = {}
-    for what, ds in parts:
-        for name in ds.data_vars:
-            if name in seen:
-                raise NameClashError(
-                    f"{seen[name]} and {what} both give a variable {name!r}; give one of them "
-                    f"another name in its variables map, e.g. {{'{name}': '{name}_2'}}"
-                )
-            seen[name] = what
+    clash = first_clash(parts)
+    if clash:
+        name, first, second = clash
+        raise NameClashError(
+            f"{first} and {second} both give a variable {name!r}; give one of them "
+            f"another name in its variables map, e.g. {{'{name}': '{name}_2'}}"
+        )
 
 
 def _name_problem(name: Any) -> str | None:

@@ -49,6 +49,7 @@ one chunk, since bilinear regridding needs the whole coarse field of a time step
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import xarray as xr
@@ -83,6 +84,7 @@ __all__ = [
     "StoreError",
     "TimeAxisError",
     "combine",
+    "first_clash",
     "role_of",
     "roles",
 ]
@@ -191,6 +193,17 @@ def roles(ds: xr.Dataset) -> Roles:
     return Roles(*(tuple(sorted(found[role])) for role in ("input", "target", "static")))
 
 
+def first_clash(parts: Sequence[tuple[str, xr.Dataset]]) -> tuple[str, str, str] | None:
+    """The first variable name two labelled ``parts`` share: ``(name, first, second)``."""
+    seen: dict[str, str] = {}
+    for label, part in parts:
+        for name in map(str, part.data_vars):
+            if name in seen:
+                return name, seen[name], label
+            seen[name] = label
+    return None
+
+
 def combine(coarse: xr.Dataset, fine: xr.Dataset, static: xr.Dataset | None = None) -> xr.Dataset:
     """Merge separate coarse, fine and static Datasets into one canonical Dataset.
 
@@ -207,15 +220,13 @@ def combine(coarse: xr.Dataset, fine: xr.Dataset, static: xr.Dataset | None = No
     parts = [("coarse", coarse), ("fine", fine)] + (
         [("static", static)] if static is not None else []
     )
-    seen: dict[str, str] = {}
-    for label, part in parts:
-        for name in part.data_vars:
-            if name in seen:
-                raise NameClashError(
-                    f"variable '{name}' is in both the {seen[name]} and the {label} dataset; "
-                    "input and target names must differ"
-                )
-            seen[str(name)] = label
+    clash = first_clash(parts)
+    if clash:
+        name, first, second = clash
+        raise NameClashError(
+            f"variable '{name}' is in both the {first} and the {second} dataset; "
+            "input and target names must differ"
+        )
     if TIME in coarse.dims and TIME in fine.dims:
         tc, tf = coarse.indexes[TIME], fine.indexes[TIME]
         if not tc.equals(tf):

@@ -359,6 +359,8 @@ class TrainingConfig(Checked):
     ``resume``: ``"auto"`` continues the run in ``output_dir`` only when its recorded identity
     (data, codec, network ...; see :mod:`corrdiff_xr.training.identity`) matches; ``"force"``
     continues its checkpoint whatever changed (e.g. fine-tuning on new data).
+    ``ema``: half-life in samples of an average of the weights (None: none), which the run
+    validates and saves (EDM's, with its ``ema_rampup_ratio``; :mod:`corrdiff_xr.training.ema`).
     """
 
     duration: int = setting(2_000_000, ge=1)
@@ -389,12 +391,20 @@ class TrainingConfig(Checked):
     progress: bool = True
     device: str = "auto"
     loader: LoaderConfig = dataclasses.field(default_factory=LoaderConfig)
+    ema: float | None = setting(None, gt=0)
+    ema_rampup_ratio: float | None = setting(None, gt=0)
 
     RULES = (
         Rule(
             ("total_batch_size", "batch_size_per_device"),
             lambda total, per: per is None or total % per == 0,
             "need total_batch_size to be a multiple of batch_size_per_device",
+        ),
+        Rule(
+            ("ema", "ema_rampup_ratio"),
+            lambda ema, ratio: ratio is None or ema is not None,
+            "ema_rampup_ratio shapes the weight average: set training.ema (a half-life in "
+            "samples) too, or drop it",
         ),
     )
 

@@ -83,6 +83,8 @@ FIELDS = [
     ("training.loader.block_size", 0, None, "0", "an integer >= 1"),
     ("training.loader.num_workers", -1, None, "-1", "an integer >= 0"),
     ("training.loader.prefetch_factor", 0, None, "0", "an integer >= 1"),
+    ("training.ema", 0.0, None, "0.0", "a finite number > 0"),
+    ("training.ema_rampup_ratio", -0.05, None, "-0.05", "a finite number > 0"),
 ]
 
 # (settings, keys named in the error with their values, what is needed)

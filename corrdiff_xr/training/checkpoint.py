@@ -2,8 +2,9 @@
 
 A checkpoint is a directory ``<root>/<nimg:012d>/`` holding ``model.safetensors`` (written by
 :meth:`corrdiff_xr.model.CorrDiff.save`, so it can be used for generation as it is) and
-``trainer.pt`` (optimiser, sample count, loader positions, random states; tensors and plain
-Python only, read back with ``weights_only=True``). It is assembled under a hidden temporary
+``trainer.pt`` (optimiser, sample count, loader positions, random states, and with
+``training.ema`` the raw weights beside the averaged ones in ``model.safetensors``; tensors
+and plain Python only, read back with ``weights_only=True``). It is assembled under a hidden temporary
 name and renamed into place, so a process killed at any moment leaves either the complete
 checkpoint or none; old checkpoints are renamed away before they are deleted for the same
 reason.

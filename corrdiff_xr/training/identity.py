@@ -13,8 +13,9 @@ readable JSON:
     ``channels_last``, ``checkpoint_activations``, workers), nor ``data.storage_options``/``catalog_params``, which
     may hold credentials or cache paths.
 ``settings``
-    optimiser, schedule, batch, seed and precision settings: a resume may change them (a
-    new learning rate, a longer duration) and is told what changed.
+    optimiser, schedule, batch, seed, precision and weight-average (``ema``, when on)
+    settings: a resume may change them (a new learning rate, a longer duration) and is told
+    what changed.
 ``codec``
     the full codec with its statistics, fixed by the first checkpoint (for reading; a
     resume takes the codec from the checkpoint itself, never from the data again).
@@ -188,6 +189,9 @@ def run_settings(cfg: TrainRunConfig) -> dict[str, Any]:
         "precision",
     )
     training = {k: getattr(t, k) for k in keys}
+    for key in ("ema", "ema_rampup_ratio"):  # left out when off: older records match
+        if getattr(t, key) is not None:
+            training[key] = getattr(t, key)
     training["loader"] = {"block_size": t.loader.block_size}  # the sample order
     reg = t.regression_checkpoint
     training["regression_checkpoint"] = None if reg is None else str(Path(reg).resolve())

@@ -14,7 +14,10 @@ Each optimiser step sees ``training.total_batch_size`` samples: ``batch_size_per
 per process, accumulated over rounds and averaged over processes (DDP under torchrun, SLURM
 or OpenMPI), with the loss normalised by the total so the gradient is that of one big batch.
 The learning rate is a pure function of the sample count
-(:func:`corrdiff_xr.training.schedule.learning_rate`).
+(:func:`corrdiff_xr.training.schedule.learning_rate`). With ``training.ema`` an average of
+the weights follows every step and is what validation scores and ``model.safetensors``
+holds (:mod:`corrdiff_xr.training.ema`). Diffusion runs also log the loss by noise-level
+bin (:class:`corrdiff_xr.training.monitor.LossBySigma`).
 
 Output directory and resume
 ---------------------------
@@ -59,23 +62,14 @@ from typing import Any
 import torch
 
 from corrdiff_xr._constraints import SettingError
-from corrdiff_xr._redact import redact_options
-from corrdiff_xr.config import (
-    ConfigError,
-    NetworkConfig,
-    TrainRunConfig,
-    from_dict,
-    to_dict,
-)
+from corrdiff_xr.config import NetworkConfig, TrainRunConfig
 from corrdiff_xr.errors import CorrDiffError
-from corrdiff_xr.training import checkpoint as ckpt
-from corrdiff_xr.training import identity as ident
 from corrdiff_xr.training import run_state
-from corrdiff_xr.training.data import codec_variables, open_training_data, valid_target_pixels
 from corrdiff_xr.training.distributed import ProcessInfo, detect, initialize, shutdown
-from corrdiff_xr.training.monitor import Monitor
+from corrdiff_xr.training.ema import WeightAverage, ema_beta
+from corrdiff_xr.training.monitor import LossBySigma, Monitor
 from corrdiff_xr.training.objective import objective
-from corrdiff_xr.training.run_state import Run, Start
+from corrdiff_xr.training.run_state import Run, averaged, model_file, open_run
 from corrdiff_xr.training.schedule import accumulation_rounds, learning_rate
 
 __all__ = ["TrainResult", "TrainingDivergedError", "build_model", "train"]
@@ -151,95 +145,6 @@ def build_model(
     return model, model.residual
 
 
-def _model_file(path: str | Path) -> Path:
-    path = Path(path)
-    return path / "model.safetensors" if path.is_dir() else path
-
-
-def _open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
-    """Check the output directory, the data and the run's identity; record it (rank 0).
-
-    Everything that can refuse the run happens here, before any network is built or weight
-    loaded: a refused output directory, invalid data, a grid unlike the regression
-    checkpoint's, a resume whose identity differs from the recorded one.
-    """
-    from corrdiff_xr.codec import Codec
-    from corrdiff_xr.model import read_checkpoint_header
-
-    t = cfg.training
-    latest = ckpt.latest_checkpoint(out / "checkpoints") if ident.prepare_output_dir(out) else None
-    train_pair, valid_pair = open_training_data(cfg)
-    img_shape = (int(train_pair.fine.sizes["y"]), int(train_pair.fine.sizes["x"]))
-    if cfg.patch.shape is not None and any(p > n for p, n in zip(cfg.patch.shape, img_shape)):
-        raise ConfigError(
-            f"patch.shape {tuple(cfg.patch.shape)} is larger than the domain {img_shape} (y, x)"
-        )
-    if cfg.task == "patched_diffusion":
-        cfg.network.check_shape(tuple(cfg.patch.shape), "patch.shape")
-    else:  # the networks see whole images (the frozen regression net too, for diffusion)
-        cfg.network.check_shape(img_shape, f"the fine grid of data.source {cfg.data.source}")
-    reg_header, reg_codec, reg_sha = None, None, None
-    if cfg.task != "regression":
-        reg_file = _model_file(t.regression_checkpoint)
-        reg_header = read_checkpoint_header(reg_file)
-        if tuple(reg_header["img_shape"]) != img_shape:
-            raise ConfigError(
-                f"regression checkpoint grid {tuple(reg_header['img_shape'])} differs from the "
-                f"data's {img_shape}"
-            )
-        c = reg_header["codec"]
-        reg_codec = ident.codec_identity(
-            c["inputs"], c["targets"], c.get("static", ()), c.get("attrs", {})
-        )
-        reg_sha = ident.file_sha256(reg_file)
-    identity = ident.run_identity(cfg, train_pair, codec=reg_codec, regression_sha256=reg_sha)
-    settings = ident.run_settings(cfg)
-    history: list[dict[str, Any]] = []
-    if latest is not None:
-        history = ident.check_resume(
-            out,
-            ident.read_record(out),
-            identity=identity,
-            settings=settings,
-            mode=t.resume,
-            nimg=int(latest.name),
-        )
-        header = read_checkpoint_header(
-            latest / "model.safetensors"
-        )  # the codec is the checkpoint's
-    else:
-        header = reg_header
-    if header is not None:
-        codec = Codec.from_dict(header["codec"])
-    else:
-        codec = Codec.from_pair(train_pair)  # a new regression run: statistics computed here
-    if info.distributed:
-        torch.distributed.barrier()  # every rank has looked at the directory before rank 0 writes
-    if info.rank == 0:
-        ident.write_record(
-            out,
-            identity=identity,
-            settings=settings,
-            codec=codec.to_dict(),
-            history=history,
-            new=latest is None,
-        )
-        saved = to_dict(cfg)
-        saved["data"] = redact_options(saved["data"])  # no password or token in the run's files
-        (out / "config.yaml").write_text(_yaml(saved))
-    reg_net = None
-    if cfg.task != "regression":
-        reg_net = from_dict(NetworkConfig, header["regression_network"], path="regression_network")
-    pairs = [
-        None if p is None else codec_variables(p, codec, source=cfg.data.source)
-        for p in (train_pair, valid_pair)
-    ]
-    mask = None
-    if latest is None and cfg.task == "regression":  # later runs take it from a checkpoint
-        mask = valid_target_pixels(pairs[0])
-    return Start(*pairs, codec, img_shape, latest, reg_net, mask)
-
-
 def _set_deterministic(enabled: bool, device: torch.device) -> None:
     if not enabled or device.type != "cuda":
         return  # CPU kernels are deterministic already (for a given number of threads)
@@ -275,7 +180,8 @@ def train(cfg: TrainRunConfig, *, max_steps: int | None = None) -> TrainResult:
 
 
 def _build_run(cfg: TrainRunConfig, info: ProcessInfo, device: torch.device) -> Run:
-    """Open the run (:func:`_open_run`), then build its model, optimiser and loader."""
+    """Open the run (:func:`~corrdiff_xr.training.run_state.open_run`), then build its
+    model, optimiser, weight average and loader."""
     from corrdiff_xr.model import CorrDiff
     from corrdiff_xr.training.loader import ChunkShuffleLoader
 
@@ -283,14 +189,14 @@ def _build_run(cfg: TrainRunConfig, info: ProcessInfo, device: torch.device) -> 
     per_device = t.batch_size_per_device or t.total_batch_size // info.world_size
     rounds = accumulation_rounds(t.total_batch_size, per_device, info.world_size)
     out = Path(t.output_dir)
-    start = _open_run(cfg, out, info)
+    start = open_run(cfg, out, info)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     model, trainable = build_model(
         cfg, start.codec, start.img_shape, regression_network=start.regression_network
     )
     model.set_target_mask(start.target_mask)
     if start.latest is None and cfg.task != "regression":
-        frozen = CorrDiff.load(_model_file(t.regression_checkpoint))
+        frozen = CorrDiff.load(model_file(t.regression_checkpoint))
         model.regression.load_state_dict(frozen.regression.state_dict())
         model.set_target_mask(frozen.target_mask)  # the pixels the mean was trained on
     model.to(device)
@@ -321,6 +227,7 @@ def _build_run(cfg: TrainRunConfig, info: ProcessInfo, device: torch.device) -> 
         loader=loader,
         per_device=per_device,
         rounds=rounds,
+        ema=None if t.ema is None else WeightAverage(trainable),  # a resume restores it
     )
 
 
@@ -351,6 +258,10 @@ def _loop(run: Run, *, nimg: int, skipped: int, max_steps: int | None) -> TrainR
     )
     autocast = torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
     loss_fn = objective(run.cfg, run.model)
+    by_sigma = None
+    if run.cfg.task != "regression":
+        patches = t.patch_num if run.cfg.task == "patched_diffusion" else 1
+        by_sigma = LossBySigma(run.cfg.edm, rows_per_sample=patches, device=run.device)
     batches = iter(run.loader)
     steps, loss_value = 0, math.nan
     run.model.eval()  # a frozen regression net stays in eval mode (no dropout)
@@ -360,12 +271,24 @@ def _loop(run: Run, *, nimg: int, skipped: int, max_steps: int | None) -> TrainR
     try:
         while nimg < t.duration and (max_steps is None or steps < max_steps):
             loss_value, grad_norm, lr, skipped = _step(
-                run, batches, loss_fn, autocast, nimg=nimg, skipped=skipped
+                run, batches, loss_fn, autocast, by_sigma, nimg=nimg, skipped=skipped
             )
+            if run.ema is not None:  # after skipped steps too: the average is over samples
+                beta = ema_beta(
+                    t.total_batch_size, nimg, halflife=t.ema, rampup_ratio=t.ema_rampup_ratio
+                )
+                run.ema.update(run.trainable, beta)
             nimg += t.total_batch_size
             steps += 1
             _after_step(
-                run, monitor, nimg, loss=loss_value, lr=lr, grad_norm=grad_norm, skipped=skipped
+                run,
+                monitor,
+                by_sigma,
+                nimg,
+                loss=loss_value,
+                lr=lr,
+                grad_norm=grad_norm,
+                skipped=skipped,
             )
             if nimg < t.duration and out_of_time():
                 timed_out = True
@@ -383,7 +306,8 @@ def _loop(run: Run, *, nimg: int, skipped: int, max_steps: int | None) -> TrainR
         monitor.close()
     if run.info.rank == 0 and (nimg >= t.duration or timed_out):
         # a timed-out run leaves usable weights too: a later stage (diffusion) reads them
-        run.model.save(run.out / "model.safetensors")
+        with averaged(run):
+            run.model.save(run.out / "model.safetensors")
     return TrainResult(nimg, steps, skipped, loss_value, run.out, nimg >= t.duration, timed_out)
 
 
@@ -405,7 +329,7 @@ def _clock(max_minutes: float | None, info: ProcessInfo, device: torch.device):
     return out_of_time
 
 
-def _step(run: Run, batches, loss_fn, autocast, *, nimg: int, skipped: int):
+def _step(run: Run, batches, loss_fn, autocast, by_sigma, *, nimg: int, skipped: int):
     """One optimiser step from ``nimg`` samples, skipped when its loss or gradients are not
     finite; returns ``(loss, gradient norm, learning rate, skipped steps so far)``."""
     t = run.cfg.training
@@ -419,6 +343,7 @@ def _step(run: Run, batches, loss_fn, autocast, *, nimg: int, skipped: int):
         info=run.info,
         autocast=autocast,
         device=run.device,
+        by_sigma=by_sigma,
     )
     grad_norm = torch.nn.utils.clip_grad_norm_(run.trainable.parameters(), t.grad_clip or math.inf)
     lr = learning_rate(
@@ -444,7 +369,15 @@ def _step(run: Run, batches, loss_fn, autocast, *, nimg: int, skipped: int):
 
 
 def _after_step(
-    run: Run, monitor: Monitor, nimg: int, *, loss: float, lr: float, grad_norm, skipped: int
+    run: Run,
+    monitor: Monitor,
+    by_sigma: LossBySigma | None,
+    nimg: int,
+    *,
+    loss: float,
+    lr: float,
+    grad_norm,
+    skipped: int,
 ) -> None:
     """Progress, then the logs, validation and checkpoint due at ``nimg`` samples (all at the end)."""
     t = run.cfg.training
@@ -461,6 +394,7 @@ def _after_step(
                 "train/lr": lr,
                 "train/grad_norm": float(grad_norm),
                 "train/skipped_steps": skipped,
+                **(by_sigma.flush(run.info) if by_sigma is not None else {}),  # every rank
             },
         )
     if run.start.valid_pair is not None and due(t.validate_every):
@@ -472,20 +406,23 @@ def _after_step(
 
 
 def _accumulate_gradients(
-    net, batches, loss_fn, *, rounds, per_device, info, autocast, device
+    net, batches, loss_fn, *, rounds, per_device, info, autocast, device, by_sigma=None
 ) -> torch.Tensor:
     """Backward over ``rounds`` batches; gradients and the returned loss are those of the mean
     over all ``per_device x rounds x world_size`` samples (DDP averages over processes and
-    synchronises only on the last round)."""
+    synchronises only on the last round). ``by_sigma`` collects the loss by noise level."""
     loss_sum = torch.zeros((), device=device)
     for r in range(rounds):
         batch = next(batches).to(device)
         last = r == rounds - 1 or not info.distributed
         with contextlib.nullcontext() if last else net.no_sync():
             with autocast:
-                loss = loss_fn(net, batch).sum() / (per_device * rounds)
+                elementwise, sigma = loss_fn(net, batch)
+                loss = elementwise.sum() / (per_device * rounds)
             loss.backward()
         loss_sum += loss.detach().float()
+        if by_sigma is not None:
+            by_sigma.add(sigma, elementwise.detach())
     if info.distributed:
         torch.distributed.all_reduce(loss_sum)
         loss_sum /= info.world_size
@@ -497,20 +434,15 @@ def _validate(run: Run, monitor: Monitor, nimg: int) -> None:
 
     if run.info.rank != 0:
         return
-    metrics, image = validate(
-        run.cfg,
-        run.model,
-        run.start.valid_pair,
-        run.start.codec,
-        device=run.device,
-        batch_size=run.per_device,
-    )
+    with averaged(run):  # the weights generate will sample with
+        metrics, image = validate(
+            run.cfg,
+            run.model,
+            run.start.valid_pair,
+            run.start.codec,
+            device=run.device,
+            batch_size=run.per_device,
+        )
     monitor.scalars(nimg, **{f"valid/{k}": v for k, v in metrics.items()})
     if image is not None:
         monitor.image("valid/sample", image, nimg)
-
-
-def _yaml(data: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump(data, sort_keys=False)

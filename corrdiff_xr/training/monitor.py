@@ -1,17 +1,20 @@
-"""What a run reports: a progress bar with samples/s, TensorBoard scalars and images.
+"""What a run reports: a progress bar with samples/s, TensorBoard scalars and images, and
+for the diffusion tasks the loss by noise level (:class:`LossBySigma`).
 
 Only rank 0 writes; other ranks get a :class:`Monitor` whose methods do nothing.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["Monitor"]
+__all__ = ["LossBySigma", "Monitor", "sigma_bin_edges"]
 
 
 class Monitor:
@@ -73,3 +76,70 @@ class Monitor:
             self._writer.close()
         if self._bar is not None:
             self._bar.close()
+
+
+def _rounded(value: float) -> float:
+    return float(f"{value:.2g}")
+
+
+def sigma_bin_edges(P_mean: float, P_std: float) -> list[float]:
+    """Noise-level bin edges ``exp(P_mean + k P_std)``, ``k = -2..2``, to two digits: the
+    six bins they make hold about 2, 14, 34, 34, 14 and 2 % of the training noise levels."""
+    return [_rounded(math.exp(P_mean + k * P_std)) for k in (-2, -1, 0, 1, 2)]
+
+
+class LossBySigma:
+    """The training loss by noise-level bin, summed on the device between two logs.
+
+    Each row of the elementwise loss (a sample, or a patch of one) has one noise level; its
+    loss is summed over channels and pixels and added to the bin of its level
+    (:func:`sigma_bin_edges` of the EDM settings; rows whose loss is not finite are left
+    out). :meth:`flush` gives, per bin that got rows, ``loss_by_sigma/<lo>-<hi>``, the mean
+    row loss times ``rows_per_sample`` (the loss of a sample whose levels all fall in the bin,
+    on the scale of ``train/loss``), and ``count_by_sigma/<lo>-<hi>``, the number of rows: so
+    the count-weighted mean of the bins is the mean loss since the last log.
+
+    Parameters
+    ----------
+    edm
+        The run's :class:`~corrdiff_xr.config.EDMConfig` (``P_mean``, ``P_std``).
+    rows_per_sample
+        Loss rows per sample (``training.patch_num`` for patched diffusion, else 1).
+    device
+        Where the sums are kept (no synchronisation until :meth:`flush`).
+    """
+
+    def __init__(self, edm: Any, *, rows_per_sample: int = 1, device: torch.device | str = "cpu"):
+        edges = sigma_bin_edges(edm.P_mean, edm.P_std)
+        bounds = [0.0, *edges, math.inf]
+        self.names = [f"{lo:g}-{hi:g}" for lo, hi in zip(bounds[:-1], bounds[1:])]
+        self.rows_per_sample = rows_per_sample
+        self._edges = torch.tensor(edges, dtype=torch.float64, device=device)
+        self._totals = torch.zeros(2, len(self.names), dtype=torch.float64, device=device)
+
+    def add(self, sigma: torch.Tensor, loss: torch.Tensor) -> None:
+        """Add the rows of the elementwise ``loss`` (rows, ...) with noise levels ``sigma``."""
+        rows = loss.detach().flatten(1).double().sum(1)
+        finite = torch.isfinite(rows)
+        which = torch.bucketize(sigma.detach().double().reshape(-1), self._edges, right=True)
+        # a one-hot sum rather than index_add_: deterministic on every device
+        onehot = (which[:, None] == torch.arange(len(self.names), device=which.device)) & finite[
+            :, None
+        ]
+        self._totals[0] += torch.where(onehot, rows[:, None], 0.0).sum(0)
+        self._totals[1] += onehot.sum(0)
+
+    def flush(self, info: Any = None) -> dict[str, float]:
+        """The scalars since the last flush (summed over processes when ``info.distributed``;
+        every rank must call it then), and start again."""
+        totals = self._totals.clone()
+        self._totals.zero_()
+        if info is not None and info.distributed:
+            torch.distributed.all_reduce(totals)
+        sums, counts = totals.cpu().tolist()
+        out: dict[str, float] = {}
+        for name, total, count in zip(self.names, sums, counts):
+            if count:
+                out[f"loss_by_sigma/{name}"] = total / count * self.rows_per_sample
+                out[f"count_by_sigma/{name}"] = count
+        return out

@@ -1,4 +1,6 @@
-"""What a training step minimises: ``loss(net, batch)``, the elementwise loss of the task.
+"""What a training step minimises: ``loss(net, batch)``, the elementwise loss of the task,
+with the noise level of each of its rows (None for regression), by which the training loop
+logs the loss (``loss_by_sigma/...``).
 
 ``regression`` is the mean UNet's squared error on whole images; ``diffusion`` and
 ``patched_diffusion`` are the EDM residual loss on the frozen regression mean (on
@@ -19,12 +21,13 @@ __all__ = ["objective"]
 
 
 def objective(cfg: TrainRunConfig, model: Any):
-    """``loss(net, batch) -> elementwise loss`` for the task (``net`` may be DDP-wrapped)."""
+    """``loss(net, batch) -> (elementwise loss, sigma)`` for the task; ``net`` may be
+    DDP-wrapped; ``sigma`` is ``(rows,)``, one noise level per leading row of the loss."""
     if cfg.task == "regression":
 
         def regression(net, b):
             mean = lambda x: net(x, offsets=b.offsets, lead_time=b.lead_time)
-            return edm.regression_loss(mean, b.inputs, b.targets, reduction="none")
+            return edm.regression_loss(mean, b.inputs, b.targets, reduction="none"), None
 
         return regression
     patch = tuple(cfg.patch.shape) if cfg.task == "patched_diffusion" else None
@@ -34,11 +37,13 @@ def objective(cfg: TrainRunConfig, model: Any):
         with torch.no_grad():
             mean = model.predict_mean(b.inputs, offsets=b.offsets, lead_time=b.lead_time)
         lead = None if b.lead_time is None else b.lead_time.repeat_interleave(patches)
+        drawn = []  # the noise levels residual_loss draws (in its order: patches, sigma, noise)
 
         def denoiser(x_noisy, sigma, *, condition, offsets):
+            drawn.append(sigma.detach())
             return net(x_noisy, sigma, condition=condition, offsets=offsets, lead_time=lead)
 
-        return edm.residual_loss(
+        loss = edm.residual_loss(
             denoiser,
             b.inputs,
             b.targets,
@@ -48,5 +53,6 @@ def objective(cfg: TrainRunConfig, model: Any):
             num_patches=patches,
             reduction="none",
         )
+        return loss, drawn[0]
 
     return residual

@@ -57,6 +57,7 @@ _LAZY: dict[str, str] = {
     ),
     **dict.fromkeys(["uk_hires_dataset", "sample_path"], "corrdiff_xr.data.sources.ukhires"),
     **dict.fromkeys(["open_archives"], "corrdiff_xr.data.archives"),
+    **dict.fromkeys(["package_pair"], "corrdiff_xr.data.package_pair"),
     **dict.fromkeys(["adopt"], "corrdiff_xr.data.sources.native"),
     **dict.fromkeys(["native_archives"], "corrdiff_xr.data.sources.native_example"),
     **dict.fromkeys(
@@ -123,6 +124,7 @@ __all__ = [
     "open_pair",
     "open_pp",
     "open_source",
+    "package_pair",
     "read_pp",
     "read_stats",
     "regrid",

@@ -319,6 +319,9 @@ def open_pair(
     if stored is not None:
         check_stats(stored, names)
     kept = ds[list(names)]
+    # inference-only data (no targets, no static fields) has no variable on the fine dims,
+    # and a selection of variables drops coordinates on dims no variable has
+    kept = kept.assign_coords({c: ds.coords[c] for c in (Y, X, "lat", "lon") if c in ds.coords})
     # CF bounds of the axes (time_bnds on (time, bnds)) are metadata worth keeping, but a
     # selection of variables drops coordinates on dims no variable has
     bounds = {str(c.attrs["bounds"]) for c in kept.coords.values() if "bounds" in c.attrs}

@@ -170,3 +170,16 @@ def test_a_selection_with_its_own_statistics_ignores_the_times_left_out(tiny_sto
     assert pair.sel(time=slice(None), stats="selection").stored_stats is pair.stats
     with pytest.raises(ValueError, match="stats must be 'keep' or 'selection'"):
         pair.isel(time=0, stats="train")
+
+
+def test_inputs_alone_keep_the_fine_grid_and_regrid_to_it(tiny_synthetic):
+    # no target or static variable lies on the fine dims; the fine grid must survive anyway
+    fine = ("y", "x", "lat", "lon")
+    inputs = [n for n, v in tiny_synthetic.data_vars.items() if "y_coarse" in v.dims]
+    ds = tiny_synthetic[inputs].assign_coords({c: tiny_synthetic[c] for c in fine})
+    pair = open_pair(ds, require_targets=False)
+    on_fine = pair.inputs_on_fine
+    assert on_fine.sizes["y"] == tiny_synthetic.sizes["y"]
+    np.testing.assert_array_equal(on_fine["lat"].values, tiny_synthetic["lat"].values)
+    expected = open_pair(tiny_synthetic).inputs_on_fine[inputs[0]]
+    np.testing.assert_array_equal(on_fine[inputs[0]].values, expected.values)

@@ -250,10 +250,9 @@ def sphere_weights(ds: xr.Dataset, *, scheme: str = "bilinear") -> tuple[np.ndar
     """``(y, x, 4)`` indices and weights, linear on triangles (the 4th corner weighs 0);
     ``scheme="nearest"``: the nearest coarse point in the plane, weighing 1."""
     if scheme == "conservative":
-        raise CoordinateError(
-            "regrid='conservative' needs a rectilinear coarse grid, but this one is curvilinear "
-            "(2-D lat_coarse/lon_coarse only); that needs the 'xesmf' extra, not supported "
-            "yet: use regrid='bilinear' or 'nearest'"
+        raise ValueError(
+            "sphere_weights gives bilinear or nearest weights; conservative ones on a "
+            "curvilinear grid: corrdiff_xr.data.regrid_curvilinear.conservative_weights"
         )
     tri, flat, edge, points, near = _sphere_simplices(ds)
     if (flat == -1).any():

@@ -9,7 +9,8 @@ chunk; no array data is read until the result is computed. When the weights fact
 products ``Wy @ field @ Wx.T``; otherwise four ``np.take`` gathers and fused multiply-adds on
 corner-major tables. float32 fields are interpolated in float32, anything else in float64.
 The same four-corner tables carry ``"nearest"`` and ``"conservative"`` weights too
-(:mod:`corrdiff_xr.data.regrid_methods`), chosen per pair by the dataset attribute
+(:mod:`corrdiff_xr.data.regrid_methods`; between curvilinear grids by polygon overlaps,
+:mod:`corrdiff_xr.data.regrid_curvilinear`), chosen per pair by the dataset attribute
 ``corrdiff_xr_regrid``.
 
 Grids are paired by position, never by array index (:func:`grid_method`):
@@ -53,10 +54,12 @@ from corrdiff_xr.data.positions import (
     sphere_weights,
     wrapped,
 )
+from corrdiff_xr.data.regrid_curvilinear import conservative_weights
 from corrdiff_xr.data.regrid_methods import (
     REGRID_ATTR,
     check_method,
     conservative_axis,
+    is_rectilinear,
     rectilinear,
 )
 from corrdiff_xr.dims import LAT, LON, TIME, X_COARSE, Y_COARSE, X, Y
@@ -271,7 +274,9 @@ def bilinear_weights(ds: xr.Dataset, *, scheme: str | None = None) -> BilinearWe
     scheme = check_method(ds.attrs.get(REGRID_ATTR, "bilinear") if scheme is None else scheme)
     method = grid_method(ds)
     ncy, ncx = ds.sizes[Y_COARSE], ds.sizes[X_COARSE]
-    if method == "sphere":
+    if method == "sphere" and scheme == "conservative":
+        index, weight = conservative_weights(ds)
+    elif method == "sphere":
         index, weight = sphere_weights(ds, scheme=scheme)
     else:
         qy, qx, names, kinds = fine_positions(ds)
@@ -281,15 +286,18 @@ def bilinear_weights(ds: xr.Dataset, *, scheme: str | None = None) -> BilinearWe
         x0, x1, fx = _axis_weights(
             ds[X_COARSE].values, qx, coarse_name=X_COARSE, fine_name=names[1], kind=kinds[1]
         )
-        if scheme == "nearest":  # the nearer of the two centres along each axis
-            fy, fx = (fy >= 0.5).astype(float), (fx >= 0.5).astype(float)
-        elif scheme == "conservative":  # the bounds checks above hold; now the overlaps
-            y0, y1, fy = _conservative(ds, Y_COARSE, qy, 0, names[0], kinds[0])
-            x0, x1, fx = _conservative(ds, X_COARSE, qx, 1, names[1], kinds[1])
-        index = np.stack([y0 * ncx + x0, y0 * ncx + x1, y1 * ncx + x0, y1 * ncx + x1], axis=-1)
-        weight = np.stack(
-            [(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=-1
-        )  # fmt: skip
+        if scheme == "conservative" and not (is_rectilinear(qy, 0) and is_rectilinear(qx, 1)):
+            index, weight = conservative_weights(ds)  # curvilinear; the bounds checks above hold
+        else:
+            if scheme == "nearest":  # the nearer of the two centres along each axis
+                fy, fx = (fy >= 0.5).astype(float), (fx >= 0.5).astype(float)
+            elif scheme == "conservative":  # the bounds checks above hold; now the overlaps
+                y0, y1, fy = _conservative(ds, Y_COARSE, qy, 0, names[0], kinds[0])
+                x0, x1, fx = _conservative(ds, X_COARSE, qx, 1, names[1], kinds[1])
+            index = np.stack([y0 * ncx + x0, y0 * ncx + x1, y1 * ncx + x0, y1 * ncx + x1], -1)
+            weight = np.stack(
+                [(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=-1
+            )  # fmt: skip
     shape = (ds.sizes[Y], ds.sizes[X], 4)
     return BilinearWeights(
         # int32 halves the weights' memory on large fine grids
@@ -304,8 +312,15 @@ def bilinear_weights(ds: xr.Dataset, *, scheme: str | None = None) -> BilinearWe
 def _conservative(ds: xr.Dataset, coarse_name: str, q: np.ndarray, axis: int, name: str, kind: str):
     """Conservative (y, x) tables along one axis of a fine grid rectilinear in the coarse axes."""
     line = rectilinear(q, axis, name)
-    c, line, _, descending = wrapped(ds[coarse_name].values, line, coarse_name, kind)
+    c, line, periodic, descending = wrapped(ds[coarse_name].values, line, coarse_name, kind)
+    order = np.arange(c.size)
+    if periodic:  # a global axis: unwrap both about the fine domain (it may span the seam)
+        ref = float(np.angle(np.exp(1j * np.deg2rad(line)).mean(), deg=True))
+        line, c = (ref + np.mod(v - ref + 180.0, 360.0) - 180.0 for v in (line, c))
+        order = np.argsort(c, kind="stable")
+        c = c[order]
     i0, i1, frac = conservative_axis(c, line, latitude=kind == "latitude", name=name)
+    i0, i1 = order[i0], order[i1]
     if descending:
         i0, i1 = c.size - 1 - i0, c.size - 1 - i1
     shape = (-1, 1) if axis == 0 else (1, -1)

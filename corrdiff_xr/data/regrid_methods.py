@@ -7,12 +7,16 @@ so training, inference and scoring regrid the same way whatever the choice:
 * ``"bilinear"`` (default): linear in each coarse axis.
 * ``"nearest"``: the nearest coarse centre along each coarse axis (the bilinear fractions
   rounded); on a curvilinear coarse grid the nearest coarse point in the plane.
-* ``"conservative"``: first-order conservative on rectilinear grids: a fine cell takes the
-  mean of the coarse cells it overlaps, weighted by the overlap's area (cell edges halfway
-  between centres; on latitude the measure is ``sin(lat)``, so areas are the sphere's). The
-  integral over the fine domain is preserved and constants are exact. A fine cell may overlap
-  at most two coarse cells per axis (fine cells smaller than coarse ones, as in downscaling).
-  Curvilinear grids are refused: that needs the ``xesmf`` extra, not wired in yet.
+* ``"conservative"``: first-order conservative: a fine cell takes the mean of the coarse
+  cells it overlaps, weighted by the overlap's area; the integral over the fine domain is
+  preserved and constants are exact. When the fine grid is rectilinear in the coarse grid's
+  axes the weights are computed axis by axis (:func:`conservative_axis`: cell edges halfway
+  between centres; on latitude the measure is ``sin(lat)``, so areas are the sphere's), and a
+  fine cell may overlap at most two coarse cells per axis (fine cells smaller than coarse
+  ones, as in downscaling). When either grid is curvilinear (a rotated-pole or Lambert grid
+  against another) they come from polygon overlaps in an equal-area plane
+  (:mod:`corrdiff_xr.data.regrid_curvilinear`; needs shapely:
+  ``pip install corrdiff_xr[regrid]``), and a fine cell may overlap at most four coarse cells.
 
 The method is recorded as the dataset attribute :data:`REGRID_ATTR`, which
 :func:`~corrdiff_xr.data.regrid.bilinear_weights` reads, so a pair keeps its choice through
@@ -43,6 +47,7 @@ __all__ = [
     "coarsened",
     "conservative_axis",
     "is_coarsen_spec",
+    "is_rectilinear",
     "rectilinear",
 ]
 
@@ -98,21 +103,27 @@ def conservative_axis(
     return i, j, frac
 
 
-def rectilinear(q: np.ndarray, axis: int, name: str) -> np.ndarray:
-    """The 1-D positions of a fine grid that is rectilinear in the coarse axes, else refuse."""
+def is_rectilinear(q: np.ndarray, axis: int) -> bool:
+    """Whether fine positions ``q (y, x)`` on one coarse axis vary along ``axis`` only, and
+    monotonically."""
     line = q[:, 0] if axis == 0 else q[0, :]
     other = q - (line[:, None] if axis == 0 else line[None, :])
     step = np.diff(line)
-    if not np.allclose(other, 0, atol=1e-9 * max(np.ptp(line), 1.0)) or not (
-        np.all(step > 0) or np.all(step < 0)
-    ):
+    return bool(
+        np.allclose(other, 0, atol=1e-9 * max(np.ptp(line), 1.0))
+        and (np.all(step > 0) or np.all(step < 0))
+    )
+
+
+def rectilinear(q: np.ndarray, axis: int, name: str) -> np.ndarray:
+    """The 1-D positions of a fine grid that is rectilinear in the coarse axes, else refuse."""
+    if not is_rectilinear(q, axis):
         raise CoordinateError(
-            f"regrid='conservative' needs the fine grid rectilinear in the coarse grid's axes, "
-            f"but fine '{name}' varies along both y and x (curvilinear); conservative "
-            "regridding between curvilinear grids needs the 'xesmf' extra, not supported yet: "
-            "use regrid='bilinear' or 'nearest'"
+            f"axis-by-axis conservative weights need the fine grid rectilinear in the coarse "
+            f"grid's axes, but fine '{name}' varies along both y and x (curvilinear); "
+            "corrdiff_xr.data.regrid_curvilinear.conservative_weights handles that"
         )
-    return line
+    return q[:, 0] if axis == 0 else q[0, :]
 
 
 def is_coarsen_spec(source: Any) -> bool:

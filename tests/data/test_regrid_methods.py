@@ -119,18 +119,6 @@ def test_conservative_matches_xarray_regrid_on_a_linear_axis():
     np.testing.assert_allclose(ours_lon, theirs, rtol=1e-12, atol=1e-12)
 
 
-def test_conservative_on_a_curvilinear_grid_is_refused_naming_the_extra():
-    clat, clon = np.linspace(10.0, 14.0, 5), np.linspace(20.0, 24.0, 5)
-    ds = grid(clat, clon, [11.2, 11.7], [22.2, 22.7], placed=False)
-    with pytest.raises(CoordinateError, match="curvilinear.*'xesmf' extra"):
-        bilinear_weights(ds, scheme="conservative")
-    # a rotated fine grid on a lat/lon coarse grid is curvilinear in lat/lon too
-    yy, xx = np.meshgrid(np.arange(4.0), np.arange(4.0), indexing="ij")
-    rotated = grid(clat, clon, 11.0 + 0.3 * (yy + 0.5 * xx), 21.0 + 0.3 * (xx - 0.5 * yy))
-    with pytest.raises(CoordinateError, match="curvilinear.*regrid='bilinear'"):
-        bilinear_weights(rotated, scheme="conservative")
-
-
 def test_an_unknown_method_is_refused_naming_the_option_and_choices():
     fine = cfgrib(POLAR_SOUTH, SAFRICA, (16, 24), 12e3, name="tas")
     coarse = {"coarsen": {"y": 4, "x": 4}, "variables": {"tas": "tas_c"}}

@@ -4,8 +4,9 @@ Every hostile file of ``benchmarks/_faults_hostile.py`` (lying headers, wrong sh
 dtype labels, missing and extra tensors, truncated files, ``..`` / absolute / link / device
 archive members, declared-size and decompression bombs, absurd ``args.json``) is refused with
 a :class:`CorrDiffError` naming the file and the culprit; good files still load bit for bit;
-and the two cases of the hostile trial stay within ``2 x file size + 300 MB`` of peak memory,
-measured as ``VmHWM`` of a fresh subprocess.
+and the two cases of the hostile trial stay within ``2 x file size + 100 MB`` of peak memory
+above what importing the libraries holds (``VmHWM`` minus ``VmRSS`` after the imports, in a
+fresh subprocess: the libraries alone take ~300 MB, more with pyarrow installed).
 """
 
 from __future__ import annotations
@@ -97,14 +98,14 @@ def test_read_checkpoint_header_refuses_what_load_refuses(workdir):
 
 # -- peak memory of the hostile trial's two files -------------------------------------------
 @pytest.mark.parametrize("name", ["header_model_channels_3200", "zip_declares_3gb_member"])
-def test_peak_memory_of_a_hostile_file_stays_under_twice_its_size_plus_300_mb(name, workdir):
+def test_peak_memory_of_a_hostile_file_stays_under_twice_its_size_plus_100_mb(name, workdir):
     case = CASES[name]
     path = case.build(workdir, workdir / f"{name}.mem")
     result = hostile.measure(case.kind, path, timeout=120)
     assert result["refused"], result
     assert re.search(case.culprit, result["error"]), result
     file_mb = path.stat().st_size / 2**20
-    assert result["peak_mem_mb"] < 2 * file_mb + 300, (result, file_mb)
+    assert result["extra_mem_mb"] < 2 * file_mb + 100, (result, file_mb)
 
 
 # -- good files -----------------------------------------------------------------------------

@@ -36,7 +36,9 @@ class CorrDiffAccessor:
     def downscale(self, model: Any, **kwargs: Any) -> xr.Dataset:
         """Lazy CorrDiff ensemble on the fine grid; see ``inference.downscale``.
 
-        ``model`` is a loaded ``CorrDiff`` or a checkpoint path. Keywords: ``members``,
+        ``model`` is a loaded ``CorrDiff``, a checkpoint path, or a published CorrDiff package
+        (``model.open_package``; then ``self`` is the coarse archive, put on the package's
+        grids by ``Package.pair``). Keywords: ``members``,
         ``seed``, ``output`` (``"ensemble"``, ``"mean"``, ``"residual"``), ``sampler``,
         ``steps``, ``patch``, ``overlap``, ``batch_size``, ``device``, ``chunks``. Returns at
         once a dask-backed Dataset with dims ``(member, time, y, x)``; each member depends only

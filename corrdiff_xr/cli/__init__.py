@@ -35,6 +35,7 @@ COMMANDS = {
     "convert": ("corrdiff_xr.cli.convert", "convert reference layouts or any source to Zarr"),
     "inspect": ("corrdiff_xr.cli.inspect", "report what a source holds and what would be done"),
     "calibrate": ("corrdiff_xr.cli.calibrate", "choose sampler defaults matching spread to error"),
+    "export": ("corrdiff_xr.cli.export", "write a checkpoint as a generic CorrDiff package"),
 }
 
 

@@ -13,13 +13,11 @@ computes only the missing blocks and ends with the same store; a run with any di
 refused with the fields that differ (``--overwrite`` starts again), and so is a resume whose
 input data changed since the store was started (:mod:`corrdiff_xr.inference.fingerprint`).
 One run at a time writes an output: a second fails at once, naming the first
-(:mod:`corrdiff_xr._lock`). ``--netcdf`` also writes
-the reference's ``generate.py`` layout (groups ``input``, ``truth``, ``prediction``); it is
-kept when it already holds this request. Only our own marked outputs are ever replaced.
-
-Options are checked as they are parsed (ranges, dims, times); problems found later (data,
-checkpoint, refused outputs) raise :class:`~corrdiff_xr.errors.CorrDiffError` subclasses,
-which ``corrdiff-xr`` prints as one line.
+(:mod:`corrdiff_xr._lock`). ``--netcdf`` also writes the reference's ``generate.py`` layout
+(groups ``input``, ``truth``, ``prediction``); it is kept when it already holds this request.
+Only our own marked outputs are ever replaced. ``--checkpoint`` may be a published package
+(:mod:`corrdiff_xr.cli._packages`): ``--data`` is then the user's coarse archive. Options are
+checked as they are parsed; later problems raise :class:`~corrdiff_xr.errors.CorrDiffError`.
 
 Example::
 
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from corrdiff_xr.cli import KeyValues, bounded
+from corrdiff_xr.cli._packages import add_package_options, model_and_pair, package_request
 from corrdiff_xr.cli._times import TimeRange, iso_time, select_times
 from corrdiff_xr.errors import CorrDiffError
 
@@ -157,7 +156,12 @@ def _model_options(model: argparse._ArgumentGroup) -> None:
 
     positive, non_negative = _int_at_least(1), _int_at_least(0)
     members = bounded(int, minimum=1, maximum=MAX_MEMBERS)  # refused before any work
-    model.add_argument("--checkpoint", required=True, help="CorrDiff checkpoint (CorrDiff.save)")
+    model.add_argument(
+        "--checkpoint",
+        required=True,
+        help="CorrDiff checkpoint (CorrDiff.save) or a published package (directory or zip)",
+    )
+    add_package_options(model)
     model.add_argument(
         "--members",
         type=members,
@@ -369,7 +373,7 @@ def _request(args: argparse.Namespace, ds, patching) -> dict[str, Any]:
     }
     return {
         "checkpoint": checkpoint_identity(args.checkpoint),
-        "data": _data_source(args),
+        "data": {**_data_source(args), **package_request(args)},
         "times": times_fingerprint(ds[TIME].values),
         "sampling": sampling,
     }
@@ -380,7 +384,7 @@ _OPTION_NAMES = {"members": "--members", "batch_size": "--batch-size", "patch": 
                  "chunks": "--chunks", "steps": "--steps"}  # fmt: skip
 
 
-def _downscale(pair, args: argparse.Namespace):
+def _downscale(pair, args: argparse.Namespace, model: Any):
     from corrdiff_xr._constraints import SettingError
     from corrdiff_xr.inference import downscale
 
@@ -388,7 +392,7 @@ def _downscale(pair, args: argparse.Namespace):
     try:
         ds = downscale(
             pair,
-            args.checkpoint,
+            model,
             members=args.members,
             seed=args.seed,
             output=args.output_kind,
@@ -478,8 +482,9 @@ def run(args: argparse.Namespace) -> int:
 def _run_locked(args: argparse.Namespace) -> int:
     from corrdiff_xr.inference.store import holds_request, store_identity, write_zarr
 
-    pair = _select_times(_open(args), args)
-    ds, request = _downscale(pair, args)
+    model, pair = model_and_pair(args, lambda: _open(args), GenerateError)
+    pair = _select_times(pair, args)
+    ds, request = _downscale(pair, args, model)
     netcdf_done = False
     if args.netcdf:
         # checked before hours of computing, not after

@@ -168,12 +168,8 @@ def _invariants(
                 )
         attrs = dict(var.attrs)
         known = codec.attrs.get(name, {})
-        attrs["units"] = attrs.get("units") or known.get("units") or _names.units_of(name)
-        if not attrs["units"]:
-            raise MetadataError(
-                f"package invariant '{name}' has no units (nor has the package's codec); set "
-                f"invariants['{name}'].attrs['units']"
-            )
+        # the package's own fields, used as it ships them: no units is no conversion
+        attrs["units"] = attrs.get("units") or known.get("units") or _names.units_of(name) or "1"
         attrs.setdefault("long_name", known.get("long_name") or _names.long_name(name) or name)
         out[name] = xr.Variable((Y, X), var.data, attrs)
     return out

@@ -176,8 +176,8 @@ def calibrate(
     ----------
     data : DownscalingData or xr.Dataset
         A validation period with targets (what :func:`~corrdiff_xr.inference.downscale` takes).
-    model : CorrDiff or path
-        The model to calibrate.
+    model : CorrDiff, Package or path
+        The model to calibrate (a package's data: ``Package.pair(coarse, truth=...)``).
     candidates
         Settings to compare, the first being the baseline; mappings are partial
         SamplerConfigs. None: the model's own defaults (or ``SamplerConfig()``), then
@@ -190,7 +190,9 @@ def calibrate(
         Passed to downscale (``patch``, ``chunks``, ``device`` ...).
     """
     from corrdiff_xr.inference.downscaling import downscale, model_header
+    from corrdiff_xr.inference.packages import resolve
 
+    model, data, _ = resolve(model, data)  # a package: its model, the data on its grids
     if members < 2:
         raise ValueError(f"calibration needs an ensemble: members must be >= 2, got {members}")
     if not 0 <= tolerance < 1:

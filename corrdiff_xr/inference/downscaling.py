@@ -329,9 +329,13 @@ def downscale(
         optional) or a :class:`~corrdiff_xr.data.DownscalingData`. Inputs and static fields
         in other units than the model's are converted lazily where that is safe (``degC``
         for ``K``, ``hPa`` for ``Pa`` ...) and refused otherwise (:mod:`corrdiff_xr.units`).
-    model : CorrDiff or path
-        A loaded model (saved once to a temporary checkpoint that workers load) or the path
-        of a checkpoint written by :meth:`CorrDiff.save`.
+    model : CorrDiff, Package or path
+        A loaded model (saved once to a temporary checkpoint that workers load), the path
+        of a checkpoint written by :meth:`CorrDiff.save`, or a published CorrDiff package
+        (:func:`~corrdiff_xr.model.packages.open_package`, or its directory/zip path):
+        then ``data`` is the user's coarse archive, put on the package's grids by
+        :meth:`Package.pair <corrdiff_xr.model.packages.package.Package.pair>` (pass a
+        pair made by it to choose ``name_map`` or ``regrid``).
     members : int
         Ensemble size N. Member ``m`` is the same whatever ``members`` is: bitwise once its
         group of ``batch_size`` members is complete (``members >= (m // batch_size + 1) *
@@ -397,6 +401,7 @@ def downscale(
     from corrdiff_xr.inference.cache import token_for
     from corrdiff_xr.inference.graph import block_arrays
     from corrdiff_xr.inference.labels import Labels, to_dataset
+    from corrdiff_xr.inference.packages import resolve as resolve_package
     from corrdiff_xr.units import to_model_units
 
     if output not in ("ensemble", "mean", "residual"):
@@ -405,6 +410,7 @@ def downscale(
         members, seed, batch_size, threads, chunks
     )
     patch_cfg = _patch_config(patch, overlap, boundary, weights)
+    model, data, package = resolve_package(model, data)
     token = token_for(model, device=device)
     if not isinstance(model, (str, os.PathLike)) and "distributed" in sys.modules:
         from corrdiff_xr.inference.plugin import share_with_workers
@@ -455,4 +461,7 @@ def downscale(
         src=src,
         dataset=pair.dataset,
     )
-    return to_dataset(stacked, labels)
+    out = to_dataset(stacked, labels)
+    if package is not None:
+        out.attrs["corrdiff_package"] = package
+    return out

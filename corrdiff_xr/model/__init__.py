@@ -5,7 +5,8 @@
 * :mod:`~corrdiff_xr.model.safety`: what a checkpoint must satisfy before anything is
   allocated (header limits, a meta-device build compared with the stored tensors);
 * :mod:`~corrdiff_xr.model.mdlus` and :mod:`~corrdiff_xr.model.archives`: the importer of
-  PhysicsNeMo ``.mdlus`` files, read in memory within size limits and without unpickling code.
+  PhysicsNeMo ``.mdlus`` files, read in memory within size limits and without unpickling code;
+* :mod:`~corrdiff_xr.model.packages`: published CorrDiff packages (:func:`open_package`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from corrdiff_xr.model.core import (
     read_checkpoint_header,
 )
 from corrdiff_xr.model.mdlus import MdlusError, import_mdlus, read_mdlus
+from corrdiff_xr.model.packages import Package, PackageError, open_package
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -32,8 +34,11 @@ __all__ = [
     "CheckpointError",
     "CorrDiff",
     "MdlusError",
+    "Package",
+    "PackageError",
     "import_mdlus",
     "load_weights",
+    "open_package",
     "read_checkpoint_header",
     "read_mdlus",
     "shipped_model_path",

@@ -3,9 +3,8 @@
 A ``.mdlus`` file is a zip (current) or tar (legacy) archive holding ``args.json`` (the class
 name and its constructor arguments), ``metadata.json`` and ``model.pt`` (a ``torch.save``d
 state dict). Members are read straight from the archive (nothing is extracted to disk), the
-state dict with ``torch.load(weights_only=True)``, whose unpickler only rebuilds tensors and
-plain containers and refuses any other global, so a crafted ``__reduce__`` payload is
-rejected, not run. The JSON arguments are mapped onto :class:`~corrdiff_xr.config.NetworkConfig`
+state dict with ``torch.load(weights_only=True)``, whose unpickler refuses any global but
+tensors and plain containers: a crafted ``__reduce__`` payload is rejected, not run. The JSON arguments are mapped onto :class:`~corrdiff_xr.config.NetworkConfig`
 / :class:`~corrdiff_xr.config.EDMConfig` and the state-dict keys onto our module names.
 
 Hostile files cost bounded memory: :mod:`corrdiff_xr.model.archives` documents the member limits
@@ -25,16 +24,19 @@ becomes ``EDMConfig.scale_condition``). Anything else raises :class:`MdlusError`
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import zipfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from corrdiff_xr.config import EDMConfig, NetworkConfig, from_dict
 from corrdiff_xr.errors import CorrDiffError
-from corrdiff_xr.model.archives import load_torch_weights, open_members, read_json
+from corrdiff_xr.model import archives
+from corrdiff_xr.model.archives import load_torch_weights, member_limit, open_members, read_json
 from corrdiff_xr.model.safety import (
     CheckpointError,
     build_checked,
@@ -130,17 +132,21 @@ _WRAPPER_ARGS = frozenset({
 _WANTED = ("args.json", "metadata.json", "model.pt")
 
 
-def read_mdlus(path: str | os.PathLike) -> MdlusCheckpoint:
-    """Read a ``.mdlus`` archive without extracting it, loading tensors with ``weights_only=True``.
+def read_mdlus(path: str | os.PathLike, *, file: BinaryIO | None = None) -> MdlusCheckpoint:
+    """Read a ``.mdlus`` archive, or ``file`` (an open seekable one, e.g. a package zip's
+    member read in place; ``path`` then names it), without extracting it.
 
-    Members are read within the bounds of :mod:`corrdiff_xr.model.archives` (size limits relative
-    to the archive and absolute, no links or escaping names, bounded JSON, a plain torch zip
-    for ``model.pt``); every refusal is an :class:`MdlusError` naming the file.
+    Members are read within the bounds of :mod:`corrdiff_xr.model.archives`, tensors with
+    ``weights_only=True``; every refusal is an :class:`MdlusError` naming the file.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if file is None and not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    with open_members(path, set(_WANTED), error=MdlusError) as files:
+    with (
+        open_members(path, set(_WANTED), error=MdlusError)
+        if file is None
+        else contextlib.nullcontext(_file_members(file, path))
+    ) as files:
         for required in ("args.json", "model.pt"):
             if required not in files:
                 raise MdlusError(f"{path} has no {required}; found {sorted(files)}")
@@ -158,8 +164,25 @@ def read_mdlus(path: str | os.PathLike) -> MdlusCheckpoint:
                 f"(it holds {sorted(got) if got else type(args).__name__})"
             )
         sd = load_torch_weights(files["model.pt"], source=path, error=MdlusError)
-    meta = meta if isinstance(meta, dict) else {}
-    return MdlusCheckpoint(name, dict(kwargs), meta, sd, path)
+    return MdlusCheckpoint(name, dict(kwargs), meta if isinstance(meta, dict) else {}, sd, path)
+
+
+def _file_members(raw: BinaryIO, source: str) -> dict[str, BinaryIO]:
+    """What :func:`~corrdiff_xr.model.archives.open_members` yields, for an open file."""
+    limit = member_limit(raw.seek(0, 2))
+    raw.seek(0)
+    kw = {"source": source, "error": MdlusError}
+    try:
+        tar = archives._open_tar(raw, limit, **kw)
+        if tar is not None:
+            found = archives._tar_members(tar, set(_WANTED), limit, **kw)
+        elif zipfile.is_zipfile(raw):
+            found = archives._zip_members(raw, set(_WANTED), limit, **kw)
+        else:
+            raise MdlusError(f"{source} is neither a zip nor a tar archive (or is truncated)")
+    except archives._BROKEN as err:
+        raise MdlusError(f"{source}: the archive is truncated or corrupt: {err}") from err
+    return found
 
 
 # -- configs ------------------------------------------------------------------------------
@@ -350,8 +373,8 @@ def _residual_part(
 
 
 def import_mdlus(
-    regression: str | os.PathLike | None,
-    residual: str | os.PathLike | None = None,
+    regression: str | os.PathLike | MdlusCheckpoint | None,
+    residual: str | os.PathLike | MdlusCheckpoint | None = None,
     *,
     codec: Any = None,
     hr_mean_conditioning: bool | None = None,
@@ -362,10 +385,10 @@ def import_mdlus(
 
     Parameters
     ----------
-    regression : path, optional
+    regression : path or MdlusCheckpoint, optional
         Regression network checkpoint (``UNet``, ``CorrDiffRegressionUNet``,
-        ``StormCastUNet`` or a bare ``SongUNet*``).
-    residual : path, optional
+        ``StormCastUNet`` or a bare ``SongUNet*``), or its contents (:func:`read_mdlus`).
+    residual : path or MdlusCheckpoint, optional
         Residual denoiser checkpoint (``EDMPrecondSuperResolution`` / ``EDMPrecondSR``).
     codec : Codec, optional
         Variables and statistics the networks were trained with; its channel counts must match.
@@ -391,7 +414,9 @@ def import_mdlus(
     img_shape = out_ch = None
     pad_latent = False
     if regression is not None:
-        reg_cfg, in_ch, out_ch, img_shape, sd, pad_latent = _regression_part(read_mdlus(regression))
+        reg_cfg, in_ch, out_ch, img_shape, sd, pad_latent = _regression_part(
+            _checkpoint(regression)
+        )
         weights.update(sd)
         in_channels = in_ch if in_channels is None else in_channels
         if in_channels != in_ch:
@@ -399,7 +424,7 @@ def import_mdlus(
                 f"in_channels={in_channels} disagrees with the regression checkpoint ({in_ch})"
             )
     if residual is not None:
-        res_cfg, edm, cond_ch, r_out, r_shape, sd = _residual_part(read_mdlus(residual))
+        res_cfg, edm, cond_ch, r_out, r_shape, sd = _residual_part(_checkpoint(residual))
         weights.update(sd)
         if out_ch is not None and (r_out, r_shape) != (out_ch, img_shape):
             raise MdlusError(
@@ -452,9 +477,15 @@ def import_mdlus(
         weights,
         pad_latent=out_ch if pad_latent else 0,
         keep_regression=regression is None,
-        source=" + ".join(os.fspath(p) for p in (regression, residual) if p),
+        source=" + ".join(
+            getattr(p, "source", None) or os.fspath(p) for p in (regression, residual) if p
+        ),
     )
     return model.eval().to(map_location)
+
+
+def _checkpoint(source: Any) -> MdlusCheckpoint:
+    return source if isinstance(source, MdlusCheckpoint) else read_mdlus(source)
 
 
 def _build_and_load(make, weights: dict, *, pad_latent: int, keep_regression: bool, source: str):

@@ -1,0 +1,245 @@
+"""A published-layout CorrDiff package run by us and by Earth2Studio 0.19, side by side.
+
+One generic CorrDiff package (Earth2Studio's layout: ``regression.mdlus``, ``diffusion.mdlus``,
+``metadata.json``, ``stats.json``, grids, invariants) at CorrDiff-Mini size (64 channels,
+``channel_mult`` [1, 2, 2], 4 blocks per level, attention at 16; random weights, written by
+PhysicsNeMo 2.2.2's own ``Module.save``) on a 128 x 128 curvilinear output grid (Earth2Studio
+0.19 cannot run a rectilinear one), 7 ERA5 inputs + 2 invariants -> 4 outputs. The coarse data is
+a global 1-degree archive in ERA5/ARCO conventions (latitude descending, longitudes 0..360,
+``geopotential`` on a ``level`` dim) that the package's input grid is cut from.
+
+Measured in one process, interleaved, medians of ``--repeat`` runs after one warm-up each:
+
+* ``members_per_s_vs_earth2studio``: members per second of ``downscale(archive, package,
+  members=8)`` (one network call for the 8 members of a step) over Earth2Studio's
+  ``CorrDiff`` wrapper (``number_of_samples=8``, members one by one), same sampler (its
+  "stochastic" sampler = EDM Heun without churn, ``--steps`` steps) and threads;
+* ``members_per_s_ours_dpmpp_2m``: ours with DPM-Solver++(2M) at ``--fast-steps`` (not equal
+  settings: what the project's calibrated samplers buy on top);
+* ``regression_mean_max_abs_diff``: our regression mean vs Earth2Studio's
+  (``inference_mode="regression"``) on the same time, in each output's units and normalised;
+* ``export_roundtrip_max_abs_diff``: the opened package exported again
+  (``corrdiff-xr export``'s library function) and reopened: its ensemble vs the original's.
+
+Usage::
+
+    python benchmarks/packages.py --json benchmarks/results/packages.json
+    python benchmarks/packages.py --quick      # 1 repeat, 2 steps: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from package_fixtures import STATS, write_generic_package  # noqa: E402
+from physicsnemo_ref import physicsnemo  # noqa: E402
+
+#: ERA5/ARCO names of the fixture package's inputs: (variable, level or None)
+ARCO = {
+    "t2m": ("2m_temperature", None),
+    "u10m": ("10m_u_component_of_wind", None),
+    "v10m": ("10m_v_component_of_wind", None),
+    "msl": ("mean_sea_level_pressure", None),
+    "tcwv": ("total_column_water_vapour", None),
+    "z500": ("geopotential", 500),
+    "t850": ("temperature", 850),
+}
+UNITS = {"t2m": "K", "u10m": "m s-1", "v10m": "m s-1", "msl": "Pa", "tcwv": "kg m-2",
+         "z500": "m2 s-2", "t850": "K"}  # fmt: skip
+MINI = {"num_blocks": 4, "attn_resolutions": [16]}
+
+
+def era5_archive(times: int = 2, seed: int = 0) -> xr.Dataset:
+    """A global 1-degree archive in ERA5/ARCO conventions with smooth fields (float32)."""
+    lat = np.arange(90.0, -90.5, -1.0)
+    lon = np.arange(0.0, 360.0, 1.0)
+    levels = np.array([1000, 850, 500])
+    rng = np.random.default_rng(seed)
+    phi, lam = np.meshgrid(np.deg2rad(lat), np.deg2rad(lon), indexing="ij")
+
+    def field(name: str) -> np.ndarray:
+        mean, std = STATS[name]
+        noise = 0.3 * rng.standard_normal((times, *phi.shape))
+        return (mean + std * (np.cos(2 * phi) * np.sin(lam) + noise)).astype(np.float32)
+
+    out = {}
+    for name, (var, level) in ARCO.items():
+        if level is None:
+            out[var] = (("time", "latitude", "longitude"), field(name), {"units": UNITS[name]})
+        else:  # the package's level holds its field; the other levels are plausible copies
+            stack = np.stack([field(name) for _ in levels], axis=1)
+            stack[:, list(levels).index(level)] = field(name)
+            out[var] = (("time", "level", "latitude", "longitude"), stack, {"units": UNITS[name]})
+    t = np.datetime64("2023-07-01T00", "ns") + np.arange(times) * np.timedelta64(6, "h")
+    coords = {"time": t, "level": levels, "latitude": lat, "longitude": lon}
+    return xr.Dataset(out, coords=coords).chunk({"time": 1})
+
+
+def _median(times: list[float]) -> float:
+    return statistics.median(times)
+
+
+def _earth2studio(directory: Path):
+    physicsnemo()  # registers the torchvision op schemas PhysicsNeMo needs on this CPU torch
+    from earth2studio.models.auto import Package
+    from earth2studio.models.dx import CorrDiff
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return CorrDiff.load_model(Package(str(directory)), device="cpu")
+
+
+def _e2s_input(model, archive: xr.Dataset, t: int) -> tuple[torch.Tensor, OrderedDict]:
+    """The archive at the model's input grid, in its variable order, as Earth2Studio takes it."""
+    lat, lon = model.lat_input_numpy, model.lon_input_numpy
+    fields = []
+    for name in model.input_variables:
+        var, level = ARCO[name]
+        v = archive[var].isel(time=t)
+        v = v.sel(level=level) if level is not None else v
+        fields.append(v.sel(latitude=lat, longitude=lon % 360).values)
+    x = torch.as_tensor(np.stack(fields)[None], dtype=torch.float32)
+    coords = OrderedDict(
+        batch=np.array([0]), variable=np.array(model.input_variables), lat=lat, lon=lon
+    )
+    return x, coords
+
+
+def run(args: argparse.Namespace) -> dict:
+    from corrdiff_xr.inference import downscale
+    from corrdiff_xr.model.packages import open_package
+    from corrdiff_xr.model.packages.export import export_package
+
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="corrdiff_xr_packages_"))
+    members, grid = args.members, (args.size, args.size)
+    directory = write_generic_package(
+        work / "package",
+        grid=grid,
+        model_channels=64,
+        levels=3,
+        curvilinear=True,
+        network=MINI,
+        metadata={"number_of_samples": members, "number_of_steps": args.steps, "seed": 0},
+    )
+    archive = era5_archive()
+    e2s = _earth2studio(directory)
+    package = open_package(directory)
+    one = archive.isel(time=[0])
+    x, coords = _e2s_input(e2s, archive, 0)
+
+    def ours(sampler=None):
+        return downscale(one, package, members=members, batch_size=members, seed=0,
+                         sampler=sampler).compute()  # fmt: skip
+
+    def theirs():
+        with torch.inference_mode():
+            return e2s(x, coords)
+
+    fast = {"solver": "dpmpp_2m", "num_steps": args.fast_steps}
+    ours(), theirs(), ours(fast)  # warm-ups (model cache, oneDNN primitives)
+    t_ours, t_theirs, t_fast = [], [], []
+    for _ in range(args.repeat):
+        for fn, acc in ((ours, t_ours), (theirs, t_theirs), (lambda: ours(fast), t_fast)):
+            start = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - start)
+
+    # regression mean, same input time
+    e2s.inference_mode = "regression"
+    e2s.number_of_samples = 1
+    with torch.inference_mode():
+        ref_mean = e2s(x, coords)[0].numpy()[0, 0]  # (variable, lat, lon)
+    mean = downscale(one, package, output="mean").compute()
+    diffs, norm = [], []
+    for c, name in enumerate(e2s.output_variables):
+        d = np.abs(mean[name].values[0] - ref_mean[c])
+        diffs.append(float(np.nanmax(d)))
+        norm.append(float(np.nanmax(d)) / package.model.codec.stats[name][1])
+
+    # export and reopen: the same ensemble, bit for bit
+    pair = package.pair(one)
+    exported = export_package(package.model, pair, work / "exported")
+    again = downscale(pair, open_package(exported), members=2, seed=3).compute()
+    first = downscale(pair, package, members=2, seed=3).compute()
+    roundtrip = max(float(np.nanmax(np.abs(again[n].values - first[n].values))) for n in first)
+
+    mps = {
+        k: members / _median(v)
+        for k, v in (("ours", t_ours), ("theirs", t_theirs), ("fast", t_fast))
+    }
+    return {
+        "members_per_s_vs_earth2studio": mps["ours"] / mps["theirs"],
+        "members_per_s_ours": mps["ours"],
+        "members_per_s_earth2studio": mps["theirs"],
+        "members_per_s_ours_dpmpp_2m": mps["fast"],
+        "members_per_s_ours_dpmpp_2m_vs_earth2studio": mps["fast"] / mps["theirs"],
+        "seconds_ours": t_ours,
+        "seconds_earth2studio": t_theirs,
+        "seconds_ours_dpmpp_2m": t_fast,
+        "regression_mean_max_abs_diff": max(diffs),
+        "regression_mean_max_abs_diff_by_output": dict(zip(e2s.output_variables, diffs)),
+        "regression_mean_max_abs_diff_normalised": max(norm),
+        "export_roundtrip_max_abs_diff": roundtrip,
+        "settings": {
+            "grid": list(grid),
+            "members": members,
+            "sampler": f"EDM Heun without churn (Earth2Studio 'stochastic'), {args.steps} steps",
+            "fast_sampler": fast,
+            "network": "CorrDiff-Mini: 64 channels, channel_mult [1, 2, 2], 4 blocks, attention at 16",
+            "inputs": 7,
+            "invariants": 2,
+            "outputs": 4,
+            "repeat": args.repeat,
+            "threads": torch.get_num_threads(),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6, help="Heun steps of both sides")
+    parser.add_argument("--fast-steps", type=int, default=6, help="DPM-Solver++(2M) steps")
+    parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128, help="output grid side")
+    parser.add_argument("--quick", action="store_true", help="1 repeat, 2 steps, 64 x 64")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeat, args.steps, args.fast_steps, args.size = 1, 2, 2, 64
+    load_before = os.getloadavg()
+    results = run(args)
+    results["load_average_start"] = load_before
+    results["load_average_end"] = os.getloadavg()
+    results["versions"] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -118,3 +118,16 @@ def test_calibrate_scores_a_package_against_truth_on_its_grid(package_dir):
     result = calibrate(pair, package, candidates=[{"num_steps": 2}, {"num_steps": 3}], members=2)
     assert [row["sampler"]["num_steps"] for row in result.table] == [2, 3]
     assert all(np.isfinite(row["crps_fair"]) for row in result.table)
+
+
+def test_a_package_samples_patch_by_patch(package_dir):
+    package = open_package(package_dir)
+    pair = package.pair(era5(times=1))
+    whole = downscale(pair, package, members=2, seed=2, steps=2).compute()
+    patched = downscale(pair, package, members=2, seed=2, steps=2, patch=8).compute()
+    assert patched.attrs["corrdiff_patching"] != whole.attrs["corrdiff_patching"]
+    for name in package.outputs:
+        assert np.isfinite(patched[name].values).all()
+        # the same mean + a residual of the same size: patches change the noise, not the scale
+        ratio = patched[name].std().item() / whole[name].std().item()
+        assert 0.5 < ratio < 2.0, (name, ratio)

@@ -11,12 +11,20 @@ loader's hot path: coarse inputs are regridded straight into their channel of on
 preallocated float32 array, samples are reordered while filling, and normalisation runs in
 place in float32.
 
+Per-variable transforms and bounds (:mod:`corrdiff_xr.transforms`) make the trained space
+``(transform(value) - mean) / std``, with the statistics those of the transformed values;
+decoding de-normalises, inverts the transform and clips to the variable's bounds, so outputs
+are in physical units and within them (precipitation >= 0 whatever the network says).
+
 The codec is plain data (:meth:`Codec.to_dict` is JSON-able) so it travels inside checkpoints
-and a trained model always decodes with the statistics it was trained with.
+and a trained model always decodes with the statistics, transforms and bounds it was trained
+with. A codec without transforms or bounds serialises without those keys, as before they
+existed.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
+from corrdiff_xr._constraints import SettingError
 from corrdiff_xr.data.layout import (
     DimensionError,
     MissingValueError,
@@ -32,6 +41,7 @@ from corrdiff_xr.data.layout import (
     StatsError,
 )
 from corrdiff_xr.dims import CHANNEL, MEMBER, TIME, X, Y
+from corrdiff_xr.transforms import Transform, parse_bounds, parse_transforms
 
 if TYPE_CHECKING:
     from corrdiff_xr.data.pair import DownscalingData
@@ -58,6 +68,12 @@ class Codec:
         model's (:attr:`units`): data in other units is converted or refused before encoding
         (:mod:`corrdiff_xr.units`) and decoded variables are always labelled with them; the
         other attributes are given to decoded variables when the template lacks them.
+    transforms
+        ``{name: Transform or {"kind": ..., "eps": ..., "scale": ...}}`` for any variable:
+        encoding transforms before normalising (``stats`` are then of transformed values),
+        decoding inverts after de-normalising.
+    bounds
+        ``{target: (lower, upper)}`` (None: no limit) that decoded outputs are clipped to.
     """
 
     inputs: tuple[str, ...]
@@ -65,6 +81,8 @@ class Codec:
     static: tuple[str, ...] = ()
     stats: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     attrs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    transforms: Mapping[str, Transform | Mapping[str, Any]] = field(default_factory=dict)
+    bounds: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("inputs", "targets", "static"):
@@ -89,15 +107,37 @@ class Codec:
             stats[name] = (mean, std)
         object.__setattr__(self, "stats", stats)
         object.__setattr__(self, "attrs", {k: dict(v) for k, v in self.attrs.items()})
+        transforms, bounds = parse_transforms(self.transforms), parse_bounds(self.bounds)
+        _check_declared(transforms, bounds, names, self.targets)
+        object.__setattr__(self, "transforms", transforms)
+        object.__setattr__(self, "bounds", bounds)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def from_pair(cls, pair: DownscalingData) -> Codec:
-        """Codec of a :class:`~corrdiff_xr.data.DownscalingData` (computes its statistics)."""
-        from corrdiff_xr.data.stats import stats_to_dict
+    def from_pair(
+        cls,
+        pair: DownscalingData,
+        *,
+        transforms: Mapping[str, Any] | None = None,
+        bounds: Mapping[str, Any] | None = None,
+    ) -> Codec:
+        """Codec of a :class:`~corrdiff_xr.data.DownscalingData` (computes its statistics).
+
+        A transformed variable's statistics are computed from its transformed values in one
+        lazy pass, never taken from the pair's stored statistics (which are of raw values);
+        the other variables' come from :attr:`DownscalingData.stats` as they are.
+        """
+        from corrdiff_xr.data.stats import compute_stats, stats_to_dict
 
         names = pair.inputs + pair.targets + pair.static
-        stats = stats_to_dict(pair.stats, names)
+        transforms, bounds = parse_transforms(transforms), parse_bounds(bounds)
+        _check_declared(transforms, bounds, names, pair.targets)  # before any data is read
+        raw = [n for n in names if n not in transforms]
+        parts = [pair.stats[raw]] if raw else []
+        if transforms:
+            named = {n: functools.partial(t, name=n) for n, t in transforms.items()}
+            parts.append(compute_stats(pair.dataset, list(transforms), transforms=named))
+        stats = stats_to_dict(xr.merge(parts, combine_attrs="drop"), names)
         attrs = {
             n: {
                 k: str(pair.dataset[n].attrs[k])
@@ -106,22 +146,29 @@ class Codec:
             }
             for n in names
         }
-        return cls(pair.inputs, pair.targets, pair.static, stats, attrs)
+        return cls(pair.inputs, pair.targets, pair.static, stats, attrs, transforms, bounds)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able plain data; :meth:`from_dict` inverts it."""
-        return {
+        """JSON-able plain data; :meth:`from_dict` inverts it. ``transforms`` and ``bounds``
+        appear only when set, so codecs without them serialise as before they existed."""
+        out = {
             "inputs": list(self.inputs),
             "targets": list(self.targets),
             "static": list(self.static),
             "stats": {k: [m, s] for k, (m, s) in self.stats.items()},
             "attrs": {k: dict(v) for k, v in self.attrs.items()},
         }
+        if self.transforms:
+            out["transforms"] = {k: t.to_dict() for k, t in self.transforms.items()}
+        if self.bounds:
+            out["bounds"] = {k: list(b) for k, b in self.bounds.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Codec:
         """Rebuild a codec from :meth:`to_dict` output."""
-        unknown = set(data) - {"inputs", "targets", "static", "stats", "attrs"}
+        known = {"inputs", "targets", "static", "stats", "attrs", "transforms", "bounds"}
+        unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown codec key(s) {sorted(unknown)}")
         return cls(
@@ -130,6 +177,8 @@ class Codec:
             tuple(data.get("static", ())),
             {k: (float(v[0]), float(v[1])) for k, v in data["stats"].items()},
             data.get("attrs", {}),
+            data.get("transforms", {}),
+            data.get("bounds", {}),
         )
 
     @property
@@ -214,6 +263,8 @@ class Codec:
                 np.take(a, order, axis=0, out=dst, mode="clip")  # order checked by the caller
             else:
                 dst[...] = a[order]
+            if name in self.transforms:  # NaN (missing) stays NaN
+                self.transforms[name].forward(dst, name=name)
             mean, std = self.stats[name]
             dst -= np.float32(mean)
             dst *= np.float32(1.0 / std)
@@ -307,7 +358,8 @@ class Codec:
         *,
         dims: Sequence[str] | None = None,
     ) -> xr.Dataset:
-        """De-normalise ``array[..., C_out, y, x]`` into a Dataset of the targets.
+        """De-normalise ``array[..., C_out, y, x]`` into a Dataset of the targets (then invert
+        each target's transform and clip to its bounds: physical units, physical range).
 
         Parameters
         ----------
@@ -360,6 +412,10 @@ class Codec:
             values = array[..., c, :, :].astype(np.float32)  # a copy: scaled in place
             values *= np.float32(std[c])
             values += np.float32(mean[c])
+            if name in self.transforms:
+                self.transforms[name].inverse(values)
+            if name in self.bounds:
+                np.clip(values, *self.bounds[name], out=values)  # NaN stays NaN
             attrs = dict(self.attrs.get(name, {}))
             if isinstance(template, xr.Dataset) and name in template.data_vars:
                 attrs.update(template[name].attrs)
@@ -376,3 +432,24 @@ class Codec:
             f"in_{CHANNEL}": list(self.in_channels),
             f"out_{CHANNEL}": list(self.out_channels),
         }
+
+
+def _check_declared(
+    transforms: Mapping[str, Transform],
+    bounds: Mapping[str, tuple[float | None, float | None]],
+    names: Sequence[str],
+    targets: Sequence[str],
+) -> None:
+    """Transforms name variables of the codec and bounds name its targets (one line each)."""
+    for name, t in transforms.items():
+        if name not in names:
+            raise SettingError(
+                ((f"transforms.{name}", t.to_dict()),),
+                f"names no variable of the codec (its variables: {list(names)})",
+            )
+    for name, b in bounds.items():
+        if name not in targets:
+            raise SettingError(
+                ((f"bounds.{name}", list(b)),),
+                f"bounds clip outputs, and '{name}' is not a target (targets: {list(targets)})",
+            )

@@ -27,6 +27,7 @@ LAYERS = {
             "_outputs",
             "_yaml_overrides",
             "_cf",
+            "transforms",
         ],
         0,
     ),

@@ -11,12 +11,19 @@ which, unlike a raw sum of squares, loses no precision on fields with a large me
 280 K). ``std`` is the population standard deviation ``sqrt(M2 / n)``. Memory stays at a few
 chunks whatever the dataset size, since every chunk is reduced to three numbers as soon as it
 is read.
+
+With ``transforms`` (``{name: callable}``, e.g. a codec's
+:class:`~corrdiff_xr.transforms.Transform`) each chunk is transformed (in float64) before it
+is reduced, so the statistics are those of the transformed values, in the same single pass.
+A store's ``"stats"`` group holds statistics of raw values: for a transformed variable they
+do not apply, and :meth:`corrdiff_xr.codec.Codec.from_pair` computes that variable's lazily
+instead.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +54,9 @@ __all__ = [
 _FANIN = 16
 
 
-def _moments(block: np.ndarray) -> np.ndarray:
-    """``[count, mean, M2]`` of the finite values of a block, accumulated in float64.
+def _moments(block: np.ndarray, transform: Callable | None = None) -> np.ndarray:
+    """``[count, mean, M2]`` of the finite values of a block (after ``transform``, which
+    returns a transformed float64 copy), accumulated in float64.
 
     float32 blocks keep float32 deviations (half the memory traffic of float64; a deviation
     from a nearby centre is exact), whose squares are formed and summed in float64. Every
@@ -56,6 +64,8 @@ def _moments(block: np.ndarray) -> np.ndarray:
     metres gave ``std inf``), and integers (raw or packed) must not wrap.
     """
     x = np.asarray(block).ravel()
+    if transform is not None:
+        x = np.asarray(transform(x), dtype=np.float64)
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float64)
     finite = np.isfinite(x)
@@ -92,12 +102,15 @@ def _finish(part: np.ndarray) -> np.ndarray:
     return np.array([mean, np.sqrt(m2 / n)])
 
 
-def _mean_std(data: Any) -> da.Array:
-    """Lazy ``[mean, std]`` of an array (dask or numpy), one pass over its chunks."""
+def _mean_std(data: Any, transform: Callable | None = None) -> da.Array:
+    """Lazy ``[mean, std]`` of an array (dask or numpy, optionally transformed), one pass
+    over its chunks."""
     if not isinstance(data, da.Array):
         data = da.from_array(np.asarray(data), chunks=-1)
     # optimize_graph=False keeps task names, so variables cut from one generated chunk share it
-    parts = [dask.delayed(_moments)(b) for b in data.to_delayed(optimize_graph=False).ravel()]
+    parts = [
+        dask.delayed(_moments)(b, transform) for b in data.to_delayed(optimize_graph=False).ravel()
+    ]
     while len(parts) > 1:
         parts = [dask.delayed(_merge)(*parts[i : i + _FANIN]) for i in range(0, len(parts), _FANIN)]
     return da.from_delayed(dask.delayed(_finish)(parts[0]), shape=(2,), dtype=np.float64)
@@ -108,6 +121,7 @@ def compute_stats(
     variables: list[str] | tuple[str, ...] | None = None,
     *,
     budget_gb: float | None = None,
+    transforms: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> xr.Dataset:
     """Lazy mean and standard deviation of each data variable over all its dims.
 
@@ -121,6 +135,9 @@ def compute_stats(
         Most gigabytes the pass may read, checked against the declared sizes before the
         graph is built (default ``$CORRDIFF_XR_READ_BUDGET_GB`` or 256): a store declaring
         10**12 values is refused rather than read for days.
+    transforms
+        ``{name: f}``: the statistics of ``name`` are those of ``f(values)`` (``f`` takes a
+        flat array and returns a transformed float64 copy; NaN stays missing).
 
     Returns
     -------
@@ -133,11 +150,12 @@ def compute_stats(
         if name not in ds.data_vars:
             raise MissingVariableError(f"cannot compute statistics of '{name}': not in the dataset")
     _check_budget(ds, names, budget_gb)
+    transforms = dict(transforms or {})
     out = {}
     for name in names:
         var = ds[name]
         attrs = {k: var.attrs[k] for k in ("units", "long_name") if k in var.attrs}
-        out[name] = ((STAT,), _mean_std(var.data), attrs)
+        out[name] = ((STAT,), _mean_std(var.data, transforms.get(name)), attrs)
     # object dtype: stored as Zarr v3 variable-length strings (a specified dtype)
     return xr.Dataset(out, coords={STAT: np.array(STAT_NAMES, dtype=object)})
 

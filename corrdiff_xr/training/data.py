@@ -4,7 +4,9 @@
 training pair and, with ``data.valid_period``, a validation pair. :func:`codec_variables`
 then restricts a pair to the variables of the codec the run trains with, in its channel
 order: the codec is fixed by the run's first checkpoint (or, for diffusion, the regression
-checkpoint), so the data must hold each of its variables, in the same role.
+checkpoint), so the data must hold each of its variables, in the same role. A new regression
+run's codec comes from :func:`new_codec`: the training period's statistics, of transformed
+values for the variables ``data.transforms`` names.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 
 from corrdiff_xr.config import ConfigError, TrainRunConfig
 
-__all__ = ["codec_variables", "open_training_data", "valid_target_pixels"]
+__all__ = ["codec_variables", "new_codec", "open_training_data", "valid_target_pixels"]
 
 
 def open_training_data(cfg: TrainRunConfig):
@@ -50,6 +52,19 @@ def open_training_data(cfg: TrainRunConfig):
     train_pair = _period(pair, d.train_period, "train_period", stats="selection")
     valid_pair = _period(pair, d.valid_period, "valid_period") if d.valid_period else None
     return train_pair, valid_pair
+
+
+def new_codec(cfg: TrainRunConfig, pair: Any) -> Any:
+    """The codec a new run derives from its training pair, with ``data.transforms`` and
+    ``data.bounds``: a transformed variable's statistics are computed from its transformed
+    values (one lazy pass), never read from the store's raw ``"stats"`` group."""
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.config import SettingError
+
+    try:
+        return Codec.from_pair(pair, transforms=cfg.data.transforms, bounds=cfg.data.bounds)
+    except SettingError as err:  # a transform or bound naming no variable of the run
+        raise err.under("data") from None
 
 
 def _period(pair: Any, period: tuple[str, str] | None, key: str, **options: Any) -> Any:

@@ -327,6 +327,17 @@ def test_existing_directory_is_refused_unless_overwrite(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "pkg"]  # no leftovers
 
 
+def test_a_model_with_transformed_targets_is_refused(tmp_path):
+    data = era5_like(curvilinear=True)
+    model = tiny_model(data)
+    codec = model.codec.to_dict()
+    target = codec["targets"][0]
+    model.codec = Codec.from_dict({**codec, "bounds": {target: [0.0, None]}})
+    with pytest.raises(ExportError, match=rf"transforms or bounds \['{target}'\]"):
+        export_package(model, data, tmp_path / "pkg")
+    assert not (tmp_path / "pkg").exists()
+
+
 def test_grids_the_package_cannot_represent_are_refused(tmp_path):
     model = tiny_model(era5_like(curvilinear=True))
     with pytest.raises(ExportError, match="latitude decreases along y"):

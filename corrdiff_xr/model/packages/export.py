@@ -345,6 +345,14 @@ def export_package(
             "the model has no codec (variable names and statistics); export a model trained "
             "with corrdiff_xr"
         )
+    shaped = sorted(
+        set(getattr(model.codec, "transforms", {})) | set(getattr(model.codec, "bounds", {}))
+    )
+    if shaped:  # its statistics are of transformed values, which the layout cannot say
+        raise ExportError(
+            f"the model transforms or bounds {shaped} (data.transforms/bounds); the generic "
+            "package layout normalises raw values only, so it cannot be exported as one"
+        )
     if model.target_mask is not None:
         _warn("the model masks its targets; Earth2Studio writes every pixel (no NaN mask)")
     pair = open_source(data, params=params, static=list(model.codec.static) or None,

@@ -32,6 +32,7 @@ from corrdiff_xr._constraints import (
 from corrdiff_xr._constraints import Bound as _Bound
 from corrdiff_xr._yaml_overrides import load_yaml, merge, parse_overrides
 from corrdiff_xr.config_sampling import PatchConfig, SamplerConfig
+from corrdiff_xr.transforms import parse_bounds, parse_transforms
 
 __all__ = [
     "ConfigError",
@@ -196,7 +197,9 @@ def load_config(
 
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig(Checked):
-    """SongUNet hyper-parameters (see :class:`corrdiff_xr.nn.SongUNet`).
+    """A backbone network: ``arch`` names it in :mod:`corrdiff_xr.nn.backbones`' table; the
+    fields are SongUNet's hyper-parameters (see :class:`corrdiff_xr.nn.SongUNet`), ``options``
+    those of another backbone (checked by it).
 
     Defaults are the reference CorrDiff ``normal`` network (128 channels, five levels,
     attention at resolution 28); :meth:`preset` gives ``"mini"`` (64, three levels, attention
@@ -236,6 +239,8 @@ class NetworkConfig(Checked):
     compile: bool = False
     checkpoint_activations: bool = False
     padding: Literal["reflect", "zero", "none"] = "reflect"
+    arch: str = "songunet"
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     RULES = (
         Rule(
@@ -256,7 +261,8 @@ class NetworkConfig(Checked):
     )
 
     def check_shape(self, shape: tuple[int, int], what: str) -> None:
-        """With ``padding="none"``, refuse a ``shape`` (y, x) the encoder cannot halve
+        """SongUNet's shape check (callers ask :func:`corrdiff_xr.nn.backbones.check_shape`):
+        with ``padding="none"``, refuse a ``shape`` (y, x) the encoder cannot halve
         ``levels - 1`` times, naming the nearest smaller shape that works and the settings."""
         m = 2 ** (len(self.channel_mult) - 1)
         if self.padding != "none" or (shape[0] % m == 0 and shape[1] % m == 0):
@@ -316,6 +322,10 @@ class DataConfig(Checked):
     ``endpoint_url``) for a ``catalog:`` source; ``storage_options`` go to fsspec otherwise.
     ``lead_time`` names an integer variable (or coordinate) along ``time`` holding lead-time
     labels, for lead-time-aware networks (``network.lead_time_channels > 0``).
+    ``transforms`` (``{tp: {kind: log_eps, eps: 1e-4}}``; kinds ``log_eps``, ``asinh``,
+    ``logit_eps``, see :mod:`corrdiff_xr.transforms`) set the space a variable is trained in,
+    ``bounds`` (``{tp: [0, null]}``) the range decoded outputs are clipped to; both are recorded
+    in the codec, so a diffusion run takes its regression checkpoint's.
     """
 
     source: str
@@ -327,6 +337,13 @@ class DataConfig(Checked):
     lead_time: str | None = None
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     catalog_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    transforms: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    bounds: dict[str, tuple[float | None, float | None]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parse_transforms(self.transforms)  # one line naming the variable and key
+        parse_bounds(self.bounds)
 
 
 @dataclasses.dataclass(frozen=True)

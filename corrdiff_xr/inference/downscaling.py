@@ -90,6 +90,7 @@ def _check_network_shape(header: Mapping[str, Any], domain: tuple, patch_cfg: An
     """The image each network call sees (a patch, or the whole grid) must fit the grid and
     the network's levels (checked before the patch grid allocates its weights)."""
     from corrdiff_xr.config import NetworkConfig, SettingError, from_dict
+    from corrdiff_xr.nn.backbones import check_shape
 
     if patch_cfg is not None and any(p > d for p, d in zip(patch_cfg.shape, domain)):
         raise SettingError(
@@ -106,7 +107,7 @@ def _check_network_shape(header: Mapping[str, Any], domain: tuple, patch_cfg: An
     seen = {"regression_network": whole if mean_whole else patch, "residual_network": patch}
     for key, (shape, what) in seen.items():
         if header.get(key) is not None:
-            from_dict(NetworkConfig, header[key], path=key).check_shape(shape, what)
+            check_shape(from_dict(NetworkConfig, header[key], path=key), shape, what, key=key)
 
 
 def _codec(header: Mapping[str, Any]):

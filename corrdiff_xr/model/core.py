@@ -54,7 +54,7 @@ from corrdiff_xr.model.safety import (
     safetensors_specs,
     tensor_specs,
 )
-from corrdiff_xr.nn import RegressionUNet, SongUNet
+from corrdiff_xr.nn import RegressionUNet, build_network, network_dict
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -88,6 +88,7 @@ class CorrDiff(nn.Module):
         The global fine grid (H, W) that positional embeddings cover.
     regression_network, residual_network : NetworkConfig
         Network hyper-parameters; ``residual_network=None`` builds a regression-only model.
+        Each is built by the backbone its ``arch`` names (:mod:`corrdiff_xr.nn.backbones`).
     edm : EDMConfig
         Preconditioning (``sigma_data``) and whether the residual sees the regression mean.
     in_channels, out_channels : int, optional
@@ -138,21 +139,23 @@ class CorrDiff(nn.Module):
         self.sampler_config = sampler
 
         self.regression = RegressionUNet(
-            SongUNet(
+            build_network(
                 regression_network,
                 in_channels=out_channels + in_channels,
                 out_channels=out_channels,
                 img_shape=self.img_shape,
+                what="regression_network",
             )
         )
         self.residual: EDMPrecond | None = None
         if residual_network is not None:
             cond = in_channels + (out_channels if edm.hr_mean_conditioning else 0)
-            net = SongUNet(
+            net = build_network(
                 residual_network,
                 in_channels=out_channels + cond,
                 out_channels=out_channels,
                 img_shape=self.img_shape,
+                what="residual_network",
             )
             self.residual = EDMPrecond(net, edm=edm)
         for cfg, module in (
@@ -269,8 +272,9 @@ class CorrDiff(nn.Module):
             "img_shape": list(self.img_shape),
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
-            "regression_network": to_dict(self.regression_config),
-            "residual_network": to_dict(self.residual_config)
+            # arch and options left out at their defaults: SongUNet headers read as before
+            "regression_network": network_dict(self.regression_config),
+            "residual_network": network_dict(self.residual_config)
             if self.residual_config is not None
             else None,
             "edm": to_dict(self.edm_config),

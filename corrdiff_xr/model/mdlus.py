@@ -224,7 +224,7 @@ def network_config(name: str, kwargs: dict[str, Any], *, source: str = "") -> Ne
     )
     if unknown:
         raise MdlusError(f"{source}: {name} arguments {unknown} are not supported")
-    data = {k: args[k] for k in known}
+    data = {"arch": "songunet", **{k: args[k] for k in known}}  # checked by the table's entry
     data["lead_time_channels"] = data["lead_time_channels"] or 0
     try:
         cfg = from_dict(NetworkConfig, data, path=name)

@@ -60,6 +60,8 @@ def _grid_channels(cfg: NetworkConfig) -> int:
 
 def check_exportable(cfg: NetworkConfig, img_shape: tuple[int, int], *, what: str) -> None:
     """Refuse (one line) a network the reference would compute differently."""
+    if cfg.arch != "songunet":
+        raise ExportError(f"{what} is an {cfg.arch!r} network; the reference's are SongUNets")
     if cfg.lead_time_channels:
         raise ExportError(
             f"{what} has a lead-time embedding, which the generic CorrDiff package cannot feed"

@@ -12,9 +12,11 @@ Storage dtypes: floating parameters may be stored as ``F32``, ``F16`` or ``BF16`
 (:data:`FLOAT_STORAGE`; the shipped model stores fp16 and loads into fp32); integer and bool
 buffers only as their own dtype. Anything else (an ``I16`` label on a float weight) is refused.
 
-Structural limits (:data:`NETWORK_LIMITS`, :data:`LENGTH_LIMITS`, :data:`MAX_CHANNELS`,
-:data:`MAX_IMG_SIDE`) keep even the meta build small and quick: a reference ``normal`` CorrDiff
-UNet (~80M parameters: 128 channels, 5 levels, 4 blocks) is far inside them.
+Structural limits (:data:`MAX_CHANNELS`, :data:`MAX_IMG_SIDE`, and each backbone's own, which
+:func:`check_network` asks the backbone table of :mod:`corrdiff_xr.nn.backbones` for: SongUNet's
+:data:`NETWORK_LIMITS`, :data:`LENGTH_LIMITS`) keep even the meta build small and quick: a
+reference ``normal`` CorrDiff UNet (~80M parameters: 128 channels, 5 levels, 4 blocks) is far
+inside them.
 
 Archives are read by :mod:`corrdiff_xr.model.archives` within limits of their own.
 """
@@ -31,9 +33,13 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from corrdiff_xr.errors import CorrDiffError
+from corrdiff_xr.nn.backbones import LENGTH_LIMITS, MAX_CHANNELS, NETWORK_LIMITS, backbone
 
 __all__ = [
     "FLOAT_STORAGE",
+    "LENGTH_LIMITS",
+    "MAX_CHANNELS",
+    "NETWORK_LIMITS",
     "CheckpointError",
     "build_checked",
     "check_network",
@@ -50,28 +56,8 @@ class CheckpointError(CorrDiffError, ValueError):
 
 #: storage dtypes a floating parameter may be loaded from (converted to the model's dtype)
 FLOAT_STORAGE = frozenset({"F32", "F16", "BF16"})
-#: at most this many input or output channels, and this many pixels per side of the grid
-MAX_CHANNELS = 4096
+#: at most this many pixels per side of the grid (and :data:`MAX_CHANNELS` channels)
 MAX_IMG_SIDE = 1 << 15
-#: (min, max) of every number (or every item of a sequence) of a network config
-NETWORK_LIMITS = {
-    "model_channels": (1, 4096),
-    "channel_mult": (1, 64),
-    "channel_mult_emb": (1, 64),
-    "channel_mult_noise": (1, 64),
-    "num_blocks": (1, 16),
-    "N_grid_channels": (0, 1024),
-    "lead_time_channels": (0, 1024),
-    "lead_time_steps": (1, 4096),
-    "resample_filter": (0, 1 << 16),
-}
-#: most items of a network config's sequences (``channel_mult`` is the number of levels)
-LENGTH_LIMITS = {
-    "channel_mult": 8,
-    "attn_resolutions": 64,
-    "resample_filter": 16,
-    "prob_channels": MAX_CHANNELS,
-}
 #: our JSON header; real ones hold a few KB
 MAX_HEADER_BYTES = 1 << 22
 
@@ -115,17 +101,9 @@ def img_shape(value: Any, what: str, *, error=CheckpointError) -> tuple[int, int
 
 
 def check_network(cfg: Any, what: str, *, error=CheckpointError) -> None:
-    """Refuse a NetworkConfig beyond :data:`NETWORK_LIMITS` / :data:`LENGTH_LIMITS`."""
-    for field, most in LENGTH_LIMITS.items():
-        if len(getattr(cfg, field)) > most:
-            raise error(
-                f"{what}.{field} has {len(getattr(cfg, field))} items; at most {most} are allowed"
-            )
-    for field, (low, high) in NETWORK_LIMITS.items():
-        value = getattr(cfg, field)
-        for v in value if isinstance(value, tuple) else (value,):
-            if not low <= v <= high:
-                raise error(f"{what}.{field}={value!r} is outside [{low}, {high}]")
+    """Refuse a NetworkConfig of an unknown ``arch``, or one its backbone's config check
+    refuses (SongUNet: beyond :data:`NETWORK_LIMITS` / :data:`LENGTH_LIMITS`, or options)."""
+    backbone(cfg, what, error=error).check_config(cfg, what, error)
 
 
 def parse_json(data: bytes | str, what: str, *, limit: int, error=CheckpointError) -> Any:

@@ -7,7 +7,9 @@ readable JSON:
 ``identity``
     what makes the checkpoints this run's and no other's: the task; the data (source, the
     training period, variables by role, fine and coarse grid shapes, the training period's
-    time axis); the codec's channel order and attributes; the network, EDM and patch
+    time axis); the codec's channel order and attributes, and its transforms and bounds
+    when it has any (left out otherwise, so records written before they existed still
+    match); the network, EDM and patch
     settings; for diffusion the SHA-256 of the regression checkpoint file. Not the
     duration, which is extended on purpose, nor execution settings (``network.compile``,
     ``channels_last``, ``checkpoint_activations``, workers), nor ``data.storage_options``/``catalog_params``, which
@@ -106,14 +108,28 @@ def _source(source: str) -> str:
     return str(Path(source.removeprefix("file://")).expanduser().resolve())
 
 
-def codec_identity(inputs, targets, static, attrs) -> dict[str, Any]:
-    """The compared part of a codec: channel order and attributes (units, long_name)."""
+def codec_identity(inputs, targets, static, attrs, *, transforms=None, bounds=None) -> dict:
+    """The compared part of a codec: channel order, attributes (units, long_name) and, when
+    set, transforms and bounds (what is trained), in the form the codec records them."""
     return {
         "inputs": list(inputs),
         "targets": list(targets),
         "static": list(static),
         "attrs": {n: dict(attrs.get(n, {})) for n in (*inputs, *targets, *static)},
+        **_declared(transforms, bounds),
     }
+
+
+def _declared(transforms, bounds) -> dict[str, Any]:
+    # canonical (Codec.to_dict's) form, so the config's spelling and the checkpoint's compare
+    from corrdiff_xr.transforms import parse_bounds, parse_transforms
+
+    out: dict[str, Any] = {}
+    if transforms:
+        out["transforms"] = {n: t.to_dict() for n, t in parse_transforms(transforms).items()}
+    if bounds:
+        out["bounds"] = {n: list(b) for n, b in parse_bounds(bounds).items()}
+    return _plain(out)
 
 
 def _pair_attrs(pair: Any) -> dict[str, dict[str, str]]:
@@ -138,12 +154,24 @@ def run_identity(
     """The identity of a run of ``cfg`` on the (training-period) ``pair``.
 
     ``codec`` is the :func:`codec_identity` of the codec the run uses when it does not come
-    from ``pair`` (diffusion: the regression checkpoint's); by default it is the codec a new
-    run derives from ``pair``.
+    from ``pair`` (diffusion: the regression checkpoint's, whose transforms and bounds the run
+    keeps: ``data.transforms``/``data.bounds``, when set, must equal them); by default it is
+    the codec a new run derives from ``pair`` with ``data.transforms`` and ``data.bounds``.
     """
+    declared = _declared(cfg.data.transforms, cfg.data.bounds)
+    if codec is not None:
+        for key, value in declared.items():
+            if _plain(codec.get(key, {})) != value:
+                raise ConfigError(
+                    f"data.{key} {value} differs from the regression checkpoint's codec "
+                    f"({codec.get(key, {})}), which fixes them for this run; drop data.{key} or "
+                    "make it equal"
+                )
     sizes = pair.dataset.sizes
     times = pair.dataset[TIME].values
-    network = {k: v for k, v in to_dict(cfg.network).items() if k not in _EXECUTION}
+    from corrdiff_xr.nn.backbones import network_dict  # arch, options: left out at defaults
+
+    network = {k: v for k, v in network_dict(cfg.network).items() if k not in _EXECUTION}
     if network.get("padding") == "reflect":  # runs recorded before padding existed match it
         del network["padding"]
     identity = {
@@ -159,7 +187,8 @@ def run_identity(
             "coarse_grid": [int(sizes[d]) for d in COARSE_DIMS],
             "time": {"steps": int(times.size), "first": str(times[0]), "last": str(times[-1])},
         },
-        "codec": codec or codec_identity(pair.inputs, pair.targets, pair.static, _pair_attrs(pair)),
+        "codec": codec
+        or codec_identity(pair.inputs, pair.targets, pair.static, _pair_attrs(pair), **declared),
         "network": network,
         "edm": to_dict(cfg.edm),
         "patch": to_dict(cfg.patch),

@@ -26,7 +26,12 @@ from corrdiff_xr._redact import redact_options
 from corrdiff_xr.config import ConfigError, NetworkConfig, TrainRunConfig, from_dict, to_dict
 from corrdiff_xr.training import checkpoint as ckpt
 from corrdiff_xr.training import identity as ident
-from corrdiff_xr.training.data import codec_variables, open_training_data, valid_target_pixels
+from corrdiff_xr.training.data import (
+    codec_variables,
+    new_codec,
+    open_training_data,
+    valid_target_pixels,
+)
 from corrdiff_xr.training.distributed import ProcessInfo
 from corrdiff_xr.training.ema import WeightAverage
 
@@ -89,6 +94,7 @@ def open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
     """
     from corrdiff_xr.codec import Codec
     from corrdiff_xr.model import read_checkpoint_header
+    from corrdiff_xr.nn.backbones import check_shape
 
     t = cfg.training
     latest = ckpt.latest_checkpoint(out / "checkpoints") if ident.prepare_output_dir(out) else None
@@ -99,9 +105,9 @@ def open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
             f"patch.shape {tuple(cfg.patch.shape)} is larger than the domain {img_shape} (y, x)"
         )
     if cfg.task == "patched_diffusion":
-        cfg.network.check_shape(tuple(cfg.patch.shape), "patch.shape")
+        check_shape(cfg.network, tuple(cfg.patch.shape), "patch.shape")
     else:  # the networks see whole images (the frozen regression net too, for diffusion)
-        cfg.network.check_shape(img_shape, f"the fine grid of data.source {cfg.data.source}")
+        check_shape(cfg.network, img_shape, f"the fine grid of data.source {cfg.data.source}")
     reg_header, reg_codec, reg_sha = None, None, None
     if cfg.task != "regression":
         reg_file = model_file(t.regression_checkpoint)
@@ -113,7 +119,12 @@ def open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
             )
         c = reg_header["codec"]
         reg_codec = ident.codec_identity(
-            c["inputs"], c["targets"], c.get("static", ()), c.get("attrs", {})
+            c["inputs"],
+            c["targets"],
+            c.get("static", ()),
+            c.get("attrs", {}),
+            transforms=c.get("transforms"),
+            bounds=c.get("bounds"),
         )
         reg_sha = ident.file_sha256(reg_file)
     identity = ident.run_identity(cfg, train_pair, codec=reg_codec, regression_sha256=reg_sha)
@@ -136,7 +147,7 @@ def open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
     if header is not None:
         codec = Codec.from_dict(header["codec"])
     else:
-        codec = Codec.from_pair(train_pair)  # a new regression run: statistics computed here
+        codec = new_codec(cfg, train_pair)  # a new regression run: statistics computed here
     if info.distributed:
         torch.distributed.barrier()  # every rank has looked at the directory before rank 0 writes
     if info.rank == 0:

@@ -8,6 +8,12 @@ setting; ``generate`` and ``downscale`` use them whenever no sampler is given. `
 also writes the table (a new file, or with ``--overwrite`` a plain file it replaces; never
 through a link). Both are written atomically under a lock
 (:func:`corrdiff_xr._lock.output_lock`), and the checkpoint is removed if the table fails.
+
+``--checkpoint`` may be a published package (a directory or zip): ``--data`` is then the
+coarse archive and ``--truth`` a Zarr store of the package's outputs on its output grid
+(:meth:`Package.pair <corrdiff_xr.model.packages.package.Package.pair>`, with ``--name-map``
+and ``--regrid``); ``--out`` is then one of our checkpoints, the package's networks and codec
+with the chosen sampler defaults.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import os
 from pathlib import Path
 
 from corrdiff_xr.cli import KeyValues, bounded
+from corrdiff_xr.cli._packages import add_package_options
 from corrdiff_xr.cli._times import TimeRange, select_times
 from corrdiff_xr.errors import CorrDiffError
 
@@ -32,12 +39,17 @@ class CalibrateError(CorrDiffError, ValueError):
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Options of ``corrdiff-xr calibrate``."""
     add = parser.add_argument
-    add("--checkpoint", required=True, help="CorrDiff checkpoint (residual model) to calibrate")
+    add("--checkpoint", required=True,
+        help="CorrDiff checkpoint (residual model) or a published package to calibrate")  # fmt: skip
     add(
         "--data",
         required=True,
-        help="validation data with targets: Zarr path/URL or catalog:NAME/ENTRY",
+        help="validation data with targets: Zarr path/URL or catalog:NAME/ENTRY (with a "
+        "package: its coarse archive)",
     )
+    add("--truth", metavar="PATH_OR_URL",
+        help="with a package: Zarr store of its outputs on its output grid (the targets)")  # fmt: skip
+    add_package_options(parser)
     add("--param", nargs="*", default={}, action=KeyValues, metavar="KEY=VALUE",
         help="catalog user parameters of a catalog:NAME/ENTRY source")  # fmt: skip
     add("--time-range", nargs="+", action=TimeRange, metavar="TIME",
@@ -90,15 +102,12 @@ def _check_outputs(args: argparse.Namespace, out: Path, table: Path | None) -> N
 def _calibrate(args: argparse.Namespace, out: Path, table: Path | None) -> int:
     from corrdiff_xr._atomic import atomic_path, remove, write_bytes
     from corrdiff_xr._outputs import writing
-    from corrdiff_xr.data import open_source
     from corrdiff_xr.inference.calibrate import calibrate
-    from corrdiff_xr.model import CorrDiff
 
-    pair = open_source(args.data, params=args.param, what="--data", params_what="--param")
+    model, pair = _model_and_pair(args)
     if args.time_range:
         where = select_times(pair.dataset["time"].values, None, args.time_range, CalibrateError)
         pair = pair.isel(time=where)
-    model = CorrDiff.load(args.checkpoint)
     if model.residual is None:
         raise CalibrateError(
             f"{args.checkpoint} is a regression-only checkpoint: it has no sampler to calibrate"
@@ -120,3 +129,36 @@ def _calibrate(args: argparse.Namespace, out: Path, table: Path | None) -> int:
         f"wrote {out} (sampler defaults: {result.chosen.solver}, {result.chosen.num_steps} steps)"
     )
     return 0
+
+
+def _model_and_pair(args: argparse.Namespace):
+    """``(CorrDiff, pair)``: a checkpoint and ``--data``, or a package's model and ``--data``
+    (its coarse archive) on its grids with ``--truth`` as the targets."""
+    from corrdiff_xr.inference.packages import is_package_path
+
+    if not is_package_path(args.checkpoint):
+        given = [o for o, v in (("--truth", args.truth), ("--name-map", args.name_map),
+                                ("--regrid", args.regrid)) if v]  # fmt: skip
+        if given:
+            raise CalibrateError(
+                f"{', '.join(given)}: only for a package (a directory or zip), but --checkpoint "
+                f"{args.checkpoint} is a checkpoint file; drop them"
+            )
+        from corrdiff_xr.data import open_source
+        from corrdiff_xr.model import CorrDiff
+
+        pair = open_source(args.data, params=args.param, what="--data", params_what="--param")
+        return CorrDiff.load(args.checkpoint), pair
+    if args.data.startswith("catalog:") or args.param or not args.truth:
+        raise CalibrateError(
+            "with a package as --checkpoint, give its coarse archive as --data PATH_OR_URL and "
+            "the truth of its outputs on its output grid as --truth PATH_OR_URL (Zarr stores; "
+            "no --param)"
+        )
+    from corrdiff_xr.data import open_dataset
+    from corrdiff_xr.model.packages import open_package
+
+    package = open_package(args.checkpoint)
+    pair = package.pair(open_dataset(args.data), name_map=args.name_map, regrid=args.regrid,
+                        truth=open_dataset(args.truth))  # fmt: skip
+    return package.model, pair

@@ -4,7 +4,8 @@ CorrDiff ensembles tend to be under-dispersed (the paper's own finding), and how
 on the sampler: the solver, the number of steps, ``sigma_max`` and churn all move the spread
 (see ``benchmarks/sampling.py``). :func:`calibrate` downscales a validation period with each
 candidate setting, the same members and seed, and scores it against the truth
-(:func:`ensemble_scores`, each target's score over its std in the model's statistics, then
+(:func:`ensemble_scores`, each target's score over its std in the model's statistics, or for a
+transformed target the truth's own std, in physical units (:func:`target_std`), then
 averaged over the targets):
 
 * ``crps_fair``: the fair CRPS (Ferro 2014), unbiased for the CRPS of the distribution the
@@ -119,18 +120,42 @@ class Calibration:
         return "\n".join(lines)
 
 
-def target_std(model: Any) -> dict[str, float]:
-    """Each target's std in the model's normalisation statistics (a CorrDiff or checkpoint)."""
+def target_std(model: Any, truth: Any = None) -> dict[str, float]:
+    """Each target's scale in physical units, what :func:`ensemble_scores` divides its CRPS by.
+
+    A target the model trains as it is takes its std in the model's normalisation statistics
+    (a CorrDiff or checkpoint). A transformed target's statistics are of the transformed
+    values (:mod:`corrdiff_xr.transforms`), not of the units its CRPS is in, so it takes the
+    std of ``truth[name]`` (a Dataset of the targets, NaN skipped) when given, else half the
+    physical width that the statistics' ``mean +- std`` decodes to.
+    """
     from corrdiff_xr.inference.downscaling import model_header
 
-    return _header_std(model_header(model))
+    return _header_std(model_header(model), truth)
 
 
-def _header_std(header: Mapping[str, Any]) -> dict[str, float]:
+def _header_std(header: Mapping[str, Any], truth: Any = None) -> dict[str, float]:
     from corrdiff_xr.inference.downscaling import _codec
 
     codec = _codec(header)
-    return {name: float(codec.stats[name][1]) for name in codec.out_channels}
+    out = {}
+    for name in codec.out_channels:
+        mean, std = (float(v) for v in codec.stats[name][:2])
+        transform = codec.transforms.get(name)
+        if transform is None:
+            out[name] = std
+            continue
+        if truth is not None and name in truth.data_vars:
+            out[name] = float(np.nanstd(np.asarray(truth[name].values, dtype=np.float64)))
+        else:  # no truth: the decoded half-width of mean +- std, in physical units too
+            ends = transform.inverse(np.array([mean - std, mean + std], dtype=np.float64))
+            out[name] = float(ends[1] - ends[0]) / 2
+        if not np.isfinite(out[name]) or out[name] <= 0:
+            raise ValueError(
+                f"target '{name}' has no spread to scale its CRPS by (std {out[name]:g}); "
+                "calibrate on a period in which it varies"
+            )
+    return out
 
 
 def ensemble_scores(ens, truth, std: Mapping[str, float]) -> dict[str, Any]:
@@ -189,7 +214,7 @@ def calibrate(
     **downscale_kwargs
         Passed to downscale (``patch``, ``chunks``, ``device`` ...).
     """
-    from corrdiff_xr.inference.downscaling import downscale, model_header
+    from corrdiff_xr.inference.downscaling import _codec, downscale, model_header
     from corrdiff_xr.inference.packages import resolve
 
     model, data, _ = resolve(model, data)  # a package: its model, the data on its grids
@@ -198,13 +223,13 @@ def calibrate(
     if not 0 <= tolerance < 1:
         raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
     header = model_header(model)  # read once: the targets, their std, the model's defaults
-    std = _header_std(header)
-    names = list(std)
+    names = list(_codec(header).out_channels)
     pair_ds = getattr(data, "dataset", data)
     missing = [n for n in names if n not in pair_ds.data_vars]
     if missing:
         raise ValueError(f"calibration needs the targets {missing} in the data (the truth)")
     truth = pair_ds[names].load()
+    std = _header_std(header, truth)  # a transformed target's: the truth's own, in its units
     own = header.get("sampler")
     given = [own or {}, *CANDIDATES] if candidates is None else list(candidates)
     configs: list[SamplerConfig] = []

@@ -298,6 +298,10 @@ class EDMConfig(Checked):
     denoiser as extra condition channels (CorrDiff's default). ``scale_condition`` scales
     the condition channels by ``c_in`` as well as the noisy latent, as the reference's
     deprecated ``EDMPrecondSR`` (``scale_cond_input=True``) does; keep it False otherwise.
+    ``objective``: ``residual`` diffuses the target minus the regression mean (CorrDiff);
+    ``direct`` diffuses the target itself, conditioned on the inputs alone (no regression
+    stage). ``nu`` (> 2) makes the noise Student-t with ``nu`` degrees of freedom (t-EDM,
+    Pandey et al. 2024); None keeps it Gaussian. Both are left out of headers at defaults.
     """
 
     sigma_data: float = setting(0.5, gt=0)
@@ -305,6 +309,8 @@ class EDMConfig(Checked):
     P_std: float = setting(1.2, gt=0)
     hr_mean_conditioning: bool = True
     scale_condition: bool = False
+    objective: Literal["residual", "direct"] = "residual"
+    nu: float | None = setting(None, gt=2)
 
 
 # -- training (training engineer) -----------------------------------------------------------
@@ -446,9 +452,20 @@ class TrainRunConfig(Checked):
 
     RULES = (
         Rule(
-            ("task", "training.regression_checkpoint"),
-            lambda task, ckpt: task == "regression" or ckpt is not None,
-            "a diffusion task needs training.regression_checkpoint (the trained regression model)",
+            ("task", "edm.objective", "training.regression_checkpoint"),
+            lambda task, obj, ckpt: task == "regression" or (ckpt is None) == (obj == "direct"),
+            "a diffusion task needs training.regression_checkpoint (the trained regression model)"
+            ", unless edm.objective is 'direct' (no regression stage: then drop it)",
+        ),
+        Rule(
+            ("task", "edm.objective"),
+            lambda task, obj: task != "regression" or obj == "residual",
+            "edm.objective='direct' has no regression stage: train it as task diffusion",
+        ),
+        Rule(
+            ("edm.nu", "sampler.solver"),
+            lambda nu, solver: nu is None or solver != "dpmpp_2m_sde",
+            "Student-t noise has no SDE form: use sampler.solver heun, euler or dpmpp_2m",
         ),
         Rule(
             ("task", "patch.shape"),

@@ -9,10 +9,22 @@ so that both the network's input and its training target have unit variance at e
 level. In CorrDiff (Mardani et al. 2023) ``x`` is the *residual* (target minus regression
 mean) and ``F`` also sees condition channels (the regression mean and the regridded coarse
 inputs) concatenated after the latent: the network input is ``[c_in x, condition]``.
+
+Two options of :class:`~corrdiff_xr.config.EDMConfig` change the method. ``objective="direct"``
+diffuses the target itself (the "mean" is zero and the condition the inputs alone), as the
+non-residual diffusion of CorrDiff COSMO-ERA5 does. ``nu`` makes the noise multivariate
+Student-t (t-EDM, Pandey et al. 2024, "Heavy-Tailed Diffusion Models"): ``n = z / sqrt(k / nu)``
+with ``z`` standard normal and one ``k ~ chi2(nu)`` per sample (per training row), so
+``x = y + sigma n`` has heavy tails for small ``nu`` and is Gaussian as ``nu -> inf``. The
+noise then has variance ``sigma^2 nu / (nu - 2)``: the preconditioning and the loss weight
+use that effective level (:func:`effective_sigma`), so the network's input and target keep
+unit variance. The noise level ``sigma`` itself (log-normal in training, the Karras schedule
+in sampling, ``c_noise``) is unchanged.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -20,9 +32,32 @@ import torch
 from torch import nn
 
 from corrdiff_xr import patching as _patching
-from corrdiff_xr.config import EDMConfig
+from corrdiff_xr.config import EDMConfig, to_dict
+from corrdiff_xr.noise import student_t_scale
 
-__all__ = ["EDMPrecond"]
+__all__ = ["EDMPrecond", "conditions_on_mean", "edm_dict", "effective_sigma"]
+
+
+def edm_dict(cfg: EDMConfig) -> dict:
+    """``cfg`` as plain data for a checkpoint header or run identity; ``objective`` and ``nu``
+    are left out at their defaults, so a residual Gaussian run reads as it did before."""
+    out = to_dict(cfg)
+    for key, default in (("objective", "residual"), ("nu", None)):
+        if out.get(key) == default:
+            del out[key]
+    return out
+
+
+def conditions_on_mean(cfg: EDMConfig) -> bool:
+    """Whether the denoiser's condition starts with the regression mean (residual runs with
+    ``hr_mean_conditioning``; a direct run has no mean to condition on)."""
+    return cfg.hr_mean_conditioning and cfg.objective == "residual"
+
+
+def effective_sigma(sigma, nu: float | None):
+    """The noise's standard deviation at level ``sigma``: ``sigma`` for Gaussian noise,
+    ``sigma sqrt(nu / (nu - 2))`` for Student-t noise with ``nu`` degrees of freedom."""
+    return sigma if nu is None else sigma * math.sqrt(nu / (nu - 2.0))
 
 
 class EDMPrecond(nn.Module):
@@ -44,6 +79,7 @@ class EDMPrecond(nn.Module):
         self.net = net
         self.sigma_data = float(edm.sigma_data)
         self.scale_condition = bool(edm.scale_condition)
+        self.nu = None if edm.nu is None else float(edm.nu)
 
     def forward(
         self,
@@ -57,10 +93,11 @@ class EDMPrecond(nn.Module):
         """Denoised estimate of ``x`` (N, C, h, w) at noise level ``sigma`` (scalar or (N,))."""
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
         sd2 = self.sigma_data**2
-        # Karras et al. (2022), Table 1, "EDM" column:
-        c_skip = sd2 / (sigma**2 + sd2)
-        c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
-        c_in = 1.0 / (sigma**2 + sd2).sqrt()
+        s = effective_sigma(sigma, self.nu)  # the noise's std (t-EDM); sigma when Gaussian
+        # Karras et al. (2022), Table 1, "EDM" column (Pandey et al. 2024 for Student-t):
+        c_skip = sd2 / (s**2 + sd2)
+        c_out = s * self.sigma_data / (s**2 + sd2).sqrt()
+        c_in = 1.0 / (s**2 + sd2).sqrt()
         c_noise = sigma.log() / 4
 
         inputs = c_in * x
@@ -121,8 +158,10 @@ def sample_sigma(
     return (torch.randn(n, generator=generator, dtype=dtype, device=device) * P_std + P_mean).exp()
 
 
-def loss_weight(sigma: torch.Tensor, *, sigma_data: float) -> torch.Tensor:
-    """EDM loss weight ``lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2``."""
+def loss_weight(sigma: torch.Tensor, *, sigma_data: float, nu: float | None = None) -> torch.Tensor:
+    """EDM loss weight ``lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2``,
+    with ``sigma`` the noise's standard deviation (:func:`effective_sigma`) when ``nu`` is set."""
+    sigma = effective_sigma(sigma, nu)
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
@@ -275,7 +314,7 @@ def residual_loss(
     mean = _residual_mean(x, y, mean=mean, regression=regression, offsets=offsets)
     y, valid = _fill_missing(y)
     residual = (y - mean) * valid  # 0 where the target is missing: the denoiser sees noise
-    condition = residual_condition(x, mean, hr_mean_conditioning=edm.hr_mean_conditioning)
+    condition = residual_condition(x, mean, hr_mean_conditioning=conditions_on_mean(edm))
     if patch is not None:
         if origins is None:
             origins = _patching.random_origins(
@@ -294,7 +333,7 @@ def residual_loss(
     sigma, noise = _noise(residual, edm, sigma=sigma, noise=noise, generator=generator, like=y)
     s = sigma.reshape(-1, 1, 1, 1)
     denoised = denoiser(residual + s * noise, sigma, condition=condition, offsets=offsets)
-    loss = loss_weight(s, sigma_data=edm.sigma_data) * (denoised - residual) ** 2
+    loss = loss_weight(s, sigma_data=edm.sigma_data, nu=edm.nu) * (denoised - residual) ** 2
     return _reduce(_masked(loss, valid), reduction, y.shape[0])
 
 
@@ -332,8 +371,9 @@ def _patch_rows(residual, condition, x, *, patch, origins, offsets, global_conte
 def _noise(
     residual, edm: EDMConfig, *, sigma, noise, generator, like
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise levels ``(n,)`` and standard-normal noise of the rows, given or drawn (sigma
-    first), in the dtype and on the device of the targets ``like``."""
+    """Noise levels ``(n,)`` and the noise of the rows, given or drawn (sigma first), in the
+    dtype and on the device of the targets ``like``: standard normal, or with ``edm.nu``
+    multivariate Student-t (the normal draw, then one chi-square scale per row)."""
     n, dtype, device = residual.shape[0], like.dtype, like.device
     if sigma is None:
         sigma = sample_sigma(
@@ -344,6 +384,9 @@ def _noise(
         raise ValueError(f"sigma has {sigma.shape[0]} values, expected one per row ({n})")
     if noise is None:
         noise = torch.randn(residual.shape, generator=generator, dtype=dtype, device=device)
+        if edm.nu is not None:
+            scale = student_t_scale(generator, n, edm.nu, dtype=dtype, device=device)
+            noise = noise * scale.reshape(-1, *[1] * (noise.ndim - 1))
     if noise.shape != residual.shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(residual.shape)}")
     return sigma, noise

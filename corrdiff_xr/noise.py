@@ -19,6 +19,7 @@ layout              key words (SeedSequence entropy, in order)  tag        high 
 :data:`TRAIN_PATCH` seed, epoch, time index                     0x9A7C4    state word 1
 :data:`VALIDATION`  seed, time index, member                    0x7A11D    state word 1
 :data:`FIELD`       seed, time, member, draw, tile row, col     0xF1E1D    state word 0
+:data:`FIELD_T`     seed, time, member, draw                    0x7D157    state word 0
 ==================  ==========================================  =========  ==========
 
 :data:`FIELD` keys the noise of patched inference with shared noise (:class:`FieldNoise`):
@@ -27,6 +28,9 @@ square tiles of :data:`FIELD_TILE` pixels on a lattice anchored at pixel (0, 0),
 from its own key. A patch takes the part of the field it covers, so overlapping patches
 start from the same latents and receive the same churn noise where they overlap, and a
 pixel's noise depends on where it is, never on which patch, block or worker draws it.
+Student-t noise (t-EDM) divides a whole draw by one ``sqrt(chi2(nu) / nu)``
+(:func:`student_t_scale`); for the shared field that chi-square is keyed by :data:`FIELD_T`
+(no tile words: one per field, so every patch of a member sees the same scale).
 
 The tag is appended after the key words (it came last in the original recipes), so the two
 training keys never coincide; inference keys, untagged, have five words or more against the
@@ -52,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIELD",
+    "FIELD_T",
     "FIELD_TILE",
     "INFERENCE",
     "TRAIN_PATCH",
@@ -62,6 +67,7 @@ __all__ = [
     "keyed_seed",
     "patch_generator",
     "patch_seed",
+    "student_t_scale",
     "time_key",
 ]
 
@@ -136,8 +142,35 @@ FIELD = KeyLayout(
     high_word=0,
     wrapped=frozenset({"time", "row", "col"}),
 )
+#: the chi-square of the ``draw``-th Student-t field of one member at one time (t-EDM)
+FIELD_T = KeyLayout(
+    "inference Student-t scale",
+    ("seed", "time", "member", "draw"),
+    tag=0x7D157,
+    high_word=0,
+    wrapped=frozenset({"time"}),
+)
 #: side of the square tiles of :data:`FIELD` (pixels)
 FIELD_TILE = 16
+
+
+def student_t_scale(source: Any, n: int, nu: float, *, dtype=None, device=None) -> torch.Tensor:
+    """``n`` factors ``sqrt(nu / k)``, ``k ~ chi2(nu)``: a standard-normal draw times one of
+    them is multivariate Student-t with ``nu`` degrees of freedom.
+
+    ``source`` is a :class:`torch.Generator` (None: torch's global one), from which one
+    integer seeds NumPy's chi-square sampler (torch has none that takes a generator), or a
+    :class:`FieldNoise`, whose scale is keyed by :data:`FIELD_T` for its last draw.
+    """
+    import torch
+
+    if hasattr(source, "chi2"):
+        k = np.full(n, source.chi2(nu))  # one field, one scale
+    else:
+        on = source.device if source is not None else "cpu"
+        seed = int(torch.randint(0, 2**62, (1,), generator=source, device=on))
+        k = np.random.default_rng(seed).chisquare(nu, size=n)
+    return torch.as_tensor(np.sqrt(nu / k), dtype=dtype, device=device)
 
 
 def keyed_seed(layout: KeyLayout, *key: int) -> int:
@@ -271,3 +304,11 @@ class FieldNoise:
         self.draws += 1
         dy, dx = r0 - rows[0] * t, c0 - cols[0] * t
         return field[:, dy : dy + h, dx : dx + w]
+
+    def chi2(self, nu: float) -> float:
+        """The chi-square (``nu`` degrees of freedom) of the last draw's whole field, the
+        same under every patch (:data:`FIELD_T`)."""
+        if self.draws == 0:
+            raise ValueError("FieldNoise.chi2 scales a draw: call randn first")
+        rng = np.random.default_rng(keyed_seed(FIELD_T, *self.key, self.draws - 1))
+        return float(rng.chisquare(nu))

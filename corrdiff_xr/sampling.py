@@ -20,6 +20,14 @@ both solvers (the reference's CorrDiff generation hard-wires it to 0), the per-s
 capped at ``sqrt(2) - 1`` as in EDM (the reference's stochastic sampler does not cap it), and
 noise is only drawn on steps that use it. With ``S_churn = 0`` the Heun sampler is
 Algorithm 1 of Karras et al. (2022) and matches the reference's deterministic sampler.
+
+Student-t noise (t-EDM, ``nu``; see :mod:`corrdiff_xr.edm`): the latents and the churn noise
+are multivariate Student-t with the model's ``nu`` (one chi-square per sample and draw, from
+the sample's generator). The probability-flow ODE ``dx/dsigma = (x - D) / sigma`` holds for
+any noise law of ``x = y + sigma n`` (its velocity is ``E[n | x]``), so ``heun``, ``euler``
+and ``dpmpp_2m`` stay exact; churn with Student-t noise is a heuristic as in t-EDM (a sum of
+Student-t draws is not Student-t). ``dpmpp_2m_sde``'s noise term is the Gaussian transition
+of the reverse SDE, which has no Student-t form: it is refused.
 """
 
 from __future__ import annotations
@@ -32,11 +40,13 @@ import torch
 from torch import Tensor
 
 from corrdiff_xr.config import SamplerConfig
+from corrdiff_xr.noise import student_t_scale
 
 __all__ = [
     "SAMPLERS",
     "Denoiser",
     "CALLS_PER_STEPS",
+    "check_solver",
     "dpmpp_2m",
     "dpmpp_2m_sde",
     "draw_latents",
@@ -107,18 +117,29 @@ def make_generators(
 
 
 def _randn_per_sample(
-    generators: Sequence[torch.Generator], shape: Sequence[int], *, dtype, device
+    generators: Sequence[torch.Generator], shape: Sequence[int], *, dtype, device, nu=None
 ) -> Tensor:
     # One draw per generator, so sample n's numbers depend only on generators[n]; a noise
     # source with its own randn (corrdiff_xr.noise.FieldNoise) stands in for a generator
-    return torch.stack(
-        [
-            g.randn(tuple(shape), dtype=dtype, device=device)
-            if hasattr(g, "randn")
-            else torch.randn(tuple(shape), generator=g, dtype=dtype, device=device)
-            for g in generators
-        ]
-    )
+    draws = []
+    for g in generators:
+        if hasattr(g, "randn"):
+            z = g.randn(tuple(shape), dtype=dtype, device=device)
+        else:
+            z = torch.randn(tuple(shape), generator=g, dtype=dtype, device=device)
+        if nu is not None:  # multivariate Student-t: one chi-square per sample and draw
+            z = z * student_t_scale(g, 1, nu, dtype=dtype, device=z.device)
+        draws.append(z)
+    return torch.stack(draws)
+
+
+def check_solver(solver: str, nu: float | None) -> None:
+    """Refuse a solver whose maths needs Gaussian noise when the model's is Student-t."""
+    if nu is not None and solver in _GAUSSIAN_ONLY:
+        raise ValueError(
+            f"sampler.solver={solver!r} needs Gaussian noise but the model's is Student-t "
+            f"(edm.nu={nu:g}): use heun, euler or dpmpp_2m"
+        )
 
 
 def draw_latents(
@@ -127,8 +148,10 @@ def draw_latents(
     *,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    nu: float | None = None,
 ) -> Tensor:
-    """Standard-normal latents of shape ``(len(generators), *shape)``, one generator each.
+    """Standard-normal latents of shape ``(len(generators), *shape)``, one generator each
+    (multivariate Student-t with ``nu`` degrees of freedom when ``nu`` is given).
 
     Draw these before sampling: the samplers then take churn noise from the same generators.
     A generator may also be any noise source with ``randn(shape, dtype=, device=)`` (the
@@ -136,7 +159,7 @@ def draw_latents(
     """
     if len(generators) == 0:
         raise ValueError("draw_latents needs at least one generator")
-    return _randn_per_sample(generators, shape, dtype=dtype, device=device)
+    return _randn_per_sample(generators, shape, dtype=dtype, device=device, nu=nu)
 
 
 def _churn(
@@ -146,6 +169,7 @@ def _churn(
     num_steps: int,
     generators: Sequence[torch.Generator] | None,
     config: SamplerConfig,
+    nu: float | None = None,
 ) -> tuple[Tensor, float]:
     """Raise the noise level from ``sigma`` to ``sigma_hat`` (EDM Algorithm 2, lines 5-7)."""
     in_window = config.S_min <= sigma <= config.S_max
@@ -159,7 +183,7 @@ def _churn(
             f"batch has {x.shape[0]} samples, got {got} generators"
         )
     sigma_hat = sigma * (1.0 + gamma)
-    eps = _randn_per_sample(generators, x.shape[1:], dtype=x.dtype, device=x.device)
+    eps = _randn_per_sample(generators, x.shape[1:], dtype=x.dtype, device=x.device, nu=nu)
     return x + math.sqrt(sigma_hat**2 - sigma**2) * config.S_noise * eps, sigma_hat
 
 
@@ -190,6 +214,7 @@ def euler(
     *,
     generators: Sequence[torch.Generator] | None = None,
     config: SamplerConfig | None = None,
+    nu: float | None = None,
 ) -> Tensor:
     """First-order EDM sampler (Euler steps on the probability-flow ODE, optional churn).
 
@@ -215,7 +240,9 @@ def euler(
     Tensor
         The sample at noise level ``sigmas[-1]``, same shape and dtype as ``x``.
     """
-    return _integrate(denoise, x, sigmas, second_order=False, generators=generators, config=config)
+    return _integrate(
+        denoise, x, sigmas, second_order=False, generators=generators, config=config, nu=nu
+    )
 
 
 def heun(
@@ -225,6 +252,7 @@ def heun(
     *,
     generators: Sequence[torch.Generator] | None = None,
     config: SamplerConfig | None = None,
+    nu: float | None = None,
 ) -> Tensor:
     """Second-order EDM sampler (Karras et al. 2022, Algorithms 1 and 2).
 
@@ -232,7 +260,9 @@ def heun(
     slope at its end (Heun's method), except the last step to ``sigma = 0``, which stays
     Euler (the slope is undefined there).
     """
-    return _integrate(denoise, x, sigmas, second_order=True, generators=generators, config=config)
+    return _integrate(
+        denoise, x, sigmas, second_order=True, generators=generators, config=config, nu=nu
+    )
 
 
 def _integrate(
@@ -243,12 +273,15 @@ def _integrate(
     second_order: bool,
     generators: Sequence[torch.Generator] | None,
     config: SamplerConfig | None,
+    nu: float | None = None,
 ) -> Tensor:
     config = config or SamplerConfig()
     values = _check(x, sigmas)
     num_steps = len(values) - 1
     for sigma, sigma_next in pairwise(values):
-        x, sigma_hat = _churn(x, sigma, num_steps=num_steps, generators=generators, config=config)
+        x, sigma_hat = _churn(
+            x, sigma, num_steps=num_steps, generators=generators, config=config, nu=nu
+        )
         # dx/dsigma = (x - D(x; sigma)) / sigma  (EDM eq. 4 with s(t)=1, sigma(t)=t)
         d = (x - _denoise_at(denoise, x, sigma_hat)) / sigma_hat
         x_next = x + (sigma_next - sigma_hat) * d
@@ -266,6 +299,7 @@ def dpmpp_2m(
     *,
     generators: Sequence[torch.Generator] | None = None,
     config: SamplerConfig | None = None,
+    nu: float | None = None,
 ) -> Tensor:
     """DPM-Solver++(2M): a second-order multistep solver, one network call per step.
 
@@ -284,7 +318,7 @@ def dpmpp_2m(
     and ``x_next = D``) are first order. So ``N`` steps cost ``N`` network calls, against
     ``2 N - 1`` for :func:`heun`, for the same order of accuracy.
     """
-    return _multistep(denoise, x, sigmas, eta=0.0, generators=generators, config=config)
+    return _multistep(denoise, x, sigmas, eta=0.0, generators=generators, config=config, nu=nu)
 
 
 def dpmpp_2m_sde(
@@ -294,6 +328,7 @@ def dpmpp_2m_sde(
     *,
     generators: Sequence[torch.Generator] | None = None,
     config: SamplerConfig | None = None,
+    nu: float | None = None,
 ) -> Tensor:
     """The stochastic DPM-Solver++(2M): the same multistep update for the reverse SDE.
 
@@ -306,6 +341,7 @@ def dpmpp_2m_sde(
         x_next = (sigma_next / sigma) e^{-eta h} x + (1 - e^{-(1 + eta) h}) D'
                  + sigma_next sqrt(1 - e^{-2 eta h}) eps
     """
+    check_solver("dpmpp_2m_sde", nu)
     eta = (config or SamplerConfig()).eta
     return _multistep(denoise, x, sigmas, eta=eta, generators=generators, config=config)
 
@@ -318,6 +354,7 @@ def _multistep(
     eta: float,
     generators: Sequence[torch.Generator] | None,
     config: SamplerConfig | None,
+    nu: float | None = None,
 ) -> Tensor:
     config = config or SamplerConfig()
     values = _check(x, sigmas)
@@ -330,7 +367,9 @@ def _multistep(
         )
     previous = None  # (lambda, D) of the last evaluation
     for sigma, sigma_next in pairwise(values):
-        x, sigma_hat = _churn(x, sigma, num_steps=num_steps, generators=generators, config=config)
+        x, sigma_hat = _churn(
+            x, sigma, num_steps=num_steps, generators=generators, config=config, nu=nu
+        )
         denoised = _denoise_at(denoise, x, sigma_hat)
         lam = -math.log(sigma_hat)
         if sigma_next == 0:
@@ -357,6 +396,8 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "dpmpp_2m": dpmpp_2m,
     "dpmpp_2m_sde": dpmpp_2m_sde,
 }
+#: solvers whose noise must be Gaussian (refused with Student-t noise, see the module docstring)
+_GAUSSIAN_ONLY = frozenset({"dpmpp_2m_sde"})
 #: network calls per member of each solver for ``N`` steps
 CALLS_PER_STEPS: dict[str, Callable[[int], int]] = {
     "heun": lambda n: 2 * n - 1,
@@ -372,6 +413,7 @@ def sample(
     *,
     config: SamplerConfig | None = None,
     generators: Sequence[torch.Generator] | None = None,
+    nu: float | None = None,
 ) -> Tensor:
     """Run the sampler of ``config`` from standard-normal ``latents``.
 
@@ -388,8 +430,13 @@ def sample(
         Solver, schedule and churn settings (``SamplerConfig()``, the reference's, if None).
     generators
         One per sample; required when ``config.S_churn > 0``.
+    nu
+        Student-t degrees of freedom of the model's noise (None: Gaussian): the churn noise
+        is drawn so, and the latents should be too (:func:`draw_latents` with ``nu``).
     """
     config = config or SamplerConfig()
+    check_solver(config.solver, nu)
     sigmas = karras_sigmas(config, device=latents.device)
     x = latents * sigmas[0].to(latents.dtype)
-    return SAMPLERS[config.solver](denoise, x, sigmas, generators=generators, config=config)
+    solver = SAMPLERS[config.solver]
+    return solver(denoise, x, sigmas, generators=generators, config=config, nu=nu)

@@ -59,6 +59,7 @@ FIELDS = [
     ("edm.sigma_data", NAN, None, "nan", "a finite number > 0"),
     ("edm.P_mean", INF, None, "inf", "a finite number"),
     ("edm.P_std", 0.0, None, "0.0", "a finite number > 0"),
+    ("edm.nu", 2.0, None, "2.0", "a finite number > 2"),
     ("training.duration", 0, None, "0", "an integer >= 1"),
     ("training.total_batch_size", 0, None, "0", "an integer in [1, 65536]"),
     ("training.total_batch_size", 10**7, None, "10000000", "an integer in [1, 65536]"),
@@ -131,7 +132,7 @@ RULES = [
     ),
     (
         {"task": "diffusion"},
-        "task='diffusion', training.regression_checkpoint=None",
+        "task='diffusion', edm.objective='residual', training.regression_checkpoint=None",
         "needs training.regression_checkpoint",
     ),
     ({**PATCHED}, "task='patched_diffusion', patch.shape=None", "needs patch.shape"),

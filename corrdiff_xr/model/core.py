@@ -9,7 +9,9 @@ statistics.
 A sample is ``mean + residual`` where the residual is drawn by the sampler of
 :mod:`corrdiff_xr.sampling` from latents taken from *that sample's* ``torch.Generator``, so a
 member never depends on how members or patches were batched. ``offsets`` give each sample's
-top-left pixel on the global grid, so patches see the right positional embedding.
+top-left pixel on the global grid, so patches see the right positional embedding. A model
+with ``edm.objective="direct"`` has no regression network: its "mean" is zero
+(:class:`ZeroMean`), so the same pipeline samples the target itself.
 
 A model trained on targets with a fixed mask (NaN over the sea at every training time)
 carries ``target_mask``, a boolean ``(C_out, H, W)`` buffer of the pixels it was trained on:
@@ -40,7 +42,7 @@ from corrdiff_xr.config import (
     from_dict,
     to_dict,
 )
-from corrdiff_xr.edm import EDMPrecond, residual_condition
+from corrdiff_xr.edm import EDMPrecond, conditions_on_mean, edm_dict, residual_condition
 from corrdiff_xr.errors import CorrDiffError
 from corrdiff_xr.model.safety import (
     MAX_HEADER_BYTES,
@@ -60,6 +62,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
     "CorrDiff",
+    "ZeroMean",
     "load_weights",
     "read_checkpoint_header",
 ]
@@ -76,6 +79,17 @@ DEFAULT_EDM = EDMConfig()
 DEFAULT_SAMPLER = SamplerConfig()
 
 
+class ZeroMean(nn.Module):
+    """The "regression" of a direct model (``edm.objective="direct"``): zeros, no weights."""
+
+    def __init__(self, out_channels: int):
+        super().__init__()
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor, **_: Any) -> torch.Tensor:
+        return x.new_zeros(x.shape[0], self.out_channels, *x.shape[-2:])
+
+
 class CorrDiff(nn.Module):
     """Regression mean + EDM residual diffusion (Mardani et al. 2023), in normalised space.
 
@@ -87,7 +101,8 @@ class CorrDiff(nn.Module):
     img_shape : tuple of int
         The global fine grid (H, W) that positional embeddings cover.
     regression_network, residual_network : NetworkConfig
-        Network hyper-parameters; ``residual_network=None`` builds a regression-only model.
+        Network hyper-parameters; ``residual_network=None`` builds a regression-only model,
+        ``regression_network=None`` (with ``edm.objective="direct"`` only) a direct one.
         Each is built by the backbone its ``arch`` names (:mod:`corrdiff_xr.nn.backbones`).
     edm : EDMConfig
         Preconditioning (``sigma_data``) and whether the residual sees the regression mean.
@@ -106,7 +121,7 @@ class CorrDiff(nn.Module):
         codec: Any = None,
         *,
         img_shape: Sequence[int],
-        regression_network: NetworkConfig = DEFAULT_REGRESSION,
+        regression_network: NetworkConfig | None = DEFAULT_REGRESSION,
         residual_network: NetworkConfig | None = DEFAULT_RESIDUAL,
         edm: EDMConfig = DEFAULT_EDM,
         in_channels: int | None = None,
@@ -138,18 +153,16 @@ class CorrDiff(nn.Module):
         self.edm_config = edm
         self.sampler_config = sampler
 
-        self.regression = RegressionUNet(
-            build_network(
-                regression_network,
-                in_channels=out_channels + in_channels,
-                out_channels=out_channels,
-                img_shape=self.img_shape,
-                what="regression_network",
+        direct = edm.objective == "direct"
+        if direct != (regression_network is None) or (direct and residual_network is None):
+            raise ValueError(
+                "edm.objective='direct' needs regression_network=None and a residual_network; "
+                f"'residual' needs a regression_network (objective={edm.objective!r})"
             )
-        )
+        self.regression = ZeroMean(self.out_channels) if direct else self._regression()
         self.residual: EDMPrecond | None = None
         if residual_network is not None:
-            cond = in_channels + (out_channels if edm.hr_mean_conditioning else 0)
+            cond = in_channels + (out_channels if conditions_on_mean(edm) else 0)
             net = build_network(
                 residual_network,
                 in_channels=out_channels + cond,
@@ -167,6 +180,16 @@ class CorrDiff(nn.Module):
         self.register_buffer("target_mask", None)  # a None buffer stays out of state_dict
         if target_mask:
             self.set_target_mask(torch.ones(self.out_channels, *self.img_shape, dtype=torch.bool))
+
+    def _regression(self) -> RegressionUNet:
+        net = build_network(
+            self.regression_config,
+            in_channels=self.out_channels + self.in_channels,
+            out_channels=self.out_channels,
+            img_shape=self.img_shape,
+            what="regression_network",
+        )
+        return RegressionUNet(net)
 
     def set_target_mask(self, valid: Any) -> None:
         """Record the pixels each target was trained on (``(C_out, H, W)`` booleans, True =
@@ -240,19 +263,21 @@ class CorrDiff(nn.Module):
             mean = self.predict_mean(x, offsets=offsets, lead_time=lead_time)
         if self.residual is None:
             return mean
-        cond = residual_condition(
-            x, mean, hr_mean_conditioning=self.edm_config.hr_mean_conditioning
-        )
+        edm = self.edm_config
+        sampler = sampler or self.sampler_config or DEFAULT_SAMPLER
+        sampling.check_solver(sampler.solver, edm.nu)  # before any work
+        cond = residual_condition(x, mean, hr_mean_conditioning=conditions_on_mean(edm))
         _n, _, h, w = x.shape
         latents = sampling.draw_latents(
-            generators, (self.out_channels, h, w), dtype=x.dtype, device=x.device
+            generators, (self.out_channels, h, w), dtype=x.dtype, device=x.device, nu=edm.nu
         )
 
         def denoise(xt: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             return self.residual(xt, sigma, condition=cond, offsets=offsets, lead_time=lead_time)
 
-        sampler = sampler or self.sampler_config or DEFAULT_SAMPLER
-        residual = sampling.sample(denoise, latents, config=sampler, generators=generators)
+        residual = sampling.sample(
+            denoise, latents, config=sampler, generators=generators, nu=edm.nu
+        )
         return mean + residual.to(mean.dtype)
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -273,11 +298,13 @@ class CorrDiff(nn.Module):
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
             # arch and options left out at their defaults: SongUNet headers read as before
-            "regression_network": network_dict(self.regression_config),
+            "regression_network": None
+            if self.regression_config is None
+            else network_dict(self.regression_config),
             "residual_network": network_dict(self.residual_config)
             if self.residual_config is not None
             else None,
-            "edm": to_dict(self.edm_config),
+            "edm": edm_dict(self.edm_config),  # objective, nu: left out at defaults
             "versions": {
                 "corrdiff_xr": __version__,
                 "torch": torch.__version__,
@@ -429,20 +456,18 @@ def _header_kwargs(header: Any, *, source: str) -> dict[str, Any]:
                 )
     else:
         channels = tuple(count(header[k], f"{source}: {k}") for k in keys)
-    res = header.get("residual_network")
+    res, reg = header.get("residual_network"), header["regression_network"]
+    edm = _config(EDMConfig, header["edm"], source=source, key="edm")
     return {
         "codec": codec,
         "img_shape": img_shape(header["img_shape"], f"{source}: img_shape"),
-        "regression_network": _config(
-            NetworkConfig,
-            header["regression_network"],
-            source=source,
-            key="regression_network",
-        ),
+        "regression_network": None  # a direct model has none
+        if reg is None and edm.objective == "direct"
+        else _config(NetworkConfig, reg, source=source, key="regression_network"),
         "residual_network": None
         if res is None
         else _config(NetworkConfig, res, source=source, key="residual_network"),
-        "edm": _config(EDMConfig, header["edm"], source=source, key="edm"),
+        "edm": edm,
         "in_channels": channels[0],
         "out_channels": channels[1],
         "target_mask": _flag(header.get("target_mask", False), f"{source}: target_mask"),

@@ -169,6 +169,7 @@ def run_identity(
                 )
     sizes = pair.dataset.sizes
     times = pair.dataset[TIME].values
+    from corrdiff_xr.edm import edm_dict
     from corrdiff_xr.nn.backbones import network_dict  # arch, options: left out at defaults
 
     network = {k: v for k, v in network_dict(cfg.network).items() if k not in _EXECUTION}
@@ -190,7 +191,7 @@ def run_identity(
         "codec": codec
         or codec_identity(pair.inputs, pair.targets, pair.static, _pair_attrs(pair), **declared),
         "network": network,
-        "edm": to_dict(cfg.edm),
+        "edm": edm_dict(cfg.edm),  # objective, nu: left out at defaults
         "patch": to_dict(cfg.patch),
         "training": {"patch_num": cfg.training.patch_num},
         "regression_checkpoint": None

@@ -195,7 +195,7 @@ def _build_run(cfg: TrainRunConfig, info: ProcessInfo, device: torch.device) -> 
         cfg, start.codec, start.img_shape, regression_network=start.regression_network
     )
     model.set_target_mask(start.target_mask)
-    if start.latest is None and cfg.task != "regression":
+    if start.latest is None and start.regression_network is not None:  # a frozen mean
         frozen = CorrDiff.load(model_file(t.regression_checkpoint))
         model.regression.load_state_dict(frozen.regression.state_dict())
         model.set_target_mask(frozen.target_mask)  # the pixels the mean was trained on

@@ -4,8 +4,10 @@ logs the loss (``loss_by_sigma/...``).
 
 ``regression`` is the mean UNet's squared error on whole images; ``diffusion`` and
 ``patched_diffusion`` are the EDM residual loss on the frozen regression mean (on
-``training.patch_num`` random patches per image for the latter). Missing targets (NaN)
-contribute nothing (see :mod:`corrdiff_xr.edm`).
+``training.patch_num`` random patches per image for the latter). With
+``edm.objective: direct`` the model's mean is zero (:class:`~corrdiff_xr.model.core.ZeroMean`),
+so the same loss is EDM on the target itself; with ``edm.nu`` its noise is Student-t
+(:mod:`corrdiff_xr.edm`). Missing targets (NaN) contribute nothing.
 """
 
 from __future__ import annotations

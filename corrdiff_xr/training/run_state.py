@@ -109,7 +109,8 @@ def open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
     else:  # the networks see whole images (the frozen regression net too, for diffusion)
         check_shape(cfg.network, img_shape, f"the fine grid of data.source {cfg.data.source}")
     reg_header, reg_codec, reg_sha = None, None, None
-    if cfg.task != "regression":
+    frozen_mean = cfg.task != "regression" and cfg.edm.objective == "residual"
+    if frozen_mean:
         reg_file = model_file(t.regression_checkpoint)
         reg_header = read_checkpoint_header(reg_file)
         if tuple(reg_header["img_shape"]) != img_shape:
@@ -147,7 +148,7 @@ def open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
     if header is not None:
         codec = Codec.from_dict(header["codec"])
     else:
-        codec = new_codec(cfg, train_pair)  # a new regression run: statistics computed here
+        codec = new_codec(cfg, train_pair)  # a new regression or direct run: computed here
     if info.distributed:
         torch.distributed.barrier()  # every rank has looked at the directory before rank 0 writes
     if info.rank == 0:
@@ -163,14 +164,14 @@ def open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
         saved["data"] = redact_options(saved["data"])  # no password or token in the run's files
         (out / "config.yaml").write_text(_yaml(saved))
     reg_net = None
-    if cfg.task != "regression":
+    if frozen_mean:
         reg_net = from_dict(NetworkConfig, header["regression_network"], path="regression_network")
     pairs = [
         None if p is None else codec_variables(p, codec, source=cfg.data.source)
         for p in (train_pair, valid_pair)
     ]
     mask = None
-    if latest is None and cfg.task == "regression":  # later runs take it from a checkpoint
+    if latest is None and not frozen_mean:  # later runs take it from a checkpoint
         mask = valid_target_pixels(pairs[0])
     return Start(*pairs, codec, img_shape, latest, reg_net, mask)
 

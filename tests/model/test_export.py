@@ -338,6 +338,14 @@ def test_a_model_with_transformed_targets_is_refused(tmp_path):
     assert not (tmp_path / "pkg").exists()
 
 
+def test_a_student_t_model_is_refused(tmp_path):
+    data = era5_like(curvilinear=True)
+    model = tiny_model(data)
+    model.edm_config = dataclasses.replace(model.edm_config, nu=5.0)
+    with pytest.raises(ExportError, match=r"edm.nu=5.0; a generic package holds a residual EDM"):
+        export_package(model, data, tmp_path / "pkg")
+
+
 def test_grids_the_package_cannot_represent_are_refused(tmp_path):
     model = tiny_model(era5_like(curvilinear=True))
     with pytest.raises(ExportError, match="latitude decreases along y"):

@@ -353,6 +353,13 @@ def export_package(
             f"the model transforms or bounds {shaped} (data.transforms/bounds); the generic "
             "package layout normalises raw values only, so it cannot be exported as one"
         )
+    edm = model.edm_config
+    if getattr(edm, "objective", "residual") != "residual" or getattr(edm, "nu", None) is not None:
+        raise ExportError(
+            f"the model's objective is edm.objective={getattr(edm, 'objective', 'residual')!r}, "
+            f"edm.nu={getattr(edm, 'nu', None)!r}; a generic package holds a residual EDM "
+            "model with Gaussian noise only"
+        )
     if model.target_mask is not None:
         _warn("the model masks its targets; Earth2Studio writes every pixel (no NaN mask)")
     pair = open_source(data, params=params, static=list(model.codec.static) or None,

@@ -47,48 +47,10 @@ import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from package_fixtures import STATS, write_generic_package  # noqa: E402
+from package_fixtures import ARCO, era5_archive, write_generic_package  # noqa: E402
 from physicsnemo_ref import physicsnemo  # noqa: E402
 
-#: ERA5/ARCO names of the fixture package's inputs: (variable, level or None)
-ARCO = {
-    "t2m": ("2m_temperature", None),
-    "u10m": ("10m_u_component_of_wind", None),
-    "v10m": ("10m_v_component_of_wind", None),
-    "msl": ("mean_sea_level_pressure", None),
-    "tcwv": ("total_column_water_vapour", None),
-    "z500": ("geopotential", 500),
-    "t850": ("temperature", 850),
-}
-UNITS = {"t2m": "K", "u10m": "m s-1", "v10m": "m s-1", "msl": "Pa", "tcwv": "kg m-2",
-         "z500": "m2 s-2", "t850": "K"}  # fmt: skip
 MINI = {"num_blocks": 4, "attn_resolutions": [16]}
-
-
-def era5_archive(times: int = 2, seed: int = 0) -> xr.Dataset:
-    """A global 1-degree archive in ERA5/ARCO conventions with smooth fields (float32)."""
-    lat = np.arange(90.0, -90.5, -1.0)
-    lon = np.arange(0.0, 360.0, 1.0)
-    levels = np.array([1000, 850, 500])
-    rng = np.random.default_rng(seed)
-    phi, lam = np.meshgrid(np.deg2rad(lat), np.deg2rad(lon), indexing="ij")
-
-    def field(name: str) -> np.ndarray:
-        mean, std = STATS[name]
-        noise = 0.3 * rng.standard_normal((times, *phi.shape))
-        return (mean + std * (np.cos(2 * phi) * np.sin(lam) + noise)).astype(np.float32)
-
-    out = {}
-    for name, (var, level) in ARCO.items():
-        if level is None:
-            out[var] = (("time", "latitude", "longitude"), field(name), {"units": UNITS[name]})
-        else:  # the package's level holds its field; the other levels are plausible copies
-            stack = np.stack([field(name) for _ in levels], axis=1)
-            stack[:, list(levels).index(level)] = field(name)
-            out[var] = (("time", "level", "latitude", "longitude"), stack, {"units": UNITS[name]})
-    t = np.datetime64("2023-07-01T00", "ns") + np.arange(times) * np.timedelta64(6, "h")
-    coords = {"time": t, "level": levels, "latitude": lat, "longitude": lon}
-    return xr.Dataset(out, coords=coords).chunk({"time": 1})
 
 
 def _median(times: list[float]) -> float:
@@ -110,7 +72,7 @@ def _e2s_input(model, archive: xr.Dataset, t: int) -> tuple[torch.Tensor, Ordere
     lat, lon = model.lat_input_numpy, model.lon_input_numpy
     fields = []
     for name in model.input_variables:
-        var, level = ARCO[name]
+        var, level, _ = ARCO[name]
         v = archive[var].isel(time=t)
         v = v.sel(level=level) if level is not None else v
         fields.append(v.sel(latitude=lat, longitude=lon % 360).values)
@@ -138,7 +100,7 @@ def run(args: argparse.Namespace) -> dict:
         network=MINI,
         metadata={"number_of_samples": members, "number_of_steps": args.steps, "seed": 0},
     )
-    archive = era5_archive()
+    archive = era5_archive().chunk({"time": 1})
     e2s = _earth2studio(directory)
     package = open_package(directory)
     one = archive.isel(time=[0])

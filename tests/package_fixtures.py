@@ -38,6 +38,7 @@ __all__ = [
     "STATS",
     "TAIWAN_INPUT_INDICES",
     "TAIWAN_OUTPUT_INDICES",
+    "era5_archive",
     "write_generic_package",
     "write_taiwan_package",
     "zip_package",
@@ -300,3 +301,40 @@ def write_taiwan_package(
         file.unlink() if file.is_file() else file.rmdir()
     root.rmdir()
     return path
+
+
+#: ARCO-ERA5 names of :data:`GENERIC_INPUTS`: (variable, pressure level or None, units)
+ARCO = {
+    "t2m": ("2m_temperature", None, "K"),
+    "u10m": ("10m_u_component_of_wind", None, "m s-1"),
+    "v10m": ("10m_v_component_of_wind", None, "m s-1"),
+    "msl": ("mean_sea_level_pressure", None, "Pa"),
+    "tcwv": ("total_column_water_vapour", None, "kg m-2"),
+    "z500": ("geopotential", 500, "m2 s-2"),
+    "t850": ("temperature", 850, "K"),
+}
+
+
+def era5_archive(times: int = 2, *, seed: int = 0) -> xr.Dataset:
+    """A global 1-degree archive in ARCO-ERA5 conventions holding :data:`GENERIC_INPUTS`:
+    latitude descending, longitudes 0..360, ``geopotential``/``temperature`` on a ``level`` dim
+    (hPa), six-hourly, float32, smooth fields of realistic size plus noise."""
+    lat, lon, levels = np.arange(90.0, -90.5, -1.0), np.arange(0.0, 360.0, 1.0), [500, 850]
+    phi, lam = np.meshgrid(np.deg2rad(lat), np.deg2rad(lon), indexing="ij")
+    rng = np.random.default_rng(seed)
+
+    def field(name: str) -> np.ndarray:
+        mean, std = STATS[name]
+        noise = 0.3 * rng.standard_normal((times, *phi.shape))
+        return (mean + std * (np.cos(2 * phi) * np.sin(lam) + noise)).astype(np.float32)
+
+    out = {}
+    for name, (var, level, units) in ARCO.items():
+        if level is None:
+            out[var] = (("time", "latitude", "longitude"), field(name), {"units": units})
+        else:  # every level holds a field; the package's level holds its own
+            stack = np.stack([field(name) for _ in levels], axis=1)
+            out[var] = (("time", "level", "latitude", "longitude"), stack, {"units": units})
+    time = np.datetime64("2023-07-01T00", "ns") + np.arange(times) * np.timedelta64(6, "h")
+    coords = {"time": time, "level": levels, "latitude": lat, "longitude": lon}
+    return xr.Dataset(out, coords=coords)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from package_fixtures import STATS, write_generic_package
+from package_fixtures import era5_archive, write_generic_package
 
 from corrdiff_xr.cli import main
 from corrdiff_xr.config import SamplerConfig
@@ -19,37 +19,9 @@ from corrdiff_xr.inference import downscale
 from corrdiff_xr.model import CorrDiff
 from corrdiff_xr.model.packages import open_package
 
-ARCO = {  # package input -> (ARCO-ERA5 variable, level, units)
-    "t2m": ("2m_temperature", None, "K"),
-    "u10m": ("10m_u_component_of_wind", None, "m s-1"),
-    "v10m": ("10m_v_component_of_wind", None, "m s-1"),
-    "msl": ("mean_sea_level_pressure", None, "Pa"),
-    "tcwv": ("total_column_water_vapour", None, "kg m-2"),
-    "z500": ("geopotential", 500, "m2 s-2"),
-    "t850": ("temperature", 850, "K"),
-}
-
 
 def era5(times: int = 2) -> xr.Dataset:
-    """A global 1-degree archive: latitude descending, longitudes 0..360, ARCO names, levels."""
-    lat, lon = np.arange(90.0, -90.5, -1.0), np.arange(0.0, 360.0, 1.0)
-    phi, lam = np.meshgrid(np.deg2rad(lat), np.deg2rad(lon), indexing="ij")
-    rng = np.random.default_rng(0)
-    out = {}
-    for name, (var, level, units) in ARCO.items():
-        mean, std = STATS[name]
-        noise = rng.standard_normal((times, *phi.shape))
-        field = (mean + std * (np.cos(2 * phi) * np.sin(lam) + 0.3 * noise)).astype(np.float32)
-        dims = ("time", "latitude", "longitude")
-        if level is None:
-            out[var] = (dims, field, {"units": units})
-        else:
-            out[var] = (("time", "level", *dims[1:]), field[:, None], {"units": units})
-    time = np.datetime64("2023-07-01T00", "ns") + np.arange(times) * np.timedelta64(6, "h")
-    ds = xr.Dataset(out, coords={"time": time, "latitude": lat, "longitude": lon})
-    ds = ds.assign_coords(level=[500])  # geopotential at 500, temperature at 850
-    t850 = ds["temperature"].assign_coords(level=[850])
-    return ds.drop_vars("temperature").merge(t850.to_dataset(), compat="override", join="outer")
+    return era5_archive(times)
 
 
 @pytest.fixture(scope="module")

@@ -301,7 +301,9 @@ class EDMConfig(Checked):
     ``objective``: ``residual`` diffuses the target minus the regression mean (CorrDiff);
     ``direct`` diffuses the target itself, conditioned on the inputs alone (no regression
     stage). ``nu`` (> 2) makes the noise Student-t with ``nu`` degrees of freedom (t-EDM,
-    Pandey et al. 2024); None keeps it Gaussian. Both are left out of headers at defaults.
+    Pandey et al. 2024); None keeps it Gaussian. ``flow`` (``x`` or ``v``) trains rectified flow
+    with that prediction and ``flow_shift`` its resolution time-shift (:mod:`corrdiff_xr.edm`).
+    All four are left out of headers at defaults.
     """
 
     sigma_data: float = setting(0.5, gt=0)
@@ -311,6 +313,15 @@ class EDMConfig(Checked):
     scale_condition: bool = False
     objective: Literal["residual", "direct"] = "residual"
     nu: float | None = setting(None, gt=2)
+    flow: Literal["x", "v"] | None = None
+    flow_shift: float = setting(1.0, gt=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.flow is not None and self.nu is not None:
+            raise ValueError("flow needs Gaussian noise: set nu to null (Student-t is EDM only)")
+        if self.flow is None and self.flow_shift != 1.0:
+            raise ValueError("flow_shift applies to rectified flow only: set flow to x or v")
 
 
 # -- training (training engineer) -----------------------------------------------------------

@@ -20,6 +20,18 @@ noise then has variance ``sigma^2 nu / (nu - 2)``: the preconditioning and the l
 use that effective level (:func:`effective_sigma`), so the network's input and target keep
 unit variance. The noise level ``sigma`` itself (log-normal in training, the Karras schedule
 in sampling, ``c_noise``) is unchanged.
+
+``flow`` (``x`` or ``v``) trains rectified flow, ``x_t = (1 - t) y + t eps``, as EDM on the
+rescaled variable ``x = x_t / (1 - t) = y + sigma eps`` with ``sigma = t / (1 - t)``: the
+samplers, the noising and the sigma-binned logs stay those of EDM. The network sees ``x_t``
+(``c_in = 1 - t = 1 / (1 + sigma)``) and ``c_noise = ln(sigma) / 4 = logit(t) / 4`` and
+predicts the clean sample (``x``: ``D = F``) or the velocity ``v = eps - y`` (``v``:
+``D = x_t - t F``); the loss is the squared error of that prediction (weight 1 for ``x``,
+``1 / t^2`` for ``v``). The log-normal sigma draw is exactly the logit-normal ``t`` of flow
+training (``logit t ~ N(P_mean, P_std^2)``), and the resolution time-shift
+``t' = s t / (1 + (s - 1) t)`` is ``sigma' = s sigma``: training adds ``ln s`` to ``P_mean``,
+sampling multiplies the Karras schedule by ``s`` (so ``sigma_min``, ``sigma_max`` are
+unshifted levels). Flow needs Gaussian noise (``nu`` is refused with it).
 """
 
 from __future__ import annotations
@@ -39,10 +51,12 @@ __all__ = ["EDMPrecond", "conditions_on_mean", "edm_dict", "effective_sigma"]
 
 
 def edm_dict(cfg: EDMConfig) -> dict:
-    """``cfg`` as plain data for a checkpoint header or run identity; ``objective`` and ``nu``
-    are left out at their defaults, so a residual Gaussian run reads as it did before."""
+    """``cfg`` as plain data for a checkpoint header or run identity; ``objective``, ``nu``,
+    ``flow`` and ``flow_shift`` are left out at their defaults, so a residual Gaussian EDM run
+    reads as it did before."""
     out = to_dict(cfg)
-    for key, default in (("objective", "residual"), ("nu", None)):
+    defaults = (("objective", "residual"), ("nu", None), ("flow", None), ("flow_shift", 1.0))
+    for key, default in defaults:
         if out.get(key) == default:
             del out[key]
     return out
@@ -80,6 +94,7 @@ class EDMPrecond(nn.Module):
         self.sigma_data = float(edm.sigma_data)
         self.scale_condition = bool(edm.scale_condition)
         self.nu = None if edm.nu is None else float(edm.nu)
+        self.flow = edm.flow
 
     def forward(
         self,
@@ -94,10 +109,15 @@ class EDMPrecond(nn.Module):
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
         sd2 = self.sigma_data**2
         s = effective_sigma(sigma, self.nu)  # the noise's std (t-EDM); sigma when Gaussian
-        # Karras et al. (2022), Table 1, "EDM" column (Pandey et al. 2024 for Student-t):
-        c_skip = sd2 / (s**2 + sd2)
-        c_out = s * self.sigma_data / (s**2 + sd2).sqrt()
-        c_in = 1.0 / (s**2 + sd2).sqrt()
+        if self.flow is None:
+            # Karras et al. (2022), Table 1, "EDM" column (Pandey et al. 2024 for Student-t):
+            c_skip = sd2 / (s**2 + sd2)
+            c_out = s * self.sigma_data / (s**2 + sd2).sqrt()
+            c_in = 1.0 / (s**2 + sd2).sqrt()
+        else:  # rectified flow: x_t = c_in x, t = sigma c_in; D = F (x) or x_t - t F (v)
+            c_in = 1.0 / (1.0 + sigma)
+            c_skip = c_in if self.flow == "v" else torch.zeros_like(sigma)
+            c_out = -sigma * c_in if self.flow == "v" else torch.ones_like(sigma)
         c_noise = sigma.log() / 4
 
         inputs = c_in * x
@@ -158,9 +178,17 @@ def sample_sigma(
     return (torch.randn(n, generator=generator, dtype=dtype, device=device) * P_std + P_mean).exp()
 
 
-def loss_weight(sigma: torch.Tensor, *, sigma_data: float, nu: float | None = None) -> torch.Tensor:
+def loss_weight(
+    sigma: torch.Tensor, *, sigma_data: float, nu: float | None = None, flow: str | None = None
+) -> torch.Tensor:
     """EDM loss weight ``lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2``,
-    with ``sigma`` the noise's standard deviation (:func:`effective_sigma`) when ``nu`` is set."""
+    with ``sigma`` the noise's standard deviation (:func:`effective_sigma`) when ``nu`` is set.
+    With ``flow`` the weight makes it the prediction's squared error: 1 for ``x``,
+    ``1 / t^2 = ((1 + sigma) / sigma)^2`` for ``v`` (``v - v_hat = (D - y) / t``)."""
+    if flow == "x":
+        return torch.ones_like(sigma)
+    if flow == "v":
+        return ((1.0 + sigma) / sigma) ** 2
     sigma = effective_sigma(sigma, nu)
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
@@ -333,7 +361,8 @@ def residual_loss(
     sigma, noise = _noise(residual, edm, sigma=sigma, noise=noise, generator=generator, like=y)
     s = sigma.reshape(-1, 1, 1, 1)
     denoised = denoiser(residual + s * noise, sigma, condition=condition, offsets=offsets)
-    loss = loss_weight(s, sigma_data=edm.sigma_data, nu=edm.nu) * (denoised - residual) ** 2
+    weight = loss_weight(s, sigma_data=edm.sigma_data, nu=edm.nu, flow=edm.flow)
+    loss = weight * (denoised - residual) ** 2
     return _reduce(_masked(loss, valid), reduction, y.shape[0])
 
 
@@ -376,8 +405,10 @@ def _noise(
     multivariate Student-t (the normal draw, then one chi-square scale per row)."""
     n, dtype, device = residual.shape[0], like.dtype, like.device
     if sigma is None:
+        # the flow time-shift scales sigma: ln(1) = 0 leaves P_mean as is
+        P_mean = edm.P_mean + math.log(edm.flow_shift)
         sigma = sample_sigma(
-            n, P_mean=edm.P_mean, P_std=edm.P_std, generator=generator, dtype=dtype, device=device
+            n, P_mean=P_mean, P_std=edm.P_std, generator=generator, dtype=dtype, device=device
         )
     sigma = sigma.reshape(-1).to(dtype)
     if sigma.shape[0] != n:

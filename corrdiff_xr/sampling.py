@@ -414,10 +414,12 @@ def sample(
     config: SamplerConfig | None = None,
     generators: Sequence[torch.Generator] | None = None,
     nu: float | None = None,
+    shift: float = 1.0,
 ) -> Tensor:
     """Run the sampler of ``config`` from standard-normal ``latents``.
 
-    Builds the Karras schedule, scales the latents by ``sigma_max`` and integrates to 0.
+    Builds the Karras schedule (times ``shift``), scales the latents by its first level and
+    integrates to 0.
 
     Parameters
     ----------
@@ -433,10 +435,15 @@ def sample(
     nu
         Student-t degrees of freedom of the model's noise (None: Gaussian): the churn noise
         is drawn so, and the latents should be too (:func:`draw_latents` with ``nu``).
+    shift
+        The rectified-flow time-shift ``s`` (``edm.flow_shift``): ``t' = s t / (1 + (s - 1) t)``
+        is ``sigma' = s sigma``, so every level of the schedule is multiplied by it.
     """
     config = config or SamplerConfig()
     check_solver(config.solver, nu)
     sigmas = karras_sigmas(config, device=latents.device)
+    if shift != 1.0:
+        sigmas = sigmas * shift
     x = latents * sigmas[0].to(latents.dtype)
     solver = SAMPLERS[config.solver]
     return solver(denoise, x, sigmas, generators=generators, config=config, nu=nu)

@@ -60,6 +60,7 @@ FIELDS = [
     ("edm.P_mean", INF, None, "inf", "a finite number"),
     ("edm.P_std", 0.0, None, "0.0", "a finite number > 0"),
     ("edm.nu", 2.0, None, "2.0", "a finite number > 2"),
+    ("edm.flow_shift", 0.0, None, "0.0", "a finite number > 0"),
     ("training.duration", 0, None, "0", "an integer >= 1"),
     ("training.total_batch_size", 0, None, "0", "an integer in [1, 65536]"),
     ("training.total_batch_size", 10**7, None, "10000000", "an integer in [1, 65536]"),

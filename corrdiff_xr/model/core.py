@@ -276,7 +276,12 @@ class CorrDiff(nn.Module):
             return self.residual(xt, sigma, condition=cond, offsets=offsets, lead_time=lead_time)
 
         residual = sampling.sample(
-            denoise, latents, config=sampler, generators=generators, nu=edm.nu
+            denoise,
+            latents,
+            config=sampler,
+            generators=generators,
+            nu=edm.nu,
+            shift=float(edm.flow_shift),
         )
         return mean + residual.to(mean.dtype)
 
@@ -304,7 +309,7 @@ class CorrDiff(nn.Module):
             "residual_network": network_dict(self.residual_config)
             if self.residual_config is not None
             else None,
-            "edm": edm_dict(self.edm_config),  # objective, nu: left out at defaults
+            "edm": edm_dict(self.edm_config),  # objective, nu, flow: left out at defaults
             "versions": {
                 "corrdiff_xr": __version__,
                 "torch": torch.__version__,

@@ -7,7 +7,8 @@ logs the loss (``loss_by_sigma/...``).
 ``training.patch_num`` random patches per image for the latter). With
 ``edm.objective: direct`` the model's mean is zero (:class:`~corrdiff_xr.model.core.ZeroMean`),
 so the same loss is EDM on the target itself; with ``edm.nu`` its noise is Student-t
-(:mod:`corrdiff_xr.edm`). Missing targets (NaN) contribute nothing.
+(:mod:`corrdiff_xr.edm`); with ``edm.flow`` it is rectified flow written as EDM (the same
+loss with the flow preconditioning and weight). Missing targets (NaN) contribute nothing.
 """
 
 from __future__ import annotations

@@ -342,7 +342,10 @@ def test_a_student_t_model_is_refused(tmp_path):
     data = era5_like(curvilinear=True)
     model = tiny_model(data)
     model.edm_config = dataclasses.replace(model.edm_config, nu=5.0)
-    with pytest.raises(ExportError, match=r"edm.nu=5.0; a generic package holds a residual EDM"):
+    with pytest.raises(ExportError, match=r"edm.nu=5.0, edm.flow=None; a generic package holds"):
+        export_package(model, data, tmp_path / "pkg")
+    model.edm_config = dataclasses.replace(model.edm_config, nu=None, flow="v")
+    with pytest.raises(ExportError, match=r"edm.flow='v'; a generic package holds"):
         export_package(model, data, tmp_path / "pkg")
 
 

@@ -354,10 +354,11 @@ def export_package(
             "package layout normalises raw values only, so it cannot be exported as one"
         )
     edm = model.edm_config
-    if getattr(edm, "objective", "residual") != "residual" or getattr(edm, "nu", None) is not None:
+    objective = (getattr(edm, "objective", "residual"), getattr(edm, "nu", None))
+    if objective != ("residual", None) or getattr(edm, "flow", None) is not None:
         raise ExportError(
-            f"the model's objective is edm.objective={getattr(edm, 'objective', 'residual')!r}, "
-            f"edm.nu={getattr(edm, 'nu', None)!r}; a generic package holds a residual EDM "
+            f"the model's objective is edm.objective={objective[0]!r}, edm.nu={objective[1]!r}, "
+            f"edm.flow={getattr(edm, 'flow', None)!r}; a generic package holds a residual EDM "
             "model with Gaussian noise only"
         )
     if model.target_mask is not None:

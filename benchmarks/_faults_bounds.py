@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _faults_common import summary
+from _faults_common import finish, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 10**5
@@ -286,14 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if all(s is not None and s < FIRST_BLOCK_S for s in seconds.values()) else 1
     with tempfile.TemporaryDirectory() as tmp:
         result = run(Path(tmp), args.steps)
-    for c in result["cases"]:
-        flag = "ok " if c["refused"] else "BAD"
-        print(
-            f"{flag} {c['name']:28s} {c['seconds']:7.1f} s  peak {c['peak_mem_mb']} MB  {c['message']}"
-        )
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if result["hostile_files_refused"] == result["hostile_files"] else 1
+    return finish(
+        result,
+        args.json,
+        lambda c: (
+            f"{c['name']:28s} {c['seconds']:7.1f} s  peak {c['peak_mem_mb']} MB  {c['message']}"
+        ),
+        totals=False,
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _faults_common import summary
+from _faults_common import finish, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (16, 24)
@@ -584,13 +584,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         result = run(Path(tmp))
-    for c in result["cases"]:
-        flag = "ok " if c["refused"] and c["within_budget"] else "BAD"
-        print(f"{flag} {c['name']:32s} {c['file_mb']:8.3f} MB file  peak {c['peak_mem_mb']} MB")
-    print({k: v for k, v in result.items() if k != "cases"})
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if result["hostile_files_refused"] == result["hostile_files"] else 1
+    return finish(
+        result,
+        args.json,
+        lambda c: f"{c['name']:32s} {c['file_mb']:8.3f} MB file  peak {c['peak_mem_mb']} MB",
+    )
 
 
 if __name__ == "__main__":

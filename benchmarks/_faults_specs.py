@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _faults_common import summary
+from _faults_common import finish, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 180.0
@@ -285,14 +285,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         result = run(Path(tmp))
-    for c in result["cases"]:
-        flag = "ok " if c["refused"] else "BAD"
-        print(
-            f"{flag} {c['name']:50s} {c['seconds']:6.1f} s  peak {c['peak_mem_mb']} MB  {c['message']}"
-        )
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if result["hostile_files_refused"] == result["hostile_files"] else 1
+    return finish(
+        result,
+        args.json,
+        lambda c: (
+            f"{c['name']:50s} {c['seconds']:6.1f} s  peak {c['peak_mem_mb']} MB  {c['message']}"
+        ),
+        totals=False,
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from _faults_common import summary
+from _faults_common import finish, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 BOMB_BYTES = 3 * 10**9  # what the finding's chunks inflated to (3-4 GB)
@@ -292,13 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         result = run(Path(tmp))
-    for c in result["cases"]:
-        flag = "ok " if c["refused"] else "BAD"
-        print(f"{flag} {c['name']:38s} peak {c['peak_mem_mb']} MB  {c['message'][:150]}")
-    print({k: v for k, v in result.items() if k != "cases"})
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if result["hostile_files_refused"] == result["hostile_files"] else 1
+    return finish(
+        result,
+        args.json,
+        lambda c: f"{c['name']:38s} peak {c['peak_mem_mb']} MB  {c['message'][:150]}",
+    )
 
 
 if __name__ == "__main__":

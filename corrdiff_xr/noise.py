@@ -36,7 +36,7 @@ The tag is appended after the key words (it came last in the original recipes), 
 training keys never coincide; inference keys, untagged, have five words or more against the
 others' four (a word of 2**32 or more counts as two: the caveat of SeedSequence's entropy).
 Time is keyed by its int64 nanoseconds since 1970, counted in its own calendar for cftime axes
-(:func:`time_key`, :func:`corrdiff_xr.data.times.to_ns`), so the same valid time gives the same
+(:func:`time_key`, :func:`corrdiff_xr.timekeys.to_ns`), so the same valid time gives the same
 noise in any selection, chunking or worker of a run. Words that may be negative
 (times before 1970, patch origins past the domain's edge) are taken modulo 2**64; the others
 must be non-negative. A new use adds a layout with a new tag, never reuses one.
@@ -212,9 +212,9 @@ def time_key(time: Any) -> int:
     """The time as int64 nanoseconds since 1970, folded to a non-negative 64-bit integer.
 
     ``time`` is a ``datetime64``, a cftime datetime (counted in its own calendar, see
-    :func:`corrdiff_xr.data.times.to_ns`) or already such nanoseconds (an integer).
+    :func:`corrdiff_xr.timekeys.to_ns`) or already such nanoseconds (an integer).
     """
-    from corrdiff_xr.data.times import to_ns
+    from corrdiff_xr.timekeys import to_ns
 
     if isinstance(time, numbers.Integral) or np.issubdtype(np.asarray(time).dtype, np.integer):
         return int(time) & _MASK64

@@ -28,6 +28,7 @@ LAYERS = {
             "_yaml_overrides",
             "_cf",
             "transforms",
+            "timekeys",
         ],
         0,
     ),
@@ -102,6 +103,22 @@ def test_no_module_imports_a_higher_layer():
         if LAYERS[_unit(b)] > LAYERS[_unit(a)]
     ]
     assert not upward, "upward imports:\n" + "\n".join(sorted(upward))
+
+
+#: units that hold methods in plain torch/numpy and must not reach into the data layer (what
+#: they share with it, like time keys, lives below both)
+DATA_FREE = ("noise", "edm", "sampling", "nn")
+
+
+def test_method_layers_import_nothing_from_data():
+    reached = [
+        f"{a} -> {b}"
+        for a, deps in _graph().items()
+        if _unit(a) in DATA_FREE
+        for b in deps
+        if _unit(b) == "data"
+    ]
+    assert not reached, "method modules importing data/:\n" + "\n".join(sorted(reached))
 
 
 def test_there_is_no_import_circle():

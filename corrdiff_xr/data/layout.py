@@ -55,7 +55,21 @@ from dataclasses import dataclass
 import xarray as xr
 
 from corrdiff_xr.dims import COARSE_DIMS, FINE_DIMS, TIME
-from corrdiff_xr.errors import CorrDiffError
+from corrdiff_xr.errors import (  # defined below data/ so that lower layers raise them too
+    CoordinateError,
+    CoverageError,
+    DataError,
+    DimensionError,
+    DTypeError,
+    EmptySelectionError,
+    MetadataError,
+    MissingValueError,
+    MissingVariableError,
+    NameClashError,
+    StatsError,
+    StoreError,
+    TimeAxisError,
+)
 
 #: Zarr group holding the statistics
 STATS_GROUP = "stats"
@@ -88,62 +102,6 @@ __all__ = [
     "role_of",
     "roles",
 ]
-
-
-# -- errors --------------------------------------------------------------------------------
-class DataError(CorrDiffError, ValueError):
-    """A dataset does not follow the canonical layout, or cannot be read."""
-
-
-class MissingVariableError(DataError, KeyError):
-    """A requested variable or coordinate is absent."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else ""
-
-
-class DimensionError(DataError):
-    """A variable has dims that fit no role, or the wrong ones for its role."""
-
-
-class CoordinateError(DataError):
-    """A coordinate is missing, non-monotonic, duplicated, mis-shaped or holds NaNs."""
-
-
-class TimeAxisError(CoordinateError):
-    """Time axes do not match, are not datetimes, or repeat a time."""
-
-
-class CoverageError(DataError):
-    """The coarse grid does not cover the fine domain."""
-
-
-class DTypeError(DataError):
-    """A variable is not numeric."""
-
-
-class MissingValueError(DataError):
-    """NaNs where none are allowed (static fields, coordinates, encoded tensors)."""
-
-
-class EmptySelectionError(DataError):
-    """A selection leaves a dimension, or the list of variables, empty."""
-
-
-class StoreError(DataError):
-    """A store cannot be opened: unknown protocol, missing path, or corrupted content."""
-
-
-class StatsError(DataError):
-    """Statistics are missing for a variable, or unusable (NaN, zero std)."""
-
-
-class MetadataError(DataError):
-    """Required CF attributes are missing."""
-
-
-class NameClashError(DataError):
-    """An input shares its name with a target, or a name is used twice."""
 
 
 # -- roles -----------------------------------------------------------------------------------

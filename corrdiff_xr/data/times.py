@@ -18,7 +18,6 @@ tolerance and reports what it dropped.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from corrdiff_xr.data.layout import TimeAxisError
+from corrdiff_xr.timekeys import calendar_of, is_cftime, to_ns
 
 __all__ = [
     "Alignment",
@@ -39,42 +39,6 @@ __all__ = [
 ]
 
 _STANDARD = ("standard", "gregorian", "proleptic_gregorian")
-_NS_PER_DAY = 86_400 * 10**9
-
-
-def is_cftime(values: Any) -> bool:
-    """Whether ``values`` (array, index or scalar) holds cftime datetimes."""
-    arr = np.asarray(getattr(values, "values", values))
-    if arr.dtype != object or arr.size == 0:
-        return False
-    first = arr.flat[0]
-    return hasattr(first, "calendar") and hasattr(first, "timetuple")
-
-
-def calendar_of(values: Any) -> str:
-    """The CF calendar of a time axis: the cftime objects' calendar, else ``"standard"``."""
-    if is_cftime(values):
-        return str(np.asarray(getattr(values, "values", values)).flat[0].calendar)
-    return "standard"
-
-
-def to_ns(values: Any) -> np.ndarray:
-    """int64 nanoseconds since 1970-01-01 00:00 in the axis' own calendar (see module doc)."""
-    arr = np.asarray(getattr(values, "values", values))
-    if np.issubdtype(arr.dtype, np.datetime64):
-        return arr.astype("datetime64[ns]").astype(np.int64)
-    if not is_cftime(arr):
-        raise TimeAxisError(f"times of dtype {arr.dtype} are neither datetime64 nor cftime")
-    import cftime
-
-    epochs: dict[str, Any] = {}
-    out = np.empty(arr.shape, dtype=np.int64)
-    for i, t in enumerate(arr.flat):
-        cal = t.calendar
-        epoch = epochs.get(cal) or epochs.setdefault(cal, cftime.datetime(1970, 1, 1, calendar=cal))
-        d: datetime.timedelta = t - epoch
-        out.flat[i] = d.days * _NS_PER_DAY + d.seconds * 10**9 + d.microseconds * 1000
-    return out
 
 
 def check_time_axis(values: Any, *, name: str = "time") -> None:

@@ -17,7 +17,43 @@ heavy modules load only when a method needs them.
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from corrdiff_xr import accessors as _accessors  # noqa: F401  (registers ds.corrdiff)
 from corrdiff_xr._version import __version__
 
-__all__ = ["__version__"]
+#: the public API, ``cx.<name>``: where each name lives (imported on first use, so that
+#: ``import corrdiff_xr`` stays light and loads no torch)
+API = {
+    "open_archives": "corrdiff_xr.data.archives",
+    "open_catalog": "corrdiff_xr.data.catalog",
+    "open_source": "corrdiff_xr.data.source",
+    "open_pair": "corrdiff_xr.data.pair",
+    "DownscalingData": "corrdiff_xr.data.pair",
+    "CorrDiff": "corrdiff_xr.model.core",
+    "import_mdlus": "corrdiff_xr.model.mdlus",
+    "open_package": "corrdiff_xr.model.packages",
+    "export_package": "corrdiff_xr.model.packages",
+    "train": "corrdiff_xr.training.loop",
+    "load_run_config": "corrdiff_xr.training",
+    "downscale": "corrdiff_xr.inference.downscaling",
+    "calibrate": "corrdiff_xr.inference.calibrate",
+    "write_zarr": "corrdiff_xr.inference",
+    "write_reference_netcdf": "corrdiff_xr.inference",
+    "summary": "corrdiff_xr.scoring.metrics",
+}
+
+__all__ = ["API", "__version__", *sorted(API)]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in API:
+        raise AttributeError(f"module 'corrdiff_xr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(API[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(API))

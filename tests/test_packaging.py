@@ -78,3 +78,19 @@ def test_an_installed_wheel_finds_its_catalogs_model_and_configs(tmp_path):
     subprocess.run(
         [sys.executable, "-c", "import corrdiff_xr.data.catalog"], check=True, cwd=tmp_path
     )
+
+
+def test_torch_is_pinned_in_the_constraints_file_only():
+    """The package takes a torch range; the README's commands pin the CPU wheel through
+    constraints.txt (any other spec downloads GBs of CUDA)."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    requires = [r.strip() for r in cfg["options"]["install_requires"].splitlines() if r.strip()]
+    (torch,) = [r for r in requires if r.startswith("torch")]
+    assert "==" not in torch and ">=" in torch
+    pins = (REPO / "constraints.txt").read_text().splitlines()
+    assert "torch==2.13.0" in pins
+    readme = (REPO / "README.md").read_text()
+    assert readme.count("pip install -q -c constraints.txt") >= 2

@@ -11,7 +11,7 @@ import yaml
 from _train_helpers import synthetic_store, tiny_config
 
 from corrdiff_xr import cli
-from corrdiff_xr.config import TrainRunConfig, from_dict
+from corrdiff_xr.config import TrainRunConfig, from_dict, load_yaml
 from corrdiff_xr.model import CorrDiff
 from corrdiff_xr.training import CONFIG_DIR, load_run_config, train
 
@@ -27,7 +27,8 @@ def store(tmp_path_factory):
 def test_every_shipped_config_takes_another_source_with_data_source_alone(name, store, tmp_path):
     reg = tmp_path / "reg.safetensors"
     reg.write_bytes(b"")
-    extra = [f"training.regression_checkpoint={reg}"] if "diffusion" in name else []
+    needs = "regression_checkpoint" in (load_yaml(CONFIG_DIR / f"{name}.yaml")["training"] or {})
+    extra = [f"training.regression_checkpoint={reg}"] if needs else []
     cfg = load_run_config(name, [f"data.source={store}", *extra])
     assert cfg.data.source == store
     assert cfg.data.catalog_params == {} and cfg.data.storage_options == {}

@@ -53,22 +53,6 @@ class GenerateError(CorrDiffError, ValueError):
 # -- option parsing --------------------------------------------------------------------------
 
 
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected an integer >= {low}, got {text!r}"
-            ) from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
-
-
 def _device(text: str) -> str:
     import torch
 
@@ -102,7 +86,7 @@ class _Chunks(argparse.Action):
                     self, f"{item!r}: expected DIM=N with DIM one of {', '.join(CHUNK_DIMS)}"
                 )
             try:
-                chunks[dim] = _int_at_least(1)(size)
+                chunks[dim] = bounded(int, minimum=1)(size)
             except argparse.ArgumentTypeError as err:
                 raise argparse.ArgumentError(self, f"{dim}: {err}") from None
         setattr(namespace, self.dest, chunks)
@@ -154,7 +138,7 @@ def _data_options(src: argparse._ArgumentGroup) -> None:
 def _model_options(model: argparse._ArgumentGroup) -> None:
     from corrdiff_xr._constraints import MAX_MEMBERS
 
-    positive, non_negative = _int_at_least(1), _int_at_least(0)
+    positive, non_negative = bounded(int, minimum=1), bounded(int, minimum=0)
     members = bounded(int, minimum=1, maximum=MAX_MEMBERS)  # refused before any work
     model.add_argument(
         "--checkpoint",
@@ -225,7 +209,7 @@ def _model_options(model: argparse._ArgumentGroup) -> None:
 
 
 def _output_options(out: argparse._ArgumentGroup) -> None:
-    positive = _int_at_least(1)
+    positive = bounded(int, minimum=1)
     out.add_argument(
         "--zarr", required=True, help="output Zarr store (resumed when it holds this request)"
     )

@@ -41,7 +41,7 @@ API = {
     "calibrate": "corrdiff_xr.inference.calibrate",
     "write_zarr": "corrdiff_xr.inference",
     "write_reference_netcdf": "corrdiff_xr.inference",
-    "summary": "corrdiff_xr.scoring.metrics",
+    "summary": "corrdiff_xr.scoring",
 }
 
 __all__ = ["API", "__version__", *sorted(API)]

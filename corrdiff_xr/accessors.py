@@ -86,6 +86,21 @@ class CorrDiffAccessor:
 
         return rank_histogram(self._obj, truth, **kwargs)
 
+    def score(self, metric: str, truth: xr.Dataset | None = None, **kwargs: Any) -> xr.Dataset:
+        """Any metric of ``scoring.METRIC_TABLE`` by name (``"fss"``, ``"brier"``, ...), with
+        its options as keywords; e.g. ``ds.corrdiff.score("fss", truth, windows=[1, 9])``."""
+        from corrdiff_xr.scoring import METRIC_TABLE
+
+        if metric not in METRIC_TABLE:
+            raise ValueError(f"unknown metric {metric!r}; choose from {list(METRIC_TABLE)}")
+        return METRIC_TABLE[metric](self._obj, truth, **kwargs)
+
+    def summary(self, truth: xr.Dataset, **kwargs: Any) -> xr.Dataset:
+        """Tidy (metric, variable, time) table of scores; see ``scoring.summary``."""
+        from corrdiff_xr.scoring import summary
+
+        return summary(self._obj, truth, **kwargs)
+
     def power_spectrum(self, **kwargs: Any) -> xr.Dataset:
         """Radially averaged power spectrum; see ``scoring.power_spectrum``."""
         from corrdiff_xr.scoring import power_spectrum

@@ -19,6 +19,14 @@ renamed into place), plus a short table of time-mean scores on stdout. Dask's th
 scheduler computes everything; no process pool is started (the reference's scorer hangs with
 one, PhysicsNeMo issue #1026).
 
+``--metrics`` takes any name of :data:`corrdiff_xr.scoring.METRIC_TABLE` (dims a metric adds,
+such as FSS windows or Brier thresholds, are folded into the metric label); ``--thresholds``,
+``--percentiles`` and ``--windows`` set the options of the metrics that take them. A second
+positional prediction is scored on the first's truth (a ``forecast`` dim: prediction,
+compared), and ``--confidence`` adds block-bootstrap intervals over time (``interval``) and,
+with several forecasts, intervals of each one's difference with the first
+(``difference_interval``); see :mod:`corrdiff_xr.scoring.bootstrap`.
+
 Outputs never replace what ``score`` did not write: the output carries the global attribute
 ``corrdiff_xr_product = "score"`` and the ``--plots`` folder a marker file, and an existing
 one is replaced only with ``--overwrite`` (anything else at those paths is refused, see
@@ -45,7 +53,13 @@ from corrdiff_xr.config import ConfigError, parse_overrides
 from corrdiff_xr.data.write import write_dataset
 from corrdiff_xr.dims import LAT, TIME
 from corrdiff_xr.scoring.baselines import baseline_from_inputs
-from corrdiff_xr.scoring.inputs import FORECAST, ScoreError, format_table, open_prediction
+from corrdiff_xr.scoring.inputs import (
+    FORECAST,
+    ScoreError,
+    format_table,
+    open_forecast,
+    open_prediction,
+)
 
 __all__ = ["configure_parser", "run"]
 
@@ -56,13 +70,28 @@ PLOT_FILES = ("maps.png", "spectra.png", "rank_histogram.png")
 
 def _metric_list(text: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in scoring.METRICS]
+    unknown = [m for m in names if m not in scoring.METRIC_TABLE]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
             f"unknown metric(s) {', '.join(unknown) or repr(text)}; choose from "
-            f"{','.join(scoring.METRICS)}"
+            f"{','.join(scoring.METRIC_TABLE)}"
         )
     return names
+
+
+def _numbers(text: str, what: str, kind=float) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{what}: expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _thresholds(text: str) -> tuple[str | None, list[float]]:
+    """``1,10`` (every variable) or ``tp=1,10`` (one variable)."""
+    name, _, values = text.rpartition("=")
+    return (name.strip() or None), _numbers(values, "--thresholds")
 
 
 def _name_list(text: str) -> list[str]:
@@ -81,9 +110,52 @@ def _key_value(text: str) -> str:
     return text
 
 
+def _add_metric_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the metrics that take some (see ``Metric.options``)."""
+    parser.add_argument(
+        "--thresholds",
+        nargs="+",
+        action="extend",
+        type=_thresholds,
+        metavar="[VAR=]T1,T2",
+        help="event thresholds (value >= T, the variable's units) of fss, brier, reliability, "
+        "roc, roc_auc and twcrps: one list for every variable, or VAR=... per variable",
+    )
+    parser.add_argument(
+        "--percentiles",
+        type=lambda t: _numbers(t, "--percentiles"),
+        help="fss: threshold each field at its own percentiles, e.g. 90,99 (default 90)",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=bounded(float, minimum=0.5, maximum=0.999),
+        help="add block-bootstrap intervals over time at this level (e.g. 0.95) to every "
+        "score, and for several forecasts to their differences with the first",
+    )
+    parser.add_argument(
+        "--block-length",
+        type=bounded(int, minimum=1),
+        help="times per bootstrap block (default: the cube root of the number of times)",
+    )
+    parser.add_argument(
+        "--resamples", type=bounded(int, minimum=10), default=1000, help="bootstrap resamples"
+    )
+    parser.add_argument(
+        "--windows",
+        type=lambda t: _numbers(t, "--windows", int),
+        help="fss: neighbourhood sizes in grid points, e.g. 1,3,9",
+    )
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``score`` options to ``parser``."""
     parser.add_argument("prediction", help="prediction Zarr store / URL, or reference NetCDF")
+    parser.add_argument(
+        "compare",
+        nargs="?",
+        help="a second prediction (same layout) scored on the first's truth; the table gets "
+        "a 'forecast' dim, and with --confidence the interval of each difference",
+    )
     parser.add_argument(
         "--truth",
         help="truth store or NetCDF with the prediction's variable names, or catalog:NAME/ENTRY "
@@ -126,8 +198,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--metrics",
         type=_metric_list,
         default=list(scoring.METRICS),
-        help=f"comma-separated metrics (default {','.join(scoring.METRICS)})",
+        help=f"comma-separated metrics (default {','.join(scoring.METRICS)}) out of "
+        f"{','.join(scoring.METRIC_TABLE)}",
     )
+    _add_metric_options(parser)
     parser.add_argument(
         "--estimator",
         choices=("properscoring", "fair"),
@@ -190,18 +264,43 @@ def _lazy_scores(pred: xr.Dataset, truth: xr.Dataset, args: argparse.Namespace) 
         weights = scoring.area_weights(pred)
     try:
         return scoring.summary(
-            pred, truth, metrics=args.metrics, weights=weights, estimator=args.estimator
+            pred,
+            truth,
+            metrics=args.metrics,
+            weights=weights,
+            estimator=args.estimator,
+            options=_metric_options(args),
         )
     except (KeyError, ValueError) as err:  # scoring's checks: mismatched variables, dims, ...
         raise ScoreError(f"cannot score {args.prediction} against its truth: {err}") from err
 
 
-def _with_baseline(
-    scores: xr.Dataset, pred: xr.Dataset, truth: xr.Dataset, inputs, args: argparse.Namespace
-) -> xr.Dataset:
-    """``scores`` and those of the bilinear baseline, stacked along :data:`FORECAST`."""
-    import pandas as pd
+def _metric_options(args: argparse.Namespace) -> dict[str, dict]:
+    """``--thresholds``/``--percentiles``/``--windows`` for the metrics that take them."""
+    given = {}
+    if args.thresholds:
+        per_variable = {name: values for name, values in args.thresholds if name}
+        every = [values for name, values in args.thresholds if not name]
+        given["thresholds"] = every[-1] if every and not per_variable else per_variable
+        if every and per_variable:
+            raise ScoreError("--thresholds: give one list for every variable or VAR=... lists")
+    if args.percentiles:
+        given["percentiles"] = args.percentiles
+    if args.windows:
+        given["windows"] = args.windows
+    options = {}
+    for name in args.metrics:
+        own = {k: v for k, v in given.items() if k in scoring.METRIC_TABLE[name].options}
+        if "percentiles" in own:  # fss: --percentiles wins; --thresholds are the others'
+            own.pop("thresholds", None)
+        options[name] = own
+    return options
 
+
+def _baseline_scores(
+    pred: xr.Dataset, truth: xr.Dataset, inputs, args: argparse.Namespace
+) -> xr.Dataset:
+    """Lazy scores of the bilinear baseline on the prediction's times."""
     if inputs is None:
         raise ScoreError(
             f"--baseline {args.baseline} needs the coarse inputs, which {args.prediction} and its "
@@ -214,9 +313,53 @@ def _with_baseline(
         raise ScoreError(f"--baseline {args.baseline}: {err.args[0]}") from None
     if TIME in base.dims and TIME in pred.dims:
         base = base.sel({TIME: pred[TIME]})  # the prediction's times only
-    base_scores = _lazy_scores(base, truth, args)
-    names = pd.Index(["prediction", args.baseline], name=FORECAST)
-    return xr.concat([scores, base_scores], dim=names, join="outer", combine_attrs="override")
+    return _lazy_scores(base, truth, args)
+
+
+def _compare_scores(pred: xr.Dataset, truth: xr.Dataset, args: argparse.Namespace) -> xr.Dataset:
+    """Lazy scores of the second prediction ``compare`` on the first one's truth."""
+    other = open_forecast(
+        args.compare,
+        prediction_group=args.prediction_group,
+        layout=args.format,
+        storage_options=args.storage_options,
+    )
+    missing = [n for n in pred.data_vars if n not in other.data_vars]
+    if missing:
+        raise ScoreError(f"{args.compare} lacks {missing}, which {args.prediction} has")
+    return _lazy_scores(other[list(pred.data_vars)], truth, args)
+
+
+def _stacked(named: list[tuple[str, xr.Dataset]]) -> xr.Dataset:
+    """Score tables of several forecasts along :data:`FORECAST` (one table: unchanged)."""
+    import pandas as pd
+
+    if len(named) == 1:
+        return named[0][1]
+    names = pd.Index([n for n, _ in named], name=FORECAST)
+    tables = [t for _, t in named]
+    return xr.concat(tables, dim=names, join="outer", combine_attrs="override")
+
+
+def _with_intervals(scores: xr.Dataset, args: argparse.Namespace) -> xr.Dataset:
+    """Block-bootstrap intervals of the time-mean scores (and of differences with the first
+    forecast), from the computed per-time table."""
+    from corrdiff_xr.scoring import bootstrap
+
+    table = scores["score"]
+    if TIME not in table.dims or table.sizes[TIME] < 2:
+        raise ScoreError("--confidence resamples times: the prediction needs several times")
+    n = table.sizes[TIME]
+    block = args.block_length or max(1, round(n ** (1 / 3)))
+    kw = {"block_length": block, "resamples": args.resamples, "confidence": args.confidence}
+    scores["interval"] = bootstrap.interval(table, **kw)
+    if FORECAST in table.dims:
+        first = table.isel({FORECAST: 0}, drop=True)
+        scores["difference_interval"] = bootstrap.difference_interval(table, first, **kw)
+        scores.attrs["difference_reference"] = str(table[FORECAST].values[0])
+    return scores.assign_attrs(
+        confidence=args.confidence, block_length=block, resamples=args.resamples
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -242,10 +385,14 @@ def run(args: argparse.Namespace) -> int:
             )
         pred = pred[args.variables]
     with dask.config.set(scheduler="threads", num_workers=args.workers):
-        scores = _lazy_scores(pred, truth, args)
+        named = [("prediction", _lazy_scores(pred, truth, args))]
+        if args.compare:
+            named.append(("compared", _compare_scores(pred, truth, args)))
         if args.baseline:
-            scores = _with_baseline(scores, pred, truth, inputs, args)
-        scores = scores.compute()
+            named.append((args.baseline, _baseline_scores(pred, truth, inputs, args)))
+        scores = _stacked(named).compute()
+        if args.confidence:
+            scores = _with_intervals(scores, args)
         scores.attrs.update(
             prediction=str(args.prediction),
             truth=str(args.truth or f"{args.prediction} (group {args.truth_group or '/'})"),

@@ -106,6 +106,20 @@ def _matched_truth(forecast: xr.Dataset, truth: xr.Dataset, member_dim: str) -> 
     return truth
 
 
+def _prepare(
+    forecast: xr.Dataset | xr.DataArray, truth: xr.Dataset | xr.DataArray, member_dim: str
+):
+    """Forecast and matched truth as Datasets, and whether to hand back a DataArray."""
+    fc, was_array = _to_dataset(forecast, "forecast")
+    if was_array and isinstance(truth, xr.DataArray):
+        tr, _ = _to_dataset(truth.rename(next(iter(fc.data_vars))), "truth")
+    else:
+        tr, _ = _to_dataset(truth, "truth")
+    fc = _as_ensemble(fc, member_dim)
+    _check_forecast(fc, member_dim)
+    return fc, _matched_truth(fc, tr, member_dim), was_array
+
+
 def _mean_dims(ds: xr.Dataset, dim: Dims, member_dim: str) -> list[Hashable]:
     if dim is None:
         return [d for d in ds.dims if d != member_dim]

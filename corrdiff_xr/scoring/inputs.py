@@ -32,6 +32,7 @@ __all__ = [
     "ScoreError",
     "check_unique_times",
     "format_table",
+    "open_forecast",
     "open_prediction",
     "open_reference_netcdf",
     "open_truth",
@@ -209,6 +210,31 @@ def open_prediction(
     return pred, truth_ds, inputs
 
 
+def open_forecast(
+    prediction: str,
+    *,
+    prediction_group: str | None = None,
+    layout: str = "auto",
+    storage_options: dict[str, Any] | None = None,
+) -> xr.Dataset:
+    """Only the forecast of ``prediction`` (either layout), lazily: a second forecast to
+    score on another one's truth."""
+    if layout == "reference-netcdf" or (layout == "auto" and is_netcdf(prediction)):
+        pred = open_reference_netcdf(prediction).get("prediction")
+        if pred is None:
+            raise ScoreError(f"{prediction}: the reference NetCDF has no 'prediction' group")
+    else:
+        pred = _open_any(
+            prediction,
+            group=prediction_group,
+            storage_options=storage_options or {},
+            role="prediction",
+        )
+        pred = _forecast_variables(pred, prediction)
+    check_unique_times(pred, f"prediction {prediction}")
+    return pred
+
+
 def check_unique_times(ds: xr.Dataset, where: str) -> None:
     """Refuse a forecast or truth whose ``time`` labels repeat: scores would pair the wrong
     steps (a sub-hourly file written with whole hours gives several steps one label)."""
@@ -246,15 +272,37 @@ def _forecast_variables(pred: xr.Dataset, prediction: str) -> xr.Dataset:
 
 
 def format_table(scores: xr.Dataset) -> str:
-    """Time-mean scores as a small text table: one row per metric, one column per variable."""
+    """Time-mean scores as a small text table: one row per metric, one column per variable;
+    with bootstrap intervals (``interval``, ``difference_interval``) a block of each."""
+    if FORECAST in scores["score"].dims:  # one block per forecast: the prediction, then others
+        return "\n\n".join(
+            f"{f}\n" + format_table(scores.sel({FORECAST: f})) for f in scores[FORECAST].values
+        )
     table = scores["score"]
     if TIME in table.dims:
         table = table.mean(TIME)
-    if FORECAST in table.dims:  # one block per forecast: the prediction, then baselines
-        return "\n\n".join(
-            f"{f}\n" + format_table(table.sel({FORECAST: f}).to_dataset(name="score"))
-            for f in table[FORECAST].values
-        )
+    lines = _table_lines(table)
+    level = f"{100 * scores.attrs.get('confidence', 0):g} %"
+    reference = scores.attrs.get("difference_reference", "the first forecast")
+    titles = (
+        ("interval", "interval"),
+        ("difference_interval", f"interval of the difference with {reference}"),
+    )
+    for name, title in titles:
+        if name in scores and not (name == "difference_interval" and _is_reference(scores)):
+            bounds = scores[name]
+            lines += [f"{level} {title} (block bootstrap over time)"]
+            lines += _table_lines(bounds.sel(bound="lower"), upper=bounds.sel(bound="upper"))
+    return "\n".join(lines)
+
+
+def _is_reference(scores: xr.Dataset) -> bool:
+    """The first forecast's difference with itself, not worth a block of zeros."""
+    return bool((scores["difference_interval"] == 0).all())
+
+
+def _table_lines(table: xr.DataArray, *, upper: xr.DataArray | None = None) -> list[str]:
+    """Rows of ``table`` (metric by variable), or of ``[table, upper]`` intervals."""
     variables = [str(v) for v in table["variable"].values]
     units = (
         [str(u) for u in table["units"].values]
@@ -262,9 +310,15 @@ def format_table(scores: xr.Dataset) -> str:
         else [""] * len(variables)
     )
     heads = [f"{v} [{u}]" if u else v for v, u in zip(variables, units)]
-    width = max(12, *(len(h) + 2 for h in heads))
-    lines = ["metric".ljust(14) + "".join(h.rjust(width) for h in heads)]
+    width = max(12 if upper is None else 22, *(len(h) + 2 for h in heads))
+    label = max(14, *(len(str(m)) + 2 for m in table["metric"].values))
+    lines = ["metric".ljust(label) + "".join(h.rjust(width) for h in heads)]
     for metric in table["metric"].values:
         row = table.sel(metric=metric).values
-        lines.append(str(metric).ljust(14) + "".join(f"{x:{width}.4g}" for x in row))
-    return "\n".join(lines)
+        if upper is None:
+            texts = [f"{x:.4g}" for x in row]
+        else:
+            high = upper.sel(metric=metric).values
+            texts = [f"[{lo:.4g}, {hi:.4g}]" for lo, hi in zip(row, high)]
+        lines.append(str(metric).ljust(label) + "".join(t.rjust(width) for t in texts))
+    return lines

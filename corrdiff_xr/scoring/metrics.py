@@ -27,14 +27,13 @@ rank NaN (properscoring's CRPS instead ignores NaN members).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from typing import Literal
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 
-from corrdiff_xr.dims import LAT, MEMBER, TIME
+from corrdiff_xr.dims import LAT, MEMBER
 from corrdiff_xr.scoring import kernels
 from corrdiff_xr.scoring.common import (
     Dims,
@@ -42,8 +41,8 @@ from corrdiff_xr.scoring.common import (
     _as_ensemble,
     _back,
     _check_forecast,
-    _matched_truth,
     _mean_dims,
+    _prepare,
     _single_chunk,
     _to_dataset,
     _with_attrs,
@@ -51,7 +50,6 @@ from corrdiff_xr.scoring.common import (
 from corrdiff_xr.scoring.spectra import power_spectrum
 
 __all__ = [
-    "METRICS",
     "area_weights",
     "crps",
     "mae",
@@ -61,13 +59,10 @@ __all__ = [
     "rmse",
     "spread",
     "spread_skill",
-    "summary",
 ]
 
 Estimator = Literal["properscoring", "fair"]
 Data = xr.Dataset | xr.DataArray
-#: the metrics :func:`summary` knows, in table order
-METRICS = ("crps", "mae", "rmse", "spread", "spread_skill")
 RANK = "rank"
 
 
@@ -112,18 +107,6 @@ def _ensemble_variance(forecast: xr.Dataset, member_dim: str) -> xr.Dataset:
     if sizes < 2:
         raise ValueError(f"the ensemble spread needs at least 2 members, got {sizes}")
     return forecast.var(member_dim, ddof=1)
-
-
-def _prepare(forecast: Data, truth: Data, member_dim: str):
-    """Forecast and matched truth as Datasets, and whether to hand back a DataArray."""
-    fc, was_array = _to_dataset(forecast, "forecast")
-    if was_array and isinstance(truth, xr.DataArray):
-        tr, _ = _to_dataset(truth.rename(next(iter(fc.data_vars))), "truth")
-    else:
-        tr, _ = _to_dataset(truth, "truth")
-    fc = _as_ensemble(fc, member_dim)
-    _check_forecast(fc, member_dim)
-    return fc, _matched_truth(fc, tr, member_dim), was_array
 
 
 # -- public scores ------------------------------------------------------------------------
@@ -339,46 +322,3 @@ def area_weights(ds: xr.Dataset | xr.DataArray, *, lat: str = LAT) -> xr.DataArr
     w = w / w.mean()
     w.name = "area_weights"
     return w
-
-
-def summary(
-    forecast: xr.Dataset,
-    truth: xr.Dataset,
-    *,
-    metrics: Sequence[str] = METRICS,
-    dim: Dims = None,
-    weights: xr.DataArray | None = None,
-    member_dim: str = MEMBER,
-    estimator: Estimator = "properscoring",
-) -> xr.Dataset:
-    """A tidy table of scores: variable ``score`` with dims (metric, variable, ...).
-
-    ``dim`` defaults to every dim except ``member_dim`` and ``time``, so the table keeps one
-    row per valid time. ``spread`` and ``spread_skill`` are left out of the default when the
-    ensemble has a single member. The result is lazy.
-    """
-    fc, tr, _ = _prepare(forecast, truth, member_dim)
-    if dim is None:
-        dim = [d for d in fc.dims if d not in (member_dim, TIME)]
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; choose from {METRICS}")
-    if fc.sizes[member_dim] < 2:
-        metrics = [m for m in metrics if m not in ("spread", "spread_skill")]
-    kw = {"dim": dim, "weights": weights, "member_dim": member_dim}
-    compute = {
-        "crps": lambda: crps(fc, tr, estimator=estimator, **kw),
-        "mae": lambda: mae(fc, tr, **kw),
-        "rmse": lambda: rmse(fc, tr, **kw),
-        "spread": lambda: spread(fc, **kw),
-        "spread_skill": lambda: spread_skill(fc, tr, **kw),
-    }
-    tables = [compute[m]().to_dataarray("variable").expand_dims(metric=[m]) for m in metrics]
-    table = xr.concat(tables, dim="metric", coords="minimal", compat="override")
-    units = [fc[v].attrs.get("units", "") for v in table["variable"].values]
-    table = table.assign_coords(units=("variable", units))
-    return (
-        table.rename("score")
-        .to_dataset()
-        .assign_attrs(crps_estimator=estimator, member_count=int(fc.sizes[member_dim]))
-    )

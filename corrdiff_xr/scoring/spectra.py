@@ -13,6 +13,7 @@ from corrdiff_xr.scoring.common import (
     Dims,
     _back,
     _mean_dims,
+    _prepare,
     _single_chunk,
     _to_dataset,
 )
@@ -168,3 +169,37 @@ def power_spectrum(
     dims = [d for d in _mean_dims(spec, dim, member_dim) if d != WAVENUMBER]
     result = spec.mean(dims, keep_attrs=True) if dims else spec
     return _back(result, was_array)
+
+
+def log_spectral_distance(
+    forecast: xr.Dataset | xr.DataArray,
+    truth: xr.Dataset | xr.DataArray,
+    *,
+    dim: Dims = None,
+    member_dim: str = MEMBER,
+    spatial_dims: tuple[str, str] = (Y, X),
+    spacing: float | tuple[float, float] | None = None,
+) -> xr.Dataset | xr.DataArray:
+    r"""Log-spectral distance in dB between the forecast's and the truth's power spectra,
+    :math:`\sqrt{\operatorname{mean}_k (10 \log_{10} E_f(k) / E_t(k))^2}`.
+
+    Both spectra are those of :func:`power_spectrum`, averaged over the members and ``dim``
+    (default all but ``member_dim`` and the spatial dims) before the ratio; wavenumbers
+    above the Nyquist of both axes (the grid's corner modes) are left out. The forecast is
+    masked where the truth is NaN, so both see the same gaps. 0 is a perfect spectrum;
+    3 dB means power off by a factor of two on average (in the log sense).
+    """
+    fc, tr, was_array = _prepare(forecast, truth, member_dim)
+    fc = fc.where(tr.notnull())
+    kw = {"spatial_dims": spatial_dims, "spacing": spacing, "member_dim": member_dim}
+    dims = [d for d in _mean_dims(fc, dim, member_dim) if d not in spatial_dims]
+    spec_fc = power_spectrum(fc, dim=dims, **kw).mean(member_dim)
+    spec_tr = power_spectrum(tr, dim=[d for d in dims if d in tr.dims], **kw)
+    k = spec_fc[WAVENUMBER]
+    resolved = k <= k.attrs["nyquist"] * (1 + 1e-9)
+    ratio_db = 10.0 * np.log10(spec_fc / spec_tr)
+    lsd = np.sqrt((ratio_db**2).where(resolved).mean(WAVENUMBER))
+    lsd = lsd.drop_vars([c for c in lsd.coords if c not in lsd.dims])
+    for name, v in lsd.data_vars.items():
+        v.attrs = {"long_name": f"log-spectral distance of {name}", "units": "dB"}
+    return _back(lsd, was_array)

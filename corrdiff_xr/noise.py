@@ -12,15 +12,15 @@ domain-separation word (``tag``) and which half of the hash becomes the seed's h
 The layouts are frozen: they reproduce, bit for bit, the streams of the three recipes this
 module replaced, on which the shipped model, the demo's scores and every test's numbers rest.
 
-==================  ==========================================  =========  ==========
-layout              key words (SeedSequence entropy, in order)  tag        high half
-==================  ==========================================  =========  ==========
-:data:`INFERENCE`   seed, time, member, patch row, patch col    none       state word 0
-:data:`TRAIN_PATCH` seed, epoch, time index                     0x9A7C4    state word 1
-:data:`VALIDATION`  seed, time index, member                    0x7A11D    state word 1
-:data:`FIELD`       seed, time, member, draw, tile row, col     0xF1E1D    state word 0
-:data:`FIELD_T`     seed, time, member, draw                    0x7D157    state word 0
-==================  ==========================================  =========  ==========
+===================  ==========================================  =========  ============
+layout               key words (SeedSequence entropy, in order)  tag        high half
+===================  ==========================================  =========  ============
+:data:`INFERENCE`    seed, time, member, patch row, patch col    none       state word 0
+:data:`TRAIN_PATCH`  seed, epoch, time index                     0x9A7C4    state word 1
+:data:`VALIDATION`   seed, time index, member                    0x7A11D    state word 1
+:data:`FIELD`        seed, time, member, draw, tile row, col     0xF1E1D    state word 0
+:data:`FIELD_T`      seed, time, member, draw                    0x7D157    state word 0
+===================  ==========================================  =========  ============
 
 :data:`FIELD` keys the noise of patched inference with shared noise (:class:`FieldNoise`):
 one standard-normal field per (seed, time, member) over the *global* fine grid, drawn in

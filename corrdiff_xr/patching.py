@@ -62,7 +62,7 @@ __all__ = [
 
 
 def reflect_index(start: int, size: int, length: int) -> np.ndarray:
-    """Indices into an axis of ``length`` for positions ``start .. start + size - 1``.
+    """Indices into an axis of ``length`` for positions ``start`` to ``start + size - 1``.
 
     Positions outside ``[0, length)`` are mirrored about the end pixels (edge not repeated),
     as often as needed, so any ``start`` and ``size`` are valid.

@@ -4,4 +4,5 @@ import sys
 
 from corrdiff_xr.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # imported (by the API docs, say): define, do not run
+    sys.exit(main())

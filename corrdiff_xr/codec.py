@@ -16,10 +16,15 @@ Per-variable transforms and bounds (:mod:`corrdiff_xr.transforms`) make the trai
 decoding de-normalises, inverts the transform and clips to the variable's bounds, so outputs
 are in physical units and within them (precipitation >= 0 whatever the network says).
 
+Time features (:mod:`corrdiff_xr.features`: the cosine of the solar zenith angle, the hour of
+day) are the last input channels, after the inputs and static fields: no archive holds them,
+so every encode path computes them from the block's time labels and fine ``lat``/``lon``
+(:meth:`Codec.feature_fields`); their statistics default to ``(0, 1)``.
+
 The codec is plain data (:meth:`Codec.to_dict` is JSON-able) so it travels inside checkpoints
 and a trained model always decodes with the statistics, transforms and bounds it was trained
-with. A codec without transforms or bounds serialises without those keys, as before they
-existed.
+with. A codec without transforms, bounds or features serialises without those keys, as before
+they existed.
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ from corrdiff_xr.data.layout import (
     StatsError,
 )
 from corrdiff_xr.dims import CHANNEL, MEMBER, TIME, X, Y
-from corrdiff_xr.transforms import Transform, parse_bounds, parse_transforms
+from corrdiff_xr.features import FEATURES, check_names, fine_lat_lon
+from corrdiff_xr.features import compute as compute_features
+from corrdiff_xr.transforms import Gate, Transform, parse_bounds, parse_gates, parse_transforms
 
 if TYPE_CHECKING:
     from corrdiff_xr.data.pair import DownscalingData
@@ -74,6 +81,12 @@ class Codec:
         decoding inverts after de-normalising.
     bounds
         ``{target: (lower, upper)}`` (None: no limit) that decoded outputs are clipped to.
+    features
+        Time features (keys of :data:`corrdiff_xr.features.FEATURES`), the last input
+        channels; statistics ``(0, 1)`` and the feature's CF attributes unless given.
+    gates
+        ``{target: Gate or {"feature", "threshold", "half_width"}}``: decoded outputs scaled
+        by a ramp of a time feature after their bounds (:class:`~corrdiff_xr.transforms.Gate`).
     """
 
     inputs: tuple[str, ...]
@@ -83,11 +96,19 @@ class Codec:
     attrs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     transforms: Mapping[str, Transform | Mapping[str, Any]] = field(default_factory=dict)
     bounds: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    features: tuple[str, ...] = ()
+    gates: Mapping[str, Gate | Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("inputs", "targets", "static"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        object.__setattr__(self, "features", check_names(self.features, "codec features"))
+        given = dict(self.stats)
+        object.__setattr__(self, "stats", {**dict.fromkeys(self.features, (0.0, 1.0)), **given})
+        attrs = {n: {"units": FEATURES[n].units, "long_name": FEATURES[n].long_name}
+                 for n in self.features}  # fmt: skip
+        object.__setattr__(self, "attrs", {**attrs, **dict(self.attrs)})
         names = self.in_channels + self.targets
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -111,6 +132,11 @@ class Codec:
         _check_declared(transforms, bounds, names, self.targets)
         object.__setattr__(self, "transforms", transforms)
         object.__setattr__(self, "bounds", bounds)
+        gates = parse_gates(self.gates)
+        if stray := sorted(set(gates) - set(self.targets)):
+            raise SettingError((("gates", stray),), f"gate outputs: not targets {self.targets}")
+        check_names([g.feature for g in gates.values()], "codec gates")
+        object.__setattr__(self, "gates", gates)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -120,6 +146,7 @@ class Codec:
         *,
         transforms: Mapping[str, Any] | None = None,
         bounds: Mapping[str, Any] | None = None,
+        features: Sequence[str] = (),
     ) -> Codec:
         """Codec of a :class:`~corrdiff_xr.data.DownscalingData` (computes its statistics).
 
@@ -146,11 +173,13 @@ class Codec:
             }
             for n in names
         }
-        return cls(pair.inputs, pair.targets, pair.static, stats, attrs, transforms, bounds)
+        return cls(
+            pair.inputs, pair.targets, pair.static, stats, attrs, transforms, bounds, features
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able plain data; :meth:`from_dict` inverts it. ``transforms`` and ``bounds``
-        appear only when set, so codecs without them serialise as before they existed."""
+        """JSON-able plain data; :meth:`from_dict` inverts it. ``transforms``, ``bounds`` and
+        ``features`` appear only when set, so codecs without them serialise as before."""
         out = {
             "inputs": list(self.inputs),
             "targets": list(self.targets),
@@ -162,12 +191,17 @@ class Codec:
             out["transforms"] = {k: t.to_dict() for k, t in self.transforms.items()}
         if self.bounds:
             out["bounds"] = {k: list(b) for k, b in self.bounds.items()}
+        if self.features:
+            out["features"] = list(self.features)
+        if self.gates:
+            out["gates"] = {k: g.to_dict() for k, g in self.gates.items()}
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Codec:
         """Rebuild a codec from :meth:`to_dict` output."""
         known = {"inputs", "targets", "static", "stats", "attrs", "transforms", "bounds"}
+        known |= {"features", "gates"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown codec key(s) {sorted(unknown)}")
@@ -179,6 +213,8 @@ class Codec:
             data.get("attrs", {}),
             data.get("transforms", {}),
             data.get("bounds", {}),
+            tuple(data.get("features", ())),
+            data.get("gates", {}),
         )
 
     @property
@@ -191,8 +227,13 @@ class Codec:
     # -- channels ----------------------------------------------------------------------------
     @property
     def in_channels(self) -> tuple[str, ...]:
-        """Input channel names: inputs then static fields."""
-        return self.inputs + self.static
+        """Input channel names: inputs, static fields, then time features."""
+        return self.inputs + self.static + self.features
+
+    def feature_fields(self, times: Any, lat: Any, lon: Any) -> dict[str, np.ndarray]:
+        """``{feature: float32 (T, y, x)}`` of this codec's time features at ``times``
+        (datetime64 or cftime labels) on the fine ``lat``/``lon`` (degrees, ``(y, x)``)."""
+        return compute_features(self.features, times, lat, lon) if self.features else {}
 
     @property
     def out_channels(self) -> tuple[str, ...]:
@@ -205,7 +246,13 @@ class Codec:
         return mean, std
 
     def _encode(self, ds: xr.Dataset, names: Sequence[str], what: str) -> np.ndarray:
-        missing = [n for n in names if n not in ds.data_vars]
+        # time features not given as variables follow from the dataset's times and lat/lon
+        computed = [n for n in self.features if n in names and n not in ds.data_vars]
+        if computed and TIME not in ds.dims:
+            raise DimensionError(f"cannot encode {what}: the dataset has no '{TIME}' dimension")
+        extra = compute_features(computed, ds[TIME].values, *fine_lat_lon(ds)) if computed else {}
+        names_read = [n for n in names if n not in extra]
+        missing = [n for n in names_read if n not in ds.data_vars]
         if missing:
             raise MissingVariableError(
                 f"cannot encode {what}: variable(s) {missing} not in the dataset "
@@ -214,10 +261,10 @@ class Codec:
         for dim in (TIME, Y, X):
             if dim not in ds.dims:
                 raise DimensionError(f"cannot encode {what}: the dataset has no '{dim}' dimension")
-        ds = ds[list(names)]
+        ds = ds[names_read]
         if any(v.chunks is not None for v in ds.data_vars.values()):
             ds = ds.compute()  # one graph: variables cut from one dask block share its read
-        for name in names:
+        for name in names_read:
             var = ds[name]
             expected = (TIME, Y, X) if TIME in var.dims else (Y, X)
             if var.dims != expected:
@@ -225,7 +272,7 @@ class Codec:
                     f"cannot encode '{name}': dims {var.dims}, expected {expected} (inputs must be "
                     "regridded to the fine grid first, see DownscalingData.inputs_on_fine)"
                 )
-        arrays = {n: ds[n].values for n in names}
+        arrays = {**{n: ds[n].values for n in names_read}, **extra}
         return self._encode_arrays(
             arrays, names, ds.sizes[TIME], times=ds[TIME].values, allow_missing=what == "targets"
         )
@@ -416,6 +463,8 @@ class Codec:
                 self.transforms[name].inverse(values)
             if name in self.bounds:
                 np.clip(values, *self.bounds[name], out=values)  # NaN stays NaN
+            if name in self.gates:
+                self.gates[name].apply(values, _gate_field(self.gates[name], template, full_dims))
             attrs = dict(self.attrs.get(name, {}))
             if isinstance(template, xr.Dataset) and name in template.data_vars:
                 attrs.update(template[name].attrs)
@@ -432,6 +481,19 @@ class Codec:
             f"in_{CHANNEL}": list(self.in_channels),
             f"out_{CHANNEL}": list(self.out_channels),
         }
+
+
+def _gate_field(gate: Gate, template: Any, dims: tuple[str, ...]) -> np.ndarray:
+    """The gate's feature at the template's times on its fine lat/lon, shaped to broadcast
+    against values on ``dims``."""
+    if isinstance(template, xr.Dataset) and gate.feature in template.data_vars:
+        f = np.asarray(template[gate.feature].transpose(TIME, Y, X).values)  # as encoded
+    elif TIME in dims and TIME in template.coords:
+        f = compute_features((gate.feature,), template[TIME].values, *fine_lat_lon(template))
+        f = f[gate.feature]
+    else:
+        raise DimensionError(f"decoding an output gated by {gate.feature} needs its '{TIME}' axis")
+    return f.reshape([f.shape[0] if d == TIME else 1 for d in dims[:-2]] + list(f.shape[1:]))
 
 
 def _check_declared(

@@ -32,6 +32,7 @@ from corrdiff_xr._constraints import (
 from corrdiff_xr._constraints import Bound as _Bound
 from corrdiff_xr._yaml_overrides import load_yaml, merge, parse_overrides
 from corrdiff_xr.config_sampling import PatchConfig, SamplerConfig
+from corrdiff_xr.features import check_names
 from corrdiff_xr.transforms import parse_bounds, parse_transforms
 
 __all__ = [
@@ -342,7 +343,10 @@ class DataConfig(Checked):
     ``transforms`` (``{tp: {kind: log_eps, eps: 1e-4}}``; kinds ``log_eps``, ``asinh``,
     ``logit_eps``, see :mod:`corrdiff_xr.transforms`) set the space a variable is trained in,
     ``bounds`` (``{tp: [0, null]}``) the range decoded outputs are clipped to; both are recorded
-    in the codec, so a diffusion run takes its regression checkpoint's.
+    in the codec, so a diffusion run takes its regression checkpoint's. ``features``
+    (``[cos_zenith, hour_of_day]``, see :mod:`corrdiff_xr.features`) are time features
+    computed from each sample's time and fine lat/lon, given to the network after the static
+    fields.
     """
 
     source: str
@@ -356,11 +360,13 @@ class DataConfig(Checked):
     catalog_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     transforms: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     bounds: dict[str, tuple[float | None, float | None]] = dataclasses.field(default_factory=dict)
+    features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         parse_transforms(self.transforms)  # one line naming the variable and key
         parse_bounds(self.bounds)
+        check_names(self.features, "data.features")
 
 
 @dataclasses.dataclass(frozen=True)

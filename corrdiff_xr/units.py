@@ -229,7 +229,8 @@ def _unknown_to_codec(names: list[str]) -> None:
 
 
 def to_model_units(ds: xr.Dataset, codec: Codec, names: Iterable[str] | None = None) -> xr.Dataset:
-    """``ds`` with variables ``names`` (default: the codec's input channels) in the model's units.
+    """``ds`` with variables ``names`` (default: the codec's inputs and static fields, not its
+    time features) in the model's units.
 
     Conversions are lazy (``value * scale + offset`` on the same dask chunks); converted and
     merely re-spelt variables are labelled with the model's ``units``. Variables whose units
@@ -240,7 +241,7 @@ def to_model_units(ds: xr.Dataset, codec: Codec, names: Iterable[str] | None = N
     UnitsError
         A variable without units, or in units with no simple and safe conversion.
     """
-    names = list(codec.in_channels if names is None else names)
+    names = list(codec.inputs + codec.static if names is None else names)  # features: no units
     out, unknown = {}, []
     for name in names:
         model = codec.units.get(name)

@@ -60,7 +60,7 @@ class CodecLike(Protocol):
     attrs: Mapping[str, Mapping[str, str]]
 
 
-__all__ = ["EXACT_TOLERANCE", "REGRID_CHOICES", "package_pair"]
+__all__ = ["EXACT_TOLERANCE", "REGRID_CHOICES", "package_pair", "with_truth"]
 
 #: a package point is an archive point when within this fraction of the archive's cell
 #: (float32 coordinates at 0.1 degrees are off by up to ~1e-5 degrees)
@@ -440,6 +440,15 @@ def package_pair(
     if Y not in pair.dataset.dims:  # no variable on the fine grid kept its coordinates
         pair = dataclasses.replace(pair, dataset=pair.dataset.assign_coords(fine))
     return pair
+
+
+def with_truth(
+    ds: xr.Dataset, truth: xr.Dataset, *, codec: CodecLike, output_grid: xr.Dataset
+) -> xr.Dataset:
+    """``ds`` (inputs on the valid-time axis, fine ``y``/``x`` of ``output_grid``) with the
+    package's outputs from ``truth`` as targets, at the times both hold: for layouts that
+    build their inputs themselves (:mod:`corrdiff_xr.data.package_windows`)."""
+    return _with_truth(ds, truth, codec, _fine_coords(output_grid))
 
 
 def _with_truth(ds: xr.Dataset, truth: xr.Dataset, codec: CodecLike, fine: Mapping) -> xr.Dataset:

@@ -383,7 +383,7 @@ def _check_codec(data: Any, *, source: str) -> tuple[int, int]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{what} must be a JSON object, got {type(data).__name__}")
     names = {}
-    for key in ("inputs", "targets", "static"):
+    for key in ("inputs", "targets", "static", "features"):
         value = data.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise CheckpointError(
@@ -400,7 +400,8 @@ def _check_codec(data: Any, *, source: str) -> tuple[int, int]:
         raise CheckpointError(
             f"{what}.stats must map each variable to [mean, std], got {stats!r:.200}"
         )
-    c_in, c_out = len(names["inputs"]) + len(names["static"]), len(names["targets"])
+    c_in = len(names["inputs"]) + len(names["static"]) + len(names["features"])
+    c_out = len(names["targets"])
     count(c_in, f"{what}: number of input channels", error=CheckpointError)
     count(c_out, f"{what}: number of output channels", error=CheckpointError)
     return c_in, c_out

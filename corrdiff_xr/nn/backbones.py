@@ -32,6 +32,7 @@ so a SongUNet's header and run identity are byte for byte what they were before 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,7 @@ from torch import nn
 
 from corrdiff_xr.config import ConfigError, NetworkConfig, to_dict
 from corrdiff_xr.nn.dit import DiT, dit_check_config, dit_check_shape
+from corrdiff_xr.nn.framed import Framed, framed_check_config, framed_check_shape
 from corrdiff_xr.nn.unet import SongUNet
 
 __all__ = [
@@ -189,3 +191,11 @@ def network_dict(cfg: NetworkConfig) -> dict[str, Any]:
     """``cfg`` as plain data for a checkpoint header or run identity; ``arch`` and ``options``
     are left out at their defaults, so a SongUNet's reads as it did before they existed."""
     return {k: v for k, v in to_dict(cfg).items() if not (k in _IMPLICIT and v == _IMPLICIT[k])}
+
+
+# a frame around another backbone: given this table's functions for its inner network
+BACKBONES["framed"] = Backbone(
+    build=functools.partial(Framed, build=build_network),
+    check_shape=functools.partial(framed_check_shape, check=check_shape),
+    check_config=functools.partial(framed_check_config, lookup=backbone),
+)

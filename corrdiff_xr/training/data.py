@@ -62,7 +62,12 @@ def new_codec(cfg: TrainRunConfig, pair: Any) -> Any:
     from corrdiff_xr.config import SettingError
 
     try:
-        return Codec.from_pair(pair, transforms=cfg.data.transforms, bounds=cfg.data.bounds)
+        return Codec.from_pair(
+            pair,
+            transforms=cfg.data.transforms,
+            bounds=cfg.data.bounds,
+            features=cfg.data.features,
+        )
     except SettingError as err:  # a transform or bound naming no variable of the run
         raise err.under("data") from None
 

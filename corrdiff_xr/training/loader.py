@@ -58,6 +58,7 @@ import xarray as xr
 
 from corrdiff_xr.dims import TIME, X, Y
 from corrdiff_xr.errors import CorrDiffError
+from corrdiff_xr.features import fine_lat_lon
 from corrdiff_xr.noise import TRAIN_PATCH, keyed_generator
 from corrdiff_xr.training.chunkread import Pieces, arrays, block_pieces, run_pieces
 
@@ -232,6 +233,8 @@ class ChunkShuffleLoader:
         self._static: dict[str, Any] | None = None  # read on first use, then kept
         self._targets = arrays(pair.fine)
         self._times = pair.fine[TIME].values  # named by a refused value
+        # time features (codec.features) are computed per block from its times on this grid
+        self._lat_lon = fine_lat_lon(pair.fine) if codec.features else None
         self._lead_time = lead_time
         if lead_time is not None and lead_time not in pair.dataset.variables:
             raise KeyError(f"lead-time variable {lead_time!r} is not in the dataset")
@@ -331,13 +334,16 @@ class ChunkShuffleLoader:
     def _read_item(self, item: int, scheduler: str | None = None) -> dict[str, np.ndarray]:
         epoch = item // self.blocks_per_epoch
         coarse, targets, order, lead = self._read_block(item, scheduler)
-        start = self.epoch_blocks(epoch)[item % self.blocks_per_epoch][0]
+        start, stop = self.epoch_blocks(epoch)[item % self.blocks_per_epoch]
         # from here on plain numpy: regrid, shuffle and normalise straight into the batch arrays
         times = (start + order).astype(np.int64)
         labels = self._times[times]
+        features = {}
+        if self._lat_lon is not None:  # in block time order, like the other fields
+            features = self.codec.feature_fields(self._times[start:stop], *self._lat_lon)
         x = self.codec.encode_arrays(
-            {**coarse, **self._static}, role="inputs", order=order, weights=self._weights,
-            times=labels,
+            {**coarse, **self._static, **features}, role="inputs", order=order,
+            weights=self._weights, times=labels,
         )  # fmt: skip
         y = self.codec.encode_arrays(targets, role="targets", order=order, times=labels)
         offsets = np.zeros((len(order), 2), dtype=np.int64)

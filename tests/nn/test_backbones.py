@@ -160,7 +160,7 @@ def test_an_unknown_arch_is_refused_in_one_line_naming_the_known(toy, store, tmp
     message = str(err.value)
     assert "\n" not in message
     assert "network.arch 'transformer9000' is not a known backbone" in message
-    assert "['dit', 'songunet', 'toy']" in message
+    assert "['dit', 'framed', 'songunet', 'toy']" in message
 
 
 def test_songunet_takes_no_options_and_a_header_with_an_unknown_arch_is_refused(toy):

@@ -353,6 +353,11 @@ def export_package(
             f"the model transforms or bounds {shaped} (data.transforms/bounds); the generic "
             "package layout normalises raw values only, so it cannot be exported as one"
         )
+    if model.codec.features:  # Earth2Studio's CorrDiff computes no time features
+        raise ExportError(
+            f"the model takes time features {list(model.codec.features)} (data.features); the "
+            "generic package layout has none, so it cannot be exported as one"
+        )
     edm = model.edm_config
     objective = (getattr(edm, "objective", "residual"), getattr(edm, "nu", None))
     if objective != ("residual", None) or getattr(edm, "flow", None) is not None:

@@ -10,7 +10,7 @@ checkpoint trained here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,10 @@ class Package:
         codec's input is then ``t2m_coarse``, as the canonical layout names inputs.
     metadata
         The package's own description (provenance only).
+    pair_with
+        The layout's own ``pair(package, coarse, *, name_map, regrid, truth, **options)``
+        where its inputs are prepared otherwise than :func:`~corrdiff_xr.data.package_pair.
+        package_pair` does (None: that function).
     """
 
     model: CorrDiff
@@ -72,6 +76,7 @@ class Package:
     name_map: Mapping[str, Any] = field(default_factory=dict)
     input_names: Mapping[str, str] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    pair_with: Callable[..., DownscalingData] | None = None
 
     @property
     def sampler(self) -> SamplerConfig | None:
@@ -93,6 +98,7 @@ class Package:
         name_map: Mapping[str, Any] | None = None,
         regrid: str | None = None,
         truth: xr.Dataset | None = None,
+        **layout_options: Any,
     ) -> DownscalingData:
         """``coarse`` (a user's archive, native names and grid) on the package's grids.
 
@@ -101,9 +107,19 @@ class Package:
         "bilinear"`` interpolates an archive that lacks them), and paired with the output
         grid and the invariants; statistics are the package's. ``truth``: km-scale fields of
         the package's outputs on its output grid, which become the pair's targets (for
-        ``calibrate`` and scoring). Lazy: no array is read.
+        ``calibrate`` and scoring). Lazy: no array is read. A layout that prepares its inputs
+        otherwise (:attr:`pair_with`, e.g. the CMIP6 one's time windows) does it, and takes
+        ``layout_options`` (``lead_times=`` for CMIP6).
         """
         from corrdiff_xr.data.package_pair import package_pair
+
+        if self.pair_with is not None:
+            options = {"name_map": {**self.name_map, **(name_map or {})}, "regrid": regrid}
+            return self.pair_with(self, coarse, **options, truth=truth, **layout_options)
+        if layout_options:
+            raise TypeError(
+                f"the {self.layout} package's pair takes no options {sorted(layout_options)}"
+            )
 
         return package_pair(
             coarse,

@@ -1,11 +1,15 @@
 """PhysicsNeMo 2.2.2 ``DiT`` weights and arguments, mapped onto :class:`corrdiff_xr.nn.DiT`.
 
 The layout it maps is PhysicsNeMo's default ``DiT``: ``patch_embed_2d`` tokenizer (learnable
-or no positional embedding), ``dit`` conditioning embedder with no vector condition
-(``condition_dim=None``), ``timm`` attention (optional ``qk_norm_type`` ``"RMSNorm"`` /
+or no positional embedding), ``dit`` conditioning embedder with or without a vector condition
+(``condition_dim``: ours ``options.condition_dim``), ``timm`` attention (optional ``qk_norm_type`` ``"RMSNorm"`` /
 ``"LayerNorm"`` with affine weights) or ``natten2d`` / ``natten2d_rope`` attention
-(``attn_kernel``, no QK-norm, ``rope_theta`` 10000: ours is ``attention: neighborhood``, the
-latter with ``pos_embed: rope``), ``proj_reshape_2d`` detokenizer and torch layer norms.
+(``attn_kernel``; ``qk_norm`` ours ``qk_norm: layernorm_no_affine``; ``rope_theta`` ours
+``options.rope_theta``: ours is ``attention: neighborhood``, the latter with ``pos_embed:
+rope``), ``proj_reshape_2d`` or ``proj_reshape_2d_conv`` detokenizer (``detokenizer_kwargs``
+``conv_layers`` / ``conv_hidden`` / ``conv_kernel``, defaults 2 / 64 / 3: ours
+``options.conv_head_*``) and torch or apex layer norms (the same numbers). Arguments that only initialise or place work
+(``dit_initialization``, ``force_tokenization_fp32``) are accepted; any other name is refused.
 Image conditions are concatenated to ``x`` in front of it (latent first), as
 ``ConcatConditionWrapper`` does, so its ``in_channels`` is ours. A ``.mdlus`` import reads the
 arguments with :func:`dit_config_from_physicsnemo` and the weights with
@@ -22,7 +26,7 @@ import torch
 
 from corrdiff_xr.config import NetworkConfig
 from corrdiff_xr.errors import CorrDiffError
-from corrdiff_xr.nn.dit import dit_options
+from corrdiff_xr.nn.dit import DIT_DEFAULTS, dit_options
 
 __all__ = [
     "dit_config_from_physicsnemo",
@@ -38,6 +42,7 @@ _KEYS = [
     (r"tokenizer\.x_embedder\.proj\.(weight|bias)", r"patch_embed.\1"),
     (r"tokenizer\.pos_embed", "pos_embed"),
     (r"conditioning_embedder\.t_embedder\.mlp\.([02])\.(weight|bias)", r"noise_embed.mlp.\1.\2"),
+    (r"conditioning_embedder\.cond_embedder\.weight", "condition_embed.weight"),
     (
         r"blocks\.(\d+)\.attention\.attn_op\.(qkv|proj|q_norm|k_norm)\.(weight|bias)",
         r"blocks.\1.attn.\2.\3",
@@ -48,7 +53,20 @@ _KEYS = [
     (r"blocks\.(\d+)\.adaptive_modulation\.1\.(weight|bias)", r"blocks.\1.modulation.\2"),
     (r"detokenizer\.proj_layer\.adaptive_modulation\.1\.(weight|bias)", r"final.modulation.\1"),
     (r"detokenizer\.proj_layer\.output_projection\.(weight|bias)", r"final.linear.\1"),
+    # proj_reshape_2d_conv: the same projection under ``proj.``, then the convolution head
+    (
+        r"detokenizer\.proj\.proj_layer\.adaptive_modulation\.1\.(weight|bias)",
+        r"final.modulation.\1",
+    ),
+    (r"detokenizer\.proj\.proj_layer\.output_projection\.(weight|bias)", r"final.linear.\1"),
+    (r"detokenizer\.conv_head\.(\d+)\.(weight|bias)", r"conv_head.\1.\2"),
 ]
+#: ``proj_reshape_2d_conv``'s ``detokenizer_kwargs`` -> our option, with PhysicsNeMo's default
+_CONV_HEAD = {
+    "conv_layers": ("conv_head_layers", 2),
+    "conv_hidden": ("conv_head_hidden", 64),
+    "conv_kernel": ("conv_head_kernel", 3),
+}
 #: recomputed from the hidden size, so not taken from the file
 _DROPPED = ("conditioning_embedder.t_embedder.freqs",)
 
@@ -80,9 +98,38 @@ def map_physicsnemo_dit_state_dict(
         else:
             raise DiTImportError(
                 f"PhysicsNeMo DiT weight {key!r} is not part of the layout corrdiff_xr imports "
-                "(patch_embed_2d, dit embedder, timm or natten2d attention, proj_reshape_2d)"
+                "(patch_embed_2d, dit embedder, timm or natten2d attention, proj_reshape_2d "
+                "with or without the conv head)"
             )
     return out
+
+
+def _attention_kwargs(opts: dict[str, Any], block_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """PhysicsNeMo's ``attention_backend`` / ``attn_kwargs`` for our attention options (the
+    timm QK-norm goes into ``block_kwargs``)."""
+    rope, qk = opts["pos_embed"] == "rope", opts["qk_norm"]
+    if opts["attention"] == "neighborhood":
+        if qk not in ("none", "layernorm_no_affine"):
+            raise DiTImportError(
+                f"PhysicsNeMo's natten2d attention has no qk_norm {qk!r}; its QK-norm is ours "
+                "qk_norm: layernorm_no_affine (or set none)"
+            )
+        attn: dict[str, Any] = {"attn_kernel": opts["attn_kernel"]}
+        if qk != "none":
+            attn["qk_norm"] = True
+        if rope and opts["rope_theta"] != DIT_DEFAULTS["rope_theta"]:
+            attn["rope_theta"] = float(opts["rope_theta"])
+        return {"attention_backend": "natten2d_rope" if rope else "natten2d", "attn_kwargs": attn}
+    if rope:
+        raise DiTImportError("PhysicsNeMo's DiT has rotary embeddings only with natten2d_rope")
+    if qk == "layernorm_no_affine":
+        raise DiTImportError(
+            "qk_norm: layernorm_no_affine is PhysicsNeMo's natten2d QK-norm; its timm attention "
+            "has none with eps 1e-6: use attention: neighborhood, or qk_norm: layernorm"
+        )
+    if qk != "none":
+        block_kwargs["qk_norm_type"] = _QK_NORM[qk]
+    return {}
 
 
 def physicsnemo_dit_kwargs(
@@ -90,22 +137,21 @@ def physicsnemo_dit_kwargs(
 ) -> dict[str, Any]:
     """PhysicsNeMo ``DiT(**kwargs)`` arguments for the same network as ``cfg``."""
     opts = dit_options(cfg)
+    if opts["vector_from_inputs"] or opts["flow_time_scale"]:
+        raise DiTImportError(
+            "options vector_from_inputs / flow_time_scale adapt a network to corrdiff_xr's "
+            "calling convention; PhysicsNeMo's DiT has no such argument"
+        )
     block_kwargs: dict[str, Any] = {"mlp_drop_rate": cfg.dropout}
-    extra: dict[str, Any] = {}
-    rope = opts["pos_embed"] == "rope"
-    if opts["attention"] == "neighborhood":
-        if opts["qk_norm"] != "none":
-            raise DiTImportError(
-                "PhysicsNeMo's natten2d attention has no QK-norm of ours; set qk_norm: none"
-            )
-        extra = {
-            "attention_backend": "natten2d_rope" if rope else "natten2d",
-            "attn_kwargs": {"attn_kernel": opts["attn_kernel"]},
+    extra = _attention_kwargs(opts, block_kwargs)
+    if opts["condition_dim"]:
+        extra["condition_dim"] = opts["condition_dim"]
+    if opts["conv_head_layers"]:
+        extra["detokenizer"] = "proj_reshape_2d_conv"
+        extra["detokenizer_kwargs"] = {
+            theirs: opts[ours] for theirs, (ours, _) in _CONV_HEAD.items()
         }
-    elif rope:
-        raise DiTImportError("PhysicsNeMo's DiT has rotary embeddings only with natten2d_rope")
-    elif opts["qk_norm"] != "none":
-        block_kwargs["qk_norm_type"] = _QK_NORM[opts["qk_norm"]]
+    rope = opts["pos_embed"] == "rope"
     return {
         **extra,
         "input_size": tuple(img_shape),
@@ -121,6 +167,16 @@ def physicsnemo_dit_kwargs(
     }
 
 
+#: constructor arguments with no effect on an fp32 forward of the mapped layout
+_NEUTRAL_ARGS = {
+    "layernorm_backend": ("torch", "apex"),
+    "dit_initialization": (True, False, 1, 0),
+    "force_tokenization_fp32": (True, False),
+}
+_SIZE_ARGS = (
+    "input_size", "in_channels", "out_channels", "patch_size", "hidden_size", "depth",
+    "num_heads", "mlp_ratio", "tokenizer_kwargs", "block_kwargs",
+)  # fmt: skip
 _DEFAULT_ARGS = {
     "tokenizer": "patch_embed_2d",
     "detokenizer": "proj_reshape_2d",
@@ -135,29 +191,82 @@ _DEFAULT_ARGS = {
 }
 
 
+def _real(value: Any, key: str) -> float:
+    """``value`` as a float, or :class:`DiTImportError` naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DiTImportError(f"PhysicsNeMo DiT argument {key}={value!r:.80} must be a number")
+    return float(value)
+
+
+def _natten_options(args: Mapping[str, Any], block: dict[str, Any]) -> dict[str, Any]:
+    """Our options for ``natten2d`` / ``natten2d_rope`` attention: ``attn_kwargs`` (kernel,
+    QK-norm, rotary base) and a ``qk_norm`` flag in ``block`` (removed from it)."""
+    rope = args["attention_backend"] == "natten2d_rope"
+    attn = dict(args.get("attn_kwargs") or {})
+    options: dict[str, Any] = {
+        "attention": "neighborhood",
+        "attn_kernel": attn.pop("attn_kernel", 3),
+    }
+    if rope:
+        options["pos_embed"] = "rope"
+        theta = _real(attn.pop("rope_theta", 10000.0), "attn_kwargs.rope_theta")
+        if theta != DIT_DEFAULTS["rope_theta"]:  # left out at the default: configs unchanged
+            options["rope_theta"] = theta
+    if attn.keys() - {"qk_norm"}:
+        raise DiTImportError(
+            f"PhysicsNeMo DiT attn_kwargs {sorted(attn.keys() - {'qk_norm'})} are not supported"
+        )
+    flags = [d.pop("qk_norm") for d in (attn, block) if "qk_norm" in d]
+    if any(not isinstance(f, bool) for f in flags):
+        raise DiTImportError(f"PhysicsNeMo DiT qk_norm={flags[0]!r:.80} must be true or false")
+    if any(flags):
+        options["qk_norm"] = "layernorm_no_affine"
+    return options
+
+
+def _conv_head_options(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Our options for ``detokenizer="proj_reshape_2d_conv"``'s ``detokenizer_kwargs``."""
+    given = dict(args.get("detokenizer_kwargs") or {})
+    unknown = sorted(set(given) - set(_CONV_HEAD))
+    if unknown:
+        raise DiTImportError(f"PhysicsNeMo DiT detokenizer_kwargs {unknown} are not supported")
+    options = {ours: given.get(theirs, default) for theirs, (ours, default) in _CONV_HEAD.items()}
+    if options["conv_head_layers"] == 0:  # PhysicsNeMo refuses it too
+        raise DiTImportError("PhysicsNeMo DiT detokenizer_kwargs.conv_layers=0 must be >= 1")
+    return options
+
+
 def dit_config_from_physicsnemo(args: Mapping[str, Any]) -> tuple[NetworkConfig, dict[str, Any]]:
     """Our :class:`NetworkConfig` (``arch="dit"``) and ``{in_channels, out_channels,
     img_shape}`` for PhysicsNeMo ``DiT`` constructor ``args``; arguments outside the supported
     layout raise :class:`DiTImportError` naming them."""
+    unknown = sorted(set(args) - set(_DEFAULT_ARGS) - set(_NEUTRAL_ARGS) - set(_SIZE_ARGS))
+    if unknown:
+        raise DiTImportError(f"PhysicsNeMo DiT arguments {unknown} are not supported")
+    for key, allowed in _NEUTRAL_ARGS.items():
+        if key in args and args[key] not in allowed:
+            raise DiTImportError(
+                f"PhysicsNeMo DiT argument {key}={args[key]!r:.80} is not supported"
+            )
+    for key in ("input_size", "in_channels"):
+        if key not in args:
+            raise DiTImportError(f"PhysicsNeMo DiT arguments lack {key!r}")
     natten = args.get("attention_backend") in ("natten2d", "natten2d_rope")
-    rope = args.get("attention_backend") == "natten2d_rope"
-    attn = dict(args.get("attn_kwargs") or {}) if natten else {}
-    kernel = attn.pop("attn_kernel", 3)
-    if rope and attn.get("rope_theta", 10000.0) == 10000.0:
-        attn.pop("rope_theta", None)
-    if attn:
-        raise DiTImportError(f"PhysicsNeMo DiT attn_kwargs {sorted(attn)} are not supported")
+    conv = args.get("detokenizer") == "proj_reshape_2d_conv"
+    skipped = {
+        *(("attention_backend", "attn_kwargs") if natten else ()),
+        *(("detokenizer", "detokenizer_kwargs") if conv else ()),
+        "condition_dim",
+    }
     for key, default in _DEFAULT_ARGS.items():
-        if natten and key in ("attention_backend", "attn_kwargs"):
-            continue
-        value = args.get(key, default)
-        if value != default and not (key == "condition_dim" and not value):
+        if key not in skipped and args.get(key, default) != default:
             raise DiTImportError(
                 f"PhysicsNeMo DiT argument {key}={args[key]!r:.80} is not supported"
             )
     block = dict(args.get("block_kwargs") or {})
+    options = _natten_options(args, block) if natten else {}
     qk = block.pop("qk_norm_type", None)
-    dropout = float(block.pop("mlp_drop_rate", 0.0))
+    dropout = _real(block.pop("mlp_drop_rate", 0.0), "block_kwargs.mlp_drop_rate")
     if block or qk not in _QK_NORM.values() or (natten and qk):
         raise DiTImportError(
             f"PhysicsNeMo DiT block_kwargs {args.get('block_kwargs')!r:.80} are not supported"
@@ -173,10 +282,12 @@ def dit_config_from_physicsnemo(args: Mapping[str, Any]) -> tuple[NetworkConfig,
         "hidden_size": args.get("hidden_size", 384),
         "depth": args.get("depth", 12),
         "num_heads": args.get("num_heads", 8),
-        "mlp_ratio": float(args.get("mlp_ratio", 4.0)),
+        "mlp_ratio": _real(args.get("mlp_ratio", 4.0), "mlp_ratio"),
         "qk_norm": {v: k for k, v in _QK_NORM.items()}[qk],
-        "pos_embed": "rope" if rope else "learnable" if pos == "learnable" else "none",
-        **({"attention": "neighborhood", "attn_kernel": kernel} if natten else {}),
+        "pos_embed": "learnable" if pos == "learnable" else "none",
+        "condition_dim": args.get("condition_dim") or 0,
+        **options,
+        **(_conv_head_options(args) if conv else {}),
     }
     cfg = NetworkConfig(arch="dit", options=options, dropout=dropout)
     shape = tuple(size) if isinstance(size, (list, tuple)) else (size, size)

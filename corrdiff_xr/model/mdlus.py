@@ -19,33 +19,25 @@ condition), ``StormCastUNet`` and bare ``SongUNet`` / ``SongUNetPosEmbd`` /
 ``SongUNetPosLtEmbd`` used as regression networks (condition only; the first convolution gets
 zero weights for our zero latent channels, which leaves outputs unchanged), and the residual
 denoisers ``EDMPrecondSuperResolution`` and ``EDMPrecondSR`` (whose ``scale_cond_input``
-becomes ``EDMConfig.scale_condition``). Anything else raises :class:`MdlusError`.
+becomes ``EDMConfig.scale_condition``). PhysicsNeMo DiTs (``DiT``, ``ConcatConditionWrapper``,
+``EDMPreconditioner``) go to :mod:`~corrdiff_xr.model.mdlus_dit`. Others raise :class:`MdlusError`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import zipfile
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
 from corrdiff_xr.config import EDMConfig, NetworkConfig, from_dict
 from corrdiff_xr.errors import CorrDiffError
-from corrdiff_xr.model import archives
-from corrdiff_xr.model.archives import load_torch_weights, member_limit, open_members, read_json
-from corrdiff_xr.model.safety import (
-    CheckpointError,
-    build_checked,
-    check_network,
-    count,
-    img_shape,
-    stored_bytes,
-    tensor_specs,
-)
+from corrdiff_xr.model.mdlus_dit import DIT_CLASSES, import_dit_mdlus
+from corrdiff_xr.model.mdlus_files import MdlusCheckpoint, MdlusError, read_mdlus
+from corrdiff_xr.model.mdlus_files import as_checkpoint as _checkpoint
+from corrdiff_xr.model.mdlus_files import build_and_load as _build_and_load
+from corrdiff_xr.model.safety import check_network, count, img_shape
 
 __all__ = [
     "MdlusCheckpoint",
@@ -54,21 +46,6 @@ __all__ = [
     "map_reference_state_dict",
     "read_mdlus",
 ]
-
-
-class MdlusError(CheckpointError):
-    """A ``.mdlus`` checkpoint cannot be imported (unknown class, bad weights, unsafe pickle)."""
-
-
-@dataclass(frozen=True)
-class MdlusCheckpoint:
-    """Contents of a ``.mdlus`` file: class name, constructor args, metadata, tensors."""
-
-    name: str
-    args: dict[str, Any]
-    metadata: dict[str, Any]
-    state_dict: dict[str, torch.Tensor]
-    source: str
 
 
 REGRESSION_CLASSES = {"UNet", "CorrDiffRegressionUNet"}
@@ -128,61 +105,6 @@ _WRAPPER_ARGS = frozenset({
     "img_resolution", "img_in_channels", "img_out_channels", "use_fp16", "model_type",
     "sigma_min", "sigma_max", "sigma_data", "img_channels",
 })  # fmt: skip
-
-_WANTED = ("args.json", "metadata.json", "model.pt")
-
-
-def read_mdlus(path: str | os.PathLike, *, file: BinaryIO | None = None) -> MdlusCheckpoint:
-    """Read a ``.mdlus`` archive, or ``file`` (an open seekable one, e.g. a package zip's
-    member read in place; ``path`` then names it), without extracting it.
-
-    Members are read within the bounds of :mod:`corrdiff_xr.model.archives`, tensors with
-    ``weights_only=True``; every refusal is an :class:`MdlusError` naming the file.
-    """
-    path = os.fspath(path)
-    if file is None and not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    with (
-        open_members(path, set(_WANTED), error=MdlusError)
-        if file is None
-        else contextlib.nullcontext(_file_members(file, path))
-    ) as files:
-        for required in ("args.json", "model.pt"):
-            if required not in files:
-                raise MdlusError(f"{path} has no {required}; found {sorted(files)}")
-        args = read_json(files["args.json"], f"{path}: args.json", error=MdlusError)
-        meta = (
-            read_json(files["metadata.json"], f"{path}: metadata.json", error=MdlusError)
-            if "metadata.json" in files
-            else {}
-        )
-        got = args if isinstance(args, dict) else {}
-        name, kwargs = got.get("__name__"), got.get("__args__")
-        if not isinstance(name, str) or not isinstance(kwargs, dict):
-            raise MdlusError(
-                f"{path}: args.json needs a class name in __name__ and an __args__ object "
-                f"(it holds {sorted(got) if got else type(args).__name__})"
-            )
-        sd = load_torch_weights(files["model.pt"], source=path, error=MdlusError)
-    return MdlusCheckpoint(name, dict(kwargs), meta if isinstance(meta, dict) else {}, sd, path)
-
-
-def _file_members(raw: BinaryIO, source: str) -> dict[str, BinaryIO]:
-    """What :func:`~corrdiff_xr.model.archives.open_members` yields, for an open file."""
-    limit = member_limit(raw.seek(0, 2))
-    raw.seek(0)
-    kw = {"source": source, "error": MdlusError}
-    try:
-        tar = archives._open_tar(raw, limit, **kw)
-        if tar is not None:
-            found = archives._tar_members(tar, set(_WANTED), limit, **kw)
-        elif zipfile.is_zipfile(raw):
-            found = archives._zip_members(raw, set(_WANTED), limit, **kw)
-        else:
-            raise MdlusError(f"{source} is neither a zip nor a tar archive (or is truncated)")
-    except archives._BROKEN as err:
-        raise MdlusError(f"{source}: the archive is truncated or corrupt: {err}") from err
-    return found
 
 
 # -- configs ------------------------------------------------------------------------------
@@ -387,9 +309,12 @@ def import_mdlus(
     ----------
     regression : path or MdlusCheckpoint, optional
         Regression network checkpoint (``UNet``, ``CorrDiffRegressionUNet``,
-        ``StormCastUNet`` or a bare ``SongUNet*``), or its contents (:func:`read_mdlus`).
+        ``StormCastUNet`` or a bare ``SongUNet*``; or a PhysicsNeMo ``DiT``), or its contents
+        (:func:`read_mdlus`).
     residual : path or MdlusCheckpoint, optional
-        Residual denoiser checkpoint (``EDMPrecondSuperResolution`` / ``EDMPrecondSR``).
+        Residual denoiser checkpoint (``EDMPrecondSuperResolution`` / ``EDMPrecondSR``; or
+        ``EDMPreconditioner(ConcatConditionWrapper(DiT))``, see
+        :func:`~corrdiff_xr.model.mdlus_dit.import_dit_mdlus` for the DiT layouts).
     codec : Codec, optional
         Variables and statistics the networks were trained with; its channel counts must match.
     hr_mean_conditioning : bool, optional
@@ -405,10 +330,32 @@ def import_mdlus(
     CorrDiff
         With the reference's weights (in ``eval()`` mode).
     """
-    from corrdiff_xr.model.core import DEFAULT_REGRESSION, CorrDiff
-
     if regression is None and residual is None:
         raise MdlusError("import_mdlus needs a regression and/or a residual checkpoint")
+    regression, residual = (None if p is None else _checkpoint(p) for p in (regression, residual))
+    dit = any(ck is not None and ck.name in DIT_CLASSES for ck in (regression, residual))
+    return (import_dit_mdlus if dit else _import_unets)(
+        regression,
+        residual,
+        codec=codec,
+        in_channels=in_channels,
+        hr_mean_conditioning=hr_mean_conditioning,
+        map_location=map_location,
+    )
+
+
+def _import_unets(
+    regression: MdlusCheckpoint | None,
+    residual: MdlusCheckpoint | None,
+    *,
+    codec: Any,
+    hr_mean_conditioning: bool | None,
+    in_channels: int | None,
+    map_location: str | torch.device,
+):
+    """:func:`import_mdlus` for the CorrDiff UNet classes."""
+    from corrdiff_xr.model.core import DEFAULT_REGRESSION, CorrDiff
+
     weights: dict[str, torch.Tensor] = {}
     reg_cfg, res_cfg, edm = DEFAULT_REGRESSION, None, EDMConfig()
     img_shape = out_ch = None
@@ -482,39 +429,3 @@ def import_mdlus(
         ),
     )
     return model.eval().to(map_location)
-
-
-def _checkpoint(source: Any) -> MdlusCheckpoint:
-    return source if isinstance(source, MdlusCheckpoint) else read_mdlus(source)
-
-
-def _build_and_load(make, weights: dict, *, pad_latent: int, keep_regression: bool, source: str):
-    """The model ``make()`` builds, once its meta-device twin fits ``weights``, loaded.
-
-    ``pad_latent`` zero input channels are prepended to the first convolution (condition-only
-    reference networks); ``keep_regression`` keeps the fresh regression when none was given.
-    """
-    from corrdiff_xr.model.core import load_weights
-
-    found = tensor_specs(weights)
-    latent = "regression.net.enc.L0_conv.weight"
-    if pad_latent and latent in found and len(found[latent][0]) == 4:
-        # checked as padded, padded only once it passed (its shape comes from the file)
-        (o, i, *k), dtype = found[latent]
-        found[latent] = ((o, i + pad_latent, *k), dtype)
-    model = build_checked(
-        make,
-        found,
-        available_bytes=stored_bytes(weights),
-        source=source,
-        optional_prefix="regression." if keep_regression else None,
-        error=MdlusError,
-    )
-    if keep_regression:
-        own = model.state_dict()
-        weights.update({k: v for k, v in own.items() if k.startswith("regression.")})
-    if pad_latent and latent in weights:
-        w = weights[latent]
-        weights[latent] = torch.cat([w.new_zeros(w.shape[0], pad_latent, *w.shape[2:]), w], dim=1)
-    load_weights(model, weights, source=source)
-    return model

@@ -2,31 +2,38 @@
 
 Peebles & Xie (2023), *Scalable diffusion models with transformers*, laid out with the
 numerics of PhysicsNeMo 2.2.2's ``DiT`` (default ``patch_embed_2d`` tokenizer, ``dit``
-conditioning embedder, ``timm`` attention, ``proj_reshape_2d`` detokenizer), so its weights
+conditioning embedder, ``timm`` attention, ``proj_reshape_2d`` detokenizer, or its variants
+``natten2d``, ``natten2d_rope`` and ``proj_reshape_2d_conv``), so its weights
 map across one to one (:mod:`corrdiff_xr.model.dit_import`):
 
 1. a strided convolution cuts the image into ``patch_size`` patches, one token each, plus a
    learnable positional embedding per token of the global grid (``pos_embed: learnable``), or
    none, or 2-D axial rotary embeddings of queries and keys in every attention
-   (``pos_embed: rope``, as PhysicsNeMo's ``natten2d_rope``);
-2. the noise label goes through sinusoidal features (cos then sin) and a two-layer MLP;
+   (``pos_embed: rope``, base ``rope_theta``, as PhysicsNeMo's ``natten2d_rope``);
+2. the noise label goes through sinusoidal features (cos then sin) and a two-layer MLP, plus,
+   with ``condition_dim``, a bias-free linear map of a vector condition (e.g. day of year);
 3. ``depth`` blocks of pre-norm self-attention and a GELU MLP, each modulated by the noise
    embedding (adaLN-Zero's shift, scale and gate). Attention is global
    (:func:`torch.nn.functional.scaled_dot_product_attention`) or, with ``attention:
    neighborhood``, over ``attn_kernel`` x ``attn_kernel`` token windows as PhysicsNeMo's
    ``natten2d`` backend (NATTEN on CUDA when installed, else :func:`neighborhood_attention`);
    QK-norm is optional;
-4. a final modulated layer norm and a linear map back to ``patch_size`` pixels per token.
+4. a final modulated layer norm and a linear map back to ``patch_size`` pixels per token;
+   with ``conv_head_layers`` > 0 the image then gets a residual convolution head
+   (``img + head(img)``, PhysicsNeMo's ``proj_reshape_2d_conv``) that lets neighbouring
+   patches exchange information across their seams.
 
 Image conditions reach it as they reach SongUNet: concatenated to ``x`` along channels, latent
 first (PhysicsNeMo's ``ConcatConditionWrapper`` does the same in front of its ``DiT``). For a
 patch of the grid (``offsets``), each token takes the positional embedding of the global token
 its top-left pixel falls in (positions mirrored at the edges like the data), which is exact
-for offsets that are multiples of ``patch_size``. Of :class:`~corrdiff_xr.config.NetworkConfig`'s
+for offsets that are multiples of ``patch_size``; a convolution head pads a patch's edges with
+zeros as it pads the grid's, so near its edges a patch differs from the whole grid. Of :class:`~corrdiff_xr.config.NetworkConfig`'s
 fields the DiT honours ``dropout`` (in each MLP, after the activation and the output, as
 PhysicsNeMo's ``mlp_drop_rate``), ``checkpoint_activations`` (per block) and ``compile``, and
 refuses ``lead_time_channels``; SongUNet's other fields are not used. Its own settings are
-``network.options`` (:data:`DIT_DEFAULTS`, checked by :func:`dit_check_config`).
+``network.options`` (:mod:`corrdiff_xr.nn.dit_options`: :data:`DIT_DEFAULTS`, checked by
+:func:`dit_check_config`).
 """
 
 from __future__ import annotations
@@ -41,6 +48,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from corrdiff_xr.config import ConfigError, NetworkConfig
+from corrdiff_xr.nn.dit_options import (
+    DIT_DEFAULTS,
+    MAX_TOKENS,
+    dit_check_config,
+    dit_check_shape,
+    dit_options,
+)
 from corrdiff_xr.patching import patch_positions
 
 __all__ = [
@@ -53,107 +67,6 @@ __all__ = [
     "dit_options",
     "neighborhood_attention",
 ]
-
-#: ``network.options`` of a DiT and their values when left out (PhysicsNeMo's defaults)
-DIT_DEFAULTS: dict[str, Any] = {
-    "patch_size": 8,
-    "hidden_size": 384,
-    "depth": 12,
-    "num_heads": 8,
-    "mlp_ratio": 4.0,
-    "qk_norm": "none",
-    "pos_embed": "learnable",
-    "attention": "global",
-    "attn_kernel": 3,
-}
-#: (min, max) of each numeric option; ``patch_size`` bounds each side
-DIT_LIMITS = {
-    "patch_size": (1, 64),
-    "hidden_size": (2, 8192),
-    "depth": (1, 128),
-    "num_heads": (1, 256),
-    "mlp_ratio": (0.0625, 16.0),
-    "attn_kernel": (1, 255),
-}
-DIT_CHOICES = {
-    "qk_norm": ("none", "rmsnorm", "layernorm"),
-    "pos_embed": ("learnable", "none", "rope"),
-    "attention": ("global", "neighborhood"),
-}
-#: most positional-embedding tokens (a 4096 x 4096 grid in 8 x 8 patches), to bound a header
-MAX_TOKENS = 1 << 18
-
-
-def dit_options(cfg: NetworkConfig) -> dict[str, Any]:
-    """``cfg.options`` over :data:`DIT_DEFAULTS`, ``patch_size`` as a ``(ph, pw)`` tuple."""
-    opts = {**DIT_DEFAULTS, **cfg.options}
-    p = opts["patch_size"]
-    opts["patch_size"] = (p, p) if isinstance(p, int) else tuple(p)
-    return opts
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def dit_check_config(cfg: NetworkConfig, what: str, error: type[Exception]) -> None:
-    """Refuse unknown options, options of the wrong type or beyond :data:`DIT_LIMITS`, and
-    SongUNet settings a DiT cannot honour, in one line naming ``{what}.options.<key>``."""
-    unknown = sorted(set(cfg.options) - set(DIT_DEFAULTS))
-    if unknown:
-        raise error(
-            f"{what}.options {unknown} are not taken by arch 'dit'; known: {sorted(DIT_DEFAULTS)}"
-        )
-    opts = {**DIT_DEFAULTS, **cfg.options}
-    p = opts["patch_size"]
-    sides = [p] if _is_int(p) else list(p) if isinstance(p, (list, tuple)) else [None]
-    low, high = DIT_LIMITS["patch_size"]
-    if len(sides) not in (1, 2) or not all(_is_int(s) and low <= s <= high for s in sides):
-        raise error(
-            f"{what}.options.patch_size={p!r:.60} must be an integer or [rows, cols] in "
-            f"[{low}, {high}]"
-        )
-    for key in ("hidden_size", "depth", "num_heads", "mlp_ratio", "attn_kernel"):
-        v, (low, high) = opts[key], DIT_LIMITS[key]
-        ok = _is_int(v) or (key == "mlp_ratio" and isinstance(v, float))
-        if not ok or not low <= v <= high:
-            kind = "a number" if key == "mlp_ratio" else "an integer"
-            raise error(f"{what}.options.{key}={v!r:.60} must be {kind} in [{low}, {high}]")
-    hidden, heads = opts["hidden_size"], opts["num_heads"]
-    if hidden % 2 or hidden % heads:
-        raise error(
-            f"{what}.options.hidden_size={hidden} must be even and divisible by "
-            f"options.num_heads={heads}"
-        )
-    if int(hidden * opts["mlp_ratio"]) < 1:
-        raise error(f"{what}.options.mlp_ratio={opts['mlp_ratio']} leaves the MLP no hidden unit")
-    if opts["pos_embed"] == "rope" and hidden % (4 * heads):
-        raise error(
-            f"{what}.options.pos_embed='rope' needs a head size (hidden_size / num_heads = "
-            f"{hidden // heads}) divisible by 4"
-        )
-    for key, choices in DIT_CHOICES.items():
-        if opts[key] not in choices:
-            raise error(f"{what}.options.{key}={opts[key]!r:.60} must be one of {list(choices)}")
-    if opts["attn_kernel"] % 2 == 0:
-        raise error(
-            f"{what}.options.attn_kernel={opts['attn_kernel']} must be odd (centred windows)"
-        )
-    if cfg.lead_time_channels:
-        raise error(
-            f"{what}.lead_time_channels={cfg.lead_time_channels}: arch 'dit' takes no lead time; set 0"
-        )
-
-
-def dit_check_shape(cfg: NetworkConfig, shape: tuple[int, int], what: str) -> None:
-    """Refuse a ``shape`` (y, x) the patches do not tile, naming the nearest smaller one."""
-    ph, pw = dit_options(cfg)["patch_size"]
-    if shape[0] % ph or shape[1] % pw:
-        fit = (shape[0] // ph * ph, shape[1] // pw * pw)
-        raise ConfigError(
-            f"{what} {shape[0]}x{shape[1]} (y, x) is not a multiple of the DiT patch_size "
-            f"{ph}x{pw}: crop it to {fit[0]}x{fit[1]} or choose a patch_size that divides it"
-        )
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -254,6 +167,10 @@ class SelfAttention(nn.Module):
             "none": nn.Identity,
             "rmsnorm": lambda: nn.RMSNorm(head_dim, eps=1e-6),
             "layernorm": lambda: nn.LayerNorm(head_dim),  # eps 1e-5, as timm's
+            # PhysicsNeMo natten2d's qk_norm=True
+            "layernorm_no_affine": lambda: nn.LayerNorm(
+                head_dim, elementwise_affine=False, eps=1e-6
+            ),
         }
         self.q_norm, self.k_norm = norms[qk_norm](), norms[qk_norm]()
         self.proj = nn.Linear(hidden_size, hidden_size)
@@ -338,6 +255,26 @@ class FinalLayer(nn.Module):
         return self.linear(_modulate(self.norm(x), shift, scale))
 
 
+def conv_head(channels: int, layers: int, hidden: int, kernel: int) -> nn.Sequential:
+    """``layers`` same-padded ``kernel`` convolutions from ``channels`` maps back to
+    ``channels`` with ``hidden`` maps and exact GELU between (PhysicsNeMo's ``ConvDetokenizer``
+    head; its layout, so the weights' indices match)."""
+    modules: list[nn.Module] = []
+    for i in range(layers):
+        last = i == layers - 1
+        modules.append(
+            nn.Conv2d(
+                channels if i == 0 else hidden,
+                channels if last else hidden,
+                kernel,
+                padding=kernel // 2,
+            )
+        )
+        if not last:
+            modules.append(nn.GELU())
+    return nn.Sequential(*modules)
+
+
 class DiT(nn.Module):
     """A diffusion transformer with SongUNet's call signature (see the module docstring).
 
@@ -379,12 +316,25 @@ class DiT(nn.Module):
                 f"img_shape {self.img_shape} makes {self.tokens[0] * self.tokens[1]} DiT tokens; "
                 f"at most {MAX_TOKENS}: choose a larger patch_size"
             )
-        self.patch_embed = nn.Conv2d(in_channels, hidden, self.patch_size, stride=self.patch_size)
+        # with vector_from_inputs the last condition_dim channels are the vector, not pixels
+        self.vector_inputs = opts["condition_dim"] if opts["vector_from_inputs"] else 0
+        self.flow_time_scale = float(opts["flow_time_scale"])
+        if self.vector_inputs >= self.in_channels:
+            raise ConfigError(
+                f"in_channels={in_channels} leaves no image channel besides the "
+                f"{self.vector_inputs} vector ones (options.vector_from_inputs)"
+            )
+        pixels = self.in_channels - self.vector_inputs
+        self.patch_embed = nn.Conv2d(pixels, hidden, self.patch_size, stride=self.patch_size)
         self.pos_embed = None
-        self.rope_theta = 10000.0 if opts["pos_embed"] == "rope" else None
+        self.rope_theta = float(opts["rope_theta"]) if opts["pos_embed"] == "rope" else None
         if opts["pos_embed"] == "learnable":
             self.pos_embed = nn.Parameter(torch.zeros(1, self.tokens[0] * self.tokens[1], hidden))
         self.noise_embed = NoiseEmbedding(hidden)
+        # a vector condition (e.g. day of year) adds a bias-free linear map of it to the noise
+        # embedding, as PhysicsNeMo's ``dit`` embedder with ``condition_dim``
+        dim = opts["condition_dim"]
+        self.condition_embed = nn.Linear(dim, hidden, bias=False) if dim else None
         self.blocks = nn.ModuleList(
             DiTBlock(
                 hidden,
@@ -397,6 +347,14 @@ class DiT(nn.Module):
             for _ in range(opts["depth"])
         )
         self.final = FinalLayer(hidden, self.patch_size[0] * self.patch_size[1] * out_channels)
+        self.conv_head = None
+        if opts["conv_head_layers"]:
+            self.conv_head = conv_head(
+                self.out_channels,
+                opts["conv_head_layers"],
+                opts["conv_head_hidden"],
+                opts["conv_head_kernel"],
+            )
         self.reset_parameters()
 
     @property
@@ -405,19 +363,29 @@ class DiT(nn.Module):
 
     def reset_parameters(self) -> None:
         """DiT's initialisation: Xavier-uniform linear maps and patch embedding, N(0, 0.02)
-        positions, and zeros for every modulation and the output map (the net starts at 0)."""
+        positions, and zeros for every modulation and the output map (the net starts at 0);
+        a convolution head gets PyTorch's default initialisation, its last layer zero."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.out_channels, -1))
         nn.init.zeros_(self.patch_embed.bias)
         if self.pos_embed is not None:
             nn.init.normal_(self.pos_embed, std=0.02)
         for block in self.blocks:
             block.zero_init()
+        if self.condition_embed is not None:
+            nn.init.zeros_(self.condition_embed.weight)
         for p in (*self.final.modulation.parameters(), *self.final.linear.parameters()):
             nn.init.zeros_(p)
+        if self.conv_head is not None:
+            for m in self.conv_head:
+                if isinstance(m, nn.Conv2d):
+                    m.reset_parameters()
+            for p in self.conv_head[-1].parameters():
+                nn.init.zeros_(p)
 
     def _positions(self, offsets: torch.Tensor | None, n: int, h: int, w: int) -> torch.Tensor:
         """Positional embedding (1 or N, L, D) of the tokens of an (h, w) image at ``offsets``."""
@@ -444,6 +412,7 @@ class DiT(nn.Module):
         *,
         offsets: torch.Tensor | None = None,
         lead_time: torch.Tensor | None = None,
+        condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Network output (N, out_channels, h, w).
 
@@ -457,10 +426,20 @@ class DiT(nn.Module):
             (N, 2) global (row, col) of each sample's top-left pixel; None = the full grid.
         lead_time : Tensor, optional
             Must be None: a DiT has no lead-time embedding.
+        condition : Tensor, optional
+            (N, condition_dim) vector condition (``options.condition_dim``); None leaves the
+            embedding that of the noise label alone (as PhysicsNeMo's with no condition).
+            With ``options.vector_from_inputs`` it comes from the last input channels.
         """
         if lead_time is not None:
             raise ValueError("arch 'dit' takes no lead time; train without data.lead_time")
         x = x.to(self.dtype)
+        if self.vector_inputs:  # fields constant in space: their first pixel is the vector
+            if condition is not None:
+                raise ValueError("this DiT reads its vector condition from its inputs")
+            condition, x = x[:, -self.vector_inputs :, 0, 0], x[:, : -self.vector_inputs]
+        if self.flow_time_scale:  # ln(sigma) / 4 -> time_scale * sigma / (1 + sigma)
+            noise_labels = self.flow_time_scale * torch.sigmoid(4 * noise_labels.float())
         n, _, h, w = x.shape
         if h % self.patch_size[0] or w % self.patch_size[1]:
             raise ValueError(f"DiT input {h}x{w} is not a multiple of patch_size {self.patch_size}")
@@ -470,6 +449,10 @@ class DiT(nn.Module):
         c = self.noise_embed(noise_labels.reshape(-1))
         if c.shape[0] != n:
             c = c.expand(n, -1)
+        if condition is not None:
+            if self.condition_embed is None:
+                raise ValueError("this DiT takes no vector condition (options.condition_dim is 0)")
+            c = c + self.condition_embed(condition.to(c.dtype))
         grid = (h // self.patch_size[0], w // self.patch_size[1])
         rope = None
         if self.rope_theta is not None:  # relative positions: a patch needs no offset
@@ -480,7 +463,8 @@ class DiT(nn.Module):
                 tokens = checkpoint(block, tokens, c, grid, rope, use_reentrant=False)
             else:
                 tokens = block(tokens, c, grid, rope)
-        return self._unpatchify(self.final(tokens, c), h, w)
+        out = self._unpatchify(self.final(tokens, c), h, w)
+        return out if self.conv_head is None else out + self.conv_head(out)
 
     def extra_repr(self) -> str:
         return f"img_shape={self.img_shape}, patch_size={self.patch_size}, tokens={math.prod(self.tokens)}"

@@ -56,6 +56,19 @@ CONFIGS = {
         },
         (16, 16),
     ),
+    # CorrDiff COSMO-ERA5's mean: proj_reshape_2d_conv, a residual conv head on the image
+    "conv_head_detokenizer": (
+        {
+            "patch_size": 4,
+            "hidden_size": 32,
+            "depth": 1,
+            "num_heads": 4,
+            "conv_head_layers": 3,
+            "conv_head_hidden": 8,
+            "conv_head_kernel": 5,
+        },
+        (16, 24),
+    ),
 }
 
 
@@ -100,6 +113,31 @@ def test_dit_forward_equals_physicsnemo(name):
     assert (want[0] - want[2]).abs().max() > 1e-2  # the noise label reaches the output
 
 
+def test_the_conv_head_with_physicsnemos_defaults_moves_the_output_as_physicsnemos():
+    """``conv_layers`` etc. left out: PhysicsNeMo's defaults (2 layers, 64 maps, 3 x 3). With
+    random weights the head moves the output and ours moves it the same way; with its last
+    layer zero (as both initialise it) the DiT gives the plain detokenizer's output."""
+    options = {"patch_size": 4, "hidden_size": 32, "depth": 2, "num_heads": 4}
+    kwargs = physicsnemo_dit_kwargs(
+        NetworkConfig(arch="dit", options=options, dropout=0.0),
+        in_channels=IN, out_channels=OUT, img_shape=(16, 16),
+    )  # fmt: skip
+    cfg, _ = dit_config_from_physicsnemo({**kwargs, "detokenizer": "proj_reshape_2d_conv"})
+    ref, ours = _pair(cfg.options, (16, 16), seed=2)
+    assert ours.conv_head[0].out_channels == 64 and ours.conv_head[0].kernel_size == (3, 3)
+    assert len(ours.conv_head) == 3  # conv, GELU, conv
+    x, labels = _inputs((16, 16))
+    with torch.no_grad():
+        want, got = ref(x, labels), ours(x, labels)
+        ours.conv_head[-1].weight.zero_()
+        ours.conv_head[-1].bias.zero_()
+        plain = ours(x, labels)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert (got - plain).abs().mean() > 1e-3  # the head's share is in the comparison
+    fresh = DiT(cfg, in_channels=IN, out_channels=OUT, img_shape=(16, 16))
+    assert not fresh.conv_head[-1].weight.any() and fresh.conv_head[0].weight.any()
+
+
 def test_concatenated_condition_matches_physicsnemos_concat_wrapper():
     """CorrDiff hands the DiT [latent, condition] along channels, as ``ConcatConditionWrapper``
     does in front of PhysicsNeMo's DiT; the vector ``condition`` input stays unused."""
@@ -121,11 +159,27 @@ NEIGHBORHOOD = (
 )
 
 
+#: the published COSMO DiT's kind: natten2d_rope, QK-norm, another rotary base, the conv head
+NEIGHBORHOOD_VARIANTS = {
+    "plain": {},
+    "rope": {"pos_embed": "rope"},
+    "rope_theta_qk_norm": {
+        "pos_embed": "rope",
+        "rope_theta": 100.0,
+        "qk_norm": "layernorm_no_affine",
+    },
+    "qk_norm_conv_head": {
+        "qk_norm": "layernorm_no_affine",
+        "conv_head_layers": 1,
+        "conv_head_kernel": 3,
+    },
+}
+
 ROUND_TRIP = {
     **CONFIGS,
-    "neighborhood": NEIGHBORHOOD,
-    "neighborhood_rope": ({**NEIGHBORHOOD[0], "pos_embed": "rope"}, NEIGHBORHOOD[1]),
-}
+    **{f"neighborhood_{k}": ({**NEIGHBORHOOD[0], **v}, NEIGHBORHOOD[1])
+       for k, v in NEIGHBORHOOD_VARIANTS.items()},
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(ROUND_TRIP))
@@ -156,14 +210,23 @@ def test_weights_and_arguments_outside_the_supported_layout_are_refused():
     base = {"input_size": [16, 16], "in_channels": 3}
     with pytest.raises(DiTImportError, match=r"attention_backend='transformer_engine' is not"):
         dit_config_from_physicsnemo({**base, "attention_backend": "transformer_engine"})
-    rope = {**base, "attention_backend": "natten2d_rope", "attn_kwargs": {"rope_theta": 500.0}}
+    natten = {**base, "attention_backend": "natten2d", "attn_kwargs": {"rope_theta": 500.0}}
     with pytest.raises(DiTImportError, match=r"attn_kwargs \['rope_theta'\] are not supported"):
-        dit_config_from_physicsnemo(rope)
-    natten = {**base, "attention_backend": "natten2d", "attn_kwargs": {"qk_norm": True}}
-    with pytest.raises(DiTImportError, match=r"attn_kwargs \['qk_norm'\] are not supported"):
+        dit_config_from_physicsnemo(natten)  # PhysicsNeMo's natten2d takes no rotary base
+    natten["attn_kwargs"] = {"qk_norm": "yes"}
+    with pytest.raises(DiTImportError, match=r"qk_norm='yes' must be true or false"):
         dit_config_from_physicsnemo(natten)
-    with pytest.raises(DiTImportError, match=r"condition_dim=4 is not supported"):
-        dit_config_from_physicsnemo({**base, "condition_dim": 4})
+    conv = {**base, "detokenizer": "proj_reshape_2d_conv"}
+    for kwargs, needle in (
+        ({"conv_stride": 2}, r"detokenizer_kwargs \['conv_stride'\] are not supported"),
+        ({"conv_layers": 0}, r"conv_layers=0 must be >= 1"),
+    ):
+        with pytest.raises(DiTImportError, match=needle):
+            dit_config_from_physicsnemo({**conv, "detokenizer_kwargs": kwargs})
+    with pytest.raises(DiTImportError, match=r"detokenizer='hpx_patch_detokenizer' is not"):
+        dit_config_from_physicsnemo({**base, "detokenizer": "hpx_patch_detokenizer"})
+    with pytest.raises(DiTImportError, match=r"conditioning_embedder='edm' is not supported"):
+        dit_config_from_physicsnemo({**base, "conditioning_embedder": "edm"})
 
 
 def brute_force_na2d(q, k, v, kernel_size):
@@ -194,20 +257,67 @@ def test_plain_neighborhood_attention_equals_natten_semantics(kernel):
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("pos_embed", ["learnable", "rope"])
-def test_neighborhood_dit_equals_physicsnemos_natten2d(monkeypatch, pos_embed):
+@pytest.mark.parametrize("variant", sorted(NEIGHBORHOOD_VARIANTS))
+def test_neighborhood_dit_equals_physicsnemos_natten2d(monkeypatch, variant):
     """NATTEN is not installed here, so the reference's ``na2d`` call runs the brute-force
     definition above; what this checks is PhysicsNeMo's natten2d (and natten2d_rope: rotary
-    tables, rotation) weight layout, reshapes and everything around the kernel, against ours."""
+    tables of base ``rope_theta``, rotation; ``qk_norm``; the conv head) weight layout,
+    reshapes and everything around the kernel, against ours."""
     import physicsnemo.nn.module.dit_layers as layers
 
     monkeypatch.setattr(layers, "_na2d_func", brute_force_na2d)
     options, shape = NEIGHBORHOOD
-    ref, ours = _pair({**options, "pos_embed": pos_embed}, shape, seed=7)
-    assert (ours.pos_embed is None) == (pos_embed == "rope")
+    options = {**options, **NEIGHBORHOOD_VARIANTS[variant]}
+    ref, ours = _pair(options, shape, seed=7)
+    assert (ours.pos_embed is None) == (options.get("pos_embed") == "rope")
+    qk_norm = options.get("qk_norm") == "layernorm_no_affine"
+    assert isinstance(ref.blocks[0].attention.q_norm, torch.nn.LayerNorm) == qk_norm
     x, labels = _inputs(NEIGHBORHOOD[1])
     with torch.no_grad():
         want = ref(x, labels)
         got = ours(x, labels)
+        ours.rope_theta = None if ours.rope_theta is None else 10000.0 + 1.0
+        other_theta = ours(x, labels)
     assert want.abs().mean() > 0.1
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    if "rope_theta" in options:  # the base reaches the output
+        assert ref.rope.theta == options["rope_theta"]
+        assert (other_theta - got).abs().max() > 1e-3
+
+
+def test_the_variant_options_left_out_change_no_config_and_bad_ones_are_refused():
+    """Configs and imported headers without the variants keep exactly their old options (so
+    checkpoint identities stay), and each bad value is refused in one line naming it."""
+    from corrdiff_xr.config import ConfigError
+    from corrdiff_xr.nn.dit_options import dit_check_config
+
+    options, shape = NEIGHBORHOOD
+    cfg = NetworkConfig(arch="dit", options={**options, "pos_embed": "rope"}, dropout=0.0)
+    kwargs = physicsnemo_dit_kwargs(cfg, in_channels=IN, out_channels=OUT, img_shape=shape)
+    assert "detokenizer" not in kwargs and kwargs["attn_kwargs"] == {"attn_kernel": 3}
+    back, _ = dit_config_from_physicsnemo({**kwargs, "attn_kwargs": {"rope_theta": 10000.0}})
+    assert not {"rope_theta", "conv_head_layers", "conv_head_hidden"} & set(back.options)
+    assert back.options["qk_norm"] == "none"
+    # natten2d's QK-norm may also come through block_kwargs (PhysicsNeMo forwards both)
+    from physicsnemo.models.dit import DiT as ReferenceDiT
+
+    flagged = {**kwargs, "block_kwargs": {"qk_norm": True}}
+    norm = ReferenceDiT(**flagged).blocks[0].attention.q_norm
+    assert (norm.elementwise_affine, norm.eps) == (False, 1e-6)
+    assert dit_config_from_physicsnemo(flagged)[0].options["qk_norm"] == "layernorm_no_affine"
+    base = {"patch_size": 4, "hidden_size": 32, "depth": 1, "num_heads": 4}
+    for bad, needle in (
+        ({"conv_head_layers": 1, "conv_head_kernel": 4}, "conv_head_kernel=4 must be odd"),
+        ({"conv_head_layers": 9}, "conv_head_layers=9 must be an integer in [0, 8]"),
+        ({"rope_theta": 100.0}, "rope_theta=100.0 needs options.pos_embed: rope"),
+        ({"qk_norm": "layernorm_plain"}, "qk_norm='layernorm_plain' must be one of"),
+    ):
+        with pytest.raises(ConfigError) as excinfo:
+            dit_check_config(NetworkConfig(arch="dit", options={**base, **bad}), "n", ConfigError)
+        assert needle in str(excinfo.value) and "\n" not in str(excinfo.value)
+    timm = NetworkConfig(arch="dit", options={**base, "qk_norm": "layernorm_no_affine"})
+    with pytest.raises(DiTImportError, match="natten2d QK-norm"):
+        physicsnemo_dit_kwargs(timm, in_channels=IN, out_channels=OUT, img_shape=(16, 16))
+    natten = NetworkConfig(arch="dit", options={**options, "qk_norm": "rmsnorm"})
+    with pytest.raises(DiTImportError, match="natten2d attention has no qk_norm 'rmsnorm'"):
+        physicsnemo_dit_kwargs(natten, in_channels=IN, out_channels=OUT, img_shape=shape)

@@ -30,6 +30,12 @@ Transforms act in the model's units (those the codec records; inference converts
 checked here with one line naming the key, so the config (:class:`~corrdiff_xr.config.DataConfig`)
 and the codec (which records them in every checkpoint) share one check. The functions run in
 place on float32 arrays, for the training loader's hot path.
+
+A :class:`Gate` scales a decoded output, after its bounds, by a ramp of a time feature
+(:mod:`corrdiff_xr.features`): ``clip((f - threshold + half_width) / (2 half_width), 0, 1)``,
+then clips it at 0. With the cosine of the solar zenith angle it is the dawn/dusk "solar gate"
+of CorrDiff COSMO-ERA5: shortwave radiation is exactly 0 where ``f <= threshold - half_width``
+(night) and passes unchanged where ``f >= threshold + half_width``.
 """
 
 from __future__ import annotations
@@ -47,9 +53,11 @@ from corrdiff_xr.errors import CorrDiffError
 
 __all__ = [
     "KINDS",
+    "Gate",
     "Transform",
     "TransformDomainError",
     "parse_bounds",
+    "parse_gates",
     "parse_transforms",
 ]
 
@@ -226,4 +234,51 @@ def parse_bounds(
         if lo is not None and hi is not None and lo >= hi:
             raise SettingError(((where, pair),), "needs lower < upper")
         out[str(name)] = (lo, hi)
+    return out
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A ramp of the time feature ``feature`` that a decoded output is multiplied by (see the
+    module docstring); ``half_width > 0``."""
+
+    feature: str
+    threshold: float
+    half_width: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"feature": self.feature, "threshold": self.threshold, "half_width": self.half_width}
+
+    def apply(self, values: np.ndarray, field: np.ndarray) -> np.ndarray:
+        """``values`` gated in place by ``field`` (the feature, broadcast against them)."""
+        hw = values.dtype.type(self.half_width)
+        factor = (field - values.dtype.type(self.threshold) + hw) / (values.dtype.type(2) * hw)
+        values *= np.clip(factor, 0, 1).astype(values.dtype, copy=False)
+        return np.maximum(values, values.dtype.type(0), out=values)  # NaN stays NaN
+
+
+def parse_gates(spec: Mapping[str, Any] | None, *, key: str = "gates") -> dict[str, Gate]:
+    """``{name: Gate}`` from ``{name: {feature, threshold, half_width}}``, checked (the
+    feature names are checked by the codec, which knows the features)."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, Mapping):
+        raise SettingError(((key, spec),), "is not a mapping of variable name to a gate")
+    out = {}
+    for name, g in spec.items():
+        where = f"{key}.{name}"
+        if isinstance(g, Gate):
+            out[str(name)] = g
+            continue
+        if not isinstance(g, Mapping) or set(g) != {"feature", "threshold", "half_width"}:
+            raise SettingError(((where, g),), "is not {feature, threshold, half_width}")
+        threshold = g["threshold"]
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, numbers.Real)
+            or not math.isfinite(threshold)
+        ):
+            raise SettingError(((f"{where}.threshold", threshold),), "is not a finite number")
+        width = _positive(f"{where}.half_width", g["half_width"])
+        out[str(name)] = Gate(str(g["feature"]), float(threshold), width)
     return out

@@ -7,7 +7,9 @@ its sampler defaults the package's) with the package's grids, invariants and set
 
 Each layout is one module in :data:`LAYOUTS` with ``detect(files) -> bool``,
 ``read(files, *, map_location) -> Package`` and ``member_seeds(seed, members) -> list[int]``
-(how the publisher's code seeds member ``i``); a new layout is one file and one entry here.
+(how the publisher's code seeds member ``i``), and ``VARIANTS`` where one package holds several
+models (CorrDiff COSMO-ERA5: ``"rea6/mean"`` ...; ``open_package(variant=...)`` picks one, its
+``read`` takes ``variant``); a new layout is one file and one entry here.
 Layouts are tried in order, the most specific first. :func:`export_package`
 (:mod:`~corrdiff_xr.model.packages.export`) writes a model trained here as a generic package.
 """
@@ -19,7 +21,7 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-from corrdiff_xr.model.packages import generic, taiwan
+from corrdiff_xr.model.packages import cmip6, cosmo, generic, hrrr, taiwan
 from corrdiff_xr.model.packages._files import PackageError, PackageFiles, open_files
 from corrdiff_xr.model.packages.export import ExportError, export_package
 from corrdiff_xr.model.packages.package import Package
@@ -36,7 +38,13 @@ __all__ = [
 ]
 
 #: layout name -> module (``detect``, ``read``, ``member_seeds``), most specific first
-LAYOUTS: dict[str, ModuleType] = {"taiwan": taiwan, "generic": generic}
+LAYOUTS: dict[str, ModuleType] = {
+    "taiwan": taiwan,
+    "cosmo": cosmo,
+    "hrrr": hrrr,
+    "cmip6": cmip6,
+    "generic": generic,
+}
 
 
 def open_package(
@@ -45,6 +53,7 @@ def open_package(
     storage_options: Mapping[str, Any] | None = None,
     layout: str | None = None,
     map_location: Any = "cpu",
+    variant: str | None = None,
 ) -> Package:
     """Open a published CorrDiff package.
 
@@ -58,6 +67,9 @@ def open_package(
         A key of :data:`LAYOUTS`; detected from the files when omitted.
     map_location : str or torch.device
         Device of the model.
+    variant : str, optional
+        Which model of a package that holds several (a layout's ``VARIANTS``, e.g. CorrDiff
+        COSMO-ERA5's ``"rea2/diffusion"``); the layout's default when omitted.
 
     Returns
     -------
@@ -79,13 +91,19 @@ def open_package(
                     f"({sorted(LAYOUTS)}): a generic one holds metadata.json and "
                     "regression.mdlus, NGC's Taiwan one corrdiff_inference_package/"
                 )
-        return LAYOUTS[layout].read(files, map_location=map_location)
+        choices = getattr(LAYOUTS[layout], "VARIANTS", ())
+        if variant is not None and variant not in choices:
+            raise PackageError(
+                f"variant {variant!r} is not one of the {layout} layout's {list(choices)}"
+            )
+        options = {"variant": variant} if variant is not None else {}
+        return LAYOUTS[layout].read(files, map_location=map_location, **options)
 
 
 def member_seeds(
     package: Package, members: int | None = None, seed: int | None = None
 ) -> list[int]:
-    """The seeds the package's own code (Earth2Studio) gives members ``0 .. members - 1``
+    """The seeds the package's own code (Earth2Studio) gives members ``range(members)``
     (default ``package.members``) from ``seed`` (default ``package.seed``); one generator each
     (:func:`corrdiff_xr.sampling.make_generators`) reproduces its latents."""
     seed = package.seed if seed is None else seed

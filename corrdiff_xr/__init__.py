@@ -40,6 +40,7 @@ API = {
     "downscale": "corrdiff_xr.inference.downscaling",
     "calibrate": "corrdiff_xr.inference.calibrate",
     "write_zarr": "corrdiff_xr.inference",
+    "request_identity": "corrdiff_xr.inference",
     "write_reference_netcdf": "corrdiff_xr.inference",
     "summary": "corrdiff_xr.scoring",
 }

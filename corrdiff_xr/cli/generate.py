@@ -6,10 +6,12 @@ the lazy ensemble with :func:`corrdiff_xr.inference.downscale` and streams it to
 by block on the chosen Dask scheduler (a local cluster of ``--n-workers`` processes, an
 existing ``--scheduler-address``, or the threaded scheduler).
 
-The store records the request that made it (:mod:`corrdiff_xr.inference.store`): a
-blake2b hash of the checkpoint's bytes, the data source, the selected times and every
-sampling setting. Running the same command again after an interruption (a kill at any write)
-computes only the missing blocks and ends with the same store; a run with any difference is
+The store records the request that made it
+(:func:`corrdiff_xr.inference.request.request_identity`, as a library call writing a
+``downscale`` result records it): a digest of the checkpoint's bytes, the data source, the
+selected times and every sampling setting. Running the same command again after an
+interruption (a kill at any write) computes only the missing blocks and ends with the same
+store; a run with any difference is
 refused with the fields that differ (``--overwrite`` starts again), and so is a resume whose
 input data changed since the store was started (:mod:`corrdiff_xr.inference.fingerprint`).
 One run at a time writes an output: a second fails at once, naming the first
@@ -29,11 +31,7 @@ Example::
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from corrdiff_xr.cli import KeyValues, bounded
@@ -41,7 +39,7 @@ from corrdiff_xr.cli._packages import add_package_options, model_and_pair, packa
 from corrdiff_xr.cli._times import TimeRange, iso_time, select_times
 from corrdiff_xr.errors import CorrDiffError
 
-__all__ = ["GenerateError", "checkpoint_identity", "configure_parser", "run"]
+__all__ = ["GenerateError", "configure_parser", "run"]
 
 CHUNK_DIMS = ("member", "time", "y", "x")
 
@@ -268,50 +266,6 @@ def _select_times(pair, args: argparse.Namespace):
     return pair if where is None else pair.isel({TIME: where})
 
 
-def checkpoint_identity(path: str | os.PathLike) -> dict[str, Any]:
-    """Name, size and blake2b hash of a checkpoint's bytes (of every file of a directory)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model checkpoint {str(path)!r} does not exist")
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digest, size = hashlib.blake2b(digest_size=16), 0
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-    return {"name": path.name, "bytes": size, "blake2b": digest.hexdigest()}
-
-
-def _data_source(args: argparse.Namespace) -> dict[str, Any]:
-    def where(text: str) -> str:  # local paths absolute, so a run from another directory matches
-        return text if "://" in text or not os.path.exists(text) else os.path.abspath(text)
-
-    from corrdiff_xr._redact import redact_record
-    from corrdiff_xr.data import catalog_spec
-
-    # --catalog NAME --entry E and --data catalog:NAME/E are one source, recorded alike;
-    # recorded without its secrets (passwords, tokens), which a digest stands for
-    spec = catalog_spec(_source(args))
-    if spec is not None:
-        return redact_record({"catalog": where(spec[0]), "entry": spec[1], "params": args.param})
-    return redact_record({"data": where(args.data)})
-
-
-def _device_kind(args: argparse.Namespace) -> str:
-    from corrdiff_xr.inference.cache import resolve_device
-
-    if args.device:
-        import torch
-
-        return torch.device(args.device).type
-    if args.scheduler_address:
-        return "auto (each worker: cuda if present, else cpu)"
-    return resolve_device(None)  # local workers see this machine's devices
-
-
 def _patching(args: argparse.Namespace):
     """``--patch``, ``--overlap``, ``--boundary``, ``--patch-noise``, ``--patch-mean`` as a
     PatchConfig, resolved.
@@ -335,32 +289,18 @@ def _patching(args: argparse.Namespace):
     return patching if patching.shape is None else patching.resolved()
 
 
-def _request(args: argparse.Namespace, ds, patching) -> dict[str, Any]:
+def _request(args: argparse.Namespace, ds) -> dict[str, Any]:
     """The request's identity: what else would change the store's bytes."""
-    from corrdiff_xr.dims import TIME
-    from corrdiff_xr.inference.store import times_fingerprint
+    from corrdiff_xr.inference.request import request_identity
 
-    sampling = {
-        "output": args.output_kind,
-        "members": args.members,
-        "seed": args.seed,
-        "sampler": json.loads(ds.attrs["corrdiff_sampler"]),  # resolved, steps included
-        "patch": list(patching.shape) if patching.shape else None,
-        "overlap": patching.overlap if patching.shape else None,
-        "boundary": patching.boundary,
-        "weights": patching.weights,
-        "noise": patching.noise if patching.shape else None,
-        "mean": patching.mean if patching.shape else None,
-        "batch_size": args.batch_size,
-        "device": _device_kind(args),
-        "chunks": {str(d): int(c[0]) for d, c in ds.chunksizes.items()},
-    }
-    return {
-        "checkpoint": checkpoint_identity(args.checkpoint),
-        "data": {**_data_source(args), **package_request(args)},
-        "times": times_fingerprint(ds[TIME].values),
-        "sampling": sampling,
-    }
+    return request_identity(
+        ds,
+        data=_source(args),
+        params=args.param,
+        **package_request(args),
+        checkpoint=args.checkpoint,
+        remote_workers=bool(args.scheduler_address),
+    )
 
 
 #: downscale's argument names -> this command's options, for the errors it raises
@@ -395,7 +335,7 @@ def _downscale(pair, args: argparse.Namespace, model: Any):
             raise
         # settings that do not fit the data or the model (patch larger than the domain ...)
         raise GenerateError(str(err.args[0]) if err.args else str(err)) from err
-    return ds, _request(args, ds, patching)
+    return ds, _request(args, ds)
 
 
 # -- running -----------------------------------------------------------------------------------

@@ -170,7 +170,12 @@ def _sources(pair, codec) -> xr.Dataset:
     )
     # In-memory fields become one-chunk dask arrays, so every block's halo is a slice task of
     # one shared key rather than a copy of the data embedded in the graph.
-    return src.assign({n: v.chunk() for n, v in src.data_vars.items() if v.chunks is None})
+    src = src.assign({n: v.chunk() for n, v in src.data_vars.items() if v.chunks is None})
+    if codec.features:  # time features: lazy fields, each block computes its own halo's
+        from corrdiff_xr.features import lazy_fields
+
+        src = src.assign(lazy_fields(codec.features, src, codec.inputs[0]))
+    return src
 
 
 @contextlib.contextmanager
@@ -463,6 +468,8 @@ def downscale(
         dataset=pair.dataset,
     )
     out = to_dataset(stacked, labels)
-    if package is not None:
-        out.attrs["corrdiff_package"] = package
+    from corrdiff_xr.inference.request import downscale_attrs
+
+    # the package, and what the Dataset does not show (for a store's request identity)
+    out.attrs.update(downscale_attrs(token, package, patch_cfg, patch, boundary, weights))
     return out

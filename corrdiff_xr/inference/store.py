@@ -22,9 +22,10 @@ uninterrupted run:
   holds the fingerprint of the inputs its block read; a resume whose inputs changed since
   is refused (:mod:`corrdiff_xr.inference.fingerprint`), so a store never mixes two inputs.
 * The identity record (root attribute :data:`IDENTITY_ATTR`, plain JSON) holds the request
-  the caller describes (checkpoint hash, data source, sampling settings ...) and the store's
-  layout (variables, sizes, chunks, times, coordinates, attributes). A run that finds a
-  store of another request refuses and names the fields that differ, unless ``overwrite``.
+  (:mod:`corrdiff_xr.inference.request`: checkpoint digest, data source, sampling settings
+  ...) and the store's layout (variables, sizes, chunks, times, coordinates, attributes). A
+  run that finds a store of another request refuses and names the fields that differ
+  (:func:`corrdiff_xr._identity.differences`), unless ``overwrite``.
 
 Nothing is replaced that corrdiff_xr did not write: stores and NetCDF files carry the
 product marker (:data:`corrdiff_xr._outputs.PRODUCT_ATTR`), the record directory a marker
@@ -36,7 +37,6 @@ deterministic, so a rerun (or a task re-run after a worker died) writes the same
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -56,6 +56,7 @@ from corrdiff_xr._atomic import (
     remove_leftovers,
     remove_stale,
 )
+from corrdiff_xr._identity import ABSENT, DIGEST, differences, digest, plain
 from corrdiff_xr._lock import output_lock
 from corrdiff_xr._outputs import PRODUCT_ATTR, check_output, mark_directory, product_of
 from corrdiff_xr._redact import redact_text
@@ -63,6 +64,7 @@ from corrdiff_xr.dims import TIME
 from corrdiff_xr.errors import OutputExistsError
 from corrdiff_xr.inference._submit import paused_gc, write_blocks
 from corrdiff_xr.inference.fingerprint import Fingerprints, changed_inputs, input_fingerprints
+from corrdiff_xr.inference.request import SETTINGS_ATTR, request_identity, times_fingerprint
 
 __all__ = [
     "IDENTITY_ATTR",
@@ -89,53 +91,6 @@ class RequestMismatchError(OutputExistsError):
 # -- the identity record -----------------------------------------------------------------------
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def _strict(value: Any) -> Any:
-    # inf/nan as strings: strict JSON, and a record with a NaN still equals itself
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    return [_strict(v) for v in value] if isinstance(value, list) else value
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples as lists, numpy scalars as numbers)."""
-    return _strict(json.loads(json.dumps(value, default=_json_default)))
-
-
-def times_fingerprint(times: Any) -> dict[str, Any]:
-    """Count, first and last time and a blake2b hash of the times' nanoseconds (``to_ns``).
-
-    A cftime axis also records its calendar: the same numbers are other dates in another
-    calendar. A ``datetime64`` axis' record is the same as before cftime axes were known, so
-    earlier stores still resume.
-    """
-    from corrdiff_xr.data.times import calendar_of, is_cftime, to_ns
-
-    values = np.asarray(times)
-    if not is_cftime(values):
-        values = values.astype("datetime64[ns]")
-    out = {
-        "count": int(values.size),
-        "first": str(values[0]) if values.size else None,
-        "last": str(values[-1]) if values.size else None,
-        "blake2b": _digest(to_ns(values).tobytes()),
-    }
-    return {**out, "calendar": calendar_of(values)} if is_cftime(values) else out
-
-
 def _chunking(chunks: tuple[int, ...]) -> int | list[int]:
     """One size for regular chunks (the last may be shorter), else every chunk."""
     regular = all(c == chunks[0] for c in chunks[:-1]) and chunks[-1] <= chunks[0]
@@ -149,15 +104,17 @@ def _values_digest(var: xr.DataArray) -> dict[str, Any]:
         if values.dtype.kind == "O"
         else (np.ascontiguousarray(values).tobytes())
     )
-    return {"dims": list(var.dims), "dtype": str(values.dtype), "blake2b": _digest(data)}
+    return {"dims": list(var.dims), "dtype": str(values.dtype), DIGEST: digest(data)}
 
 
 def store_identity(ds: xr.Dataset, request: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The identity record of a store of ``ds``: the caller's ``request`` and the layout.
 
-    ``request`` describes what produced ``ds`` (the command's checkpoint hash, data source,
-    sampling settings; any JSON-able mapping). The layout is read from ``ds``: variables and
-    their dims, sizes, chunks, times, a hash of every other coordinate, and the attributes.
+    ``request`` describes what produced ``ds``: a
+    :func:`~corrdiff_xr.inference.request.request_identity`, or any JSON-able mapping. The
+    layout is read from ``ds``: variables and their dims, sizes, chunks, times, a digest of
+    every other coordinate, and the attributes but the request's
+    (:data:`~corrdiff_xr.inference.request.SETTINGS_ATTR`).
     """
     first = next(iter(ds.data_vars.values()))
     layout = {
@@ -166,21 +123,14 @@ def store_identity(ds: xr.Dataset, request: Mapping[str, Any] | None = None) -> 
         "chunks": {str(d): _chunking(c) for d, c in zip(first.dims, first.chunks or ())},
         "times": times_fingerprint(ds[TIME].values),
         "coords": {str(n): _values_digest(v) for n, v in ds.coords.items() if n != TIME},
-        "attrs": dict(ds.attrs),
+        "attrs": {k: v for k, v in ds.attrs.items() if k != SETTINGS_ATTR},
     }
-    return _jsonable({"request": dict(request or {}), "store": layout})
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict) or (not tree and prefix):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
+    return plain({"request": dict(request or {}), "store": layout})
 
 
 def _short(value: Any) -> str:
+    if value is ABSENT:
+        return "nothing"
     text = redact_text(json.dumps(value, default=str))  # a store of an older version may hold one
     return text if len(text) <= 48 else text[:45] + "..."
 
@@ -194,16 +144,10 @@ def _differences(found: Any, identity: Mapping[str, Any]) -> list[str]:
     if not isinstance(found, dict):
         return ["the identity record is missing or unreadable"]
     for section in ("request", "store"):
-        old, new = _flatten(found.get(section) or {}), _flatten(identity.get(section) or {})
-        missing = object()
-        keys = sorted(
-            k for k in old.keys() | new.keys() if old.get(k, missing) != new.get(k, missing)
-        )
-        if keys:
+        diffs = differences(found.get(section), identity.get(section))
+        if diffs:
             return [
-                f"{section}.{k}: stored {_short(old[k]) if k in old else 'nothing'}, requested "
-                f"{_short(new[k]) if k in new else 'nothing'}"
-                for k in keys
+                f"{section}.{k}: stored {_short(a)}, requested {_short(b)}" for k, a, b in diffs
             ]
     return []
 
@@ -253,10 +197,13 @@ def holds_request(
         if not overwrite:
             diffs = _differences(found, identity)
             more = f", and {len(diffs) - 6} more" if len(diffs) > 6 else ""
-            option = what.split()[0] if what.startswith("--") else "path"  # e.g. "--zarr store"
+            command = what.startswith("--")  # e.g. "--zarr store"; a library call's: "Zarr store"
+            option, flag = (
+                (what.split()[0], "--overwrite") if command else ("path", "overwrite=True")
+            )
             raise RequestMismatchError(
                 f"{what} {path} holds the output of a different request ({len(diffs)} field(s) "
-                f"differ: {'; '.join(diffs[:6])}{more}); pass --overwrite to start again, or "
+                f"differ: {'; '.join(diffs[:6])}{more}); pass {flag} to start again, or "
                 f"choose another {option}"
             )
     check_output(path, kind=kind, overwrite=overwrite, what=what)  # never anything not ours
@@ -326,6 +273,7 @@ def _initialise(ds: xr.Dataset, store: Path, identity: dict[str, Any], kind: str
     # the blocks' whole graph (minutes at 10**5 time steps); coordinates are real values
     empty = {n: da.empty(v.shape, dtype=v.dtype, chunks=-1) for n, v in ds.data_vars.items()}
     template = ds.copy(data=empty)
+    template.attrs.pop(SETTINGS_ATTR, None)  # the request's: in the identity record
     template.attrs.update({IDENTITY_ATTR: identity, PRODUCT_ATTR: kind})
     records = progress_dir(store)
     with atomic_path(store) as staged:
@@ -423,7 +371,9 @@ def write_zarr(
         Directory of the Zarr store.
     request
         What produced ``ds`` (JSON-able), kept in the identity record with the layout
-        (:func:`store_identity`); a store of a different request is not resumed.
+        (:func:`store_identity`); a store of a different request is not resumed. None: the
+        :func:`~corrdiff_xr.inference.request.request_identity` of a ``downscale`` result
+        (without its data source), nothing for another Dataset.
     overwrite
         Replace our store of a different request (otherwise an error naming the fields that
         differ), or of this request whose ``inputs`` changed. Never replaces anything else.
@@ -454,8 +404,10 @@ def write_zarr(
         blocks = _blocks(ds)
     # lazy coordinates (lat/lon) are loaded once, for the identity and the store's template
     ds = ds.assign_coords({k: v.load() for k, v in ds.coords.items() if v.chunks})
+    if request is None and SETTINGS_ATTR in ds.attrs:
+        request = request_identity(ds)
     identity = store_identity(ds, request)
-    key = _digest(json.dumps(identity, sort_keys=True).encode())
+    key = digest(json.dumps(identity, sort_keys=True).encode())
     if inputs is not None and inputs.sizes.get(TIME, ds.sizes[TIME]) != ds.sizes[TIME]:
         raise ValueError(f"inputs have {inputs.sizes[TIME]} times, the output {ds.sizes[TIME]}")
     fingerprints = input_fingerprints(inputs) if inputs is not None else Fingerprints()

@@ -10,7 +10,9 @@ readable JSON:
     time axis); the codec's channel order and attributes, and its transforms and bounds
     when it has any (left out otherwise, so records written before they existed still
     match); the network, EDM and patch
-    settings; for diffusion the SHA-256 of the regression checkpoint file. Not the
+    settings; for diffusion the digest of the regression checkpoint file
+    (:func:`corrdiff_xr._identity.file_digest`; a run recorded with its SHA-256, as earlier
+    versions did, still resumes: :func:`read_record`). Not the
     duration, which is extended on purpose, nor execution settings (``network.compile``,
     ``channels_last``, ``checkpoint_activations``, workers), nor ``data.storage_options``/``catalog_params``, which
     may hold credentials or cache paths.
@@ -25,20 +27,22 @@ readable JSON:
     the identities a forced resume replaced, with the sample count at which it happened.
 
 Re-running into the directory compares the new identity with the recorded one *before* any
-weight is loaded: a difference refuses the resume with what differs and the two ways on
+weight is loaded (:func:`corrdiff_xr._identity.differences`, as a store's request is): a
+difference refuses the resume with what differs and the two ways on
 (another ``training.output_dir`` for a new run, or ``training.resume=force`` to continue the
 checkpoint anyway).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from corrdiff_xr._identity import ABSENT, DIGEST, file_digest, matches_file, plain
+from corrdiff_xr._identity import differences as _differences
 from corrdiff_xr._outputs import check_output, mark_directory
 from corrdiff_xr._redact import redact_record
 from corrdiff_xr.config import ConfigError, TrainRunConfig, to_dict
@@ -52,7 +56,6 @@ __all__ = [
     "check_resume",
     "codec_identity",
     "differences",
-    "file_sha256",
     "prepare_output_dir",
     "read_record",
     "run_identity",
@@ -91,15 +94,6 @@ def prepare_output_dir(out: Path) -> bool:
     return check_output(out, kind=KIND, overwrite=True, what="training.output_dir")
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB pieces)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # -- identity and settings ---------------------------------------------------------------
 def _source(source: str) -> str:
     # a local store is the same store from any working directory
@@ -108,19 +102,21 @@ def _source(source: str) -> str:
     return str(Path(source.removeprefix("file://")).expanduser().resolve())
 
 
-def codec_identity(inputs, targets, static, attrs, *, transforms=None, bounds=None) -> dict:
+def codec_identity(
+    inputs, targets, static, attrs, *, transforms=None, bounds=None, features=()
+) -> dict:
     """The compared part of a codec: channel order, attributes (units, long_name) and, when
-    set, transforms and bounds (what is trained), in the form the codec records them."""
+    set, transforms, bounds and time features (what is trained), as the codec records them."""
     return {
         "inputs": list(inputs),
         "targets": list(targets),
         "static": list(static),
         "attrs": {n: dict(attrs.get(n, {})) for n in (*inputs, *targets, *static)},
-        **_declared(transforms, bounds),
+        **_declared(transforms, bounds, features),
     }
 
 
-def _declared(transforms, bounds) -> dict[str, Any]:
+def _declared(transforms, bounds, features=()) -> dict[str, Any]:
     # canonical (Codec.to_dict's) form, so the config's spelling and the checkpoint's compare
     from corrdiff_xr.transforms import parse_bounds, parse_transforms
 
@@ -129,7 +125,9 @@ def _declared(transforms, bounds) -> dict[str, Any]:
         out["transforms"] = {n: t.to_dict() for n, t in parse_transforms(transforms).items()}
     if bounds:
         out["bounds"] = {n: list(b) for n, b in parse_bounds(bounds).items()}
-    return _plain(out)
+    if features:
+        out["features"] = list(features)
+    return plain(out)
 
 
 def _pair_attrs(pair: Any) -> dict[str, dict[str, str]]:
@@ -149,7 +147,7 @@ def run_identity(
     pair: Any,
     *,
     codec: dict[str, Any] | None = None,
-    regression_sha256: str | None = None,
+    regression_file: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """The identity of a run of ``cfg`` on the (training-period) ``pair``.
 
@@ -157,11 +155,12 @@ def run_identity(
     from ``pair`` (diffusion: the regression checkpoint's, whose transforms and bounds the run
     keeps: ``data.transforms``/``data.bounds``, when set, must equal them); by default it is
     the codec a new run derives from ``pair`` with ``data.transforms`` and ``data.bounds``.
+    ``regression_file``, the regression checkpoint of a diffusion run, is known by content.
     """
-    declared = _declared(cfg.data.transforms, cfg.data.bounds)
+    declared = _declared(cfg.data.transforms, cfg.data.bounds, cfg.data.features)
     if codec is not None:
         for key, value in declared.items():
-            if _plain(codec.get(key, {})) != value:
+            if plain(codec.get(key, {})) != value:
                 raise ConfigError(
                     f"data.{key} {value} differs from the regression checkpoint's codec "
                     f"({codec.get(key, {})}), which fixes them for this run; drop data.{key} or "
@@ -195,10 +194,10 @@ def run_identity(
         "patch": to_dict(cfg.patch),
         "training": {"patch_num": cfg.training.patch_num},
         "regression_checkpoint": None
-        if regression_sha256 is None
-        else {"sha256": regression_sha256},
+        if regression_file is None
+        else {DIGEST: file_digest(regression_file)[0]},
     }
-    return _plain(identity)
+    return plain(identity)
 
 
 def run_settings(cfg: TrainRunConfig) -> dict[str, Any]:
@@ -226,30 +225,13 @@ def run_settings(cfg: TrainRunConfig) -> dict[str, Any]:
     reg = t.regression_checkpoint
     training["regression_checkpoint"] = None if reg is None else str(Path(reg).resolve())
     network = {k: getattr(cfg.network, k) for k in _EXECUTION}
-    return _plain({"training": training, "network": network})
-
-
-def _plain(data: Any) -> Any:
-    # compare what was read back from JSON with what JSON would read back (tuples -> lists)
-    return json.loads(json.dumps(data))
+    return plain({"training": training, "network": network})
 
 
 # -- comparing ---------------------------------------------------------------------------
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(data, dict) or not data:
-        return {prefix: data}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
-_ABSENT = object()
-
-
 def _describe(key: str, old: Any, new: Any) -> str:
-    if old is _ABSENT or new is _ABSENT:
-        return f"{key} {'absent' if old is _ABSENT else repr(old)} -> {'absent' if new is _ABSENT else repr(new)}"
+    if old is ABSENT or new is ABSENT:
+        return f"{key} {'absent' if old is ABSENT else repr(old)} -> {'absent' if new is ABSENT else repr(new)}"
     if (
         isinstance(old, list)
         and isinstance(new, list)
@@ -268,18 +250,18 @@ def _describe(key: str, old: Any, new: Any) -> str:
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``"key old -> new"`` for every dotted key whose value differs (in ``new``'s order)."""
-    a, b = _flat(old), _flat(new)
-    keys = list(b) + [k for k in a if k not in b]
-    return [
-        _describe(k, a.get(k, _ABSENT), b.get(k, _ABSENT))
-        for k in keys
-        if a.get(k, _ABSENT) != b.get(k, _ABSENT)
-    ]
+    return [_describe(k, a, b) for k, a, b in _differences(old, new)]
 
 
 # -- the record --------------------------------------------------------------------------
-def read_record(out: Path) -> dict[str, Any] | None:
-    """The identity record of the run in ``out``, or None when there is none (readable)."""
+def read_record(
+    out: Path, *, regression_file: str | os.PathLike | None = None
+) -> dict[str, Any] | None:
+    """The identity record of the run in ``out``, or None when there is none (readable).
+
+    A regression checkpoint recorded by an earlier digest (SHA-256) that ``regression_file``
+    matches is read as recorded by the current one, so that run resumes.
+    """
     path = out / IDENTITY_FILE
     try:
         record = json.loads(path.read_text())
@@ -295,6 +277,14 @@ def read_record(out: Path) -> dict[str, Any] | None:
             f"{path} is not a training identity record; pass training.resume=force "
             "to continue the run without the identity check"
         )
+    recorded = record["identity"].get("regression_checkpoint")
+    if (
+        regression_file is not None
+        and isinstance(recorded, dict)
+        and DIGEST not in recorded
+        and matches_file(recorded, regression_file)
+    ):
+        record["identity"]["regression_checkpoint"] = {DIGEST: file_digest(regression_file)[0]}
     return record
 
 

@@ -108,7 +108,7 @@ def open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
         check_shape(cfg.network, tuple(cfg.patch.shape), "patch.shape")
     else:  # the networks see whole images (the frozen regression net too, for diffusion)
         check_shape(cfg.network, img_shape, f"the fine grid of data.source {cfg.data.source}")
-    reg_header, reg_codec, reg_sha = None, None, None
+    reg_header, reg_codec, reg_file = None, None, None
     frozen_mean = cfg.task != "regression" and cfg.edm.objective == "residual"
     if frozen_mean:
         reg_file = model_file(t.regression_checkpoint)
@@ -126,15 +126,15 @@ def open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
             c.get("attrs", {}),
             transforms=c.get("transforms"),
             bounds=c.get("bounds"),
+            features=c.get("features", ()),
         )
-        reg_sha = ident.file_sha256(reg_file)
-    identity = ident.run_identity(cfg, train_pair, codec=reg_codec, regression_sha256=reg_sha)
+    identity = ident.run_identity(cfg, train_pair, codec=reg_codec, regression_file=reg_file)
     settings = ident.run_settings(cfg)
     history: list[dict[str, Any]] = []
     if latest is not None:
         history = ident.check_resume(
             out,
-            ident.read_record(out),
+            ident.read_record(out, regression_file=reg_file),
             identity=identity,
             settings=settings,
             mode=t.resume,

@@ -179,10 +179,10 @@ def test_a_diffusion_run_knows_its_regression_checkpoint_by_content(store, tmp_p
     d = tiny_config(store, out, task="diffusion", duration=4, regression_checkpoint=str(reg))
     train(from_dict(TrainRunConfig, d))
     record = json.loads((out / IDENTITY_FILE).read_text())
-    assert len(record["identity"]["regression_checkpoint"]["sha256"]) == 64
+    assert len(record["identity"]["regression_checkpoint"]["blake2b"]) == 32
     train(_cfg(store, reg, duration=8))  # the regression checkpoint file changes
     d["training"]["duration"] = 8
-    with pytest.raises(RunIdentityError, match="regression_checkpoint.sha256"):
+    with pytest.raises(RunIdentityError, match="regression_checkpoint.blake2b"):
         train(from_dict(TrainRunConfig, d))
 
 

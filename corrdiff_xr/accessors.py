@@ -108,8 +108,9 @@ class CorrDiffAccessor:
         return power_spectrum(self._obj, **kwargs)
 
     def plot(self, kind: str = "maps", **kwargs: Any):
-        """Figure of this ensemble: ``maps``, ``spectra`` or ``rank_histogram``; pass
-        ``truth=``/``inputs=`` to add panels and ``path=`` to save a PNG; see ``plot.plot``."""
+        """Figure of this ensemble, any of ``plot.KINDS`` (``maps``, ``spectra``,
+        ``reliability``, ``fss`` ...); pass ``truth=``/``inputs=``/``times=`` to add panels
+        and ``path=`` to save a PNG; see ``plot.plot``."""
         from corrdiff_xr import plot
 
         return plot.plot(self._obj, kind, **kwargs)

@@ -1,41 +1,32 @@
 """``corrdiff-xr score``: score an ensemble against truth and write a tidy table of scores.
 
-Two input layouts are understood:
-
-* **ours** (Zarr, any fsspec URL): a flat Dataset whose prediction variables have a ``member``
-  dimension. The truth comes from ``--truth`` or, without it, from the same store: its group
-  ``--truth-group`` (default ``truth``), or its root under the target names when the ensemble
-  sits in ``--prediction-group``. ``--truth`` is a Zarr store or NetCDF file holding
-  variables with the prediction's names, or a canonical dataset whose targets are the truth:
-  ``catalog:NAME/ENTRY`` (user parameters ``--truth-param KEY=VALUE``) or a canonical Zarr
-  store, opened by :func:`corrdiff_xr.data.open_source`.
-* **the reference's NetCDF** (PhysicsNeMo ``generate.py``): root ``lat``/``lon`` (y, x) and
-  ``time``, groups ``input``, ``truth`` and ``prediction``; the prediction's ensemble
-  dimension is called ``ensemble`` there and is renamed to ``member``.
+Inputs (see :mod:`corrdiff_xr.scoring.inputs`): our Zarr ensembles (any fsspec URL; the truth
+from ``--truth``, a store/NetCDF with the prediction's names, ``catalog:NAME/ENTRY`` or a
+canonical store, or else from the prediction store itself) and the reference's NetCDF
+(groups ``input``, ``truth``, ``prediction``). A store that ``generate`` has not finished
+(blocks missing from its ``<store>.progress`` records) is refused, naming the blocks.
 
 The result is a Dataset with variable ``score`` of dims (metric, variable, time), written to
-``--output`` (``.nc`` -> NetCDF, otherwise Zarr; atomically: written beside the target and
-renamed into place), plus a short table of time-mean scores on stdout. Dask's threaded
-scheduler computes everything; no process pool is started (the reference's scorer hangs with
-one, PhysicsNeMo issue #1026).
-
-``--metrics`` takes any name of :data:`corrdiff_xr.scoring.METRIC_TABLE` (dims a metric adds,
-such as FSS windows or Brier thresholds, are folded into the metric label); ``--thresholds``,
-``--percentiles`` and ``--windows`` set the options of the metrics that take them. A second
-positional prediction is scored on the first's truth (a ``forecast`` dim: prediction,
-compared), and ``--confidence`` adds block-bootstrap intervals over time (``interval``) and,
-with several forecasts, intervals of each one's difference with the first
-(``difference_interval``); see :mod:`corrdiff_xr.scoring.bootstrap`.
+``--output`` (``.nc`` -> NetCDF, otherwise Zarr; atomically), plus a table of time-mean
+scores on stdout; Dask's threaded scheduler computes everything (the reference's scorer
+hangs with a process pool, PhysicsNeMo issue #1026). ``--metrics`` takes any name of
+:data:`corrdiff_xr.scoring.METRIC_TABLE`, ``--thresholds``, ``--percentiles`` and
+``--windows`` set their options; a second positional prediction is scored on the first's
+truth (a ``forecast`` dim), ``--confidence`` adds block-bootstrap intervals
+(:mod:`corrdiff_xr.scoring.bootstrap`) and ``--regions`` a ``region`` dim
+(:mod:`corrdiff_xr.scoring.regions`). ``--plots`` writes PNGs, ``--report`` one
+self-contained HTML page (:mod:`corrdiff_xr.plot.report`).
 
 Outputs never replace what ``score`` did not write: the output carries the global attribute
-``corrdiff_xr_product = "score"`` and the ``--plots`` folder a marker file, and an existing
-one is replaced only with ``--overwrite`` (anything else at those paths is refused, see
-:mod:`corrdiff_xr._outputs`). Both are checked before anything is computed.
+``corrdiff_xr_product = "score"`` and the ``--plots``/``--report`` folders a marker file; an
+existing one is replaced only with ``--overwrite`` (:mod:`corrdiff_xr._outputs`), all checked
+before anything is computed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 import xarray as xr
@@ -52,6 +43,7 @@ from corrdiff_xr.cli import bounded, json_object
 from corrdiff_xr.config import ConfigError, parse_overrides
 from corrdiff_xr.data.write import write_dataset
 from corrdiff_xr.dims import LAT, TIME
+from corrdiff_xr.scoring import regions
 from corrdiff_xr.scoring.baselines import baseline_from_inputs
 from corrdiff_xr.scoring.inputs import (
     FORECAST,
@@ -60,12 +52,14 @@ from corrdiff_xr.scoring.inputs import (
     open_forecast,
     open_prediction,
 )
+from corrdiff_xr.scoring.regions import REGION
 
 __all__ = ["configure_parser", "run"]
 
-#: the product kind of score outputs and of the --plots folder (see corrdiff_xr._outputs)
-KIND, PLOTS_KIND = "score", "score-plots"
+#: the product kind of score outputs, the --plots and --report folders (corrdiff_xr._outputs)
+KIND, PLOTS_KIND, REPORT_KIND = "score", "score-plots", "score-report"
 PLOT_FILES = ("maps.png", "spectra.png", "rank_histogram.png")
+REPORT_FILES = ("index.html",)
 
 
 def _metric_list(text: str) -> list[str]:
@@ -111,7 +105,7 @@ def _key_value(text: str) -> str:
 
 
 def _add_metric_options(parser: argparse.ArgumentParser) -> None:
-    """Options of the metrics that take some (see ``Metric.options``)."""
+    """Options of the metrics that take some (see ``Metric.options``), regions, figures."""
     parser.add_argument(
         "--thresholds",
         nargs="+",
@@ -144,6 +138,29 @@ def _add_metric_options(parser: argparse.ArgumentParser) -> None:
         "--windows",
         type=lambda t: _numbers(t, "--windows", int),
         help="fss: neighbourhood sizes in grid points, e.g. 1,3,9",
+    )
+    parser.add_argument("--plots", help="also write PNG maps, spectra and rank histograms here")
+    parser.add_argument("--report", help="also write one self-contained HTML page here")
+    parser.add_argument(
+        "--report-times",
+        type=_name_list,
+        metavar="T1,T2",
+        help="times drawn as maps in --plots/--report: positions (0, -1) or ISO labels "
+        "(default: the first)",
+    )
+    parser.add_argument(
+        "--regions",
+        nargs="+",
+        action="extend",
+        metavar="SPEC",
+        help="also score by region (a 'region' dim): land, sea (from a land-sea fraction such "
+        "as lsm), valid (where the truth is known) or a box NAME=LAT0:LAT1,LON0:LON1",
+    )
+    parser.add_argument(
+        "--land-sea-mask",
+        metavar="FILE[:VAR]",
+        help="NetCDF/Zarr with the land-sea fraction (1 = land) for --regions land/sea, when "
+        "neither the truth nor the prediction holds one",
     )
 
 
@@ -223,9 +240,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--workers", type=bounded(int, minimum=1), default=None, help="threads for dask"
     )
     parser.add_argument(
-        "--plots", help="also write PNG maps, spectra and rank histograms to this folder"
-    )
-    parser.add_argument(
         "--baseline",
         choices=("bilinear",),
         help="also score bilinear interpolation of the coarse inputs (needs them: a reference "
@@ -234,26 +248,33 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _checked_outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
-    """``-o`` and ``--plots`` as local paths, refused now (before any work) if not replaceable."""
-    output = local_output(args.output, option="-o/--output") if args.output else None
-    plots = local_output(args.plots, option="--plots") if args.plots else None
-    if output and plots and output.absolute() == plots.absolute():
-        raise ScoreError(f"-o and --plots are both {output}; give them different paths")
+def _checked_outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path | None]:
+    """``-o``, ``--plots`` and ``--report`` as local paths, refused now (before any work) if
+    not replaceable."""
+    named = {"-o": args.output, "--plots": args.plots, "--report": args.report}
+    paths = {k: local_output(v, option=k) if v else None for k, v in named.items()}
+    given = [(k, p.absolute()) for k, p in paths.items() if p]
+    for i, (a, pa) in enumerate(given):
+        for b, pb in given[i + 1 :]:
+            if pa == pb:
+                raise ScoreError(f"{a} and {b} are both {pa}; give them different paths")
+    output, plots, report = paths.values()
     if output:
         check_output(output, kind=KIND, overwrite=args.overwrite, what="score output")
-    if plots:
-        check_output_directory(
-            plots,
-            kind=PLOTS_KIND,
-            names=PLOT_FILES,
-            overwrite=args.overwrite,
-            what="--plots folder",
-        )
-    return output, plots
+    for path, kind, names, option in (
+        (plots, PLOTS_KIND, PLOT_FILES, "--plots"),
+        (report, REPORT_KIND, REPORT_FILES, "--report"),
+    ):
+        if path:
+            check_output_directory(
+                path, kind=kind, names=names, overwrite=args.overwrite, what=f"{option} folder"
+            )
+    return output, plots, report
 
 
-def _lazy_scores(pred: xr.Dataset, truth: xr.Dataset, args: argparse.Namespace) -> xr.Dataset:
+def _lazy_scores(
+    pred: xr.Dataset, truth: xr.Dataset, args: argparse.Namespace, regions=None
+) -> xr.Dataset:
     weights = None
     if args.area_weighted:
         if LAT not in pred.coords and LAT not in pred:
@@ -270,13 +291,14 @@ def _lazy_scores(pred: xr.Dataset, truth: xr.Dataset, args: argparse.Namespace) 
             weights=weights,
             estimator=args.estimator,
             options=_metric_options(args),
+            regions=regions,
         )
     except (KeyError, ValueError) as err:  # scoring's checks: mismatched variables, dims, ...
         raise ScoreError(f"cannot score {args.prediction} against its truth: {err}") from err
 
 
-def _metric_options(args: argparse.Namespace) -> dict[str, dict]:
-    """``--thresholds``/``--percentiles``/``--windows`` for the metrics that take them."""
+def _given_options(args: argparse.Namespace) -> dict:
+    """``--thresholds``/``--percentiles``/``--windows`` as metric options."""
     given = {}
     if args.thresholds:
         per_variable = {name: values for name, values in args.thresholds if name}
@@ -288,6 +310,12 @@ def _metric_options(args: argparse.Namespace) -> dict[str, dict]:
         given["percentiles"] = args.percentiles
     if args.windows:
         given["windows"] = args.windows
+    return given
+
+
+def _metric_options(args: argparse.Namespace) -> dict[str, dict]:
+    """``--thresholds``/``--percentiles``/``--windows`` for the metrics that take them."""
+    given = _given_options(args)
     options = {}
     for name in args.metrics:
         own = {k: v for k, v in given.items() if k in scoring.METRIC_TABLE[name].options}
@@ -298,7 +326,7 @@ def _metric_options(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def _baseline_scores(
-    pred: xr.Dataset, truth: xr.Dataset, inputs, args: argparse.Namespace
+    pred: xr.Dataset, truth: xr.Dataset, inputs, args: argparse.Namespace, regions
 ) -> xr.Dataset:
     """Lazy scores of the bilinear baseline on the prediction's times."""
     if inputs is None:
@@ -313,10 +341,12 @@ def _baseline_scores(
         raise ScoreError(f"--baseline {args.baseline}: {err.args[0]}") from None
     if TIME in base.dims and TIME in pred.dims:
         base = base.sel({TIME: pred[TIME]})  # the prediction's times only
-    return _lazy_scores(base, truth, args)
+    return _lazy_scores(base, truth, args, regions)
 
 
-def _compare_scores(pred: xr.Dataset, truth: xr.Dataset, args: argparse.Namespace) -> xr.Dataset:
+def _compare_scores(
+    pred: xr.Dataset, truth: xr.Dataset, args: argparse.Namespace, regions
+) -> xr.Dataset:
     """Lazy scores of the second prediction ``compare`` on the first one's truth."""
     other = open_forecast(
         args.compare,
@@ -327,7 +357,7 @@ def _compare_scores(pred: xr.Dataset, truth: xr.Dataset, args: argparse.Namespac
     missing = [n for n in pred.data_vars if n not in other.data_vars]
     if missing:
         raise ScoreError(f"{args.compare} lacks {missing}, which {args.prediction} has")
-    return _lazy_scores(other[list(pred.data_vars)], truth, args)
+    return _lazy_scores(other[list(pred.data_vars)], truth, args, regions)
 
 
 def _stacked(named: list[tuple[str, xr.Dataset]]) -> xr.Dataset:
@@ -362,11 +392,55 @@ def _with_intervals(scores: xr.Dataset, args: argparse.Namespace) -> xr.Dataset:
     )
 
 
+def _check_complete(prediction: str, pred: xr.Dataset) -> None:
+    """Refuse a store written by ``generate`` whose blocks are not all recorded complete
+    (a crashed or running write), naming the missing ones."""
+    from corrdiff_xr.inference import store
+
+    if "://" in prediction or not store.progress_dir(prediction).is_dir():
+        return  # not written block by block (a plain to_zarr, a NetCDF): nothing to check
+    first = pred[[next(iter(pred.data_vars))]]  # every variable has the chunks of the blocks
+    done, blocks = store.progress(prediction), [store._block_id(b) for _, b in store._blocks(first)]
+    missing = [b for b in blocks if b not in done]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ScoreError(
+            f"{prediction} is incomplete: {len(missing)} of {len(blocks)} blocks "
+            f"were never written ({', '.join(missing[:5])}{more}); finish it by running the "
+            "same generate command again, then score it"
+        )
+
+
+def _regions(args: argparse.Namespace, pred: xr.Dataset, truth: xr.Dataset):
+    """The ``--regions`` masks on the prediction's grid, or None."""
+    if not args.regions:
+        return None
+    try:
+        return regions.masks_for_score(
+            args.regions,
+            pred,
+            truth,
+            land_sea_mask=args.land_sea_mask,
+            truth_source=args.truth,
+            truth_params=parse_overrides(args.truth_param or []),
+        )
+    except (KeyError, ValueError) as err:
+        raise ScoreError(str(err).strip("'")) from None
+
+
+def _print_table(scores: xr.Dataset) -> None:
+    if REGION not in scores.dims:
+        print(format_table(scores))
+        return
+    for name in scores[REGION].values:
+        print(f"region {name}\n" + format_table(scores.sel({REGION: name})) + "\n")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Score, print the table, write ``--output`` and optional plots; return 0."""
+    """Score, print the table, write ``--output``, optional plots and report; return 0."""
     import dask
 
-    output, plots = _checked_outputs(args)
+    output, plots, report = _checked_outputs(args)
     pred, truth, inputs = open_prediction(
         args.prediction,
         truth=args.truth,
@@ -384,12 +458,14 @@ def run(args: argparse.Namespace) -> int:
                 f"(it has {', '.join(map(str, pred.data_vars))})"
             )
         pred = pred[args.variables]
+    _check_complete(args.prediction, pred)
     with dask.config.set(scheduler="threads", num_workers=args.workers):
-        named = [("prediction", _lazy_scores(pred, truth, args))]
+        masks = _regions(args, pred, truth)
+        named = [("prediction", _lazy_scores(pred, truth, args, masks))]
         if args.compare:
-            named.append(("compared", _compare_scores(pred, truth, args)))
+            named.append(("compared", _compare_scores(pred, truth, args, masks)))
         if args.baseline:
-            named.append((args.baseline, _baseline_scores(pred, truth, inputs, args)))
+            named.append((args.baseline, _baseline_scores(pred, truth, inputs, args, masks)))
         scores = _stacked(named).compute()
         if args.confidence:
             scores = _with_intervals(scores, args)
@@ -398,7 +474,7 @@ def run(args: argparse.Namespace) -> int:
             truth=str(args.truth or f"{args.prediction} (group {args.truth_group or '/'})"),
             area_weighted=int(bool(args.area_weighted)),
         )
-        print(format_table(scores))
+        _print_table(scores)
         if output:
             with writing(output, what="score output"):
                 write_dataset(
@@ -408,16 +484,33 @@ def run(args: argparse.Namespace) -> int:
         if plots:
             from corrdiff_xr import plot
 
-            with (
-                writing(plots, what="--plots folder"),
-                output_directory(
-                    plots,
-                    kind=PLOTS_KIND,
-                    names=PLOT_FILES,
-                    overwrite=args.overwrite,
-                    what="--plots folder",
-                ) as staged,
-            ):
-                written = plot.save_report(pred, truth, staged, inputs=inputs)
+            with _folder(plots, PLOTS_KIND, PLOT_FILES, "--plots", args) as staged:
+                written = plot.save_report(pred, truth, staged, inputs=inputs, times=_times(args))
             print(f"plots written to {plots}: {', '.join(p.name for p in written)}")
+        if report:
+            from corrdiff_xr.plot.report import write_report
+
+            given = _given_options(args)
+            with _folder(report, REPORT_KIND, REPORT_FILES, "--report", args) as staged:
+                write_report(
+                    staged / "index.html", scores, pred, truth, inputs=inputs, times=_times(args),
+                    thresholds=given.get("thresholds"), windows=given.get("windows"),
+                )  # fmt: skip
+            print(f"report written to {report / 'index.html'}")
     return 0
+
+
+def _times(args: argparse.Namespace) -> list[int | str]:
+    """``--report-times`` as positions (integers) or labels."""
+    return [int(t) if t.lstrip("-").isdigit() else t for t in args.report_times or ["0"]]
+
+
+@contextlib.contextmanager
+def _folder(path: Path, kind: str, names: tuple[str, ...], option: str, args):
+    """A staged folder for ``--plots``/``--report``, renamed into place when done."""
+    what = f"{option} folder"
+    with (
+        writing(path, what=what),
+        output_directory(path, kind=kind, names=names, overwrite=args.overwrite, what=what) as st,
+    ):
+        yield st

@@ -198,6 +198,7 @@ def summary(
     member_dim: str = MEMBER,
     estimator: str = "properscoring",
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    regions: xr.DataArray | Mapping[str, xr.DataArray] | None = None,
 ) -> xr.Dataset:
     """A tidy table of scores: variable ``score`` with dims (metric, variable, ...).
 
@@ -205,8 +206,16 @@ def summary(
     keyword options (e.g. ``{"fss": {"windows": [1, 5]}, "brier": {"thresholds": [1.0]}}``)
     and ``estimator`` goes to every metric that takes one. ``dim`` defaults to every dim
     except ``member_dim`` and ``time``, so the table keeps one row per valid time. Metrics
-    needing two members are left out for a one-member ensemble. The result is lazy.
+    needing two members are left out for a one-member ensemble. ``regions`` (masks from
+    :func:`~corrdiff_xr.scoring.regions.region_masks`) add a ``region`` dim, each region
+    scored as its own domain (:func:`~corrdiff_xr.scoring.regions.by_region`). The result
+    is lazy.
     """
+    if regions is not None:
+        from corrdiff_xr.scoring.regions import by_region
+
+        kw = {"metrics": metrics, "dim": dim, "member_dim": member_dim, "estimator": estimator}
+        return by_region(summary, forecast, truth, regions, weights=weights, options=options, **kw)
     fc, tr, _ = _prepare(forecast, truth, member_dim)
     if dim is None:
         dim = [d for d in fc.dims if d not in (member_dim, TIME)]

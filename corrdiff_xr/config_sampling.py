@@ -24,11 +24,12 @@ class SamplerConfig(Checked):
     whose sigma lies in ``[S_min, S_max]`` (the per-step increase is capped at
     ``sqrt(2) - 1`` as in EDM). ``solver``: ``"heun"`` (EDM, 2 N - 1 network calls for N
     steps), ``"euler"``, ``"dpmpp_2m"`` (DPM-Solver++(2M), second order with N calls) or
-    ``"dpmpp_2m_sde"`` (its stochastic variant, noise strength ``eta``); see
-    :mod:`corrdiff_xr.sampling`.
+    ``"dpmpp_2m_sde"`` (its stochastic variant, noise strength ``eta``) or ``"distilled"``
+    (a distilled student's N-call sampler, noise scale ``S_noise``; see
+    :mod:`corrdiff_xr.training.distil`); see :mod:`corrdiff_xr.sampling`.
     """
 
-    solver: Literal["heun", "euler", "dpmpp_2m", "dpmpp_2m_sde"] = "heun"
+    solver: Literal["heun", "euler", "dpmpp_2m", "dpmpp_2m_sde", "distilled"] = "heun"
     num_steps: int = setting(18, ge=1, le=MAX_STEPS)
     sigma_min: float = setting(0.002, gt=0)
     sigma_max: float = setting(800.0, gt=0)

@@ -303,7 +303,8 @@ def test_direct_construction_checks_types_choices_and_booleans_too():
         SamplerConfig(num_steps=True)
     with pytest.raises(
         ConfigError,
-        match=r"^solver: 'rk4' is not one of \['heun', 'euler', 'dpmpp_2m', 'dpmpp_2m_sde'\]$",
+        match=r"^solver: 'rk4' is not one of \['heun', 'euler', 'dpmpp_2m', 'dpmpp_2m_sde', "
+        r"'distilled'\]$",
     ):
         SamplerConfig(solver="rk4")
     with pytest.raises(ConfigError, match=r"^weights: 'cosine' is not one of"):

@@ -36,6 +36,7 @@ COMMANDS = {
     "inspect": ("corrdiff_xr.cli.inspect", "report what a source holds and what would be done"),
     "calibrate": ("corrdiff_xr.cli.calibrate", "choose sampler defaults matching spread to error"),
     "export": ("corrdiff_xr.cli.export", "write a checkpoint as a generic CorrDiff package"),
+    "distil": ("corrdiff_xr.cli.distil", "distil a diffusion checkpoint into a 1-4 call student"),
 }
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "RULE_SCORE",
     "Calibration",
     "calibrate",
+    "default_candidates",
     "ensemble_scores",
     "most_calibrated",
     "network_calls",
@@ -67,6 +68,25 @@ CANDIDATES: tuple[dict[str, Any], ...] = (
     {"solver": "dpmpp_2m", "num_steps": 8, "sigma_max": 80.0},
     {"solver": "dpmpp_2m_sde", "num_steps": 16, "sigma_max": 800.0},
 )
+
+
+#: a distilled student's candidates (:mod:`corrdiff_xr.training.distil`): its noise scale
+#: ``S_noise`` and, with 2 or 4 calls, its intermediate level ``sigma_min``, at its own calls
+DISTILLED_NOISE = (0.8, 0.9, 1.0, 1.1, 1.2, 1.35, 1.5, 1.7)
+DISTILLED_INTERMEDIATE = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def default_candidates(own: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The candidates after a model's own defaults ``own``: :data:`CANDIDATES`, or for a
+    distilled student (``solver="distilled"``) its free settings at its own calls."""
+    if not own or own.get("solver") != "distilled":
+        return list(CANDIDATES)
+    fixed = {k: own[k] for k in ("solver", "num_steps", "sigma_max", "rho") if k in own}
+    hi = float(own.get("sigma_max", SamplerConfig().sigma_max))
+    levels = [None] if fixed.get("num_steps", 1) == 1 else [v for v in DISTILLED_INTERMEDIATE
+                                                            if v < hi]  # fmt: skip
+    return [{**fixed, "S_noise": s} | ({} if v is None else {"sigma_min": v})
+            for v in levels for s in DISTILLED_NOISE]  # fmt: skip
 
 
 def network_calls(cfg: SamplerConfig) -> int:
@@ -103,7 +123,8 @@ class Calibration:
         target's std (what the rule compares), then each target's in its own units."""
         per = self.table[0].get("per_target", {})
         labels = [f"{n} {k} [{v['units']}]" for n, v in per.items() for k in ("crps_fair", "mae")]
-        lines = [f"{'solver':<13} {'steps':>5} {'sigma_max':>9} {'churn':>5} {'calls':>5} "
+        lines = [f"{'solver':<13} {'steps':>5} {'sigma_max':>9} {'churn':>5} {'S_noise':>7} "
+                 f"{'sigma_min':>9} {'calls':>5} "
                  f"{'crps_fair/std':>13} {'crps/std':>8} {'spread/skill':>12}"
                  + "".join(f" {label:>9}" for label in labels)]  # fmt: skip
         for row in self.table:
@@ -112,6 +133,7 @@ class Calibration:
             cells = [row["per_target"][n][k] for n in per for k in ("crps_fair", "mae")]
             lines.append(
                 f"{s['solver']:<13} {s['num_steps']:>5} {s['sigma_max']:>9g} {s['S_churn']:>5g} "
+                f"{s['S_noise']:>7g} {s['sigma_min']:>9g} "
                 f"{row['calls']:>5} {row['crps_fair']:>13.4f} {row['crps']:>8.4f} "
                 f"{row['spread_skill']:>12.3f}"
                 + "".join(f" {v:>{max(len(lb), 9)}.4g}" for v, lb in zip(cells, labels))
@@ -206,7 +228,7 @@ def calibrate(
     candidates
         Settings to compare, the first being the baseline; mappings are partial
         SamplerConfigs. None: the model's own defaults (or ``SamplerConfig()``), then
-        :data:`CANDIDATES`.
+        :func:`default_candidates` (a distilled student's: its noise scale and level).
     members, seed
         Ensemble size and seed (the same for every candidate).
     tolerance
@@ -231,7 +253,7 @@ def calibrate(
     truth = pair_ds[names].load()
     std = _header_std(header, truth)  # a transformed target's: the truth's own, in its units
     own = header.get("sampler")
-    given = [own or {}, *CANDIDATES] if candidates is None else list(candidates)
+    given = [own or {}, *default_candidates(own)] if candidates is None else list(candidates)
     configs: list[SamplerConfig] = []
     for cand in given:
         cfg = cand if isinstance(cand, SamplerConfig) else from_dict(SamplerConfig, dict(cand))

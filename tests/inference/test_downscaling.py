@@ -225,7 +225,8 @@ def test_downscale_names_what_is_wrong_with_bad_input(setup):
         ({"sampler": {"rho": float("nan")}}, "sampler.rho: nan is not a finite number > 0"),
         (
             {"sampler": "rk4"},
-            "sampler: 'rk4' is not one of ['heun', 'euler', 'dpmpp_2m', 'dpmpp_2m_sde']",
+            "sampler: 'rk4' is not one of ['heun', 'euler', 'dpmpp_2m', 'dpmpp_2m_sde', "
+            "'distilled']",
         ),
     ],
 )

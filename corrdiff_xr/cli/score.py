@@ -252,7 +252,8 @@ def _checked_outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None
     """``-o``, ``--plots`` and ``--report`` as local paths, refused now (before any work) if
     not replaceable."""
     named = {"-o": args.output, "--plots": args.plots, "--report": args.report}
-    paths = {k: local_output(v, option=k) if v else None for k, v in named.items()}
+    spelled = {"-o": "-o/--output"}
+    paths = {k: local_output(v, option=spelled.get(k, k)) if v else None for k, v in named.items()}
     given = [(k, p.absolute()) for k, p in paths.items() if p]
     for i, (a, pa) in enumerate(given):
         for b, pb in given[i + 1 :]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from corrdiff_xr import accessors as _accessors  # noqa: F401  (registers ds.corrdiff)
+from corrdiff_xr import accessors as _accessors  # noqa: F401  (registers ds.corrdiff, da.corrdiff)
 from corrdiff_xr._version import __version__
 
 #: the public API, ``cx.<name>``: where each name lives (imported on first use, so that

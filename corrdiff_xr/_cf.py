@@ -13,6 +13,7 @@ they are.
 
 from __future__ import annotations
 
+import cf_xarray  # noqa: F401  (registers the .cf accessor)
 import xarray as xr
 
 from corrdiff_xr.dims import X, Y
@@ -27,11 +28,13 @@ COARSE_GRID_MAPPING = "crs_coarse"
 
 
 def grid_mappings(ds: xr.Dataset) -> dict[str, xr.Variable]:
-    """The fine grid's mapping coordinates: 0-d coordinates with ``grid_mapping_name``."""
+    """The fine grid's mapping coordinates: 0-d coordinates among cf-xarray's
+    ``grid_mapping_names`` (variables with a ``grid_mapping_name``), not the coarse CRS."""
+    named = {str(n) for names in ds.cf.grid_mapping_names.values() for n in names}
     return {
         str(name): coord.variable
         for name, coord in ds.coords.items()
-        if coord.ndim == 0 and "grid_mapping_name" in coord.attrs and name != COARSE_GRID_MAPPING
+        if coord.ndim == 0 and str(name) in named and name != COARSE_GRID_MAPPING
     }
 
 

@@ -1,23 +1,96 @@
-"""The ``.corrdiff`` accessor on xarray Datasets: forwarding only.
+"""The ``.corrdiff`` accessor on xarray Datasets and DataArrays: forwarding only.
 
 An accessor holds nothing but the wrapped object (its state would not survive ``ds[var]`` or
 arithmetic); each method forwards to the library function named in its docstring, importing
-heavy modules (torch, dask.distributed, matplotlib) only when called.
+heavy modules (torch, dask.distributed, matplotlib) only when called. The scoring methods are
+shared: ``ds.corrdiff.crps(truth)`` and ``ds["t2m"].corrdiff.crps(truth["t2m"])`` call the same
+:mod:`corrdiff_xr.scoring` function, which returns a Dataset or a DataArray like its input.
+Data, downscaling and plotting work on whole Datasets only.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import xarray as xr
 
+__all__ = ["CorrDiffAccessor", "CorrDiffArrayAccessor"]
+
+Data = TypeVar("Data", xr.Dataset, xr.DataArray)
+
+
+class _Scoring(Generic[Data]):
+    """Scoring methods of both accessors (``self`` is the forecast/ensemble)."""
+
+    def __init__(self, obj: Data):
+        self._obj = obj
+
+    def crps(self, truth: Data, **kwargs: Any) -> Data:
+        """Continuous ranked probability score; see ``scoring.crps``."""
+        from corrdiff_xr.scoring import crps
+
+        return crps(self._obj, truth, **kwargs)
+
+    def mae(self, truth: Data, **kwargs: Any) -> Data:
+        """Mean absolute error of the ensemble mean; see ``scoring.mae``."""
+        from corrdiff_xr.scoring import mae
+
+        return mae(self._obj, truth, **kwargs)
+
+    def rmse(self, truth: Data, **kwargs: Any) -> Data:
+        """Root-mean-square error of the ensemble mean; see ``scoring.rmse``."""
+        from corrdiff_xr.scoring import rmse
+
+        return rmse(self._obj, truth, **kwargs)
+
+    def spread(self, **kwargs: Any) -> Data:
+        """Ensemble spread (standard deviation); see ``scoring.spread``."""
+        from corrdiff_xr.scoring import spread
+
+        return spread(self._obj, **kwargs)
+
+    def spread_skill(self, truth: Data, **kwargs: Any) -> Data:
+        """Spread-skill ratio with the sqrt(1 + 1/n) correction; see ``scoring.spread_skill``."""
+        from corrdiff_xr.scoring import spread_skill
+
+        return spread_skill(self._obj, truth, **kwargs)
+
+    def rank_histogram(self, truth: Data, **kwargs: Any) -> Data:
+        """Rank histogram of truth within the ensemble; see ``scoring.rank_histogram``."""
+        from corrdiff_xr.scoring import rank_histogram
+
+        return rank_histogram(self._obj, truth, **kwargs)
+
+    def score(self, metric: str, truth: Data | None = None, **kwargs: Any) -> Data:
+        """Any metric of ``scoring.METRIC_TABLE`` by name (``"fss"``, ``"brier"``, ...), with
+        its options as keywords; e.g. ``ds.corrdiff.score("fss", truth, windows=[1, 9])``."""
+        from corrdiff_xr.scoring import METRIC_TABLE
+
+        if metric not in METRIC_TABLE:
+            raise ValueError(f"unknown metric {metric!r}; choose from {list(METRIC_TABLE)}")
+        return METRIC_TABLE[metric](self._obj, truth, **kwargs)
+
+    def summary(self, truth: Data, **kwargs: Any) -> xr.Dataset:
+        """Tidy (metric, variable, time) table of scores; see ``scoring.summary``."""
+        from corrdiff_xr.scoring import summary
+
+        return summary(self._obj, truth, **kwargs)
+
+    def power_spectrum(self, **kwargs: Any) -> Data:
+        """Radially averaged power spectrum; see ``scoring.power_spectrum``."""
+        from corrdiff_xr.scoring import power_spectrum
+
+        return power_spectrum(self._obj, **kwargs)
+
+
+@xr.register_dataarray_accessor("corrdiff")
+class CorrDiffArrayAccessor(_Scoring[xr.DataArray]):
+    """``da.corrdiff.*``: scoring of one variable's ensemble (``crps``, ``rmse``, ...)."""
+
 
 @xr.register_dataset_accessor("corrdiff")
-class CorrDiffAccessor:
+class CorrDiffAccessor(_Scoring[xr.Dataset]):
     """``ds.corrdiff.*``: downscaling, validation, scoring and plotting of a Dataset."""
-
-    def __init__(self, obj: xr.Dataset):
-        self._obj = obj
 
     # -- data ------------------------------------------------------------------------------
     def pair(self, **kwargs: Any):
@@ -49,64 +122,7 @@ class CorrDiffAccessor:
 
         return downscale(self._obj, model, **kwargs)
 
-    # -- scoring (self is the forecast/ensemble) -------------------------------------------
-    def crps(self, truth: xr.Dataset, **kwargs: Any) -> xr.Dataset:
-        """Continuous ranked probability score; see ``scoring.crps``."""
-        from corrdiff_xr.scoring import crps
-
-        return crps(self._obj, truth, **kwargs)
-
-    def mae(self, truth: xr.Dataset, **kwargs: Any) -> xr.Dataset:
-        """Mean absolute error of the ensemble mean; see ``scoring.mae``."""
-        from corrdiff_xr.scoring import mae
-
-        return mae(self._obj, truth, **kwargs)
-
-    def rmse(self, truth: xr.Dataset, **kwargs: Any) -> xr.Dataset:
-        """Root-mean-square error of the ensemble mean; see ``scoring.rmse``."""
-        from corrdiff_xr.scoring import rmse
-
-        return rmse(self._obj, truth, **kwargs)
-
-    def spread(self, **kwargs: Any) -> xr.Dataset:
-        """Ensemble spread (standard deviation); see ``scoring.spread``."""
-        from corrdiff_xr.scoring import spread
-
-        return spread(self._obj, **kwargs)
-
-    def spread_skill(self, truth: xr.Dataset, **kwargs: Any) -> xr.Dataset:
-        """Spread-skill ratio with the sqrt(1 + 1/n) correction; see ``scoring.spread_skill``."""
-        from corrdiff_xr.scoring import spread_skill
-
-        return spread_skill(self._obj, truth, **kwargs)
-
-    def rank_histogram(self, truth: xr.Dataset, **kwargs: Any) -> xr.Dataset:
-        """Rank histogram of truth within the ensemble; see ``scoring.rank_histogram``."""
-        from corrdiff_xr.scoring import rank_histogram
-
-        return rank_histogram(self._obj, truth, **kwargs)
-
-    def score(self, metric: str, truth: xr.Dataset | None = None, **kwargs: Any) -> xr.Dataset:
-        """Any metric of ``scoring.METRIC_TABLE`` by name (``"fss"``, ``"brier"``, ...), with
-        its options as keywords; e.g. ``ds.corrdiff.score("fss", truth, windows=[1, 9])``."""
-        from corrdiff_xr.scoring import METRIC_TABLE
-
-        if metric not in METRIC_TABLE:
-            raise ValueError(f"unknown metric {metric!r}; choose from {list(METRIC_TABLE)}")
-        return METRIC_TABLE[metric](self._obj, truth, **kwargs)
-
-    def summary(self, truth: xr.Dataset, **kwargs: Any) -> xr.Dataset:
-        """Tidy (metric, variable, time) table of scores; see ``scoring.summary``."""
-        from corrdiff_xr.scoring import summary
-
-        return summary(self._obj, truth, **kwargs)
-
-    def power_spectrum(self, **kwargs: Any) -> xr.Dataset:
-        """Radially averaged power spectrum; see ``scoring.power_spectrum``."""
-        from corrdiff_xr.scoring import power_spectrum
-
-        return power_spectrum(self._obj, **kwargs)
-
+    # -- presentation ----------------------------------------------------------------------
     def plot(self, kind: str = "maps", **kwargs: Any):
         """Figure of this ensemble, any of ``plot.KINDS`` (``maps``, ``spectra``,
         ``reliability``, ``fss`` ...); pass ``truth=``/``inputs=``/``times=`` to add panels

@@ -23,8 +23,8 @@ so every encode path computes them from the block's time labels and fine ``lat``
 
 The codec is plain data (:meth:`Codec.to_dict` is JSON-able) so it travels inside checkpoints
 and a trained model always decodes with the statistics, transforms and bounds it was trained
-with. A codec without transforms, bounds or features serialises without those keys, as before
-they existed.
+with. A codec without transforms, bounds or features serialises without those keys, so the
+checkpoints and training identities of such models read and hash unchanged.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class Codec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able plain data; :meth:`from_dict` inverts it. ``transforms``, ``bounds`` and
-        ``features`` appear only when set, so codecs without them serialise as before."""
+        ``features`` appear only when set: codecs without them serialise unchanged."""
         out = {
             "inputs": list(self.inputs),
             "targets": list(self.targets),

@@ -193,7 +193,7 @@ def load_config(
     return from_dict(cls, merge(data, parse_overrides(overrides)))
 
 
-# -- networks and EDM preconditioning (core A) ----------------------------------------------
+# -- networks and EDM preconditioning -----------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,7 +325,7 @@ class EDMConfig(Checked):
             raise ValueError("flow_shift applies to rectified flow only: set flow to x or v")
 
 
-# -- training (training engineer) -----------------------------------------------------------
+# -- training ------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)

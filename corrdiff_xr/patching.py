@@ -1,12 +1,13 @@
-"""Patches: tile a 2-D domain, run a function patch by patch, fuse the results.
+"""Patches of a 2-D domain: where they lie, how they are weighted, how they are cut.
 
 One module serves training (random patches, :func:`random_origins` / :func:`take_patches`)
-and inference (a fixed grid, :class:`PatchGrid` with :func:`tile`, :func:`fuse` and
-:func:`map_patches`). Arrays are ``(..., H, W)``: the last two axes are the fine-grid ``y``
-and ``x`` dimensions (:data:`corrdiff_xr.dims.Y`, :data:`corrdiff_xr.dims.X`).
+and inference (a fixed grid, :class:`PatchGrid`, whose patches
+:mod:`corrdiff_xr.inference.block` samples alone and fuses with the grid's weights, block by
+block). Arrays are ``(..., H, W)``: the last two axes are the fine-grid ``y`` and ``x``
+dimensions (:data:`corrdiff_xr.dims.Y`, :data:`corrdiff_xr.dims.X`).
 
 The patch grid is global: the origins depend only on the domain shape, the patch shape and the
-overlap/halo settings, so any one patch can be computed alone (:func:`extract_patch`), e.g.
+overlap/halo settings, so any one patch can be computed alone (:meth:`PatchGrid.indices`), e.g.
 by a Dask task, and its ``(row, col)`` origin is the offset a positional embedding needs.
 Origins may be negative or run past the far edge; the pixels outside the domain are filled by
 mirror reflection (like ``torch.nn.functional.pad(mode="reflect")`` but valid for any pad
@@ -24,9 +25,9 @@ Layouts (per axis, domain length L, patch length p, halo b, overlap o):
     patches starting at ``-b``, every pixel of every patch averaged in with equal weight.
     For parity with the reference's outputs.
 
-Fusing divides the weighted sum of patches by the summed weights, accumulating in float64 so
-that ``fuse(tile(x)) == x`` exactly; weights are positive on every kept pixel, so overlap 0
-gives no NaNs (a bug of the reference fixed in its PR #703).
+Fusing divides the weighted sum of patches by the summed weights (in float64, so that fusing
+the patches of a field gives it back exactly); weights are positive on every kept pixel, so
+overlap 0 gives no NaNs (a bug of the reference fixed in its PR #703).
 
 Patch batches are sample-major: for B samples and P patches, row ``b * P + k`` is patch k of
 sample b (the reference orders patch-major).
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -48,16 +49,11 @@ from corrdiff_xr.config import PatchConfig
 
 __all__ = [
     "PatchGrid",
-    "extract_patch",
-    "fuse",
     "global_context",
-    "map_patches",
     "patch_positions",
-    "patched_denoiser",
     "random_origins",
     "reflect_index",
     "take_patches",
-    "tile",
 ]
 
 
@@ -253,175 +249,6 @@ class PatchGrid:
             reflect_index(int(r0), self.patch[0], self.domain[0]),
             reflect_index(int(c0), self.patch[1], self.domain[1]),
         )
-
-    def _extent(self) -> tuple[int, int, int, int]:
-        y0, x0 = self.starts[0][0], self.starts[1][0]
-        y1 = max(self.starts[0]) + self.patch[0]
-        x1 = max(self.starts[1]) + self.patch[1]
-        return y0, y1, x0, x1
-
-
-def _check_domain(x, grid: PatchGrid, name: str = "x") -> None:
-    if x.ndim < 2 or tuple(x.shape[-2:]) != grid.domain:
-        raise ValueError(
-            f"{name} has spatial shape {tuple(x.shape[-2:])}, expected the grid's domain "
-            f"{grid.domain} (y, x)"
-        )
-
-
-def extract_patch(x, grid: PatchGrid, k: int):
-    """Patch ``k`` of ``x`` (``(..., H, W)`` tensor or array) -> ``(..., h, w)``."""
-    _check_domain(x, grid)
-    rows, cols = grid.indices(k)
-    return _gather(x, rows, cols)
-
-
-def tile(x: Tensor, grid: PatchGrid) -> Tensor:
-    """All patches of ``x`` ``(B, C, H, W)`` -> ``(B * P, C, h, w)``, sample-major."""
-    _check_domain(x, grid)
-    if x.ndim != 4:
-        raise ValueError(f"tile expects (B, C, H, W), got shape {tuple(x.shape)}")
-    y0, y1, x0, x1 = grid._extent()
-    # Pad once by reflection over the whole patch extent, then slice every patch.
-    padded = _gather(
-        x, reflect_index(y0, y1 - y0, grid.domain[0]), reflect_index(x0, x1 - x0, grid.domain[1])
-    )
-    h, w = grid.patch
-    parts = [padded[..., r - y0 : r - y0 + h, c - x0 : c - x0 + w] for r, c in grid.origins]
-    return torch.stack(parts, dim=1).reshape(x.shape[0] * grid.num_patches, x.shape[1], h, w)
-
-
-def fuse(patches: Tensor, grid: PatchGrid) -> Tensor:
-    """Weighted average of overlapping patches ``(B * P, C, h, w)`` -> ``(B, C, H, W)``.
-
-    Inverse of :func:`tile` for identity data, exactly (float64 accumulation).
-    """
-    P = grid.num_patches
-    if patches.ndim != 4 or patches.shape[0] % P or tuple(patches.shape[-2:]) != grid.patch:
-        raise ValueError(
-            f"fuse expects (B * {P}, C, {grid.patch[0]}, {grid.patch[1]}) patches, got shape "
-            f"{tuple(patches.shape)}"
-        )
-    B, C = patches.shape[0] // P, patches.shape[1]
-    y0, y1, x0, x1 = grid._extent()
-    h, w = grid.patch
-    acc = torch.float64 if patches.device.type != "mps" else torch.float32
-    weight = torch.as_tensor(grid.weight, dtype=acc, device=patches.device)
-    total = torch.zeros(B, C, y1 - y0, x1 - x0, dtype=acc, device=patches.device)
-    norm = torch.zeros(y1 - y0, x1 - x0, dtype=acc, device=patches.device)
-    per_sample = patches.reshape(B, P, C, h, w)
-    for k, (r, c) in enumerate(grid.origins):
-        sl = (..., slice(r - y0, r - y0 + h), slice(c - x0, c - x0 + w))
-        total[sl] = total[sl] + weight * per_sample[:, k].to(acc)
-        norm[sl] += weight
-    H, W = grid.domain
-    crop = (..., slice(-y0, -y0 + H), slice(-x0, -x0 + W))
-    return (total[crop] / norm[crop]).to(patches.dtype)
-
-
-def map_patches(
-    fn: Callable[..., Tensor],
-    *arrays: Tensor,
-    grid: PatchGrid,
-    batch_size: int | None = None,
-    tiled: Sequence[bool] | None = None,
-) -> Tensor:
-    """Apply ``fn`` patch by patch, in batches of patches, and fuse the outputs.
-
-    Parameters
-    ----------
-    fn
-        Called as ``fn(*patched_arrays, offsets=offsets)`` with up to ``batch_size`` rows;
-        ``offsets`` is an int64 ``(n, 2)`` tensor of each row's global ``(row, col)``
-        origin. Returns ``(n, C_out, h, w)``.
-    *arrays
-        Tensors whose first axis is the sample axis B. Those whose last two axes equal
-        ``grid.domain`` are tiled; all others (per-sample scalars such as sigma, or
-        ``(B, C, h, w)`` global context) are repeated for every patch of their sample.
-    grid
-        The patch grid.
-    batch_size
-        Patches per call of ``fn``; None means all ``B * P`` at once.
-    tiled
-        Which arrays to tile (the others are repeated); inferred from the shapes when None.
-
-    Returns
-    -------
-    Tensor
-        ``(B, C_out, H, W)``.
-    """
-    if not arrays:
-        raise ValueError("map_patches needs at least one array")
-    if tiled is None:
-        tiled = [a.ndim >= 3 and tuple(a.shape[-2:]) == grid.domain for a in arrays]
-    if len(tiled) != len(arrays) or not any(tiled):
-        raise ValueError(
-            f"map_patches needs at least one array to tile with the grid's domain {grid.domain} "
-            f"as its last axes; got shapes {[tuple(a.shape) for a in arrays]}, tiled={list(tiled)}"
-        )
-    B, P = arrays[list(tiled).index(True)].shape[0], grid.num_patches
-    if any(a.shape[0] != B for a in arrays):
-        raise ValueError(
-            f"all arrays need the same sample axis B={B}: {[tuple(a.shape) for a in arrays]}"
-        )
-    rows = [tile(a, grid) if t else a.repeat_interleave(P, dim=0) for a, t in zip(arrays, tiled)]
-    offsets = torch.as_tensor(grid.origins, device=arrays[0].device).repeat(B, 1)
-    step = batch_size or B * P
-    outs = [
-        fn(*(r[i : i + step] for r in rows), offsets=offsets[i : i + step])
-        for i in range(0, B * P, step)
-    ]
-    return fuse(torch.cat(outs), grid)
-
-
-def patched_denoiser(
-    denoiser: Callable[..., Tensor],
-    grid: PatchGrid,
-    *,
-    condition: Tensor,
-    context: Tensor | None = None,
-    batch_size: int | None = None,
-) -> Callable[[Tensor, Tensor], Tensor]:
-    """A whole-domain ``denoise(x, sigma)`` for the samplers that denoises patch by patch.
-
-    At every call the noisy state is tiled, each patch is denoised with its slice of
-    ``condition`` (plus ``context``, if given, and its origin as ``offsets``), and the results
-    are fused: the multi-diffusion scheme of patch-based CorrDiff.
-
-    Parameters
-    ----------
-    denoiser
-        ``denoiser(x_patch, sigma, condition=..., offsets=...)``, e.g. an ``EDMPrecond``.
-    grid
-        The patch grid over the fine domain.
-    condition
-        ``(N, C_cond, H, W)`` conditioning on the whole domain (``[mean, x]``).
-    context
-        Optional ``(N, C_ctx, h, w)`` per-sample channels appended to every patch's
-        condition (see :func:`global_context`).
-    batch_size
-        Patches per denoiser call.
-    """
-    extra = () if context is None else (context,)
-
-    def fn(x_p: Tensor, sigma_p: Tensor, cond_p: Tensor, *ctx: Tensor, offsets: Tensor) -> Tensor:
-        if ctx:
-            cond_p = torch.cat([cond_p, ctx[0].to(cond_p.dtype)], dim=1)
-        return denoiser(x_p, sigma_p, condition=cond_p, offsets=offsets)
-
-    def denoise(x: Tensor, sigma: Tensor) -> Tensor:
-        return map_patches(
-            fn,
-            x,
-            sigma,
-            condition,
-            *extra,
-            grid=grid,
-            batch_size=batch_size,
-            tiled=(True, False, True) + (False,) * len(extra),
-        )
-
-    return denoise
 
 
 def global_context(x: Tensor, patch: Sequence[int]) -> Tensor:

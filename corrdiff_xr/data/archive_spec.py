@@ -33,6 +33,7 @@ __all__ = [
     "check_keys",
     "check_names",
     "check_variables",
+    "given_options",
     "window_slice",
 ]
 
@@ -52,6 +53,25 @@ def check_keys(
         close = difflib.get_close_matches(str(key), list(known), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise error(f"{what}: unknown key {key!r}{hint}; the known keys are {sorted(known)}")
+
+
+def _unset(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value == "")
+
+
+def given_options(options: Mapping[str, Any] | None) -> dict | None:
+    """``options`` without the unset ones, at any depth, or None if none is left.
+
+    Unset is None, ``""`` or a mapping left empty: a catalog's parameters that the user did
+    not give. False and 0 are values (``anon: false``).
+    """
+    kept = {}
+    for key, value in dict(options or {}).items():
+        if isinstance(value, Mapping):
+            value = given_options(value)
+        if not _unset(value):
+            kept[key] = value
+    return kept or None
 
 
 def check_distinct(parts: Sequence[tuple[str, xr.Dataset]]) -> None:

@@ -46,6 +46,7 @@ from corrdiff_xr.data.archive_spec import (
     check_keys,
     check_names,
     check_variables,
+    given_options,
     window_slice,
 )
 from corrdiff_xr.data.grids import crs_from_cf
@@ -65,7 +66,7 @@ from corrdiff_xr.data.sources.native import Adopted, adopt
 from corrdiff_xr.data.times import align, parse_times, to_ns
 from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, TIME, X_COARSE, Y_COARSE, X, Y
 
-__all__ = ["NOTES_ATTR", "ArchiveSource", "given_options", "open_archives"]
+__all__ = ["NOTES_ATTR", "ArchiveSource", "open_archives"]
 
 #: dataset attribute listing what pairing changed
 NOTES_ATTR = "corrdiff_xr_pairing"
@@ -74,12 +75,6 @@ NOTES_ATTR = "corrdiff_xr_pairing"
 #: ``storage_options``, ``engine``, ``backend_kwargs``, ``variables`` ({native: canonical})
 #: and ``select`` ({dim: value})
 ArchiveSource = str | os.PathLike | xr.Dataset | Mapping[str, Any]
-
-
-def given_options(options: Mapping[str, Any] | None) -> dict | None:
-    """fsspec options without the unset ones (a catalog's empty parameters), None if none."""
-    kept = {k: v for k, v in dict(options or {}).items() if v != ""}
-    return kept or None
 
 
 def _open(source: ArchiveSource, *, grid: str, what: str) -> Adopted:

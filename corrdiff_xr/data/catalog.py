@@ -214,14 +214,6 @@ def list_catalogs() -> list[str]:
     return sorted(p.stem for p in catalog_dir().glob("*.yaml"))
 
 
-def _strip_empty(value: Any) -> Any:
-    """Drop None/"" values from nested storage options (unset user parameters)."""
-    if isinstance(value, dict):
-        cleaned = {k: _strip_empty(v) for k, v in value.items()}
-        return {k: v for k, v in cleaned.items() if v not in (None, "", {})}
-    return value
-
-
 class ZarrPairReader(BaseReader):
     """Open a canonical Zarr store (any fsspec URL) as a validated DownscalingData."""
 
@@ -237,6 +229,7 @@ class ZarrPairReader(BaseReader):
         static: list[str] | None = None,
         **kwargs: Any,
     ):
+        from corrdiff_xr.data.archive_spec import given_options
         from corrdiff_xr.data.pair import open_pair
 
         if kwargs:
@@ -244,7 +237,7 @@ class ZarrPairReader(BaseReader):
                 f"unexpected reader arguments for {redact_url(url)}: {sorted(kwargs)}"
             )
         return open_pair(
-            url, storage_options=_strip_empty(storage_options or {}) or None,
+            url, storage_options=given_options(storage_options),
             inputs=inputs, targets=targets, static=static,
         )  # fmt: skip
 

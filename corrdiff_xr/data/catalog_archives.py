@@ -49,7 +49,7 @@ class ArchiveReader(BaseReader):
         engine: str | None = None,
         backend_kwargs: dict | None = None,
     ):
-        from corrdiff_xr.data.archives import given_options
+        from corrdiff_xr.data.archive_spec import given_options
         from corrdiff_xr.data.sources.formats import open_store
 
         ds = open_store(
@@ -97,8 +97,9 @@ class ArchivePairReader(BaseReader):
 def _unset(value: Any) -> Any:
     """None for an empty mapping or one whose values are all unset ("" or None)."""
     if isinstance(value, Mapping):
-        kept = {k: v for k, v in value.items() if v not in ("", None)}
-        return kept or None
+        from corrdiff_xr.data.archive_spec import given_options
+
+        return given_options(value)
     return value
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import xarray as xr
 
 from corrdiff_xr.data.layout import CoordinateError
+from corrdiff_xr.dims import LAT_ATTRS, LON_ATTRS
 
 __all__ = [
     "Placement",
@@ -217,10 +218,7 @@ def to_geographic(crs, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.nda
 def axis_attrs(crs) -> tuple[dict, dict]:
     """CF attributes of the ``(y, x)`` axes of ``crs``."""
     if _plain_geographic(crs):
-        return (
-            {"standard_name": "latitude", "units": "degrees_north"},
-            {"standard_name": "longitude", "units": "degrees_east"},
-        )
+        return dict(LAT_ATTRS), dict(LON_ATTRS)
     if crs.is_geographic:  # rotated pole
         return (
             {"standard_name": "grid_latitude", "units": "degrees"},

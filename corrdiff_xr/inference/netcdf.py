@@ -26,7 +26,7 @@ from corrdiff_xr._atomic import atomic_path
 from corrdiff_xr._cf import GRID_MAPPING, grid_mappings, with_grid_mapping
 from corrdiff_xr._outputs import PRODUCT_ATTR, check_output
 from corrdiff_xr.data.times import calendar_of, parse_times, to_ns
-from corrdiff_xr.dims import LAT, LON, MEMBER, TIME, X, Y
+from corrdiff_xr.dims import LAT, LAT_ATTRS, LON, LON_ATTRS, MEMBER, TIME, X, Y
 from corrdiff_xr.inference.store import IDENTITY_ATTR, remove_leftovers
 
 __all__ = ["REFERENCE_TIME_UNITS", "time_encoding", "write_reference_netcdf"]
@@ -116,14 +116,11 @@ def _netcdf_layout(f: Any, prediction: xr.Dataset, groups: dict[str, xr.Dataset 
     f.createDimension("ensemble")
     f.createDimension(Y, ny)
     f.createDimension(X, nx)
-    for name, std, units in (
-        (LAT, "latitude", "degrees_north"),
-        (LON, "longitude", "degrees_east"),
-    ):
+    for name, attrs in ((LAT, LAT_ATTRS), (LON, LON_ATTRS)):
         v = f.createVariable(name, "f", (Y, X))
         if name in prediction.coords:
             v[:] = np.broadcast_to(prediction[name].values, (ny, nx))
-        v.standard_name, v.units = std, units
+        v.setncatts(dict(attrs))
     tv = f.createVariable(TIME, "i8", (TIME,))
     tv.calendar = calendar_of(prediction[TIME].values)
     handles = {}

@@ -69,7 +69,7 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "corrdiff_xr.checkpoint"
 #: 2 adds the ``target_mask`` tensor, 3 the calibrated ``sampler`` defaults; a model without
-#: either is still written as version 1 (older readers then read it as before)
+#: either is still written as version 1, so that readers of version 1 can load it
 CHECKPOINT_VERSION = 3
 _HEADER_KEY = "corrdiff_xr"
 
@@ -302,7 +302,7 @@ class CorrDiff(nn.Module):
             "img_shape": list(self.img_shape),
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
-            # arch and options left out at their defaults: SongUNet headers read as before
+            # arch and options left out at their defaults: a SongUNet header stays version-1 readable
             "regression_network": None
             if self.regression_config is None
             else network_dict(self.regression_config),

@@ -21,7 +21,7 @@ grid) and ``lead_time`` (N,) integer labels or None. It has ``in_channels`` and
 
 How the config carries each backbone's parameters: :class:`~corrdiff_xr.config.NetworkConfig`
 stays SongUNet's parameter list (so every existing config, checkpoint header and training
-identity reads and hashes as before) plus ``arch`` (default ``"songunet"``) and a free
+identity reads and hashes unchanged) plus ``arch`` (default ``"songunet"``) and a free
 ``options`` mapping for the parameters of other backbones, which that backbone's
 ``check_config`` checks (SongUNet takes none). Its execution fields (``compile``,
 ``channels_last``, ``checkpoint_activations``, ``dropout``) mean the same for any backbone

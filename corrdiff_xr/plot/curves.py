@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from corrdiff_xr.dims import MEMBER, TIME, X, Y
+from corrdiff_xr.dims import MEMBER, TIME, X, Y, input_for
 from corrdiff_xr.plot import _style as st
-from corrdiff_xr.plot.maps import match_input, when_text
+from corrdiff_xr.plot.maps import when_text
 
 
 def on_forecast_times(ds: xr.Dataset | None, forecast: xr.Dataset, role: str):
@@ -89,7 +89,7 @@ def plot_spectra(
         if truth is not None and name in truth:
             spec = spectrum(truth[name])
             ax.loglog(spec["wavenumber"], spec, color="black", lw=1.8, label="truth")
-        input_name = match_input(name, inputs)
+        input_name = None if inputs is None else input_for(name, inputs.data_vars)
         if input_name is not None:
             var = inputs[input_name]
             spec = spectrum(var, spatial_dims=st.grid_dims(var))

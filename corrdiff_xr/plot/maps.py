@@ -9,21 +9,11 @@ import numpy as np
 import xarray as xr
 
 from corrdiff_xr.data.times import calendar_of, is_cftime, parse_times
-from corrdiff_xr.dims import MEMBER, TIME
+from corrdiff_xr.dims import MEMBER, TIME, input_for
 from corrdiff_xr.plot import _style as st
 from corrdiff_xr.plot.geo import draw_coastlines, frame_of, style_axes
 
 TimeKey = int | str | np.datetime64
-
-
-def match_input(name: str, inputs: xr.Dataset | None) -> str | None:
-    """The input variable shown beside target ``name``: same name, else ``name`` + suffix."""
-    if inputs is None:
-        return None
-    if name in inputs.data_vars:
-        return name
-    candidates = sorted(n for n in inputs.data_vars if str(n).startswith(f"{name}_"))
-    return candidates[0] if candidates else None
 
 
 def forecast_times(forecast: xr.Dataset, times: Sequence[TimeKey]) -> list:
@@ -72,7 +62,7 @@ def when_text(when) -> str:
 
 def _columns(names, fc_t, tr_t, in_t, n_members, errors, member_dim) -> list[str]:
     columns = []
-    if in_t is not None and any(match_input(n, in_t) for n in names):
+    if in_t is not None and any(input_for(n, in_t.data_vars) for n in names):
         columns.append("input")
     if tr_t is not None:
         columns.append("truth")
@@ -88,7 +78,7 @@ def _panels(name, fc, tr_t, in_t, n_members, member_dim) -> dict[str, xr.DataArr
     """The fields of one row in display units, by column title."""
     kind = st.kind_of(name, fc)
     panels: dict[str, xr.DataArray] = {}
-    input_name = match_input(name, in_t)
+    input_name = None if in_t is None else input_for(name, in_t.data_vars)
     if input_name is not None:
         panels["input"] = st.display(in_t[input_name].load(), kind)
     if tr_t is not None and name in tr_t:

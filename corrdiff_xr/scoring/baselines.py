@@ -11,22 +11,19 @@ from __future__ import annotations
 import xarray as xr
 
 from corrdiff_xr._cf import with_grid_mapping
+from corrdiff_xr.dims import input_for
 
 __all__ = ["baseline_from_inputs", "bilinear_baseline"]
 
 
-def _input_for(target: str, inputs: xr.Dataset) -> str:
-    """The coarse input holding ``target`` (same name, or ``target_*``)."""
-    for name in (target, f"{target}_coarse"):
-        if name in inputs:
-            return name
-    matches = sorted(n for n in inputs.data_vars if str(n).startswith(f"{target}_"))
-    if len(matches) != 1:
+def _required_input(target: str, inputs: xr.Dataset) -> str:
+    name = input_for(target, inputs.data_vars)
+    if name is None:
         raise KeyError(
             f"no unique coarse input for target {target!r} (looked for {target!r}, "
             f"'{target}_coarse' or '{target}_*'); inputs are {sorted(map(str, inputs.data_vars))}"
         )
-    return matches[0]
+    return name
 
 
 def bilinear_baseline(pair, targets: tuple[str, ...] | None = None) -> xr.Dataset:
@@ -40,6 +37,6 @@ def baseline_from_inputs(inputs_on_fine: xr.Dataset, targets: tuple[str, ...]) -
     NetCDF's ``input`` group) renamed as the targets they approximate (lazy); raises KeyError
     naming a target without a unique input."""
     fine = inputs_on_fine
-    out = xr.Dataset({t: fine[_input_for(t, fine)].rename(t) for t in targets})
+    out = xr.Dataset({t: fine[_required_input(t, fine)].rename(t) for t in targets})
     out = with_grid_mapping(out, fine)  # on the fine grid: its projection, like a prediction
     return out.assign_attrs(title="bilinear interpolation of the coarse inputs")

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from corrdiff_xr.data import DataError, EmptySelectionError, NameClashError
+from corrdiff_xr.data.archive_spec import given_options
 from corrdiff_xr.data.archives import open_archives
 from corrdiff_xr.data.layout import MissingValueError
 from corrdiff_xr.data.sources.native_example import native_archives
@@ -119,3 +120,16 @@ def test_two_archives_of_one_role_giving_one_name_are_refused_naming_both(arch):
     renamed = {"dataset": arch["orography"], "variables": {"orog": "orog_2"}}
     pair = _open(arch, static=[arch["orography"], renamed])  # the fix works
     assert {"orog", "orog_2"} <= set(pair.dataset.data_vars)
+
+
+def test_given_options_drop_what_a_catalog_left_unset_at_any_depth():
+    options = {
+        "anon": False,  # a value, not unset
+        "endpoint_url": "",
+        "token": None,
+        "client_kwargs": {"region_name": "", "timeout": 0},
+        "config_kwargs": {"s3": {"addressing_style": None}},
+    }
+    assert given_options(options) == {"anon": False, "client_kwargs": {"timeout": 0}}
+    assert given_options({"endpoint_url": "", "client_kwargs": {}}) is None
+    assert given_options(None) is None

@@ -14,6 +14,7 @@ import warnings
 
 import pytest
 import torch
+from patch_reference import patched_denoiser
 from physicsnemo_ref import (
     copy_reference_weights,
     randomize_,
@@ -26,7 +27,7 @@ from corrdiff_xr.config import EDMConfig, NetworkConfig, SamplerConfig
 from corrdiff_xr.edm import EDMPrecond, residual_condition
 from corrdiff_xr.model import CorrDiff
 from corrdiff_xr.nn import SongUNet
-from corrdiff_xr.patching import PatchGrid, global_context, patched_denoiser
+from corrdiff_xr.patching import PatchGrid, global_context
 from corrdiff_xr.sampling import draw_latents, karras_sigmas, make_generators, sample
 from corrdiff_xr.testing import TINY_NETWORK as TINY
 

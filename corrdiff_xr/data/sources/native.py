@@ -5,11 +5,13 @@ longitude 0..360, packed int16) or a km-scale archive on a rotated or projected 
 rlon`` or ``y, x`` with 2-D ``lat``/``lon`` and a grid-mapping variable) is turned into one
 side of the canonical layout (:mod:`corrdiff_xr.data.layout`) by :func:`adopt`, lazily:
 
-* **Axes from CF metadata, not names.** A dimension's coordinate is the time axis when it
-  holds datetimes (or says ``axis: T`` / ``standard_name: time``); it is the Y (X) axis when
-  its ``axis`` is ``Y`` (``X``), its ``standard_name`` is ``latitude``/``grid_latitude``/
-  ``projection_y_coordinate`` (the ``longitude`` ones) or its units are degrees north (east).
-  A dim without a coordinate is a Y/X axis when a 2-D latitude/longitude coordinate spans it.
+* **Axes from CF metadata, not names**, as cf-xarray reads it (``ds.cf.axes``,
+  ``ds.cf.coordinates``). A dimension's coordinate is the time axis when it holds datetimes
+  (or cf-xarray finds it as ``T``/``time``: ``axis: T``, ``standard_name: time`` ...); it is
+  the Y (X) axis when cf-xarray finds it as ``Y`` (``X``: ``axis``, ``standard_name``
+  ``grid_latitude``/``projection_y_coordinate`` ...), else as ``latitude`` (``longitude``:
+  that standard name or units of degrees north/east). A dim without a coordinate is a Y/X
+  axis when a 2-D latitude/longitude coordinate spans it.
   Other dims of length one (``height``, ``level``, ``step``) are squeezed, with a note; longer
   ones are refused, naming the dim and the ``select`` that would pick one level.
 * **Forecasts** (cfgrib's ``step`` or ``time`` + ``step`` layouts) are put on their valid
@@ -18,7 +20,8 @@ side of the canonical layout (:mod:`corrdiff_xr.data.layout`) by :func:`adopt`, 
 * **Orientation is kept**: descending latitude stays descending (regridding handles either
   order), so outputs come back in the archive's own orientation. Longitudes are unwrapped
   around the fine domain when the pair is built (:mod:`corrdiff_xr.data.archives`).
-* **Grid mappings and bounds**: a variable with ``grid_mapping_name`` becomes a scalar
+* **Grid mappings and bounds** (``ds.cf.grid_mapping_names``, ``ds.cf.bounds``, and
+  variables named ``*_bnds``/``*_bounds`` that nothing names): a grid-mapping variable becomes a scalar
   coordinate (kept, and written back to outputs as every generated variable's
   ``grid_mapping``). The fine archive's 1-D bounds (``time_bnds``, ``rlat_bnds`` ...) become
   the coordinates ``time_bnds``, ``y_bnds``, ``x_bnds`` on dims ``(axis, bnds)`` (lazily,
@@ -42,6 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import cf_xarray  # noqa: F401  (registers the .cf accessor)
 import numpy as np
 import xarray as xr
 
@@ -55,16 +59,35 @@ from corrdiff_xr.data.layout import (
     MissingVariableError,
 )
 from corrdiff_xr.data.sources.forecast import LEAD_TIME, lead_time_labels, on_valid_time
-from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, TIME, X_COARSE, Y_COARSE, X, Y
+from corrdiff_xr.dims import (
+    LAT,
+    LAT_ATTRS,
+    LAT_COARSE,
+    LON,
+    LON_ATTRS,
+    LON_COARSE,
+    TIME,
+    X_COARSE,
+    Y_COARSE,
+    X,
+    Y,
+)
 
 __all__ = ["Adopted", "adopt", "describe_placement", "find_axes"]
 
 Grid = Literal["coarse", "fine", "static"]
 
-_Y_NAMES = {"latitude", "grid_latitude", "projection_y_coordinate"}
-_X_NAMES = {"longitude", "grid_longitude", "projection_x_coordinate"}
-_NORTH = {"degrees_north", "degree_north", "degree_n", "degrees_n", "degreen", "degreesn"}
-_EAST = {"degrees_east", "degree_east", "degree_e", "degrees_e", "degreee", "degreese"}
+#: cf-xarray keys per axis, strongest first: its axes (``axis``, projection or rotated standard
+#: names) before its geographic coordinates (``latitude`` standard name or units)
+_CF_KEYS = (
+    ("T", "T"),
+    ("time", "T"),
+    ("Y", "Y"),
+    ("X", "X"),
+    ("latitude", "Y"),
+    ("longitude", "X"),
+)
+_GEOGRAPHIC = {"Y": "latitude", "X": "longitude"}
 _DIMS = {"coarse": (Y_COARSE, X_COARSE), "fine": (Y, X), "static": (Y, X)}
 
 
@@ -77,39 +100,30 @@ class Adopted:
     grid_mapping: str | None
 
 
-def _units(attrs: Mapping) -> str:
-    return str(attrs.get("units", "")).lower().replace(" ", "_")
+def _cf_axes(ds: xr.Dataset) -> dict[str, str]:
+    """``{coordinate name: "T" | "Y" | "X"}`` for the coordinates cf-xarray recognises."""
+    found: dict[str, str] = {}
+    keys = {**ds.cf.coordinates, **ds.cf.axes}
+    for key, axis in _CF_KEYS:
+        for name in sorted(map(str, keys.get(key, ()))):
+            found.setdefault(name, axis)
+    return found
 
 
-def _axis_of(coord: xr.DataArray) -> str | None:
-    """``"T"``, ``"Y"``, ``"X"`` or None for a 1-D coordinate, from CF metadata and dtype."""
-    attrs = coord.attrs
-    axis = str(attrs.get("axis", "")).upper()
-    name = attrs.get("standard_name")
+def _axis_of(coord: xr.DataArray, cf_axes: Mapping[str, str]) -> str | None:
+    """``"T"``, ``"Y"``, ``"X"`` or None for a 1-D dim coordinate: datetimes are time whatever
+    their attributes say, the rest is cf-xarray's reading of them."""
     from corrdiff_xr.data.times import is_cftime
 
-    if axis == "T" or name == "time" or np.issubdtype(coord.dtype, np.datetime64):
+    if np.issubdtype(coord.dtype, np.datetime64) or is_cftime(coord.values[:1]):
         return "T"
-    if is_cftime(coord.values[:1]):
-        return "T"
-    if axis in ("X", "Y"):
-        return axis
-    if name in _Y_NAMES or _units(attrs) in _NORTH:
-        return "Y"
-    if name in _X_NAMES or _units(attrs) in _EAST:
-        return "X"
-    return None
+    return cf_axes.get(str(coord.name))
 
 
 def _geographic_2d(ds: xr.Dataset, kind: str) -> str | None:
     """Name of a 2-D coordinate holding geographic latitude (``kind="Y"``) or longitude."""
-    names, units = ({"latitude"}, _NORTH) if kind == "Y" else ({"longitude"}, _EAST)
-    for name, coord in ds.coords.items():
-        if coord.ndim == 2 and (
-            coord.attrs.get("standard_name") in names or _units(coord.attrs) in units
-        ):
-            return str(name)
-    return None
+    found = set(map(str, ds.cf.coordinates.get(_GEOGRAPHIC[kind], ())))
+    return next((str(n) for n, c in ds.coords.items() if c.ndim == 2 and n in found), None)
 
 
 def find_axes(ds: xr.Dataset, dims: tuple, *, what: str) -> dict[str, str]:
@@ -121,8 +135,9 @@ def find_axes(ds: xr.Dataset, dims: tuple, *, what: str) -> dict[str, str]:
         Two dims claim one axis, or no dim is the Y or X axis (naming the fix).
     """
     found: dict[str, str] = {}
+    cf_axes = _cf_axes(ds)
     for dim in dims:
-        axis = _axis_of(ds[dim]) if dim in ds.coords and ds[dim].ndim == 1 else None
+        axis = _axis_of(ds[dim], cf_axes) if dim in ds.coords and ds[dim].ndim == 1 else None
         if axis is None:
             continue
         if axis in found:
@@ -155,9 +170,12 @@ def find_axes(ds: xr.Dataset, dims: tuple, *, what: str) -> dict[str, str]:
 
 
 def _metadata_vars(ds: xr.Dataset) -> tuple[list[str], list[str]]:
-    """Names of grid-mapping variables and of bounds variables in ``ds``."""
-    mappings = [str(n) for n, v in ds.variables.items() if "grid_mapping_name" in v.attrs]
-    bounds = {str(v.attrs["bounds"]) for v in ds.variables.values() if "bounds" in v.attrs}
+    """Names of grid-mapping variables (in the archive's order: the first is the default)
+    and of bounds variables in ``ds``; bounds that no variable names are found by name, so
+    that they are dropped rather than taken for a field."""
+    named = {str(n) for names in ds.cf.grid_mapping_names.values() for n in names}
+    mappings = [str(n) for n in ds.variables if str(n) in named]
+    bounds = {str(b) for names in ds.cf.bounds.values() for b in names}
     bounds |= {str(n) for n in ds.variables if str(n).endswith(("_bnds", "_bounds"))}
     return mappings, sorted(b for b in bounds if b in ds.variables and b not in mappings)
 
@@ -234,10 +252,8 @@ def _grid_coords(
         xdim: (xdim, np.asarray(placed.x[0]), placed.x[1]),
     }
     lat_name, lon_name = (LAT_COARSE, LON_COARSE) if grid == "coarse" else (LAT, LON)
-    geo = {"units": "degrees_north", "standard_name": "latitude"}
-    coords[lat_name] = ((ydim, xdim), np.asarray(placed.lat, np.float64), geo)
-    geo = {"units": "degrees_east", "standard_name": "longitude"}
-    coords[lon_name] = ((ydim, xdim), np.asarray(placed.lon, np.float64), geo)
+    coords[lat_name] = ((ydim, xdim), np.asarray(placed.lat, np.float64), LAT_ATTRS)
+    coords[lon_name] = ((ydim, xdim), np.asarray(placed.lon, np.float64), LON_ATTRS)
     return coords, placed
 
 

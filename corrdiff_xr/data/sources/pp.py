@@ -24,6 +24,7 @@ from typing import IO, Any
 import numpy as np
 import xarray as xr
 
+from corrdiff_xr.dims import LAT_ATTRS, LON_ATTRS
 from corrdiff_xr.errors import CorrDiffError
 
 __all__ = [
@@ -352,8 +353,8 @@ def open_pp(path: str | os.PathLike) -> xr.Dataset:
             pole_lon=pole["grid_north_pole_longitude"],
         )
         ds = ds.assign_coords(
-            latitude=((ydim, xdim), lat, {"units": "degrees_north", "standard_name": "latitude"}),
-            longitude=((ydim, xdim), lon, {"units": "degrees_east", "standard_name": "longitude"}),
+            latitude=((ydim, xdim), lat, LAT_ATTRS),
+            longitude=((ydim, xdim), lon, LON_ATTRS),
         )
         ds.attrs.update(pole)
     ds[ydim].attrs.update(units="degrees", standard_name=ydim)

@@ -44,8 +44,10 @@ import xarray as xr
 from corrdiff_xr.data.stats import stats_dataset
 from corrdiff_xr.dims import (
     LAT,
+    LAT_ATTRS,
     LAT_COARSE,
     LON,
+    LON_ATTRS,
     LON_COARSE,
     TIME,
     X_COARSE,
@@ -75,10 +77,6 @@ _UNITS = {
     "mean_sea_level_pressure": "Pa", "msl": "Pa", "sp": "Pa",
     "elev_mean": "m", "lsm_mean": "1", "orography": "m", "lsm": "1",
 }  # fmt: skip
-
-
-_GEO_LAT = {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude"}
-_GEO_LON = {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}
 
 
 class ConversionError(CorrDiffError, ValueError):
@@ -114,10 +112,10 @@ def _canonical_coords(
         X: (X, x, _index_coord("x")),
         Y_COARSE: (Y_COARSE, yc, _index_coord("y")),
         X_COARSE: (X_COARSE, xc, _index_coord("x")),
-        LAT: ((Y, X), lat, _GEO_LAT),
-        LON: ((Y, X), lon, _GEO_LON),
-        LAT_COARSE: ((Y_COARSE, X_COARSE), latc, _GEO_LAT),
-        LON_COARSE: ((Y_COARSE, X_COARSE), lonc, _GEO_LON),
+        LAT: ((Y, X), lat, LAT_ATTRS),
+        LON: ((Y, X), lon, LON_ATTRS),
+        LAT_COARSE: ((Y_COARSE, X_COARSE), latc, LAT_ATTRS),
+        LON_COARSE: ((Y_COARSE, X_COARSE), lonc, LON_ATTRS),
     }
 
 

@@ -26,6 +26,7 @@ generation (the FFT needs the whole field); fields are periodic in space.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
 import dask
@@ -36,8 +37,10 @@ import xarray as xr
 
 from corrdiff_xr.dims import (
     LAT,
+    LAT_ATTRS,
     LAT_COARSE,
     LON,
+    LON_ATTRS,
     LON_COARSE,
     TIME,
     X_COARSE,
@@ -244,21 +247,11 @@ class _Grid(NamedTuple):
     x: np.ndarray
     lat: np.ndarray
     lon: np.ndarray
-    y_attrs: dict[str, str]
-    x_attrs: dict[str, str]
+    y_attrs: Mapping[str, str]
+    x_attrs: Mapping[str, str]
 
 
 _LAT0, _LON0 = 52.0, -1.5  # centre of the domain (central England)
-_GEO_LAT = {
-    "units": "degrees_north",
-    "standard_name": "latitude",
-    "long_name": "latitude",
-}
-_GEO_LON = {
-    "units": "degrees_east",
-    "standard_name": "longitude",
-    "long_name": "longitude",
-}
 _PROJ_Y = {"units": "m", "standard_name": "projection_y_coordinate", "long_name": "y"}
 _PROJ_X = {"units": "m", "standard_name": "projection_x_coordinate", "long_name": "x"}
 
@@ -269,7 +262,7 @@ def _fine_grid(ny: int, nx: int, *, grid: str, resolution: float) -> _Grid:
         deg = resolution / 111_000.0
         y1, x1 = _axis(ny, deg, _LAT0), _axis(nx, deg, _LON0)
         lat2, lon2 = np.meshgrid(y1, x1, indexing="ij")
-        return _Grid(y1, x1, lat2, lon2, _GEO_LAT, _GEO_LON)
+        return _Grid(y1, x1, lat2, lon2, LAT_ATTRS, LON_ATTRS)
     if grid == "projected":
         y1, x1 = _axis(ny, resolution, 0.0), _axis(nx, resolution, 0.0)
         yy, xx = np.meshgrid(y1, x1, indexing="ij")
@@ -387,12 +380,12 @@ def _coords(times: np.ndarray, grid: _Grid, factor: int) -> dict[str, tuple]:
         TIME: (TIME, times, {"long_name": "time", "standard_name": "time"}),
         Y: (Y, grid.y, grid.y_attrs),
         X: (X, grid.x, grid.x_attrs),
-        LAT: ((Y, X), grid.lat, _GEO_LAT),
-        LON: ((Y, X), grid.lon, _GEO_LON),
+        LAT: ((Y, X), grid.lat, LAT_ATTRS),
+        LON: ((Y, X), grid.lon, LON_ATTRS),
         Y_COARSE: (Y_COARSE, grid.y.reshape(-1, factor).mean(axis=1), grid.y_attrs),
         X_COARSE: (X_COARSE, grid.x.reshape(-1, factor).mean(axis=1), grid.x_attrs),
-        LAT_COARSE: ((Y_COARSE, X_COARSE), block_2d(grid.lat), _GEO_LAT),
-        LON_COARSE: ((Y_COARSE, X_COARSE), block_2d(grid.lon), _GEO_LON),
+        LAT_COARSE: ((Y_COARSE, X_COARSE), block_2d(grid.lat), LAT_ATTRS),
+        LON_COARSE: ((Y_COARSE, X_COARSE), block_2d(grid.lon), LON_ATTRS),
     }
 
 

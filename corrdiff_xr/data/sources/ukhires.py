@@ -29,8 +29,10 @@ import xarray as xr
 from corrdiff_xr.data.sources.pp import open_pp, rotated_to_geographic
 from corrdiff_xr.dims import (
     LAT,
+    LAT_ATTRS,
     LAT_COARSE,
     LON,
+    LON_ATTRS,
     LON_COARSE,
     TIME,
     X_COARSE,
@@ -153,16 +155,6 @@ def _crop(src: xr.Dataset, factor: int) -> xr.Dataset:
     return src.isel(grid_latitude=slice(0, ny), grid_longitude=slice(0, nx))
 
 
-_GEO_LAT = {
-    "units": "degrees_north",
-    "standard_name": "latitude",
-    "long_name": "latitude",
-}
-_GEO_LON = {
-    "units": "degrees_east",
-    "standard_name": "longitude",
-    "long_name": "longitude",
-}
 _ROT_Y = {"units": "degrees", "standard_name": "grid_latitude", "axis": "Y"}
 _ROT_X = {"units": "degrees", "standard_name": "grid_longitude", "axis": "X"}
 
@@ -208,10 +200,10 @@ class _RotatedGrid(NamedTuple):
             X: (X, self.rx, _ROT_X),
             Y_COARSE: (Y_COARSE, self.ryc, _ROT_Y),
             X_COARSE: (X_COARSE, self.rxc, _ROT_X),
-            LAT: ((Y, X), lat, _GEO_LAT),
-            LON: ((Y, X), lon, _GEO_LON),
-            LAT_COARSE: ((Y_COARSE, X_COARSE), latc, _GEO_LAT),
-            LON_COARSE: ((Y_COARSE, X_COARSE), lonc, _GEO_LON),
+            LAT: ((Y, X), lat, LAT_ATTRS),
+            LON: ((Y, X), lon, LON_ATTRS),
+            LAT_COARSE: ((Y_COARSE, X_COARSE), latc, LAT_ATTRS),
+            LON_COARSE: ((Y_COARSE, X_COARSE), lonc, LON_ATTRS),
         }
 
 

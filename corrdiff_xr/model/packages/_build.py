@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from corrdiff_xr.dims import LAT_ATTRS, LON_ATTRS
 from corrdiff_xr.model.packages._files import PackageError, PackageFiles
 
 __all__ = [
@@ -27,9 +28,6 @@ __all__ = [
     "output_grid",
     "sampler_for",
 ]
-
-_LAT = {"standard_name": "latitude", "units": "degrees_north"}
-_LON = {"standard_name": "longitude", "units": "degrees_east"}
 
 
 def _lat_lon(files: PackageFiles, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -58,21 +56,25 @@ def fine_grid(lat: np.ndarray, lon: np.ndarray) -> xr.Dataset:
     """The output grid Dataset of 1-D (rectilinear) or 2-D ``lat``/``lon``."""
     if lat.ndim == 1:
         lat2, lon2 = np.meshgrid(lat, lon, indexing="ij")
-        coords = {"y": ("y", lat, _LAT), "x": ("x", lon, _LON)}
+        coords = {"y": ("y", lat, LAT_ATTRS), "x": ("x", lon, LON_ATTRS)}
     else:
         lat2, lon2 = lat, lon
         coords = {"y": np.arange(lat.shape[0]), "x": np.arange(lat.shape[1])}
     return xr.Dataset(
-        coords={**coords, "lat": (("y", "x"), lat2, _LAT), "lon": (("y", "x"), lon2, _LON)}
+        coords={
+            **coords,
+            "lat": (("y", "x"), lat2, LAT_ATTRS),
+            "lon": (("y", "x"), lon2, LON_ATTRS),
+        }
     )
 
 
 def coarse_grid(lat: np.ndarray, lon: np.ndarray) -> xr.Dataset:
     """The input grid Dataset of 1-D or 2-D ``lat``/``lon``."""
     if lat.ndim == 1:
-        return xr.Dataset(coords={"lat": ("lat", lat, _LAT), "lon": ("lon", lon, _LON)})
+        return xr.Dataset(coords={"lat": ("lat", lat, LAT_ATTRS), "lon": ("lon", lon, LON_ATTRS)})
     dims = ("y_coarse", "x_coarse")
-    return xr.Dataset(coords={"lat": (dims, lat, _LAT), "lon": (dims, lon, _LON)})
+    return xr.Dataset(coords={"lat": (dims, lat, LAT_ATTRS), "lon": (dims, lon, LON_ATTRS)})
 
 
 def output_grid(files: PackageFiles, name: str) -> xr.Dataset:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, X, Y
+from corrdiff_xr.dims import LAT, LAT_ATTRS, LAT_COARSE, LON, LON_ATTRS, LON_COARSE, X, Y
 from corrdiff_xr.model.mdlus_write import (
     ExportError,
     write_regression,
@@ -123,8 +123,8 @@ def _output_grid(lat: np.ndarray, lon: np.ndarray) -> tuple[xr.Dataset, tuple[st
                 )
         dims = (LAT, LON)
         grid = xr.Dataset(coords={LAT: (LAT, lat1), LON: (LON, lon1)})
-    grid[LAT].attrs.update(units="degrees_north", standard_name="latitude")
-    grid[LON].attrs.update(units="degrees_east", standard_name="longitude")
+    grid[LAT].attrs.update(LAT_ATTRS)
+    grid[LON].attrs.update(LON_ATTRS)
     return grid, dims
 
 
@@ -249,8 +249,8 @@ def _write_all(model: Any, pair: Any, staged: Path) -> None:
     _check_inside(lat, lon, lat_in, lon_in)
     grid, dims = _output_grid(lat, lon)
     coarse = xr.Dataset(coords={LAT: (LAT, lat_in), LON: (LON, lon_in)})
-    coarse[LAT].attrs.update(units="degrees_north", standard_name="latitude")
-    coarse[LON].attrs.update(units="degrees_east", standard_name="longitude")
+    coarse[LAT].attrs.update(LAT_ATTRS)
+    coarse[LON].attrs.update(LON_ATTRS)
     invariants = _invariants(pair, codec, dims, grid)
     metadata = _metadata(model)  # warns before anything is written
 

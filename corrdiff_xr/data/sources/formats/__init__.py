@@ -22,7 +22,7 @@ from typing import Any
 import xarray as xr
 
 from corrdiff_xr._redact import redact_url
-from corrdiff_xr.data.archive_spec import check_keys
+from corrdiff_xr.data.archive_spec import check_keys, given_options
 from corrdiff_xr.data.layout import StoreError
 from corrdiff_xr.data.sources.formats import (
     grib,
@@ -104,7 +104,7 @@ def open_store(
         raise StoreError(
             f"{what}: backend_kwargs must be a mapping, got a {type(backend_kwargs).__name__}"
         )
-    kwargs = {k: v for k, v in dict(backend_kwargs or {}).items() if v not in ("", None)}
+    kwargs = given_options(backend_kwargs) or {}
     check_keys(kwargs, fmt.backend_keys, f"{what}: backend_kwargs of engine {fmt.engine!r}",
                error=StoreError)  # fmt: skip
     try:

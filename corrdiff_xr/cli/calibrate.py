@@ -59,6 +59,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add("--patch", type=bounded(int, minimum=1), help="patch side for patched sampling")
     add("--tolerance", type=bounded(float, minimum=0.0, maximum=0.5), default=0.01,
         help="how much worse than the baseline's CRPS the choice may be (default 0.01)")  # fmt: skip
+    add("--confidence", type=bounded(float, above=0.0, maximum=0.999), default=0.95,
+        help="accept a setting only if its CRPS is within --tolerance of the baseline's at "
+             "this confidence (block bootstrap over time; default 0.95)")  # fmt: skip
     add("--out", required=True, help="the calibrated checkpoint to write (a new file)")
     add("--json", help="also write the table here (a new file, unless --overwrite)")
     add("--overwrite", action="store_true", help="replace an existing --json file (never a link)")
@@ -113,7 +116,7 @@ def _calibrate(args: argparse.Namespace, out: Path, table: Path | None) -> int:
             f"{args.checkpoint} is a regression-only checkpoint: it has no sampler to calibrate"
         )
     result = calibrate(pair, model, members=args.members, seed=args.seed, patch=args.patch,
-                       tolerance=args.tolerance)  # fmt: skip
+                       tolerance=args.tolerance, confidence=args.confidence)  # fmt: skip
     print(result.format())
     model.sampler_config = result.chosen
     with writing(out, what="--out"), atomic_path(out, replace=False) as staged:

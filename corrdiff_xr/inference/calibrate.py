@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from corrdiff_xr.config import SamplerConfig, from_dict, to_dict
+from corrdiff_xr.dims import MEMBER, TIME
 
 __all__ = [
     "CANDIDATES",
@@ -51,6 +52,8 @@ __all__ = [
 
 #: the CRPS estimator the choice is made with (see the module docstring)
 RULE_SCORE = "crps_fair"
+#: row key of a candidate's bootstrap interval of (its fair CRPS - the baseline's) / baseline's
+_DIFF = "crps_fair_diff"
 
 #: default candidates after the baseline: cheap second-order solvers, and sigma_max / churn
 #: variants that raise or lower the spread (each a partial SamplerConfig)
@@ -102,11 +105,17 @@ def most_calibrated(
     """Index of the row (``score``, ``spread_skill``, ``calls``) that :func:`calibrate` picks.
 
     Among the rows whose ``score`` (the fair CRPS by default) is at most ``1 + tolerance``
-    times the first row's (the baseline's), the spread-skill ratio closest to 1; ties go to
-    fewer network calls.
+    times the first row's (the baseline's) and, when a row carries the bootstrap interval of
+    its relative difference to the baseline (``crps_fair_diff``, see :func:`calibrate`),
+    whose upper bound is at most ``tolerance``, the spread-skill ratio closest to 1; ties go
+    to fewer network calls.
     """
     limit = (1 + tolerance) * rows[0][score]
-    eligible = [i for i, r in enumerate(rows) if r[score] <= limit]
+    eligible = [
+        i
+        for i, r in enumerate(rows)
+        if r[score] <= limit and r.get(_DIFF, (0.0, 0.0))[1] <= tolerance  # the interval's top
+    ]
     return min(eligible, key=lambda i: (abs(rows[i]["spread_skill"] - 1), rows[i]["calls"]))
 
 
@@ -120,12 +129,13 @@ class Calibration:
 
     def format(self) -> str:
         """The table as text, the chosen row marked: the averaged scores in units of each
-        target's std (what the rule compares), then each target's in its own units."""
+        target's std (what the rule compares) with the interval of the fair CRPS relative to
+        the baseline's, then each target's in its own units."""
         per = self.table[0].get("per_target", {})
         labels = [f"{n} {k} [{v['units']}]" for n, v in per.items() for k in ("crps_fair", "mae")]
         lines = [f"{'solver':<13} {'steps':>5} {'sigma_max':>9} {'churn':>5} {'S_noise':>7} "
                  f"{'sigma_min':>9} {'calls':>5} "
-                 f"{'crps_fair/std':>13} {'crps/std':>8} {'spread/skill':>12}"
+                 f"{'crps_fair/std':>13} {'vs baseline':>15} {'crps/std':>8} {'spread/skill':>12}"
                  + "".join(f" {label:>9}" for label in labels)]  # fmt: skip
         for row in self.table:
             s = row["sampler"]
@@ -134,12 +144,18 @@ class Calibration:
             lines.append(
                 f"{s['solver']:<13} {s['num_steps']:>5} {s['sigma_max']:>9g} {s['S_churn']:>5g} "
                 f"{s['S_noise']:>7g} {s['sigma_min']:>9g} "
-                f"{row['calls']:>5} {row['crps_fair']:>13.4f} {row['crps']:>8.4f} "
+                f"{row['calls']:>5} {row['crps_fair']:>13.4f} {_percent(row.get(_DIFF)):>15} "
+                f"{row['crps']:>8.4f} "
                 f"{row['spread_skill']:>12.3f}"
                 + "".join(f" {v:>{max(len(lb), 9)}.4g}" for v, lb in zip(cells, labels))
                 + mark
             )
         return "\n".join(lines)
+
+
+def _percent(bounds: Sequence[float] | None) -> str:
+    """A relative interval as ``[-1.2, +0.4] %`` (blank without one)."""
+    return "" if bounds is None else f"[{bounds[0] * 100:+.1f},{bounds[1] * 100:+.1f}]%"
 
 
 def target_std(model: Any, truth: Any = None) -> dict[str, float]:
@@ -181,8 +197,9 @@ def _header_std(header: Mapping[str, Any], truth: Any = None) -> dict[str, float
 
 
 def ensemble_scores(ens, truth, std: Mapping[str, float]) -> dict[str, Any]:
-    """``crps``, ``crps_fair`` and ``spread_skill`` of an ensemble, averaged over targets, and
-    ``per_target``: each target's fair CRPS and ensemble-mean MAE in its ``units``.
+    """``crps``, ``crps_fair`` and ``spread_skill`` of an ensemble, averaged over targets,
+    ``per_target``: each target's fair CRPS and ensemble-mean MAE in its ``units``, and
+    ``crps_fair_by_time``: the averaged fair CRPS at each time (None without a time dim).
 
     Each target's CRPS (properscoring's estimator, and the fair one) is divided by its
     ``std`` before averaging, so targets in different units weigh alike; the spread-skill
@@ -191,20 +208,24 @@ def ensemble_scores(ens, truth, std: Mapping[str, float]) -> dict[str, Any]:
     from corrdiff_xr.scoring import crps, mae, spread_skill
 
     out: dict[str, list[float]] = {"crps": [], "crps_fair": [], "spread_skill": []}
-    per_target = {}
+    per_target, by_time = {}, []
     for n, scale in std.items():
         fc, tr = ens[[n]], truth[[n]]
         for key, estimator in (("crps", "properscoring"), ("crps_fair", "fair")):
             value = float(crps(fc, tr, estimator=estimator).to_array().mean())
             out[key].append(value / scale)
+        if TIME in fc.dims:  # per time, for the bootstrap interval of a difference
+            space = [d for d in fc[n].dims if d not in (TIME, MEMBER)]
+            by_time.append(crps(fc, tr, estimator="fair", dim=space)[n].values / scale)
         out["spread_skill"].append(float(spread_skill(fc, tr).to_array().mean()))
         per_target[n] = {  # in the target's own units, for the reader
             "crps_fair": out["crps_fair"][-1] * scale,
             "mae": float(mae(fc, tr).to_array().mean()),
             "units": str(truth[n].attrs.get("units", "?")),
         }
+    by_time = np.mean(by_time, axis=0).tolist() if by_time else None
     return {**{key: float(np.mean(values)) for key, values in out.items()},
-            "per_target": per_target}  # fmt: skip
+            "per_target": per_target, "crps_fair_by_time": by_time}  # fmt: skip
 
 
 def calibrate(
@@ -215,6 +236,8 @@ def calibrate(
     members: int = 8,
     seed: int = 0,
     tolerance: float = 0.01,
+    confidence: float | None = 0.95,
+    block_length: int | None = None,
     **downscale_kwargs: Any,
 ) -> Calibration:
     """Score each candidate sampler on ``data``'s targets and choose (module docstring).
@@ -233,6 +256,16 @@ def calibrate(
         Ensemble size and seed (the same for every candidate).
     tolerance
         How much worse than the baseline's fair CRPS a chosen setting may be (0.01: 1 %).
+    confidence
+        A candidate is eligible only if, at this confidence, its fair CRPS is at most
+        ``tolerance`` worse than the baseline's: the upper bound of the two-sided block-bootstrap
+        interval over time (:mod:`corrdiff_xr.scoring.bootstrap`, paired) of
+        ``(candidate - baseline) / baseline`` must be at most ``tolerance`` (a non-inferiority
+        test, one-sided at ``(1 + confidence) / 2``). Each row records the interval as
+        ``crps_fair_diff``. None: the point estimates alone decide, as before.
+    block_length
+        Consecutive times resampled together (default: the cube root of the number of times,
+        as ``corrdiff-xr score`` uses), so that persistent weather does not narrow the interval.
     **downscale_kwargs
         Passed to downscale (``patch``, ``chunks``, ``device`` ...).
     """
@@ -265,6 +298,32 @@ def calibrate(
         scores = ensemble_scores(ens.compute(), truth, std)
         rows.append({"sampler": to_dict(cfg), "calls": network_calls(cfg), **scores,
                      "chosen": False})  # fmt: skip
+    if confidence is not None:
+        _attach_intervals(rows, confidence=confidence, block_length=block_length, seed=seed)
     best = most_calibrated(rows, tolerance=tolerance)
     rows[best]["chosen"] = True
     return Calibration(tuple(rows), configs[0], configs[best])
+
+
+def _attach_intervals(
+    rows: list[dict[str, Any]], *, confidence: float, block_length: int | None, seed: int
+) -> None:
+    """Each row's ``crps_fair_diff``: the interval of its mean fair CRPS minus the baseline's,
+    over the baseline's, from a paired block bootstrap over the times."""
+    import xarray as xr
+
+    from corrdiff_xr.scoring.bootstrap import difference_interval
+
+    base = rows[0].get("crps_fair_by_time")
+    if not base:
+        return  # no time dim: nothing to resample
+    n = len(base)
+    length = block_length or max(1, round(n ** (1 / 3)))
+    b = xr.DataArray(np.asarray(base), dims=TIME)
+    scale = float(np.nanmean(base))
+    for row in rows:
+        a = xr.DataArray(np.asarray(row["crps_fair_by_time"]), dims=TIME)
+        bounds = difference_interval(
+            a, b, block_length=length, confidence=confidence, seed=seed
+        ).values
+        row[_DIFF] = (float(bounds[0]) / scale, float(bounds[1]) / scale)

@@ -48,7 +48,13 @@ def test_the_choice_is_the_best_calibrated_within_the_crps_tolerance(setup, tole
     rows = result.table
     assert [r["sampler"]["solver"] for r in rows] == [c["solver"] for c in CANDIDATES]
     assert result.baseline == SamplerConfig(solver="heun", num_steps=3)
-    ok = [r for r in rows if r["crps_fair"] <= (1 + tolerance) * rows[0]["crps_fair"]]
+    ok = [
+        r
+        for r in rows
+        if r["crps_fair"] <= (1 + tolerance) * rows[0]["crps_fair"]
+        and r["crps_fair_diff"][1] <= tolerance  # non-inferior at 95 % (block bootstrap)
+    ]
+    assert rows[0]["crps_fair_diff"] == (0.0, 0.0)  # the baseline against itself
     best = min(ok, key=lambda r: (abs(r["spread_skill"] - 1), r["calls"]))
     assert [r["chosen"] for r in rows].count(True) == 1 and best["chosen"]
     assert network_calls(result.chosen) == best["calls"]
@@ -112,3 +118,43 @@ def test_a_calibrated_checkpoint_samples_with_its_defaults(setup, tmp_path, caps
     for name in got.data_vars:
         np.testing.assert_array_equal(got[name].values, want[name].values)
     assert main(argv) == 2  # never replaces an existing file
+
+
+def _rows(per_time_list):
+    return [
+        {"crps_fair": float(np.mean(t)), "crps_fair_by_time": list(t), "spread_skill": ss,
+         "calls": c}
+        for t, ss, c in per_time_list
+    ]  # fmt: skip
+
+
+def test_a_candidate_whose_crps_may_be_worse_than_the_tolerance_is_not_chosen():
+    """Non-inferiority: a candidate whose mean fair CRPS is within the tolerance but whose
+    per-time differences are too noisy to show it is refused; one that is within it at every
+    time is accepted."""
+    from corrdiff_xr.inference.calibrate import _attach_intervals, most_calibrated
+
+    rng = np.random.default_rng(0)
+    base = 1.0 + 0.1 * rng.standard_normal(48)
+    noisy = base * (1 + 0.2 * rng.standard_normal(48))
+    noisy += base.mean() - noisy.mean()  # same mean: within any tolerance by point estimate
+    steady = base * 1.002  # 0.2 % worse at every time
+    rows = _rows([(base, 1.3, 35), (noisy, 1.0, 7), (steady, 1.1, 7)])
+    _attach_intervals(rows, confidence=0.95, block_length=None, seed=0)
+    lo, hi = rows[1]["crps_fair_diff"]
+    assert lo < 0 < hi and hi > 0.01  # cannot be shown within 1 %
+    assert rows[2]["crps_fair_diff"] == pytest.approx((0.002, 0.002), abs=2e-4)
+    assert most_calibrated(rows, tolerance=0.01) == 2  # the steady one, not the noisy one
+    for row in rows:  # by point estimates alone the noisy one (spread-skill 1.0) would win
+        row.pop("crps_fair_diff")
+    assert most_calibrated(rows, tolerance=0.01) == 1
+
+
+def test_calibrate_reports_the_interval_and_its_table_shows_it(setup):
+    pair, model, _ = setup
+    result = calibrate(pair, model, candidates=CANDIDATES[:2], members=3, confidence=0.9)
+    lo, hi = result.table[1]["crps_fair_diff"]
+    assert lo <= (result.table[1]["crps_fair"] / result.table[0]["crps_fair"] - 1) <= hi
+    assert "vs baseline" in result.format() and "%" in result.format().splitlines()[2]
+    off = calibrate(pair, model, candidates=CANDIDATES[:2], members=3, confidence=None)
+    assert "crps_fair_diff" not in off.table[1]

@@ -72,8 +72,12 @@ class PatchConfig(Checked):
     FieldNoise`), so overlapping patches agree where they overlap; ``"independent"`` gives each
     patch noise of its own (the reference's way, which shows the patch grid as seams).
     ``mean``: inference's regression mean over the ``"whole"`` domain once per time, cut into
-    the patches (as patched training does: the network is trained on the whole grid), or on
-    each patch (``"patches"``: memory bounded by a patch, at a loss of context).
+    the patches (as patched training does: the network is trained on the whole grid; above
+    one 256 x 256 window computed in overlapping tiles, memory bounded by a window, which
+    differs from one call by a measured tolerance, see :mod:`corrdiff_xr.inference.
+    tiled_mean`); ``"single"``: the same in one call over any domain (exact, memory grows
+    with the domain); or on each patch (``"patches"``: memory bounded by a patch, at a loss of
+    context).
     The defaults are inference's (patches sampled alone, fused once: shared noise and ramps
     across a generous overlap hide the seams); patched training uses only ``shape``.
     """
@@ -84,7 +88,7 @@ class PatchConfig(Checked):
     weights: Literal["uniform", "ramp"] = "ramp"
     layout: Literal["compact", "physicsnemo"] = "compact"
     noise: Literal["shared", "independent"] = "shared"
-    mean: Literal["whole", "patches"] = "whole"
+    mean: Literal["whole", "single", "patches"] = "whole"
 
     RULES = (
         Rule(

@@ -191,9 +191,10 @@ def _model_options(model: argparse._ArgumentGroup) -> None:
     )
     model.add_argument(
         "--patch-mean",
-        choices=("whole", "patches"),
+        choices=("whole", "single", "patches"),
         help="regression mean over the whole domain once per time (whole, default: what it "
-        "was trained on) or patch by patch (patches: memory bounded by a patch)",
+        "was trained on; in overlapping tiles above 256 x 256), in one call whatever the "
+        "domain (single: exact, memory grows with it) or patch by patch (patches)",
     )
     model.add_argument(
         "--batch-size",

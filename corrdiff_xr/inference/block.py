@@ -5,7 +5,9 @@ the regridded inputs and static fields over the block's *halo* (every pixel any 
 patch reads, reflections at the domain edge included), encodes them with the model's codec,
 and walks the touching patches in global patch order: the regression mean of each (time,
 patch) - cut from the whole-domain mean of :func:`compute_mean_field`, computed once per time
-chunk by a task of its own, or with ``PatchConfig(mean="patches")`` computed on the patch -
+chunk by a task of its own (in overlapping tiles on large domains, so that its memory is
+bounded: :mod:`corrdiff_xr.inference.tiled_mean`), or with ``PatchConfig(mean="patches")``
+computed on the patch -
 then the sampler trajectories of the block's members, each drawing its noise from
 the shared field keyed by (seed, time, member, pixel position)
 (:class:`corrdiff_xr.noise.FieldNoise`; patched runs by default) or from a generator keyed by
@@ -50,6 +52,7 @@ import torch
 from corrdiff_xr.config import SamplerConfig
 from corrdiff_xr.dims import MEMBER, TIME, X, Y
 from corrdiff_xr.inference.cache import ModelToken, load_model
+from corrdiff_xr.inference.tiled_mean import windows
 from corrdiff_xr.noise import FieldNoise, patch_generator
 from corrdiff_xr.patching import PatchGrid, reflect_index
 
@@ -136,6 +139,9 @@ class BlockTask:
         The patches' regression means are cut from a whole-domain mean field
         (:func:`compute_mean_field`, given to :func:`compute_block`) instead of computed on
         each patch.
+    mean_tiles
+        (core, halo) in pixels of the overlapping tiles the whole-domain mean is computed in
+        (:mod:`corrdiff_xr.inference.tiled_mean`), or None for one call over the domain.
     ensemble
         The request's ensemble size N, where the last member group ends; needed when
         ``"sample"`` is asked.
@@ -157,6 +163,7 @@ class BlockTask:
     kinds: tuple[str, ...]
     shared_noise: bool = False
     whole_mean: bool = False
+    mean_tiles: tuple[int, int] | None = None
     ensemble: int | None = None
     plan: BlockPlan | None = None
     times: tuple[int, ...] = ()
@@ -284,17 +291,24 @@ def compute_mean_field(inputs, task: BlockTask) -> np.ndarray:
     ``inputs`` holds the regridded inputs and static fields of the whole fine grid for
     ``task.times`` (a request's task with its times set: :meth:`BlockTask.at`). Each time is
     one row of a call on the CPU, as the regression sees it in training: the whole grid at
-    offset (0, 0). Blocks then cut their patches' means from it (:func:`compute_block`).
+    offset (0, 0), or with ``task.mean_tiles`` each tile's window at its global origin, of
+    which the tile's core is kept (:mod:`corrdiff_xr.inference.tiled_mean`: memory bounded by
+    a window, not the domain). Blocks then cut their patches' means from it
+    (:func:`compute_block`).
     """
     model, x = _encoded(inputs, task)
     device = next(model.parameters()).device
-    out = []
-    for batch, n in _batches(list(range(len(x))), call_size(device, task.batch_size)):
-        rows = torch.from_numpy(x[batch]).to(device)
-        offsets = torch.zeros((len(batch), 2), dtype=torch.int64, device=device)
-        with torch.no_grad():
-            out.extend(model.predict_mean(rows, offsets=offsets)[:n].float().cpu().numpy())
-    return np.stack(out)
+    T, _, H, W = x.shape
+    out = np.empty((T, model.out_channels, H, W), dtype=np.float32)
+    for (r0, r1), (c0, c1), (wr0, wr1), (wc0, wc1) in windows((H, W), task.mean_tiles):
+        for batch, n in _batches(list(range(T)), call_size(device, task.batch_size)):
+            rows = torch.from_numpy(np.ascontiguousarray(x[batch, :, wr0:wr1, wc0:wc1]))
+            offsets = torch.tensor([[wr0, wc0]] * len(batch), dtype=torch.int64, device=device)
+            with torch.no_grad():
+                res = model.predict_mean(rows.to(device), offsets=offsets)[:n]
+            core = res[:, :, r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
+            out[batch[:n], :, r0:r1, c0:c1] = core.float().cpu().numpy()
+    return out
 
 
 def compute_block(inputs, task: BlockTask, mean_field=None) -> dict[str, np.ndarray]:

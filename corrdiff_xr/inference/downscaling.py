@@ -13,7 +13,8 @@ members - is one task that:
 3. samples every patch of the *global* patch grid (:class:`corrdiff_xr.patching.PatchGrid`,
    whose origins depend only on the domain, patch shape and overlap) that touches the block:
    regression mean (cut from the whole-domain mean, which one task per time chunk computes
-   as the regression was trained: on the whole grid; or, with ``PatchConfig(mean=
+   as the regression was trained: on the whole grid, in overlapping tiles above one tile's
+   window, :mod:`corrdiff_xr.inference.tiled_mean`; or, with ``PatchConfig(mean=
    "patches")``, computed on the patch) + residual, noise keyed by (seed, time, member,
    patch origin), the trajectories of one (time, patch) batched by member groups
    ``[g B, (g + 1) B) & [0, N)`` (``B = batch_size``, ``N = members``);
@@ -30,7 +31,7 @@ Differences from the reference. PhysicsNeMo's patched generation fuses the patch
 *every* sampler step (all patches of the domain advance together). Here each patch runs its
 whole trajectory alone and patches are fused once, at the end. That is what lets a block be
 computed without the rest of the domain's patches, with memory bounded by one batch of
-patches plus one regression call over the whole domain (or only by the patches with
+patches plus one regression call over a tile's window (or only by the patches with
 ``mean="patches"``); the price is that overlapping patches can disagree more than
 with per-step fusion, so the defaults (:class:`~corrdiff_xr.config.PatchConfig`'s) draw
 their noise from one shared field and use ramp weights across a generous overlap (a quarter
@@ -103,7 +104,7 @@ def _check_network_shape(header: Mapping[str, Any], domain: tuple, patch_cfg: An
     else:
         patch = (tuple(patch_cfg.shape), "patch")
         whole = (domain, "the fine grid (the regression mean of mean='whole')")
-    mean_whole = patch_cfg is None or patch_cfg.mean == "whole"
+    mean_whole = patch_cfg is None or patch_cfg.mean != "patches"
     seen = {"regression_network": whole if mean_whole else patch, "residual_network": patch}
     for key, (shape, what) in seen.items():
         if header.get(key) is not None:
@@ -212,6 +213,18 @@ def _sampler_config(sampler: Any, steps: int | None, defaults: Mapping | None = 
     if steps is not None:
         with _as_arguments({"num_steps": "steps"}):  # SamplerConfig holds the range
             cfg = dataclasses.replace(cfg, num_steps=check_argument("steps", steps, int))
+    # a distilled student maps noise to a sample in a few jumps; a teacher's solver on it (or
+    # its sampler on a teacher) runs without error and gives a wrong ensemble
+    student = bool(defaults) and defaults.get("solver") == "distilled"
+    if (cfg.solver == "distilled") != student:
+        from corrdiff_xr._constraints import SettingError
+
+        need = (
+            "does not sample a distilled student: use solver 'distilled' (its default)"
+            if student
+            else "samples only a distilled student (corrdiff-xr distil); this model is not one"
+        )
+        raise SettingError((("sampler.solver", cfg.solver),), need)
     return cfg
 
 
@@ -275,18 +288,26 @@ def _time_member_chunks(src, codec, chunks, members, kinds, spatial, patch_cfg) 
         ych=spatial[0],
         xch=spatial[1],
         channels=len(codec.out_channels),
-        whole_mean=patch_cfg is not None and patch_cfg.mean == "whole",
+        whole_mean=patch_cfg is not None and patch_cfg.mean != "patches",
     )
     return _regular((), tsize, src.sizes[TIME]), _member_chunks(
         chunks.get(MEMBER), n, batch_size, samples
     )
 
 
-def _spatial_plan(src: xr.Dataset, first_input: str, patch_cfg: Any, chunks: Mapping) -> tuple:
-    """The patch lattice and the output's y, x chunks (the whole domain when not patched)."""
+def _spatial_plan(
+    src: xr.Dataset, first_input: str, patch_cfg: Any, chunks: Mapping, network: Any
+) -> tuple:
+    """The patch lattice, the output's y, x chunks (the whole domain when not patched) and
+    the whole-domain mean's tiles for the regression ``network`` config (None: one call,
+    warned about on large domains; :mod:`corrdiff_xr.inference.tiled_mean`)."""
+    from corrdiff_xr.inference.tiled_mean import mean_tiles
     from corrdiff_xr.patching import PatchGrid
 
     H, W = src.sizes[Y], src.sizes[X]
+    whole_mean = patch_cfg is not None and patch_cfg.mean != "patches"
+    tiled = patch_cfg is not None and patch_cfg.mean == "whole"  # "single": one call, exact
+    tiles = mean_tiles(network, (H, W)) if tiled else None
     if patch_cfg is None:
         if H * W > LARGE_DOMAIN:
             warnings.warn(
@@ -294,18 +315,18 @@ def _spatial_plan(src: xr.Dataset, first_input: str, patch_cfg: Any, chunks: Map
                 "for the full field in every network call; pass patch=(h, w) to bound it",
                 stacklevel=3,
             )
-        return PatchGrid.build((H, W)), (H,), (W,)
-    if patch_cfg.mean == "whole" and H * W > LARGE_DOMAIN:
+        return PatchGrid.build((H, W)), (H,), (W,), None
+    if whole_mean and H * W > LARGE_DOMAIN and tiles is None:
         warnings.warn(
             f"the regression mean runs over the whole {H} x {W} domain once per time step, "
-            "which needs memory for the full field in one call; PatchConfig(mean='patches') "
-            "computes it patch by patch instead",
+            "which needs memory for the full field in one call (its network has no finite "
+            "halo to tile it with); PatchConfig(mean='patches') computes it patch by patch",
             stacklevel=3,
         )
     first = src[first_input].chunks
     ych = _regular(first[1] if first else (), chunks.get(Y), H)
     xch = _regular(first[2] if first else (), chunks.get(X), W)
-    return PatchGrid.from_config((H, W), patch_cfg), ych, xch
+    return PatchGrid.from_config((H, W), patch_cfg), ych, xch, tiles
 
 
 def downscale(
@@ -437,7 +458,8 @@ def downscale(
         )
 
     _check_network_shape(header, (H, W), patch_cfg)
-    grid, ych, xch = _spatial_plan(src, codec.inputs[0], patch_cfg, chunks)
+    network = header.get("regression_network")
+    grid, ych, xch, tiles = _spatial_plan(src, codec.inputs[0], patch_cfg, chunks, network)
     kinds = {"mean": ("mean",), "residual": ("sample", "mean")}.get(output, ("sample",))
     tch, mch = _time_member_chunks(
         src, codec, chunks, (members, batch_size), kinds, (ych, xch), patch_cfg
@@ -452,7 +474,8 @@ def downscale(
         threads=threads,
         kinds=kinds,
         shared_noise=patch_cfg is not None and patch_cfg.noise == "shared",
-        whole_mean=patch_cfg is not None and patch_cfg.mean == "whole",
+        whole_mean=patch_cfg is not None and patch_cfg.mean != "patches",
+        mean_tiles=tiles,
         ensemble=int(members),
     )
     stacked = block_arrays(

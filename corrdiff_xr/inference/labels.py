@@ -99,7 +99,10 @@ def to_dataset(stacked: dict[str, list[da.Array]], labels: Labels) -> xr.Dataset
                 "shape": list(grid.patch),
                 "origins_y": list(grid.starts[0]),
                 "origins_x": list(grid.starts[1]),
-                "mean": "whole" if labels.task.whole_mean else "patches",
+                # tiled means differ from one call: a store of either never resumes as the other
+                "mean": "tiles"
+                if labels.task.mean_tiles
+                else ("whole" if labels.task.whole_mean else "patches"),
             }
         )
     )

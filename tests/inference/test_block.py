@@ -171,6 +171,7 @@ def test_a_block_tasks_token_changes_with_every_setting():
         "kinds": ("mean",),
         "shared_noise": True,
         "whole_mean": True,
+        "mean_tiles": (4, 2),
         "ensemble": 3,
         "plan": plan,
         "times": (1,),

@@ -266,3 +266,20 @@ def test_patched_distillation_trains_on_crops_of_the_inference_condition(setup, 
     # the same times (same seed), cropped at the offsets
     for i, (r, c) in enumerate(origins.tolist()):
         torch.testing.assert_close(traj["condition"][i], whole[i, :, r : r + 8, c : c + 8])
+
+
+def test_a_student_and_a_teacher_refuse_each_others_solver():
+    """A teacher solver on a student (or the student's on a teacher) gives a wrong ensemble
+    silently; downscale refuses both, naming the solver."""
+    from corrdiff_xr._constraints import SettingError
+    from corrdiff_xr.inference.downscaling import _sampler_config
+
+    student = {"solver": "distilled", "num_steps": 1, "sigma_max": 80.0}
+    assert _sampler_config(None, None, student).solver == "distilled"
+    with pytest.raises(SettingError, match="sampler.solver: 'heun' does not sample a distilled"):
+        _sampler_config("heun", None, student)
+    with pytest.raises(SettingError, match="samples only a distilled student"):
+        _sampler_config({"solver": "distilled"}, None, {"solver": "heun", "num_steps": 18})
+    with pytest.raises(SettingError, match="samples only a distilled student"):
+        _sampler_config("distilled", None, None)
+    assert _sampler_config("dpmpp_2m", 7, None).num_steps == 7

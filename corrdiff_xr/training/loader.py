@@ -6,14 +6,11 @@ chunk-aligned reads of the same store). So the unit of reading here is a *block*
 whole time-chunks of the target store, read with a single dask compute, encoded once with the
 :class:`~corrdiff_xr.codec.Codec`, then shuffled in memory.
 
-The order of samples is a pure function of ``(seed, epoch)``:
-
-1. the blocks of the (time-selected) pair are permuted with ``default_rng([seed, epoch])``;
-2. rank ``r`` of ``world_size`` takes blocks ``r, r + world_size, ...`` of that permutation,
-   so each rank reads only its share of the store;
-3. samples within a block are permuted with ``default_rng([seed, epoch, block_start])``;
-4. a rank's stream is its blocks in that order, cut into consecutive batches (a batch may
-   span two blocks), epoch after epoch.
+The order of samples is a pure function of ``(seed, epoch)``
+(:mod:`corrdiff_xr.training.loader_order`): blocks are permuted, ranks take every
+``world_size``-th of them, samples are permuted within a block, and a rank's stream is its
+blocks in that order, cut into consecutive batches (a batch may span two blocks), epoch after
+epoch.
 
 DataLoader workers each read whole blocks (worker ``w`` of ``W`` takes every ``W``-th block of
 the rank's stream) and the main process cuts batches; since a DataLoader visits workers in
@@ -39,101 +36,45 @@ Cost (``benchmarks/loader.py``, 64 x 64, 32-step chunks, 2 shared and busy CPU c
 encoding a block of 32 samples takes ~2 ms against ~9-12 ms to read it, so the loader runs
 at the raw Zarr read rate (0.93-0.99 of it on local disk, ~1 from S3; was 0.26 and 0.90).
 That is thousands of times what a CorrDiff-Mini training step consumes on CPU.
+
+At real sizes numpy encoding costs more than reading (448 x 448, 12 inputs: ~90 ms against
+~57 ms per 8-sample block, far more on busy cores). With ``encode_device`` the workers only
+read: they ship coarse inputs and raw targets (whole images as read, or each sample's patch),
+and each batch is encoded on the training device (:mod:`corrdiff_xr.training.device_encode`); training does so on CUDA
+(``benchmarks/loader.py --preset taiwan|conus``).
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import itertools
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import dask
 import numpy as np
 import torch
-import xarray as xr
 
 from corrdiff_xr.dims import TIME, X, Y
 from corrdiff_xr.errors import CorrDiffError
 from corrdiff_xr.features import fine_lat_lon
-from corrdiff_xr.noise import TRAIN_PATCH, keyed_generator
+from corrdiff_xr.training.batch import Batch, xbatcher_batches
 from corrdiff_xr.training.chunkread import Pieces, arrays, block_pieces, run_pieces
+from corrdiff_xr.training.device_encode import COARSE, DeviceEncoder
+from corrdiff_xr.training.loader_order import (
+    _patch_generator,  # noqa: F401  (keyed patch origins; tests import it from here)
+    block_bounds,
+    patch_origins,
+    rank_blocks,
+    time_chunks,
+    within_block_order,
+)
+
+BLOCK, ROW = "block/", "row"  # shipped whole-image targets as read, and each sample's row
 
 __all__ = ["Batch", "ChunkShuffleLoader", "block_bounds", "rank_blocks", "xbatcher_batches"]
-
-
-@dataclasses.dataclass
-class Batch:
-    """One batch of normalised tensors.
-
-    Attributes
-    ----------
-    inputs : (N, C_in, h, w) float32, regridded inputs and static fields.
-    targets : (N, C_out, h, w) float32.
-    offsets : (N, 2) int64 global (row, col) of each sample's top-left pixel.
-    time_index : (N,) int64 position of each sample along ``time`` of the loader's pair.
-    lead_time : (N,) int64 lead-time labels, or None when the data have none.
-    """
-
-    inputs: torch.Tensor
-    targets: torch.Tensor
-    offsets: torch.Tensor
-    time_index: torch.Tensor
-    lead_time: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.inputs.shape[0])
-
-    def to(self, device: torch.device | str) -> Batch:
-        """Copy of the batch on ``device``."""
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)
-        return Batch(*(move(getattr(self, f.name)) for f in dataclasses.fields(self)))
-
-
-def block_bounds(chunks: Sequence[int], *, block_size: int | None = None) -> list[tuple[int, int]]:
-    """Chunk-aligned ``(start, stop)`` blocks along time.
-
-    Consecutive chunks are merged until a block holds at least ``block_size`` steps
-    (default: one chunk per block), so no chunk is ever split between blocks.
-    """
-    if block_size is not None and block_size < 1:
-        raise ValueError(f"loader block_size must be >= 1, got {block_size}")
-    bounds, start, stop = [], 0, 0
-    for size in chunks:
-        stop += int(size)
-        if stop - start >= (block_size or 1):
-            bounds.append((start, stop))
-            start = stop
-    if stop > start:
-        bounds.append((start, stop))
-    return bounds
-
-
-def rank_blocks(
-    n_blocks: int,
-    *,
-    seed: int,
-    epoch: int,
-    rank: int = 0,
-    world_size: int = 1,
-    shuffle: bool = True,
-) -> np.ndarray:
-    """Indices of the blocks rank ``rank`` reads in ``epoch``, in reading order."""
-    order = (
-        np.random.default_rng([seed, epoch]).permutation(n_blocks)
-        if shuffle
-        else np.arange(n_blocks)
-    )
-    return order[rank::world_size]
-
-
-def _within_block_order(n: int, *, seed: int, epoch: int, start: int, shuffle: bool) -> np.ndarray:
-    if not shuffle:
-        return np.arange(n)
-    return np.random.default_rng([seed, epoch, start]).permutation(n)
 
 
 def _worker_init(_: int) -> None:
@@ -197,6 +138,11 @@ class ChunkShuffleLoader:
         DataLoader workers (0 reads in this process) and blocks prefetched per worker.
     lead_time : str, optional
         Name of an integer variable along ``time`` holding lead-time labels.
+    encode_device : torch.device or str, optional
+        None (default): blocks are encoded with numpy where they are read (workers or reading
+        threads). A device: workers ship coarse inputs and raw targets, and each batch is
+        encoded there (:class:`~corrdiff_xr.training.device_encode.DeviceEncoder`), its
+        tensors left on that device; the samples, their order and patches are the same.
     """
 
     def __init__(
@@ -215,6 +161,7 @@ class ChunkShuffleLoader:
         num_workers: int = 0,
         prefetch_factor: int = 2,
         lead_time: str | None = None,
+        encode_device: torch.device | str | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -240,6 +187,8 @@ class ChunkShuffleLoader:
             raise KeyError(f"lead-time variable {lead_time!r} is not in the dataset")
         self._lead_values = None if lead_time is None else pair.dataset[lead_time].data
         self._epoch_cache: tuple[int, list[tuple[int, int]]] | None = None
+        self.encode_device = None if encode_device is None else torch.device(encode_device)
+        self._encoder = None  # built on first use: it reads the static fields
         n_time = pair.fine.sizes[TIME]
         self.image_shape = (int(pair.fine.sizes[Y]), int(pair.fine.sizes[X]))
         if patch_shape is not None:
@@ -249,7 +198,7 @@ class ChunkShuffleLoader:
                     f"patch shape {patch_shape} is larger than the domain {self.image_shape} (y, x)"
                 )
         self.patch_shape = patch_shape
-        self.blocks = block_bounds(_time_chunks(pair.fine, n_time), block_size=block_size)
+        self.blocks = block_bounds(time_chunks(pair.fine, n_time), block_size=block_size)
         if len(self.blocks) < world_size:
             raise ValueError(
                 f"the data hold {len(self.blocks)} time block(s), fewer than the {world_size} "
@@ -259,6 +208,10 @@ class ChunkShuffleLoader:
             rank_blocks(len(self.blocks), seed=seed, epoch=0, rank=rank, world_size=world_size)
         )
         self.epoch, self.position = 0, 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        # workers rebuild the loader by pickling; the encoder's tensors stay on the device
+        return {**self.__dict__, "_encoder": None}
 
     # -- the stream ------------------------------------------------------------------------
     def epoch_blocks(self, epoch: int) -> list[tuple[int, int]]:
@@ -284,7 +237,7 @@ class ChunkShuffleLoader:
         """Time indices of this rank's stream in ``epoch``, in order."""
         parts = [
             start
-            + _within_block_order(
+            + within_block_order(
                 stop - start, seed=self.seed, epoch=epoch, start=start, shuffle=self.shuffle
             )
             for start, stop in self.epoch_blocks(epoch)
@@ -307,7 +260,7 @@ class ChunkShuffleLoader:
         """``(coarse, targets, order, lead)`` numpy blocks of stream item ``item``."""
         epoch, k = divmod(item, self.blocks_per_epoch)
         start, stop = self.epoch_blocks(epoch)[k]
-        order = _within_block_order(
+        order = within_block_order(
             stop - start, seed=self.seed, epoch=epoch, start=start, shuffle=self.shuffle
         )
         lead = None if self._lead_values is None else self._lead_values[start:stop]
@@ -335,6 +288,8 @@ class ChunkShuffleLoader:
         epoch = item // self.blocks_per_epoch
         coarse, targets, order, lead = self._read_block(item, scheduler)
         start, stop = self.epoch_blocks(epoch)[item % self.blocks_per_epoch]
+        if self.encode_device is not None:
+            return self._raw_item(coarse, targets, order, lead, start, epoch)
         # from here on plain numpy: regrid, shuffle and normalise straight into the batch arrays
         times = (start + order).astype(np.int64)
         labels = self._times[times]
@@ -361,25 +316,39 @@ class ChunkShuffleLoader:
         return out
 
     def _crop(self, x: np.ndarray, y: np.ndarray, times: np.ndarray, epoch: int):
-        from corrdiff_xr.patching import random_origins
-
         ph, pw = self.patch_shape
-        offsets = np.stack(
-            [
-                np.asarray(
-                    random_origins(
-                        self.image_shape,
-                        self.patch_shape,
-                        1,
-                        generator=_patch_generator(self.seed, epoch, int(t)),
-                    )
-                )[0]
-                for t in times
-            ]
-        ).astype(np.int64)
+        offsets = patch_origins(
+            self.image_shape, self.patch_shape, times, seed=self.seed, epoch=epoch
+        )
         xs = np.stack([x[i, :, r : r + ph, c : c + pw] for i, (r, c) in enumerate(offsets)])
         ys = np.stack([y[i, :, r : r + ph, c : c + pw] for i, (r, c) in enumerate(offsets)])
         return xs, ys, offsets
+
+    def _raw_item(self, coarse, targets, order, lead, start: int, epoch: int) -> dict:
+        """What a worker ships for device encoding: coarse inputs in sample order; targets as
+        read (whole images: the batch's rows are taken when it is cut) or cropped to each
+        sample's patch, float32 ``(N, C_out, h, w)``."""
+        times = (start + order).astype(np.int64)
+        n, (ph, pw) = len(order), self.patch_shape or self.image_shape
+        offsets = np.zeros((n, 2), dtype=np.int64)
+        if self.patch_shape is not None:
+            offsets = patch_origins(
+                self.image_shape, self.patch_shape, times, seed=self.seed, epoch=epoch
+            )
+        out = {COARSE + v: np.ascontiguousarray(coarse[v][order]) for v in self.codec.inputs}
+        out.update(offsets=offsets, time_index=times, epoch=np.int64(epoch))
+        if self.patch_shape is None:  # whole images as read: the main process takes the rows
+            out[ROW] = order
+            out.update({BLOCK + name: targets[name] for name in self.codec.targets})
+        else:  # reorder, crop and cast in one copy: only the patches travel
+            out["targets"] = y = np.empty((n, len(self.codec.targets), ph, pw), np.float32)
+            for c, name in enumerate(self.codec.targets):
+                a = targets[name]
+                for i, (j, (r, col)) in enumerate(zip(order, offsets)):
+                    y[i, c] = a[j, r : r + ph, col : col + pw]
+        if lead is not None:
+            out["lead_time"] = np.asarray(lead, dtype=np.int64)[order]
+        return out
 
     def _blocks(self, first_item: int) -> Iterator[dict[str, Any]]:
         n_items = None if self.epochs is None else self.epochs * self.blocks_per_epoch - first_item
@@ -437,15 +406,31 @@ class ChunkShuffleLoader:
         pending: list[dict[str, Any]] = []
         n_pending = 0
         for block in self._blocks(item):
-            block = {k: np.asarray(v)[skip:] if np.ndim(v) else v for k, v in block.items()}
+            block = _sliced(block, slice(skip, None))
             skip = 0
             pending.append(block)
             n_pending += len(block["time_index"])
             while n_pending >= self.batch_size:
-                batch, pending, n_pending = self._cut(pending, n_pending)
-                yield batch
+                parts, pending, n_pending = self._cut(pending, n_pending)
+                yield self._batch(parts)
         if n_pending:  # the last, short batch of a finite stream
-            yield self._cut(pending, n_pending, size=n_pending)[0]
+            yield self._batch(self._cut(pending, n_pending, size=n_pending)[0])
+
+    def _batch(self, parts: dict[str, np.ndarray]) -> Batch:
+        if self.encode_device is not None:
+            return self._device_encoder()(parts)
+        t = {k: torch.from_numpy(np.asarray(v)) for k, v in parts.items() if k != "epoch"}
+        return Batch(t["inputs"], t["targets"], t["offsets"], t["time_index"], t.get("lead_time"))
+
+    def _device_encoder(self) -> DeviceEncoder:
+        if self._encoder is None:
+            if self._static is None:
+                self._static = dask.compute(self._static_lazy)[0]
+            self._encoder = DeviceEncoder(
+                self.codec, self._weights, self._static, self._lat_lon, self._times,
+                self.encode_device,
+            )  # fmt: skip
+        return self._encoder
 
     def _cut(self, pending: list[dict[str, Any]], n_pending: int, size: int | None = None):
         size = size or self.batch_size
@@ -458,8 +443,8 @@ class ChunkShuffleLoader:
                 taken.append(pending.pop(0))
                 need -= n
             else:
-                taken.append({k: v[:need] if np.ndim(v) else v for k, v in head.items()})
-                pending[0] = {k: v[need:] if np.ndim(v) else v for k, v in head.items()}
+                taken.append(_sliced(head, slice(None, need)))
+                pending[0] = _sliced(head, slice(need, None))
                 need = 0
         # Advance the resumable position by the samples handed out, epoch by epoch.
         for part in taken:
@@ -470,50 +455,33 @@ class ChunkShuffleLoader:
             if self.position == self.epoch_length(self.epoch):
                 self.epoch, self.position = self.epoch + 1, 0
 
-        def cat(key: str) -> torch.Tensor:
+        def cat(key: str) -> np.ndarray:
             parts = [np.asarray(p[key]) for p in taken]
             # a batch inside one block is a view of it (a leading-axis slice is contiguous)
-            return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-        lead = cat("lead_time") if "lead_time" in taken[0] else None
-        batch = Batch(cat("inputs"), cat("targets"), cat("offsets"), cat("time_index"), lead)
-        return batch, pending, n_pending - size
+        parts = {k: cat(k) for k in taken[0] if k not in ("epoch", ROW) and not k.startswith(BLOCK)}
+        if ROW in taken[0]:  # whole images shipped as read: this batch's rows, in order
+            parts["targets"] = self._take_rows(taken)
+        return parts, pending, n_pending - size
 
-
-def _patch_generator(seed: int, epoch: int, time_index: int) -> torch.Generator:
-    # Patch origins keyed by (seed, epoch, sample), so they never depend on batching/workers.
-    return keyed_generator(TRAIN_PATCH, seed, epoch, time_index)
-
-
-def _time_chunks(ds: xr.Dataset, n_time: int) -> tuple[int, ...]:
-    for var in ds.data_vars.values():
-        if var.chunks is not None and TIME in var.dims:
-            return tuple(var.chunks[var.dims.index(TIME)])
-    return (n_time,)
-
-
-def xbatcher_batches(pair: Any, codec: Any, *, batch_size: int) -> Iterator[Batch]:
-    """Sequential full-image batches through ``xbatcher.BatchGenerator``, one time step per
-    read (the slow, simple path; kept as the baseline of ``benchmarks/loader.py``)."""
-    import xbatcher
-
-    inputs = xr.merge([pair.inputs_on_fine, pair.static_fields], compat="override")
-    sizes = {TIME: 1, Y: pair.fine.sizes[Y], X: pair.fine.sizes[X]}
-    gen_in = xbatcher.BatchGenerator(inputs, input_dims=sizes, preload_batch=False)
-    gen_out = xbatcher.BatchGenerator(pair.fine, input_dims=sizes, preload_batch=False)
-    buf_x, buf_y, times = [], [], []
-    for t, (bx, by) in enumerate(zip(gen_in, gen_out)):
-        buf_x.append(codec.encode_inputs(bx.load()))
-        buf_y.append(codec.encode_targets(by.load()))
-        times.append(t)
-        if len(times) == batch_size:
-            yield _stack(buf_x, buf_y, times)
-            buf_x, buf_y, times = [], [], []
-    if times:
-        yield _stack(buf_x, buf_y, times)
+    def _take_rows(self, taken: list[dict[str, Any]]) -> np.ndarray:
+        names = self.codec.targets
+        n = sum(len(p[ROW]) for p in taken)
+        y = np.empty((n, len(names)) + self.image_shape, dtype=np.float32)
+        i = 0
+        for part in taken:
+            for c, name in enumerate(names):
+                block = np.asarray(part[BLOCK + name])
+                for k, row in enumerate(np.asarray(part[ROW])):
+                    y[i + k, c] = block[row]
+            i += len(part[ROW])
+        return y
 
 
-def _stack(xs: list, ys: list, times: list) -> Batch:
-    x = torch.from_numpy(np.concatenate(xs).astype(np.float32))
-    y = torch.from_numpy(np.concatenate(ys).astype(np.float32))
-    return Batch(x, y, torch.zeros((len(x), 2), dtype=torch.int64), torch.tensor(times))
+def _sliced(part: dict[str, Any], rows: slice) -> dict[str, Any]:
+    """``part`` with its per-sample arrays sliced; block arrays (indexed by ``ROW``) stay whole."""
+    return {
+        k: np.asarray(v)[rows] if np.ndim(v) and not k.startswith(BLOCK) else v
+        for k, v in part.items()
+    }

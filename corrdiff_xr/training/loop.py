@@ -212,6 +212,9 @@ def _build_run(cfg: TrainRunConfig, info: ProcessInfo, device: torch.device) -> 
         num_workers=t.loader.num_workers,
         prefetch_factor=t.loader.prefetch_factor,
         lead_time=cfg.data.lead_time,
+        # on a GPU the workers only read and each batch is encoded there; on the CPU numpy
+        # encodes in the reading workers, beside the training step (benchmarks/loader.py)
+        encode_device=device if device.type == "cuda" else None,
     )
     _check_batch_fits(per_device, loader.epoch_length(0), t.batch_size_per_device)
     return Run(

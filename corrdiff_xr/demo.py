@@ -5,11 +5,15 @@ no download. It
 
 1. opens the ``demo`` entry of the bundled demo catalog (the synthetic dataset, built and
    cached as Zarr on first use) and keeps the *held-out* days: the shipped model was trained
-   on the first 20 days of that store (see ``benchmarks/train_shipped_model.py``);
-2. downscales an ensemble (:data:`DEMO_SAMPLER`: DPM-Solver++(2M), ``DEMO_STEPS`` steps
-   from ``sigma_max = DEMO_SIGMA_MAX``) and the regression mean lazily with
-   ``ds.corrdiff.downscale`` and writes them to ``DIR/ensemble.zarr`` and
-   ``DIR/regression_mean.zarr`` (atomically) under a dask progress bar;
+   on the first 20 days of that store (see ``benchmarks/train_shipped_model.py``) and its
+   student distilled on the same days (``benchmarks/distil.py``);
+2. downscales an ensemble and the regression mean lazily with ``ds.corrdiff.downscale`` and
+   writes them to ``DIR/ensemble.zarr`` and ``DIR/regression_mean.zarr`` (atomically) under a
+   dask progress bar. The model is the shipped *student* (:func:`shipped_student_path`: the
+   shipped model distilled to one network call per member, its calibrated sampler settings
+   stored in the checkpoint); the sampler is the model's own defaults
+   (:func:`demo_sampler`), or :data:`DEMO_SAMPLER` for a model without them (the teacher,
+   :func:`shipped_model_path`);
 3. scores the ensemble (CRPS), the regression mean (MAE) and bilinear interpolation of the
    coarse input (MAE) against the truth, plus the ensemble's spread-skill ratio, and writes
    ``DIR/scores.json`` and a printed table;
@@ -38,7 +42,7 @@ import xarray as xr
 from corrdiff_xr._atomic import write_bytes
 from corrdiff_xr.dims import MEMBER
 from corrdiff_xr.errors import CorrDiffError
-from corrdiff_xr.model import shipped_model_path
+from corrdiff_xr.model import shipped_model_path, shipped_student_path
 from corrdiff_xr.scoring.baselines import bilinear_baseline
 
 __all__ = [
@@ -54,10 +58,12 @@ __all__ = [
     "DemoResult",
     "bilinear_baseline",
     "compute_scores",
+    "demo_sampler",
     "evaluate",
     "format_table",
     "open_demo_data",
     "shipped_model_path",
+    "shipped_student_path",
 ]
 
 #: hourly steps of the demo store the shipped model was built with (20 days + 3 held out)
@@ -67,9 +73,11 @@ DEMO_SOURCE = "catalog:demo/demo"
 #: first held-out time: the shipped model never saw this day or later ones
 HELD_OUT_START = "2020-01-21T00:00"
 SCORE_KEYS = ("crps", "mae_regression", "mae_bilinear", "spread_skill")
-#: the demo's sampler: DPM-Solver++(2M), 7 steps (7 network calls per member) from
-#: sigma_max = 200, the cheapest setting that benchmarks/sampling.py finds within 1 % of the
-#: reference's Heun-18 CRPS (35 calls) and at least as well calibrated, on held-out hours
+#: the demo's sampler for a model without sampler defaults (the shipped teacher):
+#: DPM-Solver++(2M), 7 steps (7 network calls per member) from sigma_max = 200, the cheapest
+#: setting that benchmarks/sampling.py finds within 1 % of the reference's Heun-18 CRPS (35
+#: calls) and at least as well calibrated, on held-out hours. The shipped student carries its
+#: own (1 call; benchmarks/distil.py).
 DEMO_SOLVER = "dpmpp_2m"
 DEMO_STEPS = 7
 DEMO_SIGMA_MAX = 200.0
@@ -118,6 +126,41 @@ def open_demo_data(
             raise ValueError(f"times must be >= 1, got {times}")
         held = held.isel(time=slice(0, int(times)))
     return held
+
+
+def demo_sampler(
+    model: Any,
+    *,
+    solver: str | None = None,
+    steps: int | None = None,
+    sigma_max: float | None = None,
+) -> tuple[dict[str, Any], str]:
+    """The demo's sampler settings for ``model`` and where they came from.
+
+    The model's own sampler defaults (a calibrated checkpoint's ``sampler``), else
+    :data:`DEMO_SAMPLER`; ``solver``, ``steps`` and ``sigma_max`` replace theirs unless None.
+    Returns ``(settings, origin)``: every :class:`~corrdiff_xr.config.SamplerConfig` field
+    (the mapping ``downscale`` takes) and ``"model defaults"``, ``"demo defaults"`` or the
+    same with ``", overridden"`` (when a given value differs).
+
+    Parameters
+    ----------
+    model : CorrDiff or path
+        A loaded model or a checkpoint (only its header is read).
+    """
+    from corrdiff_xr.config import SamplerConfig, from_dict, to_dict
+    from corrdiff_xr.model import read_checkpoint_header
+
+    if isinstance(model, (str, os.PathLike)):
+        own = read_checkpoint_header(model).get("sampler")
+    else:
+        own = None if model.sampler_config is None else to_dict(model.sampler_config)
+    base = dict(own) if own else dict(DEMO_SAMPLER)
+    given = {"solver": solver, "num_steps": steps, "sigma_max": sigma_max}
+    given = {k: v for k, v in given.items() if v is not None and v != base.get(k)}
+    settings = to_dict(from_dict(SamplerConfig, {**base, **given}, path="sampler"))
+    origin = ("model defaults" if own else "demo defaults") + (", overridden" if given else "")
+    return settings, origin
 
 
 def _with_member(ds: xr.Dataset) -> xr.Dataset:

@@ -1,4 +1,4 @@
-"""``corrdiff-xr demo``: the shipped tiny CorrDiff on held-out synthetic data (thin over
+"""``corrdiff-xr demo``: the shipped tiny CorrDiff student on held-out synthetic data (thin over
 :mod:`corrdiff_xr.demo`, whose docstring describes the outputs).
 
 ``DIR`` is the demo's own: it is marked as a ``demo`` output (a marker file, and the Zarr
@@ -22,19 +22,17 @@ from pathlib import Path
 from corrdiff_xr.config import SamplerConfig
 from corrdiff_xr.demo import (
     DEMO_FILES,
-    DEMO_SIGMA_MAX,
-    DEMO_SOLVER,
-    DEMO_STEPS,
     HELD_OUT_TIMES,
     KIND,
     _write_json,
+    demo_sampler,
     evaluate,
     format_table,
     open_demo_data,
 )
 from corrdiff_xr.dims import TIME
 from corrdiff_xr.errors import InputNotFoundError
-from corrdiff_xr.model import shipped_model_path
+from corrdiff_xr.model import shipped_student_path
 
 __all__ = ["configure_parser", "run"]
 
@@ -65,20 +63,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--solver",
         choices=typing.get_args(typing.get_type_hints(SamplerConfig)["solver"]),
-        default=DEMO_SOLVER,
-        help=f"sampler (default {DEMO_SOLVER})",
+        default=None,
+        help="sampler (default: the model's own, else dpmpp_2m; the shipped student's is "
+        "'distilled')",
     )
     parser.add_argument(
         "--steps",
         type=bounded(int, minimum=1),
-        default=DEMO_STEPS,
-        help=f"sampler steps (default {DEMO_STEPS})",
+        default=None,
+        help="sampler steps (default: the model's own, else 7; the shipped student's is 1)",
     )
     parser.add_argument(
         "--sigma-max",
         type=bounded(float, above=0),
-        default=DEMO_SIGMA_MAX,
-        help=f"largest noise level of the sampler (default {DEMO_SIGMA_MAX:g})",
+        default=None,
+        help="largest noise level of the sampler (default: the model's own, else 200)",
     )
     parser.add_argument(
         "--seed", type=bounded(int, minimum=0), default=0, help="ensemble seed (default 0)"
@@ -87,7 +86,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--model",
         type=Path,
         default=None,
-        help="checkpoint to use instead of the shipped tiny model",
+        help="checkpoint to use instead of the shipped student (e.g. the shipped teacher, "
+        "corrdiff_xr/weights/tiny_demo.safetensors)",
     )
     parser.add_argument(
         "--cache-dir",
@@ -102,7 +102,7 @@ def _checked_model(path: Path | None) -> Path:
     """The checkpoint to use, refused now if missing or not a corrdiff_xr checkpoint."""
     from corrdiff_xr.model import read_checkpoint_header
 
-    model = path or shipped_model_path()
+    model = path or shipped_student_path()
     if not model.is_file():
         raise InputNotFoundError(f"--model {model} does not exist (or is not a file)")
     read_checkpoint_header(model)  # CheckpointError for anything CorrDiff.save did not write
@@ -116,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     model = _checked_model(args.model)
+    sampler, origin = demo_sampler(
+        model, solver=args.solver, steps=args.steps, sigma_max=args.sigma_max
+    )
+    steps = f"{sampler['num_steps']} step" + ("s" if sampler["num_steps"] > 1 else "")
     out = args.out.expanduser()
     # --out is checked (and refused) before the slow first-time data build
     with (
@@ -128,15 +132,14 @@ def run(args: argparse.Namespace) -> int:
             pair = open_demo_data(cache_dir=args.cache_dir, times=args.times)
         print(
             f"downscaling {pair.dataset.sizes[TIME]} held-out time steps x {args.members} "
-            f"members ({args.solver}, {args.steps} steps from sigma {args.sigma_max:g}) with "
-            f"{model.name}"
+            f"members with {model.name} ({sampler['solver']}, {steps} from sigma "
+            f"{sampler['sigma_max']:g}: {origin})"
         )
         result = evaluate(
             pair,
             model,
             members=args.members,
-            steps=args.steps,
-            sampler={"solver": args.solver, "sigma_max": args.sigma_max},
+            sampler=sampler,
             seed=args.seed,
             out=staged,
             progress=not args.quiet,

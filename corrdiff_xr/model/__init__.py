@@ -42,17 +42,30 @@ __all__ = [
     "read_checkpoint_header",
     "read_mdlus",
     "shipped_model_path",
+    "shipped_student_path",
 ]
+
+
+def _shipped(name: str, how: str):
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "weights" / name
+    if not path.exists():
+        raise FileNotFoundError(
+            f"the shipped model {path} is missing; reinstall corrdiff_xr or rebuild it with {how}"
+        )
+    return path
 
 
 def shipped_model_path():
     """Path of the shipped tiny CorrDiff checkpoint (fp16 tensors, loads as fp32)."""
-    from pathlib import Path
+    return _shipped("tiny_demo.safetensors", "benchmarks/train_shipped_model.py --install")
 
-    path = Path(__file__).parent.parent / "weights" / "tiny_demo.safetensors"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"the shipped model {path} is missing; reinstall corrdiff_xr or rebuild it with "
-            "benchmarks/train_shipped_model.py --install"
-        )
-    return path
+
+def shipped_student_path():
+    """Path of the shipped tiny model's distilled 1-call student (fp16 tensors, loads as fp32).
+
+    Its sampler defaults are the calibrated 1-call setting of ``benchmarks/distil.py``; the
+    demo uses it.
+    """
+    return _shipped("tiny_demo_student.safetensors", "benchmarks/distil.py --install")

@@ -1,7 +1,8 @@
-"""The ``demo`` command: outputs, scores.json and the CorrDiff ordering on the shipped model.
+"""The ``demo`` command: outputs, scores.json and the CorrDiff ordering on the shipped student.
 
-The end-to-end run (one per module, small settings: 4 members, 2 held-out hours, 6 sampler
-steps) takes some tens of seconds on two CPU cores, most of it building the demo store once.
+The end-to-end run (one per module, small settings: 4 members, 2 held-out hours, the shipped
+student's own sampler: one network call per member) takes some tens of seconds on two CPU
+cores, most of it building the demo store once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import xarray as xr
 from corrdiff_xr import cli, demo
 from corrdiff_xr._outputs import MARKER_FILE, product_of
 from corrdiff_xr.dims import MEMBER, TIME, X, Y
+from corrdiff_xr.model import read_checkpoint_header, shipped_model_path, shipped_student_path
 
 TARGETS = ("t2m", "tp", "u10", "v10")
 
@@ -43,8 +45,6 @@ def demo_run(tmp_path_factory, demo_cache):
                 "4",
                 "--times",
                 "2",
-                "--steps",
-                "8",
                 "--cache-dir",
                 str(demo_cache),
                 "--quiet",
@@ -107,6 +107,61 @@ def test_demo_prints_a_score_table_with_every_variable(demo_run):
     assert "mae_bilinear" in text
     for var in (*TARGETS, "overall"):
         assert any(line.startswith(var) for line in text.splitlines()), var
+
+
+def test_demo_samples_the_shipped_student_with_its_calibrated_defaults(demo_run):
+    header = read_checkpoint_header(shipped_student_path())["sampler"]
+    assert header["solver"] == "distilled" and header["num_steps"] == 1
+    line = next(x for x in demo_run[2].splitlines() if x.startswith("downscaling"))
+    assert "with tiny_demo_student.safetensors (distilled, 1 step from sigma 800" in line
+    assert "model defaults" in line and "overridden" not in line
+
+
+def test_the_shipped_student_is_the_shipped_teacher_with_only_its_residual_replaced():
+    from safetensors import safe_open
+
+    with (
+        safe_open(str(shipped_model_path()), "pt") as teacher,
+        safe_open(str(shipped_student_path()), "pt") as student,
+    ):
+        assert set(teacher.keys()) == set(student.keys())
+        changed = set()
+        for key in teacher.keys():
+            a, b = teacher.get_tensor(key), student.get_tensor(key)
+            assert b.dtype == a.dtype  # fp16 storage, as the teacher is shipped
+            if not (a == b).all():
+                changed.add(key.split(".")[0])
+    assert changed == {"residual"}
+
+
+def test_demo_sampler_is_the_models_own_else_the_demo_default_with_overrides():
+    own = read_checkpoint_header(shipped_student_path())["sampler"]
+    settings, origin = demo.demo_sampler(shipped_student_path())
+    assert origin == "model defaults"
+    assert {k: settings[k] for k in own} == own
+    settings, origin = demo.demo_sampler(shipped_student_path(), steps=2)
+    assert (settings["num_steps"], settings["S_noise"], origin) == (
+        2,
+        own["S_noise"],
+        "model defaults, overridden",
+    )
+    settings, origin = demo.demo_sampler(shipped_model_path())
+    assert origin == "demo defaults"
+    assert {k: settings[k] for k in demo.DEMO_SAMPLER} == demo.DEMO_SAMPLER
+    same = demo.demo_sampler(shipped_model_path(), solver="dpmpp_2m", steps=7, sigma_max=200.0)
+    assert same[1] == "demo defaults"  # values equal to the defaults override nothing
+    settings, _ = demo.demo_sampler(shipped_model_path(), solver="heun", sigma_max=80.0)
+    assert (settings["solver"], settings["num_steps"], settings["sigma_max"]) == ("heun", 7, 80.0)
+
+
+def test_a_teachers_solver_on_the_student_is_refused_in_one_line(
+    demo_run, demo_cache, tmp_path, capsys
+):
+    rc = _cheap_demo(tmp_path / "out", demo_cache, "--solver", "dpmpp_2m", "--no-plots")
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sampler.solver" in err[0] and "distilled" in err[0], err
+    assert not (tmp_path / "out" / "scores.json").exists()
 
 
 def test_demo_refuses_a_missing_model_with_a_clear_message(tmp_path, capsys):

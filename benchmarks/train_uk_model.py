@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     period = f'data.train_period=["{TRAIN_PERIOD[0]}","{TRAIN_PERIOD[1]}"]'
     common = [f"data.source={SOURCE}", "data.catalog_params={}", period,
               f"training.duration={args.duration}", "training.progress=false",
-              f"training.checkpoint_every={args.duration}"]  # fmt: skip
+              f"training.checkpoint_every={args.duration}",
+              "training.total_batch_size=2"]  # two training hours: the loader refuses 4  # fmt: skip
     reg, diff = work / "regression", work / "diffusion"
     timings = {
         "regression_s": train_stage(

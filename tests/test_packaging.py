@@ -42,6 +42,7 @@ def test_an_installed_wheel_finds_its_catalogs_model_and_configs(tmp_path):
     for catalog in shipped:  # a catalog added to catalogs/ but not to setup.cfg fails here
         assert any(n.endswith(f"data/share/corrdiff_xr/catalogs/{catalog}.yaml") for n in names)
     assert "corrdiff_xr/weights/tiny_demo.safetensors" in names
+    assert "corrdiff_xr/weights/tiny_demo_student.safetensors" in names  # the demo's default
 
     prefix = tmp_path / "prefix"
     # --ignore-installed: never uninstall the running environment's corrdiff_xr (pip would)

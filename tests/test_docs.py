@@ -12,7 +12,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     out = tmp_path_factory.mktemp("site")

@@ -108,6 +108,25 @@ def _stats_json(inputs, outputs, invariants, stats) -> dict[str, Any]:
     return out
 
 
+def generic_metadata(
+    inputs, outputs, invariants, hr_mean_conditioning: bool, extra: Mapping | None = None
+) -> dict[str, Any]:
+    """A generic package's ``metadata.json``, the fixtures' sampler settings, ``extra`` on top."""
+    return {
+        "input_variables": list(inputs),
+        "output_variables": list(outputs),
+        "invariant_variables": list(invariants),
+        "number_of_samples": 2,
+        "number_of_steps": 6,
+        "solver": "euler",
+        "sampler_type": "stochastic",
+        "inference_mode": "both",
+        "hr_mean_conditioning": hr_mean_conditioning,
+        "seed": 1234,
+        **(extra or {}),
+    }
+
+
 def _output_grid(grid: tuple[int, int], curvilinear: bool) -> tuple[np.ndarray, np.ndarray]:
     """A 0.25 degree grid over central Europe, increasing; optionally slightly rotated (2-D)."""
     h, w = grid
@@ -174,19 +193,7 @@ def write_generic_package(
         )
     _saved(reg, out / "regression.mdlus", seed)
     _saved(res, out / "diffusion.mdlus", seed + 1)
-    meta = {
-        "input_variables": list(inputs),
-        "output_variables": list(outputs),
-        "invariant_variables": list(invariants),
-        "number_of_samples": 2,
-        "number_of_steps": 6,
-        "solver": "euler",
-        "sampler_type": "stochastic",
-        "inference_mode": "both",
-        "hr_mean_conditioning": hr_mean_conditioning,
-        "seed": 1234,
-        **(metadata or {}),
-    }
+    meta = generic_metadata(inputs, outputs, invariants, hr_mean_conditioning, metadata)
     lat, lon = _output_grid(grid, curvilinear)
     if not input_grid_file:
         meta.setdefault("latlon_res", 1.0)

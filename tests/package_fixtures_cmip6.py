@@ -23,7 +23,14 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from package_fixtures import STATS, _net_kwargs, _pn_classes, _saved, _stats_json
+from package_fixtures import (
+    STATS,
+    _net_kwargs,
+    _pn_classes,
+    _saved,
+    _stats_json,
+    generic_metadata,
+)
 
 __all__ = [
     "CMIP6_INPUTS",
@@ -110,19 +117,7 @@ def write_cmip6_package(
         )
     _saved(reg, out / "regression.mdlus", seed)
     _saved(res, out / "diffusion.mdlus", seed + 1)
-    meta = {
-        "input_variables": list(inputs),
-        "output_variables": list(outputs),
-        "invariant_variables": list(invariants),
-        "number_of_samples": 2,
-        "number_of_steps": 6,
-        "solver": "euler",
-        "sampler_type": "stochastic",
-        "inference_mode": "both",
-        "hr_mean_conditioning": True,
-        "seed": 1234,
-        **(metadata or {}),
-    }
+    meta = generic_metadata(inputs, outputs, invariants, True, metadata)
     (out / "metadata.json").write_text(json.dumps(meta, indent=2))
     stats = _stats_json(inputs, outputs, invariants, CMIP6_STATS)
     stats["input"].update(_stats_json(("sza", "hod"), (), (), CMIP6_STATS)["input"])

@@ -60,7 +60,7 @@ class CodecLike(Protocol):
     attrs: Mapping[str, Mapping[str, str]]
 
 
-__all__ = ["EXACT_TOLERANCE", "REGRID_CHOICES", "package_pair", "with_truth"]
+__all__ = ["EXACT_TOLERANCE", "REGRID_CHOICES", "open_as_pair", "package_pair", "with_truth"]
 
 #: a package point is an archive point when within this fraction of the archive's cell
 #: (float32 coordinates at 0.1 degrees are off by up to ~1e-5 degrees)
@@ -428,15 +428,7 @@ def package_pair(
     targets = ()
     if truth is not None:
         ds, targets = _with_truth(ds, truth, codec, fine), codec.targets
-    stats = stats_dataset({n: codec.stats[n] for n in codec.inputs + codec.static + targets})
-    pair = open_pair(
-        ds,
-        inputs=codec.inputs,
-        targets=targets,
-        static=codec.static,
-        stats=stats,
-        require_targets=bool(targets),
-    )
+    pair = open_as_pair(ds, codec, targets)
     if Y not in pair.dataset.dims:  # no variable on the fine grid kept its coordinates
         pair = dataclasses.replace(pair, dataset=pair.dataset.assign_coords(fine))
     return pair
@@ -449,6 +441,22 @@ def with_truth(
     package's outputs from ``truth`` as targets, at the times both hold: for layouts that
     build their inputs themselves (:mod:`corrdiff_xr.data.package_windows`)."""
     return _with_truth(ds, truth, codec, _fine_coords(output_grid))
+
+
+def open_as_pair(
+    ds: xr.Dataset, codec: CodecLike, targets: tuple[str, ...] = ()
+) -> DownscalingData:
+    """``ds`` (the canonical layout built from a package's grids) as a pair with the codec's
+    roles and statistics; ``targets`` only when a truth was added."""
+    stats = stats_dataset({n: codec.stats[n] for n in codec.inputs + codec.static + targets})
+    return open_pair(
+        ds,
+        inputs=codec.inputs,
+        targets=targets,
+        static=codec.static,
+        stats=stats,
+        require_targets=bool(targets),
+    )
 
 
 def _with_truth(ds: xr.Dataset, truth: xr.Dataset, codec: CodecLike, fine: Mapping) -> xr.Dataset:

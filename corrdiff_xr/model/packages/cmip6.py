@@ -315,10 +315,8 @@ def pair(
     holds. ``truth``: the outputs on the output grid at (some of) those valid times, which
     become the pair's targets (``calibrate``, scoring).
     """
-    from corrdiff_xr.data import open_pair
-    from corrdiff_xr.data.package_pair import package_pair, with_truth
+    from corrdiff_xr.data.package_pair import open_as_pair, package_pair, with_truth
     from corrdiff_xr.data.package_windows import place_as_image, window_inputs
-    from corrdiff_xr.data.stats import stats_dataset
 
     leads = DEFAULT_LEADS if lead_times is None else tuple(int(h) for h in lead_times)
     if not leads or any(h not in LEADS for h in leads):
@@ -349,13 +347,4 @@ def pair(
     if truth is not None:  # outputs valid at anchor + lead, as the inputs now are
         ds = with_truth(ds, truth, codec=codec, output_grid=package.output_grid)
         targets = codec.targets
-    ds = place_as_image(ds)
-    stats = stats_dataset({n: codec.stats[n] for n in codec.inputs + codec.static + targets})
-    return open_pair(
-        ds,
-        inputs=codec.inputs,
-        targets=targets,
-        static=codec.static,
-        stats=stats,
-        require_targets=bool(targets),
-    )
+    return open_as_pair(place_as_image(ds), codec, targets)

@@ -9,13 +9,22 @@ and once behind moto's S3 server on 127.0.0.1:
   epochs (lazy pair, bilinear regridding of the coarse inputs, codec normalisation, in-memory
   shuffle), in this process (``loader``) and with ``--workers`` forked workers;
 * ``xbatcher_naive``: one time step per read through ``xbatcher.BatchGenerator`` (the baseline
-  the chunk-aligned design replaces; measured on a prefix only, it is slow);
+  the chunk-aligned design replaces; measured on a prefix only, it is slow;
+  ``benchmarks/_loader_baselines.py``);
 * ``train_step``: samples/s consumed by one optimiser step of the CorrDiff-Mini regression UNet
   (forward, backward, Adam) at the same grid size.
 
 Ratios: ``loader_vs_raw_zarr`` (target >= 0.8) and ``loader_vs_train_step`` (target >= 10).
 
     python benchmarks/loader.py --json benchmarks/results/loader.json
+
+The loader's blocks are xbatcher windows read through its torch dataset
+(:mod:`corrdiff_xr.training.xbatcher_blocks`). ``--vs-frozen`` streams it against a frozen copy
+of the read road before that (``_loader_baselines.FrozenLoader``), alternating, on the same
+disk store, in this process and with ``--workers``; the median ratio (target >= 0.9) is merged
+into the JSON as ``xbatcher_road_vs_frozen``:
+
+    python benchmarks/loader.py --vs-frozen --repeats 3 --epochs 6 --json benchmarks/results/loader.json
 
 Real sizes (``--preset``, merged into the JSON as ``preset_<name>``; local Zarr only: writing
 the 1 GB CONUS store through the S3 emulator costs minutes on two cores):
@@ -58,7 +67,12 @@ import zarr
 
 from corrdiff_xr.codec import Codec
 from corrdiff_xr.data import open_pair, synthetic_dataset
-from corrdiff_xr.training.loader import ChunkShuffleLoader, xbatcher_batches
+from corrdiff_xr.training.loader import ChunkShuffleLoader
+
+try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.loader
+    from _loader_baselines import compare_frozen, xbatcher_batches
+except ImportError:
+    from benchmarks._loader_baselines import compare_frozen, xbatcher_batches
 
 
 def _best(fn, repeats: int) -> float:
@@ -119,7 +133,7 @@ def _stages(pair, codec, repeats: int) -> dict:
     thread: reading its chunks (coarse inputs and targets) and encoding them (regrid, shuffle,
     normalise into the batch arrays)."""
     loader = ChunkShuffleLoader(pair, codec, batch_size=1, epochs=1, seed=1)
-    loader._read_item(0, scheduler="sync")  # static fields are read once, on first use
+    static = loader.dataset.static("sync")  # static fields are read once, on first use
     blocks = [loader._read_block(i, scheduler="sync") for i in range(loader.blocks_per_epoch)]
 
     def read():
@@ -127,11 +141,11 @@ def _stages(pair, codec, repeats: int) -> dict:
             loader._read_block(i, scheduler="sync")
 
     def encode():
-        for coarse, targets, order, _ in blocks:
+        for block, order in blocks:
             codec.encode_arrays(
-                {**coarse, **loader._static}, role="inputs", order=order, weights=loader._weights
+                {**block.coarse, **static}, role="inputs", order=order, weights=loader._weights
             )
-            codec.encode_arrays(targets, role="targets", order=order)
+            codec.encode_arrays(block.targets, role="targets", order=order)
 
     n = loader.blocks_per_epoch
     return {
@@ -289,9 +303,7 @@ def _block_stages(pair, codec, patch, repeats: int) -> dict:
     read = _best(lambda: [cpu._read_block(i, scheduler="sync") for i in range(n)], repeats)
     cpu_item = _best(lambda: [cpu._read_item(i, scheduler="sync") for i in range(n)], repeats)
     raw = [dev._read_item(i, scheduler="sync") for i in range(n)]
-    blocks = [
-        (*dev._read_block(i, scheduler="sync"), dev.epoch_blocks(0)[i][0], 0) for i in range(n)
-    ]
+    blocks = [(*dev._read_block(i, scheduler="sync"), 0) for i in range(n)]
     ship = _best(lambda: [dev._raw_item(*b) for b in blocks], repeats)  # after the read
     # whole images travel as read; the main process takes each batch's rows when cutting
     take = _best(lambda: [dev._take_rows([r]) for r in raw], repeats) if patch is None else 0.0
@@ -395,7 +407,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-repeats", type=int, default=2)
     parser.add_argument("--no-s3", action="store_true")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a real size (see above)")
+    parser.add_argument(
+        "--vs-frozen", action="store_true", help="today's loader against the frozen old road"
+    )
     args = parser.parse_args(argv)
+    if args.vs_frozen:
+        result = {"xbatcher_road_vs_frozen": compare_frozen(args, warm=_raw_read)}
+        print(json.dumps(result, indent=2))
+        if args.json:  # merged: the other rows stay
+            old = json.loads(args.json.read_text()) if args.json.exists() else {}
+            args.json.write_text(json.dumps(old | result, indent=2) + "\n")
+        return 0
     if args.preset:
         result = {f"preset_{args.preset}": run_preset(args.preset, args)}
         text = json.dumps(result, indent=2)

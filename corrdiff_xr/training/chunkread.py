@@ -25,9 +25,9 @@ from corrdiff_xr.dims import TIME
 __all__ = ["Chunks", "Pieces", "arrays", "block_pieces", "run_pieces"]
 
 
-def arrays(ds: xr.Dataset) -> dict[str, Any]:
+def arrays(ds: xr.Dataset) -> dict[str, Data]:
     """``{name: data}``; dask arrays along time become :class:`Chunks`."""
-    out: dict[str, Any] = {}
+    out: dict[str, Data] = {}
     for name, var in ds.data_vars.items():
         data = var.data
         if isinstance(data, da.Array) and var.dims and var.dims[0] == TIME:
@@ -41,7 +41,7 @@ def arrays(ds: xr.Dataset) -> dict[str, Any]:
 class Chunks:
     """A dask array with its low-level graph and chunk keys, materialised once."""
 
-    array: Any
+    array: da.Array
     graph: dict
     keys: np.ndarray  # object array of chunk keys, one per chunk
     starts: np.ndarray  # time offset of each time chunk, and the end
@@ -60,8 +60,15 @@ class Pieces:
             nested = nested[0]  # one chunk: no copy
         if not isinstance(nested, list):
             return np.asarray(values[nested])
-        fill = lambda k: [fill(i) for i in k] if isinstance(k, list) else values[k]
+
+        def fill(k: Any) -> Any:  # nested lists of chunk keys -> the same of arrays
+            return [fill(i) for i in k] if isinstance(k, list) else values[k]
+
         return np.block(fill(self.keys))
+
+
+#: what :func:`arrays` holds per variable: a graph along time, or the data as it is
+Data = Chunks | da.Array | np.ndarray
 
 
 def _chunks(data: da.Array) -> Chunks:
@@ -71,7 +78,7 @@ def _chunks(data: da.Array) -> Chunks:
     return Chunks(data, dict(data.__dask_graph__()), keys, np.cumsum((0,) + data.chunks[0]))
 
 
-def block_pieces(data: Any, start: int, stop: int) -> Any:
+def block_pieces(data: Data, start: int, stop: int) -> Pieces | da.Array | np.ndarray:
     """Time steps ``start:stop`` of ``data``: :class:`Pieces` when they are whole chunks of a
     :class:`Chunks`, else a plain (lazy) slice."""
     if not isinstance(data, Chunks):

@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -46,6 +46,11 @@ import torch
 from corrdiff_xr.errors import CorrDiffError
 from corrdiff_xr.features import FEATURES, _julian_centuries, _sun, valid_times
 from corrdiff_xr.training.batch import Batch
+
+if TYPE_CHECKING:
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.data.regrid import BilinearWeights
+    from corrdiff_xr.transforms import Transform
 
 __all__ = ["DeviceEncoder", "feature_coefficients"]
 
@@ -57,7 +62,7 @@ _CONSTANT = ("hour_of_day", "hour_of_day_in_coslat", "day_of_year_sin", "day_of_
 _ZENITH = {"cos_zenith": (0,), "cos_zenith_max_1h": (-1, 0)}
 
 
-def feature_coefficients(name: str, times: Any) -> np.ndarray | None:
+def feature_coefficients(name: str, times: np.ndarray) -> np.ndarray | None:
     """``(T, G, 4)`` float64 coefficients of feature ``name`` over the fields ``sin(lat)``,
     ``cos(lat) cos(lon)``, ``cos(lat) sin(lon)``, ``1``: the feature is the largest of its
     ``G`` combinations. None for a feature without this form."""
@@ -91,10 +96,10 @@ class _Channel:
     name: str
     mean: float
     inv_std: float
-    transform: Any
+    transform: Transform | None
 
 
-def _channels(codec: Any, names: tuple[str, ...]) -> list[_Channel]:
+def _channels(codec: Codec, names: tuple[str, ...]) -> list[_Channel]:
     return [
         _Channel(
             n,
@@ -106,7 +111,7 @@ def _channels(codec: Any, names: tuple[str, ...]) -> list[_Channel]:
     ]
 
 
-def _forward(transform: Any, x: torch.Tensor) -> torch.Tensor:
+def _forward(transform: Transform, x: torch.Tensor) -> torch.Tensor:
     """``Transform.forward`` in place on a float32 tensor; returns the out-of-domain flag."""
     lo, hi = transform.domain()
     bad = torch.zeros((), dtype=torch.bool, device=x.device)
@@ -115,11 +120,13 @@ def _forward(transform: Any, x: torch.Tensor) -> torch.Tensor:
         bad = outside.any()
     if transform.scale != 1.0:
         x.mul_(float(np.float32(1.0 / transform.scale)))
-    eps = None if transform.eps is None else float(np.float32(transform.eps))
+    if transform.kind == "asinh":
+        x.asinh_()
+        return bad
+    assert transform.eps is not None  # log_eps and logit_eps carry one (Transform checks)
+    eps = float(np.float32(transform.eps))
     if transform.kind == "log_eps":
         x.add_(eps).log_()
-    elif transform.kind == "asinh":
-        x.asinh_()
     else:
         below = torch.sub(float(np.float32(1.0 + transform.eps)), x)
         x.add_(eps).div_(below).log_()
@@ -159,8 +166,8 @@ class DeviceEncoder:
 
     def __init__(
         self,
-        codec: Any,
-        weights: Any,
+        codec: Codec,
+        weights: BilinearWeights,
         static: Mapping[str, np.ndarray],
         lat_lon: tuple[np.ndarray, np.ndarray] | None,
         times: np.ndarray,
@@ -185,8 +192,10 @@ class DeviceEncoder:
         for c, ch in enumerate(s):
             self._static[0, c] = torch.as_tensor(np.asarray(static[ch.name]), device=self.device)
         self._static_bad = _normalise(self._static, s)
-        self._basis = None
+        self._basis: torch.Tensor | None = None
         if codec.features:
+            if lat_lon is None:
+                raise ValueError("time features need the fine grid's lat_lon")
             times = self._times[:1]
             if stray := [n for n in codec.features if feature_coefficients(n, times) is None]:
                 raise CorrDiffError(
@@ -229,7 +238,13 @@ class DeviceEncoder:
         lead = raw.get("lead_time")
         return Batch(x, y, offsets, move(raw["time_index"]), None if lead is None else move(lead))
 
-    def _encode_inputs(self, raw, x, rows, cols) -> torch.Tensor:
+    def _encode_inputs(
+        self,
+        raw: Mapping[str, np.ndarray],
+        x: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+    ) -> torch.Tensor:
         """Interpolate (and normalise) every coarse input into its channel of ``x``; returns the
         out-of-domain flag of the transformed ones."""
         n = len(rows)
@@ -272,14 +287,17 @@ class DeviceEncoder:
         values = [getattr(ch, what) for ch in channels]
         return torch.tensor(values, dtype=torch.float32, device=self.device)[:, None]
 
-    def _feature_fields(self, time_index, rows, cols) -> torch.Tensor:
+    def _feature_fields(
+        self, time_index: np.ndarray, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
         """``(N, F, h, w)`` float32 time features of each sample on its patch."""
         labels = self._times[np.asarray(time_index)]
+        assert self._basis is not None  # built with the encoder when the codec has features
         basis = _crop(self._basis, rows, cols)  # (N, 4, h, w) float64
         out = []
         for name in self.codec.features:
-            coef = feature_coefficients(name, labels)
-            coef = torch.as_tensor(coef, device=self.device)  # (N, G, 4)
+            # (N, G, 4); every feature has a form, checked when the encoder was built
+            coef = torch.as_tensor(feature_coefficients(name, labels), device=self.device)
             field = (coef[:, :, :, None, None] * basis[:, None]).sum(2).amax(1)
             out.append(field.float())
         return torch.stack(out, dim=1)
@@ -289,7 +307,9 @@ class DeviceEncoder:
         codec = self.codec
         labels = self._times[np.asarray(raw["time_index"])]
         coarse = {n: np.asarray(raw[COARSE + n]) for n in codec.inputs}
-        features = codec.feature_fields(labels, *self._lat_lon) if codec.features else {}
+        features = {}
+        if self._lat_lon is not None and codec.features:
+            features = codec.feature_fields(labels, *self._lat_lon)
         arrays = {**coarse, **self._static_np, **features}
         codec.encode_arrays(arrays, role="inputs", weights=self.weights, times=labels)
         targets = np.asarray(raw["targets"])

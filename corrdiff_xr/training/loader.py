@@ -1,9 +1,13 @@
 """Training batches from a lazy downscaling pair: chunk-aligned blocks, shuffled, resumable.
 
-Why not per-sample xbatcher: reading one time step at a time from Zarr decodes the same
-compressed chunk again for every sample (measured 43-134 samples/s against ~2,900 for
-chunk-aligned reads of the same store). So the unit of reading here is a *block*: one or more
-whole time-chunks of the target store, read with a single dask compute, encoded once with the
+The blocks are xbatcher's: an :class:`xbatcher.BatchGenerator` with chunk-aligned windows
+along time defines them, and a subclass of its torch ``MapDataset``
+(:class:`~corrdiff_xr.training.xbatcher_blocks.BlockDataset`) reads them; the module
+docstring there says what upstream xbatcher lacks and the adapter adds. The unit of reading
+is a *block*, one or more whole time-chunks of the target store, never a single time step:
+reading one step at a time from Zarr decodes the same compressed chunk again for every
+sample (measured 43-134 samples/s against ~2,900 for chunk-aligned reads of the same store).
+A block is read with its chunks' tasks, encoded once with the
 :class:`~corrdiff_xr.codec.Codec`, then shuffled in memory.
 
 The order of samples is a pure function of ``(seed, epoch)``
@@ -26,8 +30,8 @@ round trip, because remote filesystems (s3fs, gcsfs) hold sessions bound to the 
 event loop. Without workers, blocks are read ahead in background threads.
 
 Hot path: a block's inputs are read on the *coarse* grid, and a block is read by running its
-chunks' tasks cut from the graph materialised once (:mod:`corrdiff_xr.training.chunkread`: no sliced
-dask graph to build, optimise and order per block). From there on everything is plain
+chunks' tasks cut from the graph materialised once (:mod:`corrdiff_xr.training.chunkread`: no
+sliced dask graph to build, optimise and order per block). From there on everything is plain
 numpy: :meth:`Codec.encode_arrays <corrdiff_xr.codec.Codec.encode_arrays>` regrids each input
 straight into its channel of one preallocated float32 array (two small matrix products on
 rectilinear grids), reorders samples while filling and normalises in place in float32.
@@ -51,7 +55,7 @@ import concurrent.futures
 import itertools
 import pickle
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import numpy as np
@@ -60,21 +64,27 @@ import torch
 from corrdiff_xr.dims import TIME, X, Y
 from corrdiff_xr.errors import CorrDiffError
 from corrdiff_xr.features import fine_lat_lon
-from corrdiff_xr.training.batch import Batch, xbatcher_batches
-from corrdiff_xr.training.chunkread import Pieces, arrays, block_pieces, run_pieces
+from corrdiff_xr.training.batch import Batch
 from corrdiff_xr.training.device_encode import COARSE, DeviceEncoder
 from corrdiff_xr.training.loader_order import (
     _patch_generator,  # noqa: F401  (keyed patch origins; tests import it from here)
-    block_bounds,
     patch_origins,
     rank_blocks,
-    time_chunks,
     within_block_order,
 )
+from corrdiff_xr.training.xbatcher_blocks import BlockDataset, RawBlock, block_bounds
+
+if TYPE_CHECKING:
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.data import DownscalingData
 
 BLOCK, ROW = "block/", "row"  # shipped whole-image targets as read, and each sample's row
 
-__all__ = ["Batch", "ChunkShuffleLoader", "block_bounds", "rank_blocks", "xbatcher_batches"]
+#: one shipped block or batch part: per-sample arrays (numpy, or tensors once a DataLoader
+#: worker sent them), whole-image ``BLOCK`` arrays, its ``epoch``; or an ``error``
+Part = dict[str, Any]
+
+__all__ = ["Batch", "ChunkShuffleLoader", "block_bounds", "rank_blocks"]
 
 
 def _worker_init(_: int) -> None:
@@ -84,6 +94,7 @@ def _worker_init(_: int) -> None:
     # Remote filesystems (s3fs, gcsfs) keep sessions bound to the parent's event loop, which
     # a forked child cannot use; a pickle round trip rebuilds them for this process.
     info = torch.utils.data.get_worker_info()
+    assert info is not None and isinstance(info.dataset, _BlockReader)  # called in a worker
     info.dataset.loader = pickle.loads(pickle.dumps(info.dataset.loader))
 
 
@@ -94,7 +105,7 @@ class _BlockReader(torch.utils.data.IterableDataset):
     def __init__(self, loader: ChunkShuffleLoader, start: int, n_items: int | None):
         self.loader, self.start, self.n_items = loader, start, n_items
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    def __iter__(self) -> Iterator[Part]:
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
         stop = None if self.n_items is None else self.start + self.n_items
@@ -111,6 +122,11 @@ class _BlockReader(torch.utils.data.IterableDataset):
 class ChunkShuffleLoader:
     """Iterable of :class:`Batch` over a lazy pair, reading chunk-aligned blocks.
 
+    The blocks are items of an xbatcher torch dataset
+    (:class:`~corrdiff_xr.training.xbatcher_blocks.BlockDataset`, in ``dataset``); this
+    class adds their ``(seed, epoch)`` order, the rank's share, the resume position,
+    encoding and patches.
+
     Parameters
     ----------
     pair : DownscalingData
@@ -121,8 +137,8 @@ class ChunkShuffleLoader:
     batch_size : int
         Samples per batch on this rank.
     block_size : int, optional
-        Minimum time steps per block (whole chunks are merged); default one time-chunk of
-        the first target variable.
+        Minimum time steps per block (whole chunks are merged; a partial first chunk and the
+        last window may be shorter); default one time-chunk of the first target variable.
     seed : int
         Seed of the sample order and patch origins.
     rank, world_size : int
@@ -147,8 +163,8 @@ class ChunkShuffleLoader:
 
     def __init__(
         self,
-        pair: Any,
-        codec: Any,
+        pair: DownscalingData,
+        codec: Codec,
         *,
         batch_size: int,
         block_size: int | None = None,
@@ -171,25 +187,16 @@ class ChunkShuffleLoader:
         self.batch_size, self.seed, self.shuffle, self.epochs = batch_size, seed, shuffle, epochs
         self.rank, self.world_size = rank, world_size
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
-        # The arrays behind the pair, so a block is one dask.compute without xarray overhead.
         # Inputs are read on the coarse grid and regridded in numpy by the codec, straight
         # into the batch (16x less to read than the lazily regridded inputs, no dask graph).
-        self._coarse = arrays(pair.coarse)
+        self.dataset = BlockDataset(pair, block_size=block_size, lead_time=lead_time)
         self._weights = pair.regrid_weights
-        self._static_lazy = arrays(pair.static_fields)
-        self._static: dict[str, Any] | None = None  # read on first use, then kept
-        self._targets = arrays(pair.fine)
         self._times = pair.fine[TIME].values  # named by a refused value
         # time features (codec.features) are computed per block from its times on this grid
         self._lat_lon = fine_lat_lon(pair.fine) if codec.features else None
-        self._lead_time = lead_time
-        if lead_time is not None and lead_time not in pair.dataset.variables:
-            raise KeyError(f"lead-time variable {lead_time!r} is not in the dataset")
-        self._lead_values = None if lead_time is None else pair.dataset[lead_time].data
-        self._epoch_cache: tuple[int, list[tuple[int, int]]] | None = None
+        self._epoch_cache: tuple[int, list[int]] | None = None
         self.encode_device = None if encode_device is None else torch.device(encode_device)
-        self._encoder = None  # built on first use: it reads the static fields
-        n_time = pair.fine.sizes[TIME]
+        self._encoder: DeviceEncoder | None = None  # built on first use: it reads the static
         self.image_shape = (int(pair.fine.sizes[Y]), int(pair.fine.sizes[X]))
         if patch_shape is not None:
             patch_shape = (int(patch_shape[0]), int(patch_shape[1]))
@@ -198,7 +205,7 @@ class ChunkShuffleLoader:
                     f"patch shape {patch_shape} is larger than the domain {self.image_shape} (y, x)"
                 )
         self.patch_shape = patch_shape
-        self.blocks = block_bounds(time_chunks(pair.fine, n_time), block_size=block_size)
+        self.blocks = self.dataset.blocks
         if len(self.blocks) < world_size:
             raise ValueError(
                 f"the data hold {len(self.blocks)} time block(s), fewer than the {world_size} "
@@ -214,8 +221,8 @@ class ChunkShuffleLoader:
         return {**self.__dict__, "_encoder": None}
 
     # -- the stream ------------------------------------------------------------------------
-    def epoch_blocks(self, epoch: int) -> list[tuple[int, int]]:
-        """``(start, stop)`` of this rank's blocks in ``epoch``, in reading order."""
+    def _epoch_indices(self, epoch: int) -> list[int]:
+        """Indices into ``dataset`` of this rank's blocks in ``epoch``, in reading order."""
         cached = self._epoch_cache  # one read: prefetch threads may replace it meanwhile
         if cached is None or cached[0] != epoch:
             idx = rank_blocks(
@@ -226,8 +233,12 @@ class ChunkShuffleLoader:
                 world_size=self.world_size,
                 shuffle=self.shuffle,
             )
-            cached = self._epoch_cache = (epoch, [self.blocks[i] for i in idx])
-        return list(cached[1])
+            cached = self._epoch_cache = (epoch, [int(i) for i in idx])
+        return cached[1]
+
+    def epoch_blocks(self, epoch: int) -> list[tuple[int, int]]:
+        """``(start, stop)`` of this rank's blocks in ``epoch``, in reading order."""
+        return [self.blocks[i] for i in self._epoch_indices(epoch)]
 
     def epoch_length(self, epoch: int) -> int:
         """Samples in this rank's stream during ``epoch``."""
@@ -256,101 +267,89 @@ class ChunkShuffleLoader:
         self.epoch, self.position = epoch, position
 
     # -- reading ---------------------------------------------------------------------------
-    def _read_block(self, item: int, scheduler: str | None = None) -> tuple:
-        """``(coarse, targets, order, lead)`` numpy blocks of stream item ``item``."""
+    def _read_block(self, item: int, scheduler: str | None = None) -> tuple[RawBlock, np.ndarray]:
+        """Stream item ``item`` as read from the dataset, and its samples' reading order."""
         epoch, k = divmod(item, self.blocks_per_epoch)
-        start, stop = self.epoch_blocks(epoch)[k]
+        block = self.dataset.read(self._epoch_indices(epoch)[k], scheduler)
         order = within_block_order(
-            stop - start, seed=self.seed, epoch=epoch, start=start, shuffle=self.shuffle
+            block.stop - block.start,
+            seed=self.seed,
+            epoch=epoch,
+            start=block.start,
+            shuffle=self.shuffle,
         )
-        lead = None if self._lead_values is None else self._lead_values[start:stop]
-        parts = {
-            (role, name): block_pieces(a, start, stop)
-            for role, arrays in (("coarse", self._coarse), ("targets", self._targets))
-            for name, a in arrays.items()
-        }
-        pieces = {k: v for k, v in parts.items() if isinstance(v, Pieces)}
-        lazy = {k: v for k, v in parts.items() if not isinstance(v, Pieces)}
-        values = run_pieces(list(pieces.values()), scheduler)
-        if lazy or self._static is None or lead is not None:
-            lazy, self._static, lead = dask.compute(
-                lazy, self._static or self._static_lazy, lead, scheduler=scheduler
-            )
-        out = {"coarse": {}, "targets": {}}
-        for (role, name), piece in pieces.items():
-            out[role][name] = piece.assemble(values)
-        for (role, name), value in lazy.items():
-            out[role][name] = np.asarray(value)
-        coarse, targets = out["coarse"], out["targets"]
-        return coarse, targets, order, lead
+        return block, order
 
-    def _read_item(self, item: int, scheduler: str | None = None) -> dict[str, np.ndarray]:
+    def _read_item(self, item: int, scheduler: str | None = None) -> Part:
         epoch = item // self.blocks_per_epoch
-        coarse, targets, order, lead = self._read_block(item, scheduler)
-        start, stop = self.epoch_blocks(epoch)[item % self.blocks_per_epoch]
+        block, order = self._read_block(item, scheduler)
         if self.encode_device is not None:
-            return self._raw_item(coarse, targets, order, lead, start, epoch)
+            return self._raw_item(block, order, epoch)
         # from here on plain numpy: regrid, shuffle and normalise straight into the batch arrays
-        times = (start + order).astype(np.int64)
+        times = (block.start + order).astype(np.int64)
         labels = self._times[times]
         features = {}
         if self._lat_lon is not None:  # in block time order, like the other fields
-            features = self.codec.feature_fields(self._times[start:stop], *self._lat_lon)
+            features = self.codec.feature_fields(
+                self._times[block.start : block.stop], *self._lat_lon
+            )
         x = self.codec.encode_arrays(
-            {**coarse, **self._static, **features}, role="inputs", order=order,
-            weights=self._weights, times=labels,
+            {**block.coarse, **self.dataset.static(scheduler), **features}, role="inputs",
+            order=order, weights=self._weights, times=labels,
         )  # fmt: skip
-        y = self.codec.encode_arrays(targets, role="targets", order=order, times=labels)
+        y = self.codec.encode_arrays(block.targets, role="targets", order=order, times=labels)
         offsets = np.zeros((len(order), 2), dtype=np.int64)
         if self.patch_shape is not None:
-            x, y, offsets = self._crop(x, y, times, epoch)
-        out = {
+            x, y, offsets = self._crop(x, y, times, epoch, self.patch_shape)
+        out: Part = {
             "inputs": x,
             "targets": y,
             "offsets": offsets,
             "time_index": times,
             "epoch": np.int64(epoch),
         }
-        if lead is not None:
-            out["lead_time"] = np.asarray(lead, dtype=np.int64)[order]
+        if block.lead is not None:
+            out["lead_time"] = block.lead.astype(np.int64)[order]
         return out
 
-    def _crop(self, x: np.ndarray, y: np.ndarray, times: np.ndarray, epoch: int):
-        ph, pw = self.patch_shape
-        offsets = patch_origins(
-            self.image_shape, self.patch_shape, times, seed=self.seed, epoch=epoch
-        )
+    def _crop(
+        self, x: np.ndarray, y: np.ndarray, times: np.ndarray, epoch: int, shape: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ph, pw = shape
+        offsets = patch_origins(self.image_shape, shape, times, seed=self.seed, epoch=epoch)
         xs = np.stack([x[i, :, r : r + ph, c : c + pw] for i, (r, c) in enumerate(offsets)])
         ys = np.stack([y[i, :, r : r + ph, c : c + pw] for i, (r, c) in enumerate(offsets)])
         return xs, ys, offsets
 
-    def _raw_item(self, coarse, targets, order, lead, start: int, epoch: int) -> dict:
+    def _raw_item(self, block: RawBlock, order: np.ndarray, epoch: int) -> Part:
         """What a worker ships for device encoding: coarse inputs in sample order; targets as
         read (whole images: the batch's rows are taken when it is cut) or cropped to each
         sample's patch, float32 ``(N, C_out, h, w)``."""
-        times = (start + order).astype(np.int64)
+        times = (block.start + order).astype(np.int64)
         n, (ph, pw) = len(order), self.patch_shape or self.image_shape
         offsets = np.zeros((n, 2), dtype=np.int64)
         if self.patch_shape is not None:
             offsets = patch_origins(
                 self.image_shape, self.patch_shape, times, seed=self.seed, epoch=epoch
             )
-        out = {COARSE + v: np.ascontiguousarray(coarse[v][order]) for v in self.codec.inputs}
+        out: Part = {
+            COARSE + v: np.ascontiguousarray(block.coarse[v][order]) for v in self.codec.inputs
+        }
         out.update(offsets=offsets, time_index=times, epoch=np.int64(epoch))
         if self.patch_shape is None:  # whole images as read: the main process takes the rows
             out[ROW] = order
-            out.update({BLOCK + name: targets[name] for name in self.codec.targets})
+            out.update({BLOCK + name: block.targets[name] for name in self.codec.targets})
         else:  # reorder, crop and cast in one copy: only the patches travel
             out["targets"] = y = np.empty((n, len(self.codec.targets), ph, pw), np.float32)
             for c, name in enumerate(self.codec.targets):
-                a = targets[name]
+                a = block.targets[name]
                 for i, (j, (r, col)) in enumerate(zip(order, offsets)):
                     y[i, c] = a[j, r : r + ph, col : col + pw]
-        if lead is not None:
-            out["lead_time"] = np.asarray(lead, dtype=np.int64)[order]
+        if block.lead is not None:
+            out["lead_time"] = block.lead.astype(np.int64)[order]
         return out
 
-    def _blocks(self, first_item: int) -> Iterator[dict[str, Any]]:
+    def _blocks(self, first_item: int) -> Iterator[Part]:
         n_items = None if self.epochs is None else self.epochs * self.blocks_per_epoch - first_item
         if self.num_workers == 0:
             yield from self._threaded_blocks(first_item, n_items)
@@ -369,7 +368,7 @@ class ChunkShuffleLoader:
                 raise block["error"]
             yield block
 
-    def _threaded_blocks(self, first_item: int, n_items: int | None) -> Iterator[dict[str, Any]]:
+    def _threaded_blocks(self, first_item: int, n_items: int | None) -> Iterator[Part]:
         # Without worker processes, read ``prefetch_factor`` blocks ahead in background
         # threads, so reading overlaps the training step that consumes the previous block.
         items = (
@@ -403,7 +402,7 @@ class ChunkShuffleLoader:
                 break
             skip -= stop - start
             item += 1
-        pending: list[dict[str, Any]] = []
+        pending: list[Part] = []
         n_pending = 0
         for block in self._blocks(item):
             block = _sliced(block, slice(skip, None))
@@ -424,17 +423,18 @@ class ChunkShuffleLoader:
 
     def _device_encoder(self) -> DeviceEncoder:
         if self._encoder is None:
-            if self._static is None:
-                self._static = dask.compute(self._static_lazy)[0]
+            assert self.encode_device is not None  # only device encoding asks for it
             self._encoder = DeviceEncoder(
-                self.codec, self._weights, self._static, self._lat_lon, self._times,
+                self.codec, self._weights, self.dataset.static(), self._lat_lon, self._times,
                 self.encode_device,
             )  # fmt: skip
         return self._encoder
 
-    def _cut(self, pending: list[dict[str, Any]], n_pending: int, size: int | None = None):
+    def _cut(
+        self, pending: list[Part], n_pending: int, size: int | None = None
+    ) -> tuple[dict[str, np.ndarray], list[Part], int]:
         size = size or self.batch_size
-        taken: list[dict[str, Any]] = []
+        taken: list[Part] = []
         need = size
         while need:
             head = pending[0]
@@ -465,7 +465,7 @@ class ChunkShuffleLoader:
             parts["targets"] = self._take_rows(taken)
         return parts, pending, n_pending - size
 
-    def _take_rows(self, taken: list[dict[str, Any]]) -> np.ndarray:
+    def _take_rows(self, taken: list[Part]) -> np.ndarray:
         names = self.codec.targets
         n = sum(len(p[ROW]) for p in taken)
         y = np.empty((n, len(names)) + self.image_shape, dtype=np.float32)
@@ -479,7 +479,7 @@ class ChunkShuffleLoader:
         return y
 
 
-def _sliced(part: dict[str, Any], rows: slice) -> dict[str, Any]:
+def _sliced(part: Part, rows: slice) -> Part:
     """``part`` with its per-sample arrays sliced; block arrays (indexed by ``ROW``) stay whole."""
     return {
         k: np.asarray(v)[rows] if np.ndim(v) and not k.startswith(BLOCK) else v

@@ -1,7 +1,10 @@
-"""The order of training samples: chunk-aligned blocks, their shuffle, rank shares, patch origins.
+"""The order of training samples: the blocks' shuffle, rank shares, patch origins.
 
-Everything here is a pure function of ``(seed, epoch, ...)``, so the stream of a
-:class:`~corrdiff_xr.training.loader.ChunkShuffleLoader` never depends on workers or batching:
+The blocks themselves are chunk-aligned xbatcher windows
+(:mod:`~corrdiff_xr.training.xbatcher_blocks`); xbatcher has no order, sharding or resume, so
+they are added here. Everything is a pure function of ``(seed, epoch, ...)``, so the stream
+of a :class:`~corrdiff_xr.training.loader.ChunkShuffleLoader` never depends on workers or
+batching:
 
 1. the blocks of the (time-selected) pair are permuted with ``default_rng([seed, epoch])``;
 2. rank ``r`` of ``world_size`` takes blocks ``r, r + world_size, ...`` of that permutation,
@@ -12,35 +15,12 @@ Everything here is a pure function of ``(seed, epoch, ...)``, so the stream of a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
-import xarray as xr
 
-from corrdiff_xr.dims import TIME
 from corrdiff_xr.noise import TRAIN_PATCH, keyed_generator
 
-__all__ = ["block_bounds", "patch_origins", "rank_blocks", "within_block_order"]
-
-
-def block_bounds(chunks: Sequence[int], *, block_size: int | None = None) -> list[tuple[int, int]]:
-    """Chunk-aligned ``(start, stop)`` blocks along time.
-
-    Consecutive chunks are merged until a block holds at least ``block_size`` steps
-    (default: one chunk per block), so no chunk is ever split between blocks.
-    """
-    if block_size is not None and block_size < 1:
-        raise ValueError(f"loader block_size must be >= 1, got {block_size}")
-    bounds, start, stop = [], 0, 0
-    for size in chunks:
-        stop += int(size)
-        if stop - start >= (block_size or 1):
-            bounds.append((start, stop))
-            start = stop
-    if stop > start:
-        bounds.append((start, stop))
-    return bounds
+__all__ = ["patch_origins", "rank_blocks", "within_block_order"]
 
 
 def rank_blocks(
@@ -94,11 +74,3 @@ def patch_origins(
             for t in times
         ]
     ).astype(np.int64)
-
-
-def time_chunks(ds: xr.Dataset, n_time: int) -> tuple[int, ...]:
-    """Chunk sizes along time of the first chunked time-dependent variable (one chunk if none)."""
-    for var in ds.data_vars.values():
-        if var.chunks is not None and TIME in var.dims:
-            return tuple(var.chunks[var.dims.index(TIME)])
-    return (n_time,)

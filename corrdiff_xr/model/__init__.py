@@ -1,7 +1,9 @@
 """The CorrDiff model and its checkpoints.
 
 * :mod:`~corrdiff_xr.model.core`: :class:`CorrDiff` (regression mean + EDM residual, in
-  normalised space) and its safetensors checkpoint format (save, load, header);
+  normalised space) and its safetensors checkpoint format (save, load);
+  :mod:`~corrdiff_xr.model.header` checks a checkpoint's header and
+  :mod:`~corrdiff_xr.model.sample_domain` samples members (on the grid or the padded image);
 * :mod:`~corrdiff_xr.model.safety`: what a checkpoint must satisfy before anything is
   allocated (header limits, a meta-device build compared with the stored tensors);
 * :mod:`~corrdiff_xr.model.mdlus` and :mod:`~corrdiff_xr.model.archives`: the importer of
@@ -10,6 +12,8 @@
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from corrdiff_xr.model.core import (
     CHECKPOINT_FORMAT,
@@ -46,9 +50,7 @@ __all__ = [
 ]
 
 
-def _shipped(name: str, how: str):
-    from pathlib import Path
-
+def _shipped(name: str, how: str) -> Path:
     path = Path(__file__).parent.parent / "weights" / name
     if not path.exists():
         raise FileNotFoundError(
@@ -57,12 +59,12 @@ def _shipped(name: str, how: str):
     return path
 
 
-def shipped_model_path():
+def shipped_model_path() -> Path:
     """Path of the shipped tiny CorrDiff checkpoint (fp16 tensors, loads as fp32)."""
     return _shipped("tiny_demo.safetensors", "benchmarks/train_shipped_model.py --install")
 
 
-def shipped_student_path():
+def shipped_student_path() -> Path:
     """Path of the shipped tiny model's distilled 1-call student (fp16 tensors, loads as fp32).
 
     Its sampler defaults are the calibrated 1-call setting of ``benchmarks/distil.py``; the

@@ -19,12 +19,15 @@ grid as it is:
 The frame is plain data in ``NetworkConfig(arch="framed", options={...})`` (keys
 :data:`KEYS`), so a checkpoint rebuilds it; :mod:`corrdiff_xr.nn.backbones` lists it, handing
 it the table's own functions for the inner backbone. A framed network runs on the whole grid only:
-patches (``offsets``) are refused.
+patches (``offsets``) are refused. Steps 1-3 are :meth:`Framed.enter` and step 5
+:meth:`Framed.leave`, so a model can also sample inside the frame (``sample_domain="padded"``,
+:mod:`corrdiff_xr.model.sample_domain`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +119,8 @@ def _pad(x: torch.Tensor, before: int, after: int, mode: str, dim: int) -> torch
 class Framed(nn.Module):
     """An inner backbone run inside the frame ``cfg.options`` describes (module docstring)."""
 
+    order: torch.Tensor  # a buffer: the channel order the inner network sees
+
     def __init__(
         self,
         cfg: NetworkConfig,
@@ -137,10 +142,11 @@ class Framed(nn.Module):
         self.register_buffer(
             "order", torch.tensor(list(range(lead)) + [lead + i for i in order]), persistent=False
         )
+        self.n_ordered = len(order)
         self.flip_y = bool(opts["flip_y"])
         self.pad = tuple(int(p) for p in opts["pad"])
         self.modes = tuple(opts["modes"])
-        self.img_shape = tuple(img_shape)
+        self.img_shape = (int(img_shape[0]), int(img_shape[1]))
         self.inner = build(
             inner_config(cfg),
             in_channels=in_channels,
@@ -152,7 +158,8 @@ class Framed(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.inner.dtype
+        # every backbone has a dtype property (nn/backbones.py); nn.Module does not declare it
+        return cast(torch.dtype, self.inner.dtype)
 
     def forward(
         self,
@@ -168,11 +175,29 @@ class Framed(nn.Module):
                 f"a framed network runs on its whole {self.img_shape} grid, not on patches "
                 f"({h}x{w} at offsets {None if offsets is None else offsets.tolist()[:2]})"
             )
-        top, bottom, left, right = self.pad
-        x = x.index_select(1, self.order)
+        out = self.inner(self.enter(x), noise_labels, offsets=None, lead_time=lead_time)
+        return self.leave(out)
+
+    def enter(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (N, C, H, W) as the inner network sees it: the last ``len(order)`` channels
+        in ``order``, rows flipped with ``flip_y``, padded (steps 1-3 of the module
+        docstring). ``x`` is the network's input or its trailing part (the condition alone:
+        leading channels may be left out)."""
+        skip = self.in_channels - x.shape[1]  # leading channels left out
+        if not 0 <= skip <= self.in_channels - self.n_ordered:
+            raise ValueError(
+                f"a framed network's input has {self.n_ordered} to {self.in_channels} "
+                f"channels, got {x.shape[1]}"
+            )
+        x = x.index_select(1, self.order[skip:] - skip)
         if self.flip_y:
             x = x.flip(-2)
-        x = _pad(_pad(x, top, bottom, self.modes[0], -2), left, right, self.modes[1], -1)
-        out = self.inner(x, noise_labels, offsets=None, lead_time=lead_time)
+        top, bottom, left, right = self.pad
+        return _pad(_pad(x, top, bottom, self.modes[0], -2), left, right, self.modes[1], -1)
+
+    def leave(self, out: torch.Tensor) -> torch.Tensor:
+        """An image on the padded grid cropped back to the grid (and flipped back)."""
+        top, _, left, _ = self.pad
+        h, w = self.img_shape
         out = out[..., top : top + h, left : left + w]
         return out.flip(-2) if self.flip_y else out

@@ -8,6 +8,7 @@ import torch
 import xarray as xr
 from package_fixtures_cmip6 import CMIP6_STATS, cmip6_archive, write_cmip6_package
 
+from corrdiff_xr.config import SamplerConfig
 from corrdiff_xr.data.package_windows import window_inputs
 from corrdiff_xr.errors import TimeAxisError
 from corrdiff_xr.features import cos_zenith
@@ -15,6 +16,7 @@ from corrdiff_xr.inference import downscale
 from corrdiff_xr.model import CorrDiff
 from corrdiff_xr.model.packages import PackageError, open_package
 from corrdiff_xr.model.packages.cmip6 import FEATURES, network_order, sai_cover
+from corrdiff_xr.sampling import make_generators
 from corrdiff_xr.testing import raise_if_dask_computes
 
 
@@ -52,14 +54,79 @@ def test_the_network_sees_inputs_sza_invariants_coslat_slot_then_hod():
     assert network_order(6, 3) == [0, 1, 2, 3, 4, 5, 8, 6, 7, 9, 10]
 
 
+def _inputs(package, n: int = 1) -> torch.Tensor:
+    shape = (n, len(package.model.codec.in_channels), 25, 48)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
 def test_the_framed_model_survives_a_checkpoint_round_trip(package, tmp_path):
     path = package.model.save(tmp_path / "cmip6.safetensors")
     loaded = CorrDiff.load(path).eval()  # as the inference cache loads it
-    assert loaded.regression_config.arch == "framed"
-    x = torch.randn(1, len(package.model.codec.in_channels), 25, 48, generator=torch.Generator())
+    assert loaded.regression_config.arch == "framed" and loaded.sample_domain == "padded"
+    assert loaded.config_dict()["format_version"] == 4
+    x = _inputs(package)
     with torch.no_grad():
         torch.testing.assert_close(
             loaded.predict_mean(x), package.model.predict_mean(x), atol=0, rtol=0
+        )
+        members = [
+            m.sample(x, generators=make_generators([7]), sampler=SamplerConfig(num_steps=2))
+            for m in (loaded, package.model)
+        ]
+    torch.testing.assert_close(*members, atol=0, rtol=0)
+
+
+def test_padded_members_depend_on_their_own_generator_only(package):
+    """Noise keyed per member: a member is the same alone or batched with others, and
+    sampling inside the frame differs from sampling on the grid (the option acts)."""
+    model, x = package.model, _inputs(package)
+    sampler = SamplerConfig(num_steps=3)
+    with torch.no_grad():
+        both = model.sample(
+            x.repeat(2, 1, 1, 1), generators=make_generators([5, 6]), sampler=sampler
+        )
+        alone = [model.sample(x, generators=make_generators([s]), sampler=sampler) for s in (5, 6)]
+        model.sample_domain = "grid"
+        try:
+            on_grid = model.sample(x, generators=make_generators([5]), sampler=sampler)
+        finally:
+            model.sample_domain = "padded"
+    # same latents and churn noise: only float32 rounding of batched convolutions differs
+    # (from sigma 400 down); another member's noise would differ by O(1)
+    torch.testing.assert_close(both, torch.cat(alone), atol=2e-4, rtol=0)
+    assert (both[0] - both[1]).abs().mean() > 0.05
+    assert (on_grid - alone[0]).abs().mean() > 0.05
+
+
+def test_padded_sampling_needs_alike_framed_networks_and_refuses_patches(package):
+    from corrdiff_xr.config import NetworkConfig
+
+    model = package.model
+    with pytest.raises(ValueError, match=r"both networks need arch='framed'"):
+        CorrDiff(
+            model.codec,
+            img_shape=(25, 48),
+            regression_network=NetworkConfig(),
+            residual_network=model.residual_config,
+            edm=model.edm_config,
+            sample_domain="padded",
+        )
+    other = NetworkConfig(arch="framed", options={**model.residual_config.options, "flip_y": False})
+    with pytest.raises(ValueError, match=r"framed alike"):
+        CorrDiff(
+            model.codec,
+            img_shape=(25, 48),
+            regression_network=model.regression_config,
+            residual_network=other,
+            edm=model.edm_config,
+            sample_domain="padded",
+        )
+    with pytest.raises(ValueError, match=r"samples its whole grid, not patches"):
+        model.sample(
+            _inputs(package),
+            generators=make_generators([1]),
+            mean=torch.zeros(1, len(package.outputs), 25, 48),  # the patch's, say
+            offsets=torch.tensor([[0, 8]]),
         )
 
 
@@ -186,3 +253,28 @@ def test_networks_that_do_not_take_the_listed_channels_are_refused_naming_the_re
     with pytest.raises(PackageError, match="3 channels per input variable") as err:
         open_package(path)
     assert "\n" not in str(err.value)
+
+
+def test_regression_mode_runs_the_framed_mean_only_without_the_diffusion_file(package, tmp_path):
+    path = write_cmip6_package(tmp_path / "reg", metadata={"inference_mode": "regression"})
+    (path / "diffusion.mdlus").unlink()
+    mean_only = open_package(path)
+    assert mean_only.model.residual is None and mean_only.sampler is None
+    x = _inputs(package)
+    with torch.no_grad():  # the same regression.mdlus (fixture seed): the same framed mean
+        torch.testing.assert_close(
+            mean_only.model.predict_mean(x), package.model.predict_mean(x), atol=0, rtol=0
+        )
+    path = write_cmip6_package(tmp_path / "dif", metadata={"inference_mode": "diffusion"})
+    with pytest.raises(PackageError, match=r"inference_mode 'diffusion': the CMIP6 model runs"):
+        open_package(path)
+
+
+def test_a_bad_sample_domain_in_a_header_is_refused_naming_the_key(package):
+    from corrdiff_xr.model import CheckpointError
+
+    header = {**package.model.config_dict(), "sample_domain": "sphere"}
+    with pytest.raises(CheckpointError, match=r"x.st: sample_domain must be one of \['grid', "):
+        CorrDiff.from_config_dict(header, source="x.st")
+    rebuilt = CorrDiff.from_config_dict(package.model.config_dict())
+    assert rebuilt.sample_domain == "padded"

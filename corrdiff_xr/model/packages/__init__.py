@@ -19,12 +19,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corrdiff_xr.model.packages import cmip6, cosmo, generic, hrrr, taiwan
 from corrdiff_xr.model.packages._files import PackageError, PackageFiles, open_files
 from corrdiff_xr.model.packages.export import ExportError, export_package
 from corrdiff_xr.model.packages.package import Package
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "LAYOUTS",
@@ -52,7 +55,7 @@ def open_package(
     *,
     storage_options: Mapping[str, Any] | None = None,
     layout: str | None = None,
-    map_location: Any = "cpu",
+    map_location: str | torch.device = "cpu",
     variant: str | None = None,
 ) -> Package:
     """Open a published CorrDiff package.
@@ -89,7 +92,8 @@ def open_package(
                 raise PackageError(
                     f"{files.source} is not a CorrDiff package of a known layout "
                     f"({sorted(LAYOUTS)}): a generic one holds metadata.json and "
-                    "regression.mdlus, NGC's Taiwan one corrdiff_inference_package/"
+                    "regression.mdlus or diffusion.mdlus, NGC's Taiwan one "
+                    "corrdiff_inference_package/"
                 )
         choices = getattr(LAYOUTS[layout], "VARIANTS", ())
         if variant is not None and variant not in choices:

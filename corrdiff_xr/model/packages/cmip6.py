@@ -30,17 +30,19 @@ does beyond the generic package, and how it is done here:
   coslat slot, ``hod``; rows north first; the image padded by 23/24 rows (reflected) and
   48/48 columns (wrapped around); its output cropped back. A fixed frame around the imported
   networks does this (:mod:`corrdiff_xr.nn.framed`), so the networks run on
-  ``(H + 47) x (W + 96)`` and everything else on the output grid.
+  ``(H + 47) x (W + 96)`` and codecs and data see the output grid.
+* **Sampling on the padded image.** Earth2Studio draws the latents on the padded image and
+  conditions the residual on the regression mean *uncropped*, cropping the sum at the end;
+  the model samples the same way (``sample_domain="padded"``,
+  :mod:`corrdiff_xr.model.sample_domain`), so the same seeds give the same members.
 * **Invariants** are stored north first in ``invariants.nc`` (Earth2Studio flips them to the
   output grid's south-first rows); they are flipped here too.
 * **Bounds and sampler.** Outputs among :data:`NONNEGATIVE` are clipped at 0 (codec bounds);
   sigma defaults to 1..400 unless the metadata sets them; member ``i`` is seeded
   ``seed + i``.
 
-What differs from Earth2Studio: its sampler runs on the padded image (latents drawn on
-``(H + 47) x (W + 96)``, the regression mean used uncropped), ours on the output grid with the
-residual network framed like the regression, so members are drawn differently (the regression
-mean is the same, tests/parity/test_parity_earth2studio_cmip6.py). And Earth2Studio smooths
+Means and members equal Earth2Studio's for the same seeds
+(tests/parity/test_parity_earth2studio_cmip6.py). What differs: Earth2Studio smooths
 the sea ice of its caller's input tensor in place, so asked for several lead times of one
 input it smooths it again for each further one; here every valid time gets it smoothed once,
 as its first lead time does.
@@ -50,7 +52,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -64,6 +66,14 @@ from corrdiff_xr.model.packages._build import (
     sampler_for,
 )
 from corrdiff_xr.model.packages._files import PackageError, PackageFiles
+
+if TYPE_CHECKING:
+    import torch
+
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.data import DownscalingData
+    from corrdiff_xr.model.core import CorrDiff
+    from corrdiff_xr.model.packages.package import Package
 
 __all__ = [
     "FEATURES",
@@ -109,9 +119,10 @@ def detect(files: PackageFiles) -> bool:
 
 
 member_seeds = generic.member_seeds
+Stats = generic.Stats
 
 
-def _stats(files: PackageFiles, meta: Mapping[str, Any], invariants: list[str]) -> dict:
+def _stats(files: PackageFiles, meta: Mapping[str, Any], invariants: list[str]) -> Stats:
     """The generic statistics plus the time features' (``input.sza``, ``input.hod``)."""
     stats = generic._stats(files, meta, invariants)
     extra = generic._stats(files, {"input_variables": ["sza", "hod"], "output_variables": []}, [])
@@ -119,8 +130,8 @@ def _stats(files: PackageFiles, meta: Mapping[str, Any], invariants: list[str]) 
 
 
 def _codec(
-    meta: Mapping[str, Any], invariants: list[str], stats: Mapping, units: Mapping[str, str]
-) -> Any:
+    meta: Mapping[str, Any], invariants: list[str], stats: Stats, units: Mapping[str, str]
+) -> Codec:
     """The codec: shifted inputs, invariants but the last, outputs, :data:`FEATURES`."""
     from corrdiff_xr.codec import Codec
     from corrdiff_xr.data.names import long_name, units_of
@@ -164,7 +175,7 @@ def network_order(n_inputs: int, n_invariants: int) -> list[int]:
     return list(range(n_inputs)) + [sza] + static + [slot, hod]
 
 
-def _framed(imported: Any, codec: Any, shape: tuple[int, int], where: str) -> Any:
+def _framed(imported: CorrDiff, codec: Codec, shape: tuple[int, int], where: str) -> CorrDiff:
     """``imported`` (networks on the padded image) inside the CMIP6 frame, on ``shape``."""
     from corrdiff_xr.config import NetworkConfig
     from corrdiff_xr.model.core import CorrDiff
@@ -196,6 +207,7 @@ def _framed(imported: Any, codec: Any, shape: tuple[int, int], where: str) -> An
         regression_network=frame(imported.regression_config),
         residual_network=frame(imported.residual_config),
         edm=imported.edm_config,
+        sample_domain="padded",
     )
     state = {
         k.replace("regression.net.", "regression.net.inner.", 1).replace(
@@ -207,12 +219,13 @@ def _framed(imported: Any, codec: Any, shape: tuple[int, int], where: str) -> An
     return model.to(next(imported.parameters()).device).eval()
 
 
-def read(files: PackageFiles, *, map_location: Any = "cpu"):
+def read(files: PackageFiles, *, map_location: str | torch.device = "cpu") -> Package:
     """The :class:`~corrdiff_xr.model.packages.Package` in ``files`` (CMIP6 layout)."""
     from corrdiff_xr.model.mdlus import MdlusError, import_mdlus
     from corrdiff_xr.model.packages.package import Package
 
-    for name in (*generic.FILES, "config.json", "output_latlon_grid.nc", "input_latlon_grid.nc"):
+    for name in ("metadata.json", "stats.json", "config.json", "output_latlon_grid.nc",
+                 "input_latlon_grid.nc"):  # fmt: skip
         files.require(name)
     meta = generic.metadata(files)
     if meta["inference_mode"] not in ("both", "regression"):
@@ -236,7 +249,7 @@ def read(files: PackageFiles, *, map_location: Any = "cpu"):
         n: str(inv_file[n].attrs["units"]) for n in invariant_names if "units" in inv_file[n].attrs
     }
     codec = _codec(meta, invariant_names, _stats(files, meta, invariant_names), units)
-    regression, residual = files.mdlus("regression.mdlus"), files.mdlus("diffusion.mdlus")
+    regression, residual = generic._networks(files, meta)  # "regression": the mean only
     try:
         imported = import_mdlus(
             regression,
@@ -253,9 +266,10 @@ def read(files: PackageFiles, *, map_location: Any = "cpu"):
     shape = (fine.sizes["y"], fine.sizes["x"])
     model = _framed(imported, codec, shape, files.source)
     sigmas = (meta["sigma_min"] or SIGMAS[0], meta["sigma_max"] or SIGMAS[1])
-    model.sampler_config = sampler_for(
-        meta["sampler_type"], meta["solver"], meta["number_of_steps"], sigmas, residual.args
-    )
+    if residual is not None:
+        model.sampler_config = sampler_for(
+            meta["sampler_type"], meta["solver"], meta["number_of_steps"], sigmas, residual.args
+        )
     north_first = inv_file.isel({inv_file[invariant_names[0]].dims[0]: slice(None, None, -1)})
     inv = invariants_dataset(north_first, codec.static, fine, files.where("invariants.nc"))
     return Package(
@@ -300,14 +314,14 @@ class _Inputs:
 
 
 def pair(
-    package: Any,
+    package: Package,
     coarse: xr.Dataset,
     *,
     name_map: Mapping[str, Any] | None = None,
     regrid: str | None = None,
     truth: xr.Dataset | None = None,
     lead_times: Sequence[int] | None = None,
-):
+) -> DownscalingData:
     """The archive ``coarse`` (daily steps at 12:00 UTC, the anchors) on the package's grids.
 
     ``lead_times``: whole hours in [-12, +11] from each anchor (default -12); the pair's
@@ -321,7 +335,7 @@ def pair(
     leads = DEFAULT_LEADS if lead_times is None else tuple(int(h) for h in lead_times)
     if not leads or any(h not in LEADS for h in leads):
         raise PackageError(f"lead_times must be whole hours in [-12, 11], got {list(leads)}")
-    codec = package.model.codec
+    codec = package.codec
     names = list(package.input_names.values())
     base = _Inputs(
         tuple(names),
@@ -343,7 +357,7 @@ def pair(
         day = day.assign(siconc=sai_cover(day["siconc"], day["snc"]))
     shifted = {shifted_name(n, h): (n, np.timedelta64(h, "h")) for n in names for h in OFFSETS}
     ds = window_inputs(day, shifted, [np.timedelta64(h, "h") for h in leads])
-    targets = ()
+    targets: tuple[str, ...] = ()
     if truth is not None:  # outputs valid at anchor + lead, as the inputs now are
         ds = with_truth(ds, truth, codec=codec, output_grid=package.output_grid)
         targets = codec.targets

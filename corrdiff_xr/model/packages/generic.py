@@ -16,13 +16,23 @@ metadata's ``solver``. Both samplers clip the sigma range to the residual networ
 ``sigma_min``/``sigma_max`` arguments; the defaults are 0.002..800 (stochastic) and
 0.002..80 (deterministic). Member ``i`` starts from a generator seeded ``seed + i``
 (:func:`member_seeds`).
+
+``inference_mode`` picks the networks (:data:`NETWORKS`): ``"both"`` is mean + residual;
+``"regression"`` the mean alone (a regression-only model: members are refused, as they would
+all be the mean); ``"diffusion"`` the diffusion network alone, sampling the target itself from
+the inputs (a *direct* model, ``edm.objective="direct"``, as the COSMO diffusion variants).
+Earth2Studio 0.19 loads both files in every mode and, in ``"diffusion"`` mode, returns the
+residual sample without the mean, conditioned on the regression mean when
+``hr_mean_conditioning`` is true; without it that is the direct model's sample, which is what
+runs here (so ``regression.mdlus`` may be left out); with it the output would be a residual,
+not a field, and the package is refused.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xarray as xr
 
@@ -37,7 +47,15 @@ from corrdiff_xr.model.packages._build import (
 )
 from corrdiff_xr.model.packages._files import PackageError, PackageFiles
 
-__all__ = ["METADATA", "detect", "member_seeds", "read"]
+if TYPE_CHECKING:
+    import torch
+
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.model.core import CorrDiff
+    from corrdiff_xr.model.mdlus_files import MdlusCheckpoint
+    from corrdiff_xr.model.packages.package import Package
+
+__all__ = ["METADATA", "NETWORKS", "detect", "member_seeds", "read"]
 
 _NAMES = "a list of variable names"
 #: every key ``metadata.json`` may hold: (kind, default); kind names what is allowed
@@ -63,12 +81,21 @@ _CHOICES = {
     "sampler_type": ("stochastic", "deterministic"),
     "inference_mode": ("both", "regression", "diffusion"),
 }
+#: ``{(section, name): (mean, std)}`` of ``stats.json``
+Stats = dict[tuple[str, str], tuple[float, float]]
 FILES = ("regression.mdlus", "diffusion.mdlus", "metadata.json", "stats.json")
+#: the network files each ``inference_mode`` runs
+NETWORKS = {
+    "both": ("regression.mdlus", "diffusion.mdlus"),
+    "regression": ("regression.mdlus",),
+    "diffusion": ("diffusion.mdlus",),
+}
 
 
 def detect(files: PackageFiles) -> bool:
-    """Whether ``files`` look like a generic package."""
-    return "metadata.json" in files and "regression.mdlus" in files
+    """Whether ``files`` look like a generic package (a diffusion-only one may lack
+    ``regression.mdlus``)."""
+    return "metadata.json" in files and ("regression.mdlus" in files or "diffusion.mdlus" in files)
 
 
 def member_seeds(seed: int, members: int) -> list[int]:
@@ -127,7 +154,7 @@ def metadata(files: PackageFiles) -> dict[str, Any]:
     return {**{k: default for k, (_, default) in METADATA.items()}, **raw}
 
 
-def _stats(files: PackageFiles, meta: Mapping[str, Any], invariants: list[str]) -> dict:
+def _stats(files: PackageFiles, meta: Mapping[str, Any], invariants: list[str]) -> Stats:
     """``{(section, name): (mean, std)}`` for every listed variable, from ``stats.json``."""
     files.require("stats.json")
     where = files.where("stats.json")
@@ -142,7 +169,9 @@ def _stats(files: PackageFiles, meta: Mapping[str, Any], invariants: list[str]) 
         block = raw.get(section) if isinstance(raw, dict) else None
         for name in names:
             entry = block.get(name) if isinstance(block, dict) else None
-            values = [entry.get(k) if isinstance(entry, dict) else None for k in ("mean", "std")]
+            values: list[Any] = [  # JSON values
+                entry.get(k) if isinstance(entry, dict) else None for k in ("mean", "std")
+            ]
             if not all(_number(v) for v in values):
                 raise PackageError(
                     f"{where} has no usable {section}.{name} (need {{'mean': number, 'std': "
@@ -179,7 +208,8 @@ def _inferred_input_grid(out: xr.Dataset, res: float) -> xr.Dataset:
         values = torch.as_tensor(out[name].values)
         lo = (torch.floor(values.min() / res) - 1) * res
         hi = (torch.ceil(values.max() / res) + 1) * res
-        axes[name] = (name, torch.arange(lo, hi + res, res).numpy())
+        # torch's stub lacks 0-dim tensor bounds, which arange takes (and infers dtype from)
+        axes[name] = (name, torch.arange(lo, hi + res, res).numpy())  # type: ignore[call-overload]
     return xr.Dataset(coords=axes)
 
 
@@ -190,7 +220,7 @@ def _invariant_names(files: PackageFiles, meta: Mapping[str, Any]) -> tuple[list
             files.require("invariants.nc", f" but metadata.json invariant_variables lists {listed}")
         return [], None
     ds = files.netcdf("invariants.nc")
-    names = list(ds.data_vars) if listed is None else list(listed)
+    names = [str(n) for n in ds.data_vars] if listed is None else list(listed)
     missing = [n for n in names if n not in ds.data_vars]
     if missing:
         raise PackageError(
@@ -200,35 +230,91 @@ def _invariant_names(files: PackageFiles, meta: Mapping[str, Any]) -> tuple[list
     return names, ds
 
 
-def _check_channels(files: PackageFiles, regression, residual, codec, hr_mean: bool) -> None:
+def _check_channels(
+    files: PackageFiles,
+    regression: MdlusCheckpoint | None,
+    residual: MdlusCheckpoint | None,
+    codec: Codec,
+    hr_mean: bool,
+) -> None:
     """The networks' channel counts against metadata.json's variables, named on failure."""
     from corrdiff_xr.model.mdlus import _regression_part, _residual_part
 
     n_in, n_out = len(codec.in_channels), len(codec.out_channels)
-    _, reg_in, reg_out, *_ = _regression_part(regression)
-    _, _, cond, res_out, *_ = _residual_part(residual)
     variables = f"{len(codec.inputs)} input_variables + {len(codec.static)} invariant_variables"
-    wanted = n_in + (n_out if hr_mean else 0)
-    for what, got, want, given in (
-        ("regression.mdlus takes", reg_in, n_in, variables),
-        ("regression.mdlus gives", reg_out, n_out, "output_variables"),
-        ("diffusion.mdlus gives", res_out, n_out, "output_variables"),
-        ("diffusion.mdlus is conditioned on", cond, wanted,
-         f"{variables}{f' + {n_out} output_variables' if hr_mean else ''} "
-         f"(hr_mean_conditioning={hr_mean})"),
-    ):  # fmt: skip
+    checks = []
+    if regression is not None:
+        _, reg_in, reg_out, *_ = _regression_part(regression)
+        checks += [
+            ("regression.mdlus takes", reg_in, n_in, variables),
+            ("regression.mdlus gives", reg_out, n_out, "output_variables"),
+        ]
+    if residual is not None:
+        _, _, cond, res_out, *_ = _residual_part(residual)
+        mean = f" + {n_out} output_variables" if hr_mean else ""
+        checks += [
+            ("diffusion.mdlus gives", res_out, n_out, "output_variables"),
+            ("diffusion.mdlus is conditioned on", cond, n_in + (n_out if hr_mean else 0),
+             f"{variables}{mean} (hr_mean_conditioning={hr_mean})"),
+        ]  # fmt: skip
+    for what, got, want, given in checks:
         if got != want:
             raise PackageError(
                 f"{files.source}: {what} {got} channels but metadata.json gives {want} ({given})"
             )
 
 
-def read(files: PackageFiles, *, map_location: Any = "cpu"):
+def _networks(
+    files: PackageFiles, meta: Mapping[str, Any]
+) -> tuple[MdlusCheckpoint | None, MdlusCheckpoint | None]:
+    """The (regression, diffusion) checkpoints ``inference_mode`` runs (None: not run)."""
+    mode = meta["inference_mode"]
+    if mode == "diffusion" and meta["hr_mean_conditioning"]:
+        raise PackageError(
+            f"{files.where('metadata.json')} inference_mode 'diffusion' with "
+            "hr_mean_conditioning true would output a residual conditioned on the regression "
+            "mean, not a field; a diffusion-only package sets hr_mean_conditioning false"
+        )
+    for name in NETWORKS[mode]:
+        files.require(name, f" (metadata.json inference_mode {mode!r} runs it)")
+    regression, residual = (
+        files.mdlus(name) if name in NETWORKS[mode] else None
+        for name in ("regression.mdlus", "diffusion.mdlus")
+    )
+    return regression, residual
+
+
+def _direct_model(residual: MdlusCheckpoint, codec: Codec) -> CorrDiff:
+    """A diffusion-only package's network as a direct model (no regression, zero mean)."""
+    from corrdiff_xr.config import EDMConfig
+    from corrdiff_xr.model.core import CorrDiff
+    from corrdiff_xr.model.mdlus import _residual_part
+    from corrdiff_xr.model.mdlus_files import build_and_load
+
+    cfg, edm, _, _, shape, weights = _residual_part(residual)
+    direct = EDMConfig(
+        sigma_data=edm.sigma_data,
+        scale_condition=edm.scale_condition,
+        hr_mean_conditioning=False,
+        objective="direct",
+    )
+    return build_and_load(
+        lambda: CorrDiff(
+            codec, img_shape=shape, regression_network=None, residual_network=cfg, edm=direct
+        ),
+        weights,
+        pad_latent=0,
+        keep_regression=False,
+        source=residual.source,
+    )
+
+
+def read(files: PackageFiles, *, map_location: str | torch.device = "cpu") -> Package:
     """The :class:`~corrdiff_xr.model.packages.Package` in ``files`` (generic layout)."""
     from corrdiff_xr.model.mdlus import import_mdlus
     from corrdiff_xr.model.packages.package import Package
 
-    for name in FILES:
+    for name in ("metadata.json", "stats.json"):
         files.require(name)
     meta = metadata(files)
     coarse, fine = _grids(files, meta)
@@ -240,29 +326,33 @@ def read(files: PackageFiles, *, map_location: Any = "cpu"):
     codec, input_names = codec_for(
         meta["input_variables"], meta["output_variables"], invariant_names, stats, units
     )
-    regression, residual = files.mdlus("regression.mdlus"), files.mdlus("diffusion.mdlus")
+    regression, residual = _networks(files, meta)
     _check_channels(files, regression, residual, codec, meta["hr_mean_conditioning"])
-    model = import_mdlus(
-        regression,
-        residual,
-        codec=codec,
-        hr_mean_conditioning=meta["hr_mean_conditioning"],
-        map_location=map_location,
-    )
+    if regression is None and residual is not None:
+        model = _direct_model(residual, codec).eval().to(map_location)
+    else:
+        model = import_mdlus(
+            regression,
+            residual,
+            codec=codec,
+            hr_mean_conditioning=meta["hr_mean_conditioning"],
+            map_location=map_location,
+        )
     shape = tuple(fine.sizes[d] for d in ("y", "x"))
     if shape != model.img_shape:
+        what = "regression.mdlus" if regression is not None else "diffusion.mdlus"
         raise PackageError(
             f"{files.where('output_latlon_grid.nc')} is {shape[0]} x {shape[1]} but the networks "
-            f"run on {model.img_shape[0]} x {model.img_shape[1]} (img_resolution in "
-            "regression.mdlus)"
+            f"run on {model.img_shape[0]} x {model.img_shape[1]} (img_resolution in {what})"
         )
-    model.sampler_config = sampler_for(
-        meta["sampler_type"],
-        meta["solver"],
-        meta["number_of_steps"],
-        (meta["sigma_min"], meta["sigma_max"]),
-        residual.args,
-    )
+    if residual is not None:
+        model.sampler_config = sampler_for(
+            meta["sampler_type"],
+            meta["solver"],
+            meta["number_of_steps"],
+            (meta["sigma_min"], meta["sigma_max"]),
+            residual.args,
+        )
     inv = invariants_dataset(inv_file, invariant_names, fine, files.where("invariants.nc"))
     return Package(
         model=model,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import xarray as xr
 
+    from corrdiff_xr.codec import Codec
     from corrdiff_xr.config import SamplerConfig
     from corrdiff_xr.data import DownscalingData
     from corrdiff_xr.model.core import CorrDiff
@@ -49,7 +50,9 @@ class Package:
     seed
         The package's seed, or None.
     inference_mode
-        ``"both"`` (mean + residual), ``"regression"`` or ``"diffusion"``.
+        ``"both"`` (mean + residual), ``"regression"`` (the mean only: :attr:`model` has no
+        residual network) or ``"diffusion"`` (the target sampled directly: :attr:`model` is a
+        direct model, ``edm.objective="direct"``).
     name_map
         Default ``{package name: archive selector}`` (see :mod:`corrdiff_xr.data.names`).
     input_names
@@ -84,12 +87,19 @@ class Package:
         return self.model.sampler_config
 
     @property
+    def codec(self) -> Codec:
+        """The model's codec: the package's variable names and statistics."""
+        if self.model.codec is None:
+            raise ValueError(f"the package {self.source} has a model without a codec")
+        return self.model.codec
+
+    @property
     def inputs(self) -> tuple[str, ...]:
-        return self.model.codec.inputs
+        return self.codec.inputs
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return self.model.codec.targets
+        return self.codec.targets
 
     def pair(
         self,
@@ -123,7 +133,7 @@ class Package:
 
         return package_pair(
             coarse,
-            codec=self.model.codec,
+            codec=self.codec,
             input_grid=self.input_grid,
             output_grid=self.output_grid,
             invariants=self.invariants,

@@ -18,7 +18,7 @@ heavy modules load only when a method needs them.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corrdiff_xr import accessors as _accessors  # noqa: F401  (registers ds.corrdiff, da.corrdiff)
 from corrdiff_xr._version import __version__
@@ -46,6 +46,25 @@ API = {
 }
 
 __all__ = ["API", "__version__", *sorted(API)]
+
+if TYPE_CHECKING:  # the real types for type checkers; at run time each loads on first use
+    from corrdiff_xr.data.archives import open_archives as open_archives
+    from corrdiff_xr.data.catalog import open_catalog as open_catalog
+    from corrdiff_xr.data.pair import DownscalingData as DownscalingData
+    from corrdiff_xr.data.pair import open_pair as open_pair
+    from corrdiff_xr.data.source import open_source as open_source
+    from corrdiff_xr.inference import request_identity as request_identity
+    from corrdiff_xr.inference import write_reference_netcdf as write_reference_netcdf
+    from corrdiff_xr.inference import write_zarr as write_zarr
+    from corrdiff_xr.inference.calibrate import calibrate as calibrate
+    from corrdiff_xr.inference.downscaling import downscale as downscale
+    from corrdiff_xr.model.core import CorrDiff as CorrDiff
+    from corrdiff_xr.model.mdlus import import_mdlus as import_mdlus
+    from corrdiff_xr.model.packages import export_package as export_package
+    from corrdiff_xr.model.packages import open_package as open_package
+    from corrdiff_xr.scoring import summary as summary
+    from corrdiff_xr.training import load_run_config as load_run_config
+    from corrdiff_xr.training.loop import train as train
 
 
 def __getattr__(name: str) -> Any:

@@ -13,12 +13,21 @@ they are.
 
 from __future__ import annotations
 
+import warnings
+
 import cf_xarray  # noqa: F401  (registers the .cf accessor)
 import xarray as xr
 
 from corrdiff_xr.dims import X, Y
 
-__all__ = ["COARSE_GRID_MAPPING", "GRID_MAPPING", "grid_mappings", "with_grid_mapping"]
+__all__ = [
+    "COARSE_GRID_MAPPING",
+    "GRID_MAPPING",
+    "grid_mapping_of",
+    "grid_mapping_variables",
+    "grid_mappings",
+    "with_grid_mapping",
+]
 
 #: the CF attribute of a data variable naming its grid-mapping variable
 GRID_MAPPING = "grid_mapping"
@@ -27,10 +36,28 @@ GRID_MAPPING = "grid_mapping"
 COARSE_GRID_MAPPING = "crs_coarse"
 
 
+def grid_mapping_variables(ds: xr.Dataset) -> dict[str, str]:
+    """Every CF grid-mapping variable of ``ds`` (data variable or coordinate), in the
+    dataset's order, with the projection it names: cf-xarray's ``grid_mapping_names``
+    turned round, e.g. ``{"rotated_pole": "rotated_latitude_longitude"}``."""
+    kinds = {str(v): str(k) for k, names in ds.cf.grid_mapping_names.items() for v in names}
+    return {str(n): kinds[str(n)] for n in ds.variables if str(n) in kinds}
+
+
+def grid_mapping_of(ds: xr.Dataset, name: str) -> list[str]:
+    """The grid-mapping variables of ``ds`` that ``ds[name]``'s ``grid_mapping`` names, as
+    cf-xarray reads it: CF's short form (``"rotated_pole"``) or extended one
+    (``"crs: lat lon"``); names ``ds`` lacks are left out."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # it warns of names ds lacks
+        names = ds.cf.get_associated_variable_names(name)[GRID_MAPPING]
+    return [str(n) for n in names if n in ds.variables]
+
+
 def grid_mappings(ds: xr.Dataset) -> dict[str, xr.Variable]:
-    """The fine grid's mapping coordinates: 0-d coordinates among cf-xarray's
-    ``grid_mapping_names`` (variables with a ``grid_mapping_name``), not the coarse CRS."""
-    named = {str(n) for names in ds.cf.grid_mapping_names.values() for n in names}
+    """The fine grid's mapping coordinates: 0-d coordinates among
+    :func:`grid_mapping_variables`, not the coarse CRS."""
+    named = grid_mapping_variables(ds)
     return {
         str(name): coord.variable
         for name, coord in ds.coords.items()
@@ -39,10 +66,15 @@ def grid_mappings(ds: xr.Dataset) -> dict[str, xr.Variable]:
 
 
 def _mapping_of(name: str, var: xr.DataArray, source: xr.Dataset, names: list[str]) -> str | None:
-    """The mapping ``var`` is on: its own or ``source``'s ``grid_mapping``, else the only one."""
-    for attrs in (var.attrs, source[name].attrs if name in source.data_vars else {}):
-        if attrs.get(GRID_MAPPING) in names:
-            return attrs[GRID_MAPPING]
+    """The mapping ``var`` is on: its own or ``source``'s ``grid_mapping`` (short or extended CF
+    form, read by cf-xarray), else the only one."""
+    own = xr.Dataset({name: var.reset_coords(drop=True)}).assign_coords(
+        {n: source[n] for n in names}
+    )
+    for ds in (own, source) if name in source.data_vars else (own,):
+        found = [m for m in grid_mapping_of(ds, name) if m in names]
+        if found:
+            return found[0]
     return names[0] if len(names) == 1 else None
 
 

@@ -111,7 +111,7 @@ class SettingError(ConfigError):
         rename = names if callable(names) else (lambda head: names.get(head, head))
 
         def key(k: str) -> str:
-            head = re.match(r"[^.\[]*", k).group(0)
+            head = re.split(r"[.\[]", k, maxsplit=1)[0]
             return rename(head) + k[len(head) :]
 
         return SettingError(tuple((key(k), v) for k, v in self.items), self.need)
@@ -166,8 +166,9 @@ class Bound:
         if lo and hi:
             text = f"{noun} in {lo[0]}{_num(lo[1])}, {_num(hi[1])}{hi[0]}"
         elif lo or hi:
-            op = {"(": ">", "[": ">=", ")": "<", "]": "<="}[(lo or hi)[0]]
-            text = f"{noun} {op} {_num((lo or hi)[1])}"
+            side, edge = lo or hi or ("", 0.0)
+            op = {"(": ">", "[": ">=", ")": "<", "]": "<="}[side]
+            text = f"{noun} {op} {_num(edge)}"
         else:
             text = noun
         return text if integer or self.finite else f"{text} (inf allowed)"
@@ -190,7 +191,7 @@ class Rule:
     ok: Callable[..., bool]
     need: str
 
-    def check(self, obj: Any) -> None:
+    def check(self, obj: object) -> None:
         values = [functools.reduce(getattr, k.split("."), obj) for k in self.keys]
         if not self.ok(*values):
             raise SettingError(tuple(zip(self.keys, values)), self.need)
@@ -249,20 +250,25 @@ def check_value(key: str, value: Any, tp: Any, bound: Bound | None = None) -> No
             isinstance(value, bool)
             or not isinstance(value, numbers.Real)
             or (tp is int and not integral)
-            or not bound.admits(value)
+            or not bound.admits(float(value))
         ):
             raise SettingError(((key, value),), f"is not {bound.describe(tp is int)}")
     elif tp is bool and not isinstance(value, bool):
         raise SettingError(((key, value),), "is not true or false")
 
 
-@functools.cache
+#: each config class's (field, resolved annotation) pairs, resolved once
+_FIELDS: dict[type, tuple[tuple[dataclasses.Field, Any], ...]] = {}
+
+
 def _annotated_fields(cls: type) -> tuple[tuple[dataclasses.Field, Any], ...]:
-    hints = typing.get_type_hints(cls)
-    return tuple((f, hints[f.name]) for f in dataclasses.fields(cls))
+    if cls not in _FIELDS:
+        hints = typing.get_type_hints(cls)
+        _FIELDS[cls] = tuple((f, hints[f.name]) for f in dataclasses.fields(cls))
+    return _FIELDS[cls]
 
 
-def check_fields(obj: Any) -> None:
+def check_fields(obj: object) -> None:
     """Check every field of the dataclass ``obj``, then its class's cross-field ``RULES``."""
     cls = type(obj)
     for field, tp in _annotated_fields(cls):

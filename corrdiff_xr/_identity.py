@@ -25,7 +25,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "ABSENT",
@@ -54,10 +54,16 @@ class _Absent:
 
 
 #: the value :func:`differences` reports for a field one record lacks
-ABSENT: Any = _Absent()
+ABSENT = _Absent()
 
 
-def _hasher(name: str = DIGEST) -> Any:
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def _hasher(name: str = DIGEST) -> _Hasher:
     return hashlib.blake2b(digest_size=16) if name == DIGEST else LEGACY_DIGESTS[name]()
 
 
@@ -100,7 +106,7 @@ def file_digest(path: str | os.PathLike, *, algorithm: str = DIGEST) -> tuple[st
     return h.hexdigest(), size
 
 
-def matches_file(entry: Any, path: str | os.PathLike) -> bool:
+def matches_file(entry: object, path: str | os.PathLike) -> bool:
     """Whether a recorded digest ``entry`` (``{algorithm: hex, ...}``) is that of ``path``,
     in whichever digest it was recorded (:data:`DIGEST` or a legacy one)."""
     if not isinstance(entry, Mapping):

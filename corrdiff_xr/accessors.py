@@ -10,9 +10,15 @@ Data, downscaling and plotting work on whole Datasets only.
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import xarray as xr
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from corrdiff_xr.data import DownscalingData
+    from corrdiff_xr.inference.packages import ModelLike
 
 __all__ = ["CorrDiffAccessor", "CorrDiffArrayAccessor"]
 
@@ -23,43 +29,44 @@ class _Scoring(Generic[Data]):
     """Scoring methods of both accessors (``self`` is the forecast/ensemble)."""
 
     def __init__(self, obj: Data):
-        self._obj = obj
+        self._obj: Data = obj
 
     def crps(self, truth: Data, **kwargs: Any) -> Data:
         """Continuous ranked probability score; see ``scoring.crps``."""
         from corrdiff_xr.scoring import crps
 
-        return crps(self._obj, truth, **kwargs)
+        # a Dataset or a DataArray like its input
+        return cast(Data, crps(self._obj, truth, **kwargs))
 
     def mae(self, truth: Data, **kwargs: Any) -> Data:
         """Mean absolute error of the ensemble mean; see ``scoring.mae``."""
         from corrdiff_xr.scoring import mae
 
-        return mae(self._obj, truth, **kwargs)
+        return cast(Data, mae(self._obj, truth, **kwargs))
 
     def rmse(self, truth: Data, **kwargs: Any) -> Data:
         """Root-mean-square error of the ensemble mean; see ``scoring.rmse``."""
         from corrdiff_xr.scoring import rmse
 
-        return rmse(self._obj, truth, **kwargs)
+        return cast(Data, rmse(self._obj, truth, **kwargs))
 
     def spread(self, **kwargs: Any) -> Data:
         """Ensemble spread (standard deviation); see ``scoring.spread``."""
         from corrdiff_xr.scoring import spread
 
-        return spread(self._obj, **kwargs)
+        return cast(Data, spread(self._obj, **kwargs))
 
     def spread_skill(self, truth: Data, **kwargs: Any) -> Data:
         """Spread-skill ratio with the sqrt(1 + 1/n) correction; see ``scoring.spread_skill``."""
         from corrdiff_xr.scoring import spread_skill
 
-        return spread_skill(self._obj, truth, **kwargs)
+        return cast(Data, spread_skill(self._obj, truth, **kwargs))
 
     def rank_histogram(self, truth: Data, **kwargs: Any) -> Data:
         """Rank histogram of truth within the ensemble; see ``scoring.rank_histogram``."""
         from corrdiff_xr.scoring import rank_histogram
 
-        return rank_histogram(self._obj, truth, **kwargs)
+        return cast(Data, rank_histogram(self._obj, truth, **kwargs))
 
     def score(self, metric: str, truth: Data | None = None, **kwargs: Any) -> Data:
         """Any metric of ``scoring.METRIC_TABLE`` by name (``"fss"``, ``"brier"``, ...), with
@@ -68,7 +75,7 @@ class _Scoring(Generic[Data]):
 
         if metric not in METRIC_TABLE:
             raise ValueError(f"unknown metric {metric!r}; choose from {list(METRIC_TABLE)}")
-        return METRIC_TABLE[metric](self._obj, truth, **kwargs)
+        return cast(Data, METRIC_TABLE[metric](self._obj, truth, **kwargs))
 
     def summary(self, truth: Data, **kwargs: Any) -> xr.Dataset:
         """Tidy (metric, variable, time) table of scores; see ``scoring.summary``."""
@@ -80,7 +87,7 @@ class _Scoring(Generic[Data]):
         """Radially averaged power spectrum; see ``scoring.power_spectrum``."""
         from corrdiff_xr.scoring import power_spectrum
 
-        return power_spectrum(self._obj, **kwargs)
+        return cast(Data, power_spectrum(self._obj, **kwargs))
 
 
 @xr.register_dataarray_accessor("corrdiff")
@@ -93,7 +100,7 @@ class CorrDiffAccessor(_Scoring[xr.Dataset]):
     """``ds.corrdiff.*``: downscaling, validation, scoring and plotting of a Dataset."""
 
     # -- data ------------------------------------------------------------------------------
-    def pair(self, **kwargs: Any):
+    def pair(self, **kwargs: Any) -> DownscalingData:
         """Validated lazy :class:`~corrdiff_xr.data.DownscalingData`; see ``data.open_pair``."""
         from corrdiff_xr.data import open_pair
 
@@ -106,7 +113,7 @@ class CorrDiffAccessor(_Scoring[xr.Dataset]):
         return validate(self._obj, **kwargs)
 
     # -- inference -------------------------------------------------------------------------
-    def downscale(self, model: Any, **kwargs: Any) -> xr.Dataset:
+    def downscale(self, model: ModelLike, **kwargs: Any) -> xr.Dataset:
         """Lazy CorrDiff ensemble on the fine grid; see ``inference.downscale``.
 
         ``model`` is a loaded ``CorrDiff``, a checkpoint path, or a published CorrDiff package
@@ -123,7 +130,7 @@ class CorrDiffAccessor(_Scoring[xr.Dataset]):
         return downscale(self._obj, model, **kwargs)
 
     # -- presentation ----------------------------------------------------------------------
-    def plot(self, kind: str = "maps", **kwargs: Any):
+    def plot(self, kind: str = "maps", **kwargs: Any) -> Figure:
         """Figure of this ensemble, any of ``plot.KINDS`` (``maps``, ``spectra``,
         ``reliability``, ``fss`` ...); pass ``truth=``/``inputs=``/``times=`` to add panels
         and ``path=`` to save a PNG; see ``plot.plot``."""

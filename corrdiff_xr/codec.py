@@ -48,10 +48,20 @@ from corrdiff_xr.data.layout import (
 from corrdiff_xr.dims import CHANNEL, MEMBER, TIME, X, Y
 from corrdiff_xr.features import FEATURES, check_names, fine_lat_lon
 from corrdiff_xr.features import compute as compute_features
-from corrdiff_xr.transforms import Gate, Transform, parse_bounds, parse_gates, parse_transforms
+from corrdiff_xr.transforms import (
+    Gate,
+    Transform,
+    check_declared,
+    parse_bounds,
+    parse_gates,
+    parse_transforms,
+)
 
 if TYPE_CHECKING:
+    import torch
+
     from corrdiff_xr.data.pair import DownscalingData
+    from corrdiff_xr.data.regrid import BilinearWeights
 
 __all__ = ["Codec"]
 
@@ -94,10 +104,10 @@ class Codec:
     static: tuple[str, ...] = ()
     stats: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     attrs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    transforms: Mapping[str, Transform | Mapping[str, Any]] = field(default_factory=dict)
+    transforms: Mapping[str, Transform] = field(default_factory=dict)
     bounds: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
     features: tuple[str, ...] = ()
-    gates: Mapping[str, Gate | Mapping[str, Any]] = field(default_factory=dict)
+    gates: Mapping[str, Gate] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("inputs", "targets", "static"):
@@ -129,7 +139,7 @@ class Codec:
         object.__setattr__(self, "stats", stats)
         object.__setattr__(self, "attrs", {k: dict(v) for k, v in self.attrs.items()})
         transforms, bounds = parse_transforms(self.transforms), parse_bounds(self.bounds)
-        _check_declared(transforms, bounds, names, self.targets)
+        check_declared(transforms, bounds, names, self.targets)
         object.__setattr__(self, "transforms", transforms)
         object.__setattr__(self, "bounds", bounds)
         gates = parse_gates(self.gates)
@@ -158,7 +168,7 @@ class Codec:
 
         names = pair.inputs + pair.targets + pair.static
         transforms, bounds = parse_transforms(transforms), parse_bounds(bounds)
-        _check_declared(transforms, bounds, names, pair.targets)  # before any data is read
+        check_declared(transforms, bounds, names, pair.targets)  # before any data is read
         raw = [n for n in names if n not in transforms]
         parts = [pair.stats[raw]] if raw else []
         if transforms:
@@ -173,9 +183,8 @@ class Codec:
             }
             for n in names
         }
-        return cls(
-            pair.inputs, pair.targets, pair.static, stats, attrs, transforms, bounds, features
-        )
+        feats = tuple(features)
+        return cls(pair.inputs, pair.targets, pair.static, stats, attrs, transforms, bounds, feats)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able plain data; :meth:`from_dict` inverts it. ``transforms``, ``bounds`` and
@@ -230,7 +239,9 @@ class Codec:
         """Input channel names: inputs, static fields, then time features."""
         return self.inputs + self.static + self.features
 
-    def feature_fields(self, times: Any, lat: Any, lon: Any) -> dict[str, np.ndarray]:
+    def feature_fields(
+        self, times: np.ndarray, lat: np.ndarray, lon: np.ndarray
+    ) -> dict[str, np.ndarray]:
         """``{feature: float32 (T, y, x)}`` of this codec's time features at ``times``
         (datetime64 or cftime labels) on the fine ``lat``/``lon`` (degrees, ``(y, x)``)."""
         return compute_features(self.features, times, lat, lon) if self.features else {}
@@ -284,7 +295,7 @@ class Codec:
         n_time: int,
         *,
         order: np.ndarray | None = None,
-        weights: Any = None,
+        weights: BilinearWeights | None = None,
         times: np.ndarray | None = None,
         allow_missing: bool = False,
     ) -> np.ndarray:
@@ -342,7 +353,7 @@ class Codec:
         *,
         role: str,
         order: np.ndarray | None = None,
-        weights: Any = None,
+        weights: BilinearWeights | None = None,
         times: np.ndarray | None = None,
     ) -> np.ndarray:
         """Normalised float32 ``(time, C, y, x)`` from plain numpy blocks (the loader's path).
@@ -400,7 +411,7 @@ class Codec:
 
     def decode_targets(
         self,
-        array: Any,
+        array: np.ndarray | torch.Tensor,
         template: xr.Dataset | xr.DataArray,
         *,
         dims: Sequence[str] | None = None,
@@ -469,8 +480,8 @@ class Codec:
             if isinstance(template, xr.Dataset) and name in template.data_vars:
                 attrs.update(template[name].attrs)
             # the values are in the model's units, whatever the template's label says
-            if self.units[name] is not None:
-                attrs["units"] = self.units[name]
+            if (unit := self.units[name]) is not None:
+                attrs["units"] = unit
             out[name] = (full_dims, values, attrs)
         return xr.Dataset(out, coords=coords)
 
@@ -483,35 +494,16 @@ class Codec:
         }
 
 
-def _gate_field(gate: Gate, template: Any, dims: tuple[str, ...]) -> np.ndarray:
+def _gate_field(
+    gate: Gate, template: xr.Dataset | xr.DataArray, dims: tuple[str, ...]
+) -> np.ndarray:
     """The gate's feature at the template's times on its fine lat/lon, shaped to broadcast
     against values on ``dims``."""
     if isinstance(template, xr.Dataset) and gate.feature in template.data_vars:
         f = np.asarray(template[gate.feature].transpose(TIME, Y, X).values)  # as encoded
     elif TIME in dims and TIME in template.coords:
-        f = compute_features((gate.feature,), template[TIME].values, *fine_lat_lon(template))
-        f = f[gate.feature]
+        fields = compute_features((gate.feature,), template[TIME].values, *fine_lat_lon(template))
+        f = fields[gate.feature]
     else:
         raise DimensionError(f"decoding an output gated by {gate.feature} needs its '{TIME}' axis")
     return f.reshape([f.shape[0] if d == TIME else 1 for d in dims[:-2]] + list(f.shape[1:]))
-
-
-def _check_declared(
-    transforms: Mapping[str, Transform],
-    bounds: Mapping[str, tuple[float | None, float | None]],
-    names: Sequence[str],
-    targets: Sequence[str],
-) -> None:
-    """Transforms name variables of the codec and bounds name its targets (one line each)."""
-    for name, t in transforms.items():
-        if name not in names:
-            raise SettingError(
-                ((f"transforms.{name}", t.to_dict()),),
-                f"names no variable of the codec (its variables: {list(names)})",
-            )
-    for name, b in bounds.items():
-        if name not in targets:
-            raise SettingError(
-                ((f"bounds.{name}", list(b)),),
-                f"bounds clip outputs, and '{name}' is not a target (targets: {list(targets)})",
-            )

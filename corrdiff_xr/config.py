@@ -18,7 +18,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
 from corrdiff_xr._constraints import (
     MAX_TOTAL_BATCH,
@@ -31,7 +31,7 @@ from corrdiff_xr._constraints import (
 )
 from corrdiff_xr._constraints import Bound as _Bound
 from corrdiff_xr._yaml_overrides import load_yaml, merge, parse_overrides
-from corrdiff_xr.config_sampling import PatchConfig, SamplerConfig
+from corrdiff_xr.config_sampling import GAUSSIAN_ONLY, PatchConfig, SamplerConfig, SolverName
 from corrdiff_xr.features import check_names
 from corrdiff_xr.transforms import parse_bounds, parse_transforms
 
@@ -44,6 +44,7 @@ __all__ = [
     "PatchConfig",
     "SamplerConfig",
     "SettingError",
+    "SolverName",
     "TrainRunConfig",
     "TrainingConfig",
     "check_argument",
@@ -55,9 +56,12 @@ __all__ = [
     "to_dict",
 ]
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 # split off by concern, at home here (repr, pickles, every config class listed in one module);
-# their string annotations resolve in this module's names (Literal)
+# their string annotations resolve in this module's names (Literal, SolverName)
 for _cls in (SamplerConfig, PatchConfig):
     _cls.__module__ = __name__
 
@@ -86,7 +90,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if value not in args:
             raise ConfigError(f"{path}: {value!r} is not one of {list(args)}")
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
@@ -481,7 +485,7 @@ class TrainRunConfig(Checked):
         ),
         Rule(
             ("edm.nu", "sampler.solver"),
-            lambda nu, solver: nu is None or solver != "dpmpp_2m_sde",
+            lambda nu, solver: nu is None or solver not in GAUSSIAN_ONLY,
             "Student-t noise has no SDE form: use sampler.solver heun, euler or dpmpp_2m",
         ),
         Rule(

@@ -11,9 +11,16 @@ from typing import Literal
 
 from corrdiff_xr._constraints import MAX_STEPS, Checked, Rule, setting
 
-__all__ = ["PatchConfig", "SamplerConfig"]
+__all__ = ["GAUSSIAN_ONLY", "PatchConfig", "SamplerConfig", "SolverName"]
 
 INF = float("inf")
+
+#: The solvers' names: the keys of the solver table :data:`corrdiff_xr.sampling.SOLVERS`
+#: (kept here, below the samplers, so that a config is checked when it is built; a test keeps
+#: the two equal)
+SolverName = Literal["heun", "euler", "dpmpp_2m", "dpmpp_2m_sde", "distilled"]
+#: solvers whose maths needs Gaussian noise: refused for a Student-t model (``edm.nu``)
+GAUSSIAN_ONLY: frozenset[str] = frozenset({"dpmpp_2m_sde"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +36,7 @@ class SamplerConfig(Checked):
     :mod:`corrdiff_xr.training.distil`); see :mod:`corrdiff_xr.sampling`.
     """
 
-    solver: Literal["heun", "euler", "dpmpp_2m", "dpmpp_2m_sde", "distilled"] = "heun"
+    solver: SolverName = "heun"
     num_steps: int = setting(18, ge=1, le=MAX_STEPS)
     sigma_min: float = setting(0.002, gt=0)
     sigma_max: float = setting(800.0, gt=0)

@@ -34,7 +34,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -44,6 +44,12 @@ from corrdiff_xr.dims import MEMBER
 from corrdiff_xr.errors import CorrDiffError
 from corrdiff_xr.model import shipped_model_path, shipped_student_path
 from corrdiff_xr.scoring.baselines import bilinear_baseline
+
+if TYPE_CHECKING:
+    from corrdiff_xr.config import SamplerConfig
+    from corrdiff_xr.data import DownscalingData
+    from corrdiff_xr.inference.packages import ModelLike
+    from corrdiff_xr.model import CorrDiff
 
 __all__ = [
     "DEMO_FILES",
@@ -103,7 +109,7 @@ class DemoError(CorrDiffError, ValueError):
 
 def open_demo_data(
     *, cache_dir: str | os.PathLike | None = None, times: int | None = None, seed: int = 0
-):
+) -> DownscalingData:
     """The held-out part of the demo catalog entry as a lazy DownscalingData.
 
     Parameters
@@ -129,7 +135,7 @@ def open_demo_data(
 
 
 def demo_sampler(
-    model: Any,
+    model: CorrDiff | str | os.PathLike[str],
     *,
     solver: str | None = None,
     steps: int | None = None,
@@ -181,7 +187,7 @@ def compute_scores(
     """
     from corrdiff_xr import scoring
 
-    names = list(ensemble.data_vars)
+    names = [str(n) for n in ensemble.data_vars]
     truth = truth[names]
     parts = {
         "crps": scoring.crps(ensemble, truth),
@@ -235,12 +241,12 @@ def _write_zarr(ds: xr.Dataset, path: Path) -> xr.Dataset:
 
 
 def evaluate(
-    pair,
-    model: Any,
+    pair: DownscalingData,
+    model: ModelLike,
     *,
     members: int = 8,
     steps: int | None = None,
-    sampler: Any = None,
+    sampler: str | dict[str, Any] | SamplerConfig | None = None,
     seed: int = 0,
     out: str | os.PathLike | None = None,
     progress: bool = True,

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -46,11 +46,12 @@ from torch import nn
 from corrdiff_xr import patching as _patching
 from corrdiff_xr.config import EDMConfig, to_dict
 from corrdiff_xr.noise import student_t_scale
+from corrdiff_xr.protocols import ConditionalDenoiser
 
 __all__ = ["EDMPrecond", "conditions_on_mean", "edm_dict", "effective_sigma"]
 
 
-def edm_dict(cfg: EDMConfig) -> dict:
+def edm_dict(cfg: EDMConfig) -> dict[str, Any]:
     """``cfg`` as plain data for a checkpoint header or run identity; ``objective``, ``nu``,
     ``flow`` and ``flow_shift`` are left out at their defaults, so a residual Gaussian EDM run
     reads as it did before."""
@@ -68,7 +69,11 @@ def conditions_on_mean(cfg: EDMConfig) -> bool:
     return cfg.hr_mean_conditioning and cfg.objective == "residual"
 
 
-def effective_sigma(sigma, nu: float | None):
+#: a noise level: a tensor of them or one number
+Sigma = TypeVar("Sigma", torch.Tensor, float)
+
+
+def effective_sigma(sigma: Sigma, nu: float | None) -> Sigma:
     """The noise's standard deviation at level ``sigma``: ``sigma`` for Gaussian noise,
     ``sigma sqrt(nu / (nu - 2))`` for Student-t noise with ``nu`` degrees of freedom."""
     return sigma if nu is None else sigma * math.sqrt(nu / (nu - 2.0))
@@ -272,7 +277,7 @@ def residual_condition(
 
 
 def residual_loss(
-    denoiser: Callable[..., torch.Tensor],
+    denoiser: ConditionalDenoiser,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
@@ -366,7 +371,14 @@ def residual_loss(
     return _reduce(_masked(loss, valid), reduction, y.shape[0])
 
 
-def _residual_mean(x, y, *, mean, regression, offsets) -> torch.Tensor:
+def _residual_mean(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    mean: torch.Tensor | None,
+    regression: Callable[[torch.Tensor], torch.Tensor] | None,
+    offsets: torch.Tensor | None,
+) -> torch.Tensor:
     """The checked, detached regression mean of :func:`residual_loss` (given or computed)."""
     _check_pair(x, y)
     if offsets is not None and tuple(offsets.shape) != (y.shape[0], 2):
@@ -374,6 +386,7 @@ def _residual_mean(x, y, *, mean, regression, offsets) -> torch.Tensor:
     if (mean is None) == (regression is None):
         raise ValueError("give exactly one of mean= (a tensor) and regression= (a callable)")
     if mean is None:
+        assert regression is not None  # exactly one of the two, checked above
         with torch.no_grad():
             mean = regression(x)
     mean = mean.detach()
@@ -382,7 +395,16 @@ def _residual_mean(x, y, *, mean, regression, offsets) -> torch.Tensor:
     return mean
 
 
-def _patch_rows(residual, condition, x, *, patch, origins, offsets, global_context):
+def _patch_rows(
+    residual: torch.Tensor,
+    condition: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    patch: Sequence[int],
+    origins: torch.Tensor,
+    offsets: torch.Tensor | None,
+    global_context: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Residual, condition and global offsets of every (sample, patch) row, sample-major."""
     B, device = x.shape[0], residual.device
     residual = _patching.take_patches(residual, origins, patch)
@@ -398,7 +420,13 @@ def _patch_rows(residual, condition, x, *, patch, origins, offsets, global_conte
 
 
 def _noise(
-    residual, edm: EDMConfig, *, sigma, noise, generator, like
+    residual: torch.Tensor,
+    edm: EDMConfig,
+    *,
+    sigma: torch.Tensor | None,
+    noise: torch.Tensor | None,
+    generator: torch.Generator | None,
+    like: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise levels ``(n,)`` and the noise of the rows, given or drawn (sigma first), in the
     dtype and on the device of the targets ``like``: standard normal, or with ``edm.nu``

@@ -24,12 +24,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from corrdiff_xr.dims import LAT, LON, TIME, X, Y
 from corrdiff_xr.errors import CorrDiffError, TimeAxisError
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 __all__ = [
     "FEATURES",
@@ -187,7 +191,7 @@ def check_names(names: Sequence[str], what: str = "features") -> tuple[str, ...]
     return names
 
 
-def valid_times(values: Any) -> np.ndarray:
+def valid_times(values: ArrayLike) -> np.ndarray:
     """``datetime64[ns]`` of a time axis (datetime64, or cftime dates that exist in the
     Gregorian calendar); one line naming the first date that does not."""
     arr = np.asarray(getattr(values, "values", values))
@@ -208,7 +212,7 @@ def valid_times(values: Any) -> np.ndarray:
     return out
 
 
-def fine_lat_lon(ds: Any) -> tuple[np.ndarray, np.ndarray]:
+def fine_lat_lon(ds: xr.Dataset | xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
     """The fine grid's ``lat(y, x)``/``lon(y, x)`` in degrees (one line when absent)."""
     for name in (LAT, LON):
         if name not in ds.coords or set(ds[name].dims) != {Y, X}:
@@ -223,14 +227,14 @@ def fine_lat_lon(ds: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def compute(
-    names: Sequence[str], valid_time: Any, lat: np.ndarray, lon: np.ndarray
+    names: Sequence[str], valid_time: ArrayLike, lat: np.ndarray, lon: np.ndarray
 ) -> dict[str, np.ndarray]:
     """``{name: float32 (T, y, x)}`` of features ``names`` at ``valid_time`` on ``lat``/``lon``."""
     times = valid_times(valid_time)
     return {n: FEATURES[n].compute(times, lat, lon) for n in check_names(names)}
 
 
-def lazy_fields(names: Sequence[str], like: Any, chunks_of: str) -> dict[str, Any]:
+def lazy_fields(names: Sequence[str], like: xr.Dataset, chunks_of: str) -> dict[str, xr.DataArray]:
     """Features ``names`` as lazy ``(time, y, x)`` DataArrays over ``like``'s time axis and
     fine lat/lon, chunked as ``like[chunks_of]`` (a downscaling's sources: each block's
     task then computes the features of its own halo and times)."""

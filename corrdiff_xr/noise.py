@@ -47,12 +47,15 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
 if TYPE_CHECKING:
+    import cftime
     import torch
+
+    from corrdiff_xr.protocols import RandomSource
 
 __all__ = [
     "FIELD",
@@ -63,6 +66,7 @@ __all__ = [
     "VALIDATION",
     "FieldNoise",
     "KeyLayout",
+    "TimeLike",
     "keyed_generator",
     "keyed_seed",
     "patch_generator",
@@ -73,6 +77,9 @@ __all__ = [
 
 _MASK64 = (1 << 64) - 1
 _MASK63 = (1 << 63) - 1
+
+#: one valid time: a ``numpy.datetime64``, a cftime datetime, or its int64 nanoseconds
+TimeLike: TypeAlias = "np.datetime64 | np.integer | int | cftime.datetime"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +114,7 @@ class KeyLayout:
                 f"a {self.purpose} key has {len(self.words)} words ({', '.join(self.words)}), "
                 f"got {len(key)}: {tuple(key)}"
             )
-        out = []
+        out: list[int] = []
         for name, value in zip(self.words, key):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise TypeError(f"{self.purpose} key word {name} must be an integer, got {value!r}")
@@ -154,7 +161,14 @@ FIELD_T = KeyLayout(
 FIELD_TILE = 16
 
 
-def student_t_scale(source: Any, n: int, nu: float, *, dtype=None, device=None) -> torch.Tensor:
+def student_t_scale(
+    source: RandomSource | None,
+    n: int,
+    nu: float,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """``n`` factors ``sqrt(nu / k)``, ``k ~ chi2(nu)``: a standard-normal draw times one of
     them is multivariate Student-t with ``nu`` degrees of freedom.
 
@@ -164,7 +178,9 @@ def student_t_scale(source: Any, n: int, nu: float, *, dtype=None, device=None) 
     """
     import torch
 
-    if hasattr(source, "chi2"):
+    from corrdiff_xr.protocols import NoiseSource
+
+    if isinstance(source, NoiseSource):
         k = np.full(n, source.chi2(nu))  # one field, one scale
     else:
         on = source.device if source is not None else "cpu"
@@ -208,7 +224,7 @@ def keyed_generator(
     return torch.Generator(device=device).manual_seed(keyed_seed(layout, *key))
 
 
-def time_key(time: Any) -> int:
+def time_key(time: TimeLike) -> int:
     """The time as int64 nanoseconds since 1970, folded to a non-negative 64-bit integer.
 
     ``time`` is a ``datetime64``, a cftime datetime (counted in its own calendar, see
@@ -221,7 +237,7 @@ def time_key(time: Any) -> int:
     return int(to_ns(np.asarray([time]))[0]) & _MASK64
 
 
-def patch_seed(seed: int, time: Any, member: int, origin: tuple[int, int]) -> int:
+def patch_seed(seed: int, time: TimeLike, member: int, origin: tuple[int, int]) -> int:
     """The :data:`INFERENCE` seed of one patch of one member at one time.
 
     Parameters
@@ -249,7 +265,7 @@ def patch_seed(seed: int, time: Any, member: int, origin: tuple[int, int]) -> in
 
 def patch_generator(
     seed: int,
-    time: Any,
+    time: TimeLike,
     member: int,
     origin: tuple[int, int],
     *,
@@ -276,7 +292,7 @@ class FieldNoise:
         ``(row, col)`` of the patch's top-left pixel on the global fine grid (may be < 0).
     """
 
-    def __init__(self, seed: int, time: np.datetime64 | int, member: int, origin: tuple[int, int]):
+    def __init__(self, seed: int, time: TimeLike, member: int, origin: tuple[int, int]):
         if seed < 0 or member < 0:
             raise ValueError(
                 f"seed and member must be non-negative, got seed={seed}, member={member}"
@@ -285,7 +301,13 @@ class FieldNoise:
         self.origin = (int(origin[0]), int(origin[1]))
         self.draws = 0
 
-    def randn(self, shape: Sequence[int], *, dtype=None, device=None) -> torch.Tensor:
+    def randn(
+        self,
+        shape: Sequence[int],
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
         """The next draw, of shape ``(C, h, w)``: the field's pixels under the patch."""
         import torch
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypeVar, cast
 
 import numpy as np
 import torch
@@ -107,7 +107,11 @@ def patch_positions(
     return out[0], out[1]
 
 
-def _gather(x, rows: np.ndarray, cols: np.ndarray):
+#: a torch tensor or a numpy array, the same type out as in
+Array = TypeVar("Array", Tensor, np.ndarray)
+
+
+def _gather(x: Array, rows: np.ndarray, cols: np.ndarray) -> Array:
     """``x[..., rows, :][..., cols]`` for a torch tensor or a numpy array."""
     if isinstance(x, Tensor):
         r = torch.as_tensor(rows, device=x.device)
@@ -187,7 +191,8 @@ class PatchGrid:
         if len(domain) != 2 or min(domain) < 1:
             raise ValueError(f"domain must be two positive lengths (H, W), got {domain}")
         config = PatchConfig(
-            shape=tuple(patch) if patch is not None else None,
+            # checked there: two positive sides
+            shape=cast("tuple[int, int] | None", tuple(patch) if patch is not None else None),
             overlap=overlap,
             boundary=boundary,
             weights=weights,
@@ -202,22 +207,23 @@ class PatchGrid:
         An ``overlap`` of None is a quarter of the smaller patch side
         (:attr:`~corrdiff_xr.config.PatchConfig.overlap_pixels`).
         """
-        domain = tuple(int(d) for d in domain)
-        if len(domain) != 2 or min(domain) < 1:
-            raise ValueError(f"domain must be two positive lengths (H, W), got {domain}")
+        sides = tuple(int(d) for d in domain)
+        if len(sides) != 2 or min(sides) < 1:
+            raise ValueError(f"domain must be two positive lengths (H, W), got {sides}")
+        dom = (sides[0], sides[1])
         if config.shape is None:
-            return cls(domain, domain, ((0,), (0,)), (1.0,) * domain[0], (1.0,) * domain[1])
+            return cls(dom, dom, ((0,), (0,)), (1.0,) * dom[0], (1.0,) * dom[1])
         if config.layout not in ("compact", "physicsnemo"):
             raise ValueError(f"unknown patch layout {config.layout!r}")
-        patch = tuple(int(p) for p in config.shape)
+        patch = (int(config.shape[0]), int(config.shape[1]))
         b, o = config.boundary, config.overlap_pixels
         place = _compact_starts if config.layout == "compact" else _physicsnemo_starts
         # physicsnemo averages its halo in with the rest, so no zero-weight halo there.
         halo = b if config.layout == "compact" else 0
         ramp = config.weights == "ramp"
-        starts = tuple(place(n, p, b, o) for n, p in zip(domain, patch))
+        starts = (place(dom[0], patch[0], b, o), place(dom[1], patch[1], b, o))
         wy, wx = (tuple(_axis_weights(p, halo, o, ramp).tolist()) for p in patch)
-        return cls(domain, patch, starts, wy, wx)
+        return cls(dom, patch, starts, wy, wx)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -8,6 +8,10 @@ a decreasing schedule ending in 0, e.g. from :func:`karras_sigmas`; ``config`` (
 :class:`~corrdiff_xr.config.SamplerConfig`) gives the churn settings, whose defaults live
 there alone. Conditioning (coarse inputs, the regression mean, positional offsets,
 patching) lives inside the ``denoise`` closure, so the samplers know nothing about CorrDiff.
+The interfaces are the :class:`~corrdiff_xr.protocols.Denoiser` and
+:class:`~corrdiff_xr.protocols.Sampler` protocols. :data:`SOLVERS` is the one solver table: a
+new solver is a function here and one row there (with its name in
+:data:`~corrdiff_xr.config_sampling.SolverName`, which configs are checked against).
 
 Randomness is drawn from one :class:`torch.Generator` per sample (EDM's
 ``StackedRandomGenerator`` idea): the latents first (:func:`draw_latents`), then the churn
@@ -32,6 +36,7 @@ of the reverse SDE, which has no Student-t form: it is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from itertools import pairwise
@@ -40,12 +45,14 @@ import torch
 from torch import Tensor
 
 from corrdiff_xr.config import SamplerConfig
+from corrdiff_xr.config_sampling import GAUSSIAN_ONLY, SolverName
 from corrdiff_xr.noise import student_t_scale
+from corrdiff_xr.protocols import Denoiser, NoiseSource, RandomSource, Sampler
 
 __all__ = [
-    "SAMPLERS",
+    "SOLVERS",
     "Denoiser",
-    "CALLS_PER_STEPS",
+    "Solver",
     "check_solver",
     "distilled",
     "dpmpp_2m",
@@ -57,9 +64,6 @@ __all__ = [
     "make_generators",
     "sample",
 ]
-
-#: ``denoise(x, sigma) -> D(x; sigma)``, with x of shape (N, ...) and sigma of shape (N,).
-Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
 def karras_sigmas(
@@ -118,13 +122,20 @@ def make_generators(
 
 
 def _randn_per_sample(
-    generators: Sequence[torch.Generator], shape: Sequence[int], *, dtype, device, nu=None
+    generators: Sequence[RandomSource] | None,
+    shape: Sequence[int],
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+    nu: float | None = None,
 ) -> Tensor:
     # One draw per generator, so sample n's numbers depend only on generators[n]; a noise
     # source with its own randn (corrdiff_xr.noise.FieldNoise) stands in for a generator
+    if generators is None:  # callers check the count first; this is for the type checker
+        raise ValueError("drawing noise needs one torch.Generator per sample (generators=...)")
     draws = []
     for g in generators:
-        if hasattr(g, "randn"):
+        if isinstance(g, NoiseSource):
             z = g.randn(tuple(shape), dtype=dtype, device=device)
         else:
             z = torch.randn(tuple(shape), generator=g, dtype=dtype, device=device)
@@ -136,7 +147,7 @@ def _randn_per_sample(
 
 def check_solver(solver: str, nu: float | None) -> None:
     """Refuse a solver whose maths needs Gaussian noise when the model's is Student-t."""
-    if nu is not None and solver in _GAUSSIAN_ONLY:
+    if nu is not None and solver in GAUSSIAN_ONLY:
         raise ValueError(
             f"sampler.solver={solver!r} needs Gaussian noise but the model's is Student-t "
             f"(edm.nu={nu:g}): use heun, euler or dpmpp_2m"
@@ -144,7 +155,7 @@ def check_solver(solver: str, nu: float | None) -> None:
 
 
 def draw_latents(
-    generators: Sequence[torch.Generator],
+    generators: Sequence[RandomSource],
     shape: Sequence[int],
     *,
     dtype: torch.dtype = torch.float32,
@@ -168,7 +179,7 @@ def _churn(
     sigma: float,
     *,
     num_steps: int,
-    generators: Sequence[torch.Generator] | None,
+    generators: Sequence[RandomSource] | None,
     config: SamplerConfig,
     nu: float | None = None,
 ) -> tuple[Tensor, float]:
@@ -213,7 +224,7 @@ def euler(
     x: Tensor,
     sigmas: Tensor,
     *,
-    generators: Sequence[torch.Generator] | None = None,
+    generators: Sequence[RandomSource] | None = None,
     config: SamplerConfig | None = None,
     nu: float | None = None,
 ) -> Tensor:
@@ -222,7 +233,7 @@ def euler(
     Parameters
     ----------
     denoise
-        ``denoise(x, sigma) -> D(x; sigma)``, see :data:`Denoiser`.
+        ``denoise(x, sigma) -> D(x; sigma)``, see :class:`~corrdiff_xr.protocols.Denoiser`.
     x
         Starting point at noise level ``sigmas[0]``, shape ``(N, ...)``; the sampler works
         in ``x.dtype``.
@@ -251,7 +262,7 @@ def heun(
     x: Tensor,
     sigmas: Tensor,
     *,
-    generators: Sequence[torch.Generator] | None = None,
+    generators: Sequence[RandomSource] | None = None,
     config: SamplerConfig | None = None,
     nu: float | None = None,
 ) -> Tensor:
@@ -272,7 +283,7 @@ def _integrate(
     sigmas: Tensor,
     *,
     second_order: bool,
-    generators: Sequence[torch.Generator] | None,
+    generators: Sequence[RandomSource] | None,
     config: SamplerConfig | None,
     nu: float | None = None,
 ) -> Tensor:
@@ -298,7 +309,7 @@ def dpmpp_2m(
     x: Tensor,
     sigmas: Tensor,
     *,
-    generators: Sequence[torch.Generator] | None = None,
+    generators: Sequence[RandomSource] | None = None,
     config: SamplerConfig | None = None,
     nu: float | None = None,
 ) -> Tensor:
@@ -327,7 +338,7 @@ def dpmpp_2m_sde(
     x: Tensor,
     sigmas: Tensor,
     *,
-    generators: Sequence[torch.Generator] | None = None,
+    generators: Sequence[RandomSource] | None = None,
     config: SamplerConfig | None = None,
     nu: float | None = None,
 ) -> Tensor:
@@ -353,7 +364,7 @@ def _multistep(
     sigmas: Tensor,
     *,
     eta: float,
-    generators: Sequence[torch.Generator] | None,
+    generators: Sequence[RandomSource] | None,
     config: SamplerConfig | None,
     nu: float | None = None,
 ) -> Tensor:
@@ -395,7 +406,7 @@ def distilled(
     x: Tensor,
     sigmas: Tensor,
     *,
-    generators: Sequence[torch.Generator] | None = None,
+    generators: Sequence[RandomSource] | None = None,
     config: SamplerConfig | None = None,
     nu: float | None = None,
 ) -> Tensor:
@@ -424,23 +435,31 @@ def distilled(
     return out
 
 
-#: The solvers by the names :class:`~corrdiff_xr.config.SamplerConfig` uses.
-SAMPLERS: dict[str, Callable[..., Tensor]] = {
-    "heun": heun,
-    "euler": euler,
-    "dpmpp_2m": dpmpp_2m,
-    "dpmpp_2m_sde": dpmpp_2m_sde,
-    "distilled": distilled,
-}
-#: solvers whose noise must be Gaussian (refused with Student-t noise, see the module docstring)
-_GAUSSIAN_ONLY = frozenset({"dpmpp_2m_sde"})
-#: network calls per member of each solver for ``N`` steps
-CALLS_PER_STEPS: dict[str, Callable[[int], int]] = {
-    "heun": lambda n: 2 * n - 1,
-    "euler": lambda n: n,
-    "dpmpp_2m": lambda n: n,
-    "dpmpp_2m_sde": lambda n: n,
-    "distilled": lambda n: n,
+@dataclasses.dataclass(frozen=True)
+class Solver:
+    """One row of the solver table :data:`SOLVERS`.
+
+    Attributes
+    ----------
+    run
+        The sampler, with the one signature of :class:`~corrdiff_xr.protocols.Sampler`.
+    calls
+        Network calls per member for ``N`` steps.
+    """
+
+    run: Sampler
+    calls: Callable[[int], int]
+
+
+#: The solver table: every solver by the name :class:`~corrdiff_xr.config.SamplerConfig`
+#: uses (:data:`~corrdiff_xr.config_sampling.SolverName` lists the same names, and
+#: :data:`~corrdiff_xr.config_sampling.GAUSSIAN_ONLY` those refused with Student-t noise).
+SOLVERS: dict[SolverName, Solver] = {
+    "heun": Solver(heun, calls=lambda n: 2 * n - 1),
+    "euler": Solver(euler, calls=lambda n: n),
+    "dpmpp_2m": Solver(dpmpp_2m, calls=lambda n: n),
+    "dpmpp_2m_sde": Solver(dpmpp_2m_sde, calls=lambda n: n),
+    "distilled": Solver(distilled, calls=lambda n: n),
 }
 
 
@@ -449,7 +468,7 @@ def sample(
     latents: Tensor,
     *,
     config: SamplerConfig | None = None,
-    generators: Sequence[torch.Generator] | None = None,
+    generators: Sequence[RandomSource] | None = None,
     nu: float | None = None,
     shift: float = 1.0,
 ) -> Tensor:
@@ -482,5 +501,5 @@ def sample(
     if shift != 1.0:
         sigmas = sigmas * shift
     x = latents * sigmas[0].to(latents.dtype)
-    solver = SAMPLERS[config.solver]
-    return solver(denoise, x, sigmas, generators=generators, config=config, nu=nu)
+    run = SOLVERS[config.solver].run
+    return run(denoise, x, sigmas, generators=generators, config=config, nu=nu)

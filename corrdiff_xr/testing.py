@@ -9,11 +9,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 
 from corrdiff_xr.config import NetworkConfig, to_dict
+
+if TYPE_CHECKING:
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.model import CorrDiff
 
 #: The one tiny network of the tests and benchmarks: a two-level SongUNet with attention at
 #: 8 px and no dropout, so every layer kind runs, in milliseconds per call on 16 x 16 inputs.
@@ -60,14 +64,14 @@ def raise_if_dask_computes(max_computes: int = 0) -> Iterator[CountingScheduler]
 
 
 def tiny_corrdiff(
-    codec: Any,
+    codec: Codec | None,
     img_shape: tuple[int, int],
     *,
     channels: int | None = None,
     residual: bool = True,
     seed: int = 0,
     **network: Any,
-) -> Any:
+) -> CorrDiff:
     """A tiny untrained :class:`~corrdiff_xr.model.CorrDiff` built of :data:`TINY_NETWORK`.
 
     Weights come from ``torch.manual_seed(seed)`` (the global RNG is restored afterwards).

@@ -13,6 +13,7 @@ import datetime
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from corrdiff_xr.errors import TimeAxisError
 
@@ -21,7 +22,7 @@ __all__ = ["calendar_of", "is_cftime", "to_ns"]
 _NS_PER_DAY = 86_400 * 10**9
 
 
-def is_cftime(values: Any) -> bool:
+def is_cftime(values: ArrayLike) -> bool:
     """Whether ``values`` (array, index or scalar) holds cftime datetimes."""
     arr = np.asarray(getattr(values, "values", values))
     if arr.dtype != object or arr.size == 0:
@@ -30,14 +31,14 @@ def is_cftime(values: Any) -> bool:
     return hasattr(first, "calendar") and hasattr(first, "timetuple")
 
 
-def calendar_of(values: Any) -> str:
+def calendar_of(values: ArrayLike) -> str:
     """The CF calendar of a time axis: the cftime objects' calendar, else ``"standard"``."""
     if is_cftime(values):
         return str(np.asarray(getattr(values, "values", values)).flat[0].calendar)
     return "standard"
 
 
-def to_ns(values: Any) -> np.ndarray:
+def to_ns(values: ArrayLike) -> np.ndarray:
     """int64 nanoseconds since 1970-01-01 00:00 in the axis' own calendar (see module doc)."""
     arr = np.asarray(getattr(values, "values", values))
     if np.issubdtype(arr.dtype, np.datetime64):

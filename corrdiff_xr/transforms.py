@@ -56,6 +56,7 @@ __all__ = [
     "Gate",
     "Transform",
     "TransformDomainError",
+    "check_declared",
     "parse_bounds",
     "parse_gates",
     "parse_transforms",
@@ -159,16 +160,17 @@ class Transform:
                 f"{self.kind} transform ({int(outside.sum())} in the block read); clip the data "
                 "to its physical range or choose a larger eps"
             )
+        eps = self.eps or 0.0  # set for the kinds that use it
         if self.scale != 1.0:
             x *= x.dtype.type(1.0 / self.scale)
         if self.kind == "log_eps":
-            x += x.dtype.type(self.eps)
+            x += x.dtype.type(eps)
             np.log(x, out=x)
         elif self.kind == "asinh":
             np.arcsinh(x, out=x)
         else:
-            below = x.dtype.type(1.0 + self.eps) - x  # the one temporary: 1 - u + eps
-            x += x.dtype.type(self.eps)
+            below = x.dtype.type(1.0 + eps) - x  # the one temporary: 1 - u + eps
+            x += x.dtype.type(eps)
             np.divide(x, below, out=x)
             np.log(x, out=x)
         return x
@@ -176,18 +178,19 @@ class Transform:
     def inverse(self, t: np.ndarray) -> np.ndarray:
         """``t`` mapped back to physical values in place (a float array); total: any finite
         ``t`` gives a value in the closure of :meth:`domain` (or +-inf past float range)."""
+        eps = self.eps or 0.0
         with np.errstate(over="ignore"):
             if self.kind == "log_eps":
                 np.exp(t, out=t)
-                t -= t.dtype.type(self.eps)
+                t -= t.dtype.type(eps)
             elif self.kind == "asinh":
                 np.sinh(t, out=t)
             else:  # (1 + 2 eps) / (1 + exp(-t)) - eps
                 np.negative(t, out=t)
                 np.exp(t, out=t)
                 t += t.dtype.type(1.0)
-                np.divide(t.dtype.type(1.0 + 2.0 * self.eps), t, out=t)
-                t -= t.dtype.type(self.eps)
+                np.divide(t.dtype.type(1.0 + 2.0 * eps), t, out=t)
+                t -= t.dtype.type(eps)
         if self.scale != 1.0:
             t *= t.dtype.type(self.scale)
         return t
@@ -282,3 +285,25 @@ def parse_gates(spec: Mapping[str, Any] | None, *, key: str = "gates") -> dict[s
         width = _positive(f"{where}.half_width", g["half_width"])
         out[str(name)] = Gate(str(g["feature"]), float(threshold), width)
     return out
+
+
+def check_declared(
+    transforms: Mapping[str, Transform],
+    bounds: Mapping[str, tuple[float | None, float | None]],
+    names: Sequence[str],
+    targets: Sequence[str],
+) -> None:
+    """Refuse (one line each) a transform naming none of a codec's variables ``names`` or
+    bounds naming none of its ``targets``."""
+    for name, t in transforms.items():
+        if name not in names:
+            raise SettingError(
+                ((f"transforms.{name}", t.to_dict()),),
+                f"names no variable of the codec (its variables: {list(names)})",
+            )
+    for name, b in bounds.items():
+        if name not in targets:
+            raise SettingError(
+                ((f"bounds.{name}", list(b)),),
+                f"bounds clip outputs, and '{name}' is not a target (targets: {list(targets)})",
+            )

@@ -42,7 +42,7 @@ import math
 import re
 import warnings
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
@@ -50,6 +50,9 @@ import xarray as xr
 from corrdiff_xr.data.layout import DataError
 
 if TYPE_CHECKING:
+    import pint
+    from pint.facets.plain import PlainUnit
+
     from corrdiff_xr.codec import Codec
     from corrdiff_xr.data.pair import DownscalingData
 
@@ -119,7 +122,7 @@ def check_spelling(units: str, *, name: str = "", whose: str = "") -> None:
 
 
 @functools.cache
-def _registry() -> Any:
+def _registry() -> pint.UnitRegistry:
     try:
         from cf_xarray.units import units
     except ImportError as err:  # a declared dependency; say what to install if it is absent
@@ -129,7 +132,7 @@ def _registry() -> Any:
     return units
 
 
-def _root(quantity: Any) -> Any:
+def _root(quantity: pint.Quantity) -> PlainUnit:
     """The root units of a quantity (``degC`` -> kelvin, ``degree`` -> radian, ``%`` -> 1)."""
     return quantity.to_root_units().units
 

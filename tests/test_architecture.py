@@ -22,6 +22,7 @@ LAYERS = {
             "_lock",
             "_redact",
             "_identity",
+            "protocols",
             "_constraints",
             "config",
             "config_sampling",

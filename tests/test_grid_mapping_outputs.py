@@ -146,3 +146,24 @@ def test_the_bilinear_baseline_keeps_the_grid_mapping(rotated, tmp_path):
     for name in inputs.data_vars:
         inputs[name].attrs.pop("grid_mapping", None)
     _check(baseline_from_inputs(inputs, pair.targets), "baseline_from_inputs")
+
+
+def test_a_variable_naming_its_mapping_in_the_extended_cf_form_keeps_it():
+    """CF's extended form (``"rotated_pole: rlat rlon"``) names the mapping as surely as the short
+    form; with two mappings in the source, the named one is chosen, not left out."""
+    import numpy as np
+    import xarray as xr
+
+    from corrdiff_xr._cf import with_grid_mapping
+
+    rotated = xr.DataArray(0, attrs={"grid_mapping_name": "rotated_latitude_longitude"})
+    lambert = xr.DataArray(0, attrs={"grid_mapping_name": "lambert_conformal_conic"})
+    field = xr.DataArray(np.zeros((2, 3)), dims=("y", "x"))
+    source = xr.Dataset(
+        {"tas": field.assign_attrs(grid_mapping="rotated_pole: y x")},
+        coords={"rotated_pole": rotated, "lambert": lambert},
+    )
+    out = with_grid_mapping(xr.Dataset({"tas": field}), source)
+    assert out["tas"].attrs["grid_mapping"] == "rotated_pole"
+    own = xr.Dataset({"tas": field.assign_attrs(grid_mapping="lambert: y x")})
+    assert with_grid_mapping(own, source)["tas"].attrs["grid_mapping"] == "lambert"

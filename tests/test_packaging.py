@@ -1,4 +1,5 @@
-"""A built wheel carries what an installed corrdiff_xr needs: weights, configs and catalogs."""
+"""A built wheel carries what an installed corrdiff_xr needs: weights, configs, catalogs and
+the ``py.typed`` marker (PEP 561: type checkers read an installed package's annotations)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def test_an_installed_wheel_finds_its_catalogs_model_and_configs(tmp_path):
         assert any(n.endswith(f"data/share/corrdiff_xr/catalogs/{catalog}.yaml") for n in names)
     assert "corrdiff_xr/weights/tiny_demo.safetensors" in names
     assert "corrdiff_xr/weights/tiny_demo_student.safetensors" in names  # the demo's default
+    assert "corrdiff_xr/py.typed" in names
 
     prefix = tmp_path / "prefix"
     # --ignore-installed: never uninstall the running environment's corrdiff_xr (pip would)

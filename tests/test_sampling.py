@@ -186,3 +186,20 @@ def test_bad_schedules_and_configs_are_rejected():
         karras_sigmas(18)
     with pytest.raises(ValueError, match="sigma_min"):
         SamplerConfig(sigma_min=0.0)
+
+
+def test_student_t_latents_of_a_shared_field_agree_where_patches_overlap():
+    """A NoiseSource stands where a generator stands, Student-t scale included: the scale is
+    the field's (one chi-square per field draw), so overlapping patches still agree."""
+    from corrdiff_xr.noise import FieldNoise
+    from corrdiff_xr.protocols import NoiseSource
+
+    whole_source, patch_source = FieldNoise(0, 11, 2, (0, 0)), FieldNoise(0, 11, 2, (8, 16))
+    assert isinstance(whole_source, NoiseSource) and not isinstance(torch.Generator(), NoiseSource)
+    whole = draw_latents([whole_source], (1, 32, 32), nu=5.0)[0]
+    patch = draw_latents([patch_source], (1, 16, 16), nu=5.0)[0]
+    torch.testing.assert_close(patch, whole[:, 8:24, 16:32], rtol=0, atol=0)
+    gaussian = FieldNoise(0, 11, 2, (0, 0)).randn((1, 32, 32))
+    scale = whole / gaussian  # one factor sqrt(nu / chi2) for the whole field
+    torch.testing.assert_close(scale, torch.full_like(scale, float(scale.flatten()[0])))
+    assert float(scale.flatten()[0]) != 1.0

@@ -11,6 +11,7 @@ number of steps ``N``; a sampler of the reverse SDE has the data distribution at
 from __future__ import annotations
 
 import math
+import typing
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ import torch
 
 from corrdiff_xr import sampling
 from corrdiff_xr.config import SamplerConfig
+from corrdiff_xr.config_sampling import GAUSSIAN_ONLY, SolverName
 
 MU, S = 0.7, 0.4
 
@@ -36,7 +38,7 @@ def _error(solver: str, steps: int) -> float:
     # stop at sigma_min: the final jump to 0 is first order by construction for every solver
     sigmas = sampling.karras_sigmas(cfg)[:-1]
     x0 = torch.linspace(-3.0, 3.0, 64, dtype=torch.float64).reshape(64, 1) * 80.0
-    got = sampling.SAMPLERS[solver](_denoise, x0.clone(), sigmas, config=cfg)
+    got = sampling.SOLVERS[solver].run(_denoise, x0.clone(), sigmas, config=cfg)
     want = _exact(x0, float(sigmas[0]), float(sigmas[-1]))
     return float((got - want).abs().max())
 
@@ -51,9 +53,44 @@ def test_the_error_falls_at_the_solvers_order(solver, order):
 
 def test_dpmpp_2m_beats_heun_at_equal_network_calls():
     # 9 Heun steps cost 17 calls; 17 DPM-Solver++(2M) steps cost 17 as well
-    calls = sampling.CALLS_PER_STEPS
-    assert calls["heun"](9) == calls["dpmpp_2m"](17) == 17
+    table = sampling.SOLVERS
+    assert table["heun"].calls(9) == table["dpmpp_2m"].calls(17) == 17
     assert _error("dpmpp_2m", 17) < _error("heun", 9)
+
+
+def test_the_solver_table_holds_exactly_the_names_configs_accept():
+    assert set(sampling.SOLVERS) == set(typing.get_args(SolverName))
+    assert GAUSSIAN_ONLY <= set(sampling.SOLVERS)
+
+
+@pytest.mark.parametrize("solver", typing.get_args(SolverName))
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_each_solver_makes_the_network_calls_its_table_row_counts(solver, steps):
+    calls = []
+
+    def counting(x, sigma):
+        calls.append(x.shape[0])
+        return _denoise(x, sigma)
+
+    cfg = SamplerConfig(solver=solver, num_steps=steps, sigma_max=80.0)
+    gens = sampling.make_generators(range(3))
+    latents = sampling.draw_latents(gens, (2,), dtype=torch.float64)
+    sampling.sample(counting, latents, config=cfg, generators=gens)
+    assert len(calls) == sampling.SOLVERS[solver].calls(steps)
+    assert set(calls) == {3}  # every call denoises the whole batch
+
+
+@pytest.mark.parametrize("solver", typing.get_args(SolverName))
+def test_student_t_noise_is_refused_exactly_by_the_gaussian_only_solvers(solver):
+    cfg = SamplerConfig(solver=solver, num_steps=3, sigma_max=80.0, S_churn=1.0)
+    gens = sampling.make_generators(range(2))
+    latents = sampling.draw_latents(gens, (2,), dtype=torch.float64, nu=5.0)
+    if solver in GAUSSIAN_ONLY:
+        with pytest.raises(ValueError, match=f"solver='{solver}' needs Gaussian noise"):
+            sampling.sample(_denoise, latents, config=cfg, generators=gens, nu=5.0)
+    else:
+        out = sampling.sample(_denoise, latents, config=cfg, generators=gens, nu=5.0)
+        assert out.shape == latents.shape and torch.isfinite(out).all()
 
 
 def test_to_sigma_zero_dpmpp_2m_lands_on_the_posterior_of_its_last_step():

@@ -21,11 +21,13 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
 
 from corrdiff_xr.errors import CorrDiffError
 
-__all__ = ["COMMANDS", "KeyValues", "bounded", "json_object", "main"]
+__all__ = ["COMMANDS", "KeyValues", "action_values", "bounded", "json_object", "main"]
 
 COMMANDS = {
     "demo": ("corrdiff_xr.cli.demo", "download-free end-to-end run on the embedded data and model"),
@@ -41,6 +43,13 @@ COMMANDS = {
 
 
 # -- option types (argparse reports their errors naming the option) ----------------------------
+def action_values(values: str | Sequence[Any] | None) -> list[Any]:
+    """An :class:`argparse.Action`'s ``values`` as a list (an ``nargs`` option's already is)."""
+    if values is None:
+        return []
+    return [values] if isinstance(values, str) else list(values)
+
+
 def bounded(
     kind: type = int,
     *,
@@ -77,11 +86,18 @@ def bounded(
 class KeyValues(argparse.Action):
     """KEY=VALUE items -> a (nested) dict, by :func:`corrdiff_xr.config.parse_overrides`."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        given = action_values(values)
         from corrdiff_xr.config import ConfigError, parse_overrides
 
         try:
-            setattr(namespace, self.dest, parse_overrides(values))
+            setattr(namespace, self.dest, parse_overrides(given))
         except ConfigError as err:
             raise argparse.ArgumentError(self, str(err)) from None
 
@@ -114,7 +130,7 @@ def _one_line(name: str, err: BaseException) -> str:
     return f"corrdiff-xr {name}: error: {text}"
 
 
-def _parse(name: str, module, rest: list[str]) -> tuple[argparse.Namespace | int, bool]:
+def _parse(name: str, module: ModuleType, rest: list[str]) -> tuple[argparse.Namespace | int, bool]:
     """The command's options (or argparse's exit status) and whether --debug came after it."""
     parser = argparse.ArgumentParser(prog=f"corrdiff-xr {name}", description=COMMANDS[name][1])
     module.configure_parser(parser)

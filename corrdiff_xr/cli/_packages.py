@@ -9,7 +9,14 @@ URL), put on the package's grids with ``--name-map`` and ``--regrid``
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from corrdiff_xr.cli import action_values
+
+if TYPE_CHECKING:
+    from corrdiff_xr.data.pair import DownscalingData
+    from corrdiff_xr.model.packages import Package
 
 __all__ = ["NameMap", "add_package_options", "model_and_pair", "package_request"]
 
@@ -20,7 +27,7 @@ def _selector(text: str) -> str | dict[str, Any]:
     if not sep:
         return name
     try:
-        value: float | int = float(level)
+        value = float(level)
     except ValueError:
         raise argparse.ArgumentTypeError(f"level {level!r} of {text!r} is not a number") from None
     return {"variable": name, "level": int(value) if value.is_integer() else value}
@@ -29,9 +36,16 @@ def _selector(text: str) -> str | dict[str, Any]:
 class NameMap(argparse.Action):
     """PACKAGE_NAME=ARCHIVE_NAME[@LEVEL] items -> ``{package name: selector}``."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        given = action_values(values)
         out = {}
-        for item in values:
+        for item in given:
             key, sep, value = item.partition("=")
             if not sep or not key or not value:
                 raise argparse.ArgumentError(
@@ -45,7 +59,7 @@ class NameMap(argparse.Action):
         setattr(namespace, self.dest, out)
 
 
-def add_package_options(group: argparse._ArgumentGroup) -> None:
+def add_package_options(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--name-map`` and ``--regrid``, used when ``--checkpoint`` is a package."""
     group.add_argument(
         "--name-map",
@@ -63,7 +77,9 @@ def add_package_options(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def model_and_pair(args: argparse.Namespace, open_data, error: type[Exception]) -> tuple[Any, Any]:
+def model_and_pair(
+    args: argparse.Namespace, open_data: Callable[[], DownscalingData], error: type[Exception]
+) -> tuple[Package | str, DownscalingData]:
     """``(model, pair)``: the opened package and the archive on its grids, or the checkpoint
     path and ``open_data()``'s pair; package-only options without a package are refused."""
     from corrdiff_xr.inference.packages import is_package_path

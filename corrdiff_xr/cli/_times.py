@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from corrdiff_xr.cli import action_values
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["TimeRange", "iso_time", "select_times"]
 
@@ -53,30 +59,37 @@ def iso_time(text: str) -> str:
 class TimeRange(argparse.Action):
     """START END [STEP] -> (start, end, step or None), END not before START, STEP positive."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        given = action_values(values)
         import pandas as pd
 
-        if len(values) not in (2, 3):
+        if len(given) not in (2, 3):
             raise argparse.ArgumentError(
-                self, f"takes START END [STEP], got {len(values)} value(s): {values}"
+                self, f"takes START END [STEP], got {len(given)} value(s): {given}"
             )
         try:
-            start, end = (_parts(t) for t in values[:2])
+            start, end = (_parts(t) for t in given[:2])
         except argparse.ArgumentTypeError as err:
             raise argparse.ArgumentError(self, str(err)) from None
         if end < start:  # field by field: the same order in every calendar
-            raise argparse.ArgumentError(self, f"END {values[1]} is before START {values[0]}")
+            raise argparse.ArgumentError(self, f"END {given[1]} is before START {given[0]}")
         step = None
-        if len(values) == 3:
+        if len(given) == 3:
             try:
-                step = pd.Timedelta(values[2])
+                step = pd.Timedelta(given[2])
             except ValueError:
                 step = pd.NaT
             if pd.isna(step) or step <= pd.Timedelta(0):
                 raise argparse.ArgumentError(
-                    self, f"STEP must be a positive duration like 3h or 30min, got {values[2]!r}"
+                    self, f"STEP must be a positive duration like 3h or 30min, got {given[2]!r}"
                 )
-        setattr(namespace, self.dest, (values[0], values[1], step))
+        setattr(namespace, self.dest, (given[0], given[1], step))
 
 
 def _show(ns: int, like: np.ndarray) -> str:
@@ -94,7 +107,10 @@ def _show(ns: int, like: np.ndarray) -> str:
 
 
 def select_times(
-    available: Any, times: list[str] | None, time_range: tuple | None, error: type[Exception]
+    available: np.ndarray,
+    times: list[str] | None,
+    time_range: tuple[str, str, pd.Timedelta | None] | None,
+    error: type[Exception],
 ) -> np.ndarray | None:
     """Positions in ``available`` of ``--times`` or ``--time-range`` (None: no selection).
 

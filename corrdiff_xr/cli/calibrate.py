@@ -23,11 +23,16 @@ import contextlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from corrdiff_xr.cli import KeyValues, bounded
 from corrdiff_xr.cli._packages import add_package_options
 from corrdiff_xr.cli._times import TimeRange, select_times
 from corrdiff_xr.errors import CorrDiffError
+
+if TYPE_CHECKING:
+    from corrdiff_xr.data.pair import DownscalingData
+    from corrdiff_xr.model import CorrDiff
 
 __all__ = ["CalibrateError", "configure_parser", "run"]
 
@@ -134,7 +139,7 @@ def _calibrate(args: argparse.Namespace, out: Path, table: Path | None) -> int:
     return 0
 
 
-def _model_and_pair(args: argparse.Namespace):
+def _model_and_pair(args: argparse.Namespace) -> tuple[CorrDiff, DownscalingData]:
     """``(CorrDiff, pair)``: a checkpoint and ``--data``, or a package's model and ``--data``
     (its coarse archive) on its grids with ``--truth`` as the targets."""
     from corrdiff_xr.inference.packages import is_package_path

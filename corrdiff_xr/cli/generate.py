@@ -32,12 +32,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from corrdiff_xr.cli import KeyValues, bounded
+from corrdiff_xr.cli import KeyValues, action_values, bounded
 from corrdiff_xr.cli._packages import add_package_options, model_and_pair, package_request
 from corrdiff_xr.cli._times import TimeRange, iso_time, select_times
 from corrdiff_xr.errors import CorrDiffError
+
+if TYPE_CHECKING:
+    import xarray as xr
+    from distributed import Client, LocalCluster
+
+    from corrdiff_xr.config import PatchConfig
+    from corrdiff_xr.data.pair import DownscalingData
+    from corrdiff_xr.inference.packages import ModelLike
 
 __all__ = ["GenerateError", "configure_parser", "run"]
 
@@ -66,18 +75,32 @@ def _device(text: str) -> str:
 class _Patch(argparse.Action):
     """H [W] positive -> (H, W)."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
-        if len(values) > 2:
-            raise argparse.ArgumentError(self, f"takes H [W], got {len(values)} values: {values}")
-        setattr(namespace, self.dest, (values[0], values[-1]))
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        given = action_values(values)
+        if len(given) > 2:
+            raise argparse.ArgumentError(self, f"takes H [W], got {len(given)} given: {given}")
+        setattr(namespace, self.dest, (given[0], given[-1]))
 
 
 class _Chunks(argparse.Action):
     """DIM=N items, DIM one of the output dims, N >= 1 -> dict."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        given = action_values(values)
         chunks = {}
-        for item in values:
+        for item in given:
             dim, sep, size = item.partition("=")
             if not sep or dim not in CHUNK_DIMS:
                 raise argparse.ArgumentError(
@@ -253,21 +276,21 @@ def _source(args: argparse.Namespace) -> str:
     return args.data
 
 
-def _open(args: argparse.Namespace):
+def _open(args: argparse.Namespace) -> DownscalingData:
     from corrdiff_xr.data import open_source
 
     what = "--catalog/--entry" if args.catalog else "--data"
     return open_source(_source(args), params=args.param, what=what, params_what="--param")
 
 
-def _select_times(pair, args: argparse.Namespace):
+def _select_times(pair: DownscalingData, args: argparse.Namespace) -> DownscalingData:
     from corrdiff_xr.dims import TIME
 
     where = select_times(pair.dataset[TIME].values, args.times, args.time_range, GenerateError)
     return pair if where is None else pair.isel({TIME: where})
 
 
-def _patching(args: argparse.Namespace):
+def _patching(args: argparse.Namespace) -> PatchConfig:
     """``--patch``, ``--overlap``, ``--boundary``, ``--patch-noise``, ``--patch-mean`` as a
     PatchConfig, resolved.
 
@@ -290,7 +313,7 @@ def _patching(args: argparse.Namespace):
     return patching if patching.shape is None else patching.resolved()
 
 
-def _request(args: argparse.Namespace, ds) -> dict[str, Any]:
+def _request(args: argparse.Namespace, ds: xr.Dataset) -> dict[str, Any]:
     """The request's identity: what else would change the store's bytes."""
     from corrdiff_xr.inference.request import request_identity
 
@@ -309,7 +332,9 @@ _OPTION_NAMES = {"members": "--members", "batch_size": "--batch-size", "patch": 
                  "chunks": "--chunks", "steps": "--steps"}  # fmt: skip
 
 
-def _downscale(pair, args: argparse.Namespace, model: Any):
+def _downscale(
+    pair: DownscalingData, args: argparse.Namespace, model: ModelLike
+) -> tuple[xr.Dataset, dict[str, Any]]:
     from corrdiff_xr._constraints import SettingError
     from corrdiff_xr.inference import downscale
 
@@ -342,7 +367,7 @@ def _downscale(pair, args: argparse.Namespace, model: Any):
 # -- running -----------------------------------------------------------------------------------
 
 
-def _client(args: argparse.Namespace):
+def _client(args: argparse.Namespace) -> tuple[Client | None, LocalCluster | None]:
     if args.scheduler_address:
         from distributed import Client
 
@@ -361,7 +386,7 @@ def _client(args: argparse.Namespace):
     return None, None
 
 
-def _write_netcdf(args: argparse.Namespace, pair) -> None:
+def _write_netcdf(args: argparse.Namespace, pair: DownscalingData) -> None:
     import xarray as xr
 
     from corrdiff_xr.dims import TIME

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import xarray as xr
@@ -39,8 +40,8 @@ from corrdiff_xr._outputs import (
     output_directory,
     writing,
 )
-from corrdiff_xr.cli import bounded, json_object
-from corrdiff_xr.config import ConfigError, parse_overrides
+from corrdiff_xr.cli._score_args import configure_parser
+from corrdiff_xr.config import parse_overrides
 from corrdiff_xr.data.write import write_dataset
 from corrdiff_xr.dims import LAT, TIME
 from corrdiff_xr.scoring import regions
@@ -54,198 +55,14 @@ from corrdiff_xr.scoring.inputs import (
 )
 from corrdiff_xr.scoring.regions import REGION
 
+Regions = xr.DataArray | None  # the --regions masks (REGION, y, x), or None
+
 __all__ = ["configure_parser", "run"]
 
 #: the product kind of score outputs, the --plots and --report folders (corrdiff_xr._outputs)
 KIND, PLOTS_KIND, REPORT_KIND = "score", "score-plots", "score-report"
 PLOT_FILES = ("maps.png", "spectra.png", "rank_histogram.png")
 REPORT_FILES = ("index.html",)
-
-
-def _metric_list(text: str) -> list[str]:
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in scoring.METRIC_TABLE]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown metric(s) {', '.join(unknown) or repr(text)}; choose from "
-            f"{','.join(scoring.METRIC_TABLE)}"
-        )
-    return names
-
-
-def _numbers(text: str, what: str, kind=float) -> list:
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{what}: expected comma-separated numbers, got {text!r}"
-        ) from None
-
-
-def _thresholds(text: str) -> tuple[str | None, list[float]]:
-    """``1,10`` (every variable) or ``tp=1,10`` (one variable)."""
-    name, _, values = text.rpartition("=")
-    return (name.strip() or None), _numbers(values, "--thresholds")
-
-
-def _name_list(text: str) -> list[str]:
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
-    return names
-
-
-def _key_value(text: str) -> str:
-    """An argparse ``type=`` checking one ``KEY=VALUE`` (parsed with the others when run)."""
-    try:
-        parse_overrides([text])
-    except ConfigError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text
-
-
-def _add_metric_options(parser: argparse.ArgumentParser) -> None:
-    """Options of the metrics that take some (see ``Metric.options``), regions, figures."""
-    parser.add_argument(
-        "--thresholds",
-        nargs="+",
-        action="extend",
-        type=_thresholds,
-        metavar="[VAR=]T1,T2",
-        help="event thresholds (value >= T, the variable's units) of fss, brier, reliability, "
-        "roc, roc_auc and twcrps: one list for every variable, or VAR=... per variable",
-    )
-    parser.add_argument(
-        "--percentiles",
-        type=lambda t: _numbers(t, "--percentiles"),
-        help="fss: threshold each field at its own percentiles, e.g. 90,99 (default 90)",
-    )
-    parser.add_argument(
-        "--confidence",
-        type=bounded(float, minimum=0.5, maximum=0.999),
-        help="add block-bootstrap intervals over time at this level (e.g. 0.95) to every "
-        "score, and for several forecasts to their differences with the first",
-    )
-    parser.add_argument(
-        "--block-length",
-        type=bounded(int, minimum=1),
-        help="times per bootstrap block (default: the cube root of the number of times)",
-    )
-    parser.add_argument(
-        "--resamples", type=bounded(int, minimum=10), default=1000, help="bootstrap resamples"
-    )
-    parser.add_argument(
-        "--windows",
-        type=lambda t: _numbers(t, "--windows", int),
-        help="fss: neighbourhood sizes in grid points, e.g. 1,3,9",
-    )
-    parser.add_argument("--plots", help="also write PNG maps, spectra and rank histograms here")
-    parser.add_argument("--report", help="also write one self-contained HTML page here")
-    parser.add_argument(
-        "--report-times",
-        type=_name_list,
-        metavar="T1,T2",
-        help="times drawn as maps in --plots/--report: positions (0, -1) or ISO labels "
-        "(default: the first)",
-    )
-    parser.add_argument(
-        "--regions",
-        nargs="+",
-        action="extend",
-        metavar="SPEC",
-        help="also score by region (a 'region' dim): land, sea (from a land-sea fraction such "
-        "as lsm), valid (where the truth is known) or a box NAME=LAT0:LAT1,LON0:LON1",
-    )
-    parser.add_argument(
-        "--land-sea-mask",
-        metavar="FILE[:VAR]",
-        help="NetCDF/Zarr with the land-sea fraction (1 = land) for --regions land/sea, when "
-        "neither the truth nor the prediction holds one",
-    )
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Add the ``score`` options to ``parser``."""
-    parser.add_argument("prediction", help="prediction Zarr store / URL, or reference NetCDF")
-    parser.add_argument(
-        "compare",
-        nargs="?",
-        help="a second prediction (same layout) scored on the first's truth; the table gets "
-        "a 'forecast' dim, and with --confidence the interval of each difference",
-    )
-    parser.add_argument(
-        "--truth",
-        help="truth store or NetCDF with the prediction's variable names, or catalog:NAME/ENTRY "
-        "or a canonical store (its targets) (default: group --truth-group of the prediction store)",
-    )
-    parser.add_argument(
-        "--truth-param",
-        nargs="+",
-        action="extend",
-        type=_key_value,
-        metavar="KEY=VALUE",
-        help="user parameters of a catalog:NAME/ENTRY --truth, e.g. cache_dir=/data",
-    )
-    parser.add_argument(
-        "--truth-group",
-        default=None,
-        help="group holding the truth in the prediction store (default: 'truth', or the "
-        "store's root when --prediction-group is given)",
-    )
-    parser.add_argument(
-        "--prediction-group",
-        default=None,
-        help="group holding the ensemble in the prediction store (default: its root)",
-    )
-    parser.add_argument(
-        "--format",
-        choices=("auto", "zarr", "reference-netcdf"),
-        default="auto",
-        help="prediction layout (auto: by file suffix, .nc = reference NetCDF)",
-    )
-    parser.add_argument(
-        "-o", "--output", help="where to write the scores (local path; .nc or Zarr)"
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an earlier score output / --plots folder (never anything else)",
-    )
-    parser.add_argument(
-        "--metrics",
-        type=_metric_list,
-        default=list(scoring.METRICS),
-        help=f"comma-separated metrics (default {','.join(scoring.METRICS)}) out of "
-        f"{','.join(scoring.METRIC_TABLE)}",
-    )
-    _add_metric_options(parser)
-    parser.add_argument(
-        "--estimator",
-        choices=("properscoring", "fair"),
-        default="properscoring",
-        help="CRPS estimator: properscoring (empirical ensemble CDF) or fair (M-1)",
-    )
-    parser.add_argument(
-        "--variables", type=_name_list, help="comma-separated variables (default: all)"
-    )
-    parser.add_argument(
-        "--area-weighted",
-        action="store_true",
-        help="weight spatial means by cos(latitude) of the 'lat' coordinate",
-    )
-    parser.add_argument(
-        "--storage-options", type=json_object, default={}, help="fsspec options as a JSON object"
-    )
-    parser.add_argument(
-        "--workers", type=bounded(int, minimum=1), default=None, help="threads for dask"
-    )
-    parser.add_argument(
-        "--baseline",
-        choices=("bilinear",),
-        help="also score bilinear interpolation of the coarse inputs (needs them: a reference "
-        "NetCDF's input group, or --truth as a canonical store or catalog entry); the table "
-        "then has a 'forecast' dim: prediction, bilinear",
-    )
 
 
 def _checked_outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None, Path | None]:
@@ -274,7 +91,7 @@ def _checked_outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None
 
 
 def _lazy_scores(
-    pred: xr.Dataset, truth: xr.Dataset, args: argparse.Namespace, regions=None
+    pred: xr.Dataset, truth: xr.Dataset, args: argparse.Namespace, regions: Regions = None
 ) -> xr.Dataset:
     weights = None
     if args.area_weighted:
@@ -327,7 +144,11 @@ def _metric_options(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def _baseline_scores(
-    pred: xr.Dataset, truth: xr.Dataset, inputs, args: argparse.Namespace, regions
+    pred: xr.Dataset,
+    truth: xr.Dataset,
+    inputs: xr.Dataset | None,
+    args: argparse.Namespace,
+    regions: Regions,
 ) -> xr.Dataset:
     """Lazy scores of the bilinear baseline on the prediction's times."""
     if inputs is None:
@@ -346,7 +167,7 @@ def _baseline_scores(
 
 
 def _compare_scores(
-    pred: xr.Dataset, truth: xr.Dataset, args: argparse.Namespace, regions
+    pred: xr.Dataset, truth: xr.Dataset, args: argparse.Namespace, regions: Regions
 ) -> xr.Dataset:
     """Lazy scores of the second prediction ``compare`` on the first one's truth."""
     other = open_forecast(
@@ -401,7 +222,7 @@ def _check_complete(prediction: str, pred: xr.Dataset) -> None:
     if "://" in prediction or not store.progress_dir(prediction).is_dir():
         return  # not written block by block (a plain to_zarr, a NetCDF): nothing to check
     first = pred[[next(iter(pred.data_vars))]]  # every variable has the chunks of the blocks
-    done, blocks = store.progress(prediction), [store._block_id(b) for _, b in store._blocks(first)]
+    done, blocks = store.progress(prediction), store.block_ids(first)
     missing = [b for b in blocks if b not in done]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -412,7 +233,7 @@ def _check_complete(prediction: str, pred: xr.Dataset) -> None:
         )
 
 
-def _regions(args: argparse.Namespace, pred: xr.Dataset, truth: xr.Dataset):
+def _regions(args: argparse.Namespace, pred: xr.Dataset, truth: xr.Dataset) -> Regions:
     """The ``--regions`` masks on the prediction's grid, or None."""
     if not args.regions:
         return None
@@ -507,7 +328,9 @@ def _times(args: argparse.Namespace) -> list[int | str]:
 
 
 @contextlib.contextmanager
-def _folder(path: Path, kind: str, names: tuple[str, ...], option: str, args):
+def _folder(
+    path: Path, kind: str, names: tuple[str, ...], option: str, args: argparse.Namespace
+) -> Iterator[Path]:
     """A staged folder for ``--plots``/``--report``, renamed into place when done."""
     what = f"{option} folder"
     with (

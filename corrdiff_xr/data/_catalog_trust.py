@@ -113,7 +113,7 @@ class Refused(Exception):
         self.where, self.problem = where, problem
 
 
-def _strings(value: Any) -> Iterator[str]:
+def _strings(value: object) -> Iterator[str]:
     if isinstance(value, Mapping):
         for item in value.values():
             yield from _strings(item)
@@ -124,12 +124,12 @@ def _strings(value: Any) -> Iterator[str]:
         yield value
 
 
-def env_names(data: Any) -> set[str]:
+def env_names(data: object) -> set[str]:
     """Names of the environment variables the templates in ``data`` read."""
     return {name.strip() for text in _strings(data) for name in _ENV_REF.findall(text)}
 
 
-def _check_values(where: str, value: Any, names: set[str]) -> None:
+def _check_values(where: str, value: object, names: set[str]) -> None:
     """Templates only fill in declared parameters, and no value chooses a write location."""
     if isinstance(value, Mapping):
         for key, item in value.items():
@@ -197,7 +197,9 @@ def _check_cache_args(where: str, kwargs: Mapping, params: Mapping) -> None:
     """The cache reader may not choose the cache directory, nor read files into the cache."""
     cache = kwargs.get("cache", "")
     named = re.fullmatch(r"\{(\w+)\}", cache) if isinstance(cache, str) else None
-    user_chosen = bool(named) and named[1] in params and _default(params[named[1]]) in ("", None)
+    user_chosen = (
+        named is not None and named[1] in params and _default(params[named[1]]) in ("", None)
+    )
     if cache not in ("", None) and not user_chosen:
         raise Refused(
             where,
@@ -212,7 +214,7 @@ def _check_cache_args(where: str, kwargs: Mapping, params: Mapping) -> None:
         raise Refused(where, f"builder argument(s) {reads} read files from outside the cache")
 
 
-def _unset(value: Any) -> bool:
+def _unset(value: object) -> bool:
     return value is None or (isinstance(value, (str, Mapping, list, tuple)) and not value)
 
 
@@ -226,7 +228,7 @@ def _filled(value: Any, defaults: Mapping[str, Any]) -> Any:
     return _FIELD.sub(lambda m: str(defaults.get(m[1], m[0]) or ""), value)
 
 
-def _option_problem(key: Any, value: Any) -> str | None:
+def _option_problem(key: object, value: object) -> str | None:
     name = str(key).lower()
     if name in _FS_OPTIONS:
         return "chooses another filesystem or layers one on another (it can read local files)"
@@ -256,7 +258,7 @@ def _check_options(where: str, path: str, options: Any, defaults: Mapping[str, A
         _check_options(where, f"{path}{key}.", value, defaults)
 
 
-def _check_url(where: str, url: Any, defaults: Mapping[str, Any]) -> None:
+def _check_url(where: str, url: object, defaults: Mapping[str, Any]) -> None:
     text = _filled(url, defaults)
     if not isinstance(text, str):
         return
@@ -291,7 +293,7 @@ def _check_reference(where: str, spec: Mapping, defaults: Mapping[str, Any]) -> 
         )
 
 
-def _check_locations(where: str, value: Any, defaults: Mapping[str, Any]) -> None:
+def _check_locations(where: str, value: object, defaults: Mapping[str, Any]) -> None:
     """Every ``url``, ``storage_options`` and ``backend_kwargs`` in reader arguments, and
     kerchunk references, parameter defaults filled."""
     value = _filled(value, defaults)
@@ -311,13 +313,13 @@ def _check_locations(where: str, value: Any, defaults: Mapping[str, Any]) -> Non
             _check_locations(where, item, defaults)
 
 
-def _children(node: Any) -> list:
+def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
         return [part for pair in node.value for part in pair]
     return list(node.value) if isinstance(node, yaml.SequenceNode) else []
 
 
-def check_graph(root: Any) -> None:
+def check_graph(root: yaml.Node) -> None:
     """Refuse a composed YAML graph that aliases expand past :data:`MAX_NODES`, or that holds
     an alias to a node containing it; linear in the number of nodes in the file."""
     sizes: dict[int, int] = {}  # expanded size per distinct node
@@ -365,11 +367,11 @@ def find_cycle(data: Mapping) -> list[str] | None:
     return None
 
 
-def _entry_refs(value: Any) -> Iterator[str]:
+def _entry_refs(value: object) -> Iterator[str]:
     return (item["entry"] for item in _entry_items(value))
 
 
-def _entry_items(value: Any) -> Iterator[Mapping]:
+def _entry_items(value: object) -> Iterator[Mapping]:
     if isinstance(value, Mapping):
         if isinstance(value.get("entry"), str):
             yield value

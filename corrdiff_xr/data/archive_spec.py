@@ -44,7 +44,7 @@ SOURCE_KEYS = (
 
 
 def check_keys(
-    given: Iterable[Any], known: Sequence[str], what: str, *, error: type = DataError
+    given: Iterable[object], known: Sequence[str], what: str, *, error: type = DataError
 ) -> None:
     """Refuse keys of ``given`` outside ``known``, naming each with its closest known key."""
     for key in given:
@@ -55,7 +55,7 @@ def check_keys(
         raise error(f"{what}: unknown key {key!r}{hint}; the known keys are {sorted(known)}")
 
 
-def _unset(value: Any) -> bool:
+def _unset(value: object) -> bool:
     return value is None or (isinstance(value, str) and value == "")
 
 
@@ -86,7 +86,7 @@ def check_distinct(parts: Sequence[tuple[str, xr.Dataset]]) -> None:
         )
 
 
-def _name_problem(name: Any) -> str | None:
+def _name_problem(name: object) -> str | None:
     if not isinstance(name, str):
         return f"is a {type(name).__name__}, not a string"
     if not name.strip():
@@ -98,7 +98,7 @@ def _name_problem(name: Any) -> str | None:
     return None
 
 
-def check_names(names: Iterable[Any], what: str, *, mapped: bool = False) -> None:
+def check_names(names: Iterable[object], what: str, *, mapped: bool = False) -> None:
     """Refuse variable names that a Zarr store or NetCDF file cannot hold as they are;
     ``mapped``: the names are a variables map's (else the archive's own)."""
     for name in names:
@@ -114,7 +114,7 @@ def check_names(names: Iterable[Any], what: str, *, mapped: bool = False) -> Non
         raise NameClashError(f"{what}: variable name {name!r} {problem}; {fix}")
 
 
-def check_variables(variables: Any, what: str) -> None:
+def check_variables(variables: object, what: str) -> None:
     """Refuse a variables map that is not ``{native: name}`` with storable, distinct names."""
     if variables is None:
         return

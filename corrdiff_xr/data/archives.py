@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import dask.array as da
 import numpy as np
@@ -62,9 +62,12 @@ from corrdiff_xr.data.regrid import bilinear_weights, coverage_mask, fine_positi
 from corrdiff_xr.data.regrid_methods import REGRID_ATTR, check_method, coarsened, is_coarsen_spec
 from corrdiff_xr.data.sources.forecast import check_leads
 from corrdiff_xr.data.sources.formats import open_store
-from corrdiff_xr.data.sources.native import Adopted, adopt
-from corrdiff_xr.data.times import align, parse_times, to_ns
+from corrdiff_xr.data.sources.native import Adopted, Grid, adopt
+from corrdiff_xr.data.times import TimeMatch, align, parse_times, to_ns
 from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, TIME, X_COARSE, Y_COARSE, X, Y
+
+if TYPE_CHECKING:
+    from pyproj import CRS
 
 __all__ = ["NOTES_ATTR", "ArchiveSource", "open_archives"]
 
@@ -77,11 +80,14 @@ NOTES_ATTR = "corrdiff_xr_pairing"
 ArchiveSource = str | os.PathLike | xr.Dataset | Mapping[str, Any]
 
 
-def _open(source: ArchiveSource, *, grid: str, what: str) -> Adopted:
+def _open(source: ArchiveSource, *, grid: Grid, what: str) -> Adopted:
+    spec: Mapping[str, Any]
     if isinstance(source, xr.Dataset):  # a Mapping too: test it first
-        spec: Mapping[str, Any] = {"dataset": source}
+        spec = {"dataset": source}
+    elif isinstance(source, Mapping):  # mypy keeps Dataset in the union here
+        spec = cast("Mapping[str, Any]", source)
     else:
-        spec = source if isinstance(source, Mapping) else {"url": source}
+        spec = {"url": source}
     check_keys(spec, SOURCE_KEYS, what)
     check_variables(spec.get("variables"), what)
     if ("url" in spec) == ("dataset" in spec):
@@ -157,7 +163,7 @@ def _nearest_box(coarse: xr.Dataset, fine: xr.Dataset) -> tuple[np.ndarray, np.n
     """Rows and columns of a curvilinear coarse grid around its points nearest the fine ones."""
     from scipy.spatial import cKDTree
 
-    def unit(lat, lon):
+    def unit(lat: xr.DataArray, lon: xr.DataArray) -> np.ndarray:
         phi, lam = np.deg2rad(np.ravel(lat)), np.deg2rad(np.ravel(lon))
         return np.column_stack([np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)])
 
@@ -279,7 +285,7 @@ def _exact_positions(source: np.ndarray, target: np.ndarray) -> np.ndarray | Non
     return found if np.all(np.abs(source[found] - target) <= tol) else None
 
 
-def _crs_of(ds: xr.Dataset):
+def _crs_of(ds: xr.Dataset) -> CRS | None:
     mappings = grid_mappings(ds)
     return crs_from_cf(mappings[sorted(mappings)[0]].attrs) if mappings else None
 
@@ -318,18 +324,20 @@ def _static_on_fine(part: Adopted, fine: xr.Dataset, what: str, notes: list[str]
         as_coarse = as_coarse.drop_vars(list(own)).assign_coords({COARSE_GRID_MAPPING: first})
     grid = xr.Dataset(coords={**as_coarse.coords, **{c: fine.coords[c] for c in (Y, X, LAT, LON)}})
     weights = bilinear_weights(grid)
-    out = {}
+    fields = {}
     for name, var in as_coarse.data_vars.items():
         data = var.data if isinstance(var.data, da.Array) else da.from_array(var.values)
         data = data.astype(np.result_type(var.dtype, np.float32)).rechunk(-1)
         fine_field = data.map_blocks(weights.apply, chunks=weights.fine_shape, dtype=data.dtype)
         attrs = dict(var.attrs, regridding=f"bilinear from its own grid, method {weights.method}")
-        out[name] = ((Y, X), fine_field, attrs)
+        fields[name] = ((Y, X), fine_field, attrs)
     notes.append(f"{what}: regridded bilinearly {weights.coarse_shape} -> {weights.fine_shape}")
-    return xr.Dataset(out, coords={c: fine.coords[c] for c in (Y, X, LAT, LON)})
+    return xr.Dataset(fields, coords={c: fine.coords[c] for c in (Y, X, LAT, LON)})
 
 
-def _pair_times(coarse: xr.Dataset, fine: xr.Dataset, match: str, tolerance: Any, notes: list[str]):
+def _pair_times(
+    coarse: xr.Dataset, fine: xr.Dataset, match: TimeMatch, tolerance: str | None, notes: list[str]
+) -> tuple[xr.Dataset, xr.Dataset]:
     found = align(coarse[TIME].values, fine[TIME].values, match=match, tolerance=tolerance)
     notes.append(found.report)
     if found.dropped_fine or found.dropped_coarse:
@@ -339,10 +347,19 @@ def _pair_times(coarse: xr.Dataset, fine: xr.Dataset, match: str, tolerance: Any
     return coarse.assign_coords({TIME: fine[TIME].variable}), fine  # not fine's lead_time
 
 
-def _coarse_parts(coarse, fine: xr.Dataset, match: str, tolerance: Any, notes: list[str]):
+def _coarse_parts(
+    coarse: ArchiveSource | Sequence[ArchiveSource],
+    fine: xr.Dataset,
+    match: TimeMatch,
+    tolerance: str | None,
+    notes: list[str],
+) -> tuple[xr.Dataset, xr.Dataset]:
     """The coarse archive(s) matched to the fine times; several are merged on one grid."""
-    several = isinstance(coarse, Sequence) and not isinstance(coarse, (str, Mapping))
-    sources = list(coarse) if several else [coarse]
+    sources: list[ArchiveSource]
+    if isinstance(coarse, Sequence) and not isinstance(coarse, (str, Mapping)):
+        sources, several = list(coarse), True
+    else:
+        sources, several = [coarse], False
     if not sources:
         raise DataError("coarse: give at least one coarse archive")
     parts, names = [], []
@@ -378,7 +395,7 @@ def open_archives(
     static: ArchiveSource | Sequence[ArchiveSource] = (),
     *,
     time: Mapping[str, str] | None = None,
-    match: str = "exact",
+    match: TimeMatch = "exact",
     tolerance: str | None = None,
     window: Mapping[str, Sequence[int]] | None = None,
     regrid: str = "bilinear",
@@ -424,10 +441,14 @@ def open_archives(
     fine_ds = _period(_window(high.dataset, window), time)
     coarse_ds, fine_ds = _coarse_parts(coarse, fine_ds, match, tolerance, notes)
     notes += high.notes
-    origin = tuple(int((window or {}).get(d, (0,))[0]) for d in (Y, X))  # checked by _window
+    starts = {d: int((window or {}).get(d, (0,))[0]) for d in (Y, X)}  # checked by _window
+    origin = (starts[Y], starts[X])
     coarse_ds = _crop_coarse(coarse_ds, fine_ds, notes, origin)
-    single = isinstance(static, (str, os.PathLike, xr.Dataset, Mapping))
-    statics = [static] if single else static
+    statics: Sequence[ArchiveSource]
+    if isinstance(static, (str, os.PathLike, xr.Dataset, Mapping)):
+        statics = [static]
+    else:
+        statics = static
     parts = []
     for i, source in enumerate(statics):
         what = f"static archive {i}"

@@ -66,7 +66,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import xarray as xr
 import yaml
@@ -81,6 +81,9 @@ from corrdiff_xr.data.catalog_archives import (
     resolve_archive_entries,
 )
 from corrdiff_xr.errors import CorrDiffError
+
+if TYPE_CHECKING:
+    from corrdiff_xr.data.pair import DownscalingData
 
 __all__ = [
     "ALLOWED_DTYPES",
@@ -228,7 +231,7 @@ class ZarrPairReader(BaseReader):
         targets: list[str] | None = None,
         static: list[str] | None = None,
         **kwargs: Any,
-    ):
+    ) -> DownscalingData:
         from corrdiff_xr.data.archive_spec import given_options
         from corrdiff_xr.data.pair import open_pair
 
@@ -255,7 +258,7 @@ class CachedBuildReader(BaseReader):
         cache: str = "",
         builder_kwargs: dict | None = None,
         **kwargs: Any,
-    ):
+    ) -> DownscalingData:
         path = materialise(builder, name, cache_dir=cache, builder_kwargs=builder_kwargs)
         return ZarrPairReader()._read(os.fspath(path), **kwargs)
 
@@ -324,7 +327,7 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
-def _line_of(node: Any, key: str) -> int | None:
+def _line_of(node: yaml.Node | None, key: str) -> int | None:
     if isinstance(node, yaml.MappingNode):
         for k, _ in node.value:
             if getattr(k, "value", None) == key:
@@ -332,7 +335,7 @@ def _line_of(node: Any, key: str) -> int | None:
     return None
 
 
-def _child(node: Any, key: str) -> Any:
+def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
             if getattr(k, "value", None) == key:
@@ -445,7 +448,7 @@ def open_entry(
     *,
     trust: bool = False,
     **params: Any,
-):
+) -> Any:  # what the entry's reader returns: a DownscalingData from this package's readers
     """Open one entry of a catalog as a validated, lazy DownscalingData.
 
     Parameters
@@ -486,7 +489,7 @@ def open_entry(
     return _read(cat, entry, params, [os.environ.get(n) for n in env_refs or ()])
 
 
-def _read(cat: Catalog, entry: str, params: dict, secrets: list[str | None]):
+def _read(cat: Catalog, entry: str, params: dict, secrets: list[str | None]) -> Any:
     """``cat[entry].read()``; errors name the catalog and entry, without ``secrets``."""
     try:
         reader = cat(**params)[entry]

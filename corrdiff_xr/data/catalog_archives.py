@@ -24,9 +24,16 @@ template would instantiate anything and is refused in untrusted catalogs.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from intake.readers.entry import Catalog
 from intake.readers.readers import BaseReader
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from corrdiff_xr.data.pair import DownscalingData
+    from corrdiff_xr.data.times import TimeMatch
 
 __all__ = ["ArchivePairReader", "ArchiveReader", "resolve_archive_entries"]
 
@@ -48,7 +55,7 @@ class ArchiveReader(BaseReader):
         variables: dict | None = None,
         engine: str | None = None,
         backend_kwargs: dict | None = None,
-    ):
+    ) -> xr.Dataset:
         from corrdiff_xr.data.archive_spec import given_options
         from corrdiff_xr.data.sources.formats import open_store
 
@@ -73,12 +80,12 @@ class ArchivePairReader(BaseReader):
         fine: dict,
         static: list | dict | None = None,
         time: dict | None = None,
-        match: str = "exact",
+        match: TimeMatch = "exact",
         tolerance: str | None = None,
         window: dict | None = None,
         regrid: str = "bilinear",
         fine_window: dict | None = None,
-    ):
+    ) -> DownscalingData:
         from corrdiff_xr.data.archives import open_archives
         from corrdiff_xr.data.layout import EmptySelectionError
 
@@ -104,7 +111,12 @@ def _unset(value: Any) -> Any:
 
 
 def resolve_archive_entries(
-    cat: Any, params: Mapping[str, Any], reader: Any, where: str, *, error: type[Exception]
+    cat: Catalog,
+    params: Mapping[str, Any],
+    reader: BaseReader,
+    where: str,
+    *,
+    error: type[Exception],
 ) -> None:
     """Replace ``{entry: NAME, ...}`` archives of a pair reader by NAME's arguments, in place.
 
@@ -123,7 +135,7 @@ def resolve_archive_entries(
             reader.kwargs[key] = resolved if isinstance(value, list) else resolved[0]
 
 
-def _resolve(cat: Any, params: Mapping[str, Any], item: Any, where: str, error: type) -> Any:
+def _resolve(cat: Catalog, params: Mapping[str, Any], item: Any, where: str, error: type) -> Any:
     if not isinstance(item, Mapping) or "entry" not in item:
         return item
     from corrdiff_xr.data.archive_spec import check_keys

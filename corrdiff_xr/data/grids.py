@@ -26,12 +26,17 @@ import functools
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
 from corrdiff_xr.data.layout import CoordinateError
 from corrdiff_xr.dims import LAT_ATTRS, LON_ATTRS
+
+if TYPE_CHECKING:
+    from pyproj import CRS, Transformer
 
 __all__ = [
     "Placement",
@@ -63,15 +68,15 @@ class Placement:
     ``how`` says, in one line, where the CRS and the coordinates came from.
     """
 
-    y: tuple[np.ndarray, dict]
-    x: tuple[np.ndarray, dict]
+    y: tuple[np.ndarray, dict[str, Any]]
+    x: tuple[np.ndarray, dict[str, Any]]
     lat: np.ndarray
     lon: np.ndarray
-    crs: object | None  # pyproj.CRS; None: curvilinear, placed by lat/lon only
+    crs: CRS | None  # None: curvilinear, placed by lat/lon only
     how: str
 
     @property
-    def mapping_attrs(self) -> dict | None:
+    def mapping_attrs(self) -> dict[str, Any] | None:
         """CF grid-mapping attributes of a projected or rotated CRS (None otherwise)."""
         if self.crs is None or _plain_geographic(self.crs):
             return None
@@ -80,7 +85,7 @@ class Placement:
             return dict(self.crs.to_cf())
 
 
-def _crs_module():
+def _crs_module() -> ModuleType:
     try:
         import pyproj
     except ImportError as err:  # pragma: no cover - a dependency, but say what to do
@@ -89,12 +94,12 @@ def _crs_module():
 
 
 @functools.lru_cache(maxsize=64)
-def _from_cf(key: tuple):
+def _from_cf(key: tuple[tuple[str, Any], ...]) -> CRS:
     # pyproj looks datums up by name for every CF dict (~0.4 s): read each once
     return _crs_module().CRS.from_cf({k: list(v) if isinstance(v, tuple) else v for k, v in key})
 
 
-def _cf_crs(attrs: Mapping):
+def _cf_crs(attrs: Mapping[str, Any]) -> CRS:
     """``CRS.from_cf`` of ``attrs``, cached."""
     items = (
         (
@@ -106,11 +111,11 @@ def _cf_crs(attrs: Mapping):
     return _from_cf(tuple(sorted(items)))
 
 
-def _plain_geographic(crs) -> bool:
+def _plain_geographic(crs: CRS) -> bool:
     return bool(crs.is_geographic and not crs.is_derived)
 
 
-def describe_crs(crs) -> str:
+def describe_crs(crs: CRS | None) -> str:
     """One line naming ``crs``: its CF grid mapping and PROJ definition."""
     if crs is None:
         return "no CRS"
@@ -120,11 +125,11 @@ def describe_crs(crs) -> str:
         return f"CRS {name} ({crs.to_proj4().replace(' +type=crs', '')})"
 
 
-def _units(attrs: Mapping) -> str:
+def _units(attrs: Mapping[str, Any]) -> str:
     return str(attrs.get("units", "")).lower().replace(" ", "_")
 
 
-def _earth(attrs: Mapping) -> dict:
+def _earth(attrs: Mapping[str, Any]) -> dict[str, float]:
     if "GRIB_radius" in attrs:
         return {"earth_radius": float(attrs["GRIB_radius"])}
     shape = attrs.get("GRIB_shapeOfTheEarth")
@@ -133,7 +138,7 @@ def _earth(attrs: Mapping) -> dict:
     return {"earth_radius": _GRIB_SHAPES.get(int(shape) if shape is not None else 6, GRIB_RADIUS)}
 
 
-def grib_crs(attrs: Mapping, *, what: str = "archive"):
+def grib_crs(attrs: Mapping[str, Any], *, what: str = "archive") -> CRS | None:
     """The CRS cfgrib's ``GRIB_*`` attributes describe, or None when there are none.
 
     Raises
@@ -154,7 +159,7 @@ def grib_crs(attrs: Mapping, *, what: str = "archive"):
             )
         return float(attrs[f"GRIB_{key}"])
 
-    cf: dict = dict(_earth(attrs))
+    cf: dict[str, Any] = dict(_earth(attrs))
     if kind == "regular_ll":
         cf["grid_mapping_name"] = "latitude_longitude"
     elif kind == "rotated_ll":
@@ -195,7 +200,7 @@ def grib_crs(attrs: Mapping, *, what: str = "archive"):
     return _cf_crs(cf)
 
 
-def _transformer(crs, inverse: bool):
+def _transformer(crs: CRS, inverse: bool) -> Transformer:
     pyproj = _crs_module()
     # lat/lon on the CRS's own ellipsoid: a rotated grid derives from it, a projection uses it
     base = crs.source_crs if crs.is_geographic and crs.is_derived else crs.geodetic_crs
@@ -203,19 +208,19 @@ def _transformer(crs, inverse: bool):
     return pyproj.Transformer.from_crs(*pair, always_xy=True)
 
 
-def from_geographic(crs, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def from_geographic(crs: CRS, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(y, x)`` in ``crs`` (metres, or degrees for a rotated grid) of lat/lon points."""
     x, y = _transformer(crs, False).transform(np.asarray(lon, float), np.asarray(lat, float))
     return np.asarray(y, float), np.asarray(x, float)
 
 
-def to_geographic(crs, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def to_geographic(crs: CRS, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(lat, lon)`` of points ``(y, x)`` of ``crs``."""
     lon, lat = _transformer(crs, True).transform(np.asarray(x, float), np.asarray(y, float))
     return np.asarray(lat, float), np.asarray(lon, float)
 
 
-def axis_attrs(crs) -> tuple[dict, dict]:
+def axis_attrs(crs: CRS) -> tuple[dict[str, str], dict[str, str]]:
     """CF attributes of the ``(y, x)`` axes of ``crs``."""
     if _plain_geographic(crs):
         return dict(LAT_ATTRS), dict(LON_ATTRS)
@@ -252,7 +257,9 @@ def _regular_axes(
     return y1, x1, float(dev / cell)
 
 
-def _check_axes(crs, lat, lon, y, x, what: str) -> None:
+def _check_axes(
+    crs: CRS, lat: np.ndarray, lon: np.ndarray, y: np.ndarray, x: np.ndarray, what: str
+) -> None:
     """The archive's latitude/longitude, projected, fall on its axes (to half a cell)."""
     qy, qx = from_geographic(crs, lat, lon)
     cell = min(np.median(np.abs(np.diff(y))), np.median(np.abs(np.diff(x))))
@@ -265,7 +272,7 @@ def _check_axes(crs, lat, lon, y, x, what: str) -> None:
         )
 
 
-def crs_from_cf(mapping: Mapping | None, what: str = "grid"):
+def crs_from_cf(mapping: Mapping[str, Any] | None, what: str = "grid") -> CRS | None:
     """The CRS of CF grid-mapping attributes (None for none), or a CoordinateError."""
     if not mapping:
         return None
@@ -301,8 +308,8 @@ def place(
     *,
     lat: str | None,
     lon: str | None,
-    mapping: Mapping | None,
-    attrs: Mapping,
+    mapping: Mapping[str, Any] | None,
+    attrs: Mapping[str, Any],
     what: str,
 ) -> Placement:
     """Place the ``(ydim, xdim)`` grid of ``ds`` (see the module docstring).
@@ -328,12 +335,13 @@ def place(
     how = how if crs is not None else "no CRS given"
     lat2 = ds[lat].transpose(ydim, xdim).values.astype(float) if lat else None
     lon2 = ds[lon].transpose(ydim, xdim).values.astype(float) if lon else None
-    axes = [
-        (ds[d].values, dict(ds[d].attrs)) if d in ds.coords and ds[d].ndim == 1 else None
+    ya, xa = (
+        (np.asarray(ds[d].values), dict(ds[d].attrs))
+        if d in ds.coords and ds[d].ndim == 1
+        else None
         for d in (ydim, xdim)
-    ]
-    if axes[0] is not None and axes[1] is not None:
-        ya, xa = axes
+    )
+    if ya is not None and xa is not None:
         if _units(ya[1]) in _NORTH and _units(xa[1]) in _EAST:
             ya[1].setdefault("standard_name", "latitude")
             xa[1].setdefault("standard_name", "longitude")
@@ -341,13 +349,15 @@ def place(
                 crs = _cf_crs({"grid_mapping_name": "latitude_longitude"})
                 how = "its latitude/longitude axes"
         scale = 1000.0 if _units(ya[1]) == "km" else 1.0
-        if lat2 is not None and crs is not None and not _plain_geographic(crs):
-            _check_axes(crs, lat2, lon2, ya[0] * scale, xa[0] * scale, what)
-        if lat2 is None and crs is not None:
+        # a latitude without its longitude (or the reverse) places nothing
+        if lat2 is not None and lon2 is not None and crs is not None:
+            if not _plain_geographic(crs):
+                _check_axes(crs, lat2, lon2, ya[0] * scale, xa[0] * scale, what)
+        elif crs is not None:
             gy, gx = np.meshgrid(ya[0] * scale, xa[0] * scale, indexing="ij")
             lat2, lon2 = to_geographic(crs, gy, gx)
             how += "; latitude/longitude computed from its axes"
-        if lat2 is None:
+        if lat2 is None or lon2 is None:
             raise CoordinateError(
                 f"{what}: the grid ({ydim}, {xdim}) has no CRS and no 2-D latitude/longitude; "
                 "add a CF grid mapping or latitude/longitude coordinates (standard_name "
@@ -375,9 +385,9 @@ def place(
     else:
         qy, qx = from_geographic(crs, lat2, lon2)
     y1, x1, dev = _regular_axes(qy, qx, f"in its CRS ({how})", what)
-    ya, xa = axis_attrs(crs)
+    yattrs, xattrs = axis_attrs(crs)
     how = (
         f"{describe_crs(crs)}, from {how}; axes computed from its 2-D latitude/longitude "
         f"(regular to {dev:.2g} of a cell)"
     )
-    return Placement((y1, ya), (x1, xa), lat2, lon2, crs, how)
+    return Placement((y1, yattrs), (x1, xattrs), lat2, lon2, crs, how)

@@ -51,9 +51,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.abc.store import Store
 from zarr.codecs.blosc import BloscCodec
 from zarr.codecs.gzip import GzipCodec
 from zarr.codecs.zstd import ZstdCodec
+from zarr.core.array_spec import ArraySpec
+from zarr.core.buffer import Buffer
 from zarr.core.buffer.cpu import as_numpy_array_wrapper
 from zarr.registry import fully_qualified_name, register_codec
 
@@ -149,7 +152,7 @@ def check_read(nbytes: float, what: str, *, budget: float, raise_with: str) -> N
 
 
 # -- bounded decoding -----------------------------------------------------------------------
-def _limits(spec: Any) -> tuple[int, int] | None:
+def _limits(spec: ArraySpec) -> tuple[int, int] | None:
     """(exact decoded bytes, refusal limit) of a chunk; None for variable-size dtypes."""
     dtype = spec.dtype.to_native_dtype()
     if dtype.kind not in "biufcmM":
@@ -158,7 +161,7 @@ def _limits(spec: Any) -> tuple[int, int] | None:
     return exact, BOMB_FACTOR * exact + _SLACK
 
 
-def _refuse(codec: str, size: str, spec: Any, exact: int) -> ChunkSizeError:
+def _refuse(codec: str, size: str, spec: ArraySpec, exact: int) -> ChunkSizeError:
     return ChunkSizeError(
         f"a {codec} chunk of shape {tuple(spec.shape)} ({spec.dtype.to_native_dtype()}, "
         f"{human_size(exact)}) inflates to {size}: corrupt or hostile (a decompression "
@@ -183,7 +186,7 @@ def _zstd_content_size(raw: np.ndarray) -> int | None:
 class GuardedBloscCodec(BloscCodec):
     """Blosc, refusing a chunk whose header states more than its shape holds."""
 
-    def _decode_sync(self, chunk_bytes, chunk_spec):
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer:
         limits = _limits(chunk_spec)
         raw = chunk_bytes.as_numpy_array()
         if limits is not None and raw.size >= 16:
@@ -196,7 +199,7 @@ class GuardedBloscCodec(BloscCodec):
 class GuardedZstdCodec(ZstdCodec):
     """Zstd, refusing a frame that states (or, unstated, decodes to) too many bytes."""
 
-    def _decode_sync(self, chunk_bytes, chunk_spec):
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer:
         limits = _limits(chunk_spec)
         if limits is None:
             return super()._decode_sync(chunk_bytes, chunk_spec)
@@ -214,13 +217,14 @@ class GuardedZstdCodec(ZstdCodec):
                 other = f"other than its {limits[0]} bytes ({err})"
                 raise _refuse("Zstd", other, chunk_spec, limits[0]) from None
 
-        return as_numpy_array_wrapper(decode, chunk_bytes, chunk_spec.prototype)
+        # zarr's annotation says the function returns bytes; it takes any buffer, as here
+        return as_numpy_array_wrapper(decode, chunk_bytes, chunk_spec.prototype)  # type: ignore[arg-type]
 
 
 class GuardedGzipCodec(GzipCodec):
     """Gzip, inflated with a bound (zlib ``max_length``) instead of whole."""
 
-    def _decode_sync(self, chunk_bytes, chunk_spec):
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer:
         limits = _limits(chunk_spec)
         if limits is None:
             return super()._decode_sync(chunk_bytes, chunk_spec)
@@ -266,7 +270,7 @@ class Absent:
     first: tuple[int, ...]
     count: int
     total: int
-    fill: Any
+    fill: object
     coordinate: bool
     reads_missing: bool
     size: int
@@ -282,13 +286,13 @@ def missing_chunks_policy(value: str | None = None) -> str:
     return value
 
 
-def _dims(arr: Any) -> tuple[str, ...]:
+def _dims(arr: zarr.Array) -> tuple[str, ...]:
     names = getattr(arr.metadata, "dimension_names", None)
     names = names or arr.attrs.get("_ARRAY_DIMENSIONS") or ()
-    return tuple(str(n) for n in names)
+    return tuple(str(n) for n in names) if isinstance(names, (list, tuple)) else ()
 
 
-def _coordinate_names(group: Any, arrays: dict[str, Any]) -> set[str]:
+def _coordinate_names(group: zarr.Group, arrays: dict[str, zarr.Array]) -> set[str]:
     """Names xarray loads when opening: dimension coordinates and CF ``coordinates``."""
     names = {d for arr in arrays.values() for d in _dims(arr)}
     for attrs in [group.attrs, *(a.attrs for a in arrays.values())]:
@@ -296,7 +300,7 @@ def _coordinate_names(group: Any, arrays: dict[str, Any]) -> set[str]:
     return names & set(arrays)
 
 
-def _reads_missing(arr: Any) -> bool:
+def _reads_missing(arr: zarr.Array) -> bool:
     """Whether the fill value decodes to missing (NaN, or the CF _FillValue/missing_value)."""
     fill = arr.fill_value
     if isinstance(fill, (float, np.floating)) and np.isnan(fill):
@@ -312,12 +316,12 @@ def _reads_missing(arr: Any) -> bool:
     return False
 
 
-async def _listings(store: Any, arrays: list[Any]) -> list[tuple]:
+async def _listings(store: Store, arrays: list[zarr.Array]) -> list[tuple]:
     """``(has metadata, *_first_absent)`` per array: lists a few at a time, each listing
     reduced as soon as it is complete (a set of 10**5 keys is tens of MB)."""
     gate = asyncio.Semaphore(4)
 
-    async def one(arr: Any) -> tuple:
+    async def one(arr: zarr.Array) -> tuple:
         prefix = f"{arr.path}/"
         async with gate:
             if isinstance(store, zarr.storage.LocalStore):  # os.walk: 3x zarr's listing
@@ -339,7 +343,7 @@ def _walk(root: str) -> set[str]:
     }
 
 
-def _list_or_warn(store: Any, arrays: list[Any], source: str) -> list[tuple] | None:
+def _list_or_warn(store: Store, arrays: list[zarr.Array], source: str) -> list[tuple] | None:
     """:func:`_listings`, or None (no check) where the store cannot list, with a warning."""
     protocol = source.rpartition("::")[2].partition("://")[0] if "://" in source else ""
     try:
@@ -356,7 +360,9 @@ def _list_or_warn(store: Any, arrays: list[Any], source: str) -> list[tuple] | N
         return None
 
 
-def _first_absent(arr: Any, keys: set[str]) -> tuple[tuple[int, ...], tuple[int, ...], int, int]:
+def _first_absent(
+    arr: zarr.Array, keys: set[str]
+) -> tuple[tuple[int, ...], tuple[int, ...], int, int]:
     """(chunk shape, first absent grid index or (), absent count, total) of one array.
 
     The grid is walked in order only until the first absent key, so the work is bounded
@@ -372,7 +378,7 @@ def _first_absent(arr: Any, keys: set[str]) -> tuple[tuple[int, ...], tuple[int,
     return chunk, (), 0, total
 
 
-def _open_group(source: str, storage_options: dict | None) -> Any:
+def _open_group(source: str, storage_options: dict[str, Any] | None) -> zarr.Group:
     remote = "://" in source and not source.startswith("file://")
     options = storage_options if remote else None
     return zarr.open_group(source, mode="r", storage_options=options)
@@ -397,8 +403,8 @@ def check_store(
         arrays = {name: arr for name, arr in group.arrays()}
     coords = _coordinate_names(group, arrays)
     size = sum(arrays[n].nbytes for n in coords)
-    biggest = max(sorted(coords), key=lambda n: arrays[n].nbytes, default=None)
     if size > OPEN_BUDGET_BYTES:
+        biggest = max(sorted(coords), key=lambda n: arrays[n].nbytes)
         raise ReadBudgetError(
             f"store '{where}': its coordinates declare {human_size(size)} (largest "
             f"'{biggest}', shape {arrays[biggest].shape}), more than the "

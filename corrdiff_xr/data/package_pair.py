@@ -51,13 +51,19 @@ from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, TIME, X_COARSE, Y
 
 
 class CodecLike(Protocol):
-    """What is read of a :class:`corrdiff_xr.codec.Codec` (a higher layer, not imported)."""
+    """What is read of a :class:`corrdiff_xr.codec.Codec` (a higher layer, not imported);
+    read-only, so frozen dataclasses match."""
 
-    inputs: tuple[str, ...]
-    targets: tuple[str, ...]
-    static: tuple[str, ...]
-    stats: Mapping[str, tuple[float, float]]
-    attrs: Mapping[str, Mapping[str, str]]
+    @property
+    def inputs(self) -> tuple[str, ...]: ...
+    @property
+    def targets(self) -> tuple[str, ...]: ...
+    @property
+    def static(self) -> tuple[str, ...]: ...
+    @property
+    def stats(self) -> Mapping[str, tuple[float, float]]: ...
+    @property
+    def attrs(self) -> Mapping[str, Mapping[str, str]]: ...
 
 
 __all__ = ["EXACT_TOLERANCE", "REGRID_CHOICES", "open_as_pair", "package_pair", "with_truth"]
@@ -121,7 +127,7 @@ def _coarse_coords(lat: np.ndarray, lon: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _fine_coords(grid: xr.Dataset) -> dict[str, xr.DataArray]:
+def _fine_coords(grid: xr.Dataset) -> dict[str, xr.DataArray | xr.Variable]:
     """``y``, ``x`` (1-D) and ``lat``, ``lon`` (``(y, x)``) of the package's output grid."""
     for name in (LAT, LON):
         if name not in grid.variables or grid[name].dims != (Y, X):
@@ -130,7 +136,7 @@ def _fine_coords(grid: xr.Dataset) -> dict[str, xr.DataArray]:
                 f"package output grid: '{name}' must be 2-D on ('y', 'x') (it is {found}); "
                 "the package reader gives it so"
             )
-    coords = {}
+    coords: dict[str, xr.DataArray | xr.Variable] = {}
     for dim in (Y, X):
         if dim in grid.coords and grid[dim].dims == (dim,):
             coords[dim] = grid[dim]
@@ -144,7 +150,9 @@ def _fine_coords(grid: xr.Dataset) -> dict[str, xr.DataArray]:
 
 
 def _invariants(
-    invariants: xr.Dataset | None, codec: CodecLike, fine: Mapping[str, Any]
+    invariants: xr.Dataset | None,
+    codec: CodecLike,
+    fine: Mapping[str, xr.DataArray | xr.Variable],
 ) -> dict[str, xr.Variable]:
     """The codec's static fields from ``invariants``, checked to be on the output grid."""
     shape = (fine[Y].size, fine[X].size)
@@ -184,7 +192,9 @@ def _wrap(values: np.ndarray) -> np.ndarray:
     return (values + 180.0) % 360.0 - 180.0
 
 
-def _match(source: np.ndarray, target: np.ndarray, *, periodic: bool) -> tuple[np.ndarray, Any]:
+def _match(
+    source: np.ndarray, target: np.ndarray, *, periodic: bool
+) -> tuple[np.ndarray, None] | tuple[None, float]:
     """Positions of ``target`` in ``source`` (longitudes equal modulo 360), or None and the
     first target missing from ``source``."""
     tol = EXACT_TOLERANCE * _cell(source)
@@ -192,18 +202,18 @@ def _match(source: np.ndarray, target: np.ndarray, *, periodic: bool) -> tuple[n
     order = np.argsort(key, kind="stable")
     ks, n = key[order], key.size
     pos = np.searchsorted(ks, t)
-    best, dist = None, None
-    for cand in (pos - 1, pos):
-        cand = cand % n if periodic else np.clip(cand, 0, n - 1)
-        d = np.abs(_wrap(ks[cand] - t)) if periodic else np.abs(ks[cand] - t)
-        best = cand if best is None else np.where(d < dist, cand, best)
-        dist = d if dist is None else np.minimum(d, dist)
+    below, above = ((c % n if periodic else np.clip(c, 0, n - 1)) for c in (pos - 1, pos))
+    d_below, d_above = (
+        np.abs(_wrap(ks[c] - t)) if periodic else np.abs(ks[c] - t) for c in (below, above)
+    )
+    best = np.where(d_above < d_below, above, below)
+    dist = np.minimum(d_above, d_below)
     if np.all(dist <= tol):
         return order[best], None
     return None, float(target[np.argmax(dist > tol)])
 
 
-def _indexers(iy: np.ndarray, ix: np.ndarray) -> dict[str, Any]:
+def _indexers(iy: np.ndarray, ix: np.ndarray) -> dict[str, xr.DataArray]:
     if iy.ndim == 1:  # outer: rows x columns
         return {"lat": xr.DataArray(iy, dims=Y_COARSE), "lon": xr.DataArray(ix, dims=X_COARSE)}
     dims = (Y_COARSE, X_COARSE)  # pointwise
@@ -425,7 +435,7 @@ def package_pair(
     ds = ds.assign(_invariants(invariants, codec, fine))
     ds = ds.assign_coords({**_coarse_coords(*points), **fine})
     ds.attrs = {_NOTES_ATTR: "\n".join(notes)}
-    targets = ()
+    targets: tuple[str, ...] = ()
     if truth is not None:
         ds, targets = _with_truth(ds, truth, codec, fine), codec.targets
     pair = open_as_pair(ds, codec, targets)

@@ -223,7 +223,7 @@ class DownscalingData:
                 if set(indexers) & set(FINE_DIMS)
                 else w
             )
-        own = self.stats
+        own: xr.Dataset | None = self.stats
         if stats == "selection" and not all(
             _selects_all(indexers[d], self.dataset.sizes[d]) for d in indexers
         ):
@@ -246,13 +246,13 @@ class DownscalingData:
             index = xr.DataArray(
                 np.arange(self.dataset.sizes[dim]),
                 coords={dim: self.dataset[dim]},
-                dims=dim,
+                dims=(dim,),
             )
             positions[dim] = index.sel({dim: label}).values
         return self.isel(positions, stats=stats)
 
 
-def _selects_all(index: Any, size: int) -> bool:
+def _selects_all(index: object, size: int) -> bool:
     """Whether a positional indexer picks every position of a dim exactly once."""
     if isinstance(index, slice):
         return len(range(*index.indices(size))) == size

@@ -10,13 +10,19 @@ by its 2-D latitude/longitude gets linear weights on triangles (:func:`sphere_we
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import xarray as xr
 
 from corrdiff_xr._cf import COARSE_GRID_MAPPING
-from corrdiff_xr.data.grids import GRIB_RADIUS, crs_from_cf, from_geographic
+from corrdiff_xr.data.grids import GRIB_RADIUS, _cf_crs, crs_from_cf, from_geographic
 from corrdiff_xr.data.layout import CoordinateError, CoverageError, MissingVariableError
 from corrdiff_xr.dims import COARSE_DIMS, LAT, LAT_COARSE, LON, LON_COARSE, X_COARSE, Y_COARSE, X, Y
+
+if TYPE_CHECKING:
+    from pyproj import CRS
+    from scipy.spatial import Delaunay
 
 __all__ = [
     "coverage_mask",
@@ -176,7 +182,7 @@ def fine_positions(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, tuple, tuple
         qy, qx = _fine_latlon(ds, "the lat/lon coarse grid")
         names = (LAT, LON)
     elif method == "crs":
-        crs = crs_from_cf(ds[COARSE_GRID_MAPPING].attrs)
+        crs = coarse_crs(ds)
         qy, qx = from_geographic(crs, *_fine_latlon(ds, "a coarse grid with its own CRS"))
         scale = 1e-3 if ds[Y_COARSE].attrs.get("units") == "km" else 1.0
         qy, qx = qy * scale, qx * scale
@@ -207,7 +213,20 @@ def coverage_mask(ds: xr.Dataset) -> np.ndarray:
     return inside
 
 
-def _sphere_simplices(ds: xr.Dataset):
+def coarse_crs(ds: xr.Dataset) -> CRS:
+    """The CRS of the coarse grid's ``crs_coarse`` coordinate, or a one-line error."""
+    crs = crs_from_cf(ds[COARSE_GRID_MAPPING].attrs)
+    if crs is None:
+        raise CoordinateError(
+            f"coordinate '{COARSE_GRID_MAPPING}' has no attributes; give it the coarse grid's "
+            "CF grid mapping (grid_mapping_name and its parameters)"
+        )
+    return crs
+
+
+def _sphere_simplices(
+    ds: xr.Dataset,
+) -> tuple[Delaunay, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Triangles of the coarse points holding each fine pixel, in a plane centred on it:
     ``(triangulation, simplex per pixel (-1 outside, -2 nearest), nearest, points, kept)``."""
     from scipy.spatial import Delaunay, cKDTree
@@ -220,7 +239,7 @@ def _sphere_simplices(ds: xr.Dataset):
     lat0 = float(np.degrees(np.arctan2(v[2], np.hypot(v[0], v[1]))))
     lon0 = float(np.degrees(np.arctan2(v[1], v[0])))
     near = np.flatnonzero(np.stack(_unit(clat, clon)).T @ (v / np.linalg.norm(v)) > 0.1)
-    plane = crs_from_cf(
+    plane = _cf_crs(
         {"grid_mapping_name": "azimuthal_equidistant", "latitude_of_projection_origin": lat0,
          "longitude_of_projection_origin": lon0, "earth_radius": GRIB_RADIUS}
     )  # fmt: skip

@@ -38,6 +38,7 @@ out raises :class:`~corrdiff_xr.data.layout.CoverageError` naming the edge and t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -309,7 +310,9 @@ def bilinear_weights(ds: xr.Dataset, *, scheme: str | None = None) -> BilinearWe
     )
 
 
-def _conservative(ds: xr.Dataset, coarse_name: str, q: np.ndarray, axis: int, name: str, kind: str):
+def _conservative(
+    ds: xr.Dataset, coarse_name: str, q: np.ndarray, axis: int, name: str, kind: str
+) -> Iterator[np.ndarray]:
     """Conservative (y, x) tables along one axis of a fine grid rectilinear in the coarse axes."""
     line = rectilinear(q, axis, name)
     c, line, periodic, descending = wrapped(ds[coarse_name].values, line, coarse_name, kind)
@@ -359,7 +362,9 @@ def regrid(
         input in time and like the fine targets in space; float32 stays float32.
     """
     if variables is None:
-        variables = [n for n, v in ds.data_vars.items() if v.dims == (TIME, Y_COARSE, X_COARSE)]
+        variables = [
+            str(n) for n, v in ds.data_vars.items() if v.dims == (TIME, Y_COARSE, X_COARSE)
+        ]
     weights = bilinear_weights(ds) if weights is None else weights
     if weights.coarse_shape != (
         ds.sizes[Y_COARSE],
@@ -375,11 +380,11 @@ def regrid(
     ychunks, xchunks = _fine_chunks(ds)
     index = da.from_array(weights.index, chunks=(ychunks, xchunks, 4))
     weight = da.from_array(weights.weight, chunks=(ychunks, xchunks, 4))
-    separable = weights._separable
-    if separable is not None:  # same products as BilinearWeights.apply, block by block
+    separable = None
+    if weights._separable is not None:  # same products as BilinearWeights.apply, block by block
         separable = [
             (da.from_array(wy, chunks=(ychunks, -1)), da.from_array(wxt, chunks=(-1, xchunks)))
-            for wy, wxt in separable
+            for wy, wxt in weights._separable
         ]
     out = {}
     for name in variables:

@@ -38,14 +38,19 @@ over the fine domain is preserved and constants are exact.
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import TYPE_CHECKING
+
 import numpy as np
 import xarray as xr
 
-from corrdiff_xr._cf import COARSE_GRID_MAPPING
-from corrdiff_xr.data.grids import GRIB_RADIUS, crs_from_cf, from_geographic, to_geographic
+from corrdiff_xr.data.grids import GRIB_RADIUS, from_geographic, to_geographic
 from corrdiff_xr.data.layout import CoordinateError, CoverageError
-from corrdiff_xr.data.positions import fine_positions, grid_method
+from corrdiff_xr.data.positions import coarse_crs, fine_positions, grid_method
 from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, X_COARSE, Y_COARSE, X, Y
+
+if TYPE_CHECKING:
+    from pyproj import CRS
 
 __all__ = [
     "MAX_DROPPED",
@@ -64,7 +69,7 @@ SUBDIVIDE = 4
 _MIN_COVERED = 0.5 - 1e-9
 
 
-def _shapely():
+def _shapely() -> ModuleType:
     try:
         import shapely
     except ImportError:  # an optional extra: say which
@@ -75,7 +80,7 @@ def _shapely():
     return shapely
 
 
-def local_plane(lat: np.ndarray, lon: np.ndarray):
+def local_plane(lat: np.ndarray, lon: np.ndarray) -> CRS:
     """A Lambert azimuthal equal-area CRS on the GRIB sphere about the points' centre."""
     from pyproj import CRS
 
@@ -115,7 +120,7 @@ def _rings(lattice: np.ndarray, k: int) -> np.ndarray:
     return lattice[rows, cols]
 
 
-def _bounds(ds: xr.Dataset, name: str, plane) -> np.ndarray | None:
+def _bounds(ds: xr.Dataset, name: str, plane: CRS) -> np.ndarray | None:
     """``(y, x, 4, 2)`` outlines in ``plane`` from the CF bounds ``name`` points to, if any."""
     lat_b = ds[name].attrs.get("bounds")
     lon_name = LON if name == LAT else LON_COARSE
@@ -154,7 +159,7 @@ def _subdivided_edges(cs: np.ndarray, k: int, latitude: bool) -> np.ndarray:
     return np.interp(np.arange(k * cs.size + 1) / k, np.arange(cs.size + 1), edges)
 
 
-def _coarse_cells(ds: xr.Dataset, method: str, plane) -> tuple[np.ndarray, np.ndarray]:
+def _coarse_cells(ds: xr.Dataset, method: str, plane: CRS) -> tuple[np.ndarray, np.ndarray]:
     """Outlines ``(n, m, 2)`` of the coarse cells near the fine domain and their flat indices."""
     ncx = ds.sizes[X_COARSE]
     if method == "sphere":
@@ -173,8 +178,7 @@ def _coarse_cells(ds: xr.Dataset, method: str, plane) -> tuple[np.ndarray, np.nd
         gy, gx = np.meshgrid(ey, ex, indexing="ij")
         if method == "crs":
             scale = 1e3 if ds[Y_COARSE].attrs.get("units") == "km" else 1.0
-            crs = crs_from_cf(ds[COARSE_GRID_MAPPING].attrs)
-            gy, gx = to_geographic(crs, gy * scale, gx * scale)
+            gy, gx = to_geographic(coarse_crs(ds), gy * scale, gx * scale)
         py, px = from_geographic(plane, gy, gx)
         rings = _rings(np.stack([px, py], axis=-1), SUBDIVIDE)
     index = rows[:, None] * ncx + cols[None, :]
@@ -185,7 +189,7 @@ def _nearest_box(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Rows and columns of a curvilinear coarse grid two beyond its points nearest the fine."""
     from scipy.spatial import cKDTree
 
-    def unit(lat, lon):
+    def unit(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         phi, lam = np.deg2rad(np.ravel(lat)), np.deg2rad(np.ravel(lon))
         return np.column_stack([np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)])
 
@@ -199,7 +203,7 @@ def _nearest_box(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _polygons(shapely, rings: np.ndarray):
+def _polygons(shapely: ModuleType, rings: np.ndarray) -> np.ndarray:
     """Polygons of ``(n, m, 2)`` outlines, built in one call (closed here)."""
     n, m = rings.shape[:2]
     closed = np.concatenate([rings, rings[:, :1]], axis=1).reshape(-1, 2)
@@ -207,7 +211,9 @@ def _polygons(shapely, rings: np.ndarray):
     return shapely.from_ragged_array(shapely.GeometryType.POLYGON, closed, offsets)
 
 
-def cell_polygons(ds: xr.Dataset, plane=None):
+def cell_polygons(
+    ds: xr.Dataset, plane: CRS | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, CRS]:
     """Fine and coarse cells as shapely polygons in ``plane`` (default :func:`local_plane`).
 
     Returns ``(fine (y*x,), coarse (n,), coarse flat indices (n,), plane)``: the coarse
@@ -236,7 +242,9 @@ def cell_polygons(ds: xr.Dataset, plane=None):
     return polygons[0], polygons[1], index, plane
 
 
-def _top_four(f: np.ndarray, c: np.ndarray, area: np.ndarray, n: int):
+def _top_four(
+    f: np.ndarray, c: np.ndarray, area: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per fine cell: the four largest overlaps ``(n, 4)`` and the area of any others."""
     order = np.lexsort((-area, f))
     f, c, area = f[order], c[order], area[order]

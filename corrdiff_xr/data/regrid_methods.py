@@ -30,8 +30,8 @@ any coarse archive is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeGuard
 
 import numpy as np
 import xarray as xr
@@ -58,9 +58,9 @@ METHODS = ("bilinear", "nearest", "conservative")
 COARSEN_KEYS = ("coarsen", "variables")
 
 
-def check_method(method: Any, what: str = "regrid") -> str:
+def check_method(method: object, what: str = "regrid") -> str:
     """The method name, or one line naming the option and the choices."""
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise DataError(f"{what}={method!r} is not a regridding method; use one of {METHODS}")
     return method
 
@@ -126,12 +126,14 @@ def rectilinear(q: np.ndarray, axis: int, name: str) -> np.ndarray:
     return q[:, 0] if axis == 0 else q[0, :]
 
 
-def is_coarsen_spec(source: Any) -> bool:
+def is_coarsen_spec(source: object) -> TypeGuard[Mapping[str, Any]]:
     """Whether a coarse archive spec asks for block means of the fine archive."""
     return isinstance(source, Mapping) and "coarsen" in source
 
 
-def _unit_mean(lat: np.ndarray, lon: np.ndarray, blocks) -> tuple[np.ndarray, np.ndarray]:
+def _unit_mean(
+    lat: np.ndarray, lon: np.ndarray, blocks: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """Block-mean latitude/longitude through unit vectors (right across the dateline)."""
     phi, lam = np.deg2rad(lat), np.deg2rad(lon)
     xyz = [blocks(v) for v in (np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi))]

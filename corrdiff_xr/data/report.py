@@ -12,10 +12,12 @@ coordinates, plus one time step per target for the masks (``scan=True`` reads th
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
+from corrdiff_xr._cf import grid_mapping_variables, grid_mappings
 from corrdiff_xr.data.integrity import (
     ABSENT_KEY,
     ChunkSizeError,
@@ -26,6 +28,9 @@ from corrdiff_xr.data.integrity import (
 from corrdiff_xr.data.layout import DataError
 from corrdiff_xr.data.pair import DownscalingData
 from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE, TIME, X_COARSE, Y_COARSE, X, Y
+
+if TYPE_CHECKING:
+    import cftime
 
 __all__ = ["describe", "describe_archive", "describe_refused"]
 
@@ -49,10 +54,9 @@ def _axis(ds: xr.Dataset, dim: str) -> str:
 
 
 def _grid_mapping(ds: xr.Dataset) -> str:
-    from corrdiff_xr._cf import grid_mappings  # the fine grid's, not the coarse CRS
-
-    for name, coord in grid_mappings(ds).items():
-        return f"grid mapping '{name}' ({coord.attrs['grid_mapping_name']})"
+    kinds = grid_mapping_variables(ds)
+    for name in grid_mappings(ds):  # the fine grid's, not the coarse CRS
+        return f"grid mapping '{name}' ({kinds[name]})"
     return "no grid mapping variable"
 
 
@@ -104,7 +108,7 @@ def _duration(seconds: int) -> str:
     return f"{seconds} seconds"
 
 
-def _when(value) -> str:
+def _when(value: np.datetime64 | cftime.datetime) -> str:
     if isinstance(value, np.datetime64):
         return str(np.datetime_as_string(value, unit="m"))
     return value.strftime("%Y-%m-%dT%H:%M")  # cftime
@@ -174,7 +178,8 @@ def _absent_problems(ds: xr.Dataset, names: Iterable[str]) -> list[str]:
 
 
 def _shape_lines(ny: int, nx: int) -> tuple[list[str], list[str]]:
-    lines, problems = [], []
+    lines: list[str] = []
+    problems: list[str] = []
     from corrdiff_xr.config import NetworkConfig
 
     for name in _PRESETS:
@@ -270,23 +275,23 @@ def describe_archive(ds: xr.Dataset, error: DataError | None = None) -> str:
     from corrdiff_xr.data.sources.native import _metadata_vars, find_axes
 
     _, bounds = _metadata_vars(ds)  # the names open_archives treats as bounds
+    kinds = grid_mapping_variables(ds)
     lines = []
     if error is not None:
         lines += [f"not a canonical pair: {error}", ""]
     lines.append(f"one archive: dims {dict(ds.sizes)}")
-    for name, var in ds.variables.items():
-        if "grid_mapping_name" in var.attrs:
-            lines.append(f"  {name}: grid mapping ({var.attrs['grid_mapping_name']}), kept")
-    for name in bounds:  # as open_archives treats them: nothing to select or drop by hand
+    for mapping, kind in kinds.items():
+        lines.append(f"  {mapping}: grid mapping ({kind}), kept")
+    for bound in bounds:  # as open_archives treats them: nothing to select or drop by hand
         lines.append(
-            f"  {name} {ds[name].dims}: bounds; a fine archive's 1-D bounds are kept as "
+            f"  {bound} {ds[bound].dims}: bounds; a fine archive's 1-D bounds are kept as "
             "coordinates, the rest dropped"
         )
     for name, var in ds.data_vars.items():
         if name in bounds:
             continue
         if var.ndim < 2:
-            if "grid_mapping_name" not in var.attrs:
+            if name not in kinds:
                 lines.append(f"  {name}: not gridded, dims {var.dims}")
             continue
         try:

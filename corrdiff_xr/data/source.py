@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import xarray as xr
 
@@ -44,17 +44,25 @@ CATALOG_PREFIX = "catalog:"
 Names = str | Sequence[str] | None
 
 
+class _Roles(TypedDict):
+    """The variables to keep, by role (None keeps every one)."""
+
+    inputs: Names
+    targets: Names
+    static: Names
+
+
 class SourceError(CorrDiffError, ValueError):
     """A data source that cannot be opened as given: malformed, or options that do not apply."""
 
 
-def _shown(source: Any) -> str:
+def _shown(source: object) -> str:
     if isinstance(source, (str, os.PathLike)):
         return repr(redact_url(os.fspath(source)))
     return f"<{type(source).__name__}>"
 
 
-def catalog_spec(source: Any, *, what: str = "source") -> tuple[str, str] | None:
+def catalog_spec(source: object, *, what: str = "source") -> tuple[str, str] | None:
     """``(catalog, entry)`` of a ``catalog:NAME/ENTRY`` source; None for any other source.
 
     Raises
@@ -120,7 +128,7 @@ def open_source(
     CatalogError, DataError
         From the catalog or the data checks; a data error names the source.
     """
-    names = {"inputs": inputs, "targets": targets, "static": static}
+    names = _Roles(inputs=inputs, targets=targets, static=static)
     where = f"{what} {_shown(source)}" if isinstance(source, (str, os.PathLike)) else what
     spec = catalog_spec(source, what=what)
     if spec is None:
@@ -141,7 +149,11 @@ def open_source(
 
 
 def _check_options(
-    source: Any, params: Any, storage_options: Any, where: str, params_what: str
+    source: object,
+    params: Mapping[str, Any] | None,
+    storage_options: Mapping[str, Any] | None,
+    where: str,
+    params_what: str,
 ) -> None:
     """Refuse options that do not apply to a source that is not a catalog entry."""
     path = isinstance(source, (str, os.PathLike))
@@ -167,10 +179,10 @@ def _check_options(
 def _open_entry(
     spec: tuple[str, str],
     params: Mapping[str, Any],
-    storage_options: Any,
+    storage_options: Mapping[str, Any] | None,
     where: str,
     params_what: str,
-) -> Any:
+) -> object:
     from corrdiff_xr.data.catalog import TRUST_ENV, open_entry
 
     if "trust" in params:  # a shared config or command line must not opt a catalog in
@@ -187,9 +199,7 @@ def _open_entry(
     return open_entry(*spec, **params)
 
 
-def _from_object(
-    obj: Any, names: Mapping[str, Names], require_targets: bool, where: str
-) -> DownscalingData:
+def _from_object(obj: object, names: _Roles, require_targets: bool, where: str) -> DownscalingData:
     """The last step of every form but a path: a DownscalingData or a canonical Dataset."""
     if isinstance(obj, DownscalingData):
         if all(v is None for v in names.values()) and (obj.targets or not require_targets):

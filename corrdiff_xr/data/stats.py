@@ -23,9 +23,9 @@ instead.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import dask
 import dask.array as da
@@ -52,9 +52,13 @@ __all__ = [
 ]
 
 _FANIN = 16
+#: where statistics live: a path or URL, or an fsspec mapper
+StoreLike: TypeAlias = "str | os.PathLike[str] | MutableMapping[str, bytes]"
+#: a transform of a flat array before its moments are taken
+Transform: TypeAlias = Callable[[np.ndarray], np.ndarray]
 
 
-def _moments(block: np.ndarray, transform: Callable | None = None) -> np.ndarray:
+def _moments(block: np.ndarray, transform: Transform | None = None) -> np.ndarray:
     """``[count, mean, M2]`` of the finite values of a block (after ``transform``, which
     returns a transformed float64 copy), accumulated in float64.
 
@@ -102,14 +106,13 @@ def _finish(part: np.ndarray) -> np.ndarray:
     return np.array([mean, np.sqrt(m2 / n)])
 
 
-def _mean_std(data: Any, transform: Callable | None = None) -> da.Array:
+def _mean_std(data: np.ndarray | da.Array, transform: Transform | None = None) -> da.Array:
     """Lazy ``[mean, std]`` of an array (dask or numpy, optionally transformed), one pass
     over its chunks."""
-    if not isinstance(data, da.Array):
-        data = da.from_array(np.asarray(data), chunks=-1)
+    lazy = data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks=-1)
     # optimize_graph=False keeps task names, so variables cut from one generated chunk share it
     parts = [
-        dask.delayed(_moments)(b, transform) for b in data.to_delayed(optimize_graph=False).ravel()
+        dask.delayed(_moments)(b, transform) for b in lazy.to_delayed(optimize_graph=False).ravel()
     ]
     while len(parts) > 1:
         parts = [dask.delayed(_merge)(*parts[i : i + _FANIN]) for i in range(0, len(parts), _FANIN)]
@@ -121,7 +124,7 @@ def compute_stats(
     variables: list[str] | tuple[str, ...] | None = None,
     *,
     budget_gb: float | None = None,
-    transforms: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+    transforms: Mapping[str, Transform] | None = None,
 ) -> xr.Dataset:
     """Lazy mean and standard deviation of each data variable over all its dims.
 
@@ -145,7 +148,7 @@ def compute_stats(
         One float64 variable per name, dims ``(stat,)``, ``stat = ["mean", "std"]``,
         dask-backed: nothing is read until it is computed. ``units`` are carried over.
     """
-    names = list(ds.data_vars) if variables is None else list(variables)
+    names = list(map(str, ds.data_vars)) if variables is None else list(variables)
     for name in names:
         if name not in ds.data_vars:
             raise MissingVariableError(f"cannot compute statistics of '{name}': not in the dataset")
@@ -174,7 +177,7 @@ def _check_budget(ds: xr.Dataset, names: list[str], budget_gb: float | None) -> 
         )
 
 
-def _local_path(store: Any) -> Path | None:
+def _local_path(store: StoreLike) -> Path | None:
     if isinstance(store, os.PathLike):
         return Path(store)
     if isinstance(store, str):
@@ -185,7 +188,9 @@ def _local_path(store: Any) -> Path | None:
     return None
 
 
-def write_stats(store: Any, stats: xr.Dataset, *, storage_options: dict | None = None) -> None:
+def write_stats(
+    store: StoreLike, stats: xr.Dataset, *, storage_options: dict[str, Any] | None = None
+) -> None:
     """Compute ``stats`` and write them to the group ``"stats"`` of a Zarr store.
 
     On a local filesystem the group is written beside the store's other groups under a
@@ -210,7 +215,9 @@ def write_stats(store: Any, stats: xr.Dataset, *, storage_options: dict | None =
         stats.to_zarr(tmp, mode="w", consolidated=False)
 
 
-def read_stats(store: Any, *, storage_options: dict | None = None) -> xr.Dataset | None:
+def read_stats(
+    store: StoreLike, *, storage_options: dict[str, Any] | None = None
+) -> xr.Dataset | None:
     """The statistics stored in ``store``'s ``"stats"`` group, or None when there are none."""
     local = _local_path(store)
     if local is not None and not (local / STATS_GROUP).exists():
@@ -250,10 +257,11 @@ def check_stats(stats: xr.Dataset, names: list[str] | tuple[str, ...] | None = N
     """
     if STAT not in stats.dims or list(stats[STAT].values) != list(STAT_NAMES):
         raise StatsError(f"statistics need a '{STAT}' coordinate equal to {list(STAT_NAMES)}")
-    for name in names or ():
-        if name not in stats.data_vars:
+    for wanted in names or ():
+        if wanted not in stats.data_vars:
             raise StatsError(
-                f"statistics are missing for variable '{name}' (have {sorted(stats.data_vars)}); "
+                f"statistics are missing for variable '{wanted}' (have "
+                f"{sorted(map(str, stats.data_vars))}); "
                 "recompute them with corrdiff_xr.data.compute_stats"
             )
     for name, var in stats.data_vars.items():
@@ -274,7 +282,7 @@ def stats_to_dict(
     stats: xr.Dataset, names: list[str] | tuple[str, ...] | None = None
 ) -> dict[str, tuple[float, float]]:
     """``{name: (mean, std)}`` as Python floats (computes lazy statistics)."""
-    names = list(stats.data_vars) if names is None else list(names)
+    names = list(map(str, stats.data_vars)) if names is None else list(names)
     check_stats(stats, names)
     stats = check_stats(stats[names].compute())
     return {n: (float(stats[n].values[0]), float(stats[n].values[1])) for n in names}

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from corrdiff_xr.data.layout import TimeAxisError
@@ -39,9 +40,11 @@ __all__ = [
 ]
 
 _STANDARD = ("standard", "gregorian", "proleptic_gregorian")
+#: how coarse times are matched to fine ones
+TimeMatch: TypeAlias = Literal["exact", "nearest"]
 
 
-def check_time_axis(values: Any, *, name: str = "time") -> None:
+def check_time_axis(values: npt.ArrayLike, *, name: str = "time") -> None:
     """Refuse a time coordinate that is not datetimes of one calendar, unique and increasing.
 
     Raises
@@ -81,7 +84,7 @@ def check_time_axis(values: Any, *, name: str = "time") -> None:
         )
 
 
-def parse_times(texts: Sequence[str], like: Any) -> np.ndarray:
+def parse_times(texts: Sequence[str], like: npt.ArrayLike) -> np.ndarray:
     """ISO 8601 strings as times of ``like``'s calendar (datetime64[ns] or cftime objects).
 
     Raises
@@ -135,10 +138,10 @@ class Alignment:
 
 
 def align(
-    coarse: Any,
-    fine: Any,
+    coarse: npt.ArrayLike,
+    fine: npt.ArrayLike,
     *,
-    match: Literal["exact", "nearest"] = "exact",
+    match: TimeMatch = "exact",
     tolerance: str | pd.Timedelta | None = None,
 ) -> Alignment:
     """Match the fine times to coarse times: equal (``"exact"``) or the nearest coarse time
@@ -175,7 +178,7 @@ def align(
     fi = np.flatnonzero(ok)
     ci = ci[fi]
     if len(np.unique(ci)) != len(ci):  # two fine times on one coarse time: keep the closest
-        keep = {}
+        keep: dict[np.intp, np.intp] = {}
         for c, f in zip(ci, fi):
             if c not in keep or abs(tc[c] - tf[f]) < abs(tc[c] - tf[keep[c]]):
                 keep[c] = f
@@ -196,7 +199,7 @@ def align(
     return Alignment(np.asarray(ci, np.intp), np.asarray(fi, np.intp), dropped_c, dropped_f, report)
 
 
-def tolerance_ns(tolerance: Any) -> int:
+def tolerance_ns(tolerance: Any) -> int:  # Any: it checks what a user wrote
     """A time tolerance (``"30min"``, a timedelta) as int nanoseconds, >= 0.
 
     Raises
@@ -236,6 +239,6 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _span(values: Any) -> str:
+def _span(values: npt.ArrayLike) -> str:
     arr = np.asarray(getattr(values, "values", values))
     return f"{arr[0]} .. {arr[-1]} ({arr.size} steps)" if arr.size else "nothing"

@@ -15,16 +15,38 @@ import gc
 import itertools
 import json
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import numpy as np
 import xarray as xr
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+from dask.typing import Key
 
 from corrdiff_xr._atomic import write_bytes
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+Item = TypeVar("Item")
+#: a window's tasks: (layer, keys of the base graph they read, one key per item)
+Tasks = tuple[dict[Key, Any], set[Key], list[Key]]
+#: a block to write: (chunk index, region ``{dim: slice}``, completion-record name)
+Todo = tuple[tuple[int, ...], dict[str, slice], str]
+
+
+class SliceTasks(Protocol):
+    """The input fingerprints' tasks (a :class:`~corrdiff_xr.inference.fingerprint.
+    Fingerprints`; structural, so that this module does not import the one importing it)."""
+
+    graph: HighLevelGraph
+
+    def tasks(self, slices: list[tuple[int, int]]) -> Tasks:
+        """(layer, keys of :attr:`graph` it reads, one key per slice; none when inactive)."""
+        ...
+
 
 __all__ = ["WINDOW", "paused_gc", "run_windows", "write_blocks"]
 
@@ -33,26 +55,36 @@ __all__ = ["WINDOW", "paused_gc", "run_windows", "write_blocks"]
 WINDOW = 256
 
 
-def _gather(*values: Any) -> list:
+def _gather(*values: object) -> list[object]:
     return list(values)
 
 
-def _window(base: HighLevelGraph, layer: dict, needs: set, outs: list, name: str) -> Delayed:
+def _window(
+    base: HighLevelGraph,
+    layer: dict[Key, Any],
+    needs: set[Key],
+    outs: list[Key],
+    name: str,
+) -> Delayed:
     """A Delayed of the values of ``outs``: ``layer`` over ``base`` culled to its ``needs``."""
     sub = base.cull(needs) if needs else HighLevelGraph({}, {})
-    layers = {**sub.layers, f"{name}-tasks": layer, name: {name: (_gather, *outs)}}
+    layers: dict[str, Mapping[Key, Any]] = {
+        **sub.layers,
+        f"{name}-tasks": layer,
+        name: {name: (_gather, *outs)},
+    }
     deps = {**sub.dependencies, f"{name}-tasks": set(sub.layers), name: {f"{name}-tasks"}}
     return Delayed(name, HighLevelGraph(layers, deps))
 
 
 def run_windows(
     base: HighLevelGraph,
-    items: list,
-    build: Callable[[list], tuple[dict, set, list]],
-    client: Any = None,
+    items: Sequence[Item],
+    build: Callable[[list[Item]], Tasks],
+    client: Client | None = None,
     *,
     name: str,
-) -> list:
+) -> list[Any]:
     """One value per item of ``items``, in order, computed :data:`WINDOW` items at a time.
 
     ``build(window)`` returns the window's tasks: (layer, keys of ``base`` they read, one key
@@ -62,11 +94,11 @@ def run_windows(
     """
     import dask
 
-    out: list = []
-    pending: deque = deque()
+    out: list[Any] = []
+    pending: deque[Future] = deque()
     for start in range(0, len(items), WINDOW):
         with paused_gc():
-            task = _window(base, *build(items[start : start + WINDOW]), f"{name}-{start}")
+            task = _window(base, *build(list(items[start : start + WINDOW])), f"{name}-{start}")
         if client is None:
             out.extend(dask.compute(task)[0])
             continue
@@ -111,14 +143,20 @@ def _write_block(
     group = zarr.open_group(store, mode="r+")
     region = tuple(block.values())
     for name, data in zip(names, values):
-        group[name][region] = data
+        cast("zarr.Array", group[name])[region] = data
     record = json.dumps({"inputs": read}).encode() if read else b""
     write_bytes(Path(records) / done, record, fsync=False)
     return done
 
 
 def write_blocks(
-    ds: xr.Dataset, store: Path, records: Path, todo: list, fingerprints: Any, key: str, client: Any
+    ds: xr.Dataset,
+    store: Path,
+    records: Path,
+    todo: list[Todo],
+    fingerprints: SliceTasks,
+    key: str,
+    client: Client | None,
 ) -> int:
     """Compute and write the blocks ``todo`` ((chunk index, region, record name) each), in order.
 
@@ -129,12 +167,12 @@ def write_blocks(
     """
     from corrdiff_xr.dims import TIME
 
-    names = list(ds.data_vars)
+    names = [str(n) for n in ds.data_vars]
     arrays = [ds[n].data for n in names]
     wname = f"corrdiff-write-{key}"
     base = HighLevelGraph.merge(*(a.__dask_graph__() for a in arrays), fingerprints.graph)
 
-    def build(window: list) -> tuple[dict, set, list]:
+    def build(window: list[Todo]) -> Tasks:
         slices = [(b[TIME].start, b[TIME].stop) for _, b, _ in window]
         layer, needs, reads = fingerprints.tasks(slices)
         for (idx, block, bid), read in itertools.zip_longest(window, reads):

@@ -44,7 +44,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -55,6 +56,13 @@ from corrdiff_xr.inference.cache import ModelToken, load_model
 from corrdiff_xr.inference.tiled_mean import windows
 from corrdiff_xr.noise import FieldNoise, patch_generator
 from corrdiff_xr.patching import PatchGrid, reflect_index
+from corrdiff_xr.protocols import RandomSource
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.model import CorrDiff
 
 __all__ = [
     "KINDS",
@@ -70,6 +78,11 @@ __all__ = [
 
 #: what a block task can return: the fused regression mean and the fused samples
 KINDS = ("mean", "sample")
+#: one (time index, patch id) of a block: a row of a network call
+Unit = tuple[int, int]
+Row = TypeVar("Row")
+#: ``(seed, time, member, patch origin) -> noise``: a member's noise on one patch
+NoiseFactory = Callable[[int, int, int, tuple[int, int]], RandomSource]
 
 
 def _support(weights: Sequence[float]) -> tuple[int, int]:
@@ -173,7 +186,7 @@ class BlockTask:
         if not self.kinds or any(k not in KINDS for k in self.kinds):
             raise ValueError(f"kinds must be a non-empty selection of {KINDS}, got {self.kinds!r}")
 
-    def at(self, plan: BlockPlan, times: Sequence[int], members: Sequence[int]) -> BlockTask:
+    def at(self, plan: BlockPlan, times: Iterable[int], members: Iterable[int]) -> BlockTask:
         """The task of one block: this one's settings with the block's plan, times, members."""
         return dataclasses.replace(
             self,
@@ -182,7 +195,7 @@ class BlockTask:
             members=tuple(int(m) for m in members),
         )
 
-    def __dask_tokenize__(self) -> tuple:
+    def __dask_tokenize__(self) -> tuple[str, tuple[object, ...]]:
         # plain nested tuples of str/int/float/None: the same token in every process
         return (f"{type(self).__module__}.{type(self).__qualname__}", dataclasses.astuple(self))
 
@@ -201,9 +214,9 @@ def plan_blocks(
         )
     ybounds = np.cumsum((0, *y_chunks))
     xbounds = np.cumsum((0, *x_chunks))
-    plans = []
+    plans: list[list[BlockPlan]] = []
     for y0, y1 in itertools.pairwise(ybounds):
-        row = []
+        row: list[BlockPlan] = []
         for x0, x1 in itertools.pairwise(xbounds):
             ids = touching_patches(grid, (int(y0), int(y1)), (int(x0), int(x1)))
             rr = np.concatenate([grid.indices(k)[0] for k in ids])
@@ -242,7 +255,7 @@ def member_groups(members: Sequence[int], batch_size: int, ensemble: int) -> lis
     ]
 
 
-def _batches(items: list, size: int) -> Iterator[tuple[list, int]]:
+def _batches(items: list[Row], size: int) -> Iterator[tuple[list[Row], int]]:
     """``items`` in calls of exactly ``size`` rows: yields (rows padded by repetition, n_real)."""
     for i in range(0, len(items), size):
         chunk = items[i : i + size]
@@ -258,12 +271,12 @@ class _Halo:
     plan: BlockPlan
     device: torch.device
 
-    def inputs(self, units: Sequence[tuple[int, int]]) -> torch.Tensor:
+    def inputs(self, units: Sequence[Unit]) -> torch.Tensor:
         """Stacked patch inputs of (time index, patch id) ``units``, on the device."""
         rows = [_patch_input(self.x[t], self.grid, self.plan, k) for (t, k) in units]
         return torch.from_numpy(np.stack(rows)).to(self.device)
 
-    def offsets(self, units: Sequence[tuple[int, int]]) -> torch.Tensor:
+    def offsets(self, units: Sequence[Unit]) -> torch.Tensor:
         """Global (row, col) origins of the units' patches, on the device."""
         origins = np.stack([self.grid.origins[k] for (_, k) in units])
         return torch.as_tensor(origins, device=self.device)
@@ -274,18 +287,24 @@ class _Halo:
         acc[(slice(None), *bs)] += self.grid.weight[ps] * value[(slice(None), *ps)]
 
 
-def _encoded(inputs, task: BlockTask) -> tuple[torch.nn.Module, np.ndarray]:
+def _encoded(inputs: xr.Dataset, task: BlockTask) -> tuple[CorrDiff, np.ndarray]:
     """The task's model (threads set) and ``inputs`` encoded by its codec (T, C_in, h, w)."""
     if task.threads is not None:
         torch.set_num_threads(int(task.threads))
     model = load_model(task.token)
-    x = np.asarray(model.codec.encode_inputs(inputs), dtype=np.float32)
+    x = np.asarray(_codec(model).encode_inputs(inputs), dtype=np.float32)
     if x.shape[0] != len(task.times):
         raise ValueError(f"block inputs have {x.shape[0]} times, expected {len(task.times)}")
     return model, x
 
 
-def compute_mean_field(inputs, task: BlockTask) -> np.ndarray:
+def _codec(model: CorrDiff) -> Codec:
+    if model.codec is None:  # downscale refuses such a model before building tasks
+        raise ValueError("the model has no codec (variable names and statistics)")
+    return model.codec
+
+
+def compute_mean_field(inputs: xr.Dataset, task: BlockTask) -> np.ndarray:
     """Normalised regression mean over the whole domain, ``(T, C_out, H, W)`` float32.
 
     ``inputs`` holds the regridded inputs and static fields of the whole fine grid for
@@ -311,7 +330,9 @@ def compute_mean_field(inputs, task: BlockTask) -> np.ndarray:
     return out
 
 
-def compute_block(inputs, task: BlockTask, mean_field=None) -> dict[str, np.ndarray]:
+def compute_block(
+    inputs: xr.Dataset, task: BlockTask, mean_field: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Fused fields of one block, in physical units: ``{kind: array}`` for ``task.kinds``.
 
     Parameters
@@ -338,7 +359,7 @@ def compute_block(inputs, task: BlockTask, mean_field=None) -> dict[str, np.ndar
     model, x = _encoded(inputs, task)
     halo = _Halo(x, grid, plan, next(model.parameters()).device)
     T = len(task.times)
-    if task.whole_mean:
+    if task.whole_mean and mean_field is not None:  # never None then (checked above)
         (hr0, hr1), (hc0, hc1) = plan.halo_rows, plan.halo_cols
         expected = (T, model.out_channels, hr1 - hr0, hc1 - hc0)
         if tuple(np.shape(mean_field)) != expected:
@@ -353,11 +374,11 @@ def compute_block(inputs, task: BlockTask, mean_field=None) -> dict[str, np.ndar
         norm[bs] += grid.weight[ps]
     shape = (T, model.out_channels, y1 - y0, x1 - x0)
     units = [(t, k) for t in range(T) for k in plan.patches]
-    if task.whole_mean:
+    if task.whole_mean and mean_field is not None:  # never None then (checked above)
         means = {(t, k): _patch_input(mean_field[t], grid, plan, k) for (t, k) in units}
     else:
         means = _means(model, halo, units, task)
-    fused = {}
+    fused: dict[str, np.ndarray] = {}
     if "mean" in kinds:
         fused["mean"] = np.zeros(shape)
         for (t, k), mu in means.items():
@@ -370,7 +391,8 @@ def compute_block(inputs, task: BlockTask, mean_field=None) -> dict[str, np.ndar
     template = inputs.isel({Y: slice(y0 - hr, y1 - hr), X: slice(x0 - hc, x1 - hc)})
     dims = {"mean": (TIME,), "sample": (MEMBER, TIME)}
     out = {
-        kind: _decode(model.codec, acc / norm, template, dims[kind]) for kind, acc in fused.items()
+        kind: _decode(_codec(model), acc / norm, template, dims[kind])
+        for kind, acc in fused.items()
     }
     if model.target_mask is not None:  # NaN where the model never saw a target (the sea)
         valid = model.target_mask[:, y0:y1, x0:x1].cpu().numpy()
@@ -380,10 +402,12 @@ def compute_block(inputs, task: BlockTask, mean_field=None) -> dict[str, np.ndar
     return out
 
 
-def _means(model, halo: _Halo, units: list[tuple[int, int]], task: BlockTask) -> dict:
+def _means(
+    model: CorrDiff, halo: _Halo, units: list[Unit], task: BlockTask
+) -> dict[Unit, np.ndarray]:
     """Regression mean (C, h, w) of every (time index, patch id) unit, in calls of
     :func:`call_size` rows padded by repetition."""
-    out = []
+    out: list[np.ndarray] = []
     for batch, n in _batches(units, call_size(halo.device, task.batch_size)):
         with torch.no_grad():
             res = model.predict_mean(halo.inputs(batch), offsets=halo.offsets(batch))
@@ -391,26 +415,29 @@ def _means(model, halo: _Halo, units: list[tuple[int, int]], task: BlockTask) ->
     return dict(zip(units, out))
 
 
-def _sample_into(acc: np.ndarray, model, halo: _Halo, task: BlockTask, means: dict) -> None:
+def _sample_into(
+    acc: np.ndarray, model: CorrDiff, halo: _Halo, task: BlockTask, means: dict[Unit, np.ndarray]
+) -> None:
     """Sample the block's members into ``acc`` (M, T, C, h, w), one call per member group.
 
     For each time and patch (global order), every group of :func:`member_groups` is one
     call of one row per group member, each with its own noise; rows of members outside the
     block (a member chunk that splits a group) are computed and dropped.
     """
-    grid, seed = task.grid, task.seed
+    grid, seed, ensemble = task.grid, task.seed, task.ensemble
+    assert ensemble is not None  # compute_block refuses a sampling task without it
     where = {m: i for i, m in enumerate(task.members)}
-    groups = member_groups(task.members, task.batch_size, task.ensemble)
+    groups = member_groups(task.members, task.batch_size, ensemble)
     # generators live on the model's device (torch draws CUDA noise from CUDA generators),
     # so members are reproducible per device type, not across them
-    noise = FieldNoise if task.shared_noise else _generator_on(halo.device)
+    noise: NoiseFactory = FieldNoise if task.shared_noise else _generator_on(halo.device)
     for (t, k), mu in means.items():  # times, then patches in global order
-        origin = tuple(int(v) for v in grid.origins[k])
+        origin = (int(grid.origins[k][0]), int(grid.origins[k][1]))
         x, off = halo.inputs([(t, k)]), halo.offsets([(t, k)])
         mean = torch.from_numpy(mu[None]).to(halo.device)
         for group in groups:
             n = len(group)  # one row per member: contiguous copies of the patch's input
-            gens = [noise(seed, task.times[t], m, origin) for m in group]
+            gens: list[RandomSource] = [noise(seed, task.times[t], m, origin) for m in group]
             with torch.no_grad():
                 res = model.sample(
                     x.repeat(n, 1, 1, 1),
@@ -424,7 +451,7 @@ def _sample_into(acc: np.ndarray, model, halo: _Halo, task: BlockTask, means: di
                     halo.add(acc[where[m], t], k, value)
 
 
-def _generator_on(device: torch.device):
+def _generator_on(device: torch.device) -> NoiseFactory:
     """:func:`patch_generator` on the model's device: torch draws CUDA noise from CUDA
     generators, so independent-noise members are reproducible per device type, not across."""
     return functools.partial(patch_generator, device=device)
@@ -452,7 +479,9 @@ def _overlap(
     )
 
 
-def _decode(codec, fused: np.ndarray, template, dims: tuple[str, ...]) -> np.ndarray:
+def _decode(
+    codec: Codec, fused: np.ndarray, template: xr.Dataset, dims: tuple[str, ...]
+) -> np.ndarray:
     """Normalised fused fields to physical units, channel first."""
     ds = codec.decode_targets(fused.astype(np.float32), template, dims=dims)
     return np.stack([ds[n].values for n in codec.out_channels])

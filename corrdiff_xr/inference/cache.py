@@ -24,18 +24,21 @@ import threading
 import weakref
 from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from corrdiff_xr.model import CorrDiff
 
 __all__ = ["LOADS", "ModelToken", "load_model", "resolve_device", "token_for"]
 
 _LOCK = threading.Lock()
 #: loaded models, most recently used last; a few at most (a training loop that downscales
 #: every epoch makes a new checkpoint each time, and old ones must not pile up in memory)
-_MODELS: OrderedDict[tuple[str, int, str], Any] = OrderedDict()
+_MODELS: OrderedDict[tuple[str, int, str], CorrDiff] = OrderedDict()
 MAX_MODELS = 2
 #: checkpoint loads per (path, stamp) in this process; tests read it through client.run
-LOADS: Counter = Counter()
-_SAVED: dict[int, tuple[weakref.ref, tuple[int, ...], str]] = {}
+LOADS: Counter[tuple[str, int]] = Counter()
+_SAVED: dict[int, tuple[weakref.ref[CorrDiff], tuple[int, ...], str]] = {}
 _TMPDIRS: list[str] = []
 
 
@@ -64,7 +67,7 @@ def checkpoint_token(path: str | os.PathLike, *, device: str | None = None) -> M
     return ModelToken(str(path), _stamp(path), device)
 
 
-def _versions(model: Any) -> tuple[int, ...]:
+def _versions(model: CorrDiff) -> tuple[int, ...]:
     # Tensor._version increases on every in-place change (optimizer steps, load_state_dict).
     return tuple(t._version for t in list(model.parameters()) + list(model.buffers()))
 
@@ -77,7 +80,7 @@ def _cleanup() -> None:
 atexit.register(_cleanup)
 
 
-def token_for(model: Any, *, device: str | None = None) -> ModelToken:
+def token_for(model: CorrDiff | str | os.PathLike[str], *, device: str | None = None) -> ModelToken:
     """Token for a loaded CorrDiff or a checkpoint path; an in-memory model is saved once."""
     if isinstance(model, (str, os.PathLike)):
         return checkpoint_token(model, device=device)
@@ -108,7 +111,7 @@ def resolve_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(token: ModelToken) -> Any:
+def load_model(token: ModelToken) -> CorrDiff:
     """The model for ``token``, loaded at most once per process and device."""
     device = resolve_device(token.device)
     key = (token.path, token.stamp, device)

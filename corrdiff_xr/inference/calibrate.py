@@ -30,13 +30,21 @@ then use whenever no sampler is given.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from corrdiff_xr.config import SamplerConfig, from_dict, to_dict
 from corrdiff_xr.dims import MEMBER, TIME
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from corrdiff_xr.inference.packages import DataLike, ModelLike
+    from corrdiff_xr.model import CorrDiff
+    from corrdiff_xr.scoring.metrics import Estimator
 
 __all__ = [
     "CANDIDATES",
@@ -94,9 +102,9 @@ def default_candidates(own: Mapping[str, Any] | None) -> list[dict[str, Any]]:
 
 def network_calls(cfg: SamplerConfig) -> int:
     """Denoiser calls per member: Heun ``2 N - 1`` (the last step is Euler), else ``N``."""
-    from corrdiff_xr.sampling import CALLS_PER_STEPS
+    from corrdiff_xr.sampling import SOLVERS
 
-    return CALLS_PER_STEPS[cfg.solver](cfg.num_steps)
+    return SOLVERS[cfg.solver].calls(cfg.num_steps)
 
 
 def most_calibrated(
@@ -158,7 +166,9 @@ def _percent(bounds: Sequence[float] | None) -> str:
     return "" if bounds is None else f"[{bounds[0] * 100:+.1f},{bounds[1] * 100:+.1f}]%"
 
 
-def target_std(model: Any, truth: Any = None) -> dict[str, float]:
+def target_std(
+    model: CorrDiff | str | os.PathLike[str], truth: xr.Dataset | None = None
+) -> dict[str, float]:
     """Each target's scale in physical units, what :func:`ensemble_scores` divides its CRPS by.
 
     A target the model trains as it is takes its std in the model's normalisation statistics
@@ -172,7 +182,7 @@ def target_std(model: Any, truth: Any = None) -> dict[str, float]:
     return _header_std(model_header(model), truth)
 
 
-def _header_std(header: Mapping[str, Any], truth: Any = None) -> dict[str, float]:
+def _header_std(header: Mapping[str, Any], truth: xr.Dataset | None = None) -> dict[str, float]:
     from corrdiff_xr.inference.downscaling import _codec
 
     codec = _codec(header)
@@ -196,7 +206,7 @@ def _header_std(header: Mapping[str, Any], truth: Any = None) -> dict[str, float
     return out
 
 
-def ensemble_scores(ens, truth, std: Mapping[str, float]) -> dict[str, Any]:
+def ensemble_scores(ens: xr.Dataset, truth: xr.Dataset, std: Mapping[str, float]) -> dict[str, Any]:
     """``crps``, ``crps_fair`` and ``spread_skill`` of an ensemble, averaged over targets,
     ``per_target``: each target's fair CRPS and ensemble-mean MAE in its ``units``, and
     ``crps_fair_by_time``: the averaged fair CRPS at each time (None without a time dim).
@@ -208,10 +218,15 @@ def ensemble_scores(ens, truth, std: Mapping[str, float]) -> dict[str, Any]:
     from corrdiff_xr.scoring import crps, mae, spread_skill
 
     out: dict[str, list[float]] = {"crps": [], "crps_fair": [], "spread_skill": []}
-    per_target, by_time = {}, []
+    per_target: dict[str, dict[str, float | str]] = {}
+    by_time: list[np.ndarray] = []
+    estimators: tuple[tuple[str, Estimator], ...] = (
+        ("crps", "properscoring"),
+        ("crps_fair", "fair"),
+    )
     for n, scale in std.items():
         fc, tr = ens[[n]], truth[[n]]
-        for key, estimator in (("crps", "properscoring"), ("crps_fair", "fair")):
+        for key, estimator in estimators:
             value = float(crps(fc, tr, estimator=estimator).to_array().mean())
             out[key].append(value / scale)
         if TIME in fc.dims:  # per time, for the bootstrap interval of a difference
@@ -223,14 +238,14 @@ def ensemble_scores(ens, truth, std: Mapping[str, float]) -> dict[str, Any]:
             "mae": float(mae(fc, tr).to_array().mean()),
             "units": str(truth[n].attrs.get("units", "?")),
         }
-    by_time = np.mean(by_time, axis=0).tolist() if by_time else None
+    mean_by_time = np.mean(by_time, axis=0).tolist() if by_time else None
     return {**{key: float(np.mean(values)) for key, values in out.items()},
-            "per_target": per_target, "crps_fair_by_time": by_time}  # fmt: skip
+            "per_target": per_target, "crps_fair_by_time": mean_by_time}  # fmt: skip
 
 
 def calibrate(
-    data: Any,
-    model: Any,
+    data: DataLike,
+    model: ModelLike,
     *,
     candidates: Sequence[Mapping[str, Any] | SamplerConfig] | None = None,
     members: int = 8,
@@ -269,6 +284,7 @@ def calibrate(
     **downscale_kwargs
         Passed to downscale (``patch``, ``chunks``, ``device`` ...).
     """
+    from corrdiff_xr.data import DownscalingData
     from corrdiff_xr.inference.downscaling import _codec, downscale, model_header
     from corrdiff_xr.inference.packages import resolve
 
@@ -279,7 +295,7 @@ def calibrate(
         raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
     header = model_header(model)  # read once: the targets, their std, the model's defaults
     names = list(_codec(header).out_channels)
-    pair_ds = getattr(data, "dataset", data)
+    pair_ds = data.dataset if isinstance(data, DownscalingData) else data
     missing = [n for n in names if n not in pair_ds.data_vars]
     if missing:
         raise ValueError(f"calibration needs the targets {missing} in the data (the truth)")
@@ -292,7 +308,7 @@ def calibrate(
         cfg = cand if isinstance(cand, SamplerConfig) else from_dict(SamplerConfig, dict(cand))
         if cfg not in configs:  # the model's defaults may be one of the candidates
             configs.append(cfg)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for cfg in configs:
         ens = downscale(data, model, members=members, seed=seed, sampler=cfg, **downscale_kwargs)
         scores = ensemble_scores(ens.compute(), truth, std)

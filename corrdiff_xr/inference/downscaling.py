@@ -41,21 +41,24 @@ of the smaller patch side) to hide seams.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 import sys
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import xarray as xr
 
 from corrdiff_xr.dims import MEMBER, TIME, X, Y
+from corrdiff_xr.inference._arguments import check_arguments, patch_config, sampler_config
 
 if TYPE_CHECKING:  # imported when called, so that importing corrdiff_xr does not load torch
-    from corrdiff_xr.config import PatchConfig
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.config import PatchConfig, SamplerConfig
+    from corrdiff_xr.data import DownscalingData
+    from corrdiff_xr.inference.packages import DataLike, ModelLike
+    from corrdiff_xr.model import CorrDiff
+    from corrdiff_xr.patching import PatchGrid
 
 __all__ = ["downscale", "model_header"]
 
@@ -64,7 +67,7 @@ Output = Literal["ensemble", "mean", "residual"]
 LARGE_DOMAIN = 1024 * 1024
 
 
-def model_header(model: Any) -> dict[str, Any]:
+def model_header(model: CorrDiff | str | os.PathLike[str]) -> dict[str, Any]:
     """Codec, grid shape and configs of a CorrDiff or checkpoint, without loading weights."""
     if isinstance(model, (str, os.PathLike)):
         from corrdiff_xr.model import read_checkpoint_header
@@ -73,7 +76,9 @@ def model_header(model: Any) -> dict[str, Any]:
     return model.config_dict()
 
 
-def _check_output_kind(header: Mapping[str, Any], output: str, model: Any) -> None:
+def _check_output_kind(
+    header: Mapping[str, Any], output: str, model: CorrDiff | str | os.PathLike[str]
+) -> None:
     """Refuse members from a regression-only model: they would all be the mean (no spread)."""
     from corrdiff_xr.config import ConfigError
 
@@ -87,22 +92,26 @@ def _check_output_kind(header: Mapping[str, Any], output: str, model: Any) -> No
         )
 
 
-def _check_network_shape(header: Mapping[str, Any], domain: tuple, patch_cfg: Any) -> None:
+def _check_network_shape(
+    header: Mapping[str, Any], domain: tuple[int, int], patch_cfg: PatchConfig | None
+) -> None:
     """The image each network call sees (a patch, or the whole grid) must fit the grid and
     the network's levels (checked before the patch grid allocates its weights)."""
     from corrdiff_xr.config import NetworkConfig, SettingError, from_dict
     from corrdiff_xr.nn.backbones import check_shape
 
-    if patch_cfg is not None and any(p > d for p, d in zip(patch_cfg.shape, domain)):
+    # a resolved PatchConfig always has a shape (patch_config: None without one)
+    pshape = None if patch_cfg is None else patch_cfg.shape
+    if pshape is not None and any(p > d for p, d in zip(pshape, domain)):
         raise SettingError(
-            (("patch", patch_cfg.shape),),
+            (("patch", pshape),),
             f"is larger than the fine grid {domain} (y, x); need a patch no larger than the "
             "grid, or none (whole-domain sampling)",
         )
-    if patch_cfg is None:
+    if pshape is None:
         patch = whole = (domain, "the fine grid (sampled whole, patch=None)")
     else:
-        patch = (tuple(patch_cfg.shape), "patch")
+        patch = (pshape, "patch")
         whole = (domain, "the fine grid (the regression mean of mean='whole')")
     mean_whole = patch_cfg is None or patch_cfg.mean != "patches"
     seen = {"regression_network": whole if mean_whole else patch, "residual_network": patch}
@@ -111,7 +120,7 @@ def _check_network_shape(header: Mapping[str, Any], domain: tuple, patch_cfg: An
             check_shape(from_dict(NetworkConfig, header[key], path=key), shape, what, key=key)
 
 
-def _codec(header: Mapping[str, Any]):
+def _codec(header: Mapping[str, Any]) -> Codec:
     from corrdiff_xr.codec import Codec
 
     if header.get("codec") is None:
@@ -122,7 +131,7 @@ def _codec(header: Mapping[str, Any]):
     return Codec.from_dict(header["codec"])
 
 
-def _pair(data: Any, codec):
+def _pair(data: DataLike, codec: Codec) -> DownscalingData:
     from corrdiff_xr.data import DownscalingData, open_pair
 
     if isinstance(data, DownscalingData):
@@ -140,7 +149,9 @@ def _regular(chunks: tuple[int, ...], size: int | None, length: int) -> tuple[in
     return (size,) * n + ((rest,) if rest else ())
 
 
-def _member_chunks(size: int | None, members: int, batch_size: int, samples: bool) -> tuple:
+def _member_chunks(
+    size: int | None, members: int, batch_size: int, samples: bool
+) -> tuple[int, ...]:
     """Member chunks: whole member groups by default; a warning when ``size`` splits them."""
     if size is None:
         return _regular((), min(batch_size, members), members)
@@ -155,7 +166,7 @@ def _member_chunks(size: int | None, members: int, batch_size: int, samples: boo
     return _regular((), size, members)
 
 
-def _sources(pair, codec) -> xr.Dataset:
+def _sources(pair: DownscalingData, codec: Codec) -> xr.Dataset:
     """Regridded inputs (time, y, x) and static fields (y, x) named as the codec expects."""
     fine = pair.inputs_on_fine
     missing = [n for n in codec.inputs if n not in fine]
@@ -179,101 +190,15 @@ def _sources(pair, codec) -> xr.Dataset:
     return src
 
 
-@contextlib.contextmanager
-def _as_arguments(names: Mapping[str, str]):
-    """Config checks failing inside are reported under :func:`downscale`'s argument names."""
-    from corrdiff_xr.config import SettingError
-
-    try:
-        yield
-    except SettingError as err:
-        raise err.renamed(names) from None
-
-
-def _sampler_config(sampler: Any, steps: int | None, defaults: Mapping | None = None):
-    """The request's SamplerConfig: ``sampler`` (a solver name or mapping of fields, which
-    replace those of the model's calibrated ``defaults`` when it has them), then ``steps``."""
-    from corrdiff_xr.config import SamplerConfig, check_argument, from_dict
-
-    base = from_dict(SamplerConfig, dict(defaults), path="sampler") if defaults else None
-    if sampler is None:
-        cfg = base or SamplerConfig()
-    elif isinstance(sampler, SamplerConfig):
-        cfg = sampler
-    elif isinstance(sampler, str):
-        with _as_arguments({"solver": "sampler"}):
-            cfg = SamplerConfig(solver=sampler)
-    elif isinstance(sampler, Mapping):
-        merged = {**(dict(defaults) if defaults else {}), **dict(sampler)}
-        cfg = from_dict(SamplerConfig, merged, path="sampler")
-    else:
-        raise TypeError(
-            f"sampler must be None, 'heun'/'euler', a mapping or SamplerConfig, got {sampler!r}"
-        )
-    if steps is not None:
-        with _as_arguments({"num_steps": "steps"}):  # SamplerConfig holds the range
-            cfg = dataclasses.replace(cfg, num_steps=check_argument("steps", steps, int))
-    # a distilled student maps noise to a sample in a few jumps; a teacher's solver on it (or
-    # its sampler on a teacher) runs without error and gives a wrong ensemble
-    student = bool(defaults) and defaults.get("solver") == "distilled"
-    if (cfg.solver == "distilled") != student:
-        from corrdiff_xr._constraints import SettingError
-
-        need = (
-            "does not sample a distilled student: use solver 'distilled' (its default)"
-            if student
-            else "samples only a distilled student (corrdiff-xr distil); this model is not one"
-        )
-        raise SettingError((("sampler.solver", cfg.solver),), need)
-    return cfg
-
-
-def _patch_config(patch: Any, overlap: Any, boundary: Any, weights: Any):
-    """The resolved :class:`~corrdiff_xr.config.PatchConfig` of downscale's patch arguments.
-
-    ``patch`` is a PatchConfig, a side or ``(h, w)``; ``overlap``, ``boundary`` and
-    ``weights`` replace its fields unless None. None when no patching is asked.
-    """
-    from corrdiff_xr.config import PatchConfig, check_argument
-
-    if patch is None or isinstance(patch, PatchConfig) and patch.shape is None:
-        return None
-    given = {
-        "overlap": check_argument("overlap", overlap, int | None),
-        "boundary": check_argument("boundary", boundary, int | None),
-        "weights": weights,
-    }
-    given = {k: v for k, v in given.items() if v is not None}
-    with _as_arguments({"shape": "patch"}):  # PatchConfig holds the ranges and the defaults
-        if isinstance(patch, PatchConfig):
-            return dataclasses.replace(patch, **given).resolved()
-        shape = check_argument(
-            "patch", (patch, patch) if np.isscalar(patch) else patch, tuple[int, int]
-        )
-        return PatchConfig(shape=shape, **given).resolved()
-
-
-def _check_arguments(
-    members: Any, seed: Any, batch_size: Any, threads: Any, chunks: Mapping[str, Any] | None
-) -> tuple[int, int, int, int | None, dict]:
-    """downscale's plain arguments coerced and checked like config fields."""
-    from corrdiff_xr._constraints import MAX_MEMBERS
-    from corrdiff_xr.config import check_argument
-
-    chunks = dict(chunks or {})
-    unknown = set(chunks) - {MEMBER, TIME, Y, X}
-    if unknown:
-        raise ValueError(f"chunks has unknown dims {sorted(unknown)}; use member, time, y, x")
-    return (
-        check_argument("members", members, int, ge=1, le=MAX_MEMBERS),
-        check_argument("seed", seed, int, ge=0),
-        check_argument("batch_size", batch_size, int, ge=1, le=MAX_MEMBERS),
-        check_argument("threads", threads, int | None, ge=1),
-        {d: check_argument(f"chunks[{d!r}]", v, int, ge=1) for d, v in chunks.items()},
-    )
-
-
-def _time_member_chunks(src, codec, chunks, members, kinds, spatial, patch_cfg) -> tuple:
+def _time_member_chunks(
+    src: xr.Dataset,
+    codec: Codec,
+    chunks: Mapping[str, int],
+    members: tuple[int, int],
+    kinds: tuple[str, ...],
+    spatial: tuple[tuple[int, ...], tuple[int, ...]],
+    patch_cfg: PatchConfig | None,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The output's time and member chunks, once the graph and blocks they make are checked
     (from the sizes, before a tuple of chunks or a task is built)."""
     from corrdiff_xr.inference.graph import check_size
@@ -296,8 +221,12 @@ def _time_member_chunks(src, codec, chunks, members, kinds, spatial, patch_cfg) 
 
 
 def _spatial_plan(
-    src: xr.Dataset, first_input: str, patch_cfg: Any, chunks: Mapping, network: Any
-) -> tuple:
+    src: xr.Dataset,
+    first_input: str,
+    patch_cfg: PatchConfig | None,
+    chunks: Mapping[str, int],
+    network: Mapping[str, Any] | None,
+) -> tuple[PatchGrid, tuple[int, ...], tuple[int, ...], tuple[int, int] | None]:
     """The patch lattice, the output's y, x chunks (the whole domain when not patched) and
     the whole-domain mean's tiles for the regression ``network`` config (None: one call,
     warned about on large domains; :mod:`corrdiff_xr.inference.tiled_mean`)."""
@@ -330,13 +259,13 @@ def _spatial_plan(
 
 
 def downscale(
-    data: Any,
-    model: Any,
+    data: DataLike,
+    model: ModelLike,
     *,
     members: int = 1,
     seed: int = 0,
     output: Output = "ensemble",
-    sampler: Any = None,
+    sampler: SamplerConfig | str | Mapping[str, Any] | None = None,
     steps: int | None = None,
     patch: PatchConfig | int | tuple[int, int] | None = None,
     overlap: int | None = None,
@@ -433,10 +362,10 @@ def downscale(
 
     if output not in ("ensemble", "mean", "residual"):
         raise ValueError(f"output must be 'ensemble', 'mean' or 'residual', got {output!r}")
-    members, seed, batch_size, threads, chunks = _check_arguments(
+    members, seed, batch_size, threads, chunks = check_arguments(
         members, seed, batch_size, threads, chunks
     )
-    patch_cfg = _patch_config(patch, overlap, boundary, weights)
+    patch_cfg = patch_config(patch, overlap, boundary, weights)
     model, data, package = resolve_package(model, data)
     token = token_for(model, device=device)
     if not isinstance(model, (str, os.PathLike)) and "distributed" in sys.modules:
@@ -444,7 +373,7 @@ def downscale(
 
         share_with_workers(token)  # a no-op without an active distributed Client
     header = model_header(model if not isinstance(model, (str, os.PathLike)) else token.path)
-    sampler_cfg = _sampler_config(sampler, steps, header.get("sampler"))
+    sampler_cfg = sampler_config(sampler, steps, header.get("sampler"))
     _check_output_kind(header, output, model)
     codec = _codec(header)
     pair = _pair(data, codec)

@@ -18,18 +18,22 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import is_dask_collection, tokenize
 from dask.highlevelgraph import HighLevelGraph
+from dask.typing import Key
 
 from corrdiff_xr.dims import TIME
 from corrdiff_xr.errors import CorrDiffError
-from corrdiff_xr.inference._submit import run_windows
-from corrdiff_xr.inference.graph import _assemble, _Inputs
+from corrdiff_xr.inference._submit import Tasks, run_windows
+from corrdiff_xr.inference.graph import Part, _assemble, _Inputs
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 __all__ = ["Fingerprints", "InputChangedError", "changed_inputs", "input_fingerprints"]
 
@@ -38,7 +42,7 @@ class InputChangedError(CorrDiffError, ValueError):
     """The inputs of a store being resumed differ from those its written blocks read."""
 
 
-def _digest(values: Any) -> str:
+def _digest(values: np.ndarray) -> str:
     values = np.ascontiguousarray(np.asarray(values))
     digest = hashlib.blake2b(digest_size=12)
     digest.update(f"{values.dtype.str}{values.shape}".encode())
@@ -46,21 +50,33 @@ def _digest(values: Any) -> str:
     return digest.hexdigest()
 
 
-def _collect(timed: list, static: list, *, names: list, fixed: list, layouts, shapes) -> dict:
+def _collect(
+    timed: list[list[np.ndarray]],
+    static: list[str],
+    *,
+    names: list[str],
+    fixed: list[str],
+    layouts: list[list[Part]],
+    shapes: list[tuple[int, ...]],
+) -> dict[str, str]:
     """Task body of one time slice: digest each variable's values there, add the static ones."""
     pieces = zip(names, timed, layouts, shapes)
     digests = {n: _digest(_assemble(p, lay, shp)) for n, p, lay, shp in pieces}
     return dict(sorted({**digests, **dict(zip(fixed, static))}.items()))
 
 
-def _whole(pieces: list, *, layout, shape) -> str:
+def _whole(pieces: list[np.ndarray], *, layout: list[Part], shape: tuple[int, ...]) -> str:
     return _digest(_assemble(pieces, layout, shape))
 
 
-def _arrays(inputs: xr.Dataset, names: list) -> list[da.Array]:
+def _arrays(inputs: xr.Dataset, names: list[str]) -> list[da.Array]:
     # a variable held in memory becomes one chunk (its tasks then share it)
     variables = [inputs[n] for n in names]
     return [v.data if is_dask_collection(v.data) else v.chunk().data for v in variables]
+
+
+def _dims(var: xr.DataArray) -> tuple[str, ...]:
+    return tuple(str(d) for d in var.dims)
 
 
 class Fingerprints:
@@ -82,25 +98,30 @@ class Fingerprints:
         self.graph = HighLevelGraph.merge(*(a.__dask_graph__() for a in arrays))
         self.name = "corrdiff-inputs-" + tokenize([a.name for a in arrays])
         self._whole = {str(d): (0, int(n)) for d, n in inputs.sizes.items()}
-        self._regions = _Inputs(arrays[: len(self.timed)], [inputs[n].dims for n in self.timed])
+        self._regions = _Inputs(arrays[: len(self.timed)], [_dims(inputs[n]) for n in self.timed])
         static = [
-            _Inputs([a], [inputs[n].dims]) for n, a in zip(self.static, arrays[len(self.timed) :])
+            _Inputs([a], [_dims(inputs[n])]) for n, a in zip(self.static, arrays[len(self.timed) :])
         ]
-        self._fixed = {}  # the static fields' tasks, the same for every slice
+        # the static fields' tasks, the same for every slice
+        self._fixed: dict[Key, tuple[Any, ...]] = {}
         for i, region in enumerate(static):
             keys, how = region.region(self._whole)
             fn = functools.partial(_whole, layout=how["layouts"][0], shape=how["shapes"][0])
             self._fixed[self.name, -1, i] = (fn, keys[0])
 
-    def key(self, t0: int, t1: int) -> tuple | None:
+    def key(self, t0: int, t1: int) -> tuple[str, int, int] | None:
         """The key of the task of slice ``[t0, t1)`` (None when not active)."""
         return (self.name, t0, t1) if self.active else None
 
-    def tasks(self, slices: list[tuple[int, int]]) -> tuple[dict, set, list]:
+    def _key(self, t0: int, t1: int) -> tuple[str, int, int]:
+        return (self.name, t0, t1)
+
+    def tasks(self, slices: list[tuple[int, int]]) -> Tasks:
         """The tasks of ``slices``: (layer, input keys it reads, the slices' keys)."""
         if not self.active:
             return {}, set(), []
-        layer, needs = dict(self._fixed), set()
+        layer: dict[Key, Any] = dict(self._fixed)
+        needs: set[Key] = set()
         for t0, t1 in dict.fromkeys(slices):
             keys, how = self._regions.region({**self._whole, TIME: (t0, t1)})
             fn = functools.partial(
@@ -110,13 +131,15 @@ class Fingerprints:
                 layouts=how["layouts"],
                 shapes=how["shapes"],
             )
-            layer[self.key(t0, t1)] = (fn, keys, list(self._fixed))
+            layer[self._key(t0, t1)] = (fn, keys, list(self._fixed))
             needs.update(k for per_var in keys for k in per_var)
         for task in self._fixed.values():
             needs.update(task[1])
-        return layer, needs, [self.key(*s) for s in slices]
+        return layer, needs, [self._key(*s) for s in slices]
 
-    def compute(self, slices: list[tuple[int, int]], client: Any = None) -> list[dict]:
+    def compute(
+        self, slices: list[tuple[int, int]], client: Client | None = None
+    ) -> list[dict[str, str]]:
         """The fingerprints of ``slices``, in order (a window at a time)."""
         return run_windows(self.graph, slices, self.tasks, client, name=f"{self.name}-check")
 

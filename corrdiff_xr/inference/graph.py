@@ -16,12 +16,14 @@ import functools
 import itertools
 import operator
 from collections.abc import Sequence
+from typing import Any, cast
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
+from dask.typing import Key
 
 from corrdiff_xr._constraints import MAX_BLOCK_BYTES, MAX_BLOCKS, SettingError
 from corrdiff_xr.data.times import to_ns
@@ -36,7 +38,16 @@ from corrdiff_xr.inference.block import (
 
 __all__ = ["block_arrays", "check_size"]
 
+#: one input chunk of a region: (chunk index, slices in the chunk, slices in the region)
 Part = tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]
+#: a region's extent: ``{dim: (start, stop)}``
+Extent = dict[str, tuple[int, int]]
+#: how a region is assembled from its chunks: ``_halo``'s keywords (dims, layouts, shapes)
+Assembly = dict[str, list[Any]]
+#: a dask task: (callable, argument, ...)
+Task = tuple[Any, ...]
+#: a block task's key: (name, member group, time chunk, y block, x block)
+BlockKey = tuple[str, int, int, int, int]
 
 
 def check_size(
@@ -98,14 +109,16 @@ class _Axis:
 
     def __init__(self, chunks: Sequence[int]):
         self.bounds = list(itertools.accumulate(chunks, initial=0))
-        self._found: dict[tuple[int, int], list] = {}  # y, x ranges repeat for every time
+        # y, x ranges repeat for every time
+        self._found: dict[tuple[int, int], list[tuple[int, slice, slice]]] = {}
 
     def overlaps(self, lo: int, hi: int) -> list[tuple[int, slice, slice]]:
         """Chunks overlapping [lo, hi): (chunk index, slice in chunk, slice in out)."""
         if (lo, hi) in self._found:
             return self._found[lo, hi]
         b = self.bounds
-        i, out = max(bisect.bisect_right(b, lo) - 1, 0), []
+        i = max(bisect.bisect_right(b, lo) - 1, 0)
+        out: list[tuple[int, slice, slice]] = []
         while i < len(b) - 1 and b[i] < hi:
             s, e = max(b[i], lo), min(b[i + 1], hi)
             if s < e:
@@ -113,6 +126,10 @@ class _Axis:
             i += 1
         self._found[lo, hi] = out
         return out
+
+
+#: a group's parts of a region and the region's shape
+_Parts = tuple[list[Part], tuple[int, ...]]
 
 
 class _Inputs:
@@ -126,25 +143,27 @@ class _Inputs:
     def __init__(self, arrays: Sequence[da.Array], dims: Sequence[tuple[str, ...]]):
         self.names, self.dims = [a.name for a in arrays], list(dims)
         axes: dict[tuple[int, ...], _Axis] = {}  # each chunking hashed once, not per block
-        groups: dict[tuple, int] = {}
+        groups: dict[tuple[tuple[str, ...], tuple[tuple[int, ...], ...]], int] = {}
         self.group = [groups.setdefault((d, a.chunks), len(groups)) for a, d in zip(arrays, dims)]
         self.groups = [(d, tuple(axes.setdefault(c, _Axis(c)) for c in ch)) for d, ch in groups]
-        self._parts: dict = {}
+        self._parts: dict[tuple[int, tuple[tuple[int, int], ...]], _Parts] = {}
 
-    def _group_parts(self, g: int, extent: dict) -> tuple[list[Part], tuple[int, ...]]:
+    def _group_parts(self, g: int, extent: Extent) -> _Parts:
         dims, axes = self.groups[g]
         region = tuple(extent[k] for k in dims)
         key = (g, region)
         if key not in self._parts:
             per_axis = [ax.overlaps(lo, hi) for ax, (lo, hi) in zip(axes, region)]
-            parts = [tuple(zip(*combo)) for combo in itertools.product(*per_axis)]
+            parts: list[Part] = [tuple(zip(*combo)) for combo in itertools.product(*per_axis)]
             self._parts[key] = parts, tuple(hi - lo for lo, hi in region)
         return self._parts[key]
 
-    def region(self, extent: dict) -> tuple[list, dict]:
+    def region(self, extent: Extent) -> tuple[list[list[Key]], Assembly]:
         """Input keys of a (time, y, x) region and how to assemble them (``_halo``'s keywords)."""
         found = [self._group_parts(g, extent) for g in range(len(self.groups))]
-        keys, layouts, shapes = [], [], []
+        keys: list[list[Key]] = []
+        layouts: list[list[Part]] = []
+        shapes: list[tuple[int, ...]] = []
         for name, g in zip(self.names, self.group):
             parts, shape = found[g]
             keys.append([(name, *p[0]) for p in parts])
@@ -162,7 +181,13 @@ def _assemble(pieces: list[np.ndarray], layout: list[Part], shape: tuple[int, ..
     return out
 
 
-def _halo(pieces: list[list[np.ndarray]], names, dims, layouts, shapes) -> xr.Dataset:
+def _halo(
+    pieces: list[list[np.ndarray]],
+    names: list[str],
+    dims: list[tuple[str, ...]],
+    layouts: list[list[Part]],
+    shapes: list[tuple[int, ...]],
+) -> xr.Dataset:
     """The Dataset of a region, assembled from its input chunks."""
     return xr.Dataset(
         {
@@ -172,22 +197,35 @@ def _halo(pieces: list[list[np.ndarray]], names, dims, layouts, shapes) -> xr.Da
     )
 
 
-def _run(pieces, mean_field=None, *, inputs: dict, task: BlockTask) -> dict:
+def _run(
+    pieces: list[list[np.ndarray]],
+    mean_field: np.ndarray | None = None,
+    *,
+    inputs: Assembly,
+    task: BlockTask,
+) -> dict[str, np.ndarray]:
     """Task body of a block: assemble its halo, then compute the block."""
     return compute_block(_halo(pieces, **inputs), task, mean_field)
 
 
-def _run_mean(pieces, *, inputs: dict, task: BlockTask) -> np.ndarray:
+def _run_mean(pieces: list[list[np.ndarray]], *, inputs: Assembly, task: BlockTask) -> np.ndarray:
     """Task body of a time chunk's whole-domain regression mean."""
     return compute_mean_field(_halo(pieces, **inputs), task)
 
 
-def _mean_layer(src, inputs: _Inputs, tbounds, times, task: BlockTask, token: str) -> tuple:
+def _mean_layer(
+    src: xr.Dataset,
+    inputs: _Inputs,
+    tbounds: list[tuple[int, int]],
+    times: np.ndarray,
+    task: BlockTask,
+    token: str,
+) -> tuple[str, dict[Key, Task]]:
     """Whole-domain mean tasks, one per time chunk: (layer name, layer)."""
-    names = list(src.data_vars)
+    names = [str(n) for n in src.data_vars]
     name = f"corrdiff-mean-field-{token}"
     whole = {Y: (0, src.sizes[Y]), X: (0, src.sizes[X])}
-    layer = {}
+    layer: dict[Key, Task] = {}
     for it, (t0, t1) in enumerate(tbounds):
         keys, how = inputs.region({TIME: (t0, t1), **whole})
         fn = functools.partial(
@@ -215,9 +253,9 @@ def block_arrays(
     channel: ``"sample"`` ``(member, time, y, x)``, ``"mean"`` ``(time, y, x)``.
     """
     kinds = task.kinds
-    names = list(src.data_vars)
+    names = [str(n) for n in src.data_vars]
     arrays = [src[n].data for n in names]
-    dims = [src[n].dims for n in names]
+    dims = [tuple(str(d) for d in src[n].dims) for n in names]
     times = to_ns(src[TIME].values)  # the noise key: ns in the axis' own calendar
     tbounds = list(itertools.pairwise(itertools.accumulate(tch, initial=0)))
     mbounds = list(itertools.pairwise(itertools.accumulate(mch, initial=0)))
@@ -225,8 +263,9 @@ def block_arrays(
     inputs = _Inputs(arrays, dims)
     token = tokenize([a.name for a in arrays], plans, tuple(tch), tuple(mch), n_out, task)
     name = f"corrdiff-block-{token}"
-    layer: dict = {}
-    mean_layer: dict = {}
+    layer: dict[BlockKey, Task] = {}
+    mean_layer: dict[Key, Task] = {}
+    mname = ""
     if task.whole_mean:
         mname, mean_layer = _mean_layer(src, inputs, tbounds, times, task, token)
     for (g, (m0, m1)), (it, (t0, t1)), (iy, prow) in itertools.product(
@@ -240,19 +279,22 @@ def block_arrays(
                 inputs={"names": names, **how},
                 task=task.at(plan, times[t0:t1], range(m0, m1)),
             )
-            deps = [keys]
+            deps: list[Any] = [keys]
             if task.whole_mean:  # the mean field over the block's halo, cut where it lies
                 cut = (f"{mname}-cut", it, iy, ix)
                 where = (slice(None), slice(None), slice(*plan.halo_rows), slice(*plan.halo_cols))
                 mean_layer[cut] = (operator.getitem, (mname, it), where)
                 deps.append(cut)
             layer[(name, g, it, iy, ix)] = (fn, *deps)
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=arrays)
+    # the keys are Keys: the cast only widens the dict's declared key type
+    graph = HighLevelGraph.from_collections(
+        name, cast("dict[Key, Task]", layer), dependencies=arrays
+    )
     if task.whole_mean:
-        deps = graph.dependencies[name]
+        found = graph.dependencies[name]
         graph = HighLevelGraph(
             {**graph.layers, mname: mean_layer},
-            {**graph.dependencies, mname: set(deps), name: {*deps, mname}},
+            {**graph.dependencies, mname: set(found), name: {*found, mname}},
         )
     ych = tuple(p[0].rows[1] - p[0].rows[0] for p in plans)
     xch = tuple(p.cols[1] - p.cols[0] for p in plans[0])
@@ -265,14 +307,23 @@ def block_arrays(
     }
 
 
-def _take(result: dict, kind: str, c: int) -> np.ndarray:
+def _take(result: dict[str, np.ndarray], kind: str, c: int) -> np.ndarray:
     return result[kind][c]
 
 
-def _channel(graph, name: str, layer: dict, kind: str, c: int, chunks: tuple, token: str):
+def _channel(
+    graph: HighLevelGraph,
+    name: str,
+    layer: dict[BlockKey, Task],
+    kind: str,
+    c: int,
+    chunks: tuple[tuple[int, ...], ...],
+    token: str,
+) -> da.Array:
     """Channel ``c`` of the blocks' ``kind`` output, one task per block (built directly: a
     dask slice of a channel-first array would add a task per block and cost seconds)."""
     oname = f"corrdiff-{kind}-{c}-{token}"
+    sub: dict[Key, Task]
     if kind == "sample":
         sub = {(oname, *k[1:]): (_take, k, kind, c) for k in layer}
     else:  # the mean does not depend on the members: the first member group's blocks

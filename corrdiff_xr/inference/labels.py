@@ -58,6 +58,7 @@ def to_dataset(stacked: dict[str, list[da.Array]], labels: Labels) -> xr.Dataset
         labels.codec,
         labels.task.grid,
     )
+    dims: tuple[str, ...]
     if output == "ensemble":
         data, dims = stacked["sample"], (MEMBER, TIME, Y, X)
     elif output == "residual":
@@ -65,13 +66,17 @@ def to_dataset(stacked: dict[str, list[da.Array]], labels: Labels) -> xr.Dataset
         dims = (MEMBER, TIME, Y, X)
     else:
         data, dims = stacked["mean"], (TIME, Y, X)
-    coords = {TIME: src[TIME], Y: src[Y], X: src[X]}
+    coords: dict[str, xr.DataArray | xr.Variable | tuple[str, np.ndarray, dict[str, str]]] = {
+        TIME: src[TIME],
+        Y: src[Y],
+        X: src[X],
+    }
     for name in (LAT, LON):
         if name in dataset.coords:
             coords[name] = dataset[name].variable
     if MEMBER in dims:
         coords[MEMBER] = (MEMBER, np.arange(labels.members), {"long_name": "ensemble member"})
-    variables = {}
+    variables: dict[str, xr.Variable] = {}
     for c, name in enumerate(codec.out_channels):
         attrs = dict(codec.attrs.get(name, {}))
         if name in dataset:
@@ -82,8 +87,9 @@ def to_dataset(stacked: dict[str, list[da.Array]], labels: Labels) -> xr.Dataset
                     if k in ("units", "long_name", "standard_name")
                 }
             )
-        if codec.units[name] is not None:  # the values are the model's, in its units
-            attrs["units"] = codec.units[name]
+        units = codec.units[name]
+        if units is not None:  # the values are the model's, in its units
+            attrs["units"] = units
         if output == "residual":
             attrs["long_name"] = (
                 f"{attrs.get('long_name', name)} (residual: member minus regression mean)"
@@ -107,7 +113,7 @@ def to_dataset(stacked: dict[str, list[da.Array]], labels: Labels) -> xr.Dataset
         )
     )
     seed, members = labels.task.seed, labels.members
-    attrs = {
+    provenance: dict[str, str | int] = {
         "title": f"CorrDiff {output} downscaled with corrdiff_xr",
         "source": f"corrdiff_xr {__version__}",
         "history": f"corrdiff_xr.downscale(output={output!r}, members={members}, seed={seed})",
@@ -121,4 +127,4 @@ def to_dataset(stacked: dict[str, list[da.Array]], labels: Labels) -> xr.Dataset
         "corrdiff_batch_size": labels.task.batch_size,
     }
     # the data's CF grid mapping: y, x are coordinates of its projection
-    return with_grid_mapping(xr.Dataset(variables, coords=coords, attrs=attrs), dataset)
+    return with_grid_mapping(xr.Dataset(variables, coords=coords, attrs=provenance), dataset)

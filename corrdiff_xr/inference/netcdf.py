@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
@@ -28,6 +28,9 @@ from corrdiff_xr._outputs import PRODUCT_ATTR, check_output
 from corrdiff_xr.data.times import calendar_of, parse_times, to_ns
 from corrdiff_xr.dims import LAT, LAT_ATTRS, LON, LON_ATTRS, MEMBER, TIME, X, Y
 from corrdiff_xr.inference.store import IDENTITY_ATTR, remove_leftovers
+
+if TYPE_CHECKING:
+    import netCDF4
 
 __all__ = ["REFERENCE_TIME_UNITS", "time_encoding", "write_reference_netcdf"]
 
@@ -82,9 +85,9 @@ def write_reference_netcdf(
     check_output(path, kind=kind, overwrite=overwrite, what="NetCDF file")
     times = prediction[TIME].values
     n_ens = prediction.sizes.get(MEMBER, 1)
-    groups = {"truth": truth, "prediction": prediction, "input": inputs}
+    given = {"truth": truth, "prediction": prediction, "input": inputs}
     # every group is on the fine grid: each carries the prediction's grid mapping, if any
-    groups = {k: g if g is None else with_grid_mapping(g, prediction) for k, g in groups.items()}
+    groups = {k: with_grid_mapping(g, prediction) for k, g in given.items() if g is not None}
     with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as f:
         handles = _netcdf_layout(f, prediction, groups)
         f.setncattr(PRODUCT_ATTR, kind)
@@ -99,8 +102,8 @@ def write_reference_netcdf(
         for i in range(len(times)):
             for gname, g in handles.items():
                 step = groups[gname].isel({TIME: i}).compute()
-                for name, var in step.data_vars.items():
-                    values = var.values
+                for vname, var in step.data_vars.items():
+                    name, values = str(vname), var.values
                     if gname == "prediction":
                         values = values if MEMBER in var.dims else values[None]
                         g[name][0:n_ens, i] = values
@@ -109,7 +112,9 @@ def write_reference_netcdf(
     return path
 
 
-def _netcdf_layout(f: Any, prediction: xr.Dataset, groups: dict[str, xr.Dataset | None]) -> dict:
+def _netcdf_layout(
+    f: netCDF4.Dataset, prediction: xr.Dataset, groups: dict[str, xr.Dataset]
+) -> dict[str, netCDF4.Group]:
     """Dimensions, lat/lon/time and the groups' variables of the reference layout."""
     ny, nx = prediction.sizes[Y], prediction.sizes[X]
     f.createDimension(TIME)
@@ -125,14 +130,12 @@ def _netcdf_layout(f: Any, prediction: xr.Dataset, groups: dict[str, xr.Dataset 
     tv.calendar = calendar_of(prediction[TIME].values)
     handles = {}
     for gname, data in groups.items():
-        if data is None:
-            continue
         g = f.createGroup(gname)
         handles[gname] = g
         mappings = _grid_mapping_variables(g, data)
-        for name, var in data.data_vars.items():
+        for vname, var in data.data_vars.items():
             gdims = ("ensemble", TIME, Y, X) if gname == "prediction" else (TIME, Y, X)
-            nv = g.createVariable(name, "f", gdims)
+            nv = g.createVariable(str(vname), "f", gdims)
             for attr in ("units", "long_name", "standard_name", GRID_MAPPING):
                 if attr in var.attrs:
                     nv.setncattr(attr, str(var.attrs[attr]))
@@ -142,7 +145,7 @@ def _netcdf_layout(f: Any, prediction: xr.Dataset, groups: dict[str, xr.Dataset 
     return handles
 
 
-def _grid_mapping_variables(group: Any, data: xr.Dataset) -> list[str]:
+def _grid_mapping_variables(group: netCDF4.Group, data: xr.Dataset) -> list[str]:
     """Write ``data``'s CF grid-mapping variables into ``group``, with the y, x coordinates
     of the projection they describe; returns their names (none: the layout is unchanged)."""
     mappings = grid_mappings(data)

@@ -12,12 +12,24 @@ from __future__ import annotations
 
 import os
 import zipfile
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
-__all__ = ["is_package_path", "resolve"]
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from corrdiff_xr.data import DownscalingData
+    from corrdiff_xr.model import CorrDiff
+    from corrdiff_xr.model.packages.package import Package
+
+__all__ = ["DataLike", "ModelLike", "is_package_path", "resolve"]
+
+#: what ``downscale`` samples with: a loaded model, a package, or the path of either
+ModelLike: TypeAlias = "CorrDiff | Package | str | os.PathLike[str]"
+#: what ``downscale`` reads: a canonical Dataset (or a package's coarse archive), or a pair
+DataLike: TypeAlias = "xr.Dataset | DownscalingData"
 
 
-def is_package_path(path: Any) -> bool:
+def is_package_path(path: object) -> bool:
     """Whether ``path`` names a package (a directory or a zip) rather than a checkpoint file."""
     if not isinstance(path, (str, os.PathLike)):
         return False
@@ -27,10 +39,12 @@ def is_package_path(path: Any) -> bool:
     return os.path.isdir(path) or (os.path.isfile(path) and zipfile.is_zipfile(path))
 
 
-def resolve(model: Any, data: Any) -> tuple[Any, Any, str | None]:
+def resolve(
+    model: ModelLike, data: DataLike
+) -> tuple[CorrDiff | str | os.PathLike[str], DataLike, str | None]:
     """``(model, data, source)``: a package replaced by its model, the data put on its grids
     and the package's source (None for a checkpoint)."""
-    if is_package_path(model):
+    if isinstance(model, (str, os.PathLike)) and is_package_path(model):
         from corrdiff_xr.model.packages import open_package
 
         model = open_package(model)

@@ -13,11 +13,15 @@ import hashlib
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from corrdiff_xr._atomic import write_bytes
 from corrdiff_xr.inference.cache import ModelToken, _stamp
+
+if TYPE_CHECKING:
+    from distributed import Worker
 
 __all__ = ["CheckpointPlugin", "share_with_workers"]
 
@@ -31,7 +35,7 @@ class CheckpointPlugin(WorkerPlugin):
         digest = hashlib.blake2b(token.path.encode(), digest_size=8).hexdigest()
         self.name = f"corrdiff-xr-checkpoint-{digest}-{token.stamp}"
 
-    def setup(self, worker=None) -> None:
+    def setup(self, worker: Worker | None = None) -> None:
         path = Path(self.token.path)
         if path.exists() and _stamp(path) == self.token.stamp:
             return

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from corrdiff_xr._identity import DIGEST, digest, file_digest, plain
 from corrdiff_xr.dims import TIME
@@ -69,7 +70,7 @@ def checkpoint_identity(path: str | os.PathLike) -> dict[str, Any]:
     return {"name": Path(path).name, "bytes": size, DIGEST: hexdigest}
 
 
-def times_fingerprint(times: Any) -> dict[str, Any]:
+def times_fingerprint(times: npt.ArrayLike) -> dict[str, Any]:
     """Count, first and last time and a digest of the times' nanoseconds (``to_ns``).
 
     A cftime axis also records its calendar: the same numbers are other dates in another
@@ -141,7 +142,7 @@ def downscale_attrs(
     token: ModelToken,
     package: str | None,
     resolved: PatchConfig | None,
-    patch: Any,
+    patch: PatchConfig | int | tuple[int, int] | None,
     boundary: int | None,
     weights: str | None,
 ) -> dict[str, str]:
@@ -159,9 +160,10 @@ def downscale_attrs(
     checkpoint = token.path
     if package is not None and os.path.exists(package):
         checkpoint = os.path.abspath(package)
+    asked: dict[str, Any]
     if resolved is not None:
         asked = {
-            "patch": list(resolved.shape),
+            "patch": None if resolved.shape is None else list(resolved.shape),
             "overlap": resolved.overlap,
             "boundary": resolved.boundary,
             "weights": resolved.weights,

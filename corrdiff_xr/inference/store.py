@@ -44,7 +44,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
@@ -66,9 +66,13 @@ from corrdiff_xr.inference._submit import paused_gc, write_blocks
 from corrdiff_xr.inference.fingerprint import Fingerprints, changed_inputs, input_fingerprints
 from corrdiff_xr.inference.request import SETTINGS_ATTR, request_identity, times_fingerprint
 
+if TYPE_CHECKING:
+    from distributed import Client
+
 __all__ = [
     "IDENTITY_ATTR",
     "RequestMismatchError",
+    "block_ids",
     "holds_request",
     "progress",
     "progress_dir",
@@ -128,14 +132,14 @@ def store_identity(ds: xr.Dataset, request: Mapping[str, Any] | None = None) -> 
     return plain({"request": dict(request or {}), "store": layout})
 
 
-def _short(value: Any) -> str:
+def _short(value: object) -> str:
     if value is ABSENT:
         return "nothing"
     text = redact_text(json.dumps(value, default=str))  # a store of an older version may hold one
     return text if len(text) <= 48 else text[:45] + "..."
 
 
-def _differences(found: Any, identity: Mapping[str, Any]) -> list[str]:
+def _differences(found: object, identity: Mapping[str, Any]) -> list[str]:
     """``field: stored X, requested Y`` for each field of the identity record that differs.
 
     Fields of the request come first; the layout's are listed only when the requests agree
@@ -213,7 +217,13 @@ def holds_request(
 # -- the Zarr store ----------------------------------------------------------------------------
 
 
-def _blocks(ds: xr.Dataset) -> list[tuple[tuple[int, ...], dict[str, slice]]]:
+#: where a block lies in the store: ``{dim: slice}``
+Region = dict[str, slice]
+#: one block of a store: its chunk index and its region (``{dim: slice}``)
+Block = tuple[tuple[int, ...], Region]
+
+
+def _blocks(ds: xr.Dataset) -> list[Block]:
     """The common chunk grid of the data variables: (chunk index, {dim: slice}) per block."""
     first = next(iter(ds.data_vars.values()))
     dims = first.dims
@@ -222,17 +232,34 @@ def _blocks(ds: xr.Dataset) -> list[tuple[tuple[int, ...], dict[str, slice]]]:
             raise ValueError(
                 f"variable {name!r} is not chunked like {first.name!r}; cannot write by blocks"
             )
+    if first.chunks is None:
+        raise ValueError(f"variable {first.name!r} is not chunked (dask); cannot write by blocks")
     bounds = [np.cumsum((0, *c)) for c in first.chunks]
-    blocks = []
+    blocks: list[Block] = []
     for idx in itertools.product(*(range(len(b) - 1) for b in bounds)):
-        blocks.append(
-            (idx, {d: slice(int(b[i]), int(b[i + 1])) for d, b, i in zip(dims, bounds, idx)})
-        )
+        region = {str(d): slice(int(b[i]), int(b[i + 1])) for d, b, i in zip(dims, bounds, idx)}
+        blocks.append((idx, region))
     return blocks
 
 
-def _block_id(block: dict[str, slice]) -> str:
+def _block_id(block: Region) -> str:
     return "_".join(f"{d}{s.start}-{s.stop}" for d, s in block.items())
+
+
+def block_ids(ds: xr.Dataset) -> list[str]:
+    """The completion-record name of every block a store of ``ds`` is written by.
+
+    The blocks are the common chunk grid of ``ds``'s data variables (as :func:`write_zarr`
+    writes them); a block is complete when its id is in :func:`progress`. So a reader can
+    tell a finished store from one a crashed or running write left, e.g.
+    ``set(block_ids(xr.open_zarr(path))) - progress(path)``.
+
+    Raises
+    ------
+    ValueError
+        The data variables are not chunked alike (or not chunked).
+    """
+    return [_block_id(block) for _, block in _blocks(ds)]
 
 
 def progress_dir(store: str | os.PathLike) -> Path:
@@ -268,7 +295,8 @@ def _check_records(store: Path, kind: str) -> None:
 
 def _initialise(ds: xr.Dataset, store: Path, identity: dict[str, Any], kind: str) -> None:
     """Metadata, coordinates and identity into a hidden sibling, then renamed into place."""
-    encoding = {n: {"chunks": [c[0] for c in v.chunks]} for n, v in ds.data_vars.items()}
+    # every variable is chunked (_blocks refused the others)
+    encoding = {n: {"chunks": [c[0] for c in v.chunks or ()]} for n, v in ds.data_vars.items()}
     # one-chunk placeholders: to_zarr(compute=False) then optimises a task per variable, not
     # the blocks' whole graph (minutes at 10**5 time steps); coordinates are real values
     empty = {n: da.empty(v.shape, dtype=v.dtype, chunks=-1) for n, v in ds.data_vars.items()}
@@ -303,7 +331,12 @@ def _remove_partials(store: Path) -> None:
 
 
 def _input_change(
-    ds: xr.Dataset, store: Path, blocks: list, fingerprints: Fingerprints, client: Any, what: str
+    ds: xr.Dataset,
+    store: Path,
+    blocks: list[Block],
+    fingerprints: Fingerprints,
+    client: Client | None,
+    what: str,
 ) -> Exception | None:
     """The error naming an input that changed since the complete blocks read it, else None."""
     done = progress(store)
@@ -321,7 +354,12 @@ def _input_change(
 
 
 def _run_blocks(
-    ds: xr.Dataset, store: Path, blocks: list, fingerprints: Fingerprints, key: str, client: Any
+    ds: xr.Dataset,
+    store: Path,
+    blocks: list[Block],
+    fingerprints: Fingerprints,
+    key: str,
+    client: Client | None,
 ) -> int:
     """Compute and write the blocks not recorded complete; how many were written."""
     done = progress(store)
@@ -353,7 +391,7 @@ def write_zarr(
     *,
     request: Mapping[str, Any] | None = None,
     overwrite: bool = False,
-    client: Any = None,
+    client: Client | None = None,
     kind: str = "generate",
     what: str = "Zarr store",
     inputs: xr.Dataset | None = None,

@@ -39,8 +39,8 @@ import struct
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterator
+from typing import IO, Any, cast
 
 import torch
 
@@ -78,7 +78,7 @@ class _Slice(io.RawIOBase):
     instead of ending: the guard around a decompressing stream.
     """
 
-    def __init__(self, raw: BinaryIO, start: int, length: int, overrun=None):
+    def __init__(self, raw: IO[bytes], start: int, length: int, overrun: Exception | None = None):
         super().__init__()
         self._raw, self._start, self._length = raw, start, length
         self._overrun: Exception | None = overrun
@@ -103,7 +103,7 @@ class _Slice(io.RawIOBase):
         left = max(0, self._length - self._pos)
         beyond = size is None or size < 0 or size > left
         self._raw.seek(self._start + self._pos)
-        data = self._raw.read(left if beyond else size)
+        data = self._raw.read(left if beyond or size is None else size)
         if beyond and self._overrun is not None and self._raw.read(1):
             raise self._overrun
         self._pos += len(data)
@@ -115,21 +115,24 @@ class _Slice(io.RawIOBase):
         return len(data)
 
 
-def _check_name(name: str, *, source: str, error) -> None:
+def _check_name(name: str, *, source: str, error: type[Exception]) -> None:
     if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
         raise error(f"{source}: archive member {name!r} has an absolute name; refused")
     if ".." in name.replace("\\", "/").split("/") or "\0" in name:
         raise error(f"{source}: archive member {name!r} points outside the archive ('..'); refused")
 
 
-_DECOMPRESSORS = {
-    b"\x1f\x8b": lambda raw: gzip.GzipFile(fileobj=raw),
-    b"BZh": bz2.BZ2File,
-    b"\xfd7zXZ": lzma.LZMAFile,
+# file-like streams, though typeshed does not declare them IO[bytes]
+_DECOMPRESSORS: dict[bytes, Callable[[IO[bytes]], IO[bytes]]] = {
+    b"\x1f\x8b": lambda raw: cast(IO[bytes], gzip.GzipFile(fileobj=raw)),
+    b"BZh": lambda raw: cast(IO[bytes], bz2.BZ2File(raw)),
+    b"\xfd7zXZ": lambda raw: cast(IO[bytes], lzma.LZMAFile(raw)),
 }
 
 
-def _open_tar(raw: BinaryIO, limit: int, *, source: str, error) -> tarfile.TarFile | None:
+def _open_tar(
+    raw: IO[bytes], limit: int, *, source: str, error: type[Exception]
+) -> tarfile.TarFile | None:
     """``raw`` as a tar archive (decompressed if need be, failing past ``limit`` bytes), or
     None if it is not one."""
     magic = raw.read(6)
@@ -156,8 +159,11 @@ _TAR_KINDS = {
 }
 
 
-def _tar_members(tar: tarfile.TarFile, wanted, limit: int, *, source: str, error) -> dict:
-    found, total = {}, 0
+def _tar_members(
+    tar: tarfile.TarFile, wanted: set[str], limit: int, *, source: str, error: type[Exception]
+) -> dict[str, IO[bytes]]:
+    found: dict[str, IO[bytes]] = {}
+    total = 0
     # one header at a time, so a bad member stops the reading before the next one
     for n, m in enumerate(tar, 1):
         if n > MAX_MEMBERS:
@@ -175,11 +181,13 @@ def _tar_members(tar: tarfile.TarFile, wanted, limit: int, *, source: str, error
         if name in wanted and m.isreg():
             if name in found:
                 raise error(f"{source}: the archive holds {name} twice")
-            found[name] = tar.extractfile(m)
+            member = tar.extractfile(m)
+            assert member is not None  # a regular file
+            found[name] = member
     return found
 
 
-def _zip_entries(raw: BinaryIO) -> int | None:
+def _zip_entries(raw: IO[bytes]) -> int | None:
     """Entry count from a zip's end record (None if absent), read before zipfile parses them."""
     size = raw.seek(0, 2)
     raw.seek(max(0, size - 22 - 65535))
@@ -196,14 +204,17 @@ def _zip_entries(raw: BinaryIO) -> int | None:
     return entries
 
 
-def _zip_members(raw: BinaryIO, wanted, limit: int, *, source: str, error) -> dict:
+def _zip_members(
+    raw: IO[bytes], wanted: set[str], limit: int, *, source: str, error: type[Exception]
+) -> dict[str, IO[bytes]]:
     entries = _zip_entries(raw)
     if entries is not None and entries > MAX_MEMBERS:
         raise error(
             f"{source}: the archive has {entries} members, more than {MAX_MEMBERS}; refused"
         )
     z = zipfile.ZipFile(raw)
-    found, total, size = {}, 0, raw.seek(0, 2)
+    found: dict[str, IO[bytes]] = {}
+    total, size = 0, raw.seek(0, 2)
     for info in z.infolist():
         _check_name(info.filename, source=source, error=error)
         mode = info.external_attr >> 16
@@ -228,7 +239,15 @@ def _zip_members(raw: BinaryIO, wanted, limit: int, *, source: str, error) -> di
     return found
 
 
-def _zip_member(z: zipfile.ZipFile, raw: BinaryIO, info, size: int, *, source, error):
+def _zip_member(
+    z: zipfile.ZipFile,
+    raw: IO[bytes],
+    info: zipfile.ZipInfo,
+    size: int,
+    *,
+    source: str,
+    error: type[Exception],
+) -> IO[bytes]:
     if info.compress_type != zipfile.ZIP_STORED:
         # yields at most info.file_size bytes, checked against the limit
         return z.open(info)
@@ -242,7 +261,7 @@ def _zip_member(z: zipfile.ZipFile, raw: BinaryIO, info, size: int, *, source, e
             f"{source}: archive member {info.filename!r} runs past the end of the file (truncated?)"
         )
     # uncompressed: a direct view of the file, so torch.load's random access is cheap
-    return _Slice(raw, start, info.file_size)
+    return cast(IO[bytes], _Slice(raw, start, info.file_size))  # a file-like view
 
 
 _BROKEN = (
@@ -256,7 +275,9 @@ _BROKEN = (
 )
 
 
-def _members(raw: BinaryIO, wanted: set[str], *, source: str, error) -> dict[str, BinaryIO]:
+def _members(
+    raw: IO[bytes], wanted: set[str], *, source: str, error: type[Exception]
+) -> dict[str, IO[bytes]]:
     limit = member_limit(os.fstat(raw.fileno()).st_size)
     tar = _open_tar(raw, limit, source=source, error=error)
     if tar is not None:
@@ -270,8 +291,8 @@ def _members(raw: BinaryIO, wanted: set[str], *, source: str, error) -> dict[str
 
 @contextlib.contextmanager
 def open_members(
-    path: str, wanted: set[str], *, error=CheckpointError
-) -> Iterator[dict[str, BinaryIO]]:
+    path: str, wanted: set[str], *, error: type[Exception] = CheckpointError
+) -> Iterator[dict[str, IO[bytes]]]:
     """The ``wanted`` members of a tar (tried first, as the reference does) or zip archive.
 
     Yields {name: seekable file}, valid inside the ``with`` block; see the module notes for
@@ -285,7 +306,7 @@ def open_members(
         yield members
 
 
-def read_json(f: BinaryIO, what: str, *, error=CheckpointError) -> Any:
+def read_json(f: IO[bytes], what: str, *, error: type[Exception] = CheckpointError) -> Any:
     """A JSON member of at most :data:`MAX_JSON_BYTES`, read without reading further."""
     try:
         data = f.read(MAX_JSON_BYTES + 1)
@@ -294,7 +315,7 @@ def read_json(f: BinaryIO, what: str, *, error=CheckpointError) -> Any:
     return parse_json(data, what, limit=MAX_JSON_BYTES, error=error)
 
 
-def _check_torch_zip(f: BinaryIO, length: int, *, source: str, error) -> None:
+def _check_torch_zip(f: IO[bytes], length: int, *, source: str, error: type[Exception]) -> None:
     if f.read(4) != b"PK\x03\x04":
         raise error(
             f"{source}: model.pt is not in torch's zip format (written by torch.save since "
@@ -318,7 +339,7 @@ def _check_torch_zip(f: BinaryIO, length: int, *, source: str, error) -> None:
 
 
 def load_torch_weights(
-    f: BinaryIO, *, source: str, error=CheckpointError
+    f: IO[bytes], *, source: str, error: type[Exception] = CheckpointError
 ) -> dict[str, torch.Tensor]:
     """A ``torch.save``d state dict read with ``weights_only=True`` after the checks above."""
     length = f.seek(0, 2)

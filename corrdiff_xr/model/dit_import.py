@@ -27,6 +27,7 @@ import torch
 from corrdiff_xr.config import NetworkConfig
 from corrdiff_xr.errors import CorrDiffError
 from corrdiff_xr.nn.dit import DIT_DEFAULTS, dit_options
+from corrdiff_xr.nn.dit_options import DiTOptions
 
 __all__ = [
     "dit_config_from_physicsnemo",
@@ -104,7 +105,7 @@ def map_physicsnemo_dit_state_dict(
     return out
 
 
-def _attention_kwargs(opts: dict[str, Any], block_kwargs: dict[str, Any]) -> dict[str, Any]:
+def _attention_kwargs(opts: DiTOptions, block_kwargs: dict[str, Any]) -> dict[str, Any]:
     """PhysicsNeMo's ``attention_backend`` / ``attn_kwargs`` for our attention options (the
     timm QK-norm goes into ``block_kwargs``)."""
     rope, qk = opts["pos_embed"] == "rope", opts["qk_norm"]
@@ -148,8 +149,9 @@ def physicsnemo_dit_kwargs(
         extra["condition_dim"] = opts["condition_dim"]
     if opts["conv_head_layers"]:
         extra["detokenizer"] = "proj_reshape_2d_conv"
+        by_name: Mapping[str, object] = opts
         extra["detokenizer_kwargs"] = {
-            theirs: opts[ours] for theirs, (ours, _) in _CONV_HEAD.items()
+            theirs: by_name[ours] for theirs, (ours, _) in _CONV_HEAD.items()
         }
     rope = opts["pos_embed"] == "rope"
     return {
@@ -177,7 +179,7 @@ _SIZE_ARGS = (
     "input_size", "in_channels", "out_channels", "patch_size", "hidden_size", "depth",
     "num_heads", "mlp_ratio", "tokenizer_kwargs", "block_kwargs",
 )  # fmt: skip
-_DEFAULT_ARGS = {
+_DEFAULT_ARGS: dict[str, object] = {
     "tokenizer": "patch_embed_2d",
     "detokenizer": "proj_reshape_2d",
     "attention_backend": "timm",

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -38,6 +38,10 @@ from corrdiff_xr.model.mdlus_files import MdlusCheckpoint, MdlusError, read_mdlu
 from corrdiff_xr.model.mdlus_files import as_checkpoint as _checkpoint
 from corrdiff_xr.model.mdlus_files import build_and_load as _build_and_load
 from corrdiff_xr.model.safety import check_network, count, img_shape
+
+if TYPE_CHECKING:
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.model.core import CorrDiff
 
 __all__ = [
     "MdlusCheckpoint",
@@ -298,11 +302,11 @@ def import_mdlus(
     regression: str | os.PathLike | MdlusCheckpoint | None,
     residual: str | os.PathLike | MdlusCheckpoint | None = None,
     *,
-    codec: Any = None,
+    codec: Codec | None = None,
     hr_mean_conditioning: bool | None = None,
     in_channels: int | None = None,
     map_location: str | torch.device = "cpu",
-):
+) -> CorrDiff:
     """Build a :class:`~corrdiff_xr.model.CorrDiff` from PhysicsNeMo ``.mdlus`` checkpoints.
 
     Parameters
@@ -348,11 +352,11 @@ def _import_unets(
     regression: MdlusCheckpoint | None,
     residual: MdlusCheckpoint | None,
     *,
-    codec: Any,
+    codec: Codec | None,
     hr_mean_conditioning: bool | None,
     in_channels: int | None,
     map_location: str | torch.device,
-):
+) -> CorrDiff:
     """:func:`import_mdlus` for the CorrDiff UNet classes."""
     from corrdiff_xr.model.core import DEFAULT_REGRESSION, CorrDiff
 
@@ -411,6 +415,7 @@ def _import_unets(
             f"codec has {len(codec.in_channels)} inputs / {len(codec.out_channels)} outputs, "
             f"checkpoints {in_channels} / {out_ch}"
         )
+    assert img_shape is not None and out_ch is not None  # one checkpoint at least (checked)
     model = _build_and_load(
         lambda: CorrDiff(
             codec,
@@ -424,8 +429,6 @@ def _import_unets(
         weights,
         pad_latent=out_ch if pad_latent else 0,
         keep_regression=regression is None,
-        source=" + ".join(
-            getattr(p, "source", None) or os.fspath(p) for p in (regression, residual) if p
-        ),
+        source=" + ".join(p.source for p in (regression, residual) if p is not None),
     )
     return model.eval().to(map_location)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -41,6 +41,10 @@ from corrdiff_xr.model.dit_import import dit_config_from_physicsnemo, map_physic
 from corrdiff_xr.model.mdlus_files import MdlusCheckpoint, MdlusError, as_checkpoint, build_and_load
 from corrdiff_xr.model.safety import check_network, count, img_shape
 from corrdiff_xr.nn.dit import dit_check_shape
+
+if TYPE_CHECKING:
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.model.core import CorrDiff
 
 __all__ = ["DIT_CLASSES", "LAYOUTS", "DiTPart", "import_dit_mdlus", "read_dit_part"]
 
@@ -91,7 +95,8 @@ class DiTPart:
 def _unwrap(ck: MdlusCheckpoint) -> tuple[tuple[str, ...], dict[str, Any], str, str, Any]:
     """(layout, DiT arguments, where args.json holds them, the DiT's state-dict prefix,
     sigma_data argument or None)."""
-    name, args, where, prefix, sigma = ck.name, ck.args, "args.json", "", None
+    name: object = ck.name  # a nested module's name is checked by the loop
+    args, where, prefix, sigma = ck.args, "args.json", "", None
     layout = [name]
     while name != "DiT":
         if not isinstance(name, str) or name not in _WRAPPERS or len(layout) > 2:
@@ -114,9 +119,10 @@ def _unwrap(ck: MdlusCheckpoint) -> tuple[tuple[str, ...], dict[str, Any], str, 
         name, args, where = nested.get("__name__"), nested["__args__"], f"args.json {ref!r:.80}"
         prefix += "model."
         layout.append(name)
-    if tuple(layout) not in LAYOUTS:
-        raise MdlusError(f"{ck.source}: layout {' > '.join(layout)} is not one of the DiT layouts")
-    return tuple(layout), args, where, prefix, sigma
+    names = tuple(str(n) for n in layout)  # each checked to be a str in the loop
+    if names not in LAYOUTS:
+        raise MdlusError(f"{ck.source}: layout {' > '.join(names)} is not one of the DiT layouts")
+    return names, args, where, prefix, sigma
 
 
 def _sigma_data(ck: MdlusCheckpoint, value: Any) -> float:
@@ -177,7 +183,12 @@ def read_dit_part(ck: MdlusCheckpoint | str | os.PathLike, *, target_prefix: str
 
 
 def _edm_config(
-    edm: EDMConfig | None, part: DiTPart | None, *, objective: str, mean: bool, source: str
+    edm: EDMConfig | None,
+    part: DiTPart | None,
+    *,
+    objective: Literal["residual", "direct"],
+    mean: bool,
+    source: str,
 ) -> EDMConfig:
     base = edm if edm is not None else EDMConfig()
     if part is not None and part.sigma_data is None and edm is None:
@@ -202,12 +213,12 @@ def import_dit_mdlus(
     regression: str | os.PathLike | MdlusCheckpoint | None,
     diffusion: str | os.PathLike | MdlusCheckpoint | None = None,
     *,
-    codec: Any = None,
+    codec: Codec | None = None,
     in_channels: int | None = None,
     hr_mean_conditioning: bool | None = None,
     edm: EDMConfig | None = None,
     map_location: str | torch.device = "cpu",
-):
+) -> CorrDiff:
     """Build a :class:`~corrdiff_xr.model.CorrDiff` from PhysicsNeMo DiT ``.mdlus`` files.
 
     Parameters
@@ -250,7 +261,9 @@ def import_dit_mdlus(
     source = " + ".join(ck.source for ck in (regression, diffusion) if ck is not None)
     if reg is not None and reg.sigma_data is not None:
         raise MdlusError(f"{source}: an EDMPreconditioner checkpoint is not a regression network")
-    objective = edm.objective if edm is not None else ("residual" if reg else "direct")
+    objective: Literal["residual", "direct"] = (
+        edm.objective if edm is not None else ("residual" if reg else "direct")
+    )
     if objective == "direct" and reg is not None:
         raise MdlusError(f"{source}: a direct model (edm.objective='direct') has no regression")
     if reg is not None:
@@ -260,7 +273,9 @@ def import_dit_mdlus(
                 f"in_channels={in_channels} disagrees with the regression checkpoint "
                 f"({reg.in_channels})"
             )
-    out_ch, shape = (reg or dif).out_channels, (reg or dif).img_shape
+    first = reg if reg is not None else dif
+    assert first is not None  # one checkpoint at least (checked above)
+    out_ch, shape = first.out_channels, first.img_shape
     mean = False
     if dif is not None:
         if reg is not None and (dif.out_channels, dif.img_shape) != (out_ch, shape):

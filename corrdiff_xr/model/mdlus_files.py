@@ -15,14 +15,21 @@ from __future__ import annotations
 import contextlib
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import torch
 
 from corrdiff_xr.model import archives
 from corrdiff_xr.model.archives import load_torch_weights, member_limit, open_members, read_json
-from corrdiff_xr.model.safety import CheckpointError, build_checked, stored_bytes, tensor_specs
+from corrdiff_xr.model.safety import (
+    CheckpointError,
+    Net,
+    build_checked,
+    stored_bytes,
+    tensor_specs,
+)
 
 __all__ = ["MdlusCheckpoint", "MdlusError", "as_checkpoint", "build_and_load", "read_mdlus"]
 
@@ -46,7 +53,7 @@ class MdlusCheckpoint:
 _WANTED = ("args.json", "metadata.json", "model.pt")
 
 
-def read_mdlus(path: str | os.PathLike, *, file: BinaryIO | None = None) -> MdlusCheckpoint:
+def read_mdlus(path: str | os.PathLike, *, file: IO[bytes] | None = None) -> MdlusCheckpoint:
     """Read a ``.mdlus`` archive, or ``file`` (an open seekable one, e.g. a package zip's
     member read in place; ``path`` then names it), without extracting it.
 
@@ -81,17 +88,16 @@ def read_mdlus(path: str | os.PathLike, *, file: BinaryIO | None = None) -> Mdlu
     return MdlusCheckpoint(name, dict(kwargs), meta, sd, path, nested)
 
 
-def _file_members(raw: BinaryIO, source: str) -> dict[str, BinaryIO]:
+def _file_members(raw: IO[bytes], source: str) -> dict[str, IO[bytes]]:
     """What :func:`~corrdiff_xr.model.archives.open_members` yields, for an open file."""
     limit = member_limit(raw.seek(0, 2))
     raw.seek(0)
-    kw = {"source": source, "error": MdlusError}
     try:
-        tar = archives._open_tar(raw, limit, **kw)
+        tar = archives._open_tar(raw, limit, source=source, error=MdlusError)
         if tar is not None:
-            found = archives._tar_members(tar, set(_WANTED), limit, **kw)
+            found = archives._tar_members(tar, set(_WANTED), limit, source=source, error=MdlusError)
         elif zipfile.is_zipfile(raw):
-            found = archives._zip_members(raw, set(_WANTED), limit, **kw)
+            found = archives._zip_members(raw, set(_WANTED), limit, source=source, error=MdlusError)
         else:
             raise MdlusError(f"{source} is neither a zip nor a tar archive (or is truncated)")
     except archives._BROKEN as err:
@@ -103,12 +109,19 @@ def _file_members(raw: BinaryIO, source: str) -> dict[str, BinaryIO]:
 _FIRST_LAYERS = ("regression.net.enc.L0_conv.weight", "regression.net.patch_embed.weight")
 
 
-def as_checkpoint(source: Any) -> MdlusCheckpoint:
+def as_checkpoint(source: str | os.PathLike[str] | MdlusCheckpoint) -> MdlusCheckpoint:
     """``source`` if it is a :class:`MdlusCheckpoint`, else the file it names, read."""
     return source if isinstance(source, MdlusCheckpoint) else read_mdlus(source)
 
 
-def build_and_load(make, weights: dict, *, pad_latent: int, keep_regression: bool, source: str):
+def build_and_load(
+    make: Callable[[], Net],
+    weights: dict[str, torch.Tensor],
+    *,
+    pad_latent: int,
+    keep_regression: bool,
+    source: str,
+) -> Net:
     """The model ``make()`` builds, once its meta-device twin fits ``weights``, loaded.
 
     ``pad_latent`` zero input channels are prepended to the first convolution (condition-only

@@ -22,12 +22,16 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
+from torch import nn
 
 from corrdiff_xr.config import NetworkConfig
 from corrdiff_xr.errors import CorrDiffError
+
+if TYPE_CHECKING:
+    from corrdiff_xr.model.core import CorrDiff
 
 __all__ = [
     "ExportError",
@@ -171,9 +175,11 @@ def write_mdlus(
     return path
 
 
-def write_regression(model: Any, path: str | os.PathLike) -> Path:
+def write_regression(model: CorrDiff, path: str | os.PathLike) -> Path:
     """``model``'s regression network as the reference's ``UNet`` (``regression.mdlus``)."""
     cfg = model.regression_config
+    if cfg is None:
+        raise ExportError("the model has no regression network (edm.objective='direct')")
     check_exportable(cfg, model.img_shape, what="the regression network")
     model_type, kwargs = reference_network_args(cfg)
     args = {
@@ -184,13 +190,16 @@ def write_regression(model: Any, path: str | os.PathLike) -> Path:
         "model_type": model_type,
         **kwargs,
     }
-    sd = reference_state_dict(model.regression.net.state_dict(), cfg, img_height=model.img_shape[0])
+    net = cast(nn.Module, model.regression.net)  # a RegressionUNet's backbone
+    sd = reference_state_dict(net.state_dict(), cfg, img_height=model.img_shape[0])
     return write_mdlus(path, "UNet", args, sd)
 
 
-def write_residual(model: Any, path: str | os.PathLike) -> Path:
+def write_residual(model: CorrDiff, path: str | os.PathLike) -> Path:
     """``model``'s residual denoiser as ``EDMPrecondSuperResolution`` (``diffusion.mdlus``)."""
     cfg, edm = model.residual_config, model.edm_config
+    if cfg is None or model.residual is None:
+        raise ExportError("the model has no residual network (a regression-only model)")
     check_exportable(cfg, model.img_shape, what="the residual network")
     model_type, kwargs = reference_network_args(cfg)
     cond = model.in_channels + (model.out_channels if edm.hr_mean_conditioning else 0)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -34,6 +34,12 @@ from torch.overrides import TorchFunctionMode
 
 from corrdiff_xr.errors import CorrDiffError
 from corrdiff_xr.nn.backbones import LENGTH_LIMITS, MAX_CHANNELS, NETWORK_LIMITS, backbone
+
+if TYPE_CHECKING:
+    from corrdiff_xr.config import NetworkConfig
+
+#: the network a checked build returns
+Net = TypeVar("Net", bound=nn.Module)
 
 __all__ = [
     "FLOAT_STORAGE",
@@ -79,7 +85,7 @@ def count(
     *,
     low: int = 1,
     high: int = MAX_CHANNELS,
-    error=CheckpointError,
+    error: type[Exception] = CheckpointError,
 ) -> int:
     """``value`` as an int in ``[low, high]``, or ``error`` naming ``what``."""
     if isinstance(value, float) and value.is_integer():
@@ -91,7 +97,9 @@ def count(
     return value
 
 
-def img_shape(value: Any, what: str, *, error=CheckpointError) -> tuple[int, int]:
+def img_shape(
+    value: Any, what: str, *, error: type[Exception] = CheckpointError
+) -> tuple[int, int]:
     """A grid shape ``[H, W]`` (or one int for a square grid) within :data:`MAX_IMG_SIDE`."""
     sides = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
     if not isinstance(sides, (list, tuple)) or len(sides) != 2:
@@ -100,13 +108,17 @@ def img_shape(value: Any, what: str, *, error=CheckpointError) -> tuple[int, int
     return h, w
 
 
-def check_network(cfg: Any, what: str, *, error=CheckpointError) -> None:
+def check_network(
+    cfg: NetworkConfig, what: str, *, error: type[Exception] = CheckpointError
+) -> None:
     """Refuse a NetworkConfig of an unknown ``arch``, or one its backbone's config check
     refuses (SongUNet: beyond :data:`NETWORK_LIMITS` / :data:`LENGTH_LIMITS`, or options)."""
     backbone(cfg, what, error=error).check_config(cfg, what, error)
 
 
-def parse_json(data: bytes | str, what: str, *, limit: int, error=CheckpointError) -> Any:
+def parse_json(
+    data: bytes | str, what: str, *, limit: int, error: type[Exception] = CheckpointError
+) -> Any:
     """Decode UTF-8 JSON of at most ``limit`` bytes, with one clear error for every way it fails."""
     if len(data) > limit:
         raise error(f"{what} is larger than {limit} bytes; real ones hold a few KB")
@@ -131,10 +143,24 @@ def tensor_specs(tensors: Mapping[str, torch.Tensor]) -> dict[str, Spec]:
     return {k: (tuple(v.shape), dtype_name(v.dtype)) for k, v in tensors.items()}
 
 
-class _SafetensorsSpecs(Mapping):
+class _TensorSlice(Protocol):
+    def get_shape(self) -> list[int]: ...
+
+    def get_dtype(self) -> str: ...
+
+
+class SafeOpenHandle(Protocol):
+    """What is read of an open :func:`safetensors.safe_open` handle (its stub is untyped)."""
+
+    def keys(self) -> list[str]: ...
+
+    def get_slice(self, name: str) -> _TensorSlice: ...
+
+
+class _SafetensorsSpecs(Mapping[str, Spec]):
     """The specs of an open safetensors file, read from its header only when asked for."""
 
-    def __init__(self, handle: Any):
+    def __init__(self, handle: SafeOpenHandle):
         self._f = handle
         self._keys = list(handle.keys())
         self._keyset = set(self._keys)
@@ -153,7 +179,7 @@ class _SafetensorsSpecs(Mapping):
         return len(self._keys)
 
 
-def safetensors_specs(handle: Any) -> Mapping[str, Spec]:
+def safetensors_specs(handle: SafeOpenHandle) -> Mapping[str, Spec]:
     """Specs of the tensors in an open ``safe_open`` handle (reads no tensor data)."""
     return _SafetensorsSpecs(handle)
 
@@ -180,7 +206,7 @@ def check_tensors(
     *,
     source: str,
     optional_prefix: str | None = None,
-    error=CheckpointError,
+    error: type[Exception] = CheckpointError,
 ) -> None:
     """Refuse ``found`` unless it has every key of ``expected`` with its shape and a storage
     dtype the parameter may be loaded from; keys under ``optional_prefix`` may be missing."""
@@ -231,15 +257,15 @@ class _MetaFactories(TorchFunctionMode):
 
 
 def build_checked(
-    make: Callable[[], nn.Module],
+    make: Callable[[], Net],
     found: Mapping[str, Spec],
     *,
     available_bytes: int,
     source: str,
     describe: Callable[[], nn.Module] | None = None,
     optional_prefix: str | None = None,
-    error=CheckpointError,
-) -> nn.Module:
+    error: type[Exception] = CheckpointError,
+) -> Net:
     """``make()`` once its network, built on the meta device, fits the tensors ``found``.
 
     ``available_bytes`` is what the file can hold (its size, or its tensors' storage): a
@@ -282,7 +308,7 @@ def build_checked(
 
 def stored_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
     """Bytes of the distinct storages behind ``tensors`` (views of one storage count once)."""
-    seen = {}
+    seen: dict[int, int] = {}
     for t in tensors.values():
         s = t.untyped_storage()
         seen[s.data_ptr()] = max(seen.get(s.data_ptr(), 0), s.nbytes())

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -184,7 +184,7 @@ def check_shape(
     config at ``key``) cannot run on; an unknown ``arch`` or a bad config is refused first."""
     entry = backbone(cfg, key)
     entry.check_config(cfg, key, ConfigError)
-    entry.check_shape(cfg, tuple(shape), what)
+    entry.check_shape(cfg, cast("tuple[int, int]", tuple(shape)), what)
 
 
 def network_dict(cfg: NetworkConfig) -> dict[str, Any]:

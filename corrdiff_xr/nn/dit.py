@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,8 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
 class NoiseEmbedding(nn.Module):
     """Sinusoidal features of the noise label (cos then sin, periods up to 10000) and an MLP."""
 
+    freqs: torch.Tensor  # a buffer
+
     def __init__(self, hidden_size: int, max_positions: float = 10000.0):
         super().__init__()
         half = hidden_size // 2
@@ -91,7 +94,8 @@ class NoiseEmbedding(nn.Module):
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         """(N, hidden_size) embedding of (N,) labels."""
         angles = torch.outer(labels.to(self.freqs.dtype), self.freqs)
-        return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=1).to(self.mlp[0].weight.dtype))
+        dtype = cast(nn.Linear, self.mlp[0]).weight.dtype
+        return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=1).to(dtype))
 
 
 def _window_index(n: int, kernel: int, device: torch.device) -> torch.Tensor:
@@ -142,7 +146,7 @@ def _rotate(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _natten_na2d() -> Any:
+def _natten_na2d() -> Callable[..., torch.Tensor] | None:
     """NATTEN's fused ``na2d`` when the package is installed, else None."""
     try:
         from natten.functional import na2d
@@ -163,7 +167,7 @@ class SelfAttention(nn.Module):
         self.num_heads, self.kernel = num_heads, kernel
         head_dim = hidden_size // num_heads
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
-        norms = {
+        norms: dict[str, Callable[[], nn.Module]] = {
             "none": nn.Identity,
             "rmsnorm": lambda: nn.RMSNorm(head_dim, eps=1e-6),
             "layernorm": lambda: nn.LayerNorm(head_dim),  # eps 1e-5, as timm's
@@ -188,10 +192,10 @@ class SelfAttention(nn.Module):
             q, k = _rotate(q, rope), _rotate(k, rope)
         if self.kernel is None:
             out = F.scaled_dot_product_attention(q, k, v)
-        elif q.is_cuda and _natten_na2d() is not None and self.kernel <= min(grid):
+        elif q.is_cuda and (na2d := _natten_na2d()) is not None and self.kernel <= min(grid):
             h, w = grid
             q, k, v = (t.transpose(1, 2).reshape(n, h, w, self.num_heads, -1) for t in (q, k, v))
-            out = _natten_na2d()(q, k, v, kernel_size=self.kernel)
+            out = na2d(q, k, v, kernel_size=self.kernel)
             out = out.reshape(n, length, self.num_heads, -1).transpose(1, 2)
         else:
             out = neighborhood_attention(q, k, v, grid, self.kernel)
@@ -371,10 +375,11 @@ class DiT(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.out_channels, -1))
-        nn.init.zeros_(self.patch_embed.bias)
+        if self.patch_embed.bias is not None:  # always: built with a bias
+            nn.init.zeros_(self.patch_embed.bias)
         if self.pos_embed is not None:
             nn.init.normal_(self.pos_embed, std=0.02)
-        for block in self.blocks:
+        for block in self._blocks():
             block.zero_init()
         if self.condition_embed is not None:
             nn.init.zeros_(self.condition_embed.weight)
@@ -387,17 +392,23 @@ class DiT(nn.Module):
             for p in self.conv_head[-1].parameters():
                 nn.init.zeros_(p)
 
+    def _blocks(self) -> list[DiTBlock]:
+        return cast("list[DiTBlock]", list(self.blocks))
+
     def _positions(self, offsets: torch.Tensor | None, n: int, h: int, w: int) -> torch.Tensor:
         """Positional embedding (1 or N, L, D) of the tokens of an (h, w) image at ``offsets``."""
+        pos_embed = self.pos_embed
+        if pos_embed is None:
+            raise ValueError("this DiT has no learnable positional embedding (pos_embed)")
         if offsets is None and (h, w) == self.img_shape:
-            return self.pos_embed
+            return pos_embed
         if offsets is None:
-            offsets = torch.zeros(n, 2, dtype=torch.long, device=self.pos_embed.device)
+            offsets = torch.zeros(n, 2, dtype=torch.long, device=pos_embed.device)
         (ph, pw), tw = self.patch_size, self.tokens[1]
         rows, cols = patch_positions(offsets, (h, w), self.img_shape)
         rows, cols = rows[:, ::ph] // ph, cols[:, ::pw] // pw  # token of each top-left pixel
         index = (rows[:, :, None] * tw + cols[:, None, :]).reshape(offsets.shape[0], -1)
-        return self.pos_embed[0][index]
+        return pos_embed[0][index]
 
     def _unpatchify(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(N, L, ph * pw * C) tokens back to an (N, C, h, w) image."""
@@ -456,7 +467,7 @@ class DiT(nn.Module):
         grid = (h // self.patch_size[0], w // self.patch_size[1])
         rope = None
         if self.rope_theta is not None:  # relative positions: a patch needs no offset
-            head_dim = tokens.shape[-1] // self.blocks[0].attn.num_heads
+            head_dim = tokens.shape[-1] // self._blocks()[0].attn.num_heads
             rope = axial_rope(grid, head_dim, self.rope_theta).to(tokens.device)
         for block in self.blocks:
             if self.config.checkpoint_activations and self.training and torch.is_grad_enabled():

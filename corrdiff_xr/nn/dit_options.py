@@ -24,7 +24,7 @@ convolution head of ``conv_head_layers`` same-padded ``conv_head_kernel`` convol
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypedDict, TypeGuard, cast
 
 from corrdiff_xr.config import ConfigError, NetworkConfig
 
@@ -33,14 +33,36 @@ __all__ = [
     "DIT_DEFAULTS",
     "DIT_LIMITS",
     "MAX_TOKENS",
+    "DiTOptions",
     "dit_check_config",
     "dit_check_shape",
     "dit_options",
 ]
 
 
+class DiTOptions(TypedDict):
+    """A DiT's checked options (:func:`dit_options`), ``patch_size`` as ``(rows, cols)``."""
+
+    patch_size: tuple[int, int]
+    hidden_size: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    qk_norm: str
+    pos_embed: str
+    attention: str
+    attn_kernel: int
+    condition_dim: int
+    vector_from_inputs: bool
+    flow_time_scale: float
+    rope_theta: float
+    conv_head_layers: int
+    conv_head_hidden: int
+    conv_head_kernel: int
+
+
 #: ``network.options`` of a DiT and their values when left out (PhysicsNeMo's defaults)
-DIT_DEFAULTS: dict[str, Any] = {
+DIT_DEFAULTS: dict[str, int | float | str | bool] = {
     "patch_size": 8,
     "hidden_size": 384,
     "depth": 12,
@@ -84,15 +106,16 @@ DIT_CHOICES = {
 MAX_TOKENS = 1 << 18
 
 
-def dit_options(cfg: NetworkConfig) -> dict[str, Any]:
-    """``cfg.options`` over :data:`DIT_DEFAULTS`, ``patch_size`` as a ``(ph, pw)`` tuple."""
+def dit_options(cfg: NetworkConfig) -> DiTOptions:
+    """``cfg.options`` over :data:`DIT_DEFAULTS`, ``patch_size`` as a ``(ph, pw)`` tuple
+    (after :func:`dit_check_config`, which checks each option's type)."""
     opts = {**DIT_DEFAULTS, **cfg.options}
     p = opts["patch_size"]
     opts["patch_size"] = (p, p) if isinstance(p, int) else tuple(p)
-    return opts
+    return cast(DiTOptions, opts)
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 

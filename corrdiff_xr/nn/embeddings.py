@@ -34,6 +34,8 @@ class NoiseEmbedding(nn.Module):
     Returns ``[sin(t f_k), cos(t f_k)]`` with f_k = (1/max_positions)^(k/(C/2-1)).
     """
 
+    freqs: torch.Tensor  # a buffer
+
     def __init__(self, num_channels: int, *, max_positions: int = 10000):
         super().__init__()
         half = num_channels // 2
@@ -57,6 +59,8 @@ class GridEmbedding(nn.Module):
     channels : int
         Number of channels (multiple of 4 for sinusoids, 2 for ``linear``).
     """
+
+    weight: nn.Parameter | None  # the table of ``"learnable"``
 
     def __init__(
         self,
@@ -114,7 +118,7 @@ class GridEmbedding(nn.Module):
                 )
             offsets = torch.zeros(batch, 2, dtype=torch.long, device=device)
         rows, cols = patch_positions(offsets, (h, w), self.img_shape)  # (N, h), (N, w)
-        if self.gridtype == "learnable":
+        if self.weight is not None:  # learnable
             # (C, N, h, w) -> (N, C, h, w)
             sel = self.weight[:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3)
             return sel.to(dtype)

@@ -120,6 +120,10 @@ class Conv2d(nn.Module):
     (transposed) convolution with that filter.
     """
 
+    weight: nn.Parameter | None
+    bias: nn.Parameter | None
+    resample_filter: torch.Tensor | None  # a buffer, registered when up or down
+
     def __init__(
         self,
         in_channels: int,
@@ -160,17 +164,20 @@ class Conv2d(nn.Module):
         )
 
     def _resample(self, x: torch.Tensor) -> torch.Tensor:
+        taps = self.resample_filter
         if self.down:
             if self._box:
                 return F.avg_pool2d(x, 2)
-            f = self.resample_filter.to(x.dtype)
+            assert taps is not None  # registered whenever up or down is set
+            f = taps.to(x.dtype)
             c = x.shape[1]
             pad = (f.shape[-1] - 1) // 2
             return F.conv2d(x, f.expand(c, 1, -1, -1), groups=c, stride=2, padding=pad)
         if self.up:
             if self._box:
                 return F.interpolate(x, scale_factor=2.0, mode="nearest")
-            f = self.resample_filter.to(x.dtype) * 4
+            assert taps is not None
+            f = taps.to(x.dtype) * 4
             c = x.shape[1]
             pad = (f.shape[-1] - 1) // 2
             return F.conv_transpose2d(x, f.expand(c, 1, -1, -1), groups=c, stride=2, padding=pad)
@@ -220,7 +227,8 @@ class GroupNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, eps = self.weight, self.eps
+        weight: torch.Tensor = self.weight
+        eps = self.eps
         if self.eval_unbiased and not self.training:
             # (x - m) / sqrt(v*n/(n-1) + eps) = r * (x - m) / sqrt(v + eps*r^2), r^2 = (n-1)/n
             n = (x.shape[1] // self.num_groups) * x.shape[2] * x.shape[3]
@@ -288,8 +296,8 @@ class UNetBlock(nn.Module):
         self.out_channels = out_channels
         self.dropout = dropout
         self.skip_scale = 1.0 / math.sqrt(2.0)
-        gn = {"eps": 1e-6, "eval_unbiased": eval_unbiased}
-        self.norm0 = GroupNorm(in_channels, silu=True, **gn)
+        eps = 1e-6
+        self.norm0 = GroupNorm(in_channels, silu=True, eps=eps, eval_unbiased=eval_unbiased)
         self.conv0 = Conv2d(
             in_channels,
             out_channels,
@@ -299,7 +307,7 @@ class UNetBlock(nn.Module):
             resample_filter=resample_filter,
         )
         self.affine = Linear(emb_channels, out_channels)
-        self.norm1 = GroupNorm(out_channels, silu=True, **gn)
+        self.norm1 = GroupNorm(out_channels, silu=True, eps=eps, eval_unbiased=eval_unbiased)
         self.conv1 = Conv2d(out_channels, out_channels, 3, init_weight=1e-5)
         self.skip = None
         if out_channels != in_channels or up or down:
@@ -311,7 +319,9 @@ class UNetBlock(nn.Module):
                 down=down,
                 resample_filter=resample_filter,
             )
-        self.attn = Attention(out_channels, **gn) if attention else None
+        self.attn = (
+            Attention(out_channels, eps=eps, eval_unbiased=eval_unbiased) if attention else None
+        )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         orig = x

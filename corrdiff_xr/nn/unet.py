@@ -27,6 +27,8 @@ plainly, and the weights do not depend on the setting.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,6 +57,8 @@ class SongUNet(nn.Module):
     img_shape : tuple of int
         The global grid (H, W) that positional embeddings cover.
     """
+
+    map_noise: NoiseEmbedding | None  # None for the regression net (no noise level)
 
     def __init__(
         self,
@@ -85,7 +89,8 @@ class SongUNet(nn.Module):
         self.enc, skips = self._encoder(block)
         self.dec = self._decoder(block, skips)
         if cfg.channels_last:  # else every convolution converts its weight on every call
-            self.to(memory_format=torch.channels_last)
+            # torch's stub of Module.to lacks its memory_format keyword
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def _add_input_embeddings(self) -> None:
         """Positional grid and lead-time embeddings, and the probability-channel scale."""
@@ -184,7 +189,9 @@ class SongUNet(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         """Floating-point type of the weights (inputs are cast to it)."""
-        return self.enc["L0_conv"].weight.dtype
+        weight = cast(Conv2d, self.enc["L0_conv"]).weight
+        assert weight is not None  # a 3x3 convolution
+        return weight.dtype
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -274,11 +281,12 @@ class SongUNet(nn.Module):
 class RegressionUNet(nn.Module):
     """The regression network: predicts the conditional mean from the condition alone.
 
-    As in the reference, the wrapped :class:`SongUNet` sees ``out_channels`` zero channels
-    (the place of a latent) followed by the condition, with noise label 0.
+    As in the reference, the wrapped backbone (a :class:`SongUNet` or any network of
+    :data:`~corrdiff_xr.nn.backbones.BACKBONES`) sees ``out_channels`` zero channels (the
+    place of a latent) followed by the condition, with noise label 0.
     """
 
-    def __init__(self, net: SongUNet):
+    def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
@@ -291,6 +299,8 @@ class RegressionUNet(nn.Module):
     ) -> torch.Tensor:
         """Mean estimate (N, out_channels, h, w) from the condition (N, C, h, w)."""
         n, _, h, w = condition.shape
-        condition = condition.to(self.net.dtype)
-        x = torch.cat([condition.new_zeros(n, self.net.out_channels, h, w), condition], dim=1)
+        # every backbone has these (nn/backbones.py); nn.Module does not declare them
+        dtype, out_channels = cast(torch.dtype, self.net.dtype), cast(int, self.net.out_channels)
+        condition = condition.to(dtype)
+        x = torch.cat([condition.new_zeros(n, out_channels, h, w), condition], dim=1)
         return self.net(x, x.new_zeros(n), offsets=offsets, lead_time=lead_time)

@@ -22,7 +22,7 @@ import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import xarray as xr
 
@@ -39,6 +39,9 @@ from corrdiff_xr.plot.curves import (
 )
 from corrdiff_xr.plot.maps import plot_maps
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = [
     "KINDS",
     "plot",
@@ -53,7 +56,12 @@ __all__ = [
     "save_report",
 ]
 
-_FUNCTIONS = {
+
+class _Plot(Protocol):
+    def __call__(self, ds: xr.Dataset, /, *args: Any, **kwargs: Any) -> Figure: ...
+
+
+_FUNCTIONS: dict[str, _Plot] = {
     "maps": plot_maps,
     "spectra": plot_spectra,
     "rank_histogram": plot_rank_histogram,
@@ -65,7 +73,9 @@ _FUNCTIONS = {
 KINDS = tuple(_FUNCTIONS)
 
 
-def plot(ds: xr.Dataset, kind: str = "maps", *, path: str | os.PathLike | None = None, **kw: Any):
+def plot(
+    ds: xr.Dataset, kind: str = "maps", *, path: str | os.PathLike | None = None, **kw: Any
+) -> Figure:
     """Draw figure ``kind`` (one of :data:`KINDS`) of ``ds``, saving it as a PNG at ``path``
     when given; returns the Figure. Keyword arguments (``truth=``, ``inputs=``, ``times=``,
     ``thresholds=`` ...) go to the ``plot_*`` function of that kind."""
@@ -77,7 +87,7 @@ def plot(ds: xr.Dataset, kind: str = "maps", *, path: str | os.PathLike | None =
     return fig
 
 
-def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> Path:
     """Save ``fig`` as PNG at ``path`` atomically (sibling temp file, then rename); close it."""
     plt = _pyplot()
     target = Path(path)

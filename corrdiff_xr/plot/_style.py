@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
+
+if TYPE_CHECKING:
+    from matplotlib.colors import Colormap, Normalize
 
 from corrdiff_xr.dims import X_COARSE, Y_COARSE, X, Y
 
@@ -32,7 +37,7 @@ _DISPLAY = {
 PRECIP_FLOOR = 0.1
 
 
-def pyplot():
+def pyplot() -> ModuleType:
     """matplotlib.pyplot on the Agg backend (unless one is chosen already)."""
     import matplotlib
 
@@ -91,7 +96,7 @@ def limits(kind: str, arrays: Sequence[np.ndarray]) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def colours(kind: str, arrays: Sequence[np.ndarray]):
+def colours(kind: str, arrays: Sequence[np.ndarray]) -> tuple[Colormap, Normalize]:
     """``(cmap, norm)`` of a row of panels: log-scaled for precipitation (dry points, below
     :data:`PRECIP_FLOOR`, in the colour map's 'under' colour), linear otherwise."""
     import matplotlib as mpl
@@ -106,7 +111,7 @@ def colours(kind: str, arrays: Sequence[np.ndarray]):
     return cmap, Normalize(vmin=lo, vmax=hi)
 
 
-def symmetric(arrays: Sequence[np.ndarray]):
+def symmetric(arrays: Sequence[np.ndarray]) -> tuple[str, Normalize]:
     """``(cmap, norm)`` of differences: diverging, centred on zero."""
     from matplotlib.colors import Normalize
 

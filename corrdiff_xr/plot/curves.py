@@ -10,7 +10,7 @@ histogram never averages over times the forecast does not have.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import xarray as xr
@@ -19,8 +19,17 @@ from corrdiff_xr.dims import MEMBER, TIME, X, Y, input_for
 from corrdiff_xr.plot import _style as st
 from corrdiff_xr.plot.maps import when_text
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def on_forecast_times(ds: xr.Dataset | None, forecast: xr.Dataset, role: str):
+    from corrdiff_xr.scoring.probabilistic import Thresholds
+
+
+@overload
+def on_forecast_times(ds: xr.Dataset, forecast: xr.Dataset, role: str) -> xr.Dataset: ...
+@overload
+def on_forecast_times(ds: None, forecast: xr.Dataset, role: str) -> None: ...
+def on_forecast_times(ds: xr.Dataset | None, forecast: xr.Dataset, role: str) -> xr.Dataset | None:
     """``ds`` at the forecast's time labels (by label), or ``ds`` without a time axis."""
     if ds is None or TIME not in ds.dims or TIME not in forecast.dims:
         return ds
@@ -37,14 +46,14 @@ def on_forecast_times(ds: xr.Dataset | None, forecast: xr.Dataset, role: str):
     return ds.sel({TIME: want})
 
 
-def _axes(n: int, width: float = 3.6, height: float = 3.2):
+def _axes(n: int, width: float = 3.6, height: float = 3.2) -> tuple[Figure, np.ndarray]:
     plt = st.pyplot()
     fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, layout="constrained")
     return fig, axes[0]
 
 
 def _names(ds: xr.Dataset, variables: Sequence[str] | None) -> list[str]:
-    return list(variables) if variables is not None else list(ds.data_vars)
+    return list(variables) if variables is not None else list(map(str, ds.data_vars))
 
 
 def plot_spectra(
@@ -55,7 +64,7 @@ def plot_spectra(
     variables: Sequence[str] | None = None,
     spacing: float | tuple[float, float] | None = None,
     member_dim: str = MEMBER,
-):
+) -> Figure:
     """Log-log radially averaged power spectra per variable, averaged over the forecast's
     times: every member (thin), the ensemble mean, the truth and the matched input
     (dashed), all over the same times; see :func:`corrdiff_xr.scoring.power_spectrum`."""
@@ -70,11 +79,10 @@ def plot_spectra(
     truth = on_forecast_times(truth, forecast, "truth")
     inputs = on_forecast_times(inputs, forecast, "inputs")
     fig, axes = _axes(len(names), 4.2, 3.6)
-    kw = {"spacing": spacing, "member_dim": member_dim}
 
     def spectrum(var: xr.DataArray, **extra: Any) -> xr.DataArray:
         # stop at the Nyquist wavenumber: beyond it only the grid's corner modes remain
-        spec = power_spectrum(var, **kw, **extra).compute()
+        spec = power_spectrum(var, spacing=spacing, member_dim=member_dim, **extra).compute()
         nyquist = spec["wavenumber"].attrs["nyquist"]
         return spec.where(spec["wavenumber"] <= nyquist * (1 + 1e-9), drop=True)
 
@@ -89,8 +97,8 @@ def plot_spectra(
         if truth is not None and name in truth:
             spec = spectrum(truth[name])
             ax.loglog(spec["wavenumber"], spec, color="black", lw=1.8, label="truth")
-        input_name = None if inputs is None else input_for(name, inputs.data_vars)
-        if input_name is not None:
+        input_name = None if inputs is None else input_for(name, map(str, inputs.data_vars))
+        if inputs is not None and input_name is not None:
             var = inputs[input_name]
             spec = spectrum(var, spatial_dims=st.grid_dims(var))
             ax.loglog(spec["wavenumber"], spec, color="tab:blue", lw=1.4, ls="--",
@@ -108,12 +116,14 @@ def plot_spectra(
     return fig
 
 
-def _reciprocal(values):
+def _reciprocal(values: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
         return 1.0 / np.asarray(values, dtype=float)
 
 
-def _bars(hist: xr.Dataset, dim: str, names: list[str], *, xlabel: str, flat: str):
+def _bars(
+    hist: xr.Dataset, dim: str, names: list[str], *, xlabel: str, flat: str
+) -> tuple[Figure, np.ndarray]:
     """Relative frequencies along ``dim``, one panel per variable, with the flat line of a
     calibrated ensemble."""
     hist = hist[names]
@@ -140,7 +150,7 @@ def plot_rank_histogram(
     variables: Sequence[str] | None = None,
     member_dim: str = MEMBER,
     seed: int = 0,
-):
+) -> Figure:
     """Bar chart of relative rank frequencies per variable, with the flat 1/(M+1) line of a
     calibrated ensemble. Pass a histogram (dimension ``rank``) or a forecast and truth."""
     from corrdiff_xr.scoring import rank_histogram
@@ -165,7 +175,7 @@ def plot_pit_histogram(
     bins: int = 10,
     variables: Sequence[str] | None = None,
     member_dim: str = MEMBER,
-):
+) -> Figure:
     """PIT histogram per variable (:func:`corrdiff_xr.scoring.pit_histogram`); a U shape is
     an under-dispersed ensemble, a hump an over-dispersed one."""
     from corrdiff_xr.scoring import pit_histogram
@@ -181,10 +191,10 @@ def plot_reliability(
     forecast: xr.Dataset,
     truth: xr.Dataset,
     *,
-    thresholds,
+    thresholds: Thresholds,
     weights: xr.DataArray | None = None,
     member_dim: str = MEMBER,
-):
+) -> Figure:
     """Reliability diagrams (CORP, :func:`corrdiff_xr.scoring.reliability`) of the events
     ``value >= threshold``: one panel per variable and threshold, the recalibrated event
     frequency against the forecast probability, the diagonal of a reliable forecast, and
@@ -219,10 +229,10 @@ def plot_fss(
     truth: xr.Dataset,
     *,
     windows: Sequence[int] | None = None,
-    thresholds=None,
+    thresholds: Thresholds | None = None,
     percentiles: Sequence[float] | None = None,
     member_dim: str = MEMBER,
-):
+) -> Figure:
     """Fractions skill score against neighbourhood size (:func:`corrdiff_xr.scoring.fss`),
     one line per threshold or percentile, with the ``0.5 + f0 / 2`` skill line of a
     random forecast, ``f0`` the truth's event fraction (Roberts and Lean 2008)."""
@@ -234,9 +244,13 @@ def plot_fss(
     if windows is None:  # odd sizes, doubling, up to a third of the smaller side
         side = min(forecast.sizes[Y], forecast.sizes[X])
         windows = sorted({1, *(2 * (2**i) + 1 for i in range(10) if 2 * 2**i + 1 <= side // 3)})
-    kw = {"thresholds": thresholds} if percentiles is None and thresholds is not None else {
-        "percentiles": list(percentiles or (90.0,))}  # fmt: skip
-    score = fss(forecast, truth, windows=list(windows), member_dim=member_dim, **kw).compute()
+    if percentiles is None and thresholds is not None:
+        score = fss(forecast, truth, windows=list(windows), member_dim=member_dim,
+                    thresholds=thresholds)  # fmt: skip
+    else:
+        score = fss(forecast, truth, windows=list(windows), member_dim=member_dim,
+                    percentiles=list(percentiles or (90.0,)))  # fmt: skip
+    score = score.compute()
     fig, axes = _axes(len(score.data_vars), 3.6, 3.2)
     for ax, (name, v) in zip(axes, score.data_vars.items()):
         level = "threshold" if "threshold" in v.dims else "percentile"
@@ -261,15 +275,15 @@ def plot_spread_skill(
     *,
     weights: xr.DataArray | None = None,
     member_dim: str = MEMBER,
-):
+) -> Figure:
     """RMSE of the ensemble mean and the ensemble spread at each time, per variable: a
     calibrated ensemble's two lines lie on each other."""
     from corrdiff_xr import scoring
 
     truth = on_forecast_times(truth, forecast, "truth")
-    kw = {"dim": [Y, X], "weights": weights, "member_dim": member_dim}
-    rmse = scoring.rmse(forecast, truth, **kw).compute()
-    spread = scoring.spread(forecast, **kw).compute()
+    rmse = scoring.rmse(forecast, truth, dim=[Y, X], weights=weights, member_dim=member_dim)
+    spread = scoring.spread(forecast, dim=[Y, X], weights=weights, member_dim=member_dim)
+    rmse, spread = rmse.compute(), spread.compute()
     fig, axes = _axes(len(rmse.data_vars), 4.0, 3.0)
     when = rmse[TIME].values
     dated = np.issubdtype(when.dtype, np.datetime64)

@@ -20,9 +20,14 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.ticker import FuncFormatter
 
 from corrdiff_xr.dims import LAT, LAT_COARSE, LON, LON_COARSE
 
@@ -45,7 +50,16 @@ def lines(layer: str = "coastline") -> np.ndarray:
 class MapFrame:
     """How one field is placed on the page: the arrays drawn on each axis and their labels."""
 
-    def __init__(self, xs, ys, *, geographic: bool, xlabel: str, ylabel: str, lon360=False):
+    def __init__(
+        self,
+        xs: np.ndarray,
+        ys: np.ndarray,
+        *,
+        geographic: bool,
+        xlabel: str,
+        ylabel: str,
+        lon360: bool = False,
+    ) -> None:
         self.xs, self.ys = xs, ys
         self.geographic, self.lon360 = geographic, lon360
         self.xlabel, self.ylabel = xlabel, ylabel
@@ -84,9 +98,9 @@ def frame_of(field: xr.DataArray, ydim: str, xdim: str) -> MapFrame:
     """The :class:`MapFrame` of ``field`` on grid dims ``(ydim, xdim)``."""
     for lat, lon in _LATLON.items():
         if lat in field.coords and lon in field.coords:
-            la, lo = xr.broadcast(field[lat], field[lon])
-            la = la.transpose(ydim, xdim).values.astype(float)
-            lo, lon360 = _lon_convention(lo.transpose(ydim, xdim).values.astype(float))
+            lat2, lon2 = xr.broadcast(field[lat], field[lon])
+            la = lat2.transpose(ydim, xdim).values.astype(float)
+            lo, lon360 = _lon_convention(lon2.transpose(ydim, xdim).values.astype(float))
             return MapFrame(lo, la, geographic=True, xlabel="longitude", ylabel="latitude",
                             lon360=lon360)  # fmt: skip
     units = {
@@ -108,10 +122,10 @@ def frame_of(field: xr.DataArray, ydim: str, xdim: str) -> MapFrame:
     return MapFrame(xs, ys, geographic=False, xlabel=xlabel, ylabel=ylabel)
 
 
-def _degrees(hemispheres: str):
+def _degrees(hemispheres: str) -> FuncFormatter:
     from matplotlib.ticker import FuncFormatter
 
-    def text(value, _pos=None):
+    def text(value: float, _pos: int | None = None) -> str:
         if hemispheres == "EW":
             value = (value + 180.0) % 360.0 - 180.0
         letter = hemispheres[0] if value > 0 else hemispheres[1] if value < 0 else ""
@@ -120,7 +134,7 @@ def _degrees(hemispheres: str):
     return FuncFormatter(text)
 
 
-def style_axes(ax, frame: MapFrame) -> None:
+def style_axes(ax: Axes, frame: MapFrame) -> None:
     """Aspect, tick format and labels of a map panel."""
     from matplotlib.ticker import MaxNLocator
 
@@ -135,7 +149,7 @@ def style_axes(ax, frame: MapFrame) -> None:
         ax.ticklabel_format(useOffset=False, style="plain")
 
 
-def draw_coastlines(ax, frame: MapFrame, *, borders: bool = True) -> None:
+def draw_coastlines(ax: Axes, frame: MapFrame, *, borders: bool = True) -> None:
     """Coastlines (and land borders) on a geographic panel, clipped to its extent."""
     if not frame.geographic:
         return

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 import xarray as xr
@@ -11,18 +12,26 @@ import xarray as xr
 from corrdiff_xr.data.times import calendar_of, is_cftime, parse_times
 from corrdiff_xr.dims import MEMBER, TIME, input_for
 from corrdiff_xr.plot import _style as st
-from corrdiff_xr.plot.geo import draw_coastlines, frame_of, style_axes
+from corrdiff_xr.plot.geo import MapFrame, draw_coastlines, frame_of, style_axes
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.collections import QuadMesh
+    from matplotlib.colors import Colormap, Normalize
+    from matplotlib.figure import Figure
 
 TimeKey = int | str | np.datetime64
+#: a label of a time axis (datetime64, or a cftime date); None for data without time
+TimeLabel = object
 
 
-def forecast_times(forecast: xr.Dataset, times: Sequence[TimeKey]) -> list:
+def forecast_times(forecast: xr.Dataset, times: Sequence[TimeKey]) -> list[TimeLabel]:
     """Labels of the forecast's own time axis for positions (int) or labels (ISO 8601
     strings are read in the axis' calendar: ``"2001-02-30T06"`` on a 360_day axis)."""
     if TIME not in forecast.dims:
         return [None]
     axis = forecast[TIME].values
-    labels = []
+    labels: list[TimeLabel] = []
     for t in times:
         if isinstance(t, (int, np.integer)):
             if not -len(axis) <= int(t) < len(axis):
@@ -37,7 +46,11 @@ def forecast_times(forecast: xr.Dataset, times: Sequence[TimeKey]) -> list:
     return labels
 
 
-def at_time(ds: xr.Dataset | None, when, role: str) -> xr.Dataset | None:
+@overload
+def at_time(ds: xr.Dataset, when: TimeLabel, role: str) -> xr.Dataset: ...
+@overload
+def at_time(ds: None, when: TimeLabel, role: str) -> None: ...
+def at_time(ds: xr.Dataset | None, when: TimeLabel, role: str) -> xr.Dataset | None:
     """``ds`` at the forecast's time label ``when``: by label, never by position (a truth
     archive rarely starts where the forecast does)."""
     if ds is None or when is None or TIME not in ds.dims:
@@ -52,17 +65,26 @@ def at_time(ds: xr.Dataset | None, when, role: str) -> xr.Dataset | None:
         ) from None
 
 
-def when_text(when) -> str:
+def when_text(when: TimeLabel) -> str:
     if np.issubdtype(np.asarray(when).dtype, np.datetime64):
         return str(np.datetime_as_string(np.asarray(when), unit="m"))
-    if is_cftime(when):  # noleap, 360_day ...: the calendar's own date
-        return f"{np.asarray(when).item().strftime('%Y-%m-%dT%H:%M')} ({calendar_of(when)})"
+    if is_cftime(np.asarray(when)):  # noleap, 360_day ...: the calendar's own date
+        date = np.asarray(when).item().strftime("%Y-%m-%dT%H:%M")
+        return f"{date} ({calendar_of(np.asarray(when))})"
     return str(when)
 
 
-def _columns(names, fc_t, tr_t, in_t, n_members, errors, member_dim) -> list[str]:
+def _columns(
+    names: list[str],
+    fc_t: xr.Dataset,
+    tr_t: xr.Dataset | None,
+    in_t: xr.Dataset | None,
+    n_members: int,
+    errors: bool,
+    member_dim: str,
+) -> list[str]:
     columns = []
-    if in_t is not None and any(input_for(n, in_t.data_vars) for n in names):
+    if in_t is not None and any(input_for(n, map(str, in_t.data_vars)) for n in names):
         columns.append("input")
     if tr_t is not None:
         columns.append("truth")
@@ -74,12 +96,19 @@ def _columns(names, fc_t, tr_t, in_t, n_members, errors, member_dim) -> list[str
     return columns
 
 
-def _panels(name, fc, tr_t, in_t, n_members, member_dim) -> dict[str, xr.DataArray]:
+def _panels(
+    name: str,
+    fc: xr.DataArray,
+    tr_t: xr.Dataset | None,
+    in_t: xr.Dataset | None,
+    n_members: int,
+    member_dim: str,
+) -> dict[str, xr.DataArray]:
     """The fields of one row in display units, by column title."""
     kind = st.kind_of(name, fc)
     panels: dict[str, xr.DataArray] = {}
-    input_name = None if in_t is None else input_for(name, in_t.data_vars)
-    if input_name is not None:
+    input_name = None if in_t is None else input_for(name, map(str, in_t.data_vars))
+    if in_t is not None and input_name is not None:
         panels["input"] = st.display(in_t[input_name].load(), kind)
     if tr_t is not None and name in tr_t:
         panels["truth"] = st.display(tr_t[name].load(), kind)
@@ -87,7 +116,7 @@ def _panels(name, fc, tr_t, in_t, n_members, member_dim) -> dict[str, xr.DataArr
     panels["ensemble mean"] = st.display(mean, kind)
     for i in range(n_members):
         panels[f"member {i}"] = st.display(fc.isel({member_dim: i}), kind)
-    if "truth" in panels:
+    if tr_t is not None and "truth" in panels:
         truth = (
             tr_t[name]
             .load()
@@ -100,7 +129,14 @@ def _panels(name, fc, tr_t, in_t, n_members, member_dim) -> dict[str, xr.DataArr
     return panels
 
 
-def _draw_panel(fig, ax, field: xr.DataArray, cmap, norm, coastlines: bool):
+def _draw_panel(
+    fig: Figure,
+    ax: Axes,
+    field: xr.DataArray,
+    cmap: Colormap | str,
+    norm: Normalize | None,
+    coastlines: bool,
+) -> tuple[QuadMesh, MapFrame]:
     ydim, xdim = st.grid_dims(field)
     frame = frame_of(field, ydim, xdim)
     values = field.transpose(ydim, xdim).values
@@ -111,7 +147,15 @@ def _draw_panel(fig, ax, field: xr.DataArray, cmap, norm, coastlines: bool):
     return mesh, frame
 
 
-def _row(fig, axes, columns, name, panels, coastlines, first_row):
+def _row(
+    fig: Figure,
+    axes: Sequence[Axes],
+    columns: list[str],
+    name: str,
+    panels: dict[str, xr.DataArray],
+    coastlines: bool,
+    first_row: bool,
+) -> None:
     """Draw one variable's row; colour bars for the shared scale, the error and the spread."""
     kind = st.kind_of(name, panels["ensemble mean"])
     shared = [t for t in columns if t in panels and t not in ("error", "spread")]
@@ -139,6 +183,7 @@ def _row(fig, axes, columns, name, panels, coastlines, first_row):
         ax.set_xlabel(frame.xlabel, fontsize=7)
         ax.set_ylabel(frame.ylabel, fontsize=7)
     extend = "min" if kind == "precip" else "neither"
+    assert mesh is not None  # the ensemble mean is always drawn on the shared scale
     bar = fig.colorbar(mesh, ax=[axes[columns.index(t)] for t in shared], shrink=0.85,
                        pad=0.01, extend=extend)  # fmt: skip
     bar.set_label(st.label(panels["ensemble mean"], name), fontsize=8)
@@ -156,7 +201,7 @@ def plot_maps(
     errors: bool = True,
     coastlines: bool = True,
     member_dim: str = MEMBER,
-):
+) -> Figure:
     """Maps at chosen times: one row per (time, variable); columns input, truth, ensemble
     mean, the first ``members`` members, the error of the mean and the ensemble spread.
 
@@ -185,10 +230,10 @@ def plot_maps(
     scale centred on zero, precipitation on a log scale (below 0.1 mm white).
     """
     plt = st.pyplot()
-    names = list(variables) if variables is not None else list(forecast.data_vars)
+    names = list(variables) if variables is not None else list(map(str, forecast.data_vars))
     whens = forecast_times(forecast, list(times) if times is not None else [time])
     n_members = min(members, forecast.sizes[member_dim])
-    rows = []
+    rows: list[tuple[TimeLabel, xr.Dataset, xr.Dataset | None, xr.Dataset | None]] = []
     for when in whens:
         # one load per Dataset and time: the variables of a downscaled ensemble share their
         # model tasks, so loading them one by one would run the model once per variable

@@ -26,6 +26,7 @@ import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
@@ -33,7 +34,12 @@ import xarray as xr
 from corrdiff_xr.dims import MEMBER, TIME
 from corrdiff_xr.plot import _style as st
 from corrdiff_xr.plot import curves
-from corrdiff_xr.plot.maps import plot_maps, when_text
+from corrdiff_xr.plot.maps import TimeKey, plot_maps, when_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from corrdiff_xr.scoring.probabilistic import Thresholds
 
 __all__ = ["SECTIONS", "write_report"]
 
@@ -61,7 +67,7 @@ dl.meta dt { float: left; clear: left; width: 10em; color: #555; } dl.meta dd { 
 """
 
 
-def _png(fig, dpi: int) -> str:
+def _png(fig: Figure, dpi: int) -> str:
     """``fig`` as a base64 PNG data URI; the figure is closed."""
     buffer = io.BytesIO()
     try:
@@ -78,7 +84,9 @@ def _cell(value: float | None, bounds: tuple[float, float] | None) -> str:
     return text.strip()
 
 
-def _table(scores: xr.Dataset, caption: str, *, interval: str = "interval", values=True) -> str:
+def _table(
+    scores: xr.Dataset, caption: str, *, interval: str = "interval", values: bool = True
+) -> str:
     """One HTML table: metrics by variable, time means (``values``), with the bounds of
     ``scores[interval]`` when present."""
     table = scores["score"]
@@ -163,11 +171,11 @@ def _default_thresholds(forecast: xr.Dataset, truth: xr.Dataset) -> dict[str, li
     out = {}
     for name, v in on.data_vars.items():
         q = float(np.nanpercentile(v.values, 90))
-        out[name] = [float(f"{q:.3g}")]
+        out[str(name)] = [float(f"{q:.3g}")]
     return out
 
 
-def _figure(make: Callable[[], object], dpi: int) -> str:
+def _figure(make: Callable[[], Figure], dpi: int) -> str:
     """An ``<img>`` of ``make()``, or a sentence saying why there is none."""
     try:
         return f"<img alt='figure' src='{_png(make(), dpi)}'>"
@@ -175,7 +183,17 @@ def _figure(make: Callable[[], object], dpi: int) -> str:
         return f"<p class='missing'>Not drawn: {html.escape(str(err))}</p>"
 
 
-def _sections(scores, forecast, truth, inputs, times, thresholds, windows, weights, dpi):
+def _sections(
+    scores: xr.Dataset,
+    forecast: xr.Dataset,
+    truth: xr.Dataset,
+    inputs: xr.Dataset | None,
+    times: Sequence[TimeKey],
+    thresholds: Thresholds | None,
+    windows: Sequence[int] | None,
+    weights: xr.DataArray | None,
+    dpi: int,
+) -> dict[str, str]:
     """HTML body of every section of :data:`SECTIONS`, by id."""
     ensemble = forecast.sizes.get(MEMBER, 1) > 1
     thresholds_note = ""
@@ -223,8 +241,8 @@ def write_report(
     truth: xr.Dataset,
     *,
     inputs: xr.Dataset | None = None,
-    times: Sequence[int | str] = (0,),
-    thresholds=None,
+    times: Sequence[TimeKey] = (0,),
+    thresholds: Thresholds | None = None,
     windows: Sequence[int] | None = None,
     weights: xr.DataArray | None = None,
     title: str = "CorrDiff verification",

@@ -8,16 +8,21 @@ fine grid's CF grid mapping (:func:`corrdiff_xr._cf.with_grid_mapping`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import xarray as xr
 
 from corrdiff_xr._cf import with_grid_mapping
 from corrdiff_xr.dims import input_for
 
+if TYPE_CHECKING:
+    from corrdiff_xr.data.pair import DownscalingData
+
 __all__ = ["baseline_from_inputs", "bilinear_baseline"]
 
 
 def _required_input(target: str, inputs: xr.Dataset) -> str:
-    name = input_for(target, inputs.data_vars)
+    name = input_for(target, map(str, inputs.data_vars))
     if name is None:
         raise KeyError(
             f"no unique coarse input for target {target!r} (looked for {target!r}, "
@@ -26,7 +31,7 @@ def _required_input(target: str, inputs: xr.Dataset) -> str:
     return name
 
 
-def bilinear_baseline(pair, targets: tuple[str, ...] | None = None) -> xr.Dataset:
+def bilinear_baseline(pair: DownscalingData, targets: tuple[str, ...] | None = None) -> xr.Dataset:
     """The coarse inputs bilinearly regridded to the fine grid, named as the targets (lazy)."""
     base = baseline_from_inputs(pair.inputs_on_fine, tuple(targets or pair.targets))
     return with_grid_mapping(base, pair.dataset)  # the pair's, should its regridding drop it

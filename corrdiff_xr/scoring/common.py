@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import xarray as xr
 
 Dims = Hashable | Sequence[Hashable] | None
+#: a score's input kind, which its result keeps: a Dataset, or a DataArray
+DataT = TypeVar("DataT", xr.Dataset, xr.DataArray)
+#: a forecast or truth
+Data = xr.Dataset | xr.DataArray
+
+
+def _sqrt(obj: DataT) -> DataT:
+    """``np.sqrt`` of an xarray object, lazily, attributes kept."""
+    return np.sqrt(obj)  # type: ignore[return-value]  # numpy's stubs say ndarray
 
 
 def _to_dataset(obj: xr.Dataset | xr.DataArray, role: str) -> tuple[xr.Dataset, bool]:
@@ -20,13 +30,13 @@ def _to_dataset(obj: xr.Dataset | xr.DataArray, role: str) -> tuple[xr.Dataset, 
     raise TypeError(f"{role} must be an xarray Dataset or DataArray, got {type(obj).__name__}")
 
 
-def _coords_like_data(obj: xr.Dataset | xr.DataArray) -> xr.Dataset | xr.DataArray:
+def _coords_like_data(obj: DataT) -> DataT:
     """Dask-backed non-index coordinates (2-D lat/lon) rechunked, lazily, like the data.
 
     A store may chunk its coordinates its own way; lifted kernels refuse an object whose
     variables are chunked inconsistently along a dim. Nothing is computed."""
     data = [obj] if isinstance(obj, xr.DataArray) else list(obj.data_vars.values())
-    chunks: dict = {}
+    chunks: dict[Hashable, tuple[int, ...]] = {}
     for var in data:
         if var.chunks is not None:
             for d, c in zip(var.dims, var.chunks):
@@ -47,8 +57,11 @@ def _as_ensemble(forecast: xr.Dataset, member_dim: str) -> xr.Dataset:
     return forecast.expand_dims({member_dim: 1}).transpose(member_dim, ...)
 
 
-def _back(ds: xr.Dataset, was_array: bool) -> xr.Dataset | xr.DataArray:
-    return ds[next(iter(ds.data_vars))] if was_array else ds
+def _back(ds: xr.Dataset, like: DataT) -> DataT:
+    """``ds`` as the kind of ``like``: its one variable when ``like`` is a DataArray."""
+    if isinstance(like, xr.DataArray):
+        return ds[next(iter(ds.data_vars))]
+    return ds
 
 
 def _check_forecast(forecast: xr.Dataset, member_dim: str) -> None:
@@ -106,9 +119,7 @@ def _matched_truth(forecast: xr.Dataset, truth: xr.Dataset, member_dim: str) -> 
     return truth
 
 
-def _prepare(
-    forecast: xr.Dataset | xr.DataArray, truth: xr.Dataset | xr.DataArray, member_dim: str
-):
+def _prepare(forecast: Data, truth: Data, member_dim: str) -> tuple[xr.Dataset, xr.Dataset, bool]:
     """Forecast and matched truth as Datasets, and whether to hand back a DataArray."""
     fc, was_array = _to_dataset(forecast, "forecast")
     if was_array and isinstance(truth, xr.DataArray):
@@ -159,7 +170,9 @@ def _single_chunk(var: xr.DataArray, dim: str) -> xr.DataArray:
     return var
 
 
-def _with_attrs(out: xr.Dataset, source: xr.Dataset, long_name: str, squared=False):
+def _with_attrs(
+    out: xr.Dataset, source: xr.Dataset, long_name: str, squared: bool = False
+) -> xr.Dataset:
     for name, var in out.data_vars.items():
         units = source[name].attrs.get("units")
         attrs = {"long_name": f"{long_name} of {source[name].attrs.get('long_name', name)}"}

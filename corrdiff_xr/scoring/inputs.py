@@ -131,9 +131,9 @@ def _truth_and_inputs(
     canonical dataset (None otherwise): what the bilinear baseline is made of."""
     from corrdiff_xr.data import catalog_spec, open_source
 
-    named = {"what": "--truth", "params_what": "--truth-param"}
-    if catalog_spec(truth, what="--truth") is not None:
-        pair = open_source(truth, params=params, **named)
+    what, params_what = "--truth", "--truth-param"
+    if catalog_spec(truth, what=what) is not None:
+        pair = open_source(truth, params=params, what=what, params_what=params_what)
         return pair.fine, pair.inputs_on_fine
     if params:
         raise ScoreError(
@@ -145,7 +145,7 @@ def _truth_and_inputs(
         return ds, None
     # fsspec options only apply to URLs, as for the prediction
     options = storage_options if "://" in truth else None
-    pair = open_source(truth, storage_options=options, **named)
+    pair = open_source(truth, storage_options=options, what=what, params_what=params_what)
     return pair.fine, pair.inputs_on_fine
 
 

@@ -61,7 +61,9 @@ def crps_fair(observation: np.ndarray, forecasts: np.ndarray) -> np.ndarray:
     return skill - pair_sum / (2.0 * m * (m - 1))
 
 
-def crps_pairwise(observation: np.ndarray, forecasts: np.ndarray, *, fair: bool = False):
+def crps_pairwise(
+    observation: np.ndarray, forecasts: np.ndarray, *, fair: bool = False
+) -> np.ndarray:
     """Brute-force O(M^2) CRPS from the pairwise formula; a reference for tests."""
     obs = np.asarray(observation, dtype=np.float64)
     fc = np.asarray(forecasts, dtype=np.float64)
@@ -85,7 +87,9 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 def _uniform_from_key(key: np.ndarray, seed: int) -> np.ndarray:
     """A uniform [0, 1) number per integer key, the same whatever chunk the key sits in."""
     with np.errstate(over="ignore"):
-        mixed = _splitmix64(np.asarray(key, dtype=np.uint64) ^ _splitmix64(np.uint64(seed)))
+        mixed = _splitmix64(
+            np.asarray(key, dtype=np.uint64) ^ _splitmix64(np.asarray(seed, dtype=np.uint64))
+        )
     return (mixed >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
@@ -118,7 +122,9 @@ def block_flat_index(shape: tuple[int, ...], block_info: dict | None = None) -> 
     return np.ravel_multi_index(grids, info["shape"]).astype(np.int64)
 
 
-def radial_bins(ny: int, nx: int, *, dy: float = 1.0, dx: float = 1.0):
+def radial_bins(
+    ny: int, nx: int, *, dy: float = 1.0, dx: float = 1.0
+) -> tuple[np.ndarray, float, int]:
     """Annulus index of every 2-D FFT mode, the bin width and the number of bins.
 
     Wavenumber ``k = sqrt(ky^2 + kx^2)`` in cycles per unit of ``dy``/``dx``; the bin width

@@ -36,6 +36,8 @@ import xarray as xr
 from corrdiff_xr.dims import LAT, MEMBER
 from corrdiff_xr.scoring import kernels
 from corrdiff_xr.scoring.common import (
+    Data,
+    DataT,
     Dims,
     _aggregate,
     _as_ensemble,
@@ -44,6 +46,7 @@ from corrdiff_xr.scoring.common import (
     _mean_dims,
     _prepare,
     _single_chunk,
+    _sqrt,
     _to_dataset,
     _with_attrs,
 )
@@ -62,7 +65,6 @@ __all__ = [
 ]
 
 Estimator = Literal["properscoring", "fair"]
-Data = xr.Dataset | xr.DataArray
 RANK = "rank"
 
 
@@ -98,7 +100,7 @@ def pointwise_crps(
     return xr.Dataset(out)
 
 
-def _ensemble_mean_error(forecast: xr.Dataset, truth: xr.Dataset, member_dim: str):
+def _ensemble_mean_error(forecast: xr.Dataset, truth: xr.Dataset, member_dim: str) -> xr.Dataset:
     return forecast.mean(member_dim) - truth
 
 
@@ -111,14 +113,14 @@ def _ensemble_variance(forecast: xr.Dataset, member_dim: str) -> xr.Dataset:
 
 # -- public scores ------------------------------------------------------------------------
 def crps(
-    forecast: xr.Dataset | xr.DataArray,
-    truth: xr.Dataset | xr.DataArray,
+    forecast: DataT,
+    truth: Data,
     *,
     dim: Dims = None,
     weights: xr.DataArray | None = None,
     member_dim: str = MEMBER,
     estimator: Estimator = "properscoring",
-) -> xr.Dataset | xr.DataArray:
+) -> DataT:
     r"""Continuous ranked probability score of an ensemble, averaged over ``dim``.
 
     Parameters
@@ -152,74 +154,74 @@ def crps(
     Gneiting, T. and Raftery, A. E. (2007), Strictly proper scoring rules, prediction, and
     estimation. JASA 102, 359-378.
     """
-    fc, tr, was_array = _prepare(forecast, truth, member_dim)
+    fc, tr, _ = _prepare(forecast, truth, member_dim)
     score = pointwise_crps(fc, tr, member_dim=member_dim, estimator=estimator)
     out = _aggregate(score, _mean_dims(score, dim, member_dim), weights)
-    return _back(_with_attrs(out, fc, f"CRPS ({estimator})"), was_array)
+    return _back(_with_attrs(out, fc, f"CRPS ({estimator})"), forecast)
 
 
 def mae(
-    forecast: Data,
+    forecast: DataT,
     truth: Data,
     *,
     dim: Dims = None,
     weights: xr.DataArray | None = None,
     member_dim: str = MEMBER,
-):
+) -> DataT:
     """Mean absolute error of the ensemble mean, ``mean(|mean_m(x) - y|)`` over ``dim``.
 
     Arguments as for :func:`crps`. A one-member ensemble's CRPS equals its MAE.
     """
-    fc, tr, was_array = _prepare(forecast, truth, member_dim)
+    fc, tr, _ = _prepare(forecast, truth, member_dim)
     err = abs(_ensemble_mean_error(fc, tr, member_dim))
     out = _aggregate(err, _mean_dims(err, dim, member_dim), weights)
-    return _back(_with_attrs(out, fc, "MAE of ensemble mean"), was_array)
+    return _back(_with_attrs(out, fc, "MAE of ensemble mean"), forecast)
 
 
 def rmse(
-    forecast: Data,
+    forecast: DataT,
     truth: Data,
     *,
     dim: Dims = None,
     weights: xr.DataArray | None = None,
     member_dim: str = MEMBER,
-):
+) -> DataT:
     """Root-mean-square error of the ensemble mean, ``sqrt(mean((mean_m(x) - y)^2))``.
 
     The square root is taken after averaging over ``dim``. Arguments as for :func:`crps`.
     """
-    fc, tr, was_array = _prepare(forecast, truth, member_dim)
+    fc, tr, _ = _prepare(forecast, truth, member_dim)
     sq = _ensemble_mean_error(fc, tr, member_dim) ** 2
-    out = np.sqrt(_aggregate(sq, _mean_dims(sq, dim, member_dim), weights))
-    return _back(_with_attrs(out, fc, "RMSE of ensemble mean"), was_array)
+    out = _sqrt(_aggregate(sq, _mean_dims(sq, dim, member_dim), weights))
+    return _back(_with_attrs(out, fc, "RMSE of ensemble mean"), forecast)
 
 
 def spread(
-    forecast: Data,
+    forecast: DataT,
     *,
     dim: Dims = None,
     weights: xr.DataArray | None = None,
     member_dim: str = MEMBER,
-):
+) -> DataT:
     """Ensemble spread ``sqrt(mean(var_m(x)))``, the unbiased (ddof=1) member variance
     averaged over ``dim`` before the square root. Needs at least two members.
     """
-    fc, was_array = _to_dataset(forecast, "forecast")
+    fc, _ = _to_dataset(forecast, "forecast")
     fc = _as_ensemble(fc, member_dim)
     _check_forecast(fc, member_dim)
     var = _ensemble_variance(fc, member_dim)
-    out = np.sqrt(_aggregate(var, _mean_dims(var, dim, member_dim), weights))
-    return _back(_with_attrs(out, fc, "ensemble spread"), was_array)
+    out = _sqrt(_aggregate(var, _mean_dims(var, dim, member_dim), weights))
+    return _back(_with_attrs(out, fc, "ensemble spread"), forecast)
 
 
 def spread_skill(
-    forecast: Data,
+    forecast: DataT,
     truth: Data,
     *,
     dim: Dims = None,
     weights: xr.DataArray | None = None,
     member_dim: str = MEMBER,
-):
+) -> DataT:
     r"""Spread-skill ratio :math:`\sqrt{1 + 1/M}\,\mathrm{spread} / \mathrm{RMSE}`.
 
     ``spread`` and ``RMSE`` as in :func:`spread` and :func:`rmse` (same ``dim`` and
@@ -228,7 +230,7 @@ def spread_skill(
     estimates :math:`\sigma^2`, so the corrected ratio is 1; below 1 means under-dispersed
     (Fortin et al. 2014, J. Hydrometeor. 15, 1708).
     """
-    fc, tr, was_array = _prepare(forecast, truth, member_dim)
+    fc, tr, _ = _prepare(forecast, truth, member_dim)
     n = fc.sizes[member_dim]
     var = _ensemble_variance(fc, member_dim)
     sq = _ensemble_mean_error(fc, tr, member_dim) ** 2
@@ -238,7 +240,7 @@ def spread_skill(
     )
     for name, v in ratio.data_vars.items():
         v.attrs = {"long_name": f"spread-skill ratio of {name}", "units": "1"}
-    return _back(ratio, was_array)
+    return _back(ratio, forecast)
 
 
 def _global_index(template: xr.DataArray) -> xr.DataArray:
@@ -257,7 +259,7 @@ def _global_index(template: xr.DataArray) -> xr.DataArray:
 
 
 def rank_histogram(
-    forecast: Data,
+    forecast: DataT,
     truth: Data,
     *,
     dim: Dims = None,
@@ -265,7 +267,7 @@ def rank_histogram(
     member_dim: str = MEMBER,
     seed: int = 0,
     normalize: bool = False,
-):
+) -> DataT:
     """Histogram of the truth's rank among the M members (Talagrand diagram), over ``dim``.
 
     The result has a new dimension ``rank`` (0..M): rank r counts points where exactly r
@@ -277,7 +279,7 @@ def rank_histogram(
     """
     if int(seed) < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
-    fc, tr, was_array = _prepare(forecast, truth, member_dim)
+    fc, tr, _ = _prepare(forecast, truth, member_dim)
     n = fc.sizes[member_dim]
     rank_coord = xr.DataArray(np.arange(n + 1), dims=RANK, name=RANK)
     out = {}
@@ -309,7 +311,7 @@ def rank_histogram(
         hist = hist / hist.sum(RANK)
     for name, v in hist.data_vars.items():
         v.attrs = {"long_name": f"rank histogram of {name}", "units": "1"}
-    return _back(hist, was_array)
+    return _back(hist, forecast)
 
 
 def area_weights(ds: xr.Dataset | xr.DataArray, *, lat: str = LAT) -> xr.DataArray:

@@ -20,14 +20,25 @@ import numpy as np
 import xarray as xr
 
 from corrdiff_xr.dims import MEMBER, X, Y
-from corrdiff_xr.scoring.common import Dims, _aggregate, _back, _mean_dims, _prepare, _single_chunk
+from corrdiff_xr.scoring.common import (
+    Data,
+    DataT,
+    Dims,
+    _aggregate,
+    _back,
+    _mean_dims,
+    _prepare,
+    _single_chunk,
+)
 
 __all__ = ["energy_kernel", "energy_score", "variogram_kernel", "variogram_score"]
 
 COMPONENT = "component"
 
 
-def energy_kernel(observation: np.ndarray, forecasts: np.ndarray, *, fair: bool = False):
+def energy_kernel(
+    observation: np.ndarray, forecasts: np.ndarray, *, fair: bool = False
+) -> np.ndarray:
     r"""Energy score :math:`\frac1M\sum_i\|x_i-y\| - \frac{1}{2M^2}\sum_{ij}\|x_i-x_j\|`.
 
     ``observation`` is (..., V), ``forecasts`` (..., M, V). ``fair=True`` divides the pair
@@ -58,8 +69,8 @@ def _units_of(fc: xr.Dataset, names: Sequence[str]) -> str:
 
 
 def energy_score(
-    forecast,
-    truth,
+    forecast: Data,
+    truth: Data,
     *,
     variables: Sequence[str] | None = None,
     scale: Mapping[str, float] | None = None,
@@ -104,7 +115,7 @@ def energy_score(
             raise ValueError(f"energy_score scale= lacks {absent}; give a size for each variable")
         factors, units = {n: float(scale[n]) for n in names}, "1"
 
-    def stacked(ds):
+    def stacked(ds: xr.Dataset) -> xr.DataArray:
         parts = [ds[n] / factors[n] for n in names]
         return xr.concat(parts, dim=COMPONENT, coords="minimal", compat="override")
 
@@ -164,8 +175,8 @@ def variogram_kernel(
 
 
 def variogram_score(
-    forecast,
-    truth,
+    forecast: DataT,
+    truth: Data,
     *,
     p: float = 0.5,
     max_lag: int = 2,
@@ -173,7 +184,7 @@ def variogram_score(
     weights: xr.DataArray | None = None,
     member_dim: str = MEMBER,
     spatial_dims: tuple[str, str] = (Y, X),
-):
+) -> DataT:
     """Variogram score of order ``p`` across space, per point then averaged over ``dim``.
 
     Pairs of points up to ``max_lag`` grid points apart in y and x (inverse-distance
@@ -184,7 +195,7 @@ def variogram_score(
     """
     if int(max_lag) < 1 or p <= 0:
         raise ValueError(f"variogram_score needs max_lag >= 1 and p > 0, got {max_lag}, {p}")
-    fc, tr, was_array = _prepare(forecast, truth, member_dim)
+    fc, tr, _ = _prepare(forecast, truth, member_dim)
     out = {}
     for name, var in fc.data_vars.items():
         if not set(spatial_dims) <= set(var.dims):
@@ -208,4 +219,4 @@ def variogram_score(
         v.attrs = {"long_name": f"variogram score (p={p:g}) of {name}"}
         if units:
             v.attrs["units"] = f"({units})^{2 * p:g}"
-    return _back(score, was_array)
+    return _back(score, forecast)

@@ -28,7 +28,7 @@ import numpy as np
 import xarray as xr
 
 from corrdiff_xr.dims import MEMBER, X, Y
-from corrdiff_xr.scoring.common import Dims, _back, _mean_dims, _prepare, _single_chunk
+from corrdiff_xr.scoring.common import Data, DataT, Dims, _back, _mean_dims, _prepare, _single_chunk
 from corrdiff_xr.scoring.probabilistic import THRESHOLD, Thresholds, _thresholds
 
 __all__ = ["fss", "fss_components"]
@@ -67,6 +67,8 @@ def fss_components(
     valid = np.isfinite(obs) & np.isfinite(fc).all(axis=-3)
     w = np.where(valid, np.asarray(weight, dtype=np.float64), 0.0)
     out = np.full(obs.shape[:-2] + (len(thresholds), len(windows), 3), np.nan)
+    t_obs: np.ndarray | float
+    t_fc: np.ndarray | float
     for i, t in enumerate(thresholds):
         if percentile:
             gappy_obs = np.where(valid, obs, np.nan)
@@ -94,7 +96,9 @@ def fss_components(
     return out
 
 
-def _spatial_weight(weights, spatial_dims, template: xr.DataArray) -> xr.DataArray:
+def _spatial_weight(
+    weights: xr.DataArray | None, spatial_dims: tuple[str, str], template: xr.DataArray
+) -> xr.DataArray:
     if weights is None:
         return xr.ones_like(template.isel({d: 0 for d in template.dims if d not in spatial_dims}))
     extra = [d for d in weights.dims if d not in spatial_dims]
@@ -107,8 +111,8 @@ def _spatial_weight(weights, spatial_dims, template: xr.DataArray) -> xr.DataArr
 
 
 def fss(
-    forecast,
-    truth,
+    forecast: DataT,
+    truth: Data,
     *,
     windows: Sequence[int] | None = None,
     thresholds: Thresholds | None = None,
@@ -117,7 +121,7 @@ def fss(
     weights: xr.DataArray | None = None,
     member_dim: str = MEMBER,
     spatial_dims: tuple[str, str] = (Y, X),
-):
+) -> DataT:
     """Fractions skill score, dims (``threshold`` or ``percentile``, ``window``, ...).
 
     Parameters
@@ -146,7 +150,7 @@ def fss(
     """
     if thresholds is not None and percentiles is not None:
         raise ValueError("fss takes thresholds= or percentiles=, not both")
-    fc, tr, was_array = _prepare(forecast, truth, member_dim)
+    fc, tr, _ = _prepare(forecast, truth, member_dim)
     for d in spatial_dims:
         if d not in fc.dims:
             raise ValueError(f"fss needs dimension {d!r}; dims are {tuple(fc.dims)}")
@@ -198,4 +202,4 @@ def fss(
         raise ValueError(f"fss: no forecast variable {list(fc.data_vars)} has thresholds")
     result = xr.Dataset(out)
     result[WINDOW].attrs = {"long_name": "neighbourhood size", "units": "grid points"}
-    return _back(result, was_array)
+    return _back(result, forecast)

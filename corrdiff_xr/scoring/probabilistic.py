@@ -20,13 +20,15 @@ weight every average and count, as in :mod:`~corrdiff_xr.scoring.metrics`.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
 
 from corrdiff_xr.dims import MEMBER
 from corrdiff_xr.scoring.common import (
+    Data,
+    DataT,
     Dims,
     _aggregate,
     _back,
@@ -50,9 +52,11 @@ PROBABILITY = "probability"
 STATISTIC = "statistic"
 PIT_BIN = "pit_bin"
 Thresholds = Sequence[float] | Mapping[str, Sequence[float]]
+#: ``score(name, forecast variable, thresholds)``
+_Score = Callable[[Hashable, xr.DataArray, list[float]], xr.DataArray]
 
 
-def _thresholds(thresholds: Thresholds | None, name, metric: str) -> list[float] | None:
+def _thresholds(thresholds: Thresholds | None, name: Hashable, metric: str) -> list[float] | None:
     """This variable's thresholds (None: not scored); a missing setting is a clear error."""
     if thresholds is None:
         raise ValueError(
@@ -62,7 +66,7 @@ def _thresholds(thresholds: Thresholds | None, name, metric: str) -> list[float]
     if isinstance(thresholds, Mapping):
         if name not in thresholds:
             return None
-        thresholds = thresholds[name]
+        thresholds = thresholds[str(name)]
     values = [float(t) for t in np.atleast_1d(thresholds)]
     if not values or any(b <= a for a, b in zip(values, values[1:])):
         raise ValueError(f"{metric} thresholds for {name!r} must be increasing, got {values}")
@@ -73,7 +77,9 @@ def _threshold_coord(values: list[float]) -> xr.DataArray:
     return xr.DataArray(values, dims=THRESHOLD, coords={THRESHOLD: values})
 
 
-def _per_variable(fc: xr.Dataset, thresholds: Thresholds | None, metric: str, score: Callable):
+def _per_variable(
+    fc: xr.Dataset, thresholds: Thresholds | None, metric: str, score: _Score
+) -> xr.Dataset:
     """``score(name, forecast variable, thresholds)`` for each variable that has thresholds."""
     out = {}
     for name, var in fc.data_vars.items():
@@ -86,15 +92,15 @@ def _per_variable(fc: xr.Dataset, thresholds: Thresholds | None, metric: str, sc
 
 
 def brier(
-    forecast,
-    truth,
+    forecast: DataT,
+    truth: Data,
     *,
     thresholds: Thresholds | None = None,
     dim: Dims = None,
     weights: xr.DataArray | None = None,
     member_dim: str = MEMBER,
     fair: bool = True,
-):
+) -> DataT:
     r"""Brier score of the ensemble's event probabilities, ``threshold`` by ``threshold``.
 
     With ``i`` of ``M`` members at or above the threshold and ``y`` the observed event (0/1),
@@ -106,9 +112,9 @@ def brier(
     """
     from scores.probability import brier_score_for_ensemble
 
-    fc, tr, was_array = _prepare(forecast, truth, member_dim)
+    fc, tr, _ = _prepare(forecast, truth, member_dim)
 
-    def score(name, var, values):
+    def score(name: Hashable, var: xr.DataArray, values: list[float]) -> xr.DataArray:
         return brier_score_for_ensemble(
             var,
             tr[name],
@@ -124,7 +130,7 @@ def brier(
     out = _aggregate(pointwise, _mean_dims(fc, dim, member_dim), weights)
     for v in out.data_vars.values():
         v.attrs = {"long_name": f"{'fair ' if fair else ''}Brier score", "units": "1"}
-    return _back(out, was_array)
+    return _back(out, forecast)
 
 
 def event_table(
@@ -164,8 +170,16 @@ def event_table(
     )
 
 
-def _table(forecast, truth, thresholds, dim, weights, member_dim, metric):
-    fc, tr, was_array = _prepare(forecast, truth, member_dim)
+def _table(
+    forecast: Data,
+    truth: Data,
+    thresholds: Thresholds | None,
+    dim: Dims,
+    weights: xr.DataArray | None,
+    member_dim: str,
+    metric: str,
+) -> xr.Dataset:
+    fc, tr, _ = _prepare(forecast, truth, member_dim)
     dims = _mean_dims(fc, dim, member_dim)
     table = event_table(
         fc,
@@ -176,7 +190,7 @@ def _table(forecast, truth, thresholds, dim, weights, member_dim, metric):
         member_dim=member_dim,
         metric=metric,
     )
-    return table, was_array
+    return table
 
 
 def _corp_fit(cases: np.ndarray, events: np.ndarray, probability: np.ndarray) -> np.ndarray:
@@ -207,14 +221,14 @@ def _corp_fit(cases: np.ndarray, events: np.ndarray, probability: np.ndarray) ->
 
 
 def reliability(
-    forecast,
-    truth,
+    forecast: DataT,
+    truth: Data,
     *,
     thresholds: Thresholds | None = None,
     dim: Dims = None,
     weights: xr.DataArray | None = None,
     member_dim: str = MEMBER,
-):
+) -> DataT:
     """Reliability diagram of the event probabilities, by the CORP method.
 
     Dims ``(threshold, probability, statistic)`` plus any not reduced: at each forecast
@@ -224,7 +238,7 @@ def reliability(
     and ``"fraction"`` their share of all cases (the sharpness histogram). A reliable
     forecast has ``corp`` on the diagonal. NaN where no case has that probability.
     """
-    table, was_array = _table(forecast, truth, thresholds, dim, weights, member_dim, "reliability")
+    table = _table(forecast, truth, thresholds, dim, weights, member_dim, "reliability")
     out = {}
     for name, t in table.data_vars.items():
         cases = t.sel({STATISTIC: "cases"}, drop=True)
@@ -245,7 +259,7 @@ def reliability(
         out[name] = xr.concat(stats, dim=STATISTIC, coords="minimal").transpose(..., STATISTIC)
         out[name].attrs = {"long_name": f"reliability of {name} events", "units": "1"}
     result = xr.Dataset(out).assign_coords({STATISTIC: ["corp", "observed", "fraction"]})
-    return _back(result, was_array)
+    return _back(result, forecast)
 
 
 def _roc_curve(table: xr.Dataset) -> xr.Dataset:
@@ -265,40 +279,40 @@ def _roc_curve(table: xr.Dataset) -> xr.Dataset:
 
 
 def roc(
-    forecast,
-    truth,
+    forecast: DataT,
+    truth: Data,
     *,
     thresholds: Thresholds | None = None,
     dim: Dims = None,
     weights: xr.DataArray | None = None,
     member_dim: str = MEMBER,
-):
+) -> DataT:
     """ROC curve of the event probabilities: dims ``(threshold, probability, statistic)``,
     ``statistic`` = ``pod`` (hit rate) and ``pofd`` (false-alarm rate) of the decision
     "forecast probability >= ``probability``", for ``probability`` = 0, 1/M, ..., 1."""
-    table, was_array = _table(forecast, truth, thresholds, dim, weights, member_dim, "roc")
+    table = _table(forecast, truth, thresholds, dim, weights, member_dim, "roc")
     out = _roc_curve(table).transpose(..., STATISTIC)
     for name, v in out.data_vars.items():
         v.attrs = {"long_name": f"ROC curve of {name} events", "units": "1"}
-    return _back(out, was_array)
+    return _back(out, forecast)
 
 
 def roc_auc(
-    forecast,
-    truth,
+    forecast: DataT,
+    truth: Data,
     *,
     thresholds: Thresholds | None = None,
     dim: Dims = None,
     weights: xr.DataArray | None = None,
     member_dim: str = MEMBER,
-):
+) -> DataT:
     """Area under the ROC curve (trapezoidal, through (0, 0) and (1, 1)), per threshold.
 
     Equals the probability that a random event got a higher forecast probability than a
     random non-event, ties counted half (the Mann-Whitney statistic, as
     ``scores.probability.roc_auc``). 1 is perfect discrimination, 0.5 none.
     """
-    table, was_array = _table(forecast, truth, thresholds, dim, weights, member_dim, "roc_auc")
+    table = _table(forecast, truth, thresholds, dim, weights, member_dim, "roc_auc")
     curve = _roc_curve(table)
     pod, pofd = curve.sel({STATISTIC: "pod"}, drop=True), curve.sel({STATISTIC: "pofd"}, drop=True)
     # points run from (1, 1) at probability 0 down to the last level; close at (0, 0)
@@ -308,12 +322,12 @@ def roc_auc(
     auc = auc.where(pod.notnull().all(PROBABILITY) & pofd.notnull().all(PROBABILITY))
     for name, v in auc.data_vars.items():
         v.attrs = {"long_name": f"ROC area of {name} events", "units": "1"}
-    return _back(auc, was_array)
+    return _back(auc, forecast)
 
 
 def twcrps(
-    forecast,
-    truth,
+    forecast: DataT,
+    truth: Data,
     *,
     thresholds: Thresholds | None = None,
     dim: Dims = None,
@@ -321,7 +335,7 @@ def twcrps(
     member_dim: str = MEMBER,
     estimator: str = "properscoring",
     tail: str = "upper",
-):
+) -> DataT:
     r"""Threshold-weighted CRPS, weight :math:`w(z) = 1\{z \ge t\}` (``tail="upper"``) or
     :math:`1\{z \le t\}` (``"lower"``), for each threshold ``t``.
 
@@ -338,9 +352,9 @@ def twcrps(
         raise ValueError(f"estimator must be 'properscoring' or 'fair', got {estimator!r}")
     if tail not in ("upper", "lower"):
         raise ValueError(f"tail must be 'upper' or 'lower', got {tail!r}")
-    fc, tr, was_array = _prepare(forecast, truth, member_dim)
+    fc, tr, _ = _prepare(forecast, truth, member_dim)
 
-    def score(name, var, values):
+    def score(name: Hashable, var: xr.DataArray, values: list[float]) -> xr.DataArray:
         var = _single_chunk(var, member_dim)
         per = [
             tail_tw_crps_for_ensemble(
@@ -352,7 +366,7 @@ def twcrps(
 
     pointwise = _per_variable(fc, thresholds, "twcrps", score)
     out = _aggregate(pointwise, _mean_dims(fc, dim, member_dim), weights)
-    return _back(_with_attrs(out, fc, f"{tail}-tail twCRPS ({estimator})"), was_array)
+    return _back(_with_attrs(out, fc, f"{tail}-tail twCRPS ({estimator})"), forecast)
 
 
 def _pit_masses(observation: np.ndarray, forecasts: np.ndarray, *, bins: int) -> np.ndarray:
@@ -378,14 +392,14 @@ def _pit_masses(observation: np.ndarray, forecasts: np.ndarray, *, bins: int) ->
 
 
 def pit_histogram(
-    forecast,
-    truth,
+    forecast: DataT,
+    truth: Data,
     *,
     bins: int = 10,
     dim: Dims = None,
     weights: xr.DataArray | None = None,
     member_dim: str = MEMBER,
-):
+) -> DataT:
     """Histogram of the probability integral transform, dims (``pit_bin``, ...).
 
     For an M-member ensemble the PIT of truth ``y`` is uniform on
@@ -399,7 +413,7 @@ def pit_histogram(
     """
     if int(bins) < 1:
         raise ValueError(f"bins must be a positive integer, got {bins}")
-    fc, tr, was_array = _prepare(forecast, truth, member_dim)
+    fc, tr, _ = _prepare(forecast, truth, member_dim)
     centres = (np.arange(bins) + 0.5) / bins
     out = {}
     for name, var in fc.data_vars.items():
@@ -418,4 +432,4 @@ def pit_histogram(
     hist = _aggregate(masses, _mean_dims(fc, dim, member_dim), weights)
     for name, v in hist.data_vars.items():
         v.attrs = {"long_name": f"PIT histogram of {name}", "units": "1"}
-    return _back(hist, was_array)
+    return _back(hist, forecast)

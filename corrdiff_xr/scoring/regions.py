@@ -16,6 +16,7 @@ a region that is not a box see its outside as gaps, like any missing truth.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -150,7 +151,7 @@ def by_region(
     regions: xr.DataArray | Mapping[str, xr.DataArray],
     *,
     weights: xr.DataArray | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> xr.Dataset:
     """``score(forecast, truth, weights=..., **kwargs)`` of each region, along :data:`REGION`.
 

@@ -10,11 +10,14 @@ import xarray as xr
 from corrdiff_xr.dims import MEMBER, X, Y
 from corrdiff_xr.scoring import kernels
 from corrdiff_xr.scoring.common import (
+    Data,
+    DataT,
     Dims,
     _back,
     _mean_dims,
     _prepare,
     _single_chunk,
+    _sqrt,
     _to_dataset,
 )
 
@@ -70,13 +73,13 @@ def _spacing_km(ds: xr.Dataset, dims: Sequence[Hashable]) -> tuple[float, float]
 
 
 def power_spectrum(
-    data: xr.Dataset | xr.DataArray,
+    data: DataT,
     *,
     dim: Dims = None,
     spatial_dims: tuple[str, str] = (Y, X),
     spacing: float | tuple[float, float] | None = None,
     member_dim: str = MEMBER,
-) -> xr.Dataset | xr.DataArray:
+) -> DataT:
     r"""Radially averaged (isotropic) power spectral density over ``spatial_dims``.
 
     For each 2-D field (mean removed) the squared FFT amplitudes are summed over annuli of
@@ -109,14 +112,15 @@ def power_spectrum(
         the highest wavenumber resolved along both axes) with coordinate ``wavelength``;
         units ``(units)^2 km`` (or ``pixel``).
     """
-    ds, was_array = _to_dataset(data, "data")
+    ds, _ = _to_dataset(data, "data")
     for d in spatial_dims:
         if d not in ds.dims:
             raise ValueError(f"power_spectrum needs dimension {d!r}; dims are {tuple(ds.dims)}")
     if spacing is None:
         km = _spacing_km(ds, spatial_dims)
     else:
-        km = (float(spacing), float(spacing)) if np.isscalar(spacing) else tuple(spacing)
+        given = np.broadcast_to(np.asarray(spacing, dtype=float), (2,))  # one, or (dy, dx)
+        km = (float(given[0]), float(given[1]))
     dy, dx = km if km is not None else (1.0, 1.0)
     length = "km" if km is not None else "pixel"
     ny, nx = ds.sizes[spatial_dims[0]], ds.sizes[spatial_dims[1]]
@@ -168,18 +172,18 @@ def power_spectrum(
     spec = spec.drop_vars(spatial_coords)
     dims = [d for d in _mean_dims(spec, dim, member_dim) if d != WAVENUMBER]
     result = spec.mean(dims, keep_attrs=True) if dims else spec
-    return _back(result, was_array)
+    return _back(result, data)
 
 
 def log_spectral_distance(
-    forecast: xr.Dataset | xr.DataArray,
-    truth: xr.Dataset | xr.DataArray,
+    forecast: DataT,
+    truth: Data,
     *,
     dim: Dims = None,
     member_dim: str = MEMBER,
     spatial_dims: tuple[str, str] = (Y, X),
     spacing: float | tuple[float, float] | None = None,
-) -> xr.Dataset | xr.DataArray:
+) -> DataT:
     r"""Log-spectral distance in dB between the forecast's and the truth's power spectra,
     :math:`\sqrt{\operatorname{mean}_k (10 \log_{10} E_f(k) / E_t(k))^2}`.
 
@@ -189,17 +193,22 @@ def log_spectral_distance(
     masked where the truth is NaN, so both see the same gaps. 0 is a perfect spectrum;
     3 dB means power off by a factor of two on average (in the log sense).
     """
-    fc, tr, was_array = _prepare(forecast, truth, member_dim)
+    fc, tr, _ = _prepare(forecast, truth, member_dim)
     fc = fc.where(tr.notnull())
-    kw = {"spatial_dims": spatial_dims, "spacing": spacing, "member_dim": member_dim}
     dims = [d for d in _mean_dims(fc, dim, member_dim) if d not in spatial_dims]
-    spec_fc = power_spectrum(fc, dim=dims, **kw).mean(member_dim)
-    spec_tr = power_spectrum(tr, dim=[d for d in dims if d in tr.dims], **kw)
+    spec_fc = power_spectrum(
+        fc, dim=dims, spatial_dims=spatial_dims, spacing=spacing, member_dim=member_dim
+    ).mean(member_dim)
+    spec_tr = power_spectrum(
+        tr, dim=[d for d in dims if d in tr.dims], spatial_dims=spatial_dims, spacing=spacing,
+        member_dim=member_dim,
+    )  # fmt: skip
     k = spec_fc[WAVENUMBER]
     resolved = k <= k.attrs["nyquist"] * (1 + 1e-9)
-    ratio_db = 10.0 * np.log10(spec_fc / spec_tr)
-    lsd = np.sqrt((ratio_db**2).where(resolved).mean(WAVENUMBER))
+    # numpy's stubs type a ufunc of a Dataset as an ndarray; xarray returns a Dataset
+    ratio_db: xr.Dataset = 10.0 * np.log10(spec_fc / spec_tr)  # type: ignore[assignment]
+    lsd = _sqrt((ratio_db**2).where(resolved).mean(WAVENUMBER))
     lsd = lsd.drop_vars([c for c in lsd.coords if c not in lsd.dims])
     for name, v in lsd.data_vars.items():
         v.attrs = {"long_name": f"log-spectral distance of {name}", "units": "dB"}
-    return _back(lsd, was_array)
+    return _back(lsd, forecast)

@@ -13,9 +13,9 @@ sit in the same table as scalar scores.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import xarray as xr
 
@@ -25,7 +25,7 @@ from corrdiff_xr.scoring import multivariate as _mv
 from corrdiff_xr.scoring import neighbourhood as _fss
 from corrdiff_xr.scoring import probabilistic as _p
 from corrdiff_xr.scoring import spectra as _s
-from corrdiff_xr.scoring.common import Dims, _mean_dims, _prepare
+from corrdiff_xr.scoring.common import Data, DataT, Dims, _mean_dims, _prepare, _to_dataset
 
 __all__ = ["METRIC_TABLE", "METRICS", "Metric", "summary"]
 
@@ -64,14 +64,14 @@ class Metric:
     """
 
     name: str
-    function: Callable[..., Any]
+    function: Callable[..., Data]
     needs_truth: bool
     needs_members: bool
     higher_is_better: bool | None
     aggregation: str
     options: tuple[str, ...] = field(default=())
 
-    def __call__(self, forecast, truth=None, **kwargs):
+    def __call__(self, forecast: Data, truth: Data | None = None, **kwargs: Any) -> Data:
         """Score ``forecast`` (against ``truth`` when it needs one)."""
         unknown = set(kwargs) - {"dim", "weights", "member_dim", *self.options}
         if unknown:
@@ -86,21 +86,27 @@ class Metric:
         return self.function(forecast, truth, **kwargs)
 
 
-def _spread(forecast, **kw):
+def _spread(forecast: DataT, **kw: Any) -> DataT:
     return _m.spread(forecast, **kw)
 
 
-def _not_spatial(dim: Dims, spatial_dims) -> Dims:
+def _not_spatial(dim: Dims, spatial_dims: tuple[str, str]) -> Dims:
     """``dim`` less the spatial dims, which a spectrum always consumes."""
     if dim is None:
         return None
-    dims = [dim] if isinstance(dim, str) else list(dim)
+    dims = list(dim) if isinstance(dim, Sequence) and not isinstance(dim, str) else [dim]
     return [d for d in dims if d not in spatial_dims]
 
 
 def _power_spectrum(
-    forecast, *, dim=None, weights=None, member_dim=MEMBER, spatial_dims=(Y, X), **kw
-):
+    forecast: DataT,
+    *,
+    dim: Dims = None,
+    weights: xr.DataArray | None = None,
+    member_dim: str = MEMBER,
+    spatial_dims: tuple[str, str] = (Y, X),
+    **kw: Any,
+) -> DataT:
     """The members' mean power spectrum (``power_spectrum`` keeps one per member)."""
     del weights  # a spectrum is a sum over the whole grid: area weights do not apply
     spec = _s.power_spectrum(
@@ -113,7 +119,16 @@ def _power_spectrum(
     return spec.mean(member_dim, keep_attrs=True) if member_dim in spec.dims else spec
 
 
-def _lsd(forecast, truth, *, dim=None, weights=None, member_dim=MEMBER, spatial_dims=(Y, X), **kw):
+def _lsd(
+    forecast: DataT,
+    truth: Data,
+    *,
+    dim: Dims = None,
+    weights: xr.DataArray | None = None,
+    member_dim: str = MEMBER,
+    spatial_dims: tuple[str, str] = (Y, X),
+    **kw: Any,
+) -> DataT:
     del weights  # as for the spectra
     return _s.log_spectral_distance(
         forecast,
@@ -127,7 +142,14 @@ def _lsd(forecast, truth, *, dim=None, weights=None, member_dim=MEMBER, spatial_
 
 _THR = ("thresholds",)
 _SPECTRAL = ("spacing", "spatial_dims")
-_SCORE = {"needs_truth": True, "needs_members": False}  # most rows: truth, any ensemble
+
+
+class _Needs(TypedDict):
+    needs_truth: bool
+    needs_members: bool
+
+
+_SCORE: _Needs = {"needs_truth": True, "needs_members": False}  # most rows: truth, any ensemble
 _ROWS = [
     Metric("crps", _m.crps, **_SCORE, higher_is_better=False, aggregation="mean",
            options=("estimator",)),
@@ -167,11 +189,11 @@ METRIC_TABLE: dict[str, Metric] = {m.name: m for m in _ROWS}
 METRICS = ("crps", "mae", "rmse", "spread", "spread_skill")
 
 
-def _label(value) -> str:
+def _label(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _as_rows(name: str, result, kept: Sequence) -> xr.DataArray:
+def _as_rows(name: str, result: Data, kept: Sequence[Hashable]) -> xr.DataArray:
     """A metric's result as (metric, variable, *kept), extra dims folded into the label."""
     ds = result if isinstance(result, xr.Dataset) else result.to_dataset()
     ds = ds.drop_vars([c for c in ds.coords if c not in ds.dims])
@@ -189,8 +211,8 @@ def _as_rows(name: str, result, kept: Sequence) -> xr.DataArray:
 
 
 def summary(
-    forecast: xr.Dataset,
-    truth: xr.Dataset,
+    forecast: xr.Dataset | xr.DataArray,
+    truth: xr.Dataset | xr.DataArray,
     *,
     metrics: Sequence[str] = METRICS,
     dim: Dims = None,
@@ -214,8 +236,12 @@ def summary(
     if regions is not None:
         from corrdiff_xr.scoring.regions import by_region
 
-        kw = {"metrics": metrics, "dim": dim, "member_dim": member_dim, "estimator": estimator}
-        return by_region(summary, forecast, truth, regions, weights=weights, options=options, **kw)
+        # a region cuts Datasets: DataArrays are scored as one-variable Datasets
+        fc_ds, tr_ds = _to_dataset(forecast, "forecast")[0], _to_dataset(truth, "truth")[0]
+        return by_region(
+            summary, fc_ds, tr_ds, regions, weights=weights, options=options, metrics=metrics,
+            dim=dim, member_dim=member_dim, estimator=estimator,
+        )  # fmt: skip
     fc, tr, _ = _prepare(forecast, truth, member_dim)
     if dim is None:
         dim = [d for d in fc.dims if d not in (member_dim, TIME)]

@@ -56,7 +56,7 @@ def save_checkpoint(
     root: str | os.PathLike,
     nimg: int,
     *,
-    save_model: Callable[[Path], None],
+    save_model: Callable[[Path], object],
     trainer_state: dict[str, Any],
     keep: int = 3,
 ) -> Path:
@@ -107,7 +107,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _numpy_state() -> tuple:
+def _numpy_state() -> tuple[str, list[int], int, int, float]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return (str(kind), [int(k) for k in keys], int(pos), int(has_gauss), float(cached))
 

@@ -12,16 +12,20 @@ values for the variables ``data.transforms`` names.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from corrdiff_xr.config import ConfigError, TrainRunConfig
 
+if TYPE_CHECKING:
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.data import DownscalingData
+
 __all__ = ["codec_variables", "new_codec", "open_training_data", "valid_target_pixels"]
 
 
-def open_training_data(cfg: TrainRunConfig):
+def open_training_data(cfg: TrainRunConfig) -> tuple[DownscalingData, DownscalingData | None]:
     """(train pair, validation pair or None) for ``cfg.data``.
 
     With ``data.train_period`` the training pair's statistics (and so the codec) are those of
@@ -54,7 +58,7 @@ def open_training_data(cfg: TrainRunConfig):
     return train_pair, valid_pair
 
 
-def new_codec(cfg: TrainRunConfig, pair: Any) -> Any:
+def new_codec(cfg: TrainRunConfig, pair: DownscalingData) -> Codec:
     """The codec a new run derives from its training pair, with ``data.transforms`` and
     ``data.bounds``: a transformed variable's statistics are computed from its transformed
     values (one lazy pass), never read from the store's raw ``"stats"`` group."""
@@ -72,7 +76,9 @@ def new_codec(cfg: TrainRunConfig, pair: Any) -> Any:
         raise err.under("data") from None
 
 
-def _period(pair: Any, period: tuple[str, str] | None, key: str, **options: Any) -> Any:
+def _period(
+    pair: DownscalingData, period: tuple[str, str] | None, key: str, *, stats: str = "keep"
+) -> DownscalingData:
     """``pair`` over an inclusive period of ISO 8601 times, read in the time axis' calendar
     (xarray's partial-date selection: ``"2001-02-30"`` is a whole day of a 360_day axis)."""
     from corrdiff_xr.data.times import calendar_of, is_cftime
@@ -82,7 +88,7 @@ def _period(pair: Any, period: tuple[str, str] | None, key: str, **options: Any)
     if period is None:
         return pair
     try:
-        return pair.sel({TIME: slice(*period)}, **options)
+        return pair.sel({TIME: slice(*period)}, stats=stats)
     except (ValueError, KeyError, TypeError) as err:
         if isinstance(err, CorrDiffError):  # the data layer's own, e.g. an empty selection
             raise
@@ -95,7 +101,7 @@ def _period(pair: Any, period: tuple[str, str] | None, key: str, **options: Any)
         ) from None
 
 
-def codec_variables(pair: Any, codec: Any, *, source: str) -> Any:
+def codec_variables(pair: DownscalingData, codec: Codec, *, source: str) -> DownscalingData:
     """``pair`` restricted to the codec's variables, in the codec's order (each must be there)."""
     from corrdiff_xr.data import MissingVariableError
 
@@ -112,13 +118,13 @@ def codec_variables(pair: Any, codec: Any, *, source: str) -> Any:
                 f"provide (its {role} variables: {list(have[role])}); the codec is fixed by the run's first "
                 "checkpoint (or the regression checkpoint), so the data must hold its variables"
             )
-    names = [*codec.inputs, *codec.targets, *codec.static]
-    if list(pair.names) == names:
+    order = [*codec.inputs, *codec.targets, *codec.static]
+    if list(pair.names) == order:
         return pair
-    stats = None if pair.stored_stats is None else pair.stored_stats[names]
+    stats = None if pair.stored_stats is None else pair.stored_stats[order]
     return dataclasses.replace(
         pair,
-        dataset=pair.dataset[names],
+        dataset=pair.dataset[order],
         inputs=codec.inputs,
         targets=codec.targets,
         static=codec.static,
@@ -127,7 +133,7 @@ def codec_variables(pair: Any, codec: Any, *, source: str) -> Any:
     )
 
 
-def valid_target_pixels(pair: Any) -> np.ndarray | None:
+def valid_target_pixels(pair: DownscalingData) -> np.ndarray | None:
     """``(C_out, H, W)`` booleans: where each target holds a value at one training time or
     more (a fixed mask, such as the sea of a land-only field, is False); None when every pixel
     does. One streaming pass over the targets."""

@@ -58,7 +58,8 @@ from torch import Tensor
 
 from corrdiff_xr._constraints import Checked, Rule, setting
 from corrdiff_xr.config import SamplerConfig
-from corrdiff_xr.sampling import SAMPLERS, karras_sigmas
+from corrdiff_xr.protocols import Denoiser
+from corrdiff_xr.sampling import SOLVERS, karras_sigmas
 
 __all__ = [
     "DistilConfig",
@@ -196,13 +197,13 @@ def record_trajectories(
             f"the teacher's solver must be deterministic and one-step ({', '.join(ONE_STEP_SOLVERS)}"
             f", S_churn=0), got solver={teacher.solver!r}, S_churn={teacher.S_churn:g}"
         )
-    solve = SAMPLERS[teacher.solver]
+    solve = SOLVERS[teacher.solver].run
     sigmas = karras_sigmas(teacher) * shift
     levels = [0] if calls == 1 else [i for i, s in enumerate(sigmas[:-1]) if i == 0 or s >= floor]
     states, ends = [], []
     for start in range(0, latents.shape[0], batch_size):
         rows = slice(start, start + batch_size)
-        denoise = functools.partial(_call, residual, condition[rows], offsets[rows])
+        denoise: Denoiser = functools.partial(_call, residual, condition[rows], offsets[rows])
 
         x = latents[rows] * sigmas[0].to(latents.dtype)
         kept = [x] if 0 in levels else []
@@ -215,7 +216,9 @@ def record_trajectories(
     return Trajectories(condition, offsets, sigmas[levels], torch.cat(states), torch.cat(ends))
 
 
-def _call(residual: Residual, condition: Tensor, offsets: Tensor, x: Tensor, sigma: Tensor):
+def _call(
+    residual: Residual, condition: Tensor, offsets: Tensor, x: Tensor, sigma: Tensor
+) -> Tensor:
     return residual(x, sigma, condition=condition, offsets=offsets)
 
 
@@ -257,8 +260,8 @@ def train_student(
     sigma_data: float,
     root: Path | None = None,
     stop_at: int | None = None,
-    save_model: Callable[[Path], None] | None = None,
-    load_model: Callable[[Path], None] | None = None,
+    save_model: Callable[[Path], object] | None = None,
+    load_model: Callable[[Path], object] | None = None,
 ) -> tuple[int, float, float]:
     """Update the student ``net`` (called as ``net(x, sigma, condition=, offsets=)``) for
     ``cfg.steps`` updates (or up to ``stop_at``) with Adam on :func:`student_loss`.
@@ -270,10 +273,15 @@ def train_student(
     """
     from corrdiff_xr.training import checkpoint as ckpt
 
+    if root is not None and (save_model is None or load_model is None):
+        raise ValueError(
+            "train_student with root= needs save_model and load_model, which write and read "
+            "the student's weights in a checkpoint directory"
+        )
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     updates, loss, cpu = 0, math.nan, 0.0
     latest = None if root is None else ckpt.latest_checkpoint(root)
-    if latest is not None:
+    if latest is not None and load_model is not None:  # never None with a root (above)
         state = ckpt.load_trainer_state(latest)
         load_model(latest)
         optimizer.load_state_dict(state["optimizer"])
@@ -297,7 +305,8 @@ def train_student(
         value.backward()
         optimizer.step()
         updates, loss = updates + 1, float(value.detach())
-        if root is not None and (updates % cfg.checkpoint_every == 0 or updates == end):
+        checkpoint = updates % cfg.checkpoint_every == 0 or updates == end
+        if root is not None and save_model is not None and checkpoint:
             spent = cpu + time.process_time() - start
             state = {"optimizer": optimizer.state_dict(), "updates": updates, "loss": loss,
                      "cpu": spent}  # fmt: skip

@@ -32,7 +32,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from corrdiff_xr._atomic import write_bytes
 from corrdiff_xr.config import to_dict
 from corrdiff_xr.edm import conditions_on_mean, residual_condition
 from corrdiff_xr.errors import CorrDiffError
-from corrdiff_xr.sampling import CALLS_PER_STEPS, draw_latents, make_generators
+from corrdiff_xr.sampling import SOLVERS, draw_latents, make_generators
 from corrdiff_xr.training.distil import (
     DistilConfig,
     Trajectories,
@@ -49,6 +49,11 @@ from corrdiff_xr.training.distil import (
     student_sampler,
     train_student,
 )
+
+if TYPE_CHECKING:
+    from corrdiff_xr.edm import EDMPrecond
+    from corrdiff_xr.inference.packages import DataLike
+    from corrdiff_xr.model import CorrDiff
 
 __all__ = ["DistilError", "DistilResult", "distil"]
 
@@ -83,8 +88,8 @@ class DistilResult:
 
 
 def distil(
-    teacher: Any,
-    data: Any,
+    teacher: CorrDiff | str | os.PathLike[str],
+    data: DataLike,
     out: str | os.PathLike,
     *,
     config: DistilConfig | None = None,
@@ -115,15 +120,14 @@ def distil(
     out = Path(out)
     run_dir = Path(run_dir) if run_dir is not None else out.with_name(out.name + ".run")
     model = CorrDiff.load(teacher) if isinstance(teacher, (str, os.PathLike)) else teacher
-    if model.residual is None:
-        raise DistilError("the teacher is a regression-only checkpoint: nothing to distil")
+    _residual(model)  # refuse a regression-only teacher before any work
     times = _times(data, cfg)
     _claim(run_dir, _identity(model, cfg, times))
     traj, teacher_cpu, teacher_calls = _trajectories(run_dir, model, data, times, cfg)
     student = copy.deepcopy(model).cpu()
     student.sampler_config = student_sampler(cfg)
     updates, loss, student_cpu = train_student(
-        student.residual,
+        _residual(student),
         traj,
         cfg,
         sigma_data=float(student.edm_config.sigma_data),
@@ -149,14 +153,24 @@ def distil(
     )
 
 
-def _times(data: Any, cfg: DistilConfig) -> np.ndarray:
+def _residual(model: CorrDiff) -> EDMPrecond:
+    """The residual diffusion network of a teacher (or of its student copy)."""
+    if model.residual is None:
+        raise DistilError("the teacher is a regression-only checkpoint: nothing to distil")
+    return model.residual
+
+
+def _times(data: DataLike, cfg: DistilConfig) -> np.ndarray:
     """Time index of each trajectory: a seeded permutation of the data's times, cycled."""
-    n = int(getattr(data, "dataset", data).sizes["time"])
+    from corrdiff_xr.data import DownscalingData
+
+    ds = data.dataset if isinstance(data, DownscalingData) else data
+    n = int(ds.sizes["time"])
     order = np.random.default_rng(cfg.seed).permutation(n)
     return order[np.arange(cfg.trajectories) % n]
 
 
-def _identity(model: Any, cfg: DistilConfig, times: np.ndarray) -> dict[str, Any]:
+def _identity(model: CorrDiff, cfg: DistilConfig, times: np.ndarray) -> dict[str, Any]:
     digest = hashlib.sha256(json.dumps(model.config_dict()["edm"], sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         if tensor is not None:
@@ -191,7 +205,7 @@ def _claim(run_dir: Path, identity: dict[str, Any]) -> None:
 
 
 def _trajectories(
-    run_dir: Path, model: Any, data: Any, times: np.ndarray, cfg: DistilConfig
+    run_dir: Path, model: CorrDiff, data: DataLike, times: np.ndarray, cfg: DistilConfig
 ) -> tuple[Trajectories, float, int]:
     """The run's trajectories, solved now or read back; their CPU seconds and teacher calls."""
     from safetensors import safe_open
@@ -214,7 +228,7 @@ def _trajectories(
     )
     device = next(model.parameters()).device  # the teacher solves where it is; the rest: CPU
     traj = record_trajectories(
-        model.residual,
+        _residual(model),
         condition.to(device),
         offsets.to(device),
         latents.to(device),
@@ -226,7 +240,7 @@ def _trajectories(
     )
     traj = Trajectories(**traj.tensors())
     cpu = time.process_time() - start
-    calls = len(times) * CALLS_PER_STEPS[cfg.teacher_solver](cfg.teacher_steps)
+    calls = len(times) * SOLVERS[cfg.teacher_solver].calls(cfg.teacher_steps)
     meta = {"cpu_seconds": repr(cpu), "teacher_calls": str(calls)}
     write_bytes(path, save(traj.tensors(), metadata=meta))
     return traj, cpu, calls
@@ -234,7 +248,7 @@ def _trajectories(
 
 @torch.no_grad()
 def _conditions(
-    model: Any, data: Any, times: np.ndarray, cfg: DistilConfig
+    model: CorrDiff, data: DataLike, times: np.ndarray, cfg: DistilConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The residual network's condition (and offsets) at each trajectory's time."""
     from corrdiff_xr.inference.downscaling import _pair, _sources

@@ -38,8 +38,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corrdiff_xr._identity import ABSENT, DIGEST, file_digest, matches_file, plain
 from corrdiff_xr._identity import differences as _differences
@@ -48,6 +49,9 @@ from corrdiff_xr._redact import redact_record
 from corrdiff_xr.config import ConfigError, TrainRunConfig, to_dict
 from corrdiff_xr.dims import COARSE_DIMS, TIME, X, Y
 from corrdiff_xr.errors import OutputExistsError
+
+if TYPE_CHECKING:
+    from corrdiff_xr.data import DownscalingData
 
 __all__ = [
     "IDENTITY_FILE",
@@ -103,8 +107,15 @@ def _source(source: str) -> str:
 
 
 def codec_identity(
-    inputs, targets, static, attrs, *, transforms=None, bounds=None, features=()
-) -> dict:
+    inputs: Sequence[str],
+    targets: Sequence[str],
+    static: Sequence[str],
+    attrs: Mapping[str, Mapping[str, str]],
+    *,
+    transforms: Mapping[str, Any] | None = None,
+    bounds: Mapping[str, Any] | None = None,
+    features: Sequence[str] = (),
+) -> dict[str, Any]:
     """The compared part of a codec: channel order, attributes (units, long_name) and, when
     set, transforms, bounds and time features (what is trained), as the codec records them."""
     return {
@@ -116,7 +127,11 @@ def codec_identity(
     }
 
 
-def _declared(transforms, bounds, features=()) -> dict[str, Any]:
+def _declared(
+    transforms: Mapping[str, Any] | None,
+    bounds: Mapping[str, Any] | None,
+    features: Sequence[str] = (),
+) -> dict[str, Any]:
     # canonical (Codec.to_dict's) form, so the config's spelling and the checkpoint's compare
     from corrdiff_xr.transforms import parse_bounds, parse_transforms
 
@@ -130,7 +145,7 @@ def _declared(transforms, bounds, features=()) -> dict[str, Any]:
     return plain(out)
 
 
-def _pair_attrs(pair: Any) -> dict[str, dict[str, str]]:
+def _pair_attrs(pair: DownscalingData) -> dict[str, dict[str, str]]:
     # the attributes Codec.from_pair gives each variable
     return {
         n: {
@@ -144,7 +159,7 @@ def _pair_attrs(pair: Any) -> dict[str, dict[str, str]]:
 
 def run_identity(
     cfg: TrainRunConfig,
-    pair: Any,
+    pair: DownscalingData,
     *,
     codec: dict[str, Any] | None = None,
     regression_file: str | os.PathLike | None = None,
@@ -229,7 +244,7 @@ def run_settings(cfg: TrainRunConfig) -> dict[str, Any]:
 
 
 # -- comparing ---------------------------------------------------------------------------
-def _describe(key: str, old: Any, new: Any) -> str:
+def _describe(key: str, old: object, new: object) -> str:
     if old is ABSENT or new is ABSENT:
         return f"{key} {'absent' if old is ABSENT else repr(old)} -> {'absent' if new is ABSENT else repr(new)}"
     if (
@@ -294,7 +309,7 @@ def write_record(
     identity: dict[str, Any],
     settings: dict[str, Any],
     codec: dict[str, Any],
-    history: list[dict[str, Any]] = (),
+    history: Sequence[dict[str, Any]] = (),
     new: bool = False,
 ) -> None:
     """Write the identity record (and, for a new run, create and mark the directory)."""

@@ -56,8 +56,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -68,11 +69,16 @@ from corrdiff_xr.training import run_state
 from corrdiff_xr.training.distributed import ProcessInfo, detect, initialize, shutdown
 from corrdiff_xr.training.ema import WeightAverage, ema_beta
 from corrdiff_xr.training.monitor import LossBySigma, Monitor
-from corrdiff_xr.training.objective import objective
+from corrdiff_xr.training.objective import Objective, objective
 from corrdiff_xr.training.run_state import Run, averaged, model_file, open_run
 from corrdiff_xr.training.schedule import accumulation_rounds, learning_rate
 
 __all__ = ["TrainResult", "TrainingDivergedError", "build_model", "train"]
+
+if TYPE_CHECKING:
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.model import CorrDiff
+    from corrdiff_xr.training.batch import Batch
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +119,11 @@ def _is_due(nimg: int, step: int, every: int) -> bool:
 
 def build_model(
     cfg: TrainRunConfig,
-    codec: Any,
+    codec: Codec,
     img_shape: tuple[int, int],
     *,
     regression_network: NetworkConfig | None = None,
-):
+) -> tuple[CorrDiff, torch.nn.Module]:
     """The (untrained) CorrDiff to train and the sub-module whose weights the optimiser updates.
 
     Diffusion tasks need the ``regression_network`` config of the frozen regression net.
@@ -142,6 +148,7 @@ def build_model(
         sampler=cfg.sampler,  # what validation sampled with: generate's default too
     )
     model.regression.requires_grad_(False).eval()
+    assert model.residual is not None  # built from residual_network
     return model, model.residual
 
 
@@ -195,8 +202,9 @@ def _build_run(cfg: TrainRunConfig, info: ProcessInfo, device: torch.device) -> 
         cfg, start.codec, start.img_shape, regression_network=start.regression_network
     )
     model.set_target_mask(start.target_mask)
-    if start.latest is None and start.regression_network is not None:  # a frozen mean
-        frozen = CorrDiff.load(model_file(t.regression_checkpoint))
+    reg_file = t.regression_checkpoint  # given whenever the mean is frozen (the config's rule)
+    if start.latest is None and start.regression_network is not None and reg_file is not None:
+        frozen = CorrDiff.load(model_file(reg_file))
         model.regression.load_state_dict(frozen.regression.state_dict())
         model.set_target_mask(frozen.target_mask)  # the pixels the mean was trained on
     model.to(device)
@@ -276,7 +284,8 @@ def _loop(run: Run, *, nimg: int, skipped: int, max_steps: int | None) -> TrainR
             loss_value, grad_norm, lr, skipped = _step(
                 run, batches, loss_fn, autocast, by_sigma, nimg=nimg, skipped=skipped
             )
-            if run.ema is not None:  # after skipped steps too: the average is over samples
+            # after skipped steps too: the average is over samples (run.ema iff training.ema)
+            if run.ema is not None and t.ema is not None:
                 beta = ema_beta(
                     t.total_batch_size, nimg, halflife=t.ema, rampup_ratio=t.ema_rampup_ratio
                 )
@@ -314,7 +323,9 @@ def _loop(run: Run, *, nimg: int, skipped: int, max_steps: int | None) -> TrainR
     return TrainResult(nimg, steps, skipped, loss_value, run.out, nimg >= t.duration, timed_out)
 
 
-def _clock(max_minutes: float | None, info: ProcessInfo, device: torch.device):
+def _clock(
+    max_minutes: float | None, info: ProcessInfo, device: torch.device
+) -> Callable[[], bool]:
     """``out_of_time()``: whether ``max_minutes`` have passed since now; every rank gets the
     same answer (the slowest clock's), so all stop at the same step."""
     if max_minutes is None:
@@ -332,7 +343,16 @@ def _clock(max_minutes: float | None, info: ProcessInfo, device: torch.device):
     return out_of_time
 
 
-def _step(run: Run, batches, loss_fn, autocast, by_sigma, *, nimg: int, skipped: int):
+def _step(
+    run: Run,
+    batches: Iterator[Batch],
+    loss_fn: Objective,
+    autocast: torch.autocast,
+    by_sigma: LossBySigma | None,
+    *,
+    nimg: int,
+    skipped: int,
+) -> tuple[float, torch.Tensor, float, int]:
     """One optimiser step from ``nimg`` samples, skipped when its loss or gradients are not
     finite; returns ``(loss, gradient norm, learning rate, skipped steps so far)``."""
     t = run.cfg.training
@@ -379,7 +399,7 @@ def _after_step(
     *,
     loss: float,
     lr: float,
-    grad_norm,
+    grad_norm: torch.Tensor,
     skipped: int,
 ) -> None:
     """Progress, then the logs, validation and checkpoint due at ``nimg`` samples (all at the end)."""
@@ -409,7 +429,16 @@ def _after_step(
 
 
 def _accumulate_gradients(
-    net, batches, loss_fn, *, rounds, per_device, info, autocast, device, by_sigma=None
+    net: torch.nn.Module,
+    batches: Iterator[Batch],
+    loss_fn: Objective,
+    *,
+    rounds: int,
+    per_device: int,
+    info: ProcessInfo,
+    autocast: torch.autocast,
+    device: torch.device,
+    by_sigma: LossBySigma | None = None,
 ) -> torch.Tensor:
     """Backward over ``rounds`` batches; gradients and the returned loss are those of the mean
     over all ``per_device x rounds x world_size`` samples (DDP averages over processes and
@@ -418,13 +447,15 @@ def _accumulate_gradients(
     for r in range(rounds):
         batch = next(batches).to(device)
         last = r == rounds - 1 or not info.distributed
-        with contextlib.nullcontext() if last else net.no_sync():
+        # not the last round: only a distributed run's DDP-wrapped net gets here
+        ddp = cast(torch.nn.parallel.DistributedDataParallel, net)
+        with contextlib.nullcontext() if last else ddp.no_sync():
             with autocast:
                 elementwise, sigma = loss_fn(net, batch)
                 loss = elementwise.sum() / (per_device * rounds)
             loss.backward()
         loss_sum += loss.detach().float()
-        if by_sigma is not None:
+        if by_sigma is not None and sigma is not None:  # the diffusion tasks' losses
             by_sigma.add(sigma, elementwise.detach())
     if info.distributed:
         torch.distributed.all_reduce(loss_sum)
@@ -435,13 +466,14 @@ def _accumulate_gradients(
 def _validate(run: Run, monitor: Monitor, nimg: int) -> None:
     from corrdiff_xr.training.validation import validate
 
-    if run.info.rank != 0:
+    pair = run.start.valid_pair
+    if run.info.rank != 0 or pair is None:
         return
     with averaged(run):  # the weights generate will sample with
         metrics, image = validate(
             run.cfg,
             run.model,
-            run.start.valid_pair,
+            pair,
             run.start.codec,
             device=run.device,
             batch_size=run.per_device,

@@ -9,10 +9,17 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    from corrdiff_xr.config import EDMConfig
+    from corrdiff_xr.training.distributed import ProcessInfo
 
 __all__ = ["LossBySigma", "Monitor", "sigma_bin_edges"]
 
@@ -28,9 +35,10 @@ class Monitor:
         initial: int = 0,
         active: bool = True,
         progress: bool = True,
-    ):
+    ) -> None:
         self.active = active
-        self._writer = self._bar = None
+        self._writer: SummaryWriter | None = None
+        self._bar: tqdm | None = None
         self._t0, self._n0 = time.perf_counter(), initial
         if not active:
             return
@@ -109,7 +117,9 @@ class LossBySigma:
         Where the sums are kept (no synchronisation until :meth:`flush`).
     """
 
-    def __init__(self, edm: Any, *, rows_per_sample: int = 1, device: torch.device | str = "cpu"):
+    def __init__(
+        self, edm: EDMConfig, *, rows_per_sample: int = 1, device: torch.device | str = "cpu"
+    ) -> None:
         edges = sigma_bin_edges(edm.P_mean, edm.P_std)
         bounds = [0.0, *edges, math.inf]
         self.names = [f"{lo:g}-{hi:g}" for lo, hi in zip(bounds[:-1], bounds[1:])]
@@ -129,7 +139,7 @@ class LossBySigma:
         self._totals[0] += torch.where(onehot, rows[:, None], 0.0).sum(0)
         self._totals[1] += onehot.sum(0)
 
-    def flush(self, info: Any = None) -> dict[str, float]:
+    def flush(self, info: ProcessInfo | None = None) -> dict[str, float]:
         """The scalars since the last flush (summed over processes when ``info.distributed``;
         every rank must call it then), and start again."""
         totals = self._totals.clone()

@@ -18,8 +18,9 @@ import contextlib
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from corrdiff_xr._redact import redact_options
@@ -35,6 +36,12 @@ from corrdiff_xr.training.data import (
 from corrdiff_xr.training.distributed import ProcessInfo
 from corrdiff_xr.training.ema import WeightAverage
 
+if TYPE_CHECKING:
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.data import DownscalingData
+    from corrdiff_xr.model import CorrDiff
+    from corrdiff_xr.training.loader import ChunkShuffleLoader
+
 __all__ = ["Run", "Start", "averaged", "model_file", "open_run", "resume", "save"]
 
 log = logging.getLogger(__name__)
@@ -45,14 +52,14 @@ class Start:
     """What a run starts from: its data (restricted to the codec's variables), the codec, and
     the checkpoint to resume (None: a new run)."""
 
-    train_pair: Any
-    valid_pair: Any
-    codec: Any
+    train_pair: DownscalingData
+    valid_pair: DownscalingData | None
+    codec: Codec
     img_shape: tuple[int, int]
     latest: Path | None
     regression_network: NetworkConfig | None
     #: a new regression run's valid target pixels (None: none masked, or taken from a checkpoint)
-    target_mask: Any = None
+    target_mask: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -64,17 +71,17 @@ class Run:
     out: Path
     info: ProcessInfo
     device: torch.device
-    model: Any  # the whole CorrDiff (saved, validated)
+    model: CorrDiff  # the whole CorrDiff (saved, validated)
     trainable: torch.nn.Module  # the sub-module the optimiser updates
     net: torch.nn.Module  # ``trainable``, DDP-wrapped when distributed
     optimizer: torch.optim.Optimizer
-    loader: Any
+    loader: ChunkShuffleLoader
     per_device: int
     rounds: int
     ema: WeightAverage | None = None  # the average of ``trainable``'s weights (training.ema)
 
 
-def averaged(run: Run) -> contextlib.AbstractContextManager:
+def averaged(run: Run) -> contextlib.AbstractContextManager[None]:
     """A block in which ``run.model`` holds the weights it is validated and saved with: the
     average with ``training.ema``, else the trained weights."""
     return contextlib.nullcontext() if run.ema is None else run.ema.applied(run.trainable)
@@ -104,13 +111,15 @@ def open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
         raise ConfigError(
             f"patch.shape {tuple(cfg.patch.shape)} is larger than the domain {img_shape} (y, x)"
         )
-    if cfg.task == "patched_diffusion":
-        check_shape(cfg.network, tuple(cfg.patch.shape), "patch.shape")
+    if cfg.task == "patched_diffusion" and cfg.patch.shape is not None:  # the config's rule
+        check_shape(cfg.network, cfg.patch.shape, "patch.shape")
     else:  # the networks see whole images (the frozen regression net too, for diffusion)
         check_shape(cfg.network, img_shape, f"the fine grid of data.source {cfg.data.source}")
-    reg_header, reg_codec, reg_file = None, None, None
+    reg_header: dict[str, Any] | None = None
+    reg_codec, reg_file = None, None
     frozen_mean = cfg.task != "regression" and cfg.edm.objective == "residual"
-    if frozen_mean:
+    # the config's rule: a residual diffusion run names its regression checkpoint
+    if frozen_mean and t.regression_checkpoint is not None:
         reg_file = model_file(t.regression_checkpoint)
         reg_header = read_checkpoint_header(reg_file)
         if tuple(reg_header["img_shape"]) != img_shape:
@@ -131,6 +140,7 @@ def open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
     identity = ident.run_identity(cfg, train_pair, codec=reg_codec, regression_file=reg_file)
     settings = ident.run_settings(cfg)
     history: list[dict[str, Any]] = []
+    header: dict[str, Any] | None
     if latest is not None:
         history = ident.check_resume(
             out,
@@ -164,23 +174,23 @@ def open_run(cfg: TrainRunConfig, out: Path, info: ProcessInfo) -> Start:
         saved["data"] = redact_options(saved["data"])  # no password or token in the run's files
         (out / "config.yaml").write_text(_yaml(saved))
     reg_net = None
-    if frozen_mean:
+    if frozen_mean and header is not None:  # the regression's (or the run's) header then
         reg_net = from_dict(NetworkConfig, header["regression_network"], path="regression_network")
-    pairs = [
-        None if p is None else codec_variables(p, codec, source=cfg.data.source)
-        for p in (train_pair, valid_pair)
-    ]
+    train = codec_variables(train_pair, codec, source=cfg.data.source)
+    valid = (
+        None if valid_pair is None else codec_variables(valid_pair, codec, source=cfg.data.source)
+    )
     mask = None
     if latest is None and not frozen_mean:  # later runs take it from a checkpoint
-        mask = valid_target_pixels(pairs[0])
-    return Start(*pairs, codec, img_shape, latest, reg_net, mask)
+        mask = valid_target_pixels(train)
+    return Start(train, valid, codec, img_shape, latest, reg_net, mask)
 
 
 def save(run: Run, nimg: int, skipped: int) -> None:
     """Checkpoint weights, optimiser, and every rank's loader position and random state."""
     info = run.info
     local = {"loader": run.loader.state_dict(), "rng": ckpt.rng_state()}
-    gathered = [local]
+    gathered: list[dict[str, Any] | None] = [local]
     if info.distributed:
         gathered = [None] * info.world_size
         torch.distributed.all_gather_object(gathered, local)
@@ -255,7 +265,7 @@ def _restore_average(run: Run, raw: dict[str, torch.Tensor] | None) -> None:
         run.trainable.load_state_dict(raw)
 
 
-def _yaml(data: Any) -> str:
+def _yaml(data: dict[str, Any]) -> str:
     import yaml
 
     return yaml.safe_dump(data, sort_keys=False)

@@ -10,6 +10,7 @@ catalog parameters and storage options belong to the file's source and are dropp
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent.parent / "configs"
 
 
-def _network(data: dict[str, Any], path: str) -> Any:
+def _network(data: object, path: str) -> object:
     # ``network: {preset: mini, ...}`` is shorthand for the preset with field overrides
     if isinstance(data, dict) and "preset" in data:
         rest = {k: v for k, v in data.items() if k != "preset"}
@@ -49,7 +50,7 @@ def _resolve_config_path(name: str | Path) -> Path:
     return path
 
 
-def _retarget(base: dict, update: dict, data: dict) -> dict:
+def _retarget(base: dict[str, Any], update: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     """A config is a template: a new ``data.source`` drops the file's catalog parameters,
     storage options and train/valid periods (they were for the file's source); given again,
     they replace the file's instead of merging with them; ``null`` clears."""
@@ -75,7 +76,7 @@ def _retarget(base: dict, update: dict, data: dict) -> dict:
     return {**data, "data": section}
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> TrainRunConfig:
+def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainRunConfig:
     """Read and validate a training config (YAML file or shipped name + overrides).
 
     Raises :class:`ConfigError` naming the key for unknown keys, wrong types, a diffusion

@@ -11,13 +11,20 @@ and ensemble members are drawn from generators keyed by (seed, time index, membe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import xarray as xr
 
 from corrdiff_xr.dims import MEMBER, TIME
 from corrdiff_xr.noise import VALIDATION, keyed_generator
+
+if TYPE_CHECKING:
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.config import TrainRunConfig
+    from corrdiff_xr.data import DownscalingData
+    from corrdiff_xr.model import CorrDiff
+    from corrdiff_xr.protocols import RandomSource
 
 __all__ = ["validate"]
 
@@ -28,8 +35,14 @@ def _generator(seed: int, time_index: int, member: int, device: torch.device) ->
 
 @torch.no_grad()
 def validate(
-    cfg: Any, model: Any, pair: Any, codec: Any, *, device: torch.device, batch_size: int = 1
-):
+    cfg: TrainRunConfig,
+    model: CorrDiff,
+    pair: DownscalingData,
+    codec: Codec,
+    *,
+    device: torch.device,
+    batch_size: int = 1,
+) -> tuple[dict[str, float], torch.Tensor | None]:
     """``({metric_name: value}, image)`` on the validation pair; image is a 2-D tensor
     (first predicted field of the first sample) for TensorBoard."""
     from corrdiff_xr import scoring
@@ -44,6 +57,7 @@ def validate(
     members = 1 if cfg.task == "regression" else t.validation_members
     sums: dict[str, float] = {}
     count, image = 0, None
+    generators: list[RandomSource]
     for i, batch in enumerate(loader):
         if i >= t.validation_batches:
             break
@@ -51,17 +65,19 @@ def validate(
         mean = model.predict_mean(b.inputs, offsets=b.offsets, lead_time=b.lead_time)
         preds = [mean]
         if cfg.task != "regression":
-            preds = [
-                model.sample(
-                    b.inputs,
-                    mean=mean,
-                    offsets=b.offsets,
-                    lead_time=b.lead_time,
-                    sampler=cfg.sampler,
-                    generators=[_generator(t.seed, int(ti), m, device) for ti in batch.time_index],
+            preds = []
+            for m in range(members):
+                generators = [_generator(t.seed, int(ti), m, device) for ti in batch.time_index]
+                preds.append(
+                    model.sample(
+                        b.inputs,
+                        mean=mean,
+                        offsets=b.offsets,
+                        lead_time=b.lead_time,
+                        sampler=cfg.sampler,
+                        generators=generators,
+                    )
                 )
-                for m in range(members)
-            ]
         template = pair.fine.isel({TIME: batch.time_index.numpy()}).load()
         forecast = xr.concat(
             [codec.decode_targets(p.float().cpu().numpy(), template) for p in preds], dim=MEMBER

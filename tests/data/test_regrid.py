@@ -254,6 +254,13 @@ def test_a_coarse_grid_with_its_own_crs_is_sampled_where_the_fine_pixels_are():
     np.testing.assert_allclose(out, 2e-5 * py - 3e-5 * px + 7.0, rtol=0, atol=1e-9)
 
 
+def test_a_coarse_crs_without_its_grid_mapping_attributes_is_one_clear_line():
+    ds, _ = _polar_coarse_dataset(_smooth)
+    ds["crs_coarse"].attrs = {}  # e.g. attributes lost in a copy
+    with pytest.raises(CoordinateError, match=r"^coordinate 'crs_coarse' has no attributes; "):
+        bilinear_weights(ds)
+
+
 def test_bare_index_axes_without_latitude_longitude_are_refused():
     yc, xc = np.arange(6.0), np.arange(6.0)
     ds = _dataset(yc, xc, yc, xc, _smooth, coarse_attrs=({}, {}), fine_attrs=({}, {}))

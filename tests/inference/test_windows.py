@@ -15,7 +15,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from corrdiff_xr.inference import _submit
 from corrdiff_xr.inference.fingerprint import InputChangedError, _digest, input_fingerprints
-from corrdiff_xr.inference.store import progress, progress_dir, write_zarr
+from corrdiff_xr.inference.store import block_ids, progress, progress_dir, write_zarr
 
 
 def _inputs() -> xr.Dataset:
@@ -111,6 +111,24 @@ def test_blocks_are_written_a_window_at_a_time_in_time_order(tmp_path, monkeypat
     xr.testing.assert_identical(out.compute().drop_attrs(), ds.compute().drop_attrs())
     assert json.loads(json.dumps(out.attrs["corrdiff_request"]))["store"]["attrs"] == ds.attrs
     assert all(progress_dir(store).joinpath(b).exists() for b in progress(store))
+
+
+def test_block_ids_name_the_records_so_a_reader_finds_the_blocks_a_crash_left(tmp_path):
+    ds = _lazy_output()
+    store = tmp_path / "out.zarr"
+    bad = ds.copy()
+    bad["tp"] = bad["tp"].copy(data=bad["tp"].data.map_blocks(_fail_at_4, dtype="float32"))
+    with dask.config.set(scheduler="synchronous"), pytest.raises(RuntimeError, match="block 4"):
+        write_zarr(bad, store)
+    ids = block_ids(xr.open_zarr(store))  # read back: the store's chunks are the blocks
+    assert ids == block_ids(ds) and len(ids) == 8 and ids[4] == "time4-5_y0-2_x0-4"
+    assert progress(store) < set(ids) and ids[4] not in progress(store)
+    write_zarr(ds, store)
+    assert progress(store) == set(ids)
+    with pytest.raises(ValueError, match="'tp' is not chunked like"):
+        block_ids(ds.assign(tp=ds["tp"].chunk({"time": 2})))
+    with pytest.raises(ValueError, match="not chunked"):
+        block_ids(ds.compute())
 
 
 def _fail_at_4(block, block_info=None):

@@ -198,3 +198,12 @@ def test_land_and_sea_of_a_catalog_truth_come_from_its_static_lsm(tmp_path, caps
     assert 0 < int(land.sum()) < land.size
     want = scoring.summary(fc, truth, metrics=["crps"], regions={"land": land})
     xr.testing.assert_allclose(xr.open_dataset(out)["score"], want["score"].compute())
+
+
+def test_data_arrays_score_by_region_as_their_one_variable_datasets():
+    fc, truth, lsm = era5_like()
+    masks = regions.region_masks(**regions.land_sea(lsm))
+    kw = {"metrics": ["crps", "mae"], "regions": masks, "dim": [TIME, Y, X]}
+    got = scoring.summary(fc["t2m"], truth["t2m"], **kw)
+    want = scoring.summary(fc[["t2m"]], truth[["t2m"]], **kw)
+    xr.testing.assert_identical(got, want)

@@ -104,7 +104,7 @@ def test_the_distilled_sampler_with_the_exact_student_draws_the_data_distributio
                             sigma_min=0.5, S_noise=noise)  # fmt: skip
         out = sampling.sample(lambda x, s: exact_student(x, s, condition=cond), latents,
                               config=cfg, generators=gens)  # fmt: skip
-        assert sampling.CALLS_PER_STEPS["distilled"](calls) == calls
+        assert sampling.SOLVERS["distilled"].calls(calls) == calls
         np.testing.assert_allclose(out.mean(0), _mean(cond[0]), atol=0.05)
         std = out.std(0).mean()
         if calls == 1:
@@ -138,6 +138,18 @@ def test_a_distilled_one_call_student_draws_the_known_conditional_distribution()
     assert float((ratio - 1).abs().max()) < 0.1, ratio
     # the regression onto the posterior mean, which this is not, would have no spread at all
     assert float(out.std(0).min()) > 0.3
+
+
+def test_checkpointing_a_student_without_saving_and_loading_its_weights_is_refused(tmp_path):
+    cfg = DistilConfig(calls=1, sigma_max=SIGMA_MAX, trajectories=4, steps=1, batch_size=2)
+    cond = _conditions(cfg.trajectories, 3).float()
+    traj = record_trajectories(gaussian_teacher, cond, torch.zeros(len(cond), 2),
+                               torch.randn(len(cond), 1, 6, 6), teacher=cfg.teacher(),
+                               floor=cfg.floor, calls=1)  # fmt: skip
+    student = EDMPrecond(PixelNet(), edm=EDMConfig())
+    with pytest.raises(ValueError, match="root= needs save_model and load_model"):
+        train_student(student, traj, cfg, sigma_data=0.5, root=tmp_path, save_model=print)
+    assert not any(tmp_path.iterdir())  # refused before any update or checkpoint
 
 
 def test_update_batches_are_a_pure_function_of_seed_and_update():
@@ -272,17 +284,17 @@ def test_a_student_and_a_teacher_refuse_each_others_solver():
     """A teacher solver on a student (or the student's on a teacher) gives a wrong ensemble
     silently; downscale refuses both, naming the solver."""
     from corrdiff_xr._constraints import SettingError
-    from corrdiff_xr.inference.downscaling import _sampler_config
+    from corrdiff_xr.inference._arguments import sampler_config
 
     student = {"solver": "distilled", "num_steps": 1, "sigma_max": 80.0}
-    assert _sampler_config(None, None, student).solver == "distilled"
+    assert sampler_config(None, None, student).solver == "distilled"
     with pytest.raises(SettingError, match="sampler.solver: 'heun' does not sample a distilled"):
-        _sampler_config("heun", None, student)
+        sampler_config("heun", None, student)
     with pytest.raises(SettingError, match="samples only a distilled student"):
-        _sampler_config({"solver": "distilled"}, None, {"solver": "heun", "num_steps": 18})
+        sampler_config({"solver": "distilled"}, None, {"solver": "heun", "num_steps": 18})
     with pytest.raises(SettingError, match="samples only a distilled student"):
-        _sampler_config("distilled", None, None)
-    assert _sampler_config("dpmpp_2m", 7, None).num_steps == 7
+        sampler_config("distilled", None, None)
+    assert sampler_config("dpmpp_2m", 7, None).num_steps == 7
 
 
 @pytest.mark.parametrize(

@@ -88,7 +88,7 @@ def on_valid_time(ds: xr.Dataset, *, what: str, notes: list[str]) -> xr.Dataset:
         notes.append(f"{what}: forecasts {valid.dims} flattened into one valid-time axis")
         dim = _FLAT
     else:
-        dim = valid.dims[0]
+        dim = str(valid.dims[0])
     _refuse_duplicates(ds[name], period, what)
     ds = ds.swap_dims({dim: name})
     if not ds.indexes[name].is_monotonic_increasing:

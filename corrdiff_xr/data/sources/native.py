@@ -23,7 +23,8 @@ side of the canonical layout (:mod:`corrdiff_xr.data.layout`) by :func:`adopt`, 
 * **Grid mappings and bounds** (``ds.cf.grid_mapping_names``, ``ds.cf.bounds``, and
   variables named ``*_bnds``/``*_bounds`` that nothing names): a grid-mapping variable becomes a scalar
   coordinate (kept, and written back to outputs as every generated variable's
-  ``grid_mapping``). The fine archive's 1-D bounds (``time_bnds``, ``rlat_bnds`` ...) become
+  ``grid_mapping``); a field's own mapping is the one its ``grid_mapping`` names, in CF's
+  short or extended form (read by cf-xarray), else the archive's first. The fine archive's 1-D bounds (``time_bnds``, ``rlat_bnds`` ...) become
   the coordinates ``time_bnds``, ``y_bnds``, ``x_bnds`` on dims ``(axis, bnds)`` (lazily,
   named by the axis' ``bounds``); other bounds, and those of the coarse and static
   archives, are dropped with a note.
@@ -49,7 +50,7 @@ import cf_xarray  # noqa: F401  (registers the .cf accessor)
 import numpy as np
 import xarray as xr
 
-from corrdiff_xr._cf import COARSE_GRID_MAPPING
+from corrdiff_xr._cf import COARSE_GRID_MAPPING, grid_mapping_of, grid_mapping_variables
 from corrdiff_xr.data.grids import Placement, place
 from corrdiff_xr.data.layout import (
     DataError,
@@ -173,8 +174,7 @@ def _metadata_vars(ds: xr.Dataset) -> tuple[list[str], list[str]]:
     """Names of grid-mapping variables (in the archive's order: the first is the default)
     and of bounds variables in ``ds``; bounds that no variable names are found by name, so
     that they are dropped rather than taken for a field."""
-    named = {str(n) for names in ds.cf.grid_mapping_names.values() for n in names}
-    mappings = [str(n) for n in ds.variables if str(n) in named]
+    mappings = list(grid_mapping_variables(ds))
     bounds = {str(b) for names in ds.cf.bounds.values() for b in names}
     bounds |= {str(n) for n in ds.variables if str(n).endswith(("_bnds", "_bounds"))}
     return mappings, sorted(b for b in bounds if b in ds.variables and b not in mappings)
@@ -269,8 +269,8 @@ def describe_placement(ds: xr.Dataset) -> str:
             if (axes["Y"], axes["X"]) in seen:
                 continue
             seen.add((axes["Y"], axes["X"]))
-            own = var.attrs.get("grid_mapping")
-            mapping = own if own in mappings else (mappings[0] if mappings else None)
+            own = [m for m in grid_mapping_of(ds, str(name)) if m in mappings]
+            mapping = own[0] if own else (mappings[0] if mappings else None)
             placed = place(
                 ds, axes["Y"], axes["X"], lat=_geographic_2d(ds, "Y"), lon=_geographic_2d(ds, "X"),
                 mapping=ds[mapping].attrs if mapping else None, attrs=var.attrs, what=f"'{name}'",
@@ -354,7 +354,8 @@ def adopt(
     native_dims = [axes[a] for a in ("T", "Y", "X") if a in axes and grid != "static"]
     native_dims = native_dims if grid != "static" else [axes["Y"], axes["X"]]
     canonical = (TIME, *_DIMS[grid]) if grid != "static" else _DIMS[grid]
-    used = [m for m in mappings if any(ds[n].attrs.get("grid_mapping") == m for n in picked)]
+    named = {m for n in picked for m in grid_mapping_of(ds, n)}
+    used = [m for m in mappings if m in named]
     mapping = used[0] if used else (mappings[0] if mappings else None)
     coords, placed = _grid_coords(ds, axes, grid, mapping, first.attrs, what)
     notes.append(f"{what}: placed by {placed.how}")

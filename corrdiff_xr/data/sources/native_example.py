@@ -40,7 +40,9 @@ def _land(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     return (lon > -3.2 + 0.6 * np.sin(np.deg2rad(lat) * 60)).astype(np.float64)
 
 
-def _temperature(lat, lon, hours, orog, *, fine: bool) -> np.ndarray:
+def _temperature(
+    lat: np.ndarray, lon: np.ndarray, hours: np.ndarray, orog: np.ndarray, *, fine: bool
+) -> np.ndarray:
     t = hours[:, None, None]
     field = (
         288.0
@@ -54,7 +56,7 @@ def _temperature(lat, lon, hours, orog, *, fine: bool) -> np.ndarray:
     return field
 
 
-def _wind(lat, lon, hours, *, fine: bool) -> np.ndarray:
+def _wind(lat: np.ndarray, lon: np.ndarray, hours: np.ndarray, *, fine: bool) -> np.ndarray:
     t = hours[:, None, None]
     field = 6.0 + 4.0 * np.cos(np.deg2rad(lat) * 12 - t / 30) * np.sin(np.deg2rad(lon) * 5 + t / 50)
     if fine:
@@ -62,7 +64,7 @@ def _wind(lat, lon, hours, *, fine: bool) -> np.ndarray:
     return field
 
 
-def _times(start: str, hours: np.ndarray, calendar: str | None):
+def _times(start: str, hours: np.ndarray, calendar: str | None) -> np.ndarray:
     if calendar is None:
         return np.datetime64(start, "ns") + (hours * 3600e9).astype("timedelta64[ns]")
     import cftime
@@ -71,7 +73,7 @@ def _times(start: str, hours: np.ndarray, calendar: str | None):
     return np.array([first + np.timedelta64(int(h), "h").item() for h in hours], dtype=object)
 
 
-def _coarse(resolution: float, hours: np.ndarray, times) -> xr.Dataset:
+def _coarse(resolution: float, hours: np.ndarray, times: np.ndarray) -> xr.Dataset:
     lat = np.arange(90.0, -90.0 - 1e-9, -resolution)
     lon = np.arange(0.0, 360.0 - 1e-9, resolution)
     glat, glon = np.meshgrid(lat, lon, indexing="ij")

@@ -93,7 +93,7 @@ class PPField:
     data: np.ndarray
     extra: dict[int, np.ndarray] = field(default_factory=dict)
 
-    def __getitem__(self, name: str) -> Any:
+    def __getitem__(self, name: str) -> Any:  # int or float, by the word's kind
         """Header word by its UMDP F3 name, e.g. ``field["LBFT"]`` or ``field["BPLAT"]``."""
         if name in _INT_WORDS:
             return int(self.ints[_INT_WORDS[name] - 1])
@@ -149,7 +149,7 @@ class PPField:
         )
 
 
-def _datetime(f: PPField, yr: str, mon: str, day: str, hr: str, mn: str, sec: str):
+def _datetime(f: PPField, yr: str, mon: str, day: str, hr: str, mn: str, sec: str) -> np.datetime64:
     seconds = f[sec] if f["LBREL"] >= 3 else 0
     text = f"{f[yr]:04d}-{f[mon]:02d}-{f[day]:02d}T{f[hr]:02d}:{f[mn]:02d}:{seconds:02d}"
     return np.datetime64(text, "ns")

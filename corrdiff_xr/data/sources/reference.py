@@ -37,6 +37,7 @@ import functools
 import json
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -248,7 +249,9 @@ def _crop(
     return np.asarray(var.isel({d0: slice(i0, i0 + ny), d1: slice(j0, j0 + nx)}).values)
 
 
-def _stat(raw_stats: dict, stats_path, group: str, name: str) -> tuple[float, float]:
+def _stat(
+    raw_stats: dict[str, Any], stats_path: str | os.PathLike[str], group: str, name: str
+) -> tuple[float, float]:
     """``(mean, std)`` of ``group/name`` in the reference's stats.json."""
     entry = raw_stats.get(group)
     entry = entry.get(name) if isinstance(entry, dict) else None
@@ -277,17 +280,17 @@ def _hrrr_variables(
     """Targets, ``_coarse`` inputs (samples ``keep``) and cropped invariants, with their stats."""
     data_vars: dict[str, tuple] = {}
     stats: dict[str, tuple[float, float]] = {}
-    for name, var in out.data_vars.items():
+    for name, var in ((str(n), v) for n, v in out.data_vars.items()):
         picked = var.isel({var.dims[0]: keep}).data
         data_vars[name] = ((TIME, Y, X), picked, _cf_attrs(name, var.attrs, "fine target"))
         stats[name] = stat("output", name)
-    for name, var in inp.data_vars.items():
+    for name, var in ((str(n), v) for n, v in inp.data_vars.items()):
         new = f"{name}{INPUT_SUFFIX}"
         attrs = _cf_attrs(name, var.attrs, "coarse input")
         picked = var.isel({var.dims[0]: keep}).data
         data_vars[new] = ((TIME, Y_COARSE, X_COARSE), picked, attrs)
         stats[new] = stat("input", name)
-    for name, var in inv.data_vars.items():
+    for name, var in ((str(n), v) for n, v in inv.data_vars.items()):
         if name in ("latitude", "longitude"):
             continue
         data_vars[name] = ((Y, X), crop(var), _cf_attrs(name, var.attrs, "static"))
@@ -460,7 +463,7 @@ def cwb_to_canonical(
     """
     label, src = _open_cwb(source)
     targets, inputs = _channel_names(src, "cwb"), _channel_names(src, "era5")
-    t_dim, _, ydim, xdim = src["cwb"].dims
+    t_dim, _, ydim, xdim = map(str, src["cwb"].dims)
     valid = _valid_times(label, src, t_dim, keep_invalid)
     data_vars, stats = _cwb_variables(src, targets, inputs, valid)
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import dask
 import dask.array as da
@@ -153,7 +153,19 @@ def _anchor_weights(hours: float, anchor_hours: float) -> tuple[int, float, floa
     return a, float(np.cos(w)), float(np.sin(w))
 
 
-def _anchor(shape, beta, seed, key, index, cache, *, grad: bool = False) -> tuple[np.ndarray, ...]:
+_Cache = dict[tuple[int, int], tuple[np.ndarray, ...]]
+
+
+def _anchor(
+    shape: tuple[int, int],
+    beta: float,
+    seed: int,
+    key: int,
+    index: int,
+    cache: _Cache,
+    *,
+    grad: bool = False,
+) -> tuple[np.ndarray, ...]:
     """The GRF of anchor ``index`` as float32 (and its gradient, scaled to unit mean speed)."""
     if (key, index) not in cache:
         field = gaussian_random_field(shape, beta, _rng(seed, key, index))
@@ -166,16 +178,29 @@ def _anchor(shape, beta, seed, key, index, cache, *, grad: bool = False) -> tupl
     return cache[(key, index)]
 
 
-def _anchored(shape, beta, seed, key, hours, anchor_hours, cache, *, grad: bool = False):
-    """GRF (and gradient) at ``hours`` since 1970, blended from its two anchors."""
+def _anchored(
+    shape: tuple[int, int],
+    beta: float,
+    seed: int,
+    key: int,
+    hours: float,
+    anchor_hours: float,
+    cache: _Cache,
+    *,
+    grad: bool = False,
+) -> tuple[np.ndarray, ...]:
+    """``(GRF,)`` (``(GRF, d/dy, d/dx)`` with ``grad``) at ``hours`` since 1970, blended
+    from its two anchors."""
     a, c, s = _anchor_weights(hours, anchor_hours)
     lo = _anchor(shape, beta, seed, key, a, cache, grad=grad)
     hi = _anchor(shape, beta, seed, key, a + 1, cache, grad=grad)
     out = tuple(np.float32(c) * x + np.float32(s) * y for x, y in zip(lo, hi))
-    return out if grad else out[0]
+    return out
 
 
-def _static_fields(shape, seed, lat, lon) -> np.ndarray:
+def _static_fields(
+    shape: tuple[int, int], seed: int, lat: np.ndarray, lon: np.ndarray
+) -> np.ndarray:
     """Stack of orography (m), land-sea mask, lat, lon, each (ny, nx)."""
     raw = gaussian_random_field(shape, 3.5, _rng(seed, _KEY_OROG, 0))
     land = raw > -0.3  # about 60 % land
@@ -218,15 +243,15 @@ def _fields_block(
         v *= damp
         wt = 2 * np.pi * (h % 24.0) / 24.0  # cos(wt + phase) by the angle-sum identity
         t2m[...] = t_base + f32(np.cos(wt)) * amp_cos - f32(np.sin(wt)) * amp_sin
-        t2m += f32(1.5) * _anchored(shape, 3.0, seed, _KEY_T, h, anchor_hours, cache)
+        t2m += f32(1.5) * _anchored(shape, 3.0, seed, _KEY_T, h, anchor_hours, cache)[0]
         uplift = u * dhdx + v * dhdy
-        g = _anchored(shape, 3.0, seed, _KEY_P, h, anchor_hours, cache)
+        (g,) = _anchored(shape, 3.0, seed, _KEY_P, h, anchor_hours, cache)
         g += f32(0.5 / max(float(uplift.std()), 1e-12)) * uplift
         wet = g > 1.0
         tp[...] = 0.0
         tp[wet] = f32(0.4) * np.expm1(f32(1.5) * (g[wet] - f32(1.0)))
         msl[...] = f32(101325.0) + f32(1200.0) * psi
-        q = _anchored(shape, 3.5, seed, _KEY_Q, h, anchor_hours, cache)
+        (q,) = _anchored(shape, 3.5, seed, _KEY_Q, h, anchor_hours, cache)
         tcwv[...] = f32(20.0) * np.exp(f32(0.07) * (t2m - f32(283.0)) + f32(0.25) * q)
     return out
 
@@ -272,7 +297,9 @@ def _fine_grid(ny: int, nx: int, *, grid: str, resolution: float) -> _Grid:
     raise ValueError(f"grid={grid!r} is not one of 'latlon', 'projected'")
 
 
-def _check_arguments(*, ny: int, nx: int, nt: int, factor: int, chunks) -> dict[str, int]:
+def _check_arguments(
+    *, ny: int, nx: int, nt: int, factor: int, chunks: Mapping[str, int] | None
+) -> dict[str, int]:
     """Refuse sizes that do not coarsen evenly and unknown chunk keys; the chunks as a dict."""
     for name, n in (("ny", ny), ("nx", nx)):
         if n < factor or n % factor:
@@ -347,10 +374,10 @@ def _data_vars(
     static: da.Array,
     *,
     factor: int,
-    fine_chunks: tuple,
-) -> dict[str, tuple]:
+    fine_chunks: tuple[tuple[int, ...], int, int],
+) -> dict[str, tuple[tuple[str, ...], da.Array, dict[str, str]]]:
     """Targets, inputs and static fields as ``{name: (dims, dask array, attrs)}``."""
-    data_vars = {}
+    data_vars: dict[str, tuple[tuple[str, ...], da.Array, dict[str, str]]] = {}
     for j, name in enumerate(TARGETS):
         data_vars[name] = (
             (TIME, Y, X),
@@ -457,7 +484,7 @@ def synthetic_dataset(
     return xr.Dataset(data_vars, coords=_coords(times, fine_grid, factor), attrs=attrs)
 
 
-def synthetic_builder(*, ny: int = 64, nx: int = 64, nt: int = 8, **kwargs) -> xr.Dataset:
+def synthetic_builder(*, ny: int = 64, nx: int = 64, nt: int = 8, **kwargs: Any) -> xr.Dataset:
     """:func:`synthetic_dataset` as a catalog builds it into the cache: sizes bounded.
 
     Raises

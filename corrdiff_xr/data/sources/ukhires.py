@@ -260,7 +260,7 @@ def _static_vars(orog: np.ndarray) -> dict[str, tuple]:
 def _chunks_for(var: xr.DataArray, chunks: dict[str, int]) -> tuple[int, ...]:
     return tuple(
         min(int(chunks.get(d, -1)), n) if chunks.get(d, -1) != -1 else n
-        for d, n in zip(var.dims, var.shape)
+        for d, n in zip(map(str, var.dims), var.shape)
     )
 
 

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
+from corrdiff_xr.config import SamplerConfig, SolverName
 from corrdiff_xr.dims import LAT_ATTRS, LON_ATTRS
 from corrdiff_xr.model.packages._files import PackageError, PackageFiles
+
+if TYPE_CHECKING:
+    from corrdiff_xr.codec import Codec
 
 __all__ = [
     "check_bounds",
@@ -54,6 +58,7 @@ def _lat_lon(files: PackageFiles, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def fine_grid(lat: np.ndarray, lon: np.ndarray) -> xr.Dataset:
     """The output grid Dataset of 1-D (rectilinear) or 2-D ``lat``/``lon``."""
+    coords: dict[str, Any]  # xarray coordinate specs
     if lat.ndim == 1:
         lat2, lon2 = np.meshgrid(lat, lon, indexing="ij")
         coords = {"y": ("y", lat, LAT_ATTRS), "x": ("x", lon, LON_ATTRS)}
@@ -116,7 +121,7 @@ def codec_for(
     invariants: Sequence[str],
     stats: Mapping[tuple[str, str], tuple[float, float]],
     units: Mapping[str, str] | None = None,
-):
+) -> tuple[Codec, dict[str, str]]:
     """The package's codec and ``{codec input name: package input name}``.
 
     ``stats`` is keyed ``("input"|"output"|"invariants", name)``. An input named like an
@@ -153,19 +158,17 @@ def codec_for(
 
 def sampler_for(
     sampler_type: str,
-    solver: str,
+    solver: SolverName,
     steps: int,
     sigmas: tuple[float | None, float | None],
     residual_args: Mapping[str, Any],
-):
+) -> SamplerConfig:
     """Our :class:`~corrdiff_xr.config.SamplerConfig` for PhysicsNeMo's sampler settings.
 
     ``stochastic`` (``stochastic_sampler``, EDM Heun; no churn is passed) -> ``heun``;
     ``deterministic`` -> ``solver``. Sigma defaults are the samplers' (0.002..800 and
     0.002..80), clipped to the residual network's ``sigma_min``/``sigma_max`` as they do.
     """
-    from corrdiff_xr.config import SamplerConfig
-
     stochastic = sampler_type == "stochastic"
     lo = sigmas[0] if sigmas[0] is not None else 0.002
     hi = sigmas[1] if sigmas[1] is not None else (800.0 if stochastic else 80.0)
@@ -188,7 +191,10 @@ def invariants_dataset(
     """The invariants ``names`` of ``ds`` as ``(y, x)`` fields on the output grid."""
     shape = (fine.sizes["y"], fine.sizes["x"])
     fields = {}
+    if names and ds is None:
+        raise PackageError(f"{where}: the package has no invariants file for {list(names)}")
     for name in names:
+        assert ds is not None
         values = np.asarray(ds[name].values)
         if values.shape != shape:
             raise PackageError(

@@ -25,13 +25,18 @@ import posixpath
 import stat
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from corrdiff_xr._redact import redact_url
 from corrdiff_xr.model import archives
 from corrdiff_xr.model.safety import CheckpointError, parse_json
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from corrdiff_xr.model.mdlus_files import MdlusCheckpoint
 
 __all__ = ["MAX_FILES", "MAX_GRID_BYTES", "PackageError", "PackageFiles", "open_files"]
 
@@ -64,7 +69,7 @@ class PackageFiles:
         self,
         source: str,
         sizes: Mapping[str, int],
-        opener: Callable[[str], BinaryIO],
+        opener: Callable[[str], IO[bytes]],
         compressed: Iterable[str] = (),
     ):
         self.source = source
@@ -88,7 +93,7 @@ class PackageFiles:
             raise PackageError(f"{self.source} has no {name}{why}; it holds {_shorten(self.names)}")
 
     @contextlib.contextmanager
-    def open(self, name: str, *, limit: int | None = None) -> Iterator[BinaryIO]:
+    def open(self, name: str, *, limit: int | None = None) -> Iterator[IO[bytes]]:
         """``name`` as a seekable binary file, refused when it declares more than ``limit``."""
         self.require(name)
         if limit is not None and self.sizes[name] > limit:
@@ -118,7 +123,7 @@ class PackageFiles:
         data = self.read_bytes(name, limit=archives.MAX_JSON_BYTES)
         return parse_json(data, self.where(name), limit=archives.MAX_JSON_BYTES, error=PackageError)
 
-    def netcdf(self, name: str):
+    def netcdf(self, name: str) -> xr.Dataset:
         """A netCDF (HDF5 or classic) file as an in-memory :class:`xarray.Dataset`."""
         import xarray as xr
 
@@ -164,13 +169,16 @@ class PackageFiles:
                 raise PackageError(
                     f"{self.where(store)} has no array {name!r}; it holds {sorted(group.keys())}"
                 )
+            array = group[name]
+            if not isinstance(array, zarr.Array):
+                raise PackageError(f"{self.where(store)}: {name!r} is a group, not an array")
             try:
-                out[name] = np.asarray(group[name][...])
+                out[name] = np.asarray(array[...])
             except Exception as err:  # noqa: BLE001
                 raise PackageError(f"{self.where(store)}: array {name!r}: {err}") from err
         return out
 
-    def mdlus(self, name: str):
+    def mdlus(self, name: str) -> MdlusCheckpoint:
         """The checkpoint ``name`` read by :func:`~corrdiff_xr.model.mdlus.read_mdlus`."""
         from corrdiff_xr.model.mdlus import read_mdlus
 
@@ -203,7 +211,7 @@ def _check_name(name: str, source: str) -> None:
     archives._check_name(name, source=source, error=PackageError)
 
 
-def _zip_files(raw: BinaryIO, source: str) -> PackageFiles:
+def _zip_files(raw: IO[bytes], source: str) -> PackageFiles:
     size = raw.seek(0, 2)
     entries = archives._zip_entries(raw)
     if entries is None:
@@ -230,7 +238,7 @@ def _zip_files(raw: BinaryIO, source: str) -> PackageFiles:
         if info.compress_type != zipfile.ZIP_STORED:
             compressed.add(info.filename)
 
-    def opener(name: str) -> BinaryIO:
+    def opener(name: str) -> IO[bytes]:
         try:
             return archives._zip_member(
                 z, raw, infos[name], size, source=source, error=PackageError
@@ -254,7 +262,10 @@ def _directory_files(fs, root: str, source: str) -> PackageFiles:
         if name is None:
             raise PackageError(f"{source}: listed {path!r} outside the package; refused")
         _check_name(name, source)
-        if local and os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+        if (
+            real_root is not None  # local
+            and os.path.commonpath([real_root, os.path.realpath(path)]) != real_root
+        ):
             raise PackageError(f"{source}: {name} links outside the package; refused")
         sizes[name] = int(info.get("size") or 0)
     return PackageFiles(source, sizes, lambda n: fs.open(f"{root}/{n}", "rb"))

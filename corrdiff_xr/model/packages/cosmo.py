@@ -49,13 +49,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
 from corrdiff_xr.model.packages._build import coarse_grid, fine_grid
 from corrdiff_xr.model.packages._files import PackageError, PackageFiles
+
+if TYPE_CHECKING:
+    import torch
+
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.model.packages.package import Package
 from corrdiff_xr.model.packages.cosmo_meta import (
     COS_ZENITH,
     COS_ZENITH_FEATURE,
@@ -143,14 +149,15 @@ def _stats(files: PackageFiles, name: str, s: CosmoSettings) -> dict[str, tuple[
         for n in names:
             entry = block.get(n) if isinstance(block, dict) else None
             values = [entry.get(k) if isinstance(entry, dict) else None for k in ("mean", "std")]
-            ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-            if not ok or not (np.isfinite(values).all() and values[1] > 0):
+            numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+            ok = len(numbers) == 2
+            if not ok or not (np.isfinite(numbers).all() and numbers[1] > 0):
                 raise PackageError(
                     f"{where} has no usable {section}.{n} (need {{'mean': number, 'std': number "
                     f"> 0}} for {s.resolution}/{s.mode}; found {entry!r:.100})"
                 )
             # float32, as Earth2Studio normalises with them
-            out[n] = (float(np.float32(values[0])), float(np.float32(values[1])))
+            out[n] = (float(np.float32(numbers[0])), float(np.float32(numbers[1])))
     return out
 
 
@@ -164,6 +171,7 @@ def _extended_invariants(
     """``({network name: codec name}, {codec name: (dims, values, attrs)}, stats)`` of the
     stored invariants, windowed from the extended physical file."""
     spec = s.invariants
+    assert spec is not None  # called only when metadata.json has invariants
     name, norm_name = prefix + spec["file"], prefix + spec["norm_stats_file"]
     files.require(name, " (metadata.json invariants.file)")
     files.require(norm_name, " (metadata.json invariants.norm_stats_file)")
@@ -238,7 +246,7 @@ def _invariants(
     return ordered, xr.Dataset({n: fields[n] for n in ordered.values()}, coords=fine.coords), stats
 
 
-def _codec(s: CosmoSettings, invariants: xr.Dataset, stats: dict):
+def _codec(s: CosmoSettings, invariants: xr.Dataset, stats: dict) -> Codec:
     from corrdiff_xr.codec import Codec
     from corrdiff_xr.data.names import long_name, units_of
 
@@ -246,13 +254,15 @@ def _codec(s: CosmoSettings, invariants: xr.Dataset, stats: dict):
     for n in s.era5:
         known = {"units": units_of(n), "long_name": long_name(n)}
         attrs[n] = {k: v for k, v in known.items() if v}
-    for n, field in invariants.data_vars.items():
-        attrs[n] = {k: str(field.attrs[k]) for k in ("units", "long_name") if k in field.attrs}
+    for key, field in invariants.data_vars.items():
+        attrs[str(key)] = {
+            k: str(field.attrs[k]) for k in ("units", "long_name") if k in field.attrs
+        }
     try:
         return Codec(
             s.era5,
             s.outputs,
-            tuple(invariants.data_vars),
+            tuple(str(n) for n in invariants.data_vars),
             stats,
             attrs,
             transforms=dict(s.transforms),
@@ -323,7 +333,12 @@ def _variant(variant: str | None) -> tuple[str, str]:
     return resolution, mode
 
 
-def read(files: PackageFiles, *, map_location: Any = "cpu", variant: str | None = None):
+def read(
+    files: PackageFiles,
+    *,
+    map_location: str | torch.device = "cpu",
+    variant: str | None = None,
+) -> Package:
     """The :class:`~corrdiff_xr.model.packages.Package` of ``variant`` (``"rea6/mean"`` ...)."""
     from corrdiff_xr.model.mdlus import MdlusError
     from corrdiff_xr.model.mdlus_dit import import_dit_mdlus

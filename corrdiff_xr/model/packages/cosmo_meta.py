@@ -39,8 +39,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from corrdiff_xr.config import SamplerConfig
 from corrdiff_xr.model.packages._files import PackageError
 from corrdiff_xr.transforms import Gate, Transform
+
+#: a clamp ``(low, high)``, None for no limit on that side
+Bounds = tuple[float | None, float | None]
 
 __all__ = [
     "COS_ZENITH",
@@ -82,7 +86,7 @@ class CosmoSettings:
     transforms: Mapping[str, Transform]
     bounds: Mapping[str, tuple[float | None, float | None]]
     gates: Mapping[str, Gate]
-    sampler: Any
+    sampler: SamplerConfig
     checkpoint: str
     patch_size: int
     attn_kernel_size: int
@@ -109,13 +113,14 @@ def _names(meta: Mapping, key: str, where: str, *, required: bool = True) -> tup
     return tuple(value)
 
 
-def _mapping(value: Any, key: str, where: str, allowed: tuple[str, ...] | None = None) -> dict:
+def _mapping(
+    value: Any, key: str, where: str, allowed: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise PackageError(f"{where} key {key!r} must be a JSON object, not {value!r:.200}")
-    unknown = sorted(set(value) - set(allowed)) if allowed is not None else []
-    if unknown:
+    if allowed is not None and (unknown := sorted(set(value) - set(allowed))):
         raise PackageError(
             f"{where} key {key!r} has unknown key(s) {unknown}; known: {list(allowed)}"
         )
@@ -142,9 +147,7 @@ def _integer(value: Any, key: str, where: str, *, low: int) -> int:
     return value
 
 
-def transform_of(
-    spec: Any, key: str, where: str
-) -> tuple[Transform | None, tuple[float, float] | None]:
+def transform_of(spec: Any, key: str, where: str) -> tuple[Transform | None, Bounds | None]:
     """Our transform and the clamp Earth2Studio applies after inverting it, for one
     ``channel_transforms`` entry (``None, None``: identity).
 
@@ -179,7 +182,7 @@ def transform_of(
     return Transform("logit_eps", eps=eps / (1.0 - 2.0 * eps), scale=scale), (0.0, scale)
 
 
-def _tighter(a: tuple | None, b: tuple | None) -> tuple | None:
+def _tighter(a: Bounds | None, b: Bounds | None) -> Bounds | None:
     if a is None or b is None:
         return a or b
     lows, highs = (
@@ -189,8 +192,8 @@ def _tighter(a: tuple | None, b: tuple | None) -> tuple | None:
     return (max(lows) if lows else None, min(highs) if highs else None)
 
 
-def _bounds(constraints: Mapping, outputs: tuple[str, ...], where: str) -> dict[str, tuple]:
-    out = {}
+def _bounds(constraints: Mapping, outputs: tuple[str, ...], where: str) -> dict[str, Bounds]:
+    out: dict[str, Bounds] = {}
     for name, spec in _mapping(constraints.get("bounds"), "constraints.bounds", where).items():
         if name not in outputs:  # ignored, as Earth2Studio ignores them
             continue
@@ -243,9 +246,7 @@ def _gates(constraints: Mapping, outputs: tuple[str, ...], where: str) -> dict[s
     return gates
 
 
-def _sampler(meta: Mapping, where: str):
-    from corrdiff_xr.config import SamplerConfig
-
+def _sampler(meta: Mapping, where: str) -> SamplerConfig:
     spec = {**_SAMPLER, **_mapping(meta.get("sampler"), "sampler", where, tuple(_SAMPLER))}
     if spec["solver"] not in ("heun", "euler"):
         raise PackageError(
@@ -300,9 +301,9 @@ def _architecture(meta: Mapping, mode: str, where: str) -> tuple[int, int]:
     spec = meta.get(section)
     if not isinstance(spec, Mapping) or not {"patch_size", "attn_kernel_size"} <= set(spec):
         raise PackageError(f"{where} key {section!r} must hold 'patch_size' and 'attn_kernel_size'")
-    return tuple(
-        _integer(spec[k], f"{section}.{k}", where, low=1)
-        for k in ("patch_size", "attn_kernel_size")
+    return (
+        _integer(spec["patch_size"], f"{section}.patch_size", where, low=1),
+        _integer(spec["attn_kernel_size"], f"{section}.attn_kernel_size", where, low=1),
     )
 
 
@@ -329,18 +330,19 @@ def cosmo_settings(meta: Any, resolution: str, mode: str, where: str) -> CosmoSe
             f"{where}: variable lists overlap or are empty ({clash or COS_ZENITH!r})"
         )
     stats_key, transformed = _mode(meta, mode, where)
-    transforms, bounds = {}, {}
+    transforms: dict[str, Transform] = {}
+    clamps: dict[str, Bounds | None] = {}
     specs = (
         _mapping(meta.get("channel_transforms"), "channel_transforms", where) if transformed else {}
     )
     for name in outputs:
         t, clamp = transform_of(specs.get(name), f"channel_transforms.{name}", where)
         if t is not None:
-            transforms[name], bounds[name] = t, clamp
+            transforms[name], clamps[name] = t, clamp
     constraints = _mapping(meta.get("constraints"), "constraints", where, ("bounds", "sza_gate"))
     for name, b in _bounds(constraints, outputs, where).items():
-        bounds[name] = _tighter(bounds.get(name), b)
-    bounds = {k: v for k, v in bounds.items() if v is not None}
+        clamps[name] = _tighter(clamps.get(name), b)
+    bounds = {k: v for k, v in clamps.items() if v is not None}
     for name, (lo, hi) in bounds.items():
         if lo is not None and hi is not None and lo >= hi:
             raise PackageError(f"{where}: the bounds of {name} leave nothing ([{lo:g}, {hi:g}])")

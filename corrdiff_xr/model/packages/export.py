@@ -34,7 +34,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -45,6 +45,11 @@ from corrdiff_xr.model.mdlus_write import (
     write_regression,
     write_residual,
 )
+
+if TYPE_CHECKING:
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.data import DownscalingData
+    from corrdiff_xr.model.core import CorrDiff
 
 __all__ = ["ExportError", "export_package"]
 
@@ -140,7 +145,9 @@ def _check_inside(lat: np.ndarray, lon: np.ndarray, lat_in: np.ndarray, lon_in: 
 
 
 # -- files --------------------------------------------------------------------------------
-def _invariants(pair: Any, codec: Any, dims: tuple[str, str], grid: xr.Dataset) -> xr.Dataset:
+def _invariants(
+    pair: DownscalingData, codec: Codec, dims: tuple[str, str], grid: xr.Dataset
+) -> xr.Dataset:
     """The static fields on the output grid, in the model's units."""
     from corrdiff_xr.units import conversion
 
@@ -158,7 +165,7 @@ def _invariants(pair: Any, codec: Any, dims: tuple[str, str], grid: xr.Dataset) 
     return xr.Dataset(fields, coords=coords)
 
 
-def _stats(codec: Any) -> dict[str, dict[str, dict[str, float]]]:
+def _stats(codec: Codec) -> dict[str, dict[str, dict[str, float]]]:
     def block(names):
         return {n: {"mean": codec.stats[n][0], "std": codec.stats[n][1]} for n in names}
 
@@ -169,7 +176,7 @@ def _stats(codec: Any) -> dict[str, dict[str, dict[str, float]]]:
     }
 
 
-def _sampler(model: Any) -> dict[str, Any]:
+def _sampler(model: CorrDiff) -> dict[str, Any]:
     """Sampler and mode keys of ``metadata.json``: Earth2Studio's nearest to the model's."""
     from corrdiff_xr.config import SamplerConfig
 
@@ -206,8 +213,9 @@ def _warn(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=3)
 
 
-def _metadata(model: Any) -> dict[str, Any]:
+def _metadata(model: CorrDiff) -> dict[str, Any]:
     codec = model.codec
+    assert codec is not None  # export_package refuses a model without one
     return {
         "input_variables": list(codec.inputs),
         "output_variables": list(codec.targets),
@@ -217,7 +225,7 @@ def _metadata(model: Any) -> dict[str, Any]:
     }
 
 
-def _placeholder_residual(model: Any, path: Path) -> None:
+def _placeholder_residual(model: CorrDiff, path: Path) -> None:
     """A zero 1-level denoiser of the right channel counts (never run: regression mode)."""
     import dataclasses
 
@@ -235,14 +243,16 @@ def _placeholder_residual(model: Any, path: Path) -> None:
         in_channels=model.in_channels, out_channels=model.out_channels,
         edm=dataclasses.replace(model.edm_config, hr_mean_conditioning=False),
     )  # fmt: skip
+    assert small.residual is not None  # built with a residual network
     with torch.no_grad():
         for p in small.residual.parameters():
             p.zero_()
     write_residual(small, path)
 
 
-def _write_all(model: Any, pair: Any, staged: Path) -> None:
+def _write_all(model: CorrDiff, pair: DownscalingData, staged: Path) -> None:
     codec = model.codec
+    assert codec is not None  # export_package refuses a model without one
     lat_in, lon_in = _coarse_axes(pair.dataset)
     lat, lon = _fine_latlon(pair.dataset, model.img_shape)
     lon = lon_in[0] + np.mod(lon - lon_in[0], 360.0)  # the coarse grid's convention
@@ -286,7 +296,7 @@ def _check_target(directory: Path, overwrite: bool) -> None:
         )
 
 
-def _load(model: Any) -> Any:
+def _load(model: CorrDiff | str | os.PathLike[str]) -> CorrDiff:
     from corrdiff_xr.model.core import CorrDiff
 
     if isinstance(model, CorrDiff):
@@ -299,8 +309,8 @@ def _load(model: Any) -> Any:
 
 
 def export_package(
-    model: Any,
-    data: Any,
+    model: CorrDiff | str | os.PathLike[str],
+    data: str | os.PathLike[str] | xr.Dataset | DownscalingData,
     directory: str | os.PathLike,
     *,
     overwrite: bool = False,

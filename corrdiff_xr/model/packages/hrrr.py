@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -51,6 +51,14 @@ import xarray as xr
 from corrdiff_xr.model.packages import generic
 from corrdiff_xr.model.packages._build import coarse_grid, fine_grid
 from corrdiff_xr.model.packages._files import MAX_GRID_BYTES, PackageError, PackageFiles
+
+if TYPE_CHECKING:
+    import torch
+
+    from corrdiff_xr.codec import Codec
+    from corrdiff_xr.config import SamplerConfig
+    from corrdiff_xr.model.core import CorrDiff
+    from corrdiff_xr.model.packages.package import Package
 
 __all__ = ["DEFAULT_VARIANT", "VARIANTS", "detect", "member_seeds", "network_order", "read"]
 
@@ -162,7 +170,9 @@ def network_order(n_era5: int, n_invariants: int, n_vector: int) -> list[int]:
     return [*range(n_era5), zenith, *invariants, *range(zenith + 1, zenith + 1 + n_vector)]
 
 
-def _codec(s: Mapping[str, Any], invariants: list[str], stats: Any, where: str) -> Any:
+def _codec(
+    s: Mapping[str, Any], invariants: list[str], stats: Any, where: str
+) -> tuple[Codec, dict[str, str]]:
     from corrdiff_xr.codec import Codec
     from corrdiff_xr.data.names import long_name, units_of
 
@@ -171,7 +181,7 @@ def _codec(s: Mapping[str, Any], invariants: list[str], stats: Any, where: str) 
     table = {}
     for group, names in (("era5", s["era5"]), ("hrrr", s["outputs"])):
         for name in names:
-            entry = stats.get(group, {}).get(name) if isinstance(stats, Mapping) else None
+            entry: Any = stats.get(group, {}).get(name) if isinstance(stats, Mapping) else None
             try:
                 table[group, name] = (float(entry["mean"]), float(entry["std"]))
             except (KeyError, TypeError, ValueError):
@@ -200,7 +210,9 @@ def _codec(s: Mapping[str, Any], invariants: list[str], stats: Any, where: str) 
     return codec, inputs
 
 
-def _model(sub: PackageFiles, s: Mapping[str, Any], codec: Any, shape: tuple[int, int]):
+def _model(
+    sub: PackageFiles, s: Mapping[str, Any], codec: Codec, shape: tuple[int, int]
+) -> CorrDiff:
     """The CorrDiff (direct, framed DiT) with the checkpoint's weights."""
     import dataclasses
 
@@ -244,7 +256,7 @@ def _model(sub: PackageFiles, s: Mapping[str, Any], codec: Any, shape: tuple[int
     frame = {"order": network_order(n_era5, n_inv, n_vec), "flip_y": False, "pad": [0, 0, 0, 0],
              "modes": ["zero", "zero"]}  # fmt: skip
     cfg = NetworkConfig(arch="framed", options={"inner": network_dict(inner), **frame})
-    flow = ("x" if s["prediction"] == "x0" else "v") if rf else None
+    flow: Literal["x", "v"] | None = ("x" if s["prediction"] == "x0" else "v") if rf else None
     edm = EDMConfig(
         sigma_data=s["sigma_data"], hr_mean_conditioning=False, objective="direct", flow=flow,
         flow_shift=s["shift"] if rf else 1.0,
@@ -264,7 +276,7 @@ def _model(sub: PackageFiles, s: Mapping[str, Any], codec: Any, shape: tuple[int
     return model.to(torch.float32).eval()
 
 
-def _sampler(s: Mapping[str, Any]) -> Any:
+def _sampler(s: Mapping[str, Any]) -> SamplerConfig:
     """Our sampler for the metadata's: the flow's levels ``t / (1 - t)`` of its linear-t
     grid's ends (unshifted: ``edm.flow_shift`` multiplies them), or the EDM range."""
     from corrdiff_xr.config import SamplerConfig
@@ -303,7 +315,12 @@ def _grids(sub: PackageFiles, s: Mapping[str, Any]) -> tuple[xr.Dataset, xr.Data
     return coarse_grid(np.sort(lat_in), lon_in), fine
 
 
-def read(files: PackageFiles, *, map_location: Any = "cpu", variant: str | None = None):
+def read(
+    files: PackageFiles,
+    *,
+    map_location: str | torch.device = "cpu",
+    variant: str | None = None,
+) -> Package:
     """The :class:`~corrdiff_xr.model.packages.Package` of ``variant`` (``"x_pred"``)."""
     from corrdiff_xr.model.packages.package import Package
 

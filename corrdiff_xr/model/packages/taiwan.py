@@ -33,7 +33,7 @@ Everything else is fixed in Earth2Studio's code, and followed here:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -44,6 +44,11 @@ from corrdiff_xr.model.packages._build import (
     sampler_for,
 )
 from corrdiff_xr.model.packages._files import PackageError, PackageFiles
+
+if TYPE_CHECKING:
+    import torch
+
+    from corrdiff_xr.model.packages.package import Package
 
 __all__ = [
     "INPUTS",
@@ -188,7 +193,7 @@ def _output_lat_lon(arrays: dict[str, np.ndarray], where: str) -> tuple[np.ndarr
     return lat[1:-1, 1:-1].astype(np.float32), lon[1:-1, 1:-1].astype(np.float32)
 
 
-def read(files: PackageFiles, *, map_location: Any = "cpu"):
+def read(files: PackageFiles, *, map_location: str | torch.device = "cpu") -> Package:
     """The :class:`~corrdiff_xr.model.packages.Package` in ``files`` (Taiwan layout)."""
     if ZIP in files and f"{ROOT}/{CHECKPOINTS[0]}" not in files:
         with files.zip(ZIP) as inner:

@@ -15,6 +15,7 @@ or a file to write (cfgrib's ``indexpath``, say) behind the spec's back.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,7 +82,7 @@ def format_of(url: str, engine: str | None, what: str) -> Format:
 
 
 def open_store(
-    url: Any,
+    url: str | os.PathLike[str],
     *,
     engine: str | None = None,
     storage_options: Mapping[str, Any] | None = None,

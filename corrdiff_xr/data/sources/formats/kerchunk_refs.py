@@ -39,7 +39,9 @@ _LOCAL = ("", "file", "local", "memory")
 _TEMPLATE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 
-def _split(url: str, storage_options: Mapping[str, Any] | None, what: str):
+def _split(
+    url: str, storage_options: Mapping[str, Any] | None, what: str
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(reference URL, its options, its targets' options) from either spelling."""
     options = dict(storage_options or {})
     if not url.startswith("reference://"):

@@ -4,7 +4,7 @@ object) and NetCDF-3/4 through netCDF4 (local files)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
 import xarray as xr
 
@@ -35,7 +35,7 @@ def open_archive(
         )
     with read_errors(url, what, "NetCDF file", hint):
         if path is not None:
-            source: Any = str(path)
+            source: str | IO[bytes] = str(path)
         else:
             import fsspec
 

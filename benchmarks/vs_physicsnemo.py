@@ -29,10 +29,19 @@ a step would take if every FLOP ran at that rate and nothing else cost anything;
 ``max_speedup_*`` = reference time / floor is the largest ratio any implementation of the same
 arithmetic could reach against the reference here.
 
+``--normal`` runs only the normal-size row (:mod:`_normal_row`: CorrDiff's ``normal``
+networks, ~80 M parameters each, on one 448 x 448 patch, 12 inputs -> 4 outputs, batch 1:
+the residual forward and a sample of the two-step Heun schedule: one Heun step, then the
+final Euler step to sigma 0, ours vs the reference on the same weights) and merges it into ``--json`` under ``normal_448``, leaving the other rows as they
+are. A 448^2 forward takes tens of seconds on two CPU cores, so by default it runs once per
+side without a warm-up call (``--repeats`` sets more).
+
 Ratios are reference / ours (> 1 means we are faster). Usage::
 
     python benchmarks/vs_physicsnemo.py --json benchmarks/results/vs_physicsnemo.json
     python benchmarks/vs_physicsnemo.py --quick   # 1 repeat, 6 sampler steps: a smoke run
+    python benchmarks/vs_physicsnemo.py --normal --repeats 1 \
+        --json benchmarks/results/vs_physicsnemo.json   # adds the normal-size row
 """
 
 from __future__ import annotations
@@ -193,10 +202,45 @@ def _compiled_steps(ours, x, y, repeats: int, results: dict) -> dict[str, float]
     return out
 
 
-def build(size: int, cin: int, cout: int, *, channels_last: bool, dropout: float):
+@torch.no_grad()
+def reference_sample(rr, rd, x: torch.Tensor, sampler: SamplerConfig, cout: int) -> torch.Tensor:
+    """PhysicsNeMo's sample of one member (seed 1): its regression mean + deterministic_sampler."""
+    from physicsnemo.diffusion.samplers import deterministic_sampler
+
+    shape, device = (1, cout, *x.shape[-2:]), x.device
+    mean = rr(torch.zeros(shape, device=device), x)
+    lat = torch.randn(shape, generator=torch.Generator(device).manual_seed(1), device=device)
+    res = deterministic_sampler(
+        rd,
+        lat,
+        x,
+        mean_hr=mean,
+        num_steps=sampler.num_steps,
+        sigma_min=sampler.sigma_min,
+        sigma_max=sampler.sigma_max,
+        rho=sampler.rho,
+        solver=sampler.solver,
+    )
+    return mean + res
+
+
+def network_configs(preset: str, **fields) -> tuple[NetworkConfig, NetworkConfig]:
+    """The regression and residual network configurations of a preset (``"tiny"``: the
+    tests' :data:`~corrdiff_xr.testing.TINY_NETWORK`, for dry runs)."""
+    if preset == "tiny":
+        from corrdiff_xr.testing import TINY_NETWORK
+
+        cfg = dataclasses.replace(TINY_NETWORK, **fields)
+    else:
+        cfg = NetworkConfig.preset(preset, **fields)
+    return dataclasses.replace(cfg, embedding_type="zero"), cfg
+
+
+def build(
+    size: int, cin: int, cout: int, *, channels_last: bool, dropout: float, preset: str = "mini"
+):
     """Our model and the reference regression / residual with identical weights."""
-    cfg = NetworkConfig.preset("mini", dropout=dropout, channels_last=channels_last)
-    reg_cfg = dataclasses.replace(cfg, embedding_type="zero")
+    reg_cfg, cfg = network_configs(preset, dropout=dropout, channels_last=channels_last)
     ours = CorrDiff(
         img_shape=(size, size),
         in_channels=cin,
@@ -222,6 +266,28 @@ def build(size: int, cin: int, cout: int, *, channels_last: bool, dropout: float
     copy_reference_weights(rr, ours.regression, target_prefix="net.")
     copy_reference_weights(rd, ours.residual, target_prefix="net.")
     return ours, rr, rd
+
+
+def _normal(args) -> int:
+    """The normal-size row, merged into ``args.json`` (other rows kept as they are)."""
+    from _normal_row import normal_rows
+
+    if physicsnemo() is None:
+        print("physicsnemo cannot be imported; nothing to compare against", file=sys.stderr)
+        return 1
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()
+    row = normal_rows(repeats=1 if args.quick else args.repeats)["fp32"]
+    row |= {"load_average_start": load, "load_average_end": os.getloadavg(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "physicsnemo": getattr(physicsnemo(), "__version__", "?")}  # fmt: skip
+    print(json.dumps(row, indent=2))
+    if args.json:
+        old = json.loads(args.json.read_text()) if args.json.exists() else {}
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(old | {"normal_448": row}, indent=2))
+        tmp.replace(args.json)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         choices=["forward", "regression", "residual", "sample"],
     )
+    p.add_argument("--normal", action="store_true", help="only the normal-size row (see above)")
     args = p.parse_args(argv)
+    if args.normal:
+        return _normal(args)
 
     def amp():
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
@@ -270,7 +339,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     from physicsnemo.diffusion.metrics.legacy_losses import RegressionLoss, ResidualLoss
-    from physicsnemo.diffusion.samplers import deterministic_sampler
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -400,22 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         def sample_ours():
             return ours.sample(x1, generators=[torch.Generator().manual_seed(1)], sampler=sampler)
 
-        @torch.no_grad()
         def sample_ref():
-            mean = rr(torch.zeros_like(y[:1]), x1)
-            lat = torch.randn(1, cout, S, S, generator=torch.Generator().manual_seed(1))
-            res = deterministic_sampler(
-                rd,
-                lat,
-                x1,
-                mean_hr=mean,
-                num_steps=sampler.num_steps,
-                sigma_min=sampler.sigma_min,
-                sigma_max=sampler.sigma_max,
-                rho=sampler.rho,
-                solver=sampler.solver,
-            )
-            return mean + res
+            return reference_sample(rr, rd, x1, sampler, cout)
 
         a, b = sample_ours(), sample_ref()
         results["sample_max_abs_diff"] = (a - b.float()).abs().max().item()

@@ -27,7 +27,15 @@ from typing import Any
 
 from corrdiff_xr.errors import CorrDiffError
 
-__all__ = ["COMMANDS", "KeyValues", "action_values", "bounded", "json_object", "main"]
+__all__ = [
+    "COMMANDS",
+    "ItemsAction",
+    "KeyValues",
+    "action_values",
+    "bounded",
+    "json_object",
+    "main",
+]
 
 COMMANDS = {
     "demo": ("corrdiff_xr.cli.demo", "download-free end-to-end run on the embedded data and model"),
@@ -83,8 +91,10 @@ def bounded(
     return parse
 
 
-class KeyValues(argparse.Action):
-    """KEY=VALUE items -> a (nested) dict, by :func:`corrdiff_xr.config.parse_overrides`."""
+class ItemsAction(argparse.Action):
+    """An option whose value is :meth:`convert` of its items (a list, one item or none).
+
+    ``convert`` raises :class:`argparse.ArgumentTypeError`; argparse then names the option."""
 
     def __call__(
         self,
@@ -93,13 +103,27 @@ class KeyValues(argparse.Action):
         values: str | Sequence[Any] | None,
         option_string: str | None = None,
     ) -> None:
-        given = action_values(values)
+        try:
+            value = self.convert(action_values(values))
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentError(self, str(err)) from None
+        setattr(namespace, self.dest, value)
+
+    def convert(self, given: list[Any]) -> object:
+        """The option's value from its items."""
+        raise NotImplementedError
+
+
+class KeyValues(ItemsAction):
+    """KEY=VALUE items -> a (nested) dict, by :func:`corrdiff_xr.config.parse_overrides`."""
+
+    def convert(self, given: list[Any]) -> object:
         from corrdiff_xr.config import ConfigError, parse_overrides
 
         try:
-            setattr(namespace, self.dest, parse_overrides(given))
+            return parse_overrides(given)
         except ConfigError as err:
-            raise argparse.ArgumentError(self, str(err)) from None
+            raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def json_object(text: str) -> dict:

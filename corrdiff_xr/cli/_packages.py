@@ -9,10 +9,10 @@ URL), put on the package's grids with ``--name-map`` and ``--regrid``
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from corrdiff_xr.cli import action_values
+from corrdiff_xr.cli import ItemsAction
 
 if TYPE_CHECKING:
     from corrdiff_xr.data.pair import DownscalingData
@@ -33,30 +33,19 @@ def _selector(text: str) -> str | dict[str, Any]:
     return {"variable": name, "level": int(value) if value.is_integer() else value}
 
 
-class NameMap(argparse.Action):
+class NameMap(ItemsAction):
     """PACKAGE_NAME=ARCHIVE_NAME[@LEVEL] items -> ``{package name: selector}``."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        given = action_values(values)
+    def convert(self, given: list[Any]) -> object:
         out = {}
         for item in given:
             key, sep, value = item.partition("=")
             if not sep or not key or not value:
-                raise argparse.ArgumentError(
-                    self,
-                    f"{item!r}: expected PACKAGE_NAME=ARCHIVE_NAME[@LEVEL], e.g. z500=geopotential@500",
+                raise argparse.ArgumentTypeError(
+                    f"{item!r}: expected PACKAGE_NAME=ARCHIVE_NAME[@LEVEL], e.g. z500=geopotential@500"
                 )
-            try:
-                out[key] = _selector(value)
-            except argparse.ArgumentTypeError as err:
-                raise argparse.ArgumentError(self, str(err)) from None
-        setattr(namespace, self.dest, out)
+            out[key] = _selector(value)
+        return out
 
 
 def add_package_options(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from corrdiff_xr.cli import action_values
+from corrdiff_xr.cli import ItemsAction
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,29 +55,19 @@ def iso_time(text: str) -> str:
     return text
 
 
-class TimeRange(argparse.Action):
+class TimeRange(ItemsAction):
     """START END [STEP] -> (start, end, step or None), END not before START, STEP positive."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        given = action_values(values)
+    def convert(self, given: list[Any]) -> object:
         import pandas as pd
 
         if len(given) not in (2, 3):
-            raise argparse.ArgumentError(
-                self, f"takes START END [STEP], got {len(given)} value(s): {given}"
+            raise argparse.ArgumentTypeError(
+                f"takes START END [STEP], got {len(given)} value(s): {given}"
             )
-        try:
-            start, end = (_parts(t) for t in given[:2])
-        except argparse.ArgumentTypeError as err:
-            raise argparse.ArgumentError(self, str(err)) from None
+        start, end = (_parts(t) for t in given[:2])
         if end < start:  # field by field: the same order in every calendar
-            raise argparse.ArgumentError(self, f"END {given[1]} is before START {given[0]}")
+            raise argparse.ArgumentTypeError(f"END {given[1]} is before START {given[0]}")
         step = None
         if len(given) == 3:
             try:
@@ -86,10 +75,10 @@ class TimeRange(argparse.Action):
             except ValueError:
                 step = pd.NaT
             if pd.isna(step) or step <= pd.Timedelta(0):
-                raise argparse.ArgumentError(
-                    self, f"STEP must be a positive duration like 3h or 30min, got {given[2]!r}"
+                raise argparse.ArgumentTypeError(
+                    f"STEP must be a positive duration like 3h or 30min, got {given[2]!r}"
                 )
-        setattr(namespace, self.dest, (given[0], given[1], step))
+        return (given[0], given[1], step)
 
 
 def _show(ns: int, like: np.ndarray) -> str:

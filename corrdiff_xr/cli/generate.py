@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from corrdiff_xr.cli import KeyValues, action_values, bounded
+from corrdiff_xr.cli import ItemsAction, KeyValues, bounded
 from corrdiff_xr.cli._packages import add_package_options, model_and_pair, package_request
 from corrdiff_xr.cli._times import TimeRange, iso_time, select_times
 from corrdiff_xr.errors import CorrDiffError
@@ -72,45 +71,31 @@ def _device(text: str) -> str:
     return text
 
 
-class _Patch(argparse.Action):
+class _Patch(ItemsAction):
     """H [W] positive -> (H, W)."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        given = action_values(values)
+    def convert(self, given: list[Any]) -> object:
         if len(given) > 2:
-            raise argparse.ArgumentError(self, f"takes H [W], got {len(given)} given: {given}")
-        setattr(namespace, self.dest, (given[0], given[-1]))
+            raise argparse.ArgumentTypeError(f"takes H [W], got {len(given)} given: {given}")
+        return (given[0], given[-1])
 
 
-class _Chunks(argparse.Action):
+class _Chunks(ItemsAction):
     """DIM=N items, DIM one of the output dims, N >= 1 -> dict."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        given = action_values(values)
+    def convert(self, given: list[Any]) -> object:
         chunks = {}
         for item in given:
             dim, sep, size = item.partition("=")
             if not sep or dim not in CHUNK_DIMS:
-                raise argparse.ArgumentError(
-                    self, f"{item!r}: expected DIM=N with DIM one of {', '.join(CHUNK_DIMS)}"
+                raise argparse.ArgumentTypeError(
+                    f"{item!r}: expected DIM=N with DIM one of {', '.join(CHUNK_DIMS)}"
                 )
             try:
                 chunks[dim] = bounded(int, minimum=1)(size)
             except argparse.ArgumentTypeError as err:
-                raise argparse.ArgumentError(self, f"{dim}: {err}") from None
-        setattr(namespace, self.dest, chunks)
+                raise argparse.ArgumentTypeError(f"{dim}: {err}") from None
+        return chunks
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

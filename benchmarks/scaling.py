@@ -38,7 +38,7 @@ single times with care and look at the slopes.
 Usage::
 
     python benchmarks/scaling.py --json benchmarks/results/scaling.json
-    python benchmarks/scaling.py --tiny --json /tmp/scaling.json   # seconds: the test's run
+    python benchmarks/scaling.py --tiny --json scaling_tiny.json   # seconds: the test's run
 """
 
 from __future__ import annotations

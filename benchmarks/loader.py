@@ -462,9 +462,10 @@ def main(argv: list[str] | None = None) -> int:
         results["s3"] = _s3(ds, args, step)
     text = json.dumps(results, indent=2)
     print(text)
-    if args.json:
+    if args.json:  # merged: the presets and the road comparison stay
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+        old = json.loads(args.json.read_text()) if args.json.exists() else {}
+        args.json.write_text(json.dumps(old | results, indent=2) + "\n")
     return 0
 
 

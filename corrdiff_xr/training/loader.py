@@ -38,7 +38,8 @@ rectilinear grids), reorders samples while filling and normalises in place in fl
 
 Cost (``benchmarks/loader.py``, 64 x 64, 32-step chunks, 2 shared and busy CPU cores):
 encoding a block of 32 samples takes ~2 ms against ~9-12 ms to read it, so the loader runs
-at the raw Zarr read rate (0.93-0.99 of it on local disk, ~1 from S3; was 0.26 and 0.90).
+near the raw Zarr read rate (0.80 of it on local disk on a quiet box, where the raw read
+itself is fastest; 0.93-0.99 on busy cores; 1.4 from S3, where reading ahead hides latency).
 That is thousands of times what a CorrDiff-Mini training step consumes on CPU.
 
 At real sizes numpy encoding costs more than reading (448 x 448, 12 inputs: ~90 ms against

@@ -14,7 +14,10 @@ JSON (``--json``, default ``benchmarks/results/gpu_check.json``):
    PhysicsNeMo's on the same weights) in fp32 and bf16 autocast, each with its TFLOP/s
    (``torch.utils.flop_counter`` FLOPs over time) and MFU against the GPU's dense peak
    (bf16, or TF32 for fp32: the data sheet's, see ``_normal_row.PEAK_TFLOPS``);
-5. ``loader_taiwan``, ``loader_conus``: ``benchmarks/loader.py``'s real-size presets
+5. ``packages``: ``benchmarks/packages.py`` on the GPU (CorrDiff-Mini on 128 x 128, 8 members,
+   Heun 6 steps, one repeat): members per second of ours vs Earth2Studio 0.19 on the same
+   package, fp32 and bf16, with 8 members per call;
+6. ``loader_taiwan``, ``loader_conus``: ``benchmarks/loader.py``'s real-size presets
    (:func:`loader.run_preset`, local Zarr) with fewer samples than its own runs
    (:data:`LOADER_SIZES`), each in a child process stopped at its share of the budget.
 
@@ -136,6 +139,20 @@ def _normal_rows(device: str, dry: bool) -> dict:
     return {"ok": ok, **rows}
 
 
+def _packages(device: str, dry: bool) -> dict:
+    """``packages.py`` on ``device``: ours vs Earth2Studio on one package, fp32 and bf16."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import packages
+
+    argv = ["--device", device, "--repeat", "1"] + (
+        ["--quick", "--members", "2"] if dry else ["--batch", "8"]
+    )
+    args = packages.parse(argv)
+    out = packages.run(args)
+    keys = ("members_per_s_vs_earth2studio", "members_per_s_bf16_vs_earth2studio_bf16")
+    return {"ok": all(out[k] > 0 for k in keys), **out}
+
+
 def _loader_preset(name: str, dry: bool, budget: float) -> dict:
     """``loader.run_preset(name)`` in a child process, stopped after ``budget`` seconds."""
     cmd = [sys.executable, __file__, "--preset-child", name] + (["--dry-run"] if dry else [])
@@ -198,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "bf16_train": lambda: _bf16_train(device, args.dry_run),
         "sampling": lambda: _sampling(device, args.dry_run),
         "normal_rows": lambda: _normal_rows(device, args.dry_run),
+        "packages": lambda: _packages(device, args.dry_run),
         "loader_taiwan": lambda: _loader_preset("taiwan", args.dry_run, left(0.5)),
         "loader_conus": lambda: _loader_preset("conus", args.dry_run, left(1.0)),
     }

@@ -34,6 +34,12 @@ class SamplerConfig(Checked):
     ``"dpmpp_2m_sde"`` (its stochastic variant, noise strength ``eta``) or ``"distilled"``
     (a distilled student's N-call sampler, noise scale ``S_noise``; see
     :mod:`corrdiff_xr.training.distil`); see :mod:`corrdiff_xr.sampling`.
+
+    ``precision``: the residual network's arithmetic while sampling. ``"bf16"`` runs it
+    under bfloat16 autocast (convolutions and attention in bf16; the sampler's state, the
+    preconditioner's skip term and the regression mean stay float32), on CUDA and on CPUs
+    with AMX or AVX-512 BF16, where it is several times faster; members move by well under
+    their spread (``benchmarks/packages.py`` measures both).
     """
 
     solver: SolverName = "heun"
@@ -46,11 +52,25 @@ class SamplerConfig(Checked):
     S_max: float = setting(INF, ge=0, finite=False)
     S_noise: float = setting(1.0, gt=0)
     eta: float = setting(1.0, ge=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    #: fields added after outputs were first labelled: left out of :meth:`record` at their
+    #: default, so that stores written before them still match a resumed request
+    LATER_FIELDS = {"precision": "fp32"}
 
     RULES = (
         Rule(("sigma_min", "sigma_max"), lambda lo, hi: lo < hi, "need sigma_min < sigma_max"),
         Rule(("S_min", "S_max"), lambda lo, hi: lo <= hi, "need S_min <= S_max"),
     )
+
+    def record(self) -> dict[str, object]:
+        """The settings as outputs label them (JSON-ready): every field but the
+        :data:`LATER_FIELDS` at their defaults."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if self.LATER_FIELDS.get(f.name, ...) != getattr(self, f.name)
+        }
 
 
 def _overlap_pixels(shape: tuple[int, int] | None, overlap: int | None) -> int:

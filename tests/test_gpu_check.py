@@ -23,9 +23,13 @@ def test_the_gpu_check_passes_its_dry_run_on_the_cpu(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(out.read_text())
     assert result["dry_run"] and result["device"] == "cpu"
-    for step in ("cuda_tests", "bf16_train", "sampling", "normal_rows", "loader_taiwan",
-                 "loader_conus"):  # fmt: skip
+    for step in ("cuda_tests", "bf16_train", "sampling", "normal_rows", "packages",
+                 "loader_taiwan", "loader_conus"):  # fmt: skip
         assert result[step]["ok"], result[step]
+    packages = result["packages"]  # the same package on both sides: the same regression mean
+    assert packages["settings"]["device"] == "cpu" and packages["settings"]["members"] == 2
+    assert packages["regression_mean_max_abs_diff_normalised"] < 1e-5
+    assert packages["export_roundtrip_max_abs_diff"] == 0.0
     assert result["bf16_train"]["steps"] == 2 and result["bf16_train"]["loss"] > 0
     sampling = result["sampling"]
     assert sampling["demo_sampler_patched"]["members_per_s"] > 0

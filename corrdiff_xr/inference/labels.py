@@ -49,7 +49,6 @@ def to_dataset(stacked: dict[str, list[da.Array]], labels: Labels) -> xr.Dataset
     provenance attributes."""
     from corrdiff_xr._cf import with_grid_mapping
     from corrdiff_xr._version import __version__
-    from corrdiff_xr.config import to_dict
 
     output, src, dataset, codec, grid = (
         labels.output,
@@ -120,7 +119,7 @@ def to_dataset(stacked: dict[str, list[da.Array]], labels: Labels) -> xr.Dataset
         "corrdiff_output": output,
         "corrdiff_seed": seed,
         "corrdiff_members": members,
-        "corrdiff_sampler": json.dumps(to_dict(labels.task.sampler), default=str),
+        "corrdiff_sampler": json.dumps(labels.task.sampler.record(), default=str),
         "corrdiff_model": os.path.basename(labels.task.token.path),
         "corrdiff_patching": patch_desc,
         # members per sampling call: members depend on it by float rounding (block.py)

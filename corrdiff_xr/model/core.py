@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from corrdiff_xr._atomic import write_bytes
-from corrdiff_xr.config import EDMConfig, NetworkConfig, SamplerConfig, to_dict
+from corrdiff_xr.config import EDMConfig, NetworkConfig, SamplerConfig
 from corrdiff_xr.edm import EDMPrecond, conditions_on_mean, edm_dict
 from corrdiff_xr.model.header import (
     CHECKPOINT_FORMAT,
@@ -314,8 +314,8 @@ class CorrDiff(nn.Module):
                 "safetensors": safetensors.__version__,
             },
         }
-        if calibrated:
-            header["sampler"] = to_dict(self.sampler_config)
+        if self.sampler_config is not None:  # calibrated
+            header["sampler"] = self.sampler_config.record()
         if padded:
             header["sample_domain"] = self.sample_domain
         return header

@@ -111,8 +111,14 @@ def sample_members(
         generators, (model.out_channels, *x.shape[-2:]), dtype=x.dtype, device=x.device, nu=edm.nu
     )
 
+    # the network alone in bf16: the preconditioner's skip term and the state stay float32
+    autocast = torch.autocast(
+        x.device.type, dtype=torch.bfloat16, enabled=sampler.precision == "bf16"
+    )
+
     def denoise(xt: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return res(xt, sigma, condition=cond, offsets=offsets, lead_time=lead_time)
+        with autocast:
+            return res(xt, sigma, condition=cond, offsets=offsets, lead_time=lead_time)
 
     residual = sampling.sample(
         denoise,

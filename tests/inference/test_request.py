@@ -116,6 +116,12 @@ def test_a_library_written_store_resumes_after_an_interruption(setup, tmp_path):
 CHANGES = [
     ("seed", {"seed": 1}, "request.sampling.seed: stored 0, requested 1"),
     ("steps", {"steps": 3}, "request.sampling.sampler.num_steps: stored 2, requested 3"),
+    (
+        "precision",
+        {"sampler": {"precision": "bf16"}},
+        'request.sampling.sampler.precision: stored nothing, requested "bf16"',
+    ),  # fmt: skip
+    ("default precision", {"sampler": {"precision": "fp32"}}, None),  # fp32 is left unlabelled
     ("nothing", {"patch": (8, 8), "overlap": 2}, None),  # the same request, spelled otherwise
     ("data", {"data": "other.zarr"}, "request.data.data: stored"),
     ("checkpoint", {"model": "another.safetensors"}, "request.checkpoint.blake2b: stored"),

@@ -104,7 +104,7 @@ def sample_members(
         x = frame.enter(x)
         if conditions_on_mean(edm):  # the regression mean as the inner network gives it
             mean_in = RegressionUNet(_frame_of(model.regression).inner)
-            cond_mean = mean_in(x, lead_time=lead_time)
+            cond_mean = _once_per_input(mean_in, x, lead_time)
         res, offsets = EDMPrecond(frame.inner, edm=edm), None
     cond = residual_condition(x, cond_mean, hr_mean_conditioning=conditions_on_mean(edm))
     latents = sampling.draw_latents(
@@ -131,6 +131,20 @@ def sample_members(
     if frame is not None:
         residual = frame.leave(residual)
     return mean + residual.to(mean.dtype)
+
+
+def _once_per_input(
+    regression: nn.Module, x: torch.Tensor, lead_time: torch.Tensor | None
+) -> torch.Tensor:
+    """``regression(x)``, computed once when every row repeats the first (a member group's
+    rows are copies of one input: one regression pass, not one per member)."""
+    same = all(torch.equal(x[0], row) for row in x[1:]) and (
+        lead_time is None or bool((lead_time == lead_time[0]).all())
+    )
+    if not same:
+        return regression(x, lead_time=lead_time)
+    one = regression(x[:1], lead_time=None if lead_time is None else lead_time[:1])
+    return one.expand(x.shape[0], *one.shape[1:])
 
 
 def _frame_of(module: torch.nn.Module) -> Framed:

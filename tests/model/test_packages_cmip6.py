@@ -98,6 +98,30 @@ def test_padded_members_depend_on_their_own_generator_only(package):
     assert (on_grid - alone[0]).abs().mean() > 0.05
 
 
+def test_a_member_group_runs_the_padded_regression_once_not_once_per_member(package):
+    """The residual is conditioned on the uncropped mean: for a group of rows that repeat one
+    input, the inner regression runs on one row; rows that differ each get their own."""
+    model, x = package.model, _inputs(package, n=2)
+    inner = model.regression.net.inner
+    rows: list[int] = []
+    hook = inner.register_forward_hook(lambda _m, args, _o: rows.append(args[0].shape[0]))
+    sampler, mean = SamplerConfig(num_steps=1), torch.zeros(3, 4, 25, 48)
+    try:
+        with torch.no_grad():
+            group = model.sample(
+                x[:1].repeat(3, 1, 1, 1), generators=make_generators([1, 2, 3]),
+                sampler=sampler, mean=mean,
+            )  # fmt: skip
+            assert rows == [1]
+            model.sample(x, generators=make_generators([1, 2]), sampler=sampler, mean=mean[:2])
+            assert rows == [1, 2]
+            alone = model.sample(x[:1], generators=make_generators([2]), sampler=sampler,
+                                 mean=mean[:1])  # fmt: skip
+    finally:
+        hook.remove()
+    torch.testing.assert_close(group[1:2], alone, atol=2e-4, rtol=0)
+
+
 def test_padded_sampling_needs_alike_framed_networks_and_refuses_patches(package):
     from corrdiff_xr.config import NetworkConfig
 

@@ -67,6 +67,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add("--confidence", type=bounded(float, above=0.0, maximum=0.999), default=0.95,
         help="accept a setting only if its CRPS is within --tolerance of the baseline's at "
              "this confidence (block bootstrap over time; default 0.95)")  # fmt: skip
+    add("--precision", choices=("fp32", "bf16"),
+        help="the residual network's arithmetic for every candidate, saved with the choice "
+             "(default: the model's defaults', else fp32)")  # fmt: skip
     add("--out", required=True, help="the calibrated checkpoint to write (a new file)")
     add("--json", help="also write the table here (a new file, unless --overwrite)")
     add("--overwrite", action="store_true", help="replace an existing --json file (never a link)")
@@ -121,7 +124,8 @@ def _calibrate(args: argparse.Namespace, out: Path, table: Path | None) -> int:
             f"{args.checkpoint} is a regression-only checkpoint: it has no sampler to calibrate"
         )
     result = calibrate(pair, model, members=args.members, seed=args.seed, patch=args.patch,
-                       tolerance=args.tolerance, confidence=args.confidence)  # fmt: skip
+                       tolerance=args.tolerance, confidence=args.confidence,
+                       precision=args.precision)  # fmt: skip
     print(result.format())
     model.sampler_config = result.chosen
     with writing(out, what="--out"), atomic_path(out, replace=False) as staged:

@@ -141,16 +141,17 @@ class Calibration:
         the baseline's, then each target's in its own units."""
         per = self.table[0].get("per_target", {})
         labels = [f"{n} {k} [{v['units']}]" for n, v in per.items() for k in ("crps_fair", "mae")]
-        lines = [f"{'solver':<13} {'steps':>5} {'sigma_max':>9} {'churn':>5} {'S_noise':>7} "
+        lines = [f"{'solver':<17} {'steps':>5} {'sigma_max':>9} {'churn':>5} {'S_noise':>7} "
                  f"{'sigma_min':>9} {'calls':>5} "
                  f"{'crps_fair/std':>13} {'vs baseline':>15} {'crps/std':>8} {'spread/skill':>12}"
                  + "".join(f" {label:>9}" for label in labels)]  # fmt: skip
         for row in self.table:
             s = row["sampler"]
             mark = "  <- chosen" if row["chosen"] else ""
+            solver = s["solver"] + ("/bf16" if s.get("precision") == "bf16" else "")
             cells = [row["per_target"][n][k] for n in per for k in ("crps_fair", "mae")]
             lines.append(
-                f"{s['solver']:<13} {s['num_steps']:>5} {s['sigma_max']:>9g} {s['S_churn']:>5g} "
+                f"{solver:<17} {s['num_steps']:>5} {s['sigma_max']:>9g} {s['S_churn']:>5g} "
                 f"{s['S_noise']:>7g} {s['sigma_min']:>9g} "
                 f"{row['calls']:>5} {row['crps_fair']:>13.4f} {_percent(row.get(_DIFF)):>15} "
                 f"{row['crps']:>8.4f} "
@@ -253,6 +254,7 @@ def calibrate(
     tolerance: float = 0.01,
     confidence: float | None = 0.95,
     block_length: int | None = None,
+    precision: str | None = None,
     **downscale_kwargs: Any,
 ) -> Calibration:
     """Score each candidate sampler on ``data``'s targets and choose (module docstring).
@@ -281,6 +283,10 @@ def calibrate(
     block_length
         Consecutive times resampled together (default: the cube root of the number of times,
         as ``corrdiff-xr score`` uses), so that persistent weather does not narrow the interval.
+    precision : {"fp32", "bf16"}, optional
+        The residual network's arithmetic for every candidate (``SamplerConfig.precision``),
+        so that the choice is scored as it will run and is saved with it. None: the
+        candidates' own, and for the default candidates the model's defaults' (fp32 if none).
     **downscale_kwargs
         Passed to downscale (``patch``, ``chunks``, ``device`` ...).
     """
@@ -303,9 +309,13 @@ def calibrate(
     std = _header_std(header, truth)  # a transformed target's: the truth's own, in its units
     own = header.get("sampler")
     given = [own or {}, *default_candidates(own)] if candidates is None else list(candidates)
+    if precision is None and candidates is None:
+        precision = (own or {}).get("precision")
     configs: list[SamplerConfig] = []
     for cand in given:
         cfg = cand if isinstance(cand, SamplerConfig) else from_dict(SamplerConfig, dict(cand))
+        if precision is not None:  # checked by SamplerConfig, as a sampler field
+            cfg = from_dict(SamplerConfig, {**to_dict(cfg), "precision": precision})
         if cfg not in configs:  # the model's defaults may be one of the candidates
             configs.append(cfg)
     rows: list[dict[str, Any]] = []

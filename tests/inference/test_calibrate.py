@@ -120,6 +120,29 @@ def test_a_calibrated_checkpoint_samples_with_its_defaults(setup, tmp_path, caps
     assert main(argv) == 2  # never replaces an existing file
 
 
+def test_calibrating_in_bf16_scores_every_candidate_in_bf16_and_saves_it(setup, tmp_path, capsys):
+    pair, model, path = setup
+    result = calibrate(pair, model, candidates=CANDIDATES[:2], members=2, precision="bf16")
+    assert [r["sampler"]["precision"] for r in result.table] == ["bf16", "bf16"]
+    assert result.chosen.precision == "bf16" and "heun/bf16" in result.format()
+    fp32 = calibrate(pair, model, candidates=CANDIDATES[:2], members=2)
+    assert fp32.table[0]["crps_fair"] != result.table[0]["crps_fair"]  # bf16 did run
+    store, out = tmp_path / "valid.zarr", tmp_path / "bf16.safetensors"
+    pair.dataset.to_zarr(store)
+    argv = ["calibrate", "--checkpoint", str(path), "--data", str(store), "--members", "2",
+            "--time-range", "2020-01-01T00", "2020-01-01T01", "--precision", "bf16",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    calibrated = CorrDiff.load(out)
+    assert calibrated.sampler_config is not None
+    assert calibrated.sampler_config.precision == "bf16"
+    # calibrating the calibrated model again keeps its precision for the default candidates
+    again = calibrate(pair.isel(time=[0]), calibrated, members=2, confidence=None)
+    assert {r["sampler"]["precision"] for r in again.table} == {"bf16"}
+    with pytest.raises(ValueError, match="precision"):
+        calibrate(pair, model, candidates=CANDIDATES[:1], members=2, precision="fp16")
+
+
 def _rows(per_time_list):
     return [
         {"crps_fair": float(np.mean(t)), "crps_fair_by_time": list(t), "spread_skill": ss,

@@ -173,7 +173,8 @@ def _model_options(model: argparse._ArgumentGroup) -> None:
         default={},
         action=KeyValues,
         metavar="KEY=VALUE",
-        help="SamplerConfig fields, e.g. solver=euler S_churn=10, or precision=bf16 (the residual network in bfloat16)",
+        help="SamplerConfig fields, e.g. solver=euler S_churn=10, or precision=bf16 (the "
+        "residual network in bfloat16)",
     )
     model.add_argument(
         "--patch",

@@ -37,9 +37,9 @@ class SamplerConfig(Checked):
 
     ``precision``: the residual network's arithmetic while sampling. ``"bf16"`` runs it
     under bfloat16 autocast (convolutions and attention in bf16; the sampler's state, the
-    preconditioner's skip term and the regression mean stay float32), on CUDA and on CPUs
-    with AMX or AVX-512 BF16, where it is several times faster; members move by well under
-    their spread (``benchmarks/packages.py`` measures both).
+    preconditioner's skip term and the regression mean stay float32): 3.6x faster per
+    network call on a Sapphire Rapids CPU (AMX), not yet measured on GPUs; members move by
+    well under their spread (``benchmarks/packages.py`` measures both).
     """
 
     solver: SolverName = "heun"
